@@ -1,0 +1,1 @@
+//! TOML configuration (Sōzu 2.x compatible) → validated `Config` → orders.

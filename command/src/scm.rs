@@ -1,0 +1,1 @@
+//! File-descriptor passing (SCM_RIGHTS) with a manifest naming each socket.

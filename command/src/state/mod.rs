@@ -1,0 +1,1 @@
+//! `ConfigState`: the state that orders build, its diff and its state file.

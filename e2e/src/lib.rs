@@ -1,0 +1,1 @@
+//! Harness for end-to-end tests that run the real `sozu` binary.

@@ -1,0 +1,1 @@
+//! Backend health: probe scheduling and rise/fall state.

@@ -1,0 +1,8 @@
+//! The sozu proxy library: protocol cores (pure state machines) under
+//! [`protocol`], their I/O shells, load balancing, backends, metrics and the
+//! worker's event loop.
+
+pub mod health;
+pub mod load_balancing;
+pub mod metrics;
+pub mod protocol;

@@ -1,0 +1,1 @@
+//! Backend selection policies shared by UDP, TCP and HTTP.

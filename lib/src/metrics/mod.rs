@@ -1,0 +1,1 @@
+//! Metrics registry: counters, gauges and time histograms per listener, cluster and backend.

@@ -1,0 +1,1 @@
+//! The UDP flow manager: a sans-io core (see `LIFECYCLE.md`).
