@@ -1,1 +1,23 @@
-fn main() {}
+//! The `sozu` binary: `sozu start` runs the master, the hidden `sozu worker`
+//! runs one worker (started by the master), every other subcommand is a
+//! command-line client of a running master.
+
+mod cli;
+mod ctl;
+mod master;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Start(args) => master::start(args),
+        Command::Worker(args) => worker::run(args),
+        command => ctl::run(cli.global, command),
+    }
+}

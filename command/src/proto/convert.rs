@@ -100,7 +100,12 @@ mod tests {
 
     #[test]
     fn socket_addresses_round_trip_v4_and_v6() {
-        for text in ["127.0.0.1:53", "[::1]:4433", "[2001:db8::1:2]:65535", "0.0.0.0:0"] {
+        for text in [
+            "127.0.0.1:53",
+            "[::1]:4433",
+            "[2001:db8::1:2]:65535",
+            "0.0.0.0:0",
+        ] {
             let addr: SocketAddr = text.parse().unwrap();
             let wire = SocketAddress::from(addr);
             assert_eq!(SocketAddr::try_from(&wire), Ok(addr));
@@ -111,7 +116,10 @@ mod tests {
     fn out_of_range_port_is_refused() {
         let mut wire = SocketAddress::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
         wire.port = 70_000;
-        assert_eq!(SocketAddr::try_from(&wire), Err(AddressError::PortOutOfRange(70_000)));
+        assert_eq!(
+            SocketAddr::try_from(&wire),
+            Err(AddressError::PortOutOfRange(70_000))
+        );
     }
 
     #[test]
