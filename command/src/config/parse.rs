@@ -23,7 +23,7 @@ use crate::command::{
 };
 
 /// Sōzu global keys we accept and ignore (documented in doc/configure.md).
-const IGNORED_GLOBAL: &[&str] = &[
+pub(super) const IGNORED_GLOBAL: &[&str] = &[
     "ctl_command_timeout",
     "handle_process_affinity",
     "disable_cluster_metrics",
@@ -38,7 +38,7 @@ const IGNORED_GLOBAL: &[&str] = &[
 ];
 
 /// Sōzu listener keys we accept and ignore (TLS and custom answers).
-const IGNORED_LISTENER: &[&str] = &[
+pub(super) const IGNORED_LISTENER: &[&str] = &[
     "tls_versions",
     "cipher_list",
     "cipher_suites",
@@ -55,10 +55,11 @@ const IGNORED_LISTENER: &[&str] = &[
 ];
 
 /// Sōzu cluster keys we accept and ignore.
-const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2", "answers"];
+pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2", "answers"];
 
 /// Sōzu frontend keys we accept and ignore (TLS of HTTPS frontends).
-const IGNORED_FRONTEND: &[&str] = &["certificate", "key", "certificate_chain", "tls_versions"];
+pub(super) const IGNORED_FRONTEND: &[&str] =
+    &["certificate", "key", "certificate_chain", "tls_versions"];
 
 const DEFAULT_WEIGHT: i32 = 100;
 const DEFAULT_MAX_STATE_FILE_SIZE: u64 = 64 * 1024 * 1024;
@@ -515,10 +516,14 @@ fn parse_cluster(
         for (index, item) in items.array()?.iter().enumerate() {
             let backend = parse_backend(id, index, item)?;
             if backends.iter().any(|b| b.backend_id == backend.backend_id) {
-                return Err(item.invalid(format!(
-                    "a backend_id unique in cluster {id}, but {:?} is used twice",
-                    backend.backend_id
-                )));
+                return Err(ConfigError::Inconsistent {
+                    key: format!("{}.backend_id", item.path()),
+                    reason: format!(
+                        "{:?} is already used by another backend of cluster {id}",
+                        backend.backend_id
+                    ),
+                    at: item.location(),
+                });
             }
             backends.push(backend);
         }

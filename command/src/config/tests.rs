@@ -673,7 +673,7 @@ fn duplicate_backend_ids_are_refused() {
     );
     assert_eq!(
         error(&text),
-        "clusters.dns.backends[1]: expected a backend_id unique in cluster dns, but \"dns-0\" is used twice, got a table (at test.toml:9)"
+        "clusters.dns.backends[1].backend_id: \"dns-0\" is already used by another backend of cluster dns (at test.toml:9)"
     );
 }
 
@@ -941,5 +941,49 @@ fn quick_start_config_toml_loads() {
             "add_backend",
             "activate_listener"
         ]
+    );
+}
+
+#[test]
+fn every_accepted_and_ignored_key_is_documented() {
+    let doc = include_str!("../../../doc/configure.md");
+    let section = doc
+        .split("## Accepted and ignored")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap();
+    for key in super::parse::IGNORED_GLOBAL
+        .iter()
+        .chain(super::parse::IGNORED_LISTENER)
+        .chain(super::parse::IGNORED_CLUSTER)
+        .chain(super::parse::IGNORED_FRONTEND)
+    {
+        assert!(
+            section.contains(&format!("`{key}`")),
+            "{key} is not documented"
+        );
+    }
+}
+
+#[test]
+fn health_off_is_kept_as_an_explicit_mode() {
+    let c = load(&format!(
+        "{UDP_DNS}\n[clusters.dns.udp.health]\nmode = \"HEALTH_OFF\"\n"
+    ))
+    .unwrap();
+    let health = c.clusters["dns"].udp.clone().unwrap().health.unwrap();
+    assert_eq!(health.mode, crate::command::UdpHealthMode::HealthOff);
+    let RequestType::AddCluster(cluster) = c.generate_orders()[1].request_type.clone().unwrap()
+    else {
+        panic!("second order is not add_cluster");
+    };
+    let wire = cluster.udp.unwrap().health.unwrap();
+    assert_eq!(
+        wire.mode,
+        Some(crate::command::UdpHealthMode::HealthOff as i32)
+    );
+    assert_eq!(
+        (wire.rise, wire.fall, wire.fail_open),
+        (Some(2), Some(3), Some(true))
     );
 }
