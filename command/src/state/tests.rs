@@ -740,14 +740,14 @@ fn bad_values_are_refused_with_field_and_value() {
     assert_refused(
         &mut state,
         order(RequestType::AddUdpListener(config)),
-        &["address", "70000"],
+        &["address", "127.0.0.1:70000"],
     );
     let mut config = udp_listener_config("127.0.0.1:54");
     config.address.ip.inner = None;
     assert_refused(
         &mut state,
         order(RequestType::AddUdpListener(config)),
-        &["address", "no IP"],
+        &["address", "<no ip>:54", "no IP"],
     );
     let mut config = udp_listener_config("127.0.0.1:54");
     config.front_timeout = 0;

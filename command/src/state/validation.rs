@@ -3,7 +3,7 @@
 //! Pure functions from a wire value to a checked value or a [`StateError`]
 //! naming the field; they never touch the state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::command::SocketAddress;
 use crate::state::StateError;
@@ -14,7 +14,7 @@ use crate::state::StateError;
 pub(super) fn address(field: &'static str, wire: &SocketAddress) -> Result<SocketAddr, StateError> {
     let addr = SocketAddr::try_from(wire).map_err(|source| StateError::InvalidAddress {
         field,
-        value: format!("{wire:?}"),
+        value: describe(wire),
         source,
     })?;
     if addr.port() == 0 {
@@ -25,6 +25,16 @@ pub(super) fn address(field: &'static str, wire: &SocketAddress) -> Result<Socke
         });
     }
     Ok(addr)
+}
+
+/// A wire address as an operator would write it, even when it is not a
+/// valid socket address (`127.0.0.1:70000`, `<no ip>:53`).
+fn describe(wire: &SocketAddress) -> String {
+    match IpAddr::try_from(&wire.ip) {
+        Ok(IpAddr::V4(ip)) => format!("{ip}:{}", wire.port),
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", wire.port),
+        Err(_) => format!("<no ip>:{}", wire.port),
+    }
 }
 
 /// An optional address (e.g. `public_address`): checked when present.
