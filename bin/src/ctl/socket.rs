@@ -1,16 +1,17 @@
 //! Which command socket to talk to: `--socket PATH`, else `command_socket`
 //! of the `-c` configuration file, else `./sozu.sock`.
 //!
-//! Only the keys a client needs are read from the configuration file
-//! (`command_socket`, `max_command_buffer_size`), so a client still reaches
-//! its master when some unrelated part of the file no longer validates (the
-//! master may be running an older version of it). Never connects anything.
+//! The configuration file is read with the master's own loader
+//! ([`Config::load_from_path`]), so a relative `command_socket` (or its
+//! absence) resolves exactly as the master resolved it: against the
+//! configuration file's directory. Never connects anything.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
+use sozu_command_lib::config::Config;
 
-/// Sōzu's default command socket path.
+/// The command socket used without `--socket` nor `-c`.
 pub const DEFAULT_SOCKET: &str = "./sozu.sock";
 
 /// The largest answer accepted when the configuration says nothing: larger
@@ -25,76 +26,34 @@ pub struct Target {
     pub max_answer_size: usize,
 }
 
-/// Resolves the target from the command line flags.
+/// Resolves the target from the command line flags. The configuration file
+/// is not read at all when `--socket` is given, so a file that no longer
+/// validates cannot lock a client out of a running master.
 pub fn resolve(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Result<Target> {
-    let from_config = match config {
-        Some(path) => Some(read_config(path)?),
-        None => None,
-    };
-    let max_answer_size = from_config
-        .as_ref()
-        .and_then(|c| c.max_command_buffer_size)
-        .map_or(DEFAULT_MAX_ANSWER_SIZE, |size| {
-            size.max(DEFAULT_MAX_ANSWER_SIZE)
+    if let Some(socket) = socket {
+        return Ok(Target {
+            socket: socket.to_path_buf(),
+            max_answer_size: DEFAULT_MAX_ANSWER_SIZE,
         });
-    let socket = match (socket, from_config.and_then(|c| c.command_socket)) {
-        (Some(socket), _) => socket.to_path_buf(),
-        (None, Some(socket)) => socket,
-        (None, None) => PathBuf::from(DEFAULT_SOCKET),
+    }
+    let Some(path) = config else {
+        return Ok(Target {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            max_answer_size: DEFAULT_MAX_ANSWER_SIZE,
+        });
     };
+    let config = Config::load_from_path(path).with_context(|| {
+        format!(
+            "cannot use configuration file {} (give --socket PATH to reach the master anyway)",
+            path.display()
+        )
+    })?;
     Ok(Target {
-        socket,
-        max_answer_size,
-    })
-}
-
-/// What a client reads from the configuration file.
-#[derive(Debug, Default)]
-struct ClientConfig {
-    command_socket: Option<PathBuf>,
-    max_command_buffer_size: Option<usize>,
-}
-
-fn read_config(path: &Path) -> anyhow::Result<ClientConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-    parse_config(&text, path)
-}
-
-/// Reads the client keys of a configuration text; a relative
-/// `command_socket` is relative to the configuration file's directory.
-fn parse_config(text: &str, path: &Path) -> anyhow::Result<ClientConfig> {
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("cannot parse configuration file {}", path.display()))?;
-    let command_socket = match table.get("command_socket") {
-        None => None,
-        Some(toml::Value::String(socket)) => {
-            let dir = path.parent().unwrap_or_else(|| Path::new(""));
-            Some(dir.join(socket))
-        }
-        Some(other) => {
-            return Err(anyhow!(
-                "{}: command_socket must be a string, found {}",
-                path.display(),
-                other.type_str()
-            ))
-        }
-    };
-    let max_command_buffer_size = match table.get("max_command_buffer_size") {
-        None => None,
-        Some(toml::Value::Integer(size)) => usize::try_from(*size).ok(),
-        Some(other) => {
-            return Err(anyhow!(
-                "{}: max_command_buffer_size must be an integer, found {}",
-                path.display(),
-                other.type_str()
-            ))
-        }
-    };
-    Ok(ClientConfig {
-        command_socket,
-        max_command_buffer_size,
+        socket: config.command_socket,
+        max_answer_size: config
+            .max_command_buffer_size
+            .get()
+            .max(DEFAULT_MAX_ANSWER_SIZE),
     })
 }
 
@@ -118,39 +77,43 @@ mod tests {
 
     #[test]
     fn relative_socket_is_relative_to_the_configuration_file() {
-        let parsed = parse_config(
-            "command_socket = \"run/sozu.sock\"\nworker_count = 2\n",
-            Path::new("/etc/sozu/config.toml"),
-        )
-        .unwrap();
-        assert_eq!(
-            parsed.command_socket,
-            Some(PathBuf::from("/etc/sozu/run/sozu.sock"))
-        );
-    }
-
-    #[test]
-    fn configuration_without_socket_falls_back_to_default() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, "worker_count = 2\n").unwrap();
+        std::fs::write(&config, "command_socket = \"run/sozu.sock\"\n").unwrap();
         let target = resolve(None, Some(&config)).unwrap();
-        assert_eq!(target.socket, PathBuf::from(DEFAULT_SOCKET));
-        assert_eq!(target.max_answer_size, DEFAULT_MAX_ANSWER_SIZE);
+        assert_eq!(target.socket, dir.path().join("run/sozu.sock"));
     }
 
     #[test]
-    fn wrong_socket_type_names_the_key() {
-        let err = parse_config("command_socket = 3\n", Path::new("c.toml")).unwrap_err();
+    fn configuration_without_socket_uses_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            "worker_count = 2\nmax_command_buffer_size = 33554432\n",
+        )
+        .unwrap();
+        let target = resolve(None, Some(&config)).unwrap();
+        assert_eq!(target.socket, dir.path().join("./sozu.sock"));
+        assert_eq!(target.max_answer_size, 33_554_432);
+    }
+
+    #[test]
+    fn an_invalid_configuration_names_the_file_and_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "command_socket = 3\n").unwrap();
+        let error = format!("{:#}", resolve(None, Some(&config)).unwrap_err());
+        assert!(error.contains("config.toml"), "{error}");
+        assert!(error.contains("--socket"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_configuration_file_is_an_error_naming_it() {
+        let error = resolve(None, Some(Path::new("/nonexistent/sozu.toml"))).unwrap_err();
         assert!(
-            err.to_string().contains("command_socket must be a string"),
-            "{err}"
+            format!("{error:#}").contains("/nonexistent/sozu.toml"),
+            "{error:#}"
         );
-    }
-
-    #[test]
-    fn missing_configuration_file_is_an_error_naming_it() {
-        let err = resolve(None, Some(Path::new("/nonexistent/sozu.toml"))).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/sozu.toml"), "{err}");
     }
 }
