@@ -261,6 +261,8 @@ pub enum UdpListenerCmd {
         address: ListenerAddressArgs,
         #[command(flatten)]
         knobs: UdpListenerKnobs,
+        #[command(flatten)]
+        buffers: UdpSocketBuffers,
         /// Add only: do not activate (bind) the listener yet.
         #[arg(long)]
         inactive: bool,
@@ -301,6 +303,12 @@ pub struct UdpListenerKnobs {
     /// Most live flows on this listener, 0 = automatic [add default: 0].
     #[arg(long = "max-flows")]
     pub max_flows: Option<u32>,
+}
+
+/// Socket buffer sizes, set when the listener socket is created (so on
+/// `add` only: `update` never re-binds).
+#[derive(Debug, Args)]
+pub struct UdpSocketBuffers {
     /// SO_RCVBUF of the listener socket in bytes (0 = kernel default).
     #[arg(long = "recv-buffer-size")]
     pub recv_buffer_size: Option<u32>,

@@ -26,7 +26,7 @@ use crate::cli::{
     ClusterListArgs, Command, FlowKey, FrontendCmd, FrontendListArgs, FrontendOrderCmd, HealthMode,
     HttpCmd, HttpFrontendArgs, HttpListenerCmd, HttpListenerKnobs, ListenerCmd,
     LoadBalancingPolicy, MetricsArgs, MetricsCmd, QueryCmd, StateCmd, TcpCmd, TcpListenerCmd,
-    TcpListenerKnobs, UdpClusterKnobs, UdpCmd, UdpListenerCmd, UdpListenerKnobs,
+    TcpListenerKnobs, UdpClusterKnobs, UdpCmd, UdpListenerCmd, UdpListenerKnobs, UdpSocketBuffers,
 };
 
 /// Sōzu's default sticky-session cookie name, used when `--sticky-name` is absent.
@@ -268,9 +268,10 @@ fn udp_listener(cmd: &UdpListenerCmd) -> Result<Vec<Step>, PlanError> {
         UdpListenerCmd::Add {
             address,
             knobs,
+            buffers,
             inactive,
         } => add_then_activate(
-            RequestType::AddUdpListener(udp_listener_config(address.address, knobs)),
+            RequestType::AddUdpListener(udp_listener_config(address.address, knobs, buffers)),
             address.address,
             proxy,
             *inactive,
@@ -307,7 +308,11 @@ fn udp_listener(cmd: &UdpListenerCmd) -> Result<Vec<Step>, PlanError> {
 }
 
 /// A new UDP listener: the given knobs over the protocol's defaults.
-fn udp_listener_config(address: SocketAddr, knobs: &UdpListenerKnobs) -> UdpListenerConfig {
+fn udp_listener_config(
+    address: SocketAddr,
+    knobs: &UdpListenerKnobs,
+    buffers: &UdpSocketBuffers,
+) -> UdpListenerConfig {
     let defaults = UdpListenerConfig::default();
     UdpListenerConfig {
         address: address.into(),
@@ -320,8 +325,8 @@ fn udp_listener_config(address: SocketAddr, knobs: &UdpListenerKnobs) -> UdpList
         max_flows: knobs.max_flows.unwrap_or(defaults.max_flows),
         // Activation is its own order (see `add_then_activate`).
         active: false,
-        recv_buffer_size: knobs.recv_buffer_size,
-        send_buffer_size: knobs.send_buffer_size,
+        recv_buffer_size: buffers.recv_buffer_size,
+        send_buffer_size: buffers.send_buffer_size,
     }
 }
 

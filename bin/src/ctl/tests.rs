@@ -728,3 +728,37 @@ fn an_answer_without_content_prints_its_message() {
         "listener added\n"
     );
 }
+
+#[test]
+fn socket_buffers_are_set_on_add_and_refused_on_update() {
+    let RequestType::AddUdpListener(config) = orders(&[
+        "udp",
+        "listener",
+        "add",
+        "-a",
+        "127.0.0.1:5353",
+        "--recv-buffer-size",
+        "4194304",
+        "--send-buffer-size",
+        "1048576",
+    ])
+    .remove(0)
+    .request_type
+    .unwrap() else {
+        panic!("not add_udp_listener");
+    };
+    assert_eq!(config.recv_buffer_size, Some(4_194_304));
+    assert_eq!(config.send_buffer_size, Some(1_048_576));
+    // `update` cannot change them (no re-bind), so clap refuses the flag.
+    assert!(Cli::try_parse_from([
+        "sozu",
+        "udp",
+        "listener",
+        "update",
+        "-a",
+        "127.0.0.1:5353",
+        "--recv-buffer-size",
+        "1",
+    ])
+    .is_err());
+}
