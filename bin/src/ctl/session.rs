@@ -24,7 +24,8 @@ pub enum SessionError {
     Connect { path: PathBuf, source: io::Error },
     /// The order could not be sent.
     Send { source: ChannelError },
-    /// No answer (or no progress) within the timeout.
+    /// The master did not take the order, or did not answer (nor report
+    /// progress), within the timeout.
     Timeout { after: Duration },
     /// The master closed the connection before a final answer.
     Closed,
@@ -120,9 +121,11 @@ impl Session {
         request: &Request,
         mut on_progress: impl FnMut(&Response),
     ) -> Result<Response, SessionError> {
-        self.channel
-            .write_message(request)
-            .map_err(|source| SessionError::Send { source })?;
+        match self.channel.write_message_timeout(request, self.timeout) {
+            Ok(()) => {}
+            Err(ChannelError::Timeout { after }) => return Err(SessionError::Timeout { after }),
+            Err(source) => return Err(SessionError::Send { source }),
+        }
         loop {
             let response = match self.channel.read_message_timeout(self.timeout) {
                 Ok(response) => response,
