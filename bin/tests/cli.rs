@@ -308,3 +308,37 @@ fn a_silent_master_times_out() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_refused_add_is_not_followed_by_activate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, master) = fake_master(
+        dir.path(),
+        vec![vec![answer(
+            ResponseStatus::Failure,
+            "listener 127.0.0.1:5353 already exists",
+            None,
+        )]],
+    );
+    let output = sozu(&[
+        "--socket",
+        socket.to_str().unwrap(),
+        "--json",
+        "udp",
+        "listener",
+        "add",
+        "-a",
+        "127.0.0.1:5353",
+    ]);
+    // The fake master records anything sent after the failure.
+    let seen = master.join().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        stderr(&output),
+        "error: listener 127.0.0.1:5353 already exists\n"
+    );
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["status"], "FAILURE");
+    assert!(value["content"].is_null());
+}
