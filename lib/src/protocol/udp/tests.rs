@@ -1064,3 +1064,286 @@ fn quic_client_migration_keeps_its_flow_and_replies_follow() {
     );
     assert_eq!(m.active_flows(), 1);
 }
+
+// ----- quickcheck properties -----
+
+mod properties {
+    use std::collections::HashMap;
+
+    use quickcheck::{Arbitrary, Gen, QuickCheck};
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Client {
+            client: u8,
+            len: u8,
+        },
+        Backend {
+            flow: u8,
+            len: u8,
+        },
+        Resolve {
+            flow: u8,
+            backend: u8,
+        },
+        Advance {
+            ms: u16,
+        },
+        Timeout,
+        SetMaxFlows(u8),
+        Reconfig {
+            requests: u8,
+            responses: u8,
+            front_ms: u16,
+            back_ms: u16,
+        },
+        Drain,
+        Abort(u8),
+        AbortBackend(u8),
+        CloseAll,
+    }
+
+    impl Arbitrary for Step {
+        fn arbitrary(g: &mut Gen) -> Self {
+            // Weighted: datagrams and time dominate, reconfiguration is rarer.
+            match u8::arbitrary(g) % 20 {
+                0..=5 => Step::Client {
+                    client: u8::arbitrary(g) % 24,
+                    len: u8::arbitrary(g),
+                },
+                6..=8 => Step::Backend {
+                    flow: u8::arbitrary(g),
+                    len: u8::arbitrary(g),
+                },
+                9..=11 => Step::Resolve {
+                    flow: u8::arbitrary(g),
+                    backend: u8::arbitrary(g) % 3,
+                },
+                12..=13 => Step::Advance {
+                    ms: u16::arbitrary(g) % 5_000,
+                },
+                14 => Step::Timeout,
+                15 => Step::SetMaxFlows(u8::arbitrary(g) % 12),
+                16 => Step::Reconfig {
+                    requests: u8::arbitrary(g) % 4,
+                    responses: u8::arbitrary(g) % 3,
+                    front_ms: u16::arbitrary(g) % 8_000,
+                    back_ms: u16::arbitrary(g) % 8_000,
+                },
+                17 => {
+                    if u8::arbitrary(g) % 8 == 0 {
+                        Step::Drain
+                    } else {
+                        Step::CloseAll
+                    }
+                }
+                18 => Step::Abort(u8::arbitrary(g)),
+                _ => Step::AbortBackend(u8::arbitrary(g) % 3),
+            }
+        }
+    }
+
+    /// Runs the steps, checking after each one; returns false on a breach.
+    struct Run {
+        m: UdpFlowManager,
+        now: Instant,
+        max_flows: usize,
+        highest: usize,
+        created: usize,
+        closed: usize,
+        /// Model of each live flow's idle deadline and captured timeouts.
+        deadlines: HashMap<FlowId, (Instant, Duration, Duration)>,
+        cluster: ClusterConfig,
+        stale: Vec<FlowId>,
+    }
+
+    impl Run {
+        fn new() -> Self {
+            let mut cfg = config();
+            cfg.max_flows = 6;
+            let mut m = UdpFlowManager::new(cfg, 7);
+            let cluster = cluster();
+            let now = origin();
+            m.set_cluster(now, Some(cluster.clone()));
+            Run {
+                m,
+                now,
+                max_flows: 6,
+                highest: 6,
+                created: 0,
+                closed: 0,
+                deadlines: HashMap::new(),
+                cluster,
+                stale: Vec::new(),
+            }
+        }
+
+        fn pick(&self, i: u8) -> Option<FlowId> {
+            let live: Vec<FlowId> = self.m.flow_ids().collect();
+            // One pick in four names a closed flow (stale id).
+            if i % 4 == 0 && !self.stale.is_empty() {
+                return Some(self.stale[usize::from(i) % self.stale.len()]);
+            }
+            (!live.is_empty()).then(|| live[usize::from(i) % live.len()])
+        }
+
+        fn touch(&mut self, flow: FlowId, front: bool) {
+            if let Some((deadline, f, b)) = self.deadlines.get_mut(&flow) {
+                *deadline = self.now + if front { *f } else { *b };
+            }
+        }
+
+        /// Drains outputs, updating the model; false if a property breaks.
+        fn drain(&mut self, timeout_at: Option<Instant>) -> bool {
+            let front = self
+                .cluster
+                .front_timeout
+                .unwrap_or(Duration::from_secs(10));
+            let back = self.cluster.back_timeout.unwrap_or(Duration::from_secs(5));
+            while let Some(o) = self.m.poll_output() {
+                match o {
+                    Output::Metric(MetricEvent::FlowCreated { flow, .. }) => {
+                        self.created += 1;
+                        self.deadlines.insert(flow, (self.now + front, front, back));
+                    }
+                    Output::CloseFlow { flow, reason, .. } => {
+                        self.closed += 1;
+                        let Some((deadline, ..)) = self.deadlines.remove(&flow) else {
+                            return false; // closed twice or never created
+                        };
+                        if reason == CloseReason::Idle
+                            && (timeout_at.is_none() || deadline > self.now)
+                        {
+                            return false; // a stale expiry closed a refreshed flow
+                        }
+                        self.stale.push(flow);
+                    }
+                    _ => {}
+                }
+            }
+            true
+        }
+
+        fn step(&mut self, step: &Step) -> bool {
+            let before = self.m.active_flows();
+            let mut timeout_at = None;
+            match *step {
+                Step::Client { client, len } => {
+                    let src = SocketAddr::new(addr("192.0.2.0:0").ip(), 1000 + u16::from(client));
+                    let payload = vec![1u8; usize::from(len) % 120];
+                    match self.m.handle_client_datagram(self.now, src, &payload) {
+                        ClientDecision::Forward { flow, .. } | ClientDecision::Queued { flow } => {
+                            if !self.drain(None) {
+                                return false;
+                            }
+                            self.touch(flow, true);
+                        }
+                        ClientDecision::Dropped(_) => {}
+                    }
+                }
+                Step::Backend { flow, len } => {
+                    if let Some(flow) = self.pick(flow) {
+                        let payload = vec![2u8; usize::from(len) % 120];
+                        if let BackendDecision::Return { .. } =
+                            self.m.handle_backend_datagram(self.now, flow, &payload)
+                        {
+                            self.touch(flow, false);
+                        }
+                    }
+                }
+                Step::Resolve { flow, backend } => {
+                    if let Some(flow) = self.pick(flow) {
+                        let id = BackendId::new(&format!("b{backend}"));
+                        self.m.backend_resolved(self.now, flow, id, backend_addr());
+                    }
+                }
+                Step::Advance { ms } => self.now += Duration::from_millis(u64::from(ms)),
+                Step::Timeout => {
+                    if let Some(t) = self.m.poll_timeout() {
+                        self.now = self.now.max(t);
+                    }
+                    self.m.handle_timeout(self.now);
+                    timeout_at = Some(self.now);
+                }
+                Step::SetMaxFlows(n) => {
+                    self.max_flows = usize::from(n);
+                    self.highest = self.highest.max(self.max_flows);
+                    self.m.set_max_flows(self.max_flows);
+                }
+                Step::Reconfig {
+                    requests,
+                    responses,
+                    front_ms,
+                    back_ms,
+                } => {
+                    let mut c = cluster();
+                    c.requests = NonZeroU32::new(u32::from(requests));
+                    c.responses = NonZeroU32::new(u32::from(responses));
+                    c.front_timeout = Some(Duration::from_millis(u64::from(front_ms)));
+                    c.back_timeout = Some(Duration::from_millis(u64::from(back_ms)));
+                    self.cluster = c.clone();
+                    self.m.set_cluster(self.now, Some(c));
+                }
+                Step::Drain => self.m.drain(self.now),
+                Step::Abort(i) => {
+                    if let Some(flow) = self.pick(i) {
+                        self.m.abort_flow(self.now, flow, CloseReason::Aborted);
+                    }
+                }
+                Step::AbortBackend(b) => {
+                    let id = BackendId::new(&format!("b{b}"));
+                    self.m
+                        .abort_backend(self.now, &id, CloseReason::BackendRemoved);
+                }
+                Step::CloseAll => self.m.close_all(self.now),
+            }
+            if !self.drain(timeout_at) {
+                return false;
+            }
+            let after = self.m.active_flows();
+            // The cap is never exceeded by an admission.
+            if after > before && after > self.max_flows {
+                return false;
+            }
+            if after > self.highest || after != self.created - self.closed {
+                return false;
+            }
+            if let Some(t) = timeout_at {
+                // Every flow due at t is gone, the next deadline is later.
+                if self.m.poll_timeout().is_some_and(|next| next <= t) {
+                    return false;
+                }
+                if self.deadlines.values().any(|(d, ..)| *d <= t) {
+                    return false;
+                }
+            }
+            true
+        }
+
+        /// A final long tick: every flow gone, no timer, created == closed.
+        fn finish(&mut self) -> bool {
+            self.now += Duration::from_secs(24 * 3600);
+            self.m.handle_timeout(self.now);
+            self.drain(Some(self.now))
+                && self.m.active_flows() == 0
+                && self.m.poll_timeout().is_none()
+                && self.created == self.closed
+                && self.deadlines.is_empty()
+        }
+    }
+
+    fn run(steps: Vec<Step>) -> bool {
+        let mut r = Run::new();
+        steps.iter().all(|s| r.step(s)) && r.finish()
+    }
+
+    #[test]
+    fn cap_timers_and_counts_hold_for_any_step_sequence() {
+        QuickCheck::new()
+            .tests(300)
+            .gen(Gen::new(200))
+            .quickcheck(run as fn(Vec<Step>) -> bool);
+    }
+}
