@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod backends;
 pub mod health;
+pub mod http;
 pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;

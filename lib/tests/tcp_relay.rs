@@ -2,6 +2,7 @@
 //! headers sent and expected, backend retry on refusal, no backend, idle
 //! timeout. Runs the proxy in the small loop of `tcp_support`.
 
+#[macro_use]
 mod tcp_support;
 
 use std::io::{Read, Write};

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod http_backend;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -16,16 +18,19 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use slab::Slab;
 use sozu_command_lib::command::{
-    AddBackend, Cluster, LoadBalancingAlgorithms, RequestTcpFrontend, TcpListenerConfig,
+    AddBackend, Cluster, HttpListenerConfig, LoadBalancingAlgorithms, PathRule, PathRuleKind,
+    RequestHttpFrontend, RequestTcpFrontend, RulePosition, TcpListenerConfig,
 };
 use sozu_lib::backends::BackendMap;
+use sozu_lib::http::{HttpProxy, HttpToken};
 use sozu_lib::metrics::MetricsRegistry;
-use sozu_lib::tcp::{ProxyContext, Readiness, TcpProxy, TcpToken, TokenTable};
+use sozu_lib::tcp::{Readiness, TcpProxy, TcpToken, TokenTable};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Owner {
     Waker,
     Tcp(TcpToken),
+    Http(HttpToken),
 }
 
 pub struct Table<'a>(pub &'a mut Slab<Owner>);
@@ -33,6 +38,15 @@ pub struct Table<'a>(pub &'a mut Slab<Owner>);
 impl TokenTable<TcpToken> for Table<'_> {
     fn insert(&mut self, owner: TcpToken) -> Token {
         Token(self.0.insert(Owner::Tcp(owner)))
+    }
+    fn remove(&mut self, token: Token) {
+        self.0.try_remove(token.0);
+    }
+}
+
+impl TokenTable<HttpToken> for Table<'_> {
+    fn insert(&mut self, owner: HttpToken) -> Token {
+        Token(self.0.insert(Owner::Http(owner)))
     }
     fn remove(&mut self, token: Token) {
         self.0.try_remove(token.0);
@@ -48,14 +62,16 @@ pub struct TestLoop {
     pub metrics: MetricsRegistry,
     pub backends: BackendMap,
     pub tcp: TcpProxy,
+    pub http: HttpProxy,
     stop: bool,
 }
 
+/// The proxies' context borrowed from a [`TestLoop`].
 macro_rules! ctx {
     ($l:expr) => {
-        ProxyContext {
+        sozu_lib::tcp::ProxyContext {
             registry: $l.poll.registry(),
-            tokens: &mut Table(&mut $l.tokens),
+            tokens: &mut crate::tcp_support::Table(&mut $l.tokens),
             backends: &mut $l.backends,
             metrics: &mut $l.metrics,
         }
@@ -71,11 +87,13 @@ impl TestLoop {
     fn run(mut self, jobs: mpsc::Receiver<(Job, mpsc::Sender<()>)>) {
         let mut events = Events::with_capacity(256);
         while !self.stop {
-            let timeout = if self.tcp.has_backlog() {
+            let timeout = if self.tcp.has_backlog() || self.http.has_backlog() {
                 Some(Duration::ZERO)
             } else {
-                self.tcp
-                    .poll_timeout()
+                [self.tcp.poll_timeout(), self.http.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map(|t| t.saturating_duration_since(now()))
             };
             self.poll.poll(&mut events, timeout).expect("poll");
@@ -85,6 +103,10 @@ impl TestLoop {
                     Some(Owner::Tcp(token)) => {
                         let r = Readiness::from_event(event);
                         self.tcp.ready(token, r, t, &mut ctx!(self));
+                    }
+                    Some(Owner::Http(token)) => {
+                        let r = Readiness::from_event(event);
+                        self.http.ready(token, r, t, &mut ctx!(self));
                     }
                     Some(Owner::Waker) => {
                         while let Ok((job, done)) = jobs.try_recv() {
@@ -97,6 +119,8 @@ impl TestLoop {
             }
             self.tcp.accept_backlog(t, &mut ctx!(self));
             self.tcp.handle_timeout(t, &mut ctx!(self));
+            self.http.accept_backlog(t, &mut ctx!(self));
+            self.http.handle_timeout(t, &mut ctx!(self));
         }
     }
 }
@@ -120,6 +144,7 @@ impl LoopHandle {
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(7),
             tcp: TcpProxy::new(16_384),
+            http: HttpProxy::new(16_384),
             stop: false,
         };
         let (tx, rx) = mpsc::channel();
@@ -168,6 +193,7 @@ impl LoopHandle {
             };
             l.backends.ensure_cluster(&id);
             l.tcp.set_cluster(&cluster);
+            l.http.set_cluster(&cluster);
             for (i, address) in backends.iter().enumerate() {
                 l.backends
                     .add_from_order(&AddBackend {
@@ -217,10 +243,45 @@ impl LoopHandle {
         })
     }
 
+    /// Adds an active HTTP listener on a free loopback port.
+    pub fn http_listener(&self, front_timeout: u32, back_timeout: u32) -> SocketAddr {
+        self.apply(move |l| {
+            let address = free_port();
+            let config = HttpListenerConfig {
+                address: address.into(),
+                front_timeout,
+                back_timeout,
+                connect_timeout: 3,
+                request_timeout: 10,
+                active: true,
+                ..Default::default()
+            };
+            l.http.add_listener(&config, &mut ctx!(l)).unwrap();
+            address
+        })
+    }
+
+    /// Routes `host` + path prefix on the listener to `cluster`.
+    pub fn http_route(&self, listener: SocketAddr, host: &str, prefix: &str, cluster: &str) {
+        let frontend = RequestHttpFrontend {
+            cluster_id: Some(cluster.to_owned()),
+            address: listener.into(),
+            hostname: host.to_owned(),
+            path: PathRule {
+                kind: PathRuleKind::Prefix as i32,
+                value: prefix.to_owned(),
+            },
+            position: RulePosition::Tree as i32,
+            ..Default::default()
+        };
+        self.apply(move |l| l.http.add_frontend(&frontend).unwrap());
+    }
+
     pub fn stop(mut self) {
         self.apply(|l| {
             let t = now();
             l.tcp.hard_stop(t, &mut ctx!(l));
+            l.http.hard_stop(t, &mut ctx!(l));
             l.stop = true;
         });
         if let Some(t) = self.thread.take() {
