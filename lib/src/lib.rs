@@ -8,3 +8,5 @@ pub mod health;
 pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;
+pub mod server;
+pub mod udp;
