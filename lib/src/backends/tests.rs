@@ -1,3 +1,6 @@
+//! Backend map behaviour: selection honours health and fail_open, removal
+//! and order conversion, plus a quickcheck model over random operations.
+
 use super::*;
 use std::collections::HashMap as Map;
 
@@ -120,7 +123,6 @@ fn removed_backend_is_returned_with_its_flows_and_never_picked() {
         BackendError::UnknownBackend {
             cluster: "c".into(),
             backend: "b1".into(),
-            address: "any address".into()
         }
     );
     let all = map.remove_cluster("c");
@@ -209,10 +211,16 @@ fn orders_convert_at_the_edge_with_typed_errors() {
         backend_id: "b".into(),
         address: addr(54).into(),
     };
+    assert_eq!(
+        map.remove_from_order(&remove).unwrap_err().to_string(),
+        "backend \"b\" of cluster \"c\" is at 127.0.0.1:53, not 127.0.0.1:54"
+    );
+    remove.backend_id = "ghost".into();
     assert!(matches!(
         map.remove_from_order(&remove),
         Err(BackendError::UnknownBackend { .. })
     ));
+    remove.backend_id = "b".into();
     remove.address = addr(53).into();
     assert_eq!(map.remove_from_order(&remove).unwrap().address(), addr(53));
     assert!(map.cluster("c").unwrap().backends().is_empty());

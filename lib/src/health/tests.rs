@@ -1,3 +1,6 @@
+//! Health checker state machine on an injected clock, wire configuration,
+//! and probes against loopback backends that answer, stop and come back.
+
 use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant};
 

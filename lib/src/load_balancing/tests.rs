@@ -1,3 +1,6 @@
+//! Policy behaviour: weighted distribution within stated tolerances, key
+//! movement on removal (HRW exact, Maglev bounded), determinism per seed.
+
 use super::*;
 
 #[derive(Debug, Clone)]
