@@ -282,4 +282,9 @@ fn wire_algorithms_round_trip() {
         assert_eq!(W::from(Algorithm::from(w)), w);
         assert_eq!(Algorithm::from(w).as_str(), w.as_str_name());
     }
+    assert_eq!(Algorithm::try_from(5), Ok(Algorithm::Maglev));
+    assert_eq!(
+        Algorithm::try_from(42).unwrap_err().to_string(),
+        "load_balancing: unknown algorithm 42"
+    );
 }
