@@ -2,6 +2,8 @@
 //! [`protocol`], their I/O shells, load balancing, backends, metrics and the
 //! worker's event loop.
 
+pub mod access_log;
+pub mod backends;
 pub mod health;
 pub mod load_balancing;
 pub mod metrics;
