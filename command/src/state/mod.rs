@@ -54,6 +54,20 @@ pub enum DispatchOutcome {
     NotAStateChange,
 }
 
+/// An order of a sequence that the state refused (see
+/// [`ConfigState::from_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("order #{index} ({order}) refused: {source}")]
+pub struct OrderRefused {
+    /// The order's 0-based position in the sequence.
+    pub index: usize,
+    /// The order's protocol name (`add_backend`…).
+    pub order: &'static str,
+    /// Why the state refused it.
+    #[source]
+    pub source: StateError,
+}
+
 /// The proxy configuration built by orders.
 ///
 /// Maps are `BTreeMap`s so iteration (and thus [`ConfigState::generate_requests`],
@@ -135,7 +149,115 @@ impl ConfigState {
                 tracing::debug!(order = order_name(request_type), %error, "state order refused")
             }
         }
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         result.map(|()| DispatchOutcome::Applied)
+    }
+
+    /// The consistency every order keeps: objects are keyed by what they
+    /// hold, frontends have their listener and cluster, backends their
+    /// cluster, and no cluster has an empty backend map.
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        let keyed_by = |key: &SocketAddr, wire: &crate::command::SocketAddress| {
+            SocketAddr::try_from(wire).ok() == Some(*key)
+        };
+        assert!(
+            self.udp_listeners
+                .iter()
+                .all(|(a, l)| keyed_by(a, &l.address)),
+            "UDP listeners are keyed by their address"
+        );
+        assert!(
+            self.tcp_listeners
+                .iter()
+                .all(|(a, l)| keyed_by(a, &l.address)),
+            "TCP listeners are keyed by their address"
+        );
+        assert!(
+            self.http_listeners
+                .iter()
+                .all(|(a, l)| keyed_by(a, &l.address)),
+            "HTTP listeners are keyed by their address"
+        );
+        for (address, frontend) in &self.udp_frontends {
+            assert!(
+                keyed_by(address, &frontend.address),
+                "a UDP frontend is keyed by its address"
+            );
+            assert!(
+                self.udp_listeners.contains_key(address),
+                "a UDP frontend has its listener"
+            );
+            assert!(
+                self.clusters.contains_key(&frontend.cluster_id),
+                "a UDP frontend has its cluster"
+            );
+        }
+        for (address, frontend) in &self.tcp_frontends {
+            assert!(
+                keyed_by(address, &frontend.address),
+                "a TCP frontend is keyed by its address"
+            );
+            assert!(
+                self.tcp_listeners.contains_key(address),
+                "a TCP frontend has its listener"
+            );
+            assert!(
+                self.clusters.contains_key(&frontend.cluster_id),
+                "a TCP frontend has its cluster"
+            );
+        }
+        for (route, frontend) in &self.http_frontends {
+            assert!(
+                keyed_by(&route.address, &frontend.address),
+                "an HTTP frontend is keyed by its address"
+            );
+            assert!(
+                self.http_listeners.contains_key(&route.address),
+                "an HTTP frontend has its listener"
+            );
+            assert!(
+                frontend
+                    .cluster_id
+                    .as_ref()
+                    .is_none_or(|id| self.clusters.contains_key(id)),
+                "an HTTP frontend has its cluster"
+            );
+        }
+        for (cluster_id, backends) in &self.backends {
+            assert!(
+                self.clusters.contains_key(cluster_id),
+                "backends have their cluster"
+            );
+            assert!(
+                !backends.is_empty(),
+                "a cluster without backends has no backend map"
+            );
+            assert!(
+                backends
+                    .iter()
+                    .all(|(id, b)| *id == b.backend_id && b.cluster_id == *cluster_id),
+                "backends are keyed by their cluster and id"
+            );
+        }
+    }
+
+    /// Builds a state by dispatching `requests` in order (e.g. the orders a
+    /// configuration file produces). Orders that are not state changes are
+    /// skipped; the first refusal stops the build.
+    pub fn from_requests<'a>(
+        requests: impl IntoIterator<Item = &'a Request>,
+    ) -> Result<ConfigState, OrderRefused> {
+        let mut state = ConfigState::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            state.dispatch(request).map_err(|source| OrderRefused {
+                index,
+                order: request.request_type.as_ref().map_or("none", order_name),
+                source,
+            })?;
+        }
+        Ok(state)
     }
 
     /// Whether the state holds nothing at all.
