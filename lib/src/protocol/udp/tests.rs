@@ -1183,7 +1183,7 @@ mod properties {
         fn pick(&self, i: u8) -> Option<FlowId> {
             let live: Vec<FlowId> = self.m.flow_ids().collect();
             // One pick in four names a closed flow (stale id).
-            if i % 4 == 0 && !self.stale.is_empty() {
+            if i.is_multiple_of(4) && !self.stale.is_empty() {
                 return Some(self.stale[usize::from(i) % self.stale.len()]);
             }
             (!live.is_empty()).then(|| live[usize::from(i) % live.len()])
@@ -1343,7 +1343,7 @@ mod properties {
     fn cap_timers_and_counts_hold_for_any_step_sequence() {
         QuickCheck::new()
             .tests(300)
-            .gen(Gen::new(200))
+            .rng(Gen::new(200))
             .quickcheck(run as fn(Vec<Step>) -> bool);
     }
 }
