@@ -287,3 +287,62 @@ fn soft_stop_lets_an_in_flight_request_finish() {
     assert!(drained);
     lp.stop();
 }
+
+/// A backend that answers the first request of each connection (without
+/// saying it will close), then closes the connection when the next request
+/// arrives, as a backend whose keep-alive timeout just expired would.
+fn one_answer_per_connection_backend() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                for request in 0.. {
+                    let mut line = String::new();
+                    // Read one head.
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if request > 0 {
+                        return; // close without answering
+                    }
+                    let body = format!("connection {n}");
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_kept_backend_connection_closed_by_the_backend_is_retried_once() {
+    let lp = LoopHandle::start();
+    lp.cluster("c", &[one_answer_per_connection_backend()], None);
+    let front = lp.http_listener(30, 30);
+    lp.http_route(front, "h", "/", "c");
+    let (mut s, mut r) = http_client(front);
+    for i in 0..3 {
+        let m = get(&mut s, &mut r, "h", "/").unwrap();
+        assert_eq!(m.status, 200, "request {i}");
+        assert!(m.text().starts_with("connection "));
+    }
+    lp.stop();
+}

@@ -173,6 +173,11 @@ struct Exchange {
     resp_forwardable: usize,
     bytes_out: u64,
     wrote_to_client: bool,
+    /// Sent on a kept backend connection (which the backend may have
+    /// closed meanwhile).
+    reused: bool,
+    /// Request body bytes written to the backend.
+    body_forwarded: u64,
 }
 
 /// Which deadline is next and what it does.
@@ -522,6 +527,8 @@ impl Session {
             resp_forwardable: 0,
             bytes_out: 0,
             wrote_to_client: false,
+            reused: reuse,
+            body_forwarded: 0,
         });
         if reuse {
             self.back_out = self
@@ -708,6 +715,7 @@ impl Session {
                     Ok(n) => {
                         self.front_in.consume(n);
                         exchange.req_forwardable -= n;
+                        exchange.body_forwarded += n as u64;
                         if let Some(r) = self.request.as_mut() {
                             r.bytes_in += n as u64;
                         }
@@ -739,6 +747,21 @@ impl Session {
             }
         }
         if exchange.response.is_none() {
+            let gone = backend_failed || (back.side.read_closed && self.back_in.is_empty());
+            if gone && exchange.reused && exchange.body_forwarded == 0 && !exchange.wrote_to_client
+            {
+                // A kept connection the backend closed while idle (its
+                // keep-alive timeout raced our request): nothing of the
+                // request body was sent and nothing answered, so send the
+                // request again on a fresh connection, once.
+                tracing::debug!(client = %self.client, "kept backend connection closed: retrying on a new one");
+                exchange.reused = false;
+                self.drop_backend(env);
+                self.attempt = 0;
+                self.connect_started = Some(now);
+                self.connect(now, env);
+                return Ok(true);
+            }
             if backend_failed {
                 return self.backend_error(now, env, "backend_error");
             }
