@@ -89,7 +89,9 @@ fn expect_proxy_listeners_strip_the_header_and_relay_it_when_asked() {
         &[backend],
         Some(ProxyProtocolConfig::RelayHeader as i32),
     );
-    let front = lp.tcp_listener("relay", true, 30);
+    // The listener does not say expect_proxy: RELAY_HEADER on the cluster
+    // is enough for the client's header to be expected.
+    let front = lp.tcp_listener("relay", false, 30);
     let original: std::net::SocketAddr = "192.0.2.10:4000".parse().unwrap();
     let header = StreamProxyHeader::new(original, front);
     let mut c = client(front);

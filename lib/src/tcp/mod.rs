@@ -592,7 +592,16 @@ impl TcpProxy {
                 tracing::debug!(%error, "TCP_NODELAY");
             }
             let timeouts = listener.timeouts();
-            let expect_proxy = listener.config.expect_proxy;
+            // Clients send a PROXY header when the listener says so, or when
+            // the cluster expects (EXPECT_HEADER) or relays (RELAY_HEADER)
+            // one, as in Sōzu.
+            let cluster_expects = matches!(
+                self.clusters
+                    .get(frontend.cluster.as_str())
+                    .and_then(|k| k.proxy_protocol),
+                Some(ProxyProtocolConfig::ExpectHeader | ProxyProtocolConfig::RelayHeader)
+            );
+            let expect_proxy = listener.config.expect_proxy || cluster_expects;
             let listener_address = listener.address;
             let handles = listener.handles;
             let entry = self.sessions.vacant_entry();
