@@ -55,6 +55,7 @@
 //! larger than that size to notice truncation.
 
 mod flow;
+mod handover;
 #[cfg(debug_assertions)]
 mod invariants;
 mod key;
@@ -66,6 +67,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use handover::{AdoptError, FlowHandover};
 pub use key::{
     affinity_hash, ConnectionId, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor,
     SeededHasher, SeededState, SourceAddressExtractor, MAX_CONNECTION_ID_LEN,

@@ -1045,6 +1045,109 @@ fn proxy_header_for_ipv6_and_mixed_families() {
     assert_ne!(m.flow_client(f6), None);
 }
 
+// ----- handover (binary upgrade) -----
+
+#[test]
+fn handed_over_flow_keeps_backend_counters_and_deadline() {
+    let t0 = origin();
+    let mut c = cluster();
+    c.send_proxy_protocol = true;
+    c.responses = nz(3);
+    let mut old = manager_with(c);
+    let client = addr("192.0.2.1:1");
+    let flow = established(&mut old, t0, client);
+    old.handle_backend_datagram(t0, flow, b"r1");
+    let t1 = t0 + Duration::from_secs(2);
+    let h = old
+        .hand_over(t1, flow)
+        .expect("established flow hands over");
+    assert_eq!(h.backend_addr, backend_addr());
+    assert_eq!((h.datagrams_in, h.datagrams_out), (1, 1));
+    assert_eq!(
+        h.idle_remaining,
+        Duration::from_secs(3),
+        "back timeout 5 s set at t0"
+    );
+    assert!(h.proxy_header_sent);
+    let out = outputs(&mut old);
+    assert_eq!(closes(&out), vec![(flow, CloseReason::HandedOver)]);
+    assert_eq!(old.active_flows(), 0);
+    assert_eq!(old.hand_over(t1, flow), None, "idempotent");
+
+    // The new worker: another manager, another seed, no cluster knobs needed.
+    let mut new = UdpFlowManager::new(config(), 777);
+    new.set_cluster(t1, Some(cluster()));
+    let id = new.adopt(t1, h).expect("adopted");
+    assert!(matches!(
+        outputs(&mut new).as_slice(),
+        [Output::Metric(MetricEvent::FlowCreated { .. })]
+    ));
+    assert_eq!(new.flow_phase(id), Some(Phase::Established));
+    assert_eq!(
+        new.handle_client_datagram(t1, client, b"q"),
+        ClientDecision::Forward {
+            flow: id,
+            proxy_header: None
+        },
+        "first PROXY header already sent by the old worker"
+    );
+    assert_eq!(
+        new.handle_backend_datagram(t1, id, b"r2"),
+        BackendDecision::Return { dst: client }
+    );
+    // Captured responses = 3: the third reply closes it, counters carried.
+    new.handle_backend_datagram(t1, id, b"r3");
+    let out = outputs(&mut new);
+    let Some(Output::CloseFlow { reason, record, .. }) = out.last() else {
+        panic!("closed by the carried cap")
+    };
+    assert_eq!(*reason, CloseReason::ResponsesReached);
+    assert_eq!((record.datagrams_in, record.datagrams_out), (2, 3));
+    assert_eq!(record.duration(), Duration::from_secs(2));
+}
+
+#[test]
+fn awaiting_flow_cannot_be_handed_over() {
+    let t0 = origin();
+    let mut m = manager();
+    let ClientDecision::Queued { flow } = m.handle_client_datagram(t0, addr("192.0.2.1:1"), b"x")
+    else {
+        panic!()
+    };
+    outputs(&mut m);
+    assert_eq!(m.hand_over(t0, flow), None);
+    assert!(outputs(&mut m).is_empty());
+    assert_eq!(m.flow_phase(flow), Some(Phase::AwaitingBackend));
+}
+
+#[test]
+fn adoption_honours_key_cap_and_drain() {
+    let t0 = origin();
+    let mut old = manager();
+    let a = established(&mut old, t0, addr("192.0.2.1:1"));
+    let b = established(&mut old, t0, addr("192.0.2.1:2"));
+    let ha = old.hand_over(t0, a).unwrap();
+    let hb = old.hand_over(t0, b).unwrap();
+    let mut new = manager();
+    let existing = established(&mut new, t0, addr("192.0.2.1:1"));
+    assert_eq!(
+        new.adopt(t0, ha.clone()),
+        Err(AdoptError::KeyTaken {
+            key: FlowKey::Source(addr("192.0.2.1:1")),
+            existing
+        })
+    );
+    new.set_max_flows(1);
+    assert_eq!(
+        new.adopt(t0, hb.clone()),
+        Err(AdoptError::AtCapacity { max_flows: 1 })
+    );
+    new.set_max_flows(4);
+    new.drain(t0);
+    assert_eq!(new.adopt(t0, hb), Err(AdoptError::Draining));
+    assert_eq!(new.active_flows(), 1);
+}
+
 // ----- QUIC connection-ID keys -----
 
 #[test]
