@@ -48,6 +48,12 @@
 //! the deadline only from `poll_timeout`, the active-flow gauge from
 //! [`UdpFlowManager::active_flows`].
 //!
+//! Upgrades: the old worker calls [`UdpFlowManager::hand_over`] for each
+//! established flow (it closes there with `HandedOver`; the shell sends the
+//! returned [`FlowHandover`] and the upstream socket to the new worker and
+//! then closes its copy), the new worker calls [`UdpFlowManager::adopt`] and
+//! registers the received socket under the returned id.
+//!
 //! A `FlowId` is unique for the manager's life (slot + generation), but the
 //! shell must forget it at `CloseFlow`; any later call with it is an unknown
 //! flow. Backend datagrams larger than `max_rx_datagram_size` are dropped
