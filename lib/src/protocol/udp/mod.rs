@@ -42,6 +42,13 @@
 //! timer fired: mgr.handle_timeout(now); drain; re-arm.
 //! ```
 //!
+//! Act on a decision before draining the outputs: a datagram that reaches a
+//! requests cap is `Forward`ed and its flow's `CloseFlow` is already queued,
+//! so the shell sends first, then closes the socket. Prefer the named methods
+//! over [`UdpFlowManager::handle_input`] where the return value matters
+//! (`backend_resolved` returns its [`ResolveOutcome`]: `UnknownFlow` counts as
+//! a drop).
+//!
 //! One fact, one channel: per-datagram facts (in / out / drops of the
 //! datagram at hand) come from the decisions and `Transmit`s, per-flow facts
 //! from `Output::Metric`, drops of buffered datagrams from `Output::Dropped`,
