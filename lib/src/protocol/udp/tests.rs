@@ -1314,7 +1314,7 @@ mod properties {
         }
 
         /// Drains outputs, updating the model; false if a property breaks.
-        fn drain(&mut self, timeout_at: Option<Instant>) -> bool {
+        fn drain(&mut self, timeout_at: Option<Instant>) -> Result<(), Breach> {
             let front = self
                 .cluster
                 .front_timeout
@@ -1329,22 +1329,22 @@ mod properties {
                     Output::CloseFlow { flow, reason, .. } => {
                         self.closed += 1;
                         let Some((deadline, ..)) = self.deadlines.remove(&flow) else {
-                            return false; // closed twice or never created
+                            return Err(Breach::Counts); // closed twice or never created
                         };
                         if reason == CloseReason::Idle
                             && (timeout_at.is_none() || deadline > self.now)
                         {
-                            return false; // a stale expiry closed a refreshed flow
+                            return Err(Breach::StaleExpiry);
                         }
                         self.stale.push(flow);
                     }
                     _ => {}
                 }
             }
-            true
+            Ok(())
         }
 
-        fn step(&mut self, step: &Step) -> bool {
+        fn step(&mut self, step: &Step) -> Result<(), Breach> {
             let before = self.m.active_flows();
             let mut timeout_at = None;
             match *step {
@@ -1353,9 +1353,7 @@ mod properties {
                     let payload = vec![1u8; usize::from(len) % 120];
                     match self.m.handle_client_datagram(self.now, src, &payload) {
                         ClientDecision::Forward { flow, .. } | ClientDecision::Queued { flow } => {
-                            if !self.drain(None) {
-                                return false;
-                            }
+                            self.drain(None)?;
                             self.touch(flow, true);
                         }
                         ClientDecision::Dropped(_) => {}
@@ -1417,51 +1415,95 @@ mod properties {
                 }
                 Step::CloseAll => self.m.close_all(self.now),
             }
-            if !self.drain(timeout_at) {
-                return false;
-            }
+            self.drain(timeout_at)?;
             let after = self.m.active_flows();
             // The cap is never exceeded by an admission.
-            if after > before && after > self.max_flows {
-                return false;
+            if (after > before && after > self.max_flows) || after > self.highest {
+                return Err(Breach::Cap);
             }
-            if after > self.highest || after != self.created - self.closed {
-                return false;
+            if after != self.created - self.closed {
+                return Err(Breach::Counts);
             }
             if let Some(t) = timeout_at {
                 // Every flow due at t is gone, the next deadline is later.
-                if self.m.poll_timeout().is_some_and(|next| next <= t) {
-                    return false;
-                }
-                if self.deadlines.values().any(|(d, ..)| *d <= t) {
-                    return false;
+                if self.m.poll_timeout().is_some_and(|next| next <= t)
+                    || self.deadlines.values().any(|(d, ..)| *d <= t)
+                {
+                    return Err(Breach::Timer);
                 }
             }
-            true
+            Ok(())
         }
 
         /// A final long tick: every flow gone, no timer, created == closed.
-        fn finish(&mut self) -> bool {
+        fn finish(&mut self) -> Result<(), Breach> {
             self.now += Duration::from_secs(24 * 3600);
             self.m.handle_timeout(self.now);
-            self.drain(Some(self.now))
-                && self.m.active_flows() == 0
+            self.drain(Some(self.now))?;
+            if self.m.active_flows() == 0
                 && self.m.poll_timeout().is_none()
                 && self.created == self.closed
                 && self.deadlines.is_empty()
+            {
+                Ok(())
+            } else {
+                Err(Breach::FinalTick)
+            }
         }
     }
 
-    fn run(steps: Vec<Step>) -> bool {
-        let mut r = Run::new();
-        steps.iter().all(|s| r.step(s)) && r.finish()
+    /// Which promise a step sequence broke.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Breach {
+        /// An admission above `max_flows`, or more flows than the highest cap.
+        Cap,
+        /// An `Idle` close of a flow whose (refreshed) deadline had not passed.
+        StaleExpiry,
+        /// After `handle_timeout(t)`: a flow due at `t` alive, or a deadline
+        /// not later than `t`.
+        Timer,
+        /// created − closed ≠ live, or a close of an unknown flow.
+        Counts,
+        /// After a final long tick: a flow, a timer, or created ≠ closed.
+        FinalTick,
     }
 
-    #[test]
-    fn cap_timers_and_counts_hold_for_any_step_sequence() {
+    fn run(steps: &[Step]) -> Result<(), Breach> {
+        let mut r = Run::new();
+        for s in steps {
+            r.step(s)?;
+        }
+        r.finish()
+    }
+
+    fn never(breach: Breach) -> impl Fn(Vec<Step>) -> bool {
+        move |steps| run(&steps) != Err(breach)
+    }
+
+    fn check(prop: fn(Vec<Step>) -> bool) {
         QuickCheck::new()
             .tests(300)
             .rng(Gen::new(200))
-            .quickcheck(run as fn(Vec<Step>) -> bool);
+            .quickcheck(prop);
+    }
+
+    #[test]
+    fn cap_is_never_exceeded() {
+        check(|s| never(Breach::Cap)(s));
+    }
+
+    #[test]
+    fn final_long_tick_leaves_no_flow_no_timer_and_created_equals_closed() {
+        check(|s| never(Breach::FinalTick)(s));
+    }
+
+    #[test]
+    fn stale_expiry_never_closes_a_refreshed_flow() {
+        check(|s| never(Breach::StaleExpiry)(s));
+    }
+
+    #[test]
+    fn every_promise_holds_for_any_step_sequence() {
+        check(|s| run(&s).is_ok());
     }
 }
