@@ -1045,6 +1045,60 @@ fn proxy_header_for_ipv6_and_mixed_families() {
     assert_ne!(m.flow_client(f6), None);
 }
 
+#[test]
+fn handle_input_dispatches_like_the_named_methods() {
+    let t0 = origin();
+    let mut m = UdpFlowManager::new(config(), 3);
+    m.handle_input(t0, Input::SetCluster(Some(cluster())));
+    let ClientDecision::Queued { flow } = m.handle_client_datagram(t0, addr("192.0.2.1:1"), b"x")
+    else {
+        panic!()
+    };
+    m.handle_input(
+        t0,
+        Input::BackendResolved {
+            flow,
+            backend: BackendId::new("b1"),
+            addr: backend_addr(),
+        },
+    );
+    assert_eq!(m.flow_phase(flow), Some(Phase::Established));
+    m.handle_input(t0, Input::SetMaxRxDatagramSize(1));
+    assert_eq!(m.config().max_rx_datagram_size, 1);
+    m.handle_input(
+        t0,
+        Input::SetDefaultTimeouts {
+            front: Duration::from_secs(1),
+            back: Duration::from_secs(2),
+        },
+    );
+    assert_eq!(m.config().front_timeout, Duration::from_secs(1));
+    m.handle_input(t0, Input::SetMaxFlows(9));
+    assert_eq!(m.config().max_flows, 9);
+    m.handle_input(
+        t0,
+        Input::AbortBackend {
+            backend: BackendId::new("other"),
+            reason: CloseReason::BackendRemoved,
+        },
+    );
+    assert_eq!(m.active_flows(), 1);
+    m.handle_input(
+        t0,
+        Input::AbortFlow {
+            flow,
+            reason: CloseReason::Aborted,
+        },
+    );
+    assert_eq!(m.active_flows(), 0);
+    m.handle_input(t0, Input::Drain);
+    assert!(m.is_drained());
+    m.handle_input(t0, Input::CloseAll);
+    let out = outputs(&mut m);
+    assert_eq!(closes(&out), vec![(flow, CloseReason::Aborted)]);
+    assert_eq!(m.flow_for_key(&FlowKey::Source(addr("192.0.2.1:1"))), None);
+}
+
 // ----- handover (binary upgrade) -----
 
 #[test]
