@@ -346,3 +346,36 @@ fn a_kept_backend_connection_closed_by_the_backend_is_retried_once() {
     }
     lp.stop();
 }
+
+#[test]
+fn a_backend_that_never_answers_the_connect_is_skipped_after_connect_timeout() {
+    use sozu_command_lib::command::HttpListenerConfig;
+    let live = http_backend("live");
+    let (hanging, _keep) = hanging_backend();
+    let lp = LoopHandle::start();
+    lp.cluster("c", &[hanging, live.address], None);
+    let front = lp.apply(|l| {
+        let address = free_port();
+        let config = HttpListenerConfig {
+            address: address.into(),
+            front_timeout: 30,
+            back_timeout: 30,
+            connect_timeout: 1,
+            request_timeout: 10,
+            active: true,
+            ..Default::default()
+        };
+        l.http.add_listener(&config, &mut ctx!(l)).unwrap();
+        address
+    });
+    lp.http_route(front, "h", "/", "c");
+    let (mut s, mut r) = http_client(front);
+    let m = get(&mut s, &mut r, "h", "/").unwrap();
+    assert_eq!(m.status, 200);
+    assert!(m.text().starts_with("backend=live"));
+    assert_eq!(
+        lp.apply(|l| cluster_count(l, "c", "http.connect.failed")),
+        1
+    );
+    lp.stop();
+}

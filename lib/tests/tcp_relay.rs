@@ -179,3 +179,42 @@ fn an_idle_client_is_closed_by_the_front_timeout() {
     assert_eq!(lp.apply(|l| l.tcp.active_sessions()), 0);
     lp.stop();
 }
+
+#[test]
+fn a_backend_that_never_answers_the_connect_is_skipped_after_connect_timeout() {
+    use sozu_command_lib::command::{RequestTcpFrontend, TcpListenerConfig};
+    let (hanging_address, hanging) = hanging_backend();
+    let lp = LoopHandle::start();
+    lp.cluster("slow", &[hanging_address, echo_backend()], None);
+    let front = lp.apply(|l| {
+        let address = free_port();
+        let config = TcpListenerConfig {
+            address: address.into(),
+            public_address: None,
+            expect_proxy: false,
+            front_timeout: 30,
+            back_timeout: 30,
+            connect_timeout: 1,
+            active: true,
+        };
+        l.tcp.add_listener(&config, &mut ctx!(l)).unwrap();
+        l.tcp
+            .add_frontend(&RequestTcpFrontend {
+                cluster_id: "slow".into(),
+                address: address.into(),
+                tags: Default::default(),
+            })
+            .unwrap();
+        address
+    });
+    let mut c = client(front);
+    c.write_all(b"still served").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c).unwrap(), b"still served");
+    assert_eq!(
+        lp.apply(|l| cluster_count(l, "slow", "tcp.connect.failed")),
+        1
+    );
+    lp.stop();
+    drop(hanging);
+}

@@ -567,6 +567,8 @@ impl Session {
                     return;
                 }
                 self.attempt = connecting.attempt;
+                // Each attempt gets its own `connect_timeout`.
+                self.connect_started = Some(now);
                 let mut out = Vec::with_capacity(exchange.request_head.len() + 64);
                 let knobs = env
                     .clusters

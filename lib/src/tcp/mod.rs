@@ -496,7 +496,11 @@ impl TcpProxy {
                 continue;
             }
             let (deadline, reason) = session.deadline();
-            if deadline <= now {
+            if deadline <= now && reason == SessionCloseReason::ConnectTimeout {
+                // A backend that does not answer is treated like one that
+                // refuses: try another.
+                self.connect_failed(key, now, ctx, None);
+            } else if deadline <= now {
                 tracing::debug!(client = %session.client, %reason, "TCP session timed out");
                 self.close_session(key, now, reason, ctx);
             } else {
@@ -708,9 +712,8 @@ impl TcpProxy {
                 session.back = Some(back);
                 session.backend = Some((connecting.backend, connecting.address));
                 session.phase = Phase::Connecting;
-                if session.connect_started.is_none() {
-                    session.connect_started = Some(now);
-                }
+                // Each attempt gets its own `connect_timeout`.
+                session.connect_started = Some(now);
                 let (deadline, _) = session.deadline();
                 session
                     .timer
@@ -783,29 +786,49 @@ impl TcpProxy {
                 tracing::debug!(client = %session.client, cluster = %cluster, backend = %backend, "TCP backend connected");
             }
             ConnectState::Failed(error) => {
-                let Some((backend, address)) = session.backend.take() else {
-                    return;
-                };
-                let Some(cluster) = session.cluster.clone() else {
-                    return;
-                };
-                tracing::debug!(client = %session.client, cluster = %cluster, backend = %backend, %address, %error, "TCP backend connect failed");
-                if let Some(mut back) = session.back.take() {
-                    back.deregister(ctx.registry);
-                    ctx.tokens.remove(back.token);
-                }
-                ctx.backends
-                    .mark_suspect(cluster.as_str(), backend.as_str());
-                let backend_handles = self.handles.backend(ctx.metrics, &cluster, &backend);
-                count(ctx.metrics, backend_handles.connect_failed, 1);
-                if session.attempt >= socket::MAX_CONNECT_ATTEMPTS {
-                    session.backend = Some((backend, address));
-                    self.close_session(key, now, SessionCloseReason::ConnectFailed, ctx);
-                } else {
-                    session.phase = Phase::NeedsBackend;
-                    self.start_connect(key, now, ctx);
-                }
+                self.connect_failed(key, now, ctx, Some(error));
             }
+        }
+    }
+
+    /// A backend connect failed (`Some(error)`) or timed out (`None`): the
+    /// backend is marked
+    /// suspect, and another is tried until [`socket::MAX_CONNECT_ATTEMPTS`].
+    fn connect_failed(
+        &mut self,
+        key: usize,
+        now: Instant,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+        error: Option<io::Error>,
+    ) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let (Some((backend, address)), Some(cluster)) =
+            (session.backend.take(), session.cluster.clone())
+        else {
+            return;
+        };
+        tracing::debug!(client = %session.client, cluster = %cluster, backend = %backend, %address, ?error, "TCP backend connect failed");
+        if let Some(mut back) = session.back.take() {
+            back.deregister(ctx.registry);
+            ctx.tokens.remove(back.token);
+        }
+        ctx.backends
+            .mark_suspect(cluster.as_str(), backend.as_str());
+        let backend_handles = self.handles.backend(ctx.metrics, &cluster, &backend);
+        count(ctx.metrics, backend_handles.connect_failed, 1);
+        if session.attempt >= socket::MAX_CONNECT_ATTEMPTS {
+            session.backend = Some((backend, address));
+            let reason = if error.is_none() {
+                SessionCloseReason::ConnectTimeout
+            } else {
+                SessionCloseReason::ConnectFailed
+            };
+            self.close_session(key, now, reason, ctx);
+        } else {
+            session.phase = Phase::NeedsBackend;
+            self.start_connect(key, now, ctx);
         }
     }
 

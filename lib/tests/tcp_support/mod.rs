@@ -396,3 +396,19 @@ pub fn cluster_count(l: &TestLoop, cluster: &str, name: &str) -> i64 {
         _ => 0,
     }
 }
+
+/// A loopback listener whose accept queue is full: the kernel drops further
+/// SYNs, so a connect to it neither succeeds nor fails (until its timeout).
+/// Keep the returned value alive for as long as the address must hang.
+pub fn hanging_backend() -> (SocketAddr, impl Sized) {
+    use socket2::{Domain, Socket, Type};
+    let hanging = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    hanging.bind(&any.into()).unwrap();
+    hanging.listen(0).unwrap();
+    let address = hanging.local_addr().unwrap().as_socket().unwrap();
+    let fill: Vec<TcpStream> = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok())
+        .collect();
+    (address, (hanging, fill))
+}
