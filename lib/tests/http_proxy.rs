@@ -182,6 +182,7 @@ fn a_dead_backend_beside_a_live_one_is_retried_transparently() {
         let m = read_response(&mut r).unwrap();
         assert_eq!(m.status, 200);
         assert_eq!(m.header("connection"), Some("close"));
+        assert!(read_response(&mut r).is_none(), "closed after the answer");
     }
     lp.stop();
 }
@@ -377,5 +378,34 @@ fn a_backend_that_never_answers_the_connect_is_skipped_after_connect_timeout() {
         lp.apply(|l| cluster_count(l, "c", "http.connect.failed")),
         1
     );
+    lp.stop();
+}
+
+#[test]
+fn an_incomplete_request_head_gets_408_after_the_request_timeout() {
+    use sozu_command_lib::command::HttpListenerConfig;
+    let a = http_backend("a");
+    let lp = LoopHandle::start();
+    lp.cluster("a", &[a.address], None);
+    let front = lp.apply(|l| {
+        let address = free_port();
+        let config = HttpListenerConfig {
+            address: address.into(),
+            front_timeout: 30,
+            back_timeout: 30,
+            connect_timeout: 3,
+            request_timeout: 1,
+            active: true,
+            ..Default::default()
+        };
+        l.http.add_listener(&config, &mut ctx!(l)).unwrap();
+        address
+    });
+    lp.http_route(front, "h", "/", "a");
+    let (mut s, mut r) = http_client(front);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").unwrap();
+    let m = read_response(&mut r).unwrap();
+    assert_eq!(m.status, 408);
+    assert!(read_response(&mut r).is_none());
     lp.stop();
 }
