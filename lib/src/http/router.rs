@@ -198,7 +198,29 @@ impl Router {
         rules.sort_by(|a, b| {
             (b.path.rank(), b.method.is_some()).cmp(&(a.path.rank(), a.method.is_some()))
         });
+        self.check_invariants();
         Ok(())
+    }
+
+    /// Every host has rules, each host's rules are ordered best first, and
+    /// no two rules of a host have the same path and method.
+    fn check_invariants(&self) {
+        #[cfg(debug_assertions)]
+        for rules in self.exact.values().chain(self.wildcard.values()) {
+            debug_assert!(!rules.is_empty(), "a host without rules is removed");
+            for pair in rules.windows(2) {
+                let key = |r: &Rule| (r.path.rank(), r.method.is_some());
+                debug_assert!(key(&pair[0]) >= key(&pair[1]), "rules ordered best first");
+            }
+            for (i, a) in rules.iter().enumerate() {
+                debug_assert!(
+                    rules[i + 1..]
+                        .iter()
+                        .all(|b| !(a.path == b.path && a.method == b.method)),
+                    "no duplicate rule"
+                );
+            }
+        }
     }
 
     /// Removes the frontend with this hostname, path and method.
@@ -222,6 +244,7 @@ impl Router {
         if rules.is_empty() {
             table.remove(&key);
         }
+        self.check_invariants();
         Ok(())
     }
 
@@ -447,6 +470,79 @@ mod tests {
             Err(RouteError::InvalidHostname { .. })
         ));
         assert!(r.is_empty());
+    }
+
+    /// Lookups agree with a brute-force reading of the precedence rules
+    /// over random tables and requests.
+    #[test]
+    fn lookup_matches_a_brute_force_model() {
+        use quickcheck::{QuickCheck, TestResult};
+        const HOSTS: [&str; 5] = ["a.com", "b.a.com", "*.a.com", "x.b.a.com", "*.b.a.com"];
+        const PATHS: [&str; 5] = ["", "/", "/a", "/a/b", "/ab"];
+        const REQ_HOSTS: [&str; 6] = [
+            "a.com",
+            "b.a.com",
+            "c.a.com",
+            "x.b.a.com",
+            "y.b.a.com",
+            "d.com",
+        ];
+        const REQ_PATHS: [&str; 6] = ["/", "/a", "/a/b", "/ab", "/abc", "/b"];
+        fn prop(rules: Vec<(u8, u8, bool, u8)>, requests: Vec<(u8, u8, bool)>) -> TestResult {
+            let mut router = Router::new();
+            // (host, path, equals, method, cluster) of the rules accepted.
+            let mut model: Vec<(&str, &str, bool, Option<&str>, String)> = Vec::new();
+            for (i, (h, p, equals, m)) in rules.into_iter().enumerate() {
+                let host = HOSTS[usize::from(h) % HOSTS.len()];
+                let path = PATHS[usize::from(p) % PATHS.len()];
+                let method = [None, Some("GET"), Some("POST")][usize::from(m) % 3];
+                let kind = if equals {
+                    PathRuleKind::Equals
+                } else {
+                    PathRuleKind::Prefix
+                };
+                let cluster = format!("c{i}");
+                let mut f = frontend(host, kind, path, Some(&cluster));
+                f.method = method.map(str::to_owned);
+                if router.add(&f).is_ok() {
+                    model.push((host, path, equals, method, cluster));
+                }
+            }
+            for (h, p, post) in requests {
+                let host = REQ_HOSTS[usize::from(h) % REQ_HOSTS.len()];
+                let path = REQ_PATHS[usize::from(p) % REQ_PATHS.len()];
+                let method = if post { "POST" } else { "GET" };
+                let best = |pattern: &str| {
+                    model
+                        .iter()
+                        .filter(|(h, p, equals, m, _)| {
+                            *h == pattern
+                                && if *equals {
+                                    path == *p
+                                } else {
+                                    path.starts_with(p)
+                                }
+                                && m.is_none_or(|m| m == method)
+                        })
+                        .max_by_key(|(_, p, equals, m, _)| (*equals, p.len(), m.is_some()))
+                        .map(|r| r.4.clone())
+                };
+                let wildcard = host
+                    .split_once('.')
+                    .map(|(_, suffix)| format!("*.{suffix}"));
+                let expected = best(host).or_else(|| wildcard.and_then(|w| best(&w)));
+                let got = cluster_of(router.lookup(host, path, method)).map(str::to_owned);
+                if got != expected {
+                    return TestResult::error(format!(
+                        "{method} {host}{path}: got {got:?}, expected {expected:?}"
+                    ));
+                }
+            }
+            TestResult::passed()
+        }
+        QuickCheck::new()
+            .tests(500)
+            .quickcheck(prop as fn(Vec<(u8, u8, bool, u8)>, Vec<(u8, u8, bool)>) -> TestResult);
     }
 
     #[test]
