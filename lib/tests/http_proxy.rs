@@ -409,3 +409,52 @@ fn an_incomplete_request_head_gets_408_after_the_request_timeout() {
     assert!(read_response(&mut r).is_none());
     lp.stop();
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let a = http_backend("a");
+    let lp = LoopHandle::start();
+    lp.cluster("a", &[a.address], None);
+    let front = lp.http_listener(30, 30);
+    lp.http_route(front, "h", "/", "a");
+    let (mut s, mut r) = http_client(front);
+    let batch: String = (0..5)
+        .map(|i| format!("GET /p{i} HTTP/1.1\r\nHost: h\r\n\r\n"))
+        .collect();
+    s.write_all(batch.as_bytes()).unwrap();
+    for i in 0..5 {
+        let m = read_response(&mut r).unwrap();
+        assert_eq!(m.status, 200);
+        assert!(m.text().contains(&format!("path=/p{i} ")), "{}", m.text());
+    }
+    lp.stop();
+}
+
+#[test]
+fn a_response_without_length_ends_with_the_backend_close_and_closes_the_client() {
+    use std::io::{BufRead, BufReader};
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = backend.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nstreamed until close")
+            .unwrap();
+    });
+    let lp = LoopHandle::start();
+    lp.cluster("c", &[address], None);
+    let front = lp.http_listener(30, 30);
+    lp.http_route(front, "h", "/", "c");
+    let (mut s, mut r) = http_client(front);
+    let m = get(&mut s, &mut r, "h", "/").unwrap();
+    assert_eq!(m.status, 200);
+    assert_eq!(m.header("connection"), Some("close"));
+    // `read_response` read the body to EOF: the proxy closed after it.
+    assert_eq!(m.text(), "streamed until close");
+    lp.stop();
+}
