@@ -1,1 +1,331 @@
-//! TOML configuration (Sōzu 2.x compatible) → validated `Config` → orders.
+//! TOML configuration (Sōzu 2.x compatible) → validated [`Config`] → orders.
+//!
+//! `reader.rs` walks the spanned TOML tree and reports typed errors with key
+//! path and line; `parse.rs` knows what each key means, its default and its
+//! cross-checks; `orders.rs` turns a `Config` into the ordered list of
+//! [`command::Request`]s that builds that state. This module never touches a
+//! socket or a process: the master decides what to do with a `Config`.
+//! Every key, default and deliberate difference from Sōzu is documented in
+//! `doc/configure.md`.
+
+mod error;
+mod orders;
+mod parse;
+mod reader;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, Location};
+
+use crate::command::{
+    ListenerType, LoadBalancingAlgorithms, LoadMetric, PathRuleKind, UdpAffinityKey, UdpFlowKey,
+    UdpHealthMode,
+};
+
+/// A validated sozu configuration. Relative paths (`command_socket`,
+/// `saved_state`, `pid_file_path`) are already resolved against the
+/// directory of the configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this configuration was read from, if any.
+    pub config_path: Option<PathBuf>,
+    /// Unix socket the master listens on for commands (default `./sozu.sock`).
+    pub command_socket: PathBuf,
+    /// Initial buffer size of a command channel, bytes (default 16384).
+    pub command_buffer_size: NonZeroUsize,
+    /// Largest command message accepted, bytes (default 163840).
+    pub max_command_buffer_size: NonZeroUsize,
+    /// Peer uids allowed on the command socket besides its owner and root
+    /// (default empty: owner and root only).
+    pub command_allowed_uids: Vec<u32>,
+    /// Simultaneous command-socket clients (default 64).
+    pub max_command_clients: NonZeroUsize,
+    /// Number of worker processes (default 2).
+    pub worker_count: NonZeroU16,
+    /// Restart a worker that dies (default true).
+    pub worker_automatic_restart: bool,
+    /// How long the master waits for a worker's answer (default 10 s).
+    pub worker_timeout: Duration,
+    /// Maximum TCP/HTTP sessions per worker (default 500).
+    pub max_connections: NonZeroUsize,
+    /// Size of one I/O buffer, bytes (default 16393).
+    pub buffer_size: NonZeroUsize,
+    /// Log filter, e.g. `info` or `info,sozu_lib=debug` (default `info`).
+    pub log_level: String,
+    /// Where logs go (default stdout).
+    pub log_target: LogTarget,
+    /// Where access logs go (default: with the other logs).
+    pub access_logs_target: Option<LogTarget>,
+    /// Where the audit log of command-socket orders goes (default: with the
+    /// other logs).
+    pub audit_logs_target: Option<LogTarget>,
+    /// State file loaded at start and used by automatic saves.
+    pub saved_state: Option<PathBuf>,
+    /// Save the state to `saved_state` after each change (default false).
+    pub automatic_state_save: bool,
+    /// Largest state file `state load` accepts, bytes (default 64 MiB).
+    pub max_state_file_size: NonZeroU64,
+    /// Activate the configured listeners at start (default true).
+    pub activate_listeners: bool,
+    /// Default TCP/HTTP client-side idle timeout (default 60 s).
+    pub front_timeout: Duration,
+    /// Default TCP/HTTP backend-side idle timeout (default 30 s).
+    pub back_timeout: Duration,
+    /// Default backend connect timeout (default 3 s).
+    pub connect_timeout: Duration,
+    /// Default HTTP request timeout (default 10 s).
+    pub request_timeout: Duration,
+    /// Where the master writes its pid.
+    pub pid_file_path: Option<PathBuf>,
+    /// Statsd metrics export.
+    pub metrics: Option<MetricsConfig>,
+    /// Listeners in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Clusters by id.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// Where a log stream goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+    /// `udp://host:port`
+    Udp(SocketAddr),
+    /// `tcp://host:port`
+    Tcp(SocketAddr),
+    /// `unix:///path/to/socket` (a datagram socket)
+    Unix(PathBuf),
+    /// `file:///path/to/file` (appended to)
+    File(PathBuf),
+}
+
+/// `[metrics]`: statsd export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// UDP address of the statsd server.
+    pub address: SocketAddr,
+    /// Use tags instead of dotted names (default false).
+    pub tagged_metrics: bool,
+    /// Prefix of every metric name.
+    pub prefix: Option<String>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerConfig {
+    Http(HttpListenerSettings),
+    /// Parsed for compatibility; sozu does not serve HTTPS yet, so no order
+    /// is generated for it.
+    Https(HttpListenerSettings),
+    Tcp(TcpListenerSettings),
+    Udp(UdpListenerSettings),
+}
+
+impl ListenerConfig {
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            ListenerConfig::Http(l) | ListenerConfig::Https(l) => l.address,
+            ListenerConfig::Tcp(l) => l.address,
+            ListenerConfig::Udp(l) => l.address,
+        }
+    }
+
+    /// The wire listener type.
+    pub fn listener_type(&self) -> ListenerType {
+        match self {
+            ListenerConfig::Http(_) => ListenerType::Http,
+            ListenerConfig::Https(_) => ListenerType::Https,
+            ListenerConfig::Tcp(_) => ListenerType::Tcp,
+            ListenerConfig::Udp(_) => ListenerType::Udp,
+        }
+    }
+}
+
+/// An HTTP (or HTTPS) listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListenerSettings {
+    pub address: SocketAddr,
+    pub public_address: Option<SocketAddr>,
+    pub expect_proxy: bool,
+    /// Sticky-session cookie name (default `SOZUBALANCEID`).
+    pub sticky_name: String,
+    pub front_timeout: Duration,
+    pub back_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// A TCP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpListenerSettings {
+    pub address: SocketAddr,
+    pub public_address: Option<SocketAddr>,
+    pub expect_proxy: bool,
+    pub front_timeout: Duration,
+    pub back_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// A UDP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpListenerSettings {
+    pub address: SocketAddr,
+    pub public_address: Option<SocketAddr>,
+    /// Flow idle timeout refreshed by client datagrams (default 30 s).
+    pub front_timeout: Duration,
+    /// Flow idle timeout refreshed by backend datagrams (default 30 s).
+    pub back_timeout: Duration,
+    /// Largest datagram accepted (default 1500, clamped to `buffer_size`).
+    pub max_rx_datagram_size: NonZeroU32,
+    /// Flow cap per worker; `None` = auto from the fd limit (wire 0).
+    pub max_flows: Option<NonZeroU32>,
+    /// SO_RCVBUF; `None` = kernel default.
+    pub recv_buffer_size: Option<NonZeroU32>,
+    /// SO_SNDBUF; `None` = kernel default.
+    pub send_buffer_size: Option<NonZeroU32>,
+}
+
+/// What a cluster proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterProtocol {
+    Http,
+    Tcp,
+    Udp,
+}
+
+/// One `[clusters.<id>]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub cluster_id: String,
+    pub protocol: ClusterProtocol,
+    /// Default ROUND_ROBIN.
+    pub load_balancing: LoadBalancingAlgorithms,
+    pub load_metric: Option<LoadMetric>,
+    pub sticky_session: bool,
+    pub https_redirect: bool,
+    /// Send a PROXY protocol header to backends (TCP; on UDP clusters this
+    /// sets `udp.send_proxy_protocol`).
+    pub send_proxy: bool,
+    /// Expect a PROXY protocol header from clients (TCP only).
+    pub expect_proxy: bool,
+    pub frontends: Vec<FrontendConfig>,
+    pub backends: Vec<BackendConfig>,
+    /// UDP knobs: `Some` exactly when `protocol` is UDP.
+    pub udp: Option<UdpClusterSettings>,
+}
+
+/// One frontend of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendConfig {
+    pub address: SocketAddr,
+    /// HTTP only (required there).
+    pub hostname: Option<String>,
+    /// HTTP only: path rule kind (default PREFIX).
+    pub path_kind: PathRuleKind,
+    /// HTTP only: path rule value (default empty: every path).
+    pub path: String,
+    /// HTTP only: restrict to one method.
+    pub method: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One backend of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Default `<cluster>-<index>`.
+    pub backend_id: String,
+    pub address: SocketAddr,
+    /// Load-balancing weight (default 100).
+    pub weight: i32,
+    pub sticky_id: Option<String>,
+    pub backup: Option<bool>,
+}
+
+/// `[clusters.<id>.udp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpClusterSettings {
+    /// What the load-balancing hash covers (default SOURCE_IP).
+    pub affinity_key: UdpAffinityKey,
+    /// Close a flow after this many backend datagrams; `None` = unlimited.
+    pub responses: Option<NonZeroU32>,
+    /// Close a flow after this many client datagrams; `None` = unlimited.
+    pub requests: Option<NonZeroU32>,
+    pub send_proxy_protocol: bool,
+    pub proxy_protocol_every_datagram: bool,
+    /// Overrides the listener's front timeout for this cluster's flows.
+    pub front_timeout: Option<Duration>,
+    /// Overrides the listener's back timeout for this cluster's flows.
+    pub back_timeout: Option<Duration>,
+    /// Datagrams queued while a new flow awaits its backend (default 32).
+    pub max_pending_datagrams: NonZeroU32,
+    /// Bytes queued while a new flow awaits its backend (default 65536).
+    pub max_pending_bytes: NonZeroU32,
+    /// Keep a removed backend's live flows (default false: abort them).
+    pub keep_flows_on_backend_removal: bool,
+    /// What identifies a flow (default SOURCE_ADDRESS).
+    pub flow_key: UdpFlowKey,
+    /// Present when `[clusters.<id>.udp.health]` exists.
+    pub health: Option<UdpHealthSettings>,
+}
+
+/// `[clusters.<id>.udp.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpHealthSettings {
+    /// Default TCP_PROBE.
+    pub mode: UdpHealthMode,
+    /// TCP probe port; `None` = the backend's data port.
+    pub tcp_port: Option<u16>,
+    /// Successes to mark a backend up (default 2).
+    pub rise: NonZeroU32,
+    /// Failures to mark a backend down (default 3).
+    pub fall: NonZeroU32,
+    /// Use every backend when all are down (default true).
+    pub fail_open: bool,
+    /// Payload of a UDP probe (default empty).
+    pub udp_probe_payload: Vec<u8>,
+    /// Default 5 s.
+    pub probe_interval: Duration,
+    /// Default 2 s.
+    pub probe_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`. Relative paths
+    /// inside it resolve against the file's directory.
+    pub fn load_from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::from_str(&text, path)?;
+        config.config_path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Validates configuration `text`. `origin` names it in error messages,
+    /// and relative paths resolve against `origin`'s directory.
+    pub fn from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        parse::parse(text, origin)
+    }
+
+    /// The listener of `listener_type` bound on `address`, if any.
+    pub fn listener(
+        &self,
+        listener_type: ListenerType,
+        address: SocketAddr,
+    ) -> Option<&ListenerConfig> {
+        self.listeners
+            .iter()
+            .find(|l| l.listener_type() == listener_type && l.address() == address)
+    }
+}

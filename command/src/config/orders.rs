@@ -1,0 +1,212 @@
+//! Turns a validated [`Config`] into the ordered list of orders that builds
+//! its state: listeners, clusters, frontends, backends, then (if
+//! `activate_listeners`) one activation per listener. Pure: no I/O.
+//!
+//! HTTPS listeners are parsed but produce no order (sozu does not serve
+//! HTTPS yet; the protocol has no `add_https_listener`), and neither do
+//! frontends bound on them.
+
+use std::net::SocketAddr;
+
+use super::{ClusterConfig, ClusterProtocol, Config, FrontendConfig, ListenerConfig};
+use crate::command::request::RequestType;
+use crate::command::{
+    ActivateListener, AddBackend, Cluster, HttpListenerConfig, ListenerType, LoadBalancingParams,
+    PathRule, ProxyProtocolConfig, Request, RequestHttpFrontend, RequestTcpFrontend,
+    RequestUdpFrontend, RulePosition, TcpListenerConfig, UdpClusterConfig, UdpHealthConfig,
+    UdpListenerConfig,
+};
+use crate::proto::convert::limit_to_wire;
+
+fn secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+fn order(request_type: RequestType) -> Request {
+    Request {
+        request_type: Some(request_type),
+    }
+}
+
+impl ListenerConfig {
+    /// The order that adds this listener (inactive), or `None` for HTTPS,
+    /// which sozu does not serve yet.
+    pub fn add_order(&self) -> Option<Request> {
+        let request_type = match self {
+            ListenerConfig::Udp(l) => RequestType::AddUdpListener(UdpListenerConfig {
+                address: l.address.into(),
+                public_address: l.public_address.map(Into::into),
+                front_timeout: secs(l.front_timeout),
+                back_timeout: secs(l.back_timeout),
+                max_rx_datagram_size: l.max_rx_datagram_size.get(),
+                max_flows: limit_to_wire(l.max_flows),
+                active: false,
+                recv_buffer_size: l.recv_buffer_size.map(|n| n.get()),
+                send_buffer_size: l.send_buffer_size.map(|n| n.get()),
+            }),
+            ListenerConfig::Tcp(l) => RequestType::AddTcpListener(TcpListenerConfig {
+                address: l.address.into(),
+                public_address: l.public_address.map(Into::into),
+                expect_proxy: l.expect_proxy,
+                front_timeout: secs(l.front_timeout),
+                back_timeout: secs(l.back_timeout),
+                connect_timeout: secs(l.connect_timeout),
+                active: false,
+            }),
+            ListenerConfig::Http(l) => RequestType::AddHttpListener(HttpListenerConfig {
+                address: l.address.into(),
+                public_address: l.public_address.map(Into::into),
+                expect_proxy: l.expect_proxy,
+                sticky_name: l.sticky_name.clone(),
+                front_timeout: secs(l.front_timeout),
+                back_timeout: secs(l.back_timeout),
+                connect_timeout: secs(l.connect_timeout),
+                request_timeout: secs(l.request_timeout),
+                active: false,
+                ..Default::default()
+            }),
+            ListenerConfig::Https(_) => return None,
+        };
+        Some(order(request_type))
+    }
+}
+
+impl ClusterConfig {
+    /// The `add_cluster` order for this cluster.
+    pub fn add_order(&self) -> Request {
+        let proxy_protocol = match (self.protocol, self.send_proxy, self.expect_proxy) {
+            (ClusterProtocol::Udp, _, _) => None,
+            (_, true, true) => Some(ProxyProtocolConfig::RelayHeader as i32),
+            (_, true, false) => Some(ProxyProtocolConfig::SendHeader as i32),
+            (_, false, true) => Some(ProxyProtocolConfig::ExpectHeader as i32),
+            (_, false, false) => None,
+        };
+        let udp = self.udp.as_ref().map(|u| UdpClusterConfig {
+            affinity_key: Some(u.affinity_key as i32),
+            responses: Some(limit_to_wire(u.responses)),
+            requests: Some(limit_to_wire(u.requests)),
+            send_proxy_protocol: Some(u.send_proxy_protocol),
+            proxy_protocol_every_datagram: Some(u.proxy_protocol_every_datagram),
+            health: u.health.as_ref().map(|h| UdpHealthConfig {
+                mode: Some(h.mode as i32),
+                tcp_port: h.tcp_port.map(u32::from),
+                rise: Some(h.rise.get()),
+                fall: Some(h.fall.get()),
+                fail_open: Some(h.fail_open),
+                udp_probe_payload: Some(h.udp_probe_payload.clone()),
+                probe_interval_seconds: Some(secs(h.probe_interval)),
+                probe_timeout_seconds: Some(secs(h.probe_timeout)),
+            }),
+            front_timeout: u.front_timeout.map(secs),
+            back_timeout: u.back_timeout.map(secs),
+            max_pending_datagrams: Some(u.max_pending_datagrams.get()),
+            max_pending_bytes: Some(u.max_pending_bytes.get()),
+            keep_flows_on_backend_removal: Some(u.keep_flows_on_backend_removal),
+            flow_key: Some(u.flow_key as i32),
+        });
+        order(RequestType::AddCluster(Cluster {
+            cluster_id: self.cluster_id.clone(),
+            sticky_session: self.sticky_session,
+            https_redirect: self.https_redirect,
+            proxy_protocol,
+            load_balancing: self.load_balancing as i32,
+            load_metric: self.load_metric.map(|m| m as i32),
+            udp,
+            ..Default::default()
+        }))
+    }
+
+    /// The order adding `frontend` to this cluster, `None` when it sits on
+    /// an HTTPS listener (not served yet).
+    fn frontend_order(&self, frontend: &FrontendConfig, config: &Config) -> Option<Request> {
+        let address = frontend.address.into();
+        let tags = frontend.tags.clone();
+        let request_type = match self.protocol {
+            ClusterProtocol::Udp => RequestType::AddUdpFrontend(RequestUdpFrontend {
+                cluster_id: self.cluster_id.clone(),
+                address,
+                tags,
+            }),
+            ClusterProtocol::Tcp => RequestType::AddTcpFrontend(RequestTcpFrontend {
+                cluster_id: self.cluster_id.clone(),
+                address,
+                tags,
+            }),
+            ClusterProtocol::Http => {
+                if config
+                    .listener(ListenerType::Http, frontend.address)
+                    .is_none()
+                {
+                    tracing::warn!(cluster = %self.cluster_id, address = %frontend.address, "frontend on an HTTPS listener skipped: HTTPS is not served yet");
+                    return None;
+                }
+                RequestType::AddHttpFrontend(RequestHttpFrontend {
+                    cluster_id: Some(self.cluster_id.clone()),
+                    address,
+                    hostname: frontend.hostname.clone().unwrap_or_default(),
+                    path: PathRule {
+                        kind: frontend.path_kind as i32,
+                        value: frontend.path.clone(),
+                    },
+                    method: frontend.method.clone(),
+                    position: RulePosition::Tree as i32,
+                    tags,
+                    ..Default::default()
+                })
+            }
+        };
+        Some(order(request_type))
+    }
+}
+
+fn activate_order(address: SocketAddr, proxy: ListenerType) -> Request {
+    order(RequestType::ActivateListener(ActivateListener {
+        address: address.into(),
+        proxy: proxy as i32,
+        from_scm: false,
+    }))
+}
+
+impl Config {
+    /// The orders that build this configuration's state, in order: add each
+    /// listener (inactive, file order), add each cluster (by id), each
+    /// cluster's frontends, each cluster's backends, then activate each
+    /// listener when `activate_listeners` is true.
+    pub fn generate_orders(&self) -> Vec<Request> {
+        let mut orders: Vec<Request> = self
+            .listeners
+            .iter()
+            .filter_map(ListenerConfig::add_order)
+            .collect();
+        orders.extend(self.clusters.values().map(ClusterConfig::add_order));
+        for cluster in self.clusters.values() {
+            orders.extend(
+                cluster
+                    .frontends
+                    .iter()
+                    .filter_map(|f| cluster.frontend_order(f, self)),
+            );
+        }
+        for cluster in self.clusters.values() {
+            orders.extend(cluster.backends.iter().map(|b| {
+                order(RequestType::AddBackend(AddBackend {
+                    cluster_id: cluster.cluster_id.clone(),
+                    backend_id: b.backend_id.clone(),
+                    address: b.address.into(),
+                    sticky_id: b.sticky_id.clone(),
+                    load_balancing_parameters: Some(LoadBalancingParams { weight: b.weight }),
+                    backup: b.backup,
+                }))
+            }));
+        }
+        if self.activate_listeners {
+            orders.extend(
+                self.listeners
+                    .iter()
+                    .filter(|l| !matches!(l, ListenerConfig::Https(_)))
+                    .map(|l| activate_order(l.address(), l.listener_type())),
+            );
+        }
+        orders
+    }
+}

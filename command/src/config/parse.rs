@@ -1,0 +1,772 @@
+//! What every configuration key means: its type, range, default, and the
+//! checks across keys (duplicate listeners, frontends on missing listeners,
+//! UDP cluster detection). Reads through `reader.rs`; builds the types of
+//! `mod.rs`; never produces orders (that is `orders.rs`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use super::error::{ConfigError, Location};
+use super::reader::{Document, TableReader, ValueReader};
+use super::{
+    BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendConfig, HttpListenerSettings,
+    ListenerConfig, LogTarget, MetricsConfig, TcpListenerSettings, UdpClusterSettings,
+    UdpHealthSettings, UdpListenerSettings,
+};
+use crate::command::{
+    LoadBalancingAlgorithms, LoadMetric, PathRuleKind, UdpAffinityKey, UdpFlowKey, UdpHealthMode,
+};
+
+/// Sōzu global keys we accept and ignore (documented in doc/configure.md).
+pub(super) const IGNORED_GLOBAL: &[&str] = &[
+    "ctl_command_timeout",
+    "handle_process_affinity",
+    "disable_cluster_metrics",
+    "min_buffers",
+    "max_buffers",
+    "log_colored",
+    "access_logs_format",
+    "access_logs_colored",
+    "zombie_check_interval",
+    "accept_queue_timeout",
+    "evict_on_queue_full",
+];
+
+/// Sōzu listener keys we accept and ignore (TLS and custom answers).
+pub(super) const IGNORED_LISTENER: &[&str] = &[
+    "tls_versions",
+    "cipher_list",
+    "cipher_suites",
+    "signature_algorithms",
+    "groups_list",
+    "certificate",
+    "certificate_chain",
+    "key",
+    "send_tls13_tickets",
+    "alpn_protocols",
+    "answer_404",
+    "answer_503",
+    "http_answers",
+];
+
+/// Sōzu cluster keys we accept and ignore.
+pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2", "answers"];
+
+/// Sōzu frontend keys we accept and ignore (TLS of HTTPS frontends).
+pub(super) const IGNORED_FRONTEND: &[&str] =
+    &["certificate", "key", "certificate_chain", "tls_versions"];
+
+const DEFAULT_WEIGHT: i32 = 100;
+const DEFAULT_MAX_STATE_FILE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Parses and validates a whole configuration document.
+pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let doc = Document::new(text, origin.display().to_string());
+    let root = DeTable::parse(text).map_err(|e| ConfigError::Syntax {
+        message: e.message().to_owned(),
+        at: doc.location(e.span().map_or(0, |s| s.start)),
+    })?;
+    let base_dir = origin.parent().unwrap_or(Path::new(""));
+    let mut top = TableReader::new(&doc, String::new(), root.span(), root.get_ref());
+    let config = parse_root(&mut top, base_dir)?;
+    top.finish(IGNORED_GLOBAL)?;
+    Ok(config)
+}
+
+fn seconds(value: &ValueReader<'_>, min: u32) -> Result<Duration, ConfigError> {
+    value
+        .u32_at_least(min)
+        .map(|s| Duration::from_secs(u64::from(s)))
+}
+
+fn opt<'a, T>(
+    table: &mut TableReader<'a>,
+    key: &str,
+    read: impl FnOnce(&ValueReader<'a>) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    table.get(key).map(|v| read(&v)).transpose()
+}
+
+fn non_zero_usize(value: &ValueReader<'_>) -> Result<NonZeroUsize, ConfigError> {
+    let n = value.integer(1, u64::from(u32::MAX), true)?;
+    usize::try_from(n)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .ok_or_else(|| value.invalid("an integer >= 1"))
+}
+
+fn non_zero_u32(value: &ValueReader<'_>) -> Result<NonZeroU32, ConfigError> {
+    let n = value.u32_at_least(1)?;
+    NonZeroU32::new(n).ok_or_else(|| value.invalid("an integer >= 1"))
+}
+
+/// "0 = unlimited / default" knobs.
+fn zero_is_none(value: &ValueReader<'_>) -> Result<Option<NonZeroU32>, ConfigError> {
+    value.u32_at_least(0).map(NonZeroU32::new)
+}
+
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+fn path_value(value: &ValueReader<'_>, base_dir: &Path) -> Result<PathBuf, ConfigError> {
+    Ok(resolve(base_dir, &value.non_empty_string()?))
+}
+
+fn parse_log_target(value: &ValueReader<'_>) -> Result<LogTarget, ConfigError> {
+    let expected = "\"stdout\", \"stderr\", or a udp://, tcp://, unix:// or file:// URL";
+    let text = value.str()?;
+    let target = match text {
+        "stdout" => Some(LogTarget::Stdout),
+        "stderr" => Some(LogTarget::Stderr),
+        _ => {
+            if let Some(addr) = text.strip_prefix("udp://") {
+                addr.parse().ok().map(LogTarget::Udp)
+            } else if let Some(addr) = text.strip_prefix("tcp://") {
+                addr.parse().ok().map(LogTarget::Tcp)
+            } else if let Some(path) = text.strip_prefix("unix://") {
+                (!path.is_empty()).then(|| LogTarget::Unix(PathBuf::from(path)))
+            } else if let Some(path) = text.strip_prefix("file://") {
+                (!path.is_empty()).then(|| LogTarget::File(PathBuf::from(path)))
+            } else {
+                None
+            }
+        }
+    };
+    target.ok_or_else(|| value.invalid(expected))
+}
+
+fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, ConfigError> {
+    let command_socket = opt(top, "command_socket", |v| path_value(v, base_dir))?
+        .unwrap_or_else(|| resolve(base_dir, "./sozu.sock"));
+    let command_buffer_size = opt(top, "command_buffer_size", non_zero_usize)?
+        .unwrap_or(NonZeroUsize::new(16_384).expect("16384 is not zero"));
+    let max_command_buffer = top.get("max_command_buffer_size");
+    let max_command_buffer_size = match &max_command_buffer {
+        Some(v) => non_zero_usize(v)?,
+        None => NonZeroUsize::new(163_840).expect("163840 is not zero"),
+    };
+    if max_command_buffer_size < command_buffer_size {
+        let (key, at) = match &max_command_buffer {
+            Some(v) => (v.path().to_owned(), v.location()),
+            None => ("max_command_buffer_size".to_owned(), top.location()),
+        };
+        return Err(ConfigError::Inconsistent {
+            key,
+            reason: format!(
+                "must be at least command_buffer_size ({command_buffer_size}), got {max_command_buffer_size}"
+            ),
+            at,
+        });
+    }
+    let command_allowed_uids = match top.get("command_allowed_uids") {
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(|uid| uid.u32_at_least(0))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let max_command_clients = opt(top, "max_command_clients", non_zero_usize)?
+        .unwrap_or(NonZeroUsize::new(64).expect("64 is not zero"));
+    let worker_count = match top.get("worker_count") {
+        Some(v) => {
+            let n = v.u32_between(1, u32::from(u16::MAX))?;
+            u16::try_from(n)
+                .ok()
+                .and_then(NonZeroU16::new)
+                .ok_or_else(|| v.invalid(format!("an integer between 1 and {}", u16::MAX)))?
+        }
+        None => NonZeroU16::new(2).expect("2 is not zero"),
+    };
+    let worker_automatic_restart =
+        opt(top, "worker_automatic_restart", ValueReader::bool)?.unwrap_or(true);
+    let worker_timeout =
+        opt(top, "worker_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(10));
+    let max_connections = opt(top, "max_connections", non_zero_usize)?
+        .unwrap_or(NonZeroUsize::new(500).expect("500 is not zero"));
+    let buffer_size = opt(top, "buffer_size", non_zero_usize)?
+        .unwrap_or(NonZeroUsize::new(16_393).expect("16393 is not zero"));
+    let log_level =
+        opt(top, "log_level", ValueReader::non_empty_string)?.unwrap_or_else(|| "info".to_owned());
+    let log_target = opt(top, "log_target", parse_log_target)?.unwrap_or(LogTarget::Stdout);
+    let access_logs_target = opt(top, "access_logs_target", parse_log_target)?;
+    let audit_logs_target = opt(top, "audit_logs_target", parse_log_target)?;
+    let saved_state = opt(top, "saved_state", |v| path_value(v, base_dir))?;
+    let automatic_state_save = top.get("automatic_state_save");
+    let automatic_state_save = match automatic_state_save {
+        Some(v) => {
+            let on = v.bool()?;
+            if on && saved_state.is_none() {
+                return Err(ConfigError::Inconsistent {
+                    key: v.path().to_owned(),
+                    reason: "is true but saved_state is not set".to_owned(),
+                    at: v.location(),
+                });
+            }
+            on
+        }
+        None => false,
+    };
+    let max_state_file_size = match top.get("max_state_file_size") {
+        Some(v) => {
+            let n = v.integer(1, i64::MAX as u64, true)?;
+            NonZeroU64::new(n).ok_or_else(|| v.invalid("an integer >= 1"))?
+        }
+        None => NonZeroU64::new(DEFAULT_MAX_STATE_FILE_SIZE).expect("64 MiB is not zero"),
+    };
+    let activate_listeners = opt(top, "activate_listeners", ValueReader::bool)?.unwrap_or(true);
+    let front_timeout =
+        opt(top, "front_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(60));
+    let back_timeout =
+        opt(top, "back_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(30));
+    let connect_timeout =
+        opt(top, "connect_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(3));
+    let request_timeout =
+        opt(top, "request_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(10));
+    let pid_file_path = opt(top, "pid_file_path", |v| path_value(v, base_dir))?;
+    let metrics = match top.get("metrics") {
+        Some(v) => Some(parse_metrics(&v)?),
+        None => None,
+    };
+
+    let mut config = Config {
+        config_path: None,
+        command_socket,
+        command_buffer_size,
+        max_command_buffer_size,
+        command_allowed_uids,
+        max_command_clients,
+        worker_count,
+        worker_automatic_restart,
+        worker_timeout,
+        max_connections,
+        buffer_size,
+        log_level,
+        log_target,
+        access_logs_target,
+        audit_logs_target,
+        saved_state,
+        automatic_state_save,
+        max_state_file_size,
+        activate_listeners,
+        front_timeout,
+        back_timeout,
+        connect_timeout,
+        request_timeout,
+        pid_file_path,
+        metrics,
+        listeners: Vec::new(),
+        clusters: BTreeMap::new(),
+    };
+
+    if let Some(listeners) = top.get("listeners") {
+        let mut seen: Vec<(ListenerConfig, Location)> = Vec::new();
+        for item in listeners.array()? {
+            let listener = parse_listener(&item, &config)?;
+            let at = item.location();
+            if let Some((_, first)) = seen
+                .iter()
+                .find(|(l, _)| l.address() == listener.address() && conflicts(l, &listener))
+            {
+                return Err(ConfigError::DuplicateListener {
+                    key: item.path().to_owned(),
+                    protocol: protocol_name(&listener),
+                    address: listener.address(),
+                    first_line: first.line,
+                    at,
+                });
+            }
+            seen.push((listener, at));
+        }
+        config.listeners = seen.into_iter().map(|(l, _)| l).collect();
+    }
+
+    if let Some(clusters) = top.get("clusters") {
+        let mut table = clusters.table()?;
+        for (id, value) in table.take_all() {
+            let cluster = parse_cluster(&id, &value, &config)?;
+            config.clusters.insert(id, cluster);
+        }
+    }
+    Ok(config)
+}
+
+fn protocol_name(listener: &ListenerConfig) -> &'static str {
+    match listener {
+        ListenerConfig::Http(_) => "http",
+        ListenerConfig::Https(_) => "https",
+        ListenerConfig::Tcp(_) => "tcp",
+        ListenerConfig::Udp(_) => "udp",
+    }
+}
+
+/// Two listeners on one address conflict unless one is UDP and the other
+/// is not: HTTP, HTTPS and TCP all bind a TCP socket.
+fn conflicts(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    matches!(a, ListenerConfig::Udp(_)) == matches!(b, ListenerConfig::Udp(_))
+}
+
+fn parse_metrics(value: &ValueReader<'_>) -> Result<MetricsConfig, ConfigError> {
+    let mut table = value.table()?;
+    let address = table.require("address")?.socket_addr()?;
+    let tagged_metrics = opt(&mut table, "tagged_metrics", ValueReader::bool)?.unwrap_or(false);
+    let prefix = opt(&mut table, "prefix", ValueReader::non_empty_string)?;
+    table.finish(&[])?;
+    Ok(MetricsConfig {
+        address,
+        tagged_metrics,
+        prefix,
+    })
+}
+
+fn parse_listener(item: &ValueReader<'_>, config: &Config) -> Result<ListenerConfig, ConfigError> {
+    let mut table = item.table()?;
+    let protocol = table
+        .require("protocol")?
+        .one_of(&["http", "https", "tcp", "udp"])?;
+    let address = table.require("address")?.socket_addr()?;
+    let public_address = opt(&mut table, "public_address", ValueReader::socket_addr)?;
+    let listener = if protocol == "udp" {
+        if let Some(v) = table.get("expect_proxy") {
+            return Err(v.invalid("no expect_proxy on a UDP listener (TCP and HTTP only)"));
+        }
+        let front_timeout =
+            opt(&mut table, "front_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(30));
+        let back_timeout =
+            opt(&mut table, "back_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(30));
+        let requested = opt(&mut table, "max_rx_datagram_size", |v| {
+            v.u32_between(1, 65_535)
+        })?
+        .unwrap_or(1500);
+        let buffer = u32::try_from(config.buffer_size.get()).unwrap_or(u32::MAX);
+        let clamped = requested.min(buffer);
+        if clamped < requested {
+            tracing::warn!(key = %table.path(), requested, buffer_size = buffer, "max_rx_datagram_size clamped to buffer_size");
+        }
+        let max_rx_datagram_size = NonZeroU32::new(clamped)
+            .ok_or_else(|| item.invalid("a listener with buffer_size >= 1"))?;
+        let max_flows = opt(&mut table, "max_flows", zero_is_none)?.flatten();
+        let recv_buffer_size = opt(&mut table, "recv_buffer_size", zero_is_none)?.flatten();
+        let send_buffer_size = opt(&mut table, "send_buffer_size", zero_is_none)?.flatten();
+        ListenerConfig::Udp(UdpListenerSettings {
+            address,
+            public_address,
+            front_timeout,
+            back_timeout,
+            max_rx_datagram_size,
+            max_flows,
+            recv_buffer_size,
+            send_buffer_size,
+        })
+    } else {
+        let expect_proxy = opt(&mut table, "expect_proxy", ValueReader::bool)?.unwrap_or(false);
+        let front_timeout =
+            opt(&mut table, "front_timeout", |v| seconds(v, 1))?.unwrap_or(config.front_timeout);
+        let back_timeout =
+            opt(&mut table, "back_timeout", |v| seconds(v, 1))?.unwrap_or(config.back_timeout);
+        let connect_timeout = opt(&mut table, "connect_timeout", |v| seconds(v, 1))?
+            .unwrap_or(config.connect_timeout);
+        if protocol == "tcp" {
+            ListenerConfig::Tcp(TcpListenerSettings {
+                address,
+                public_address,
+                expect_proxy,
+                front_timeout,
+                back_timeout,
+                connect_timeout,
+            })
+        } else {
+            let sticky_name = opt(&mut table, "sticky_name", ValueReader::non_empty_string)?
+                .unwrap_or_else(|| "SOZUBALANCEID".to_owned());
+            let request_timeout = opt(&mut table, "request_timeout", |v| seconds(v, 1))?
+                .unwrap_or(config.request_timeout);
+            let settings = HttpListenerSettings {
+                address,
+                public_address,
+                expect_proxy,
+                sticky_name,
+                front_timeout,
+                back_timeout,
+                connect_timeout,
+                request_timeout,
+            };
+            if protocol == "https" {
+                tracing::warn!(key = %table.path(), %address, "HTTPS listeners are accepted but not served yet");
+                ListenerConfig::Https(settings)
+            } else {
+                ListenerConfig::Http(settings)
+            }
+        }
+    };
+    table.finish(IGNORED_LISTENER)?;
+    Ok(listener)
+}
+
+fn has_listener(config: &Config, address: SocketAddr, udp: bool) -> bool {
+    config
+        .listeners
+        .iter()
+        .any(|l| l.address() == address && matches!(l, ListenerConfig::Udp(_)) == udp)
+}
+
+/// Decides a cluster's protocol. Explicit `"udp"` and `"http"` win. A
+/// `"tcp"` (or absent) protocol becomes UDP when a frontend address is bound
+/// by a UDP listener and not by a TCP one — the Sōzu convention of UDP
+/// clusters declared with `protocol = "tcp"`.
+fn cluster_protocol(
+    declared: Option<&ValueReader<'_>>,
+    frontend_addresses: &[SocketAddr],
+    config: &Config,
+    table: &TableReader<'_>,
+) -> Result<ClusterProtocol, ConfigError> {
+    let udp_only =
+        |a: &SocketAddr| has_listener(config, *a, true) && !has_listener(config, *a, false);
+    match declared {
+        Some(v) => match v.one_of(&["http", "tcp", "udp"])? {
+            "http" => Ok(ClusterProtocol::Http),
+            "udp" => Ok(ClusterProtocol::Udp),
+            _ if frontend_addresses.iter().any(udp_only) => Ok(ClusterProtocol::Udp),
+            _ => Ok(ClusterProtocol::Tcp),
+        },
+        None => {
+            if frontend_addresses.iter().any(udp_only) {
+                Ok(ClusterProtocol::Udp)
+            } else {
+                Err(ConfigError::MissingKey {
+                    key: super::reader::join(table.path(), "protocol"),
+                    at: table.location(),
+                })
+            }
+        }
+    }
+}
+
+fn parse_cluster(
+    id: &str,
+    value: &ValueReader<'_>,
+    config: &Config,
+) -> Result<ClusterConfig, ConfigError> {
+    if id.is_empty() {
+        return Err(value.invalid("a table under a non-empty cluster id"));
+    }
+    let mut table = value.table()?;
+    let declared = table.get("protocol");
+    let frontend_items = match table.get("frontends") {
+        Some(v) => v.array()?,
+        None => Vec::new(),
+    };
+    let mut frontend_addresses = Vec::with_capacity(frontend_items.len());
+    for item in &frontend_items {
+        let mut t = item.table()?;
+        frontend_addresses.push(t.require("address")?.socket_addr()?);
+    }
+    let protocol = cluster_protocol(declared.as_ref(), &frontend_addresses, config, &table)?;
+
+    let load_balancing = match table.get("load_balancing") {
+        Some(v) => {
+            let name = v.one_of(&[
+                "ROUND_ROBIN",
+                "RANDOM",
+                "LEAST_LOADED",
+                "POWER_OF_TWO",
+                "HRW",
+                "MAGLEV",
+            ])?;
+            LoadBalancingAlgorithms::from_str_name(name)
+                .ok_or_else(|| v.invalid("a load-balancing algorithm"))?
+        }
+        None => LoadBalancingAlgorithms::RoundRobin,
+    };
+    let load_metric = match table.get("load_metric") {
+        Some(v) => {
+            let name = v.one_of(&["CONNECTIONS", "REQUESTS", "CONNECTION_TIME"])?;
+            Some(LoadMetric::from_str_name(name).ok_or_else(|| v.invalid("a load metric"))?)
+        }
+        None => None,
+    };
+    let sticky_session = opt(&mut table, "sticky_session", ValueReader::bool)?.unwrap_or(false);
+    let https_redirect = opt(&mut table, "https_redirect", ValueReader::bool)?.unwrap_or(false);
+    let send_proxy = opt(&mut table, "send_proxy", ValueReader::bool)?.unwrap_or(false);
+    let expect_proxy = match table.get("expect_proxy") {
+        Some(v) if protocol == ClusterProtocol::Udp => {
+            return Err(v.invalid("no expect_proxy on a UDP cluster (TCP only)"));
+        }
+        Some(v) => v.bool()?,
+        None => false,
+    };
+
+    let mut frontends = Vec::with_capacity(frontend_items.len());
+    for (item, address) in frontend_items.iter().zip(&frontend_addresses) {
+        frontends.push(parse_frontend(item, *address, protocol, config)?);
+    }
+
+    let mut backends: Vec<BackendConfig> = Vec::new();
+    if let Some(items) = table.get("backends") {
+        for (index, item) in items.array()?.iter().enumerate() {
+            let backend = parse_backend(id, index, item)?;
+            if backends.iter().any(|b| b.backend_id == backend.backend_id) {
+                return Err(ConfigError::Inconsistent {
+                    key: format!("{}.backend_id", item.path()),
+                    reason: format!(
+                        "{:?} is already used by another backend of cluster {id}",
+                        backend.backend_id
+                    ),
+                    at: item.location(),
+                });
+            }
+            backends.push(backend);
+        }
+    }
+
+    let udp = match (table.get("udp"), protocol) {
+        (Some(v), ClusterProtocol::Udp) => Some(parse_udp_cluster(&v, send_proxy)?),
+        (None, ClusterProtocol::Udp) => Some(default_udp_cluster(send_proxy)),
+        (Some(v), _) => {
+            return Err(ConfigError::Inconsistent {
+                key: v.path().to_owned(),
+                reason: "a [udp] block is only allowed on a UDP cluster (protocol = \"udp\", or a frontend on a UDP listener)".to_owned(),
+                at: v.location(),
+            });
+        }
+        (None, _) => None,
+    };
+
+    table.finish(IGNORED_CLUSTER)?;
+    Ok(ClusterConfig {
+        cluster_id: id.to_owned(),
+        protocol,
+        load_balancing,
+        load_metric,
+        sticky_session,
+        https_redirect,
+        send_proxy,
+        expect_proxy,
+        frontends,
+        backends,
+        udp,
+    })
+}
+
+fn parse_frontend(
+    item: &ValueReader<'_>,
+    address: SocketAddr,
+    protocol: ClusterProtocol,
+    config: &Config,
+) -> Result<FrontendConfig, ConfigError> {
+    let mut table = item.table()?;
+    let address_value = table.require("address")?;
+    let bound = match protocol {
+        ClusterProtocol::Udp => has_listener(config, address, true),
+        ClusterProtocol::Tcp => config
+            .listeners
+            .iter()
+            .any(|l| matches!(l, ListenerConfig::Tcp(_)) && l.address() == address),
+        ClusterProtocol::Http => config.listeners.iter().any(|l| {
+            matches!(l, ListenerConfig::Http(_) | ListenerConfig::Https(_))
+                && l.address() == address
+        }),
+    };
+    if !bound {
+        let kind = match protocol {
+            ClusterProtocol::Udp => "a udp",
+            ClusterProtocol::Tcp => "a tcp",
+            ClusterProtocol::Http => "an http or https",
+        };
+        return Err(address_value.invalid(format!("the address of {kind} listener")));
+    }
+    let hostname = table.get("hostname");
+    let path = table.get("path");
+    let path_type = table.get("path_type");
+    let method = table.get("method");
+    let (hostname, path_kind, path, method) = if protocol == ClusterProtocol::Http {
+        let hostname = match hostname {
+            Some(v) => v.non_empty_string()?,
+            None => {
+                return Err(ConfigError::MissingKey {
+                    key: super::reader::join(table.path(), "hostname"),
+                    at: table.location(),
+                })
+            }
+        };
+        let path_kind = match path_type {
+            Some(v) => {
+                let name = v.one_of(&["PREFIX", "REGEX", "EQUALS"])?;
+                PathRuleKind::from_str_name(name).ok_or_else(|| v.invalid("a path rule kind"))?
+            }
+            None => PathRuleKind::Prefix,
+        };
+        let path = path.map(|v| v.string()).transpose()?.unwrap_or_default();
+        let method = method.map(|v| v.non_empty_string()).transpose()?;
+        (Some(hostname), path_kind, path, method)
+    } else {
+        if let Some(v) = hostname.or(path).or(path_type).or(method) {
+            return Err(v.invalid(
+                "no HTTP routing key (hostname, path, path_type, method) on a TCP or UDP frontend",
+            ));
+        }
+        (None, PathRuleKind::Prefix, String::new(), None)
+    };
+    let tags = match table.get("tags") {
+        Some(v) => {
+            let mut tags_table = v.table()?;
+            tags_table
+                .take_all()
+                .into_iter()
+                .map(|(k, v)| v.string().map(|s| (k, s)))
+                .collect::<Result<BTreeMap<_, _>, _>>()?
+        }
+        None => BTreeMap::new(),
+    };
+    table.finish(IGNORED_FRONTEND)?;
+    Ok(FrontendConfig {
+        address,
+        hostname,
+        path_kind,
+        path,
+        method,
+        tags,
+    })
+}
+
+fn parse_backend(
+    cluster_id: &str,
+    index: usize,
+    item: &ValueReader<'_>,
+) -> Result<BackendConfig, ConfigError> {
+    let mut table = item.table()?;
+    let address = table.require("address")?.socket_addr()?;
+    let weight = match table.get("weight") {
+        Some(v) => i32::try_from(v.u32_between(0, 255)?)
+            .map_err(|_| v.invalid("an integer between 0 and 255"))?,
+        None => DEFAULT_WEIGHT,
+    };
+    let backend_id = opt(&mut table, "backend_id", ValueReader::non_empty_string)?
+        .unwrap_or_else(|| format!("{cluster_id}-{index}"));
+    let sticky_id = opt(&mut table, "sticky_id", ValueReader::non_empty_string)?;
+    let backup = opt(&mut table, "backup", ValueReader::bool)?;
+    table.finish(&[])?;
+    Ok(BackendConfig {
+        backend_id,
+        address,
+        weight,
+        sticky_id,
+        backup,
+    })
+}
+
+fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
+    UdpClusterSettings {
+        affinity_key: UdpAffinityKey::SourceIp,
+        responses: None,
+        requests: None,
+        send_proxy_protocol: send_proxy,
+        proxy_protocol_every_datagram: false,
+        front_timeout: None,
+        back_timeout: None,
+        max_pending_datagrams: NonZeroU32::new(32).expect("32 is not zero"),
+        max_pending_bytes: NonZeroU32::new(65_536).expect("65536 is not zero"),
+        keep_flows_on_backend_removal: false,
+        flow_key: UdpFlowKey::SourceAddress,
+        health: None,
+    }
+}
+
+fn parse_udp_cluster(
+    value: &ValueReader<'_>,
+    send_proxy: bool,
+) -> Result<UdpClusterSettings, ConfigError> {
+    let mut table = value.table()?;
+    let mut udp = default_udp_cluster(send_proxy);
+    if let Some(v) = table.get("affinity_key") {
+        let name = v.one_of(&["SOURCE_IP", "SOURCE_IP_PORT"])?;
+        udp.affinity_key =
+            UdpAffinityKey::from_str_name(name).ok_or_else(|| v.invalid("an affinity key"))?;
+    }
+    udp.responses = opt(&mut table, "responses", zero_is_none)?.flatten();
+    udp.requests = opt(&mut table, "requests", zero_is_none)?.flatten();
+    if let Some(on) = opt(&mut table, "send_proxy_protocol", ValueReader::bool)? {
+        udp.send_proxy_protocol = on;
+    }
+    udp.proxy_protocol_every_datagram = opt(
+        &mut table,
+        "proxy_protocol_every_datagram",
+        ValueReader::bool,
+    )?
+    .unwrap_or(false);
+    udp.front_timeout = opt(&mut table, "front_timeout", |v| seconds(v, 1))?;
+    udp.back_timeout = opt(&mut table, "back_timeout", |v| seconds(v, 1))?;
+    if let Some(n) = opt(&mut table, "max_pending_datagrams", non_zero_u32)? {
+        udp.max_pending_datagrams = n;
+    }
+    if let Some(n) = opt(&mut table, "max_pending_bytes", non_zero_u32)? {
+        udp.max_pending_bytes = n;
+    }
+    udp.keep_flows_on_backend_removal = opt(
+        &mut table,
+        "keep_flows_on_backend_removal",
+        ValueReader::bool,
+    )?
+    .unwrap_or(false);
+    if let Some(v) = table.get("flow_key") {
+        let name = v.one_of(&["SOURCE_ADDRESS", "QUIC_CONNECTION_ID"])?;
+        udp.flow_key = UdpFlowKey::from_str_name(name).ok_or_else(|| v.invalid("a flow key"))?;
+    }
+    udp.health = match table.get("health") {
+        Some(v) => Some(parse_health(&v)?),
+        None => None,
+    };
+    table.finish(&[])?;
+    Ok(udp)
+}
+
+fn parse_health(value: &ValueReader<'_>) -> Result<UdpHealthSettings, ConfigError> {
+    let mut table = value.table()?;
+    let mode = match table.get("mode") {
+        Some(v) => {
+            let name = v.one_of(&["HEALTH_OFF", "TCP_PROBE", "UDP_PROBE"])?;
+            UdpHealthMode::from_str_name(name).ok_or_else(|| v.invalid("a health mode"))?
+        }
+        None => UdpHealthMode::TcpProbe,
+    };
+    let tcp_port = match table.get("tcp_port") {
+        Some(v) => Some(
+            u16::try_from(v.u32_between(1, 65_535)?)
+                .map_err(|_| v.invalid("an integer between 1 and 65535"))?,
+        ),
+        None => None,
+    };
+    let rise = opt(&mut table, "rise", non_zero_u32)?
+        .unwrap_or(NonZeroU32::new(2).expect("2 is not zero"));
+    let fall = opt(&mut table, "fall", non_zero_u32)?
+        .unwrap_or(NonZeroU32::new(3).expect("3 is not zero"));
+    let fail_open = opt(&mut table, "fail_open", ValueReader::bool)?.unwrap_or(true);
+    let udp_probe_payload = opt(&mut table, "udp_probe_payload", ValueReader::string)?
+        .map(String::into_bytes)
+        .unwrap_or_default();
+    let probe_interval = opt(&mut table, "probe_interval_seconds", |v| seconds(v, 1))?
+        .unwrap_or(Duration::from_secs(5));
+    let probe_timeout = opt(&mut table, "probe_timeout_seconds", |v| seconds(v, 1))?
+        .unwrap_or(Duration::from_secs(2));
+    table.finish(&[])?;
+    Ok(UdpHealthSettings {
+        mode,
+        tcp_port,
+        rise,
+        fall,
+        fail_open,
+        udp_probe_payload,
+        probe_interval,
+        probe_timeout,
+    })
+}

@@ -1,0 +1,989 @@
+//! Behaviour of the configuration loader: defaults, error messages (key
+//! path, value, reason, line), listener and cluster rules, and the orders a
+//! configuration generates.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::command::request::RequestType;
+use crate::command::{ProxyProtocolConfig, Request, RulePosition};
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str(text, Path::new("test.toml"))
+}
+
+fn error(text: &str) -> String {
+    match load(text) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+const UDP_DNS: &str = r#"
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5353"
+
+[clusters.dns]
+protocol = "udp"
+frontends = [{ address = "127.0.0.1:5353" }]
+backends = [{ address = "127.0.0.1:5354" }, { address = "127.0.0.1:5355" }]
+"#;
+
+// ---- defaults --------------------------------------------------------------
+
+#[test]
+fn empty_file_gets_every_global_default() {
+    let c = load("").unwrap();
+    assert_eq!(c.config_path, None);
+    assert_eq!(c.command_socket, PathBuf::from("./sozu.sock"));
+    assert_eq!(c.command_buffer_size, NonZeroUsize::new(16_384).unwrap());
+    assert_eq!(
+        c.max_command_buffer_size,
+        NonZeroUsize::new(163_840).unwrap()
+    );
+    assert!(c.command_allowed_uids.is_empty());
+    assert_eq!(c.max_command_clients, NonZeroUsize::new(64).unwrap());
+    assert_eq!(c.worker_count, NonZeroU16::new(2).unwrap());
+    assert!(c.worker_automatic_restart);
+    assert_eq!(c.worker_timeout, Duration::from_secs(10));
+    assert_eq!(c.max_connections, NonZeroUsize::new(500).unwrap());
+    assert_eq!(c.buffer_size, NonZeroUsize::new(16_393).unwrap());
+    assert_eq!(c.log_level, "info");
+    assert_eq!(c.log_target, LogTarget::Stdout);
+    assert_eq!(c.access_logs_target, None);
+    assert_eq!(c.audit_logs_target, None);
+    assert_eq!(c.saved_state, None);
+    assert!(!c.automatic_state_save);
+    assert_eq!(
+        c.max_state_file_size,
+        NonZeroU64::new(64 * 1024 * 1024).unwrap()
+    );
+    assert!(c.activate_listeners);
+    assert_eq!(c.front_timeout, Duration::from_secs(60));
+    assert_eq!(c.back_timeout, Duration::from_secs(30));
+    assert_eq!(c.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.request_timeout, Duration::from_secs(10));
+    assert_eq!(c.pid_file_path, None);
+    assert_eq!(c.metrics, None);
+    assert!(c.listeners.is_empty());
+    assert!(c.clusters.is_empty());
+    assert!(c.generate_orders().is_empty());
+}
+
+#[test]
+fn global_keys_are_read_with_their_types() {
+    let c = load(
+        r#"
+command_socket = "/run/sozu/sozu.sock"
+command_buffer_size = 1000
+max_command_buffer_size = 2000
+command_allowed_uids = [1001, 0]
+max_command_clients = 8
+worker_count = 4
+worker_automatic_restart = false
+worker_timeout = 7
+max_connections = 42
+buffer_size = 4096
+log_level = "debug"
+log_target = "udp://127.0.0.1:514"
+access_logs_target = "file:///var/log/sozu/access.log"
+audit_logs_target = "unix:///run/log.sock"
+saved_state = "/var/lib/sozu/state.json"
+automatic_state_save = true
+max_state_file_size = 1024
+activate_listeners = false
+front_timeout = 61
+back_timeout = 31
+connect_timeout = 4
+request_timeout = 11
+pid_file_path = "/run/sozu.pid"
+
+[metrics]
+address = "127.0.0.1:8125"
+tagged_metrics = true
+prefix = "sozu"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.command_socket, PathBuf::from("/run/sozu/sozu.sock"));
+    assert_eq!(c.command_buffer_size.get(), 1000);
+    assert_eq!(c.max_command_buffer_size.get(), 2000);
+    assert_eq!(c.command_allowed_uids, vec![1001, 0]);
+    assert_eq!(c.max_command_clients.get(), 8);
+    assert_eq!(c.worker_count.get(), 4);
+    assert!(!c.worker_automatic_restart);
+    assert_eq!(c.worker_timeout, Duration::from_secs(7));
+    assert_eq!(c.max_connections.get(), 42);
+    assert_eq!(c.buffer_size.get(), 4096);
+    assert_eq!(c.log_level, "debug");
+    assert_eq!(c.log_target, LogTarget::Udp(addr("127.0.0.1:514")));
+    assert_eq!(
+        c.access_logs_target,
+        Some(LogTarget::File(PathBuf::from("/var/log/sozu/access.log")))
+    );
+    assert_eq!(
+        c.audit_logs_target,
+        Some(LogTarget::Unix(PathBuf::from("/run/log.sock")))
+    );
+    assert_eq!(
+        c.saved_state,
+        Some(PathBuf::from("/var/lib/sozu/state.json"))
+    );
+    assert!(c.automatic_state_save);
+    assert_eq!(c.max_state_file_size.get(), 1024);
+    assert!(!c.activate_listeners);
+    assert_eq!(c.front_timeout, Duration::from_secs(61));
+    assert_eq!(c.back_timeout, Duration::from_secs(31));
+    assert_eq!(c.connect_timeout, Duration::from_secs(4));
+    assert_eq!(c.request_timeout, Duration::from_secs(11));
+    assert_eq!(c.pid_file_path, Some(PathBuf::from("/run/sozu.pid")));
+    assert_eq!(
+        c.metrics,
+        Some(MetricsConfig {
+            address: addr("127.0.0.1:8125"),
+            tagged_metrics: true,
+            prefix: Some("sozu".to_owned()),
+        })
+    );
+}
+
+#[test]
+fn listener_defaults_per_protocol() {
+    let c = load(
+        r#"
+front_timeout = 70
+back_timeout = 40
+connect_timeout = 5
+request_timeout = 12
+
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5353"
+
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:8081"
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:8080"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.listeners[0],
+        ListenerConfig::Udp(UdpListenerSettings {
+            address: addr("127.0.0.1:5353"),
+            public_address: None,
+            front_timeout: Duration::from_secs(30),
+            back_timeout: Duration::from_secs(30),
+            max_rx_datagram_size: NonZeroU32::new(1500).unwrap(),
+            max_flows: None,
+            recv_buffer_size: None,
+            send_buffer_size: None,
+        })
+    );
+    // TCP and HTTP listeners inherit the global timeouts.
+    assert_eq!(
+        c.listeners[1],
+        ListenerConfig::Tcp(TcpListenerSettings {
+            address: addr("127.0.0.1:8081"),
+            public_address: None,
+            expect_proxy: false,
+            front_timeout: Duration::from_secs(70),
+            back_timeout: Duration::from_secs(40),
+            connect_timeout: Duration::from_secs(5),
+        })
+    );
+    assert_eq!(
+        c.listeners[2],
+        ListenerConfig::Http(HttpListenerSettings {
+            address: addr("127.0.0.1:8080"),
+            public_address: None,
+            expect_proxy: false,
+            sticky_name: "SOZUBALANCEID".to_owned(),
+            front_timeout: Duration::from_secs(70),
+            back_timeout: Duration::from_secs(40),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(12),
+        })
+    );
+}
+
+#[test]
+fn udp_listener_keys_are_read_and_zero_means_auto() {
+    let c = load(
+        r#"
+[[listeners]]
+protocol = "udp"
+address = "[::1]:5353"
+public_address = "[2001:db8::1]:53"
+front_timeout = 5
+back_timeout = 6
+max_rx_datagram_size = 512
+max_flows = 1000
+recv_buffer_size = 0
+send_buffer_size = 262144
+"#,
+    )
+    .unwrap();
+    let ListenerConfig::Udp(l) = &c.listeners[0] else {
+        panic!("not a UDP listener: {:?}", c.listeners[0]);
+    };
+    assert_eq!(l.public_address, Some(addr("[2001:db8::1]:53")));
+    assert_eq!(l.front_timeout, Duration::from_secs(5));
+    assert_eq!(l.back_timeout, Duration::from_secs(6));
+    assert_eq!(l.max_rx_datagram_size.get(), 512);
+    assert_eq!(l.max_flows, NonZeroU32::new(1000));
+    assert_eq!(l.recv_buffer_size, None);
+    assert_eq!(l.send_buffer_size, NonZeroU32::new(262_144));
+}
+
+#[test]
+fn max_rx_datagram_size_is_clamped_to_buffer_size() {
+    let c = load(
+        r#"
+buffer_size = 1200
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5353"
+max_rx_datagram_size = 9000
+"#,
+    )
+    .unwrap();
+    let ListenerConfig::Udp(l) = &c.listeners[0] else {
+        panic!("not a UDP listener");
+    };
+    assert_eq!(l.max_rx_datagram_size.get(), 1200);
+}
+
+#[test]
+fn cluster_backend_and_udp_defaults() {
+    let c = load(UDP_DNS).unwrap();
+    let dns = &c.clusters["dns"];
+    assert_eq!(dns.protocol, ClusterProtocol::Udp);
+    assert_eq!(
+        dns.load_balancing,
+        crate::command::LoadBalancingAlgorithms::RoundRobin
+    );
+    assert_eq!(dns.load_metric, None);
+    assert!(!dns.sticky_session && !dns.https_redirect && !dns.send_proxy && !dns.expect_proxy);
+    assert_eq!(
+        dns.frontends,
+        vec![FrontendConfig {
+            address: addr("127.0.0.1:5353"),
+            hostname: None,
+            path_kind: crate::command::PathRuleKind::Prefix,
+            path: String::new(),
+            method: None,
+            tags: Default::default(),
+        }]
+    );
+    let ids: Vec<&str> = dns.backends.iter().map(|b| b.backend_id.as_str()).collect();
+    assert_eq!(ids, ["dns-0", "dns-1"]);
+    assert!(dns
+        .backends
+        .iter()
+        .all(|b| b.weight == 100 && b.sticky_id.is_none() && b.backup.is_none()));
+    assert_eq!(
+        dns.udp,
+        Some(UdpClusterSettings {
+            affinity_key: crate::command::UdpAffinityKey::SourceIp,
+            responses: None,
+            requests: None,
+            send_proxy_protocol: false,
+            proxy_protocol_every_datagram: false,
+            front_timeout: None,
+            back_timeout: None,
+            max_pending_datagrams: NonZeroU32::new(32).unwrap(),
+            max_pending_bytes: NonZeroU32::new(65_536).unwrap(),
+            keep_flows_on_backend_removal: false,
+            flow_key: crate::command::UdpFlowKey::SourceAddress,
+            health: None,
+        })
+    );
+}
+
+#[test]
+fn health_block_defaults_to_tcp_probe() {
+    let c = load(&format!("{UDP_DNS}\n[clusters.dns.udp.health]\n")).unwrap();
+    let health = c.clusters["dns"].udp.as_ref().unwrap().health.clone();
+    assert_eq!(
+        health,
+        Some(UdpHealthSettings {
+            mode: crate::command::UdpHealthMode::TcpProbe,
+            tcp_port: None,
+            rise: NonZeroU32::new(2).unwrap(),
+            fall: NonZeroU32::new(3).unwrap(),
+            fail_open: true,
+            udp_probe_payload: Vec::new(),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
+        })
+    );
+}
+
+#[test]
+fn udp_cluster_knobs_are_read() {
+    let c = load(&format!(
+        r#"{UDP_DNS}
+[clusters.dns.udp]
+affinity_key = "SOURCE_IP_PORT"
+responses = 1
+requests = 0
+send_proxy_protocol = true
+proxy_protocol_every_datagram = true
+front_timeout = 3
+back_timeout = 4
+max_pending_datagrams = 1
+max_pending_bytes = 1500
+keep_flows_on_backend_removal = true
+flow_key = "QUIC_CONNECTION_ID"
+
+[clusters.dns.udp.health]
+mode = "UDP_PROBE"
+tcp_port = 5300
+rise = 1
+fall = 5
+fail_open = false
+udp_probe_payload = "ping"
+probe_interval_seconds = 10
+probe_timeout_seconds = 1
+"#
+    ))
+    .unwrap();
+    let udp = c.clusters["dns"].udp.clone().unwrap();
+    assert_eq!(
+        udp.affinity_key,
+        crate::command::UdpAffinityKey::SourceIpPort
+    );
+    assert_eq!(udp.responses, NonZeroU32::new(1));
+    assert_eq!(udp.requests, None);
+    assert!(udp.send_proxy_protocol && udp.proxy_protocol_every_datagram);
+    assert_eq!(udp.front_timeout, Some(Duration::from_secs(3)));
+    assert_eq!(udp.back_timeout, Some(Duration::from_secs(4)));
+    assert_eq!(udp.max_pending_datagrams.get(), 1);
+    assert_eq!(udp.max_pending_bytes.get(), 1500);
+    assert!(udp.keep_flows_on_backend_removal);
+    assert_eq!(udp.flow_key, crate::command::UdpFlowKey::QuicConnectionId);
+    let health = udp.health.unwrap();
+    assert_eq!(health.mode, crate::command::UdpHealthMode::UdpProbe);
+    assert_eq!(health.tcp_port, Some(5300));
+    assert_eq!((health.rise.get(), health.fall.get()), (1, 5));
+    assert!(!health.fail_open);
+    assert_eq!(health.udp_probe_payload, b"ping");
+    assert_eq!(health.probe_interval, Duration::from_secs(10));
+    assert_eq!(health.probe_timeout, Duration::from_secs(1));
+}
+
+// ---- errors ----------------------------------------------------------------
+
+#[test]
+fn bad_value_names_key_value_reason_and_line() {
+    let text = format!("{UDP_DNS}\n[clusters.dns.udp]\nresponses = \"one\"\n");
+    assert_eq!(
+        error(&text),
+        "clusters.dns.udp.responses: expected an integer >= 0, got \"one\" (at test.toml:12)"
+    );
+}
+
+#[test]
+fn out_of_range_and_wrong_type_values_are_refused() {
+    assert_eq!(
+        error("worker_count = 0"),
+        "worker_count: expected an integer between 1 and 65535, got 0 (at test.toml:1)"
+    );
+    assert_eq!(
+        error("worker_count = -3"),
+        "worker_count: expected an integer between 1 and 65535, got -3 (at test.toml:1)"
+    );
+    assert_eq!(
+        error("\n\nworker_timeout = \"10s\""),
+        "worker_timeout: expected an integer >= 1, got \"10s\" (at test.toml:3)"
+    );
+    assert_eq!(
+        error("activate_listeners = 1"),
+        "activate_listeners: expected true or false, got 1 (at test.toml:1)"
+    );
+    assert_eq!(
+        error("log_target = \"syslog\""),
+        "log_target: expected \"stdout\", \"stderr\", or a udp://, tcp://, unix:// or file:// URL, got \"syslog\" (at test.toml:1)"
+    );
+    assert_eq!(
+        error("command_allowed_uids = [1000, \"bob\"]"),
+        "command_allowed_uids[1]: expected an integer >= 0, got \"bob\" (at test.toml:1)"
+    );
+    assert_eq!(
+        error("[[listeners]]\nprotocol = \"udp\"\naddress = \"localhost:53\""),
+        "listeners[0].address: expected a socket address like \"127.0.0.1:8080\" or \"[::1]:8080\", got \"localhost:53\" (at test.toml:3)"
+    );
+    assert_eq!(
+        error("[[listeners]]\nprotocol = \"sctp\"\naddress = \"127.0.0.1:53\""),
+        "listeners[0].protocol: expected one of \"http\", \"https\", \"tcp\", \"udp\", got \"sctp\" (at test.toml:2)"
+    );
+    let text = format!("{UDP_DNS}load_balancing = \"round_robin\"\n");
+    assert_eq!(
+        error(&text),
+        "clusters.dns.load_balancing: expected one of \"ROUND_ROBIN\", \"RANDOM\", \"LEAST_LOADED\", \"POWER_OF_TWO\", \"HRW\", \"MAGLEV\", got \"round_robin\" (at test.toml:10)"
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    assert_eq!(
+        error("worker_count = 2\nworkers = 3\n"),
+        "unknown key workers (at test.toml:2)"
+    );
+    assert_eq!(
+        error("[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:53\"\nmax_flow = 10\n"),
+        "unknown key listeners[0].max_flow (at test.toml:4)"
+    );
+    let text = format!("{UDP_DNS}\n[clusters.dns.udp]\nresponse = 1\n");
+    assert_eq!(
+        error(&text),
+        "unknown key clusters.dns.udp.response (at test.toml:12)"
+    );
+    let text = format!("{UDP_DNS}\n[clusters.dns.udp.health]\nrize = 1\n");
+    assert_eq!(
+        error(&text),
+        "unknown key clusters.dns.udp.health.rize (at test.toml:12)"
+    );
+}
+
+#[test]
+fn accepted_and_ignored_keys_load() {
+    let c = load(
+        r#"
+ctl_command_timeout = 1000
+handle_process_affinity = false
+disable_cluster_metrics = true
+min_buffers = 1
+max_buffers = 10
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:8080"
+answer_404 = "404.html"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 1);
+}
+
+#[test]
+fn missing_required_key_is_named() {
+    assert_eq!(
+        error("[[listeners]]\nprotocol = \"udp\"\n"),
+        "listeners[0].address: missing required key (at test.toml:1)"
+    );
+    assert_eq!(
+        error("[metrics]\nprefix = \"x\"\n"),
+        "metrics.address: missing required key (at test.toml:1)"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    assert_eq!(
+        error("worker_count = 2\nlog_level = \n"),
+        "invalid TOML: string values must be quoted, expected literal string (at test.toml:2)"
+    );
+}
+
+#[test]
+fn unreadable_file_is_a_read_error() {
+    let e = Config::load_from_path("/nonexistent/sozu/config.toml").unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e
+        .to_string()
+        .starts_with("cannot read configuration file /nonexistent/sozu/config.toml: "));
+}
+
+#[test]
+fn inconsistent_values_are_refused() {
+    assert_eq!(
+        error("command_buffer_size = 100\nmax_command_buffer_size = 50\n"),
+        "max_command_buffer_size: must be at least command_buffer_size (100), got 50 (at test.toml:2)"
+    );
+    assert_eq!(
+        error("automatic_state_save = true\n"),
+        "automatic_state_save: is true but saved_state is not set (at test.toml:1)"
+    );
+}
+
+// ---- listeners -------------------------------------------------------------
+
+#[test]
+fn tcp_and_udp_listeners_may_share_an_address() {
+    let c = load(
+        "[[listeners]]\nprotocol = \"tcp\"\naddress = \"127.0.0.1:5353\"\n\
+         [[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:5353\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert!(c
+        .listener(crate::command::ListenerType::Tcp, addr("127.0.0.1:5353"))
+        .is_some());
+    assert!(c
+        .listener(crate::command::ListenerType::Udp, addr("127.0.0.1:5353"))
+        .is_some());
+}
+
+#[test]
+fn two_listeners_of_one_protocol_on_one_address_are_refused() {
+    assert_eq!(
+        error(
+            "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:5353\"\n\
+             [[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:5353\"\n"
+        ),
+        "listeners[1]: a udp listener on 127.0.0.1:5353 is already defined on line 1; \
+         only a TCP and a UDP listener may share an address (at test.toml:4)"
+    );
+    // HTTP and TCP both bind a TCP socket: they conflict too.
+    assert!(error(
+        "[[listeners]]\nprotocol = \"tcp\"\naddress = \"127.0.0.1:8080\"\n\
+         [[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:8080\"\n"
+    )
+    .starts_with("listeners[1]: a http listener on 127.0.0.1:8080 is already defined"));
+}
+
+#[test]
+fn expect_proxy_is_refused_on_udp_listeners() {
+    assert_eq!(
+        error("[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:53\"\nexpect_proxy = true\n"),
+        "listeners[0].expect_proxy: expected no expect_proxy on a UDP listener (TCP and HTTP only), got true (at test.toml:4)"
+    );
+}
+
+// ---- clusters --------------------------------------------------------------
+
+#[test]
+fn cluster_on_a_udp_listener_address_is_udp() {
+    // Sōzu style: protocol = "tcp", but the address is a UDP listener's.
+    let c = load(
+        r#"
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5353"
+
+[clusters.dns]
+protocol = "tcp"
+frontends = [{ address = "127.0.0.1:5353" }]
+
+[clusters.dns.udp]
+responses = 1
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.clusters["dns"].protocol, ClusterProtocol::Udp);
+    assert_eq!(
+        c.clusters["dns"].udp.as_ref().unwrap().responses,
+        NonZeroU32::new(1)
+    );
+
+    // No protocol at all: the UDP listener decides.
+    let c = load(
+        "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:5353\"\n\
+         [clusters.dns]\nfrontends = [{ address = \"127.0.0.1:5353\" }]\n",
+    )
+    .unwrap();
+    assert_eq!(c.clusters["dns"].protocol, ClusterProtocol::Udp);
+}
+
+#[test]
+fn shared_address_keeps_the_declared_protocol() {
+    let c = load(
+        r#"
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5353"
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:5353"
+
+[clusters.dns-tcp]
+protocol = "tcp"
+frontends = [{ address = "127.0.0.1:5353" }]
+[clusters.dns-udp]
+protocol = "udp"
+frontends = [{ address = "127.0.0.1:5353" }]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.clusters["dns-tcp"].protocol, ClusterProtocol::Tcp);
+    assert_eq!(c.clusters["dns-tcp"].udp, None);
+    assert_eq!(c.clusters["dns-udp"].protocol, ClusterProtocol::Udp);
+}
+
+#[test]
+fn frontend_without_its_listener_is_refused() {
+    assert_eq!(
+        error("[clusters.dns]\nprotocol = \"udp\"\nfrontends = [{ address = \"127.0.0.1:5353\" }]\n"),
+        "clusters.dns.frontends[0].address: expected the address of a udp listener, got \"127.0.0.1:5353\" (at test.toml:3)"
+    );
+    assert_eq!(
+        error("[clusters.web]\nfrontends = []\n"),
+        "clusters.web.protocol: missing required key (at test.toml:1)"
+    );
+}
+
+#[test]
+fn udp_block_on_a_tcp_cluster_is_refused() {
+    assert_eq!(
+        error(
+            "[[listeners]]\nprotocol = \"tcp\"\naddress = \"127.0.0.1:81\"\n\
+             [clusters.t]\nprotocol = \"tcp\"\nfrontends = [{ address = \"127.0.0.1:81\" }]\n\
+             [clusters.t.udp]\nresponses = 1\n"
+        ),
+        "clusters.t.udp: a [udp] block is only allowed on a UDP cluster (protocol = \"udp\", or a frontend on a UDP listener) (at test.toml:7)"
+    );
+}
+
+#[test]
+fn http_frontend_needs_a_hostname_and_udp_frontend_refuses_one() {
+    assert_eq!(
+        error(
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\n\
+             [clusters.w]\nprotocol = \"http\"\nfrontends = [{ address = \"127.0.0.1:80\" }]\n"
+        ),
+        "clusters.w.frontends[0].hostname: missing required key (at test.toml:6)"
+    );
+    let text = UDP_DNS.replace(
+        "frontends = [{ address = \"127.0.0.1:5353\" }]",
+        "frontends = [{ address = \"127.0.0.1:5353\", hostname = \"x\" }]",
+    );
+    assert_eq!(
+        error(&text),
+        "clusters.dns.frontends[0].hostname: expected no HTTP routing key (hostname, path, path_type, method) on a TCP or UDP frontend, got \"x\" (at test.toml:8)"
+    );
+}
+
+#[test]
+fn duplicate_backend_ids_are_refused() {
+    let text = UDP_DNS.replace(
+        "backends = [{ address = \"127.0.0.1:5354\" }, { address = \"127.0.0.1:5355\" }]",
+        "backends = [{ address = \"127.0.0.1:5354\" }, { address = \"127.0.0.1:5355\", backend_id = \"dns-0\" }]",
+    );
+    assert_eq!(
+        error(&text),
+        "clusters.dns.backends[1].backend_id: \"dns-0\" is already used by another backend of cluster dns (at test.toml:9)"
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sozu.toml");
+    std::fs::write(
+        &path,
+        "command_socket = \"run/sozu.sock\"\nsaved_state = \"./state.json\"\npid_file_path = \"/abs/sozu.pid\"\n",
+    )
+    .unwrap();
+    let c = Config::load_from_path(&path).unwrap();
+    assert_eq!(c.config_path, Some(path.clone()));
+    assert_eq!(c.command_socket, dir.path().join("run/sozu.sock"));
+    assert_eq!(c.saved_state, Some(dir.path().join("./state.json")));
+    assert_eq!(c.pid_file_path, Some(PathBuf::from("/abs/sozu.pid")));
+    // The default socket is beside the file too.
+    std::fs::write(&path, "").unwrap();
+    let c = Config::load_from_path(&path).unwrap();
+    assert_eq!(c.command_socket, dir.path().join("./sozu.sock"));
+}
+
+// ---- orders ----------------------------------------------------------------
+
+fn kind(order: &Request) -> &'static str {
+    match order.request_type.as_ref().unwrap() {
+        RequestType::AddUdpListener(_) => "add_udp_listener",
+        RequestType::AddTcpListener(_) => "add_tcp_listener",
+        RequestType::AddHttpListener(_) => "add_http_listener",
+        RequestType::AddCluster(_) => "add_cluster",
+        RequestType::AddUdpFrontend(_) => "add_udp_frontend",
+        RequestType::AddTcpFrontend(_) => "add_tcp_frontend",
+        RequestType::AddHttpFrontend(_) => "add_http_frontend",
+        RequestType::AddBackend(_) => "add_backend",
+        RequestType::ActivateListener(_) => "activate_listener",
+        other => panic!("unexpected order {other:?}"),
+    }
+}
+
+const SAMPLE: &str = r#"
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5353"
+max_flows = 100
+
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:5353"
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:8080"
+
+[clusters.dns]
+protocol = "udp"
+load_balancing = "MAGLEV"
+frontends = [{ address = "127.0.0.1:5353" }]
+backends = [
+  { address = "127.0.0.1:5354", weight = 10 },
+  { address = "127.0.0.1:5355", backend_id = "b" },
+]
+[clusters.dns.udp]
+responses = 1
+
+[clusters.echo]
+protocol = "tcp"
+send_proxy = true
+frontends = [{ address = "127.0.0.1:5353" }]
+backends = [{ address = "127.0.0.1:9001" }]
+
+[clusters.web]
+protocol = "http"
+frontends = [{ address = "127.0.0.1:8080", hostname = "example.com", path = "/api", tags = { team = "a" } }]
+backends = [{ address = "127.0.0.1:9101" }]
+"#;
+
+#[test]
+fn orders_build_listeners_clusters_frontends_backends_then_activate() {
+    let orders = load(SAMPLE).unwrap().generate_orders();
+    let kinds: Vec<&str> = orders.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "add_udp_listener",
+            "add_tcp_listener",
+            "add_http_listener",
+            "add_cluster",
+            "add_cluster",
+            "add_cluster",
+            "add_udp_frontend",
+            "add_tcp_frontend",
+            "add_http_frontend",
+            "add_backend",
+            "add_backend",
+            "add_backend",
+            "add_backend",
+            "activate_listener",
+            "activate_listener",
+            "activate_listener",
+        ]
+    );
+    let at = |i: usize| orders[i].request_type.clone().unwrap();
+
+    let RequestType::AddUdpListener(udp) = at(0) else {
+        panic!()
+    };
+    assert_eq!(
+        SocketAddr::try_from(&udp.address).unwrap(),
+        addr("127.0.0.1:5353")
+    );
+    assert!(!udp.active);
+    assert_eq!((udp.front_timeout, udp.back_timeout), (30, 30));
+    assert_eq!((udp.max_rx_datagram_size, udp.max_flows), (1500, 100));
+
+    let RequestType::AddTcpListener(tcp) = at(1) else {
+        panic!()
+    };
+    assert!(!tcp.active);
+    assert_eq!(
+        (tcp.front_timeout, tcp.back_timeout, tcp.connect_timeout),
+        (60, 30, 3)
+    );
+
+    let RequestType::AddCluster(dns) = at(3) else {
+        panic!()
+    };
+    assert_eq!(dns.cluster_id, "dns");
+    assert_eq!(
+        dns.load_balancing,
+        crate::command::LoadBalancingAlgorithms::Maglev as i32
+    );
+    let knobs = dns.udp.unwrap();
+    assert_eq!(knobs.responses, Some(1));
+    assert_eq!(knobs.requests, Some(0));
+    assert_eq!(
+        knobs.affinity_key,
+        Some(crate::command::UdpAffinityKey::SourceIp as i32)
+    );
+    assert_eq!(knobs.health, None);
+
+    let RequestType::AddCluster(echo) = at(4) else {
+        panic!()
+    };
+    assert_eq!(echo.cluster_id, "echo");
+    assert_eq!(echo.udp, None);
+    assert_eq!(
+        echo.proxy_protocol,
+        Some(ProxyProtocolConfig::SendHeader as i32)
+    );
+
+    let RequestType::AddUdpFrontend(f) = at(6) else {
+        panic!()
+    };
+    assert_eq!(
+        (f.cluster_id.as_str(), f.address.to_string()),
+        ("dns", "127.0.0.1:5353".to_owned())
+    );
+    let RequestType::AddTcpFrontend(f) = at(7) else {
+        panic!()
+    };
+    assert_eq!(f.cluster_id, "echo");
+    let RequestType::AddHttpFrontend(f) = at(8) else {
+        panic!()
+    };
+    assert_eq!(f.cluster_id.as_deref(), Some("web"));
+    assert_eq!(f.hostname, "example.com");
+    assert_eq!(f.path.kind, crate::command::PathRuleKind::Prefix as i32);
+    assert_eq!(f.path.value, "/api");
+    assert_eq!(f.position, RulePosition::Tree as i32);
+    assert_eq!(f.tags.get("team").map(String::as_str), Some("a"));
+
+    let backends: Vec<(String, String, String, i32)> = orders[9..13]
+        .iter()
+        .map(|o| match o.request_type.clone().unwrap() {
+            RequestType::AddBackend(b) => (
+                b.cluster_id,
+                b.backend_id,
+                b.address.to_string(),
+                b.load_balancing_parameters.unwrap().weight,
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected = [
+        ("dns", "dns-0", "127.0.0.1:5354", 10),
+        ("dns", "b", "127.0.0.1:5355", 100),
+        ("echo", "echo-0", "127.0.0.1:9001", 100),
+        ("web", "web-0", "127.0.0.1:9101", 100),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(c, b, a, w)| (c.to_string(), b.to_string(), a.to_string(), *w))
+        .collect();
+    assert_eq!(backends, expected);
+
+    let activations: Vec<(String, i32)> = orders[13..]
+        .iter()
+        .map(|o| match o.request_type.clone().unwrap() {
+            RequestType::ActivateListener(a) => (a.address.to_string(), a.proxy),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    use crate::command::ListenerType;
+    assert_eq!(
+        activations,
+        [
+            ("127.0.0.1:5353".to_owned(), ListenerType::Udp as i32),
+            ("127.0.0.1:5353".to_owned(), ListenerType::Tcp as i32),
+            ("127.0.0.1:8080".to_owned(), ListenerType::Http as i32),
+        ]
+    );
+}
+
+#[test]
+fn no_activation_orders_when_activate_listeners_is_false() {
+    let orders = load(&format!("activate_listeners = false\n{SAMPLE}"))
+        .unwrap()
+        .generate_orders();
+    assert_eq!(orders.len(), 13);
+    assert!(orders.iter().all(|o| kind(o) != "activate_listener"));
+}
+
+#[test]
+fn https_listeners_are_parsed_but_generate_no_order() {
+    let c = load(
+        r#"
+[[listeners]]
+protocol = "https"
+address = "127.0.0.1:8443"
+certificate = "cert.pem"
+key = "key.pem"
+
+[clusters.secure]
+protocol = "http"
+frontends = [{ address = "127.0.0.1:8443", hostname = "example.com", certificate = "cert.pem" }]
+backends = [{ address = "127.0.0.1:9101" }]
+"#,
+    )
+    .unwrap();
+    assert!(matches!(c.listeners[0], ListenerConfig::Https(_)));
+    let kinds: Vec<&str> = c.generate_orders().iter().map(kind).collect();
+    assert_eq!(kinds, ["add_cluster", "add_backend"]);
+}
+
+#[test]
+fn quick_start_config_toml_loads() {
+    let text = include_str!("../../../config.toml");
+    let c = Config::from_str(text, Path::new("config.toml")).unwrap();
+    assert_eq!(c.command_socket, PathBuf::from("./sozu.sock"));
+    assert_eq!(c.worker_count.get(), 2);
+    let dns = &c.clusters["dns"];
+    assert_eq!(dns.protocol, ClusterProtocol::Udp);
+    assert_eq!(dns.udp.as_ref().unwrap().responses, NonZeroU32::new(1));
+    let backends: Vec<SocketAddr> = dns.backends.iter().map(|b| b.address).collect();
+    assert_eq!(backends, [addr("127.0.0.1:5354"), addr("127.0.0.1:5355")]);
+    let kinds: Vec<&str> = c.generate_orders().iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "add_udp_listener",
+            "add_cluster",
+            "add_udp_frontend",
+            "add_backend",
+            "add_backend",
+            "activate_listener"
+        ]
+    );
+}
+
+#[test]
+fn every_accepted_and_ignored_key_is_documented() {
+    let doc = include_str!("../../../doc/configure.md");
+    let section = doc
+        .split("## Accepted and ignored")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap();
+    for key in super::parse::IGNORED_GLOBAL
+        .iter()
+        .chain(super::parse::IGNORED_LISTENER)
+        .chain(super::parse::IGNORED_CLUSTER)
+        .chain(super::parse::IGNORED_FRONTEND)
+    {
+        assert!(
+            section.contains(&format!("`{key}`")),
+            "{key} is not documented"
+        );
+    }
+}
+
+#[test]
+fn health_off_is_kept_as_an_explicit_mode() {
+    let c = load(&format!(
+        "{UDP_DNS}\n[clusters.dns.udp.health]\nmode = \"HEALTH_OFF\"\n"
+    ))
+    .unwrap();
+    let health = c.clusters["dns"].udp.clone().unwrap().health.unwrap();
+    assert_eq!(health.mode, crate::command::UdpHealthMode::HealthOff);
+    let RequestType::AddCluster(cluster) = c.generate_orders()[1].request_type.clone().unwrap()
+    else {
+        panic!("second order is not add_cluster");
+    };
+    let wire = cluster.udp.unwrap().health.unwrap();
+    assert_eq!(
+        wire.mode,
+        Some(crate::command::UdpHealthMode::HealthOff as i32)
+    );
+    assert_eq!(
+        (wire.rise, wire.fall, wire.fail_open),
+        (Some(2), Some(3), Some(true))
+    );
+}
