@@ -143,13 +143,28 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
         buffer_size: usize,
         max_buffer_size: usize,
     ) -> Self {
+        let blocking = !is_nonblocking(stream.as_fd());
         Channel {
             socket: mio::net::UnixStream::from_std(stream),
             reader: FrameReader::new(buffer_size, max_buffer_size),
             writer: FrameWriter::new(buffer_size, max_buffer_size),
-            blocking: true,
+            blocking,
             _messages: PhantomData,
         }
+    }
+
+    /// Wraps a stream accepted by a `mio::net::UnixListener`; same as
+    /// [`Self::new`].
+    pub fn from_mio(
+        stream: mio::net::UnixStream,
+        buffer_size: usize,
+        max_buffer_size: usize,
+    ) -> Self {
+        Self::new(
+            std::os::unix::net::UnixStream::from(stream),
+            buffer_size,
+            max_buffer_size,
+        )
     }
 
     /// A connected pair of channels (`socketpair(2)`), e.g. master ↔ worker:
@@ -185,8 +200,8 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
         Ok(())
     }
 
-    /// Whether [`Self::set_blocking`] last put the socket in blocking mode
-    /// (true until it is called).
+    /// Whether the socket is in blocking mode (`O_NONBLOCK` clear), as found
+    /// at construction or set by [`Self::set_blocking`].
     pub fn is_blocking(&self) -> bool {
         self.blocking
     }
@@ -251,6 +266,22 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
         self.queue_message(message)?;
         while self.flush()? == FlushStatus::Pending {
             self.wait_for(PollFlags::POLLOUT, None)?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Self::write_message`], giving up after `timeout` with
+    /// [`ChannelError::Timeout`] (unsent bytes stay queued).
+    pub fn write_message_timeout(
+        &mut self,
+        message: &Tx,
+        timeout: Duration,
+    ) -> Result<(), ChannelError> {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        self.queue_message(message)?;
+        while self.flush()? == FlushStatus::Pending {
+            self.wait_for(PollFlags::POLLOUT, Some((now + timeout, timeout)))?;
         }
         Ok(())
     }
@@ -349,6 +380,15 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
             }
         }
     }
+}
+
+/// Whether `O_NONBLOCK` is set; a socket whose flags cannot be read is
+/// treated as blocking.
+fn is_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(fd, FcntlArg::F_GETFL)
+        .map(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
+        .unwrap_or(false)
 }
 
 impl<Tx, Rx> AsRawFd for Channel<Tx, Rx> {

@@ -319,6 +319,41 @@ fn pair_carries_messages_through_a_mio_loop() {
 }
 
 #[test]
+fn blocking_mode_is_read_from_the_socket_and_settable() {
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut channel: Channel<WorkerResponse, WorkerResponse> = Channel::new(ours, 64, MAX);
+    assert!(!channel.is_blocking());
+    channel.set_blocking(true).unwrap();
+    assert!(channel.is_blocking());
+    let mio_stream = mio::net::UnixStream::pair().unwrap().0;
+    let from_mio: Channel<WorkerResponse, WorkerResponse> = Channel::from_mio(mio_stream, 64, MAX);
+    assert!(!from_mio.is_blocking());
+}
+
+#[test]
+fn write_with_timeout_gives_up_when_the_peer_never_reads() {
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let mut channel: Channel<WorkerResponse, WorkerResponse> =
+        Channel::new(ours, 4096, 64 * 1024 * 1024);
+    let chunk = response("fill", &"w".repeat(1024 * 1024));
+    let mut timed_out = false;
+    // Bounded: the kernel buffer holds far less than 64 MiB.
+    for _ in 0..60 {
+        match channel.write_message_timeout(&chunk, Duration::from_millis(10)) {
+            Ok(()) => {}
+            Err(ChannelError::Timeout { .. }) => {
+                timed_out = true;
+                break;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(timed_out);
+    assert!(channel.wants_write());
+}
+
+#[test]
 fn try_read_message_never_blocks_on_a_blocking_socket() {
     let (mut channel, _peer) = channel_and_raw_peer();
     assert!(channel.is_blocking());
@@ -354,7 +389,50 @@ fn read_in_chunks(
     Ok(out)
 }
 
+/// Writes `bytes` in chunks of the given sizes from another thread and
+/// reads every message through a real socket.
+fn round_trip_over_a_socket(sent: &[WorkerResponse], chunks: &[usize]) -> Vec<WorkerResponse> {
+    let (mut channel, mut peer) = channel_and_raw_peer();
+    let bytes: Vec<u8> = sent.iter().flat_map(frame_bytes).collect();
+    let chunks: Vec<usize> = if chunks.is_empty() {
+        vec![1]
+    } else {
+        chunks.to_vec()
+    };
+    let writer = thread::spawn(move || {
+        let mut offset = 0;
+        for size in chunks.iter().cycle() {
+            if offset == bytes.len() {
+                break;
+            }
+            let end = (offset + size).min(bytes.len());
+            peer.write_all(&bytes[offset..end]).unwrap();
+            offset = end;
+        }
+        peer
+    });
+    let received = sent
+        .iter()
+        .map(|_| channel.read_message().unwrap())
+        .collect();
+    let _peer = writer.join().unwrap();
+    received
+}
+
 quickcheck! {
+    fn round_trip_over_a_socket_with_random_write_chunking(
+        messages: Vec<(String, String)>,
+        chunks: Vec<usize>
+    ) -> TestResult {
+        let sent: Vec<WorkerResponse> =
+            messages.iter().map(|(id, text)| response(id, text)).collect();
+        if sent.iter().any(|m| frame_bytes(m).len() > MAX) {
+            return TestResult::discard();
+        }
+        let chunks: Vec<usize> = chunks.iter().map(|c| c % 61 + 1).collect();
+        TestResult::from_bool(round_trip_over_a_socket(&sent, &chunks) == sent)
+    }
+
     fn round_trip_with_random_read_chunking(
         messages: Vec<(String, String, bool)>,
         chunks: Vec<usize>
