@@ -352,3 +352,49 @@ fn a_bad_configuration_is_one_clear_line_and_a_failure() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("worker_count"), "{stderr}");
 }
+
+#[test]
+fn upgrade_main_keeps_the_pid_the_socket_and_the_workers() {
+    let mut proxy = start(2);
+    let before = proxy.workers();
+    let socket_inode =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&proxy.socket).unwrap());
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::UpgradeMain(Default::default())),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        answer.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        answer.message,
+        proxy.log()
+    );
+    assert!(
+        answer
+            .message
+            .contains(&format!("pid {}", proxy.master.id())),
+        "{}",
+        answer.message
+    );
+    let after = proxy.workers();
+    let pids = |ws: &[WorkerInfo]| ws.iter().map(|w| (w.id, w.pid)).collect::<Vec<_>>();
+    assert_eq!(pids(&after), pids(&before), "the workers are kept");
+    assert!(
+        matches!(proxy.master.try_wait(), Ok(None)),
+        "the master process is still there"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&proxy.socket).unwrap()),
+        socket_inode,
+        "the command socket is the same file"
+    );
+    assert!(
+        proxy.log().contains("new master took over"),
+        "{}",
+        proxy.log()
+    );
+}

@@ -123,6 +123,8 @@ pub(crate) enum Purpose {
 /// Where the master is in its life.
 #[derive(Debug)]
 pub(crate) enum Phase {
+    /// Workers are being started (no readiness check yet).
+    Launching,
     /// Workers are receiving their initial state; the command socket is not
     /// served yet.
     Starting,
@@ -207,6 +209,7 @@ impl Master {
             master.next_worker_id += 1;
             master.start_worker(id, now, 0)?;
         }
+        master.phase = Phase::Starting;
         tracing::info!(
             pid = std::process::id(),
             socket = %master.config.command_socket.display(),
@@ -250,7 +253,7 @@ impl Master {
             next_token: FIRST_DYNAMIC_TOKEN,
             next_worker_id: 0,
             gather: GatherTable::new(),
-            phase: Phase::Starting,
+            phase: Phase::Launching,
             upgrade: None,
             owner_uid: nix::unistd::geteuid().as_raw(),
             exit: None,
@@ -773,7 +776,10 @@ impl Master {
             }
             Purpose::StopForward => {
                 for (worker, failure) in &failures {
-                    tracing::warn!(worker, %failure, "worker did not acknowledge the stop");
+                    // A worker may exit without answering: that is a stop too.
+                    if *failure != gather::WorkerFailure::Gone {
+                        tracing::warn!(worker, %failure, "worker did not acknowledge the stop");
+                    }
                 }
             }
             Purpose::Internal { name } => {

@@ -433,6 +433,7 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
     }
     let executable = master.launch.executable.clone();
     let config_path = master.config_path.clone();
+    check_runs(&executable)?;
     tracing::info!(executable = %executable.display(), "upgrade_main: executing the new master");
     let _ = std::io::stdout().flush();
     let error = exec(&executable, &config_path, memfd.as_raw_fd());
@@ -441,6 +442,24 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
         let _ = set_cloexec(*fd);
     }
     Err(error).with_context(|| format!("cannot execute {}", executable.display()))
+}
+
+/// Refuses to exec a binary that does not even run (`--version`): a failed
+/// exec is recoverable, a new image that dies at once is not.
+fn check_runs(executable: &std::path::Path) -> anyhow::Result<()> {
+    let output = std::process::Command::new(executable)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", executable.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} --version failed ({})",
+            executable.display(),
+            output.status
+        );
+    }
+    Ok(())
 }
 
 fn flush_blocking(channel: &mut WorkerChannel, timeout: Duration) -> anyhow::Result<()> {
