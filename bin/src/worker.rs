@@ -6,7 +6,7 @@
 //! worker loop (`sozu_lib`'s server); it holds no proxy logic itself.
 
 use std::os::fd::{FromRawFd, RawFd};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -40,9 +40,19 @@ pub struct WorkerArgs {
     /// Access log target (the master's `access_logs_target`).
     #[arg(long)]
     pub access_logs_target: Option<String>,
-    /// The master's configuration file, for process-wide settings.
+    /// The configured `buffer_size` (UDP `max_rx_datagram_size` is clamped
+    /// to it).
+    #[arg(long, default_value_t = 16_393)]
+    pub buffer_size: usize,
+    /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub statsd_address: Option<SocketAddr>,
+    /// Prefix of every statsd metric name.
+    #[arg(long, default_value = "sozu")]
+    pub statsd_prefix: String,
+    /// Scopes as dogstatsd tags instead of in the name.
+    #[arg(long)]
+    pub statsd_tagged: bool,
 }
 
 /// Runs the worker until it is stopped; exit 0 after a soft or hard stop.

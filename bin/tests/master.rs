@@ -60,6 +60,7 @@ fn start(worker_count: u32) -> Proxy {
     let config = format!(
         r#"
 command_socket = "{socket}"
+pid_file_path = "sozu.pid"
 worker_count = {worker_count}
 worker_timeout = 5
 log_level = "debug"
@@ -396,5 +397,98 @@ fn upgrade_main_keeps_the_pid_the_socket_and_the_workers() {
         proxy.log().contains("new master took over"),
         "{}",
         proxy.log()
+    );
+}
+
+#[test]
+fn soft_stop_answers_processing_then_ok_and_the_master_cleans_up() {
+    let mut proxy = start(2);
+    let pid_file = proxy.dir.path().join("sozu.pid");
+    let written: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, proxy.master.id() as i32);
+    let mut client = proxy.client();
+    client
+        .write_message(&Request {
+            request_type: Some(RequestType::SoftStop(Default::default())),
+        })
+        .unwrap();
+    let first = client.read_message_timeout(ANSWER_TIMEOUT).unwrap();
+    assert_eq!(
+        first.status(),
+        ResponseStatus::Processing,
+        "{}",
+        first.message
+    );
+    let mut last = first;
+    while last.status() == ResponseStatus::Processing {
+        last = client.read_message_timeout(ANSWER_TIMEOUT).unwrap();
+    }
+    assert_eq!(
+        last.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        last.message,
+        proxy.log()
+    );
+    let mut exit = None;
+    for _ in 0..POLL_ATTEMPTS {
+        if let Ok(Some(status)) = proxy.master.try_wait() {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let exit = exit.unwrap_or_else(|| panic!("the master did not exit:\n{}", proxy.log()));
+    assert!(exit.success(), "{exit}");
+    assert!(!proxy.socket.exists(), "the command socket is removed");
+    for pid in &proxy.known_workers {
+        assert!(
+            kill(Pid::from_raw(*pid), None).is_err(),
+            "worker {pid} is gone"
+        );
+    }
+}
+
+#[test]
+fn upgrade_worker_replaces_it_with_a_new_id_and_the_old_one_leaves() {
+    let mut proxy = start(2);
+    let before = proxy.workers();
+    let old = before[0];
+    let mut client = proxy.client();
+    let answer = request(
+        &mut client,
+        Request {
+            request_type: Some(RequestType::UpgradeWorker(old.id)),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        answer.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        answer.message,
+        proxy.log()
+    );
+    let mut replaced = false;
+    for _ in 0..POLL_ATTEMPTS {
+        let now = proxy.workers();
+        let running: Vec<_> = now
+            .iter()
+            .filter(|w| w.run_state() == RunState::Running)
+            .collect();
+        if running.len() == 2 && now.iter().all(|w| w.id != old.id) {
+            replaced = true;
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(replaced, "{:?}\n{}", proxy.workers(), proxy.log());
+    assert!(
+        kill(Pid::from_raw(old.pid), None).is_err(),
+        "the old worker exited"
     );
 }

@@ -234,8 +234,9 @@ impl Master {
         let _ = &mut listener;
         let launch = WorkerLaunch {
             executable: workers::current_executable().context("cannot find the sozu binary")?,
-            config_path: Some(config_path.clone()),
             command_buffer_size: config.command_buffer_size.get(),
+            buffer_size: config.buffer_size.get(),
+            statsd: config.metrics.clone(),
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
         };
