@@ -300,14 +300,18 @@ pub struct UdpHealthSettings {
 
 impl Config {
     /// Reads and validates the configuration file at `path`. Relative paths
-    /// inside it resolve against the file's directory.
+    /// inside it resolve against the file's directory, made absolute.
     pub fn load_from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config = Config::from_str(&text, path)?;
+        // An absolute base keeps the socket and state paths valid whatever
+        // the working directory of the process that uses them later.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base_dir = absolute.parent().unwrap_or(Path::new(""));
+        let mut config = parse::parse(&text, path, base_dir)?;
         config.config_path = Some(path.to_path_buf());
         Ok(config)
     }
@@ -315,7 +319,7 @@ impl Config {
     /// Validates configuration `text`. `origin` names it in error messages,
     /// and relative paths resolve against `origin`'s directory.
     pub fn from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        parse::parse(text, origin)
+        parse::parse(text, origin, origin.parent().unwrap_or(Path::new("")))
     }
 
     /// The listener of `listener_type` bound on `address`, if any.

@@ -64,14 +64,14 @@ pub(super) const IGNORED_FRONTEND: &[&str] =
 const DEFAULT_WEIGHT: i32 = 100;
 const DEFAULT_MAX_STATE_FILE_SIZE: u64 = 64 * 1024 * 1024;
 
-/// Parses and validates a whole configuration document.
-pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+/// Parses and validates a whole configuration document; relative paths
+/// resolve against `base_dir`.
+pub(super) fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
     let doc = Document::new(text, origin.display().to_string());
     let root = DeTable::parse(text).map_err(|e| ConfigError::Syntax {
         message: e.message().to_owned(),
         at: doc.location(e.span().map_or(0, |s| s.start)),
     })?;
-    let base_dir = origin.parent().unwrap_or(Path::new(""));
     let mut top = TableReader::new(&doc, String::new(), root.span(), root.get_ref());
     let config = parse_root(&mut top, base_dir)?;
     top.finish(IGNORED_GLOBAL)?;

@@ -987,3 +987,16 @@ fn health_off_is_kept_as_an_explicit_mode() {
         (Some(2), Some(3), Some(true))
     );
 }
+
+#[test]
+fn loading_by_relative_path_gives_absolute_socket_path() {
+    // Tests run in the crate directory; the quick-start file is one level up.
+    let c = Config::load_from_path("../config.toml").unwrap();
+    assert!(c.command_socket.is_absolute(), "{:?}", c.command_socket);
+    assert_eq!(c.command_socket.file_name().unwrap(), "sozu.sock");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    assert_eq!(
+        c.command_socket.parent().unwrap().canonicalize().unwrap(),
+        repo.canonicalize().unwrap()
+    );
+}
