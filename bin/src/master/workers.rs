@@ -83,9 +83,13 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
             .arg("--access-logs-target")
             .arg(target_to_string(access));
     }
-    command.arg("--buffer-size").arg(launch.buffer_size.to_string());
+    command
+        .arg("--buffer-size")
+        .arg(launch.buffer_size.to_string());
     if let Some(statsd) = &launch.statsd {
-        command.arg("--statsd-address").arg(statsd.address.to_string());
+        command
+            .arg("--statsd-address")
+            .arg(statsd.address.to_string());
         if let Some(prefix) = &statsd.prefix {
             command.arg("--statsd-prefix").arg(prefix);
         }
