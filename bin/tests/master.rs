@@ -492,3 +492,99 @@ fn upgrade_worker_replaces_it_with_a_new_id_and_the_old_one_leaves() {
         "the old worker exited"
     );
 }
+
+#[test]
+fn query_metrics_has_one_entry_per_worker() {
+    let mut proxy = start(2);
+    let ids: Vec<String> = proxy.workers().iter().map(|w| w.id.to_string()).collect();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::QueryMetrics(Default::default())),
+        },
+    )
+    .unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    let Some(ContentType::Metrics(metrics)) = answer.content.and_then(|c| c.content_type) else {
+        panic!("query_metrics without metrics");
+    };
+    let keys: Vec<String> = metrics.workers.keys().cloned().collect();
+    assert_eq!(keys, ids);
+}
+
+#[test]
+fn hard_stop_ends_every_process() {
+    let mut proxy = start(2);
+    let workers = proxy.workers();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::HardStop(Default::default())),
+        },
+    )
+    .unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    let mut exit = None;
+    for _ in 0..POLL_ATTEMPTS {
+        if let Ok(Some(status)) = proxy.master.try_wait() {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?}\n{}",
+        proxy.log()
+    );
+    for w in workers {
+        assert!(
+            kill(Pid::from_raw(w.pid), None).is_err(),
+            "worker {} is gone",
+            w.pid
+        );
+    }
+}
+
+#[test]
+fn state_saved_through_the_socket_loads_back() {
+    let proxy = start(1);
+    let path = proxy.dir.path().join("state.json");
+    let saved = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::SaveState(path.display().to_string())),
+        },
+    )
+    .unwrap();
+    assert_eq!(saved.status(), ResponseStatus::Ok, "{}", saved.message);
+    assert!(std::fs::read_to_string(&path).unwrap().contains("dns"));
+    // Everything in it is already running: loading it changes nothing.
+    let loaded = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::LoadState(path.display().to_string())),
+        },
+    )
+    .unwrap();
+    assert_eq!(loaded.status(), ResponseStatus::Ok, "{}", loaded.message);
+    let unwritable = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::SaveState(
+                proxy
+                    .dir
+                    .path()
+                    .join("no/such/dir/state.json")
+                    .display()
+                    .to_string(),
+            )),
+        },
+    )
+    .unwrap();
+    assert_eq!(unwritable.status(), ResponseStatus::Failure);
+    assert_eq!(
+        request(&mut proxy.client(), status()).unwrap().status(),
+        ResponseStatus::Ok
+    );
+}

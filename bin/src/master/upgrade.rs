@@ -320,10 +320,13 @@ const HANDOVER_VERSION: u32 = 1;
 /// `upgrade_main` from client `token`: checked now, executed at the top of
 /// the next loop turn (after this turn's writes).
 pub(super) fn begin_main(master: &mut Master, token: Token) {
-    if master.upgrade.is_some()
-        || !master.gather.is_empty()
-        || !matches!(master.phase, Phase::Running)
-    {
+    // Draining workers (a soft stop forwarded after a worker upgrade) may
+    // take as long as their flows: they do not block the exec; their final
+    // answer to the old master is simply ignored by the new one.
+    let busy = master
+        .gather
+        .count_where(|p| !matches!(p, Purpose::StopForward));
+    if master.upgrade.is_some() || busy > 0 || !matches!(master.phase, Phase::Running) {
         master.answer(
             token,
             response(
