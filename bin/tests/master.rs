@@ -54,7 +54,14 @@ fn free_udp_port() -> u16 {
 }
 
 fn start(worker_count: u32) -> Proxy {
+    start_with(worker_count, "")
+}
+
+/// Starts a master; `extra` is added to the global section of its config
+/// (`{dir}` in it stands for the test's temporary directory).
+fn start_with(worker_count: u32, extra: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
+    let extra = extra.replace("{dir}", &dir.path().display().to_string());
     let socket = dir.path().join("sozu.sock");
     let port = free_udp_port();
     let config = format!(
@@ -65,6 +72,7 @@ worker_count = {worker_count}
 worker_timeout = 5
 log_level = "debug"
 log_target = "stdout"
+{extra}
 
 [[listeners]]
 protocol = "udp"
@@ -75,7 +83,7 @@ protocol = "udp"
 frontends = [{{ address = "127.0.0.1:{port}" }}]
 backends = [{{ address = "127.0.0.1:9", backend_id = "b1" }}]
 "#,
-        socket = socket.display()
+        socket = socket.display(),
     );
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -586,5 +594,62 @@ fn state_saved_through_the_socket_loads_back() {
     assert_eq!(
         request(&mut proxy.client(), status()).unwrap().status(),
         ResponseStatus::Ok
+    );
+}
+
+#[test]
+fn client_limit_and_audit_log_target() {
+    let proxy = start_with(
+        1,
+        "max_command_clients = 2\naudit_logs_target = \"file://{dir}/audit.log\"\n",
+    );
+    let audit_path = proxy.dir.path().join("audit.log");
+
+    // Two clients are served; a third is told why and closed.
+    let mut first = proxy.client();
+    let mut second = proxy.client();
+    assert_eq!(
+        request(&mut first, status()).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    assert_eq!(
+        request(&mut second, status()).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    let mut third = proxy.client();
+    let refused = third.read_message_timeout(ANSWER_TIMEOUT).unwrap();
+    assert_eq!(refused.status(), ResponseStatus::Failure);
+    assert!(
+        refused.message.contains("max_command_clients"),
+        "{}",
+        refused.message
+    );
+    drop(third);
+    drop(second);
+
+    // A mutating order leaves an audit line naming the peer and the order.
+    let added = request(
+        &mut first,
+        Request {
+            request_type: Some(RequestType::AddCluster(Cluster {
+                cluster_id: "audited".into(),
+                ..Default::default()
+            })),
+        },
+    )
+    .unwrap();
+    assert_eq!(added.status(), ResponseStatus::Ok, "{}", added.message);
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("add_cluster") && l.contains("result=\"ok\""))
+        .unwrap_or_else(|| panic!("no audit line for add_cluster:\n{audit}"));
+    assert!(
+        line.contains(&format!("pid={}", std::process::id())),
+        "{line}"
+    );
+    assert!(
+        !proxy.log().contains("order=\"add_cluster\" result"),
+        "audit lines go to their own target"
     );
 }
