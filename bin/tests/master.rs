@@ -453,6 +453,7 @@ fn soft_stop_answers_processing_then_ok_and_the_master_cleans_up() {
     let exit = exit.unwrap_or_else(|| panic!("the master did not exit:\n{}", proxy.log()));
     assert!(exit.success(), "{exit}");
     assert!(!proxy.socket.exists(), "the command socket is removed");
+    assert!(!pid_file.exists(), "the pid file is removed");
     for pid in &proxy.known_workers {
         assert!(
             kill(Pid::from_raw(*pid), None).is_err(),
@@ -651,5 +652,71 @@ fn client_limit_and_audit_log_target() {
     assert!(
         !proxy.log().contains("order=\"add_cluster\" result"),
         "audit lines go to their own target"
+    );
+}
+
+fn cluster_ids(proxy: &Proxy) -> Vec<String> {
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::ListClusters(Default::default())),
+        },
+    )
+    .unwrap();
+    match answer.content.and_then(|c| c.content_type) {
+        Some(ContentType::Clusters(list)) => list
+            .vec
+            .into_iter()
+            .filter_map(|c| c.configuration.map(|c| c.cluster_id))
+            .collect(),
+        other => panic!("list_clusters without clusters: {other:?}"),
+    }
+}
+
+#[test]
+fn reload_applies_the_edited_configuration() {
+    let proxy = start(2);
+    assert_eq!(cluster_ids(&proxy), vec!["dns".to_owned()]);
+    let config_path = proxy.dir.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("\n[clusters.extra]\nprotocol = \"udp\"\n");
+    std::fs::write(&config_path, text).unwrap();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::ReloadConfiguration(String::new())),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        answer.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        answer.message,
+        proxy.log()
+    );
+    assert_eq!(
+        cluster_ids(&proxy),
+        vec!["dns".to_owned(), "extra".to_owned()]
+    );
+
+    // A broken file is refused with its error, and nothing changes.
+    std::fs::write(&config_path, "worker_count = \"many\"\n").unwrap();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::ReloadConfiguration(String::new())),
+        },
+    )
+    .unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer.message.contains("worker_count"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(
+        cluster_ids(&proxy),
+        vec!["dns".to_owned(), "extra".to_owned()]
     );
 }
