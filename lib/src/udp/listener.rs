@@ -334,7 +334,6 @@ impl UdpListener {
                 match send_upstream(io, header, payload) {
                     UpstreamSend::Sent => {
                         self.metrics.traffic.count_in(ctx.metrics, payload.len());
-                        io.metrics.cluster.count_in(ctx.metrics, payload.len());
                         io.metrics.backend.count_in(ctx.metrics, payload.len());
                     }
                     UpstreamSend::Dropped(reason) => {
@@ -432,7 +431,6 @@ impl UdpListener {
             match self.manager.handle_backend_datagram(now, flow, payload) {
                 BackendDecision::Return { dst } => {
                     self.metrics.traffic.count_out(ctx.metrics, len);
-                    io.metrics.cluster.count_out(ctx.metrics, len);
                     io.metrics.backend.count_out(ctx.metrics, len);
                     if !io.responded {
                         io.responded = true;
@@ -571,7 +569,6 @@ impl UdpListener {
                     match send_upstream(io, header, &payload) {
                         UpstreamSend::Sent => {
                             self.metrics.traffic.count_in(ctx.metrics, payload.len());
-                            io.metrics.cluster.count_in(ctx.metrics, payload.len());
                             io.metrics.backend.count_in(ctx.metrics, payload.len());
                         }
                         UpstreamSend::Dropped(reason) => {
