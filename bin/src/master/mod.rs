@@ -113,6 +113,9 @@ pub(crate) enum Purpose {
     /// soft_stop / hard_stop forwarded to the workers; the stop itself ends
     /// when the processes are gone.
     StopForward,
+    /// A periodic status to every worker: one that does not answer within
+    /// `worker_timeout` shows NOT_ANSWERING until it answers again.
+    Heartbeat,
     /// Orders the master sent on its own (SIGHUP reload): failures are
     /// logged.
     Internal { name: &'static str },
@@ -165,6 +168,8 @@ pub(crate) struct Master {
     exit: Option<ExitCode>,
     /// An upgrade_main asked for: exec once the current turn is done.
     exec_requested: Option<Token>,
+    /// When the next heartbeat status is sent to the workers.
+    next_heartbeat: Instant,
 }
 
 impl Master {
@@ -259,6 +264,7 @@ impl Master {
             owner_uid: nix::unistd::geteuid().as_raw(),
             exit: None,
             exec_requested: None,
+            next_heartbeat: now() + config.worker_timeout,
             config,
             config_path,
         })
@@ -339,6 +345,10 @@ impl Master {
         {
             deadline = Some(deadline.map_or(*at, |d| d.min(*at)));
         }
+        if matches!(self.phase, Phase::Running) {
+            let at = self.next_heartbeat;
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
         deadline
     }
 
@@ -355,6 +365,7 @@ impl Master {
             self.on_gathered(gathered, now);
         }
         self.check_stop_deadline(now);
+        self.heartbeat(now);
     }
 
     fn on_signal(&mut self, signal: MasterSignal, now: Instant) {
@@ -775,6 +786,7 @@ impl Master {
                 };
                 self.on_worker_booted(worker, gathered, now);
             }
+            Purpose::Heartbeat => {}
             Purpose::StopForward => {
                 for (worker, failure) in &failures {
                     // A worker may exit without answering: that is a stop too.

@@ -325,7 +325,7 @@ pub(super) fn begin_main(master: &mut Master, token: Token) {
     // answer to the old master is simply ignored by the new one.
     let busy = master
         .gather
-        .count_where(|p| !matches!(p, Purpose::StopForward));
+        .count_where(|p| !matches!(p, Purpose::StopForward | Purpose::Heartbeat));
     if master.upgrade.is_some() || busy > 0 || !matches!(master.phase, Phase::Running) {
         master.answer(
             token,
