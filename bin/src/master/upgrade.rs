@@ -367,14 +367,15 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
         if worker.channel_closed {
             continue;
         }
-        worker
-            .pump()
-            .with_context(|| format!("worker {} channel", worker.id))?;
-        if !worker.outbox.is_empty() || worker.channel.wants_write() {
-            let _ = worker.channel.set_blocking(true);
-            let flushed = flush_blocking(&mut worker.channel, flush_timeout);
-            let _ = worker.channel.set_blocking(false);
-            flushed.with_context(|| format!("worker {} does not read its channel", worker.id))?;
+        loop {
+            worker
+                .pump()
+                .with_context(|| format!("worker {} channel", worker.id))?;
+            if worker.outbox.is_empty() && !worker.channel.wants_write() {
+                break;
+            }
+            flush_blocking(&mut worker.channel, flush_timeout)
+                .with_context(|| format!("worker {} does not read its channel", worker.id))?;
         }
         if worker.channel.buffered_bytes() > 0 {
             anyhow::bail!("worker {} has a half-read answer; retry", worker.id);
