@@ -720,3 +720,29 @@ fn reload_applies_the_edited_configuration() {
         vec!["dns".to_owned(), "extra".to_owned()]
     );
 }
+
+#[test]
+fn a_master_that_cannot_start_leaves_no_socket_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sozu.sock");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "command_socket = \"{}\"\npid_file_path = \"no/such/dir/sozu.pid\"\nworker_count = 1\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sozu"))
+        .arg("start")
+        .arg("-c")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pid file"), "{stderr}");
+    assert!(!socket.exists(), "the command socket must be removed");
+}

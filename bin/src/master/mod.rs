@@ -177,7 +177,25 @@ impl Master {
     fn launch(config: Config, config_path: PathBuf) -> anyhow::Result<Self> {
         raise_fd_limit();
         let socket_path = config.command_socket.clone();
+        let pid_file = config.pid_file_path.clone();
         let std_listener = command_socket::bind(&socket_path)?;
+        let launched = Self::launch_with(config, config_path, std_listener);
+        if launched.is_err() {
+            // Nothing of a master that did not start may stay behind (the
+            // workers already started exit when their channel closes).
+            let _ = std::fs::remove_file(&socket_path);
+            if let Some(pid_file) = pid_file {
+                let _ = std::fs::remove_file(pid_file);
+            }
+        }
+        launched
+    }
+
+    fn launch_with(
+        config: Config,
+        config_path: PathBuf,
+        std_listener: std::os::unix::net::UnixListener,
+    ) -> anyhow::Result<Self> {
         if let Some(pid_file) = &config.pid_file_path {
             std::fs::write(pid_file, format!("{}\n", std::process::id()))
                 .with_context(|| format!("cannot write the pid file {}", pid_file.display()))?;
