@@ -539,3 +539,99 @@ fn a_wildcard_listener_replies_from_the_address_the_client_sent_to() {
     assert_eq!(reply, b"yo");
     assert_eq!(from, target);
 }
+
+#[test]
+fn a_listener_added_inactive_serves_once_activated() {
+    use sozu_command_lib::command::ActivateListener;
+    let mut worker = Worker::start();
+    let listener = free_udp_addr("127.0.0.1");
+    let backend_socket = udp_socket("127.0.0.1");
+    let mut config = udp_listener(listener);
+    config.active = false;
+    worker.ok(RequestType::AddUdpListener(config));
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "c",
+        Default::default(),
+    )));
+    worker.ok(RequestType::AddBackend(backend(
+        "c",
+        "b1",
+        backend_socket.local_addr().unwrap(),
+    )));
+    worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
+    worker.ok(RequestType::ActivateListener(ActivateListener {
+        address: listener.into(),
+        proxy: sozu_command_lib::command::ListenerType::Udp as i32,
+        from_scm: false,
+    }));
+    let client = udp_socket("127.0.0.1");
+    client.send_to(b"on", listener).unwrap();
+    assert_eq!(recv(&backend_socket).0, b"on");
+}
+
+#[test]
+fn changed_cluster_knobs_apply_to_new_flows_only() {
+    let mut worker = Worker::start();
+    let (listener, backend) = simple_setup(&mut worker, UdpClusterConfig::default());
+    let old = udp_socket("127.0.0.1");
+    old.send_to(b"o", listener).unwrap();
+    let (_, old_upstream) = recv(&backend);
+    // Now one response per flow (DNS-like) for new flows.
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "c",
+        UdpClusterConfig {
+            responses: Some(1),
+            ..Default::default()
+        },
+    )));
+    let new = udp_socket("127.0.0.1");
+    new.send_to(b"n", listener).unwrap();
+    let (_, new_upstream) = recv(&backend);
+    for _ in 0..2 {
+        backend.send_to(b"r", old_upstream).unwrap();
+        assert_eq!(recv(&old).0, b"r", "the old flow keeps unlimited responses");
+    }
+    backend.send_to(b"r", new_upstream).unwrap();
+    assert_eq!(recv(&new).0, b"r");
+    backend.send_to(b"r2", new_upstream).unwrap();
+    assert!(
+        try_recv(&new, SHORT).is_none(),
+        "the new flow closed after one"
+    );
+}
+
+#[test]
+fn tcp_and_http_orders_are_kept_in_the_state_and_answered_ok() {
+    use sozu_command_lib::command::{RequestTcpFrontend, TcpListenerConfig};
+    let mut worker = Worker::start();
+    let address = free_udp_addr("127.0.0.1");
+    worker.ok(RequestType::AddTcpListener(TcpListenerConfig {
+        address: address.into(),
+        public_address: None,
+        expect_proxy: false,
+        front_timeout: 60,
+        back_timeout: 30,
+        connect_timeout: 3,
+        active: false,
+    }));
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "t",
+        Default::default(),
+    )));
+    worker.ok(RequestType::AddTcpFrontend(RequestTcpFrontend {
+        cluster_id: "t".into(),
+        address: address.into(),
+        tags: Default::default(),
+    }));
+    // The state saw it: a second identical listener is refused.
+    let twice = worker.order(RequestType::AddTcpListener(TcpListenerConfig {
+        address: address.into(),
+        public_address: None,
+        expect_proxy: false,
+        front_timeout: 60,
+        back_timeout: 30,
+        connect_timeout: 3,
+        active: false,
+    }));
+    assert_eq!(twice.status, ResponseStatus::Failure as i32);
+}
