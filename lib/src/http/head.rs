@@ -75,7 +75,8 @@ pub enum ResponseError {
 pub struct ForwardInfo {
     /// The client (from the PROXY header when the listener expects one).
     pub client: SocketAddr,
-    /// The listener's address (`by=` and `X-Forwarded-Port`).
+    /// The local address the client connected to (`by=` and
+    /// `X-Forwarded-Port`).
     pub listener: SocketAddr,
 }
 

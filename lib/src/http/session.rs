@@ -438,9 +438,15 @@ impl Session {
         if self.head_started.is_none() {
             self.head_started = Some(now);
         }
+        // The address the client actually reached (a wildcard listener
+        // has no useful IP of its own) for `by=` and `X-Forwarded-Port`.
         let info = ForwardInfo {
             client: self.client,
-            listener: self.listener_address,
+            listener: self
+                .front
+                .stream
+                .local_addr()
+                .unwrap_or(self.listener_address),
         };
         match head::parse_request(self.front_in.data(), &info) {
             Ok(Some(request)) => {
