@@ -311,6 +311,28 @@ mod tests {
         assert_eq!(parse(&v2), Err(ProxyHeaderError::V2Truncated(0x11)));
     }
 
+    /// Whatever a client sends first, parsing answers without panicking
+    /// and never claims more bytes than it was given.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_parser() {
+        use quickcheck::{QuickCheck, TestResult};
+        fn prop(kind: u8, noise: Vec<u8>) -> TestResult {
+            let mut input = match kind % 3 {
+                0 => b"PROXY ".to_vec(),
+                1 => SIGNATURE.to_vec(),
+                _ => Vec::new(),
+            };
+            input.extend_from_slice(&noise);
+            match parse(&input) {
+                Ok(Some(h)) if h.len > input.len() => TestResult::failed(),
+                _ => TestResult::passed(),
+            }
+        }
+        QuickCheck::new()
+            .tests(2000)
+            .quickcheck(prop as fn(u8, Vec<u8>) -> TestResult);
+    }
+
     #[test]
     fn v2_local_carries_no_address() {
         let mut v2 = SIGNATURE.to_vec();

@@ -294,3 +294,38 @@ fn response_framing_and_connection_rules() {
         Err(ResponseError::Malformed(_))
     ));
 }
+
+/// Whatever a peer sends, parsing answers (complete, partial or refused)
+/// without panicking, and a complete head never claims more bytes than
+/// it was given.
+#[test]
+fn arbitrary_bytes_never_panic_the_head_parsers() {
+    use quickcheck::{QuickCheck, TestResult};
+    fn prop(prefix: u8, noise: Vec<u8>) -> TestResult {
+        let starts: [&[u8]; 4] = [
+            b"",
+            b"GET / HTTP/1.1\r\nHost: h\r\n",
+            b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: ",
+            b"HTTP/1.1 200 OK\r\nContent-Length: ",
+        ];
+        let mut input = starts[usize::from(prefix) % starts.len()].to_vec();
+        input.extend_from_slice(&noise);
+        input.extend_from_slice(b"\r\n\r\n");
+        if let Ok(Some(r)) = parse_request(&input, &info()) {
+            if r.head_len > input.len() {
+                return TestResult::failed();
+            }
+        }
+        for method in ["GET", "HEAD"] {
+            if let Ok(Some(r)) = parse_response(&input, method, true) {
+                if r.head_len > input.len() {
+                    return TestResult::failed();
+                }
+            }
+        }
+        TestResult::passed()
+    }
+    QuickCheck::new()
+        .tests(2000)
+        .quickcheck(prop as fn(u8, Vec<u8>) -> TestResult);
+}
