@@ -664,9 +664,10 @@ impl Session {
     fn connect_failed(&mut self, now: Instant, env: &mut Env<'_, '_>, reason: &str) {
         if let Some(back) = self.back.as_ref() {
             tracing::debug!(client = %self.client, cluster = %back.cluster, backend = %back.backend, address = %back.address, reason, "HTTP backend connect failed");
-            env.ctx
-                .backends
-                .mark_suspect(back.cluster.as_str(), back.backend.as_str());
+            let (cluster, backend) = (back.cluster.as_str(), back.backend.as_str());
+            if env.ctx.backends.mark_suspect(cluster, backend) {
+                env.ctx.health.passive_failure(now, cluster, backend);
+            }
             let handles = env
                 .handles
                 .backend(env.ctx.metrics, &back.cluster, &back.backend);

@@ -128,6 +128,7 @@ macro_rules! stream_context {
             registry: $server.poll.registry(),
             tokens: &mut $server.tokens,
             backends: &mut $server.backends,
+            health: &mut $server.health,
             metrics: &mut $server.metrics,
         }
     };

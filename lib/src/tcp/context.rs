@@ -1,13 +1,15 @@
 //! What the worker's event loop lends the TCP and HTTP proxies on each call.
 //!
 //! Owns nothing: it borrows the mio registry, the loop's token table, the
-//! backends shared by every protocol and the metrics registry. The proxies
+//! backends and health checker shared by every protocol and the metrics
+//! registry. The proxies
 //! never create their own poll or token numbering: every socket token comes
 //! from the loop's table so one `Poll` serves UDP, TCP and HTTP.
 
 use mio::{Registry, Token};
 
 use crate::backends::BackendMap;
+use crate::health::HealthChecker;
 use crate::metrics::MetricsRegistry;
 
 /// The loop's token table, seen by one protocol: `T` says which of the
@@ -27,6 +29,9 @@ pub struct ProxyContext<'a, T> {
     pub tokens: &'a mut dyn TokenTable<T>,
     /// Every cluster's backends (shared with UDP).
     pub backends: &'a mut BackendMap,
+    /// The health checker (shared with UDP): a failed backend connect is a
+    /// passive failure, a step toward `fall` when the cluster is probed.
+    pub health: &'a mut HealthChecker,
     /// The worker's metrics.
     pub metrics: &'a mut MetricsRegistry,
 }

@@ -814,8 +814,13 @@ impl TcpProxy {
             back.deregister(ctx.registry);
             ctx.tokens.remove(back.token);
         }
-        ctx.backends
-            .mark_suspect(cluster.as_str(), backend.as_str());
+        if ctx
+            .backends
+            .mark_suspect(cluster.as_str(), backend.as_str())
+        {
+            ctx.health
+                .passive_failure(now, cluster.as_str(), backend.as_str());
+        }
         let backend_handles = self.handles.backend(ctx.metrics, &cluster, &backend);
         count(ctx.metrics, backend_handles.connect_failed, 1);
         if session.attempt >= socket::MAX_CONNECT_ATTEMPTS {

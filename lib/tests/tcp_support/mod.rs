@@ -61,6 +61,7 @@ pub struct TestLoop {
     pub tokens: Slab<Owner>,
     pub metrics: MetricsRegistry,
     pub backends: BackendMap,
+    pub health: sozu_lib::health::HealthChecker,
     pub tcp: TcpProxy,
     pub http: HttpProxy,
     stop: bool,
@@ -73,6 +74,7 @@ macro_rules! ctx {
             registry: $l.poll.registry(),
             tokens: &mut crate::tcp_support::Table(&mut $l.tokens),
             backends: &mut $l.backends,
+            health: &mut $l.health,
             metrics: &mut $l.metrics,
         }
     };
@@ -143,6 +145,7 @@ impl LoopHandle {
             tokens,
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(7),
+            health: sozu_lib::health::HealthChecker::new(),
             tcp: TcpProxy::new(16_384),
             http: HttpProxy::new(16_384),
             stop: false,
