@@ -218,3 +218,54 @@ fn a_backend_that_never_answers_the_connect_is_skipped_after_connect_timeout() {
     lp.stop();
     drop(hanging);
 }
+
+#[test]
+fn a_backend_that_does_not_read_stalls_the_client_instead_of_filling_memory() {
+    // The backend accepts and never reads.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = silent.accept() {
+            let _ = held_tx.send(stream);
+        }
+    });
+    let lp = LoopHandle::start();
+    lp.cluster("silent", &[silent_address], None);
+    let front = lp.tcp_listener("silent", false, 30);
+    let mut c = client(front);
+    c.set_nonblocking(true).unwrap();
+    let chunk = vec![7u8; 65_536];
+    let mut total = 0usize;
+    let mut idle_rounds = 0;
+    // Bounded: stop when writes have been refused for 25 rounds in a row.
+    for _ in 0..5_000 {
+        match c.write(&chunk) {
+            Ok(n) => {
+                total += n;
+                idle_rounds = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                idle_rounds += 1;
+                if idle_rounds == 25 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert_eq!(idle_rounds, 25, "the client was eventually held back");
+    // Kernel socket buffers (a few MB each) plus the proxy's two bounded
+    // buffers: far below what was offered.
+    assert!(total < 64 << 20, "{total} bytes accepted");
+    let _backend = held_rx.recv().unwrap();
+    let in_proxy = lp.apply(|l| cluster_count(l, "silent", "tcp.bytes.in"));
+    assert!(in_proxy as usize <= total);
+    assert_eq!(
+        lp.apply(|l| l.tcp.active_sessions()),
+        1,
+        "the session is alive, waiting"
+    );
+    lp.stop();
+}
