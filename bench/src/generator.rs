@@ -1,0 +1,569 @@
+//! `sozu-bench gen`: the UDP load generator.
+//!
+//! F flows are F connected client sockets driven by one epoll loop (mio).
+//! Closed loop keeps W datagrams in flight per flow; open loop sends at a
+//! fixed total rate. Every datagram carries flow id, sequence and send
+//! time (see `stats`), so a reply is matched to its flow, its RTT measured
+//! and a reply landing on another flow's socket counted as misrouted.
+//! It only ever talks to loopback addresses and every phase is bounded by
+//! the duration plus the loss timeout.
+
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{classify_reply, Header, Histogram, Reply, RttSummary, HEADER_LEN};
+
+/// Flows opened per source address before moving to the next 127.0.0.x.
+const FLOWS_PER_SOURCE_IP: usize = 4000;
+
+/// Options of `sozu-bench gen`.
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Where to send (repeatable: flow i uses target i % n). Loopback only.
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<SocketAddr>,
+    /// Number of flows (client sockets).
+    #[arg(long, default_value_t = 64)]
+    pub flows: usize,
+    /// Flows that keep sending; the others send until their first reply
+    /// and then stay open and silent (live but idle). Default: all.
+    #[arg(long)]
+    pub active: Option<usize>,
+    /// Datagrams in flight per flow (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pub window: u32,
+    /// Open loop: total datagrams per second over the active flows.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Datagram size in bytes (at least 24).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Measured sending time, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unmeasured time before the measurement starts, seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+    /// Stop after this many datagrams sent in total.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Each flow sends this many datagrams (per socket with --churn).
+    #[arg(long)]
+    pub per_flow_count: Option<u32>,
+    /// After --per-flow-count replies, close the socket and open a new
+    /// one (a new flow for the proxy): DNS-like one-shot flows.
+    #[arg(long, requires = "per_flow_count")]
+    pub churn: bool,
+    /// Source addresses 127.0.0.1..=127.0.0.N (default: one per 4000 flows).
+    #[arg(long)]
+    pub src_ips: Option<u8>,
+    /// A flow with no reply for this long counts its in-flight datagrams as
+    /// lost and resends; also bounds the final drain.
+    #[arg(long, default_value_t = 500)]
+    pub loss_timeout_ms: u64,
+    /// Flows started per loop turn (avoids one huge initial burst).
+    #[arg(long, default_value_t = 256)]
+    pub ramp: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a generator run measured (all counters are for the measured window).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GenReport {
+    /// Flows (sockets) opened.
+    pub flows: usize,
+    /// Flows that kept sending.
+    pub active_flows: usize,
+    /// Flows that got at least one valid reply.
+    pub established_flows: usize,
+    /// Datagram size.
+    pub payload: usize,
+    /// Measured window in seconds.
+    pub seconds: f64,
+    /// Datagrams sent in the window.
+    pub sent: u64,
+    /// Replies received for datagrams sent in the window.
+    pub received: u64,
+    /// `sent - received`.
+    pub lost: u64,
+    /// Replies that arrived after their flow had given up on them.
+    pub late: u64,
+    /// Replies that reached another flow's socket.
+    pub misrouted: u64,
+    /// Datagrams that were not benchmark replies.
+    pub invalid: u64,
+    /// Replies older than one already received on the same flow.
+    pub reordered: u64,
+    /// Sends refused by the kernel (buffer full).
+    pub send_errors: u64,
+    /// ICMP port unreachable seen on a flow socket.
+    pub refused: u64,
+    /// Loss timeouts fired.
+    pub timeouts: u64,
+    /// Received replies per second.
+    pub pps: f64,
+    /// Sent datagrams per second.
+    pub sent_pps: f64,
+    /// Flows (sockets) that finished their --per-flow-count in the window.
+    pub flows_completed: u64,
+    /// Of those, flows that got every reply, in order, without timeout.
+    pub flows_clean: u64,
+    /// `flows_completed` per second.
+    pub flows_per_s: f64,
+    /// Round trip times.
+    pub rtt: RttSummary,
+}
+
+struct Flow {
+    socket: UdpSocket,
+    target: SocketAddr,
+    source: IpAddr,
+    active: bool,
+    started: bool,
+    done: bool,
+    inflight: u32,
+    /// Sent / received on the current socket (reset by churn).
+    sent_here: u32,
+    received_here: u32,
+    next_seq: u64,
+    /// Replies with a lower sequence were given up on (or belong to a
+    /// closed socket) and do not free window slots.
+    epoch_seq: u64,
+    highest_seq: Option<u64>,
+    clean: bool,
+    last_progress: Instant,
+}
+
+fn open_socket(source: IpAddr, target: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0))?;
+    socket.connect(target)?;
+    socket.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(socket))
+}
+
+fn source_for(index: usize, target: SocketAddr, src_ips: u8) -> IpAddr {
+    match target {
+        SocketAddr::V4(_) => {
+            let host = 1 + (index % usize::from(src_ips.max(1))) as u8;
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
+        }
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}
+
+fn is_send_backpressure(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// Runs the generator; its report (JSON or text) goes to stdout.
+pub fn run(args: &GenArgs) -> anyhow::Result<()> {
+    let report = generate(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &GenReport) {
+    let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "flows {} (active {}, established {}), payload {} B, {:.2} s",
+        r.flows, r.active_flows, r.established_flows, r.payload, r.seconds
+    );
+    println!(
+        "sent {} received {} lost {} late {} misrouted {} invalid {} reordered {} send_errors {} refused {} timeouts {}",
+        r.sent, r.received, r.lost, r.late, r.misrouted, r.invalid, r.reordered, r.send_errors, r.refused, r.timeouts
+    );
+    println!(
+        "pps {:.0} (sent {:.0}), flows completed {} (clean {}) = {:.0}/s",
+        r.pps, r.sent_pps, r.flows_completed, r.flows_clean, r.flows_per_s
+    );
+    println!(
+        "rtt us p50 {} p99 {} p999 {} mean {} max {}",
+        us(r.rtt.p50_us),
+        us(r.rtt.p99_us),
+        us(r.rtt.p999_us),
+        us(r.rtt.mean_us),
+        us(r.rtt.max_us)
+    );
+}
+
+/// Mutable state of one generator run.
+struct Generator<'a> {
+    args: &'a GenArgs,
+    flows: Vec<Flow>,
+    poll: Poll,
+    start: Instant,
+    measure_start_ns: u64,
+    buf: Vec<u8>,
+    histogram: Histogram,
+    report: GenReport,
+    outstanding: u64,
+    total_sent: u64,
+    done_count: usize,
+    sending: bool,
+    measure_start: Instant,
+    send_end: Instant,
+}
+
+impl Generator<'_> {
+    fn now_ns(&self, now: Instant) -> u64 {
+        now.duration_since(self.start).as_nanos() as u64
+    }
+
+    fn may_send(&self, flow: &Flow) -> bool {
+        self.sending
+            && !flow.done
+            && self.args.count.is_none_or(|c| self.total_sent < c)
+            && self.args.per_flow_count.is_none_or(|c| flow.sent_here < c)
+    }
+
+    /// Sends one datagram on flow `i`; false when nothing was sent.
+    #[allow(clippy::disallowed_methods)] // I/O shell: stamps the send time
+    fn send_one(&mut self, i: usize) -> bool {
+        if !self.may_send(&self.flows[i]) {
+            return false;
+        }
+        let now = Instant::now();
+        let sent_ns = self.now_ns(now);
+        let flow = &mut self.flows[i];
+        Header {
+            flow: i as u32,
+            seq: flow.next_seq,
+            sent_ns,
+        }
+        .write(&mut self.buf);
+        match flow.socket.send(&self.buf) {
+            Ok(_) => {
+                flow.next_seq += 1;
+                flow.sent_here += 1;
+                flow.inflight += 1;
+                if flow.inflight == 1 {
+                    flow.last_progress = now;
+                }
+                self.outstanding += 1;
+                self.total_sent += 1;
+                if sent_ns >= self.measure_start_ns {
+                    self.report.sent += 1;
+                }
+                true
+            }
+            Err(e) if is_send_backpressure(&e) => {
+                self.report.send_errors += 1;
+                false
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                self.report.refused += 1;
+                false
+            }
+            Err(_) => {
+                self.report.send_errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Closed loop: tops flow `i` up to its window.
+    fn fill(&mut self, i: usize) {
+        let window = if self.flows[i].active {
+            self.args.window
+        } else {
+            1
+        };
+        while self.flows[i].inflight < window {
+            if !self.send_one(i) {
+                break;
+            }
+        }
+    }
+
+    fn finish_socket(&mut self, i: usize, now: Instant) -> anyhow::Result<()> {
+        let in_window = now >= self.measure_start && now <= self.send_end;
+        let flow = &self.flows[i];
+        if in_window && flow.active {
+            self.report.flows_completed += 1;
+            if flow.clean {
+                self.report.flows_clean += 1;
+            }
+        }
+        let churn = self.args.churn && flow.active;
+        if !churn {
+            self.flows[i].done = true;
+            self.done_count += 1;
+            return Ok(());
+        }
+        let flow = &mut self.flows[i];
+        // Drop the old socket first so its fd is free; the new one gets a
+        // new source port, hence a new flow for the proxy.
+        self.poll.registry().deregister(&mut flow.socket)?;
+        flow.socket = open_socket(flow.source, flow.target).context("reopening a churned flow")?;
+        self.poll
+            .registry()
+            .register(&mut flow.socket, Token(i), Interest::READABLE)?;
+        self.outstanding -= u64::from(flow.inflight);
+        flow.inflight = 0;
+        flow.sent_here = 0;
+        flow.received_here = 0;
+        flow.epoch_seq = flow.next_seq;
+        flow.highest_seq = None;
+        flow.clean = true;
+        flow.last_progress = now;
+        Ok(())
+    }
+
+    fn on_reply(&mut self, i: usize, len: usize, now: Instant) -> anyhow::Result<()> {
+        let header = match classify_reply(i as u32, &self.buf[..len]) {
+            Reply::Valid(h) => h,
+            Reply::Misrouted(_) => {
+                self.report.misrouted += 1;
+                return Ok(());
+            }
+            Reply::Invalid => {
+                self.report.invalid += 1;
+                return Ok(());
+            }
+        };
+        let measured = header.sent_ns >= self.measure_start_ns;
+        if measured {
+            self.report.received += 1;
+            self.histogram
+                .record(self.now_ns(now).saturating_sub(header.sent_ns));
+        }
+        let flow = &mut self.flows[i];
+        if flow.highest_seq.is_some_and(|h| header.seq < h) {
+            self.report.reordered += 1;
+            flow.clean = false;
+        } else {
+            flow.highest_seq = Some(header.seq);
+        }
+        if header.seq < flow.epoch_seq {
+            self.report.late += 1;
+            return Ok(());
+        }
+        flow.inflight = flow.inflight.saturating_sub(1);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        flow.received_here += 1;
+        flow.last_progress = now;
+        let target = if flow.active {
+            self.args.per_flow_count
+        } else {
+            Some(1)
+        };
+        if target.is_some_and(|t| flow.received_here >= t) {
+            self.finish_socket(i, now)?;
+        }
+        if self.args.rate.is_none() || !self.flows[i].active {
+            self.fill(i);
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, i: usize) -> anyhow::Result<()> {
+        loop {
+            match self.flows[i].socket.recv(&mut self.buf) {
+                Ok(len) => {
+                    #[allow(clippy::disallowed_methods)] // I/O shell: RTT
+                    let now = Instant::now();
+                    self.on_reply(i, len, now)?;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => self.report.refused += 1,
+                Err(e) => return Err(e).context("recv on a flow socket"),
+            }
+        }
+    }
+
+    /// Gives up on replies that are overdue and restarts stalled flows.
+    fn scan_timeouts(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.args.loss_timeout_ms);
+        for i in 0..self.flows.len() {
+            let flow = &mut self.flows[i];
+            if !flow.started || flow.done {
+                continue;
+            }
+            if flow.inflight > 0 && now.duration_since(flow.last_progress) > timeout {
+                self.report.timeouts += 1;
+                self.outstanding -= u64::from(flow.inflight);
+                flow.inflight = 0;
+                flow.epoch_seq = flow.next_seq;
+                flow.sent_here = flow.received_here;
+                flow.clean = false;
+                flow.last_progress = now;
+            }
+            let closed_loop = self.args.rate.is_none() || !flow.active;
+            if flow.inflight == 0 && closed_loop {
+                self.fill(i);
+            }
+        }
+    }
+}
+
+/// Runs one generator measurement and returns its report.
+#[allow(clippy::disallowed_methods)] // I/O shell: the loop reads the clock
+pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
+    if args.payload < HEADER_LEN || args.payload > 65_000 {
+        bail!(
+            "--payload {} must be within {HEADER_LEN}..=65000",
+            args.payload
+        );
+    }
+    if args.flows == 0 {
+        bail!("--flows must be at least 1");
+    }
+    if let Some(t) = args.targets.iter().find(|t| !t.ip().is_loopback()) {
+        bail!("--target {t} is not a loopback address (the tool only runs on loopback)");
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number");
+    }
+    let active = args.active.unwrap_or(args.flows).min(args.flows);
+    let src_ips = args
+        .src_ips
+        .unwrap_or_else(|| args.flows.div_ceil(FLOWS_PER_SOURCE_IP).clamp(1, 250) as u8);
+    let poll = Poll::new()?;
+    let start = Instant::now();
+    let mut flows = Vec::with_capacity(args.flows);
+    for i in 0..args.flows {
+        let target = args.targets[i % args.targets.len()];
+        let source = source_for(i, target, src_ips);
+        let mut socket = open_socket(source, target)
+            .with_context(|| format!("opening flow {i} from {source} to {target}"))?;
+        poll.registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        flows.push(Flow {
+            socket,
+            target,
+            source,
+            active: i < active,
+            started: false,
+            done: false,
+            inflight: 0,
+            sent_here: 0,
+            received_here: 0,
+            next_seq: 0,
+            epoch_seq: 0,
+            highest_seq: None,
+            clean: true,
+            last_progress: start,
+        });
+    }
+    // Socket creation for many flows takes a while: time starts after it.
+    let start = Instant::now();
+    let measure_start = start + Duration::from_secs_f64(args.warmup.max(0.0));
+    let send_end = measure_start + Duration::from_secs_f64(args.duration.max(0.0));
+    let mut gen = Generator {
+        args,
+        flows,
+        poll,
+        start,
+        measure_start_ns: measure_start.duration_since(start).as_nanos() as u64,
+        buf: vec![0x5a; args.payload],
+        histogram: Histogram::default(),
+        report: GenReport {
+            flows: args.flows,
+            active_flows: active,
+            payload: args.payload,
+            ..GenReport::default()
+        },
+        outstanding: 0,
+        total_sent: 0,
+        done_count: 0,
+        sending: true,
+        measure_start,
+        send_end,
+    };
+
+    let mut events = Events::with_capacity(1024);
+    let mut next_to_start = 0usize;
+    let mut last_scan = start;
+    let mut stopped_at: Option<Instant> = None;
+    let mut rate_sent = 0u64;
+    let mut rate_cursor = 0usize;
+    let loss_timeout = Duration::from_millis(args.loss_timeout_ms);
+    loop {
+        let now = Instant::now();
+        if gen.sending && (now >= send_end || args.count.is_some_and(|c| gen.total_sent >= c)) {
+            gen.sending = false;
+            stopped_at = Some(now.min(send_end));
+        }
+        let all_done = gen.done_count == gen.flows.len();
+        if all_done && stopped_at.is_none() {
+            gen.sending = false;
+            stopped_at = Some(now);
+        }
+        if let Some(stop) = stopped_at {
+            if gen.outstanding == 0 || now.duration_since(stop) > loss_timeout {
+                break;
+            }
+        }
+        if gen.sending {
+            let end = (next_to_start + args.ramp.max(1)).min(gen.flows.len());
+            for i in next_to_start..end {
+                gen.flows[i].started = true;
+                gen.flows[i].last_progress = now;
+                if args.rate.is_none() || !gen.flows[i].active {
+                    gen.fill(i);
+                }
+            }
+            next_to_start = end;
+            if let Some(rate) = args.rate {
+                let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+                let mut budget = due.saturating_sub(rate_sent).min(4096);
+                let started_active = next_to_start.min(active);
+                while budget > 0 && started_active > 0 {
+                    let i = rate_cursor % started_active;
+                    rate_cursor = rate_cursor.wrapping_add(1);
+                    budget -= 1;
+                    rate_sent += 1;
+                    gen.send_one(i);
+                }
+            }
+        }
+        let wait = if args.rate.is_some() || next_to_start < gen.flows.len() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        match gen.poll.poll(&mut events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("epoll_wait"),
+        }
+        for event in events.iter() {
+            gen.drain(event.token().0)?;
+        }
+        let now = Instant::now();
+        if now.duration_since(last_scan) >= Duration::from_millis(10) {
+            last_scan = now;
+            gen.scan_timeouts(now);
+        }
+    }
+    let stop = stopped_at.unwrap_or(send_end);
+    let seconds = stop.saturating_duration_since(measure_start).as_secs_f64();
+    let mut report = gen.report;
+    report.established_flows = gen
+        .flows
+        .iter()
+        .filter(|f| f.highest_seq.is_some() || f.done)
+        .count();
+    report.seconds = seconds;
+    report.lost = report.sent.saturating_sub(report.received);
+    if seconds > 0.0 {
+        report.pps = report.received as f64 / seconds;
+        report.sent_pps = report.sent as f64 / seconds;
+        report.flows_per_s = report.flows_completed as f64 / seconds;
+    }
+    report.rtt = RttSummary::from_histogram(&gen.histogram);
+    Ok(report)
+}
