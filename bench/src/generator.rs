@@ -48,9 +48,14 @@ pub struct GenArgs {
     /// Measured sending time, seconds.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
-    /// Unmeasured time before the measurement starts, seconds.
+    /// Unmeasured time before the measurement starts, seconds. The
+    /// measurement also waits until every flow has started and every idle
+    /// flow got its reply (bounded by --setup-limit).
     #[arg(long, default_value_t = 0.5)]
     pub warmup: f64,
+    /// Longest wait for all flows to be set up before measuring anyway.
+    #[arg(long, default_value_t = 60.0)]
+    pub setup_limit: f64,
     /// Stop after this many datagrams sent in total.
     #[arg(long)]
     pub count: Option<u64>,
@@ -64,12 +69,17 @@ pub struct GenArgs {
     /// Source addresses 127.0.0.1..=127.0.0.N (default: one per 4000 flows).
     #[arg(long)]
     pub src_ips: Option<u8>,
+    /// First client port (fixed ports below the ephemeral range; 0 = let
+    /// the kernel pick ephemeral ports).
+    #[arg(long, default_value_t = 10_000)]
+    pub src_port_base: u16,
     /// A flow with no reply for this long counts its in-flight datagrams as
     /// lost and resends; also bounds the final drain.
     #[arg(long, default_value_t = 500)]
     pub loss_timeout_ms: u64,
-    /// Flows started per loop turn (avoids one huge initial burst).
-    #[arg(long, default_value_t = 256)]
+    /// Flows started per millisecond (avoids one huge initial burst that
+    /// would overflow the proxy's socket buffer).
+    #[arg(long, default_value_t = 20)]
     pub ramp: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
@@ -143,20 +153,60 @@ struct Flow {
     last_progress: Instant,
 }
 
-fn open_socket(source: IpAddr, target: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0))?;
+fn open_socket(source: SocketAddr, target: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(source)?;
     socket.connect(target)?;
     socket.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(socket))
 }
 
-fn source_for(index: usize, target: SocketAddr, src_ips: u8) -> IpAddr {
-    match target {
-        SocketAddr::V4(_) => {
-            let host = 1 + (index % usize::from(src_ips.max(1))) as u8;
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
+/// First port of the kernel's ephemeral range (32768 when unreadable).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// Hands out fixed client ports below the ephemeral range, per source
+/// address. A proxy's connected upstream sockets pick their port from the
+/// ephemeral range while still unbound (wildcard address), so any client
+/// socket there, on any 127.0.0.x, takes a port away from the proxy; with
+/// 16,000 flows on each side the range (28,232 ports) runs out.
+struct PortPlan {
+    next: Vec<u16>,
+    end: u16,
+}
+
+impl PortPlan {
+    fn new(base: u16, sources: usize) -> PortPlan {
+        PortPlan {
+            next: vec![base; sources],
+            end: if base == 0 { 0 } else { ephemeral_low() },
         }
-        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+
+    /// Opens a socket from `ip` (source slot `slot`) to `target` on the
+    /// next free planned port; an ephemeral port once the plan runs out.
+    fn open(&mut self, slot: usize, ip: IpAddr, target: SocketAddr) -> io::Result<UdpSocket> {
+        while self.next[slot] != 0 && self.next[slot] < self.end {
+            let port = self.next[slot];
+            self.next[slot] += 1;
+            match open_socket(SocketAddr::new(ip, port), target) {
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                other => return other,
+            }
+        }
+        open_socket(SocketAddr::new(ip, 0), target)
+    }
+}
+
+/// Source slot and address of flow `index`.
+fn source_for(index: usize, target: SocketAddr, src_ips: u8) -> (usize, IpAddr) {
+    let slot = index % usize::from(src_ips.max(1));
+    match target {
+        SocketAddr::V4(_) => (slot, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + slot as u8))),
+        SocketAddr::V6(_) => (0, IpAddr::V6(Ipv6Addr::LOCALHOST)),
     }
 }
 
@@ -212,7 +262,9 @@ struct Generator<'a> {
     outstanding: u64,
     total_sent: u64,
     done_count: usize,
+    idle_done: usize,
     sending: bool,
+    measuring: bool,
     measure_start: Instant,
     send_end: Instant,
 }
@@ -301,13 +353,18 @@ impl Generator<'_> {
         if !churn {
             self.flows[i].done = true;
             self.done_count += 1;
+            if !self.flows[i].active {
+                self.idle_done += 1;
+            }
             return Ok(());
         }
         let flow = &mut self.flows[i];
         // Drop the old socket first so its fd is free; the new one gets a
         // new source port, hence a new flow for the proxy.
         self.poll.registry().deregister(&mut flow.socket)?;
-        flow.socket = open_socket(flow.source, flow.target).context("reopening a churned flow")?;
+        // A fresh ephemeral port: a new flow for the proxy each time.
+        flow.socket = open_socket(SocketAddr::new(flow.source, 0), flow.target)
+            .context("reopening a churned flow")?;
         self.poll
             .registry()
             .register(&mut flow.socket, Token(i), Interest::READABLE)?;
@@ -433,11 +490,13 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
         .unwrap_or_else(|| args.flows.div_ceil(FLOWS_PER_SOURCE_IP).clamp(1, 250) as u8);
     let poll = Poll::new()?;
     let start = Instant::now();
+    let mut ports = PortPlan::new(args.src_port_base, usize::from(src_ips.max(1)));
     let mut flows = Vec::with_capacity(args.flows);
     for i in 0..args.flows {
         let target = args.targets[i % args.targets.len()];
-        let source = source_for(i, target, src_ips);
-        let mut socket = open_socket(source, target)
+        let (slot, source) = source_for(i, target, src_ips);
+        let mut socket = ports
+            .open(slot, source, target)
             .with_context(|| format!("opening flow {i} from {source} to {target}"))?;
         poll.registry()
             .register(&mut socket, Token(i), Interest::READABLE)?;
@@ -460,14 +519,17 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     }
     // Socket creation for many flows takes a while: time starts after it.
     let start = Instant::now();
-    let measure_start = start + Duration::from_secs_f64(args.warmup.max(0.0));
-    let send_end = measure_start + Duration::from_secs_f64(args.duration.max(0.0));
+    let warmup_end = start + Duration::from_secs_f64(args.warmup.max(0.0));
+    let setup_deadline = warmup_end + Duration::from_secs_f64(args.setup_limit.max(0.0));
+    let duration = Duration::from_secs_f64(args.duration.max(0.0));
+    // Not measuring until set up: far-future window, no stamp qualifies.
+    let never = start + Duration::from_secs(365 * 24 * 3600);
     let mut gen = Generator {
         args,
         flows,
         poll,
         start,
-        measure_start_ns: measure_start.duration_since(start).as_nanos() as u64,
+        measure_start_ns: u64::MAX,
         buf: vec![0x5a; args.payload],
         histogram: Histogram::default(),
         report: GenReport {
@@ -479,9 +541,11 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
         outstanding: 0,
         total_sent: 0,
         done_count: 0,
+        idle_done: 0,
         sending: true,
-        measure_start,
-        send_end,
+        measuring: false,
+        measure_start: never,
+        send_end: never,
     };
 
     let mut events = Events::with_capacity(1024);
@@ -493,6 +557,17 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     let loss_timeout = Duration::from_millis(args.loss_timeout_ms);
     loop {
         let now = Instant::now();
+        if !gen.measuring {
+            let set_up =
+                next_to_start >= gen.flows.len() && gen.idle_done >= gen.flows.len() - active;
+            if (now >= warmup_end && set_up) || now >= setup_deadline {
+                gen.measuring = true;
+                gen.measure_start = now;
+                gen.measure_start_ns = gen.now_ns(now);
+                gen.send_end = now + duration;
+            }
+        }
+        let send_end = gen.send_end;
         if gen.sending && (now >= send_end || args.count.is_some_and(|c| gen.total_sent >= c)) {
             gen.sending = false;
             stopped_at = Some(now.min(send_end));
@@ -508,7 +583,8 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
             }
         }
         if gen.sending {
-            let end = (next_to_start + args.ramp.max(1)).min(gen.flows.len());
+            let due = (now.duration_since(start).as_millis() as usize + 1) * args.ramp.max(1);
+            let end = due.min(gen.flows.len()).max(next_to_start);
             for i in next_to_start..end {
                 gen.flows[i].started = true;
                 gen.flows[i].last_progress = now;
@@ -549,8 +625,10 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
             gen.scan_timeouts(now);
         }
     }
-    let stop = stopped_at.unwrap_or(send_end);
-    let seconds = stop.saturating_duration_since(measure_start).as_secs_f64();
+    let stop = stopped_at.unwrap_or(gen.send_end);
+    let seconds = stop
+        .saturating_duration_since(gen.measure_start)
+        .as_secs_f64();
     let mut report = gen.report;
     report.established_flows = gen
         .flows

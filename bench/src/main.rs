@@ -29,11 +29,18 @@ enum Cmd {
     Run(runner::RunArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Cmd::Gen(args) => generator::run(&args),
         Cmd::Echo(args) => echo::run(&args),
         Cmd::Run(args) => runner::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sozu-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

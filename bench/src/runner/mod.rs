@@ -31,6 +31,9 @@ const LOAD_CPU: usize = 1;
 /// 20,000 fds per process limit.
 const MAX_FLOWS: usize = 18_000;
 
+/// Longest the generator waits for its flows to be set up (seconds).
+const SETUP_LIMIT_S: f64 = 30.0;
+
 /// Options of `sozu-bench run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -105,6 +108,9 @@ pub struct Scenario {
     /// Proxy closes a flow after this many replies (0 = unlimited).
     responses: u32,
     warmup: f64,
+    /// Sending time when the scenario ends by itself (all flows done)
+    /// rather than by the measured duration.
+    fixed_duration: Option<f64>,
 }
 
 const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) -> Scenario {
@@ -120,6 +126,7 @@ const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) 
         churn: false,
         responses: 0,
         warmup: 0.5,
+        fixed_duration: None,
     }
 }
 
@@ -195,6 +202,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             per_flow_count: Some(1),
             warmup: 0.0,
+            fixed_duration: Some(30.0),
             ..base(
                 "memory-16000",
                 "proxy RSS and fds per live flow at 16,000 flows",
@@ -439,7 +447,9 @@ fn gen_argv(ctx: &RunContext, scenario: &Scenario, targets: &[SocketAddr]) -> Ve
     push("--flows", scenario.flows.to_string());
     push("--window", scenario.window.to_string());
     push("--payload", ctx.payload.to_string());
-    push("--duration", ctx.duration.to_string());
+    let duration = scenario.fixed_duration.unwrap_or(ctx.duration);
+    push("--duration", duration.to_string());
+    push("--setup-limit", SETUP_LIMIT_S.to_string());
     push("--warmup", scenario.warmup.to_string());
     if let Some(a) = scenario.active {
         push("--active", a.to_string());
@@ -494,7 +504,8 @@ fn measure(
         log: None,
     })?;
     // Socket setup of 16,000 flows and the drain are outside the duration.
-    let limit = Duration::from_secs_f64(scenario.warmup + ctx.duration + 60.0);
+    let duration = scenario.fixed_duration.unwrap_or(ctx.duration);
+    let limit = Duration::from_secs_f64(scenario.warmup + duration + SETUP_LIMIT_S + 60.0);
     let output = generator.wait_output(limit)?;
     let after = proxy.as_ref().map(|p| tree_usage(p.pid()));
     if let Some(p) = &mut proxy {
