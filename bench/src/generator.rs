@@ -404,12 +404,13 @@ impl Generator<'_> {
         } else {
             flow.highest_seq = Some(header.seq);
         }
-        if header.seq < flow.epoch_seq {
+        if header.seq < flow.epoch_seq || flow.done || flow.inflight == 0 {
+            // Given up on, or a duplicate: it frees no window slot.
             self.report.late += 1;
             return Ok(());
         }
-        flow.inflight = flow.inflight.saturating_sub(1);
-        self.outstanding = self.outstanding.saturating_sub(1);
+        flow.inflight -= 1;
+        self.outstanding -= 1;
         flow.received_here += 1;
         flow.last_progress = now;
         let target = if flow.active {

@@ -22,6 +22,9 @@ use crate::stats::{Header, HEADER_LEN, PROBE_FLOW};
 /// scenario so live flows stay live while measured.
 const FLOW_TIMEOUT_S: u64 = 120;
 
+/// Envoy session idle timeout standing in for "one reply per flow".
+const ENVOY_ONE_SHOT_IDLE: &str = "0.2s";
+
 /// Longest wait for a proxy to forward its first datagram.
 const READY_LIMIT: Duration = Duration::from_secs(15);
 
@@ -214,8 +217,16 @@ pub fn nginx_config(
 }
 
 /// Envoy bootstrap: one UDP listener with `udp_proxy` to a static cluster.
-/// Envoy has no "close after N replies"; `responses` is not expressible.
-pub fn envoy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+/// Envoy has no "close after N replies": when `responses` is asked for, the
+/// nearest equivalent is a short session idle timeout. The cluster's
+/// circuit breaker (`max_connections`, 1024 by default) also caps UDP
+/// sessions, so it is raised to the flow counts used here.
+pub fn envoy_config(listen: SocketAddr, backends: &[SocketAddr], o: ProxyOptions) -> String {
+    let idle = if o.responses > 0 {
+        ENVOY_ONE_SHOT_IDLE.to_string()
+    } else {
+        format!("{FLOW_TIMEOUT_S}s")
+    };
     let mut c = String::new();
     let _ = writeln!(
         c,
@@ -236,10 +247,7 @@ pub fn envoy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
         c,
         "        '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
     );
-    let _ = writeln!(
-        c,
-        "        stat_prefix: udp\n        idle_timeout: {FLOW_TIMEOUT_S}s"
-    );
+    let _ = writeln!(c, "        stat_prefix: udp\n        idle_timeout: {idle}");
     let _ = writeln!(
         c,
         "        matcher:\n          on_no_match:\n            action:"
@@ -253,6 +261,11 @@ pub fn envoy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
     let _ = writeln!(
         c,
         "  clusters:\n  - name: echo\n    type: STATIC\n    lb_policy: ROUND_ROBIN"
+    );
+    let _ = writeln!(
+        c,
+        "    circuit_breakers:\n      thresholds:\n      - max_connections: {}",
+        o.max_flows
     );
     let _ = writeln!(
         c,
@@ -321,7 +334,7 @@ pub fn start(
                 bail!("envoy not found")
             };
             let config = dir.join("envoy.yaml");
-            fs::write(&config, envoy_config(listen, backends))?;
+            fs::write(&config, envoy_config(listen, backends, options))?;
             vec![
                 bin.display().to_string(),
                 "-c".into(),
@@ -429,7 +442,9 @@ mod tests {
             !nginx_config(Path::new("/tmp/x"), None, listen, &backends, unlimited)
                 .contains("proxy_responses")
         );
-        let envoy = envoy_config(listen, &backends);
+        let envoy = envoy_config(listen, &backends, o);
+        assert!(envoy.contains("max_connections: 17000"));
+        assert!(envoy.contains(&format!("idle_timeout: {ENVOY_ONE_SHOT_IDLE}")));
         assert!(envoy.contains("port_value: 5002"));
     }
 }
