@@ -81,6 +81,10 @@ pub struct GenArgs {
     /// would overflow the proxy's socket buffer).
     #[arg(long, default_value_t = 20)]
     pub ramp: usize,
+    /// Most flows started but not yet answered at any time: new flows
+    /// wait while the proxy is still setting up this many.
+    #[arg(long, default_value_t = 512)]
+    pub max_pending: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -150,6 +154,8 @@ struct Flow {
     epoch_seq: u64,
     highest_seq: Option<u64>,
     clean: bool,
+    /// Started and waiting for its first reply (counted in `pending`).
+    pending: bool,
     last_progress: Instant,
 }
 
@@ -263,6 +269,7 @@ struct Generator<'a> {
     total_sent: u64,
     done_count: usize,
     idle_done: usize,
+    pending: usize,
     sending: bool,
     measuring: bool,
     measure_start: Instant,
@@ -398,6 +405,10 @@ impl Generator<'_> {
                 .record(self.now_ns(now).saturating_sub(header.sent_ns));
         }
         let flow = &mut self.flows[i];
+        if flow.pending {
+            flow.pending = false;
+            self.pending -= 1;
+        }
         if flow.highest_seq.is_some_and(|h| header.seq < h) {
             self.report.reordered += 1;
             flow.clean = false;
@@ -515,6 +526,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
             epoch_seq: 0,
             highest_seq: None,
             clean: true,
+            pending: false,
             last_progress: start,
         });
     }
@@ -543,6 +555,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
         total_sent: 0,
         done_count: 0,
         idle_done: 0,
+        pending: 0,
         sending: true,
         measuring: false,
         measure_start: never,
@@ -585,11 +598,17 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
         }
         if gen.sending {
             let due = (now.duration_since(start).as_millis() as usize + 1) * args.ramp.max(1);
-            let end = due.min(gen.flows.len()).max(next_to_start);
+            let room = args.max_pending.max(1).saturating_sub(gen.pending);
+            let end = due
+                .min(gen.flows.len())
+                .min(next_to_start + room)
+                .max(next_to_start);
             for i in next_to_start..end {
                 gen.flows[i].started = true;
                 gen.flows[i].last_progress = now;
                 if args.rate.is_none() || !gen.flows[i].active {
+                    gen.flows[i].pending = true;
+                    gen.pending += 1;
                     gen.fill(i);
                 }
             }
