@@ -665,3 +665,123 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     report.rtt = RttSummary::from_histogram(&gen.histogram);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket as StdUdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread;
+
+    fn args(target: SocketAddr, flows: usize) -> GenArgs {
+        GenArgs {
+            targets: vec![target],
+            flows,
+            active: None,
+            window: 1,
+            rate: None,
+            payload: 64,
+            duration: 0.2,
+            warmup: 0.0,
+            setup_limit: 5.0,
+            count: None,
+            per_flow_count: None,
+            churn: false,
+            src_ips: Some(1),
+            src_port_base: 0,
+            loss_timeout_ms: 2000,
+            ramp: 20,
+            max_pending: 512,
+            json: false,
+        }
+    }
+
+    /// Runs `serve` on a loopback socket in a thread until `stop` is set.
+    fn backend(
+        serve: impl Fn(&StdUdpSocket, &[u8], SocketAddr, &mut Vec<SocketAddr>) + Send + 'static,
+    ) -> (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<()>) {
+        let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut peers = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    serve(&socket, &buf[..n], from, &mut peers);
+                }
+            }
+        });
+        (addr, stop, handle)
+    }
+
+    #[test]
+    fn echo_through_loopback_loses_and_misroutes_nothing() {
+        let (addr, stop, handle) = backend(|s, data, from, _| {
+            let _ = s.send_to(data, from);
+        });
+        let report = generate(&args(addr, 4)).unwrap();
+        stop.store(true, Ordering::SeqCst);
+        handle.join().unwrap();
+        assert!(report.sent > 0);
+        assert_eq!(report.received, report.sent);
+        assert_eq!(report.lost, 0);
+        assert_eq!(report.misrouted, 0);
+        assert_eq!(report.established_flows, 4);
+        assert!(report.rtt.p50_us.is_some());
+    }
+
+    #[test]
+    fn replies_delivered_to_the_other_flow_are_counted_misrouted() {
+        // A broken "proxy": every datagram goes back to the other client.
+        let (addr, stop, handle) = backend(|s, data, from, peers| {
+            if !peers.contains(&from) {
+                peers.push(from);
+            }
+            if let Some(other) = peers.iter().find(|p| **p != from) {
+                let _ = s.send_to(data, other);
+            }
+        });
+        let mut a = args(addr, 2);
+        a.loss_timeout_ms = 30;
+        let report = generate(&a).unwrap();
+        stop.store(true, Ordering::SeqCst);
+        handle.join().unwrap();
+        assert!(report.misrouted > 0);
+        assert_eq!(report.received, 0);
+        assert_eq!(report.lost, report.sent);
+    }
+
+    #[test]
+    fn one_shot_churned_flows_each_use_a_new_source_port() {
+        let (addr, stop, handle) = backend(|s, data, from, peers| {
+            // Reply only to a source's first datagram: a second one from
+            // the same port (no churn) would go unanswered.
+            if !peers.contains(&from) {
+                peers.push(from);
+                let _ = s.send_to(data, from);
+            }
+        });
+        let mut a = args(addr, 2);
+        a.per_flow_count = Some(1);
+        a.churn = true;
+        a.loss_timeout_ms = 500;
+        let report = generate(&a).unwrap();
+        stop.store(true, Ordering::SeqCst);
+        handle.join().unwrap();
+        assert!(report.flows_completed > 2, "{report:?}");
+        assert_eq!(report.flows_clean, report.flows_completed);
+        assert_eq!(report.misrouted, 0);
+    }
+
+    #[test]
+    fn rejects_non_loopback_targets() {
+        let err = generate(&args("192.0.2.1:53".parse().unwrap(), 1)).unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+    }
+}
