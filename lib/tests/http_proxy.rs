@@ -487,3 +487,23 @@ fn a_storm_of_garbage_connections_leaves_the_proxy_serving() {
     assert_eq!(get(&mut s, &mut r, "h", "/").unwrap().status, 200);
     lp.stop();
 }
+
+#[test]
+fn a_head_request_gets_no_body_and_the_connection_goes_on() {
+    let a = http_backend("a");
+    let lp = LoopHandle::start();
+    lp.cluster("a", &[a.address], None);
+    let front = lp.http_listener(30, 30);
+    lp.http_route(front, "h", "/", "a");
+    let (mut s, mut r) = http_client(front);
+    write!(s, "HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let m = read_head_response(&mut r).unwrap();
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-length").is_some_and(|l| l != "0"));
+    assert!(m.body.is_empty());
+    // Had the proxy waited for a body, this would time out.
+    let m = get(&mut s, &mut r, "h", "/y").unwrap();
+    assert!(m.text().contains("path=/y "));
+    assert_eq!(a.connections.load(Ordering::SeqCst), 1);
+    lp.stop();
+}

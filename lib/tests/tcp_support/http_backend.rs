@@ -159,6 +159,11 @@ pub fn read_response(r: &mut BufReader<TcpStream>) -> Option<Message> {
     read_message(r, true, false)
 }
 
+/// Reads the response to a HEAD request (a head, never a body).
+pub fn read_head_response(r: &mut BufReader<TcpStream>) -> Option<Message> {
+    read_message(r, true, true)
+}
+
 /// A client connection and its reader.
 pub fn http_client(address: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
     let s = super::client(address);
@@ -189,12 +194,26 @@ pub fn upload_answer(data: &[u8]) -> String {
 }
 
 fn respond(s: &mut TcpStream, status: &str, body: &[u8], close: bool) -> std::io::Result<()> {
+    respond_to(s, status, body, close, false)
+}
+
+/// Answers with a Content-Length; a HEAD request gets the head only.
+fn respond_to(
+    s: &mut TcpStream,
+    status: &str,
+    body: &[u8],
+    close: bool,
+    head: bool,
+) -> std::io::Result<()> {
     write!(
         s,
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{}\r\n",
         body.len(),
         if close { "Connection: close\r\n" } else { "" }
     )?;
+    if head {
+        return Ok(());
+    }
     s.write_all(body)
 }
 
@@ -275,7 +294,13 @@ fn serve(
                 find("x-forwarded-proto").unwrap_or_default(),
                 find("forwarded").unwrap_or_default(),
             );
-            respond(&mut writer, "200 OK", text.as_bytes(), close)
+            respond_to(
+                &mut writer,
+                "200 OK",
+                text.as_bytes(),
+                close,
+                head.starts_with(b"HEAD "),
+            )
         };
         if result.is_err() || close {
             return;
