@@ -1,8 +1,8 @@
 //! The fuzz targets' entry functions in the normal suite (stable, no
 //! libFuzzer): the very files `fuzz/src/{channel_decoder,config_loader}.rs`
 //! that the libFuzzer binaries call, replayed over every file of
-//! `fuzz/corpus/<target>/` (seeds, and any crash input kept as a regression
-//! under `fuzz/artifacts/<target>/`), then over a few thousand
+//! `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/` (crash inputs
+//! kept once fixed), then over a few thousand
 //! quickcheck-generated inputs. See "Fuzzing" in `doc/testing.md`.
 
 #[path = "../../fuzz/src/channel_decoder.rs"]
@@ -17,7 +17,7 @@ use quickcheck::{Gen, QuickCheck, TestResult};
 
 fn replay_dir(target: &str, run: fn(&[u8])) -> usize {
     let mut count = 0;
-    for dir in ["corpus", "artifacts"] {
+    for dir in ["seeds", "regressions"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../fuzz")
             .join(dir)

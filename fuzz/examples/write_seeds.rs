@@ -1,4 +1,4 @@
-//! Writes the channel decoder's seed corpus (`corpus/channel_decoder/seed-*`):
+//! Writes the channel decoder's seed corpus (`seeds/channel_decoder/seed-*`):
 //! well-formed frames of several orders, split and pipelined, plus the
 //! boundary cases of the framing rule. Run once with
 //! `cargo run --manifest-path fuzz/Cargo.toml --no-default-features --example write_seeds`.
@@ -6,7 +6,7 @@
 use sozu_fuzz::channel_decoder::{encode_input, frame, sample_request, stream_from_parts};
 
 fn main() -> std::io::Result<()> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/channel_decoder");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/channel_decoder");
     std::fs::create_dir_all(&dir)?;
     let orders: Vec<u8> = (0..6u8)
         .flat_map(|kind| frame(&sample_request(kind, b"\x35\x14dns")))
