@@ -929,6 +929,21 @@ fn max_flows_zero_admits_nothing() {
     );
 }
 
+#[test]
+fn huge_timeouts_from_an_order_do_not_overflow() {
+    let t0 = origin();
+    let mut c = cluster();
+    c.front_timeout = Some(Duration::MAX);
+    c.back_timeout = Some(Duration::MAX);
+    let mut m = manager_with(c);
+    let flow = established(&mut m, t0, addr("192.0.2.1:1"));
+    m.handle_backend_datagram(t0, flow, b"r");
+    m.handle_client_datagram(t0, addr("192.0.2.1:1"), b"q");
+    assert!(m.poll_timeout().unwrap() > t0 + Duration::from_secs(365 * 86_400));
+    m.close_all(t0);
+    assert_eq!(m.active_flows(), 0);
+}
+
 // ----- PROXY protocol -----
 
 #[test]
