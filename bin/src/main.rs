@@ -4,6 +4,7 @@
 
 mod cli;
 mod ctl;
+mod logging;
 mod master;
 mod worker;
 

@@ -1,0 +1,338 @@
+//! The workers' lives as the master sees them: the end of start-up, a worker
+//! that dies (SIGCHLD, channel EOF) and its restart with the current state,
+//! soft stop and hard stop of the whole proxy.
+//!
+//! Owns the transitions of [`super::Phase`] and of each worker's run state.
+//! It never blocks: a stop waits for SIGCHLD in the loop, and a hard stop
+//! escalates to SIGKILL at a deadline.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use sozu_command_lib::command::request::RequestType;
+use sozu_command_lib::command::{HardStop, Request, ResponseStatus, RunState, SoftStop};
+
+use super::clients::response;
+use super::gather::{Gathered, WorkerFailure};
+use super::{Master, Phase, Purpose};
+
+/// A worker that dies sooner than this after its start counts as a quick
+/// failure; after [`MAX_QUICK_FAILURES`] in a row its slot is not restarted
+/// (a worker that cannot start would otherwise be restarted forever).
+const QUICK_FAILURE_WINDOW: Duration = Duration::from_secs(5);
+const MAX_QUICK_FAILURES: u32 = 5;
+
+impl Master {
+    /// Reaps every exited child (waitpid(-1, WNOHANG) until none).
+    pub(super) fn reap_children(&mut self, now: Instant) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.on_process_exit(pid, format!("exit code {code}"), now)
+                }
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    self.on_process_exit(pid, format!("killed by {signal}"), now)
+                }
+                Ok(WaitStatus::StillAlive) => return,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                // ECHILD: no child left.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn on_process_exit(&mut self, pid: Pid, how: String, now: Instant) {
+        let Some(id) = self.workers.values().find(|w| w.pid == pid).map(|w| w.id) else {
+            tracing::debug!(pid = pid.as_raw(), how, "unknown child reaped");
+            return;
+        };
+        let Some(mut worker) = self.workers.remove(&id) else {
+            return;
+        };
+        self.worker_tokens.remove(&worker.token);
+        let _ = self.poll.registry().deregister(worker.channel.source_mut());
+        let expected =
+            worker.run_state == RunState::Stopping || matches!(self.phase, Phase::Stopping { .. });
+        if expected {
+            tracing::info!(worker = id, pid = pid.as_raw(), how, "worker exited");
+        } else {
+            tracing::error!(worker = id, pid = pid.as_raw(), how, "worker died");
+        }
+        for gathered in self.gather.on_worker_gone(id) {
+            self.on_gathered(gathered, now);
+        }
+        upgrade_on_worker_exit(self, id, now);
+        if let Phase::Stopping { .. } = self.phase {
+            self.check_stopped();
+            return;
+        }
+        if expected {
+            return;
+        }
+        let lived = now.saturating_duration_since(worker.started_at);
+        let quick_failures = if lived < QUICK_FAILURE_WINDOW {
+            worker.quick_failures + 1
+        } else {
+            0
+        };
+        if !self.config.worker_automatic_restart {
+            tracing::warn!(
+                worker = id,
+                "worker_automatic_restart is off: not restarting"
+            );
+            worker.run_state = RunState::Stopped;
+            worker.channel_closed = true;
+            self.workers.insert(id, worker);
+            return;
+        }
+        if quick_failures > MAX_QUICK_FAILURES {
+            tracing::error!(
+                worker = id,
+                failures = quick_failures,
+                "worker keeps dying at start: giving up on it"
+            );
+            worker.run_state = RunState::Stopped;
+            worker.channel_closed = true;
+            self.workers.insert(id, worker);
+            return;
+        }
+        drop(worker);
+        match self.start_worker(id, now, quick_failures) {
+            Ok(()) => tracing::info!(worker = id, "worker restarted with the current state"),
+            Err(error) => tracing::error!(
+                worker = id,
+                error = format!("{error:#}"),
+                "cannot restart the worker"
+            ),
+        }
+    }
+
+    /// The channel of worker `id` failed: nothing more can reach it, so it
+    /// is killed (its exit then restarts it like any crash).
+    pub(super) fn on_worker_channel_closed(&mut self, id: u32, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.channel_closed {
+            return;
+        }
+        worker.channel_closed = true;
+        let pid = worker.pid;
+        let token = worker.token;
+        let _ = self.poll.registry().deregister(worker.channel.source_mut());
+        self.worker_tokens.remove(&token);
+        for gathered in self.gather.on_worker_gone(id) {
+            self.on_gathered(gathered, now);
+        }
+        if worker_is_alive(pid) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    pub(super) fn on_worker_booted(&mut self, id: u32, gathered: Gathered<()>, _now: Instant) {
+        let gone = matches!(gathered.failures.get(&id), Some(WorkerFailure::Gone));
+        if let Some(worker) = self.workers.get_mut(&id) {
+            if gone {
+                // Its exit is handled (and logged) by the supervision.
+            } else if gathered.is_ok() {
+                worker.ready = true;
+                tracing::info!(worker = id, pid = worker.pid.as_raw(), "worker ready");
+            } else {
+                // It runs, but without part of its state: say so loudly; it
+                // still serves what it accepted.
+                worker.ready = true;
+                if !gathered.timed_out.is_empty() {
+                    worker.run_state = RunState::NotAnswering;
+                }
+                tracing::error!(
+                    worker = id,
+                    pid = worker.pid.as_raw(),
+                    failures = gathered.failure_summary(),
+                    "worker did not take all of its initial state"
+                );
+            }
+        }
+        self.check_started();
+    }
+
+    /// Serves the command socket once every worker took its state.
+    pub(super) fn check_started(&mut self) {
+        if !matches!(self.phase, Phase::Starting) {
+            return;
+        }
+        let booting = self
+            .gather
+            .count_where(|p| matches!(p, Purpose::WorkerBoot { .. }));
+        if booting == 0 {
+            self.phase = Phase::Running;
+            tracing::info!(
+                workers = self.workers.len(),
+                "master ready: serving the command socket"
+            );
+            self.register_listener();
+        }
+    }
+
+    /// soft_stop / hard_stop (order or signal). `client` waits for the final
+    /// answer.
+    pub(super) fn begin_stop(&mut self, hard: bool, client: Option<Token>, now: Instant) {
+        let already = match &mut self.phase {
+            Phase::Stopping {
+                hard: was_hard,
+                waiting,
+                ..
+            } => {
+                if let Some(c) = client {
+                    waiting.push(c);
+                }
+                if *was_hard || !hard {
+                    if let Some(c) = client {
+                        self.answer(c, response(ResponseStatus::Processing, "already stopping"));
+                    }
+                    return;
+                }
+                // A hard stop escalates a soft one.
+                true
+            }
+            _ => false,
+        };
+        if !already {
+            self.phase = Phase::Stopping {
+                hard,
+                waiting: client.into_iter().collect(),
+                kill_at: None,
+            };
+            // The command socket keeps serving status during a soft stop.
+            if !self.listener_registered && !hard {
+                self.register_listener();
+            }
+        }
+        if let Phase::Stopping {
+            hard: h, kill_at, ..
+        } = &mut self.phase
+        {
+            *h = hard;
+            if hard {
+                *kill_at = Some(now + self.config.worker_timeout);
+            }
+        }
+        let order = if hard {
+            RequestType::HardStop(HardStop {})
+        } else {
+            RequestType::SoftStop(SoftStop {})
+        };
+        let live: Vec<u32> = self
+            .workers
+            .values()
+            .filter(|w| !w.channel_closed && w.run_state != RunState::Stopped)
+            .map(|w| w.id)
+            .collect();
+        let stop_order = self.gather.open(
+            Purpose::StopForward,
+            now,
+            if hard {
+                Some(self.config.worker_timeout)
+            } else {
+                None
+            },
+        );
+        for id in &live {
+            self.send_to_worker(
+                stop_order,
+                *id,
+                vec![Request {
+                    request_type: Some(order.clone()),
+                }],
+            );
+            if let Some(worker) = self.workers.get_mut(id) {
+                worker.run_state = RunState::Stopping;
+            }
+            self.pump_worker(*id);
+        }
+        if let Some(gathered) = self.gather.finish_if_complete(stop_order) {
+            self.on_gathered(gathered, now);
+        }
+        if let Some(c) = client {
+            let kind = if hard { "hard stop" } else { "soft stop" };
+            self.answer(
+                c,
+                response(
+                    ResponseStatus::Processing,
+                    format!("{kind}: waiting for {} worker(s) to exit", live.len()),
+                ),
+            );
+        }
+        self.check_stopped();
+    }
+
+    /// Ends the master once no worker process is left.
+    pub(super) fn check_stopped(&mut self) {
+        let Phase::Stopping { waiting, hard, .. } = &mut self.phase else {
+            return;
+        };
+        let running = self
+            .workers
+            .values()
+            .filter(|w| w.run_state != RunState::Stopped && worker_is_alive(w.pid))
+            .count();
+        if running > 0 {
+            return;
+        }
+        let hard = *hard;
+        let waiting = std::mem::take(waiting);
+        let message = if hard {
+            "hard stop done: every worker is gone"
+        } else {
+            "soft stop done: every worker is gone"
+        };
+        for token in waiting {
+            self.answer(token, response(ResponseStatus::Ok, message));
+            if let Some(client) = self.clients.get_mut(&token) {
+                // The master is about to exit: give the answer its chance.
+                let _ = client.channel.set_blocking(true);
+                client.flush();
+            }
+        }
+        tracing::info!("every worker is gone: the master exits");
+        self.exit = Some(ExitCode::SUCCESS);
+    }
+
+    pub(super) fn check_stop_deadline(&mut self, now: Instant) {
+        let Phase::Stopping {
+            kill_at: Some(at), ..
+        } = &self.phase
+        else {
+            return;
+        };
+        if now < *at {
+            return;
+        }
+        for worker in self.workers.values_mut() {
+            if worker_is_alive(worker.pid) {
+                tracing::warn!(
+                    worker = worker.id,
+                    pid = worker.pid.as_raw(),
+                    "worker still running after the hard stop: SIGKILL"
+                );
+                let _ = kill(worker.pid, Signal::SIGKILL);
+            }
+        }
+        if let Phase::Stopping { kill_at, .. } = &mut self.phase {
+            *kill_at = None;
+        }
+    }
+}
+
+fn upgrade_on_worker_exit(master: &mut Master, id: u32, now: Instant) {
+    super::upgrade::on_worker_exit(master, id, now);
+}
+
+/// Whether `pid` still exists (not yet reaped).
+fn worker_is_alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+}

@@ -1,0 +1,415 @@
+//! Order handling through a real `Master` whose workers are fake: each
+//! fake worker is the far end of a socketpair the test reads orders from and
+//! answers on, and each client is the far end of another. No process is
+//! started and the loop is driven by hand, so every step is deterministic.
+
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mio::net::UnixListener;
+use mio::Token;
+use nix::unistd::Pid;
+use sozu_command_lib::channel::Channel;
+use sozu_command_lib::command::request::RequestType;
+use sozu_command_lib::command::response_content::ContentType;
+use sozu_command_lib::command::{
+    AddBackend, Cluster, Request, Response, ResponseStatus, RunState, WorkerRequest, WorkerResponse,
+};
+use sozu_command_lib::config::Config;
+use sozu_command_lib::state::ConfigState;
+
+use super::clients::{Client, ClientChannel};
+use super::command_socket::Peer;
+use super::workers::{Worker, WorkerChannel};
+use super::{command_socket, Master, Phase};
+
+type FakeWorker = Channel<WorkerResponse, WorkerRequest>;
+type FakeClient = Channel<Request, Response>;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pid that cannot exist (above any `pid_max`): killing it is a no-op.
+const NO_SUCH_PID: i32 = i32::MAX - 1;
+
+fn master(dir: &Path) -> Master {
+    let config_path = dir.join("config.toml");
+    let text = format!(
+        "command_socket = \"{}\"\nworker_count = 2\nworker_timeout = 5\n",
+        dir.join("sozu.sock").display()
+    );
+    let config = Config::from_str(&text, &config_path).unwrap();
+    let listener = command_socket::bind(&config.command_socket).unwrap();
+    let mut master = Master::new(
+        config,
+        config_path,
+        ConfigState::new(),
+        UnixListener::from_std(listener),
+    )
+    .unwrap();
+    master.phase = Phase::Running;
+    master
+}
+
+fn add_worker(master: &mut Master, id: u32) -> FakeWorker {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let (scm_ours, _scm_theirs) = UnixStream::pair().unwrap();
+    let token = master.allocate_token();
+    let worker = Worker {
+        id,
+        pid: Pid::from_raw(NO_SUCH_PID),
+        token,
+        channel: WorkerChannel::new(ours, 4096, 1 << 20),
+        scm: sozu_command_lib::scm::ScmSocket::new(scm_ours).unwrap(),
+        run_state: RunState::Running,
+        outbox: VecDeque::new(),
+        started_at: now(),
+        ready: true,
+        channel_closed: false,
+        quick_failures: 0,
+    };
+    master.workers.insert(id, worker);
+    master.worker_tokens.insert(token, id);
+    Channel::new(theirs, 4096, 1 << 20)
+}
+
+fn add_client(master: &mut Master) -> (Token, FakeClient) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let token = master.allocate_token();
+    let peer = Peer {
+        uid: 1000,
+        gid: 1000,
+        pid: 4242,
+    };
+    master.clients.insert(
+        token,
+        Client::new(token, ClientChannel::new(ours, 4096, 1 << 20), peer),
+    );
+    (token, Channel::new(theirs, 4096, 1 << 20))
+}
+
+#[allow(clippy::disallowed_methods)] // a base instant for the hand-driven loop
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn order(request_type: RequestType) -> Request {
+    Request {
+        request_type: Some(request_type),
+    }
+}
+
+fn cluster(id: &str) -> Request {
+    order(RequestType::AddCluster(Cluster {
+        cluster_id: id.to_owned(),
+        ..Default::default()
+    }))
+}
+
+fn send(master: &mut Master, token: Token, request: Request) {
+    if let Some(client) = master.clients.get_mut(&token) {
+        client.busy = true;
+    }
+    master.handle_request(token, request, now());
+}
+
+/// Reads the next order a fake worker received (the master flushed it).
+fn next_order(worker: &mut FakeWorker) -> WorkerRequest {
+    worker.read_message_timeout(TIMEOUT).unwrap()
+}
+
+fn reply(
+    master: &mut Master,
+    id: u32,
+    worker: &mut FakeWorker,
+    to: &WorkerRequest,
+    status: ResponseStatus,
+    message: &str,
+) {
+    worker
+        .write_message(&WorkerResponse {
+            id: to.id.clone(),
+            status: status as i32,
+            message: message.to_owned(),
+            content: None,
+        })
+        .unwrap();
+    master.read_worker(id, now());
+}
+
+fn nothing_pending(worker: &mut FakeWorker) -> bool {
+    worker.set_blocking(false).unwrap();
+    matches!(worker.try_read_message(), Ok(None))
+}
+
+#[test]
+fn refused_order_reaches_no_worker_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut worker = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    let backend = order(RequestType::AddBackend(AddBackend {
+        cluster_id: "nope".into(),
+        backend_id: "b1".into(),
+        address: "127.0.0.1:9000"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+        ..Default::default()
+    }));
+    send(&mut master, token, backend);
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(answer.message.contains("nope"), "{}", answer.message);
+    assert!(
+        nothing_pending(&mut worker),
+        "a refused order must not reach a worker"
+    );
+    assert!(
+        master.state.is_empty(),
+        "a refused order must leave the state unchanged"
+    );
+}
+
+#[test]
+fn accepted_order_reaches_every_worker_and_is_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let mut w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    send(&mut master, token, cluster("dns"));
+    let o0 = next_order(&mut w0);
+    let o1 = next_order(&mut w1);
+    assert!(
+        matches!(o0.content.request_type, Some(RequestType::AddCluster(ref c)) if c.cluster_id == "dns")
+    );
+    assert_ne!(o0.id, o1.id, "each worker request has its own id");
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    client.set_blocking(false).unwrap();
+    assert!(
+        matches!(client.try_read_message(), Ok(None)),
+        "no answer before every worker answered"
+    );
+    reply(&mut master, 1, &mut w1, &o1, ResponseStatus::Ok, "");
+    client.set_blocking(true).unwrap();
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    client.set_blocking(false).unwrap();
+    assert!(
+        matches!(client.try_read_message(), Ok(None)),
+        "exactly one answer"
+    );
+    assert!(master.state.cluster("dns").is_some());
+}
+
+#[test]
+fn worker_failure_is_named_in_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let mut w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    send(&mut master, token, cluster("dns"));
+    let o0 = next_order(&mut w0);
+    let o1 = next_order(&mut w1);
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    reply(
+        &mut master,
+        1,
+        &mut w1,
+        &o1,
+        ResponseStatus::Failure,
+        "cannot bind 127.0.0.1:53",
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer
+            .message
+            .contains("worker 1: cannot bind 127.0.0.1:53"),
+        "{}",
+        answer.message
+    );
+}
+
+#[test]
+fn silent_worker_times_out_and_shows_not_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let _w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    let start = now();
+    master.handle_request(token, cluster("dns"), start);
+    let o0 = next_order(&mut w0);
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    // Worker 1 never answers: the deadline passes.
+    master.on_time(start + master.config.worker_timeout + Duration::from_millis(1));
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer.message.contains("worker 1: did not answer"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(master.workers[&1].run_state, RunState::NotAnswering);
+    assert_eq!(master.workers[&0].run_state, RunState::Running);
+}
+
+#[test]
+fn dead_worker_channel_answers_its_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    send(&mut master, token, cluster("dns"));
+    let o0 = next_order(&mut w0);
+    drop(w1);
+    master.read_worker(1, now());
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer.message.contains("worker 1: exited before answering"),
+        "{}",
+        answer.message
+    );
+}
+
+#[test]
+fn status_lists_workers_from_master_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let _w3 = add_worker(&mut master, 3);
+    let (token, mut client) = add_client(&mut master);
+    send(
+        &mut master,
+        token,
+        order(RequestType::Status(Default::default())),
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok);
+    let Some(ContentType::Workers(infos)) = answer.content.and_then(|c| c.content_type) else {
+        panic!("status must carry WorkerInfos");
+    };
+    let ids: Vec<u32> = infos.vec.iter().map(|w| w.id).collect();
+    assert_eq!(ids, vec![0, 3]);
+    assert!(infos
+        .vec
+        .iter()
+        .all(|w| w.run_state() == RunState::Running && w.pid == NO_SUCH_PID));
+    assert!(
+        nothing_pending(&mut w0),
+        "status is answered without asking workers"
+    );
+}
+
+#[test]
+fn save_state_to_unwritable_place_is_a_failure_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let (token, mut client) = add_client(&mut master);
+    let path = dir.path().join("missing-dir").join("state.json");
+    send(
+        &mut master,
+        token,
+        order(RequestType::SaveState(path.display().to_string())),
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(answer.message.contains("missing-dir"), "{}", answer.message);
+}
+
+#[test]
+fn saved_state_loads_back_and_is_sent_to_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    {
+        let mut master = master(dir.path());
+        master.state.dispatch(&cluster("dns")).unwrap();
+        let (token, mut client) = add_client(&mut master);
+        send(
+            &mut master,
+            token,
+            order(RequestType::SaveState(path.display().to_string())),
+        );
+        let answer = client.read_message_timeout(TIMEOUT).unwrap();
+        assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    }
+    let other = tempfile::tempdir().unwrap();
+    let mut master = master(other.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    send(
+        &mut master,
+        token,
+        order(RequestType::LoadState(path.display().to_string())),
+    );
+    let o0 = next_order(&mut w0);
+    assert!(
+        matches!(o0.content.request_type, Some(RequestType::AddCluster(ref c)) if c.cluster_id == "dns")
+    );
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    assert!(master.state.cluster("dns").is_some());
+}
+
+#[test]
+fn malformed_state_file_is_a_failure_answer_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, "{ not json\n").unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    send(
+        &mut master,
+        token,
+        order(RequestType::LoadState(path.display().to_string())),
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(answer.message.contains("line 1"), "{}", answer.message);
+    assert!(nothing_pending(&mut w0));
+    assert!(master.state.is_empty());
+}
+
+#[test]
+fn internal_orders_are_refused_from_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    send(
+        &mut master,
+        token,
+        order(RequestType::ReturnListenSockets(Default::default())),
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(nothing_pending(&mut w0));
+}
+
+#[test]
+fn orders_are_refused_while_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let (token, mut client) = add_client(&mut master);
+    master.phase = Phase::Stopping {
+        hard: false,
+        waiting: Vec::new(),
+        kill_at: None,
+    };
+    send(&mut master, token, cluster("dns"));
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(answer.message.contains("stopping"), "{}", answer.message);
+    assert!(master.state.is_empty());
+}

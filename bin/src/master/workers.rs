@@ -1,0 +1,238 @@
+//! Worker processes seen from the master: starting one (fork + exec of this
+//! same binary as the hidden `sozu worker` subcommand, with a channel
+//! socketpair and an fd-passing socketpair), its run state, and the queue of
+//! orders waiting to be written to its channel.
+//!
+//! Owns the worker table's entries and the child side of process creation.
+//! It never decides when to start or restart a worker (the loop in `mod.rs`
+//! does) and never blocks on a worker.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use mio::Token;
+use nix::unistd::Pid;
+use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
+use sozu_command_lib::command::{RunState, WorkerInfo, WorkerRequest, WorkerResponse};
+
+use crate::logging::{target_to_string, LogSettings};
+
+/// The master's end of a worker channel.
+pub type WorkerChannel = Channel<WorkerRequest, WorkerResponse>;
+
+/// What every worker is started with.
+#[derive(Debug, Clone)]
+pub struct WorkerLaunch {
+    /// The binary to exec (resolved once at master start, so an upgrade
+    /// picks up the file on disk).
+    pub executable: PathBuf,
+    /// The configuration file (workers read their process-wide settings
+    /// from it; their proxy state comes over the channel).
+    pub config_path: Option<PathBuf>,
+    pub command_buffer_size: usize,
+    pub max_command_buffer_size: usize,
+    pub log: LogSettings,
+}
+
+/// A started process and the master's ends of its sockets.
+pub struct Spawned {
+    pub pid: Pid,
+    pub channel: UnixStream,
+    pub scm: UnixStream,
+}
+
+/// Starts `sozu worker --id ID ...` with its two socketpairs.
+///
+/// The child's ends are close-on-exec in the master (std creates them so);
+/// only in the forked child, just before exec, is the flag cleared on exactly
+/// those two fds, so no other child ever inherits them.
+pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
+    let (master_channel, worker_channel) = UnixStream::pair()?;
+    let (master_scm, worker_scm) = UnixStream::pair()?;
+    let channel_fd = worker_channel.as_raw_fd();
+    let scm_fd = worker_scm.as_raw_fd();
+
+    let mut command = Command::new(&launch.executable);
+    command
+        .arg("worker")
+        .arg("--id")
+        .arg(id.to_string())
+        .arg("--channel-fd")
+        .arg(channel_fd.to_string())
+        .arg("--scm-fd")
+        .arg(scm_fd.to_string())
+        .arg("--command-buffer-size")
+        .arg(launch.command_buffer_size.to_string())
+        .arg("--max-command-buffer-size")
+        .arg(launch.max_command_buffer_size.to_string())
+        .arg("--log-level")
+        .arg(&launch.log.level)
+        .arg("--log-target")
+        .arg(target_to_string(&launch.log.target))
+        .stdin(Stdio::null());
+    if let Some(access) = &launch.log.access_target {
+        command
+            .arg("--access-logs-target")
+            .arg(target_to_string(access));
+    }
+    if let Some(path) = &launch.config_path {
+        command.arg("--config").arg(path);
+    }
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls fcntl(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            clear_cloexec(channel_fd)?;
+            clear_cloexec(scm_fd)?;
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // The worker's ends now live in the worker only.
+    drop(worker_channel);
+    drop(worker_scm);
+    let pid = Pid::from_raw(child.id() as i32);
+    // Reaping is done by waitpid(-1) on SIGCHLD; dropping the handle does not
+    // kill or wait.
+    drop(child);
+    master_channel.set_nonblocking(true)?;
+    Ok(Spawned {
+        pid,
+        channel: master_channel,
+        scm: master_scm,
+    })
+}
+
+/// Clears FD_CLOEXEC on `fd` so it survives exec.
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on an fd number; no memory is involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets FD_CLOEXEC on `fd` again (after an inherited fd was adopted).
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on an fd number.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One worker as the master tracks it.
+pub struct Worker {
+    pub id: u32,
+    pub pid: Pid,
+    pub token: Token,
+    pub channel: WorkerChannel,
+    /// The fd-passing socket (listening sockets during upgrades).
+    pub scm: sozu_command_lib::scm::ScmSocket,
+    pub run_state: RunState,
+    /// Orders not yet accepted by the channel's bounded queue, oldest first.
+    pub outbox: VecDeque<WorkerRequest>,
+    pub started_at: Instant,
+    /// True once the worker answered the status that follows its initial
+    /// state.
+    pub ready: bool,
+    /// True once its channel failed or closed: nothing more is written.
+    pub channel_closed: bool,
+    /// Consecutive restarts of this worker slot that died soon after start.
+    pub quick_failures: u32,
+}
+
+impl Worker {
+    pub fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id,
+            pid: self.pid.as_raw(),
+            run_state: self.run_state as i32,
+        }
+    }
+
+    /// Whether state changes should still be sent to this worker: a
+    /// draining worker still serves flows, so a removed backend must reach it.
+    pub fn receives_orders(&self) -> bool {
+        !self.channel_closed && self.run_state != RunState::Stopped
+    }
+
+    /// Whether this worker serves normally (not draining, not stopped).
+    pub fn is_live(&self) -> bool {
+        !self.channel_closed && matches!(self.run_state, RunState::Running | RunState::NotAnswering)
+    }
+
+    /// Queues `request` behind anything already waiting.
+    pub fn send(&mut self, request: WorkerRequest) {
+        self.outbox.push_back(request);
+    }
+
+    /// Moves queued orders into the channel and writes what the socket
+    /// takes. Returns an error when the channel is broken.
+    pub fn pump(&mut self) -> Result<(), ChannelError> {
+        if self.channel_closed {
+            return Ok(());
+        }
+        loop {
+            while let Some(next) = self.outbox.front() {
+                match self.channel.queue_message(next) {
+                    Ok(()) => {
+                        self.outbox.pop_front();
+                    }
+                    // The channel's queue is full: write some, then retry.
+                    Err(ChannelError::OutgoingBufferFull { .. }) => break,
+                    Err(e) => {
+                        // A single message too large for the channel: drop
+                        // it (the gather timeout will report it) rather than
+                        // wedge every later order.
+                        tracing::error!(worker = self.id, error = %e, "cannot send an order to the worker");
+                        self.outbox.pop_front();
+                    }
+                }
+            }
+            match self.channel.flush()? {
+                FlushStatus::Pending => return Ok(()),
+                FlushStatus::Done if self.outbox.is_empty() => return Ok(()),
+                FlushStatus::Done => {}
+            }
+        }
+    }
+
+    /// Readiness to register for.
+    pub fn interest(&self) -> mio::Interest {
+        if self.channel.wants_write() || !self.outbox.is_empty() {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        }
+    }
+}
+
+/// Resolves the binary to exec for workers and upgrades: the path this
+/// process was started from.
+pub fn current_executable() -> io::Result<PathBuf> {
+    let path = std::env::current_exe()?;
+    // After the file is replaced on disk (an upgrade), /proc reports
+    // "PATH (deleted)": the path itself is what we want.
+    let text = path.to_string_lossy();
+    if let Some(stripped) = text.strip_suffix(" (deleted)") {
+        return Ok(Path::new(stripped).to_path_buf());
+    }
+    Ok(path)
+}
