@@ -1,0 +1,117 @@
+//! Client commands: each becomes one or more orders sent to the master over
+//! its command socket; the answers are printed for a person or as JSON.
+//!
+//! The flow is: [`request::plan`] (pure: arguments → orders), [`socket`]
+//! (which socket), [`session`] (send, wait, progress), [`render`] (answers →
+//! text). This module only wires them together and chooses the exit code; it
+//! never runs a master or worker (see `crate::master`, `crate::worker`).
+//!
+//! Exit codes: 0 every order answered OK; 1 the master answered FAILURE
+//! (its message on stderr); 2 a command line that cannot become an order;
+//! 3 no answer (no socket, unreadable configuration, timeout, closed
+//! connection).
+
+mod render;
+mod request;
+mod session;
+mod socket;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sozu_command_lib::command::{Response, ResponseStatus};
+
+use crate::cli::{Command, GlobalArgs};
+use request::Plan;
+use session::Session;
+
+/// The master answered FAILURE.
+const EXIT_FAILURE_ANSWER: u8 = 1;
+/// The command line cannot become an order (clap itself also exits 2).
+const EXIT_USAGE: u8 = 2;
+/// The master could not be reached or did not answer.
+const EXIT_NO_ANSWER: u8 = 3;
+
+/// Runs one client command and returns the process exit code.
+pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
+    // A relative state or configuration path is resolved here because the
+    // master opening it has another working directory.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let plan = match request::plan(&command, &cwd) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let target = match socket::resolve(global.socket.as_deref(), global.config.as_deref()) {
+        Ok(target) => target,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    let timeout = Duration::from_secs(global.timeout);
+    let mut session = match Session::connect(&target.socket, timeout, target.max_answer_size) {
+        Ok(session) => session,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    execute(&plan, &mut session, global.json)
+}
+
+/// Sends the plan's orders in turn; stops at the first one not answered OK.
+fn execute(plan: &Plan, session: &mut Session, json: bool) -> ExitCode {
+    for step in &plan.steps {
+        let answer = session.order(&step.request, |progress| {
+            eprintln!("{}", render::progress(progress));
+        });
+        let response = match answer {
+            Ok(response) => response,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_NO_ANSWER);
+            }
+        };
+        print_answer(step.view, &response, json);
+        if response.status != ResponseStatus::Ok as i32 {
+            let message = if response.message.is_empty() {
+                "the master refused the order without a message"
+            } else {
+                response.message.as_str()
+            };
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_FAILURE_ANSWER);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// JSON for every final answer; human text for OK ones only (a failure's
+/// message goes to stderr).
+fn print_answer(view: request::View, response: &Response, json: bool) {
+    let text = if json {
+        match serde_json::to_string_pretty(&render::json(response)) {
+            Ok(text) => text + "\n",
+            Err(error) => {
+                eprintln!("error: cannot print the answer as JSON: {error}");
+                return;
+            }
+        }
+    } else if response.status == ResponseStatus::Ok as i32 {
+        render::human(view, response)
+    } else {
+        return;
+    };
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (`sozu … | head`) is not worth a panic.
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}

@@ -1,0 +1,522 @@
+//! Answers → text: tables for a person ([`human`]) or one JSON document for
+//! scripts ([`json`]).
+//!
+//! Pure formatting of what the master sent: it never fails (an answer without
+//! the expected content prints the master's message) and never reorders
+//! facts beyond sorting for a stable display.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+use sozu_command_lib::command::{
+    filtered_metrics::Inner, response_content::ContentType, AggregatedMetrics, ClusterInformation,
+    ClusterMetrics, FilteredMetrics, HttpListenerConfig, HttpsListenerConfig, ListedFrontends,
+    ListenersList, LoadBalancingAlgorithms, PathRuleKind, ProxyProtocolConfig, RequestHttpFrontend,
+    Response, ResponseStatus, RunState, SocketAddress, TcpListenerConfig, UdpClusterConfig,
+    UdpListenerConfig, WorkerInfos,
+};
+
+use super::request::{Protocols, View};
+use super::table::Table;
+
+/// The final answer for a person, ending with a newline.
+pub fn human(view: View, response: &Response) -> String {
+    let content = response
+        .content
+        .as_ref()
+        .and_then(|content| content.content_type.as_ref());
+    match (view, content) {
+        (View::Workers, Some(ContentType::Workers(workers))) => workers_table(workers),
+        (View::Listeners(protocols), Some(ContentType::ListenersList(list))) => {
+            listeners_table(list, protocols)
+        }
+        (View::Clusters, Some(ContentType::Clusters(clusters))) => clusters_text(&clusters.vec),
+        (View::Frontends(protocols), Some(ContentType::FrontendList(list))) => {
+            frontends_table(list, protocols)
+        }
+        (View::Metrics, Some(ContentType::Metrics(metrics))) => metrics_table(metrics),
+        _ if response.message.is_empty() => "ok\n".to_owned(),
+        _ => format!("{}\n", response.message),
+    }
+}
+
+/// One progress line for stderr.
+pub fn progress(response: &Response) -> String {
+    if response.message.is_empty() {
+        "processing…".to_owned()
+    } else {
+        format!("processing: {}", response.message)
+    }
+}
+
+/// The final answer as JSON: `{"status", "message", "content"}`, where
+/// `content` is the answer's content keyed by its kind (`workers`,
+/// `listeners_list`, `clusters`, `frontend_list`, `metrics`) or `null`.
+pub fn json(response: &Response) -> Value {
+    let content = response
+        .content
+        .as_ref()
+        .and_then(|content| content.content_type.as_ref())
+        .map(|content| serde_json::to_value(content).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    json!({
+        "status": status_name(response.status),
+        "message": response.message,
+        "content": content,
+    })
+}
+
+/// `OK`, `PROCESSING`, `FAILURE` (or the raw number if unknown).
+pub fn status_name(status: i32) -> String {
+    ResponseStatus::try_from(status)
+        .map(|s| s.as_str_name().to_owned())
+        .unwrap_or_else(|_| format!("UNKNOWN({status})"))
+}
+
+/// A wire enum's name in lower case, or the raw number if unknown.
+fn lower<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> String {
+    E::try_from(value)
+        .map(|e| name(e).to_ascii_lowercase())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn seconds(value: u32) -> String {
+    format!("{value}s")
+}
+
+fn unlimited(value: u32) -> String {
+    if value == 0 {
+        "unlimited".to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_owned()
+}
+
+fn address(addr: &SocketAddress) -> String {
+    addr.to_string()
+}
+
+fn workers_table(workers: &WorkerInfos) -> String {
+    let mut table = Table::new(&["WORKER", "PID", "STATE"]);
+    let mut sorted: Vec<_> = workers.vec.iter().collect();
+    sorted.sort_by_key(|worker| worker.id);
+    for worker in sorted {
+        table.row(vec![
+            worker.id.to_string(),
+            worker.pid.to_string(),
+            lower(worker.run_state, |s: RunState| s.as_str_name()),
+        ]);
+    }
+    table.render()
+}
+
+fn listeners_table(list: &ListenersList, protocols: Protocols) -> String {
+    let mut table = Table::new(&["PROTOCOL", "ADDRESS", "PUBLIC", "ACTIVE", "SETTINGS"]);
+    let public = |addr: &Option<SocketAddress>| addr.as_ref().map_or("-".to_owned(), address);
+    if protocols.udp {
+        for udp in list.udp_listeners.values() {
+            table.row(udp_listener_row(udp, public(&udp.public_address)));
+        }
+    }
+    if protocols.tcp {
+        for tcp in list.tcp_listeners.values() {
+            table.row(tcp_listener_row(tcp, public(&tcp.public_address)));
+        }
+    }
+    if protocols.http {
+        for http in list.http_listeners.values() {
+            table.row(http_listener_row(http, public(&http.public_address)));
+        }
+    }
+    if protocols.https {
+        for https in list.https_listeners.values() {
+            table.row(https_listener_row(https, public(&https.public_address)));
+        }
+    }
+    if table.is_empty() {
+        return "no listener\n".to_owned();
+    }
+    table.render()
+}
+
+fn udp_listener_row(udp: &UdpListenerConfig, public: String) -> Vec<String> {
+    let mut settings = format!(
+        "front_timeout={} back_timeout={} max_rx_datagram_size={} max_flows={}",
+        seconds(udp.front_timeout),
+        seconds(udp.back_timeout),
+        udp.max_rx_datagram_size,
+        if udp.max_flows == 0 {
+            "auto".to_owned()
+        } else {
+            udp.max_flows.to_string()
+        },
+    );
+    if let Some(size) = udp.recv_buffer_size {
+        let _ = write!(settings, " recv_buffer_size={size}");
+    }
+    if let Some(size) = udp.send_buffer_size {
+        let _ = write!(settings, " send_buffer_size={size}");
+    }
+    vec![
+        "udp".into(),
+        address(&udp.address),
+        public,
+        yes_no(udp.active),
+        settings,
+    ]
+}
+
+fn tcp_listener_row(tcp: &TcpListenerConfig, public: String) -> Vec<String> {
+    vec![
+        "tcp".into(),
+        address(&tcp.address),
+        public,
+        yes_no(tcp.active),
+        format!(
+            "front_timeout={} back_timeout={} connect_timeout={} expect_proxy={}",
+            seconds(tcp.front_timeout),
+            seconds(tcp.back_timeout),
+            seconds(tcp.connect_timeout),
+            tcp.expect_proxy,
+        ),
+    ]
+}
+
+fn http_listener_row(http: &HttpListenerConfig, public: String) -> Vec<String> {
+    vec![
+        "http".into(),
+        address(&http.address),
+        public,
+        yes_no(http.active),
+        format!(
+            "front_timeout={} back_timeout={} connect_timeout={} request_timeout={} \
+             expect_proxy={} sticky_name={}",
+            seconds(http.front_timeout),
+            seconds(http.back_timeout),
+            seconds(http.connect_timeout),
+            seconds(http.request_timeout),
+            http.expect_proxy,
+            http.sticky_name,
+        ),
+    ]
+}
+
+fn https_listener_row(https: &HttpsListenerConfig, public: String) -> Vec<String> {
+    vec![
+        "https".into(),
+        address(&https.address),
+        public,
+        yes_no(https.active),
+        format!(
+            "front_timeout={} back_timeout={} connect_timeout={} request_timeout={}",
+            seconds(https.front_timeout),
+            seconds(https.back_timeout),
+            seconds(https.connect_timeout),
+            seconds(https.request_timeout),
+        ),
+    ]
+}
+
+fn http_route(frontend: &RequestHttpFrontend) -> String {
+    let kind = lower(frontend.path.kind, |k: PathRuleKind| k.as_str_name());
+    let mut route = format!(
+        "hostname={} path={}:{}",
+        frontend.hostname,
+        kind,
+        if frontend.path.value.is_empty() {
+            "/"
+        } else {
+            &frontend.path.value
+        }
+    );
+    if let Some(method) = &frontend.method {
+        let _ = write!(route, " method={method}");
+    }
+    route
+}
+
+fn tags(tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "-".to_owned();
+    }
+    tags.iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn frontends_table(list: &ListedFrontends, protocols: Protocols) -> String {
+    let mut table = Table::new(&["PROTOCOL", "ADDRESS", "CLUSTER", "ROUTE", "TAGS"]);
+    if protocols.udp {
+        for udp in &list.udp_frontends {
+            table.row(vec![
+                "udp".into(),
+                address(&udp.address),
+                udp.cluster_id.clone(),
+                "-".into(),
+                tags(&udp.tags),
+            ]);
+        }
+    }
+    if protocols.tcp {
+        for tcp in &list.tcp_frontends {
+            table.row(vec![
+                "tcp".into(),
+                address(&tcp.address),
+                tcp.cluster_id.clone(),
+                "-".into(),
+                tags(&tcp.tags),
+            ]);
+        }
+    }
+    let http_rows = [
+        (protocols.http, "http", &list.http_frontends),
+        (protocols.https, "https", &list.https_frontends),
+    ];
+    for (shown, name, frontends) in http_rows {
+        if !shown {
+            continue;
+        }
+        for http in frontends {
+            table.row(vec![
+                name.into(),
+                address(&http.address),
+                http.cluster_id.clone().unwrap_or_else(|| "-".to_owned()),
+                http_route(http),
+                tags(&http.tags),
+            ]);
+        }
+    }
+    if table.is_empty() {
+        return "no frontend\n".to_owned();
+    }
+    table.render()
+}
+
+fn clusters_text(clusters: &[ClusterInformation]) -> String {
+    if clusters.is_empty() {
+        return "no cluster\n".to_owned();
+    }
+    let mut out = String::new();
+    for (index, info) in clusters.iter().enumerate() {
+        if index > 0 {
+            out.push('\n');
+        }
+        cluster_text(&mut out, info);
+    }
+    out
+}
+
+fn cluster_text(out: &mut String, info: &ClusterInformation) {
+    let Some(cluster) = &info.configuration else {
+        out.push_str("cluster (no configuration)\n");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "cluster {}{}",
+        cluster.cluster_id,
+        if cluster.udp.is_some() { " (udp)" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "  load balancing: {}",
+        lower(cluster.load_balancing, |a: LoadBalancingAlgorithms| a
+            .as_str_name())
+    );
+    if let Some(proxy) = cluster.proxy_protocol {
+        let _ = writeln!(
+            out,
+            "  proxy protocol: {}",
+            lower(proxy, |p: ProxyProtocolConfig| p.as_str_name())
+        );
+    }
+    if cluster.sticky_session || cluster.https_redirect {
+        let _ = writeln!(
+            out,
+            "  http: sticky_session={} https_redirect={}",
+            cluster.sticky_session, cluster.https_redirect
+        );
+    }
+    if let Some(udp) = &cluster.udp {
+        udp_knobs_text(out, udp);
+    }
+    let mut frontends = Table::new(&["", "PROTOCOL", "ADDRESS", "ROUTE"]);
+    for udp in &info.udp_frontends {
+        frontends.row(vec![String::new(), "udp".into(), address(&udp.address)]);
+    }
+    for tcp in &info.tcp_frontends {
+        frontends.row(vec![String::new(), "tcp".into(), address(&tcp.address)]);
+    }
+    for (name, list) in [
+        ("http", &info.http_frontends),
+        ("https", &info.https_frontends),
+    ] {
+        for http in list {
+            frontends.row(vec![
+                String::new(),
+                name.into(),
+                address(&http.address),
+                http_route(http),
+            ]);
+        }
+    }
+    if frontends.is_empty() {
+        out.push_str("  frontends: none\n");
+    } else {
+        out.push_str("  frontends:\n");
+        out.push_str(&indent(&frontends.render()));
+    }
+    let mut backends = Table::new(&["", "BACKEND", "ADDRESS", "WEIGHT", "BACKUP"]);
+    for backend in &info.backends {
+        backends.row(vec![
+            String::new(),
+            backend.backend_id.clone(),
+            address(&backend.address),
+            backend
+                .load_balancing_parameters
+                .as_ref()
+                .map_or("-".to_owned(), |p| p.weight.to_string()),
+            yes_no(backend.backup.unwrap_or(false)),
+        ]);
+    }
+    if backends.is_empty() {
+        out.push_str("  backends: none\n");
+    } else {
+        out.push_str("  backends:\n");
+        out.push_str(&indent(&backends.render()));
+    }
+}
+
+/// The knobs as `name=value`; unset ones show the master's default.
+fn udp_knobs_text(out: &mut String, udp: &UdpClusterConfig) {
+    let _ = writeln!(
+        out,
+        "  udp: affinity_key={} flow_key={} responses={} requests={} \
+         send_proxy_protocol={} proxy_protocol_every_datagram={}",
+        udp.affinity_key().as_str_name().to_ascii_lowercase(),
+        udp.flow_key().as_str_name().to_ascii_lowercase(),
+        unlimited(udp.responses()),
+        unlimited(udp.requests()),
+        udp.send_proxy_protocol(),
+        udp.proxy_protocol_every_datagram(),
+    );
+    let _ = writeln!(
+        out,
+        "       front_timeout={} back_timeout={} max_pending_datagrams={} \
+         max_pending_bytes={} keep_flows_on_backend_removal={}",
+        udp.front_timeout.map_or("listener's".to_owned(), seconds),
+        udp.back_timeout.map_or("listener's".to_owned(), seconds),
+        udp.max_pending_datagrams(),
+        udp.max_pending_bytes(),
+        udp.keep_flows_on_backend_removal(),
+    );
+    if let Some(health) = &udp.health {
+        let _ = writeln!(
+            out,
+            "  health: mode={} tcp_port={} rise={} fall={} fail_open={} interval={} \
+             timeout={} udp_payload={}",
+            health.mode().as_str_name().to_ascii_lowercase(),
+            health
+                .tcp_port
+                .map_or("backend's".to_owned(), |port| port.to_string()),
+            health.rise(),
+            health.fall(),
+            health.fail_open(),
+            seconds(health.probe_interval_seconds()),
+            seconds(health.probe_timeout_seconds()),
+            health
+                .udp_probe_payload
+                .as_ref()
+                .map_or("-".to_owned(), |p| format!("{} bytes", p.len())),
+        );
+    }
+}
+
+/// Every line shifted by two spaces (tables nested under a cluster).
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+fn metrics_table(metrics: &AggregatedMetrics) -> String {
+    let mut table = Table::new(&["SCOPE", "METRIC", "VALUE"]);
+    for (name, value) in &metrics.main {
+        table.row(vec!["main".into(), name.clone(), metric_value(value)]);
+    }
+    for (name, value) in &metrics.proxying {
+        table.row(vec!["proxy".into(), name.clone(), metric_value(value)]);
+    }
+    for (id, worker) in &metrics.workers {
+        let scope = format!("worker {id}");
+        for (name, value) in &worker.proxy {
+            table.row(vec![scope.clone(), name.clone(), metric_value(value)]);
+        }
+        cluster_metric_rows(&mut table, &scope, &worker.clusters);
+    }
+    cluster_metric_rows(&mut table, "", &metrics.clusters);
+    if table.is_empty() {
+        return "no metric\n".to_owned();
+    }
+    table.render()
+}
+
+fn cluster_metric_rows(
+    table: &mut Table,
+    prefix: &str,
+    clusters: &BTreeMap<String, ClusterMetrics>,
+) {
+    let scoped = |rest: String| {
+        if prefix.is_empty() {
+            rest
+        } else {
+            format!("{prefix} {rest}")
+        }
+    };
+    for (cluster_id, cluster) in clusters {
+        let scope = scoped(format!("cluster {cluster_id}"));
+        for (name, value) in &cluster.cluster {
+            table.row(vec![scope.clone(), name.clone(), metric_value(value)]);
+        }
+        for backend in &cluster.backends {
+            let scope = format!("{scope} backend {}", backend.backend_id);
+            for (name, value) in &backend.metrics {
+                table.row(vec![scope.clone(), name.clone(), metric_value(value)]);
+            }
+        }
+    }
+}
+
+fn metric_value(metric: &FilteredMetrics) -> String {
+    match &metric.inner {
+        Some(Inner::Gauge(value)) => format!("gauge {value}"),
+        Some(Inner::Count(value)) => format!("count {value}"),
+        Some(Inner::Time(value)) => format!("time {value}ms"),
+        Some(Inner::Percentiles(p)) => format!(
+            "samples={} p50={} p90={} p99={} p99.9={} p99.99={} p99.999={} max={} sum={}",
+            p.samples, p.p_50, p.p_90, p.p_99, p.p_99_9, p.p_99_99, p.p_99_999, p.p_100, p.sum
+        ),
+        Some(Inner::TimeSerie(serie)) => format!(
+            "last_second={} last_minute={} last_hour={}",
+            serie.last_second,
+            serie.last_minute.iter().map(|v| u64::from(*v)).sum::<u64>(),
+            serie.last_hour.iter().map(|v| u64::from(*v)).sum::<u64>(),
+        ),
+        Some(Inner::Histogram(histogram)) => {
+            let buckets = histogram
+                .buckets
+                .iter()
+                .map(|bucket| format!("le{}={}", bucket.le, bucket.count))
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("count={} sum={} {buckets}", histogram.count, histogram.sum)
+                .trim_end()
+                .to_owned()
+        }
+        None => "-".to_owned(),
+    }
+}

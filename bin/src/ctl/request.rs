@@ -1,0 +1,680 @@
+//! Command line → orders: turns a parsed [`Command`] into the exact
+//! [`Request`]s to send and how to show each answer.
+//!
+//! Pure: no socket, no clock, no environment (the working directory is a
+//! parameter). Both spellings of a command (`udp listener add` and Sōzu's
+//! `listener udp add`) carry the same argument types and end up in the same
+//! builder function here, so they cannot drift apart.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use sozu_command_lib::command::{
+    request::RequestType, ActivateListener, AddBackend, Cluster, DeactivateListener,
+    FrontendFilters, HardStop, HttpListenerConfig, ListClusters, ListListeners, ListenerType,
+    LoadBalancingAlgorithms, LoadBalancingParams, PathRule, PathRuleKind, ProxyProtocolConfig,
+    QueryMetricsOptions, RemoveBackend, RemoveListener, Request, RequestHttpFrontend,
+    RequestTcpFrontend, RequestUdpFrontend, RulePosition, SoftStop, Status, TcpListenerConfig,
+    UdpAffinityKey, UdpClusterConfig, UdpFlowKey, UdpHealthConfig, UdpHealthMode,
+    UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig, UpdateUdpListenerConfig,
+    UpgradeMain,
+};
+
+use crate::cli::{
+    tags_map, AddressFrontendArgs, AffinityKey, BackendCmd, ClusterAddArgs, ClusterCmd,
+    ClusterListArgs, Command, FlowKey, FrontendCmd, FrontendListArgs, FrontendOrderCmd, HealthMode,
+    HttpCmd, HttpFrontendArgs, HttpListenerCmd, HttpListenerKnobs, ListenerCmd,
+    LoadBalancingPolicy, MetricsArgs, MetricsCmd, QueryCmd, StateCmd, TcpCmd, TcpListenerCmd,
+    TcpListenerKnobs, UdpClusterKnobs, UdpCmd, UdpListenerCmd, UdpListenerKnobs, UdpSocketBuffers,
+};
+
+/// Sōzu's default sticky-session cookie name, used when `--sticky-name` is absent.
+pub const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
+
+/// The orders of one command, sent in turn on one connection; the first
+/// failure stops the sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+/// One order and how to show its final answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub request: Request,
+    pub view: View,
+}
+
+/// How an answer is shown to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The master's message (or "ok").
+    Message,
+    /// Worker table.
+    Workers,
+    /// Listener table, restricted to these protocols.
+    Listeners(Protocols),
+    /// Clusters with their frontends, backends and knobs.
+    Clusters,
+    /// Frontend table, restricted to these protocols.
+    Frontends(Protocols),
+    /// One line per metric.
+    Metrics,
+}
+
+/// Which protocols a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    pub http: bool,
+    pub https: bool,
+    pub tcp: bool,
+    pub udp: bool,
+}
+
+impl Protocols {
+    pub const ALL: Protocols = Protocols {
+        http: true,
+        https: true,
+        tcp: true,
+        udp: true,
+    };
+    const fn only(proxy: ListenerType) -> Protocols {
+        Protocols {
+            http: matches!(proxy, ListenerType::Http),
+            https: matches!(proxy, ListenerType::Https),
+            tcp: matches!(proxy, ListenerType::Tcp),
+            udp: matches!(proxy, ListenerType::Udp),
+        }
+    }
+}
+
+/// A command line that parses but cannot become an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// `start` / `worker` are processes, not orders.
+    NotAClientCommand(&'static str),
+    /// An `update` without any field to change.
+    NothingToUpdate { listener: SocketAddr },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::NotAClientCommand(name) => {
+                write!(f, "`sozu {name}` runs a process, it is not an order")
+            }
+            PlanError::NothingToUpdate { listener } => write!(
+                f,
+                "nothing to update on listener {listener}: give at least one setting flag"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// The orders for `command`. Relative file paths (state files, a reloaded
+/// configuration) are resolved against `cwd`, because the master, whose
+/// working directory differs, is the one opening them.
+pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
+    let steps = match command {
+        Command::Start(_) => return Err(PlanError::NotAClientCommand("start")),
+        Command::Worker(_) => return Err(PlanError::NotAClientCommand("worker")),
+        Command::Status | Command::Query(QueryCmd::Workers) => {
+            vec![step(RequestType::Status(Status {}), View::Workers)]
+        }
+        Command::Shutdown { hard } => {
+            let order = if *hard {
+                RequestType::HardStop(HardStop {})
+            } else {
+                RequestType::SoftStop(SoftStop {})
+            };
+            vec![message(order)]
+        }
+        Command::Upgrade { worker } => vec![message(match worker {
+            Some(id) => RequestType::UpgradeWorker(*id),
+            None => RequestType::UpgradeMain(UpgradeMain {}),
+        })],
+        Command::Reload { file } => {
+            // An empty path asks the master to re-read its own file.
+            let path = file
+                .as_ref()
+                .map(|file| cwd.join(file).to_string_lossy().into_owned())
+                .unwrap_or_default();
+            vec![message(RequestType::ReloadConfiguration(path))]
+        }
+        Command::State(StateCmd::Save(args)) => vec![message(RequestType::SaveState(
+            cwd.join(&args.file).to_string_lossy().into_owned(),
+        ))],
+        Command::State(StateCmd::Load(args)) => vec![message(RequestType::LoadState(
+            cwd.join(&args.file).to_string_lossy().into_owned(),
+        ))],
+        Command::Metrics(MetricsCmd::Get(args)) | Command::Query(QueryCmd::Metrics(args)) => {
+            vec![metrics(args)]
+        }
+        Command::Udp(UdpCmd::Listener(cmd)) | Command::Listener(ListenerCmd::Udp(cmd)) => {
+            udp_listener(cmd)?
+        }
+        Command::Tcp(TcpCmd::Listener(cmd)) | Command::Listener(ListenerCmd::Tcp(cmd)) => {
+            tcp_listener(cmd)?
+        }
+        Command::Http(HttpCmd::Listener(cmd)) | Command::Listener(ListenerCmd::Http(cmd)) => {
+            http_listener(cmd)?
+        }
+        Command::Listener(ListenerCmd::List) => vec![list_listeners(Protocols::ALL)],
+        Command::Udp(UdpCmd::Frontend(cmd)) | Command::Frontend(FrontendCmd::Udp(cmd)) => {
+            vec![udp_frontend(cmd)]
+        }
+        Command::Tcp(TcpCmd::Frontend(cmd)) | Command::Frontend(FrontendCmd::Tcp(cmd)) => {
+            vec![tcp_frontend(cmd)]
+        }
+        Command::Http(HttpCmd::Frontend(cmd)) | Command::Frontend(FrontendCmd::Http(cmd)) => {
+            vec![http_frontend(cmd)]
+        }
+        Command::Frontend(FrontendCmd::List(args)) => vec![list_frontends(args)],
+        Command::Cluster(ClusterCmd::Add(args)) => {
+            vec![message(RequestType::AddCluster(cluster(args)))]
+        }
+        Command::Cluster(ClusterCmd::Remove { id }) => {
+            vec![message(RequestType::RemoveCluster(id.clone()))]
+        }
+        Command::Cluster(ClusterCmd::List(args)) | Command::Query(QueryCmd::Clusters(args)) => {
+            vec![list_clusters(args)]
+        }
+        Command::Backend(cmd) => vec![backend(cmd)],
+    };
+    Ok(Plan { steps })
+}
+
+fn step(order: RequestType, view: View) -> Step {
+    Step {
+        request: Request {
+            request_type: Some(order),
+        },
+        view,
+    }
+}
+
+fn message(order: RequestType) -> Step {
+    step(order, View::Message)
+}
+
+fn metrics(args: &MetricsArgs) -> Step {
+    step(
+        RequestType::QueryMetrics(QueryMetricsOptions {
+            list: args.list,
+            cluster_ids: args.clusters.clone(),
+            backend_ids: args.backends.clone(),
+            metric_names: args.names.clone(),
+            no_clusters: args.no_clusters,
+            workers: args.workers,
+        }),
+        View::Metrics,
+    )
+}
+
+fn list_listeners(protocols: Protocols) -> Step {
+    step(
+        RequestType::ListListeners(ListListeners {}),
+        View::Listeners(protocols),
+    )
+}
+
+/// The `activate` / `deactivate` / `remove` orders shared by every protocol.
+fn listener_lifecycle(address: SocketAddr, proxy: ListenerType, kind: Lifecycle) -> Step {
+    let address = address.into();
+    let proxy = proxy as i32;
+    message(match kind {
+        Lifecycle::Activate => RequestType::ActivateListener(ActivateListener {
+            address,
+            proxy,
+            from_scm: false,
+        }),
+        Lifecycle::Deactivate => RequestType::DeactivateListener(DeactivateListener {
+            address,
+            proxy,
+            to_scm: false,
+        }),
+        Lifecycle::Remove => RequestType::RemoveListener(RemoveListener { address, proxy }),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Lifecycle {
+    Activate,
+    Deactivate,
+    Remove,
+}
+
+/// `add` then, unless `--inactive`, `activate`: a listener added by hand
+/// should serve at once, as one from the configuration file does.
+fn add_then_activate(
+    add: RequestType,
+    address: SocketAddr,
+    proxy: ListenerType,
+    inactive: bool,
+) -> Vec<Step> {
+    let mut steps = vec![message(add)];
+    if !inactive {
+        steps.push(listener_lifecycle(address, proxy, Lifecycle::Activate));
+    }
+    steps
+}
+
+fn udp_listener(cmd: &UdpListenerCmd) -> Result<Vec<Step>, PlanError> {
+    let proxy = ListenerType::Udp;
+    Ok(match cmd {
+        UdpListenerCmd::Add {
+            address,
+            knobs,
+            buffers,
+            inactive,
+        } => add_then_activate(
+            RequestType::AddUdpListener(udp_listener_config(address.address, knobs, buffers)),
+            address.address,
+            proxy,
+            *inactive,
+        ),
+        UdpListenerCmd::Update { address, knobs } => {
+            let patch = UpdateUdpListenerConfig {
+                address: address.address.into(),
+                public_address: knobs.public_address.map(Into::into),
+                front_timeout: knobs.front_timeout,
+                back_timeout: knobs.back_timeout,
+                max_rx_datagram_size: knobs.max_rx_datagram_size,
+                max_flows: knobs.max_flows,
+            };
+            let empty = UpdateUdpListenerConfig {
+                address: patch.address,
+                ..Default::default()
+            };
+            if patch == empty {
+                return Err(PlanError::NothingToUpdate {
+                    listener: address.address,
+                });
+            }
+            vec![message(RequestType::UpdateUdpListener(patch))]
+        }
+        UdpListenerCmd::Remove(a) => vec![listener_lifecycle(a.address, proxy, Lifecycle::Remove)],
+        UdpListenerCmd::Activate(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Activate)]
+        }
+        UdpListenerCmd::Deactivate(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Deactivate)]
+        }
+        UdpListenerCmd::List => vec![list_listeners(Protocols::only(proxy))],
+    })
+}
+
+/// A new UDP listener: the given knobs over the protocol's defaults.
+fn udp_listener_config(
+    address: SocketAddr,
+    knobs: &UdpListenerKnobs,
+    buffers: &UdpSocketBuffers,
+) -> UdpListenerConfig {
+    let defaults = UdpListenerConfig::default();
+    UdpListenerConfig {
+        address: address.into(),
+        public_address: knobs.public_address.map(Into::into),
+        front_timeout: knobs.front_timeout.unwrap_or(defaults.front_timeout),
+        back_timeout: knobs.back_timeout.unwrap_or(defaults.back_timeout),
+        max_rx_datagram_size: knobs
+            .max_rx_datagram_size
+            .unwrap_or(defaults.max_rx_datagram_size),
+        max_flows: knobs.max_flows.unwrap_or(defaults.max_flows),
+        // Activation is its own order (see `add_then_activate`).
+        active: false,
+        recv_buffer_size: buffers.recv_buffer_size,
+        send_buffer_size: buffers.send_buffer_size,
+    }
+}
+
+fn tcp_listener(cmd: &TcpListenerCmd) -> Result<Vec<Step>, PlanError> {
+    let proxy = ListenerType::Tcp;
+    Ok(match cmd {
+        TcpListenerCmd::Add {
+            address,
+            knobs,
+            inactive,
+        } => add_then_activate(
+            RequestType::AddTcpListener(tcp_listener_config(address.address, knobs)),
+            address.address,
+            proxy,
+            *inactive,
+        ),
+        TcpListenerCmd::Update { address, knobs } => {
+            let patch = UpdateTcpListenerConfig {
+                address: address.address.into(),
+                public_address: knobs.public_address.map(Into::into),
+                expect_proxy: knobs.expect_proxy,
+                front_timeout: knobs.front_timeout,
+                back_timeout: knobs.back_timeout,
+                connect_timeout: knobs.connect_timeout,
+            };
+            let empty = UpdateTcpListenerConfig {
+                address: patch.address,
+                ..Default::default()
+            };
+            if patch == empty {
+                return Err(PlanError::NothingToUpdate {
+                    listener: address.address,
+                });
+            }
+            vec![message(RequestType::UpdateTcpListener(patch))]
+        }
+        TcpListenerCmd::Remove(a) => vec![listener_lifecycle(a.address, proxy, Lifecycle::Remove)],
+        TcpListenerCmd::Activate(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Activate)]
+        }
+        TcpListenerCmd::Deactivate(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Deactivate)]
+        }
+        TcpListenerCmd::List => vec![list_listeners(Protocols::only(proxy))],
+    })
+}
+
+fn tcp_listener_config(address: SocketAddr, knobs: &TcpListenerKnobs) -> TcpListenerConfig {
+    let defaults = TcpListenerConfig::default();
+    TcpListenerConfig {
+        address: address.into(),
+        public_address: knobs.public_address.map(Into::into),
+        expect_proxy: knobs.expect_proxy.unwrap_or(defaults.expect_proxy),
+        front_timeout: knobs.front_timeout.unwrap_or(defaults.front_timeout),
+        back_timeout: knobs.back_timeout.unwrap_or(defaults.back_timeout),
+        connect_timeout: knobs.connect_timeout.unwrap_or(defaults.connect_timeout),
+        active: false,
+    }
+}
+
+fn http_listener(cmd: &HttpListenerCmd) -> Result<Vec<Step>, PlanError> {
+    let proxy = ListenerType::Http;
+    Ok(match cmd {
+        HttpListenerCmd::Add {
+            address,
+            knobs,
+            inactive,
+        } => add_then_activate(
+            RequestType::AddHttpListener(http_listener_config(address.address, knobs)),
+            address.address,
+            proxy,
+            *inactive,
+        ),
+        HttpListenerCmd::Update { address, knobs } => {
+            let patch = UpdateHttpListenerConfig {
+                address: address.address.into(),
+                public_address: knobs.public_address.map(Into::into),
+                expect_proxy: knobs.expect_proxy,
+                sticky_name: knobs.sticky_name.clone(),
+                front_timeout: knobs.front_timeout,
+                back_timeout: knobs.back_timeout,
+                connect_timeout: knobs.connect_timeout,
+                request_timeout: knobs.request_timeout,
+                ..Default::default()
+            };
+            let empty = UpdateHttpListenerConfig {
+                address: patch.address,
+                ..Default::default()
+            };
+            if patch == empty {
+                return Err(PlanError::NothingToUpdate {
+                    listener: address.address,
+                });
+            }
+            vec![message(RequestType::UpdateHttpListener(patch))]
+        }
+        HttpListenerCmd::Remove(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Remove)]
+        }
+        HttpListenerCmd::Activate(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Activate)]
+        }
+        HttpListenerCmd::Deactivate(a) => {
+            vec![listener_lifecycle(a.address, proxy, Lifecycle::Deactivate)]
+        }
+        HttpListenerCmd::List => vec![list_listeners(Protocols::only(proxy))],
+    })
+}
+
+fn http_listener_config(address: SocketAddr, knobs: &HttpListenerKnobs) -> HttpListenerConfig {
+    let defaults = HttpListenerConfig::default();
+    HttpListenerConfig {
+        address: address.into(),
+        public_address: knobs.public_address.map(Into::into),
+        expect_proxy: knobs.expect_proxy.unwrap_or(defaults.expect_proxy),
+        sticky_name: knobs
+            .sticky_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STICKY_NAME.to_owned()),
+        front_timeout: knobs.front_timeout.unwrap_or(defaults.front_timeout),
+        back_timeout: knobs.back_timeout.unwrap_or(defaults.back_timeout),
+        connect_timeout: knobs.connect_timeout.unwrap_or(defaults.connect_timeout),
+        request_timeout: knobs.request_timeout.unwrap_or(defaults.request_timeout),
+        active: false,
+        ..defaults
+    }
+}
+
+fn udp_frontend(cmd: &FrontendOrderCmd<AddressFrontendArgs>) -> Step {
+    let build = |args: &AddressFrontendArgs| RequestUdpFrontend {
+        cluster_id: args.cluster_id.clone(),
+        address: args.address.into(),
+        tags: tags_map(&args.tags),
+    };
+    match cmd {
+        FrontendOrderCmd::Add(args) => message(RequestType::AddUdpFrontend(build(args))),
+        FrontendOrderCmd::Remove(args) => message(RequestType::RemoveUdpFrontend(build(args))),
+        FrontendOrderCmd::List => list_frontends_of(Protocols::only(ListenerType::Udp)),
+    }
+}
+
+fn tcp_frontend(cmd: &FrontendOrderCmd<AddressFrontendArgs>) -> Step {
+    let build = |args: &AddressFrontendArgs| RequestTcpFrontend {
+        cluster_id: args.cluster_id.clone(),
+        address: args.address.into(),
+        tags: tags_map(&args.tags),
+    };
+    match cmd {
+        FrontendOrderCmd::Add(args) => message(RequestType::AddTcpFrontend(build(args))),
+        FrontendOrderCmd::Remove(args) => message(RequestType::RemoveTcpFrontend(build(args))),
+        FrontendOrderCmd::List => list_frontends_of(Protocols::only(ListenerType::Tcp)),
+    }
+}
+
+fn http_frontend(cmd: &FrontendOrderCmd<HttpFrontendArgs>) -> Step {
+    match cmd {
+        FrontendOrderCmd::Add(args) => message(RequestType::AddHttpFrontend(http_route(args))),
+        FrontendOrderCmd::Remove(args) => {
+            message(RequestType::RemoveHttpFrontend(http_route(args)))
+        }
+        FrontendOrderCmd::List => list_frontends_of(Protocols::only(ListenerType::Http)),
+    }
+}
+
+fn http_route(args: &HttpFrontendArgs) -> RequestHttpFrontend {
+    let path = match (&args.path, &args.path_regex, &args.path_equals) {
+        (_, Some(regex), _) => PathRule {
+            kind: PathRuleKind::Regex as i32,
+            value: regex.clone(),
+        },
+        (_, _, Some(exact)) => PathRule {
+            kind: PathRuleKind::Equals as i32,
+            value: exact.clone(),
+        },
+        // No path: the empty prefix matches every path.
+        (prefix, None, None) => PathRule {
+            kind: PathRuleKind::Prefix as i32,
+            value: prefix.clone().unwrap_or_default(),
+        },
+    };
+    RequestHttpFrontend {
+        cluster_id: Some(args.cluster_id.clone()),
+        address: args.address.into(),
+        hostname: args.hostname.clone(),
+        path,
+        method: args.method.clone(),
+        position: RulePosition::Tree as i32,
+        tags: tags_map(&args.tags),
+        ..Default::default()
+    }
+}
+
+/// Frontend listing. The wire filter has no UDP flag and "all false" means
+/// "everything" for Sōzu masters, so the wire asks for everything unless an
+/// HTTP/HTTPS/TCP filter is given, and the rendering keeps the chosen rows.
+fn list_frontends(args: &FrontendListArgs) -> Step {
+    let any = args.http || args.https || args.tcp || args.udp;
+    let protocols = if any {
+        Protocols {
+            http: args.http,
+            https: args.https,
+            tcp: args.tcp,
+            udp: args.udp,
+        }
+    } else {
+        Protocols::ALL
+    };
+    let mut step = list_frontends_of(protocols);
+    if let Some(RequestType::ListFrontends(filters)) = &mut step.request.request_type {
+        filters.domain = args.domain.clone();
+    }
+    step
+}
+
+fn list_frontends_of(protocols: Protocols) -> Step {
+    // Only a strict HTTP/HTTPS/TCP subset is worth filtering on the wire.
+    let wire = if protocols.udp {
+        FrontendFilters::default()
+    } else {
+        FrontendFilters {
+            http: protocols.http,
+            https: protocols.https,
+            tcp: protocols.tcp,
+            domain: None,
+        }
+    };
+    step(RequestType::ListFrontends(wire), View::Frontends(protocols))
+}
+
+fn list_clusters(args: &ClusterListArgs) -> Step {
+    let order = match &args.id {
+        Some(id) => RequestType::QueryClusterById(id.clone()),
+        None => RequestType::ListClusters(ListClusters {}),
+    };
+    step(order, View::Clusters)
+}
+
+fn cluster(args: &ClusterAddArgs) -> Cluster {
+    let proxy_protocol = if args.send_proxy {
+        Some(ProxyProtocolConfig::SendHeader as i32)
+    } else if args.expect_proxy {
+        Some(ProxyProtocolConfig::ExpectHeader as i32)
+    } else {
+        None
+    };
+    let udp = udp_cluster_config(&args.udp_knobs);
+    let udp = match udp {
+        Some(config) => Some(config),
+        None if args.udp => Some(UdpClusterConfig::default()),
+        None => None,
+    };
+    Cluster {
+        cluster_id: args.id.clone(),
+        sticky_session: args.sticky_session,
+        https_redirect: args.https_redirect,
+        proxy_protocol,
+        load_balancing: load_balancing(args.load_balancing_policy) as i32,
+        udp,
+        ..Default::default()
+    }
+}
+
+fn load_balancing(policy: LoadBalancingPolicy) -> LoadBalancingAlgorithms {
+    match policy {
+        LoadBalancingPolicy::RoundRobin => LoadBalancingAlgorithms::RoundRobin,
+        LoadBalancingPolicy::Random => LoadBalancingAlgorithms::Random,
+        LoadBalancingPolicy::LeastLoaded => LoadBalancingAlgorithms::LeastLoaded,
+        LoadBalancingPolicy::PowerOfTwo => LoadBalancingAlgorithms::PowerOfTwo,
+        LoadBalancingPolicy::Hrw => LoadBalancingAlgorithms::Hrw,
+        LoadBalancingPolicy::Maglev => LoadBalancingAlgorithms::Maglev,
+    }
+}
+
+/// The UDP knobs given on the command line, `None` if there are none. Flags
+/// (`--send-proxy-protocol`, …) only ever set `true`: absent means "master
+/// default", which is what an unset optional field says on the wire.
+fn udp_cluster_config(knobs: &UdpClusterKnobs) -> Option<UdpClusterConfig> {
+    let flag = |set: bool| set.then_some(true);
+    let config = UdpClusterConfig {
+        affinity_key: knobs.affinity_key.map(|key| match key {
+            AffinityKey::SourceIp => UdpAffinityKey::SourceIp as i32,
+            AffinityKey::SourceIpPort => UdpAffinityKey::SourceIpPort as i32,
+        }),
+        responses: knobs.responses,
+        requests: knobs.requests,
+        send_proxy_protocol: flag(knobs.send_proxy_protocol),
+        proxy_protocol_every_datagram: flag(knobs.proxy_protocol_every_datagram),
+        health: udp_health_config(knobs),
+        front_timeout: knobs.front_timeout,
+        back_timeout: knobs.back_timeout,
+        max_pending_datagrams: knobs.max_pending_datagrams,
+        max_pending_bytes: knobs.max_pending_bytes,
+        keep_flows_on_backend_removal: flag(knobs.keep_flows_on_backend_removal),
+        flow_key: knobs.flow_key.map(|key| match key {
+            FlowKey::SourceAddress => UdpFlowKey::SourceAddress as i32,
+            FlowKey::QuicConnectionId => UdpFlowKey::QuicConnectionId as i32,
+        }),
+    };
+    (config != UdpClusterConfig::default()).then_some(config)
+}
+
+/// Health settings, `None` without any `--health-*` flag. Any health flag
+/// without `--health-mode` means TCP probing, as a `[clusters.<id>.udp.health]`
+/// block without `mode` does in the configuration file.
+fn udp_health_config(knobs: &UdpClusterKnobs) -> Option<UdpHealthConfig> {
+    let health = UdpHealthConfig {
+        mode: None,
+        tcp_port: knobs.health_tcp_port,
+        rise: knobs.health_rise,
+        fall: knobs.health_fall,
+        fail_open: knobs.health_fail_open,
+        udp_probe_payload: knobs.health_udp_payload.as_ref().map(|p| p.0.clone()),
+        probe_interval_seconds: knobs.health_interval,
+        probe_timeout_seconds: knobs.health_timeout,
+    };
+    if knobs.health_mode.is_none() && health == UdpHealthConfig::default() {
+        return None;
+    }
+    let mode = match knobs.health_mode.unwrap_or(HealthMode::Tcp) {
+        HealthMode::Off => UdpHealthMode::HealthOff,
+        HealthMode::Tcp => UdpHealthMode::TcpProbe,
+        HealthMode::Udp => UdpHealthMode::UdpProbe,
+    };
+    Some(UdpHealthConfig {
+        mode: Some(mode as i32),
+        ..health
+    })
+}
+
+fn backend(cmd: &BackendCmd) -> Step {
+    match cmd {
+        BackendCmd::Add {
+            backend,
+            weight,
+            sticky_id,
+            backup,
+        } => message(RequestType::AddBackend(AddBackend {
+            cluster_id: backend.cluster_id.clone(),
+            backend_id: backend.backend_id.clone(),
+            address: backend.address.into(),
+            sticky_id: sticky_id.clone(),
+            load_balancing_parameters: weight.map(|weight| LoadBalancingParams { weight }),
+            backup: backup.then_some(true),
+        })),
+        BackendCmd::Remove(backend) => message(RequestType::RemoveBackend(RemoveBackend {
+            cluster_id: backend.cluster_id.clone(),
+            backend_id: backend.backend_id.clone(),
+            address: backend.address.into(),
+        })),
+    }
+}
