@@ -2,7 +2,11 @@
 //! [`protocol`], their I/O shells, load balancing, backends, metrics and the
 //! worker's event loop.
 
+pub mod access_log;
+pub mod backends;
 pub mod health;
 pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;
+pub mod server;
+pub mod udp;

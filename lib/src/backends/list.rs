@@ -1,0 +1,272 @@
+//! One cluster's backends and its selection policy.
+//!
+//! Owns each backend's status and active-flow count, and keeps the policy's
+//! tables in step with them: every mutation that changes what a pick may
+//! return rebuilds the policy here, so a pick never does.
+
+use std::net::SocketAddr;
+
+use crate::load_balancing::{stable_hash, Algorithm, Candidate, LoadBalancingPolicy};
+
+use super::ids::BackendId;
+
+/// Weight of a backend added without `load_balancing_parameters` (Sōzu's
+/// default).
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// Whether a backend may receive new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendStatus {
+    /// Healthy, or not health-checked.
+    Up,
+    /// Failed recently (e.g. refused a datagram) but not yet declared down.
+    /// Still receives new flows: with health checks off nothing could bring
+    /// it back, so passive failures alone never take a backend out.
+    Suspect,
+    /// Declared down by its health check: no new flows (unless the whole
+    /// cluster is down and `fail_open` is set).
+    Down,
+}
+
+impl BackendStatus {
+    /// The status name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendStatus::Up => "up",
+            BackendStatus::Suspect => "suspect",
+            BackendStatus::Down => "down",
+        }
+    }
+}
+
+/// A backend of a cluster.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    id: BackendId,
+    address: SocketAddr,
+    weight: u32,
+    status: BackendStatus,
+    active_flows: u64,
+    identity_hash: u64,
+}
+
+impl Backend {
+    /// A new backend, up, with no flows.
+    pub fn new(id: BackendId, address: SocketAddr, weight: u32) -> Self {
+        let identity_hash = stable_hash(id.as_str().as_bytes());
+        Backend {
+            id,
+            address,
+            weight,
+            status: BackendStatus::Up,
+            active_flows: 0,
+            identity_hash,
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &BackendId {
+        &self.id
+    }
+
+    /// Where its traffic goes.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Its relative weight (0: no new flows).
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Its health status.
+    pub fn status(&self) -> BackendStatus {
+        self.status
+    }
+
+    /// Flows (or connections) currently using it.
+    pub fn active_flows(&self) -> u64 {
+        self.active_flows
+    }
+}
+
+impl Candidate for Backend {
+    fn identity_hash(&self) -> u64 {
+        self.identity_hash
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn load(&self) -> u64 {
+        self.active_flows
+    }
+}
+
+/// What [`BackendList::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// A new backend.
+    Added,
+    /// The id existed: its address and weight were replaced (status and flow
+    /// count kept). `previous_address` is where its live flows still go.
+    Updated { previous_address: SocketAddr },
+}
+
+/// The backends of one cluster and how to choose among them.
+#[derive(Debug, Clone)]
+pub struct BackendList {
+    backends: Vec<Backend>,
+    policy: LoadBalancingPolicy,
+    fail_open: bool,
+}
+
+impl BackendList {
+    /// An empty list with `algorithm`, seeded with `seed`; fail-open.
+    pub fn new(algorithm: Algorithm, seed: u64) -> Self {
+        BackendList {
+            backends: Vec::new(),
+            policy: LoadBalancingPolicy::new(algorithm, seed),
+            fail_open: true,
+        }
+    }
+
+    /// The backends, in insertion order (removal may reorder).
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// The backend with this id.
+    pub fn get(&self, id: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.id.as_str() == id)
+    }
+
+    /// The selection algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.policy.algorithm()
+    }
+
+    /// Whether all-down means "balance over all" (`true`) or "no backend".
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// Changes the algorithm (rebuilding its table).
+    pub fn set_algorithm(&mut self, algorithm: Algorithm) {
+        if algorithm != self.policy.algorithm() {
+            let fail_open = self.fail_open;
+            let any_up = any_up(&self.backends);
+            self.policy.set_algorithm(algorithm, &self.backends, |b| {
+                is_eligible(b, any_up, fail_open)
+            });
+        }
+    }
+
+    /// Changes what happens when every backend is down.
+    pub fn set_fail_open(&mut self, fail_open: bool) {
+        if fail_open != self.fail_open {
+            self.fail_open = fail_open;
+            self.rebuild();
+        }
+    }
+
+    /// Adds a backend, or updates address and weight of the one with this id.
+    pub fn upsert(&mut self, id: BackendId, address: SocketAddr, weight: u32) -> Upsert {
+        let outcome = match self.backends.iter_mut().find(|b| b.id == id) {
+            Some(existing) => {
+                let previous_address = existing.address;
+                existing.address = address;
+                existing.weight = weight;
+                Upsert::Updated { previous_address }
+            }
+            None => {
+                self.backends.push(Backend::new(id, address, weight));
+                Upsert::Added
+            }
+        };
+        self.rebuild();
+        outcome
+    }
+
+    /// Removes a backend; the caller aborts (or keeps) its flows.
+    pub fn remove(&mut self, id: &str) -> Option<Backend> {
+        let position = self.backends.iter().position(|b| b.id.as_str() == id)?;
+        let removed = self.backends.remove(position);
+        self.rebuild();
+        Some(removed)
+    }
+
+    /// Removes every backend, for a removed cluster.
+    pub fn drain(&mut self) -> Vec<Backend> {
+        let all = std::mem::take(&mut self.backends);
+        self.rebuild();
+        all
+    }
+
+    /// Sets a backend's status; `Some(previous)` when it changed.
+    pub fn set_status(&mut self, id: &str, status: BackendStatus) -> Option<BackendStatus> {
+        let backend = self.backends.iter_mut().find(|b| b.id.as_str() == id)?;
+        let previous = backend.status;
+        if previous == status {
+            return None;
+        }
+        backend.status = status;
+        // Up <-> Suspect does not change eligibility; anything touching Down does.
+        if previous == BackendStatus::Down || status == BackendStatus::Down {
+            self.rebuild();
+        }
+        Some(previous)
+    }
+
+    /// Chooses a backend for a new flow; `None` when none may take it.
+    pub fn select(&mut self, affinity_hash: u64) -> Option<&Backend> {
+        let index = self.policy.pick(&self.backends, affinity_hash)?;
+        self.backends.get(index)
+    }
+
+    /// Counts a flow opened on a backend; `false` if it is unknown.
+    pub fn flow_opened(&mut self, id: &str) -> bool {
+        match self.backends.iter_mut().find(|b| b.id.as_str() == id) {
+            Some(b) => {
+                b.active_flows += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a flow closed on a backend; `false` if it is unknown (e.g.
+    /// removed while the flow was kept).
+    pub fn flow_closed(&mut self, id: &str) -> bool {
+        match self.backends.iter_mut().find(|b| b.id.as_str() == id) {
+            Some(b) => {
+                debug_assert!(b.active_flows > 0, "flow_closed without flow_opened");
+                b.active_flows = b.active_flows.saturating_sub(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn rebuild(&mut self) {
+        let fail_open = self.fail_open;
+        let any_up = any_up(&self.backends);
+        self.policy
+            .rebuild(&self.backends, |b| is_eligible(b, any_up, fail_open));
+    }
+}
+
+/// Whether some backend with weight could take flows without fail-open.
+fn any_up(backends: &[Backend]) -> bool {
+    backends
+        .iter()
+        .any(|b| b.status != BackendStatus::Down && b.weight > 0)
+}
+
+/// Down backends are skipped, unless all are down and the cluster fails open.
+fn is_eligible(backend: &Backend, any_up: bool, fail_open: bool) -> bool {
+    if any_up {
+        backend.status != BackendStatus::Down
+    } else {
+        fail_open
+    }
+}

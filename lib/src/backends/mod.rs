@@ -1,0 +1,297 @@
+//! Backends of every cluster, their health status and active-flow counts,
+//! and backend selection for new flows. Shared by UDP, TCP and HTTP.
+//!
+//! Owns the cluster id → [`BackendList`] map. It never touches sockets or
+//! flows: removing a backend returns it so the caller closes (or keeps) its
+//! flows, and health transitions come from `crate::health` through
+//! [`BackendMap::set_status`]. Protobuf types appear only at the edge
+//! ([`BackendMap::add_from_order`], [`BackendMap::remove_from_order`]).
+
+mod ids;
+mod list;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use sozu_command_lib::command;
+use sozu_command_lib::proto::convert::AddressError;
+
+use crate::load_balancing::{mix64, stable_hash, Algorithm};
+
+pub use ids::{BackendId, ClusterId};
+pub use list::{Backend, BackendList, BackendStatus, Upsert, DEFAULT_WEIGHT};
+
+/// A bad backend order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The order names a cluster that has no backends.
+    #[error("unknown cluster {cluster:?}")]
+    UnknownCluster { cluster: String },
+    /// The order names a backend the cluster does not have.
+    #[error("cluster {cluster:?} has no backend {backend:?} at {address}")]
+    UnknownBackend {
+        cluster: String,
+        backend: String,
+        address: String,
+    },
+    /// `load_balancing_parameters.weight` is negative.
+    #[error("backend {backend:?} of cluster {cluster:?}: weight {weight} must be >= 0")]
+    InvalidWeight {
+        cluster: String,
+        backend: String,
+        weight: i32,
+    },
+    /// The order's address is not a socket address.
+    #[error("backend {backend:?} of cluster {cluster:?}: invalid address")]
+    InvalidAddress {
+        cluster: String,
+        backend: String,
+        #[source]
+        source: AddressError,
+    },
+}
+
+/// Every cluster's backends.
+#[derive(Debug, Clone)]
+pub struct BackendMap {
+    clusters: HashMap<ClusterId, BackendList>,
+    seed: u64,
+}
+
+impl BackendMap {
+    /// An empty map; each cluster's RANDOM / POWER_OF_TWO generator is seeded
+    /// from `seed` and the cluster id, so a run is reproducible.
+    pub fn new(seed: u64) -> Self {
+        BackendMap {
+            clusters: HashMap::new(),
+            seed,
+        }
+    }
+
+    /// The cluster's list, created empty (ROUND_ROBIN, fail-open) if absent.
+    pub fn ensure_cluster(&mut self, cluster: &str) -> &mut BackendList {
+        if !self.clusters.contains_key(cluster) {
+            let seed = mix64(self.seed ^ stable_hash(cluster.as_bytes()));
+            self.clusters.insert(
+                ClusterId::from(cluster),
+                BackendList::new(Algorithm::default(), seed),
+            );
+        }
+        self.clusters
+            .get_mut(cluster)
+            .expect("invariant: the cluster was inserted just above")
+    }
+
+    /// The cluster's list, if it has one.
+    pub fn cluster(&self, cluster: &str) -> Option<&BackendList> {
+        self.clusters.get(cluster)
+    }
+
+    /// Ids of the clusters that have a list.
+    pub fn cluster_ids(&self) -> impl Iterator<Item = &ClusterId> {
+        self.clusters.keys()
+    }
+
+    /// Sets a cluster's algorithm (creating its list if needed).
+    pub fn set_algorithm(&mut self, cluster: &str, algorithm: Algorithm) {
+        self.ensure_cluster(cluster).set_algorithm(algorithm);
+    }
+
+    /// Sets what a cluster does when all its backends are down.
+    pub fn set_fail_open(&mut self, cluster: &str, fail_open: bool) {
+        self.ensure_cluster(cluster).set_fail_open(fail_open);
+    }
+
+    /// Adds a backend (or updates the one with the same id).
+    pub fn add_backend(
+        &mut self,
+        cluster: &str,
+        backend: BackendId,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Upsert {
+        let outcome = self
+            .ensure_cluster(cluster)
+            .upsert(backend.clone(), address, weight);
+        tracing::debug!(cluster, backend = %backend, %address, weight, ?outcome, "backend added");
+        outcome
+    }
+
+    /// Applies an `AddBackend` order. The default weight is
+    /// [`DEFAULT_WEIGHT`]; `backup` and `sticky_id` are accepted and unused.
+    pub fn add_from_order(&mut self, order: &command::AddBackend) -> Result<Upsert, BackendError> {
+        let address = SocketAddr::try_from(&order.address).map_err(|source| {
+            BackendError::InvalidAddress {
+                cluster: order.cluster_id.clone(),
+                backend: order.backend_id.clone(),
+                source,
+            }
+        })?;
+        let weight = match &order.load_balancing_parameters {
+            None => DEFAULT_WEIGHT,
+            Some(params) => {
+                u32::try_from(params.weight).map_err(|_| BackendError::InvalidWeight {
+                    cluster: order.cluster_id.clone(),
+                    backend: order.backend_id.clone(),
+                    weight: params.weight,
+                })?
+            }
+        };
+        Ok(self.add_backend(
+            &order.cluster_id,
+            BackendId::from(order.backend_id.as_str()),
+            address,
+            weight,
+        ))
+    }
+
+    /// Removes a backend and returns it (with its active-flow count) so the
+    /// caller closes its flows with reason BackendRemoved, or keeps them.
+    pub fn remove_backend(
+        &mut self,
+        cluster: &str,
+        backend: &str,
+    ) -> Result<Backend, BackendError> {
+        let list = self
+            .clusters
+            .get_mut(cluster)
+            .ok_or_else(|| BackendError::UnknownCluster {
+                cluster: cluster.to_owned(),
+            })?;
+        let removed = list
+            .remove(backend)
+            .ok_or_else(|| BackendError::UnknownBackend {
+                cluster: cluster.to_owned(),
+                backend: backend.to_owned(),
+                address: "any address".to_owned(),
+            })?;
+        tracing::debug!(
+            cluster,
+            backend,
+            flows = removed.active_flows(),
+            "backend removed"
+        );
+        Ok(removed)
+    }
+
+    /// Applies a `RemoveBackend` order: the backend must match id and address.
+    pub fn remove_from_order(
+        &mut self,
+        order: &command::RemoveBackend,
+    ) -> Result<Backend, BackendError> {
+        let address = SocketAddr::try_from(&order.address).map_err(|source| {
+            BackendError::InvalidAddress {
+                cluster: order.cluster_id.clone(),
+                backend: order.backend_id.clone(),
+                source,
+            }
+        })?;
+        let matches = self
+            .clusters
+            .get(order.cluster_id.as_str())
+            .and_then(|list| list.get(&order.backend_id))
+            .is_some_and(|b| b.address() == address);
+        if !matches {
+            return Err(BackendError::UnknownBackend {
+                cluster: order.cluster_id.clone(),
+                backend: order.backend_id.clone(),
+                address: address.to_string(),
+            });
+        }
+        self.remove_backend(&order.cluster_id, &order.backend_id)
+    }
+
+    /// Removes a cluster's list and returns its backends (their flows must
+    /// be closed by the caller). Empty if the cluster had none.
+    pub fn remove_cluster(&mut self, cluster: &str) -> Vec<Backend> {
+        self.clusters
+            .remove(cluster)
+            .map(|mut list| list.drain())
+            .unwrap_or_default()
+    }
+
+    /// Chooses a backend for a new flow of `cluster`.
+    ///
+    /// Skips down backends; when all are down, balances over all of them if
+    /// the cluster fails open, else returns `None` (drop with NoBackend).
+    /// Does not count the flow: call [`flow_opened`](Self::flow_opened) once
+    /// the flow exists. No allocation (the id is an `Arc` clone).
+    pub fn select(&mut self, cluster: &str, affinity_hash: u64) -> Option<(BackendId, SocketAddr)> {
+        let backend = self.clusters.get_mut(cluster)?.select(affinity_hash)?;
+        Some((backend.id().clone(), backend.address()))
+    }
+
+    /// Counts a new flow on a backend (for LEAST_LOADED / POWER_OF_TWO).
+    /// `false` if the cluster or backend is unknown.
+    pub fn flow_opened(&mut self, cluster: &str, backend: &str) -> bool {
+        self.clusters
+            .get_mut(cluster)
+            .is_some_and(|list| list.flow_opened(backend))
+    }
+
+    /// Counts a closed flow. `false` if the backend is gone (a kept flow of
+    /// a removed backend), which is not an error.
+    pub fn flow_closed(&mut self, cluster: &str, backend: &str) -> bool {
+        self.clusters
+            .get_mut(cluster)
+            .is_some_and(|list| list.flow_closed(backend))
+    }
+
+    /// Sets a backend's status (from a health event). `Some(previous)` when
+    /// it changed; `None` when unchanged or unknown.
+    pub fn set_status(
+        &mut self,
+        cluster: &str,
+        backend: &str,
+        status: BackendStatus,
+    ) -> Option<BackendStatus> {
+        let previous = self
+            .clusters
+            .get_mut(cluster)?
+            .set_status(backend, status)?;
+        tracing::info!(
+            cluster,
+            backend,
+            from = previous.as_str(),
+            to = status.as_str(),
+            "backend status"
+        );
+        Some(previous)
+    }
+
+    /// Records a passive failure (the backend refused a datagram:
+    /// ECONNREFUSED). An up backend becomes [`BackendStatus::Suspect`]; a
+    /// down one stays down. Returns `true` when the backend is known, i.e.
+    /// when the caller should also report the failure to the health checker
+    /// (`HealthChecker::passive_failure`), which counts it toward `fall`.
+    pub fn mark_suspect(&mut self, cluster: &str, backend: &str) -> bool {
+        let Some(list) = self.clusters.get_mut(cluster) else {
+            return false;
+        };
+        match list.get(backend).map(Backend::status) {
+            None => false,
+            Some(BackendStatus::Up) => {
+                list.set_status(backend, BackendStatus::Suspect);
+                tracing::debug!(cluster, backend, "backend suspect");
+                true
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Clears a suspicion once the backend answered (a suspect backend goes
+    /// back up; a down one waits for its health check). `true` if it changed.
+    pub fn mark_responsive(&mut self, cluster: &str, backend: &str) -> bool {
+        let Some(list) = self.clusters.get_mut(cluster) else {
+            return false;
+        };
+        if list.get(backend).map(Backend::status) == Some(BackendStatus::Suspect) {
+            list.set_status(backend, BackendStatus::Up);
+            return true;
+        }
+        false
+    }
+}

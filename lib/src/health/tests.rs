@@ -1,0 +1,442 @@
+use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use super::probe::{ProbeOutcome, ProbeSocket};
+use super::*;
+use crate::backends::{BackendId, ClusterId};
+
+/// The tests' fixed origin: the checker only compares instants, so any
+/// instant will do; the clock is read once here.
+#[allow(clippy::disallowed_methods)]
+fn start() -> Instant {
+    Instant::now()
+}
+
+fn config(mode: HealthMode) -> HealthConfig {
+    HealthConfig {
+        mode,
+        udp_payload: Arc::from(&b"ping"[..]),
+        ..HealthConfig::default()
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn checker(mode: HealthMode, now: Instant) -> HealthChecker {
+    let mut hc = HealthChecker::new();
+    hc.configure(now, ClusterId::from("c"), config(mode));
+    hc.add_backend(now, ClusterId::from("c"), BackendId::from("b"), addr(5300));
+    hc
+}
+
+fn events(hc: &mut HealthChecker) -> Vec<HealthEvent> {
+    std::iter::from_fn(|| hc.poll_event()).collect()
+}
+
+fn down() -> HealthEvent {
+    HealthEvent::BackendDown {
+        cluster: "c".into(),
+        backend: "b".into(),
+    }
+}
+
+fn up() -> HealthEvent {
+    HealthEvent::BackendUp {
+        cluster: "c".into(),
+        backend: "b".into(),
+    }
+}
+
+#[test]
+fn tcp_probe_targets_the_companion_port_and_one_probe_at_a_time() {
+    let t0 = start();
+    let mut hc = HealthChecker::new();
+    let cfg = HealthConfig {
+        tcp_port: Some(8053),
+        ..config(HealthMode::TcpProbe)
+    };
+    hc.configure(t0, "c".into(), cfg);
+    hc.add_backend(t0, "c".into(), "b".into(), addr(53));
+    assert_eq!(hc.poll_timeout(), Some(t0));
+    let probe = hc.poll_probe(t0).unwrap();
+    assert_eq!((probe.addr, &probe.kind), (addr(8053), &ProbeKind::Tcp));
+    assert_eq!(probe.deadline, t0 + Duration::from_secs(2));
+    assert_eq!(hc.poll_probe(t0), None);
+    assert_eq!(hc.poll_timeout(), Some(probe.deadline));
+    // Done early: the next probe waits for the interval from the start.
+    assert!(hc.probe_succeeded(t0, probe.id));
+    assert_eq!(hc.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    assert_eq!(hc.poll_probe(t0 + Duration::from_secs(4)), None);
+    assert!(hc.poll_probe(t0 + Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn udp_probe_targets_the_data_port_with_the_payload() {
+    let t0 = start();
+    let mut hc = checker(HealthMode::UdpProbe, t0);
+    let probe = hc.poll_probe(t0).unwrap();
+    assert_eq!(probe.addr, addr(5300));
+    assert_eq!(
+        probe.kind,
+        ProbeKind::Udp {
+            payload: Arc::from(&b"ping"[..])
+        }
+    );
+}
+
+#[test]
+fn fall_failures_take_it_down_and_rise_successes_bring_it_up() {
+    let t0 = start();
+    let mut hc = checker(HealthMode::UdpProbe, t0);
+    let mut now = t0;
+    let mut step = |hc: &mut HealthChecker, ok: bool| {
+        let probe = hc.poll_probe(now).unwrap();
+        assert!(if ok {
+            hc.probe_succeeded(now, probe.id)
+        } else {
+            hc.probe_failed(now, probe.id)
+        });
+        now += Duration::from_secs(5);
+        events(hc)
+    };
+    assert_eq!(step(&mut hc, false), vec![]);
+    assert_eq!(step(&mut hc, false), vec![]);
+    // A success in between resets the failure count.
+    assert_eq!(step(&mut hc, true), vec![]);
+    assert_eq!(step(&mut hc, false), vec![]);
+    assert_eq!(step(&mut hc, false), vec![]);
+    assert_eq!(step(&mut hc, false), vec![down()]);
+    assert_eq!(hc.is_up("c", "b"), Some(false));
+    assert_eq!(step(&mut hc, false), vec![]);
+    assert_eq!(step(&mut hc, true), vec![]);
+    assert_eq!(step(&mut hc, true), vec![up()]);
+    assert_eq!(step(&mut hc, true), vec![]);
+}
+
+#[test]
+fn silence_past_the_deadline_is_a_failure_and_late_answers_are_ignored() {
+    let t0 = start();
+    let mut hc = checker(HealthMode::UdpProbe, t0);
+    let mut now = t0;
+    let mut last = None;
+    for round in 0..3 {
+        let probe = hc.poll_probe(now).unwrap();
+        hc.handle_timeout(probe.deadline - Duration::from_millis(1));
+        assert_eq!(events(&mut hc), vec![], "round {round}: not yet late");
+        hc.handle_timeout(probe.deadline);
+        let mut expected = vec![HealthEvent::ProbeAbandoned { probe: probe.id }];
+        if round == 2 {
+            expected.push(down());
+        }
+        assert_eq!(events(&mut hc), expected);
+        now += Duration::from_secs(5);
+        last = Some(probe.id);
+    }
+    assert!(!hc.probe_succeeded(now, last.unwrap()));
+    assert_eq!(hc.is_up("c", "b"), Some(false));
+}
+
+#[test]
+fn passive_failures_count_toward_fall_only_when_probed() {
+    let t0 = start();
+    let mut hc = checker(HealthMode::TcpProbe, t0);
+    assert!(hc.passive_failure(t0, "c", "b"));
+    assert!(hc.passive_failure(t0, "c", "b"));
+    assert_eq!(events(&mut hc), vec![]);
+    assert!(hc.passive_failure(t0, "c", "b"));
+    assert_eq!(events(&mut hc), vec![down()]);
+
+    let mut off = checker(HealthMode::Off, t0);
+    for _ in 0..5 {
+        assert!(!off.passive_failure(t0, "c", "b"));
+    }
+    assert_eq!(events(&mut off), vec![]);
+    assert_eq!(off.is_up("c", "b"), Some(true));
+}
+
+#[test]
+fn mode_off_never_probes_and_turning_off_releases_down_backends() {
+    let t0 = start();
+    let mut off = checker(HealthMode::Off, t0);
+    assert_eq!(off.poll_probe(t0 + Duration::from_secs(60)), None);
+    assert_eq!(off.poll_timeout(), None);
+
+    let mut hc = checker(HealthMode::TcpProbe, t0);
+    for _ in 0..3 {
+        hc.passive_failure(t0, "c", "b");
+    }
+    let in_flight = hc.poll_probe(t0).unwrap();
+    events(&mut hc);
+    hc.configure(t0, "c".into(), config(HealthMode::Off));
+    assert_eq!(
+        events(&mut hc),
+        vec![
+            HealthEvent::ProbeAbandoned {
+                probe: in_flight.id
+            },
+            up()
+        ]
+    );
+    assert_eq!(hc.poll_timeout(), None);
+}
+
+#[test]
+fn removing_a_backend_or_cluster_abandons_its_probe() {
+    let t0 = start();
+    let mut hc = checker(HealthMode::UdpProbe, t0);
+    let probe = hc.poll_probe(t0).unwrap();
+    hc.remove_backend("c", "b");
+    assert_eq!(
+        events(&mut hc),
+        vec![HealthEvent::ProbeAbandoned { probe: probe.id }]
+    );
+    assert!(!hc.probe_failed(t0, probe.id));
+    assert_eq!(hc.is_up("c", "b"), None);
+
+    let mut hc = checker(HealthMode::UdpProbe, t0);
+    let probe = hc.poll_probe(t0).unwrap();
+    hc.remove_cluster("c");
+    assert_eq!(
+        events(&mut hc),
+        vec![HealthEvent::ProbeAbandoned { probe: probe.id }]
+    );
+    assert_eq!(hc.poll_timeout(), None);
+}
+
+#[test]
+fn wire_config_defaults_and_errors_name_the_field() {
+    let wire = command::UdpHealthConfig::default();
+    let cfg = HealthConfig::try_from(&wire).unwrap();
+    // The block exists without a mode: TCP_PROBE.
+    assert_eq!(cfg.mode, HealthMode::TcpProbe);
+    assert_eq!(
+        (cfg.rise.get(), cfg.fall.get(), cfg.fail_open),
+        (2, 3, true)
+    );
+    assert_eq!(
+        (cfg.interval, cfg.timeout),
+        (Duration::from_secs(5), Duration::from_secs(2))
+    );
+    assert_eq!(cfg.tcp_port, None);
+
+    let udp = command::UdpHealthConfig {
+        mode: Some(command::UdpHealthMode::UdpProbe as i32),
+        fail_open: Some(false),
+        udp_probe_payload: Some(b"x".to_vec()),
+        ..Default::default()
+    };
+    let cfg = HealthConfig::try_from(&udp).unwrap();
+    assert_eq!(
+        (cfg.mode, cfg.fail_open, &*cfg.udp_payload),
+        (HealthMode::UdpProbe, false, &b"x"[..])
+    );
+
+    let bad = |w: command::UdpHealthConfig| HealthConfig::try_from(&w).unwrap_err().to_string();
+    assert_eq!(
+        bad(command::UdpHealthConfig {
+            mode: Some(9),
+            ..Default::default()
+        }),
+        "udp.health.mode: unknown value 9"
+    );
+    assert_eq!(
+        bad(command::UdpHealthConfig {
+            tcp_port: Some(70_000),
+            ..Default::default()
+        }),
+        "udp.health.tcp_port: 70000 is not a port (1..=65535)"
+    );
+    assert_eq!(
+        bad(command::UdpHealthConfig {
+            fall: Some(0),
+            ..Default::default()
+        }),
+        "udp.health.fall: must be at least 1, got 0"
+    );
+    assert_eq!(
+        bad(command::UdpHealthConfig {
+            probe_timeout_seconds: Some(0),
+            ..Default::default()
+        }),
+        "udp.health.probe_timeout_seconds: must be at least 1, got 0"
+    );
+}
+
+// ---- probes on real loopback sockets -------------------------------------
+
+/// Waits (bounded: 50 polls of at most 100 ms) for the probe's outcome.
+fn wait_outcome(poll: &mut Poll, socket: &mut ProbeSocket) -> Option<ProbeOutcome> {
+    let mut events = Events::with_capacity(8);
+    for _ in 0..50 {
+        if let Some(outcome) = socket.poll_outcome() {
+            return Some(outcome);
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+    }
+    None
+}
+
+/// How the loopback backend behaves for one probe.
+enum Backend<'a> {
+    /// Receives the probe and replies.
+    Answers(&'a StdUdpSocket),
+    /// Receives the probe and says nothing.
+    Silent(&'a StdUdpSocket),
+    /// Nothing is listening (UDP refused) / TCP listener present or not.
+    Other,
+}
+
+/// Runs the next due probe at `now` against the backend and reports the
+/// result to the checker the way the worker does; returns the events.
+fn probe_round(
+    hc: &mut HealthChecker,
+    poll: &mut Poll,
+    now: Instant,
+    backend: Backend<'_>,
+) -> Vec<HealthEvent> {
+    let probe = hc.poll_probe(now).expect("a probe is due");
+    let mut socket = match ProbeSocket::open(&probe) {
+        Ok(socket) => socket,
+        Err(_) => {
+            hc.probe_failed(now, probe.id);
+            return events(hc);
+        }
+    };
+    socket.register(poll.registry(), Token(1)).unwrap();
+    let mut buf = [0u8; 16];
+    match backend {
+        Backend::Answers(b) => {
+            let (n, from) = b.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"ping");
+            b.send_to(b"pong", from).unwrap();
+        }
+        Backend::Silent(b) => {
+            // The probe did go out; then the deadline passes in silence.
+            let (n, _) = b.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"ping");
+            assert!(socket.poll_outcome().is_none());
+            hc.handle_timeout(probe.deadline);
+            socket.deregister(poll.registry()).unwrap();
+            return events(hc);
+        }
+        Backend::Other => {}
+    }
+    match wait_outcome(poll, &mut socket) {
+        Some(ProbeOutcome::Success) => assert!(hc.probe_succeeded(now, probe.id)),
+        Some(ProbeOutcome::Failure(_)) => assert!(hc.probe_failed(now, probe.id)),
+        None => panic!("no outcome within 5 s"),
+    }
+    socket.deregister(poll.registry()).unwrap();
+    events(hc)
+}
+
+fn udp_backend() -> StdUdpSocket {
+    let b = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    b
+}
+
+fn live_checker(mode: HealthMode, backend: SocketAddr, t0: Instant) -> HealthChecker {
+    let mut hc = HealthChecker::new();
+    hc.configure(t0, "c".into(), config(mode));
+    hc.add_backend(t0, "c".into(), "b".into(), backend);
+    hc
+}
+
+#[test]
+fn udp_probe_backend_answers_goes_silent_and_comes_back() {
+    let mut poll = Poll::new().unwrap();
+    let backend = udp_backend();
+    let t0 = start();
+    let mut hc = live_checker(HealthMode::UdpProbe, backend.local_addr().unwrap(), t0);
+    let tick = Duration::from_secs(5);
+    let mut now = t0;
+    let mut round = |hc: &mut HealthChecker, b| {
+        let ev = probe_round(hc, &mut poll, now, b);
+        now += tick;
+        ev
+    };
+    assert_eq!(round(&mut hc, Backend::Answers(&backend)), vec![]);
+    let silent: Vec<Vec<HealthEvent>> = (0..3)
+        .map(|_| round(&mut hc, Backend::Silent(&backend)))
+        .collect();
+    assert_eq!(silent[0].len(), 1); // ProbeAbandoned only
+    assert_eq!(silent[2].last(), Some(&down()));
+    assert_eq!(round(&mut hc, Backend::Answers(&backend)), vec![]);
+    assert_eq!(round(&mut hc, Backend::Answers(&backend)), vec![up()]);
+}
+
+#[test]
+fn udp_probe_refused_when_the_backend_closes_and_up_when_it_rebinds() {
+    let mut poll = Poll::new().unwrap();
+    let backend = udp_backend();
+    let address = backend.local_addr().unwrap();
+    let t0 = start();
+    let mut hc = live_checker(HealthMode::UdpProbe, address, t0);
+    let tick = Duration::from_secs(5);
+    assert_eq!(
+        probe_round(&mut hc, &mut poll, t0, Backend::Answers(&backend)),
+        vec![]
+    );
+    drop(backend);
+    // ICMP port unreachable → ECONNREFUSED on the connected probe socket.
+    let mut last = Vec::new();
+    for i in 1..=3 {
+        last = probe_round(&mut hc, &mut poll, t0 + tick * i, Backend::Other);
+    }
+    assert_eq!(last, vec![down()]);
+    let backend = StdUdpSocket::bind(address).unwrap();
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        probe_round(
+            &mut hc,
+            &mut poll,
+            t0 + tick * 4,
+            Backend::Answers(&backend)
+        ),
+        vec![]
+    );
+    assert_eq!(
+        probe_round(
+            &mut hc,
+            &mut poll,
+            t0 + tick * 5,
+            Backend::Answers(&backend)
+        ),
+        vec![up()]
+    );
+}
+
+#[test]
+fn tcp_probe_connects_fails_when_closed_and_recovers() {
+    let mut poll = Poll::new().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let t0 = start();
+    let mut hc = live_checker(HealthMode::TcpProbe, address, t0);
+    let tick = Duration::from_secs(5);
+    // The kernel completes the handshake from the backlog: no accept needed.
+    assert_eq!(probe_round(&mut hc, &mut poll, t0, Backend::Other), vec![]);
+    drop(listener);
+    let mut last = Vec::new();
+    for i in 1..=3 {
+        last = probe_round(&mut hc, &mut poll, t0 + tick * i, Backend::Other);
+    }
+    assert_eq!(last, vec![down()]);
+    let _listener = TcpListener::bind(address).unwrap();
+    assert_eq!(
+        probe_round(&mut hc, &mut poll, t0 + tick * 4, Backend::Other),
+        vec![]
+    );
+    assert_eq!(
+        probe_round(&mut hc, &mut poll, t0 + tick * 5, Backend::Other),
+        vec![up()]
+    );
+}

@@ -1,0 +1,337 @@
+//! Flow keys, the extractors that derive them from a datagram, and the seeded
+//! hashing used for the flow table and the affinity hash.
+//!
+//! Owns: [`FlowKey`], [`FlowKeyExtractor`] with the source-address default and
+//! a QUIC connection-ID extractor, [`SeededHasher`], [`affinity_hash`].
+//! Must never: read randomness (the seed is injected), allocate, or panic on
+//! any payload.
+
+use std::{
+    hash::{BuildHasher, Hash, Hasher},
+    net::{IpAddr, SocketAddr},
+};
+
+use super::types::AffinityKey;
+
+/// Longest QUIC connection ID (RFC 9000 §17.2: at most 20 bytes).
+pub const MAX_CONNECTION_ID_LEN: usize = 20;
+
+/// A QUIC connection ID held inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId {
+    len: u8,
+    bytes: [u8; MAX_CONNECTION_ID_LEN],
+}
+
+impl ConnectionId {
+    /// `None` if longer than 20 bytes.
+    pub fn new(id: &[u8]) -> Option<Self> {
+        if id.len() > MAX_CONNECTION_ID_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; MAX_CONNECTION_ID_LEN];
+        bytes[..id.len()].copy_from_slice(id);
+        Some(ConnectionId {
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionId(")?;
+        for b in self.as_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// What identifies a flow in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowKey {
+    /// The client's full source address (IP and port): the NAT key, so
+    /// replies always return to the port that sent the request.
+    Source(SocketAddr),
+    /// A QUIC destination connection ID: the flow survives client migration
+    /// (replies go to the latest source address).
+    ConnectionId(ConnectionId),
+}
+
+/// Derives the flow key of a client datagram. Returning `None` rejects the
+/// datagram (dropped `Invalid`). Must not allocate or panic on any input.
+pub trait FlowKeyExtractor {
+    /// The key for a datagram from `src` carrying `payload`.
+    fn flow_key(&self, src: SocketAddr, payload: &[u8]) -> Option<FlowKey>;
+}
+
+/// The default: the client's full source address; rejects empty datagrams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceAddressExtractor;
+
+impl FlowKeyExtractor for SourceAddressExtractor {
+    fn flow_key(&self, src: SocketAddr, payload: &[u8]) -> Option<FlowKey> {
+        if payload.is_empty() {
+            return None;
+        }
+        Some(FlowKey::Source(src))
+    }
+}
+
+/// Keys QUIC datagrams by destination connection ID so a migrating client
+/// keeps its flow (and backend).
+///
+/// Long-header packets (RFC 9000 §17.2) carry their DCID length; short-header
+/// packets (§17.3) do not, so the backend's connection-ID length must be
+/// configured (`short_header_cid_len`, as QUIC-LB deployments do). Datagrams
+/// that are not QUIC (fixed bit clear, truncated header, zero-length CID)
+/// fall back to the source address, so non-QUIC clients still work.
+///
+/// Known limit: a client's first Initial uses a DCID of its own choosing and
+/// switches to the server's CID after the first round trip; those two phases
+/// therefore map to two flows (two upstream sockets). With the default
+/// `SOURCE_IP` affinity and a consistent policy (HRW, Maglev) both reach the
+/// same backend, which sees a NAT rebinding it validates (RFC 9000 §9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicConnectionIdExtractor {
+    /// Length of the connection IDs the backends issue (1..=20).
+    pub short_header_cid_len: u8,
+}
+
+impl FlowKeyExtractor for QuicConnectionIdExtractor {
+    fn flow_key(&self, src: SocketAddr, payload: &[u8]) -> Option<FlowKey> {
+        let first = *payload.first()?;
+        // The fixed bit (0x40) is set on every QUIC v1 packet; without it this
+        // is not QUIC (or is a greased version negotiation): key by address.
+        if first & 0x40 == 0 {
+            return Some(FlowKey::Source(src));
+        }
+        let cid = if first & 0x80 != 0 {
+            // Long header: flags(1) version(4) dcid_len(1) dcid.
+            let len = usize::from(*payload.get(5)?);
+            payload.get(6..6 + len)
+        } else {
+            let len = usize::from(self.short_header_cid_len);
+            payload.get(1..1 + len)
+        };
+        match cid.and_then(ConnectionId::new) {
+            Some(cid) if !cid.as_bytes().is_empty() => Some(FlowKey::ConnectionId(cid)),
+            _ => Some(FlowKey::Source(src)),
+        }
+    }
+}
+
+/// Folded 64×64→128 multiply: the mixing step of the seeded hasher.
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+const MULTIPLIER: u64 = 0x5851_f42d_4c95_7f2d;
+
+/// A fast keyed hasher for the flow table. Its key comes from the injected
+/// seed, so an attacker who spoofs source addresses cannot precompute
+/// colliding keys without knowing it, and runs are reproducible.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededHasher {
+    state: u64,
+    key: u64,
+}
+
+impl Hasher for SeededHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            // Mark the length so "ab" and "ab\0" differ.
+            self.write_u64(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.state = folded_multiply(self.state ^ i, MULTIPLIER ^ self.key);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        folded_multiply(self.state, self.key.rotate_left(23) | 1)
+    }
+}
+
+/// Builds [`SeededHasher`]s from one seed.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededState {
+    key: u64,
+}
+
+impl SeededState {
+    /// Derives the hasher key from `seed` (split so the table and the
+    /// affinity hash use different keys).
+    pub fn new(seed: u64) -> Self {
+        SeededState {
+            key: splitmix64(seed),
+        }
+    }
+}
+
+impl BuildHasher for SeededState {
+    type Hasher = SeededHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> SeededHasher {
+        SeededHasher {
+            state: self.key,
+            key: self.key,
+        }
+    }
+}
+
+/// SplitMix64's finaliser: spreads a seed over all bits.
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The affinity hash of a client: seeded, over the IP (`SourceIp`) or the IP
+/// and port (`SourceIpPort`). IPv4-mapped IPv6 addresses hash as IPv4, so a
+/// dual-stack listener gives one client one hash.
+pub fn affinity_hash(seed: u64, key: AffinityKey, client: SocketAddr) -> u64 {
+    let mut hasher = SeededState::new(seed ^ 0xa5a5_5a5a_0f0f_f0f0).build_hasher();
+    match client.ip().to_canonical() {
+        IpAddr::V4(ip) => {
+            hasher.write_u8(4);
+            hasher.write_u32(u32::from(ip));
+        }
+        IpAddr::V6(ip) => {
+            hasher.write_u8(6);
+            ip.octets().hash(&mut hasher);
+        }
+    }
+    if key == AffinityKey::SourceIpPort {
+        hasher.write_u16(client.port());
+    }
+    splitmix64(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn source_extractor_rejects_empty_and_keys_full_address() {
+        let x = SourceAddressExtractor;
+        assert_eq!(x.flow_key(addr("1.2.3.4:5"), b""), None);
+        assert_eq!(
+            x.flow_key(addr("1.2.3.4:5"), b"x"),
+            Some(FlowKey::Source(addr("1.2.3.4:5")))
+        );
+    }
+
+    #[test]
+    fn affinity_source_ip_ignores_port_and_ip_port_does_not() {
+        let a = addr("10.0.0.1:1000");
+        let b = addr("10.0.0.1:2000");
+        assert_eq!(
+            affinity_hash(7, AffinityKey::SourceIp, a),
+            affinity_hash(7, AffinityKey::SourceIp, b)
+        );
+        assert_ne!(
+            affinity_hash(7, AffinityKey::SourceIpPort, a),
+            affinity_hash(7, AffinityKey::SourceIpPort, b)
+        );
+        assert_ne!(
+            affinity_hash(7, AffinityKey::SourceIp, a),
+            affinity_hash(8, AffinityKey::SourceIp, a),
+            "the seed changes the hash"
+        );
+    }
+
+    #[test]
+    fn affinity_treats_v4_mapped_as_v4() {
+        assert_eq!(
+            affinity_hash(1, AffinityKey::SourceIp, addr("10.0.0.1:1")),
+            affinity_hash(1, AffinityKey::SourceIp, addr("[::ffff:10.0.0.1]:1"))
+        );
+    }
+
+    #[test]
+    fn quic_long_header_keys_by_dcid() {
+        let x = QuicConnectionIdExtractor {
+            short_header_cid_len: 4,
+        };
+        let mut pkt = vec![0xc0, 0, 0, 0, 1, 3, 0xaa, 0xbb, 0xcc, 0];
+        let k = x.flow_key(addr("1.1.1.1:1"), &pkt).unwrap();
+        assert_eq!(
+            k,
+            FlowKey::ConnectionId(ConnectionId::new(&[0xaa, 0xbb, 0xcc]).unwrap())
+        );
+        // Same connection from a new address: same key.
+        assert_eq!(x.flow_key(addr("2.2.2.2:2"), &pkt), Some(k));
+        // Truncated DCID: fall back to the address.
+        pkt.truncate(7);
+        assert_eq!(
+            x.flow_key(addr("1.1.1.1:1"), &pkt),
+            Some(FlowKey::Source(addr("1.1.1.1:1")))
+        );
+    }
+
+    #[test]
+    fn quic_short_header_uses_configured_len() {
+        let x = QuicConnectionIdExtractor {
+            short_header_cid_len: 2,
+        };
+        let pkt = [0x40, 9, 8, 7, 6];
+        assert_eq!(
+            x.flow_key(addr("1.1.1.1:1"), &pkt),
+            Some(FlowKey::ConnectionId(ConnectionId::new(&[9, 8]).unwrap()))
+        );
+        // Not QUIC (fixed bit clear): the address.
+        assert_eq!(
+            x.flow_key(addr("1.1.1.1:1"), &[0x00, 1, 2]),
+            Some(FlowKey::Source(addr("1.1.1.1:1")))
+        );
+        assert_eq!(x.flow_key(addr("1.1.1.1:1"), &[]), None);
+    }
+}

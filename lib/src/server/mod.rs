@@ -1,0 +1,440 @@
+//! The worker's event loop: one mio `Poll` over the channel to the master,
+//! every listener socket and every upstream and probe socket, with one
+//! timeout derived from the nearest deadline of all of them.
+//!
+//! Owns the worker's `ConfigState` (every order is dispatched to it first;
+//! a refused order is answered FAILURE with the state's message and changes
+//! nothing), the token table, the metrics registry, the backends and health
+//! checker shared by all protocols, and the UDP shell. TCP and HTTP
+//! listeners plug in as more [`tokens::TokenOwner`] variants beside
+//! [`crate::udp::UdpShell`]. It must never block on a socket (the channel
+//! included), never panic on a peer's bytes or an order, and it reads the
+//! clock once per wake-up and hands `now` down.
+
+mod orders;
+pub mod tokens;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use sozu_command_lib::channel::{Channel, ChannelError};
+use sozu_command_lib::command::{
+    ListenSocketEntry, ListenerType, ResponseContent, ResponseStatus, WorkerRequest, WorkerResponse,
+};
+use sozu_command_lib::scm::ScmSocket;
+use sozu_command_lib::state::ConfigState;
+
+use crate::backends::BackendMap;
+use crate::health::HealthChecker;
+use crate::metrics::statsd::StatsdSink;
+use crate::metrics::MetricsRegistry;
+use crate::udp::{IoContext, UdpShell};
+use tokens::{TokenOwner, Tokens};
+
+/// Where and how to push metrics to statsd (`[metrics]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsdConfig {
+    /// The statsd server.
+    pub address: SocketAddr,
+    /// Prefix of every metric name.
+    pub prefix: String,
+    /// Scopes as dogstatsd tags instead of in the name.
+    pub tagged: bool,
+    /// Time between two pushes.
+    pub flush_interval: Duration,
+}
+
+/// How to build a worker.
+#[derive(Debug, Default)]
+pub struct ServerConfig {
+    /// The worker's id (its key in query-metrics answers).
+    pub worker_id: u32,
+    /// Seeds affinity hashes, flow-table hashers and RANDOM / POWER_OF_TWO
+    /// balancing (use a random value in production, a fixed one in tests).
+    pub seed: u64,
+    /// The configured `buffer_size`: `max_rx_datagram_size` is clamped to
+    /// it (`0` = no clamp).
+    pub buffer_size: usize,
+    /// Push metrics to statsd.
+    pub statsd: Option<StatsdConfig>,
+    /// Listening sockets passed by the master (upgrade): a UDP listener at
+    /// one of these addresses uses the socket instead of binding.
+    pub adopted_sockets: Vec<(ListenSocketEntry, OwnedFd)>,
+    /// The fd-passing socket beside the channel (`return_listen_sockets`,
+    /// `adopt_listen_sockets`); without it those orders are refused.
+    pub scm: Option<ScmSocket>,
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (a worker
+    /// process: yes; a test running the server in a thread: as it likes).
+    pub raise_fd_limit: bool,
+}
+
+/// Why [`Server::new`] or [`Server::run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Creating or waiting on the poll failed.
+    #[error("event loop: {operation}")]
+    Poll {
+        operation: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The channel could not be registered or written.
+    #[error("channel to the master")]
+    Channel {
+        #[source]
+        source: ChannelError,
+    },
+    /// An adopted socket's manifest entry has a bad address.
+    #[error("adopted socket entry {index}: invalid address")]
+    AdoptedAddress {
+        index: usize,
+        #[source]
+        source: sozu_command_lib::proto::convert::AddressError,
+    },
+}
+
+/// How the worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerExit {
+    /// Soft-stop completed: every flow ended by itself. Exit code 0.
+    SoftStopped,
+    /// Hard-stop: everything closed at once. Exit code 0.
+    HardStopped,
+    /// The master closed the channel (it died): everything closed. The
+    /// process should exit non-zero.
+    ChannelClosed,
+}
+
+impl ServerExit {
+    /// The process exit code for this ending.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ServerExit::SoftStopped | ServerExit::HardStopped => 0,
+            ServerExit::ChannelClosed => 1,
+        }
+    }
+}
+
+/// Borrows the parts of the server the datapath needs, leaving the shell
+/// free to be borrowed mutably beside it.
+macro_rules! io_context {
+    ($server:expr) => {
+        IoContext {
+            registry: $server.poll.registry(),
+            tokens: &mut $server.tokens,
+            metrics: &mut $server.metrics,
+            backends: &mut $server.backends,
+            health: &mut $server.health,
+            still_readable: &mut $server.still_readable,
+        }
+    };
+}
+use io_context;
+
+const CHANNEL_TOKEN: Token = Token(0);
+
+/// Bounds how long the final answer may take to leave before exiting.
+const FINAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A worker: build with [`Server::new`], then [`Server::run`] until it stops.
+pub struct Server {
+    poll: Poll,
+    channel: Channel<WorkerResponse, WorkerRequest>,
+    channel_interest: Interest,
+    scm: Option<ScmSocket>,
+    state: ConfigState,
+    tokens: Tokens,
+    metrics: MetricsRegistry,
+    backends: BackendMap,
+    health: HealthChecker,
+    udp: UdpShell,
+    statsd: Option<(StatsdSink, Duration, Option<Instant>)>,
+    still_readable: Vec<Token>,
+    soft_stop: Option<String>,
+    worker_id: u32,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("worker_id", &self.worker_id)
+            .field("tokens", &self.tokens.len())
+            .field("udp_flows", &self.udp.active_flows())
+            .finish()
+    }
+}
+
+impl Server {
+    /// A worker reading orders from `channel` (made non-blocking here). It
+    /// applies nothing until orders arrive.
+    pub fn new(
+        mut channel: Channel<WorkerResponse, WorkerRequest>,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        let poll = Poll::new().map_err(|source| ServerError::Poll {
+            operation: "create",
+            source,
+        })?;
+        channel
+            .set_blocking(false)
+            .map_err(|source| ServerError::Channel { source })?;
+        let mut tokens = Tokens::new();
+        let token = tokens.insert(TokenOwner::Channel);
+        debug_assert_eq!(token, CHANNEL_TOKEN, "the channel is the first token");
+        poll.registry()
+            .register(channel.source_mut(), CHANNEL_TOKEN, Interest::READABLE)
+            .map_err(|source| ServerError::Poll {
+                operation: "register the channel",
+                source,
+            })?;
+        let fd_limit = if config.raise_fd_limit {
+            crate::udp::socket::raise_fd_limit()
+        } else {
+            current_fd_limit()
+        }
+        .unwrap_or(1024);
+        let mut adopted = Vec::new();
+        for (index, (entry, fd)) in config.adopted_sockets.into_iter().enumerate() {
+            let address = SocketAddr::try_from(&entry.address)
+                .map_err(|source| ServerError::AdoptedAddress { index, source })?;
+            if entry.proxy() == ListenerType::Udp {
+                adopted.push((address, fd));
+            } else {
+                tracing::warn!(%address, "adopted a non-UDP socket: closed (TCP/HTTP not served yet)");
+            }
+        }
+        let statsd = match config.statsd {
+            Some(s) => match StatsdSink::new(s.address, &s.prefix, s.tagged) {
+                Ok(sink) => Some((sink, s.flush_interval.max(Duration::from_millis(10)), None)),
+                Err(error) => {
+                    tracing::warn!(address = %s.address, %error, "statsd disabled");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Server {
+            poll,
+            channel,
+            channel_interest: Interest::READABLE,
+            scm: config.scm,
+            state: ConfigState::new(),
+            tokens,
+            metrics: MetricsRegistry::new(),
+            backends: BackendMap::new(config.seed),
+            health: HealthChecker::new(),
+            udp: UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size),
+            statsd,
+            still_readable: Vec::new(),
+            soft_stop: None,
+            worker_id: config.worker_id,
+        })
+    }
+
+    /// Runs the loop until soft-stop drains, hard-stop, or the master goes
+    /// away.
+    pub fn run(mut self) -> Result<ServerExit, ServerError> {
+        let mut events = Events::with_capacity(1024);
+        tracing::info!(worker = self.worker_id, "worker running");
+        loop {
+            let retry = std::mem::take(&mut self.still_readable);
+            let timeout = if retry.is_empty() {
+                self.next_deadline()
+                    .map(|deadline| deadline.saturating_duration_since(clock()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(source) = self.poll.poll(&mut events, timeout) {
+                if source.kind() != io::ErrorKind::Interrupted {
+                    return Err(ServerError::Poll {
+                        operation: "poll",
+                        source,
+                    });
+                }
+            }
+            let now = clock();
+            let mut channel_ready = false;
+            for event in events.iter() {
+                match self.tokens.get(event.token()) {
+                    Some(TokenOwner::Channel) => channel_ready = true,
+                    Some(TokenOwner::Udp(token)) => {
+                        let readable = event.is_readable() || event.is_error();
+                        let writable = event.is_writable();
+                        let mut ctx = io_context!(self);
+                        self.udp.on_ready(now, token, readable, writable, &mut ctx);
+                    }
+                    None => {} // a socket closed earlier in this batch
+                }
+            }
+            for token in retry {
+                if let Some(TokenOwner::Udp(owner)) = self.tokens.get(token) {
+                    let mut ctx = io_context!(self);
+                    self.udp.on_ready(now, owner, true, false, &mut ctx);
+                }
+            }
+            {
+                let mut ctx = io_context!(self);
+                self.udp.on_timeout(now, &mut ctx);
+            }
+            if channel_ready {
+                if let Some(exit) = self.on_channel_ready(now)? {
+                    return Ok(exit);
+                }
+            }
+            self.push_statsd(now);
+            if let Some(id) = self.soft_stop.clone() {
+                if self.udp.is_drained() {
+                    tracing::info!(worker = self.worker_id, "soft-stop drained");
+                    self.answer(
+                        &id,
+                        ResponseStatus::Ok,
+                        "soft-stop complete: every flow ended",
+                        None,
+                    );
+                    self.final_flush();
+                    return Ok(ServerExit::SoftStopped);
+                }
+            }
+            self.update_channel_interest()?;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let statsd = self.statsd.as_ref().and_then(|(_, _, next)| *next);
+        [self.udp.next_deadline(), self.health.poll_timeout(), statsd]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn push_statsd(&mut self, now: Instant) {
+        let Some((sink, interval, next)) = self.statsd.as_mut() else {
+            return;
+        };
+        match next {
+            Some(due) if *due > now => {}
+            Some(_) => {
+                let report = sink.flush(&mut self.metrics);
+                tracing::trace!(?report, "statsd push");
+                *next = Some(now + *interval);
+            }
+            None => *next = Some(now + *interval),
+        }
+    }
+
+    /// Reads every complete order; `Some` when the worker must stop now.
+    fn on_channel_ready(&mut self, now: Instant) -> Result<Option<ServerExit>, ServerError> {
+        loop {
+            match self.channel.try_read_message() {
+                Ok(Some(request)) => {
+                    if let Some(exit) = self.on_request(now, request) {
+                        return Ok(Some(exit));
+                    }
+                }
+                Ok(None) => break,
+                Err(ChannelError::Decode { len, source }) => {
+                    // No id to answer to: log and go on with the next frame.
+                    tracing::warn!(len, error = %source, "undecodable order from the master");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "channel to the master closed: stopping");
+                    let mut ctx = io_context!(self);
+                    self.udp.hard_stop(now, &mut ctx);
+                    return Ok(Some(ServerExit::ChannelClosed));
+                }
+            }
+        }
+        self.flush_channel()?;
+        Ok(None)
+    }
+
+    /// Queues an answer echoing `id`.
+    fn answer(
+        &mut self,
+        id: &str,
+        status: ResponseStatus,
+        message: &str,
+        content: Option<ResponseContent>,
+    ) {
+        let response = WorkerResponse {
+            id: id.to_owned(),
+            status: status as i32,
+            message: message.to_owned(),
+            content,
+        };
+        if let Err(error) = self.channel.queue_message(&response) {
+            tracing::error!(%error, id, "cannot queue the answer");
+        }
+    }
+
+    fn flush_channel(&mut self) -> Result<(), ServerError> {
+        match self.channel.flush() {
+            Ok(_) => Ok(()),
+            Err(ChannelError::PeerClosed) => Ok(()), // noticed on the next read
+            Err(source) => Err(ServerError::Channel { source }),
+        }
+    }
+
+    fn update_channel_interest(&mut self) -> Result<(), ServerError> {
+        let wanted = self.channel.interest();
+        if wanted != self.channel_interest {
+            self.poll
+                .registry()
+                .reregister(self.channel.source_mut(), CHANNEL_TOKEN, wanted)
+                .map_err(|source| ServerError::Poll {
+                    operation: "reregister the channel",
+                    source,
+                })?;
+            self.channel_interest = wanted;
+        }
+        Ok(())
+    }
+
+    /// Writes the last answers before exiting, waiting a bounded time.
+    fn final_flush(&mut self) {
+        let deadline = clock() + FINAL_ANSWER_TIMEOUT;
+        while self.channel.wants_write() {
+            match self.channel.flush() {
+                Ok(sozu_command_lib::channel::FlushStatus::Done) => break,
+                Ok(sozu_command_lib::channel::FlushStatus::Pending) => {
+                    if clock() >= deadline {
+                        tracing::warn!("the master does not read: last answer lost");
+                        break;
+                    }
+                    let mut events = Events::with_capacity(4);
+                    let _ = self.poll.registry().reregister(
+                        self.channel.source_mut(),
+                        CHANNEL_TOKEN,
+                        Interest::WRITABLE,
+                    );
+                    let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "last answer not sent");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The loop's clock: read once per wake-up.
+#[allow(clippy::disallowed_methods)]
+fn clock() -> Instant {
+    Instant::now()
+}
+
+fn current_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}

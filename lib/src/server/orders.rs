@@ -1,0 +1,303 @@
+//! Orders from the master: dispatch to the worker's `ConfigState`, then
+//! apply to the sockets; process-level orders (stop, status, metrics,
+//! socket passing) are handled here directly.
+//!
+//! Every order gets exactly one answer echoing its id, except soft-stop,
+//! answered when the last flow has ended. A state order the state refuses
+//! is answered FAILURE with the state's message and applies nothing; one the
+//! state accepts but this host cannot carry out (a bind error) is rolled
+//! back in the state and answered FAILURE naming the cause.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use sozu_command_lib::command::{
+    request::RequestType, response_content::ContentType, AggregatedMetrics, ListenSocketEntry,
+    ListenSocketManifest, ListenerType, Request, ResponseContent, ResponseStatus, WorkerRequest,
+};
+use sozu_command_lib::scm::DEFAULT_MAX_MANIFEST_SIZE;
+use sozu_command_lib::state::{order_name, DispatchOutcome};
+
+use super::{io_context, Server, ServerExit};
+use crate::udp::{IoContext, UdpError};
+
+impl Server {
+    /// Handles one order; `Some` when the worker must stop now.
+    pub(super) fn on_request(
+        &mut self,
+        now: Instant,
+        request: WorkerRequest,
+    ) -> Option<ServerExit> {
+        let WorkerRequest { id, content } = request;
+        let Some(request_type) = content.request_type.as_ref() else {
+            self.answer(
+                &id,
+                ResponseStatus::Failure,
+                "the request carries no order",
+                None,
+            );
+            return None;
+        };
+        tracing::debug!(
+            worker = self.worker_id,
+            id,
+            order = order_name(request_type),
+            "order"
+        );
+        match request_type {
+            RequestType::Status(_) => {
+                self.answer(&id, ResponseStatus::Ok, "running", None);
+            }
+            RequestType::SoftStop(_) => {
+                self.udp.soft_stop(now);
+                tracing::info!(
+                    worker = self.worker_id,
+                    flows = self.udp.active_flows(),
+                    "soft-stop: draining"
+                );
+                // Answered by the loop once every flow has ended.
+                self.soft_stop = Some(id);
+            }
+            RequestType::HardStop(_) => {
+                let mut ctx = io_context!(self);
+                self.udp.hard_stop(now, &mut ctx);
+                self.answer(
+                    &id,
+                    ResponseStatus::Ok,
+                    "hard-stop: every flow closed",
+                    None,
+                );
+                if let Some(soft) = self.soft_stop.take() {
+                    self.answer(
+                        &soft,
+                        ResponseStatus::Ok,
+                        "soft-stop overtaken by hard-stop",
+                        None,
+                    );
+                }
+                self.final_flush();
+                return Some(ServerExit::HardStopped);
+            }
+            RequestType::QueryMetrics(options) => {
+                let worker = self.metrics.worker_metrics(options);
+                let mut workers = BTreeMap::new();
+                workers.insert(self.worker_id.to_string(), worker);
+                let content = ResponseContent {
+                    content_type: Some(ContentType::Metrics(AggregatedMetrics {
+                        main: BTreeMap::new(),
+                        workers,
+                        clusters: BTreeMap::new(),
+                        proxying: BTreeMap::new(),
+                    })),
+                };
+                self.answer(&id, ResponseStatus::Ok, "", Some(content));
+            }
+            RequestType::ListListeners(_) => {
+                let content = ResponseContent {
+                    content_type: Some(ContentType::ListenersList(self.state.listeners_list())),
+                };
+                self.answer(&id, ResponseStatus::Ok, "", Some(content));
+            }
+            RequestType::ListClusters(_) => {
+                let content = ResponseContent {
+                    content_type: Some(ContentType::Clusters(self.state.clusters())),
+                };
+                self.answer(&id, ResponseStatus::Ok, "", Some(content));
+            }
+            RequestType::ListFrontends(filters) => {
+                let content = ResponseContent {
+                    content_type: Some(ContentType::FrontendList(self.state.frontends(filters))),
+                };
+                self.answer(&id, ResponseStatus::Ok, "", Some(content));
+            }
+            RequestType::ReturnListenSockets(_) => self.return_listen_sockets(&id),
+            RequestType::AdoptListenSockets(order) => {
+                let manifest = order.manifest.clone();
+                self.adopt_listen_sockets(&id, &manifest);
+            }
+            RequestType::SaveState(_)
+            | RequestType::LoadState(_)
+            | RequestType::ListWorkers(_)
+            | RequestType::UpgradeMain(_)
+            | RequestType::UpgradeWorker(_)
+            | RequestType::ReloadConfiguration(_)
+            | RequestType::QueryClusterById(_) => {
+                let message = format!(
+                    "{} is answered by the master, not by a worker",
+                    order_name(request_type)
+                );
+                self.answer(&id, ResponseStatus::Failure, &message, None);
+            }
+            _ => self.on_state_order(now, &id, &content),
+        }
+        None
+    }
+
+    fn on_state_order(&mut self, now: Instant, id: &str, request: &Request) {
+        let before = self.state.clone();
+        match self.state.dispatch(request) {
+            Err(error) => {
+                self.answer(id, ResponseStatus::Failure, &error.to_string(), None);
+                return;
+            }
+            Ok(DispatchOutcome::NotAStateChange) => {
+                // Every non-state order is matched in `on_request`.
+                self.answer(id, ResponseStatus::Ok, "", None);
+                return;
+            }
+            Ok(DispatchOutcome::Applied) => {}
+        }
+        let Some(request_type) = request.request_type.as_ref() else {
+            return;
+        };
+        match self.apply(now, request_type) {
+            Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
+            Err(error) => {
+                self.state = before;
+                let message = error_chain(&error);
+                tracing::warn!(worker = self.worker_id, id, error = %message, "order failed");
+                self.answer(id, ResponseStatus::Failure, &message, None);
+            }
+        }
+    }
+
+    /// Carries out an order the state accepted.
+    fn apply(&mut self, now: Instant, order: &RequestType) -> Result<(), UdpError> {
+        let mut ctx = io_context!(self);
+        let udp = &mut self.udp;
+        match order {
+            RequestType::AddUdpListener(config) => udp.add_listener(now, config, &mut ctx),
+            RequestType::UpdateUdpListener(update) => udp.update_listener(update, &mut ctx),
+            RequestType::RemoveListener(order) if order.proxy() == ListenerType::Udp => {
+                udp.remove_listener(now, wire(&order.address)?, &mut ctx)
+            }
+            RequestType::ActivateListener(order) if order.proxy() == ListenerType::Udp => {
+                udp.activate(wire(&order.address)?, &mut ctx)
+            }
+            RequestType::DeactivateListener(order) if order.proxy() == ListenerType::Udp => {
+                udp.deactivate(now, wire(&order.address)?, &mut ctx)
+            }
+            RequestType::AddCluster(cluster) => udp.set_cluster(now, cluster, &mut ctx),
+            RequestType::RemoveCluster(cluster_id) => {
+                udp.remove_cluster(now, cluster_id, &mut ctx);
+                Ok(())
+            }
+            RequestType::AddBackend(order) => udp.add_backend(now, order, &mut ctx),
+            RequestType::RemoveBackend(order) => udp.remove_backend(now, order, &mut ctx),
+            RequestType::AddUdpFrontend(frontend) => udp.set_frontend(now, frontend, true),
+            RequestType::RemoveUdpFrontend(frontend) => udp.set_frontend(now, frontend, false),
+            // TCP and HTTP proxying come later: their orders live in the
+            // state only for now.
+            _ => Ok(()),
+        }
+    }
+
+    fn return_listen_sockets(&mut self, id: &str) {
+        let Some(scm) = self.scm.as_ref() else {
+            self.answer(
+                id,
+                ResponseStatus::Failure,
+                "this worker has no fd-passing socket",
+                None,
+            );
+            return;
+        };
+        let sockets = self.udp.listen_sockets();
+        let manifest = ListenSocketManifest {
+            entries: sockets
+                .iter()
+                .map(|(address, _)| ListenSocketEntry {
+                    address: (*address).into(),
+                    proxy: ListenerType::Udp as i32,
+                })
+                .collect(),
+        };
+        let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+        // The answer first (the master reads it, then the fds), then the
+        // sequence on the fd-passing socket.
+        let response = sozu_command_lib::command::WorkerResponse {
+            id: id.to_owned(),
+            status: ResponseStatus::Ok as i32,
+            message: format!("{} listening sockets", fds.len()),
+            content: Some(ResponseContent {
+                content_type: Some(ContentType::ListenSockets(manifest.clone())),
+            }),
+        };
+        let queued = self.channel.queue_message(&response);
+        let sent = scm.send_listen_sockets(&manifest, &fds);
+        drop(fds);
+        drop(sockets);
+        if let Err(error) = queued {
+            tracing::error!(%error, "cannot queue the listen-sockets answer");
+        }
+        if let Err(error) = sent {
+            tracing::error!(%error, "passing the listening sockets failed");
+        }
+    }
+
+    fn adopt_listen_sockets(&mut self, id: &str, manifest: &ListenSocketManifest) {
+        let Some(scm) = self.scm.as_ref() else {
+            self.answer(
+                id,
+                ResponseStatus::Failure,
+                "this worker has no fd-passing socket",
+                None,
+            );
+            return;
+        };
+        let received = match scm.receive_listen_sockets(DEFAULT_MAX_MANIFEST_SIZE) {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                self.answer(id, ResponseStatus::Failure, &error_chain(&error), None);
+                return;
+            }
+        };
+        let entries: Vec<ListenSocketEntry> = received.iter().map(|s| s.entry()).collect();
+        if entries != manifest.entries {
+            // Dropping `received` closes every fd.
+            self.answer(
+                id,
+                ResponseStatus::Failure,
+                "the sockets received differ from the order's manifest",
+                None,
+            );
+            return;
+        }
+        let mut udp = Vec::new();
+        for socket in received {
+            if socket.proxy == ListenerType::Udp {
+                udp.push((socket.address, socket.fd));
+            }
+        }
+        let count = udp.len();
+        self.udp.adopt(udp);
+        self.answer(
+            id,
+            ResponseStatus::Ok,
+            &format!("{count} UDP sockets adopted"),
+            None,
+        );
+    }
+}
+
+fn wire(
+    address: &sozu_command_lib::command::SocketAddress,
+) -> Result<std::net::SocketAddr, UdpError> {
+    std::net::SocketAddr::try_from(address).map_err(|source| UdpError::Address {
+        field: "address",
+        source,
+    })
+}
+
+/// An error and its sources, `: `-separated, for an answer's message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

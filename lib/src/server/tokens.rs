@@ -1,0 +1,58 @@
+//! The worker's mio token table: which object each readiness event is for.
+//!
+//! Owns the slab of token owners. Every registered socket has exactly one
+//! entry, removed when the socket is deregistered, so a late event for a
+//! closed socket finds nothing (or, after reuse, an owner that checks its
+//! own state). TCP and HTTP listeners and sessions plug in as more variants.
+
+use mio::Token;
+use slab::Slab;
+
+use crate::udp::UdpToken;
+
+/// What a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOwner {
+    /// The channel to the master.
+    Channel,
+    /// A socket of the UDP shell.
+    Udp(UdpToken),
+}
+
+/// The token table.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    owners: Slab<TokenOwner>,
+}
+
+impl Tokens {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fresh token for `owner`.
+    pub fn insert(&mut self, owner: TokenOwner) -> Token {
+        Token(self.owners.insert(owner))
+    }
+
+    /// Forgets a token (its socket was deregistered).
+    pub fn remove(&mut self, token: Token) {
+        self.owners.try_remove(token.0);
+    }
+
+    /// The owner of a token, if it is still registered.
+    pub fn get(&self, token: Token) -> Option<TokenOwner> {
+        self.owners.get(token.0).copied()
+    }
+
+    /// Registered tokens.
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// True when no token is registered.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+}

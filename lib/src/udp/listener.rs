@@ -1,0 +1,855 @@
+//! One UDP listener in the shell: its socket, its flow manager (the sans-io
+//! core), the upstream socket of each flow, and its write queues.
+//!
+//! Owns the datapath of a listener: reading client datagrams in `recvmmsg`
+//! batches under a per-wake-up budget, forwarding them on connected
+//! upstream sockets, reading backend replies straight into the `sendmmsg`
+//! batch of client-bound datagrams, and carrying out the core's outputs
+//! (`drain`). It never decides admission, timers or caps (the core does) and
+//! never allocates per datagram on an established flow: buffers are reused,
+//! only a write queue under back-pressure copies.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mio::{Interest, Registry, Token};
+use sozu_command_lib::command::UdpListenerConfig;
+
+use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
+use super::mmsg::{recv_connected, send_connected, send_to_from, RecvBatch, SendBatch};
+use super::socket::{is_resource_exhaustion, open_upstream};
+use super::UdpToken;
+use crate::access_log::{FlowAccessRecord, FlowCloseReason};
+use crate::backends::{BackendId, BackendMap, ClusterId};
+use crate::health::HealthChecker;
+use crate::metrics::{names, MetricsRegistry};
+use crate::protocol::udp::{
+    self as core, BackendDecision, ClientDecision, CloseReason, FlowId, MetricEvent, Output,
+    UdpFlowManager, Via,
+};
+use crate::server::tokens::{TokenOwner, Tokens};
+
+/// Datagrams read from one socket per wake-up before the loop moves on to
+/// the other sockets (it comes back at once: see `still_readable`).
+pub const DATAGRAM_BUDGET: usize = 64;
+
+/// Most client-bound datagrams queued on a listener whose socket would
+/// block; newer ones are dropped (`udp.datagrams.dropped.queue_full`).
+pub const MAX_LISTENER_QUEUE: usize = 1024;
+
+/// Most backend-bound datagrams queued on one upstream socket that would
+/// block.
+pub const MAX_UPSTREAM_QUEUE: usize = 64;
+
+/// Everything the datapath borrows from the worker for one call.
+pub struct IoContext<'a> {
+    /// The poll registry.
+    pub registry: &'a Registry,
+    /// The token table.
+    pub tokens: &'a mut Tokens,
+    /// The metrics registry.
+    pub metrics: &'a mut MetricsRegistry,
+    /// Backends of every cluster.
+    pub backends: &'a mut BackendMap,
+    /// Health checks (fed passive failures).
+    pub health: &'a mut HealthChecker,
+    /// Tokens whose socket stopped at the budget before WouldBlock.
+    pub still_readable: &'a mut Vec<Token>,
+}
+
+/// The frontend of a listener: its cluster and tags.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    /// The cluster new flows join.
+    pub cluster: ClusterId,
+    /// Tags copied to access records.
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    socket: mio::net::UdpSocket,
+    token: Token,
+    queue: VecDeque<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct FlowIo {
+    /// The address the client sent to (packet info on a wildcard listener).
+    local: Option<IpAddr>,
+    cluster: Option<ClusterId>,
+    backend: Option<BackendId>,
+    upstream: Option<Upstream>,
+    metrics: FlowMetrics,
+    /// Why the shell aborted the flow, for the access record.
+    abort: Option<FlowCloseReason>,
+    /// A reply came back (clears a suspect backend once).
+    responded: bool,
+}
+
+#[derive(Debug)]
+struct QueuedReturn {
+    dst: SocketAddr,
+    local: Option<IpAddr>,
+    payload: Vec<u8>,
+}
+
+/// A follow-up input queued while draining, fed to the core afterwards.
+#[derive(Debug)]
+enum FollowUp {
+    Resolve {
+        flow: FlowId,
+        backend: core::BackendId,
+        addr: SocketAddr,
+    },
+    Abort {
+        flow: FlowId,
+        reason: FlowCloseReason,
+    },
+}
+
+/// One UDP listener.
+#[derive(Debug)]
+pub struct UdpListener {
+    /// Index in the shell's listener slab (in its tokens).
+    pub id: usize,
+    /// The configured address.
+    pub address: SocketAddr,
+    /// The configuration in force (after updates).
+    pub config: UdpListenerConfig,
+    /// The bound socket, once activated.
+    socket: Option<mio::net::UdpSocket>,
+    token: Option<Token>,
+    /// Registered and read (activated, not deactivated).
+    reading: bool,
+    /// Whether `max_flows` is automatic (`0` in the config).
+    pub auto_max_flows: bool,
+    /// The sans-io core.
+    pub manager: UdpFlowManager,
+    flows: HashMap<FlowId, FlowIo>,
+    returns: SendBatch,
+    overflow: VecDeque<QueuedReturn>,
+    /// The frontend (cluster and tags), if any.
+    pub frontend: Option<Frontend>,
+    /// This listener's metric handles.
+    pub metrics: ListenerMetrics,
+    /// Reason given to flows closed by `close_all` (listener closed or
+    /// worker shutdown).
+    drain_reason: FlowCloseReason,
+    followups: Vec<FollowUp>,
+}
+
+impl UdpListener {
+    /// A listener with no socket yet (see [`Self::attach_socket`]).
+    pub fn new(
+        id: usize,
+        config: UdpListenerConfig,
+        address: SocketAddr,
+        manager: UdpFlowManager,
+        auto_max_flows: bool,
+        metrics: ListenerMetrics,
+    ) -> Self {
+        let buffer_len = manager.config().max_rx_datagram_size + 1;
+        UdpListener {
+            id,
+            address,
+            config,
+            socket: None,
+            token: None,
+            reading: false,
+            auto_max_flows,
+            manager,
+            flows: HashMap::new(),
+            returns: SendBatch::new(buffer_len),
+            overflow: VecDeque::new(),
+            frontend: None,
+            metrics,
+            drain_reason: FlowCloseReason::ListenerClosed,
+            followups: Vec::new(),
+        }
+    }
+
+    /// Whether a socket is bound (or adopted).
+    pub fn has_socket(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// Whether the listener is being read.
+    pub fn is_reading(&self) -> bool {
+        self.reading
+    }
+
+    /// The bound socket's address (the configured one, or the port the
+    /// kernel chose for port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    /// The raw fd of the bound socket (for passing it to the master).
+    pub fn socket_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.socket.as_ref().map(|s| s.as_fd())
+    }
+
+    /// Gives the listener its bound socket (not registered yet).
+    pub fn attach_socket(&mut self, socket: std::net::UdpSocket) {
+        self.socket = Some(mio::net::UdpSocket::from_std(socket));
+    }
+
+    /// Starts reading: registers the socket under a fresh token.
+    pub fn start_reading(&mut self, ctx: &mut IoContext<'_>) -> io::Result<()> {
+        if self.reading {
+            return Ok(());
+        }
+        let Some(socket) = self.socket.as_mut() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no socket bound",
+            ));
+        };
+        let token = ctx
+            .tokens
+            .insert(TokenOwner::Udp(UdpToken::Listener(self.id)));
+        if let Err(e) =
+            ctx.registry
+                .register(socket, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            ctx.tokens.remove(token);
+            return Err(e);
+        }
+        self.token = Some(token);
+        self.reading = true;
+        // Datagrams may already wait: edge-triggered readiness would not
+        // report them, so read once now.
+        ctx.still_readable.push(token);
+        Ok(())
+    }
+
+    /// Stops reading (deactivate): deregisters the socket, keeps it bound.
+    pub fn stop_reading(&mut self, ctx: &mut IoContext<'_>) {
+        if let (Some(socket), Some(token)) = (self.socket.as_mut(), self.token.take()) {
+            if let Err(error) = ctx.registry.deregister(socket) {
+                tracing::warn!(listener = %self.address, %error, "deregistering the listener");
+            }
+            ctx.tokens.remove(token);
+        }
+        self.reading = false;
+    }
+
+    /// Releases the socket (remove), after [`Self::stop_reading`].
+    pub fn release_socket(&mut self, ctx: &mut IoContext<'_>) {
+        self.stop_reading(ctx);
+        self.socket = None;
+        self.overflow.clear();
+        self.returns.clear();
+    }
+
+    /// Grows the return batch when `max_rx_datagram_size` grew.
+    pub fn resize_buffers(&mut self, ctx: &mut IoContext<'_>) {
+        let wanted = self.manager.config().max_rx_datagram_size + 1;
+        if wanted != self.returns.buffer_len() {
+            self.flush_returns(ctx);
+            self.returns = SendBatch::new(wanted);
+        }
+    }
+
+    /// Closes every flow now with `reason` in their access records.
+    pub fn close_all(&mut self, now: Instant, reason: FlowCloseReason, ctx: &mut IoContext<'_>) {
+        self.drain_reason = reason;
+        self.manager.close_all(now);
+        self.drain(now, ctx);
+        self.drain_reason = FlowCloseReason::ListenerClosed;
+    }
+
+    /// Number of open upstream sockets (one per established flow).
+    pub fn upstream_sockets(&self) -> usize {
+        self.flows.values().filter(|f| f.upstream.is_some()).count()
+    }
+
+    // ----- readiness -----
+
+    /// The listener socket is readable: client datagrams, in batches, up to
+    /// the budget.
+    pub fn on_readable(&mut self, now: Instant, recv: &mut RecvBatch, ctx: &mut IoContext<'_>) {
+        if !self.reading {
+            return;
+        }
+        let Some(fd) = self.socket.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        recv.ensure_buffer_len(self.manager.config().max_rx_datagram_size + 1);
+        let mut left = DATAGRAM_BUDGET;
+        loop {
+            if left == 0 {
+                if let Some(token) = self.token {
+                    ctx.still_readable.push(token);
+                }
+                break;
+            }
+            let n = match recv.recv(fd, left) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here; the socket
+                    // stays usable.
+                    tracing::debug!(listener = %self.address, %error, "listener receive error");
+                    left = left.saturating_sub(1);
+                    continue;
+                }
+            };
+            left = left.saturating_sub(n.max(1));
+            for i in 0..n {
+                if let Some(d) = recv.get(i) {
+                    self.on_client_datagram(now, d.src, d.local, d.payload, ctx);
+                }
+            }
+            self.drain(now, ctx);
+        }
+        self.drain(now, ctx);
+        self.flush_returns(ctx);
+    }
+
+    fn on_client_datagram(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        local: Option<IpAddr>,
+        payload: &[u8],
+        ctx: &mut IoContext<'_>,
+    ) {
+        match self.manager.handle_client_datagram(now, src, payload) {
+            ClientDecision::Forward { flow, proxy_header } => {
+                let Some(io) = self.flows.get_mut(&flow) else {
+                    self.metrics
+                        .shell_dropped(ctx.metrics, ShellDrop::NoUpstream);
+                    return;
+                };
+                if local.is_some() {
+                    io.local = local;
+                }
+                let header = proxy_header.as_ref().map(|h| h.as_bytes());
+                match send_upstream(io, header, payload) {
+                    UpstreamSend::Sent => {
+                        self.metrics.traffic.count_in(ctx.metrics, payload.len());
+                        io.metrics.cluster.count_in(ctx.metrics, payload.len());
+                        io.metrics.backend.count_in(ctx.metrics, payload.len());
+                    }
+                    UpstreamSend::Dropped(reason) => {
+                        self.metrics.shell_dropped(ctx.metrics, reason);
+                    }
+                    UpstreamSend::Refused => {
+                        self.metrics.backend_refused(ctx.metrics);
+                        self.followups.push(FollowUp::Abort {
+                            flow,
+                            reason: FlowCloseReason::BackendRefused,
+                        });
+                    }
+                }
+            }
+            ClientDecision::Queued { flow } => {
+                let io = self.flows.entry(flow).or_default();
+                if local.is_some() {
+                    io.local = local;
+                }
+            }
+            ClientDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
+        }
+    }
+
+    /// The listener socket is writable: send what waited.
+    pub fn on_writable(&mut self, ctx: &mut IoContext<'_>) {
+        self.flush_returns(ctx);
+    }
+
+    /// An upstream socket is readable (`flow`'s backend replied) or
+    /// writable (its queue can go).
+    pub fn on_upstream_ready(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        readable: bool,
+        writable: bool,
+        ctx: &mut IoContext<'_>,
+    ) {
+        if writable {
+            self.flush_upstream(flow, ctx);
+        }
+        if readable {
+            self.read_upstream(now, flow, ctx);
+        }
+        self.drain(now, ctx);
+        self.flush_returns(ctx);
+    }
+
+    fn read_upstream(&mut self, now: Instant, flow: FlowId, ctx: &mut IoContext<'_>) {
+        let mut left = DATAGRAM_BUDGET;
+        loop {
+            let Some(io) = self.flows.get_mut(&flow) else {
+                return; // closed meanwhile: a stale event
+            };
+            let Some(up) = io.upstream.as_ref() else {
+                return;
+            };
+            if left == 0 {
+                ctx.still_readable.push(up.token);
+                return;
+            }
+            left -= 1;
+            let fd = up.socket.as_raw_fd();
+            if self.returns.is_full() {
+                flush_batch(
+                    &mut self.returns,
+                    &mut self.overflow,
+                    self.socket.as_ref(),
+                    &self.metrics,
+                    ctx,
+                );
+            }
+            let Some(slot) = self.returns.slot() else {
+                return;
+            };
+            let n = match recv_connected(fd, slot) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    self.metrics.backend_refused(ctx.metrics);
+                    self.followups.push(FollowUp::Abort {
+                        flow,
+                        reason: FlowCloseReason::BackendRefused,
+                    });
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%flow, %error, "upstream receive error");
+                    return;
+                }
+            };
+            let len = n.min(slot.len());
+            let payload = &slot[..len];
+            match self.manager.handle_backend_datagram(now, flow, payload) {
+                BackendDecision::Return { dst } => {
+                    self.metrics.traffic.count_out(ctx.metrics, len);
+                    io.metrics.cluster.count_out(ctx.metrics, len);
+                    io.metrics.backend.count_out(ctx.metrics, len);
+                    if !io.responded {
+                        io.responded = true;
+                        if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
+                            ctx.backends.mark_responsive(c.as_str(), b.as_str());
+                        }
+                    }
+                    let local = io.local;
+                    self.returns.commit(len, dst, local);
+                }
+                BackendDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
+            }
+            if self.manager.flow_phase(flow).is_none() {
+                return; // the reply closed the flow (responses cap)
+            }
+        }
+    }
+
+    fn flush_upstream(&mut self, flow: FlowId, ctx: &mut IoContext<'_>) {
+        let Some(up) = self
+            .flows
+            .get_mut(&flow)
+            .and_then(|io| io.upstream.as_mut())
+        else {
+            return;
+        };
+        while let Some(datagram) = up.queue.front() {
+            match send_connected(up.socket.as_raw_fd(), &[IoSlice::new(datagram)]) {
+                Ok(_) => {
+                    up.queue.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    tracing::debug!(%flow, %error, "upstream send error");
+                    up.queue.pop_front();
+                    self.metrics
+                        .shell_dropped(ctx.metrics, ShellDrop::SendError);
+                }
+            }
+        }
+    }
+
+    /// Sends the batch of client-bound datagrams (and what waited before).
+    pub fn flush_returns(&mut self, ctx: &mut IoContext<'_>) {
+        flush_batch(
+            &mut self.returns,
+            &mut self.overflow,
+            self.socket.as_ref(),
+            &self.metrics,
+            ctx,
+        );
+    }
+
+    // ----- the core's outputs -----
+
+    /// Drains the core's outputs, then feeds the follow-up inputs they
+    /// called for, until both are empty; then updates the active gauge.
+    pub fn drain(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        loop {
+            while let Some(output) = self.manager.poll_output() {
+                self.on_output(now, output, ctx);
+            }
+            if self.followups.is_empty() {
+                break;
+            }
+            let mut followups = std::mem::take(&mut self.followups);
+            for followup in followups.drain(..) {
+                match followup {
+                    FollowUp::Resolve {
+                        flow,
+                        backend,
+                        addr,
+                    } => {
+                        self.manager.backend_resolved(now, flow, backend, addr);
+                    }
+                    FollowUp::Abort { flow, reason } => {
+                        if let Some(io) = self.flows.get_mut(&flow) {
+                            io.abort.get_or_insert(reason);
+                        }
+                        self.manager.abort_flow(now, flow, CloseReason::Aborted);
+                    }
+                }
+            }
+            // Keep the vector's capacity for the next drain.
+            self.followups = followups;
+        }
+        self.metrics
+            .set_active(ctx.metrics, self.manager.active_flows());
+    }
+
+    fn on_output(&mut self, _now: Instant, output: Output, ctx: &mut IoContext<'_>) {
+        match output {
+            Output::SelectBackend {
+                flow,
+                cluster,
+                affinity_hash,
+            } => {
+                let cluster_id = ClusterId::from(cluster.as_str());
+                let io = self.flows.entry(flow).or_default();
+                io.cluster = Some(cluster_id);
+                match ctx.backends.select(cluster.as_str(), affinity_hash) {
+                    Some((backend, addr)) => {
+                        io.backend = Some(backend.clone());
+                        self.followups.push(FollowUp::Resolve {
+                            flow,
+                            backend: core::BackendId::new(backend.as_str()),
+                            addr,
+                        });
+                    }
+                    None => {
+                        self.followups.push(FollowUp::Abort {
+                            flow,
+                            reason: FlowCloseReason::NoBackend,
+                        });
+                    }
+                }
+            }
+            Output::OpenUpstream {
+                flow,
+                backend,
+                addr,
+            } => self.open_upstream(flow, &backend, addr, ctx),
+            Output::Transmit {
+                via,
+                dst,
+                proxy_header,
+                payload,
+            } => match via {
+                Via::Upstream(flow) => {
+                    let Some(io) = self.flows.get_mut(&flow) else {
+                        self.metrics
+                            .shell_dropped(ctx.metrics, ShellDrop::NoUpstream);
+                        return;
+                    };
+                    let header = proxy_header.as_ref().map(|h| h.as_bytes());
+                    match send_upstream(io, header, &payload) {
+                        UpstreamSend::Sent => {
+                            self.metrics.traffic.count_in(ctx.metrics, payload.len());
+                            io.metrics.cluster.count_in(ctx.metrics, payload.len());
+                            io.metrics.backend.count_in(ctx.metrics, payload.len());
+                        }
+                        UpstreamSend::Dropped(reason) => {
+                            self.metrics.shell_dropped(ctx.metrics, reason)
+                        }
+                        UpstreamSend::Refused => {
+                            self.metrics.backend_refused(ctx.metrics);
+                            self.followups.push(FollowUp::Abort {
+                                flow,
+                                reason: FlowCloseReason::BackendRefused,
+                            });
+                        }
+                    }
+                }
+                Via::Listener => {
+                    self.overflow_push(dst, None, &payload, ctx);
+                    self.flush_returns(ctx);
+                }
+            },
+            Output::Metric(MetricEvent::FlowCreated { cluster, .. }) => {
+                self.metrics.flow_created(ctx.metrics);
+                cluster_flow_event(ctx.metrics, cluster.as_str(), names::FLOWS_CREATED);
+            }
+            Output::Metric(MetricEvent::FlowEvicted { cluster, .. }) => {
+                self.metrics.flow_evicted(ctx.metrics);
+                cluster_flow_event(ctx.metrics, cluster.as_str(), names::FLOWS_EVICTED);
+            }
+            Output::Metric(MetricEvent::FlowShed { cluster }) => {
+                self.metrics.flow_shed(ctx.metrics);
+                cluster_flow_event(ctx.metrics, cluster.as_str(), names::FLOWS_SHED);
+            }
+            Output::Dropped {
+                reason, datagrams, ..
+            } => self.metrics.dropped(ctx.metrics, reason, datagrams),
+            Output::CloseFlow {
+                flow,
+                reason,
+                record,
+            } => self.close_flow(flow, reason, &record, ctx),
+        }
+    }
+
+    fn open_upstream(
+        &mut self,
+        flow: FlowId,
+        backend: &core::BackendId,
+        addr: SocketAddr,
+        ctx: &mut IoContext<'_>,
+    ) {
+        let io = self.flows.entry(flow).or_default();
+        let opened = open_upstream(addr).and_then(|mut socket| {
+            let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::Upstream {
+                listener: self.id,
+                flow,
+            }));
+            match ctx
+                .registry
+                .register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                Ok(()) => Ok(Upstream {
+                    socket,
+                    token,
+                    queue: VecDeque::new(),
+                }),
+                Err(e) => {
+                    ctx.tokens.remove(token);
+                    Err(e)
+                }
+            }
+        });
+        match opened {
+            Ok(upstream) => {
+                io.upstream = Some(upstream);
+                let backend_id = io
+                    .backend
+                    .clone()
+                    .unwrap_or_else(|| BackendId::from(backend.as_str()));
+                if let Some(cluster) = &io.cluster {
+                    ctx.backends
+                        .flow_opened(cluster.as_str(), backend_id.as_str());
+                    io.metrics = FlowMetrics::register(ctx.metrics, cluster, &backend_id);
+                }
+                io.backend = Some(backend_id);
+            }
+            Err(error) => {
+                if is_resource_exhaustion(&error) {
+                    tracing::warn!(listener = %self.address, %flow, %error, "out of sockets: flow aborted");
+                } else {
+                    tracing::debug!(listener = %self.address, %flow, %error, "upstream open failed");
+                }
+                // Not counted on the backend: the flow never reached it.
+                io.backend = None;
+                self.metrics.upstream_open_failed(ctx.metrics);
+                self.followups.push(FollowUp::Abort {
+                    flow,
+                    reason: FlowCloseReason::UpstreamOpenFailed,
+                });
+            }
+        }
+    }
+
+    fn close_flow(
+        &mut self,
+        flow: FlowId,
+        reason: CloseReason,
+        record: &core::FlowRecord,
+        ctx: &mut IoContext<'_>,
+    ) {
+        let io = self.flows.remove(&flow).unwrap_or_default();
+        if let Some(mut up) = io.upstream {
+            if let Err(error) = ctx.registry.deregister(&mut up.socket) {
+                tracing::debug!(%flow, %error, "deregistering an upstream socket");
+            }
+            ctx.tokens.remove(up.token);
+            if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
+                ctx.backends.flow_closed(c.as_str(), b.as_str());
+            }
+            io.metrics.closed(ctx.metrics);
+            // The socket closes when `up` drops here.
+        }
+        let duration = record.duration();
+        self.metrics.flow_duration(ctx.metrics, duration);
+        let access_reason = match reason {
+            CloseReason::Idle => FlowCloseReason::IdleTimeout,
+            CloseReason::ResponsesReached => FlowCloseReason::ResponsesReached,
+            CloseReason::RequestsReached => FlowCloseReason::RequestsReached,
+            CloseReason::BackendRemoved => FlowCloseReason::BackendRemoved,
+            CloseReason::Drain => self.drain_reason,
+            CloseReason::Aborted => io.abort.unwrap_or(FlowCloseReason::NoBackend),
+        };
+        let cluster = io
+            .cluster
+            .clone()
+            .unwrap_or_else(|| ClusterId::from(record.cluster.as_str()));
+        let backend = io.backend.as_ref().zip(record.backend_addr);
+        FlowAccessRecord {
+            listener: self.address,
+            client: record.client,
+            cluster: Some(&cluster),
+            backend,
+            tags: self.frontend.as_ref().map(|f| &f.tags),
+            datagrams_in: record.datagrams_in,
+            datagrams_out: record.datagrams_out,
+            bytes_in: record.bytes_in,
+            bytes_out: record.bytes_out,
+            duration,
+            reason: access_reason,
+        }
+        .emit();
+    }
+
+    fn overflow_push(
+        &mut self,
+        dst: SocketAddr,
+        local: Option<IpAddr>,
+        payload: &[u8],
+        ctx: &mut IoContext<'_>,
+    ) {
+        if self.overflow.len() >= MAX_LISTENER_QUEUE {
+            self.metrics
+                .shell_dropped(ctx.metrics, ShellDrop::QueueFull);
+            return;
+        }
+        self.overflow.push_back(QueuedReturn {
+            dst,
+            local,
+            payload: payload.to_vec(),
+        });
+    }
+}
+
+enum UpstreamSend {
+    Sent,
+    Dropped(ShellDrop),
+    Refused,
+}
+
+/// Sends `[header, payload]` on the flow's upstream socket, or queues it
+/// (bounded) if the socket would block or older datagrams still wait.
+fn send_upstream(io: &mut FlowIo, header: Option<&[u8]>, payload: &[u8]) -> UpstreamSend {
+    let Some(up) = io.upstream.as_mut() else {
+        return UpstreamSend::Dropped(ShellDrop::NoUpstream);
+    };
+    let queue = |up: &mut Upstream| {
+        if up.queue.len() >= MAX_UPSTREAM_QUEUE {
+            return UpstreamSend::Dropped(ShellDrop::QueueFull);
+        }
+        let mut datagram = Vec::with_capacity(header.map_or(0, <[u8]>::len) + payload.len());
+        if let Some(h) = header {
+            datagram.extend_from_slice(h);
+        }
+        datagram.extend_from_slice(payload);
+        up.queue.push_back(datagram);
+        UpstreamSend::Sent
+    };
+    if !up.queue.is_empty() {
+        return queue(up);
+    }
+    let fd = up.socket.as_raw_fd();
+    let result = match header {
+        Some(h) => send_connected(fd, &[IoSlice::new(h), IoSlice::new(payload)]),
+        None => send_connected(fd, &[IoSlice::new(payload)]),
+    };
+    match result {
+        Ok(_) => UpstreamSend::Sent,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => queue(up),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => UpstreamSend::Refused,
+        Err(error) => {
+            tracing::debug!(%error, "upstream send error");
+            UpstreamSend::Dropped(ShellDrop::SendError)
+        }
+    }
+}
+
+/// Sends the overflow queue, then the batch with `sendmmsg`; what the
+/// socket does not take joins the (bounded) overflow queue.
+fn flush_batch(
+    batch: &mut SendBatch,
+    overflow: &mut VecDeque<QueuedReturn>,
+    socket: Option<&mio::net::UdpSocket>,
+    metrics: &ListenerMetrics,
+    ctx: &mut IoContext<'_>,
+) {
+    let Some(socket) = socket else {
+        batch.clear();
+        overflow.clear();
+        return;
+    };
+    let fd = socket.as_raw_fd();
+    while let Some(queued) = overflow.front() {
+        match send_to_from(
+            fd,
+            &[IoSlice::new(&queued.payload)],
+            queued.dst,
+            queued.local,
+        ) {
+            Ok(_) => {
+                overflow.pop_front();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) => {
+                tracing::debug!(dst = %queued.dst, %error, "listener send error");
+                overflow.pop_front();
+                metrics.shell_dropped(ctx.metrics, ShellDrop::SendError);
+            }
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    let mut sent = 0;
+    if overflow.is_empty() {
+        while sent < batch.len() {
+            match batch.send_from(fd, sent) {
+                Ok(0) => break, // would block
+                Ok(n) => sent += n,
+                Err(error) => {
+                    // The first datagram of the rest failed: drop it, go on.
+                    tracing::debug!(%error, "listener sendmmsg error");
+                    metrics.shell_dropped(ctx.metrics, ShellDrop::SendError);
+                    sent += 1;
+                }
+            }
+        }
+    }
+    for i in sent..batch.len() {
+        let Some((payload, dst, local)) = batch.committed(i) else {
+            continue;
+        };
+        if overflow.len() >= MAX_LISTENER_QUEUE {
+            metrics.shell_dropped(ctx.metrics, ShellDrop::QueueFull);
+            continue;
+        }
+        overflow.push_back(QueuedReturn {
+            dst,
+            local,
+            payload: payload.to_vec(),
+        });
+    }
+    batch.clear();
+}

@@ -1,0 +1,319 @@
+//! The UDP shell's metric handles: what it counts, under which DESIGN §4
+//! name, in which scope (listener, cluster, backend).
+//!
+//! Owns the pre-resolved [`MetricHandle`]s of each listener and of each
+//! flow's cluster and backend, so the datapath counts through an index and
+//! never looks a name up or allocates. Registration (allocating) happens when
+//! a listener is added and when a flow gets its backend. It never decides
+//! anything; the registry itself lives in [`crate::metrics`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::backends::{BackendId, ClusterId};
+use crate::metrics::{names, MetricHandle, MetricKind, MetricsRegistry, Scope};
+use crate::protocol::udp::DropReason;
+
+/// Drops counted by the shell itself (not by the core), with their metric
+/// suffix under `udp.datagrams.dropped.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShellDrop {
+    /// A write queue was full when the socket would block: newest dropped.
+    QueueFull,
+    /// The socket refused the datagram (other than would-block).
+    SendError,
+    /// The flow's upstream socket was not open (its open failed).
+    NoUpstream,
+}
+
+impl ShellDrop {
+    const ALL: [ShellDrop; 3] = [
+        ShellDrop::QueueFull,
+        ShellDrop::SendError,
+        ShellDrop::NoUpstream,
+    ];
+
+    /// The metric suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShellDrop::QueueFull => "queue_full",
+            ShellDrop::SendError => "send_error",
+            ShellDrop::NoUpstream => "no_upstream",
+        }
+    }
+}
+
+const CORE_DROPS: [DropReason; 8] = [
+    DropReason::Invalid,
+    DropReason::Truncated,
+    DropReason::NoBackend,
+    DropReason::Shed,
+    DropReason::UnknownFlow,
+    DropReason::PendingOverflow,
+    DropReason::FlowClosed,
+    DropReason::RequestsExhausted,
+];
+
+fn core_drop_index(reason: DropReason) -> usize {
+    CORE_DROPS.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// Name of the counter of upstream sockets that could not be opened.
+pub const UPSTREAM_OPEN_FAILED: &str = "udp.upstream.open_failed";
+/// Name of the counter of flows aborted because the backend refused
+/// (ECONNREFUSED).
+pub const BACKEND_REFUSED: &str = "udp.backend.refused";
+/// Name of the counter of health probes that failed.
+pub const PROBE_FAILED: &str = "udp.health.probe_failed";
+/// Name of the gauge of backends up (1) / down (0).
+pub const BACKEND_UP: &str = "udp.backend.up";
+
+fn handle(
+    registry: &mut MetricsRegistry,
+    name: &str,
+    scope: Scope,
+    kind: MetricKind,
+) -> Option<MetricHandle> {
+    match registry.register(name, scope, kind) {
+        Ok(h) => Some(h),
+        Err(error) => {
+            tracing::warn!(%error, "metric not registered");
+            None
+        }
+    }
+}
+
+/// Counters of one scope that every datagram touches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrafficHandles {
+    datagrams_in: Option<MetricHandle>,
+    bytes_in: Option<MetricHandle>,
+    datagrams_out: Option<MetricHandle>,
+    bytes_out: Option<MetricHandle>,
+}
+
+impl TrafficHandles {
+    fn register(registry: &mut MetricsRegistry, scope: &Scope) -> Self {
+        let c = MetricKind::Counter;
+        TrafficHandles {
+            datagrams_in: handle(registry, names::DATAGRAMS_IN, scope.clone(), c),
+            bytes_in: handle(registry, names::BYTES_IN, scope.clone(), c),
+            datagrams_out: handle(registry, names::DATAGRAMS_OUT, scope.clone(), c),
+            bytes_out: handle(registry, names::BYTES_OUT, scope.clone(), c),
+        }
+    }
+
+    /// One client datagram of `len` bytes forwarded to a backend.
+    pub fn count_in(&self, registry: &mut MetricsRegistry, len: usize) {
+        count(registry, self.datagrams_in, 1);
+        count(registry, self.bytes_in, len as i64);
+    }
+
+    /// One backend datagram of `len` bytes returned to a client.
+    pub fn count_out(&self, registry: &mut MetricsRegistry, len: usize) {
+        count(registry, self.datagrams_out, 1);
+        count(registry, self.bytes_out, len as i64);
+    }
+}
+
+fn count(registry: &mut MetricsRegistry, h: Option<MetricHandle>, delta: i64) {
+    if let Some(h) = h {
+        registry.count(h, delta);
+    }
+}
+
+/// Every handle of one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    scope: Scope,
+    /// Datagrams and bytes each way.
+    pub traffic: TrafficHandles,
+    created: Option<MetricHandle>,
+    evicted: Option<MetricHandle>,
+    shed: Option<MetricHandle>,
+    active: Option<MetricHandle>,
+    duration: Option<MetricHandle>,
+    open_failed: Option<MetricHandle>,
+    refused: Option<MetricHandle>,
+    core_drops: [Option<MetricHandle>; CORE_DROPS.len()],
+    shell_drops: [Option<MetricHandle>; ShellDrop::ALL.len()],
+}
+
+impl ListenerMetrics {
+    /// Registers the listener's metrics at zero.
+    pub fn register(registry: &mut MetricsRegistry, listener: SocketAddr) -> Self {
+        let scope = Scope::Listener(listener);
+        let c = MetricKind::Counter;
+        let mut core_drops = [None; CORE_DROPS.len()];
+        for (slot, reason) in core_drops.iter_mut().zip(CORE_DROPS) {
+            *slot = handle(registry, &names::dropped(reason.as_str()), scope.clone(), c);
+        }
+        let mut shell_drops = [None; ShellDrop::ALL.len()];
+        for (slot, reason) in shell_drops.iter_mut().zip(ShellDrop::ALL) {
+            *slot = handle(registry, &names::dropped(reason.as_str()), scope.clone(), c);
+        }
+        ListenerMetrics {
+            traffic: TrafficHandles::register(registry, &scope),
+            created: handle(registry, names::FLOWS_CREATED, scope.clone(), c),
+            evicted: handle(registry, names::FLOWS_EVICTED, scope.clone(), c),
+            shed: handle(registry, names::FLOWS_SHED, scope.clone(), c),
+            active: handle(
+                registry,
+                names::ACTIVE_FLOWS,
+                scope.clone(),
+                MetricKind::Gauge,
+            ),
+            duration: handle(
+                registry,
+                names::FLOW_DURATION,
+                scope.clone(),
+                MetricKind::Time,
+            ),
+            open_failed: handle(registry, UPSTREAM_OPEN_FAILED, scope.clone(), c),
+            refused: handle(registry, BACKEND_REFUSED, scope.clone(), c),
+            core_drops,
+            shell_drops,
+            scope,
+        }
+    }
+
+    /// Removes the listener's metrics (listener removed).
+    pub fn unregister(&self, registry: &mut MetricsRegistry) {
+        registry.remove_scope(&self.scope);
+    }
+
+    /// A datagram dropped by the core.
+    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: DropReason, datagrams: u32) {
+        count(
+            registry,
+            self.core_drops[core_drop_index(reason)],
+            i64::from(datagrams),
+        );
+    }
+
+    /// A datagram dropped by the shell.
+    pub fn shell_dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop) {
+        let i = ShellDrop::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        count(registry, self.shell_drops[i], 1);
+    }
+
+    /// A flow was admitted.
+    pub fn flow_created(&self, registry: &mut MetricsRegistry) {
+        count(registry, self.created, 1);
+    }
+
+    /// A flow was closed after `duration`.
+    pub fn flow_evicted(&self, registry: &mut MetricsRegistry) {
+        count(registry, self.evicted, 1);
+    }
+
+    /// A closed flow's lifetime.
+    pub fn flow_duration(&self, registry: &mut MetricsRegistry, duration: Duration) {
+        if let Some(h) = self.duration {
+            registry.record_time(h, duration);
+        }
+    }
+
+    /// A new source refused at `max_flows`.
+    pub fn flow_shed(&self, registry: &mut MetricsRegistry) {
+        count(registry, self.shed, 1);
+    }
+
+    /// An upstream socket could not be opened.
+    pub fn upstream_open_failed(&self, registry: &mut MetricsRegistry) {
+        count(registry, self.open_failed, 1);
+    }
+
+    /// A backend refused a datagram.
+    pub fn backend_refused(&self, registry: &mut MetricsRegistry) {
+        count(registry, self.refused, 1);
+    }
+
+    /// The live flow count.
+    pub fn set_active(&self, registry: &mut MetricsRegistry, flows: usize) {
+        if let Some(h) = self.active {
+            registry.gauge_set(h, flows as u64);
+        }
+    }
+}
+
+/// Counters of a flow's cluster and backend, registered when the flow gets
+/// its backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlowMetrics {
+    /// The cluster's traffic.
+    pub cluster: TrafficHandles,
+    /// The backend's traffic.
+    pub backend: TrafficHandles,
+    backend_active: Option<MetricHandle>,
+}
+
+impl FlowMetrics {
+    /// Registers (or finds) the cluster's and backend's handles and counts
+    /// one more active flow on the backend.
+    pub fn register(
+        registry: &mut MetricsRegistry,
+        cluster: &ClusterId,
+        backend: &BackendId,
+    ) -> Self {
+        let cluster_scope = Scope::Cluster(cluster.clone());
+        let backend_scope = Scope::Backend(cluster.clone(), backend.clone());
+        let backend_active = handle(
+            registry,
+            names::ACTIVE_FLOWS,
+            backend_scope.clone(),
+            MetricKind::Gauge,
+        );
+        if let Some(h) = backend_active {
+            registry.gauge_add(h, 1);
+        }
+        FlowMetrics {
+            cluster: TrafficHandles::register(registry, &cluster_scope),
+            backend: TrafficHandles::register(registry, &backend_scope),
+            backend_active,
+        }
+    }
+
+    /// The flow closed: one active flow less on its backend.
+    pub fn closed(&self, registry: &mut MetricsRegistry) {
+        if let Some(h) = self.backend_active {
+            registry.gauge_add(h, -1);
+        }
+    }
+}
+
+/// Counts a per-cluster flow fact (`udp.flows.created` / `evicted` / `shed`).
+pub fn cluster_flow_event(registry: &mut MetricsRegistry, cluster: &str, name: &str) {
+    if let Some(h) = handle(
+        registry,
+        name,
+        Scope::Cluster(ClusterId::from(cluster)),
+        MetricKind::Counter,
+    ) {
+        registry.incr(h);
+    }
+}
+
+/// Sets a backend's health gauge (`udp.backend.up`: 1 up, 0 down).
+pub fn backend_health(
+    registry: &mut MetricsRegistry,
+    cluster: &ClusterId,
+    backend: &BackendId,
+    up: bool,
+) {
+    let scope = Scope::Backend(cluster.clone(), backend.clone());
+    if let Some(h) = handle(registry, BACKEND_UP, scope, MetricKind::Gauge) {
+        registry.gauge_set(h, u64::from(up));
+    }
+}
+
+/// Counts a failed health probe of a backend.
+pub fn probe_failed(registry: &mut MetricsRegistry, cluster: &ClusterId, backend: &BackendId) {
+    let scope = Scope::Backend(cluster.clone(), backend.clone());
+    if let Some(h) = handle(registry, PROBE_FAILED, scope, MetricKind::Counter) {
+        registry.incr(h);
+    }
+}

@@ -1,0 +1,590 @@
+//! Batched datagram I/O on raw fds: `recvmmsg` into preallocated buffers with
+//! the packet-info control message, `sendmmsg` of queued returns with their
+//! source address, and single `sendmsg`s.
+//!
+//! Owns its buffers and reuses them on every call: receiving or sending a
+//! datagram never allocates. The headers (`mmsghdr`, `iovec`, control
+//! buffers) live on the stack of each call so no raw pointer outlives it. It
+//! never interprets payloads nor decides anything about flows.
+
+use std::io::{self, IoSlice};
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Most datagrams moved by one `recvmmsg` / `sendmmsg`.
+pub const MAX_BATCH: usize = 32;
+
+/// Room for one `IP_PKTINFO` or `IPV6_PKTINFO` control message.
+const CONTROL_LEN: usize = 64;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct ControlBuf([u8; CONTROL_LEN]);
+
+impl ControlBuf {
+    const ZERO: ControlBuf = ControlBuf([0; CONTROL_LEN]);
+}
+
+/// One received datagram, borrowed from the batch.
+#[derive(Clone, Copy)]
+pub struct Received<'a> {
+    /// The sender.
+    pub src: SocketAddr,
+    /// The address it was sent to, when packet info is enabled.
+    pub local: Option<IpAddr>,
+    /// The bytes (at most the buffer length; a longer datagram was truncated
+    /// by the kernel and shows as `buffer_len` bytes).
+    pub payload: &'a [u8],
+}
+
+impl std::fmt::Debug for Received<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("src", &self.src)
+            .field("local", &self.local)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// Preallocated buffers for `recvmmsg`.
+#[derive(Debug)]
+pub struct RecvBatch {
+    buffer_len: usize,
+    buffers: Vec<u8>,
+    sources: Vec<Option<SocketAddr>>,
+    locals: Vec<Option<IpAddr>>,
+    lens: Vec<usize>,
+    received: usize,
+}
+
+impl RecvBatch {
+    /// A batch of [`MAX_BATCH`] buffers of `buffer_len` bytes each.
+    pub fn new(buffer_len: usize) -> Self {
+        let buffer_len = buffer_len.max(1);
+        RecvBatch {
+            buffer_len,
+            buffers: vec![0; buffer_len * MAX_BATCH],
+            sources: vec![None; MAX_BATCH],
+            locals: vec![None; MAX_BATCH],
+            lens: vec![0; MAX_BATCH],
+            received: 0,
+        }
+    }
+
+    /// The length of each buffer.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
+    }
+
+    /// Grows the buffers to at least `len` bytes each (a listener with a
+    /// larger `max_rx_datagram_size` arrived); never shrinks.
+    pub fn ensure_buffer_len(&mut self, len: usize) {
+        if len > self.buffer_len {
+            *self = RecvBatch::new(len);
+        }
+    }
+
+    /// Receives up to `max` datagrams (at most [`MAX_BATCH`]) from `fd`
+    /// without blocking. `Ok(0)` is never returned for a non-empty wait:
+    /// `WouldBlock` is an error, as from the socket.
+    pub fn recv(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        let count = max.clamp(1, MAX_BATCH);
+        // SAFETY: zeroed sockaddr_storage / mmsghdr / iovec are valid values.
+        let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
+        let mut controls = [ControlBuf::ZERO; MAX_BATCH];
+        let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+        let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+        let base = self.buffers.as_mut_ptr();
+        for i in 0..count {
+            // SAFETY: slot i lies within `buffers` (MAX_BATCH slots).
+            iovecs[i].iov_base = unsafe { base.add(i * self.buffer_len) }.cast();
+            iovecs[i].iov_len = self.buffer_len;
+            let hdr = &mut headers[i].msg_hdr;
+            hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut iovecs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = controls[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = CONTROL_LEN as _;
+        }
+        let n = loop {
+            // SAFETY: every header points into live stack arrays or `buffers`.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    headers.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                self.received = 0;
+                return Err(error);
+            }
+        };
+        for i in 0..n {
+            self.sources[i] = sockaddr_to_std(&addrs[i]);
+            self.lens[i] = (headers[i].msg_len as usize).min(self.buffer_len);
+            self.locals[i] = parse_packet_info(&headers[i].msg_hdr);
+        }
+        self.received = n;
+        Ok(n)
+    }
+
+    /// The `i`th datagram of the last `recv` (`None` past the count, or if
+    /// its source address was not IPv4 / IPv6).
+    pub fn get(&self, i: usize) -> Option<Received<'_>> {
+        if i >= self.received {
+            return None;
+        }
+        let src = self.sources[i]?;
+        let start = i * self.buffer_len;
+        Some(Received {
+            src,
+            local: self.locals[i],
+            payload: &self.buffers[start..start + self.lens[i]],
+        })
+    }
+}
+
+/// Client-bound datagrams waiting to leave through one listener socket with
+/// one `sendmmsg`: receive a backend datagram straight into
+/// [`SendBatch::slot`], then [`SendBatch::commit`] it.
+#[derive(Debug)]
+pub struct SendBatch {
+    buffer_len: usize,
+    buffers: Vec<u8>,
+    lens: Vec<usize>,
+    dsts: Vec<Option<(SocketAddr, Option<IpAddr>)>>,
+    len: usize,
+}
+
+impl SendBatch {
+    /// [`MAX_BATCH`] slots of `buffer_len` bytes each.
+    pub fn new(buffer_len: usize) -> Self {
+        let buffer_len = buffer_len.max(1);
+        SendBatch {
+            buffer_len,
+            buffers: vec![0; buffer_len * MAX_BATCH],
+            lens: vec![0; MAX_BATCH],
+            dsts: vec![None; MAX_BATCH],
+            len: 0,
+        }
+    }
+
+    /// The length of each slot.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
+    }
+
+    /// Committed datagrams not sent yet.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is committed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when no slot is free: send before receiving more.
+    pub fn is_full(&self) -> bool {
+        self.len == MAX_BATCH
+    }
+
+    /// The next free slot (`None` when full).
+    pub fn slot(&mut self) -> Option<&mut [u8]> {
+        if self.is_full() {
+            return None;
+        }
+        let start = self.len * self.buffer_len;
+        Some(&mut self.buffers[start..start + self.buffer_len])
+    }
+
+    /// Commits the first `len` bytes of the slot returned by
+    /// [`Self::slot`] for `dst`, from `local` (packet info) if given.
+    pub fn commit(&mut self, len: usize, dst: SocketAddr, local: Option<IpAddr>) {
+        if self.is_full() {
+            return;
+        }
+        self.lens[self.len] = len.min(self.buffer_len);
+        self.dsts[self.len] = Some((dst, local));
+        self.len += 1;
+    }
+
+    /// The committed datagram `i`: its bytes, destination and source.
+    pub fn committed(&self, i: usize) -> Option<(&[u8], SocketAddr, Option<IpAddr>)> {
+        if i >= self.len {
+            return None;
+        }
+        let (dst, local) = self.dsts[i]?;
+        let start = i * self.buffer_len;
+        Some((&self.buffers[start..start + self.lens[i]], dst, local))
+    }
+
+    /// Forgets every committed datagram.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Sends the committed datagrams from index `start` with `sendmmsg`
+    /// and returns how many left; the caller decides what to do with the
+    /// rest (see [`Self::committed`]) and then [`Self::clear`]s.
+    /// `WouldBlock` before the first one is `Ok(0)`; an error means the
+    /// datagram at `start` was refused.
+    pub fn send_from(&mut self, fd: RawFd, start: usize) -> io::Result<usize> {
+        if start >= self.len {
+            return Ok(0);
+        }
+        let count = self.len - start;
+        // SAFETY: zeroed sockaddr_storage / mmsghdr / iovec are valid values.
+        let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
+        let mut controls = [ControlBuf::ZERO; MAX_BATCH];
+        let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+        let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+        let base = self.buffers.as_mut_ptr();
+        for i in 0..count {
+            let slot = start + i;
+            let Some((dst, local)) = self.dsts[slot] else {
+                continue;
+            };
+            // SAFETY: the slot lies within `buffers`.
+            iovecs[i].iov_base = unsafe { base.add(slot * self.buffer_len) }.cast();
+            iovecs[i].iov_len = self.lens[slot];
+            let namelen = std_to_sockaddr(dst, &mut addrs[i]);
+            let hdr = &mut headers[i].msg_hdr;
+            hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = namelen;
+            hdr.msg_iov = &mut iovecs[i];
+            hdr.msg_iovlen = 1;
+            set_source_control(hdr, &mut controls[i], dst, local);
+        }
+        loop {
+            // SAFETY: every header points into live stack arrays or `buffers`.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    headers.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(error),
+            }
+        }
+    }
+}
+
+/// Sends one datagram made of `parts` to `dst` on an unconnected socket,
+/// from `local` when given (packet info).
+pub fn send_to_from(
+    fd: RawFd,
+    parts: &[IoSlice<'_>],
+    dst: SocketAddr,
+    local: Option<IpAddr>,
+) -> io::Result<usize> {
+    // SAFETY: zeroed sockaddr_storage / msghdr are valid values.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut control = ControlBuf::ZERO;
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_namelen = std_to_sockaddr(dst, &mut addr);
+    hdr.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    // IoSlice is ABI-compatible with iovec on Unix.
+    hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    hdr.msg_iovlen = parts.len() as _;
+    set_source_control(&mut hdr, &mut control, dst, local);
+    loop {
+        // SAFETY: the header points at live locals and `parts`.
+        let rc = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Sends one datagram made of `parts` on a connected socket.
+pub fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is valid.
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    hdr.msg_iovlen = parts.len() as _;
+    loop {
+        // SAFETY: the header points at `parts`, alive for the call.
+        let rc = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Receives one datagram on a connected socket into `buf`; returns its full
+/// length (may exceed `buf.len()`: `MSG_TRUNC` reports the real size, so a
+/// datagram over the limit is noticed).
+pub fn recv_connected(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes.
+        let rc = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Attaches an `IP_PKTINFO` / `IPV6_PKTINFO` control message choosing the
+/// source address, when `local` is given and matches `dst`'s family.
+fn set_source_control(
+    hdr: &mut libc::msghdr,
+    control: &mut ControlBuf,
+    dst: SocketAddr,
+    local: Option<IpAddr>,
+) {
+    let (level, kind, data_len) = match (dst, local) {
+        (SocketAddr::V4(_), Some(IpAddr::V4(_))) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            mem::size_of::<libc::in_pktinfo>(),
+        ),
+        (SocketAddr::V6(_), Some(IpAddr::V6(_))) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            mem::size_of::<libc::in6_pktinfo>(),
+        ),
+        _ => return,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(data_len as u32) } as usize;
+    if space > CONTROL_LEN {
+        return;
+    }
+    hdr.msg_control = control.0.as_mut_ptr().cast();
+    hdr.msg_controllen = space as _;
+    // SAFETY: the control buffer is aligned, zeroed and large enough for one
+    // message of `data_len` bytes (checked above).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        if cmsg.is_null() {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            return;
+        }
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+        let data = libc::CMSG_DATA(cmsg);
+        match local {
+            Some(IpAddr::V4(ip)) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(ip.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(data.cast::<libc::in_pktinfo>(), info);
+            }
+            Some(IpAddr::V6(ip)) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                std::ptr::write_unaligned(data.cast::<libc::in6_pktinfo>(), info);
+            }
+            None => {}
+        }
+    }
+}
+
+/// The destination address from a received `IP_PKTINFO` / `IPV6_PKTINFO`.
+fn parse_packet_info(hdr: &libc::msghdr) -> Option<IpAddr> {
+    if hdr.msg_control.is_null() || hdr.msg_controllen == 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of
+    // well-formed control messages; the CMSG macros stay within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            let level = (*cmsg).cmsg_level;
+            let kind = (*cmsg).cmsg_type;
+            let data = libc::CMSG_DATA(cmsg);
+            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+                let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                return Some(IpAddr::V4(Ipv4Addr::from(
+                    info.ipi_addr.s_addr.to_ne_bytes(),
+                )));
+            }
+            if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn std_to_sockaddr(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            sin6.sin6_scope_id = v6.scope_id();
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    fn wait_recv(batch: &mut RecvBatch, fd: RawFd) -> usize {
+        for _ in 0..1000 {
+            match batch.recv(fd, MAX_BATCH) {
+                Ok(n) => return n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+        panic!("nothing received");
+    }
+
+    #[test]
+    fn recvmmsg_reads_several_datagrams_with_their_sources_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0u8..5 {
+            tx.send_to(&[i; 3], rx.local_addr().unwrap()).unwrap();
+        }
+        let mut batch = RecvBatch::new(16);
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let n = wait_recv(&mut batch, rx.as_raw_fd());
+            for i in 0..n {
+                let d = batch.get(i).unwrap();
+                assert_eq!(d.src, tx.local_addr().unwrap());
+                seen.push(d.payload.to_vec());
+            }
+        }
+        let expected: Vec<Vec<u8>> = (0u8..5).map(|i| vec![i; 3]).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn oversized_datagram_fills_the_buffer_so_the_caller_sees_it_is_too_long() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&[7; 100], rx.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::new(11);
+        assert_eq!(wait_recv(&mut batch, rx.as_raw_fd()), 1);
+        assert_eq!(batch.get(0).unwrap().payload.len(), 11);
+    }
+
+    #[test]
+    fn packet_info_reports_the_destination_on_a_wildcard_socket_and_replies_leave_from_it() {
+        let listener =
+            crate::udp::socket::bind_listener("0.0.0.0:0".parse().unwrap(), Default::default())
+                .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        // 127.0.0.2 is loopback too: the reply must come from it.
+        client.send_to(b"ping", ("127.0.0.2", port)).unwrap();
+        let mut batch = RecvBatch::new(64);
+        assert_eq!(wait_recv(&mut batch, listener.as_raw_fd()), 1);
+        let d = batch.get(0).unwrap();
+        assert_eq!(d.local, Some("127.0.0.2".parse().unwrap()));
+        let (src, local) = (d.src, d.local);
+        let mut out = SendBatch::new(64);
+        out.slot().unwrap()[..4].copy_from_slice(b"pong");
+        out.commit(4, src, local);
+        assert_eq!(out.send_from(listener.as_raw_fd(), 0).unwrap(), 1);
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        assert_eq!(from, SocketAddr::from(([127, 0, 0, 2], port)));
+    }
+}

@@ -1,0 +1,39 @@
+//! The UDP I/O shell: sockets around the sans-io flow manager
+//! ([`crate::protocol::udp`]), one per UDP listener, hosted by the worker's
+//! event loop ([`crate::server`]). See `doc/udp.md` for what an operator sees.
+//!
+//! Owns listener sockets (SO_REUSEPORT, IPv4 / IPv6, packet info on wildcard
+//! addresses), one connected upstream socket per flow with its own token,
+//! `recvmmsg` / `sendmmsg` batches, bounded write queues, health probe
+//! sockets, and the metrics and access records of flows. It must never make
+//! a flow decision itself (admission, timers, caps, PROXY headers are the
+//! core's), never read the clock (the loop passes `now`), and never allocate
+//! per datagram on an established flow.
+
+pub mod listener;
+pub mod metrics;
+pub mod mmsg;
+pub mod shell;
+pub mod socket;
+
+pub use listener::{IoContext, UdpListener, DATAGRAM_BUDGET};
+pub use shell::{UdpError, UdpShell};
+
+use crate::health::ProbeId;
+use crate::protocol::udp::FlowId;
+
+/// What a UDP shell token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpToken {
+    /// A listener socket, by its index in the shell.
+    Listener(usize),
+    /// The upstream socket of one flow of one listener.
+    Upstream {
+        /// The listener index.
+        listener: usize,
+        /// The flow.
+        flow: FlowId,
+    },
+    /// A health probe socket.
+    Probe(ProbeId),
+}

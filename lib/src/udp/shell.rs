@@ -1,0 +1,780 @@
+//! The UDP side of a worker: every UDP listener, the cluster knobs they
+//! apply, health probes, and the orders that change them.
+//!
+//! Owns the listener slab (index ↔ address), each UDP cluster's knobs, the
+//! probe sockets in flight and the shared receive batch. Applies orders the
+//! worker's `ConfigState` has already accepted; refuses only what cannot be
+//! done on this host (a bind error, a knob the core cannot express), with a
+//! typed [`UdpError`]. It never reads the control channel and never reads
+//! the clock (`now` comes from the event loop).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use slab::Slab;
+use sozu_command_lib::command::{
+    self, AddBackend, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig,
+    UpdateUdpListenerConfig,
+};
+use sozu_command_lib::proto::convert::AddressError;
+
+use super::listener::{Frontend, IoContext, UdpListener};
+use super::metrics::{backend_health, probe_failed, ListenerMetrics};
+use super::mmsg::RecvBatch;
+use super::socket::{adopt_listener, auto_max_flows, bind_listener, ListenerSocketOptions};
+use super::UdpToken;
+use crate::access_log::FlowCloseReason;
+use crate::backends::{BackendError, BackendStatus, ClusterId};
+use crate::health::probe::{ProbeOutcome, ProbeSocket};
+use crate::health::{HealthConfig, HealthConfigError, HealthEvent, ProbeId};
+use crate::load_balancing::Algorithm;
+use crate::metrics::Scope;
+use crate::protocol::udp::{
+    self as core, AffinityKey, CloseReason, UdpFlowManager, UdpFlowManagerConfig,
+};
+use crate::server::tokens::TokenOwner;
+
+/// Largest `max_rx_datagram_size` accepted: the largest UDP payload.
+pub const MAX_DATAGRAM_SIZE: u32 = 65_507;
+
+/// An order the UDP shell cannot carry out.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    /// A wire address is not a socket address.
+    #[error("{field}: invalid address")]
+    Address {
+        field: &'static str,
+        #[source]
+        source: AddressError,
+    },
+    /// No UDP listener at this address in this worker.
+    #[error("no UDP listener at {address}")]
+    UnknownListener { address: SocketAddr },
+    /// A UDP listener already exists at this address.
+    #[error("a UDP listener already exists at {address}")]
+    ListenerExists { address: SocketAddr },
+    /// Binding (or adopting) the listener socket failed.
+    #[error("cannot bind the UDP listener {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Registering a socket with the event loop failed.
+    #[error("cannot register the UDP listener {address} with the event loop")]
+    Register {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// A listener or cluster knob out of range.
+    #[error("{field} = {value}: {reason}")]
+    InvalidValue {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// A cluster's health block is invalid.
+    #[error("cluster {cluster}")]
+    Health {
+        cluster: String,
+        #[source]
+        source: HealthConfigError,
+    },
+    /// A backend order could not be applied.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Debug, Clone)]
+struct ClusterSettings {
+    config: core::ClusterConfig,
+    keep_flows_on_backend_removal: bool,
+}
+
+#[derive(Debug)]
+struct ProbeInFlight {
+    socket: ProbeSocket,
+    token: Token,
+    cluster: ClusterId,
+    backend: crate::backends::BackendId,
+}
+
+/// The UDP listeners of a worker and what they need.
+#[derive(Debug)]
+pub struct UdpShell {
+    listeners: Slab<UdpListener>,
+    by_address: HashMap<SocketAddr, usize>,
+    clusters: HashMap<String, ClusterSettings>,
+    probes: HashMap<ProbeId, ProbeInFlight>,
+    recv: RecvBatch,
+    seed: u64,
+    fd_limit: u64,
+    adopted: HashMap<SocketAddr, OwnedFd>,
+    draining: bool,
+    buffer_size: usize,
+}
+
+impl UdpShell {
+    /// An empty shell. `seed` keys each listener's affinity hash (mixed with
+    /// its address); `fd_limit` is the soft `RLIMIT_NOFILE` for automatic
+    /// `max_flows`; `adopted` are listener sockets passed by the master,
+    /// used instead of binding when their listener is added;
+    /// `buffer_size` clamps `max_rx_datagram_size` (`0`: no clamp).
+    pub fn new(
+        seed: u64,
+        fd_limit: u64,
+        adopted: Vec<(SocketAddr, OwnedFd)>,
+        buffer_size: usize,
+    ) -> Self {
+        UdpShell {
+            listeners: Slab::new(),
+            by_address: HashMap::new(),
+            clusters: HashMap::new(),
+            probes: HashMap::new(),
+            recv: RecvBatch::new(1501),
+            seed,
+            fd_limit,
+            adopted: adopted.into_iter().collect(),
+            draining: false,
+            buffer_size,
+        }
+    }
+
+    /// Adds sockets adopted during an upgrade (used by later adds).
+    pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
+        self.adopted.extend(sockets);
+    }
+
+    // ----- listeners -----
+
+    /// Adds a listener (and binds it if the config says `active`).
+    pub fn add_listener(
+        &mut self,
+        now: Instant,
+        config: &UdpListenerConfig,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        let address = wire_address("address", &config.address)?;
+        if self.by_address.contains_key(&address) {
+            return Err(UdpError::ListenerExists { address });
+        }
+        let manager_config = manager_config(address, config, 1, self.buffer_size)?;
+        let id = self.listeners.vacant_key();
+        let seed = self.seed ^ crate::load_balancing::stable_hash(address.to_string().as_bytes());
+        let manager = UdpFlowManager::new(manager_config, seed);
+        let metrics = ListenerMetrics::register(ctx.metrics, address);
+        let listener = UdpListener::new(
+            id,
+            *config,
+            address,
+            manager,
+            config.max_flows == 0,
+            metrics,
+        );
+        self.listeners.insert(listener);
+        self.by_address.insert(address, id);
+        self.rebalance_auto_max_flows();
+        if self.draining {
+            self.listeners[id].manager.drain(now);
+        }
+        if config.active {
+            if let Err(e) = self.activate(address, ctx) {
+                self.remove_listener(now, address, ctx)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Patches a listener's timeouts, `max_rx_datagram_size` and
+    /// `max_flows` in place (no re-bind; live flows keep their timers).
+    pub fn update_listener(
+        &mut self,
+        update: &UpdateUdpListenerConfig,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        let address = wire_address("address", &update.address)?;
+        let id = self.listener_id(address)?;
+        let mut config = self.listeners[id].config;
+        if let Some(v) = update.front_timeout {
+            config.front_timeout = v;
+        }
+        if let Some(v) = update.back_timeout {
+            config.back_timeout = v;
+        }
+        if let Some(v) = update.max_rx_datagram_size {
+            config.max_rx_datagram_size = v;
+        }
+        if let Some(v) = update.max_flows {
+            config.max_flows = v;
+        }
+        if update.public_address.is_some() {
+            config.public_address = update.public_address;
+        }
+        let checked = manager_config(address, &config, 1, self.buffer_size)?;
+        let listener = &mut self.listeners[id];
+        listener
+            .manager
+            .set_default_timeouts(checked.front_timeout, checked.back_timeout);
+        listener
+            .manager
+            .set_max_rx_datagram_size(checked.max_rx_datagram_size);
+        listener.auto_max_flows = config.max_flows == 0;
+        if config.max_flows != 0 {
+            listener.manager.set_max_flows(checked.max_flows);
+        }
+        listener.config = config;
+        listener.resize_buffers(ctx);
+        self.rebalance_auto_max_flows();
+        Ok(())
+    }
+
+    /// Binds (or adopts) the listener's socket if needed and starts reading.
+    pub fn activate(
+        &mut self,
+        address: SocketAddr,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        let id = self.listener_id(address)?;
+        let listener = &mut self.listeners[id];
+        if !listener.has_socket() {
+            let options = socket_options(&listener.config);
+            let socket = match self.adopted.remove(&address) {
+                Some(fd) => adopt_listener(fd, address, options),
+                None => bind_listener(address, options),
+            }
+            .map_err(|source| UdpError::Bind { address, source })?;
+            listener.attach_socket(socket);
+        }
+        listener
+            .start_reading(ctx)
+            .map_err(|source| UdpError::Register { address, source })?;
+        tracing::info!(listener = %address, local = ?listener.local_addr(), "UDP listener active");
+        Ok(())
+    }
+
+    /// Stops reading the listener (socket kept bound) and closes its flows.
+    pub fn deactivate(
+        &mut self,
+        now: Instant,
+        address: SocketAddr,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        let id = self.listener_id(address)?;
+        let listener = &mut self.listeners[id];
+        listener.stop_reading(ctx);
+        listener.close_all(now, FlowCloseReason::ListenerClosed, ctx);
+        tracing::info!(listener = %address, "UDP listener deactivated");
+        Ok(())
+    }
+
+    /// Closes the listener's flows and socket and forgets it.
+    pub fn remove_listener(
+        &mut self,
+        now: Instant,
+        address: SocketAddr,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        let id = self.listener_id(address)?;
+        let mut listener = self.listeners.remove(id);
+        self.by_address.remove(&address);
+        listener.stop_reading(ctx);
+        listener.close_all(now, FlowCloseReason::ListenerClosed, ctx);
+        listener.release_socket(ctx);
+        listener.metrics.unregister(ctx.metrics);
+        self.rebalance_auto_max_flows();
+        tracing::info!(listener = %address, "UDP listener removed");
+        Ok(())
+    }
+
+    /// Sets (or clears) the frontend of the listener at the order's address.
+    pub fn set_frontend(
+        &mut self,
+        now: Instant,
+        frontend: &RequestUdpFrontend,
+        add: bool,
+    ) -> Result<(), UdpError> {
+        let address = wire_address("address", &frontend.address)?;
+        let id = self.listener_id(address)?;
+        let listener = &mut self.listeners[id];
+        if add {
+            listener.frontend = Some(Frontend {
+                cluster: ClusterId::from(frontend.cluster_id.as_str()),
+                tags: frontend.tags.clone(),
+            });
+            let config = self
+                .clusters
+                .get(&frontend.cluster_id)
+                .map(|c| c.config.clone())
+                .unwrap_or_else(|| {
+                    core::ClusterConfig::new(core::ClusterId::new(&frontend.cluster_id))
+                });
+            listener.manager.set_cluster(now, Some(config));
+        } else {
+            listener.frontend = None;
+            listener.manager.set_cluster(now, None);
+        }
+        Ok(())
+    }
+
+    // ----- clusters and backends -----
+
+    /// Adds or reconfigures a cluster: knobs (new flows only), balancing
+    /// algorithm, health checks and fail-open.
+    pub fn set_cluster(
+        &mut self,
+        now: Instant,
+        cluster: &Cluster,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        let settings = cluster_settings(cluster)?;
+        let health = match cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
+            Some(wire) => HealthConfig::try_from(wire).map_err(|source| UdpError::Health {
+                cluster: cluster.cluster_id.clone(),
+                source,
+            })?,
+            None => HealthConfig::default(),
+        };
+        let id = cluster.cluster_id.as_str();
+        let algorithm = command::LoadBalancingAlgorithms::try_from(cluster.load_balancing)
+            .map(Algorithm::from)
+            .map_err(|_| UdpError::InvalidValue {
+                field: "load_balancing",
+                value: cluster.load_balancing.to_string(),
+                reason: "unknown algorithm",
+            })?;
+        ctx.backends.set_algorithm(id, algorithm);
+        ctx.backends.set_fail_open(id, health.fail_open);
+        ctx.health.configure(now, ClusterId::from(id), health);
+        for (_, listener) in self.listeners.iter_mut() {
+            if listener
+                .frontend
+                .as_ref()
+                .is_some_and(|f| f.cluster.as_str() == id)
+            {
+                listener
+                    .manager
+                    .set_cluster(now, Some(settings.config.clone()));
+            }
+        }
+        self.clusters.insert(id.to_owned(), settings);
+        self.apply_health_events(now, ctx);
+        Ok(())
+    }
+
+    /// Removes a cluster: listeners sending to it stop admitting (no
+    /// cluster), its backends go away and their flows close (unless the
+    /// cluster kept them).
+    pub fn remove_cluster(&mut self, now: Instant, cluster_id: &str, ctx: &mut IoContext<'_>) {
+        let keep = self
+            .clusters
+            .remove(cluster_id)
+            .is_some_and(|c| c.keep_flows_on_backend_removal);
+        let removed = ctx.backends.remove_cluster(cluster_id);
+        ctx.health.remove_cluster(cluster_id);
+        for (_, listener) in self.listeners.iter_mut() {
+            if listener
+                .frontend
+                .as_ref()
+                .is_some_and(|f| f.cluster.as_str() == cluster_id)
+            {
+                listener.frontend = None;
+                listener.manager.set_cluster(now, None);
+            }
+            if !keep {
+                for backend in &removed {
+                    listener.manager.abort_backend(
+                        now,
+                        &core::BackendId::new(backend.id().as_str()),
+                        CloseReason::BackendRemoved,
+                    );
+                }
+                listener.drain(now, ctx);
+            }
+        }
+        ctx.metrics
+            .remove_scope(&Scope::Cluster(ClusterId::from(cluster_id)));
+        self.apply_health_events(now, ctx);
+    }
+
+    /// Adds (or updates) a backend and starts probing it.
+    pub fn add_backend(
+        &mut self,
+        now: Instant,
+        order: &AddBackend,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        ctx.backends.add_from_order(order)?;
+        let address = wire_address("address", &order.address)?;
+        ctx.health.add_backend(
+            now,
+            ClusterId::from(order.cluster_id.as_str()),
+            crate::backends::BackendId::from(order.backend_id.as_str()),
+            address,
+        );
+        Ok(())
+    }
+
+    /// Removes a backend: its flows close with BackendRemoved unless the
+    /// cluster keeps them.
+    pub fn remove_backend(
+        &mut self,
+        now: Instant,
+        order: &RemoveBackend,
+        ctx: &mut IoContext<'_>,
+    ) -> Result<(), UdpError> {
+        ctx.backends.remove_from_order(order)?;
+        ctx.health
+            .remove_backend(&order.cluster_id, &order.backend_id);
+        ctx.metrics.remove_scope(&Scope::Backend(
+            ClusterId::from(order.cluster_id.as_str()),
+            crate::backends::BackendId::from(order.backend_id.as_str()),
+        ));
+        let keep = self
+            .clusters
+            .get(&order.cluster_id)
+            .is_some_and(|c| c.keep_flows_on_backend_removal);
+        if !keep {
+            let backend = core::BackendId::new(&order.backend_id);
+            for (_, listener) in self.listeners.iter_mut() {
+                listener
+                    .manager
+                    .abort_backend(now, &backend, CloseReason::BackendRemoved);
+                listener.drain(now, ctx);
+            }
+        }
+        self.apply_health_events(now, ctx);
+        Ok(())
+    }
+
+    // ----- stopping -----
+
+    /// Soft-stop: every listener stops admitting new flows; live flows go
+    /// on until they end by themselves.
+    pub fn soft_stop(&mut self, now: Instant) {
+        self.draining = true;
+        for (_, listener) in self.listeners.iter_mut() {
+            listener.manager.drain(now);
+        }
+    }
+
+    /// True when no listener has a live flow left.
+    pub fn is_drained(&self) -> bool {
+        self.listeners
+            .iter()
+            .all(|(_, l)| l.manager.active_flows() == 0)
+    }
+
+    /// Hard-stop: closes every flow now.
+    pub fn hard_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        for (_, listener) in self.listeners.iter_mut() {
+            listener.close_all(now, FlowCloseReason::Shutdown, ctx);
+        }
+        for (_, mut probe) in self.probes.drain() {
+            if let Err(error) = probe.socket.deregister(ctx.registry) {
+                tracing::debug!(%error, "deregistering a probe");
+            }
+            ctx.tokens.remove(probe.token);
+        }
+    }
+
+    // ----- event loop -----
+
+    /// The earliest deadline of any listener's flows.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.manager.poll_timeout())
+            .min()
+    }
+
+    /// Expires due flows and runs due health probes.
+    pub fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        for (_, listener) in self.listeners.iter_mut() {
+            if listener.manager.poll_timeout().is_some_and(|t| t <= now) {
+                listener.manager.handle_timeout(now);
+                listener.drain(now, ctx);
+                listener.flush_returns(ctx);
+            }
+        }
+        if !self.draining {
+            self.run_probes(now, ctx);
+        }
+    }
+
+    /// A readiness event for one of the shell's sockets.
+    pub fn on_ready(
+        &mut self,
+        now: Instant,
+        token: UdpToken,
+        readable: bool,
+        writable: bool,
+        ctx: &mut IoContext<'_>,
+    ) {
+        match token {
+            UdpToken::Listener(id) => {
+                let Some(listener) = self.listeners.get_mut(id) else {
+                    return;
+                };
+                if writable {
+                    listener.on_writable(ctx);
+                }
+                if readable {
+                    listener.on_readable(now, &mut self.recv, ctx);
+                }
+            }
+            UdpToken::Upstream { listener, flow } => {
+                if let Some(listener) = self.listeners.get_mut(listener) {
+                    listener.on_upstream_ready(now, flow, readable, writable, ctx);
+                }
+            }
+            UdpToken::Probe(probe) => self.on_probe_ready(now, probe, ctx),
+        }
+    }
+
+    fn run_probes(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        ctx.health.handle_timeout(now);
+        while let Some(probe) = ctx.health.poll_probe(now) {
+            let opened = ProbeSocket::open(&probe).and_then(|mut socket| {
+                let token = ctx
+                    .tokens
+                    .insert(TokenOwner::Udp(UdpToken::Probe(probe.id)));
+                match socket.register(ctx.registry, token) {
+                    Ok(()) => Ok((socket, token)),
+                    Err(e) => {
+                        ctx.tokens.remove(token);
+                        Err(e)
+                    }
+                }
+            });
+            match opened {
+                Ok((socket, token)) => {
+                    self.probes.insert(
+                        probe.id,
+                        ProbeInFlight {
+                            socket,
+                            token,
+                            cluster: probe.cluster.clone(),
+                            backend: probe.backend.clone(),
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::debug!(cluster = %probe.cluster, backend = %probe.backend, %error, "probe failed at once");
+                    probe_failed(ctx.metrics, &probe.cluster, &probe.backend);
+                    ctx.health.probe_failed(now, probe.id);
+                }
+            }
+        }
+        self.apply_health_events(now, ctx);
+    }
+
+    fn on_probe_ready(&mut self, now: Instant, id: ProbeId, ctx: &mut IoContext<'_>) {
+        let Some(probe) = self.probes.get_mut(&id) else {
+            return;
+        };
+        let Some(outcome) = probe.socket.poll_outcome() else {
+            return;
+        };
+        match outcome {
+            ProbeOutcome::Success => {
+                ctx.health.probe_succeeded(now, id);
+            }
+            ProbeOutcome::Failure(error) => {
+                tracing::debug!(cluster = %probe.cluster, backend = %probe.backend, %error, "probe failed");
+                probe_failed(ctx.metrics, &probe.cluster, &probe.backend);
+                ctx.health.probe_failed(now, id);
+            }
+        }
+        self.close_probe(id, ctx);
+        self.apply_health_events(now, ctx);
+    }
+
+    fn close_probe(&mut self, id: ProbeId, ctx: &mut IoContext<'_>) {
+        if let Some(mut probe) = self.probes.remove(&id) {
+            if let Err(error) = probe.socket.deregister(ctx.registry) {
+                tracing::debug!(%error, "deregistering a probe");
+            }
+            ctx.tokens.remove(probe.token);
+        }
+    }
+
+    fn apply_health_events(&mut self, _now: Instant, ctx: &mut IoContext<'_>) {
+        while let Some(event) = ctx.health.poll_event() {
+            match event {
+                HealthEvent::BackendUp { cluster, backend } => {
+                    ctx.backends
+                        .set_status(cluster.as_str(), backend.as_str(), BackendStatus::Up);
+                    backend_health(ctx.metrics, &cluster, &backend, true);
+                    tracing::info!(%cluster, %backend, "backend up");
+                }
+                HealthEvent::BackendDown { cluster, backend } => {
+                    ctx.backends.set_status(
+                        cluster.as_str(),
+                        backend.as_str(),
+                        BackendStatus::Down,
+                    );
+                    backend_health(ctx.metrics, &cluster, &backend, false);
+                    tracing::warn!(%cluster, %backend, "backend down");
+                }
+                HealthEvent::ProbeAbandoned { probe } => self.close_probe(probe, ctx),
+            }
+        }
+    }
+
+    // ----- queries -----
+
+    fn listener_id(&self, address: SocketAddr) -> Result<usize, UdpError> {
+        self.by_address
+            .get(&address)
+            .copied()
+            .ok_or(UdpError::UnknownListener { address })
+    }
+
+    /// The listener at `address`, if any.
+    pub fn listener(&self, address: SocketAddr) -> Option<&UdpListener> {
+        self.by_address.get(&address).map(|&id| &self.listeners[id])
+    }
+
+    /// Every listener.
+    pub fn listeners(&self) -> impl Iterator<Item = &UdpListener> {
+        self.listeners.iter().map(|(_, l)| l)
+    }
+
+    /// The bound sockets, with their configured addresses, for passing to
+    /// the master.
+    pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.socket_fd().map(|fd| (l.address, fd)))
+            .collect()
+    }
+
+    /// Live flows over every listener.
+    pub fn active_flows(&self) -> usize {
+        self.listeners
+            .iter()
+            .map(|(_, l)| l.manager.active_flows())
+            .sum()
+    }
+
+    fn rebalance_auto_max_flows(&mut self) {
+        let share = auto_max_flows(self.fd_limit, self.listeners.len());
+        for (_, listener) in self.listeners.iter_mut() {
+            if listener.auto_max_flows {
+                listener.manager.set_max_flows(share);
+            }
+        }
+    }
+}
+
+fn wire_address(
+    field: &'static str,
+    address: &command::SocketAddress,
+) -> Result<SocketAddr, UdpError> {
+    SocketAddr::try_from(address).map_err(|source| UdpError::Address { field, source })
+}
+
+fn socket_options(config: &UdpListenerConfig) -> ListenerSocketOptions {
+    let size = |v: Option<u32>| v.filter(|&v| v > 0).map(|v| v as usize);
+    ListenerSocketOptions {
+        recv_buffer_size: size(config.recv_buffer_size),
+        send_buffer_size: size(config.send_buffer_size),
+    }
+}
+
+/// The core's listener configuration from the wire one; `auto_max_flows`
+/// stands in for `max_flows = 0` until the shell rebalances.
+fn manager_config(
+    address: SocketAddr,
+    config: &UdpListenerConfig,
+    auto_max_flows: usize,
+    buffer_size: usize,
+) -> Result<UdpFlowManagerConfig, UdpError> {
+    if config.max_rx_datagram_size == 0 || config.max_rx_datagram_size > MAX_DATAGRAM_SIZE {
+        return Err(UdpError::InvalidValue {
+            field: "max_rx_datagram_size",
+            value: config.max_rx_datagram_size.to_string(),
+            reason: "must be between 1 and 65507",
+        });
+    }
+    for (field, value) in [
+        ("front_timeout", config.front_timeout),
+        ("back_timeout", config.back_timeout),
+    ] {
+        if value == 0 {
+            return Err(UdpError::InvalidValue {
+                field,
+                value: value.to_string(),
+                reason: "must be at least 1 second",
+            });
+        }
+    }
+    let mut manager = UdpFlowManagerConfig::new(address);
+    manager.max_rx_datagram_size = config.max_rx_datagram_size as usize;
+    // CONFIG.md: clamped to `buffer_size`.
+    if buffer_size > 0 {
+        manager.max_rx_datagram_size = manager.max_rx_datagram_size.min(buffer_size);
+    }
+    manager.front_timeout = Duration::from_secs(u64::from(config.front_timeout));
+    manager.back_timeout = Duration::from_secs(u64::from(config.back_timeout));
+    manager.max_flows = match config.max_flows {
+        0 => auto_max_flows,
+        n => n as usize,
+    };
+    Ok(manager)
+}
+
+/// A cluster's UDP knobs as the core takes them.
+fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
+    let mut config = core::ClusterConfig::new(core::ClusterId::new(&cluster.cluster_id));
+    let mut keep = false;
+    if let Some(udp) = &cluster.udp {
+        config.affinity_key = match udp.affinity_key {
+            None => AffinityKey::SourceIp,
+            Some(raw) => match command::UdpAffinityKey::try_from(raw) {
+                Ok(command::UdpAffinityKey::SourceIp) => AffinityKey::SourceIp,
+                Ok(command::UdpAffinityKey::SourceIpPort) => AffinityKey::SourceIpPort,
+                Err(_) => {
+                    return Err(UdpError::InvalidValue {
+                        field: "udp.affinity_key",
+                        value: raw.to_string(),
+                        reason: "unknown affinity key",
+                    })
+                }
+            },
+        };
+        config.responses = udp.responses.and_then(NonZeroU32::new);
+        config.requests = udp.requests.and_then(NonZeroU32::new);
+        let seconds = |v: Option<u32>| {
+            v.filter(|&s| s > 0)
+                .map(|s| Duration::from_secs(u64::from(s)))
+        };
+        config.front_timeout = seconds(udp.front_timeout);
+        config.back_timeout = seconds(udp.back_timeout);
+        config.send_proxy_protocol = udp.send_proxy_protocol.unwrap_or(false);
+        config.proxy_protocol_every_datagram = udp.proxy_protocol_every_datagram.unwrap_or(false);
+        config.max_pending_datagrams = udp
+            .max_pending_datagrams
+            .and_then(|v| NonZeroUsize::new(v as usize));
+        keep = udp.keep_flows_on_backend_removal.unwrap_or(false);
+        if let Some(raw) = udp.flow_key {
+            if command::UdpFlowKey::try_from(raw) == Ok(command::UdpFlowKey::QuicConnectionId) {
+                tracing::warn!(
+                    cluster = %cluster.cluster_id,
+                    "udp.flow_key = QUIC_CONNECTION_ID is not supported by this worker yet: flows are keyed by source address"
+                );
+            }
+        }
+    }
+    Ok(ClusterSettings {
+        config,
+        keep_flows_on_backend_removal: keep,
+    })
+}

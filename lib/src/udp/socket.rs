@@ -1,0 +1,184 @@
+//! Opening the UDP shell's sockets: listener sockets (bound with
+//! SO_REUSEPORT, or adopted from the master), connected per-flow upstream
+//! sockets, and the `IP_PKTINFO` / `IPV6_RECVPKTINFO` switch that lets a
+//! wildcard listener answer from the address the client sent to.
+//!
+//! It never reads or writes datagrams (see `super::mmsg`) and never keeps
+//! state: every function returns an owned socket.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Options of a listener socket from its `UdpListenerConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerSocketOptions {
+    /// `SO_RCVBUF` in bytes (`None` = kernel default).
+    pub recv_buffer_size: Option<usize>,
+    /// `SO_SNDBUF` in bytes (`None` = kernel default).
+    pub send_buffer_size: Option<usize>,
+}
+
+/// Binds a non-blocking listener socket at `addr` with `SO_REUSEPORT` (so
+/// every worker binds its own and the kernel spreads clients by source
+/// hash), `IPV6_V6ONLY` for IPv6 addresses (an IPv4 and an IPv6 listener may
+/// share a port), the configured buffer sizes, and packet info on a wildcard
+/// address.
+pub fn bind_listener(addr: SocketAddr, options: ListenerSocketOptions) -> io::Result<StdUdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    apply_buffer_sizes(&socket, options)?;
+    if addr.ip().is_unspecified() {
+        enable_packet_info(socket.as_raw_fd(), addr)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Takes over a listener socket passed by the master: checks it is a UDP
+/// socket bound to `addr`, makes it non-blocking and re-applies the buffer
+/// sizes and packet info (idempotent). The fd is closed on error.
+pub fn adopt_listener(
+    fd: OwnedFd,
+    addr: SocketAddr,
+    options: ListenerSocketOptions,
+) -> io::Result<StdUdpSocket> {
+    let socket = Socket::from(fd);
+    if socket.r#type()? != Type::DGRAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the socket passed for {addr} is not a datagram socket"),
+        ));
+    }
+    let local = socket.local_addr()?.as_socket();
+    if local != Some(addr) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the socket passed for {addr} is bound to {local:?}"),
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    apply_buffer_sizes(&socket, options)?;
+    if addr.ip().is_unspecified() {
+        enable_packet_info(socket.as_raw_fd(), addr)?;
+    }
+    Ok(socket.into())
+}
+
+fn apply_buffer_sizes(socket: &Socket, options: ListenerSocketOptions) -> io::Result<()> {
+    if let Some(size) = options.recv_buffer_size {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = options.send_buffer_size {
+        socket.set_send_buffer_size(size)?;
+    }
+    Ok(())
+}
+
+/// Asks the kernel to attach the destination address of each received
+/// datagram (`IP_PKTINFO` / `IPV6_RECVPKTINFO`), so replies can leave from
+/// it: on a wildcard listener of a multi-homed host, a reply from another
+/// address would be discarded by the client.
+fn enable_packet_info(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = match addr {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+    };
+    // SAFETY: `on` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens a non-blocking UDP socket on an ephemeral port, connected to the
+/// backend `addr`: its own source port demultiplexes the backend's replies,
+/// and the connection makes the kernel report ICMP port-unreachable as
+/// `ECONNREFUSED` and filter other senders out.
+pub fn open_upstream(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    socket.bind(&local.into())?;
+    socket.connect(&addr.into())?;
+    Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// Whether an error means the process or the system ran out of file
+/// descriptors (or socket buffers): the flow is aborted and counted, the
+/// worker goes on.
+pub fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new
+/// soft limit (the base of the automatic `max_flows`).
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid in-pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                "could not raise the file-descriptor limit"
+            );
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// The automatic `max_flows` of each UDP listener (`max_flows = 0`): each
+/// flow holds one fd, so the fd limit minus a reserve (channel, listeners,
+/// probes, statsd, logs) is shared between the listeners:
+/// `max(1, (fd_limit - 256) * 9 / 10 / listeners)`.
+pub fn auto_max_flows(fd_limit: u64, listeners: usize) -> usize {
+    const RESERVED_FDS: u64 = 256;
+    let usable = fd_limit.saturating_sub(RESERVED_FDS) * 9 / 10;
+    let share = usable / (listeners.max(1) as u64);
+    usize::try_from(share).unwrap_or(usize::MAX).max(1)
+}
