@@ -226,27 +226,39 @@ impl Sozu {
         let want = self.config.worker_count as usize;
         let deadline = Deadline::after(timeout);
         let mut last: String;
+        // The same RUNNING pids on two polls in a row: a worker that crashes
+        // right after starting may be RUNNING for an instant.
+        let mut previous: Option<Vec<i32>> = None;
         loop {
             if let Some(status) = self.master_exit() {
                 bail!("the master exited with {status} before being ready");
             }
             match self.status() {
                 Ok(workers) => {
-                    let running: Vec<&WorkerInfo> = workers
+                    let running: Vec<i32> = workers
                         .iter()
                         .filter(|w| w.run_state == RunState::Running as i32)
+                        .map(|w| w.pid)
                         .collect();
-                    if running.len() == want && running.iter().all(|w| procfs::is_alive(w.pid)) {
-                        return Ok(());
+                    if running.len() == want && running.iter().all(|p| procfs::is_alive(*p)) {
+                        if previous.as_ref() == Some(&running) {
+                            return Ok(());
+                        }
+                        previous = Some(running);
+                    } else {
+                        previous = None;
                     }
                     last = format!("workers {workers:?}");
                 }
-                Err(e) => last = format!("{e:#}"),
+                Err(e) => {
+                    previous = None;
+                    last = format!("{e:#}");
+                }
             }
             if deadline.is_past() {
                 bail!("not ready after {timeout:?}: {last}");
             }
-            std::thread::sleep(crate::wait::POLL_INTERVAL);
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
