@@ -326,6 +326,7 @@ pub struct TrafficReport {
 #[derive(Debug, Default)]
 struct TrafficShared {
     stop: AtomicBool,
+    sent: AtomicU64,
     answered: AtomicU64,
     lost: AtomicU64,
 }
@@ -335,6 +336,8 @@ struct TrafficShared {
 /// every `interval`.
 #[derive(Debug)]
 pub struct SteadyTraffic {
+    tag: String,
+    interval: Duration,
     shared: Arc<TrafficShared>,
     local: SocketAddr,
     thread: Option<JoinHandle<TrafficReport>>,
@@ -358,11 +361,14 @@ impl SteadyTraffic {
         let shared = Arc::new(TrafficShared::default());
         let thread_shared = Arc::clone(&shared);
         let tag = tag.to_owned();
+        let thread_tag = tag.clone();
         let thread = std::thread::Builder::new()
             .name(format!("traffic-{tag}"))
-            .spawn(move || run_traffic(client, thread_shared, tag, interval, fresh))
+            .spawn(move || run_traffic(client, thread_shared, thread_tag, interval, fresh))
             .expect("spawn a traffic thread");
         SteadyTraffic {
+            tag: tag.clone(),
+            interval,
             shared,
             local,
             thread: Some(thread),
@@ -379,6 +385,30 @@ impl SteadyTraffic {
         self.shared.answered.load(Ordering::SeqCst)
     }
 
+    /// Requests sent so far (answered or not).
+    pub fn sent(&self) -> u64 {
+        self.shared.sent.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more requests than now have been sent and settled
+    /// (answered or timed out), whatever their fate: lets traffic run
+    /// across an event without failing on loss (checked at the end).
+    pub fn wait_more_settled(&self, n: u64) {
+        // Each request settles within its reply timeout plus the pacing.
+        let timeout = (REPLY_TIMEOUT + self.interval) * n as u32 + Duration::from_secs(5);
+        let start = self.answered() + self.lost();
+        if poll_until(timeout, || {
+            (self.answered() + self.lost() >= start + n).then_some(())
+        })
+        .is_none()
+        {
+            panic!(
+                "traffic {} stalled: not {n} more requests in {timeout:?}",
+                self.tag
+            );
+        }
+    }
+
     /// Requests lost so far.
     pub fn lost(&self) -> u64 {
         self.shared.lost.load(Ordering::SeqCst)
@@ -389,7 +419,8 @@ impl SteadyTraffic {
         let start = self.answered();
         if poll_until(timeout, || (self.answered() >= start + n).then_some(())).is_none() {
             panic!(
-                "traffic from {}: fewer than {n} answers within {timeout:?} ({} lost so far)",
+                "traffic {} from {}: fewer than {n} answers within {timeout:?} ({} lost so far)",
+                self.tag,
                 self.local,
                 self.lost()
             );
@@ -431,6 +462,7 @@ fn run_traffic(
         let payload = format!("{tag}-{seq}").into_bytes();
         client.send(&payload);
         report.sent += 1;
+        shared.sent.fetch_add(1, Ordering::SeqCst);
         let deadline = crate::wait::Deadline::after(REPLY_TIMEOUT);
         let mut answered = false;
         while !deadline.is_past() {
