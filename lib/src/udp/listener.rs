@@ -705,6 +705,7 @@ impl UdpListener {
             CloseReason::BackendRemoved => FlowCloseReason::BackendRemoved,
             CloseReason::Drain => self.drain_reason,
             CloseReason::Aborted => io.abort.unwrap_or(FlowCloseReason::NoBackend),
+            CloseReason::HandedOver => self.drain_reason,
         };
         let cluster = io
             .cluster
