@@ -314,3 +314,25 @@ fn saving_the_state_under_an_unwritable_directory_answers_an_error() {
     sozu.cli_ok(&["state", "save", "-f", &good.to_string_lossy()]);
     assert!(std::fs::metadata(&good).unwrap().len() > 0);
 }
+
+#[test]
+fn a_state_file_over_max_state_file_size_is_refused_before_parsing() {
+    let backend = UdpBackend::v4("a");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", backend.addr());
+    let mut config = SozuConfig::udp(1, UdpListener::new(frontend), cluster);
+    config.extra = "max_state_file_size = 4096\n".to_owned();
+    let sozu = Sozu::start(config);
+    // Blank lines are valid (skipped): only the size can refuse these files.
+    let at_limit = sozu.dir().join("at-limit.jsonl");
+    std::fs::write(&at_limit, vec![b'\n'; 4096]).unwrap();
+    let over = sozu.dir().join("over.jsonl");
+    std::fs::write(&over, vec![b'\n'; 4097]).unwrap();
+
+    let refused = sozu.cli(&["state", "load", "-f", &over.to_string_lossy()]);
+    assert!(!refused.success(), "a 4097-byte state file was loaded");
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains("4096"), "the refusal names the limit: {said}");
+    sozu.cli_ok(&["state", "load", "-f", &at_limit.to_string_lossy()]);
+    UdpClient::new(frontend).expect_echo(b"still proxying");
+}
