@@ -696,9 +696,10 @@ impl UdpListener {
             io.metrics.closed(ctx.metrics);
             // The socket closes when `up` drops here.
         }
-        let duration = record.duration();
-        self.metrics.flow_duration(ctx.metrics, duration);
         let access_reason = match reason {
+            // The flow lives on in another worker, which writes its record
+            // when it really ends.
+            CloseReason::HandedOver => return,
             CloseReason::Idle => FlowCloseReason::IdleTimeout,
             CloseReason::ResponsesReached => FlowCloseReason::ResponsesReached,
             CloseReason::RequestsReached => FlowCloseReason::RequestsReached,
@@ -707,6 +708,8 @@ impl UdpListener {
             CloseReason::Aborted => io.abort.unwrap_or(FlowCloseReason::NoBackend),
             CloseReason::HandedOver => self.drain_reason,
         };
+        let duration = record.duration();
+        self.metrics.flow_duration(ctx.metrics, duration);
         let cluster = io
             .cluster
             .clone()
