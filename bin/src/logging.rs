@@ -317,6 +317,32 @@ mod tests {
     }
 
     #[test]
+    fn udp_sink_sends_one_datagram_per_event() {
+        let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let sink = SinkWriter::open(&LogTarget::Udp(collector.local_addr().unwrap())).unwrap();
+        sink.make_writer().write_all(b"first line\n").unwrap();
+        sink.make_writer().write_all(b"second line\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = collector.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"first line\n");
+        let n = collector.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"second line\n");
+    }
+
+    #[test]
+    fn unreachable_sink_never_fails_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.sock");
+        let collector = UnixDatagram::bind(&path).unwrap();
+        let sink = SinkWriter::open(&LogTarget::Unix(path)).unwrap();
+        drop(collector);
+        assert!(sink.make_writer().write_all(b"lost\n").is_ok());
+    }
+
+    #[test]
     fn file_sink_appends_each_event() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.txt");

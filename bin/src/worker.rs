@@ -5,11 +5,16 @@
 //! Owns turning those fds and the command-line settings into a running
 //! worker loop (`sozu_lib`'s server); it holds no proxy logic itself.
 
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
+use sozu_command_lib::channel::Channel;
+use sozu_command_lib::command::{WorkerRequest, WorkerResponse};
+use sozu_command_lib::scm::ScmSocket;
+use sozu_lib::server::{Server, ServerConfig, StatsdConfig};
 
 use crate::logging::{self, LogSettings};
 
@@ -40,9 +45,19 @@ pub struct WorkerArgs {
     /// Access log target (the master's `access_logs_target`).
     #[arg(long)]
     pub access_logs_target: Option<String>,
-    /// The master's configuration file, for process-wide settings.
+    /// The configured `buffer_size` (UDP `max_rx_datagram_size` is clamped
+    /// to it).
+    #[arg(long, default_value_t = 16_393)]
+    pub buffer_size: usize,
+    /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub statsd_address: Option<SocketAddr>,
+    /// Prefix of every statsd metric name.
+    #[arg(long, default_value = "sozu")]
+    pub statsd_prefix: String,
+    /// Scopes as dogstatsd tags instead of in the name.
+    #[arg(long)]
+    pub statsd_tagged: bool,
 }
 
 /// Runs the worker until it is stopped; exit 0 after a soft or hard stop.
@@ -68,12 +83,79 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // SAFETY: plain fcntl on an fd we own.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    drop((channel, scm));
-    tracing::error!(
-        worker = args.id,
-        "the worker event loop is not available in this build"
+    let channel: Channel<WorkerResponse, WorkerRequest> = Channel::new(
+        channel,
+        args.command_buffer_size,
+        args.max_command_buffer_size,
     );
-    ExitCode::FAILURE
+    let scm = match ScmSocket::new(scm) {
+        Ok(scm) => scm,
+        Err(error) => {
+            tracing::error!(worker = args.id, %error, "unusable fd-passing socket");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = ServerConfig {
+        worker_id: args.id,
+        seed: random_seed(),
+        buffer_size: args.buffer_size,
+        statsd: args.statsd_address.map(|address| StatsdConfig {
+            address,
+            prefix: args.statsd_prefix.clone(),
+            tagged: args.statsd_tagged,
+            flush_interval: STATSD_FLUSH_INTERVAL,
+        }),
+        adopted_sockets: Vec::new(),
+        scm: Some(scm),
+        raise_fd_limit: true,
+    };
+    let server = match Server::new(channel, config) {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(worker = args.id, error = %error_chain(&error), "the worker cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(worker = args.id, pid = std::process::id(), "worker running");
+    match server.run() {
+        Ok(exit) => {
+            tracing::info!(worker = args.id, ?exit, "worker stopped");
+            ExitCode::from(u8::try_from(exit.exit_code()).unwrap_or(1))
+        }
+        Err(error) => {
+            tracing::error!(worker = args.id, error = %error_chain(&error), "the worker failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How often metrics are pushed to statsd.
+const STATSD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A per-process random seed for affinity hashes and random balancing, so
+/// a client cannot precompute which flows collide.
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // No entropy source: fall back to something that still differs per
+        // process (pid and the address-space layout).
+        let fallback = u64::from(std::process::id()) ^ (&bytes as *const _ as u64);
+        return fallback.rotate_left(17);
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 fn log_settings(args: &WorkerArgs) -> anyhow::Result<LogSettings> {

@@ -54,16 +54,25 @@ fn free_udp_port() -> u16 {
 }
 
 fn start(worker_count: u32) -> Proxy {
+    start_with(worker_count, "")
+}
+
+/// Starts a master; `extra` is added to the global section of its config
+/// (`{dir}` in it stands for the test's temporary directory).
+fn start_with(worker_count: u32, extra: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
+    let extra = extra.replace("{dir}", &dir.path().display().to_string());
     let socket = dir.path().join("sozu.sock");
     let port = free_udp_port();
     let config = format!(
         r#"
 command_socket = "{socket}"
+pid_file_path = "sozu.pid"
 worker_count = {worker_count}
 worker_timeout = 5
 log_level = "debug"
 log_target = "stdout"
+{extra}
 
 [[listeners]]
 protocol = "udp"
@@ -74,7 +83,7 @@ protocol = "udp"
 frontends = [{{ address = "127.0.0.1:{port}" }}]
 backends = [{{ address = "127.0.0.1:9", backend_id = "b1" }}]
 "#,
-        socket = socket.display()
+        socket = socket.display(),
     );
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -397,4 +406,343 @@ fn upgrade_main_keeps_the_pid_the_socket_and_the_workers() {
         "{}",
         proxy.log()
     );
+}
+
+#[test]
+fn soft_stop_answers_processing_then_ok_and_the_master_cleans_up() {
+    let mut proxy = start(2);
+    let pid_file = proxy.dir.path().join("sozu.pid");
+    let written: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, proxy.master.id() as i32);
+    let mut client = proxy.client();
+    client
+        .write_message(&Request {
+            request_type: Some(RequestType::SoftStop(Default::default())),
+        })
+        .unwrap();
+    let first = client.read_message_timeout(ANSWER_TIMEOUT).unwrap();
+    assert_eq!(
+        first.status(),
+        ResponseStatus::Processing,
+        "{}",
+        first.message
+    );
+    let mut last = first;
+    while last.status() == ResponseStatus::Processing {
+        last = client.read_message_timeout(ANSWER_TIMEOUT).unwrap();
+    }
+    assert_eq!(
+        last.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        last.message,
+        proxy.log()
+    );
+    let mut exit = None;
+    for _ in 0..POLL_ATTEMPTS {
+        if let Ok(Some(status)) = proxy.master.try_wait() {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let exit = exit.unwrap_or_else(|| panic!("the master did not exit:\n{}", proxy.log()));
+    assert!(exit.success(), "{exit}");
+    assert!(!proxy.socket.exists(), "the command socket is removed");
+    assert!(!pid_file.exists(), "the pid file is removed");
+    for pid in &proxy.known_workers {
+        assert!(
+            kill(Pid::from_raw(*pid), None).is_err(),
+            "worker {pid} is gone"
+        );
+    }
+}
+
+#[test]
+fn upgrade_worker_replaces_it_with_a_new_id_and_the_old_one_leaves() {
+    let mut proxy = start(2);
+    let before = proxy.workers();
+    let old = before[0];
+    let mut client = proxy.client();
+    let answer = request(
+        &mut client,
+        Request {
+            request_type: Some(RequestType::UpgradeWorker(old.id)),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        answer.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        answer.message,
+        proxy.log()
+    );
+    let mut replaced = false;
+    for _ in 0..POLL_ATTEMPTS {
+        let now = proxy.workers();
+        let running: Vec<_> = now
+            .iter()
+            .filter(|w| w.run_state() == RunState::Running)
+            .collect();
+        if running.len() == 2 && now.iter().all(|w| w.id != old.id) {
+            replaced = true;
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(replaced, "{:?}\n{}", proxy.workers(), proxy.log());
+    assert!(
+        kill(Pid::from_raw(old.pid), None).is_err(),
+        "the old worker exited"
+    );
+}
+
+#[test]
+fn query_metrics_has_one_entry_per_worker() {
+    let mut proxy = start(2);
+    let ids: Vec<String> = proxy.workers().iter().map(|w| w.id.to_string()).collect();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::QueryMetrics(Default::default())),
+        },
+    )
+    .unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    let Some(ContentType::Metrics(metrics)) = answer.content.and_then(|c| c.content_type) else {
+        panic!("query_metrics without metrics");
+    };
+    let keys: Vec<String> = metrics.workers.keys().cloned().collect();
+    assert_eq!(keys, ids);
+}
+
+#[test]
+fn hard_stop_ends_every_process() {
+    let mut proxy = start(2);
+    let workers = proxy.workers();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::HardStop(Default::default())),
+        },
+    )
+    .unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    let mut exit = None;
+    for _ in 0..POLL_ATTEMPTS {
+        if let Ok(Some(status)) = proxy.master.try_wait() {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?}\n{}",
+        proxy.log()
+    );
+    for w in workers {
+        assert!(
+            kill(Pid::from_raw(w.pid), None).is_err(),
+            "worker {} is gone",
+            w.pid
+        );
+    }
+}
+
+#[test]
+fn state_saved_through_the_socket_loads_back() {
+    let proxy = start(1);
+    let path = proxy.dir.path().join("state.json");
+    let saved = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::SaveState(path.display().to_string())),
+        },
+    )
+    .unwrap();
+    assert_eq!(saved.status(), ResponseStatus::Ok, "{}", saved.message);
+    assert!(std::fs::read_to_string(&path).unwrap().contains("dns"));
+    // Everything in it is already running: loading it changes nothing.
+    let loaded = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::LoadState(path.display().to_string())),
+        },
+    )
+    .unwrap();
+    assert_eq!(loaded.status(), ResponseStatus::Ok, "{}", loaded.message);
+    let unwritable = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::SaveState(
+                proxy
+                    .dir
+                    .path()
+                    .join("no/such/dir/state.json")
+                    .display()
+                    .to_string(),
+            )),
+        },
+    )
+    .unwrap();
+    assert_eq!(unwritable.status(), ResponseStatus::Failure);
+    assert_eq!(
+        request(&mut proxy.client(), status()).unwrap().status(),
+        ResponseStatus::Ok
+    );
+}
+
+#[test]
+fn client_limit_and_audit_log_target() {
+    let proxy = start_with(
+        1,
+        "max_command_clients = 2\naudit_logs_target = \"file://{dir}/audit.log\"\n",
+    );
+    let audit_path = proxy.dir.path().join("audit.log");
+
+    // Two clients are served; a third is told why and closed.
+    let mut first = proxy.client();
+    let mut second = proxy.client();
+    assert_eq!(
+        request(&mut first, status()).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    assert_eq!(
+        request(&mut second, status()).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    let mut third = proxy.client();
+    let refused = third.read_message_timeout(ANSWER_TIMEOUT).unwrap();
+    assert_eq!(refused.status(), ResponseStatus::Failure);
+    assert!(
+        refused.message.contains("max_command_clients"),
+        "{}",
+        refused.message
+    );
+    drop(third);
+    drop(second);
+
+    // A mutating order leaves an audit line naming the peer and the order.
+    let added = request(
+        &mut first,
+        Request {
+            request_type: Some(RequestType::AddCluster(Cluster {
+                cluster_id: "audited".into(),
+                ..Default::default()
+            })),
+        },
+    )
+    .unwrap();
+    assert_eq!(added.status(), ResponseStatus::Ok, "{}", added.message);
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("add_cluster") && l.contains("result=\"ok\""))
+        .unwrap_or_else(|| panic!("no audit line for add_cluster:\n{audit}"));
+    assert!(
+        line.contains(&format!("pid={}", std::process::id())),
+        "{line}"
+    );
+    assert!(
+        !proxy.log().contains("order=\"add_cluster\" result"),
+        "audit lines go to their own target"
+    );
+}
+
+fn cluster_ids(proxy: &Proxy) -> Vec<String> {
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::ListClusters(Default::default())),
+        },
+    )
+    .unwrap();
+    match answer.content.and_then(|c| c.content_type) {
+        Some(ContentType::Clusters(list)) => list
+            .vec
+            .into_iter()
+            .filter_map(|c| c.configuration.map(|c| c.cluster_id))
+            .collect(),
+        other => panic!("list_clusters without clusters: {other:?}"),
+    }
+}
+
+#[test]
+fn reload_applies_the_edited_configuration() {
+    let proxy = start(2);
+    assert_eq!(cluster_ids(&proxy), vec!["dns".to_owned()]);
+    let config_path = proxy.dir.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("\n[clusters.extra]\nprotocol = \"udp\"\n");
+    std::fs::write(&config_path, text).unwrap();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::ReloadConfiguration(String::new())),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        answer.status(),
+        ResponseStatus::Ok,
+        "{}\n{}",
+        answer.message,
+        proxy.log()
+    );
+    assert_eq!(
+        cluster_ids(&proxy),
+        vec!["dns".to_owned(), "extra".to_owned()]
+    );
+
+    // A broken file is refused with its error, and nothing changes.
+    std::fs::write(&config_path, "worker_count = \"many\"\n").unwrap();
+    let answer = request(
+        &mut proxy.client(),
+        Request {
+            request_type: Some(RequestType::ReloadConfiguration(String::new())),
+        },
+    )
+    .unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer.message.contains("worker_count"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(
+        cluster_ids(&proxy),
+        vec!["dns".to_owned(), "extra".to_owned()]
+    );
+}
+
+#[test]
+fn a_master_that_cannot_start_leaves_no_socket_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sozu.sock");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "command_socket = \"{}\"\npid_file_path = \"no/such/dir/sozu.pid\"\nworker_count = 1\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sozu"))
+        .arg("start")
+        .arg("-c")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pid file"), "{stderr}");
+    assert!(!socket.exists(), "the command socket must be removed");
 }

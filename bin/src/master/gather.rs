@@ -304,6 +304,7 @@ impl<P> GatherTable<P> {
     }
 
     /// Whether no order is open.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty()
     }

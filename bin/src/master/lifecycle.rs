@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use sozu_command_lib::command::request::RequestType;
-use sozu_command_lib::command::{HardStop, Request, ResponseStatus, RunState, SoftStop};
+use sozu_command_lib::command::{HardStop, Request, ResponseStatus, RunState, SoftStop, Status};
 
 use super::clients::response;
 use super::gather::{Gathered, WorkerFailure};
@@ -325,6 +325,30 @@ impl Master {
         if let Phase::Stopping { kill_at, .. } = &mut self.phase {
             *kill_at = None;
         }
+    }
+}
+
+impl Master {
+    /// Sends a status to every live worker once per `worker_timeout`, unless
+    /// the previous one is still out: a worker stuck in a loop is reported
+    /// NOT_ANSWERING even when no order is sent to it.
+    pub(super) fn heartbeat(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Running) || now < self.next_heartbeat {
+            return;
+        }
+        self.next_heartbeat = now + self.config.worker_timeout;
+        if self.gather.count_where(|p| matches!(p, Purpose::Heartbeat)) > 0 {
+            return;
+        }
+        let status = Request {
+            request_type: Some(RequestType::Status(Status {})),
+        };
+        self.fan_out(
+            Purpose::Heartbeat,
+            vec![status],
+            Some(self.config.worker_timeout),
+            now,
+        );
     }
 }
 

@@ -113,6 +113,9 @@ pub(crate) enum Purpose {
     /// soft_stop / hard_stop forwarded to the workers; the stop itself ends
     /// when the processes are gone.
     StopForward,
+    /// A periodic status to every worker: one that does not answer within
+    /// `worker_timeout` shows NOT_ANSWERING until it answers again.
+    Heartbeat,
     /// Orders the master sent on its own (SIGHUP reload): failures are
     /// logged.
     Internal { name: &'static str },
@@ -165,6 +168,8 @@ pub(crate) struct Master {
     exit: Option<ExitCode>,
     /// An upgrade_main asked for: exec once the current turn is done.
     exec_requested: Option<Token>,
+    /// When the next heartbeat status is sent to the workers.
+    next_heartbeat: Instant,
 }
 
 impl Master {
@@ -172,7 +177,25 @@ impl Master {
     fn launch(config: Config, config_path: PathBuf) -> anyhow::Result<Self> {
         raise_fd_limit();
         let socket_path = config.command_socket.clone();
+        let pid_file = config.pid_file_path.clone();
         let std_listener = command_socket::bind(&socket_path)?;
+        let launched = Self::launch_with(config, config_path, std_listener);
+        if launched.is_err() {
+            // Nothing of a master that did not start may stay behind (the
+            // workers already started exit when their channel closes).
+            let _ = std::fs::remove_file(&socket_path);
+            if let Some(pid_file) = pid_file {
+                let _ = std::fs::remove_file(pid_file);
+            }
+        }
+        launched
+    }
+
+    fn launch_with(
+        config: Config,
+        config_path: PathBuf,
+        std_listener: std::os::unix::net::UnixListener,
+    ) -> anyhow::Result<Self> {
         if let Some(pid_file) = &config.pid_file_path {
             std::fs::write(pid_file, format!("{}\n", std::process::id()))
                 .with_context(|| format!("cannot write the pid file {}", pid_file.display()))?;
@@ -234,8 +257,9 @@ impl Master {
         let _ = &mut listener;
         let launch = WorkerLaunch {
             executable: workers::current_executable().context("cannot find the sozu binary")?,
-            config_path: Some(config_path.clone()),
             command_buffer_size: config.command_buffer_size.get(),
+            buffer_size: config.buffer_size.get(),
+            statsd: config.metrics.clone(),
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
         };
@@ -258,6 +282,7 @@ impl Master {
             owner_uid: nix::unistd::geteuid().as_raw(),
             exit: None,
             exec_requested: None,
+            next_heartbeat: now() + config.worker_timeout,
             config,
             config_path,
         })
@@ -338,6 +363,10 @@ impl Master {
         {
             deadline = Some(deadline.map_or(*at, |d| d.min(*at)));
         }
+        if matches!(self.phase, Phase::Running) {
+            let at = self.next_heartbeat;
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
         deadline
     }
 
@@ -354,6 +383,7 @@ impl Master {
             self.on_gathered(gathered, now);
         }
         self.check_stop_deadline(now);
+        self.heartbeat(now);
     }
 
     fn on_signal(&mut self, signal: MasterSignal, now: Instant) {
@@ -774,6 +804,7 @@ impl Master {
                 };
                 self.on_worker_booted(worker, gathered, now);
             }
+            Purpose::Heartbeat => {}
             Purpose::StopForward => {
                 for (worker, failure) in &failures {
                     // A worker may exit without answering: that is a stop too.

@@ -413,3 +413,30 @@ fn orders_are_refused_while_stopping() {
     assert!(answer.message.contains("stopping"), "{}", answer.message);
     assert!(master.state.is_empty());
 }
+
+#[test]
+fn heartbeat_reports_a_silent_worker_and_clears_when_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let mut w1 = add_worker(&mut master, 1);
+    let beat = master.next_heartbeat;
+    master.on_time(beat);
+    let h0 = next_order(&mut w0);
+    let h1 = next_order(&mut w1);
+    assert!(matches!(
+        h0.content.request_type,
+        Some(RequestType::Status(_))
+    ));
+    reply(&mut master, 0, &mut w0, &h0, ResponseStatus::Ok, "running");
+    // No second heartbeat while the first is out.
+    master.on_time(beat + Duration::from_millis(1));
+    w0.set_blocking(false).unwrap();
+    assert!(matches!(w0.try_read_message(), Ok(None)));
+    master.on_time(beat + master.config.worker_timeout);
+    assert_eq!(master.workers[&0].run_state, RunState::Running);
+    assert_eq!(master.workers[&1].run_state, RunState::NotAnswering);
+    // The late answer to the expired heartbeat still proves it is alive.
+    reply(&mut master, 1, &mut w1, &h1, ResponseStatus::Ok, "running");
+    assert_eq!(master.workers[&1].run_state, RunState::Running);
+}

@@ -320,10 +320,13 @@ const HANDOVER_VERSION: u32 = 1;
 /// `upgrade_main` from client `token`: checked now, executed at the top of
 /// the next loop turn (after this turn's writes).
 pub(super) fn begin_main(master: &mut Master, token: Token) {
-    if master.upgrade.is_some()
-        || !master.gather.is_empty()
-        || !matches!(master.phase, Phase::Running)
-    {
+    // Draining workers (a soft stop forwarded after a worker upgrade) may
+    // take as long as their flows: they do not block the exec; their final
+    // answer to the old master is simply ignored by the new one.
+    let busy = master
+        .gather
+        .count_where(|p| !matches!(p, Purpose::StopForward | Purpose::Heartbeat));
+    if master.upgrade.is_some() || busy > 0 || !matches!(master.phase, Phase::Running) {
         master.answer(
             token,
             response(
@@ -364,14 +367,15 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
         if worker.channel_closed {
             continue;
         }
-        worker
-            .pump()
-            .with_context(|| format!("worker {} channel", worker.id))?;
-        if !worker.outbox.is_empty() || worker.channel.wants_write() {
-            let _ = worker.channel.set_blocking(true);
-            let flushed = flush_blocking(&mut worker.channel, flush_timeout);
-            let _ = worker.channel.set_blocking(false);
-            flushed.with_context(|| format!("worker {} does not read its channel", worker.id))?;
+        loop {
+            worker
+                .pump()
+                .with_context(|| format!("worker {} channel", worker.id))?;
+            if worker.outbox.is_empty() && !worker.channel.wants_write() {
+                break;
+            }
+            flush_blocking(&mut worker.channel, flush_timeout)
+                .with_context(|| format!("worker {} does not read its channel", worker.id))?;
         }
         if worker.channel.buffered_bytes() > 0 {
             anyhow::bail!("worker {} has a half-read answer; retry", worker.id);

@@ -20,6 +20,7 @@ use mio::Token;
 use nix::unistd::Pid;
 use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
 use sozu_command_lib::command::{RunState, WorkerInfo, WorkerRequest, WorkerResponse};
+use sozu_command_lib::config::MetricsConfig;
 
 use crate::logging::{target_to_string, LogSettings};
 
@@ -32,10 +33,11 @@ pub struct WorkerLaunch {
     /// The binary to exec (resolved once at master start, so an upgrade
     /// picks up the file on disk).
     pub executable: PathBuf,
-    /// The configuration file (workers read their process-wide settings
-    /// from it; their proxy state comes over the channel).
-    pub config_path: Option<PathBuf>,
     pub command_buffer_size: usize,
+    /// The configured `buffer_size`.
+    pub buffer_size: usize,
+    /// `[metrics]`: statsd export.
+    pub statsd: Option<MetricsConfig>,
     pub max_command_buffer_size: usize,
     pub log: LogSettings,
 }
@@ -81,8 +83,19 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
             .arg("--access-logs-target")
             .arg(target_to_string(access));
     }
-    if let Some(path) = &launch.config_path {
-        command.arg("--config").arg(path);
+    command
+        .arg("--buffer-size")
+        .arg(launch.buffer_size.to_string());
+    if let Some(statsd) = &launch.statsd {
+        command
+            .arg("--statsd-address")
+            .arg(statsd.address.to_string());
+        if let Some(prefix) = &statsd.prefix {
+            command.arg("--statsd-prefix").arg(prefix);
+        }
+        if statsd.tagged_metrics {
+            command.arg("--statsd-tagged");
+        }
     }
     // SAFETY: the closure runs in the forked child before exec and only
     // calls fcntl(2), which is async-signal-safe.

@@ -54,6 +54,20 @@ pub enum DispatchOutcome {
     NotAStateChange,
 }
 
+/// An order of a sequence that the state refused (see
+/// [`ConfigState::from_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("order #{index} ({order}) refused: {source}")]
+pub struct OrderRefused {
+    /// The order's 0-based position in the sequence.
+    pub index: usize,
+    /// The order's protocol name (`add_backend`…).
+    pub order: &'static str,
+    /// Why the state refused it.
+    #[source]
+    pub source: StateError,
+}
+
 /// The proxy configuration built by orders.
 ///
 /// Maps are `BTreeMap`s so iteration (and thus [`ConfigState::generate_requests`],
@@ -227,6 +241,23 @@ impl ConfigState {
                 "backends are keyed by their cluster and id"
             );
         }
+    }
+
+    /// Builds a state by dispatching `requests` in order (e.g. the orders a
+    /// configuration file produces). Orders that are not state changes are
+    /// skipped; the first refusal stops the build.
+    pub fn from_requests<'a>(
+        requests: impl IntoIterator<Item = &'a Request>,
+    ) -> Result<ConfigState, OrderRefused> {
+        let mut state = ConfigState::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            state.dispatch(request).map_err(|source| OrderRefused {
+                index,
+                order: request.request_type.as_ref().map_or("none", order_name),
+                source,
+            })?;
+        }
+        Ok(state)
     }
 
     /// Whether the state holds nothing at all.

@@ -472,6 +472,17 @@ fn orders_that_do_not_change_the_state_are_reported_as_such() {
     assert!(crate::state::is_state_change(&add_cluster("x")));
 }
 
+#[test]
+fn from_requests_builds_or_names_the_refused_order() {
+    let orders = sample_orders();
+    assert_eq!(ConfigState::from_requests(&orders), Ok(apply_all(&orders)));
+    let mut bad = orders.clone();
+    bad.insert(4, add_backend("ghost", "b", "127.0.0.1:1"));
+    let error = ConfigState::from_requests(&bad).unwrap_err();
+    assert_eq!((error.index, error.order), (4, "add_backend"));
+    assert!(error.to_string().contains("ghost"), "{error}");
+}
+
 // ---- refusals ----
 
 #[test]

@@ -31,11 +31,15 @@ pub enum BackendError {
     #[error("unknown cluster {cluster:?}")]
     UnknownCluster { cluster: String },
     /// The order names a backend the cluster does not have.
-    #[error("cluster {cluster:?} has no backend {backend:?} at {address}")]
-    UnknownBackend {
+    #[error("cluster {cluster:?} has no backend {backend:?}")]
+    UnknownBackend { cluster: String, backend: String },
+    /// The backend exists but at another address than the order says.
+    #[error("backend {backend:?} of cluster {cluster:?} is at {actual}, not {address}")]
+    AddressMismatch {
         cluster: String,
         backend: String,
-        address: String,
+        address: SocketAddr,
+        actual: SocketAddr,
     },
     /// `load_balancing_parameters.weight` is negative.
     #[error("backend {backend:?} of cluster {cluster:?}: weight {weight} must be >= 0")]
@@ -166,7 +170,6 @@ impl BackendMap {
             .ok_or_else(|| BackendError::UnknownBackend {
                 cluster: cluster.to_owned(),
                 backend: backend.to_owned(),
-                address: "any address".to_owned(),
             })?;
         tracing::debug!(
             cluster,
@@ -189,17 +192,27 @@ impl BackendMap {
                 source,
             }
         })?;
-        let matches = self
+        let actual = self
             .clusters
             .get(order.cluster_id.as_str())
             .and_then(|list| list.get(&order.backend_id))
-            .is_some_and(|b| b.address() == address);
-        if !matches {
-            return Err(BackendError::UnknownBackend {
-                cluster: order.cluster_id.clone(),
-                backend: order.backend_id.clone(),
-                address: address.to_string(),
-            });
+            .map(Backend::address);
+        match actual {
+            None => {
+                return Err(BackendError::UnknownBackend {
+                    cluster: order.cluster_id.clone(),
+                    backend: order.backend_id.clone(),
+                })
+            }
+            Some(actual) if actual != address => {
+                return Err(BackendError::AddressMismatch {
+                    cluster: order.cluster_id.clone(),
+                    backend: order.backend_id.clone(),
+                    address,
+                    actual,
+                })
+            }
+            Some(_) => {}
         }
         self.remove_backend(&order.cluster_id, &order.backend_id)
     }

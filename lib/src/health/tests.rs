@@ -1,3 +1,6 @@
+//! Health checker state machine on an injected clock, wire configuration,
+//! and probes against loopback backends that answer, stop and come back.
+
 use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant};
 
@@ -439,4 +442,31 @@ fn tcp_probe_connects_fails_when_closed_and_recovers() {
         probe_round(&mut hc, &mut poll, t0 + tick * 5, Backend::Other),
         vec![up()]
     );
+}
+
+#[test]
+fn udp_probe_over_ipv6_loopback() {
+    let backend = match StdUdpSocket::bind("[::1]:0") {
+        Ok(b) => b,
+        // No IPv6 loopback in this sandbox: nothing to probe.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => return,
+        Err(e) => panic!("{e}"),
+    };
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut poll = Poll::new().unwrap();
+    let t0 = start();
+    let mut hc = live_checker(HealthMode::UdpProbe, backend.local_addr().unwrap(), t0);
+    let probe = hc.poll_probe(t0).unwrap();
+    let mut socket = ProbeSocket::open(&probe).unwrap();
+    socket.register(poll.registry(), Token(1)).unwrap();
+    let mut buf = [0u8; 8];
+    let (_, from) = backend.recv_from(&mut buf).unwrap();
+    assert!(from.is_ipv6());
+    backend.send_to(b"pong", from).unwrap();
+    assert!(matches!(
+        wait_outcome(&mut poll, &mut socket),
+        Some(ProbeOutcome::Success)
+    ));
 }

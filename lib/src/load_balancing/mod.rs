@@ -82,6 +82,23 @@ impl From<command::LoadBalancingAlgorithms> for Algorithm {
     }
 }
 
+/// A `load_balancing` value that names no algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("load_balancing: unknown algorithm {0}")]
+pub struct UnknownAlgorithm(pub i32);
+
+impl TryFrom<i32> for Algorithm {
+    type Error = UnknownAlgorithm;
+
+    /// The raw wire value (`command::Cluster::load_balancing`), refusing
+    /// values the typed getter would silently turn into ROUND_ROBIN.
+    fn try_from(raw: i32) -> Result<Self, Self::Error> {
+        command::LoadBalancingAlgorithms::try_from(raw)
+            .map(Algorithm::from)
+            .map_err(|_| UnknownAlgorithm(raw))
+    }
+}
+
 impl From<Algorithm> for command::LoadBalancingAlgorithms {
     fn from(value: Algorithm) -> Self {
         use command::LoadBalancingAlgorithms as W;

@@ -1,3 +1,6 @@
+//! Policy behaviour: weighted distribution within stated tolerances, key
+//! movement on removal (HRW exact, Maglev bounded), determinism per seed.
+
 use super::*;
 
 #[derive(Debug, Clone)]
@@ -158,11 +161,11 @@ fn hrw_removal_moves_only_the_removed_backends_keys() {
 
 #[test]
 fn maglev_removal_moves_about_one_nth_of_keys() {
-    // Stated bound: at most 1/n + 3% of all keys change backend (the paper
-    // reports a few percent of extra churn for tables ~100x the backend count).
+    // Stated bound: at most 1/n + 2% of all keys change backend (measured:
+    // 1/n + under 0.4% for n = 5, 10, 20 with a 65537-slot table).
     for n in [5, 10, 20] {
         let (fraction, _) = disruption(Algorithm::Maglev, n, 1);
-        let bound = 1.0 / n as f64 + 0.03;
+        let bound = 1.0 / n as f64 + 0.02;
         assert!(fraction <= bound, "n={n}: moved {fraction}, bound {bound}");
         assert!(fraction >= 1.0 / n as f64 - 0.02, "n={n}: {fraction}");
     }
@@ -279,4 +282,9 @@ fn wire_algorithms_round_trip() {
         assert_eq!(W::from(Algorithm::from(w)), w);
         assert_eq!(Algorithm::from(w).as_str(), w.as_str_name());
     }
+    assert_eq!(Algorithm::try_from(5), Ok(Algorithm::Maglev));
+    assert_eq!(
+        Algorithm::try_from(42).unwrap_err().to_string(),
+        "load_balancing: unknown algorithm 42"
+    );
 }

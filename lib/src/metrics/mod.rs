@@ -30,7 +30,8 @@ pub use query::aggregate;
 pub mod names {
     /// Counter: flows opened.
     pub const FLOWS_CREATED: &str = "udp.flows.created";
-    /// Counter: flows closed for idleness or eviction.
+    /// Counter: flows closed, whatever the reason (the access record says
+    /// which).
     pub const FLOWS_EVICTED: &str = "udp.flows.evicted";
     /// Counter: new sources refused at `max_flows`.
     pub const FLOWS_SHED: &str = "udp.flows.shed";

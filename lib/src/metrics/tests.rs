@@ -1,3 +1,6 @@
+//! Registry handles, query answers and filters, aggregation, and the statsd
+//! sink against a loopback receiver.
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;

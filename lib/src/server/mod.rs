@@ -153,6 +153,7 @@ pub struct Server {
     udp: UdpShell,
     statsd: Option<(StatsdSink, Duration, Option<Instant>)>,
     still_readable: Vec<Token>,
+    retry: Vec<Token>,
     soft_stop: Option<String>,
     worker_id: u32,
 }
@@ -229,6 +230,7 @@ impl Server {
             udp: UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size),
             statsd,
             still_readable: Vec::new(),
+            retry: Vec::new(),
             soft_stop: None,
             worker_id: config.worker_id,
         })
@@ -240,8 +242,11 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         tracing::info!(worker = self.worker_id, "worker running");
         loop {
-            let retry = std::mem::take(&mut self.still_readable);
-            let timeout = if retry.is_empty() {
+            // Sockets that stopped at their budget are read again after this
+            // poll, which then does not wait. Swapping keeps both vectors'
+            // capacity (no allocation per wake-up).
+            std::mem::swap(&mut self.retry, &mut self.still_readable);
+            let timeout = if self.retry.is_empty() {
                 self.next_deadline()
                     .map(|deadline| deadline.saturating_duration_since(clock()))
             } else {
@@ -269,12 +274,14 @@ impl Server {
                     None => {} // a socket closed earlier in this batch
                 }
             }
-            for token in retry {
+            for i in 0..self.retry.len() {
+                let token = self.retry[i];
                 if let Some(TokenOwner::Udp(owner)) = self.tokens.get(token) {
                     let mut ctx = io_context!(self);
                     self.udp.on_ready(now, owner, true, false, &mut ctx);
                 }
             }
+            self.retry.clear();
             {
                 let mut ctx = io_context!(self);
                 self.udp.on_timeout(now, &mut ctx);

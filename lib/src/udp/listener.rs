@@ -293,11 +293,10 @@ impl UdpListener {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => {
-                    // ICMP errors from earlier sends surface here; the socket
-                    // stays usable.
+                    // Unexpected on an unconnected socket; the next readiness
+                    // event tries again.
                     tracing::debug!(listener = %self.address, %error, "listener receive error");
-                    left = left.saturating_sub(1);
-                    continue;
+                    break;
                 }
             };
             left = left.saturating_sub(n.max(1));
@@ -334,7 +333,6 @@ impl UdpListener {
                 match send_upstream(io, header, payload) {
                     UpstreamSend::Sent => {
                         self.metrics.traffic.count_in(ctx.metrics, payload.len());
-                        io.metrics.cluster.count_in(ctx.metrics, payload.len());
                         io.metrics.backend.count_in(ctx.metrics, payload.len());
                     }
                     UpstreamSend::Dropped(reason) => {
@@ -432,7 +430,6 @@ impl UdpListener {
             match self.manager.handle_backend_datagram(now, flow, payload) {
                 BackendDecision::Return { dst } => {
                     self.metrics.traffic.count_out(ctx.metrics, len);
-                    io.metrics.cluster.count_out(ctx.metrics, len);
                     io.metrics.backend.count_out(ctx.metrics, len);
                     if !io.responded {
                         io.responded = true;
@@ -510,6 +507,14 @@ impl UdpListener {
                     }
                     FollowUp::Abort { flow, reason } => {
                         if let Some(io) = self.flows.get_mut(&flow) {
+                            if io.abort.is_none() && reason == FlowCloseReason::BackendRefused {
+                                // A passive failure: suspect at once, and one
+                                // step toward `fall` if the cluster is probed.
+                                if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
+                                    ctx.backends.mark_suspect(c.as_str(), b.as_str());
+                                    ctx.health.passive_failure(now, c.as_str(), b.as_str());
+                                }
+                            }
                             io.abort.get_or_insert(reason);
                         }
                         self.manager.abort_flow(now, flow, CloseReason::Aborted);
@@ -571,7 +576,6 @@ impl UdpListener {
                     match send_upstream(io, header, &payload) {
                         UpstreamSend::Sent => {
                             self.metrics.traffic.count_in(ctx.metrics, payload.len());
-                            io.metrics.cluster.count_in(ctx.metrics, payload.len());
                             io.metrics.backend.count_in(ctx.metrics, payload.len());
                         }
                         UpstreamSend::Dropped(reason) => {

@@ -240,26 +240,24 @@ impl ListenerMetrics {
     }
 }
 
-/// Counters of a flow's cluster and backend, registered when the flow gets
-/// its backend.
+/// Counters of a flow's backend, registered when the flow gets its backend.
+/// Cluster totals are the sum of their backends' (the registry adds them up
+/// when answering a query), so traffic is counted once, on the backend.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FlowMetrics {
-    /// The cluster's traffic.
-    pub cluster: TrafficHandles,
     /// The backend's traffic.
     pub backend: TrafficHandles,
     backend_active: Option<MetricHandle>,
 }
 
 impl FlowMetrics {
-    /// Registers (or finds) the cluster's and backend's handles and counts
-    /// one more active flow on the backend.
+    /// Registers (or finds) the backend's handles and counts one more
+    /// active flow on it.
     pub fn register(
         registry: &mut MetricsRegistry,
         cluster: &ClusterId,
         backend: &BackendId,
     ) -> Self {
-        let cluster_scope = Scope::Cluster(cluster.clone());
         let backend_scope = Scope::Backend(cluster.clone(), backend.clone());
         let backend_active = handle(
             registry,
@@ -271,7 +269,6 @@ impl FlowMetrics {
             registry.gauge_add(h, 1);
         }
         FlowMetrics {
-            cluster: TrafficHandles::register(registry, &cluster_scope),
             backend: TrafficHandles::register(registry, &backend_scope),
             backend_active,
         }

@@ -16,6 +16,9 @@ pub mod mmsg;
 pub mod shell;
 pub mod socket;
 
+#[cfg(test)]
+mod tests;
+
 pub use listener::{IoContext, UdpListener, DATAGRAM_BUDGET};
 pub use shell::{UdpError, UdpShell};
 

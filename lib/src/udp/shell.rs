@@ -503,9 +503,9 @@ impl UdpShell {
                 listener.flush_returns(ctx);
             }
         }
-        if !self.draining {
-            self.run_probes(now, ctx);
-        }
+        // Probes go on during soft-stop: live flows still need healthy
+        // backends, and the checker's deadline must move on.
+        self.run_probes(now, ctx);
     }
 
     /// A readiness event for one of the shell's sockets.

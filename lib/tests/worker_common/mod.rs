@@ -151,6 +151,17 @@ impl Worker {
         self.metrics().get(name).copied().unwrap_or(0)
     }
 
+    /// Polls until the metric exists and equals `value` (bounded).
+    pub fn wait_metric_present(&mut self, name: &str, value: i64) {
+        for _ in 0..POLL_ROUNDS {
+            if self.metrics().get(name) == Some(&value) {
+                return;
+            }
+            std::thread::sleep(POLL_PAUSE);
+        }
+        panic!("metric {name} never reached {value}");
+    }
+
     /// Polls a metric until `pred` holds (bounded).
     pub fn wait_metric(&mut self, name: &str, pred: impl Fn(i64) -> bool) -> i64 {
         // Bounded: POLL_ROUNDS × POLL_PAUSE is WAIT.

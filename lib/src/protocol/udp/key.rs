@@ -84,20 +84,31 @@ impl FlowKeyExtractor for SourceAddressExtractor {
     }
 }
 
-/// Keys QUIC datagrams by destination connection ID so a migrating client
-/// keeps its flow (and backend).
+/// Keys QUIC 1-RTT datagrams by destination connection ID so a migrating
+/// client keeps its flow (and backend).
 ///
-/// Long-header packets (RFC 9000 §17.2) carry their DCID length; short-header
-/// packets (§17.3) do not, so the backend's connection-ID length must be
-/// configured (`short_header_cid_len`, as QUIC-LB deployments do). Datagrams
-/// that are not QUIC (fixed bit clear, truncated header, zero-length CID)
-/// fall back to the source address, so non-QUIC clients still work.
+/// * Short-header packets (RFC 9000 §17.3) carry the connection ID the
+///   backend issued; its length is not on the wire, so it is configured
+///   (`short_header_cid_len`, as QUIC-LB deployments do). They are keyed by
+///   that ID: a client whose address changes (NAT rebinding, migration)
+///   stays on its flow, and replies follow its latest address.
+/// * Long-header packets (Initial, 0-RTT, Handshake, Retry: §17.2) are keyed
+///   by source address: their DCID is client-chosen at first and changes
+///   after the first round trip, while clients must not migrate before the
+///   handshake is confirmed (§9), so the address keeps the whole handshake on
+///   one flow.
+/// * Anything else (fixed bit clear, short header shorter than the CID) falls
+///   back to the source address, so non-QUIC clients still work.
 ///
-/// Known limit: a client's first Initial uses a DCID of its own choosing and
-/// switches to the server's CID after the first round trip; those two phases
-/// therefore map to two flows (two upstream sockets). With the default
-/// `SOURCE_IP` affinity and a consistent policy (HRW, Maglev) both reach the
-/// same backend, which sees a NAT rebinding it validates (RFC 9000 §9.3).
+/// Consequence: the handshake and the 1-RTT phase of one connection are two
+/// flows (two upstream sockets). The backend sees the 1-RTT packets arrive
+/// from a new port after its handshake is confirmed — a NAT rebinding it
+/// validates (§9.3) — and with the default `SOURCE_IP` affinity and a
+/// consistent policy (HRW, Maglev) both flows reach the same backend. A
+/// client switching to a new connection ID likewise starts a new flow.
+/// Replies follow the latest source address seen with the ID, so an on-path
+/// observer who copies a connection ID can redirect replies (QUIC payloads
+/// stay encrypted; the backend's path validation sees the new path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuicConnectionIdExtractor {
     /// Length of the connection IDs the backends issue (1..=20).
@@ -107,20 +118,12 @@ pub struct QuicConnectionIdExtractor {
 impl FlowKeyExtractor for QuicConnectionIdExtractor {
     fn flow_key(&self, src: SocketAddr, payload: &[u8]) -> Option<FlowKey> {
         let first = *payload.first()?;
-        // The fixed bit (0x40) is set on every QUIC v1 packet; without it this
-        // is not QUIC (or is a greased version negotiation): key by address.
-        if first & 0x40 == 0 {
+        // Long header (0x80) or not QUIC v1 (fixed bit 0x40 clear).
+        if first & 0x80 != 0 || first & 0x40 == 0 {
             return Some(FlowKey::Source(src));
         }
-        let cid = if first & 0x80 != 0 {
-            // Long header: flags(1) version(4) dcid_len(1) dcid.
-            let len = usize::from(*payload.get(5)?);
-            payload.get(6..6 + len)
-        } else {
-            let len = usize::from(self.short_header_cid_len);
-            payload.get(1..1 + len)
-        };
-        match cid.and_then(ConnectionId::new) {
+        let len = usize::from(self.short_header_cid_len);
+        match payload.get(1..1 + len).and_then(ConnectionId::new) {
             Some(cid) if !cid.as_bytes().is_empty() => Some(FlowKey::ConnectionId(cid)),
             _ => Some(FlowKey::Source(src)),
         }
@@ -297,22 +300,19 @@ mod tests {
     }
 
     #[test]
-    fn quic_long_header_keys_by_dcid() {
+    fn quic_long_header_keys_by_source_address() {
         let x = QuicConnectionIdExtractor {
             short_header_cid_len: 4,
         };
-        let mut pkt = vec![0xc0, 0, 0, 0, 1, 3, 0xaa, 0xbb, 0xcc, 0];
-        let k = x.flow_key(addr("1.1.1.1:1"), &pkt).unwrap();
-        assert_eq!(
-            k,
-            FlowKey::ConnectionId(ConnectionId::new(&[0xaa, 0xbb, 0xcc]).unwrap())
-        );
-        // Same connection from a new address: same key.
-        assert_eq!(x.flow_key(addr("2.2.2.2:2"), &pkt), Some(k));
-        // Truncated DCID: fall back to the address.
-        pkt.truncate(7);
+        // Initial with DCID aa bb cc: keyed by address whatever the DCID.
+        let pkt = [0xc0, 0, 0, 0, 1, 3, 0xaa, 0xbb, 0xcc, 0];
         assert_eq!(
             x.flow_key(addr("1.1.1.1:1"), &pkt),
+            Some(FlowKey::Source(addr("1.1.1.1:1")))
+        );
+        // Truncated long header: still the address, never a panic.
+        assert_eq!(
+            x.flow_key(addr("1.1.1.1:1"), &[0xc0]),
             Some(FlowKey::Source(addr("1.1.1.1:1")))
         );
     }
@@ -323,9 +323,14 @@ mod tests {
             short_header_cid_len: 2,
         };
         let pkt = [0x40, 9, 8, 7, 6];
+        let key = FlowKey::ConnectionId(ConnectionId::new(&[9, 8]).unwrap());
+        assert_eq!(x.flow_key(addr("1.1.1.1:1"), &pkt), Some(key));
+        // Same connection from a new address: same key.
+        assert_eq!(x.flow_key(addr("2.2.2.2:2"), &pkt), Some(key));
+        // Shorter than the configured CID: the address.
         assert_eq!(
-            x.flow_key(addr("1.1.1.1:1"), &pkt),
-            Some(FlowKey::ConnectionId(ConnectionId::new(&[9, 8]).unwrap()))
+            x.flow_key(addr("1.1.1.1:1"), &[0x40, 9]),
+            Some(FlowKey::Source(addr("1.1.1.1:1")))
         );
         // Not QUIC (fixed bit clear): the address.
         assert_eq!(

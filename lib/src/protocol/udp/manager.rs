@@ -149,7 +149,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         match flow.phase {
             Phase::AwaitingBackend => {
                 let evicted = flow.enqueue(payload);
-                let deadline = now + flow.knobs.front_timeout;
+                let deadline = deadline_after(now, flow.knobs.front_timeout);
                 if evicted.datagrams > 0 {
                     self.outputs.push_back(Output::Dropped {
                         flow: id,
@@ -169,7 +169,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
                 flow.requests += 1;
                 flow.bytes_in += payload.len() as u64;
                 let proxy_header = flow.next_proxy_header(listener);
-                let deadline = now + flow.knobs.front_timeout;
+                let deadline = deadline_after(now, flow.knobs.front_timeout);
                 let teardown = flow.cap_teardown();
                 self.refresh_deadline(id, deadline);
                 if let Some(reason) = teardown {
@@ -209,7 +209,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         let hash = affinity_hash(self.seed, cluster.affinity_key, src);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        let deadline = now + knobs.front_timeout;
+        let deadline = deadline_after(now, knobs.front_timeout);
         let entry = self.flows.vacant_entry();
         let id = FlowId::new(entry.key(), generation);
         let mut flow = Flow {
@@ -285,7 +285,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         flow.responses += 1;
         flow.bytes_out += payload.len() as u64;
         let dst = flow.client;
-        let deadline = now + flow.knobs.back_timeout;
+        let deadline = deadline_after(now, flow.knobs.back_timeout);
         let teardown = flow.cap_teardown();
         self.refresh_deadline(id, deadline);
         if let Some(reason) = teardown {
@@ -654,6 +654,14 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         #[cfg(debug_assertions)]
         self.check_invariants();
     }
+}
+
+/// `now + timeout`, saturating: a huge configured timeout (from an order)
+/// must not overflow `Instant` and panic; it means "practically never".
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// The entry is the one valid timer of a live flow.

@@ -929,6 +929,21 @@ fn max_flows_zero_admits_nothing() {
     );
 }
 
+#[test]
+fn huge_timeouts_from_an_order_do_not_overflow() {
+    let t0 = origin();
+    let mut c = cluster();
+    c.front_timeout = Some(Duration::MAX);
+    c.back_timeout = Some(Duration::MAX);
+    let mut m = manager_with(c);
+    let flow = established(&mut m, t0, addr("192.0.2.1:1"));
+    m.handle_backend_datagram(t0, flow, b"r");
+    m.handle_client_datagram(t0, addr("192.0.2.1:1"), b"q");
+    assert!(m.poll_timeout().unwrap() > t0 + Duration::from_secs(365 * 86_400));
+    m.close_all(t0);
+    assert_eq!(m.active_flows(), 0);
+}
+
 // ----- PROXY protocol -----
 
 #[test]
@@ -1183,7 +1198,7 @@ mod properties {
         fn pick(&self, i: u8) -> Option<FlowId> {
             let live: Vec<FlowId> = self.m.flow_ids().collect();
             // One pick in four names a closed flow (stale id).
-            if i % 4 == 0 && !self.stale.is_empty() {
+            if i.is_multiple_of(4) && !self.stale.is_empty() {
                 return Some(self.stale[usize::from(i) % self.stale.len()]);
             }
             (!live.is_empty()).then(|| live[usize::from(i) % live.len()])
@@ -1343,7 +1358,7 @@ mod properties {
     fn cap_timers_and_counts_hold_for_any_step_sequence() {
         QuickCheck::new()
             .tests(300)
-            .gen(Gen::new(200))
+            .rng(Gen::new(200))
             .quickcheck(run as fn(Vec<Step>) -> bool);
     }
 }

@@ -49,6 +49,7 @@ impl TimerQueue {
         self.heap.retain(|Reverse(e)| keep(e));
     }
 
+    #[cfg(debug_assertions)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &TimerEntry> {
         self.heap.iter().map(|Reverse(e)| e)
     }
