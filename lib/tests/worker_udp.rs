@@ -635,3 +635,26 @@ fn tcp_and_http_orders_are_kept_in_the_state_and_answered_ok() {
     }));
     assert_eq!(twice.status, ResponseStatus::Failure as i32);
 }
+
+#[test]
+fn a_burst_of_replies_larger_than_a_batch_returns_whole_and_in_order() {
+    let mut worker = Worker::start();
+    let (listener, backend) = simple_setup(&mut worker, UdpClusterConfig::default());
+    let client = udp_socket("127.0.0.1");
+    client.send_to(b"subscribe", listener).unwrap();
+    let (_, upstream) = recv(&backend);
+    // More than one sendmmsg batch and more than one wake-up budget.
+    let count = 150u16;
+    for i in 0..count {
+        backend.send_to(&i.to_be_bytes(), upstream).unwrap();
+    }
+    for i in 0..count {
+        let (reply, from) = recv(&client);
+        assert_eq!(reply, i.to_be_bytes(), "reply {i} in order");
+        assert_eq!(from, listener);
+    }
+    assert_eq!(
+        worker.metric(&format!("udp.datagrams.out@{listener}")),
+        i64::from(count)
+    );
+}

@@ -311,7 +311,7 @@ impl Server {
 
     fn next_deadline(&self) -> Option<Instant> {
         let statsd = self.statsd.as_ref().and_then(|(_, _, next)| *next);
-        [self.udp.next_deadline(), self.health.poll_timeout(), statsd]
+        [self.udp.next_deadline(), statsd]
             .into_iter()
             .flatten()
             .min()

@@ -118,6 +118,9 @@ pub struct UdpShell {
     adopted: HashMap<SocketAddr, OwnedFd>,
     draining: bool,
     buffer_size: usize,
+    /// When the health checker next has work, refreshed after every change
+    /// to it (so the loop does not scan every backend on each wake-up).
+    health_deadline: Option<Instant>,
 }
 
 impl UdpShell {
@@ -143,6 +146,7 @@ impl UdpShell {
             adopted: adopted.into_iter().collect(),
             draining: false,
             buffer_size,
+            health_deadline: None,
         }
     }
 
@@ -418,6 +422,7 @@ impl UdpShell {
             crate::backends::BackendId::from(order.backend_id.as_str()),
             address,
         );
+        self.apply_health_events(now, ctx);
         Ok(())
     }
 
@@ -486,11 +491,12 @@ impl UdpShell {
 
     // ----- event loop -----
 
-    /// The earliest deadline of any listener's flows.
+    /// The earliest deadline of any listener's flows or health probe.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.listeners
             .iter()
             .filter_map(|(_, l)| l.manager.poll_timeout())
+            .chain(self.health_deadline)
             .min()
     }
 
@@ -505,7 +511,9 @@ impl UdpShell {
         }
         // Probes go on during soft-stop: live flows still need healthy
         // backends, and the checker's deadline must move on.
-        self.run_probes(now, ctx);
+        if self.health_deadline.is_some_and(|t| t <= now) {
+            self.run_probes(now, ctx);
+        }
     }
 
     /// A readiness event for one of the shell's sockets.
@@ -626,6 +634,7 @@ impl UdpShell {
                 HealthEvent::ProbeAbandoned { probe } => self.close_probe(probe, ctx),
             }
         }
+        self.health_deadline = ctx.health.poll_timeout();
     }
 
     // ----- queries -----
