@@ -82,8 +82,20 @@ fn an_undecodable_frame_gets_an_error_and_the_connection_stays_usable() {
         .unwrap();
     stream.write_all(&garbage).unwrap();
     match outcome(&mut stream) {
-        Outcome::Failure(_) | Outcome::Closed => {}
+        Outcome::Failure(_) => {}
+        Outcome::Closed => panic!("a well-framed undecodable request deserves a FAILURE answer"),
     }
+    // doc/protocol.md: the frame was skipped, the connection still works.
+    let mut channel: sozu_e2e::sozu::CommandChannel =
+        sozu_command_lib::channel::Channel::new(stream, 16_384, 163_840);
+    let answer = sozu_e2e::sozu::send_order(
+        &mut channel,
+        sozu_command_lib::command::request::RequestType::Status(
+            sozu_command_lib::command::Status {},
+        ),
+    )
+    .expect("a status on the same connection");
+    assert_eq!(answer.status, ResponseStatus::Ok as i32, "{answer:?}");
     assert_still_serving(&sozu);
 }
 
