@@ -156,3 +156,34 @@ fn half_frames_neither_block_other_clients_nor_crash_the_master() {
     let out = sozu.cli_ok(&["status"]);
     assert!(!out.stdout.is_empty());
 }
+
+#[test]
+fn a_raw_client_gets_sozu_2_answers_for_lists() {
+    use sozu_command_lib::command::request::RequestType;
+    use sozu_command_lib::command::response_content::ContentType;
+    use sozu_command_lib::command::{ListListeners, ListWorkers};
+    let (sozu, _b) = start();
+    // One connection, several orders in turn, as a Sōzu 2.x client does.
+    let mut channel = sozu.channel().unwrap();
+    let workers =
+        sozu_e2e::sozu::send_order(&mut channel, RequestType::ListWorkers(ListWorkers {}))
+            .expect("list_workers");
+    match workers.content.and_then(|c| c.content_type) {
+        Some(ContentType::Workers(w)) => assert_eq!(w.vec.len(), 2),
+        other => panic!("list_workers answered {other:?}"),
+    }
+    let listeners =
+        sozu_e2e::sozu::send_order(&mut channel, RequestType::ListListeners(ListListeners {}))
+            .expect("list_listeners");
+    match listeners.content.and_then(|c| c.content_type) {
+        Some(ContentType::ListenersList(l)) => {
+            let frontend = sozu.config().udp_listeners[0].address.to_string();
+            assert!(
+                l.udp_listeners.contains_key(&frontend),
+                "{:?}",
+                l.udp_listeners.keys()
+            );
+        }
+        other => panic!("list_listeners answered {other:?}"),
+    }
+}
