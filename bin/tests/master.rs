@@ -746,3 +746,39 @@ fn a_master_that_cannot_start_leaves_no_socket_behind() {
     assert!(stderr.contains("pid file"), "{stderr}");
     assert!(!socket.exists(), "the command socket must be removed");
 }
+
+#[test]
+fn sighup_reloads_and_sigterm_soft_stops() {
+    let mut proxy = start(1);
+    let config_path = proxy.dir.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("\n[clusters.hup]\nprotocol = \"udp\"\n");
+    std::fs::write(&config_path, text).unwrap();
+    let master = Pid::from_raw(proxy.master.id() as i32);
+    kill(master, Signal::SIGHUP).unwrap();
+    let mut reloaded = false;
+    for _ in 0..POLL_ATTEMPTS {
+        if cluster_ids(&proxy).contains(&"hup".to_owned()) {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(reloaded, "SIGHUP did not reload:\n{}", proxy.log());
+
+    kill(master, Signal::SIGTERM).unwrap();
+    let mut exit = None;
+    for _ in 0..POLL_ATTEMPTS {
+        if let Ok(Some(status)) = proxy.master.try_wait() {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?}\n{}",
+        proxy.log()
+    );
+    assert!(!proxy.socket.exists());
+}

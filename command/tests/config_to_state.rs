@@ -10,9 +10,13 @@ const QUICK_START: &str = include_str!("../../config.toml");
 
 #[test]
 fn quick_start_config_survives_orders_state_save_and_load() {
-    let config = Config::from_str(QUICK_START, Path::new("config.toml")).expect("config.toml loads");
+    let config =
+        Config::from_str(QUICK_START, Path::new("config.toml")).expect("config.toml loads");
     let orders = config.generate_orders();
-    assert!(!orders.is_empty(), "the quick-start config builds something");
+    assert!(
+        !orders.is_empty(),
+        "the quick-start config builds something"
+    );
 
     let state = ConfigState::from_requests(&orders).expect("every generated order is accepted");
     let udp: Vec<_> = state.udp_listeners().map(|(addr, _)| *addr).collect();
@@ -54,6 +58,12 @@ backends = [{ address = "127.0.0.1:5301" }]
     let config = Config::from_str(text, Path::new("inline.toml")).expect("loads");
     let state = ConfigState::from_requests(&config.generate_orders()).expect("accepted");
     let addr = "127.0.0.1:5300".parse().unwrap();
-    assert_eq!(state.udp_cluster(&addr).map(|c| c.cluster_id.as_str()), Some("dns-udp"));
-    assert_eq!(state.tcp_frontend(&addr).map(|f| f.cluster_id.as_str()), Some("dns-tcp"));
+    assert_eq!(
+        state.udp_cluster(&addr).map(|c| c.cluster_id.as_str()),
+        Some("dns-udp")
+    );
+    assert_eq!(
+        state.tcp_frontend(&addr).map(|f| f.cluster_id.as_str()),
+        Some("dns-tcp")
+    );
 }

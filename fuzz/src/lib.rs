@@ -148,7 +148,21 @@ fn run<E: FlowKeyExtractor>(mut m: UdpFlowManager<E>, mut input: Bytes<'_>) {
             },
             _ => {
                 if let Some(flow) = seen.get(usize::from(arg) % seen.len().max(1)).copied() {
-                    m.abort_flow(now, flow, CloseReason::Aborted);
+                    if arg & 0x80 == 0 {
+                        m.abort_flow(now, flow, CloseReason::Aborted);
+                    } else if let Some(h) = m.hand_over(now, flow) {
+                        // Re-adopt (an upgrade into the same table); the close
+                        // of the handed-over flow is drained below.
+                        while let Some(o) = m.poll_output() {
+                            if let Output::CloseFlow { .. } = o {
+                                closed += 1;
+                            }
+                        }
+                        if let Ok(id) = m.adopt(now, h) {
+                            created += 1;
+                            seen.push(id);
+                        }
+                    }
                 }
             }
         }

@@ -22,8 +22,8 @@ use std::{
 };
 
 use sozu_lib::protocol::udp::{
-    BackendDecision, BackendId, ClientDecision, CloseReason, ClusterConfig, ClusterId, DropReason,
-    FlowId, FlowKey, MetricEvent, Output, Phase, ResolveOutcome, UdpFlowManager,
+    AdoptError, BackendDecision, BackendId, ClientDecision, CloseReason, ClusterConfig, ClusterId,
+    DropReason, FlowId, FlowKey, MetricEvent, Output, Phase, ResolveOutcome, UdpFlowManager,
     UdpFlowManagerConfig, Via,
 };
 
@@ -565,9 +565,13 @@ impl Sim {
                 }
             }
             94 => {
-                let (id, _) = self.backends[self.rng.below(BACKENDS as u64) as usize].clone();
-                self.m
-                    .abort_backend(self.now, &id, CloseReason::BackendRemoved);
+                if self.rng.chance(50) {
+                    let (id, _) = self.backends[self.rng.below(BACKENDS as u64) as usize].clone();
+                    self.m
+                        .abort_backend(self.now, &id, CloseReason::BackendRemoved);
+                } else {
+                    self.hand_over_and_adopt()?;
+                }
             }
             95 => {
                 if self.rng.chance(30) {
@@ -597,6 +601,46 @@ impl Sim {
         }
         self.drain_outputs()?;
         self.check()
+    }
+
+    /// Hands a flow over (as an upgrade would) and adopts it back: the
+    /// adopted flow must carry its counters, deadline and client.
+    fn hand_over_and_adopt(&mut self) -> Result<(), String> {
+        let Some(flow) = self.pick_any() else {
+            return Ok(());
+        };
+        let model = self.flows.get(&flow).cloned();
+        let Some(h) = self.m.hand_over(self.now, flow) else {
+            return match model {
+                Some(f) if f.phase == Phase::Established => {
+                    Err("established flow not handed over".into())
+                }
+                _ => Ok(()),
+            };
+        };
+        let mut f = model.ok_or("handed over a flow unknown to the model")?;
+        if h.datagrams_in != f.forwarded
+            || h.datagrams_out != f.returned
+            || self.now + h.idle_remaining != f.deadline.max(self.now)
+        {
+            return Err(format!("handover {h:?} vs model {f:?}"));
+        }
+        self.drain_outputs()?;
+        let live = self.m.active_flows();
+        match self.m.adopt(self.now, h) {
+            Ok(id) => {
+                if self.draining || live >= self.max_flows {
+                    return Err("adopted while draining or at the cap".into());
+                }
+                f.deadline = f.deadline.max(self.now);
+                self.keys.insert(f.client, id);
+                self.flows.insert(id, f);
+            }
+            Err(AdoptError::Draining) if self.draining => {}
+            Err(AdoptError::AtCapacity { .. }) if live >= self.max_flows => {}
+            Err(e) => return Err(format!("adoption refused: {e}")),
+        }
+        Ok(())
     }
 
     fn restart(&mut self) {

@@ -658,3 +658,45 @@ fn a_burst_of_replies_larger_than_a_batch_returns_whole_and_in_order() {
         i64::from(count)
     );
 }
+
+#[test]
+fn a_tcp_probe_takes_the_backend_down_when_its_port_refuses_and_up_when_it_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut worker = Worker::start();
+    let (listener, backend_socket) = simple_setup(
+        &mut worker,
+        UdpClusterConfig {
+            health: Some(UdpHealthConfig {
+                mode: Some(UdpHealthMode::TcpProbe as i32),
+                tcp_port: Some(u32::from(port)),
+                rise: Some(1),
+                fall: Some(1),
+                fail_open: Some(false),
+                udp_probe_payload: None,
+                probe_interval_seconds: Some(1),
+                probe_timeout_seconds: Some(1),
+            }),
+            ..Default::default()
+        },
+    );
+    // Nothing listens on the companion port: refused, down.
+    worker.wait_metric_present("c/b1/udp.backend.up", 0);
+    let client = udp_socket("127.0.0.1");
+    client.send_to(b"lost", listener).unwrap();
+    assert!(
+        try_recv(&backend_socket, SHORT).is_none(),
+        "fail_open = false"
+    );
+    assert_eq!(
+        worker.metric(&format!("udp.datagrams.dropped.flow_closed@{listener}")),
+        1
+    );
+    let _companion = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    worker.wait_metric_present("c/b1/udp.backend.up", 1);
+    client.send_to(b"served", listener).unwrap();
+    assert_eq!(recv(&backend_socket).0, b"served");
+}

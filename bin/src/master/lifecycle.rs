@@ -26,6 +26,9 @@ use super::{Master, Phase, Purpose};
 const QUICK_FAILURE_WINDOW: Duration = Duration::from_secs(5);
 const MAX_QUICK_FAILURES: u32 = 5;
 
+/// How often clients waiting for a stop hear that it goes on.
+const STOP_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Master {
     /// Reaps every exited child (waitpid(-1, WNOHANG) until none).
     pub(super) fn reap_children(&mut self, now: Instant) {
@@ -206,6 +209,7 @@ impl Master {
                 hard,
                 waiting: client.into_iter().collect(),
                 kill_at: None,
+                progress_at: now + STOP_PROGRESS_INTERVAL,
             };
             // The command socket keeps serving status during a soft stop.
             if !self.listener_registered && !hard {
@@ -349,6 +353,35 @@ impl Master {
             Some(self.config.worker_timeout),
             now,
         );
+    }
+}
+
+impl Master {
+    /// Tells the clients waiting for a stop which workers still drain.
+    pub(super) fn stop_progress(&mut self, now: Instant) {
+        let Phase::Stopping {
+            waiting,
+            progress_at,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if now < *progress_at {
+            return;
+        }
+        *progress_at = now + STOP_PROGRESS_INTERVAL;
+        let clients = waiting.clone();
+        let draining: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| w.run_state != RunState::Stopped)
+            .map(|w| format!("{} (pid {})", w.id, w.pid))
+            .collect();
+        let message = format!("still waiting for worker(s) {}", draining.join(", "));
+        for token in clients {
+            self.answer(token, response(ResponseStatus::Processing, message.clone()));
+        }
     }
 }
 

@@ -139,6 +139,9 @@ pub(crate) enum Phase {
         waiting: Vec<Token>,
         /// Hard stop: when still-running workers get SIGKILL.
         kill_at: Option<Instant>,
+        /// When the waiting clients next get a PROCESSING answer (a drain
+        /// can outlast any client's patience otherwise).
+        progress_at: Instant,
     },
 }
 
@@ -358,10 +361,14 @@ impl Master {
     fn next_deadline(&self) -> Option<Instant> {
         let mut deadline = self.gather.next_deadline();
         if let Phase::Stopping {
-            kill_at: Some(at), ..
+            kill_at,
+            progress_at,
+            ..
         } = &self.phase
         {
-            deadline = Some(deadline.map_or(*at, |d| d.min(*at)));
+            for at in kill_at.iter().chain(std::iter::once(progress_at)) {
+                deadline = Some(deadline.map_or(*at, |d| d.min(*at)));
+            }
         }
         if matches!(self.phase, Phase::Running) {
             let at = self.next_heartbeat;
@@ -383,6 +390,7 @@ impl Master {
             self.on_gathered(gathered, now);
         }
         self.check_stop_deadline(now);
+        self.stop_progress(now);
         self.heartbeat(now);
     }
 

@@ -406,6 +406,7 @@ fn orders_are_refused_while_stopping() {
         hard: false,
         waiting: Vec::new(),
         kill_at: None,
+        progress_at: now() + Duration::from_secs(5),
     };
     send(&mut master, token, cluster("dns"));
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
@@ -439,4 +440,55 @@ fn heartbeat_reports_a_silent_worker_and_clears_when_it_answers() {
     // The late answer to the expired heartbeat still proves it is alive.
     reply(&mut master, 1, &mut w1, &h1, ResponseStatus::Ok, "running");
     assert_eq!(master.workers[&1].run_state, RunState::Running);
+}
+
+#[test]
+fn a_long_soft_stop_keeps_telling_the_client_who_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    // A real process stands in for the draining worker, so the stop waits.
+    let mut stand_in = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let stand_in_pid = Pid::from_raw(stand_in.id() as i32);
+    master.workers.get_mut(&0).unwrap().pid = stand_in_pid;
+    let (token, mut client) = add_client(&mut master);
+    let start = now();
+    if let Some(c) = master.clients.get_mut(&token) {
+        c.busy = true;
+    }
+    master.handle_request(
+        token,
+        order(RequestType::SoftStop(Default::default())),
+        start,
+    );
+    let forwarded = next_order(&mut w0);
+    assert!(matches!(
+        forwarded.content.request_type,
+        Some(RequestType::SoftStop(_))
+    ));
+    let first = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(first.status(), ResponseStatus::Processing);
+    assert_eq!(master.workers[&0].run_state, RunState::Stopping);
+
+    master.on_time(start + Duration::from_secs(5));
+    let progress = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(progress.status(), ResponseStatus::Processing);
+    assert!(
+        progress.message.contains(&format!("pid {stand_in_pid}")),
+        "{}",
+        progress.message
+    );
+    assert!(master.exit.is_none(), "the master waits for its worker");
+
+    stand_in.kill().unwrap();
+    // Reaped here (or by nobody: no loop runs in this test).
+    let _ = stand_in.wait();
+    master.workers.remove(&0);
+    master.check_stopped();
+    let done = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(done.status(), ResponseStatus::Ok, "{}", done.message);
+    assert!(master.exit.is_some());
 }

@@ -696,9 +696,10 @@ impl UdpListener {
             io.metrics.closed(ctx.metrics);
             // The socket closes when `up` drops here.
         }
-        let duration = record.duration();
-        self.metrics.flow_duration(ctx.metrics, duration);
         let access_reason = match reason {
+            // The flow lives on in another worker, which writes its record
+            // when it really ends.
+            CloseReason::HandedOver => return,
             CloseReason::Idle => FlowCloseReason::IdleTimeout,
             CloseReason::ResponsesReached => FlowCloseReason::ResponsesReached,
             CloseReason::RequestsReached => FlowCloseReason::RequestsReached,
@@ -706,6 +707,8 @@ impl UdpListener {
             CloseReason::Drain => self.drain_reason,
             CloseReason::Aborted => io.abort.unwrap_or(FlowCloseReason::NoBackend),
         };
+        let duration = record.duration();
+        self.metrics.flow_duration(ctx.metrics, duration);
         let cluster = io
             .cluster
             .clone()

@@ -564,7 +564,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
 
     // ----- internals -----
 
-    fn flow(&self, id: FlowId) -> Option<&Flow> {
+    pub(super) fn flow(&self, id: FlowId) -> Option<&Flow> {
         self.flows
             .get(id.slot())
             .filter(|f| f.generation == id.generation())
@@ -604,7 +604,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
     /// Closes a flow: drops what it still buffered, emits `FlowEvicted` then
     /// `CloseFlow`, unmaps its key if the table still points at it.
     /// Idempotent: an unknown id emits nothing.
-    fn close_flow(&mut self, now: Instant, id: FlowId, reason: CloseReason) {
+    pub(super) fn close_flow(&mut self, now: Instant, id: FlowId, reason: CloseReason) {
         if self.flow(id).is_none() {
             return;
         }
@@ -644,7 +644,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
     /// Ends every public mutator: discards stale timer entries at the top of
     /// the heap (so `poll_timeout` names a live flow's entry), then checks the
     /// invariants in debug builds.
-    fn finish_mutation(&mut self) {
+    pub(super) fn finish_mutation(&mut self) {
         while let Some(entry) = self.timers.peek() {
             if is_live_entry(&self.flows, entry) {
                 break;
@@ -658,7 +658,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
 
 /// `now + timeout`, saturating: a huge configured timeout (from an order)
 /// must not overflow `Instant` and panic; it means "practically never".
-fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+pub(super) fn deadline_after(now: Instant, timeout: Duration) -> Instant {
     now.checked_add(timeout)
         .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
         .unwrap_or(now)

@@ -42,11 +42,24 @@
 //! timer fired: mgr.handle_timeout(now); drain; re-arm.
 //! ```
 //!
+//! Act on a decision before draining the outputs: a datagram that reaches a
+//! requests cap is `Forward`ed and its flow's `CloseFlow` is already queued,
+//! so the shell sends first, then closes the socket. Prefer the named methods
+//! over [`UdpFlowManager::handle_input`] where the return value matters
+//! (`backend_resolved` returns its [`ResolveOutcome`]: `UnknownFlow` counts as
+//! a drop).
+//!
 //! One fact, one channel: per-datagram facts (in / out / drops of the
 //! datagram at hand) come from the decisions and `Transmit`s, per-flow facts
 //! from `Output::Metric`, drops of buffered datagrams from `Output::Dropped`,
 //! the deadline only from `poll_timeout`, the active-flow gauge from
 //! [`UdpFlowManager::active_flows`].
+//!
+//! Upgrades: the old worker calls [`UdpFlowManager::hand_over`] for each
+//! established flow (it closes there with `HandedOver`; the shell sends the
+//! returned [`FlowHandover`] and the upstream socket to the new worker and
+//! then closes its copy), the new worker calls [`UdpFlowManager::adopt`] and
+//! registers the received socket under the returned id.
 //!
 //! A `FlowId` is unique for the manager's life (slot + generation), but the
 //! shell must forget it at `CloseFlow`; any later call with it is an unknown
@@ -55,6 +68,7 @@
 //! larger than that size to notice truncation.
 
 mod flow;
+mod handover;
 #[cfg(debug_assertions)]
 mod invariants;
 mod key;
@@ -66,6 +80,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use handover::{AdoptError, FlowHandover};
 pub use key::{
     affinity_hash, ConnectionId, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor,
     SeededHasher, SeededState, SourceAddressExtractor, MAX_CONNECTION_ID_LEN,

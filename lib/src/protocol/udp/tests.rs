@@ -1045,6 +1045,163 @@ fn proxy_header_for_ipv6_and_mixed_families() {
     assert_ne!(m.flow_client(f6), None);
 }
 
+#[test]
+fn handle_input_dispatches_like_the_named_methods() {
+    let t0 = origin();
+    let mut m = UdpFlowManager::new(config(), 3);
+    m.handle_input(t0, Input::SetCluster(Some(cluster())));
+    let ClientDecision::Queued { flow } = m.handle_client_datagram(t0, addr("192.0.2.1:1"), b"x")
+    else {
+        panic!()
+    };
+    m.handle_input(
+        t0,
+        Input::BackendResolved {
+            flow,
+            backend: BackendId::new("b1"),
+            addr: backend_addr(),
+        },
+    );
+    assert_eq!(m.flow_phase(flow), Some(Phase::Established));
+    m.handle_input(t0, Input::SetMaxRxDatagramSize(1));
+    assert_eq!(m.config().max_rx_datagram_size, 1);
+    m.handle_input(
+        t0,
+        Input::SetDefaultTimeouts {
+            front: Duration::from_secs(1),
+            back: Duration::from_secs(2),
+        },
+    );
+    assert_eq!(m.config().front_timeout, Duration::from_secs(1));
+    m.handle_input(t0, Input::SetMaxFlows(9));
+    assert_eq!(m.config().max_flows, 9);
+    m.handle_input(
+        t0,
+        Input::AbortBackend {
+            backend: BackendId::new("other"),
+            reason: CloseReason::BackendRemoved,
+        },
+    );
+    assert_eq!(m.active_flows(), 1);
+    m.handle_input(
+        t0,
+        Input::AbortFlow {
+            flow,
+            reason: CloseReason::Aborted,
+        },
+    );
+    assert_eq!(m.active_flows(), 0);
+    m.handle_input(t0, Input::Drain);
+    assert!(m.is_drained());
+    m.handle_input(t0, Input::CloseAll);
+    let out = outputs(&mut m);
+    assert_eq!(closes(&out), vec![(flow, CloseReason::Aborted)]);
+    assert_eq!(m.flow_for_key(&FlowKey::Source(addr("192.0.2.1:1"))), None);
+}
+
+// ----- handover (binary upgrade) -----
+
+#[test]
+fn handed_over_flow_keeps_backend_counters_and_deadline() {
+    let t0 = origin();
+    let mut c = cluster();
+    c.send_proxy_protocol = true;
+    c.responses = nz(3);
+    let mut old = manager_with(c);
+    let client = addr("192.0.2.1:1");
+    let flow = established(&mut old, t0, client);
+    old.handle_backend_datagram(t0, flow, b"r1");
+    let t1 = t0 + Duration::from_secs(2);
+    let h = old
+        .hand_over(t1, flow)
+        .expect("established flow hands over");
+    assert_eq!(h.backend_addr, backend_addr());
+    assert_eq!((h.datagrams_in, h.datagrams_out), (1, 1));
+    assert_eq!(
+        h.idle_remaining,
+        Duration::from_secs(3),
+        "back timeout 5 s set at t0"
+    );
+    assert!(h.proxy_header_sent);
+    let out = outputs(&mut old);
+    assert_eq!(closes(&out), vec![(flow, CloseReason::HandedOver)]);
+    assert_eq!(old.active_flows(), 0);
+    assert_eq!(old.hand_over(t1, flow), None, "idempotent");
+
+    // The new worker: another manager, another seed, no cluster knobs needed.
+    let mut new = UdpFlowManager::new(config(), 777);
+    new.set_cluster(t1, Some(cluster()));
+    let id = new.adopt(t1, h).expect("adopted");
+    assert!(matches!(
+        outputs(&mut new).as_slice(),
+        [Output::Metric(MetricEvent::FlowCreated { .. })]
+    ));
+    assert_eq!(new.flow_phase(id), Some(Phase::Established));
+    assert_eq!(
+        new.handle_client_datagram(t1, client, b"q"),
+        ClientDecision::Forward {
+            flow: id,
+            proxy_header: None
+        },
+        "first PROXY header already sent by the old worker"
+    );
+    assert_eq!(
+        new.handle_backend_datagram(t1, id, b"r2"),
+        BackendDecision::Return { dst: client }
+    );
+    // Captured responses = 3: the third reply closes it, counters carried.
+    new.handle_backend_datagram(t1, id, b"r3");
+    let out = outputs(&mut new);
+    let Some(Output::CloseFlow { reason, record, .. }) = out.last() else {
+        panic!("closed by the carried cap")
+    };
+    assert_eq!(*reason, CloseReason::ResponsesReached);
+    assert_eq!((record.datagrams_in, record.datagrams_out), (2, 3));
+    assert_eq!(record.duration(), Duration::from_secs(2));
+}
+
+#[test]
+fn awaiting_flow_cannot_be_handed_over() {
+    let t0 = origin();
+    let mut m = manager();
+    let ClientDecision::Queued { flow } = m.handle_client_datagram(t0, addr("192.0.2.1:1"), b"x")
+    else {
+        panic!()
+    };
+    outputs(&mut m);
+    assert_eq!(m.hand_over(t0, flow), None);
+    assert!(outputs(&mut m).is_empty());
+    assert_eq!(m.flow_phase(flow), Some(Phase::AwaitingBackend));
+}
+
+#[test]
+fn adoption_honours_key_cap_and_drain() {
+    let t0 = origin();
+    let mut old = manager();
+    let a = established(&mut old, t0, addr("192.0.2.1:1"));
+    let b = established(&mut old, t0, addr("192.0.2.1:2"));
+    let ha = old.hand_over(t0, a).unwrap();
+    let hb = old.hand_over(t0, b).unwrap();
+    let mut new = manager();
+    let existing = established(&mut new, t0, addr("192.0.2.1:1"));
+    assert_eq!(
+        new.adopt(t0, ha.clone()),
+        Err(AdoptError::KeyTaken {
+            key: FlowKey::Source(addr("192.0.2.1:1")),
+            existing
+        })
+    );
+    new.set_max_flows(1);
+    assert_eq!(
+        new.adopt(t0, hb.clone()),
+        Err(AdoptError::AtCapacity { max_flows: 1 })
+    );
+    new.set_max_flows(4);
+    new.drain(t0);
+    assert_eq!(new.adopt(t0, hb), Err(AdoptError::Draining));
+    assert_eq!(new.active_flows(), 1);
+}
+
 // ----- QUIC connection-ID keys -----
 
 #[test]
@@ -1211,7 +1368,7 @@ mod properties {
         }
 
         /// Drains outputs, updating the model; false if a property breaks.
-        fn drain(&mut self, timeout_at: Option<Instant>) -> bool {
+        fn drain(&mut self, timeout_at: Option<Instant>) -> Result<(), Breach> {
             let front = self
                 .cluster
                 .front_timeout
@@ -1226,22 +1383,22 @@ mod properties {
                     Output::CloseFlow { flow, reason, .. } => {
                         self.closed += 1;
                         let Some((deadline, ..)) = self.deadlines.remove(&flow) else {
-                            return false; // closed twice or never created
+                            return Err(Breach::Counts); // closed twice or never created
                         };
                         if reason == CloseReason::Idle
                             && (timeout_at.is_none() || deadline > self.now)
                         {
-                            return false; // a stale expiry closed a refreshed flow
+                            return Err(Breach::StaleExpiry);
                         }
                         self.stale.push(flow);
                     }
                     _ => {}
                 }
             }
-            true
+            Ok(())
         }
 
-        fn step(&mut self, step: &Step) -> bool {
+        fn step(&mut self, step: &Step) -> Result<(), Breach> {
             let before = self.m.active_flows();
             let mut timeout_at = None;
             match *step {
@@ -1250,9 +1407,7 @@ mod properties {
                     let payload = vec![1u8; usize::from(len) % 120];
                     match self.m.handle_client_datagram(self.now, src, &payload) {
                         ClientDecision::Forward { flow, .. } | ClientDecision::Queued { flow } => {
-                            if !self.drain(None) {
-                                return false;
-                            }
+                            self.drain(None)?;
                             self.touch(flow, true);
                         }
                         ClientDecision::Dropped(_) => {}
@@ -1314,51 +1469,95 @@ mod properties {
                 }
                 Step::CloseAll => self.m.close_all(self.now),
             }
-            if !self.drain(timeout_at) {
-                return false;
-            }
+            self.drain(timeout_at)?;
             let after = self.m.active_flows();
             // The cap is never exceeded by an admission.
-            if after > before && after > self.max_flows {
-                return false;
+            if (after > before && after > self.max_flows) || after > self.highest {
+                return Err(Breach::Cap);
             }
-            if after > self.highest || after != self.created - self.closed {
-                return false;
+            if after != self.created - self.closed {
+                return Err(Breach::Counts);
             }
             if let Some(t) = timeout_at {
                 // Every flow due at t is gone, the next deadline is later.
-                if self.m.poll_timeout().is_some_and(|next| next <= t) {
-                    return false;
-                }
-                if self.deadlines.values().any(|(d, ..)| *d <= t) {
-                    return false;
+                if self.m.poll_timeout().is_some_and(|next| next <= t)
+                    || self.deadlines.values().any(|(d, ..)| *d <= t)
+                {
+                    return Err(Breach::Timer);
                 }
             }
-            true
+            Ok(())
         }
 
         /// A final long tick: every flow gone, no timer, created == closed.
-        fn finish(&mut self) -> bool {
+        fn finish(&mut self) -> Result<(), Breach> {
             self.now += Duration::from_secs(24 * 3600);
             self.m.handle_timeout(self.now);
-            self.drain(Some(self.now))
-                && self.m.active_flows() == 0
+            self.drain(Some(self.now))?;
+            if self.m.active_flows() == 0
                 && self.m.poll_timeout().is_none()
                 && self.created == self.closed
                 && self.deadlines.is_empty()
+            {
+                Ok(())
+            } else {
+                Err(Breach::FinalTick)
+            }
         }
     }
 
-    fn run(steps: Vec<Step>) -> bool {
-        let mut r = Run::new();
-        steps.iter().all(|s| r.step(s)) && r.finish()
+    /// Which promise a step sequence broke.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Breach {
+        /// An admission above `max_flows`, or more flows than the highest cap.
+        Cap,
+        /// An `Idle` close of a flow whose (refreshed) deadline had not passed.
+        StaleExpiry,
+        /// After `handle_timeout(t)`: a flow due at `t` alive, or a deadline
+        /// not later than `t`.
+        Timer,
+        /// created − closed ≠ live, or a close of an unknown flow.
+        Counts,
+        /// After a final long tick: a flow, a timer, or created ≠ closed.
+        FinalTick,
     }
 
-    #[test]
-    fn cap_timers_and_counts_hold_for_any_step_sequence() {
+    fn run(steps: &[Step]) -> Result<(), Breach> {
+        let mut r = Run::new();
+        for s in steps {
+            r.step(s)?;
+        }
+        r.finish()
+    }
+
+    fn never(breach: Breach) -> impl Fn(Vec<Step>) -> bool {
+        move |steps| run(&steps) != Err(breach)
+    }
+
+    fn check(prop: fn(Vec<Step>) -> bool) {
         QuickCheck::new()
             .tests(300)
             .rng(Gen::new(200))
-            .quickcheck(run as fn(Vec<Step>) -> bool);
+            .quickcheck(prop);
+    }
+
+    #[test]
+    fn cap_is_never_exceeded() {
+        check(|s| never(Breach::Cap)(s));
+    }
+
+    #[test]
+    fn final_long_tick_leaves_no_flow_no_timer_and_created_equals_closed() {
+        check(|s| never(Breach::FinalTick)(s));
+    }
+
+    #[test]
+    fn stale_expiry_never_closes_a_refreshed_flow() {
+        check(|s| never(Breach::StaleExpiry)(s));
+    }
+
+    #[test]
+    fn every_promise_holds_for_any_step_sequence() {
+        check(|s| run(&s).is_ok());
     }
 }

@@ -267,6 +267,8 @@ pub enum CloseReason {
     Aborted,
     /// Its backend was removed or declared down.
     BackendRemoved,
+    /// Handed over to another worker (binary upgrade); it lives on there.
+    HandedOver,
 }
 
 impl CloseReason {
@@ -279,6 +281,7 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::Aborted => "aborted",
             CloseReason::BackendRemoved => "backend_removed",
+            CloseReason::HandedOver => "handed_over",
         }
     }
 }
