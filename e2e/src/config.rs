@@ -46,10 +46,15 @@ impl Default for SozuConfig {
 /// One UDP listener.
 #[derive(Debug, Clone)]
 pub struct UdpListener {
+    /// `address`.
     pub address: SocketAddr,
+    /// `front_timeout`, seconds.
     pub front_timeout: u32,
+    /// `back_timeout`, seconds.
     pub back_timeout: u32,
+    /// `max_rx_datagram_size`, bytes.
     pub max_rx_datagram_size: u32,
+    /// `max_flows` per worker, 0 = automatic.
     pub max_flows: u32,
 }
 
@@ -69,10 +74,13 @@ impl UdpListener {
 /// One UDP cluster, its frontends, backends and knobs.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
+    /// The cluster id (`[clusters.<id>]`).
     pub id: String,
     /// `load_balancing`, e.g. `"ROUND_ROBIN"`.
     pub load_balancing: String,
+    /// `frontends` addresses (UDP listeners).
     pub frontends: Vec<SocketAddr>,
+    /// `backends`.
     pub backends: Vec<Backend>,
     /// `[clusters.<id>.udp]` `responses`, 0 = unlimited.
     pub responses: u32,
@@ -80,8 +88,11 @@ pub struct ClusterConfig {
     pub requests: u32,
     /// `affinity_key`, e.g. `"SOURCE_IP_PORT"`; `None` leaves the default.
     pub affinity_key: Option<String>,
+    /// `send_proxy_protocol`.
     pub send_proxy_protocol: bool,
+    /// `proxy_protocol_every_datagram`.
     pub proxy_protocol_every_datagram: bool,
+    /// `[clusters.<id>.udp.health]`, absent when `None`.
     pub health: Option<HealthConfig>,
 }
 
@@ -115,7 +126,9 @@ impl ClusterConfig {
 /// One backend of a cluster.
 #[derive(Debug, Clone)]
 pub struct Backend {
+    /// `backend_id`.
     pub id: String,
+    /// `address`.
     pub address: SocketAddr,
 }
 
@@ -124,11 +137,17 @@ pub struct Backend {
 pub struct HealthConfig {
     /// `"UDP_PROBE"`, `"TCP_PROBE"` or `"HEALTH_OFF"`.
     pub mode: String,
+    /// `udp_probe_payload`.
     pub udp_probe_payload: String,
+    /// `rise`: successes to mark a backend up.
     pub rise: u32,
+    /// `fall`: failures to mark a backend down.
     pub fall: u32,
+    /// `fail_open`.
     pub fail_open: bool,
+    /// `probe_interval_seconds`.
     pub probe_interval_seconds: u32,
+    /// `probe_timeout_seconds`.
     pub probe_timeout_seconds: u32,
 }
 

@@ -61,7 +61,38 @@ fn udp_inodes(addr: SocketAddr, unconnected_only: bool) -> BTreeSet<u64> {
     } else {
         "/proc/net/udp6"
     };
-    let text = std::fs::read_to_string(table).unwrap_or_default();
+    // The kernel produces this table in chunks: a socket closed elsewhere
+    // between two chunks shifts the rest and may hide a line from one read.
+    // Several reads with a large buffer, united, see every stable socket.
+    let mut inodes = BTreeSet::new();
+    for _ in 0..3 {
+        inodes.extend(parse_udp_table(
+            &read_whole(table),
+            addr.port(),
+            unconnected_only,
+        ));
+    }
+    inodes
+}
+
+/// Reads a /proc file with large reads (one chunk per read call).
+fn read_whole(path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 22];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_udp_table(text: &str, port: u16, unconnected_only: bool) -> BTreeSet<u64> {
     let mut inodes = BTreeSet::new();
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -75,8 +106,7 @@ fn udp_inodes(addr: SocketAddr, unconnected_only: bool) -> BTreeSet<u64> {
                 .and_then(|p| u16::from_str_radix(p, 16).ok())
         };
         let remote_port = port_of(fields[2]);
-        if port_of(fields[1]) == Some(addr.port()) && (!unconnected_only || remote_port == Some(0))
-        {
+        if port_of(fields[1]) == Some(port) && (!unconnected_only || remote_port == Some(0)) {
             if let Ok(inode) = fields[9].parse() {
                 inodes.insert(inode);
             }

@@ -16,7 +16,9 @@ pub struct ProxyHeader {
     pub version_command: u8,
     /// Family/transport byte (`0x12` IPv4 DGRAM, `0x22` IPv6 DGRAM).
     pub family: u8,
+    /// The client's address as announced.
     pub source: SocketAddr,
+    /// The address the client sent to.
     pub destination: SocketAddr,
 }
 

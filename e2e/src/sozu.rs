@@ -48,7 +48,9 @@ pub type CommandChannel = Channel<Request, Response>;
 pub struct CliOutput {
     /// Exit code (`-1` if killed by a signal).
     pub code: i32,
+    /// Everything printed on stdout.
     pub stdout: String,
+    /// Everything printed on stderr.
     pub stderr: String,
 }
 

@@ -82,8 +82,20 @@ fn an_undecodable_frame_gets_an_error_and_the_connection_stays_usable() {
         .unwrap();
     stream.write_all(&garbage).unwrap();
     match outcome(&mut stream) {
-        Outcome::Failure(_) | Outcome::Closed => {}
+        Outcome::Failure(_) => {}
+        Outcome::Closed => panic!("a well-framed undecodable request deserves a FAILURE answer"),
     }
+    // doc/protocol.md: the frame was skipped, the connection still works.
+    let mut channel: sozu_e2e::sozu::CommandChannel =
+        sozu_command_lib::channel::Channel::new(stream, 16_384, 163_840);
+    let answer = sozu_e2e::sozu::send_order(
+        &mut channel,
+        sozu_command_lib::command::request::RequestType::Status(
+            sozu_command_lib::command::Status {},
+        ),
+    )
+    .expect("a status on the same connection");
+    assert_eq!(answer.status, ResponseStatus::Ok as i32, "{answer:?}");
     assert_still_serving(&sozu);
 }
 
@@ -143,4 +155,35 @@ fn half_frames_neither_block_other_clients_nor_crash_the_master() {
     assert_still_serving(&sozu);
     let out = sozu.cli_ok(&["status"]);
     assert!(!out.stdout.is_empty());
+}
+
+#[test]
+fn a_raw_client_gets_sozu_2_answers_for_lists() {
+    use sozu_command_lib::command::request::RequestType;
+    use sozu_command_lib::command::response_content::ContentType;
+    use sozu_command_lib::command::{ListListeners, ListWorkers};
+    let (sozu, _b) = start();
+    // One connection, several orders in turn, as a Sōzu 2.x client does.
+    let mut channel = sozu.channel().unwrap();
+    let workers =
+        sozu_e2e::sozu::send_order(&mut channel, RequestType::ListWorkers(ListWorkers {}))
+            .expect("list_workers");
+    match workers.content.and_then(|c| c.content_type) {
+        Some(ContentType::Workers(w)) => assert_eq!(w.vec.len(), 2),
+        other => panic!("list_workers answered {other:?}"),
+    }
+    let listeners =
+        sozu_e2e::sozu::send_order(&mut channel, RequestType::ListListeners(ListListeners {}))
+            .expect("list_listeners");
+    match listeners.content.and_then(|c| c.content_type) {
+        Some(ContentType::ListenersList(l)) => {
+            let frontend = sozu.config().udp_listeners[0].address.to_string();
+            assert!(
+                l.udp_listeners.contains_key(&frontend),
+                "{:?}",
+                l.udp_listeners.keys()
+            );
+        }
+        other => panic!("list_listeners answered {other:?}"),
+    }
 }

@@ -171,6 +171,37 @@ fn upgrade_answers_every_new_source() {
 }
 
 #[test]
+fn sozu_upgrade_alone_replaces_every_worker() {
+    // Issue 5 item 6 and doc/cli.md: `sozu upgrade` re-executes the master,
+    // then replaces each worker in turn.
+    let (sozu, _backend, frontend) = serving(2, 30);
+    let old_pids = sozu.worker_pids();
+    let before = procfs::udp_listener_inodes(frontend);
+    let out = sozu.cli_ok(&["upgrade"]);
+    let replaced = poll_until(Duration::from_secs(15), || {
+        let running: Vec<i32> = sozu
+            .status()
+            .ok()?
+            .iter()
+            .filter(|w| w.run_state == RunState::Running as i32)
+            .map(|w| w.pid)
+            .collect();
+        (running.len() == 2 && running.iter().all(|p| !old_pids.contains(p))).then_some(running)
+    });
+    assert!(
+        replaced.is_some(),
+        "15 s after `sozu upgrade` the workers {old_pids:?} are still the RUNNING ones; \
+         it answered: {}",
+        out.stdout.trim()
+    );
+    assert_eq!(
+        procfs::udp_listener_inodes(frontend),
+        before,
+        "sockets re-bound"
+    );
+}
+
+#[test]
 fn a_killed_worker_is_restarted_and_serves_with_its_state() {
     let (sozu, backend, frontend) = serving(2, 30);
     let pids = sozu.worker_pids();

@@ -390,7 +390,7 @@ fn a_silent_backend_is_marked_down_by_its_probe_and_back_up() {
         .backend("b", b.addr());
     cluster.responses = 1;
     cluster.health = Some(HealthConfig::fast_udp_probe("ping"));
-    let _sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    let sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
     wait_for(
         "probes reaching both backends",
         Duration::from_secs(10),
@@ -398,7 +398,16 @@ fn a_silent_backend_is_marked_down_by_its_probe_and_back_up() {
     );
     new_flows_settle_on(frontend, "both backends serving", 1, |name| name == "a");
 
+    // `udp.backend.up` is 1 per worker that sees the backend up (set on
+    // each health transition).
+    let up = |m: &sozu_e2e::Metrics| m.backend("c", "a", "udp.backend.up");
+
     a.set_silent(true);
+    sozu.wait_metrics(
+        "a marked down on both workers",
+        Duration::from_secs(15),
+        |m| up(m) == Some(0),
+    );
     new_flows_settle_on(frontend, "every new flow on b once a is down", 8, |name| {
         name == "b"
     });
@@ -412,6 +421,9 @@ fn a_silent_backend_is_marked_down_by_its_probe_and_back_up() {
     assert_eq!(a.datagrams(), a_before, "a got new flows while down");
 
     a.set_silent(false);
+    sozu.wait_metrics("a back up on both workers", Duration::from_secs(15), |m| {
+        up(m) == Some(2)
+    });
     new_flows_settle_on(frontend, "a back up and chosen again", 1, |name| {
         name == "a"
     });
@@ -457,4 +469,36 @@ fn soft_stop_keeps_a_live_flow_and_refuses_a_new_source() {
         sozu.wait_master_exit(Duration::from_secs(15)).is_some(),
         "the master did not exit once flows ended"
     );
+}
+
+#[test]
+fn metrics_count_each_datagram_once_at_every_scope() {
+    let (sozu, _backend, frontend) = one_backend(2, |_, _| {});
+    let client = UdpClient::new(frontend);
+    let request = b"fifteen bytes!!";
+    client.expect_echo(request);
+    let reply_len = ("a|".len() + request.len()) as i64;
+    let m = sozu.wait_metrics("the datagram counted", METRICS, |m| {
+        m.backend("c", "a", "udp.datagrams.out").unwrap_or(0) >= 1
+    });
+    let expected = [
+        ("udp.datagrams.in", 1),
+        ("udp.bytes.in", request.len() as i64),
+        ("udp.datagrams.out", 1),
+        ("udp.bytes.out", reply_len),
+        ("udp.flows.created", 1),
+    ];
+    for (name, value) in expected {
+        if name != "udp.flows.created" {
+            assert_eq!(m.backend("c", "a", name), Some(value), "backend a {name}");
+        }
+        assert_eq!(
+            m.cluster("c", name),
+            Some(value),
+            "cluster c {name} (summed over its scope and backends)"
+        );
+        if let Some(proxy) = m.proxy(name) {
+            assert_eq!(proxy, value, "worker-wide {name}");
+        }
+    }
 }
