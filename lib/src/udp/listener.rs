@@ -732,7 +732,6 @@ impl UdpListener {
             CloseReason::BackendRemoved => FlowCloseReason::BackendRemoved,
             CloseReason::Drain => self.drain_reason,
             CloseReason::Aborted => io.abort.unwrap_or(FlowCloseReason::NoBackend),
-            CloseReason::HandedOver => self.drain_reason,
         };
         let duration = record.duration();
         self.metrics.flow_duration(ctx.metrics, duration);
