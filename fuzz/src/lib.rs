@@ -8,10 +8,12 @@
 //! The command-side targets live in their own modules, which the normal
 //! suite's stable replay (`command/tests/fuzz_replay.rs`) includes by path:
 //! [`channel_decoder`] (command socket frames → orders → state) and
-//! [`config_loader`] (configuration text → orders → state).
+//! [`config_loader`] (configuration text → orders → state); and the HTTP
+//! request path, [`http_request`] (replayed by `lib/tests/http_fuzz_replay.rs`).
 
 pub mod channel_decoder;
 pub mod config_loader;
+pub mod http_request;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
