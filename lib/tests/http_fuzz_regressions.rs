@@ -46,7 +46,11 @@ fn a_content_length_named_in_connection_keeps_framing_the_body_for_the_backend()
     assert_eq!(request.body, BodyKind::Length(5));
     assert!(text.contains("\r\nContent-Length: 5\r\n"), "{text}");
     let again = parse_request(&request.forwarded, &info()).unwrap().unwrap();
-    assert_eq!(again.body, BodyKind::Length(5), "the backend would read the body as a request");
+    assert_eq!(
+        again.body,
+        BodyKind::Length(5),
+        "the backend would read the body as a request"
+    );
 }
 
 #[test]
@@ -55,7 +59,10 @@ fn a_transfer_encoding_named_in_connection_keeps_framing_the_body_for_the_backen
         "POST /x HTTP/1.1\r\nHost: a\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     assert_eq!(request.body, BodyKind::Chunked);
-    assert!(text.contains("\r\nTransfer-Encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.contains("\r\nTransfer-Encoding: chunked\r\n"),
+        "{text}"
+    );
     let again = parse_request(&request.forwarded, &info()).unwrap().unwrap();
     assert_eq!(again.body, BodyKind::Chunked);
 }
