@@ -57,11 +57,15 @@ pub enum Command {
         #[arg(long)]
         hard: bool,
     },
-    /// Upgrade the master to the binary on disk, or replace one worker.
+    /// Upgrade to the binary on disk: the master, then every worker in turn
+    /// (or only one worker with `--worker`, only the master with `--main-only`).
     Upgrade {
         /// Replace only this worker.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "main_only")]
         worker: Option<u32>,
+        /// Re-execute only the master; workers keep running the old binary.
+        #[arg(long)]
+        main_only: bool,
     },
     /// Reload the configuration file (the master's own unless `-f`).
     Reload {

@@ -24,7 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sozu_command_lib::command::{Response, ResponseStatus};
+use sozu_command_lib::command::{
+    request::RequestType, response_content::ContentType, Response, ResponseContent, ResponseStatus,
+    RunState, Status,
+};
 
 use crate::cli::{Command, GlobalArgs};
 use request::Plan;
@@ -64,7 +67,63 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
             return ExitCode::from(EXIT_NO_ANSWER);
         }
     };
-    execute(&plan, &mut session, global.json)
+    let code = execute(&plan, &mut session, global.json);
+    if code != ExitCode::SUCCESS || !plan.then_upgrade_every_worker {
+        return code;
+    }
+    // The master re-executed itself: talk to the new one on a new connection,
+    // learn its workers, and replace each in turn.
+    drop(session);
+    let mut session = match Session::connect(&target.socket, timeout, target.max_answer_size) {
+        Ok(session) => session,
+        Err(error) => {
+            eprintln!("error: the master upgraded but cannot be reached again: {error}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    upgrade_every_worker(&mut session, global.json)
+}
+
+/// Asks for the workers, then sends `upgrade_worker` for each running one,
+/// one at a time; stops at the first failure.
+fn upgrade_every_worker(session: &mut Session, json: bool) -> ExitCode {
+    let status = request::step(RequestType::Status(Status {}), request::View::Workers);
+    let answer = match session.order(&status.request, |_| {}) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    let workers: Vec<u32> = match &answer.content {
+        Some(ResponseContent {
+            content_type: Some(ContentType::Workers(infos)),
+        }) => infos
+            .vec
+            .iter()
+            .filter(|w| w.run_state == RunState::Running as i32)
+            .map(|w| w.id)
+            .collect(),
+        _ => {
+            eprintln!(
+                "error: the master did not list its workers: {}",
+                answer.message
+            );
+            return ExitCode::from(EXIT_FAILURE_ANSWER);
+        }
+    };
+    let steps = workers
+        .into_iter()
+        .map(|id| request::message(RequestType::UpgradeWorker(id)))
+        .collect();
+    execute(
+        &Plan {
+            steps,
+            then_upgrade_every_worker: false,
+        },
+        session,
+        json,
+    )
 }
 
 /// Sends the plan's orders in turn; stops at the first one not answered OK.

@@ -37,6 +37,9 @@ pub const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// After the steps, replace every running worker in turn (`sozu upgrade`
+    /// with no flag): the worker ids are only known by asking the master.
+    pub then_upgrade_every_worker: bool,
 }
 
 /// One order and how to show its final answer.
@@ -132,10 +135,16 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
             };
             vec![message(order)]
         }
-        Command::Upgrade { worker } => vec![message(match worker {
-            Some(id) => RequestType::UpgradeWorker(*id),
-            None => RequestType::UpgradeMain(UpgradeMain {}),
-        })],
+        Command::Upgrade { worker, main_only } => {
+            let order = match worker {
+                Some(id) => RequestType::UpgradeWorker(*id),
+                None => RequestType::UpgradeMain(UpgradeMain {}),
+            };
+            return Ok(Plan {
+                steps: vec![message(order)],
+                then_upgrade_every_worker: worker.is_none() && !main_only,
+            });
+        }
         Command::Reload { file } => {
             // An empty path asks the master to re-read its own file.
             let path = file
@@ -184,10 +193,14 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         }
         Command::Backend(cmd) => vec![backend(cmd)],
     };
-    Ok(Plan { steps })
+    Ok(Plan {
+        steps,
+        then_upgrade_every_worker: false,
+    })
 }
 
-fn step(order: RequestType, view: View) -> Step {
+/// The step that sends `order` and shows its answer as `view`.
+pub fn step(order: RequestType, view: View) -> Step {
     Step {
         request: Request {
             request_type: Some(order),
@@ -196,7 +209,8 @@ fn step(order: RequestType, view: View) -> Step {
     }
 }
 
-fn message(order: RequestType) -> Step {
+/// The step that sends `order` and shows the master's message.
+pub fn message(order: RequestType) -> Step {
     step(order, View::Message)
 }
 

@@ -480,6 +480,10 @@ fn lifecycle_orders() {
         RequestType::UpgradeWorker(2)
     );
     assert!(matches!(one(&["upgrade"]), RequestType::UpgradeMain(_)));
+    assert!(matches!(
+        one(&["upgrade", "--main-only"]),
+        RequestType::UpgradeMain(_)
+    ));
     assert_eq!(
         one(&["reload"]),
         RequestType::ReloadConfiguration(String::new())
@@ -761,4 +765,18 @@ fn socket_buffers_are_set_on_add_and_refused_on_update() {
         "1",
     ])
     .is_err());
+}
+
+#[test]
+fn plain_upgrade_then_replaces_every_worker_but_main_only_and_worker_do_not() {
+    let cwd = Path::new("/srv");
+    let of = |args: &[&str]| {
+        plan(&parse(args).command, cwd)
+            .unwrap()
+            .then_upgrade_every_worker
+    };
+    assert!(of(&["upgrade"]));
+    assert!(!of(&["upgrade", "--main-only"]));
+    assert!(!of(&["upgrade", "--worker", "1"]));
+    assert!(Cli::try_parse_from(["sozu", "upgrade", "--worker", "1", "--main-only"]).is_err());
 }
