@@ -1,0 +1,46 @@
+//! sozu-bench: UDP benchmark tool for sozu (issue 7).
+//!
+//! `gen` is the load generator, `echo` the echo backend, `run` the
+//! scenario runner comparing direct, sozu, nginx `stream` and Envoy
+//! `udp_proxy`. Everything stays on loopback and every phase is bounded.
+
+mod echo;
+mod generator;
+mod runner;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+/// UDP benchmark tool: load generator, echo backend, scenario runner.
+#[derive(Parser, Debug)]
+#[command(name = "sozu-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// UDP load generator (F flows, W in flight or an open-loop rate).
+    Gen(generator::GenArgs),
+    /// UDP echo backend (recvmmsg/sendmmsg, several sockets).
+    Echo(echo::EchoArgs),
+    /// Scenario runner: direct vs sozu vs nginx vs envoy.
+    Run(runner::RunArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Gen(args) => generator::run(&args),
+        Cmd::Echo(args) => echo::run(&args),
+        Cmd::Run(args) => runner::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sozu-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! `sozu-bench run`: the scenario runner.
+//!
+//! For each selected scenario it starts the echo backends, then for R
+//! rounds runs every target in turn (direct, sozu, nginx, envoy: A B A B),
+//! each proxy freshly started and pinned to CPU 0 while the generator and
+//! echo run on CPU 1, and prints medians, min–max and ratios vs direct and
+//! vs nginx. Every child is stopped by pid when its phase ends, on error
+//! and on Ctrl-C; every wait is bounded. Loopback only.
+
+pub mod processes;
+pub mod proxies;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+
+use crate::generator::GenReport;
+use processes::{check_interrupted, tree_usage, Proc, Spawn};
+use proxies::{Installed, ProxyOptions, Target};
+
+/// CPU given to the proxy; the generator and echo get the other one.
+const PROXY_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+/// sozu `max_flows`: room for the 16,000-flow scenarios under the
+/// 20,000 fds per process limit.
+const MAX_FLOWS: usize = 18_000;
+
+/// Longest the generator waits for its flows to be set up (seconds).
+const SETUP_LIMIT_S: f64 = 30.0;
+
+/// Options of `sozu-bench run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Scenario to run (repeatable); default: all. See --list.
+    #[arg(long = "scenario")]
+    pub scenarios: Vec<String>,
+    /// Short preset: fewer scenarios, 2 rounds of 2 s.
+    #[arg(long)]
+    pub quick: bool,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// The sozu binary (default target/release/sozu, else next to this tool).
+    #[arg(long)]
+    pub sozu: Option<PathBuf>,
+    /// Targets to compare, comma separated (default: all installed).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Rounds of A B A B alternation (default 3, quick 2).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Measured seconds per measurement (default 5, quick 2).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Datagram size.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Echo backend sockets.
+    #[arg(long, default_value_t = 4)]
+    pub backends: usize,
+    /// Do not pin with taskset.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Also write every sample as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep the temporary directory (configs, proxy logs) and print it.
+    #[arg(long)]
+    pub keep_temp: bool,
+}
+
+/// What a scenario measures, which decides its headline metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    /// Replies per second (higher is better).
+    Throughput,
+    /// Bursts of 32 on new flows per second, with the clean count.
+    Burst,
+    /// One-reply flows completed per second.
+    NewFlows,
+    /// RTT p50 at a moderate open-loop rate (lower is better).
+    Latency,
+    /// Proxy bytes of RSS per live flow (lower is better).
+    Memory,
+}
+
+/// One benchmark scenario (issue 7, item 3).
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    /// Name for --scenario.
+    pub name: &'static str,
+    /// One-line description.
+    pub what: &'static str,
+    /// Headline metric.
+    pub kind: Kind,
+    flows: usize,
+    active: Option<usize>,
+    window: u32,
+    rate: Option<f64>,
+    per_flow_count: Option<u32>,
+    churn: bool,
+    /// Proxy closes a flow after this many replies (0 = unlimited).
+    responses: u32,
+    warmup: f64,
+    /// Sending time when the scenario ends by itself (all flows done)
+    /// rather than by the measured duration.
+    fixed_duration: Option<f64>,
+}
+
+const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) -> Scenario {
+    Scenario {
+        name,
+        what,
+        kind,
+        flows,
+        active: None,
+        window: 1,
+        rate: None,
+        per_flow_count: None,
+        churn: false,
+        responses: 0,
+        warmup: 0.5,
+        fixed_duration: None,
+    }
+}
+
+/// Every scenario, in run order.
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        base(
+            "flows-64",
+            "established flows, 1 in flight each",
+            Kind::Throughput,
+            64,
+        ),
+        base(
+            "flows-1000",
+            "established flows, 1 in flight each",
+            Kind::Throughput,
+            1000,
+        ),
+        Scenario {
+            warmup: 1.0,
+            ..base(
+                "flows-10000",
+                "established flows, 1 in flight each",
+                Kind::Throughput,
+                10_000,
+            )
+        },
+        Scenario {
+            active: Some(1000),
+            warmup: 2.0,
+            ..base(
+                "live-16000",
+                "16,000 live flows, 1,000 of them sending (compare with flows-1000)",
+                Kind::Throughput,
+                16_000,
+            )
+        },
+        Scenario {
+            window: 32,
+            per_flow_count: Some(32),
+            churn: true,
+            ..base(
+                "burst-32",
+                "32 datagrams at once on a new flow, all back in order",
+                Kind::Burst,
+                1,
+            )
+        },
+        Scenario {
+            per_flow_count: Some(1),
+            churn: true,
+            responses: 1,
+            ..base(
+                "dns",
+                "DNS-like one-reply flows, 64 concurrent (responses = 1)",
+                Kind::NewFlows,
+                64,
+            )
+        },
+        Scenario {
+            window: 32,
+            ..base("single-32", "one flow, 32 in flight", Kind::Throughput, 1)
+        },
+        Scenario {
+            rate: Some(10_000.0),
+            ..base(
+                "latency-64",
+                "RTT at 64 flows, open loop 10,000 pps",
+                Kind::Latency,
+                64,
+            )
+        },
+        Scenario {
+            per_flow_count: Some(1),
+            warmup: 0.0,
+            fixed_duration: Some(30.0),
+            ..base(
+                "memory-16000",
+                "proxy RSS and fds per live flow at 16,000 flows",
+                Kind::Memory,
+                16_000,
+            )
+        },
+    ]
+}
+
+const QUICK: [&str; 6] = [
+    "flows-64",
+    "flows-1000",
+    "single-32",
+    "burst-32",
+    "dns",
+    "latency-64",
+];
+
+/// One measurement of one target in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Target name.
+    pub target: &'static str,
+    /// Round number from 0.
+    pub round: u32,
+    /// Generator report (absent on error).
+    pub report: Option<GenReport>,
+    /// Proxy RSS bytes per established flow (memory scenario).
+    pub bytes_per_flow: Option<f64>,
+    /// Proxy fds per established flow (memory scenario).
+    pub fds_per_flow: Option<f64>,
+    /// Why the measurement failed.
+    pub error: Option<String>,
+}
+
+fn resolve_sozu(arg: &Option<PathBuf>) -> PathBuf {
+    if let Some(path) = arg {
+        return path.clone();
+    }
+    let default = PathBuf::from("target/release/sozu");
+    if default.is_file() {
+        return default;
+    }
+    // Built in the same target dir as this tool (CARGO_TARGET_DIR).
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("sozu")))
+        .filter(|p| p.is_file())
+        .unwrap_or(default)
+}
+
+/// Runs the selected scenarios and prints the table.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let all = scenarios();
+    if args.list {
+        for s in &all {
+            let quick = if QUICK.contains(&s.name) {
+                " (quick)"
+            } else {
+                ""
+            };
+            println!("{:<14} {}{quick}", s.name, s.what);
+        }
+        return Ok(());
+    }
+    let selected: Vec<Scenario> = if !args.scenarios.is_empty() {
+        let mut chosen = Vec::new();
+        for name in &args.scenarios {
+            let Some(s) = all.iter().find(|s| s.name == name) else {
+                bail!("unknown --scenario {name:?}; --list shows them");
+            };
+            chosen.push(s.clone());
+        }
+        chosen
+    } else if args.quick {
+        all.into_iter()
+            .filter(|s| QUICK.contains(&s.name))
+            .collect()
+    } else {
+        all
+    };
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 3 }).max(1);
+    let duration = args.duration.unwrap_or(if args.quick { 2.0 } else { 5.0 });
+    let sozu = resolve_sozu(&args.sozu);
+    let installed = Installed::detect(&sozu);
+    let requested: Vec<Target> = if args.targets.is_empty() {
+        vec![Target::Direct, Target::Sozu, Target::Nginx, Target::Envoy]
+    } else {
+        args.targets
+            .iter()
+            .map(|t| Target::parse(t))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut targets = Vec::new();
+    for t in requested {
+        match installed.missing(t) {
+            None => targets.push(t),
+            Some(why) => eprintln!("skipping {}: {why}", t.name()),
+        }
+    }
+    if targets.is_empty() {
+        bail!("no target can run");
+    }
+    let pin = !args.no_pin && processes::find_on_path("taskset").is_some();
+    let exe = std::env::current_exe().context("locating sozu-bench itself")?;
+    let temp = tempfile::Builder::new().prefix("sozu-bench-").tempdir()?;
+    processes::install_signal_handlers();
+    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    eprintln!(
+        "targets {} | {rounds} rounds | {duration} s | payload {} B | pinning {} | files in {}",
+        names.join(" "),
+        args.payload,
+        if pin {
+            "proxy cpu 0, load cpu 1"
+        } else {
+            "off"
+        },
+        temp.path().display()
+    );
+    let ctx = RunContext {
+        exe,
+        installed,
+        pin,
+        duration,
+        payload: args.payload,
+        backends: args.backends.max(1),
+        dir: temp.path().to_path_buf(),
+    };
+    let mut samples = Vec::new();
+    let outcome = run_all(&ctx, &selected, &targets, rounds, &mut samples);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&samples)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    table::print(&selected, &targets, &samples);
+    if args.keep_temp {
+        eprintln!("kept {}", temp.keep().display());
+    }
+    outcome
+}
+
+struct RunContext {
+    exe: PathBuf,
+    installed: Installed,
+    pin: bool,
+    duration: f64,
+    payload: usize,
+    backends: usize,
+    dir: PathBuf,
+}
+
+impl RunContext {
+    fn cpu(&self, cpu: usize) -> Option<usize> {
+        self.pin.then_some(cpu)
+    }
+}
+
+fn run_all(
+    ctx: &RunContext,
+    selected: &[Scenario],
+    targets: &[Target],
+    rounds: u32,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<()> {
+    for scenario in selected {
+        check_interrupted()?;
+        let mut echo = Proc::spawn(Spawn {
+            name: "echo",
+            argv: vec![
+                ctx.exe.display().to_string(),
+                "echo".into(),
+                "--sockets".into(),
+                ctx.backends.to_string(),
+            ],
+            cpu: ctx.cpu(LOAD_CPU),
+            log: None,
+        })?;
+        let line = echo.first_line(Duration::from_secs(10))?;
+        let backends: Vec<SocketAddr> = line
+            .strip_prefix("listening ")
+            .with_context(|| format!("unexpected echo output {line:?}"))?
+            .split(',')
+            .map(|a| a.parse().with_context(|| format!("echo address {a:?}")))
+            .collect::<anyhow::Result<_>>()?;
+        for round in 0..rounds {
+            for &target in targets {
+                if scenario.kind == Kind::Memory && target == Target::Direct {
+                    continue;
+                }
+                check_interrupted()?;
+                eprintln!("{} round {round} {}", scenario.name, target.name());
+                let sample = match measure(ctx, scenario, target, round, &backends) {
+                    Ok(sample) => sample,
+                    Err(e) => {
+                        check_interrupted()?;
+                        eprintln!("  failed: {e:#}");
+                        Sample {
+                            scenario: scenario.name,
+                            target: target.name(),
+                            round,
+                            report: None,
+                            bytes_per_flow: None,
+                            fds_per_flow: None,
+                            error: Some(format!("{e:#}")),
+                        }
+                    }
+                };
+                if let Some(r) = &sample.report {
+                    eprintln!(
+                        "  pps {:.0} flows/s {:.0} lost {} misrouted {} p50 {:.1} us{}",
+                        r.pps,
+                        r.flows_per_s,
+                        r.lost,
+                        r.misrouted,
+                        r.rtt.p50_us.unwrap_or(f64::NAN),
+                        sample
+                            .bytes_per_flow
+                            .map_or(String::new(), |b| format!(" bytes/flow {b:.0}"))
+                    );
+                }
+                samples.push(sample);
+            }
+        }
+        echo.stop();
+    }
+    Ok(())
+}
+
+fn gen_argv(ctx: &RunContext, scenario: &Scenario, targets: &[SocketAddr]) -> Vec<String> {
+    let mut argv = vec![ctx.exe.display().to_string(), "gen".into(), "--json".into()];
+    for t in targets {
+        argv.push("--target".into());
+        argv.push(t.to_string());
+    }
+    let mut push = |k: &str, v: String| {
+        argv.push(k.into());
+        argv.push(v);
+    };
+    push("--flows", scenario.flows.to_string());
+    push("--window", scenario.window.to_string());
+    push("--payload", ctx.payload.to_string());
+    let duration = scenario.fixed_duration.unwrap_or(ctx.duration);
+    push("--duration", duration.to_string());
+    push("--setup-limit", SETUP_LIMIT_S.to_string());
+    push("--warmup", scenario.warmup.to_string());
+    if let Some(a) = scenario.active {
+        push("--active", a.to_string());
+    }
+    if let Some(r) = scenario.rate {
+        push("--rate", r.to_string());
+    }
+    if let Some(c) = scenario.per_flow_count {
+        push("--per-flow-count", c.to_string());
+    }
+    if scenario.churn {
+        argv.push("--churn".into());
+    }
+    argv
+}
+
+fn measure(
+    ctx: &RunContext,
+    scenario: &Scenario,
+    target: Target,
+    round: u32,
+    backends: &[SocketAddr],
+) -> anyhow::Result<Sample> {
+    let mut proxy = None;
+    let gen_targets = if target == Target::Direct {
+        backends.to_vec()
+    } else {
+        let listen = proxies::free_udp_port()?;
+        let dir = ctx
+            .dir
+            .join(format!("{}-{}-{round}", scenario.name, target.name()));
+        let options = ProxyOptions {
+            responses: scenario.responses,
+            max_flows: MAX_FLOWS,
+        };
+        proxy = Some(proxies::start(
+            target,
+            &ctx.installed,
+            &dir,
+            listen,
+            backends,
+            options,
+            ctx.cpu(PROXY_CPU),
+        )?);
+        vec![listen]
+    };
+    let before = proxy.as_ref().map(|p| tree_usage(p.pid()));
+    let generator = Proc::spawn(Spawn {
+        name: "gen",
+        argv: gen_argv(ctx, scenario, &gen_targets),
+        cpu: ctx.cpu(LOAD_CPU),
+        log: None,
+    })?;
+    // Socket setup of 16,000 flows and the drain are outside the duration.
+    let duration = scenario.fixed_duration.unwrap_or(ctx.duration);
+    let limit = Duration::from_secs_f64(scenario.warmup + duration + SETUP_LIMIT_S + 60.0);
+    let output = generator.wait_output(limit)?;
+    let after = proxy.as_ref().map(|p| tree_usage(p.pid()));
+    if let Some(p) = &mut proxy {
+        if let Some(status) = p.exited() {
+            bail!(
+                "{} exited during the run ({status}); {}",
+                p.name,
+                p.log_tail()
+            );
+        }
+    }
+    let report: GenReport = serde_json::from_str(output.trim())
+        .with_context(|| format!("parsing generator output {output:?}"))?;
+    let (mut bytes_per_flow, mut fds_per_flow) = (None, None);
+    if let (Kind::Memory, Some(b), Some(a)) = (scenario.kind, before, after) {
+        let flows = report.established_flows.max(1) as f64;
+        bytes_per_flow = Some(a.rss_bytes.saturating_sub(b.rss_bytes) as f64 / flows);
+        fds_per_flow = Some(a.fds.saturating_sub(b.fds) as f64 / flows);
+    }
+    drop(proxy);
+    Ok(Sample {
+        scenario: scenario.name,
+        target: target.name(),
+        round,
+        report: Some(report),
+        bytes_per_flow,
+        fds_per_flow,
+        error: None,
+    })
+}
