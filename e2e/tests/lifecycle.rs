@@ -261,3 +261,36 @@ fn a_killed_worker_is_restarted_and_serves_with_its_state() {
         "the worker took {restart_time:?} to be restarted (issue 5: within 1 s)"
     );
 }
+
+#[test]
+fn a_frozen_worker_is_reported_not_answering_then_running_again() {
+    let backend = UdpBackend::v4("a");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", backend.addr());
+    let mut config = SozuConfig::udp(2, UdpListener::new(frontend), cluster);
+    // The master's heartbeat runs every worker_timeout.
+    config.worker_timeout = 1;
+    let sozu = Sozu::start(config);
+    let frozen = sozu.worker_pids()[0];
+    let pid = nix::unistd::Pid::from_raw(frozen);
+    let state_of = |pid: i32| {
+        sozu.status()
+            .ok()?
+            .iter()
+            .find(|w| w.pid == pid)
+            .map(|w| w.run_state)
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP a worker");
+    let seen = poll_until(Duration::from_secs(10), || {
+        (state_of(frozen) == Some(RunState::NotAnswering as i32)).then_some(())
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT the worker");
+    assert!(
+        seen.is_some(),
+        "a SIGSTOPped worker never showed NOT_ANSWERING"
+    );
+    wait_until("the worker RUNNING again", Duration::from_secs(10), || {
+        (state_of(frozen) == Some(RunState::Running as i32)).then_some(())
+    });
+    assert_eq!(UdpClient::new(frontend).expect_echo(b"thawed"), "a");
+}
