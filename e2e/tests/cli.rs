@@ -34,6 +34,19 @@ fn json_answers_parse_and_describe_the_running_state() {
         assert!(pids.contains(&(w["pid"].as_i64().unwrap() as i32)));
     }
 
+    // `--socket` instead of `-c` reaches the same master.
+    let by_socket = sozu_e2e::sozu::run_cli(
+        sozu.dir(),
+        &[
+            "--socket".to_owned(),
+            sozu.socket_path().to_string_lossy().into_owned(),
+            "--json".to_owned(),
+            "status".to_owned(),
+        ],
+    );
+    assert!(by_socket.success(), "{by_socket:?}");
+    assert_eq!(by_socket.json()["content"], status["content"]);
+
     let clusters = sozu.cli_ok(&["--json", "cluster", "list"]).json();
     let text = clusters.to_string();
     assert!(text.contains("\"c\""), "cluster c missing: {text}");
