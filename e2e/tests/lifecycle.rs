@@ -294,3 +294,27 @@ fn a_frozen_worker_is_reported_not_answering_then_running_again() {
     });
     assert_eq!(UdpClient::new(frontend).expect_echo(b"thawed"), "a");
 }
+
+#[test]
+fn hard_shutdown_closes_live_flows_and_exits_at_once() {
+    // 30 s idle timeouts: only a hard stop can end this quickly.
+    let (sozu, _backend, frontend) = serving(2, 30);
+    let pids = sozu.worker_pids();
+    let client = UdpClient::new(frontend);
+    client.expect_echo(b"live");
+    let out = sozu.cli(&["shutdown", "--hard"]);
+    assert!(out.success(), "sozu shutdown --hard: {out:?}");
+    let status = sozu
+        .wait_master_exit(Duration::from_secs(10))
+        .expect("the master still runs 10 s after a hard stop");
+    assert!(status.success(), "master exit status {status}");
+    wait_until("every worker gone", Duration::from_secs(5), || {
+        pids.iter().all(|p| !procfs::is_alive(*p)).then_some(())
+    });
+    assert!(
+        procfs::udp_listener_inodes(frontend).is_empty(),
+        "the listener is still bound"
+    );
+    client.send(b"anyone?");
+    client.expect_silence(Duration::from_millis(300));
+}
