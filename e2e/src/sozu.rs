@@ -95,13 +95,36 @@ impl Sozu {
         sozu
     }
 
-    /// Writes the configuration and spawns the master, without waiting.
-    pub fn spawn(config: SozuConfig) -> anyhow::Result<Sozu> {
-        let binary = sozu_binary();
-        let dir = tempfile::Builder::new()
+    /// Like [`Sozu::start`], in a directory the test prepared (e.g. with a
+    /// stale `sozu.sock` in it); the directory is removed on drop.
+    pub fn start_in(dir: tempfile::TempDir, config: SozuConfig) -> Sozu {
+        let sozu =
+            Self::spawn_in(dir, config).unwrap_or_else(|e| panic!("cannot start sozu: {e:#}"));
+        if let Err(e) = sozu.wait_ready(READY_TIMEOUT) {
+            panic!(
+                "sozu did not become ready: {e:#}\n--- master.log ---\n{}",
+                sozu.log_tail(80)
+            );
+        }
+        sozu
+    }
+
+    /// A fresh temp dir for one instance.
+    pub fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
             .prefix("sozu-e2e-")
             .tempdir()
-            .context("create a temp dir")?;
+            .expect("create a temp dir")
+    }
+
+    /// Writes the configuration and spawns the master, without waiting.
+    pub fn spawn(config: SozuConfig) -> anyhow::Result<Sozu> {
+        Self::spawn_in(Self::temp_dir(), config)
+    }
+
+    /// Writes the configuration in `dir` and spawns the master there.
+    pub fn spawn_in(dir: tempfile::TempDir, config: SozuConfig) -> anyhow::Result<Sozu> {
+        let binary = sozu_binary();
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config.render(dir.path())).context("write config.toml")?;
         let log = File::create(dir.path().join("master.log")).context("create master.log")?;

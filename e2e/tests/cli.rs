@@ -34,6 +34,19 @@ fn json_answers_parse_and_describe_the_running_state() {
         assert!(pids.contains(&(w["pid"].as_i64().unwrap() as i32)));
     }
 
+    // `--socket` instead of `-c` reaches the same master.
+    let by_socket = sozu_e2e::sozu::run_cli(
+        sozu.dir(),
+        &[
+            "--socket".to_owned(),
+            sozu.socket_path().to_string_lossy().into_owned(),
+            "--json".to_owned(),
+            "status".to_owned(),
+        ],
+    );
+    assert!(by_socket.success(), "{by_socket:?}");
+    assert_eq!(by_socket.json()["content"], status["content"]);
+
     let clusters = sozu.cli_ok(&["--json", "cluster", "list"]).json();
     let text = clusters.to_string();
     assert!(text.contains("\"c\""), "cluster c missing: {text}");
@@ -128,4 +141,47 @@ fn a_configuration_built_live_with_the_cli_serves_traffic() {
         sozu_e2e::procfs::udp_listener_inodes(frontend).is_empty(),
         "remove left the socket bound"
     );
+}
+
+#[test]
+fn state_saved_from_one_master_serves_traffic_when_loaded_into_another() {
+    let (first, backend, frontend) = start();
+    let state = first.dir().join("state.json");
+    first.cli_ok(&["state", "save", "-f", &state.to_string_lossy()]);
+    let saved = std::fs::read(&state).expect("the state file was written");
+    // Dropping the first master removes its directory, state file included.
+    drop(first);
+    // The listener port is free again once the first master is gone.
+    let second = Sozu::start(SozuConfig {
+        worker_count: 2,
+        ..SozuConfig::default()
+    });
+    let copy = second.dir().join("state.json");
+    std::fs::write(&copy, saved).expect("write the state file");
+    second.cli_ok(&["state", "load", "-f", &copy.to_string_lossy()]);
+    let client = UdpClient::new(frontend);
+    assert_eq!(
+        client.echo_eventually(b"restored", Duration::from_secs(5)),
+        backend.name()
+    );
+}
+
+#[test]
+fn reload_applies_the_changed_configuration_file() {
+    let a = UdpBackend::v4("a");
+    let b = UdpBackend::v4("b");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", a.addr());
+    let sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    assert_eq!(UdpClient::new(frontend).expect_echo(b"before"), "a");
+    // The same file with backend a replaced by backend b.
+    let mut changed = sozu.config().clone();
+    changed.clusters[0].backends = ClusterConfig::new("c", frontend)
+        .backend("b", b.addr())
+        .backends;
+    std::fs::write(sozu.config_path(), changed.render(sozu.dir())).expect("rewrite config.toml");
+    sozu.cli_ok(&["reload"]);
+    for _ in 0..4 {
+        assert_eq!(UdpClient::new(frontend).expect_echo(b"after"), "b");
+    }
 }

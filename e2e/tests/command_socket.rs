@@ -187,3 +187,45 @@ fn a_raw_client_gets_sozu_2_answers_for_lists() {
         other => panic!("list_listeners answered {other:?}"),
     }
 }
+
+#[test]
+fn a_stale_socket_file_left_by_a_dead_master_is_replaced() {
+    let dir = Sozu::temp_dir();
+    // A socket file nobody listens on, as a killed master leaves behind.
+    let stale = std::os::unix::net::UnixListener::bind(dir.path().join("sozu.sock")).unwrap();
+    drop(stale);
+    assert!(dir.path().join("sozu.sock").exists());
+    let backend = UdpBackend::v4("a");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", backend.addr());
+    let sozu = Sozu::start_in(dir, SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    assert_still_serving(&sozu);
+    let mode = std::fs::metadata(sozu.socket_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {:o}", mode & 0o777);
+}
+
+#[test]
+fn a_second_master_on_a_live_socket_refuses_to_start() {
+    let (sozu, _b) = start();
+    let mut second = std::process::Command::new(sozu_e2e::binary::sozu_binary())
+        .arg("start")
+        .arg("-c")
+        .arg(sozu.config_path())
+        .env(sozu_e2e::sozu::INSTANCE_ENV, sozu.dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn a second master");
+    let status =
+        sozu_e2e::wait::poll_until(Duration::from_secs(10), || second.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = second.kill();
+        let _ = second.wait();
+    }
+    let status = status.expect("the second master kept running on a live socket");
+    assert!(!status.success(), "the second master exited 0");
+    assert_still_serving(&sozu);
+}

@@ -92,17 +92,28 @@ fn shutdown_drains_live_flows_refuses_new_sources_then_exits() {
     );
 }
 
-/// `sozu upgrade`, then `sozu upgrade --worker N` for every worker the
-/// master upgrade left in place, letting `traffic` run across each step;
-/// returns the new worker pids.
-fn upgrade_everything(sozu: &Sozu, traffic: &SteadyTraffic) -> Vec<i32> {
+/// How a test upgrades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    /// `sozu upgrade`: the master, then every worker (any worker it leaves
+    /// in place is then replaced with `--worker`).
+    Everything,
+    /// `sozu upgrade --worker N` for each worker in turn, master untouched.
+    WorkerByWorker,
+}
+
+/// Upgrades while `traffic` runs across each step; returns the new worker
+/// pids.
+fn upgrade(sozu: &Sozu, traffic: &SteadyTraffic, how: Upgrade) -> Vec<i32> {
     let old_workers = sozu.status().expect("status");
     let old_pids: Vec<i32> = old_workers.iter().map(|w| w.pid).collect();
     traffic.wait_more_settled(5);
-    sozu.cli_ok(&["upgrade"]);
-    sozu.wait_ready(Duration::from_secs(20))
-        .expect("ready after the master upgrade");
-    traffic.wait_more_settled(5);
+    if how == Upgrade::Everything {
+        sozu.cli_ok(&["upgrade"]);
+        sozu.wait_ready(Duration::from_secs(20))
+            .expect("ready after the upgrade");
+        traffic.wait_more_settled(5);
+    }
     for worker in &old_workers {
         let still_there = sozu.status().expect("status").iter().any(|w| {
             w.id == worker.id && w.pid == worker.pid && w.run_state == RunState::Running as i32
@@ -128,7 +139,7 @@ fn upgrade_keeps_the_listener_sockets_and_a_live_flow_loses_nothing() {
     );
     let master = sozu.master_pid();
     let sticky = SteadyTraffic::start(frontend, "sticky", PACE);
-    let new_pids = upgrade_everything(&sozu, &sticky);
+    let new_pids = upgrade(&sozu, &sticky, Upgrade::Everything);
     let report = sticky.stop();
 
     let after = procfs::udp_listener_inodes(frontend);
@@ -152,12 +163,12 @@ fn upgrade_keeps_the_listener_sockets_and_a_live_flow_loses_nothing() {
 }
 
 #[test]
-fn upgrade_answers_every_new_source() {
+fn worker_upgrades_answer_every_new_source() {
     let (sozu, _backend, frontend) = serving(2, 30);
     // A new source port per request: every datagram opens a flow, as DNS
     // clients do; none may be refused while workers are replaced.
     let fresh = SteadyTraffic::start_fresh_sources(frontend, "fresh", PACE);
-    upgrade_everything(&sozu, &fresh);
+    upgrade(&sozu, &fresh, Upgrade::WorkerByWorker);
     let report = fresh.stop();
     // For the failure message: which worker refused them, and why.
     let metrics = sozu.cli(&["metrics", "get", "--workers"]).stdout;
@@ -249,4 +260,61 @@ fn a_killed_worker_is_restarted_and_serves_with_its_state() {
         restart_time <= Duration::from_secs(1),
         "the worker took {restart_time:?} to be restarted (issue 5: within 1 s)"
     );
+}
+
+#[test]
+fn a_frozen_worker_is_reported_not_answering_then_running_again() {
+    let backend = UdpBackend::v4("a");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", backend.addr());
+    let mut config = SozuConfig::udp(2, UdpListener::new(frontend), cluster);
+    // The master's heartbeat runs every worker_timeout.
+    config.worker_timeout = 1;
+    let sozu = Sozu::start(config);
+    let frozen = sozu.worker_pids()[0];
+    let pid = nix::unistd::Pid::from_raw(frozen);
+    let state_of = |pid: i32| {
+        sozu.status()
+            .ok()?
+            .iter()
+            .find(|w| w.pid == pid)
+            .map(|w| w.run_state)
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP a worker");
+    let seen = poll_until(Duration::from_secs(10), || {
+        (state_of(frozen) == Some(RunState::NotAnswering as i32)).then_some(())
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT the worker");
+    assert!(
+        seen.is_some(),
+        "a SIGSTOPped worker never showed NOT_ANSWERING"
+    );
+    wait_until("the worker RUNNING again", Duration::from_secs(10), || {
+        (state_of(frozen) == Some(RunState::Running as i32)).then_some(())
+    });
+    assert_eq!(UdpClient::new(frontend).expect_echo(b"thawed"), "a");
+}
+
+#[test]
+fn hard_shutdown_closes_live_flows_and_exits_at_once() {
+    // 30 s idle timeouts: only a hard stop can end this quickly.
+    let (sozu, _backend, frontend) = serving(2, 30);
+    let pids = sozu.worker_pids();
+    let client = UdpClient::new(frontend);
+    client.expect_echo(b"live");
+    let out = sozu.cli(&["shutdown", "--hard"]);
+    assert!(out.success(), "sozu shutdown --hard: {out:?}");
+    let status = sozu
+        .wait_master_exit(Duration::from_secs(10))
+        .expect("the master still runs 10 s after a hard stop");
+    assert!(status.success(), "master exit status {status}");
+    wait_until("every worker gone", Duration::from_secs(5), || {
+        pids.iter().all(|p| !procfs::is_alive(*p)).then_some(())
+    });
+    assert!(
+        procfs::udp_listener_inodes(frontend).is_empty(),
+        "the listener is still bound"
+    );
+    client.send(b"anyone?");
+    client.expect_silence(Duration::from_millis(300));
 }
