@@ -231,6 +231,11 @@ fn peer_credentials_refuse_a_uid_not_allowed_even_on_a_loosened_socket() {
     // The CLI run as that uid fails and its order is not applied.
     let refused = cli_as(NOBODY, &socket, &["cluster", "remove", "-i", "c"]);
     assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!("uid {NOBODY} is not allowed")),
+        "the CLI shows the master's refusal: {}",
+        text(&refused)
+    );
 
     let allowed = cli_as(ALLOWED_UID, &socket, &["status"]);
     assert!(allowed.status.success(), "{}", text(&allowed));
