@@ -239,7 +239,13 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
     let mut forwarded = String::new();
     for h in headers.iter() {
         let lower = h.name.to_ascii_lowercase();
-        if is_hop_by_hop(&lower) || connection.contains(&lower) {
+        if is_hop_by_hop(&lower)
+            || (connection.contains(&lower)
+                && !matches!(
+                    lower.as_str(),
+                    "host" | "content-length" | "transfer-encoding"
+                ))
+        {
             continue;
         }
         match lower.as_str() {
@@ -386,7 +392,13 @@ pub fn parse_response(
     );
     for h in headers.iter() {
         let lower = h.name.to_ascii_lowercase();
-        if is_hop_by_hop(&lower) || connection.contains(&lower) {
+        if is_hop_by_hop(&lower)
+            || (connection.contains(&lower)
+                && !matches!(
+                    lower.as_str(),
+                    "host" | "content-length" | "transfer-encoding"
+                ))
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
