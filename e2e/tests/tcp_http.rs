@@ -4,6 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sozu_e2e::ports::free_v4;
@@ -43,11 +45,21 @@ fn echo_backend() -> SocketAddr {
 /// An HTTP/1.1 backend answering `backend=<name> path=<path>` with
 /// keep-alive, to requests without a body.
 fn http_backend(name: &'static str) -> SocketAddr {
+    holding_http_backend(name).0
+}
+
+/// Like [`http_backend`], and a request for `/hold` is announced on the
+/// first channel and answered only once `()` arrives on the second.
+fn holding_http_backend(name: &'static str) -> (SocketAddr, Receiver<()>, Sender<()>) {
+    let (held_tx, held_rx) = channel();
+    let (release_tx, release_rx) = channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
+            let (held_tx, release_rx) = (held_tx.clone(), release_rx.clone());
             std::thread::spawn(move || {
                 let mut writer = stream.try_clone().unwrap();
                 let mut reader = BufReader::new(stream);
@@ -61,6 +73,10 @@ fn http_backend(name: &'static str) -> SocketAddr {
                         line.clear();
                     }
                     let path = request_line.split(' ').nth(1).unwrap_or("?").to_owned();
+                    if path == "/hold" {
+                        let _ = held_tx.send(());
+                        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
+                    }
                     let body = format!("backend={name} path={path}");
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -73,7 +89,7 @@ fn http_backend(name: &'static str) -> SocketAddr {
             });
         }
     });
-    address
+    (address, held_rx, release_tx)
 }
 
 /// Sends one GET on `stream` and returns (status, body).
@@ -253,5 +269,62 @@ fn http_routes_change_live_through_the_cli() {
     assert_eq!(
         get(&mut s, &mut r, "example.com", "/x").1,
         "backend=web path=/x"
+    );
+}
+
+#[test]
+fn shutdown_lets_an_in_flight_http_request_finish() {
+    let (backend, held, release) = holding_http_backend("slow");
+    let front = free_v4();
+    let mut config = SozuConfig {
+        worker_count: 1,
+        ..SozuConfig::default()
+    };
+    config.extra = format!(
+        r#"
+[[listeners]]
+protocol = "http"
+address = "{front}"
+
+[clusters.slow]
+protocol = "http"
+frontends = [{{ address = "{front}", hostname = "h", path = "/" }}]
+backends = [{{ address = "{backend}", backend_id = "slow-1" }}]
+"#
+    );
+    let sozu = Sozu::start(config);
+    let (mut s, mut r) = connect(front);
+    write!(s, "GET /hold HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    held.recv_timeout(WAIT)
+        .expect("the request reached the backend");
+    let dir = sozu.dir().to_owned();
+    let config_path = sozu.config_path().to_owned();
+    // `sozu shutdown` waits for the drain: run it beside the request.
+    let shutdown = std::thread::spawn(move || {
+        sozu_e2e::sozu::run_cli(
+            &dir,
+            &[
+                "-c".to_owned(),
+                config_path.to_string_lossy().into_owned(),
+                "shutdown".to_owned(),
+            ],
+        )
+    });
+    wait_for("the listener to stop accepting", WAIT, || {
+        TcpStream::connect(front).is_err()
+    });
+    release.send(()).unwrap();
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("Connection: close"), "{rest}");
+    assert!(rest.ends_with("backend=slow path=/hold"), "{rest}");
+    let out = shutdown.join().unwrap();
+    assert!(out.success(), "shutdown: {} {}", out.stdout, out.stderr);
+    assert!(
+        sozu.wait_master_exit(WAIT).is_some(),
+        "the master exits after the drain"
     );
 }
