@@ -328,3 +328,67 @@ backends = [{{ address = "{backend}", backend_id = "slow-1" }}]
         "the master exits after the drain"
     );
 }
+
+#[test]
+fn a_dead_backend_answers_503_until_the_cli_adds_a_live_one_and_garbage_gets_400() {
+    let dead = free_v4();
+    let live = http_backend("live");
+    let front = free_v4();
+    let mut config = SozuConfig {
+        worker_count: 2,
+        ..SozuConfig::default()
+    };
+    config.extra = format!(
+        r#"
+[[listeners]]
+protocol = "http"
+address = "{front}"
+
+[clusters.app]
+protocol = "http"
+frontends = [{{ address = "{front}", hostname = "app.test", path = "/" }}]
+backends = [{{ address = "{dead}", backend_id = "dead" }}]
+"#
+    );
+    let sozu = Sozu::start(config);
+    let (mut s, mut r) = connect(front);
+    assert_eq!(get(&mut s, &mut r, "app.test", "/").0, 503);
+    let (live_s, dead_s) = (live.to_string(), dead.to_string());
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "app",
+        "--backend-id",
+        "live",
+        "-a",
+        &live_s,
+    ]);
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "app",
+        "--backend-id",
+        "dead",
+        "-a",
+        &dead_s,
+    ]);
+    let (mut s, mut r) = connect(front);
+    assert_eq!(
+        get(&mut s, &mut r, "app.test", "/").1,
+        "backend=live path=/"
+    );
+    let (mut g, mut gr) = connect(front);
+    g.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    let mut status_line = String::new();
+    gr.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 400"), "{status_line}");
+    // Still serving, on the kept connection and on a new one.
+    assert_eq!(
+        get(&mut s, &mut r, "app.test", "/again").1,
+        "backend=live path=/again"
+    );
+    let (mut s, mut r) = connect(front);
+    assert_eq!(get(&mut s, &mut r, "app.test", "/").0, 200);
+}
