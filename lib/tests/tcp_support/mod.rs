@@ -100,6 +100,8 @@ impl TestLoop {
             };
             self.poll.poll(&mut events, timeout).expect("poll");
             let t = now();
+            // As the worker does: suspicions are stamped and expired with it.
+            self.backends.set_now(t);
             for event in events.iter() {
                 match self.tokens.get(event.token().0).copied() {
                     Some(Owner::Tcp(token)) => {
