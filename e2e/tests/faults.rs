@@ -93,6 +93,33 @@ fn a_vanished_backend_has_its_flows_aborted_and_gets_no_new_ones() {
 }
 
 #[test]
+fn without_health_checks_a_vanished_backend_is_suspect_and_gets_no_new_flows() {
+    let a = UdpBackend::v4("a");
+    let b = UdpBackend::v4("b");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend)
+        .backend("a", a.addr())
+        .backend("b", b.addr());
+    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(frontend), cluster));
+
+    // Round robin alternates: the first refusal makes `a` suspect.
+    drop(a);
+    let refused = poll_until(REACT, || {
+        UdpClient::new(frontend).send(b"maybe to a");
+        (sozu.metrics().proxy_or_zero("udp.backend.refused") >= 1).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "no flow was refused by the vanished backend"
+    );
+    // While suspect (10 s cooldown) every new source lands on b at once.
+    for i in 0..20 {
+        let backend = UdpClient::new(frontend).expect_echo(format!("new-{i}").as_bytes());
+        assert_eq!(backend, "b", "a new flow went to the suspect backend");
+    }
+}
+
+#[test]
 fn flows_to_a_black_holed_backend_are_reaped_at_the_idle_timeout() {
     let hole = UdpBackend::v4("hole");
     hole.set_silent(true);

@@ -5,6 +5,7 @@
 //! return rebuilds the policy here, so a pick never does.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use crate::load_balancing::{stable_hash, Algorithm, Candidate, LoadBalancingPolicy};
 
@@ -19,9 +20,11 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub enum BackendStatus {
     /// Healthy, or not health-checked.
     Up,
-    /// Failed recently (e.g. refused a datagram) but not yet declared down.
-    /// Still receives new flows: with health checks off nothing could bring
-    /// it back, so passive failures alone never take a backend out.
+    /// Failed recently (e.g. refused a datagram) but not declared down.
+    /// Gets no new flows while another backend of the cluster is up; the
+    /// suspicion ends when the backend answers, or after a cooldown
+    /// ([`super::SUSPECT_COOLDOWN`]), so a backend that came back is tried
+    /// again even without health checks.
     Suspect,
     /// Declared down by its health check: no new flows (unless the whole
     /// cluster is down and `fail_open` is set).
@@ -48,6 +51,8 @@ pub struct Backend {
     status: BackendStatus,
     active_flows: u64,
     identity_hash: u64,
+    /// While suspect: when the suspicion lapses.
+    suspect_until: Option<Instant>,
 }
 
 impl Backend {
@@ -61,6 +66,7 @@ impl Backend {
             status: BackendStatus::Up,
             active_flows: 0,
             identity_hash,
+            suspect_until: None,
         }
     }
 
@@ -118,6 +124,8 @@ pub struct BackendList {
     backends: Vec<Backend>,
     policy: LoadBalancingPolicy,
     fail_open: bool,
+    /// How many backends are suspect (kept by `rebuild`).
+    suspects: usize,
 }
 
 impl BackendList {
@@ -127,6 +135,7 @@ impl BackendList {
             backends: Vec::new(),
             policy: LoadBalancingPolicy::new(algorithm, seed),
             fail_open: true,
+            suspects: 0,
         }
     }
 
@@ -153,11 +162,9 @@ impl BackendList {
     /// Changes the algorithm (rebuilding its table).
     pub fn set_algorithm(&mut self, algorithm: Algorithm) {
         if algorithm != self.policy.algorithm() {
-            let fail_open = self.fail_open;
-            let any_up = any_up(&self.backends);
-            self.policy.set_algorithm(algorithm, &self.backends, |b| {
-                is_eligible(b, any_up, fail_open)
-            });
+            let tier = Tier::of(&self.backends, self.fail_open);
+            self.policy
+                .set_algorithm(algorithm, &self.backends, |b| tier.admits(b));
         }
     }
 
@@ -210,11 +217,57 @@ impl BackendList {
             return None;
         }
         backend.status = status;
-        // Up <-> Suspect does not change eligibility; anything touching Down does.
-        if previous == BackendStatus::Down || status == BackendStatus::Down {
+        if status != BackendStatus::Suspect {
+            backend.suspect_until = None;
+        }
+        self.rebuild();
+        Some(previous)
+    }
+
+    /// Marks an up backend suspect until `until` (`None`: until it answers
+    /// or a health check decides); a suspect one has its suspicion extended,
+    /// a down one stays down. `true` when it was up.
+    pub fn suspect(&mut self, id: &str, until: Option<Instant>) -> bool {
+        let Some(backend) = self.backends.iter_mut().find(|b| b.id.as_str() == id) else {
+            return false;
+        };
+        match backend.status {
+            BackendStatus::Down => false,
+            BackendStatus::Suspect => {
+                backend.suspect_until = until;
+                false
+            }
+            BackendStatus::Up => {
+                backend.status = BackendStatus::Suspect;
+                backend.suspect_until = until;
+                self.rebuild();
+                true
+            }
+        }
+    }
+
+    /// Puts back up every suspect backend whose suspicion lapsed at `now`.
+    /// O(backends) only when some backend is suspect.
+    pub fn expire_suspicions(&mut self, now: Instant) {
+        let mut changed = false;
+        for backend in &mut self.backends {
+            if backend.status == BackendStatus::Suspect
+                && backend.suspect_until.is_some_and(|until| until <= now)
+            {
+                backend.status = BackendStatus::Up;
+                backend.suspect_until = None;
+                changed = true;
+            }
+        }
+        if changed {
             self.rebuild();
         }
-        Some(previous)
+    }
+
+    /// Whether some backend is suspect (so a pick should first expire
+    /// lapsed suspicions).
+    pub fn has_suspects(&self) -> bool {
+        self.suspects > 0
     }
 
     /// Chooses a backend for a new flow; `None` when none may take it.
@@ -248,25 +301,47 @@ impl BackendList {
     }
 
     fn rebuild(&mut self) {
-        let fail_open = self.fail_open;
-        let any_up = any_up(&self.backends);
-        self.policy
-            .rebuild(&self.backends, |b| is_eligible(b, any_up, fail_open));
+        self.suspects = self
+            .backends
+            .iter()
+            .filter(|b| b.status == BackendStatus::Suspect)
+            .count();
+        let tier = Tier::of(&self.backends, self.fail_open);
+        self.policy.rebuild(&self.backends, |b| tier.admits(b));
     }
 }
 
-/// Whether some backend with weight could take flows without fail-open.
-fn any_up(backends: &[Backend]) -> bool {
-    backends
-        .iter()
-        .any(|b| b.status != BackendStatus::Down && b.weight > 0)
+/// Which backends may take new flows, best first: the up ones; if none, the
+/// suspect ones (a suspicion is weaker than a health check's verdict); if
+/// none, every backend when the cluster fails open, else none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Up,
+    Suspect,
+    All,
+    Nothing,
 }
 
-/// Down backends are skipped, unless all are down and the cluster fails open.
-fn is_eligible(backend: &Backend, any_up: bool, fail_open: bool) -> bool {
-    if any_up {
-        backend.status != BackendStatus::Down
-    } else {
-        fail_open
+impl Tier {
+    fn of(backends: &[Backend], fail_open: bool) -> Tier {
+        let has = |status| backends.iter().any(|b| b.status == status && b.weight > 0);
+        if has(BackendStatus::Up) {
+            Tier::Up
+        } else if has(BackendStatus::Suspect) {
+            Tier::Suspect
+        } else if fail_open {
+            Tier::All
+        } else {
+            Tier::Nothing
+        }
+    }
+
+    fn admits(self, backend: &Backend) -> bool {
+        match self {
+            Tier::Up => backend.status == BackendStatus::Up,
+            Tier::Suspect => backend.status == BackendStatus::Suspect,
+            Tier::All => true,
+            Tier::Nothing => false,
+        }
     }
 }

@@ -15,6 +15,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use sozu_command_lib::command;
 use sozu_command_lib::proto::convert::AddressError;
@@ -58,11 +59,19 @@ pub enum BackendError {
     },
 }
 
+/// How long a backend that refused traffic (ECONNREFUSED) stays suspect,
+/// i.e. out of selection while another backend is up, before it is tried
+/// again. Health checks, when configured, decide sooner.
+pub const SUSPECT_COOLDOWN: Duration = Duration::from_secs(10);
+
 /// Every cluster's backends.
 #[derive(Debug, Clone)]
 pub struct BackendMap {
     clusters: HashMap<ClusterId, BackendList>,
     seed: u64,
+    /// The caller's clock, given by [`BackendMap::set_now`] (this module
+    /// never reads one): stamps and expires suspicions.
+    now: Option<Instant>,
 }
 
 impl BackendMap {
@@ -72,7 +81,14 @@ impl BackendMap {
         BackendMap {
             clusters: HashMap::new(),
             seed,
+            now: None,
         }
+    }
+
+    /// Tells the map what time it is (the worker calls this once per
+    /// wake-up): suspicions are stamped and expired against it.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
     }
 
     /// The cluster's list, created empty (ROUND_ROBIN, fail-open) if absent.
@@ -233,7 +249,11 @@ impl BackendMap {
     /// Does not count the flow: call [`flow_opened`](Self::flow_opened) once
     /// the flow exists. No allocation (the id is an `Arc` clone).
     pub fn select(&mut self, cluster: &str, affinity_hash: u64) -> Option<(BackendId, SocketAddr)> {
-        let backend = self.clusters.get_mut(cluster)?.select(affinity_hash)?;
+        let list = self.clusters.get_mut(cluster)?;
+        if let (true, Some(now)) = (list.has_suspects(), self.now) {
+            list.expire_suspicions(now);
+        }
+        let backend = list.select(affinity_hash)?;
         Some((backend.id().clone(), backend.address()))
     }
 
@@ -276,23 +296,26 @@ impl BackendMap {
     }
 
     /// Records a passive failure (the backend refused a datagram:
-    /// ECONNREFUSED). An up backend becomes [`BackendStatus::Suspect`]; a
-    /// down one stays down. Returns `true` when the backend is known, i.e.
-    /// when the caller should also report the failure to the health checker
+    /// ECONNREFUSED). An up backend becomes [`BackendStatus::Suspect`] for
+    /// [`SUSPECT_COOLDOWN`] (no new flows while another backend is up); a
+    /// suspect one has its suspicion extended; a down one stays down.
+    /// Returns `true` when the backend is known, i.e. when the caller should
+    /// also report the failure to the health checker
     /// (`HealthChecker::passive_failure`), which counts it toward `fall`.
     pub fn mark_suspect(&mut self, cluster: &str, backend: &str) -> bool {
         let Some(list) = self.clusters.get_mut(cluster) else {
             return false;
         };
-        match list.get(backend).map(Backend::status) {
-            None => false,
-            Some(BackendStatus::Up) => {
-                list.set_status(backend, BackendStatus::Suspect);
-                tracing::debug!(cluster, backend, "backend suspect");
-                true
-            }
-            Some(_) => true,
+        if list.get(backend).is_none() {
+            return false;
         }
+        // Without a clock yet (never in a running worker) the suspicion
+        // lasts until the backend answers or a health check decides.
+        let until = self.now.map(|now| now + SUSPECT_COOLDOWN);
+        if list.suspect(backend, until) {
+            tracing::debug!(cluster, backend, "backend suspect");
+        }
+        true
     }
 
     /// Clears a suspicion once the backend answered (a suspect backend goes

@@ -83,15 +83,17 @@ fn all_down_fail_open_balances_over_all_fail_closed_gives_none() {
 }
 
 #[test]
-fn suspect_backends_still_serve_and_recover_on_response() {
+fn suspect_backends_are_skipped_while_another_is_up_and_recover_on_response() {
     let mut map = map_with(Algorithm::RoundRobin, 2);
     assert!(map.mark_suspect("c", "b0"));
     assert_eq!(
         map.cluster("c").unwrap().get("b0").unwrap().status(),
         BackendStatus::Suspect
     );
-    assert_eq!(picks(&mut map, 10)["b0"], 5);
+    let counts = picks(&mut map, 10);
+    assert_eq!((counts.get("b0"), counts.get("b1")), (None, Some(&10)));
     assert!(map.mark_responsive("c", "b0"));
+    assert_eq!(picks(&mut map, 10)["b0"], 5);
     assert_eq!(
         map.cluster("c").unwrap().get("b0").unwrap().status(),
         BackendStatus::Up
@@ -343,14 +345,23 @@ mod model {
                     let list = map.cluster("c").unwrap();
                     let weighted: Vec<&Backend> =
                         list.backends().iter().filter(|b| b.weight() > 0).collect();
-                    let any_up = weighted.iter().any(|b| b.status() != BackendStatus::Down);
+                    let has = |status| weighted.iter().any(|b| b.status() == status);
+                    // The tier a pick must come from: up, else suspect,
+                    // else (fail-open) any weighted backend.
+                    let tier = if has(BackendStatus::Up) {
+                        Some(BackendStatus::Up)
+                    } else if has(BackendStatus::Suspect) {
+                        Some(BackendStatus::Suspect)
+                    } else {
+                        None
+                    };
                     let fail_open = list.fail_open();
                     let has_weighted = !weighted.is_empty();
                     let picked = map.select("c", key);
                     let list = map.cluster("c").unwrap();
                     match picked {
                         None => {
-                            if any_up || (fail_open && has_weighted) {
+                            if tier.is_some() || (fail_open && has_weighted) {
                                 return false;
                             }
                         }
@@ -361,11 +372,10 @@ mod model {
                             if b.address() != address || b.weight() == 0 {
                                 return false;
                             }
-                            if any_up && b.status() == BackendStatus::Down {
-                                return false;
-                            }
-                            if !any_up && !fail_open {
-                                return false;
+                            match tier {
+                                Some(status) if b.status() != status => return false,
+                                None if !fail_open => return false,
+                                _ => {}
                             }
                         }
                     }
@@ -386,4 +396,48 @@ mod model {
             .tests(300)
             .quickcheck(selection_respects_health as fn(Vec<Step>) -> bool);
     }
+}
+
+#[test]
+fn a_suspect_backend_gets_no_new_flows_while_another_is_up_until_its_cooldown_ends() {
+    let mut map = BackendMap::new(7);
+    let t0 = {
+        #[allow(clippy::disallowed_methods)] // a base instant; time is then injected
+        std::time::Instant::now()
+    };
+    map.set_now(t0);
+    map.add_backend("c", BackendId::from("a"), addr(1), 100);
+    map.add_backend("c", BackendId::from("b"), addr(2), 100);
+    assert!(map.mark_suspect("c", "a"));
+    for key in 0..200 {
+        let (id, _) = map.select("c", key).unwrap();
+        assert_eq!(id.as_str(), "b", "a suspect backend was picked");
+    }
+    // Just before the cooldown ends: still out. After: tried again.
+    map.set_now(t0 + SUSPECT_COOLDOWN - Duration::from_millis(1));
+    assert!((0..50).all(|k| map.select("c", k).unwrap().0.as_str() == "b"));
+    map.set_now(t0 + SUSPECT_COOLDOWN);
+    assert!((0..50).any(|k| map.select("c", k).unwrap().0.as_str() == "a"));
+    assert_eq!(
+        map.cluster("c").unwrap().get("a").unwrap().status(),
+        BackendStatus::Up
+    );
+}
+
+#[test]
+fn suspect_backends_still_serve_when_no_backend_is_up() {
+    let mut map = BackendMap::new(7);
+    map.add_backend("c", BackendId::from("a"), addr(1), 100);
+    map.add_backend("c", BackendId::from("b"), addr(2), 100);
+    map.set_fail_open("c", false);
+    map.mark_suspect("c", "a");
+    map.set_status("c", "b", BackendStatus::Down);
+    // A suspicion is weaker than a health check's verdict: "a" still serves.
+    assert_eq!(map.select("c", 1).unwrap().0.as_str(), "a");
+    // An answer clears the suspicion at once.
+    assert!(map.mark_responsive("c", "a"));
+    assert_eq!(
+        map.cluster("c").unwrap().get("a").unwrap().status(),
+        BackendStatus::Up
+    );
 }

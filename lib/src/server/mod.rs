@@ -267,6 +267,7 @@ impl Server {
                 }
             }
             let now = clock();
+            self.backends.set_now(now);
             let mut channel_ready = false;
             for event in events.iter() {
                 match self.tokens.get(event.token()) {
