@@ -773,7 +773,7 @@ mod tests {
         // A resend from the same port is never answered here, so a reply
         // slowed by a loaded machine must not count as lost: a generous loss
         // timeout and a longer run keep this about ports, not timing.
-        a.loss_timeout_ms = 5_000;
+        a.loss_timeout_ms = 2_000;
         a.duration = 1.0;
         let report = generate(&a).unwrap();
         stop.store(true, Ordering::SeqCst);
