@@ -149,3 +149,62 @@ fn statsd_receives_the_udp_metrics() {
     });
     assert!(found, "statsd never got udp.datagrams.in");
 }
+
+#[test]
+fn after_handing_its_sockets_over_a_soft_stopping_worker_leaves_new_sources_to_its_successor() {
+    let mut old = Worker::start_with_scm();
+    let listener = free_udp_addr("127.0.0.1");
+    let backend_socket = serve(&mut old, listener);
+    // A live flow on the old worker.
+    let live = udp_socket("127.0.0.1");
+    live.send_to(b"live", listener).unwrap();
+    let (_, live_upstream) = recv(&backend_socket);
+    // Upgrade: the old worker returns its socket, a new one adopts it.
+    let response = old.order(RequestType::ReturnListenSockets(ReturnListenSockets {}));
+    assert_eq!(
+        response.status,
+        ResponseStatus::Ok as i32,
+        "{}",
+        response.message
+    );
+    let mut sockets = old
+        .scm
+        .as_ref()
+        .unwrap()
+        .receive_listen_sockets(1 << 20)
+        .unwrap();
+    let passed = sockets.remove(0);
+    let mut new = Worker::start_with(ServerConfig {
+        adopted_sockets: vec![(passed.entry(), passed.fd)],
+        worker_id: 2,
+        ..ServerConfig::default()
+    });
+    new.ok(RequestType::AddUdpListener(udp_listener(listener)));
+    new.ok(RequestType::AddCluster(udp_cluster(
+        "c",
+        UdpClusterConfig::default(),
+    )));
+    new.ok(RequestType::AddBackend(backend(
+        "c",
+        "b1",
+        backend_socket.local_addr().unwrap(),
+    )));
+    new.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
+    let stop = old.send(RequestType::SoftStop(
+        sozu_command_lib::command::SoftStop {},
+    ));
+    old.ok(RequestType::Status(sozu_command_lib::command::Status {}));
+    // Every new source is served (by the successor): none is shed.
+    let clients: Vec<UdpSocket> = (0..40).map(|_| udp_socket("127.0.0.1")).collect();
+    for client in &clients {
+        client.send_to(b"new", listener).unwrap();
+    }
+    for _ in &clients {
+        assert_eq!(recv(&backend_socket).0, b"new");
+    }
+    // The old worker still returns its live flow's replies.
+    backend_socket.send_to(b"reply", live_upstream).unwrap();
+    assert_eq!(recv(&live), (b"reply".to_vec(), listener));
+    assert_eq!(old.answer(&stop).status, ResponseStatus::Ok as i32);
+    assert_eq!(old.join(), sozu_lib::server::ServerExit::SoftStopped);
+}

@@ -50,7 +50,8 @@ impl Server {
                 self.answer(&id, ResponseStatus::Ok, "running", None);
             }
             RequestType::SoftStop(_) => {
-                self.udp.soft_stop(now);
+                let mut ctx = io_context!(self);
+                self.udp.soft_stop(now, &mut ctx);
                 tracing::info!(
                     worker = self.worker_id,
                     flows = self.udp.active_flows(),
@@ -231,8 +232,9 @@ impl Server {
         if let Err(error) = queued {
             tracing::error!(%error, "cannot queue the listen-sockets answer");
         }
-        if let Err(error) = sent {
-            tracing::error!(%error, "passing the listening sockets failed");
+        match sent {
+            Ok(()) => self.udp.mark_sockets_returned(),
+            Err(error) => tracing::error!(%error, "passing the listening sockets failed"),
         }
     }
 

@@ -140,6 +140,8 @@ pub struct UdpListener {
     /// worker shutdown).
     drain_reason: FlowCloseReason,
     followups: Vec<FollowUp>,
+    /// The socket was passed to the master for a successor worker.
+    pub socket_returned: bool,
 }
 
 impl UdpListener {
@@ -169,6 +171,7 @@ impl UdpListener {
             metrics,
             drain_reason: FlowCloseReason::ListenerClosed,
             followups: Vec::new(),
+            socket_returned: false,
         }
     }
 
@@ -210,6 +213,14 @@ impl UdpListener {
                 "no socket bound",
             ));
         };
+        if let Some(token) = self.token {
+            // Send-only (see `send_only`): registered, not read.
+            ctx.registry
+                .reregister(socket, token, Interest::READABLE | Interest::WRITABLE)?;
+            self.reading = true;
+            ctx.still_readable.push(token);
+            return Ok(());
+        }
         let token = ctx
             .tokens
             .insert(TokenOwner::Udp(UdpToken::Listener(self.id)));
@@ -235,6 +246,21 @@ impl UdpListener {
                 tracing::warn!(listener = %self.address, %error, "deregistering the listener");
             }
             ctx.tokens.remove(token);
+        }
+        self.reading = false;
+    }
+
+    /// Stops reading client datagrams but keeps sending on the socket (a
+    /// worker draining after an upgrade: its successor reads the shared
+    /// socket, this one still returns its live flows' replies through it).
+    pub fn send_only(&mut self, ctx: &mut IoContext<'_>) {
+        if !self.reading {
+            return;
+        }
+        if let (Some(socket), Some(token)) = (self.socket.as_mut(), self.token) {
+            if let Err(error) = ctx.registry.reregister(socket, token, Interest::WRITABLE) {
+                tracing::warn!(listener = %self.address, %error, "listener to send-only");
+            }
         }
         self.reading = false;
     }

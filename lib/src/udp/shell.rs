@@ -462,10 +462,31 @@ impl UdpShell {
 
     /// Soft-stop: every listener stops admitting new flows; live flows go
     /// on until they end by themselves.
-    pub fn soft_stop(&mut self, now: Instant) {
+    ///
+    /// A listener whose socket was handed to the master
+    /// ([`Self::mark_sockets_returned`]) also stops reading: the socket is
+    /// shared with the successor worker, which must get every new source
+    /// (this one would shed them). Its live flows keep their replies (read on
+    /// their upstream sockets, sent on the shared socket); their clients'
+    /// datagrams now reach the successor.
+    pub fn soft_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         self.draining = true;
         for (_, listener) in self.listeners.iter_mut() {
             listener.manager.drain(now);
+            if listener.socket_returned {
+                listener.send_only(ctx);
+            }
+        }
+    }
+
+    /// Records that every bound listener socket was just passed to the
+    /// master (`return_listen_sockets`): a later soft-stop leaves reading
+    /// them to the successor.
+    pub fn mark_sockets_returned(&mut self) {
+        for (_, listener) in self.listeners.iter_mut() {
+            if listener.has_socket() {
+                listener.socket_returned = true;
+            }
         }
     }
 
