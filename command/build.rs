@@ -1,12 +1,18 @@
 //! Generates the protobuf types from `proto/command.proto` with a pure-Rust
 //! compiler (protox), so building sozu never needs a system `protoc`.
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
-    let proto_file = format!("{proto_dir}/command.proto");
-    println!("cargo:rerun-if-changed={proto_file}");
+use std::path::PathBuf;
 
-    let file_descriptors = protox::compile([&proto_file], [proto_dir])?;
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Canonical paths: protox matches the file against its include directory
+    // textually, and a `..` or a symlink on one side only would not match.
+    let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../proto")
+        .canonicalize()?;
+    let proto_file = proto_dir.join("command.proto");
+    println!("cargo:rerun-if-changed={}", proto_file.display());
+
+    let file_descriptors = protox::compile([&proto_file], [&proto_dir])?;
     let mut config = prost_build::Config::new();
     config
         .btree_map(["."])

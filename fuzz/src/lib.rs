@@ -4,6 +4,16 @@
 //! the UDP flow manager's public API, and the checks here are the promises a
 //! shell relies on (no panic, bounded flow count, a deadline strictly after
 //! each timeout, everything gone after a final long tick).
+//!
+//! The command-side targets live in their own modules, which the normal
+//! suite's stable replay (`command/tests/fuzz_replay.rs`) includes by path:
+//! [`channel_decoder`] (command socket frames → orders → state) and
+//! [`config_loader`] (configuration text → orders → state); and the HTTP
+//! request path, [`http_request`] (replayed by `lib/tests/http_fuzz_replay.rs`).
+
+pub mod channel_decoder;
+pub mod config_loader;
+pub mod http_request;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

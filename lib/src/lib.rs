@@ -5,8 +5,11 @@
 pub mod access_log;
 pub mod backends;
 pub mod health;
+pub mod http;
 pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod server;
+pub mod tcp;
 pub mod udp;

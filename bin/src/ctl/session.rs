@@ -124,7 +124,17 @@ impl Session {
         match self.channel.write_message_timeout(request, self.timeout) {
             Ok(()) => {}
             Err(ChannelError::Timeout { after }) => return Err(SessionError::Timeout { after }),
-            Err(source) => return Err(SessionError::Send { source }),
+            Err(source) => {
+                // The master may refuse a client (uid not allowed, too many
+                // clients) with an answer and close before reading the order:
+                // that answer says more than the failed write.
+                return match self.channel.read_message_timeout(self.timeout) {
+                    Ok(response) if response.status != ResponseStatus::Processing as i32 => {
+                        Ok(response)
+                    }
+                    _ => Err(SessionError::Send { source }),
+                };
+            }
         }
         loop {
             let response = match self.channel.read_message_timeout(self.timeout) {

@@ -8,6 +8,8 @@
 //! the bounded read buffer), so a client can never make the master buffer
 //! without limit. Nothing a client sends may panic the master.
 
+use std::time::{Duration, Instant};
+
 use mio::Token;
 use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
 use sozu_command_lib::command::{Request, Response, ResponseStatus};
@@ -29,10 +31,18 @@ pub struct Client {
     pub close_after_flush: bool,
     /// The channel failed: drop the client at the next opportunity.
     pub broken: bool,
+    /// When the client last sent an order or got an answer: a full command
+    /// socket reclaims the slot of the client idle the longest.
+    pub last_active: Instant,
 }
 
+/// A client idle (no order in flight, nothing sent) at least this long may
+/// lose its slot to a newcomer when the socket is at `max_command_clients`,
+/// so connections that never speak cannot lock operators out.
+pub const IDLE_EVICTION_AFTER: Duration = Duration::from_secs(5);
+
 impl Client {
-    pub fn new(token: Token, channel: ClientChannel, peer: Peer) -> Self {
+    pub fn new(token: Token, channel: ClientChannel, peer: Peer, now: Instant) -> Self {
         Client {
             token,
             channel,
@@ -40,7 +50,13 @@ impl Client {
             busy: false,
             close_after_flush: false,
             broken: false,
+            last_active: now,
         }
+    }
+
+    /// Whether this client may be evicted for a newcomer at `now`.
+    pub fn is_evictable(&self, now: Instant) -> bool {
+        !self.busy && now.saturating_duration_since(self.last_active) >= IDLE_EVICTION_AFTER
     }
 
     /// Queues `response` and writes what the socket takes now. An answer too

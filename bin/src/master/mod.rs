@@ -466,7 +466,8 @@ impl Master {
             self.config.max_command_buffer_size.get(),
         );
         let token = self.allocate_token();
-        let mut client = Client::new(token, channel, peer);
+        let now = now();
+        let mut client = Client::new(token, channel, peer, now);
         if !command_socket::is_allowed(&peer, self.owner_uid, &self.config.command_allowed_uids) {
             tracing::warn!(target: logging::AUDIT_TARGET, uid = peer.uid, pid = peer.pid, result = "refused", "command client refused: uid not allowed");
             client.answer(clients::response(
@@ -474,6 +475,9 @@ impl Master {
                 format!("uid {} is not allowed on this command socket", peer.uid),
             ));
             return;
+        }
+        if self.clients.len() >= self.config.max_command_clients.get() {
+            self.evict_idlest_client(now);
         }
         if self.clients.len() >= self.config.max_command_clients.get() {
             tracing::warn!(
@@ -509,6 +513,29 @@ impl Master {
         self.clients_to_serve.push_back(token);
     }
 
+    /// Frees the slot of the client idle the longest, if it has been idle
+    /// for at least [`clients::IDLE_EVICTION_AFTER`].
+    fn evict_idlest_client(&mut self, now: Instant) {
+        let idlest = self
+            .clients
+            .values()
+            .filter(|client| client.is_evictable(now))
+            .min_by_key(|client| client.last_active)
+            .map(|client| client.token);
+        let Some(token) = idlest else {
+            return;
+        };
+        if let Some(mut client) = self.clients.remove(&token) {
+            tracing::info!(
+                client = token.0,
+                uid = client.peer.uid,
+                pid = client.peer.pid,
+                "idle command client closed to make room for a new one"
+            );
+            let _ = self.poll.registry().deregister(client.channel.source_mut());
+        }
+    }
+
     /// Reads and handles the client's orders, one at a time.
     fn serve_client(&mut self, token: Token, now: Instant) {
         loop {
@@ -521,6 +548,7 @@ impl Master {
             match client.channel.try_read_message() {
                 Ok(Some(request)) => {
                     client.busy = true;
+                    client.last_active = now;
                     self.handle_request(token, request, now);
                 }
                 Ok(None) => return,
@@ -572,6 +600,7 @@ impl Master {
         };
         let was_busy = client.busy;
         client.answer(response);
+        client.last_active = now();
         if was_busy && !client.busy {
             self.clients_to_serve.push_back(token);
         }

@@ -86,7 +86,7 @@ fn add_client(master: &mut Master) -> (Token, FakeClient) {
     };
     master.clients.insert(
         token,
-        Client::new(token, ClientChannel::new(ours, 4096, 1 << 20), peer),
+        Client::new(token, ClientChannel::new(ours, 4096, 1 << 20), peer, now()),
     );
     (token, Channel::new(theirs, 4096, 1 << 20))
 }

@@ -603,7 +603,7 @@ pub(super) fn resume(
             master.config.max_command_buffer_size.get(),
         );
         let token = master.allocate_token();
-        let mut client = Client::new(token, channel, peer);
+        let mut client = Client::new(token, channel, peer, super::now());
         master.poll.registry().register(
             client.channel.source_mut(),
             token,

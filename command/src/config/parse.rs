@@ -585,6 +585,23 @@ fn parse_frontend(
         };
         return Err(address_value.invalid(format!("the address of {kind} listener")));
     }
+    // A UDP or TCP listener forwards to exactly one cluster.
+    if protocol != ClusterProtocol::Http {
+        let taken_by = config.clusters.values().find(|other| {
+            other.protocol == protocol && other.frontends.iter().any(|f| f.address == address)
+        });
+        if let Some(other) = taken_by {
+            return Err(ConfigError::Inconsistent {
+                key: address_value.path().to_owned(),
+                reason: format!(
+                    "listener {address} already forwards to cluster {}: a {} listener has exactly one cluster",
+                    other.cluster_id,
+                    if protocol == ClusterProtocol::Udp { "udp" } else { "tcp" },
+                ),
+                at: address_value.location(),
+            });
+        }
+    }
     let hostname = table.get("hostname");
     let path = table.get("path");
     let path_type = table.get("path_type");

@@ -1000,3 +1000,28 @@ fn loading_by_relative_path_gives_absolute_socket_path() {
         repo.canonicalize().unwrap()
     );
 }
+
+#[test]
+fn two_udp_clusters_on_one_udp_listener_are_refused_naming_both() {
+    let text = r#"
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:5300"
+
+[clusters.a]
+protocol = "udp"
+frontends = [{ address = "127.0.0.1:5300" }]
+
+[clusters.b]
+protocol = "udp"
+frontends = [{ address = "127.0.0.1:5300" }]
+"#;
+    let error = Config::from_str(text, Path::new("dup.toml"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "clusters.b.frontends[0].address: listener 127.0.0.1:5300 already forwards to cluster a: \
+         a udp listener has exactly one cluster (at dup.toml:12)"
+    );
+}

@@ -12,6 +12,7 @@
 //! clock once per wake-up and hands `now` down.
 
 mod orders;
+mod streams;
 pub mod tokens;
 
 use std::io;
@@ -32,6 +33,7 @@ use crate::health::HealthChecker;
 use crate::metrics::statsd::StatsdSink;
 use crate::metrics::MetricsRegistry;
 use crate::udp::{IoContext, UdpShell};
+use streams::Streams;
 use tokens::{TokenOwner, Tokens};
 
 /// Where and how to push metrics to statsd (`[metrics]` in the config).
@@ -151,6 +153,8 @@ pub struct Server {
     backends: BackendMap,
     health: HealthChecker,
     udp: UdpShell,
+    /// TCP and HTTP proxies (`streams.rs`).
+    streams: Streams,
     statsd: Option<(StatsdSink, Duration, Option<Instant>)>,
     still_readable: Vec<Token>,
     retry: Vec<Token>,
@@ -198,13 +202,14 @@ impl Server {
         }
         .unwrap_or(1024);
         let mut adopted = Vec::new();
+        let mut streams = Streams::new(config.buffer_size);
         for (index, (entry, fd)) in config.adopted_sockets.into_iter().enumerate() {
             let address = SocketAddr::try_from(&entry.address)
                 .map_err(|source| ServerError::AdoptedAddress { index, source })?;
             if entry.proxy() == ListenerType::Udp {
                 adopted.push((address, fd));
-            } else {
-                tracing::warn!(%address, "adopted a non-UDP socket: closed (TCP/HTTP not served yet)");
+            } else if !streams.adopt(entry.proxy(), address, fd) {
+                tracing::warn!(%address, "adopted a socket of an unserved type: closed");
             }
         }
         let statsd = match config.statsd {
@@ -228,6 +233,7 @@ impl Server {
             backends: BackendMap::new(config.seed),
             health: HealthChecker::new(),
             udp: UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size),
+            streams,
             statsd,
             still_readable: Vec::new(),
             retry: Vec::new(),
@@ -246,7 +252,7 @@ impl Server {
             // poll, which then does not wait. Swapping keeps both vectors'
             // capacity (no allocation per wake-up).
             std::mem::swap(&mut self.retry, &mut self.still_readable);
-            let timeout = if self.retry.is_empty() {
+            let timeout = if self.retry.is_empty() && !self.streams.has_backlog() {
                 self.next_deadline()
                     .map(|deadline| deadline.saturating_duration_since(clock()))
             } else {
@@ -271,6 +277,9 @@ impl Server {
                         let mut ctx = io_context!(self);
                         self.udp.on_ready(now, token, readable, writable, &mut ctx);
                     }
+                    Some(owner @ (TokenOwner::Tcp(_) | TokenOwner::Http(_))) => {
+                        self.streams_ready(owner, event, now);
+                    }
                     None => {} // a socket closed earlier in this batch
                 }
             }
@@ -286,6 +295,7 @@ impl Server {
                 let mut ctx = io_context!(self);
                 self.udp.on_timeout(now, &mut ctx);
             }
+            self.streams_timeout(now);
             if channel_ready {
                 if let Some(exit) = self.on_channel_ready(now)? {
                     return Ok(exit);
@@ -293,7 +303,7 @@ impl Server {
             }
             self.push_statsd(now);
             if let Some(id) = self.soft_stop.clone() {
-                if self.udp.is_drained() {
+                if self.udp.is_drained() && self.streams.is_drained() {
                     tracing::info!(worker = self.worker_id, "soft-stop drained");
                     self.answer(
                         &id,
@@ -311,10 +321,14 @@ impl Server {
 
     fn next_deadline(&self) -> Option<Instant> {
         let statsd = self.statsd.as_ref().and_then(|(_, _, next)| *next);
-        [self.udp.next_deadline(), statsd]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.udp.next_deadline(),
+            self.streams.next_deadline(),
+            statsd,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn push_statsd(&mut self, now: Instant) {
@@ -350,6 +364,7 @@ impl Server {
                     tracing::error!(%error, "channel to the master closed: stopping");
                     let mut ctx = io_context!(self);
                     self.udp.hard_stop(now, &mut ctx);
+                    self.streams_hard_stop(now);
                     return Ok(Some(ServerExit::ChannelClosed));
                 }
             }

@@ -52,6 +52,7 @@ impl Server {
             RequestType::SoftStop(_) => {
                 let mut ctx = io_context!(self);
                 self.udp.soft_stop(now, &mut ctx);
+                self.streams_soft_stop(now);
                 tracing::info!(
                     worker = self.worker_id,
                     flows = self.udp.active_flows(),
@@ -63,6 +64,7 @@ impl Server {
             RequestType::HardStop(_) => {
                 let mut ctx = io_context!(self);
                 self.udp.hard_stop(now, &mut ctx);
+                self.streams_hard_stop(now);
                 self.answer(
                     &id,
                     ResponseStatus::Ok,
@@ -152,11 +154,19 @@ impl Server {
         let Some(request_type) = request.request_type.as_ref() else {
             return;
         };
-        match self.apply(now, request_type) {
+        // UDP first (it also configures the shared backends), then the
+        // TCP / HTTP proxies (`streams.rs`).
+        let applied: Result<(), Box<dyn std::error::Error>> = match self.apply(now, request_type) {
+            Ok(()) => self
+                .apply_stream_order(now, request_type)
+                .map_err(Into::into),
+            Err(error) => Err(error.into()),
+        };
+        match applied {
             Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
             Err(error) => {
                 self.state = before;
-                let message = error_chain(&error);
+                let message = error_chain(&*error);
                 tracing::warn!(worker = self.worker_id, id, error = %message, "order failed");
                 self.answer(id, ResponseStatus::Failure, &message, None);
             }
@@ -204,17 +214,23 @@ impl Server {
             );
             return;
         };
-        let sockets = self.udp.listen_sockets();
+        let mut sockets: Vec<_> = self
+            .udp
+            .listen_sockets()
+            .into_iter()
+            .map(|(address, fd)| (ListenerType::Udp, address, fd))
+            .collect();
+        sockets.extend(self.streams.listen_sockets());
         let manifest = ListenSocketManifest {
             entries: sockets
                 .iter()
-                .map(|(address, _)| ListenSocketEntry {
+                .map(|(proxy, address, _)| ListenSocketEntry {
                     address: (*address).into(),
-                    proxy: ListenerType::Udp as i32,
+                    proxy: *proxy as i32,
                 })
                 .collect(),
         };
-        let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+        let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, _, fd)| *fd).collect();
         // The answer first (the master reads it, then the fds), then the
         // sequence on the fd-passing socket.
         let response = sozu_command_lib::command::WorkerResponse {
@@ -267,9 +283,12 @@ impl Server {
             return;
         }
         let mut udp = Vec::new();
+        let mut streams = 0;
         for socket in received {
             if socket.proxy == ListenerType::Udp {
                 udp.push((socket.address, socket.fd));
+            } else if self.streams.adopt(socket.proxy, socket.address, socket.fd) {
+                streams += 1;
             }
         }
         let count = udp.len();
@@ -277,7 +296,7 @@ impl Server {
         self.answer(
             id,
             ResponseStatus::Ok,
-            &format!("{count} UDP sockets adopted"),
+            &format!("{count} UDP sockets adopted, {streams} TCP/HTTP sockets adopted"),
             None,
         );
     }

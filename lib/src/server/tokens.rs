@@ -8,6 +8,8 @@
 use mio::Token;
 use slab::Slab;
 
+use crate::http::HttpToken;
+use crate::tcp::TcpToken;
 use crate::udp::UdpToken;
 
 /// What a token stands for.
@@ -17,6 +19,10 @@ pub enum TokenOwner {
     Channel,
     /// A socket of the UDP shell.
     Udp(UdpToken),
+    /// A socket of the TCP proxy (see `streams.rs`).
+    Tcp(TcpToken),
+    /// A socket of the HTTP proxy (see `streams.rs`).
+    Http(HttpToken),
 }
 
 /// The token table.

@@ -1,0 +1,159 @@
+//! The HTTP proxy's metric handles and names.
+//!
+//! Owns pre-resolved handles per listener, cluster and backend. Each fact is
+//! counted in one scope only: the backend when one was chosen, else the
+//! cluster when the request was routed, else the listener (so query-metrics'
+//! sums — a cluster plus its backends, the proxy plus its listeners — count
+//! it once). Caches are dropped when a cluster or backend is removed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::backends::{BackendId, ClusterId};
+use crate::metrics::{MetricHandle, MetricKind, MetricsRegistry, Scope};
+use crate::tcp::metrics::{count, register, time};
+
+/// Metric names of the HTTP proxy.
+pub mod names {
+    /// Counter: client connections accepted (listener).
+    pub const CONNECTIONS: &str = "http.connections";
+    /// Gauge: client connections alive (listener).
+    pub const ACTIVE_CONNECTIONS: &str = "http.active_connections";
+    /// Counter: requests answered (by a backend or by the proxy).
+    pub const REQUESTS: &str = "http.requests";
+    /// Counters: final answers by class, e.g. `http.status.5xx`.
+    pub const STATUS: [&str; 5] = [
+        "http.status.1xx",
+        "http.status.2xx",
+        "http.status.3xx",
+        "http.status.4xx",
+        "http.status.5xx",
+    ];
+    /// Counter: request bytes received from clients.
+    pub const BYTES_IN: &str = "http.bytes.in";
+    /// Counter: response bytes sent to clients.
+    pub const BYTES_OUT: &str = "http.bytes.out";
+    /// Time: from the request's first byte to the response's last
+    /// (milliseconds).
+    pub const RESPONSE_TIME: &str = "http.response_time";
+    /// Counter: backend connects that failed.
+    pub const CONNECT_FAILED: &str = "http.connect.failed";
+    /// Counter: requests answered 503 because no backend could be reached.
+    pub const NO_BACKEND: &str = "http.no_backend";
+    /// Counter: backend connections opened.
+    pub const BACKEND_CONNECTIONS: &str = "http.backend.connections";
+    /// Counter: client connections closed by a timeout (listener).
+    pub const TIMEOUTS: &str = "http.timeouts";
+}
+
+/// Handles of one scope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpHandles {
+    pub connections: Option<MetricHandle>,
+    pub active: Option<MetricHandle>,
+    pub requests: Option<MetricHandle>,
+    pub status: [Option<MetricHandle>; 5],
+    pub bytes_in: Option<MetricHandle>,
+    pub bytes_out: Option<MetricHandle>,
+    pub response_time: Option<MetricHandle>,
+    pub connect_failed: Option<MetricHandle>,
+    pub no_backend: Option<MetricHandle>,
+    pub backend_connections: Option<MetricHandle>,
+    pub timeouts: Option<MetricHandle>,
+}
+
+impl HttpHandles {
+    /// Registers every handle in `scope`; listener scopes also get the
+    /// connection counters, cluster/backend scopes the backend ones.
+    pub fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {
+        let listener = matches!(scope, Scope::Listener(_));
+        let mut r = |name: &str, kind| register(registry, name, scope.clone(), kind);
+        let mut h = HttpHandles {
+            requests: r(names::REQUESTS, MetricKind::Counter),
+            bytes_in: r(names::BYTES_IN, MetricKind::Counter),
+            bytes_out: r(names::BYTES_OUT, MetricKind::Counter),
+            response_time: r(names::RESPONSE_TIME, MetricKind::Time),
+            ..Default::default()
+        };
+        for (slot, name) in h.status.iter_mut().zip(names::STATUS) {
+            *slot = r(name, MetricKind::Counter);
+        }
+        if listener {
+            h.connections = r(names::CONNECTIONS, MetricKind::Counter);
+            h.active = r(names::ACTIVE_CONNECTIONS, MetricKind::Gauge);
+            h.timeouts = r(names::TIMEOUTS, MetricKind::Counter);
+        } else {
+            h.connect_failed = r(names::CONNECT_FAILED, MetricKind::Counter);
+            h.no_backend = r(names::NO_BACKEND, MetricKind::Counter);
+            h.backend_connections = r(names::BACKEND_CONNECTIONS, MetricKind::Counter);
+        }
+        h
+    }
+
+    /// Counts one answered request.
+    pub fn request(
+        &self,
+        registry: &mut MetricsRegistry,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+        duration: Duration,
+    ) {
+        count(registry, self.requests, 1);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        count(registry, self.status[class], 1);
+        count(registry, self.bytes_in, bytes_in as i64);
+        count(registry, self.bytes_out, bytes_out as i64);
+        time(registry, self.response_time, duration);
+    }
+}
+
+/// Listener handles by address, cluster and backend handles on first use.
+#[derive(Debug, Default)]
+pub struct HttpHandleCache {
+    clusters: HashMap<ClusterId, HttpHandles>,
+    backends: HashMap<(ClusterId, BackendId), HttpHandles>,
+}
+
+impl HttpHandleCache {
+    /// A listener's handles (registered by the caller at listener add).
+    pub fn listener(registry: &mut MetricsRegistry, address: SocketAddr) -> HttpHandles {
+        HttpHandles::register(registry, Scope::Listener(address))
+    }
+
+    /// A cluster's handles.
+    pub fn cluster(&mut self, registry: &mut MetricsRegistry, cluster: &ClusterId) -> HttpHandles {
+        *self
+            .clusters
+            .entry(cluster.clone())
+            .or_insert_with(|| HttpHandles::register(registry, Scope::Cluster(cluster.clone())))
+    }
+
+    /// A backend's handles.
+    pub fn backend(
+        &mut self,
+        registry: &mut MetricsRegistry,
+        cluster: &ClusterId,
+        backend: &BackendId,
+    ) -> HttpHandles {
+        *self
+            .backends
+            .entry((cluster.clone(), backend.clone()))
+            .or_insert_with(|| {
+                HttpHandles::register(registry, Scope::Backend(cluster.clone(), backend.clone()))
+            })
+    }
+
+    /// Forgets a removed cluster's handles and its backends'.
+    pub fn forget_cluster(&mut self, cluster: &str) {
+        self.clusters.remove(cluster);
+        self.backends.retain(|(c, _), _| c.as_str() != cluster);
+    }
+
+    /// Forgets a removed backend's handles.
+    pub fn forget_backend(&mut self, cluster: &str, backend: &str) {
+        self.backends
+            .retain(|(c, b), _| !(c.as_str() == cluster && b.as_str() == backend));
+    }
+}

@@ -1,0 +1,555 @@
+//! HTTP routing table of one listener: hostname (exact or `*.` wildcard)
+//! and path (prefix or exact), optionally a method, to a cluster.
+//!
+//! Pure: no sockets, no clock. Owns the frontends of one listener address.
+//! Precedence, for a request's host and path:
+//! 1. exact hostname routes before wildcard ones (a wildcard `*.example.com`
+//!    matches exactly one more label: `a.example.com`, not
+//!    `a.b.example.com`, not `example.com`);
+//! 2. within a hostname, an `EQUALS` path beats any prefix, and the longest
+//!    matching `PREFIX` wins;
+//! 3. at equal length a route naming the request's method beats one with no
+//!    method.
+//!
+//! Hostnames compare without case, without a trailing dot and without the
+//! port; paths compare on the request target's path (the query excluded).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sozu_command_lib::command::{PathRuleKind, RequestHttpFrontend};
+
+use crate::backends::ClusterId;
+
+/// Where a matching request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Forward to this cluster.
+    Cluster {
+        cluster: ClusterId,
+        tags: Option<Arc<BTreeMap<String, String>>>,
+    },
+    /// A frontend without a cluster: answer 401 (Sōzu's "deny" route).
+    Deny,
+}
+
+/// A refused frontend order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// `path.kind` is REGEX (not supported) or unknown.
+    #[error("path rule kind {kind} is not supported (PREFIX and EQUALS are)")]
+    UnsupportedPathKind { kind: i32 },
+    /// The hostname is empty or has a misplaced wildcard.
+    #[error("invalid hostname {hostname:?}: {reason}")]
+    InvalidHostname {
+        hostname: String,
+        reason: &'static str,
+    },
+    /// The same hostname, path and method are already routed.
+    #[error("a frontend for host {hostname:?} path {path:?} already exists")]
+    Duplicate { hostname: String, path: String },
+    /// No such frontend to remove.
+    #[error("no frontend for host {hostname:?} path {path:?}")]
+    NotFound { hostname: String, path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathMatch {
+    Prefix(String),
+    Equals(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Equals(p) => path == p,
+        }
+    }
+
+    /// Ordering key: EQUALS above every prefix, then longer prefixes.
+    fn rank(&self) -> (bool, usize) {
+        match self {
+            PathMatch::Prefix(p) => (false, p.len()),
+            PathMatch::Equals(p) => (true, p.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    path: PathMatch,
+    method: Option<String>,
+    target: RouteTarget,
+}
+
+/// The routes of one listener.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    exact: HashMap<String, Vec<Rule>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Vec<Rule>>,
+}
+
+/// Lowercases and strips a trailing dot.
+fn normalize_name(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The hostname of a `Host` header value: without port, brackets kept for
+/// IPv6 literals, lowercased, trailing dot stripped.
+pub fn host_without_port(host: &str) -> String {
+    let host = host.trim();
+    let bare = if host.starts_with('[') {
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.rfind(':') {
+            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+            _ => host,
+        }
+    };
+    normalize_name(bare)
+}
+
+impl Router {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when no route is configured.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty()
+    }
+
+    fn parse(frontend: &RequestHttpFrontend) -> Result<(bool, String, Rule), RouteError> {
+        let path = match PathRuleKind::try_from(frontend.path.kind) {
+            Ok(PathRuleKind::Prefix) => PathMatch::Prefix(frontend.path.value.clone()),
+            Ok(PathRuleKind::Equals) => PathMatch::Equals(frontend.path.value.clone()),
+            _ => {
+                return Err(RouteError::UnsupportedPathKind {
+                    kind: frontend.path.kind,
+                })
+            }
+        };
+        let name = normalize_name(&frontend.hostname);
+        let invalid = |reason| RouteError::InvalidHostname {
+            hostname: frontend.hostname.clone(),
+            reason,
+        };
+        let (wild, key) = match name.strip_prefix("*.") {
+            Some(suffix) => (true, suffix.to_owned()),
+            None => (false, name),
+        };
+        if key.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if key.contains('*') {
+            return Err(invalid(
+                "a wildcard is only allowed as the first label, as in *.example.com",
+            ));
+        }
+        let target = match &frontend.cluster_id {
+            Some(cluster) => RouteTarget::Cluster {
+                cluster: ClusterId::from(cluster.as_str()),
+                tags: if frontend.tags.is_empty() {
+                    None
+                } else {
+                    Some(Arc::new(frontend.tags.clone()))
+                },
+            },
+            None => RouteTarget::Deny,
+        };
+        let method = frontend.method.as_ref().map(|m| m.to_ascii_uppercase());
+        Ok((
+            wild,
+            key,
+            Rule {
+                path,
+                method,
+                target,
+            },
+        ))
+    }
+
+    /// Adds a frontend.
+    pub fn add(&mut self, frontend: &RequestHttpFrontend) -> Result<(), RouteError> {
+        let (wild, key, rule) = Self::parse(frontend)?;
+        let table = if wild {
+            &mut self.wildcard
+        } else {
+            &mut self.exact
+        };
+        let rules = table.entry(key).or_default();
+        if rules
+            .iter()
+            .any(|r| r.path == rule.path && r.method == rule.method)
+        {
+            return Err(RouteError::Duplicate {
+                hostname: frontend.hostname.clone(),
+                path: frontend.path.value.clone(),
+            });
+        }
+        rules.push(rule);
+        // Best rule first, so a lookup takes the first match.
+        rules.sort_by(|a, b| {
+            (b.path.rank(), b.method.is_some()).cmp(&(a.path.rank(), a.method.is_some()))
+        });
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Every host has rules, each host's rules are ordered best first, and
+    /// no two rules of a host have the same path and method.
+    fn check_invariants(&self) {
+        #[cfg(debug_assertions)]
+        for rules in self.exact.values().chain(self.wildcard.values()) {
+            debug_assert!(!rules.is_empty(), "a host without rules is removed");
+            for pair in rules.windows(2) {
+                let key = |r: &Rule| (r.path.rank(), r.method.is_some());
+                debug_assert!(key(&pair[0]) >= key(&pair[1]), "rules ordered best first");
+            }
+            for (i, a) in rules.iter().enumerate() {
+                debug_assert!(
+                    rules[i + 1..]
+                        .iter()
+                        .all(|b| !(a.path == b.path && a.method == b.method)),
+                    "no duplicate rule"
+                );
+            }
+        }
+    }
+
+    /// Removes the frontend with this hostname, path and method.
+    pub fn remove(&mut self, frontend: &RequestHttpFrontend) -> Result<(), RouteError> {
+        let (wild, key, rule) = Self::parse(frontend)?;
+        let table = if wild {
+            &mut self.wildcard
+        } else {
+            &mut self.exact
+        };
+        let not_found = || RouteError::NotFound {
+            hostname: frontend.hostname.clone(),
+            path: frontend.path.value.clone(),
+        };
+        let rules = table.get_mut(&key).ok_or_else(not_found)?;
+        let before = rules.len();
+        rules.retain(|r| !(r.path == rule.path && r.method == rule.method));
+        if rules.len() == before {
+            return Err(not_found());
+        }
+        if rules.is_empty() {
+            table.remove(&key);
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// The route for a request, if any. `host` is the Host header value (a
+    /// port is ignored), `path` the request target (the query is ignored).
+    pub fn lookup(&self, host: &str, path: &str, method: &str) -> Option<&RouteTarget> {
+        let host = host_without_port(host);
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        fn pick<'r>(rules: &'r [Rule], path: &str, method: &str) -> Option<&'r RouteTarget> {
+            rules
+                .iter()
+                .find(|r| {
+                    r.path.matches(path)
+                        && r.method
+                            .as_deref()
+                            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                })
+                .map(|r| &r.target)
+        }
+        if let Some(target) = self
+            .exact
+            .get(&host)
+            .and_then(|rules| pick(rules, path, method))
+        {
+            return Some(target);
+        }
+        let (label, suffix) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcard
+            .get(suffix)
+            .and_then(|rules| pick(rules, path, method))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sozu_command_lib::command::{PathRule, RulePosition};
+
+    fn frontend(
+        host: &str,
+        kind: PathRuleKind,
+        path: &str,
+        cluster: Option<&str>,
+    ) -> RequestHttpFrontend {
+        RequestHttpFrontend {
+            cluster_id: cluster.map(str::to_owned),
+            address: "127.0.0.1:80"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+            hostname: host.to_owned(),
+            path: PathRule {
+                kind: kind as i32,
+                value: path.to_owned(),
+            },
+            method: None,
+            position: RulePosition::Tree as i32,
+            ..Default::default()
+        }
+    }
+
+    fn cluster_of(target: Option<&RouteTarget>) -> Option<&str> {
+        match target? {
+            RouteTarget::Cluster { cluster, .. } => Some(cluster.as_str()),
+            RouteTarget::Deny => Some("<deny>"),
+        }
+    }
+
+    fn table() -> Router {
+        let mut r = Router::new();
+        r.add(&frontend(
+            "example.com",
+            PathRuleKind::Prefix,
+            "/",
+            Some("root"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "example.com",
+            PathRuleKind::Prefix,
+            "/api",
+            Some("api"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "example.com",
+            PathRuleKind::Prefix,
+            "/api/v2",
+            Some("api2"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "example.com",
+            PathRuleKind::Equals,
+            "/api",
+            Some("api-exact"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "*.example.com",
+            PathRuleKind::Prefix,
+            "/",
+            Some("wild"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "admin.example.com",
+            PathRuleKind::Prefix,
+            "/x",
+            Some("admin"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "deny.example.com",
+            PathRuleKind::Prefix,
+            "/",
+            None,
+        ))
+        .unwrap();
+        r
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_equals_beats_prefixes() {
+        let r = table();
+        assert_eq!(
+            cluster_of(r.lookup("example.com", "/", "GET")),
+            Some("root")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("example.com", "/apix", "GET")),
+            Some("api")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("example.com", "/api/v2/x?q=1", "GET")),
+            Some("api2")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("example.com", "/api?q", "GET")),
+            Some("api-exact")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("example.com", "/api/", "GET")),
+            Some("api")
+        );
+    }
+
+    #[test]
+    fn host_matching_ignores_case_port_and_trailing_dot() {
+        let r = table();
+        assert_eq!(
+            cluster_of(r.lookup("EXAMPLE.com:8080", "/", "GET")),
+            Some("root")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("example.com.", "/api", "GET")),
+            Some("api-exact")
+        );
+        assert_eq!(r.lookup("other.org", "/", "GET"), None);
+    }
+
+    #[test]
+    fn wildcards_match_one_label_after_exact_hosts() {
+        let r = table();
+        assert_eq!(
+            cluster_of(r.lookup("www.example.com", "/", "GET")),
+            Some("wild")
+        );
+        assert_eq!(r.lookup("a.b.example.com", "/", "GET"), None);
+        // An exact host with a matching path wins over the wildcard…
+        assert_eq!(
+            cluster_of(r.lookup("admin.example.com", "/x", "GET")),
+            Some("admin")
+        );
+        // …and falls back to it when none of its paths match.
+        assert_eq!(
+            cluster_of(r.lookup("admin.example.com", "/y", "GET")),
+            Some("wild")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("deny.example.com", "/", "GET")),
+            Some("<deny>")
+        );
+    }
+
+    #[test]
+    fn method_specific_routes_beat_generic_ones_of_equal_length() {
+        let mut r = Router::new();
+        r.add(&frontend("h", PathRuleKind::Prefix, "/", Some("any")))
+            .unwrap();
+        let mut post = frontend("h", PathRuleKind::Prefix, "/", Some("posts"));
+        post.method = Some("post".to_owned());
+        r.add(&post).unwrap();
+        assert_eq!(cluster_of(r.lookup("h", "/", "POST")), Some("posts"));
+        assert_eq!(cluster_of(r.lookup("h", "/", "GET")), Some("any"));
+    }
+
+    #[test]
+    fn remove_takes_out_exactly_one_route_and_duplicates_are_refused() {
+        let mut r = table();
+        let api = frontend("example.com", PathRuleKind::Prefix, "/api", Some("api"));
+        assert!(matches!(r.add(&api), Err(RouteError::Duplicate { .. })));
+        r.remove(&api).unwrap();
+        assert_eq!(
+            cluster_of(r.lookup("example.com", "/apix", "GET")),
+            Some("root")
+        );
+        assert!(matches!(r.remove(&api), Err(RouteError::NotFound { .. })));
+    }
+
+    #[test]
+    fn regex_rules_and_bad_wildcards_are_refused() {
+        let mut r = Router::new();
+        assert!(matches!(
+            r.add(&frontend("h", PathRuleKind::Regex, ".*", Some("c"))),
+            Err(RouteError::UnsupportedPathKind { .. })
+        ));
+        assert!(matches!(
+            r.add(&frontend("a.*.com", PathRuleKind::Prefix, "/", Some("c"))),
+            Err(RouteError::InvalidHostname { .. })
+        ));
+        assert!(r.is_empty());
+    }
+
+    /// Lookups agree with a brute-force reading of the precedence rules
+    /// over random tables and requests.
+    #[test]
+    fn lookup_matches_a_brute_force_model() {
+        use quickcheck::{QuickCheck, TestResult};
+        const HOSTS: [&str; 5] = ["a.com", "b.a.com", "*.a.com", "x.b.a.com", "*.b.a.com"];
+        const PATHS: [&str; 5] = ["", "/", "/a", "/a/b", "/ab"];
+        const REQ_HOSTS: [&str; 6] = [
+            "a.com",
+            "b.a.com",
+            "c.a.com",
+            "x.b.a.com",
+            "y.b.a.com",
+            "d.com",
+        ];
+        const REQ_PATHS: [&str; 6] = ["/", "/a", "/a/b", "/ab", "/abc", "/b"];
+        fn prop(rules: Vec<(u8, u8, bool, u8)>, requests: Vec<(u8, u8, bool)>) -> TestResult {
+            let mut router = Router::new();
+            // (host, path, equals, method, cluster) of the rules accepted.
+            let mut model: Vec<(&str, &str, bool, Option<&str>, String)> = Vec::new();
+            for (i, (h, p, equals, m)) in rules.into_iter().enumerate() {
+                let host = HOSTS[usize::from(h) % HOSTS.len()];
+                let path = PATHS[usize::from(p) % PATHS.len()];
+                let method = [None, Some("GET"), Some("POST")][usize::from(m) % 3];
+                let kind = if equals {
+                    PathRuleKind::Equals
+                } else {
+                    PathRuleKind::Prefix
+                };
+                let cluster = format!("c{i}");
+                let mut f = frontend(host, kind, path, Some(&cluster));
+                f.method = method.map(str::to_owned);
+                if router.add(&f).is_ok() {
+                    model.push((host, path, equals, method, cluster));
+                }
+            }
+            for (h, p, post) in requests {
+                let host = REQ_HOSTS[usize::from(h) % REQ_HOSTS.len()];
+                let path = REQ_PATHS[usize::from(p) % REQ_PATHS.len()];
+                let method = if post { "POST" } else { "GET" };
+                let best = |pattern: &str| {
+                    model
+                        .iter()
+                        .filter(|(h, p, equals, m, _)| {
+                            *h == pattern
+                                && if *equals {
+                                    path == *p
+                                } else {
+                                    path.starts_with(p)
+                                }
+                                && m.is_none_or(|m| m == method)
+                        })
+                        .max_by_key(|(_, p, equals, m, _)| (*equals, p.len(), m.is_some()))
+                        .map(|r| r.4.clone())
+                };
+                let wildcard = host
+                    .split_once('.')
+                    .map(|(_, suffix)| format!("*.{suffix}"));
+                let expected = best(host).or_else(|| wildcard.and_then(|w| best(&w)));
+                let got = cluster_of(router.lookup(host, path, method)).map(str::to_owned);
+                if got != expected {
+                    return TestResult::error(format!(
+                        "{method} {host}{path}: got {got:?}, expected {expected:?}"
+                    ));
+                }
+            }
+            TestResult::passed()
+        }
+        QuickCheck::new()
+            .tests(500)
+            .quickcheck(prop as fn(Vec<(u8, u8, bool, u8)>, Vec<(u8, u8, bool)>) -> TestResult);
+    }
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(host_without_port("Example.COM:80"), "example.com");
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("example.com."), "example.com");
+    }
+}

@@ -1,0 +1,820 @@
+//! One HTTP/1.1 client connection: request heads parsed and routed, one
+//! backend connection at a time (kept across requests to the same cluster),
+//! bodies streamed through two bounded buffers, default answers, timeouts.
+//!
+//! Owns the connection's state machine. Requests on one connection are
+//! served in order, one at a time: pipelined bytes wait in the client
+//! buffer until the current response is complete. It never blocks, never
+//! panics on a peer's bytes (bad framing is a 400 / 502 or a cut), and
+//! reads no clock (`now` comes from the loop). Parsing and routing rules
+//! live in the pure modules [`super::head`], [`super::body`],
+//! [`super::router`]; registration of the listener sockets in
+//! [`super::HttpProxy`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sozu_command_lib::command::ProxyProtocolConfig;
+
+use crate::backends::{BackendId, ClusterId};
+use crate::load_balancing::stable_hash;
+use crate::proxy_protocol::{self, StreamProxyHeader};
+use crate::tcp::buffer::Buffer;
+use crate::tcp::context::ProxyContext;
+use crate::tcp::deadlines::ArmedTimer;
+use crate::tcp::metrics::{count, gauge_add};
+use crate::tcp::socket::{
+    connect_backend, connect_state, ConnectError, ConnectState, ReadOutcome, Side,
+    MAX_CONNECT_ATTEMPTS,
+};
+
+use super::access::HttpAccessRecord;
+use super::answers::default_answer;
+use super::body::BodyTracker;
+use super::head::{self, ForwardInfo};
+use super::metrics::{HttpHandleCache, HttpHandles};
+use super::router::{RouteTarget, Router};
+use super::{ClusterKnobs, HttpToken};
+
+mod exchange;
+
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends, so closing with unread bytes does not reset the
+/// connection before the client read our last answer.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// What the proxy lends a session for one call.
+pub struct Env<'a, 'c> {
+    pub ctx: &'a mut ProxyContext<'c, HttpToken>,
+    pub router: Option<&'a Router>,
+    pub clusters: &'a HashMap<String, ClusterKnobs>,
+    pub handles: &'a mut HttpHandleCache,
+    pub key: usize,
+    pub draining: bool,
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the client's PROXY header (`expect_proxy`).
+    ExpectProxy,
+    /// Waiting for (or reading) a request head.
+    Head,
+    /// A request is routed; its backend connect is in progress.
+    Connecting,
+    /// Request and response in flight.
+    Exchange,
+    /// Writing one of the proxy's own answers.
+    Answer,
+    /// Our side is shut; discarding what the client still sends.
+    Linger,
+}
+
+/// Why a connection ended (debug logs, and the access record of a request
+/// cut short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Closed after its last answer, or by the client between requests.
+    Completed,
+    /// Idle between requests past `front_timeout`.
+    IdleTimeout,
+    /// No progress on the client side past `front_timeout` mid-exchange.
+    FrontTimeout,
+    /// No progress on the backend side past `back_timeout` mid-response.
+    BackTimeout,
+    /// The client went away or failed mid-request.
+    ClientAborted,
+    /// The backend failed after the response started.
+    BackendAborted,
+    /// Bad PROXY header on an `expect_proxy` listener.
+    ProxyHeaderInvalid,
+    /// The listener was removed.
+    ListenerRemoved,
+    /// Hard stop or soft-stop of an idle connection.
+    Shutdown,
+}
+
+impl SessionEnd {
+    /// The name in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Completed => "completed",
+            SessionEnd::IdleTimeout => "idle_timeout",
+            SessionEnd::FrontTimeout => "front_timeout",
+            SessionEnd::BackTimeout => "back_timeout",
+            SessionEnd::ClientAborted => "client_aborted",
+            SessionEnd::BackendAborted => "backend_aborted",
+            SessionEnd::ProxyHeaderInvalid => "proxy_header_invalid",
+            SessionEnd::ListenerRemoved => "listener_removed",
+            SessionEnd::Shutdown => "shutdown",
+        }
+    }
+
+    fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            SessionEnd::IdleTimeout | SessionEnd::FrontTimeout | SessionEnd::BackTimeout
+        )
+    }
+}
+
+/// The listener's timeouts, captured at accept.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    pub front: Duration,
+    pub back: Duration,
+    pub connect: Duration,
+    pub request: Duration,
+}
+
+/// The backend connection of a session.
+#[derive(Debug)]
+struct BackConn {
+    side: Side,
+    cluster: ClusterId,
+    backend: BackendId,
+    address: SocketAddr,
+    connected: bool,
+    flow_counted: bool,
+}
+
+/// What is known of the request being served.
+#[derive(Debug)]
+struct RequestInfo {
+    method: String,
+    target: String,
+    host: String,
+    started: Instant,
+    bytes_in: u64,
+}
+
+/// The response head being relayed.
+#[derive(Debug)]
+struct ResponseState {
+    status: u16,
+    body: BodyTracker,
+    close_client: bool,
+    backend_keep_alive: bool,
+}
+
+/// A routed request and its response.
+#[derive(Debug)]
+struct Exchange {
+    version: u8,
+    keep_alive: bool,
+    cluster: ClusterId,
+    tags: Option<Arc<BTreeMap<String, String>>>,
+    cluster_handles: HttpHandles,
+    backend_handles: Option<HttpHandles>,
+    request_head: Vec<u8>,
+    request_body: BodyTracker,
+    req_forwardable: usize,
+    response: Option<ResponseState>,
+    resp_forwardable: usize,
+    bytes_out: u64,
+    wrote_to_client: bool,
+    /// Sent on a kept backend connection (which the backend may have
+    /// closed meanwhile).
+    reused: bool,
+    /// Request body bytes written to the backend.
+    body_forwarded: u64,
+}
+
+/// Which deadline is next and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Idle,
+    Request,
+    Connect,
+    Backend,
+    Front,
+    Back,
+    Close,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Session {
+    pub listener: usize,
+    pub listener_address: SocketAddr,
+    pub client: SocketAddr,
+    pub front: Side,
+    back: Option<BackConn>,
+    pub phase: Phase,
+    front_in: Buffer,
+    back_in: Buffer,
+    front_out: Vec<u8>,
+    front_out_sent: usize,
+    back_out: Vec<u8>,
+    back_out_sent: usize,
+    request: Option<RequestInfo>,
+    exchange: Option<Exchange>,
+    timeouts: HttpTimeouts,
+    head_started: Option<Instant>,
+    attempt: u32,
+    connect_started: Option<Instant>,
+    linger_until: Option<Instant>,
+    pub timer: ArmedTimer,
+    listener_handles: HttpHandles,
+    received_header: Option<Vec<u8>>,
+}
+
+impl Session {
+    /// A new connection from `client` on a listener.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        listener: usize,
+        listener_address: SocketAddr,
+        client: SocketAddr,
+        front: Side,
+        expect_proxy: bool,
+        timeouts: HttpTimeouts,
+        buffer_size: usize,
+        listener_handles: HttpHandles,
+    ) -> Self {
+        Session {
+            listener,
+            listener_address,
+            client,
+            front,
+            back: None,
+            phase: if expect_proxy {
+                Phase::ExpectProxy
+            } else {
+                Phase::Head
+            },
+            front_in: Buffer::new(buffer_size),
+            back_in: Buffer::new(buffer_size),
+            front_out: Vec::new(),
+            front_out_sent: 0,
+            back_out: Vec::new(),
+            back_out_sent: 0,
+            request: None,
+            exchange: None,
+            timeouts,
+            head_started: None,
+            attempt: 0,
+            connect_started: None,
+            linger_until: None,
+            timer: ArmedTimer::default(),
+            listener_handles,
+            received_header: None,
+        }
+    }
+
+    /// True when waiting for a new request with nothing buffered (an idle
+    /// keep-alive connection, closed at once by soft-stop).
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Head && self.front_in.is_empty() && self.request.is_none()
+    }
+
+    /// The backend socket's token, if any.
+    pub fn back_token(&self) -> Option<mio::Token> {
+        self.back.as_ref().map(|b| b.side.token)
+    }
+
+    /// Notes readiness of the backend socket.
+    pub fn back_ready(&mut self, readable: bool, writable: bool) {
+        if let Some(back) = self.back.as_mut() {
+            back.side.readable |= readable;
+            back.side.writable |= writable;
+        }
+    }
+
+    /// The next deadline.
+    pub fn deadline(&self) -> Instant {
+        self.due().0
+    }
+
+    fn due(&self) -> (Instant, Due) {
+        let front_idle = self.front.last_activity + self.timeouts.front;
+        match self.phase {
+            Phase::ExpectProxy => (front_idle, Due::Idle),
+            Phase::Head => match self.head_started {
+                Some(started) => (started + self.timeouts.request, Due::Request),
+                None => (front_idle, Due::Idle),
+            },
+            Phase::Connecting => (
+                self.connect_started.unwrap_or(self.front.last_activity) + self.timeouts.connect,
+                Due::Connect,
+            ),
+            Phase::Exchange => {
+                let back_last = self
+                    .back
+                    .as_ref()
+                    .map_or(self.front.last_activity, |b| b.side.last_activity);
+                let back_idle = back_last + self.timeouts.back;
+                let responding = self.exchange.as_ref().is_some_and(|e| e.response.is_some());
+                if !responding {
+                    (back_idle, Due::Backend)
+                } else if back_idle < front_idle {
+                    (back_idle, Due::Back)
+                } else {
+                    (front_idle, Due::Front)
+                }
+            }
+            Phase::Answer => (front_idle, Due::Close),
+            Phase::Linger => (self.linger_until.unwrap_or(front_idle), Due::Close),
+        }
+    }
+
+    /// Handles a passed deadline (a default answer, a retry, or the end).
+    pub fn on_timeout(&mut self, now: Instant, env: &mut Env<'_, '_>) -> Result<(), SessionEnd> {
+        let (deadline, due) = self.due();
+        if deadline > now {
+            return Ok(());
+        }
+        match due {
+            Due::Idle => Err(SessionEnd::IdleTimeout),
+            Due::Close => Err(SessionEnd::Completed),
+            Due::Request => {
+                count(env.ctx.metrics, self.listener_handles.timeouts, 1);
+                self.answer(408, "request_timeout", now, env);
+                self.drive(now, env)
+            }
+            Due::Connect => {
+                self.connect_failed(now, env, "connect timeout");
+                self.drive(now, env)
+            }
+            Due::Backend => {
+                if self.exchange.as_ref().is_some_and(|e| e.wrote_to_client) {
+                    return Err(SessionEnd::BackTimeout);
+                }
+                self.answer(504, "backend_timeout", now, env);
+                self.drive(now, env)
+            }
+            Due::Front => Err(SessionEnd::FrontTimeout),
+            Due::Back => Err(SessionEnd::BackTimeout),
+        }
+    }
+
+    /// Moves everything that can move now. `Err`: close the connection.
+    pub fn drive(&mut self, now: Instant, env: &mut Env<'_, '_>) -> Result<(), SessionEnd> {
+        loop {
+            let mut progress = self.read_client(now)?;
+            match self.phase {
+                Phase::ExpectProxy => progress |= self.read_proxy_header()?,
+                Phase::Head => progress |= self.on_head(now, env)?,
+                Phase::Connecting => progress |= self.check_connect(now, env),
+                Phase::Exchange => progress |= self.exchange_io(now, env)?,
+                Phase::Answer => progress |= self.write_answer(now)?,
+                Phase::Linger => {
+                    if self.front.read_closed {
+                        return Err(SessionEnd::Completed);
+                    }
+                }
+            }
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    fn read_client(&mut self, now: Instant) -> Result<bool, SessionEnd> {
+        if self.phase == Phase::Linger {
+            // Discard: the answer is out, nothing more is served.
+            let mut scratch = [0u8; 4096];
+            let mut progress = false;
+            loop {
+                match self.front.read_into(&mut scratch, now) {
+                    Ok(ReadOutcome::Read(_)) => progress = true,
+                    Ok(ReadOutcome::Closed) | Err(_) => return Err(SessionEnd::Completed),
+                    Ok(ReadOutcome::Idle) => return Ok(progress),
+                }
+            }
+        }
+        if self.phase == Phase::Answer {
+            return Ok(false);
+        }
+        match self.front.read_into(self.front_in.space(), now) {
+            Ok(ReadOutcome::Read(n)) => {
+                self.front_in.fill(n);
+                Ok(true)
+            }
+            Ok(ReadOutcome::Closed) => Ok(true),
+            Ok(ReadOutcome::Idle) => Ok(false),
+            Err(error) => {
+                tracing::debug!(client = %self.client, %error, "client read failed");
+                Err(SessionEnd::ClientAborted)
+            }
+        }
+    }
+
+    fn read_proxy_header(&mut self) -> Result<bool, SessionEnd> {
+        match proxy_protocol::parse(self.front_in.data()) {
+            Ok(Some(header)) => {
+                self.received_header = Some(self.front_in.data()[..header.len].to_vec());
+                self.front_in.consume(header.len);
+                if let Some(source) = header.source {
+                    self.client = source;
+                }
+                self.phase = Phase::Head;
+                Ok(true)
+            }
+            Ok(None) if self.front.read_closed || self.front_in.is_full() => {
+                Err(SessionEnd::ProxyHeaderInvalid)
+            }
+            Ok(None) => Ok(false),
+            Err(error) => {
+                tracing::debug!(client = %self.client, %error, "bad PROXY header");
+                Err(SessionEnd::ProxyHeaderInvalid)
+            }
+        }
+    }
+
+    // ----- requests -----
+
+    fn on_head(&mut self, now: Instant, env: &mut Env<'_, '_>) -> Result<bool, SessionEnd> {
+        self.watch_idle_backend(now, env);
+        if self.front_in.is_empty() {
+            return if self.front.read_closed {
+                Err(SessionEnd::Completed)
+            } else {
+                Ok(false)
+            };
+        }
+        if self.head_started.is_none() {
+            self.head_started = Some(now);
+        }
+        // The address the client actually reached (a wildcard listener
+        // has no useful IP of its own) for `by=` and `X-Forwarded-Port`.
+        let info = ForwardInfo {
+            client: self.client,
+            listener: self
+                .front
+                .stream
+                .local_addr()
+                .unwrap_or(self.listener_address),
+        };
+        match head::parse_request(self.front_in.data(), &info) {
+            Ok(Some(request)) => {
+                self.on_request(request, now, env);
+                Ok(true)
+            }
+            Ok(None) if self.front_in.is_full() => {
+                self.answer(
+                    head::RequestError::TooLarge.status(),
+                    "head_too_large",
+                    now,
+                    env,
+                );
+                Ok(true)
+            }
+            Ok(None) if self.front.read_closed => Err(SessionEnd::ClientAborted),
+            Ok(None) => Ok(false),
+            Err(error) => {
+                tracing::debug!(client = %self.client, %error, "request refused");
+                self.answer(error.status(), "bad_request", now, env);
+                Ok(true)
+            }
+        }
+    }
+
+    /// An idle kept backend connection that closes (or talks out of turn)
+    /// is dropped.
+    fn watch_idle_backend(&mut self, now: Instant, env: &mut Env<'_, '_>) {
+        let Some(back) = self.back.as_mut() else {
+            return;
+        };
+        let mut scratch = [0u8; 1];
+        match back.side.read_into(&mut scratch, now) {
+            Ok(ReadOutcome::Idle) => {}
+            _ => self.drop_backend(env),
+        }
+    }
+
+    fn on_request(&mut self, request: head::Request, now: Instant, env: &mut Env<'_, '_>) {
+        self.front_in.consume(request.head_len);
+        let started = self.head_started.take().unwrap_or(now);
+        self.request = Some(RequestInfo {
+            method: request.method.clone(),
+            target: request.target.clone(),
+            host: request.host.clone(),
+            started,
+            bytes_in: request.head_len as u64,
+        });
+        let route = env
+            .router
+            .and_then(|r| r.lookup(&request.host, &request.target, &request.method))
+            .cloned();
+        let (cluster, tags) = match route {
+            None => {
+                self.answer(404, "no_route", now, env);
+                return;
+            }
+            Some(RouteTarget::Deny) => {
+                self.answer(401, "denied", now, env);
+                return;
+            }
+            Some(RouteTarget::Cluster { cluster, tags }) => (cluster, tags),
+        };
+        let cluster_handles = env.handles.cluster(env.ctx.metrics, &cluster);
+        let reuse = self.back.as_ref().is_some_and(|b| {
+            b.cluster == cluster && b.connected && !b.side.read_closed && !b.side.write_closed
+        });
+        let backend_handles = if reuse {
+            self.back
+                .as_ref()
+                .map(|b| env.handles.backend(env.ctx.metrics, &b.cluster, &b.backend))
+        } else {
+            None
+        };
+        self.exchange = Some(Exchange {
+            version: request.version,
+            keep_alive: request.keep_alive,
+            cluster,
+            tags,
+            cluster_handles,
+            backend_handles,
+            request_head: request.forwarded,
+            request_body: BodyTracker::new(request.body),
+            req_forwardable: 0,
+            response: None,
+            resp_forwardable: 0,
+            bytes_out: 0,
+            wrote_to_client: false,
+            reused: reuse,
+            body_forwarded: 0,
+        });
+        if reuse {
+            self.back_out = self
+                .exchange
+                .as_ref()
+                .map(|e| e.request_head.clone())
+                .unwrap_or_default();
+            self.back_out_sent = 0;
+            self.phase = Phase::Exchange;
+        } else {
+            self.drop_backend(env);
+            self.attempt = 0;
+            self.connect_started = Some(now);
+            self.connect(now, env);
+        }
+    }
+
+    fn connect(&mut self, now: Instant, env: &mut Env<'_, '_>) {
+        let Some(exchange) = self.exchange.as_ref() else {
+            return;
+        };
+        let cluster = exchange.cluster.clone();
+        let affinity = stable_hash(self.client.ip().to_canonical().to_string().as_bytes());
+        match connect_backend(env.ctx.backends, &cluster, affinity, self.attempt + 1) {
+            Ok(connecting) => {
+                let token = env.ctx.tokens.insert(HttpToken::Back(env.key));
+                let mut side = Side::new(connecting.stream, token, now);
+                side.readable = false;
+                side.writable = false;
+                if let Err(error) = side.register(env.ctx.registry) {
+                    tracing::warn!(%error, "registering a backend connection");
+                    env.ctx.tokens.remove(token);
+                    self.attempt = MAX_CONNECT_ATTEMPTS;
+                    count(env.ctx.metrics, exchange.cluster_handles.no_backend, 1);
+                    self.answer(503, "connect_failed", now, env);
+                    return;
+                }
+                self.attempt = connecting.attempt;
+                // Each attempt gets its own `connect_timeout`.
+                self.connect_started = Some(now);
+                let mut out = Vec::with_capacity(exchange.request_head.len() + 64);
+                let knobs = env
+                    .clusters
+                    .get(cluster.as_str())
+                    .copied()
+                    .unwrap_or_default();
+                match knobs.proxy_protocol {
+                    Some(ProxyProtocolConfig::SendHeader) => out.extend_from_slice(
+                        StreamProxyHeader::new(self.client, self.listener_address).as_bytes(),
+                    ),
+                    Some(ProxyProtocolConfig::RelayHeader) => match &self.received_header {
+                        Some(h) => out.extend_from_slice(h),
+                        None => out.extend_from_slice(
+                            StreamProxyHeader::new(self.client, self.listener_address).as_bytes(),
+                        ),
+                    },
+                    _ => {}
+                }
+                out.extend_from_slice(&exchange.request_head);
+                self.back_out = out;
+                self.back_out_sent = 0;
+                self.back = Some(BackConn {
+                    side,
+                    cluster,
+                    backend: connecting.backend,
+                    address: connecting.address,
+                    connected: false,
+                    flow_counted: false,
+                });
+                self.phase = Phase::Connecting;
+            }
+            Err(ConnectError::NoBackend { .. }) => {
+                count(env.ctx.metrics, exchange.cluster_handles.no_backend, 1);
+                self.answer(503, "no_backend", now, env);
+            }
+            Err(ConnectError::Failed { backend, .. }) => {
+                let handles = env.handles.backend(env.ctx.metrics, &cluster, &backend);
+                count(env.ctx.metrics, handles.connect_failed, 1);
+                count(env.ctx.metrics, exchange.cluster_handles.no_backend, 1);
+                self.answer(503, "connect_failed", now, env);
+            }
+        }
+    }
+
+    fn check_connect(&mut self, now: Instant, env: &mut Env<'_, '_>) -> bool {
+        let Some(back) = self.back.as_mut() else {
+            return false;
+        };
+        if !(back.side.readable || back.side.writable) {
+            return false;
+        }
+        match connect_state(&back.side.stream) {
+            ConnectState::Pending => {
+                back.side.readable = false;
+                back.side.writable = false;
+                false
+            }
+            ConnectState::Connected => {
+                back.connected = true;
+                back.side.readable = true;
+                back.side.writable = true;
+                back.side.last_activity = now;
+                let (cluster, backend) = (back.cluster.as_str(), back.backend.as_str());
+                env.ctx.backends.mark_responsive(cluster, backend);
+                back.flow_counted = env.ctx.backends.flow_opened(cluster, backend);
+                let handles = env
+                    .handles
+                    .backend(env.ctx.metrics, &back.cluster, &back.backend);
+                count(env.ctx.metrics, handles.backend_connections, 1);
+                if let Some(exchange) = self.exchange.as_mut() {
+                    exchange.backend_handles = Some(handles);
+                }
+                self.phase = Phase::Exchange;
+                true
+            }
+            ConnectState::Failed(error) => {
+                let reason = error.to_string();
+                self.connect_failed(now, env, &reason);
+                true
+            }
+        }
+    }
+
+    /// A connect failed or timed out: try another backend, or answer 503.
+    fn connect_failed(&mut self, now: Instant, env: &mut Env<'_, '_>, reason: &str) {
+        if let Some(back) = self.back.as_ref() {
+            tracing::debug!(client = %self.client, cluster = %back.cluster, backend = %back.backend, address = %back.address, reason, "HTTP backend connect failed");
+            let (cluster, backend) = (back.cluster.as_str(), back.backend.as_str());
+            if env.ctx.backends.mark_suspect(cluster, backend) {
+                env.ctx.health.passive_failure(now, cluster, backend);
+            }
+            let handles = env
+                .handles
+                .backend(env.ctx.metrics, &back.cluster, &back.backend);
+            count(env.ctx.metrics, handles.connect_failed, 1);
+        }
+        self.drop_backend(env);
+        if self.attempt >= MAX_CONNECT_ATTEMPTS {
+            if let Some(exchange) = self.exchange.as_ref() {
+                count(env.ctx.metrics, exchange.cluster_handles.no_backend, 1);
+            }
+            self.answer(503, "connect_failed", now, env);
+        } else {
+            self.connect(now, env);
+        }
+    }
+
+    // ----- the proxy's own answers -----
+
+    /// Answers `status` with a default answer, then closes. `outcome` names
+    /// why in the access record. Facts go to the backend's scope if one was
+    /// involved, else the cluster's, else the listener's.
+    fn answer(&mut self, status: u16, outcome: &str, now: Instant, env: &mut Env<'_, '_>) {
+        let exchange = self.exchange.take();
+        if exchange.as_ref().is_some_and(|e| e.wrote_to_client) {
+            // Too late for an answer: the response already started.
+            self.drop_backend(env);
+            self.front_out.clear();
+            self.front_out_sent = 0;
+            self.start_linger(now);
+            return;
+        }
+        let request = self.request.take();
+        let bytes = default_answer(status);
+        let duration = request
+            .as_ref()
+            .map_or(Duration::ZERO, |r| now.saturating_duration_since(r.started));
+        let bytes_in = request
+            .as_ref()
+            .map_or(self.front_in.len() as u64, |r| r.bytes_in);
+        let backend_handles = exchange.as_ref().and_then(|e| e.backend_handles);
+        let handles = match (&exchange, backend_handles) {
+            (_, Some(h)) => h,
+            (Some(e), None) => e.cluster_handles,
+            (None, None) => self.listener_handles,
+        };
+        handles.request(
+            env.ctx.metrics,
+            status,
+            bytes_in,
+            bytes.len() as u64,
+            duration,
+        );
+        let backend = self
+            .back
+            .as_ref()
+            .filter(|_| backend_handles.is_some())
+            .map(|b| (&b.backend, b.address));
+        HttpAccessRecord {
+            listener: self.listener_address,
+            client: self.client,
+            method: request.as_ref().map_or("-", |r| r.method.as_str()),
+            host: request.as_ref().map_or("-", |r| r.host.as_str()),
+            path: request.as_ref().map_or("-", |r| r.target.as_str()),
+            status: Some(status),
+            cluster: exchange.as_ref().map(|e| &e.cluster),
+            backend,
+            tags: exchange.as_ref().and_then(|e| e.tags.as_deref()),
+            bytes_in,
+            bytes_out: bytes.len() as u64,
+            duration,
+            outcome,
+        }
+        .emit();
+        self.drop_backend(env);
+        self.front_out.clear();
+        self.front_out.extend_from_slice(bytes);
+        self.front_out_sent = 0;
+        self.head_started = None;
+        self.phase = Phase::Answer;
+    }
+
+    fn write_answer(&mut self, now: Instant) -> Result<bool, SessionEnd> {
+        let n = self
+            .front
+            .write_from(&self.front_out[self.front_out_sent..], now)
+            .map_err(|_| SessionEnd::ClientAborted)?;
+        self.front_out_sent += n;
+        if self.front_out_sent == self.front_out.len() {
+            self.front_out.clear();
+            self.front_out_sent = 0;
+            self.start_linger(now);
+            return Ok(true);
+        }
+        Ok(n > 0)
+    }
+
+    fn start_linger(&mut self, now: Instant) {
+        self.front.shutdown_write();
+        self.front_in.clear();
+        self.linger_until = Some(now + LINGER);
+        self.phase = Phase::Linger;
+    }
+
+    // ----- teardown -----
+
+    fn drop_backend(&mut self, env: &mut Env<'_, '_>) {
+        if let Some(mut back) = self.back.take() {
+            back.side.deregister(env.ctx.registry);
+            env.ctx.tokens.remove(back.side.token);
+            if back.flow_counted {
+                env.ctx
+                    .backends
+                    .flow_closed(back.cluster.as_str(), back.backend.as_str());
+            }
+        }
+        self.back_in.clear();
+        self.back_out.clear();
+        self.back_out_sent = 0;
+    }
+
+    /// Closes both sockets; a request cut short gets its access record.
+    pub fn teardown(&mut self, now: Instant, end: SessionEnd, env: &mut Env<'_, '_>) {
+        if let (Some(exchange), Some(request)) = (self.exchange.take(), self.request.take()) {
+            HttpAccessRecord {
+                listener: self.listener_address,
+                client: self.client,
+                method: &request.method,
+                host: &request.host,
+                path: &request.target,
+                status: exchange.response.as_ref().map(|r| r.status),
+                cluster: Some(&exchange.cluster),
+                backend: self.back.as_ref().map(|b| (&b.backend, b.address)),
+                tags: exchange.tags.as_deref(),
+                bytes_in: request.bytes_in,
+                bytes_out: exchange.bytes_out,
+                duration: now.saturating_duration_since(request.started),
+                outcome: end.as_str(),
+            }
+            .emit();
+        }
+        self.drop_backend(env);
+        self.front.deregister(env.ctx.registry);
+        env.ctx.tokens.remove(self.front.token);
+        gauge_add(env.ctx.metrics, self.listener_handles.active, -1);
+        if end.is_timeout() {
+            count(env.ctx.metrics, self.listener_handles.timeouts, 1);
+        }
+        tracing::debug!(client = %self.client, end = end.as_str(), "HTTP connection closed");
+    }
+}

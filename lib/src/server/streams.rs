@@ -1,0 +1,267 @@
+//! The TCP and HTTP proxies inside the worker's loop: their token kinds,
+//! the orders they carry out, their timers and their part of soft-stop,
+//! hard-stop and the socket hand-over of an upgrade.
+//!
+//! Owns the glue only: [`crate::tcp::TcpProxy`] and
+//! [`crate::http::HttpProxy`] own their sockets and sessions; the loop
+//! ([`super::Server`]) owns the token table, backends and metrics they
+//! borrow through a [`ProxyContext`]. Kept apart from the UDP wiring so the
+//! two evolve without touching each other. Cluster knobs and backends are
+//! applied to the shared [`crate::backends::BackendMap`] by the UDP shell's
+//! order handling (it runs first); this file only tells the stream proxies
+//! what they keep themselves (`proxy_protocol`, metric caches).
+
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use mio::Token;
+use sozu_command_lib::command::{request::RequestType, ListenerType};
+use sozu_command_lib::proto::convert::AddressError;
+
+use crate::http::{HttpError, HttpProxy, HttpToken};
+use crate::tcp::{ProxyContext, Readiness, TcpError, TcpProxy, TcpToken, TokenTable};
+
+use super::tokens::{TokenOwner, Tokens};
+use super::Server;
+
+impl TokenTable<TcpToken> for Tokens {
+    fn insert(&mut self, owner: TcpToken) -> Token {
+        Tokens::insert(self, TokenOwner::Tcp(owner))
+    }
+    fn remove(&mut self, token: Token) {
+        Tokens::remove(self, token);
+    }
+}
+
+impl TokenTable<HttpToken> for Tokens {
+    fn insert(&mut self, owner: HttpToken) -> Token {
+        Tokens::insert(self, TokenOwner::Http(owner))
+    }
+    fn remove(&mut self, token: Token) {
+        Tokens::remove(self, token);
+    }
+}
+
+/// A TCP or HTTP order this worker could not carry out.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamOrderError {
+    #[error(transparent)]
+    Tcp(#[from] TcpError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The order's listener address is not a socket address.
+    #[error("invalid address")]
+    Address {
+        #[source]
+        source: AddressError,
+    },
+}
+
+/// The worker's TCP and HTTP proxies.
+#[derive(Debug)]
+pub struct Streams {
+    pub tcp: TcpProxy,
+    pub http: HttpProxy,
+}
+
+impl Streams {
+    /// Empty proxies with relay buffers of `buffer_size` bytes (0: the
+    /// default).
+    pub fn new(buffer_size: usize) -> Self {
+        Streams {
+            tcp: TcpProxy::new(buffer_size),
+            http: HttpProxy::new(buffer_size),
+        }
+    }
+
+    /// Hands adopted listening sockets to their proxy; `false` for a type
+    /// that is not TCP or HTTP.
+    pub fn adopt(&mut self, proxy: ListenerType, address: SocketAddr, fd: OwnedFd) -> bool {
+        match proxy {
+            ListenerType::Tcp => self.tcp.adopt(vec![(address, fd)]),
+            ListenerType::Http => self.http.adopt(vec![(address, fd)]),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Every listening socket with its type (upgrade hand-over).
+    pub fn listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
+        let tcp = self
+            .tcp
+            .listen_sockets()
+            .into_iter()
+            .map(|(a, fd)| (ListenerType::Tcp, a, fd));
+        let http = self
+            .http
+            .listen_sockets()
+            .into_iter()
+            .map(|(a, fd)| (ListenerType::Http, a, fd));
+        tcp.chain(http).collect()
+    }
+
+    /// True when no TCP session and no HTTP connection is alive.
+    pub fn is_drained(&self) -> bool {
+        self.tcp.is_drained() && self.http.is_drained()
+    }
+
+    /// True when a listener stopped at its accept budget (poll must not
+    /// wait).
+    pub fn has_backlog(&self) -> bool {
+        self.tcp.has_backlog() || self.http.has_backlog()
+    }
+
+    /// The earliest deadline of either proxy.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.tcp.poll_timeout(), self.http.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// Borrows what the stream proxies need from the server.
+macro_rules! stream_context {
+    ($server:expr) => {
+        ProxyContext {
+            registry: $server.poll.registry(),
+            tokens: &mut $server.tokens,
+            backends: &mut $server.backends,
+            health: &mut $server.health,
+            metrics: &mut $server.metrics,
+        }
+    };
+}
+
+fn address(
+    wire: &sozu_command_lib::command::SocketAddress,
+) -> Result<SocketAddr, StreamOrderError> {
+    SocketAddr::try_from(wire).map_err(|source| StreamOrderError::Address { source })
+}
+
+impl Server {
+    /// A readiness event for a TCP or HTTP socket.
+    pub(super) fn streams_ready(
+        &mut self,
+        owner: TokenOwner,
+        event: &mio::event::Event,
+        now: Instant,
+    ) {
+        let readiness = Readiness::from_event(event);
+        match owner {
+            TokenOwner::Tcp(token) => {
+                let mut ctx = stream_context!(self);
+                self.streams.tcp.ready(token, readiness, now, &mut ctx);
+            }
+            TokenOwner::Http(token) => {
+                let mut ctx = stream_context!(self);
+                self.streams.http.ready(token, readiness, now, &mut ctx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Accepts what waited past the accept budget and expires deadlines.
+    pub(super) fn streams_timeout(&mut self, now: Instant) {
+        let mut ctx = stream_context!(self);
+        self.streams.tcp.accept_backlog(now, &mut ctx);
+        self.streams.tcp.handle_timeout(now, &mut ctx);
+        let mut ctx = stream_context!(self);
+        self.streams.http.accept_backlog(now, &mut ctx);
+        self.streams.http.handle_timeout(now, &mut ctx);
+    }
+
+    /// Soft-stop: no new connection; live ones finish.
+    pub(super) fn streams_soft_stop(&mut self, now: Instant) {
+        let mut ctx = stream_context!(self);
+        self.streams.tcp.soft_stop(&mut ctx);
+        let mut ctx = stream_context!(self);
+        self.streams.http.soft_stop(now, &mut ctx);
+        tracing::info!(
+            worker = self.worker_id,
+            tcp_sessions = self.streams.tcp.active_sessions(),
+            http_connections = self.streams.http.active_sessions(),
+            "soft-stop: draining TCP and HTTP"
+        );
+    }
+
+    /// Hard-stop: every connection closed now.
+    pub(super) fn streams_hard_stop(&mut self, now: Instant) {
+        let mut ctx = stream_context!(self);
+        self.streams.tcp.hard_stop(now, &mut ctx);
+        let mut ctx = stream_context!(self);
+        self.streams.http.hard_stop(now, &mut ctx);
+    }
+
+    /// Carries out the TCP / HTTP side of an order the state accepted
+    /// (after the UDP side, which also configures the shared backends).
+    pub(super) fn apply_stream_order(
+        &mut self,
+        now: Instant,
+        order: &RequestType,
+    ) -> Result<(), StreamOrderError> {
+        self.apply_tcp_order(now, order)?;
+        self.apply_http_order(now, order)
+    }
+
+    fn apply_tcp_order(
+        &mut self,
+        now: Instant,
+        order: &RequestType,
+    ) -> Result<(), StreamOrderError> {
+        let mut ctx = stream_context!(self);
+        let tcp = &mut self.streams.tcp;
+        let is_tcp = |proxy: ListenerType| proxy == ListenerType::Tcp;
+        match order {
+            RequestType::AddTcpListener(config) => tcp.add_listener(config, &mut ctx)?,
+            RequestType::UpdateTcpListener(update) => tcp.update_listener(update)?,
+            RequestType::RemoveListener(o) if is_tcp(o.proxy()) => {
+                tcp.remove_listener(now, address(&o.address)?, &mut ctx)?
+            }
+            RequestType::ActivateListener(o) if is_tcp(o.proxy()) => {
+                tcp.activate(address(&o.address)?, &mut ctx)?
+            }
+            RequestType::DeactivateListener(o) if is_tcp(o.proxy()) => {
+                tcp.deactivate(address(&o.address)?, &mut ctx)?
+            }
+            RequestType::AddTcpFrontend(f) => tcp.add_frontend(f)?,
+            RequestType::RemoveTcpFrontend(f) => tcp.remove_frontend(f)?,
+            RequestType::AddCluster(cluster) => tcp.set_cluster(cluster),
+            RequestType::RemoveCluster(id) => tcp.remove_cluster(id),
+            RequestType::RemoveBackend(o) => tcp.remove_backend(&o.cluster_id, &o.backend_id),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn apply_http_order(
+        &mut self,
+        now: Instant,
+        order: &RequestType,
+    ) -> Result<(), StreamOrderError> {
+        let mut ctx = stream_context!(self);
+        let http = &mut self.streams.http;
+        let is_http = |proxy: ListenerType| proxy == ListenerType::Http;
+        match order {
+            RequestType::AddHttpListener(config) => http.add_listener(config, &mut ctx)?,
+            RequestType::UpdateHttpListener(update) => http.update_listener(update)?,
+            RequestType::RemoveListener(o) if is_http(o.proxy()) => {
+                http.remove_listener(now, address(&o.address)?, &mut ctx)?
+            }
+            RequestType::ActivateListener(o) if is_http(o.proxy()) => {
+                http.activate(address(&o.address)?, &mut ctx)?
+            }
+            RequestType::DeactivateListener(o) if is_http(o.proxy()) => {
+                http.deactivate(address(&o.address)?, &mut ctx)?
+            }
+            RequestType::AddHttpFrontend(f) => http.add_frontend(f)?,
+            RequestType::RemoveHttpFrontend(f) => http.remove_frontend(f)?,
+            RequestType::AddCluster(cluster) => http.set_cluster(cluster),
+            RequestType::RemoveCluster(id) => http.remove_cluster(id),
+            RequestType::RemoveBackend(o) => http.remove_backend(&o.cluster_id, &o.backend_id),
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! The TCP proxy's metric handles: what it counts, under which name, in
+//! which scope (listener, cluster, backend).
+//!
+//! Owns pre-resolved [`MetricHandle`]s so the relay counts bytes through an
+//! index, never a name lookup. Registration (allocating) happens when a
+//! listener is added and the first time a cluster or backend is used; the
+//! caches are dropped when the cluster or backend is removed (its scope is
+//! removed from the registry, which makes old handles stale). The names are
+//! shared with HTTP where the fact is the same (`<proto>.connections`…).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::backends::{BackendId, ClusterId};
+use crate::metrics::{MetricHandle, MetricKind, MetricsRegistry, Scope};
+
+/// Metric names of the TCP proxy.
+pub mod names {
+    /// Counter: connections accepted (listener) / relayed (cluster, backend).
+    pub const CONNECTIONS: &str = "tcp.connections";
+    /// Gauge: sessions alive now.
+    pub const ACTIVE_CONNECTIONS: &str = "tcp.active_connections";
+    /// Counter: bytes received from clients and sent to backends.
+    pub const BYTES_IN: &str = "tcp.bytes.in";
+    /// Counter: bytes received from backends and sent to clients.
+    pub const BYTES_OUT: &str = "tcp.bytes.out";
+    /// Counter: backend connection attempts that failed (refused, timed out).
+    pub const CONNECT_FAILED: &str = "tcp.connect.failed";
+    /// Counter: sessions closed because no backend could be reached.
+    pub const NO_BACKEND: &str = "tcp.no_backend";
+    /// Counter: connections closed because the listener has no frontend.
+    pub const NO_FRONTEND: &str = "tcp.no_frontend";
+    /// Counter: connections refused for a bad or missing PROXY header.
+    pub const PROXY_HEADER_INVALID: &str = "tcp.proxy_header.invalid";
+    /// Counter: sessions closed by a front, back or connect timeout.
+    pub const TIMEOUTS: &str = "tcp.timeouts";
+    /// Time: session lifetime (milliseconds).
+    pub const SESSION_DURATION: &str = "tcp.session.duration";
+    /// Time: backend connect time (milliseconds).
+    pub const CONNECT_TIME: &str = "tcp.connect.time";
+}
+
+/// Registers a metric, logging (not failing) on a kind clash.
+pub fn register(
+    registry: &mut MetricsRegistry,
+    name: &str,
+    scope: Scope,
+    kind: MetricKind,
+) -> Option<MetricHandle> {
+    match registry.register(name, scope, kind) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metric not registered");
+            None
+        }
+    }
+}
+
+/// Adds `delta` to an optional counter.
+pub fn count(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, delta: i64) {
+    if let Some(h) = handle {
+        registry.count(h, delta);
+    }
+}
+
+/// Moves an optional gauge.
+pub fn gauge_add(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, delta: i64) {
+    if let Some(h) = handle {
+        registry.gauge_add(h, delta);
+    }
+}
+
+/// Records a duration in an optional time metric.
+pub fn time(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, duration: Duration) {
+    if let Some(h) = handle {
+        registry.record_time(h, duration);
+    }
+}
+
+/// Handles of one TCP listener.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListenerHandles {
+    pub connections: Option<MetricHandle>,
+    pub active: Option<MetricHandle>,
+    pub no_frontend: Option<MetricHandle>,
+    pub proxy_header_invalid: Option<MetricHandle>,
+    pub timeouts: Option<MetricHandle>,
+}
+
+impl ListenerHandles {
+    /// Registers the listener's metrics.
+    pub fn register(registry: &mut MetricsRegistry, address: SocketAddr) -> Self {
+        let scope = || Scope::Listener(address);
+        ListenerHandles {
+            connections: register(registry, names::CONNECTIONS, scope(), MetricKind::Counter),
+            active: register(
+                registry,
+                names::ACTIVE_CONNECTIONS,
+                scope(),
+                MetricKind::Gauge,
+            ),
+            no_frontend: register(registry, names::NO_FRONTEND, scope(), MetricKind::Counter),
+            proxy_header_invalid: register(
+                registry,
+                names::PROXY_HEADER_INVALID,
+                scope(),
+                MetricKind::Counter,
+            ),
+            timeouts: register(registry, names::TIMEOUTS, scope(), MetricKind::Counter),
+        }
+    }
+}
+
+/// Handles of one cluster or one backend: what a relayed session counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayHandles {
+    pub connections: Option<MetricHandle>,
+    pub active: Option<MetricHandle>,
+    pub bytes_in: Option<MetricHandle>,
+    pub bytes_out: Option<MetricHandle>,
+    pub connect_failed: Option<MetricHandle>,
+    pub no_backend: Option<MetricHandle>,
+    pub duration: Option<MetricHandle>,
+    pub connect_time: Option<MetricHandle>,
+}
+
+impl RelayHandles {
+    fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {
+        let mut r = |name: &str, kind| register(registry, name, scope.clone(), kind);
+        RelayHandles {
+            connections: r(names::CONNECTIONS, MetricKind::Counter),
+            active: r(names::ACTIVE_CONNECTIONS, MetricKind::Gauge),
+            bytes_in: r(names::BYTES_IN, MetricKind::Counter),
+            bytes_out: r(names::BYTES_OUT, MetricKind::Counter),
+            connect_failed: r(names::CONNECT_FAILED, MetricKind::Counter),
+            no_backend: r(names::NO_BACKEND, MetricKind::Counter),
+            duration: r(names::SESSION_DURATION, MetricKind::Time),
+            connect_time: r(names::CONNECT_TIME, MetricKind::Time),
+        }
+    }
+}
+
+/// Cluster and backend handles, registered on first use.
+#[derive(Debug, Default)]
+pub struct RelayHandleCache {
+    clusters: HashMap<ClusterId, RelayHandles>,
+    backends: HashMap<(ClusterId, BackendId), RelayHandles>,
+}
+
+impl RelayHandleCache {
+    /// The cluster's handles.
+    pub fn cluster(&mut self, registry: &mut MetricsRegistry, cluster: &ClusterId) -> RelayHandles {
+        *self
+            .clusters
+            .entry(cluster.clone())
+            .or_insert_with(|| RelayHandles::register(registry, Scope::Cluster(cluster.clone())))
+    }
+
+    /// The backend's handles.
+    pub fn backend(
+        &mut self,
+        registry: &mut MetricsRegistry,
+        cluster: &ClusterId,
+        backend: &BackendId,
+    ) -> RelayHandles {
+        *self
+            .backends
+            .entry((cluster.clone(), backend.clone()))
+            .or_insert_with(|| {
+                RelayHandles::register(registry, Scope::Backend(cluster.clone(), backend.clone()))
+            })
+    }
+
+    /// Forgets a cluster's handles and its backends' (after its scope was
+    /// removed from the registry).
+    pub fn forget_cluster(&mut self, cluster: &str) {
+        self.clusters.remove(cluster);
+        self.backends.retain(|(c, _), _| c.as_str() != cluster);
+    }
+
+    /// Forgets one backend's handles.
+    pub fn forget_backend(&mut self, cluster: &str, backend: &str) {
+        self.backends
+            .retain(|(c, b), _| !(c.as_str() == cluster && b.as_str() == backend));
+    }
+}

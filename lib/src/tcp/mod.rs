@@ -1,0 +1,894 @@
+//! The TCP proxy: TCP listeners (address → cluster), one session per
+//! accepted connection relaying bytes to a backend of the cluster, hosted by
+//! the worker's single mio loop beside UDP and HTTP. See `doc/tcp_http.md`.
+//!
+//! Owns its listening sockets, its sessions, their deadlines, its metric
+//! handles and the cluster knobs it needs (`proxy_protocol`). Backends and
+//! load balancing are shared with every protocol through
+//! [`crate::backends::BackendMap`], borrowed per call in a
+//! [`ProxyContext`]. It must never block, never read the clock (the loop
+//! passes `now`), never panic on a peer's bytes, and never create its own
+//! poll or token numbering.
+//!
+//! The modules `buffer`, `socket`, `deadlines`, `context` are the stream
+//! plumbing the HTTP proxy ([`crate::http`]) reuses.
+
+pub mod access;
+pub mod buffer;
+pub mod context;
+pub mod deadlines;
+pub mod metrics;
+pub mod session;
+pub mod socket;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Interest, Token};
+use slab::Slab;
+use sozu_command_lib::command::{
+    Cluster, ProxyProtocolConfig, RequestTcpFrontend, TcpListenerConfig, UpdateTcpListenerConfig,
+};
+use sozu_command_lib::proto::convert::AddressError;
+
+use crate::backends::ClusterId;
+use crate::load_balancing::stable_hash;
+use crate::proxy_protocol::StreamProxyHeader;
+
+use access::{SessionCloseReason, TcpAccessRecord};
+use buffer::Buffer;
+pub use context::{ProxyContext, Readiness, TokenTable};
+use deadlines::{ArmedTimer, Deadlines};
+use metrics::{count, gauge_add, time, ListenerHandles, RelayHandleCache};
+use session::{Phase, Preamble, Session, Timeouts};
+use socket::{connect_backend, connect_state, ConnectError, ConnectState, Side};
+
+/// Default relay buffer size per direction (Sōzu's `buffer_size`).
+pub const DEFAULT_BUFFER_SIZE: usize = 16_393;
+
+/// What a TCP token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpToken {
+    /// A listening socket, by listener id.
+    Listener(usize),
+    /// The client side of a session.
+    Front(usize),
+    /// The backend side of a session.
+    Back(usize),
+}
+
+/// A refused TCP order.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// An address field is not a socket address.
+    #[error("invalid {field}")]
+    Address {
+        field: &'static str,
+        #[source]
+        source: AddressError,
+    },
+    /// A listener already exists at this address.
+    #[error("a TCP listener already exists at {address}")]
+    ListenerExists { address: SocketAddr },
+    /// No listener at this address.
+    #[error("no TCP listener at {address}")]
+    UnknownListener { address: SocketAddr },
+    /// The frontend to remove is not the one configured.
+    #[error("no TCP frontend for cluster {cluster:?} at {address}")]
+    UnknownFrontend {
+        address: SocketAddr,
+        cluster: String,
+    },
+    /// Binding the listening socket failed.
+    #[error("binding TCP listener {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Registering the listening socket failed.
+    #[error("registering TCP listener {address}")]
+    Register {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn wire(
+    field: &'static str,
+    address: &sozu_command_lib::command::SocketAddress,
+) -> Result<SocketAddr, TcpError> {
+    SocketAddr::try_from(address).map_err(|source| TcpError::Address { field, source })
+}
+
+/// A TCP listener's frontend: the cluster its connections go to.
+#[derive(Debug, Clone)]
+struct Frontend {
+    cluster: ClusterId,
+    tags: Option<Arc<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    address: SocketAddr,
+    config: TcpListenerConfig,
+    socket: Option<TcpListener>,
+    token: Option<Token>,
+    frontend: Option<Frontend>,
+    handles: ListenerHandles,
+    /// Still has connections waiting after the accept budget ran out.
+    backlog: bool,
+}
+
+impl Listener {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            front: seconds(self.config.front_timeout),
+            back: seconds(self.config.back_timeout),
+            connect: seconds(self.config.connect_timeout),
+        }
+    }
+}
+
+/// A timeout of `s` seconds; 0 is taken as 1 s so no session lives forever
+/// idle and no timer fires in a busy loop.
+pub(crate) fn seconds(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s.max(1)))
+}
+
+/// What a cluster tells the TCP proxy.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClusterKnobs {
+    proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// The TCP listeners and sessions of one worker.
+#[derive(Debug)]
+pub struct TcpProxy {
+    listeners: Slab<Listener>,
+    by_address: HashMap<SocketAddr, usize>,
+    sessions: Slab<Session>,
+    deadlines: Deadlines,
+    clusters: HashMap<String, ClusterKnobs>,
+    handles: RelayHandleCache,
+    adopted: HashMap<SocketAddr, OwnedFd>,
+    buffer_size: usize,
+    draining: bool,
+}
+
+impl TcpProxy {
+    /// An empty proxy whose sessions get two buffers of `buffer_size` bytes
+    /// (0: [`DEFAULT_BUFFER_SIZE`]).
+    pub fn new(buffer_size: usize) -> Self {
+        TcpProxy {
+            listeners: Slab::new(),
+            by_address: HashMap::new(),
+            sessions: Slab::new(),
+            deadlines: Deadlines::new(),
+            clusters: HashMap::new(),
+            handles: RelayHandleCache::default(),
+            adopted: HashMap::new(),
+            buffer_size: if buffer_size == 0 {
+                DEFAULT_BUFFER_SIZE
+            } else {
+                buffer_size
+            },
+            draining: false,
+        }
+    }
+
+    /// Listening sockets passed by the master (upgrade), used instead of
+    /// binding when their listener is activated.
+    pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
+        self.adopted.extend(sockets);
+    }
+
+    // ----- listeners -----
+
+    /// Adds a listener; binds and accepts at once if `config.active`.
+    pub fn add_listener(
+        &mut self,
+        config: &TcpListenerConfig,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) -> Result<(), TcpError> {
+        let address = wire("address", &config.address)?;
+        if self.by_address.contains_key(&address) {
+            return Err(TcpError::ListenerExists { address });
+        }
+        let handles = ListenerHandles::register(ctx.metrics, address);
+        let id = self.listeners.insert(Listener {
+            address,
+            config: *config,
+            socket: None,
+            token: None,
+            frontend: None,
+            handles,
+            backlog: false,
+        });
+        self.by_address.insert(address, id);
+        if config.active {
+            if let Err(error) = self.activate(address, ctx) {
+                self.listeners.remove(id);
+                self.by_address.remove(&address);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Patches timeouts and `expect_proxy` in place (new sessions only; no
+    /// re-bind).
+    pub fn update_listener(&mut self, update: &UpdateTcpListenerConfig) -> Result<(), TcpError> {
+        let address = wire("address", &update.address)?;
+        let listener = self.listener_mut(address)?;
+        let config = &mut listener.config;
+        if let Some(v) = update.front_timeout {
+            config.front_timeout = v;
+        }
+        if let Some(v) = update.back_timeout {
+            config.back_timeout = v;
+        }
+        if let Some(v) = update.connect_timeout {
+            config.connect_timeout = v;
+        }
+        if let Some(v) = update.expect_proxy {
+            config.expect_proxy = v;
+        }
+        if update.public_address.is_some() {
+            config.public_address = update.public_address;
+        }
+        Ok(())
+    }
+
+    /// Binds (or adopts) the socket if needed and starts accepting. Refused
+    /// while soft-stopping (the listener stays inactive).
+    pub fn activate(
+        &mut self,
+        address: SocketAddr,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) -> Result<(), TcpError> {
+        let id = *self
+            .by_address
+            .get(&address)
+            .ok_or(TcpError::UnknownListener { address })?;
+        if self.draining {
+            tracing::info!(listener = %address, "soft-stopping: listener stays inactive");
+            return Ok(());
+        }
+        let listener = &mut self.listeners[id];
+        if listener.socket.is_none() {
+            let socket = match self.adopted.remove(&address) {
+                Some(fd) => socket::adopt_listener(fd),
+                None => socket::bind_listener(address),
+            }
+            .map_err(|source| TcpError::Bind { address, source })?;
+            listener.socket = Some(socket);
+        }
+        if listener.token.is_none() {
+            let token = ctx.tokens.insert(TcpToken::Listener(id));
+            let socket = listener
+                .socket
+                .as_mut()
+                .expect("invariant: bound just above");
+            if let Err(source) = ctx.registry.register(socket, token, Interest::READABLE) {
+                ctx.tokens.remove(token);
+                return Err(TcpError::Register { address, source });
+            }
+            listener.token = Some(token);
+            // Connections may already wait in the backlog (adopted socket).
+            listener.backlog = true;
+        }
+        tracing::info!(listener = %address, "TCP listener active");
+        Ok(())
+    }
+
+    /// Stops accepting and closes the listening socket (the port is freed;
+    /// activate binds again). Live sessions go on.
+    pub fn deactivate(
+        &mut self,
+        address: SocketAddr,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) -> Result<(), TcpError> {
+        let id = *self
+            .by_address
+            .get(&address)
+            .ok_or(TcpError::UnknownListener { address })?;
+        Self::close_listener_socket(&mut self.listeners[id], ctx);
+        tracing::info!(listener = %address, "TCP listener deactivated");
+        Ok(())
+    }
+
+    /// Closes the listener, its socket and its sessions.
+    pub fn remove_listener(
+        &mut self,
+        now: Instant,
+        address: SocketAddr,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) -> Result<(), TcpError> {
+        let id = self
+            .by_address
+            .remove(&address)
+            .ok_or(TcpError::UnknownListener { address })?;
+        let mut listener = self.listeners.remove(id);
+        Self::close_listener_socket(&mut listener, ctx);
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.listener == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
+        }
+        ctx.metrics
+            .remove_scope(&crate::metrics::Scope::Listener(address));
+        tracing::info!(listener = %address, "TCP listener removed");
+        Ok(())
+    }
+
+    fn close_listener_socket(listener: &mut Listener, ctx: &mut ProxyContext<'_, TcpToken>) {
+        if let Some(mut socket) = listener.socket.take() {
+            if listener.token.is_some() {
+                if let Err(error) = ctx.registry.deregister(&mut socket) {
+                    tracing::debug!(%error, "deregistering a TCP listener");
+                }
+            }
+        }
+        if let Some(token) = listener.token.take() {
+            ctx.tokens.remove(token);
+        }
+        listener.backlog = false;
+    }
+
+    fn listener_mut(&mut self, address: SocketAddr) -> Result<&mut Listener, TcpError> {
+        let id = *self
+            .by_address
+            .get(&address)
+            .ok_or(TcpError::UnknownListener { address })?;
+        Ok(&mut self.listeners[id])
+    }
+
+    /// The listening sockets (for an upgrade's hand-over).
+    pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.socket.as_ref().map(|s| (l.address, s.as_fd())))
+            .collect()
+    }
+
+    /// The local address a listener is bound to (its port when the order
+    /// said port 0).
+    pub fn local_addr(&self, address: SocketAddr) -> Option<SocketAddr> {
+        let id = self.by_address.get(&address)?;
+        self.listeners[*id].socket.as_ref()?.local_addr().ok()
+    }
+
+    // ----- frontends and clusters -----
+
+    /// Sets the listener's cluster (new connections only).
+    pub fn add_frontend(&mut self, frontend: &RequestTcpFrontend) -> Result<(), TcpError> {
+        let address = wire("address", &frontend.address)?;
+        let listener = self.listener_mut(address)?;
+        listener.frontend = Some(Frontend {
+            cluster: ClusterId::from(frontend.cluster_id.as_str()),
+            tags: if frontend.tags.is_empty() {
+                None
+            } else {
+                Some(Arc::new(frontend.tags.clone()))
+            },
+        });
+        Ok(())
+    }
+
+    /// Clears the listener's cluster: new connections are closed at once
+    /// (counted in `tcp.no_frontend`); live sessions go on.
+    pub fn remove_frontend(&mut self, frontend: &RequestTcpFrontend) -> Result<(), TcpError> {
+        let address = wire("address", &frontend.address)?;
+        let listener = self.listener_mut(address)?;
+        match &listener.frontend {
+            Some(f) if f.cluster.as_str() == frontend.cluster_id => {
+                listener.frontend = None;
+                Ok(())
+            }
+            _ => Err(TcpError::UnknownFrontend {
+                address,
+                cluster: frontend.cluster_id.clone(),
+            }),
+        }
+    }
+
+    /// Records the knobs of a cluster the TCP proxy uses
+    /// (`proxy_protocol`); balancing is set on the shared backends by the
+    /// loop.
+    pub fn set_cluster(&mut self, cluster: &Cluster) {
+        let proxy_protocol = cluster
+            .proxy_protocol
+            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
+        self.clusters
+            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
+    }
+
+    /// Forgets a cluster (its metric scope is removed by the loop). Live
+    /// sessions go on to their backend.
+    pub fn remove_cluster(&mut self, cluster: &str) {
+        self.clusters.remove(cluster);
+        self.handles.forget_cluster(cluster);
+    }
+
+    /// Forgets a removed backend's metric handles. Live sessions to it go
+    /// on until they end.
+    pub fn remove_backend(&mut self, cluster: &str, backend: &str) {
+        self.handles.forget_backend(cluster, backend);
+    }
+
+    // ----- lifecycle -----
+
+    /// Soft-stop: stop accepting (sockets closed); sessions go on.
+    pub fn soft_stop(&mut self, ctx: &mut ProxyContext<'_, TcpToken>) {
+        self.draining = true;
+        for (_, listener) in self.listeners.iter_mut() {
+            Self::close_listener_socket(listener, ctx);
+        }
+    }
+
+    /// Hard-stop: closes every session and listening socket now.
+    pub fn hard_stop(&mut self, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        self.soft_stop(ctx);
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close_session(key, now, SessionCloseReason::Shutdown, ctx);
+        }
+        self.deadlines.clear();
+    }
+
+    /// True when no session is alive.
+    pub fn is_drained(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Sessions alive now.
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ----- event loop -----
+
+    /// The earliest session deadline (possibly a stale one: handling it
+    /// re-arms the real one). See also [`has_backlog`](Self::has_backlog).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.peek()
+    }
+
+    /// True when a listener stopped at its accept budget and must be
+    /// accepted again without waiting for an event.
+    pub fn has_backlog(&self) -> bool {
+        self.listeners
+            .iter()
+            .any(|(_, l)| l.backlog && l.token.is_some())
+    }
+
+    /// Accepts again on listeners that ran out of budget last time.
+    pub fn accept_backlog(&mut self, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        let ids: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.backlog && l.token.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for id in ids {
+            self.accept(id, now, ctx);
+        }
+    }
+
+    /// Closes sessions whose deadline passed.
+    pub fn handle_timeout(&mut self, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        while let Some((at, key)) = self.deadlines.pop_due(now) {
+            let Some(session) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if !session.timer.fired(at) {
+                continue;
+            }
+            let (deadline, reason) = session.deadline();
+            if deadline <= now && reason == SessionCloseReason::ConnectTimeout {
+                // A backend that does not answer is treated like one that
+                // refuses: try another.
+                self.connect_failed(key, now, ctx, None);
+            } else if deadline <= now {
+                tracing::debug!(client = %session.client, %reason, "TCP session timed out");
+                self.close_session(key, now, reason, ctx);
+            } else {
+                session
+                    .timer
+                    .ensure(&mut self.deadlines, key, Some(deadline));
+            }
+        }
+    }
+
+    /// A readiness event for one of the proxy's sockets.
+    pub fn ready(
+        &mut self,
+        token: TcpToken,
+        readiness: Readiness,
+        now: Instant,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) {
+        match token {
+            TcpToken::Listener(id) => self.accept(id, now, ctx),
+            TcpToken::Front(key) => {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.front.readable |= readiness.readable;
+                    s.front.writable |= readiness.writable;
+                    self.progress(key, now, ctx);
+                }
+            }
+            TcpToken::Back(key) => {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    if let Some(back) = s.back.as_mut() {
+                        back.readable |= readiness.readable;
+                        back.writable |= readiness.writable;
+                    }
+                    if s.phase == Phase::Connecting {
+                        self.check_connect(key, now, ctx);
+                    }
+                    if self.sessions.contains(key) {
+                        self.progress(key, now, ctx);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        let mut accepted = 0;
+        loop {
+            let Some(listener) = self.listeners.get_mut(id) else {
+                return;
+            };
+            let Some(socket) = listener.socket.as_ref() else {
+                return;
+            };
+            if accepted == socket::ACCEPT_BUDGET {
+                listener.backlog = true;
+                return;
+            }
+            let (stream, client) = match socket.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    listener.backlog = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // EMFILE, ENOBUFS…: stop for this wake-up; the
+                    // connection stays in the backlog.
+                    tracing::warn!(listener = %listener.address, %error, "accept failed");
+                    listener.backlog = false;
+                    return;
+                }
+            };
+            accepted += 1;
+            count(ctx.metrics, listener.handles.connections, 1);
+            let Some(frontend) = listener.frontend.clone() else {
+                count(ctx.metrics, listener.handles.no_frontend, 1);
+                TcpAccessRecord {
+                    listener: listener.address,
+                    client,
+                    cluster: None,
+                    backend: None,
+                    tags: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    duration: Duration::ZERO,
+                    connect_time: None,
+                    reason: SessionCloseReason::NoFrontend,
+                }
+                .emit();
+                continue; // dropping the stream closes it
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY");
+            }
+            let timeouts = listener.timeouts();
+            // Clients send a PROXY header when the listener says so, or when
+            // the cluster expects (EXPECT_HEADER) or relays (RELAY_HEADER)
+            // one, as in Sōzu.
+            let cluster_expects = matches!(
+                self.clusters
+                    .get(frontend.cluster.as_str())
+                    .and_then(|k| k.proxy_protocol),
+                Some(ProxyProtocolConfig::ExpectHeader | ProxyProtocolConfig::RelayHeader)
+            );
+            let expect_proxy = listener.config.expect_proxy || cluster_expects;
+            let listener_address = listener.address;
+            let handles = listener.handles;
+            let entry = self.sessions.vacant_entry();
+            let key = entry.key();
+            let token = ctx.tokens.insert(TcpToken::Front(key));
+            let mut front = Side::new(stream, token, now);
+            if let Err(error) = front.register(ctx.registry) {
+                tracing::warn!(%error, "registering a client connection");
+                ctx.tokens.remove(token);
+                continue;
+            }
+            let cluster_handles = self.handles.cluster(ctx.metrics, &frontend.cluster);
+            gauge_add(ctx.metrics, handles.active, 1);
+            entry.insert(Session {
+                listener: id,
+                listener_address,
+                client,
+                front,
+                back: None,
+                phase: if expect_proxy {
+                    Phase::ExpectProxy
+                } else {
+                    Phase::NeedsBackend
+                },
+                cluster: Some(frontend.cluster),
+                tags: frontend.tags,
+                backend: None,
+                flow_counted: false,
+                preamble: None,
+                received_header: None,
+                up: Buffer::new(self.buffer_size),
+                down: Buffer::new(self.buffer_size),
+                attempt: 0,
+                timeouts,
+                started: now,
+                connect_started: None,
+                connect_time: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                timer: ArmedTimer::default(),
+                cluster_handles,
+                backend_handles: Default::default(),
+            });
+            self.progress(key, now, ctx);
+        }
+    }
+
+    /// Pumps a session, starts its backend connect when due, closes it when
+    /// done or failed, and re-arms its timer.
+    fn progress(&mut self, key: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let result = session.pump(now);
+        match result {
+            Ok(moved) => {
+                let handles = session.handles();
+                count(ctx.metrics, handles.bytes_in, moved.bytes_in as i64);
+                count(ctx.metrics, handles.bytes_out, moved.bytes_out as i64);
+            }
+            Err(reason) => {
+                self.close_session(key, now, reason, ctx);
+                return;
+            }
+        }
+        if session.phase == Phase::NeedsBackend {
+            self.start_connect(key, now, ctx);
+            return;
+        }
+        if session.is_complete() {
+            self.close_session(key, now, SessionCloseReason::Completed, ctx);
+            return;
+        }
+        let (deadline, _) = session.deadline();
+        session
+            .timer
+            .ensure(&mut self.deadlines, key, Some(deadline));
+    }
+
+    fn start_connect(&mut self, key: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(cluster) = session.cluster.clone() else {
+            self.close_session(key, now, SessionCloseReason::NoFrontend, ctx);
+            return;
+        };
+        let affinity = stable_hash(session.client.ip().to_canonical().to_string().as_bytes());
+        let attempt = session.attempt + 1;
+        match connect_backend(ctx.backends, &cluster, affinity, attempt) {
+            Ok(connecting) => {
+                let token = ctx.tokens.insert(TcpToken::Back(key));
+                let mut back = Side::new(connecting.stream, token, now);
+                // Not writable until the connect completes.
+                back.writable = false;
+                back.readable = false;
+                if let Err(error) = back.register(ctx.registry) {
+                    tracing::warn!(%error, "registering a backend connection");
+                    ctx.tokens.remove(token);
+                    self.close_session(key, now, SessionCloseReason::ConnectFailed, ctx);
+                    return;
+                }
+                session.attempt = connecting.attempt;
+                session.back = Some(back);
+                session.backend = Some((connecting.backend, connecting.address));
+                session.phase = Phase::Connecting;
+                // Each attempt gets its own `connect_timeout`.
+                session.connect_started = Some(now);
+                let (deadline, _) = session.deadline();
+                session
+                    .timer
+                    .ensure(&mut self.deadlines, key, Some(deadline));
+            }
+            Err(ConnectError::NoBackend { .. }) => {
+                let handles = session.cluster_handles;
+                count(ctx.metrics, handles.no_backend, 1);
+                self.close_session(key, now, SessionCloseReason::NoBackend, ctx);
+            }
+            Err(ConnectError::Failed { backend, .. }) => {
+                let backend_handles = self.handles.backend(ctx.metrics, &cluster, &backend);
+                count(ctx.metrics, backend_handles.connect_failed, 1);
+                self.close_session(key, now, SessionCloseReason::ConnectFailed, ctx);
+            }
+        }
+    }
+
+    fn check_connect(&mut self, key: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(back) = session.back.as_mut() else {
+            return;
+        };
+        match connect_state(&back.stream) {
+            ConnectState::Pending => {}
+            ConnectState::Connected => {
+                let Some((backend, _)) = session.backend.clone() else {
+                    return;
+                };
+                let Some(cluster) = session.cluster.clone() else {
+                    return;
+                };
+                back.readable = true;
+                back.writable = true;
+                back.last_activity = now;
+                session.phase = Phase::Relaying;
+                let connect_time =
+                    now.saturating_duration_since(session.connect_started.unwrap_or(now));
+                session.connect_time = Some(connect_time);
+                ctx.backends
+                    .mark_responsive(cluster.as_str(), backend.as_str());
+                session.flow_counted = ctx.backends.flow_opened(cluster.as_str(), backend.as_str());
+                let backend_handles = self.handles.backend(ctx.metrics, &cluster, &backend);
+                session.backend_handles = backend_handles;
+                count(ctx.metrics, backend_handles.connections, 1);
+                gauge_add(ctx.metrics, backend_handles.active, 1);
+                time(ctx.metrics, backend_handles.connect_time, connect_time);
+                let knobs = self
+                    .clusters
+                    .get(cluster.as_str())
+                    .copied()
+                    .unwrap_or_default();
+                session.preamble = match knobs.proxy_protocol {
+                    Some(ProxyProtocolConfig::SendHeader) => Some(Preamble::new(
+                        StreamProxyHeader::new(session.client, session.listener_address)
+                            .as_bytes()
+                            .to_vec(),
+                    )),
+                    Some(ProxyProtocolConfig::RelayHeader) => Some(Preamble::new(
+                        session.received_header.take().unwrap_or_else(|| {
+                            StreamProxyHeader::new(session.client, session.listener_address)
+                                .as_bytes()
+                                .to_vec()
+                        }),
+                    )),
+                    Some(ProxyProtocolConfig::ExpectHeader) | None => None,
+                };
+                tracing::debug!(client = %session.client, cluster = %cluster, backend = %backend, "TCP backend connected");
+            }
+            ConnectState::Failed(error) => {
+                self.connect_failed(key, now, ctx, Some(error));
+            }
+        }
+    }
+
+    /// A backend connect failed (`Some(error)`) or timed out (`None`): the
+    /// backend is marked
+    /// suspect, and another is tried until [`socket::MAX_CONNECT_ATTEMPTS`].
+    fn connect_failed(
+        &mut self,
+        key: usize,
+        now: Instant,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+        error: Option<io::Error>,
+    ) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let (Some((backend, address)), Some(cluster)) =
+            (session.backend.take(), session.cluster.clone())
+        else {
+            return;
+        };
+        tracing::debug!(client = %session.client, cluster = %cluster, backend = %backend, %address, ?error, "TCP backend connect failed");
+        if let Some(mut back) = session.back.take() {
+            back.deregister(ctx.registry);
+            ctx.tokens.remove(back.token);
+        }
+        if ctx
+            .backends
+            .mark_suspect(cluster.as_str(), backend.as_str())
+        {
+            ctx.health
+                .passive_failure(now, cluster.as_str(), backend.as_str());
+        }
+        let backend_handles = self.handles.backend(ctx.metrics, &cluster, &backend);
+        count(ctx.metrics, backend_handles.connect_failed, 1);
+        if session.attempt >= socket::MAX_CONNECT_ATTEMPTS {
+            session.backend = Some((backend, address));
+            let reason = if error.is_none() {
+                SessionCloseReason::ConnectTimeout
+            } else {
+                SessionCloseReason::ConnectFailed
+            };
+            self.close_session(key, now, reason, ctx);
+        } else {
+            session.phase = Phase::NeedsBackend;
+            self.start_connect(key, now, ctx);
+        }
+    }
+
+    fn close_session(
+        &mut self,
+        key: usize,
+        now: Instant,
+        reason: SessionCloseReason,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) {
+        let Some(mut session) = self.sessions.try_remove(key) else {
+            return;
+        };
+        session.front.deregister(ctx.registry);
+        ctx.tokens.remove(session.front.token);
+        if let Some(mut back) = session.back.take() {
+            back.deregister(ctx.registry);
+            ctx.tokens.remove(back.token);
+        }
+        let duration = now.saturating_duration_since(session.started);
+        if let Some(listener) = self.listeners.get(session.listener) {
+            if listener.address == session.listener_address {
+                gauge_add(ctx.metrics, listener.handles.active, -1);
+                if reason.is_timeout() {
+                    count(ctx.metrics, listener.handles.timeouts, 1);
+                }
+            }
+        }
+        let handles = session.handles();
+        time(ctx.metrics, handles.duration, duration);
+        if session.phase == Phase::Relaying {
+            gauge_add(ctx.metrics, handles.active, -1);
+        }
+        if let (true, Some(cluster), Some((backend, _))) =
+            (session.flow_counted, &session.cluster, &session.backend)
+        {
+            ctx.backends.flow_closed(cluster.as_str(), backend.as_str());
+        }
+        TcpAccessRecord {
+            listener: session.listener_address,
+            client: session.client,
+            cluster: session.cluster.as_ref(),
+            backend: session.backend.as_ref().map(|(id, addr)| (id, *addr)),
+            tags: session.tags.as_deref(),
+            bytes_in: session.bytes_in,
+            bytes_out: session.bytes_out,
+            duration,
+            connect_time: session.connect_time,
+            reason,
+        }
+        .emit();
+        if reason == SessionCloseReason::ProxyHeaderInvalid {
+            if let Some(listener) = self.listeners.get(session.listener) {
+                count(ctx.metrics, listener.handles.proxy_header_invalid, 1);
+            }
+        }
+    }
+}
