@@ -1,14 +1,18 @@
 //! No heap allocation per datagram on an established flow (DESIGN §3, §7):
 //! a counting global allocator watches the whole process while datagrams
-//! go both ways through a worker. Its own test binary (the allocator is
-//! process-wide), run without the libtest harness so no harness thread
-//! allocates while it counts.
+//! go both ways through a worker: one at a time on one flow, then bursts
+//! on many flows at once (batched receives and sends on the listener and
+//! upstream sockets), with and without a PROXY header on every datagram.
+//! Its own test binary (the allocator is process-wide), run without the
+//! libtest harness so no harness thread allocates while it counts.
 
 mod worker_common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::UdpClusterConfig;
 use worker_common::*;
 
@@ -45,6 +49,11 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn established_flow_datagrams_allocate_nothing_either_way() {
+    one_flow_one_at_a_time();
+    bursts_on_many_flows_with_and_without_proxy_headers();
+}
+
+fn one_flow_one_at_a_time() {
     let mut worker = Worker::start();
     // Long timeouts: nothing expires during the test.
     let knobs = UdpClusterConfig {
@@ -69,15 +78,116 @@ fn established_flow_datagrams_allocate_nothing_either_way() {
     for _ in 0..5_000 {
         round_trip(&mut buf);
     }
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     for _ in 0..2_000 {
         round_trip(&mut buf);
     }
     COUNTING.store(false, Ordering::SeqCst);
-    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
     assert_eq!(
         allocations, 0,
         "{allocations} allocations for 2,000 datagrams each way"
+    );
+}
+
+/// Clients on one listener, the backend behind it, and the length the
+/// backend must see for each request (payload plus PROXY header, if any).
+struct Bench {
+    clients: Vec<UdpSocket>,
+    listener: SocketAddr,
+    backend: UdpSocket,
+    forwarded_len: usize,
+}
+
+const REQUEST: &[u8] = b"request-payload";
+const RESPONSE: &[u8] = b"response";
+/// IPv4 PROXY v2 header: 16-byte preamble + 12 address bytes.
+const PPV2_IPV4_LEN: usize = 28;
+
+impl Bench {
+    fn new(worker: &mut Worker, cluster: &str, flows: usize, udp: UdpClusterConfig) -> Bench {
+        let listener = free_udp_addr("127.0.0.1");
+        let backend_socket = udp_socket("127.0.0.1");
+        let proxy = udp.send_proxy_protocol == Some(true);
+        worker.ok(RequestType::AddUdpListener(udp_listener(listener)));
+        worker.ok(RequestType::AddCluster(udp_cluster(cluster, udp)));
+        worker.ok(RequestType::AddBackend(backend(
+            cluster,
+            &format!("{cluster}-b"),
+            backend_socket.local_addr().unwrap(),
+        )));
+        worker.ok(RequestType::AddUdpFrontend(frontend(cluster, listener)));
+        let clients = (0..flows).map(|_| udp_socket("127.0.0.1")).collect();
+        Bench {
+            clients,
+            listener,
+            backend: backend_socket,
+            forwarded_len: REQUEST.len() + if proxy { PPV2_IPV4_LEN } else { 0 },
+        }
+    }
+
+    /// Every client sends `burst` requests at once; the backend answers
+    /// each on the upstream socket it came from; every client gets its
+    /// `burst` responses. Allocates nothing in this test's own code.
+    fn round(&self, burst: usize, buf: &mut [u8]) {
+        for client in &self.clients {
+            for _ in 0..burst {
+                client.send_to(REQUEST, self.listener).unwrap();
+            }
+        }
+        for _ in 0..self.clients.len() * burst {
+            let (n, upstream) = self.backend.recv_from(buf).unwrap();
+            assert_eq!(n, self.forwarded_len);
+            assert_eq!(&buf[n - REQUEST.len()..n], REQUEST);
+            self.backend.send_to(RESPONSE, upstream).unwrap();
+        }
+        for client in &self.clients {
+            for _ in 0..burst {
+                let (n, _) = client.recv_from(buf).unwrap();
+                assert_eq!(&buf[..n], RESPONSE);
+            }
+        }
+    }
+}
+
+fn bursts_on_many_flows_with_and_without_proxy_headers() {
+    let mut worker = Worker::start();
+    let knobs = UdpClusterConfig {
+        front_timeout: Some(60),
+        back_timeout: Some(60),
+        ..UdpClusterConfig::default()
+    };
+    let plain = Bench::new(&mut worker, "plain", 16, knobs.clone());
+    let proxied = Bench::new(
+        &mut worker,
+        "proxied",
+        16,
+        UdpClusterConfig {
+            send_proxy_protocol: Some(true),
+            proxy_protocol_every_datagram: Some(true),
+            ..knobs
+        },
+    );
+    let mut buf = vec![0u8; 2048];
+    // Opens every flow, then warms up (timer heap, tracing callsites,
+    // metric handles, write-queue capacity).
+    for _ in 0..200 {
+        plain.round(8, &mut buf);
+        proxied.round(8, &mut buf);
+    }
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..100 {
+        plain.round(8, &mut buf);
+        proxied.round(8, &mut buf);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    // 2 listeners × 16 flows × 8 datagrams × 100 rounds, each way.
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations for 25,600 datagrams each way"
     );
 }
 

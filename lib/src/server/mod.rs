@@ -294,6 +294,7 @@ impl Server {
             self.retry.clear();
             {
                 let mut ctx = io_context!(self);
+                self.udp.flush(&mut ctx);
                 self.udp.on_timeout(now, &mut ctx);
             }
             self.streams_timeout(now);

@@ -2,12 +2,16 @@
 //! core), the upstream socket of each flow, and its write queues.
 //!
 //! Owns the datapath of a listener: reading client datagrams in `recvmmsg`
-//! batches under a per-wake-up budget, forwarding them on connected
-//! upstream sockets, reading backend replies straight into the `sendmmsg`
-//! batch of client-bound datagrams, and carrying out the core's outputs
-//! (`drain`). It never decides admission, timers or caps (the core does) and
-//! never allocates per datagram on an established flow: buffers are reused,
-//! only a write queue under back-pressure copies.
+//! batches under a per-wake-up budget, forwarding each run of one flow's
+//! datagrams with one `sendmmsg` on its connected upstream socket (PROXY
+//! header and payload as two iovecs, no copy), reading backend replies with
+//! `recvmmsg` straight into the `sendmmsg` batch of client-bound datagrams
+//! (sent once per loop wake-up or when full), and carrying out the core's
+//! outputs (`drain`). Sockets are registered for writability only while a
+//! queue waits, and a short `recvmmsg` ends a read (no call just to see
+//! `EAGAIN`). It never decides admission, timers or caps (the core does)
+//! and never allocates per datagram on an established flow: buffers are
+//! reused, only a write queue under back-pressure copies.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -19,8 +23,12 @@ use mio::{Interest, Registry, Token};
 use sozu_command_lib::command::UdpListenerConfig;
 
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
-use super::mmsg::{recv_connected, send_connected, send_to_from, RecvBatch, SendBatch};
+use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
 use super::socket::{is_resource_exhaustion, open_upstream};
+use super::write_queue::{
+    flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
+    UpstreamSend,
+};
 use super::UdpToken;
 use crate::access_log::{FlowAccessRecord, FlowCloseReason};
 use crate::backends::{BackendId, BackendMap, ClusterId};
@@ -69,13 +77,6 @@ pub struct Frontend {
     pub tags: BTreeMap<String, String>,
 }
 
-#[derive(Debug)]
-struct Upstream {
-    socket: mio::net::UdpSocket,
-    token: Token,
-    queue: VecDeque<Vec<u8>>,
-}
-
 #[derive(Debug, Default)]
 struct FlowIo {
     /// The address the client sent to (packet info on a wildcard listener).
@@ -88,13 +89,6 @@ struct FlowIo {
     abort: Option<FlowCloseReason>,
     /// A reply came back (clears a suspect backend once).
     responded: bool,
-}
-
-#[derive(Debug)]
-struct QueuedReturn {
-    dst: SocketAddr,
-    local: Option<IpAddr>,
-    payload: Vec<u8>,
 }
 
 /// A follow-up input queued while draining, fed to the core afterwards.
@@ -123,6 +117,8 @@ pub struct UdpListener {
     /// The bound socket, once activated.
     socket: Option<mio::net::UdpSocket>,
     token: Option<Token>,
+    /// The interest the socket is registered with (`None`: not registered).
+    interest: Option<Interest>,
     /// Registered and read (activated, not deactivated).
     reading: bool,
     /// Whether `max_flows` is automatic (`0` in the config).
@@ -140,6 +136,11 @@ pub struct UdpListener {
     /// worker shutdown).
     drain_reason: FlowCloseReason,
     followups: Vec<FollowUp>,
+    /// The flow of the run of forwarded datagrams being gathered.
+    run_flow: Option<FlowId>,
+    /// That run: receive-batch index and PROXY header of each datagram
+    /// (capacity for a whole batch, reserved once).
+    forwards: Vec<(usize, Option<core::ProxyHeader>)>,
     /// The socket was passed to the master for a successor worker.
     pub socket_returned: bool,
 }
@@ -161,6 +162,7 @@ impl UdpListener {
             config,
             socket: None,
             token: None,
+            interest: None,
             reading: false,
             auto_max_flows,
             manager,
@@ -171,6 +173,8 @@ impl UdpListener {
             metrics,
             drain_reason: FlowCloseReason::ListenerClosed,
             followups: Vec::new(),
+            run_flow: None,
+            forwards: Vec::with_capacity(super::mmsg::MAX_BATCH),
             socket_returned: false,
         }
     }
@@ -215,8 +219,9 @@ impl UdpListener {
         };
         if let Some(token) = self.token {
             // Send-only (see `send_only`): registered, not read.
-            ctx.registry
-                .reregister(socket, token, Interest::READABLE | Interest::WRITABLE)?;
+            let interest = listener_interest(true, !self.overflow.is_empty());
+            ctx.registry.reregister(socket, token, interest)?;
+            self.interest = Some(interest);
             self.reading = true;
             ctx.still_readable.push(token);
             return Ok(());
@@ -224,13 +229,12 @@ impl UdpListener {
         let token = ctx
             .tokens
             .insert(TokenOwner::Udp(UdpToken::Listener(self.id)));
-        if let Err(e) =
-            ctx.registry
-                .register(socket, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        let interest = listener_interest(true, !self.overflow.is_empty());
+        if let Err(e) = ctx.registry.register(socket, token, interest) {
             ctx.tokens.remove(token);
             return Err(e);
         }
+        self.interest = Some(interest);
         self.token = Some(token);
         self.reading = true;
         // Datagrams may already wait: edge-triggered readiness would not
@@ -247,6 +251,7 @@ impl UdpListener {
             }
             ctx.tokens.remove(token);
         }
+        self.interest = None;
         self.reading = false;
     }
 
@@ -261,8 +266,29 @@ impl UdpListener {
             if let Err(error) = ctx.registry.reregister(socket, token, Interest::WRITABLE) {
                 tracing::warn!(listener = %self.address, %error, "listener to send-only");
             }
+            self.interest = Some(Interest::WRITABLE);
         }
         self.reading = false;
+    }
+
+    /// Registers the listener for writability only while client-bound
+    /// datagrams wait in the overflow queue (a transition, not per datagram).
+    fn sync_interest(&mut self, registry: &Registry) {
+        let (Some(socket), Some(token), Some(current)) =
+            (self.socket.as_mut(), self.token, self.interest)
+        else {
+            return;
+        };
+        let wanted = listener_interest(self.reading, !self.overflow.is_empty());
+        if wanted == current {
+            return;
+        }
+        match registry.reregister(socket, token, wanted) {
+            Ok(()) => self.interest = Some(wanted),
+            Err(error) => {
+                tracing::warn!(listener = %self.address, %error, "listener interest change");
+            }
+        }
     }
 
     /// Releases the socket (remove), after [`Self::stop_reading`].
@@ -315,7 +341,8 @@ impl UdpListener {
                 }
                 break;
             }
-            let n = match recv.recv(fd, left) {
+            let asked = left.min(super::mmsg::MAX_BATCH);
+            let n = match recv.recv(fd, asked) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => {
@@ -327,11 +354,15 @@ impl UdpListener {
             };
             left = left.saturating_sub(n.max(1));
             for i in 0..n {
-                if let Some(d) = recv.get(i) {
-                    self.on_client_datagram(now, d.src, d.local, d.payload, ctx);
-                }
+                self.on_client_datagram(now, recv, i, ctx);
             }
+            self.flush_forwards(recv, ctx);
             self.drain(now, ctx);
+            if n < asked {
+                // Drained: a datagram arriving now raises a new edge, so
+                // no `recvmmsg` just to read EAGAIN.
+                break;
+            }
         }
         self.drain(now, ctx);
         self.flush_returns(ctx);
@@ -340,47 +371,110 @@ impl UdpListener {
     fn on_client_datagram(
         &mut self,
         now: Instant,
-        src: SocketAddr,
-        local: Option<IpAddr>,
-        payload: &[u8],
+        recv: &RecvBatch,
+        index: usize,
         ctx: &mut IoContext<'_>,
     ) {
-        match self.manager.handle_client_datagram(now, src, payload) {
+        let Some(d) = recv.get(index) else {
+            return;
+        };
+        match self.manager.handle_client_datagram(now, d.src, d.payload) {
             ClientDecision::Forward { flow, proxy_header } => {
-                let Some(io) = self.flows.get_mut(&flow) else {
-                    self.metrics
-                        .shell_dropped(ctx.metrics, ShellDrop::NoUpstream);
-                    return;
-                };
-                if local.is_some() {
-                    io.local = local;
+                if self.run_flow != Some(flow) {
+                    self.flush_forwards(recv, ctx);
+                    self.run_flow = Some(flow);
                 }
-                let header = proxy_header.as_ref().map(|h| h.as_bytes());
-                match send_upstream(io, header, payload) {
-                    UpstreamSend::Sent => {
-                        self.metrics.traffic.count_in(ctx.metrics, payload.len());
-                        io.metrics.backend.count_in(ctx.metrics, payload.len());
+                if d.local.is_some() {
+                    if let Some(io) = self.flows.get_mut(&flow) {
+                        io.local = d.local;
                     }
-                    UpstreamSend::Dropped(reason) => {
-                        self.metrics.shell_dropped(ctx.metrics, reason);
+                }
+                self.forwards.push((index, proxy_header));
+            }
+            ClientDecision::Queued { flow } => {
+                let io = self.flows.entry(flow).or_default();
+                if d.local.is_some() {
+                    io.local = d.local;
+                }
+            }
+            ClientDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
+        }
+    }
+
+    /// Sends the run of consecutive datagrams of one established flow
+    /// (`forwards`, indices into `recv`) on its upstream socket: one
+    /// `sendmmsg` for the run, each datagram as `[PROXY header, payload]`
+    /// iovecs pointing into the receive buffers (no copy). What the socket
+    /// does not take goes through [`send_upstream`] (bounded queue).
+    fn flush_forwards(&mut self, recv: &RecvBatch, ctx: &mut IoContext<'_>) {
+        let Some(flow) = self.run_flow.take() else {
+            return;
+        };
+        let count = self.forwards.len();
+        let Some(io) = self.flows.get_mut(&flow) else {
+            for _ in 0..count {
+                self.metrics
+                    .shell_dropped(ctx.metrics, ShellDrop::NoUpstream);
+            }
+            self.forwards.clear();
+            return;
+        };
+        let forwards = &self.forwards;
+        let payload_of = |k: usize| recv.get(forwards[k].0).map_or(&[][..], |d| d.payload);
+        let header_of = |k: usize| forwards[k].1.as_ref().map(|h| h.as_bytes());
+        let mut next = 0;
+        if let Some(up) = io.upstream.as_ref().filter(|up| up.queue.is_empty()) {
+            let fd = up.socket.as_raw_fd();
+            while next < count {
+                match send_connected_batch(fd, count - next, |j| {
+                    (header_of(next + j), payload_of(next + j))
+                }) {
+                    Ok(sent) => {
+                        for k in next..next + sent {
+                            let len = payload_of(k).len();
+                            self.metrics.traffic.count_in(ctx.metrics, len);
+                            io.metrics.backend.count_in(ctx.metrics, len);
+                        }
+                        next += sent.max(1);
                     }
-                    UpstreamSend::Refused => {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                         self.metrics.backend_refused(ctx.metrics);
                         self.followups.push(FollowUp::Abort {
                             flow,
                             reason: FlowCloseReason::BackendRefused,
                         });
+                        next += 1;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%flow, %error, "upstream send error");
+                        self.metrics
+                            .shell_dropped(ctx.metrics, ShellDrop::SendError);
+                        next += 1;
                     }
                 }
             }
-            ClientDecision::Queued { flow } => {
-                let io = self.flows.entry(flow).or_default();
-                if local.is_some() {
-                    io.local = local;
+        }
+        for k in next..count {
+            let payload = payload_of(k);
+            match send_upstream(io.upstream.as_mut(), header_of(k), payload, ctx.registry) {
+                UpstreamSend::Sent => {
+                    self.metrics.traffic.count_in(ctx.metrics, payload.len());
+                    io.metrics.backend.count_in(ctx.metrics, payload.len());
+                }
+                UpstreamSend::Dropped(reason) => {
+                    self.metrics.shell_dropped(ctx.metrics, reason);
+                }
+                UpstreamSend::Refused => {
+                    self.metrics.backend_refused(ctx.metrics);
+                    self.followups.push(FollowUp::Abort {
+                        flow,
+                        reason: FlowCloseReason::BackendRefused,
+                    });
                 }
             }
-            ClientDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
         }
+        self.forwards.clear();
     }
 
     /// The listener socket is writable: send what waited.
@@ -405,9 +499,15 @@ impl UdpListener {
             self.read_upstream(now, flow, ctx);
         }
         self.drain(now, ctx);
-        self.flush_returns(ctx);
+        // The returns batch is sent when full, or once per loop wake-up
+        // (`UdpShell::flush`): one `sendmmsg` for every reply read in it.
+        if !self.overflow.is_empty() {
+            self.sync_interest(ctx.registry);
+        }
     }
 
+    /// Reads `flow`'s backend replies with `recvmmsg` straight into the
+    /// free slots of the returns batch (no copy), up to the budget.
     fn read_upstream(&mut self, now: Instant, flow: FlowId, ctx: &mut IoContext<'_>) {
         let mut left = DATAGRAM_BUDGET;
         loop {
@@ -421,7 +521,6 @@ impl UdpListener {
                 ctx.still_readable.push(up.token);
                 return;
             }
-            left -= 1;
             let fd = up.socket.as_raw_fd();
             if self.returns.is_full() {
                 flush_batch(
@@ -432,10 +531,9 @@ impl UdpListener {
                     ctx,
                 );
             }
-            let Some(slot) = self.returns.slot() else {
-                return;
-            };
-            let n = match recv_connected(fd, slot) {
+            let asked = left.min(self.returns.free());
+            let n = match self.returns.recv_pending(fd, asked) {
+                Ok(0) => return, // no free slot: cannot happen after the flush
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
@@ -451,25 +549,37 @@ impl UdpListener {
                     return;
                 }
             };
-            let len = n.min(slot.len());
-            let payload = &slot[..len];
-            match self.manager.handle_backend_datagram(now, flow, payload) {
-                BackendDecision::Return { dst } => {
-                    self.metrics.traffic.count_out(ctx.metrics, len);
-                    io.metrics.backend.count_out(ctx.metrics, len);
-                    if !io.responded {
-                        io.responded = true;
-                        if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
-                            ctx.backends.mark_responsive(c.as_str(), b.as_str());
+            left -= n;
+            for i in 0..n {
+                let Some(payload) = self.returns.pending(i) else {
+                    break;
+                };
+                let len = payload.len();
+                match self.manager.handle_backend_datagram(now, flow, payload) {
+                    BackendDecision::Return { dst } => {
+                        self.metrics.traffic.count_out(ctx.metrics, len);
+                        io.metrics.backend.count_out(ctx.metrics, len);
+                        if !io.responded {
+                            io.responded = true;
+                            if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
+                                ctx.backends.mark_responsive(c.as_str(), b.as_str());
+                            }
                         }
+                        self.returns.commit_pending(i, dst, io.local);
                     }
-                    let local = io.local;
-                    self.returns.commit(len, dst, local);
+                    BackendDecision::Dropped(reason) => {
+                        self.metrics.dropped(ctx.metrics, reason, 1)
+                    }
                 }
-                BackendDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
+                if self.manager.flow_phase(flow).is_none() {
+                    // The reply closed the flow (responses cap): the rest
+                    // of this read goes, as it would with the socket.
+                    return;
+                }
             }
-            if self.manager.flow_phase(flow).is_none() {
-                return; // the reply closed the flow (responses cap)
+            if n < asked {
+                // Drained: the next reply raises a new edge.
+                return;
             }
         }
     }
@@ -496,10 +606,14 @@ impl UdpListener {
                 }
             }
         }
+        set_write_interest(up, false, ctx.registry);
     }
 
     /// Sends the batch of client-bound datagrams (and what waited before).
     pub fn flush_returns(&mut self, ctx: &mut IoContext<'_>) {
+        if self.returns.is_empty() && self.overflow.is_empty() {
+            return;
+        }
         flush_batch(
             &mut self.returns,
             &mut self.overflow,
@@ -507,6 +621,7 @@ impl UdpListener {
             &self.metrics,
             ctx,
         );
+        self.sync_interest(ctx.registry);
     }
 
     // ----- the core's outputs -----
@@ -599,7 +714,7 @@ impl UdpListener {
                         return;
                     };
                     let header = proxy_header.as_ref().map(|h| h.as_bytes());
-                    match send_upstream(io, header, &payload) {
+                    match send_upstream(io.upstream.as_mut(), header, &payload, ctx.registry) {
                         UpstreamSend::Sent => {
                             self.metrics.traffic.count_in(ctx.metrics, payload.len());
                             io.metrics.backend.count_in(ctx.metrics, payload.len());
@@ -657,14 +772,16 @@ impl UdpListener {
                 listener: self.id,
                 flow,
             }));
+            // Readable only: writability is asked for while a queue waits.
             match ctx
                 .registry
-                .register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+                .register(&mut socket, token, Interest::READABLE)
             {
                 Ok(()) => Ok(Upstream {
                     socket,
                     token,
                     queue: VecDeque::new(),
+                    write_interest: false,
                 }),
                 Err(e) => {
                     ctx.tokens.remove(token);
@@ -711,16 +828,18 @@ impl UdpListener {
         ctx: &mut IoContext<'_>,
     ) {
         let io = self.flows.remove(&flow).unwrap_or_default();
-        if let Some(mut up) = io.upstream {
-            if let Err(error) = ctx.registry.deregister(&mut up.socket) {
-                tracing::debug!(%flow, %error, "deregistering an upstream socket");
-            }
+        if let Some(up) = io.upstream {
+            // No `epoll_ctl(DEL)`: the socket is closed just below and its
+            // fd was never duplicated, so closing it leaves the epoll set
+            // (one system call less per flow). A readiness event already
+            // fetched for its token finds no owner, or a new flow's socket
+            // that then reads `EAGAIN`.
             ctx.tokens.remove(up.token);
             if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
                 ctx.backends.flow_closed(c.as_str(), b.as_str());
             }
             io.metrics.closed(ctx.metrics);
-            // The socket closes when `up` drops here.
+            drop(up); // closes the socket
         }
         let access_reason = match reason {
             // The flow lives on in another worker, which writes its record
@@ -774,115 +893,4 @@ impl UdpListener {
             payload: payload.to_vec(),
         });
     }
-}
-
-enum UpstreamSend {
-    Sent,
-    Dropped(ShellDrop),
-    Refused,
-}
-
-/// Sends `[header, payload]` on the flow's upstream socket, or queues it
-/// (bounded) if the socket would block or older datagrams still wait.
-fn send_upstream(io: &mut FlowIo, header: Option<&[u8]>, payload: &[u8]) -> UpstreamSend {
-    let Some(up) = io.upstream.as_mut() else {
-        return UpstreamSend::Dropped(ShellDrop::NoUpstream);
-    };
-    let queue = |up: &mut Upstream| {
-        if up.queue.len() >= MAX_UPSTREAM_QUEUE {
-            return UpstreamSend::Dropped(ShellDrop::QueueFull);
-        }
-        let mut datagram = Vec::with_capacity(header.map_or(0, <[u8]>::len) + payload.len());
-        if let Some(h) = header {
-            datagram.extend_from_slice(h);
-        }
-        datagram.extend_from_slice(payload);
-        up.queue.push_back(datagram);
-        UpstreamSend::Sent
-    };
-    if !up.queue.is_empty() {
-        return queue(up);
-    }
-    let fd = up.socket.as_raw_fd();
-    let result = match header {
-        Some(h) => send_connected(fd, &[IoSlice::new(h), IoSlice::new(payload)]),
-        None => send_connected(fd, &[IoSlice::new(payload)]),
-    };
-    match result {
-        Ok(_) => UpstreamSend::Sent,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => queue(up),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => UpstreamSend::Refused,
-        Err(error) => {
-            tracing::debug!(%error, "upstream send error");
-            UpstreamSend::Dropped(ShellDrop::SendError)
-        }
-    }
-}
-
-/// Sends the overflow queue, then the batch with `sendmmsg`; what the
-/// socket does not take joins the (bounded) overflow queue.
-fn flush_batch(
-    batch: &mut SendBatch,
-    overflow: &mut VecDeque<QueuedReturn>,
-    socket: Option<&mio::net::UdpSocket>,
-    metrics: &ListenerMetrics,
-    ctx: &mut IoContext<'_>,
-) {
-    let Some(socket) = socket else {
-        batch.clear();
-        overflow.clear();
-        return;
-    };
-    let fd = socket.as_raw_fd();
-    while let Some(queued) = overflow.front() {
-        match send_to_from(
-            fd,
-            &[IoSlice::new(&queued.payload)],
-            queued.dst,
-            queued.local,
-        ) {
-            Ok(_) => {
-                overflow.pop_front();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(error) => {
-                tracing::debug!(dst = %queued.dst, %error, "listener send error");
-                overflow.pop_front();
-                metrics.shell_dropped(ctx.metrics, ShellDrop::SendError);
-            }
-        }
-    }
-    if batch.is_empty() {
-        return;
-    }
-    let mut sent = 0;
-    if overflow.is_empty() {
-        while sent < batch.len() {
-            match batch.send_from(fd, sent) {
-                Ok(0) => break, // would block
-                Ok(n) => sent += n,
-                Err(error) => {
-                    // The first datagram of the rest failed: drop it, go on.
-                    tracing::debug!(%error, "listener sendmmsg error");
-                    metrics.shell_dropped(ctx.metrics, ShellDrop::SendError);
-                    sent += 1;
-                }
-            }
-        }
-    }
-    for i in sent..batch.len() {
-        let Some((payload, dst, local)) = batch.committed(i) else {
-            continue;
-        };
-        if overflow.len() >= MAX_LISTENER_QUEUE {
-            metrics.shell_dropped(ctx.metrics, ShellDrop::QueueFull);
-            continue;
-        }
-        overflow.push_back(QueuedReturn {
-            dst,
-            local,
-            payload: payload.to_vec(),
-        });
-    }
-    batch.clear();
 }

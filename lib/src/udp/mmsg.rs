@@ -164,6 +164,10 @@ pub struct SendBatch {
     lens: Vec<usize>,
     dsts: Vec<Option<(SocketAddr, Option<IpAddr>)>>,
     len: usize,
+    /// First slot of the datagrams of the last [`Self::recv_pending`].
+    pending_base: usize,
+    /// How many datagrams the last [`Self::recv_pending`] received.
+    pending: usize,
 }
 
 impl SendBatch {
@@ -176,6 +180,8 @@ impl SendBatch {
             lens: vec![0; MAX_BATCH],
             dsts: vec![None; MAX_BATCH],
             len: 0,
+            pending_base: 0,
+            pending: 0,
         }
     }
 
@@ -229,9 +235,102 @@ impl SendBatch {
         Some((&self.buffers[start..start + self.lens[i]], dst, local))
     }
 
+    /// Free slots.
+    pub fn free(&self) -> usize {
+        MAX_BATCH - self.len
+    }
+
+    /// Receives up to `max` datagrams (at most the free slots) from the
+    /// connected socket `fd` straight into the free slots with one
+    /// `recvmmsg`, without blocking. They are pending until
+    /// [`Self::commit_pending`]: see [`Self::pending`]. A datagram longer than
+    /// a slot shows as a full slot (so the caller sees it is too long).
+    ///
+    /// Fewer than asked means the socket was drained (or an error follows,
+    /// reported by the next call); nothing waiting is `WouldBlock`.
+    pub fn recv_pending(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        self.pending = 0;
+        self.pending_base = self.len;
+        let count = max.min(self.free());
+        if count == 0 {
+            return Ok(0);
+        }
+        // SAFETY: zeroed mmsghdr / iovec are valid values.
+        let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+        let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+        let base = self.buffers.as_mut_ptr();
+        for i in 0..count {
+            // SAFETY: slot `len + i` < MAX_BATCH lies within `buffers`.
+            iovecs[i].iov_base = unsafe { base.add((self.len + i) * self.buffer_len) }.cast();
+            iovecs[i].iov_len = self.buffer_len;
+            headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+            headers[i].msg_hdr.msg_iovlen = 1;
+        }
+        let n = loop {
+            // SAFETY: every header points into live stack arrays or `buffers`.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    headers.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        };
+        for (i, header) in headers.iter().enumerate().take(n) {
+            // With MSG_TRUNC `msg_len` is the datagram's real length.
+            self.lens[self.len + i] = (header.msg_len as usize).min(self.buffer_len);
+        }
+        self.pending = n;
+        Ok(n)
+    }
+
+    /// The `i`th datagram of the last [`Self::recv_pending`] (`None` past
+    /// its count).
+    pub fn pending(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.pending {
+            return None;
+        }
+        let slot = self.pending_base + i;
+        let start = slot * self.buffer_len;
+        Some(&self.buffers[start..start + self.lens[slot]])
+    }
+
+    /// Commits the `i`th pending datagram for `dst`, from `local` if given.
+    /// Pending datagrams must be committed (or skipped) in order; a skipped
+    /// one leaves no gap (the next committed one moves down).
+    pub fn commit_pending(&mut self, i: usize, dst: SocketAddr, local: Option<IpAddr>) {
+        if i >= self.pending {
+            return;
+        }
+        let slot = self.pending_base + i;
+        if slot < self.len {
+            return; // committed already
+        }
+        let len = self.lens[slot];
+        if slot != self.len {
+            let from = slot * self.buffer_len;
+            self.buffers
+                .copy_within(from..from + len, self.len * self.buffer_len);
+        }
+        self.lens[self.len] = len;
+        self.dsts[self.len] = Some((dst, local));
+        self.len += 1;
+    }
+
     /// Forgets every committed datagram.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.pending = 0;
+        self.pending_base = 0;
     }
 
     /// Sends the committed datagrams from index `start` with `sendmmsg`
@@ -329,6 +428,61 @@ pub fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
     loop {
         // SAFETY: the header points at `parts`, alive for the call.
         let rc = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Sends up to `count` datagrams (at most [`MAX_BATCH`]) on a connected
+/// socket with one `sendmmsg`; datagram `i` is `part(i)`: an optional header
+/// and a payload, sent as two iovecs of one datagram (no copy). Returns how
+/// many left; an error means the first one was refused.
+pub fn send_connected_batch<'a>(
+    fd: RawFd,
+    count: usize,
+    part: impl Fn(usize) -> (Option<&'a [u8]>, &'a [u8]),
+) -> io::Result<usize> {
+    let count = count.min(MAX_BATCH);
+    if count == 0 {
+        return Ok(0);
+    }
+    // SAFETY: zeroed mmsghdr / iovec are valid values.
+    let mut iovecs: [libc::iovec; 2 * MAX_BATCH] = unsafe { mem::zeroed() };
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+    let slots = iovecs.chunks_exact_mut(2).zip(headers.iter_mut());
+    for (i, (pair, mmsg)) in slots.enumerate().take(count) {
+        let (header, payload) = part(i);
+        let mut used = 0;
+        if let Some(h) = header {
+            pair[0] = libc::iovec {
+                iov_base: h.as_ptr() as *mut libc::c_void,
+                iov_len: h.len(),
+            };
+            used = 1;
+        }
+        pair[used] = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        mmsg.msg_hdr.msg_iov = pair.as_mut_ptr();
+        mmsg.msg_hdr.msg_iovlen = used + 1;
+    }
+    loop {
+        // SAFETY: every header points at the stack iovecs, which point at
+        // slices alive for `'a` (the kernel only reads them).
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
         if rc >= 0 {
             return Ok(rc as usize);
         }
@@ -548,6 +702,89 @@ mod tests {
         }
         let expected: Vec<Vec<u8>> = (0u8..5).map(|i| vec![i; 3]).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn recv_pending_reads_a_connected_burst_in_one_call_and_skipped_datagrams_leave_no_gap() {
+        let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        upstream.connect(backend.local_addr().unwrap()).unwrap();
+        upstream.set_nonblocking(true).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = client.local_addr().unwrap();
+        for i in 0u8..4 {
+            backend
+                .send_to(&[i; 5], upstream.local_addr().unwrap())
+                .unwrap();
+        }
+        // A datagram longer than a slot shows as a full slot.
+        backend
+            .send_to(&[9; 40], upstream.local_addr().unwrap())
+            .unwrap();
+        let mut batch = SendBatch::new(16);
+        let mut received = 0;
+        for _ in 0..1000 {
+            match batch.recv_pending(upstream.as_raw_fd(), 8) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let payload = batch.pending(i).unwrap().to_vec();
+                        // Skip datagram 1: the next ones move down.
+                        if payload != [1; 5] {
+                            batch.commit_pending(i, dst, None);
+                        }
+                        if payload.len() == 16 {
+                            assert_eq!(payload, vec![9; 16]);
+                        }
+                    }
+                    received += n;
+                    if received == 5 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+        assert_eq!(received, 5);
+        assert_eq!(batch.len(), 4);
+        let kept: Vec<Vec<u8>> = (0..4)
+            .map(|i| batch.committed(i).unwrap().0.to_vec())
+            .collect();
+        assert_eq!(kept, vec![vec![0; 5], vec![2; 5], vec![3; 5], vec![9; 16]]);
+        assert!(batch.recv_pending(upstream.as_raw_fd(), 8).is_err());
+    }
+
+    #[test]
+    fn send_connected_batch_sends_header_and_payload_as_one_datagram_each_in_order() {
+        let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+        backend
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        upstream.connect(backend.local_addr().unwrap()).unwrap();
+        let payloads: Vec<Vec<u8>> = (0u8..3).map(|i| vec![i; 4]).collect();
+        let header = b"HDR".to_vec();
+        let sent = send_connected_batch(upstream.as_raw_fd(), 3, |i| {
+            ((i != 1).then_some(&header[..]), &payloads[i][..])
+        })
+        .unwrap();
+        assert_eq!(sent, 3);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let n = backend.recv(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        assert_eq!(
+            got,
+            vec![
+                b"HDR\0\0\0\0".to_vec(),
+                vec![1; 4],
+                b"HDR\x02\x02\x02\x02".to_vec()
+            ]
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mmsg;
 pub mod shell;
 pub mod socket;
+mod write_queue;
 
 #[cfg(test)]
 mod tests;

@@ -537,6 +537,15 @@ impl UdpShell {
         }
     }
 
+    /// Sends every listener's batch of client-bound datagrams: called once
+    /// per loop wake-up, after its events, so the replies read in it leave
+    /// in one `sendmmsg` per listener instead of one per readiness event.
+    pub fn flush(&mut self, ctx: &mut IoContext<'_>) {
+        for (_, listener) in self.listeners.iter_mut() {
+            listener.flush_returns(ctx);
+        }
+    }
+
     /// A readiness event for one of the shell's sockets.
     pub fn on_ready(
         &mut self,
