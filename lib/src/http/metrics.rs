@@ -6,12 +6,11 @@
 //! sums — a cluster plus its backends, the proxy plus its listeners — count
 //! it once). Caches are dropped when a cluster or backend is removed.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::backends::{BackendId, ClusterId};
-use crate::metrics::{MetricHandle, MetricKind, MetricsRegistry, Scope};
+use crate::metrics::{
+    MetricHandle, MetricKind, MetricsRegistry, Scope, ScopeHandles, ScopedHandleCache,
+};
 use crate::tcp::metrics::{count, register, time};
 
 /// Metric names of the HTTP proxy.
@@ -109,51 +108,11 @@ impl HttpHandles {
     }
 }
 
-/// Listener handles by address, cluster and backend handles on first use.
-#[derive(Debug, Default)]
-pub struct HttpHandleCache {
-    clusters: HashMap<ClusterId, HttpHandles>,
-    backends: HashMap<(ClusterId, BackendId), HttpHandles>,
-}
+/// Cluster and backend handles, registered on first use.
+pub type HttpHandleCache = ScopedHandleCache<HttpHandles>;
 
-impl HttpHandleCache {
-    /// A listener's handles (registered by the caller at listener add).
-    pub fn listener(registry: &mut MetricsRegistry, address: SocketAddr) -> HttpHandles {
-        HttpHandles::register(registry, Scope::Listener(address))
-    }
-
-    /// A cluster's handles.
-    pub fn cluster(&mut self, registry: &mut MetricsRegistry, cluster: &ClusterId) -> HttpHandles {
-        *self
-            .clusters
-            .entry(cluster.clone())
-            .or_insert_with(|| HttpHandles::register(registry, Scope::Cluster(cluster.clone())))
-    }
-
-    /// A backend's handles.
-    pub fn backend(
-        &mut self,
-        registry: &mut MetricsRegistry,
-        cluster: &ClusterId,
-        backend: &BackendId,
-    ) -> HttpHandles {
-        *self
-            .backends
-            .entry((cluster.clone(), backend.clone()))
-            .or_insert_with(|| {
-                HttpHandles::register(registry, Scope::Backend(cluster.clone(), backend.clone()))
-            })
-    }
-
-    /// Forgets a removed cluster's handles and its backends'.
-    pub fn forget_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.backends.retain(|(c, _), _| c.as_str() != cluster);
-    }
-
-    /// Forgets a removed backend's handles.
-    pub fn forget_backend(&mut self, cluster: &str, backend: &str) {
-        self.backends
-            .retain(|(c, b), _| !(c.as_str() == cluster && b.as_str() == backend));
+impl ScopeHandles for HttpHandles {
+    fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {
+        HttpHandles::register(registry, scope)
     }
 }

@@ -198,7 +198,7 @@ impl HttpProxy {
         if self.by_address.contains_key(&address) {
             return Err(HttpError::ListenerExists { address });
         }
-        let handles = HttpHandleCache::listener(ctx.metrics, address);
+        let handles = HttpHandles::register(ctx.metrics, crate::metrics::Scope::Listener(address));
         let id = self.listeners.insert(Listener {
             address,
             config: config.clone(),

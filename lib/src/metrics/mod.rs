@@ -10,6 +10,7 @@
 
 mod histogram;
 mod query;
+mod scoped;
 pub mod statsd;
 
 #[cfg(test)]
@@ -25,6 +26,7 @@ use crate::backends::{BackendId, ClusterId};
 
 pub use histogram::{Histogram, Summary};
 pub use query::aggregate;
+pub use scoped::{ScopeHandles, ScopedHandleCache};
 
 /// Metric names of the UDP datapath (DESIGN §4).
 pub mod names {

@@ -8,12 +8,12 @@
 //! removed from the registry, which makes old handles stale). The names are
 //! shared with HTTP where the fact is the same (`<proto>.connections`…).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::backends::{BackendId, ClusterId};
-use crate::metrics::{MetricHandle, MetricKind, MetricsRegistry, Scope};
+use crate::metrics::{
+    MetricHandle, MetricKind, MetricsRegistry, Scope, ScopeHandles, ScopedHandleCache,
+};
 
 /// Metric names of the TCP proxy.
 pub mod names {
@@ -125,7 +125,7 @@ pub struct RelayHandles {
     pub connect_time: Option<MetricHandle>,
 }
 
-impl RelayHandles {
+impl ScopeHandles for RelayHandles {
     fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {
         let mut r = |name: &str, kind| register(registry, name, scope.clone(), kind);
         RelayHandles {
@@ -142,46 +142,4 @@ impl RelayHandles {
 }
 
 /// Cluster and backend handles, registered on first use.
-#[derive(Debug, Default)]
-pub struct RelayHandleCache {
-    clusters: HashMap<ClusterId, RelayHandles>,
-    backends: HashMap<(ClusterId, BackendId), RelayHandles>,
-}
-
-impl RelayHandleCache {
-    /// The cluster's handles.
-    pub fn cluster(&mut self, registry: &mut MetricsRegistry, cluster: &ClusterId) -> RelayHandles {
-        *self
-            .clusters
-            .entry(cluster.clone())
-            .or_insert_with(|| RelayHandles::register(registry, Scope::Cluster(cluster.clone())))
-    }
-
-    /// The backend's handles.
-    pub fn backend(
-        &mut self,
-        registry: &mut MetricsRegistry,
-        cluster: &ClusterId,
-        backend: &BackendId,
-    ) -> RelayHandles {
-        *self
-            .backends
-            .entry((cluster.clone(), backend.clone()))
-            .or_insert_with(|| {
-                RelayHandles::register(registry, Scope::Backend(cluster.clone(), backend.clone()))
-            })
-    }
-
-    /// Forgets a cluster's handles and its backends' (after its scope was
-    /// removed from the registry).
-    pub fn forget_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.backends.retain(|(c, _), _| c.as_str() != cluster);
-    }
-
-    /// Forgets one backend's handles.
-    pub fn forget_backend(&mut self, cluster: &str, backend: &str) {
-        self.backends
-            .retain(|(c, b), _| !(c.as_str() == cluster && b.as_str() == backend));
-    }
-}
+pub type RelayHandleCache = ScopedHandleCache<RelayHandles>;
