@@ -10,6 +10,8 @@ use std::{
 
 use super::*;
 
+mod responses;
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -1106,7 +1108,7 @@ fn handed_over_flow_keeps_backend_counters_and_deadline() {
     let t0 = origin();
     let mut c = cluster();
     c.send_proxy_protocol = true;
-    c.responses = nz(3);
+    c.responses = nz(2);
     let mut old = manager_with(c);
     let client = addr("192.0.2.1:1");
     let flow = established(&mut old, t0, client);
@@ -1149,14 +1151,17 @@ fn handed_over_flow_keeps_backend_counters_and_deadline() {
         new.handle_backend_datagram(t1, id, b"r2"),
         BackendDecision::Return { dst: client }
     );
-    // Captured responses = 3: the third reply closes it, counters carried.
+    // Captured responses = 2 per request, 2 requests: the fourth reply
+    // closes it, counters carried.
     new.handle_backend_datagram(t1, id, b"r3");
+    assert_eq!(new.active_flows(), 1, "one answer still owed");
+    new.handle_backend_datagram(t1, id, b"r4");
     let out = outputs(&mut new);
     let Some(Output::CloseFlow { reason, record, .. }) = out.last() else {
         panic!("closed by the carried cap")
     };
     assert_eq!(*reason, CloseReason::ResponsesReached);
-    assert_eq!((record.datagrams_in, record.datagrams_out), (2, 3));
+    assert_eq!((record.datagrams_in, record.datagrams_out), (2, 4));
     assert_eq!(record.duration(), Duration::from_secs(2));
 }
 
