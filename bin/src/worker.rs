@@ -58,6 +58,10 @@ pub struct WorkerArgs {
     /// Scopes as dogstatsd tags instead of in the name.
     #[arg(long)]
     pub statsd_tagged: bool,
+    /// Key of the UDP affinity hash (the master's `hash_seed`); absent: the
+    /// fixed default, the same in every process.
+    #[arg(long)]
+    pub hash_seed: Option<u64>,
 }
 
 /// Runs the worker until it is stopped; exit 0 after a soft or hard stop.
@@ -98,6 +102,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     let config = ServerConfig {
         worker_id: args.id,
         seed: random_seed(),
+        hash_seed: args.hash_seed,
         buffer_size: args.buffer_size,
         statsd: args.statsd_address.map(|address| StatsdConfig {
             address,
@@ -132,8 +137,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
 /// How often metrics are pushed to statsd.
 const STATSD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A per-process random seed for affinity hashes and random balancing, so
-/// a client cannot precompute which flows collide.
+/// A per-process random seed for the flow tables' hashers and RANDOM /
+/// POWER_OF_TWO balancing, so a client cannot precompute which flows collide.
+/// The affinity hash is NOT keyed by it (`hash_seed`): placement must agree
+/// across workers, restarts and instances.
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.

@@ -265,6 +265,7 @@ impl Master {
             statsd: config.metrics.clone(),
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
+            hash_seed: config.hash_seed,
         };
         Ok(Master {
             poll,

@@ -40,6 +40,8 @@ pub struct WorkerLaunch {
     pub statsd: Option<MetricsConfig>,
     pub max_command_buffer_size: usize,
     pub log: LogSettings,
+    /// The configured `hash_seed` (UDP affinity hash key), if set.
+    pub hash_seed: Option<u64>,
 }
 
 /// A started process and the master's ends of its sockets.
@@ -86,6 +88,9 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     command
         .arg("--buffer-size")
         .arg(launch.buffer_size.to_string());
+    if let Some(hash_seed) = launch.hash_seed {
+        command.arg("--hash-seed").arg(hash_seed.to_string());
+    }
     if let Some(statsd) = &launch.statsd {
         command
             .arg("--statsd-address")

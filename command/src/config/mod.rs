@@ -84,6 +84,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Where the master writes its pid.
     pub pid_file_path: Option<PathBuf>,
+    /// Key of the UDP affinity hash (HRW / MAGLEV placement); `None`: the
+    /// fixed default. Every instance of a fleet sets the same value so a
+    /// client maps to the same backend on all of them.
+    pub hash_seed: Option<u64>,
     /// Statsd metrics export.
     pub metrics: Option<MetricsConfig>,
     /// Listeners in file order.

@@ -235,6 +235,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
     let request_timeout =
         opt(top, "request_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(10));
     let pid_file_path = opt(top, "pid_file_path", |v| path_value(v, base_dir))?;
+    let hash_seed = opt(top, "hash_seed", |v| v.integer(0, u64::MAX, true))?;
     let metrics = match top.get("metrics") {
         Some(v) => Some(parse_metrics(&v)?),
         None => None,
@@ -265,6 +266,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         connect_timeout,
         request_timeout,
         pid_file_path,
+        hash_seed,
         metrics,
         listeners: Vec::new(),
         clusters: BTreeMap::new(),

@@ -1025,3 +1025,17 @@ frontends = [{ address = "127.0.0.1:5300" }]
          a udp listener has exactly one cluster (at dup.toml:12)"
     );
 }
+
+#[test]
+fn hash_seed_is_optional_any_u64_and_refuses_negatives() {
+    assert_eq!(load("").unwrap().hash_seed, None);
+    assert_eq!(load("hash_seed = 12345\n").unwrap().hash_seed, Some(12_345));
+    assert_eq!(
+        load("hash_seed = 0xffffffffffffffff\n").unwrap().hash_seed,
+        Some(u64::MAX)
+    );
+    assert_eq!(
+        error("hash_seed = -1\n"),
+        "hash_seed: expected an integer >= 0, got -1 (at test.toml:1)"
+    );
+}

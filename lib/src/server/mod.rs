@@ -54,9 +54,13 @@ pub struct StatsdConfig {
 pub struct ServerConfig {
     /// The worker's id (its key in query-metrics answers).
     pub worker_id: u32,
-    /// Seeds affinity hashes, flow-table hashers and RANDOM / POWER_OF_TWO
-    /// balancing (use a random value in production, a fixed one in tests).
+    /// Seeds flow-table hashers and RANDOM / POWER_OF_TWO balancing (use a
+    /// per-process random value in production, a fixed one in tests).
     pub seed: u64,
+    /// Key of the UDP affinity hash (HRW / MAGLEV placement), the global
+    /// `hash_seed`; `None`: the fixed default. Never random: every worker
+    /// and instance sharing it maps a client to the same backend.
+    pub hash_seed: Option<u64>,
     /// The configured `buffer_size`: `max_rx_datagram_size` is clamped to
     /// it (`0` = no clamp).
     pub buffer_size: usize,
@@ -232,7 +236,13 @@ impl Server {
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(config.seed),
             health: HealthChecker::new(),
-            udp: UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size),
+            udp: {
+                let mut udp = UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size);
+                if let Some(hash_seed) = config.hash_seed {
+                    udp.set_hash_seed(hash_seed);
+                }
+                udp
+            },
             streams,
             statsd,
             still_readable: Vec::new(),

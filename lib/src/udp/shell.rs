@@ -114,6 +114,8 @@ pub struct UdpShell {
     probes: HashMap<ProbeId, ProbeInFlight>,
     recv: RecvBatch,
     seed: u64,
+    /// Key of every listener's affinity hash: fleet-wide, not per process.
+    hash_seed: u64,
     fd_limit: u64,
     adopted: HashMap<SocketAddr, OwnedFd>,
     draining: bool,
@@ -124,8 +126,9 @@ pub struct UdpShell {
 }
 
 impl UdpShell {
-    /// An empty shell. `seed` keys each listener's affinity hash (mixed with
-    /// its address); `fd_limit` is the soft `RLIMIT_NOFILE` for automatic
+    /// An empty shell. `seed` (per-process random) keys each listener's flow
+    /// table hasher (mixed with its address); the affinity hash is keyed by
+    /// the default hash seed until [`Self::set_hash_seed`]; `fd_limit` is the soft `RLIMIT_NOFILE` for automatic
     /// `max_flows`; `adopted` are listener sockets passed by the master,
     /// used instead of binding when their listener is added;
     /// `buffer_size` clamps `max_rx_datagram_size` (`0`: no clamp).
@@ -142,12 +145,20 @@ impl UdpShell {
             probes: HashMap::new(),
             recv: RecvBatch::new(1501),
             seed,
+            hash_seed: crate::protocol::udp::DEFAULT_HASH_SEED,
             fd_limit,
             adopted: adopted.into_iter().collect(),
             draining: false,
             buffer_size,
             health_deadline: None,
         }
+    }
+
+    /// Sets the affinity hash key (`hash_seed`) of the listeners added from
+    /// now on. It never mixes in the listener address, the worker or the
+    /// process: a client maps to the same backend wherever it lands.
+    pub fn set_hash_seed(&mut self, hash_seed: u64) {
+        self.hash_seed = hash_seed;
     }
 
     /// Adds sockets adopted during an upgrade (used by later adds).
@@ -168,7 +179,8 @@ impl UdpShell {
         if self.by_address.contains_key(&address) {
             return Err(UdpError::ListenerExists { address });
         }
-        let manager_config = manager_config(address, config, 1, self.buffer_size)?;
+        let mut manager_config = manager_config(address, config, 1, self.buffer_size)?;
+        manager_config.hash_seed = self.hash_seed;
         let id = self.listeners.vacant_key();
         let seed = self.seed ^ crate::load_balancing::stable_hash(address.to_string().as_bytes());
         let manager = UdpFlowManager::new(manager_config, seed);

@@ -10,6 +10,7 @@ use std::{
 
 use super::*;
 
+mod affinity;
 mod responses;
 
 fn addr(s: &str) -> SocketAddr {
@@ -69,7 +70,10 @@ fn first_datagram_admits_and_selects_backend() {
     };
     assert_eq!(*f, flow);
     assert_eq!(cluster.as_str(), "dns");
-    assert_eq!(*h, affinity_hash(42, AffinityKey::SourceIp, client));
+    assert_eq!(
+        *h,
+        affinity_hash(DEFAULT_HASH_SEED, AffinityKey::SourceIp, client)
+    );
     assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(10)));
 
     let backend = addr("10.1.0.1:53");
@@ -219,7 +223,7 @@ fn tracked_key_is_sticky_and_each_port_gets_its_own_flow() {
     assert_eq!(
         hashes,
         vec![affinity_hash(
-            42,
+            DEFAULT_HASH_SEED,
             AffinityKey::SourceIp,
             addr("192.0.2.1:1000")
         )]
@@ -235,7 +239,7 @@ fn source_ip_port_affinity_hashes_the_port() {
     let out = outputs(&mut m);
     assert!(out.iter().any(|o| matches!(o,
         Output::SelectBackend { affinity_hash: h, .. }
-            if *h == affinity_hash(42, AffinityKey::SourceIpPort, addr("192.0.2.1:1000")))));
+            if *h == affinity_hash(DEFAULT_HASH_SEED, AffinityKey::SourceIpPort, addr("192.0.2.1:1000")))));
 }
 
 #[test]

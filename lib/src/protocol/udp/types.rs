@@ -184,6 +184,12 @@ pub struct UdpFlowManagerConfig {
     pub max_pending_datagrams: NonZeroUsize,
     /// Most payload bytes buffered per awaiting flow.
     pub max_pending_bytes: NonZeroUsize,
+    /// Key of the affinity hash (HRW / MAGLEV placement). Must be the same
+    /// on every worker and instance that should agree on a client's backend;
+    /// never random. Default [`super::DEFAULT_HASH_SEED`]. (The flow table's
+    /// hasher is keyed separately, by the per-process seed of
+    /// [`super::UdpFlowManager::new`].)
+    pub hash_seed: u64,
 }
 
 /// Default bound of the per-flow pending FIFO (datagrams).
@@ -210,6 +216,7 @@ impl UdpFlowManagerConfig {
             back_timeout: Duration::from_secs(30),
             max_pending_datagrams: DEFAULT_MAX_PENDING_DATAGRAMS,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            hash_seed: super::DEFAULT_HASH_SEED,
         }
     }
 }
