@@ -700,3 +700,104 @@ fn a_tcp_probe_takes_the_backend_down_when_its_port_refuses_and_up_when_it_liste
     client.send_to(b"served", listener).unwrap();
     assert_eq!(recv(&backend_socket).0, b"served");
 }
+
+/// Receives from every backend socket until `total` datagrams arrived (or
+/// the bounded wait ends); returns the distinct upstream sources (flows)
+/// each backend saw.
+fn flows_per_backend(backends: &[UdpSocket], total: usize) -> Vec<usize> {
+    let mut sources: Vec<std::collections::HashSet<SocketAddr>> =
+        vec![Default::default(); backends.len()];
+    let mut received = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while received < total && std::time::Instant::now() < deadline {
+        for (i, b) in backends.iter().enumerate() {
+            while let Some((_, from)) = try_recv(b, Duration::from_millis(5)) {
+                sources[i].insert(from);
+                received += 1;
+            }
+        }
+    }
+    assert_eq!(received, total, "every datagram reached a backend");
+    sources.iter().map(|s| s.len()).collect()
+}
+
+#[test]
+fn least_loaded_splits_bursts_of_new_flows_evenly() {
+    use sozu_command_lib::command::LoadBalancingAlgorithms;
+    let mut worker = Worker::start();
+    let listener = free_udp_addr("127.0.0.1");
+    let mut config = udp_listener(listener);
+    // No flow may expire during the test: the split is of live flows.
+    config.front_timeout = 60;
+    config.back_timeout = 60;
+    worker.ok(RequestType::AddUdpListener(config));
+    let mut cluster = udp_cluster("c", Default::default());
+    cluster.load_balancing = LoadBalancingAlgorithms::LeastLoaded as i32;
+    worker.ok(RequestType::AddCluster(cluster));
+    let backends: Vec<UdpSocket> = (0..3).map(|_| udp_socket("127.0.0.1")).collect();
+    for (i, b) in backends.iter().enumerate() {
+        worker.ok(RequestType::AddBackend(backend(
+            "c",
+            &format!("b{i}"),
+            b.local_addr().unwrap(),
+        )));
+    }
+    worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
+    // 300 new sources in 6 bursts of 50, each burst sent back to back so the
+    // worker selects its flows in one batch, before any is resolved; the
+    // next burst waits until the worker took this one (the listener's
+    // receive buffer holds one burst, not all 300).
+    let clients: Vec<UdpSocket> = (0..300).map(|_| udp_socket("127.0.0.1")).collect();
+    let created = format!("udp.flows.created@{listener}");
+    for (k, burst) in clients.chunks(50).enumerate() {
+        for c in burst {
+            c.send_to(b"q", listener).unwrap();
+        }
+        let want = 50 * (k as i64 + 1);
+        worker.wait_metric(&created, |v| v >= want);
+    }
+    let split = flows_per_backend(&backends, 300);
+    assert_eq!(split, vec![100, 100, 100], "flows per backend");
+    assert_eq!(
+        worker.metric(&format!("udp.active_flows@{listener}")),
+        300,
+        "all flows still live"
+    );
+}
+
+#[test]
+fn a_wildcard_listener_puts_the_address_the_client_hit_in_the_proxy_header() {
+    let mut worker = Worker::start();
+    let port = free_udp_addr("0.0.0.0").port();
+    let listener = SocketAddr::from(([0, 0, 0, 0], port));
+    let backend_socket = udp_socket("127.0.0.1");
+    worker.ok(RequestType::AddUdpListener(udp_listener(listener)));
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "c",
+        UdpClusterConfig {
+            send_proxy_protocol: Some(true),
+            proxy_protocol_every_datagram: Some(true),
+            ..Default::default()
+        },
+    )));
+    worker.ok(RequestType::AddBackend(backend(
+        "c",
+        "b1",
+        backend_socket.local_addr().unwrap(),
+    )));
+    worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
+    for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        let client = udp_socket("127.0.0.1");
+        let target = SocketAddr::from((ip, port));
+        // The first datagram is flushed from the pending queue when the
+        // backend is chosen, the second forwarded directly: both carry it.
+        for i in 0..2u8 {
+            client.send_to(&[i], target).unwrap();
+            let (datagram, _) = recv(&backend_socket);
+            let (src, dst, rest) = parse_proxy_v2(&datagram).expect("a PROXY v2 header");
+            assert_eq!(src, client.local_addr().unwrap());
+            assert_eq!(dst, target, "datagram {i}: the address the client hit");
+            assert_eq!(rest, [i]);
+        }
+    }
+}

@@ -312,3 +312,18 @@ fn maglev_removal_leaves_the_survivors_keys_in_place() {
         }
     }
 }
+
+#[test]
+fn least_loaded_splits_a_burst_exactly_when_each_pick_is_counted_at_once() {
+    // The shell counts a flow on its backend the moment it is chosen, so
+    // the next pick of the same burst sees it: 300 picks split by weight
+    // exactly, whatever the burst size.
+    let mut c = fakes(&[1, 2, 3]);
+    let mut p = policy(Algorithm::LeastLoaded, &c);
+    for _ in 0..300 {
+        let i = p.pick(&c, 0).unwrap();
+        c[i].load += 1;
+    }
+    let loads: Vec<u64> = c.iter().map(|f| f.load).collect();
+    assert_eq!(loads, vec![50, 100, 150]);
+}
