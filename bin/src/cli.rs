@@ -539,7 +539,8 @@ pub struct UdpClusterKnobs {
     /// UDP: what the load-balancing hash uses [master default: source-ip].
     #[arg(long = "affinity-key", value_enum)]
     pub affinity_key: Option<AffinityKey>,
-    /// UDP: close a flow after this many backend datagrams (0 = unlimited).
+    /// UDP: backend datagrams expected per client datagram; a flow closes
+    /// once every datagram it forwarded is answered (0 = unlimited).
     #[arg(long = "responses")]
     pub responses: Option<u32>,
     /// UDP: close a flow after this many client datagrams (0 = unlimited).

@@ -129,10 +129,12 @@ pub struct ClusterConfig {
     pub cluster_id: ClusterId,
     /// What the affinity hash covers.
     pub affinity_key: AffinityKey,
-    /// Close the flow after this many backend datagrams (`None` = unlimited;
-    /// DNS = 1).
+    /// Backend datagrams expected per forwarded client datagram (nginx's
+    /// `proxy_responses`): the flow closes once every forwarded request got
+    /// them (`None` = unlimited; DNS = 1).
     pub responses: Option<NonZeroU32>,
-    /// Close the flow after this many client datagrams (`None` = unlimited).
+    /// Forward at most this many client datagrams (`None` = unlimited);
+    /// without a responses cap the flow closes on the last one.
     pub requests: Option<NonZeroU32>,
     /// Idle time after a client datagram; `None` = the listener's default.
     pub front_timeout: Option<Duration>,
@@ -264,7 +266,7 @@ impl DropReason {
 pub enum CloseReason {
     /// Its idle deadline passed.
     Idle,
-    /// The responses cap was reached.
+    /// Every forwarded client datagram got its `responses` answers.
     ResponsesReached,
     /// The requests cap was reached.
     RequestsReached,
