@@ -243,3 +243,37 @@ fn twelve_client_ips_map_alike_after_upgrade_and_on_another_instance() {
     );
     drop(c);
 }
+
+#[test]
+fn a_wildcard_listener_sends_the_address_the_client_hit_as_proxy_destination() {
+    let backend = UdpBackend::v4("a");
+    let wildcard = sozu_e2e::ports::free_addr(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let mut cluster = ClusterConfig::new("c", wildcard).backend("a", backend.addr());
+    cluster.send_proxy_protocol = true;
+    let _sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(wildcard), cluster));
+    let mut expected = Vec::new();
+    for last in [2, 3] {
+        let hit = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), wildcard.port());
+        let client = UdpSocket::bind("127.0.0.1:0").expect("bind a client");
+        client.send_to(b"hello", hit).expect("send");
+        let reply = receive_from(&client, hit, 1);
+        assert_eq!(
+            reply.len(),
+            1,
+            "a reply from {hit}, the address the client hit"
+        );
+        expected.push((client.local_addr().expect("client address"), hit));
+    }
+    let received = backend.wait_datagrams(2, METRICS);
+    let seen: Vec<(SocketAddr, SocketAddr)> = received
+        .iter()
+        .map(|r| {
+            let header = r
+                .proxy
+                .as_ref()
+                .expect("a PROXY v2 header on a flow's first datagram");
+            (header.source, header.destination)
+        })
+        .collect();
+    assert_eq!(seen, expected, "PROXY v2 source and destination per flow");
+}
