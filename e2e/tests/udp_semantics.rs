@@ -144,13 +144,14 @@ fn source_ip_affinity_gives_one_backend_to_48_ports_across_two_workers() {
         // Positive signal: the 48 sources really were spread over both
         // workers (SO_REUSEPORT hashes the source port), so agreement is
         // between workers, not within one.
-        let per_worker = wait_until("48 flows counted", METRICS, || {
+        let both = poll_until(METRICS, || {
             let per_worker = flows_per_worker(&sozu);
-            (per_worker.values().sum::<i64>() >= 48).then_some(per_worker)
+            (per_worker.values().filter(|&&n| n > 0).count() == 2).then_some(per_worker)
         });
         assert!(
-            per_worker.values().filter(|&&n| n > 0).count() == 2,
-            "{algorithm}: the 48 flows did not reach both workers: {per_worker:?}"
+            both.is_some(),
+            "{algorithm}: the 48 flows did not reach both workers: {:?}",
+            flows_per_worker(&sozu)
         );
         assert_eq!(
             chosen.len(),
