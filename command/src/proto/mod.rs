@@ -8,3 +8,4 @@ pub mod command {
 }
 
 pub mod convert;
+pub mod weight;
