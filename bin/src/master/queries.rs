@@ -117,7 +117,10 @@ impl Master {
             RequestType::QueryClustersHashes(_) => {
                 let hashes = self.state.cluster_hashes();
                 let message = format!("{} cluster hash(es)", hashes.map.len());
-                self.answer(token, with_content(message, ContentType::ClusterHashes(hashes)));
+                self.answer(
+                    token,
+                    with_content(message, ContentType::ClusterHashes(hashes)),
+                );
             }
             RequestType::QueryClustersByDomain(query) => {
                 let clusters = self
@@ -129,7 +132,10 @@ impl Master {
                     query.hostname,
                     query.path.as_deref().unwrap_or("")
                 );
-                self.answer(token, with_content(message, ContentType::Clusters(clusters)));
+                self.answer(
+                    token,
+                    with_content(message, ContentType::Clusters(clusters)),
+                );
             }
             RequestType::CountRequests(_) => {
                 let counts = RequestCounts {

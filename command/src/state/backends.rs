@@ -34,9 +34,8 @@ impl ConfigState {
         // Sōzu's weight rule (`proto::weight`): the state keeps the weight
         // the backend is served with, so listings show it.
         let mut stored = backend.clone();
-        stored.load_balancing_parameters = Some(effective_params(
-            backend.load_balancing_parameters.as_ref(),
-        ));
+        stored.load_balancing_parameters =
+            Some(effective_params(backend.load_balancing_parameters.as_ref()));
         self.backends
             .entry(backend.cluster_id.clone())
             .or_default()

@@ -257,7 +257,11 @@ mod tests {
         let before = state.cluster_hashes().map;
         assert_eq!(before.len(), 2);
         assert_ne!(before["a"], before["b"]);
-        assert_eq!(apply_all(&base).cluster_hashes().map, before, "deterministic");
+        assert_eq!(
+            apply_all(&base).cluster_hashes().map,
+            before,
+            "deterministic"
+        );
         state
             .dispatch(&add_backend("b", "b-1", "127.0.0.1:3002"))
             .expect("backend added");

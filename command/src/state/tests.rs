@@ -979,9 +979,24 @@ fn backend_weights_follow_sozu_rule_and_are_listed_effective() {
     let mut unweighted = backend("dns", "none", "127.0.0.1:3001", 0);
     unweighted.load_balancing_parameters = None;
     for order_ in [
-        order(RequestType::AddBackend(backend("dns", "zero", "127.0.0.1:3002", 0))),
-        order(RequestType::AddBackend(backend("dns", "neg", "127.0.0.1:3003", -5))),
-        order(RequestType::AddBackend(backend("dns", "ten", "127.0.0.1:3004", 10))),
+        order(RequestType::AddBackend(backend(
+            "dns",
+            "zero",
+            "127.0.0.1:3002",
+            0,
+        ))),
+        order(RequestType::AddBackend(backend(
+            "dns",
+            "neg",
+            "127.0.0.1:3003",
+            -5,
+        ))),
+        order(RequestType::AddBackend(backend(
+            "dns",
+            "ten",
+            "127.0.0.1:3004",
+            10,
+        ))),
         order(RequestType::AddBackend(unweighted)),
     ] {
         assert_eq!(state.dispatch(&order_), Ok(DispatchOutcome::Applied));

@@ -166,25 +166,23 @@ impl Server {
                     }
                 }
             }
-            RequestType::ConfigureMetrics(value) => {
-                match MetricsConfiguration::try_from(*value) {
-                    Ok(configuration) => {
-                        self.metrics.configure(configuration);
-                        tracing::info!(
-                            worker = self.worker_id,
-                            configuration = configuration.as_str_name(),
-                            "metrics configured"
-                        );
-                        self.answer(&id, ResponseStatus::Ok, configuration.as_str_name(), None);
-                    }
-                    Err(_) => {
-                        let message = format!(
+            RequestType::ConfigureMetrics(value) => match MetricsConfiguration::try_from(*value) {
+                Ok(configuration) => {
+                    self.metrics.configure(configuration);
+                    tracing::info!(
+                        worker = self.worker_id,
+                        configuration = configuration.as_str_name(),
+                        "metrics configured"
+                    );
+                    self.answer(&id, ResponseStatus::Ok, configuration.as_str_name(), None);
+                }
+                Err(_) => {
+                    let message = format!(
                             "configure_metrics: {value} is not a MetricsConfiguration (0 ENABLED, 1 DISABLED, 2 CLEAR)"
                         );
-                        self.answer(&id, ResponseStatus::Failure, &message, None);
-                    }
+                    self.answer(&id, ResponseStatus::Failure, &message, None);
                 }
-            }
+            },
             RequestType::LaunchWorker(_)
             | RequestType::SubscribeEvents(_)
             | RequestType::AddHttpsFrontend(_)
