@@ -186,7 +186,7 @@ impl Master {
                     ),
                 );
             }
-            RequestType::Logging(directives) => self.logging(token, peer, request, directives, now),
+            RequestType::Logging(directives) => self.logging(token, peer, directives, now),
             RequestType::ConfigureMetrics(value) => {
                 self.configure_metrics(token, peer, request, *value, now)
             }
@@ -198,16 +198,17 @@ impl Master {
     /// `Logging`: the master's own filter first (an invalid one is refused
     /// and nothing changes), then every worker's; workers started later
     /// start with it.
-    fn logging(
-        &mut self,
-        token: Token,
-        peer: Peer,
-        request: &Request,
-        directives: &str,
-        now: Instant,
-    ) {
+    fn logging(&mut self, token: Token, peer: Peer, directives: &str, now: Instant) {
         let directives = directives.trim();
-        if let Err(error) = crate::logging::set_level(directives) {
+        // An empty filter would silently mean "errors only".
+        let applied = if directives.is_empty() {
+            Err(anyhow::anyhow!(
+                "the log filter is empty (expected e.g. info or debug)"
+            ))
+        } else {
+            crate::logging::set_level(directives)
+        };
+        if let Err(error) = applied {
             let message = format!("logging refused: {error:#}");
             audit(peer, "logging", "refused", &message);
             self.answer(token, failure(message));
@@ -215,7 +216,10 @@ impl Master {
         }
         tracing::warn!(level = directives, "log level changed");
         self.launch.log.level = directives.to_owned();
-        self.fan_out_order(token, peer, "logging", request.clone(), now);
+        let order = Request {
+            request_type: Some(RequestType::Logging(directives.to_owned())),
+        };
+        self.fan_out_order(token, peer, "logging", order, now);
     }
 
     /// `configure_metrics`: every worker's metrics (the master aggregates

@@ -33,7 +33,10 @@ use crate::udp::{IoContext, UdpError};
 /// `info,sozu_lib=trace`); an error says why the directives were refused.
 /// The process that owns the logging (the `sozu` binary) provides it.
 #[derive(Clone)]
-pub struct LogLevelHook(std::sync::Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+pub struct LogLevelHook(std::sync::Arc<SetLogLevel>);
+
+/// The function behind a [`LogLevelHook`].
+type SetLogLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
 impl LogLevelHook {
     /// Wraps the function that changes the log filter.
