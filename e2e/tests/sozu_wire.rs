@@ -784,3 +784,52 @@ fn sozu_queries_answer_with_the_state_contents() {
         other => panic!("certificates from workers: {other:?}"),
     }
 }
+
+/// A worker restarted after a crash starts with the live log level and the
+/// live metrics setting, not the configured ones.
+#[test]
+fn a_restarted_worker_keeps_the_live_log_level_and_metrics_setting() {
+    let backend = UdpBackend::v4("a");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", backend.addr());
+    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(frontend), cluster));
+    check(
+        &sozu,
+        RequestType::Logging("debug".to_owned()),
+        Expect::Done,
+    );
+    check(
+        &sozu,
+        RequestType::ConfigureMetrics(MetricsConfiguration::Disabled as i32),
+        Expect::Done,
+    );
+    let old = sozu.worker_pids();
+    // Whatever the old worker logged is before this point.
+    let before_kill = sozu.log().len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    sozu.wait_new_workers(&old, Duration::from_secs(20));
+    let id = sozu.status().expect("status")[0].id;
+
+    // Its boot (the state replayed to it) is logged at debug.
+    wait_for("debug lines from the restarted worker", SETTLE, || {
+        !debug_lines_of(&log_since(&sozu, before_kill), &format!("worker-{id}")).is_empty()
+    });
+    // It serves but does not count.
+    for i in 0..3 {
+        UdpClient::new(frontend).echo_eventually(format!("restarted {i}").as_bytes(), SETTLE);
+    }
+    assert_eq!(sozu.metrics().proxy_or_zero(DATAGRAMS_IN), 0);
+    check(
+        &sozu,
+        RequestType::ConfigureMetrics(MetricsConfiguration::Enabled as i32),
+        Expect::Done,
+    );
+    UdpClient::new(frontend).expect_echo(b"counted");
+    sozu.wait_metrics("counting once enabled", SETTLE, |m| {
+        m.proxy_or_zero(DATAGRAMS_IN) >= 1
+    });
+}
