@@ -9,3 +9,6 @@ pub mod command {
 
 pub mod convert;
 pub mod weight;
+
+#[cfg(test)]
+mod wire_tests;
