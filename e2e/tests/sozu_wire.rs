@@ -585,12 +585,18 @@ fn debug_lines_of<'a>(log: &'a str, process: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// An order the master sends to every worker (`status` is answered by the
+/// master alone).
+fn query_metrics() -> RequestType {
+    RequestType::QueryMetrics(QueryMetricsOptions::default())
+}
+
 #[test]
 fn logging_changes_the_level_live_in_master_and_workers() {
     let (sozu, _backend, _frontend) = start("info");
-    // At info: a status leaves no debug line anywhere.
+    // At info: an order every worker handles leaves no debug line anywhere.
     let start_len = sozu.log().len();
-    check(&sozu, RequestType::Status(Status {}), Expect::Content(1));
+    check(&sozu, query_metrics(), Expect::Content(2));
     let at_info = log_since(&sozu, start_len);
     for process in ["master", "worker-0", "worker-1"] {
         assert!(
@@ -605,7 +611,7 @@ fn logging_changes_the_level_live_in_master_and_workers() {
         Expect::Done,
     );
     let after_debug = sozu.log().len();
-    check(&sozu, RequestType::Status(Status {}), Expect::Content(1));
+    check(&sozu, query_metrics(), Expect::Content(2));
     // Every order is logged at debug by the master and by each worker.
     wait_for(
         "debug lines from the master and both workers",
@@ -631,7 +637,7 @@ fn logging_changes_the_level_live_in_master_and_workers() {
     check(&sozu, RequestType::Logging("info".to_owned()), Expect::Done);
     let back_at_info = sozu.log().len();
     for _ in 0..3 {
-        check(&sozu, RequestType::Status(Status {}), Expect::Content(1));
+        check(&sozu, query_metrics(), Expect::Content(2));
     }
     check(&sozu, RequestType::Logging("info".to_owned()), Expect::Done);
     wait_for("the workers' 'log level changed' lines", SETTLE, || {
@@ -833,6 +839,39 @@ fn a_restarted_worker_keeps_the_live_log_level_and_metrics_setting() {
     );
     UdpClient::new(frontend).expect_echo(b"counted");
     sozu.wait_metrics("counting once enabled", SETTLE, |m| {
+        m.proxy_or_zero(DATAGRAMS_IN) >= 1
+    });
+}
+
+/// Our own CLI's `logging` and `metrics enable|disable|clear` send the same
+/// orders.
+#[test]
+fn our_cli_switches_the_log_level_and_metrics() {
+    let (sozu, _backend, frontend) = start("info");
+    let out = sozu.cli_ok(&["logging", "debug"]);
+    assert!(out.stdout.contains("logging"), "{out:?}");
+    let after = sozu.log().len();
+    // `metrics get` reaches every worker, which logs each order at debug.
+    sozu.cli_ok(&["metrics", "get"]);
+    wait_for("debug lines after `sozu logging debug`", SETTLE, || {
+        !debug_lines_of(&log_since(&sozu, after), "worker-0").is_empty()
+    });
+    let refused = sozu.cli(&["logging", "info,sozu=notalevel"]);
+    assert!(!refused.success(), "{refused:?}");
+    assert!(
+        refused.stderr.contains("notalevel") || refused.stdout.contains("notalevel"),
+        "{refused:?}"
+    );
+
+    UdpClient::new(frontend).echo_eventually(b"counted", SETTLE);
+    sozu.wait_metrics("counted", SETTLE, |m| m.proxy_or_zero(DATAGRAMS_IN) >= 1);
+    sozu.cli_ok(&["metrics", "disable"]);
+    sozu.cli_ok(&["metrics", "clear"]);
+    UdpClient::new(frontend).expect_echo(b"not counted");
+    assert_eq!(sozu.metrics().proxy_or_zero(DATAGRAMS_IN), 0);
+    sozu.cli_ok(&["metrics", "enable"]);
+    UdpClient::new(frontend).expect_echo(b"counted again");
+    sozu.wait_metrics("counted again", SETTLE, |m| {
         m.proxy_or_zero(DATAGRAMS_IN) >= 1
     });
 }
