@@ -14,7 +14,7 @@ use clap::Args;
 use sozu_command_lib::channel::Channel;
 use sozu_command_lib::command::{WorkerRequest, WorkerResponse};
 use sozu_command_lib::scm::ScmSocket;
-use sozu_lib::server::{Server, ServerConfig, StatsdConfig};
+use sozu_lib::server::{LogLevelHook, Server, ServerConfig, StatsdConfig};
 
 use crate::logging::{self, LogSettings};
 
@@ -113,6 +113,9 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         adopted_sockets: Vec::new(),
         scm: Some(scm),
         raise_fd_limit: true,
+        log_level: Some(LogLevelHook::new(|directives| {
+            logging::set_level(directives).map_err(|error| format!("{error:#}"))
+        })),
     };
     let server = match Server::new(channel, config) {
         Ok(server) => server,

@@ -16,6 +16,7 @@ mod gather;
 mod lifecycle;
 mod metrics;
 mod orders;
+mod queries;
 mod signals;
 mod state_file;
 mod upgrade;
@@ -173,6 +174,8 @@ pub(crate) struct Master {
     exec_requested: Option<Token>,
     /// When the next heartbeat status is sent to the workers.
     next_heartbeat: Instant,
+    /// Request counts and the metrics setting (`queries.rs`).
+    sozu: queries::SozuExtras,
 }
 
 impl Master {
@@ -287,6 +290,7 @@ impl Master {
             exit: None,
             exec_requested: None,
             next_heartbeat: now() + config.worker_timeout,
+            sozu: queries::SozuExtras::default(),
             config,
             config_path,
         })
@@ -682,6 +686,7 @@ impl Master {
             .open(purpose, now, Some(self.config.worker_timeout));
         let mut requests = prelude;
         requests.extend(self.state.generate_requests());
+        requests.extend(self.sozu.boot_orders());
         requests.push(sozu_command_lib::command::Request {
             request_type: Some(sozu_command_lib::command::request::RequestType::Status(
                 sozu_command_lib::command::Status {},

@@ -13,7 +13,7 @@ use super::ids::BackendId;
 
 /// Weight of a backend added without `load_balancing_parameters` (Sōzu's
 /// default).
-pub const DEFAULT_WEIGHT: u32 = 100;
+pub use sozu_command_lib::proto::weight::DEFAULT_WEIGHT;
 
 /// Whether a backend may receive new flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use sozu_command_lib::command;
 use sozu_command_lib::proto::convert::AddressError;
+use sozu_command_lib::proto::weight::effective_weight;
 
 use crate::load_balancing::{mix64, stable_hash, Algorithm};
 
@@ -41,13 +42,6 @@ pub enum BackendError {
         backend: String,
         address: SocketAddr,
         actual: SocketAddr,
-    },
-    /// `load_balancing_parameters.weight` is negative.
-    #[error("backend {backend:?} of cluster {cluster:?}: weight {weight} must be >= 0")]
-    InvalidWeight {
-        cluster: String,
-        backend: String,
-        weight: i32,
     },
     /// The order's address is not a socket address.
     #[error("backend {backend:?} of cluster {cluster:?}: invalid address")]
@@ -140,8 +134,9 @@ impl BackendMap {
         outcome
     }
 
-    /// Applies an `AddBackend` order. The default weight is
-    /// [`DEFAULT_WEIGHT`]; `backup` and `sticky_id` are accepted and unused.
+    /// Applies an `AddBackend` order. Its weight follows Sōzu's rule
+    /// ([`sozu_command_lib::proto::weight`]: none → [`DEFAULT_WEIGHT`], 0 or
+    /// less → 1); `backup` and `sticky_id` are accepted and unused.
     pub fn add_from_order(&mut self, order: &command::AddBackend) -> Result<Upsert, BackendError> {
         let address = SocketAddr::try_from(&order.address).map_err(|source| {
             BackendError::InvalidAddress {
@@ -150,16 +145,8 @@ impl BackendMap {
                 source,
             }
         })?;
-        let weight = match &order.load_balancing_parameters {
-            None => DEFAULT_WEIGHT,
-            Some(params) => {
-                u32::try_from(params.weight).map_err(|_| BackendError::InvalidWeight {
-                    cluster: order.cluster_id.clone(),
-                    backend: order.backend_id.clone(),
-                    weight: params.weight,
-                })?
-            }
-        };
+        // Sōzu's weight rule: none → 100, 0 or less → 1.
+        let weight = effective_weight(order.load_balancing_parameters.as_ref());
         Ok(self.add_backend(
             &order.cluster_id,
             BackendId::from(order.backend_id.as_str()),

@@ -193,15 +193,15 @@ fn orders_convert_at_the_edge_with_typed_errors() {
         map.cluster("c").unwrap().get("b").unwrap().weight(),
         DEFAULT_WEIGHT
     );
-    order.load_balancing_parameters = Some(command::LoadBalancingParams { weight: -1 });
-    assert_eq!(
-        map.add_from_order(&order),
-        Err(BackendError::InvalidWeight {
-            cluster: "c".into(),
-            backend: "b".into(),
-            weight: -1
-        })
-    );
+    // Sōzu's weight rule: 0 or less counts as the smallest positive weight.
+    for weight in [0, -1] {
+        order.load_balancing_parameters = Some(command::LoadBalancingParams { weight });
+        assert!(matches!(
+            map.add_from_order(&order),
+            Ok(Upsert::Updated { .. })
+        ));
+        assert_eq!(map.cluster("c").unwrap().get("b").unwrap().weight(), 1);
+    }
     order.address.port = 70_000;
     assert!(matches!(
         map.add_from_order(&order),

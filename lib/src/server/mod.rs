@@ -33,6 +33,7 @@ use crate::health::HealthChecker;
 use crate::metrics::statsd::StatsdSink;
 use crate::metrics::MetricsRegistry;
 use crate::udp::{IoContext, UdpShell};
+pub use orders::LogLevelHook;
 use streams::Streams;
 use tokens::{TokenOwner, Tokens};
 
@@ -75,6 +76,9 @@ pub struct ServerConfig {
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (a worker
     /// process: yes; a test running the server in a thread: as it likes).
     pub raise_fd_limit: bool,
+    /// Changes the process's log filter (the `Logging` order); without it
+    /// that order is refused.
+    pub log_level: Option<LogLevelHook>,
 }
 
 /// Why [`Server::new`] or [`Server::run`] failed.
@@ -164,6 +168,7 @@ pub struct Server {
     retry: Vec<Token>,
     soft_stop: Option<String>,
     worker_id: u32,
+    log_level: Option<LogLevelHook>,
 }
 
 impl std::fmt::Debug for Server {
@@ -249,6 +254,7 @@ impl Server {
             retry: Vec::new(),
             soft_stop: None,
             worker_id: config.worker_id,
+            log_level: config.log_level,
         })
     }
 
