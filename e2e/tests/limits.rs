@@ -126,3 +126,51 @@ fn connections_beyond_max_connections_are_closed_at_accept_and_counted() {
     assert_eq!(m.proxy_or_zero("tcp.connections_refused"), 1);
     drop(http_held);
 }
+
+/// `(soft, hard)` "Max open files" of `pid`, from `/proc/<pid>/limits`.
+fn open_files_limit(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn the_master_and_workers_raise_their_open_file_limit_to_the_hard_limit() {
+    // Start sozu with a soft limit below the hard one (children inherit
+    // it), so the raise is observable; restored once sozu runs.
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut saved), 0);
+        let lowered = libc::rlimit {
+            rlim_cur: (saved.rlim_max / 2).clamp(64, 1024),
+            rlim_max: saved.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+    }
+    let (sozu, _, _) = start(10);
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &saved), 0);
+    }
+    assert!(
+        saved.rlim_max > 64,
+        "the hard limit is too low to observe a raise"
+    );
+    let mut pids = vec![sozu.master_pid()];
+    pids.extend(sozu.worker_pids());
+    for pid in pids {
+        let (soft, hard) = open_files_limit(pid);
+        assert_eq!(soft, hard, "pid {pid}: soft {soft} below hard {hard}");
+    }
+}
