@@ -127,6 +127,37 @@ fn connections_beyond_max_connections_are_closed_at_accept_and_counted() {
     drop(http_held);
 }
 
+#[test]
+fn a_flood_of_partial_heads_is_held_to_max_connections_with_bounded_fds() {
+    // The attack, scaled down: 300 connections each holding an
+    // 8 KiB partial request head against max_connections = 50.
+    let (sozu, _, http_front) = start(50);
+    let worker = sozu.worker_pids()[0];
+    let fds_before = sozu_e2e::procfs::fd_count(worker);
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(http_front).unwrap();
+        // A refused one may already be closed: its write may fail.
+        let _ = stream.write_all(PARTIAL_HEAD.as_bytes());
+        let _ = stream.write_all(&[b'a'; 8_192]);
+        held.push(stream);
+    }
+    let m = sozu.wait_metrics("250 refused, 50 held", WAIT, |m| {
+        m.proxy_or_zero("http.connections_refused") == 250
+    });
+    assert_eq!(m.proxy_or_zero("http.active_connections"), 50);
+    assert_eq!(m.proxy_or_zero("http.connections"), 50);
+    let fds = sozu_e2e::procfs::fd_count(worker);
+    assert!(
+        fds <= fds_before + 50 + 8,
+        "worker fds {fds_before} -> {fds} with 50 connections held"
+    );
+    drop(held);
+    sozu.wait_metrics("every slot freed", WAIT, |m| {
+        m.proxy_or_zero("http.active_connections") == 0
+    });
+}
+
 /// `(soft, hard)` "Max open files" of `pid`, from `/proc/<pid>/limits`.
 fn open_files_limit(pid: i32) -> (String, String) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
