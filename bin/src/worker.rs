@@ -49,6 +49,10 @@ pub struct WorkerArgs {
     /// to it).
     #[arg(long, default_value_t = 16_393)]
     pub buffer_size: usize,
+    /// The configured `max_connections`: client connections (TCP and HTTP
+    /// together) this worker keeps open at once (0: unlimited).
+    #[arg(long, default_value_t = 500)]
+    pub max_connections: usize,
     /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
     pub statsd_address: Option<SocketAddr>,
@@ -104,6 +108,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         seed: random_seed(),
         hash_seed: args.hash_seed,
         buffer_size: args.buffer_size,
+        max_connections: args.max_connections,
         statsd: args.statsd_address.map(|address| StatsdConfig {
             address,
             prefix: args.statsd_prefix.clone(),

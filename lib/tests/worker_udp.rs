@@ -30,6 +30,16 @@ fn dns_like_flow_with_one_response_closes_after_the_reply() {
     // A second answer on the closed flow is not delivered.
     backend.send_to(b"late", upstream).unwrap();
     assert!(try_recv(&client, std::time::Duration::from_millis(200)).is_none());
+    // The positive signal: the client's next query opens a new flow, and
+    // its answer is the next datagram the client gets (a late "late" would
+    // come first).
+    client.send_to(b"again", listener).unwrap();
+    let (payload, upstream2) = recv(&backend);
+    assert_eq!(payload, b"again");
+    assert_ne!(upstream2, upstream);
+    backend.send_to(b"answer 2", upstream2).unwrap();
+    assert_eq!(recv(&client).0, b"answer 2");
+    assert_eq!(worker.metric(&format!("udp.datagrams.out@{listener}")), 2);
 }
 
 use std::net::{SocketAddr, UdpSocket};
@@ -99,6 +109,9 @@ fn sticky_flows_keep_their_backend_for_many_datagrams_both_ways() {
         assert_eq!(from, listener);
     }
     assert!(try_recv(other, SHORT).is_none());
+    // The positive signal: exactly the 12 datagrams seen above were
+    // forwarded (2 hellos, 10 rounds all received by the first backend).
+    assert_eq!(worker.metric(&format!("udp.datagrams.in@{listener}")), 12);
     assert_eq!(worker.metric(&format!("udp.flows.created@{listener}")), 2);
     assert_eq!(worker.metric(&format!("udp.datagrams.out@{listener}")), 10);
 }
@@ -165,7 +178,9 @@ fn the_source_beyond_max_flows_is_shed_and_counted() {
         recv(&backend_socket);
     }
     clients[2].send_to(b"shed", listener).unwrap();
-    worker.wait_metric(&format!("udp.flows.shed@{listener}"), |v| v == 1);
+    worker.wait_metric(&format!("udp.datagrams.dropped.shed@{listener}"), |v| {
+        v == 1
+    });
     assert!(try_recv(&backend_socket, SHORT).is_none());
     assert_eq!(
         worker.metric(&format!("udp.datagrams.dropped.shed@{listener}")),
@@ -208,11 +223,18 @@ fn removing_a_backend_closes_its_flows_unless_the_cluster_keeps_them() {
             assert_eq!(recv(&client).0, b"still");
         } else {
             assert_eq!(active, 0);
+            // The flow was closed (counted), so its reply reaches nobody.
+            assert_eq!(worker.metric(&format!("udp.flows.evicted@{listener}")), 1);
             b1.send_to(b"gone", upstream).unwrap();
             assert!(try_recv(&client, SHORT).is_none());
-            // With no backend left, a new source is dropped.
+            // With no backend left, a new source is dropped, and counted.
             client.send_to(b"b", listener).unwrap();
+            worker.wait_metric(
+                &format!("udp.datagrams.dropped.flow_closed@{listener}"),
+                |v| v == 1,
+            );
             assert!(try_recv(&b1, SHORT).is_none());
+            assert_eq!(worker.metric(&format!("udp.datagrams.out@{listener}")), 0);
         }
     }
 }
@@ -425,6 +447,11 @@ fn soft_stop_serves_the_live_flow_refuses_new_sources_and_exits_when_drained() {
     assert_eq!(recv(&live).0, b"reply");
     let newcomer = udp_socket("127.0.0.1");
     newcomer.send_to(b"new", listener).unwrap();
+    // The refusal is counted (the positive signal), and nothing reached
+    // the backend meanwhile.
+    worker.wait_metric(&format!("udp.datagrams.dropped.shed@{listener}"), |v| {
+        v == 1
+    });
     assert!(
         try_recv(&backend, SHORT).is_none(),
         "a new source is refused"
@@ -598,6 +625,19 @@ fn changed_cluster_knobs_apply_to_new_flows_only() {
         try_recv(&new, SHORT).is_none(),
         "the new flow closed after one"
     );
+    // The positive signal: the flow was closed (counted), and the client's
+    // next datagram opens another flow whose reply is the next thing the
+    // client receives (a late "r2" would come first).
+    worker.wait_metric(&format!("udp.flows.evicted@{listener}"), |v| v >= 1);
+    new.send_to(b"n2", listener).unwrap();
+    let (payload, next_upstream) = recv(&backend);
+    assert_eq!(payload, b"n2");
+    assert_ne!(
+        next_upstream, new_upstream,
+        "a new flow, a new upstream socket"
+    );
+    backend.send_to(b"r3", next_upstream).unwrap();
+    assert_eq!(recv(&new).0, b"r3");
 }
 
 #[test]

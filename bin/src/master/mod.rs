@@ -265,6 +265,7 @@ impl Master {
             executable: workers::current_executable().context("cannot find the sozu binary")?,
             command_buffer_size: config.command_buffer_size.get(),
             buffer_size: config.buffer_size.get(),
+            max_connections: config.max_connections.get(),
             statsd: config.metrics.clone(),
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),

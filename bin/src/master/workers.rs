@@ -36,6 +36,8 @@ pub struct WorkerLaunch {
     pub command_buffer_size: usize,
     /// The configured `buffer_size`.
     pub buffer_size: usize,
+    /// The configured `max_connections` (per worker, TCP and HTTP together).
+    pub max_connections: usize,
     /// `[metrics]`: statsd export.
     pub statsd: Option<MetricsConfig>,
     pub max_command_buffer_size: usize,
@@ -87,7 +89,9 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     }
     command
         .arg("--buffer-size")
-        .arg(launch.buffer_size.to_string());
+        .arg(launch.buffer_size.to_string())
+        .arg("--max-connections")
+        .arg(launch.max_connections.to_string());
     if let Some(hash_seed) = launch.hash_seed {
         command.arg("--hash-seed").arg(hash_seed.to_string());
     }

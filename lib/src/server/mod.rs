@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// The configured `buffer_size`: `max_rx_datagram_size` is clamped to
     /// it (`0` = no clamp).
     pub buffer_size: usize,
+    /// Client connections (TCP sessions and HTTP connections together) the
+    /// worker keeps open at once; more are closed at accept (`0`:
+    /// unlimited).
+    pub max_connections: usize,
     /// Push metrics to statsd.
     pub statsd: Option<StatsdConfig>,
     /// Listening sockets passed by the master (upgrade): a UDP listener at
@@ -211,7 +215,7 @@ impl Server {
         }
         .unwrap_or(1024);
         let mut adopted = Vec::new();
-        let mut streams = Streams::new(config.buffer_size);
+        let mut streams = Streams::new(config.buffer_size, config.max_connections);
         for (index, (entry, fd)) in config.adopted_sockets.into_iter().enumerate() {
             let address = SocketAddr::try_from(&entry.address)
                 .map_err(|source| ServerError::AdoptedAddress { index, source })?;
