@@ -49,6 +49,10 @@ pub struct WorkerArgs {
     /// to it).
     #[arg(long, default_value_t = 16_393)]
     pub buffer_size: usize,
+    /// Workers of the master (`worker_count`): they share the host's
+    /// ephemeral ports, so each sizes its UDP flow pool to its part.
+    #[arg(long, default_value_t = 1)]
+    pub worker_count: u32,
     /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
     pub statsd_address: Option<SocketAddr>,
@@ -108,6 +112,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         adopted_sockets: Vec::new(),
         scm: Some(scm),
         raise_fd_limit: true,
+        worker_count: args.worker_count,
     };
     let server = match Server::new(channel, config) {
         Ok(server) => server,

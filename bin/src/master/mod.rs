@@ -265,6 +265,7 @@ impl Master {
             statsd: config.metrics.clone(),
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
+            worker_count: u32::from(config.worker_count.get()),
         };
         Ok(Master {
             poll,

@@ -40,6 +40,9 @@ pub struct WorkerLaunch {
     pub statsd: Option<MetricsConfig>,
     pub max_command_buffer_size: usize,
     pub log: LogSettings,
+    /// `worker_count`: each worker sizes its UDP flow pool to its part of
+    /// the host's ephemeral ports.
+    pub worker_count: u32,
 }
 
 /// A started process and the master's ends of its sockets.
@@ -85,7 +88,9 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     }
     command
         .arg("--buffer-size")
-        .arg(launch.buffer_size.to_string());
+        .arg(launch.buffer_size.to_string())
+        .arg("--worker-count")
+        .arg(launch.worker_count.to_string());
     if let Some(statsd) = &launch.statsd {
         command
             .arg("--statsd-address")

@@ -71,6 +71,10 @@ pub struct ServerConfig {
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (a worker
     /// process: yes; a test running the server in a thread: as it likes).
     pub raise_fd_limit: bool,
+    /// Workers of this master (`worker_count`): they share the host's
+    /// ephemeral port range, so each sizes its UDP flow pool to its part
+    /// (`0` counts as 1).
+    pub worker_count: u32,
 }
 
 /// Why [`Server::new`] or [`Server::run`] failed.
@@ -222,7 +226,7 @@ impl Server {
             },
             None => None,
         };
-        Ok(Server {
+        let mut server = Server {
             poll,
             channel,
             channel_interest: Interest::READABLE,
@@ -239,7 +243,11 @@ impl Server {
             retry: Vec::new(),
             soft_stop: None,
             worker_id: config.worker_id,
-        })
+        };
+        server
+            .udp
+            .set_pool_limits(pool_limits(fd_limit, config.worker_count));
+        Ok(server)
     }
 
     /// Runs the loop until soft-stop drains, hard-stop, or the master goes
@@ -449,6 +457,25 @@ impl Server {
 #[allow(clippy::disallowed_methods)]
 fn clock() -> Instant {
     Instant::now()
+}
+
+/// What sizes the worker's UDP flow pool: its fd limit and its share of the
+/// host's ephemeral ports (read here, in the shell; the pool's arithmetic is
+/// pure, `crate::udp::budget`).
+fn pool_limits(fd_limit: u64, worker_count: u32) -> crate::udp::budget::PoolLimits {
+    let ephemeral_ports = match crate::udp::socket::ephemeral_port_count() {
+        Ok(ports) => Some(ports),
+        Err(error) => {
+            tracing::warn!(%error, "ephemeral port range unknown: the UDP flow pool follows the fd limit only");
+            None
+        }
+    };
+    crate::udp::budget::PoolLimits {
+        fd_limit,
+        ephemeral_ports,
+        workers: u64::from(worker_count.max(1)),
+        source_addresses: 0,
+    }
 }
 
 fn current_fd_limit() -> io::Result<u64> {

@@ -23,10 +23,11 @@ use sozu_command_lib::command::{
 };
 use sozu_command_lib::proto::convert::AddressError;
 
+use super::budget::{FlowPool, Member, Others, PoolLimits};
 use super::listener::{Frontend, IoContext, UdpListener};
 use super::metrics::{backend_health, probe_failed, ListenerMetrics};
 use super::mmsg::RecvBatch;
-use super::socket::{adopt_listener, auto_max_flows, bind_listener, ListenerSocketOptions};
+use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions};
 use super::UdpToken;
 use crate::access_log::FlowCloseReason;
 use crate::backends::{BackendError, BackendStatus, ClusterId};
@@ -114,7 +115,8 @@ pub struct UdpShell {
     probes: HashMap<ProbeId, ProbeInFlight>,
     recv: RecvBatch,
     seed: u64,
-    fd_limit: u64,
+    /// The worker-wide flow budget every listener draws from.
+    pool: FlowPool,
     adopted: HashMap<SocketAddr, OwnedFd>,
     draining: bool,
     buffer_size: usize,
@@ -125,8 +127,9 @@ pub struct UdpShell {
 
 impl UdpShell {
     /// An empty shell. `seed` keys each listener's affinity hash (mixed with
-    /// its address); `fd_limit` is the soft `RLIMIT_NOFILE` for automatic
-    /// `max_flows`; `adopted` are listener sockets passed by the master,
+    /// its address); `fd_limit` is the soft `RLIMIT_NOFILE`, which sizes
+    /// the flow pool until [`Self::set_pool_limits`] gives the whole
+    /// picture; `adopted` are listener sockets passed by the master,
     /// used instead of binding when their listener is added;
     /// `buffer_size` clamps `max_rx_datagram_size` (`0`: no clamp).
     pub fn new(
@@ -142,12 +145,31 @@ impl UdpShell {
             probes: HashMap::new(),
             recv: RecvBatch::new(1501),
             seed,
-            fd_limit,
+            pool: FlowPool::new(PoolLimits::from_fd_limit(fd_limit).capacity()),
             adopted: adopted.into_iter().collect(),
             draining: false,
             buffer_size,
             health_deadline: None,
         }
+    }
+
+    /// Sizes the worker-wide flow pool (fd limit, ephemeral port range,
+    /// workers sharing it, upstream source addresses).
+    pub fn set_pool_limits(&mut self, limits: PoolLimits) {
+        self.pool = FlowPool::new(limits.capacity());
+        tracing::info!(
+            flows = self.pool.capacity(),
+            fd_limit = limits.fd_limit,
+            ephemeral_ports = ?limits.ephemeral_ports,
+            workers = limits.workers,
+            source_addresses = limits.source_addresses,
+            "UDP flow pool"
+        );
+    }
+
+    /// The worker-wide flow pool.
+    pub fn pool(&self) -> FlowPool {
+        self.pool
     }
 
     /// Adds sockets adopted during an upgrade (used by later adds).
@@ -183,7 +205,6 @@ impl UdpShell {
         );
         self.listeners.insert(listener);
         self.by_address.insert(address, id);
-        self.rebalance_auto_max_flows();
         if self.draining {
             self.listeners[id].manager.drain(now);
         }
@@ -230,12 +251,9 @@ impl UdpShell {
             .manager
             .set_max_rx_datagram_size(checked.max_rx_datagram_size);
         listener.auto_max_flows = config.max_flows == 0;
-        if config.max_flows != 0 {
-            listener.manager.set_max_flows(checked.max_flows);
-        }
         listener.config = config;
         listener.resize_buffers(ctx);
-        self.rebalance_auto_max_flows();
+        self.refresh_cap(id);
         Ok(())
     }
 
@@ -292,7 +310,6 @@ impl UdpShell {
         listener.close_all(now, FlowCloseReason::ListenerClosed, ctx);
         listener.release_socket(ctx);
         listener.metrics.unregister(ctx.metrics);
-        self.rebalance_auto_max_flows();
         tracing::info!(listener = %address, "UDP listener removed");
         Ok(())
     }
@@ -564,7 +581,8 @@ impl UdpShell {
                     listener.on_writable(ctx);
                 }
                 if readable {
-                    listener.on_readable(now, &mut self.recv, ctx);
+                    self.refresh_cap(id);
+                    self.listeners[id].on_readable(now, &mut self.recv, ctx);
                 }
             }
             UdpToken::Upstream { listener, flow } => {
@@ -703,13 +721,36 @@ impl UdpShell {
             .sum()
     }
 
-    fn rebalance_auto_max_flows(&mut self) {
-        let share = auto_max_flows(self.fd_limit, self.listeners.len());
-        for (_, listener) in self.listeners.iter_mut() {
-            if listener.auto_max_flows {
-                listener.manager.set_max_flows(share);
-            }
+    /// Gives listener `id`'s flow manager the cap its pool allowance
+    /// allows right now (its live flows plus the new flows it may admit):
+    /// called before each read of its socket, so a batch admits at most
+    /// what the pool granted and the next batch sees every other
+    /// listener's flows.
+    fn refresh_cap(&mut self, id: usize) {
+        let Some(listener) = self.listeners.get(id) else {
+            return;
+        };
+        let me = pool_member(listener);
+        let others = Others::sum(
+            self.listeners
+                .iter()
+                .filter(|(other, _)| *other != id)
+                .map(|(_, l)| pool_member(l)),
+        );
+        let cap = self.pool.cap_for(me, others);
+        let listener = &mut self.listeners[id];
+        if listener.manager.config().max_flows != cap {
+            listener.manager.set_max_flows(cap);
         }
+    }
+}
+
+/// A listener as the flow pool sees it.
+fn pool_member(listener: &UdpListener) -> Member {
+    Member {
+        flows: listener.manager.active_flows(),
+        cap: (!listener.auto_max_flows).then_some(listener.config.max_flows as usize),
+        admitting: listener.is_reading(),
     }
 }
 

@@ -170,13 +170,29 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// The automatic `max_flows` of each UDP listener (`max_flows = 0`): each
-/// flow holds one fd, so the fd limit minus a reserve (channel, listeners,
-/// probes, statsd, logs) is shared between the listeners:
-/// `max(1, (fd_limit - 256) * 9 / 10 / listeners)`.
-pub fn auto_max_flows(fd_limit: u64, listeners: usize) -> usize {
-    const RESERVED_FDS: u64 = 256;
-    let usable = fd_limit.saturating_sub(RESERVED_FDS) * 9 / 10;
-    let share = usable / (listeners.max(1) as u64);
-    usize::try_from(share).unwrap_or(usize::MAX).max(1)
+/// Where the kernel keeps the range of ephemeral ports that `connect` on an
+/// unbound socket draws from (IPv4 and IPv6 alike).
+pub const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The number of ports in the host's ephemeral range (`hi − lo + 1`), read
+/// from [`PORT_RANGE_PATH`]: every flow's upstream socket takes one.
+pub fn ephemeral_port_count() -> io::Result<u64> {
+    let text = std::fs::read_to_string(PORT_RANGE_PATH)?;
+    parse_port_range(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{PORT_RANGE_PATH}: unexpected content {text:?}"),
+        )
+    })
+}
+
+/// Parses `"lo\thi\n"` into `hi − lo + 1`.
+pub fn parse_port_range(text: &str) -> Option<u64> {
+    let mut fields = text.split_whitespace().map(str::parse::<u16>);
+    let lo = fields.next()?.ok()?;
+    let hi = fields.next()?.ok()?;
+    if fields.next().is_some() || hi < lo {
+        return None;
+    }
+    Some(u64::from(hi - lo) + 1)
 }

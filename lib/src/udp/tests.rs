@@ -7,7 +7,7 @@ use std::time::Instant;
 use mio::Poll;
 use sozu_command_lib::command::{filtered_metrics::Inner, QueryMetricsOptions, UdpListenerConfig};
 
-use super::socket::auto_max_flows;
+use super::socket::parse_port_range;
 use super::{IoContext, UdpShell, UdpToken, DATAGRAM_BUDGET};
 use crate::backends::BackendMap;
 use crate::health::HealthChecker;
@@ -87,10 +87,12 @@ fn a_busy_listener_yields_at_its_budget_and_is_read_again_on_the_next_pass() {
 }
 
 #[test]
-fn automatic_max_flows_shares_the_fd_limit_between_listeners() {
-    assert_eq!(auto_max_flows(1_048_576, 1), 943_488);
-    assert_eq!(auto_max_flows(1_048_576, 2), 471_744);
-    assert_eq!(auto_max_flows(1024, 1), 691);
-    // A tiny limit still admits one flow.
-    assert_eq!(auto_max_flows(100, 3), 1);
+fn the_port_range_file_is_parsed_as_the_kernel_writes_it() {
+    assert_eq!(parse_port_range("32768\t60999\n"), Some(28_232));
+    assert_eq!(parse_port_range("1024 1024"), Some(1));
+    assert_eq!(parse_port_range("60999\t32768\n"), None);
+    assert_eq!(parse_port_range("32768"), None);
+    assert_eq!(parse_port_range("a b"), None);
+    // The host's own file reads (Linux).
+    assert!(super::socket::ephemeral_port_count().unwrap() >= 1);
 }
