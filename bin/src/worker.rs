@@ -53,6 +53,9 @@ pub struct WorkerArgs {
     /// ephemeral ports, so each sizes its UDP flow pool to its part.
     #[arg(long, default_value_t = 1)]
     pub worker_count: u32,
+    /// `upstream_source_addresses`, one flag per address.
+    #[arg(long = "upstream-source-address")]
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
     /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
     pub statsd_address: Option<SocketAddr>,
@@ -113,6 +116,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         scm: Some(scm),
         raise_fd_limit: true,
         worker_count: args.worker_count,
+        upstream_source_addresses: args.upstream_source_addresses.clone(),
     };
     let server = match Server::new(channel, config) {
         Ok(server) => server,

@@ -251,3 +251,27 @@ fn a_small_pool_sheds_per_listener_and_spares_established_flows_and_quiet_listen
         per_listener(m, "udp.flows.shed", busy) == shed_before + 1
     });
 }
+
+#[test]
+fn upstream_sockets_leave_from_the_configured_source_addresses_in_turn() {
+    let backend = UdpBackend::v4("a");
+    let frontend = free_v4();
+    let cluster = ClusterConfig::new("c", frontend).backend("a", backend.addr());
+    let mut config = SozuConfig::udp(1, UdpListener::new(frontend), cluster);
+    config.extra = "upstream_source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]\n".to_owned();
+    let sozu = Sozu::start(config);
+    let clients: Vec<UdpClient> = (0..10).map(|_| UdpClient::new(frontend)).collect();
+    clients[0].echo_eventually(b"first", METRICS);
+    for client in &clients[1..] {
+        assert_eq!(client.expect_echo(b"hello"), "a");
+    }
+    let received = backend.received();
+    let sources: BTreeSet<SocketAddr> = received.iter().map(|r| r.from).collect();
+    assert_eq!(sources.len(), 10, "one upstream socket per flow");
+    let per_ip = |ip: &str| sources.iter().filter(|s| s.ip().to_string() == ip).count();
+    assert_eq!(per_ip("127.0.0.2"), 5, "{sources:?}");
+    assert_eq!(per_ip("127.0.0.3"), 5, "{sources:?}");
+    let m = sozu.metrics();
+    assert_eq!(m.proxy_or_zero("udp.upstream.open_failed"), 0);
+    assert_eq!(m.proxy_or_zero("udp.active_flows"), 10);
+}

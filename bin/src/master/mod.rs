@@ -266,6 +266,7 @@ impl Master {
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
             worker_count: u32::from(config.worker_count.get()),
+            upstream_source_addresses: config.upstream_source_addresses.clone(),
         };
         Ok(Master {
             poll,

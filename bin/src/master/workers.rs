@@ -43,6 +43,8 @@ pub struct WorkerLaunch {
     /// `worker_count`: each worker sizes its UDP flow pool to its part of
     /// the host's ephemeral ports.
     pub worker_count: u32,
+    /// `upstream_source_addresses`, passed on to each worker.
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// A started process and the master's ends of its sockets.
@@ -91,6 +93,11 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
         .arg(launch.buffer_size.to_string())
         .arg("--worker-count")
         .arg(launch.worker_count.to_string());
+    for address in &launch.upstream_source_addresses {
+        command
+            .arg("--upstream-source-address")
+            .arg(address.to_string());
+    }
     if let Some(statsd) = &launch.statsd {
         command
             .arg("--statsd-address")

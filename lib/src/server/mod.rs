@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// ephemeral port range, so each sizes its UDP flow pool to its part
     /// (`0` counts as 1).
     pub worker_count: u32,
+    /// `upstream_source_addresses`: UDP upstream sockets are bound to these
+    /// in turn (empty: the kernel picks the route's address).
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Why [`Server::new`] or [`Server::run`] failed.
@@ -244,9 +247,13 @@ impl Server {
             soft_stop: None,
             worker_id: config.worker_id,
         };
-        server
-            .udp
-            .set_pool_limits(pool_limits(fd_limit, config.worker_count));
+        let sources = crate::udp::socket::SourceAddresses::new(&config.upstream_source_addresses);
+        server.udp.set_pool_limits(pool_limits(
+            fd_limit,
+            config.worker_count,
+            sources.port_ranges(),
+        ));
+        server.udp.set_source_addresses(sources);
         Ok(server)
     }
 
@@ -462,7 +469,11 @@ fn clock() -> Instant {
 /// What sizes the worker's UDP flow pool: its fd limit and its share of the
 /// host's ephemeral ports (read here, in the shell; the pool's arithmetic is
 /// pure, `crate::udp::budget`).
-fn pool_limits(fd_limit: u64, worker_count: u32) -> crate::udp::budget::PoolLimits {
+fn pool_limits(
+    fd_limit: u64,
+    worker_count: u32,
+    source_addresses: u64,
+) -> crate::udp::budget::PoolLimits {
     let ephemeral_ports = match crate::udp::socket::ephemeral_port_count() {
         Ok(ports) => Some(ports),
         Err(error) => {
@@ -474,7 +485,7 @@ fn pool_limits(fd_limit: u64, worker_count: u32) -> crate::udp::budget::PoolLimi
         fd_limit,
         ephemeral_ports,
         workers: u64::from(worker_count.max(1)),
-        source_addresses: 0,
+        source_addresses,
     }
 }
 

@@ -27,7 +27,7 @@ use super::budget::{FlowPool, Member, Others, PoolLimits};
 use super::listener::{Frontend, IoContext, UdpListener};
 use super::metrics::{backend_health, probe_failed, ListenerMetrics};
 use super::mmsg::RecvBatch;
-use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions};
+use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
 use crate::access_log::FlowCloseReason;
 use crate::backends::{BackendError, BackendStatus, ClusterId};
@@ -117,6 +117,8 @@ pub struct UdpShell {
     seed: u64,
     /// The worker-wide flow budget every listener draws from.
     pool: FlowPool,
+    /// `upstream_source_addresses`, given to every listener added.
+    sources: SourceAddresses,
     adopted: HashMap<SocketAddr, OwnedFd>,
     draining: bool,
     buffer_size: usize,
@@ -146,6 +148,7 @@ impl UdpShell {
             recv: RecvBatch::new(1501),
             seed,
             pool: FlowPool::new(PoolLimits::from_fd_limit(fd_limit).capacity()),
+            sources: SourceAddresses::default(),
             adopted: adopted.into_iter().collect(),
             draining: false,
             buffer_size,
@@ -165,6 +168,12 @@ impl UdpShell {
             source_addresses = limits.source_addresses,
             "UDP flow pool"
         );
+    }
+
+    /// Binds the upstream sockets of listeners added from now on to these
+    /// addresses in turn (`upstream_source_addresses`, set at start).
+    pub fn set_source_addresses(&mut self, sources: SourceAddresses) {
+        self.sources = sources;
     }
 
     /// The worker-wide flow pool.
@@ -204,6 +213,7 @@ impl UdpShell {
             metrics,
         );
         self.listeners.insert(listener);
+        self.listeners[id].sources = self.sources.clone();
         self.by_address.insert(address, id);
         if self.draining {
             self.listeners[id].manager.drain(now);
