@@ -780,7 +780,8 @@ fn socket_options(config: &UdpListenerConfig) -> ListenerSocketOptions {
 }
 
 /// The core's listener configuration from the wire one; `auto_max_flows`
-/// stands in for `max_flows = 0` until the shell rebalances.
+/// stands in for `max_flows = 0` until the first read of the listener,
+/// which sets the cap its pool allowance gives (`refresh_cap`).
 fn manager_config(
     address: SocketAddr,
     config: &UdpListenerConfig,
