@@ -215,6 +215,8 @@ impl UdpShell {
         self.listeners.insert(listener);
         self.listeners[id].sources = self.sources.clone();
         self.by_address.insert(address, id);
+        // A real cap from the start (refreshed before every read).
+        self.refresh_cap(id);
         if self.draining {
             self.listeners[id].manager.drain(now);
         }
