@@ -380,4 +380,136 @@ mod tests {
         // Over the pool (it shrank): no new flow, live ones untouched.
         assert_eq!(pool.cap_for(auto(150), Others::default()), 150);
     }
+
+    mod properties {
+        use quickcheck::{Arbitrary, Gen, QuickCheck};
+
+        use super::*;
+
+        /// One listener asks to admit up to `want` flows (as a batch does),
+        /// or `ends` of its flows end.
+        #[derive(Clone, Debug)]
+        enum Step {
+            Admit { who: u8, want: u8 },
+            End { who: u8, ends: u8 },
+        }
+
+        impl Arbitrary for Step {
+            fn arbitrary(g: &mut Gen) -> Self {
+                if u8::arbitrary(g) % 3 == 0 {
+                    Step::End {
+                        who: u8::arbitrary(g),
+                        ends: u8::arbitrary(g) % 40,
+                    }
+                } else {
+                    Step::Admit {
+                        who: u8::arbitrary(g),
+                        want: u8::arbitrary(g),
+                    }
+                }
+            }
+        }
+
+        #[derive(Clone, Debug)]
+        struct Case {
+            capacity: usize,
+            caps: Vec<Option<usize>>,
+            steps: Vec<Step>,
+        }
+
+        impl Arbitrary for Case {
+            fn arbitrary(g: &mut Gen) -> Self {
+                let listeners = 1 + usize::from(u8::arbitrary(g) % 6);
+                Case {
+                    capacity: 1 + usize::from(u16::arbitrary(g) % 600),
+                    caps: (0..listeners)
+                        .map(|_| (u8::arbitrary(g) % 4 == 0).then(|| usize::from(u8::arbitrary(g))))
+                        .collect(),
+                    steps: Vec::arbitrary(g),
+                }
+            }
+        }
+
+        /// Replays a case; `Err` names the first broken promise.
+        fn run(case: &Case) -> Result<(), String> {
+            let pool = FlowPool::new(case.capacity);
+            let mut members: Vec<Member> = case
+                .caps
+                .iter()
+                .map(|&cap| Member {
+                    flows: 0,
+                    cap,
+                    admitting: true,
+                })
+                .collect();
+            let n = members.len();
+            let share = pool.fair_share(n);
+            let reserve = pool.reserve(n);
+            for step in &case.steps {
+                match *step {
+                    Step::End { who, ends } => {
+                        let m = &mut members[usize::from(who) % n];
+                        m.flows = m.flows.saturating_sub(usize::from(ends));
+                    }
+                    Step::Admit { who, want } => {
+                        let who = usize::from(who) % n;
+                        let me = members[who];
+                        let others = Others::sum(
+                            members
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| *i != who)
+                                .map(|(_, m)| *m),
+                        );
+                        let allowed = pool.allowance(me, others);
+                        let used = me.flows + others.flows;
+                        let free = case.capacity - used;
+                        let room = me.cap.map_or(usize::MAX, |c| c.saturating_sub(me.flows));
+                        // Below its share (and its cap), a listener gets a
+                        // slot whenever one is free.
+                        if me.flows < share && room > 0 && free > 0 && allowed == 0 {
+                            return Err(format!("{me:?} below share {share} refused, {free} free"));
+                        }
+                        let admitted = allowed.min(usize::from(want));
+                        let after = me.flows + admitted;
+                        // Beyond its share, it never eats into the reserve.
+                        if after > share.max(me.flows) && free - admitted < reserve {
+                            return Err(format!(
+                                "{me:?} went to {after} beyond share {share}, leaving {} free < reserve {reserve}",
+                                free - admitted
+                            ));
+                        }
+                        if let Some(cap) = me.cap {
+                            if after > cap.max(me.flows) {
+                                return Err(format!("{me:?} went past its cap to {after}"));
+                            }
+                        }
+                        members[who].flows = after;
+                        let total: usize = members.iter().map(|m| m.flows).sum();
+                        if total > case.capacity {
+                            return Err(format!("{total} flows in a pool of {}", case.capacity));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn the_pool_keeps_its_promises_whatever_the_order_of_batches() {
+            fn prop(case: Case) -> bool {
+                match run(&case) {
+                    Ok(()) => true,
+                    Err(broken) => {
+                        eprintln!("broken: {broken}");
+                        false
+                    }
+                }
+            }
+            QuickCheck::new()
+                .tests(500)
+                .gen(Gen::new(120))
+                .quickcheck(prop as fn(Case) -> bool);
+        }
+    }
 }
