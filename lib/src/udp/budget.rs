@@ -508,7 +508,7 @@ mod tests {
             }
             QuickCheck::new()
                 .tests(500)
-                .gen(Gen::new(120))
+                .rng(Gen::new(120))
                 .quickcheck(prop as fn(Case) -> bool);
         }
     }
