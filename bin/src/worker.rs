@@ -53,6 +53,13 @@ pub struct WorkerArgs {
     /// together) this worker keeps open at once (0: unlimited).
     #[arg(long, default_value_t = 500)]
     pub max_connections: usize,
+    /// Workers of the master (`worker_count`): they share the host's
+    /// ephemeral ports, so each sizes its UDP flow pool to its part.
+    #[arg(long, default_value_t = 1)]
+    pub worker_count: u32,
+    /// `upstream_source_addresses`, one flag per address.
+    #[arg(long = "upstream-source-address")]
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
     /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
     pub statsd_address: Option<SocketAddr>,
@@ -121,6 +128,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         log_level: Some(LogLevelHook::new(|directives| {
             logging::set_level(directives).map_err(|error| format!("{error:#}"))
         })),
+        worker_count: args.worker_count,
+        upstream_source_addresses: args.upstream_source_addresses.clone(),
     };
     let server = match Server::new(channel, config) {
         Ok(server) => server,

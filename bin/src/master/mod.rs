@@ -270,6 +270,8 @@ impl Master {
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
             hash_seed: config.hash_seed,
+            worker_count: u32::from(config.worker_count.get()),
+            upstream_source_addresses: config.upstream_source_addresses.clone(),
         };
         Ok(Master {
             poll,

@@ -44,6 +44,11 @@ pub struct WorkerLaunch {
     pub log: LogSettings,
     /// The configured `hash_seed` (UDP affinity hash key), if set.
     pub hash_seed: Option<u64>,
+    /// `worker_count`: each worker sizes its UDP flow pool to its part of
+    /// the host's ephemeral ports.
+    pub worker_count: u32,
+    /// `upstream_source_addresses`, passed on to each worker.
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// A started process and the master's ends of its sockets.
@@ -91,9 +96,16 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
         .arg("--buffer-size")
         .arg(launch.buffer_size.to_string())
         .arg("--max-connections")
-        .arg(launch.max_connections.to_string());
+        .arg(launch.max_connections.to_string())
+        .arg("--worker-count")
+        .arg(launch.worker_count.to_string());
     if let Some(hash_seed) = launch.hash_seed {
         command.arg("--hash-seed").arg(hash_seed.to_string());
+    }
+    for address in &launch.upstream_source_addresses {
+        command
+            .arg("--upstream-source-address")
+            .arg(address.to_string());
     }
     if let Some(statsd) = &launch.statsd {
         command

@@ -83,6 +83,13 @@ pub struct ServerConfig {
     /// Changes the process's log filter (the `Logging` order); without it
     /// that order is refused.
     pub log_level: Option<LogLevelHook>,
+    /// Workers of this master (`worker_count`): they share the host's
+    /// ephemeral port range, so each sizes its UDP flow pool to its part
+    /// (`0` counts as 1).
+    pub worker_count: u32,
+    /// `upstream_source_addresses`: UDP upstream sockets are bound to these
+    /// in turn (empty: the kernel picks the route's address).
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Why [`Server::new`] or [`Server::run`] failed.
@@ -235,7 +242,7 @@ impl Server {
             },
             None => None,
         };
-        Ok(Server {
+        let mut server = Server {
             poll,
             channel,
             channel_interest: Interest::READABLE,
@@ -259,7 +266,15 @@ impl Server {
             soft_stop: None,
             worker_id: config.worker_id,
             log_level: config.log_level,
-        })
+        };
+        let sources = crate::udp::socket::SourceAddresses::new(&config.upstream_source_addresses);
+        server.udp.set_pool_limits(pool_limits(
+            fd_limit,
+            config.worker_count,
+            sources.port_ranges(),
+        ));
+        server.udp.set_source_addresses(sources);
+        Ok(server)
     }
 
     /// Runs the loop until soft-stop drains, hard-stop, or the master goes
@@ -469,6 +484,29 @@ impl Server {
 #[allow(clippy::disallowed_methods)]
 fn clock() -> Instant {
     Instant::now()
+}
+
+/// What sizes the worker's UDP flow pool: its fd limit and its share of the
+/// host's ephemeral ports (read here, in the shell; the pool's arithmetic is
+/// pure, `crate::udp::budget`).
+fn pool_limits(
+    fd_limit: u64,
+    worker_count: u32,
+    source_addresses: u64,
+) -> crate::udp::budget::PoolLimits {
+    let ephemeral_ports = match crate::udp::socket::ephemeral_port_count() {
+        Ok(ports) => Some(ports),
+        Err(error) => {
+            tracing::warn!(%error, "ephemeral port range unknown: the UDP flow pool follows the fd limit only");
+            None
+        }
+    };
+    crate::udp::budget::PoolLimits {
+        fd_limit,
+        ephemeral_ports,
+        workers: u64::from(worker_count.max(1)),
+        source_addresses,
+    }
 }
 
 fn current_fd_limit() -> io::Result<u64> {

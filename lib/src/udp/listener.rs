@@ -24,7 +24,7 @@ use sozu_command_lib::command::UdpListenerConfig;
 
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
-use super::socket::{is_resource_exhaustion, open_upstream};
+use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::write_queue::{
     flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
     UpstreamSend,
@@ -147,6 +147,8 @@ pub struct UdpListener {
     forwards: Vec<(usize, Option<core::ProxyHeader>)>,
     /// The socket was passed to the master for a successor worker.
     pub socket_returned: bool,
+    /// `upstream_source_addresses`, used in turn by new upstream sockets.
+    pub sources: SourceAddresses,
 }
 
 impl UdpListener {
@@ -180,6 +182,7 @@ impl UdpListener {
             run_flow: None,
             forwards: Vec::with_capacity(super::mmsg::MAX_BATCH),
             socket_returned: false,
+            sources: SourceAddresses::default(),
         }
     }
 
@@ -790,7 +793,7 @@ impl UdpListener {
         ctx: &mut IoContext<'_>,
     ) {
         let io = self.flows.entry(flow).or_default();
-        let opened = open_upstream(addr).and_then(|mut socket| {
+        let opened = self.sources.open(addr).and_then(|mut socket| {
             let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::Upstream {
                 listener: self.id,
                 flow,
