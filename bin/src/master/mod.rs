@@ -16,6 +16,7 @@ mod gather;
 mod lifecycle;
 mod metrics;
 mod orders;
+mod prevalidate;
 mod signals;
 mod state_file;
 mod upgrade;
@@ -116,9 +117,13 @@ pub(crate) enum Purpose {
     /// A periodic status to every worker: one that does not answer within
     /// `worker_timeout` shows NOT_ANSWERING until it answers again.
     Heartbeat,
-    /// Orders the master sent on its own (SIGHUP reload): failures are
-    /// logged.
-    Internal { name: &'static str },
+    /// A state change (client order, load, reload, SIGHUP reload): the
+    /// master commits it when every worker accepted.
+    Change(Box<orders::Change>),
+    /// Orders bringing workers to the committed state (undo of a refused
+    /// change, catch-up of a worker booted meanwhile): a worker that
+    /// refuses is restarted.
+    Repair { name: &'static str },
     /// A step of a worker upgrade.
     Upgrade(upgrade::Step),
 }
@@ -173,6 +178,10 @@ pub(crate) struct Master {
     exec_requested: Option<Token>,
     /// When the next heartbeat status is sent to the workers.
     next_heartbeat: Instant,
+    /// A state change is out to the workers (at most one at a time).
+    change_in_flight: bool,
+    /// Orders waiting for it, oldest first.
+    deferred: VecDeque<orders::Deferred>,
 }
 
 impl Master {
@@ -286,6 +295,8 @@ impl Master {
             exit: None,
             exec_requested: None,
             next_heartbeat: now() + config.worker_timeout,
+            change_in_flight: false,
+            deferred: VecDeque::new(),
             config,
             config_path,
         })
@@ -850,10 +861,27 @@ impl Master {
                     }
                 }
             }
-            Purpose::Internal { name } => {
-                for (worker, failure) in &failures {
-                    tracing::error!(worker, order = name, %failure, "worker refused an order");
-                }
+            Purpose::Change(change) => {
+                let gathered = Gathered {
+                    id,
+                    purpose: (),
+                    succeeded,
+                    failures,
+                    contents,
+                    timed_out,
+                };
+                self.finish_change(*change, gathered, now);
+            }
+            Purpose::Repair { name } => {
+                let gathered = Gathered {
+                    id,
+                    purpose: (),
+                    succeeded,
+                    failures,
+                    contents,
+                    timed_out,
+                };
+                self.finish_repair(name, gathered, now);
             }
             Purpose::Upgrade(step) => {
                 let gathered = Gathered {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mio::Token;
+use nix::unistd::Pid;
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
@@ -22,24 +23,40 @@ use sozu_command_lib::state::{order_name, ConfigState, DispatchOutcome};
 
 use super::clients::response;
 use super::command_socket::Peer;
-use super::gather::Gathered;
-use super::{metrics, state_file, Master, Phase, Purpose};
+use super::gather::{Gathered, WorkerFailure};
+use super::{metrics, prevalidate, state_file, Master, Phase, Purpose};
 use crate::logging::AUDIT_TARGET;
+
+/// A state change out to the workers (one at a time): `after` becomes the
+/// committed state when every worker accepted its `count` orders.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub client: Option<Token>,
+    pub name: &'static str,
+    pub peer: Peer,
+    pub count: usize,
+    pub after: ConfigState,
+    /// The workers the orders were sent to (a restarted slot has a new
+    /// pid).
+    pub participants: Vec<(u32, Pid)>,
+}
+
+/// An order waiting for the state change in flight to finish.
+#[derive(Debug)]
+pub(crate) enum Deferred {
+    Client(Token, Request),
+    SignalReload,
+}
 
 /// A client order waiting for worker answers.
 #[derive(Debug)]
 pub(crate) struct ClientOrder {
     pub client: Token,
-    pub name: &'static str,
-    pub peer: Peer,
     pub kind: ClientOrderKind,
 }
 
 #[derive(Debug)]
 pub(crate) enum ClientOrderKind {
-    /// One state change (or a batch: load_state, reload) applied by the
-    /// master; `count` orders were sent to each worker.
-    StateChange { count: usize },
     /// query_metrics: contents are aggregated.
     Metrics,
 }
@@ -78,6 +95,19 @@ impl Master {
         let name = order_name(&request_type);
         tracing::debug!(client = token.0, order = name, "order received");
         let stopping = matches!(self.phase, Phase::Stopping { .. });
+        // State changes, state loads, reloads and a master upgrade wait
+        // for the change in flight: each is checked against the committed
+        // state and commits stay in order.
+        let waits = matches!(
+            request_type,
+            RequestType::LoadState(_)
+                | RequestType::ReloadConfiguration(_)
+                | RequestType::UpgradeMain(_)
+        ) || sozu_command_lib::state::is_state_change(&request);
+        if self.change_in_flight && waits && !stopping {
+            self.defer(Deferred::Client(token, request));
+            return;
+        }
         match request_type {
             RequestType::Status(_) | RequestType::ListWorkers(_) => {
                 let infos = WorkerInfos {
@@ -122,8 +152,6 @@ impl Master {
             RequestType::QueryMetrics(_) => {
                 let order = ClientOrder {
                     client: token,
-                    name,
-                    peer,
                     kind: ClientOrderKind::Metrics,
                 };
                 self.fan_out(
@@ -173,7 +201,7 @@ impl Master {
         }
     }
 
-    /// A state-changing order: validate, apply, fan out.
+    /// A state-changing order: validate, pre-check, dispatch (two-phase).
     fn state_change(
         &mut self,
         token: Token,
@@ -182,38 +210,23 @@ impl Master {
         name: &'static str,
         now: Instant,
     ) {
-        match self.state.dispatch(&request) {
-            Err(error) => {
-                audit(peer, name, "refused", &error.to_string());
-                self.answer(token, failure(format!("{name} refused: {error}")));
-            }
-            Ok(DispatchOutcome::NotAStateChange) => {
-                self.answer(
-                    token,
-                    failure(format!("{name} is not served by this master")),
-                );
-            }
-            Ok(DispatchOutcome::Applied) => {
-                let order = ClientOrder {
-                    client: token,
-                    name,
-                    peer,
-                    kind: ClientOrderKind::StateChange { count: 1 },
-                };
-                self.fan_out(
-                    Purpose::Client(order),
-                    vec![request],
-                    Some(self.config.worker_timeout),
-                    now,
-                );
-                self.autosave();
-            }
+        let mut probe = ConfigState::new();
+        if let Ok(DispatchOutcome::NotAStateChange) = probe.dispatch(&request) {
+            self.answer(
+                token,
+                failure(format!("{name} is not served by this master")),
+            );
+            return;
         }
+        self.begin_change(Some(token), peer, name, vec![request], now);
     }
 
-    /// Applies `orders` to the master's state (stopping at the first
-    /// refusal) and fans the applied ones out as one order.
-    fn apply_batch(
+    /// Starts a state change: applies `orders` to a copy of the committed
+    /// state and runs the master-side checks on each (stopping at the
+    /// first refusal, which leaves no trace), then sends them to every
+    /// worker. The copy becomes the committed state only when every worker
+    /// accepted (see [`Master::finish_change`]).
+    pub(super) fn begin_change(
         &mut self,
         token: Option<Token>,
         peer: Peer,
@@ -221,65 +234,234 @@ impl Master {
         orders: Vec<Request>,
         now: Instant,
     ) {
-        let mut candidate = self.state.clone();
+        let mut after = self.state.clone();
+        let total = orders.len();
         for (index, order) in orders.iter().enumerate() {
-            if let Err(error) = candidate.dispatch(order) {
-                let message = format!(
-                    "{name} refused at order {} of {}: {error}; nothing was applied",
-                    index + 1,
-                    orders.len()
-                );
-                audit(peer, name, "refused", &message);
-                if let Some(token) = token {
-                    self.answer(token, failure(message));
+            let checked = after
+                .dispatch(order)
+                .map_err(|e| e.to_string())
+                .and_then(|_| prevalidate::check(&after, order).map_err(|e| e.to_string()));
+            if let Err(error) = checked {
+                let message = if total == 1 {
+                    format!("{name} refused: {error}")
                 } else {
-                    tracing::error!(message);
+                    format!(
+                        "{name} refused at order {} of {total}: {error}; nothing was applied",
+                        index + 1
+                    )
+                };
+                audit(peer, name, "refused", &message);
+                match token {
+                    Some(token) => self.answer(token, failure(message)),
+                    None => tracing::error!(message),
                 }
                 return;
             }
         }
-        self.state = candidate;
-        let count = orders.len();
-        if count == 0 {
+        if total == 0 {
             audit(peer, name, "ok", "no change");
             if let Some(token) = token {
                 self.answer(token, ok(format!("{name}: no change")));
             }
             return;
         }
-        self.autosave();
-        match token {
-            Some(client) => {
-                if count > 1 {
-                    self.answer(
-                        client,
-                        response(
-                            ResponseStatus::Processing,
-                            format!("{name}: sending {count} orders to the workers"),
-                        ),
-                    );
-                }
-                let order = ClientOrder {
-                    client,
-                    name,
-                    peer,
-                    kind: ClientOrderKind::StateChange { count },
-                };
-                self.fan_out(
-                    Purpose::Client(order),
-                    orders,
-                    Some(self.config.worker_timeout),
-                    now,
-                );
+        if let (Some(client), true) = (token, total > 1) {
+            self.answer(
+                client,
+                response(
+                    ResponseStatus::Processing,
+                    format!("{name}: sending {total} orders to the workers"),
+                ),
+            );
+        }
+        let participants = self
+            .workers
+            .values()
+            .filter(|w| w.receives_orders())
+            .map(|w| (w.id, w.pid))
+            .collect();
+        let change = Change {
+            client: token,
+            name,
+            peer,
+            count: total,
+            after,
+            participants,
+        };
+        self.change_in_flight = true;
+        self.fan_out(
+            Purpose::Change(Box::new(change)),
+            orders,
+            Some(self.config.worker_timeout),
+            now,
+        );
+    }
+
+    /// The workers answered a state change: commit it if none refused;
+    /// otherwise undo it on the workers that applied it and answer FAILURE.
+    /// Then the next deferred order runs.
+    pub(super) fn finish_change(&mut self, change: Change, gathered: Gathered<()>, now: Instant) {
+        let Change {
+            client,
+            name,
+            peer,
+            count,
+            after,
+            participants,
+        } = change;
+        // A worker that exited before answering comes back with the
+        // committed state: its exit is not a refusal.
+        let refusals: Vec<(u32, &WorkerFailure)> = gathered
+            .failures
+            .iter()
+            .filter(|(_, f)| **f != WorkerFailure::Gone)
+            .map(|(w, f)| (*w, f))
+            .collect();
+        let applied_to = |master: &Master, id: u32| {
+            master
+                .workers
+                .get(&id)
+                .is_some_and(|w| participants.contains(&(id, w.pid)) && w.receives_orders())
+        };
+        if refusals.is_empty() {
+            let before = std::mem::replace(&mut self.state, after);
+            // Workers started while the order was out booted with the
+            // previous state: they get the difference.
+            let late: Vec<u32> = self
+                .workers
+                .values()
+                .filter(|w| w.receives_orders() && !participants.contains(&(w.id, w.pid)))
+                .map(|w| w.id)
+                .collect();
+            if !late.is_empty() {
+                let catch_up = before.diff(&self.state);
+                self.repair(&late, "catch_up", catch_up, now);
             }
-            None => {
-                self.fan_out(
-                    Purpose::Internal { name },
-                    orders,
-                    Some(self.config.worker_timeout),
-                    now,
-                );
-                audit(peer, name, "ok", &format!("{count} orders"));
+            self.autosave();
+            let detail = format!("{count} order(s), {} worker(s)", gathered.succeeded.len());
+            audit(peer, name, "ok", &detail);
+            if let Some(client) = client {
+                let mut message = format!("{name}: done on {} worker(s)", gathered.succeeded.len());
+                for id in gathered.failures.keys() {
+                    message.push_str(&format!(
+                        "; worker {id} exited before answering (it restarts with this state)"
+                    ));
+                }
+                self.answer(client, ok(message));
+            }
+        } else {
+            let summary = refusals
+                .iter()
+                .map(|(w, f)| format!("worker {w}: {f}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let undo_on: Vec<u32> = gathered
+                .succeeded
+                .iter()
+                .copied()
+                .filter(|id| applied_to(self, *id))
+                .collect();
+            if !undo_on.is_empty() {
+                let undo = after.diff(&self.state);
+                self.repair(&undo_on, "undo", undo, now);
+            }
+            // A worker that refused one order of a batch may hold the
+            // others; one that did not answer may apply it later: either
+            // way its state is unknown, so it restarts from the committed
+            // state.
+            for (id, failure) in &refusals {
+                let unknown = count > 1 || matches!(failure, WorkerFailure::TimedOut(_));
+                if unknown && applied_to(self, *id) {
+                    tracing::error!(
+                        worker = id,
+                        order = name,
+                        "worker state unknown after a failed order: restarting it"
+                    );
+                    self.restart_diverged(*id, now);
+                }
+            }
+            let undone = if undo_on.is_empty() {
+                String::from("no worker had applied it")
+            } else {
+                format!(
+                    "undone on worker(s) {}",
+                    undo_on
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let message = format!("{name} failed: {summary}; {undone}; the state is unchanged");
+            audit(peer, name, "failed", &message);
+            match client {
+                Some(client) => self.answer(client, failure(message)),
+                None => tracing::error!(message),
+            }
+        }
+        self.change_in_flight = false;
+        self.run_deferred(now);
+    }
+
+    /// Sends `orders` to `workers` to bring them to the committed state; a
+    /// worker that refuses one is restarted (it boots with that state).
+    fn repair(&mut self, workers: &[u32], name: &'static str, orders: Vec<Request>, now: Instant) {
+        if orders.is_empty() {
+            return;
+        }
+        let order = self
+            .gather
+            .open(Purpose::Repair { name }, now, Some(self.config.worker_timeout));
+        for id in workers {
+            self.send_to_worker(order, *id, orders.clone());
+            self.pump_worker(*id);
+        }
+        if let Some(gathered) = self.gather.finish_if_complete(order) {
+            self.on_gathered(gathered, now);
+        }
+    }
+
+    /// A repair order finished: workers that did not take it restart.
+    pub(super) fn finish_repair(&mut self, name: &'static str, gathered: Gathered<()>, now: Instant) {
+        for (id, failure) in &gathered.failures {
+            if *failure == WorkerFailure::Gone {
+                continue;
+            }
+            tracing::error!(
+                worker = id,
+                order = name,
+                %failure,
+                "worker did not take the committed state: restarting it"
+            );
+            self.restart_diverged(*id, now);
+        }
+    }
+
+    /// Kills worker `id` so that it restarts with the committed state.
+    fn restart_diverged(&mut self, id: u32, now: Instant) {
+        self.on_worker_channel_closed(id, now);
+    }
+
+    /// Orders that wait while a state change is out: they run one at a
+    /// time, in arrival order, once it is committed or undone.
+    fn defer(&mut self, item: Deferred) {
+        tracing::debug!("a state change is in flight: order queued");
+        self.deferred.push_back(item);
+    }
+
+    /// Runs deferred orders until one starts a new state change.
+    pub(super) fn run_deferred(&mut self, now: Instant) {
+        while !self.change_in_flight {
+            let Some(item) = self.deferred.pop_front() else {
+                return;
+            };
+            match item {
+                Deferred::Client(token, request) => {
+                    if self.clients.contains_key(&token) {
+                        self.handle_request(token, request, now);
+                    }
+                }
+                Deferred::SignalReload => self.reload_from_signal(now),
             }
         }
     }
@@ -329,7 +511,7 @@ impl Master {
                 Err(error) => tracing::debug!(%error, "load_state: order skipped"),
             }
         }
-        self.apply_batch(Some(token), peer, "load_state", replay, now);
+        self.begin_change(Some(token), peer, "load_state", replay, now);
     }
 
     /// reload_configuration: the file's state replaces the running one; the
@@ -370,11 +552,15 @@ impl Master {
             }
         }
         let diff = self.state.diff(&target);
-        self.apply_batch(token, peer, "reload_configuration", diff, now);
+        self.begin_change(token, peer, "reload_configuration", diff, now);
     }
 
     pub(super) fn reload_from_signal(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        if self.change_in_flight {
+            self.defer(Deferred::SignalReload);
             return;
         }
         let me = Peer {
@@ -405,31 +591,8 @@ impl Master {
         gathered: Gathered<()>,
         _now: Instant,
     ) {
-        let ClientOrder {
-            client,
-            name,
-            peer,
-            kind,
-        } = order;
+        let ClientOrder { client, kind, .. } = order;
         let response = match kind {
-            ClientOrderKind::StateChange { count } => {
-                if gathered.is_ok() {
-                    audit(
-                        peer,
-                        name,
-                        "ok",
-                        &format!("{count} order(s), {} worker(s)", gathered.succeeded.len()),
-                    );
-                    ok(format!(
-                        "{name}: done on {} worker(s)",
-                        gathered.succeeded.len()
-                    ))
-                } else {
-                    let summary = gathered.failure_summary();
-                    audit(peer, name, "failed", &summary);
-                    failure(format!("{name} failed: {summary}"))
-                }
-            }
             ClientOrderKind::Metrics => {
                 let aggregated = metrics::aggregate(&gathered.contents);
                 let mut message = format!("metrics of {} worker(s)", gathered.contents.len());
