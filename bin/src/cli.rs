@@ -46,9 +46,9 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Start the master and its workers.
     Start(crate::master::StartArgs),
-    /// Run one worker (started by the master, not by hand).
-    #[command(hide = true)]
-    Worker(crate::worker::WorkerArgs),
+    /// Worker slots: `sozu worker restart N` (with `--id …`, the hidden
+    /// form the master starts a worker process with).
+    Worker(WorkerCommand),
     /// Show the workers and their state.
     Status,
     /// Stop the proxy: soft-stop (drain live flows) unless `--hard`.
@@ -103,6 +103,28 @@ pub enum Command {
     /// Sōzu's query commands.
     #[command(subcommand)]
     Query(QueryCmd),
+}
+
+/// `sozu worker …`: a client order, or (with the process arguments) one
+/// worker process started by the master.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WorkerCommand {
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
+    #[command(flatten)]
+    pub process: Option<crate::worker::WorkerArgs>,
+}
+
+/// `sozu worker restart N`
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// Start worker slot N again: at once if it is down (whatever its
+    /// restart backoff), else replaced like `upgrade --worker N`.
+    Restart {
+        /// The worker id (as `sozu status` shows it).
+        id: u32,
+    },
 }
 
 /// `sozu state …`

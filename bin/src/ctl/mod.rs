@@ -7,7 +7,8 @@
 //! never runs a master or worker (see `crate::master`, `crate::worker`).
 //!
 //! Exit codes: 0 every order answered OK; 1 the master answered FAILURE
-//! (its message on stderr); 2 a command line that cannot become an order;
+//! (its message on stderr), or `status` found the proxy degraded (a worker
+//! slot down or not answering); 2 a command line that cannot become an order;
 //! 3 no answer (no socket, unreadable configuration, timeout, closed
 //! connection).
 
@@ -140,6 +141,12 @@ fn execute(plan: &Plan, session: &mut Session, json: bool) -> ExitCode {
             }
         };
         print_answer(step.view, &response, json);
+        if step.view == request::View::Workers && response.status == ResponseStatus::Ok as i32 {
+            if let Some((_, detail)) = response.message.split_once("; degraded: ") {
+                eprintln!("error: the proxy is degraded: {detail}");
+                return ExitCode::from(EXIT_FAILURE_ANSWER);
+            }
+        }
         if response.status != ResponseStatus::Ok as i32 {
             let message = if response.message.is_empty() {
                 "the master refused the order without a message"

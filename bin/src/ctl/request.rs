@@ -27,6 +27,7 @@ use crate::cli::{
     HttpCmd, HttpFrontendArgs, HttpListenerCmd, HttpListenerKnobs, ListenerCmd,
     LoadBalancingPolicy, MetricsArgs, MetricsCmd, QueryCmd, StateCmd, TcpCmd, TcpListenerCmd,
     TcpListenerKnobs, UdpClusterKnobs, UdpCmd, UdpListenerCmd, UdpListenerKnobs, UdpSocketBuffers,
+    WorkerAction, WorkerCommand,
 };
 
 /// Sōzu's default sticky-session cookie name, used when `--sticky-name` is absent.
@@ -123,6 +124,10 @@ impl std::error::Error for PlanError {}
 pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     let steps = match command {
         Command::Start(_) => return Err(PlanError::NotAClientCommand("start")),
+        Command::Worker(WorkerCommand {
+            action: Some(WorkerAction::Restart { id }),
+            ..
+        }) => vec![message(RequestType::UpgradeWorker(*id))],
         Command::Worker(_) => return Err(PlanError::NotAClientCommand("worker")),
         Command::Status | Command::Query(QueryCmd::Workers) => {
             vec![step(RequestType::Status(Status {}), View::Workers)]

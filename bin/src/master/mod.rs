@@ -182,6 +182,10 @@ pub(crate) struct Master {
     change_in_flight: bool,
     /// Orders waiting for it, oldest first.
     deferred: VecDeque<orders::Deferred>,
+    /// Worker slots that are down and will be started again.
+    restarts: BTreeMap<u32, lifecycle::PendingRestart>,
+    /// Clients of `worker restart N` waiting for slot N to take its state.
+    boot_waiters: HashMap<u32, Token>,
 }
 
 impl Master {
@@ -297,6 +301,8 @@ impl Master {
             next_heartbeat: now() + config.worker_timeout,
             change_in_flight: false,
             deferred: VecDeque::new(),
+            restarts: BTreeMap::new(),
+            boot_waiters: HashMap::new(),
             config,
             config_path,
         })
@@ -385,6 +391,9 @@ impl Master {
             let at = self.next_heartbeat;
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
+        if let Some(at) = self.next_restart() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
         deadline
     }
 
@@ -403,6 +412,7 @@ impl Master {
         self.check_stop_deadline(now);
         self.stop_progress(now);
         self.heartbeat(now);
+        self.restart_due(now);
     }
 
     fn on_signal(&mut self, signal: MasterSignal, now: Instant) {

@@ -16,7 +16,8 @@ use nix::unistd::Pid;
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
-    ListenSocketManifest, Request, Response, ResponseContent, ResponseStatus, WorkerInfos,
+    ListenSocketManifest, Request, Response, ResponseContent, ResponseStatus, RunState,
+    WorkerInfos,
 };
 use sozu_command_lib::config::Config;
 use sozu_command_lib::state::{order_name, ConfigState, DispatchOutcome};
@@ -113,13 +114,13 @@ impl Master {
                 let infos = WorkerInfos {
                     vec: self.workers.values().map(|w| w.info()).collect(),
                 };
-                self.answer(
-                    token,
-                    with_content(
-                        format!("{} worker(s)", infos.vec.len()),
-                        ContentType::Workers(infos),
-                    ),
-                );
+                let mut message = format!("{} worker(s)", infos.vec.len());
+                let degraded = if stopping { Vec::new() } else { self.degraded(now) };
+                if !degraded.is_empty() {
+                    message.push_str("; degraded: ");
+                    message.push_str(&degraded.join("; "));
+                }
+                self.answer(token, with_content(message, ContentType::Workers(infos)));
             }
             RequestType::ListListeners(_) => {
                 let list = self.state.listeners_list();
@@ -177,6 +178,10 @@ impl Master {
             RequestType::UpgradeMain(_) if !stopping => {
                 audit(peer, name, "accepted", "upgrade main");
                 super::upgrade::begin_main(self, token);
+            }
+            RequestType::UpgradeWorker(id) if !stopping && self.slot_is_down(id) => {
+                audit(peer, name, "accepted", &format!("start down worker slot {id}"));
+                self.start_down_slot(token, id, now);
             }
             RequestType::UpgradeWorker(id) if !stopping => {
                 audit(peer, name, "accepted", &format!("upgrade worker {id}"));
@@ -440,6 +445,40 @@ impl Master {
     /// Kills worker `id` so that it restarts with the committed state.
     fn restart_diverged(&mut self, id: u32, now: Instant) {
         self.on_worker_channel_closed(id, now);
+    }
+
+    /// Whether slot `id` has no worker process (it died, or could not
+    /// start).
+    fn slot_is_down(&self, id: u32) -> bool {
+        self.workers
+            .get(&id)
+            .is_some_and(|w| w.channel_closed && w.run_state == RunState::Stopped)
+    }
+
+    /// `upgrade_worker N` (`sozu worker restart N`) on a slot that is down:
+    /// starts it at once, whatever its backoff; answered once it took the
+    /// state.
+    fn start_down_slot(&mut self, token: Token, id: u32, now: Instant) {
+        self.restarts.remove(&id);
+        if self.restart_slot(id, 0, now) {
+            self.boot_waiters.insert(id, token);
+            self.answer(
+                token,
+                response(
+                    ResponseStatus::Processing,
+                    format!("worker {id} started, sending it the state"),
+                ),
+            );
+        } else {
+            let cause = self
+                .restarts
+                .get(&id)
+                .map_or_else(String::new, |r| r.cause.clone());
+            self.answer(
+                token,
+                failure(format!("worker {id} cannot start: {cause}")),
+            );
+        }
     }
 
     /// Orders that wait while a state change is out: they run one at a
