@@ -507,7 +507,7 @@ pub struct HttpFrontendArgs {
 /// `sozu cluster …`
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
-    /// Add (or replace) a cluster.
+    /// Add a cluster (an existing id is refused unless `--replace`).
     Add(Box<ClusterAddArgs>),
     /// Remove a cluster.
     Remove {
@@ -551,6 +551,10 @@ pub struct ClusterAddArgs {
     /// Make it a UDP cluster even without any UDP knob.
     #[arg(long = "udp")]
     pub udp: bool,
+    /// Replace an existing cluster of this id: every knob not given here
+    /// goes back to its default.
+    #[arg(long = "replace")]
+    pub replace: bool,
     #[command(flatten)]
     pub udp_knobs: UdpClusterKnobs,
 }

@@ -233,3 +233,23 @@ fn worker_restart_of_a_killed_slot_without_automatic_restart() {
     assert_eq!(served, backend.name());
     assert!(sozu.cli(&["status"]).success());
 }
+
+#[test]
+fn cluster_add_on_an_existing_id_keeps_its_knobs_unless_replace() {
+    let _serial = serial();
+    let (config, _backend, _frontend) = udp_proxy(1);
+    let sozu = Sozu::start(config);
+    sozu.cli_ok(&["cluster", "add", "-i", "dns", "--udp", "--responses", "1"]);
+    let knobs = |sozu: &Sozu| {
+        let out = sozu.cli_ok(&["--json", "cluster", "list", "-i", "dns"]).stdout;
+        out.contains("\"responses\": 1")
+    };
+    assert!(knobs(&sozu), "the knob is listed after the first add");
+
+    let again = sozu.cli(&["cluster", "add", "-i", "dns"]);
+    assert_fails(&again, "already exists");
+    assert!(knobs(&sozu), "a refused re-add keeps the knob");
+
+    sozu.cli_ok(&["cluster", "add", "-i", "dns", "--udp", "--replace"]);
+    assert!(!knobs(&sozu), "--replace resets the knobs not given");
+}

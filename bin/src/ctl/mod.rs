@@ -68,6 +68,11 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
             return ExitCode::from(EXIT_NO_ANSWER);
         }
     };
+    if let Some(id) = &plan.refuse_existing_cluster {
+        if let Err(code) = refuse_existing_cluster(&mut session, id) {
+            return code;
+        }
+    }
     let code = execute(&plan, &mut session, global.json);
     if code != ExitCode::SUCCESS || !plan.then_upgrade_every_worker {
         return code;
@@ -83,6 +88,28 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
         }
     };
     upgrade_every_worker(&mut session, global.json)
+}
+
+/// `cluster add` without `--replace`: an existing cluster is refused, so
+/// that re-adding one never resets its knobs silently (the wire order
+/// replaces a cluster whole).
+fn refuse_existing_cluster(session: &mut Session, id: &str) -> Result<(), ExitCode> {
+    let query = request::message(RequestType::QueryClusterById(id.to_owned()));
+    let answer = match session.order(&query.request, |_| {}) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Err(ExitCode::from(EXIT_NO_ANSWER));
+        }
+    };
+    if answer.status == ResponseStatus::Ok as i32 {
+        eprintln!(
+            "error: cluster {id:?} already exists; `cluster add --replace` replaces it, \
+             resetting every knob not given on the command line"
+        );
+        return Err(ExitCode::from(EXIT_FAILURE_ANSWER));
+    }
+    Ok(())
 }
 
 /// Asks for the workers, then sends `upgrade_worker` for each running one,
@@ -121,6 +148,7 @@ fn upgrade_every_worker(session: &mut Session, json: bool) -> ExitCode {
         &Plan {
             steps,
             then_upgrade_every_worker: false,
+            refuse_existing_cluster: None,
         },
         session,
         json,

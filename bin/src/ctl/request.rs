@@ -41,6 +41,9 @@ pub struct Plan {
     /// After the steps, replace every running worker in turn (`sozu upgrade`
     /// with no flag): the worker ids are only known by asking the master.
     pub then_upgrade_every_worker: bool,
+    /// Before the steps, make sure no cluster has this id (`cluster add`
+    /// without `--replace`: the wire order replaces a cluster whole).
+    pub refuse_existing_cluster: Option<String>,
 }
 
 /// One order and how to show its final answer.
@@ -148,6 +151,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
             return Ok(Plan {
                 steps: vec![message(order)],
                 then_upgrade_every_worker: worker.is_none() && !main_only,
+                refuse_existing_cluster: None,
             });
         }
         Command::Reload { file } => {
@@ -188,7 +192,11 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         }
         Command::Frontend(FrontendCmd::List(args)) => vec![list_frontends(args)],
         Command::Cluster(ClusterCmd::Add(args)) => {
-            vec![message(RequestType::AddCluster(cluster(args)))]
+            return Ok(Plan {
+                steps: vec![message(RequestType::AddCluster(cluster(args)))],
+                then_upgrade_every_worker: false,
+                refuse_existing_cluster: (!args.replace).then(|| args.id.clone()),
+            });
         }
         Command::Cluster(ClusterCmd::Remove { id }) => {
             vec![message(RequestType::RemoveCluster(id.clone()))]
@@ -201,6 +209,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     Ok(Plan {
         steps,
         then_upgrade_every_worker: false,
+        refuse_existing_cluster: None,
     })
 }
 
