@@ -67,11 +67,17 @@ pub enum Command {
         #[arg(long)]
         main_only: bool,
     },
-    /// Reload the configuration file (the master's own unless `-f`).
+    /// Reload the configuration file (the master's own unless `-f`): the
+    /// file's state replaces the running one, so objects added live and
+    /// absent from the file are removed. Prints what it changed.
     Reload {
         /// Configuration file to load instead of the master's.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// Print what the reload would add, change and remove; change
+        /// nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
     /// Save or load the state as a file of orders.
     #[command(subcommand)]

@@ -253,3 +253,50 @@ fn cluster_add_on_an_existing_id_keeps_its_knobs_unless_replace() {
     sozu.cli_ok(&["cluster", "add", "-i", "dns", "--udp", "--replace"]);
     assert!(!knobs(&sozu), "--replace resets the knobs not given");
 }
+
+#[test]
+fn reload_dry_run_prints_the_diff_and_changes_nothing_then_reload_prints_it() {
+    let _serial = serial();
+    let (config, backend, frontend) = udp_proxy(1);
+    let sozu = Sozu::start(config);
+    let extra = free_v4().to_string();
+    sozu.cli_ok(&["udp", "listener", "add", "-a", &extra]);
+    sozu.cli_ok(&["cluster", "add", "-i", "live", "--udp"]);
+    let unchanged = sozu.cli_ok(&["--json", "cluster", "list"]).stdout;
+
+    let preview = sozu.cli_ok(&["reload", "--dry-run"]).stdout;
+    assert!(preview.contains("nothing was changed"), "{preview}");
+    assert!(preview.contains("- cluster live"), "{preview}");
+    assert!(
+        preview.contains(&format!("- udp listener {extra}")),
+        "{preview}"
+    );
+    assert!(
+        !preview.contains(&frontend.to_string()),
+        "the file's own listener is not part of the diff: {preview}"
+    );
+    assert_eq!(
+        sozu.cli_ok(&["--json", "cluster", "list"]).stdout,
+        unchanged,
+        "a dry run changes nothing"
+    );
+    let listeners = sozu.cli_ok(&["--json", "udp", "listener", "list"]).stdout;
+    assert!(listeners.contains(&extra), "{listeners}");
+
+    let reloaded = sozu.cli_ok(&["reload"]).stdout;
+    assert!(reloaded.contains("- cluster live"), "{reloaded}");
+    assert!(
+        reloaded.contains(&format!("- udp listener {extra}")),
+        "{reloaded}"
+    );
+    let listeners = sozu.cli_ok(&["--json", "udp", "listener", "list"]).stdout;
+    assert!(!listeners.contains(&extra), "{listeners}");
+    let clusters = sozu.cli_ok(&["--json", "cluster", "list"]).stdout;
+    assert!(!clusters.contains("\"live\""), "{clusters}");
+    // The file's own objects still serve.
+    let served = UdpClient::new(frontend).echo_eventually(b"after reload", PROGRESS);
+    assert_eq!(served, backend.name());
+
+    let again = sozu.cli_ok(&["reload", "--dry-run"]).stdout;
+    assert!(again.contains("no change"), "{again}");
+}

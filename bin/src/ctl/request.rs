@@ -154,13 +154,17 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
                 refuse_existing_cluster: None,
             });
         }
-        Command::Reload { file } => {
+        Command::Reload { file, dry_run } => {
             // An empty path asks the master to re-read its own file.
             let path = file
                 .as_ref()
                 .map(|file| cwd.join(file).to_string_lossy().into_owned())
                 .unwrap_or_default();
-            vec![message(RequestType::ReloadConfiguration(path))]
+            if *dry_run {
+                vec![message(RequestType::PreviewReload(path))]
+            } else {
+                vec![message(RequestType::ReloadConfiguration(path))]
+            }
         }
         Command::State(StateCmd::Save(args)) => vec![message(RequestType::SaveState(
             cwd.join(&args.file).to_string_lossy().into_owned(),

@@ -12,6 +12,7 @@
 
 mod clients;
 mod command_socket;
+mod describe;
 mod gather;
 mod lifecycle;
 mod metrics;

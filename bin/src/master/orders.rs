@@ -25,7 +25,7 @@ use sozu_command_lib::state::{order_name, ConfigState, DispatchOutcome};
 use super::clients::response;
 use super::command_socket::Peer;
 use super::gather::{Gathered, WorkerFailure};
-use super::{metrics, prevalidate, state_file, Master, Phase, Purpose};
+use super::{describe, metrics, prevalidate, state_file, Master, Phase, Purpose};
 use crate::logging::AUDIT_TARGET;
 
 /// A state change out to the workers (one at a time): `after` becomes the
@@ -40,6 +40,8 @@ pub(crate) struct Change {
     /// The workers the orders were sent to (a restarted slot has a new
     /// pid).
     pub participants: Vec<(u32, Pid)>,
+    /// What the orders do, one line each (reload), for the final answer.
+    pub summary: Option<String>,
 }
 
 /// An order waiting for the state change in flight to finish.
@@ -164,6 +166,7 @@ impl Master {
             }
             RequestType::SaveState(path) => self.save_state(token, peer, path),
             RequestType::LoadState(path) if !stopping => self.load_state(token, peer, path, now),
+            RequestType::PreviewReload(path) => self.preview_reload(token, path),
             RequestType::ReloadConfiguration(path) if !stopping => {
                 self.reload_configuration(Some(token), peer, path, now)
             }
@@ -223,7 +226,7 @@ impl Master {
             );
             return;
         }
-        self.begin_change(Some(token), peer, name, vec![request], now);
+        self.begin_change(Some(token), peer, name, vec![request], None, now);
     }
 
     /// Starts a state change: applies `orders` to a copy of the committed
@@ -237,24 +240,13 @@ impl Master {
         peer: Peer,
         name: &'static str,
         orders: Vec<Request>,
+        summary: Option<String>,
         now: Instant,
     ) {
-        let mut after = self.state.clone();
         let total = orders.len();
-        for (index, order) in orders.iter().enumerate() {
-            let checked = after
-                .dispatch(order)
-                .map_err(|e| e.to_string())
-                .and_then(|_| prevalidate::check(&after, order).map_err(|e| e.to_string()));
-            if let Err(error) = checked {
-                let message = if total == 1 {
-                    format!("{name} refused: {error}")
-                } else {
-                    format!(
-                        "{name} refused at order {} of {total}: {error}; nothing was applied",
-                        index + 1
-                    )
-                };
+        let after = match self.check_orders(name, &orders) {
+            Ok(after) => after,
+            Err(message) => {
                 audit(peer, name, "refused", &message);
                 match token {
                     Some(token) => self.answer(token, failure(message)),
@@ -262,7 +254,7 @@ impl Master {
                 }
                 return;
             }
-        }
+        };
         if total == 0 {
             audit(peer, name, "ok", "no change");
             if let Some(token) = token {
@@ -292,6 +284,7 @@ impl Master {
             count: total,
             after,
             participants,
+            summary,
         };
         self.change_in_flight = true;
         self.fan_out(
@@ -300,6 +293,30 @@ impl Master {
             Some(self.config.worker_timeout),
             now,
         );
+    }
+
+    /// Applies `orders` to a copy of the committed state with the
+    /// master-side checks; the first refusal is the error message.
+    fn check_orders(&self, name: &str, orders: &[Request]) -> Result<ConfigState, String> {
+        let mut after = self.state.clone();
+        let total = orders.len();
+        for (index, order) in orders.iter().enumerate() {
+            let checked = after
+                .dispatch(order)
+                .map_err(|e| e.to_string())
+                .and_then(|_| prevalidate::check(&after, order).map_err(|e| e.to_string()));
+            if let Err(error) = checked {
+                return Err(if total == 1 {
+                    format!("{name} refused: {error}")
+                } else {
+                    format!(
+                        "{name} refused at order {} of {total}: {error}; nothing was applied",
+                        index + 1
+                    )
+                });
+            }
+        }
+        Ok(after)
     }
 
     /// The workers answered a state change: commit it if none refused;
@@ -313,6 +330,7 @@ impl Master {
             count,
             after,
             participants,
+            summary,
         } = change;
         // A worker that exited before answering comes back with the
         // committed state: its exit is not a refusal.
@@ -351,6 +369,10 @@ impl Master {
                     message.push_str(&format!(
                         "; worker {id} exited before answering (it restarts with this state)"
                     ));
+                }
+                if let Some(summary) = summary {
+                    message.push_str("; changed:\n");
+                    message.push_str(&summary);
                 }
                 self.answer(client, ok(message));
             }
@@ -550,11 +572,34 @@ impl Master {
                 Err(error) => tracing::debug!(%error, "load_state: order skipped"),
             }
         }
-        self.begin_change(Some(token), peer, "load_state", replay, now);
+        self.begin_change(Some(token), peer, "load_state", replay, None, now);
     }
 
     /// reload_configuration: the file's state replaces the running one; the
     /// difference is applied as orders.
+    /// The orders that turn the committed state into the one `path` (empty:
+    /// the master's own file) describes.
+    fn reload_orders(&self, path: String) -> Result<(PathBuf, Vec<Request>), String> {
+        let path = if path.is_empty() {
+            self.config_path.clone()
+        } else {
+            PathBuf::from(path)
+        };
+        let new_config = Config::load_from_path(&path)
+            .map_err(|error| format!("cannot reload {}: {error}", path.display()))?;
+        let mut target = ConfigState::new();
+        for order in new_config.generate_orders() {
+            target
+                .dispatch(&order)
+                .map_err(|error| format!("cannot reload {}: {error}", path.display()))?;
+        }
+        let diff = self.state.diff(&target);
+        Ok((path, diff))
+    }
+
+    /// reload_configuration: the file's state replaces the running one
+    /// (objects added live and absent from the file are removed); the
+    /// difference is applied as orders and the answer lists them.
     pub(super) fn reload_configuration(
         &mut self,
         token: Option<Token>,
@@ -562,15 +607,9 @@ impl Master {
         path: String,
         now: Instant,
     ) {
-        let path = if path.is_empty() {
-            self.config_path.clone()
-        } else {
-            PathBuf::from(path)
-        };
-        let new_config = match Config::load_from_path(&path) {
-            Ok(config) => config,
-            Err(error) => {
-                let message = format!("cannot reload {}: {error}", path.display());
+        let diff = match self.reload_orders(path) {
+            Ok((_, diff)) => diff,
+            Err(message) => {
                 audit(peer, "reload_configuration", "failed", &message);
                 match token {
                     Some(token) => self.answer(token, failure(message)),
@@ -579,19 +618,39 @@ impl Master {
                 return;
             }
         };
-        let mut target = ConfigState::new();
-        for order in new_config.generate_orders() {
-            if let Err(error) = target.dispatch(&order) {
-                let message = format!("cannot reload {}: {error}", path.display());
-                match token {
-                    Some(token) => self.answer(token, failure(message)),
-                    None => tracing::error!(message),
-                }
-                return;
-            }
+        let summary = describe::describe_all(&diff, &self.state);
+        if !diff.is_empty() {
+            tracing::info!(orders = diff.len(), changes = summary, "reloading the configuration");
         }
-        let diff = self.state.diff(&target);
-        self.begin_change(token, peer, "reload_configuration", diff, now);
+        self.begin_change(
+            token,
+            peer,
+            "reload_configuration",
+            diff,
+            Some(summary),
+            now,
+        );
+    }
+
+    /// preview_reload (`sozu reload --dry-run`): what reload_configuration
+    /// would send, checked like it, and nothing changed.
+    fn preview_reload(&mut self, token: Token, path: String) {
+        let answer = match self.reload_orders(path) {
+            Err(message) => failure(message),
+            Ok((path, diff)) => match self.check_orders("reload_configuration", &diff) {
+                Err(message) => failure(message),
+                Ok(_) if diff.is_empty() => {
+                    ok(format!("reload of {}: no change", path.display()))
+                }
+                Ok(_) => ok(format!(
+                    "reload of {} would send {} order(s); nothing was changed:\n{}",
+                    path.display(),
+                    diff.len(),
+                    describe::describe_all(&diff, &self.state)
+                )),
+            },
+        };
+        self.answer(token, answer);
     }
 
     pub(super) fn reload_from_signal(&mut self, now: Instant) {
