@@ -38,7 +38,11 @@ fn udp_proxy(workers: u32) -> (SozuConfig, UdpBackend, SocketAddr) {
 }
 
 fn assert_fails(out: &sozu_e2e::CliOutput, needle: &str) {
-    assert_eq!(out.code, 1, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
     assert!(
         out.stderr.contains(needle),
         "stderr should name {needle:?}: {}",
@@ -56,7 +60,15 @@ fn a_refused_path_rule_leaves_no_trace_and_the_next_upgrade_succeeds() {
     sozu.cli_ok(&["cluster", "add", "-i", "web"]);
     // A positive control: a prefix rule is taken and listed.
     sozu.cli_ok(&[
-        "http", "frontend", "add", "-i", "web", "-a", &http, "--hostname", "ok.local",
+        "http",
+        "frontend",
+        "add",
+        "-i",
+        "web",
+        "-a",
+        &http,
+        "--hostname",
+        "ok.local",
     ]);
     let refused = sozu.cli(&[
         "http",
@@ -75,13 +87,19 @@ fn a_refused_path_rule_leaves_no_trace_and_the_next_upgrade_succeeds() {
 
     let listed = sozu.cli_ok(&["--json", "frontend", "list"]).stdout;
     assert!(listed.contains("ok.local"), "{listed}");
-    assert!(!listed.contains("localhost"), "refused frontend listed: {listed}");
+    assert!(
+        !listed.contains("localhost"),
+        "refused frontend listed: {listed}"
+    );
     let saved = sozu.dir().join("saved.state");
     let saved_arg = saved.to_string_lossy().into_owned();
     sozu.cli_ok(&["state", "save", "-f", &saved_arg]);
     let text = std::fs::read_to_string(&saved).expect("the state file");
     assert!(text.contains("ok.local"), "{text}");
-    assert!(!text.contains("localhost"), "refused frontend saved: {text}");
+    assert!(
+        !text.contains("localhost"),
+        "refused frontend saved: {text}"
+    );
 
     let before = sozu.worker_pids();
     sozu.cli_ok(&["upgrade"]);
@@ -135,9 +153,7 @@ fn running_slot0(sozu: &Sozu, old: &[i32]) -> i32 {
         let workers = sozu.status().ok()?;
         workers
             .iter()
-            .find(|w| {
-                w.id == 0 && w.run_state == RunState::Running as i32 && !old.contains(&w.pid)
-            })
+            .find(|w| w.id == 0 && w.run_state == RunState::Running as i32 && !old.contains(&w.pid))
             .map(|w| w.pid)
     })
 }
@@ -241,7 +257,9 @@ fn cluster_add_on_an_existing_id_keeps_its_knobs_unless_replace() {
     let sozu = Sozu::start(config);
     sozu.cli_ok(&["cluster", "add", "-i", "dns", "--udp", "--responses", "1"]);
     let knobs = |sozu: &Sozu| {
-        let out = sozu.cli_ok(&["--json", "cluster", "list", "-i", "dns"]).stdout;
+        let out = sozu
+            .cli_ok(&["--json", "cluster", "list", "-i", "dns"])
+            .stdout;
         out.contains("\"responses\": 1")
     };
     assert!(knobs(&sozu), "the knob is listed after the first add");

@@ -780,3 +780,49 @@ fn plain_upgrade_then_replaces_every_worker_but_main_only_and_worker_do_not() {
     assert!(!of(&["upgrade", "--worker", "1"]));
     assert!(Cli::try_parse_from(["sozu", "upgrade", "--worker", "1", "--main-only"]).is_err());
 }
+
+#[test]
+fn worker_restart_reload_dry_run_and_cluster_replace_plans() {
+    assert_eq!(
+        one(&["worker", "restart", "3"]),
+        RequestType::UpgradeWorker(3)
+    );
+    assert_eq!(
+        one(&["reload", "--dry-run", "-f", "new.toml"]),
+        RequestType::PreviewReload("/srv/new.toml".into())
+    );
+    let cwd = std::path::Path::new("/srv");
+    let plan_of = |args: &[&str]| {
+        let cli = Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        super::request::plan(&cli.command, cwd).unwrap()
+    };
+    assert_eq!(
+        plan_of(&["cluster", "add", "-i", "dns"]).refuse_existing_cluster,
+        Some("dns".to_owned()),
+        "a plain add first checks that the id is free"
+    );
+    assert_eq!(
+        plan_of(&["cluster", "add", "-i", "dns", "--replace"]).refuse_existing_cluster,
+        None
+    );
+    // The hidden process form still parses.
+    let worker = Cli::try_parse_from([
+        "sozu",
+        "worker",
+        "--id",
+        "0",
+        "--channel-fd",
+        "3",
+        "--scm-fd",
+        "4",
+    ])
+    .unwrap();
+    assert!(matches!(
+        worker.command,
+        crate::cli::Command::Worker(crate::cli::WorkerCommand {
+            process: Some(_),
+            action: None
+        })
+    ));
+}

@@ -63,10 +63,18 @@ pub(crate) fn describe(order: &Request, current: &ConfigState) -> String {
             format!("- {} listener {}", proxy(r.proxy), address(&r.address))
         }
         RequestType::ActivateListener(a) => {
-            format!("~ activate {} listener {}", proxy(a.proxy), address(&a.address))
+            format!(
+                "~ activate {} listener {}",
+                proxy(a.proxy),
+                address(&a.address)
+            )
         }
         RequestType::DeactivateListener(d) => {
-            format!("~ deactivate {} listener {}", proxy(d.proxy), address(&d.address))
+            format!(
+                "~ deactivate {} listener {}",
+                proxy(d.proxy),
+                address(&d.address)
+            )
         }
         RequestType::AddCluster(c) => {
             if current.cluster(&c.cluster_id).is_some() {

@@ -16,8 +16,7 @@ use nix::unistd::Pid;
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
-    ListenSocketManifest, Request, Response, ResponseContent, ResponseStatus, RunState,
-    WorkerInfos,
+    ListenSocketManifest, Request, Response, ResponseContent, ResponseStatus, RunState, WorkerInfos,
 };
 use sozu_command_lib::config::Config;
 use sozu_command_lib::state::{order_name, ConfigState, DispatchOutcome};
@@ -47,7 +46,7 @@ pub(crate) struct Change {
 /// An order waiting for the state change in flight to finish.
 #[derive(Debug)]
 pub(crate) enum Deferred {
-    Client(Token, Request),
+    Client(Token, Box<Request>),
     SignalReload,
 }
 
@@ -108,7 +107,7 @@ impl Master {
                 | RequestType::UpgradeMain(_)
         ) || sozu_command_lib::state::is_state_change(&request);
         if self.change_in_flight && waits && !stopping {
-            self.defer(Deferred::Client(token, request));
+            self.defer(Deferred::Client(token, Box::new(request)));
             return;
         }
         match request_type {
@@ -117,7 +116,11 @@ impl Master {
                     vec: self.workers.values().map(|w| w.info()).collect(),
                 };
                 let mut message = format!("{} worker(s)", infos.vec.len());
-                let degraded = if stopping { Vec::new() } else { self.degraded(now) };
+                let degraded = if stopping {
+                    Vec::new()
+                } else {
+                    self.degraded(now)
+                };
                 if !degraded.is_empty() {
                     message.push_str("; degraded: ");
                     message.push_str(&degraded.join("; "));
@@ -183,7 +186,12 @@ impl Master {
                 super::upgrade::begin_main(self, token);
             }
             RequestType::UpgradeWorker(id) if !stopping && self.slot_is_down(id) => {
-                audit(peer, name, "accepted", &format!("start down worker slot {id}"));
+                audit(
+                    peer,
+                    name,
+                    "accepted",
+                    &format!("start down worker slot {id}"),
+                );
                 self.start_down_slot(token, id, now);
             }
             RequestType::UpgradeWorker(id) if !stopping => {
@@ -436,9 +444,11 @@ impl Master {
         if orders.is_empty() {
             return;
         }
-        let order = self
-            .gather
-            .open(Purpose::Repair { name }, now, Some(self.config.worker_timeout));
+        let order = self.gather.open(
+            Purpose::Repair { name },
+            now,
+            Some(self.config.worker_timeout),
+        );
         for id in workers {
             self.send_to_worker(order, *id, orders.clone());
             self.pump_worker(*id);
@@ -449,7 +459,12 @@ impl Master {
     }
 
     /// A repair order finished: workers that did not take it restart.
-    pub(super) fn finish_repair(&mut self, name: &'static str, gathered: Gathered<()>, now: Instant) {
+    pub(super) fn finish_repair(
+        &mut self,
+        name: &'static str,
+        gathered: Gathered<()>,
+        now: Instant,
+    ) {
         for (id, failure) in &gathered.failures {
             if *failure == WorkerFailure::Gone {
                 continue;
@@ -496,10 +511,7 @@ impl Master {
                 .restarts
                 .get(&id)
                 .map_or_else(String::new, |r| r.cause.clone());
-            self.answer(
-                token,
-                failure(format!("worker {id} cannot start: {cause}")),
-            );
+            self.answer(token, failure(format!("worker {id} cannot start: {cause}")));
         }
     }
 
@@ -519,7 +531,7 @@ impl Master {
             match item {
                 Deferred::Client(token, request) => {
                     if self.clients.contains_key(&token) {
-                        self.handle_request(token, request, now);
+                        self.handle_request(token, *request, now);
                     }
                 }
                 Deferred::SignalReload => self.reload_from_signal(now),
@@ -620,7 +632,11 @@ impl Master {
         };
         let summary = describe::describe_all(&diff, &self.state);
         if !diff.is_empty() {
-            tracing::info!(orders = diff.len(), changes = summary, "reloading the configuration");
+            tracing::info!(
+                orders = diff.len(),
+                changes = summary,
+                "reloading the configuration"
+            );
         }
         self.begin_change(
             token,
@@ -639,9 +655,7 @@ impl Master {
             Err(message) => failure(message),
             Ok((path, diff)) => match self.check_orders("reload_configuration", &diff) {
                 Err(message) => failure(message),
-                Ok(_) if diff.is_empty() => {
-                    ok(format!("reload of {}: no change", path.display()))
-                }
+                Ok(_) if diff.is_empty() => ok(format!("reload of {}: no change", path.display())),
                 Ok(_) => ok(format!(
                     "reload of {} would send {} order(s); nothing was changed:\n{}",
                     path.display(),

@@ -554,7 +554,9 @@ fn refused_order_is_undone_on_the_workers_that_applied_it() {
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(answer.status(), ResponseStatus::Failure);
     assert!(
-        answer.message.contains("worker 1: cannot bind 127.0.0.1:53")
+        answer
+            .message
+            .contains("worker 1: cannot bind 127.0.0.1:53")
             && answer.message.contains("undone on worker(s) 0"),
         "{}",
         answer.message
@@ -586,7 +588,14 @@ fn a_worker_refusing_the_undo_is_restarted() {
     reply(&mut master, 1, &mut w1, &o1, ResponseStatus::Failure, "no");
     let _ = client.read_message_timeout(TIMEOUT).unwrap();
     let undo = next_order(&mut w0);
-    reply(&mut master, 0, &mut w0, &undo, ResponseStatus::Failure, "stuck");
+    reply(
+        &mut master,
+        0,
+        &mut w0,
+        &undo,
+        ResponseStatus::Failure,
+        "stuck",
+    );
     assert!(
         master.workers.get(&0).is_some_and(|w| w.channel_closed),
         "a worker that cannot return to the committed state is cut off (and restarts)"
@@ -660,12 +669,24 @@ fn worker_side_refusals_the_master_can_see_never_reach_a_worker() {
     let mut w0 = add_worker(&mut master, 0);
     let (token, mut client) = add_client(&mut master);
     // A regex path rule: the workers' router takes PREFIX and EQUALS only.
-    send(&mut master, token, http_frontend("localhost", PathRuleKind::Regex));
+    send(
+        &mut master,
+        token,
+        http_frontend("localhost", PathRuleKind::Regex),
+    );
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(answer.status(), ResponseStatus::Failure);
-    assert!(answer.message.contains("path rule kind"), "{}", answer.message);
+    assert!(
+        answer.message.contains("path rule kind"),
+        "{}",
+        answer.message
+    );
     // The same route under another spelling of the hostname.
-    send(&mut master, token, http_frontend("web.local", PathRuleKind::Prefix));
+    send(
+        &mut master,
+        token,
+        http_frontend("web.local", PathRuleKind::Prefix),
+    );
     let o = next_order(&mut w0);
     reply(&mut master, 0, &mut w0, &o, ResponseStatus::Ok, "");
     assert_eq!(
@@ -673,7 +694,11 @@ fn worker_side_refusals_the_master_can_see_never_reach_a_worker() {
         ResponseStatus::Ok
     );
     let committed = master.state.clone();
-    send(&mut master, token, http_frontend("WEB.local.", PathRuleKind::Prefix));
+    send(
+        &mut master,
+        token,
+        http_frontend("WEB.local.", PathRuleKind::Prefix),
+    );
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(answer.status(), ResponseStatus::Failure);
     assert!(answer.message.contains("hostname"), "{}", answer.message);
