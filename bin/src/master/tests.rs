@@ -706,3 +706,31 @@ fn worker_side_refusals_the_master_can_see_never_reach_a_worker() {
     assert_eq!(master.state, committed);
     assert_ne!(master.state, before);
 }
+
+#[test]
+fn a_saved_state_loses_at_start_only_the_orders_the_workers_would_refuse() {
+    use sozu_command_lib::command::PathRuleKind;
+    let dir = tempfile::tempdir().unwrap();
+    let mut scratch = master(dir.path());
+    with_http_listener(&mut scratch);
+    // A file an older version may have saved: a regex rule beside a prefix
+    // rule.
+    let mut saved = scratch.state.clone();
+    saved
+        .dispatch(&http_frontend("regex.local", PathRuleKind::Regex))
+        .unwrap();
+    saved
+        .dispatch(&http_frontend("prefix.local", PathRuleKind::Prefix))
+        .unwrap();
+    let path = dir.path().join("saved.state");
+    saved.save_to_path(&path).unwrap();
+
+    let mut loaded = ConfigState::new();
+    let applied = super::state_file::load_into(&mut loaded, &path, &scratch.config).unwrap();
+    let hosts: Vec<String> = loaded
+        .http_frontends()
+        .map(|f| f.hostname.clone())
+        .collect();
+    assert_eq!(hosts, vec!["prefix.local".to_owned()]);
+    assert_eq!(applied, 3, "listener, cluster and the prefix frontend");
+}
