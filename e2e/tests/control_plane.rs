@@ -318,3 +318,29 @@ fn reload_dry_run_prints_the_diff_and_changes_nothing_then_reload_prints_it() {
     let again = sozu.cli_ok(&["reload", "--dry-run"]).stdout;
     assert!(again.contains("no change"), "{again}");
 }
+
+#[test]
+fn a_listener_whose_address_is_taken_is_refused_and_not_listed() {
+    let _serial = serial();
+    let (config, _backend, _frontend) = udp_proxy(2);
+    let sozu = Sozu::start(config);
+    // Another process holds the address (no SO_REUSEPORT).
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a holder");
+    let taken = holder.local_addr().expect("holder address").to_string();
+    let free = free_v4().to_string();
+    let refused = sozu.cli(&["udp", "listener", "add", "-a", &taken]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    // A positive control: a free address is taken and listed.
+    sozu.cli_ok(&["udp", "listener", "add", "-a", &free]);
+    let listed = sozu.cli_ok(&["--json", "udp", "listener", "list"]).stdout;
+    assert!(listed.contains(&free), "{listed}");
+    assert!(
+        !listed.contains(&taken),
+        "refused listener listed: {listed}"
+    );
+    let saved = sozu.dir().join("saved.state");
+    sozu.cli_ok(&["state", "save", "-f", &saved.to_string_lossy()]);
+    let text = std::fs::read_to_string(&saved).expect("the state file");
+    assert!(!text.contains(&taken), "{text}");
+    drop(holder);
+}

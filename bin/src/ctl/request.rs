@@ -279,19 +279,24 @@ enum Lifecycle {
     Remove,
 }
 
-/// `add` then, unless `--inactive`, `activate`: a listener added by hand
-/// should serve at once, as one from the configuration file does.
+/// One `add` order, active unless `--inactive`: a listener added by hand
+/// serves at once, as one from the configuration file does, and a listener
+/// that cannot be activated (its address is taken) is refused whole, so
+/// nothing is left listed (two orders, add then activate, would leave an
+/// inactive listener behind a failed activation).
 fn add_then_activate(
-    add: RequestType,
-    address: SocketAddr,
-    proxy: ListenerType,
+    mut add: RequestType,
+    _address: SocketAddr,
+    _proxy: ListenerType,
     inactive: bool,
 ) -> Vec<Step> {
-    let mut steps = vec![message(add)];
-    if !inactive {
-        steps.push(listener_lifecycle(address, proxy, Lifecycle::Activate));
+    match &mut add {
+        RequestType::AddUdpListener(config) => config.active = !inactive,
+        RequestType::AddTcpListener(config) => config.active = !inactive,
+        RequestType::AddHttpListener(config) => config.active = !inactive,
+        _ => {}
     }
-    steps
+    vec![message(add)]
 }
 
 fn udp_listener(cmd: &UdpListenerCmd) -> Result<Vec<Step>, PlanError> {
@@ -355,7 +360,7 @@ fn udp_listener_config(
             .max_rx_datagram_size
             .unwrap_or(defaults.max_rx_datagram_size),
         max_flows: knobs.max_flows.unwrap_or(defaults.max_flows),
-        // Activation is its own order (see `add_then_activate`).
+        // Set by `add_then_activate`.
         active: false,
         recv_buffer_size: buffers.recv_buffer_size,
         send_buffer_size: buffers.send_buffer_size,
