@@ -672,7 +672,14 @@ impl Master {
             return;
         }
         if self.change_in_flight {
-            self.defer(Deferred::SignalReload);
+            // One queued SIGHUP reload is enough: it reads the file when it runs.
+            if !self
+                .deferred
+                .iter()
+                .any(|d| matches!(d, Deferred::SignalReload))
+            {
+                self.defer(Deferred::SignalReload);
+            }
             return;
         }
         let me = Peer {
