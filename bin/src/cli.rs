@@ -46,9 +46,9 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Start the master and its workers.
     Start(crate::master::StartArgs),
-    /// Run one worker (started by the master, not by hand).
-    #[command(hide = true)]
-    Worker(crate::worker::WorkerArgs),
+    /// Worker slots: `sozu worker restart N` (with `--id …`, the hidden
+    /// form the master starts a worker process with).
+    Worker(WorkerCommand),
     /// Show the workers and their state.
     Status,
     /// Stop the proxy: soft-stop (drain live flows) unless `--hard`.
@@ -67,11 +67,17 @@ pub enum Command {
         #[arg(long)]
         main_only: bool,
     },
-    /// Reload the configuration file (the master's own unless `-f`).
+    /// Reload the configuration file (the master's own unless `-f`): the
+    /// file's state replaces the running one, so objects added live and
+    /// absent from the file are removed. Prints what it changed.
     Reload {
         /// Configuration file to load instead of the master's.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// Print what the reload would add, change and remove; change
+        /// nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
     /// Save or load the state as a file of orders.
     #[command(subcommand)]
@@ -110,6 +116,28 @@ pub enum Command {
     /// Sōzu's query commands.
     #[command(subcommand)]
     Query(QueryCmd),
+}
+
+/// `sozu worker …`: a client order, or (with the process arguments) one
+/// worker process started by the master.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WorkerCommand {
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
+    #[command(flatten)]
+    pub process: Option<crate::worker::WorkerArgs>,
+}
+
+/// `sozu worker restart N`
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// Start worker slot N again: at once if it is down (whatever its
+    /// restart backoff), else replaced like `upgrade --worker N`.
+    Restart {
+        /// The worker id (as `sozu status` shows it).
+        id: u32,
+    },
 }
 
 /// `sozu state …`
@@ -499,7 +527,7 @@ pub struct HttpFrontendArgs {
 /// `sozu cluster …`
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
-    /// Add (or replace) a cluster.
+    /// Add a cluster (an existing id is refused unless `--replace`).
     Add(Box<ClusterAddArgs>),
     /// Remove a cluster.
     Remove {
@@ -543,6 +571,10 @@ pub struct ClusterAddArgs {
     /// Make it a UDP cluster even without any UDP knob.
     #[arg(long = "udp")]
     pub udp: bool,
+    /// Replace an existing cluster of this id: every knob not given here
+    /// goes back to its default.
+    #[arg(long = "replace")]
+    pub replace: bool,
     #[command(flatten)]
     pub udp_knobs: UdpClusterKnobs,
 }

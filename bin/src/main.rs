@@ -12,13 +12,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, WorkerCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Start(args) => master::start(args),
-        Command::Worker(args) => worker::run(args),
+        Command::Worker(WorkerCommand {
+            process: Some(args),
+            ..
+        }) => worker::run(args),
         command => ctl::run(cli.global, command),
     }
 }

@@ -7,7 +7,8 @@
 //! never runs a master or worker (see `crate::master`, `crate::worker`).
 //!
 //! Exit codes: 0 every order answered OK; 1 the master answered FAILURE
-//! (its message on stderr); 2 a command line that cannot become an order;
+//! (its message on stderr), or `status` found the proxy degraded (a worker
+//! slot down or not answering); 2 a command line that cannot become an order;
 //! 3 no answer (no socket, unreadable configuration, timeout, closed
 //! connection).
 
@@ -67,6 +68,11 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
             return ExitCode::from(EXIT_NO_ANSWER);
         }
     };
+    if let Some(id) = &plan.refuse_existing_cluster {
+        if let Err(code) = refuse_existing_cluster(&mut session, id) {
+            return code;
+        }
+    }
     let code = execute(&plan, &mut session, global.json);
     if code != ExitCode::SUCCESS || !plan.then_upgrade_every_worker {
         return code;
@@ -82,6 +88,28 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
         }
     };
     upgrade_every_worker(&mut session, global.json)
+}
+
+/// `cluster add` without `--replace`: an existing cluster is refused, so
+/// that re-adding one never resets its knobs silently (the wire order
+/// replaces a cluster whole).
+fn refuse_existing_cluster(session: &mut Session, id: &str) -> Result<(), ExitCode> {
+    let query = request::message(RequestType::QueryClusterById(id.to_owned()));
+    let answer = match session.order(&query.request, |_| {}) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Err(ExitCode::from(EXIT_NO_ANSWER));
+        }
+    };
+    if answer.status == ResponseStatus::Ok as i32 {
+        eprintln!(
+            "error: cluster {id:?} already exists; `cluster add --replace` replaces it, \
+             resetting every knob not given on the command line"
+        );
+        return Err(ExitCode::from(EXIT_FAILURE_ANSWER));
+    }
+    Ok(())
 }
 
 /// Asks for the workers, then sends `upgrade_worker` for each running one,
@@ -120,6 +148,7 @@ fn upgrade_every_worker(session: &mut Session, json: bool) -> ExitCode {
         &Plan {
             steps,
             then_upgrade_every_worker: false,
+            refuse_existing_cluster: None,
         },
         session,
         json,
@@ -140,6 +169,12 @@ fn execute(plan: &Plan, session: &mut Session, json: bool) -> ExitCode {
             }
         };
         print_answer(step.view, &response, json);
+        if step.view == request::View::Workers && response.status == ResponseStatus::Ok as i32 {
+            if let Some((_, detail)) = response.message.split_once("; degraded: ") {
+                eprintln!("error: the proxy is degraded: {detail}");
+                return ExitCode::from(EXIT_FAILURE_ANSWER);
+            }
+        }
         if response.status != ResponseStatus::Ok as i32 {
             let message = if response.message.is_empty() {
                 "the master refused the order without a message"

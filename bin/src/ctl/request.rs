@@ -27,6 +27,7 @@ use crate::cli::{
     HttpCmd, HttpFrontendArgs, HttpListenerCmd, HttpListenerKnobs, ListenerCmd,
     LoadBalancingPolicy, MetricsArgs, MetricsCmd, QueryCmd, StateCmd, TcpCmd, TcpListenerCmd,
     TcpListenerKnobs, UdpClusterKnobs, UdpCmd, UdpListenerCmd, UdpListenerKnobs, UdpSocketBuffers,
+    WorkerAction, WorkerCommand,
 };
 
 /// Sōzu's default sticky-session cookie name, used when `--sticky-name` is absent.
@@ -40,6 +41,9 @@ pub struct Plan {
     /// After the steps, replace every running worker in turn (`sozu upgrade`
     /// with no flag): the worker ids are only known by asking the master.
     pub then_upgrade_every_worker: bool,
+    /// Before the steps, make sure no cluster has this id (`cluster add`
+    /// without `--replace`: the wire order replaces a cluster whole).
+    pub refuse_existing_cluster: Option<String>,
 }
 
 /// One order and how to show its final answer.
@@ -123,6 +127,10 @@ impl std::error::Error for PlanError {}
 pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     let steps = match command {
         Command::Start(_) => return Err(PlanError::NotAClientCommand("start")),
+        Command::Worker(WorkerCommand {
+            action: Some(WorkerAction::Restart { id }),
+            ..
+        }) => vec![message(RequestType::UpgradeWorker(*id))],
         Command::Worker(_) => return Err(PlanError::NotAClientCommand("worker")),
         Command::Status | Command::Query(QueryCmd::Workers) => {
             vec![step(RequestType::Status(Status {}), View::Workers)]
@@ -143,15 +151,20 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
             return Ok(Plan {
                 steps: vec![message(order)],
                 then_upgrade_every_worker: worker.is_none() && !main_only,
+                refuse_existing_cluster: None,
             });
         }
-        Command::Reload { file } => {
+        Command::Reload { file, dry_run } => {
             // An empty path asks the master to re-read its own file.
             let path = file
                 .as_ref()
                 .map(|file| cwd.join(file).to_string_lossy().into_owned())
                 .unwrap_or_default();
-            vec![message(RequestType::ReloadConfiguration(path))]
+            if *dry_run {
+                vec![message(RequestType::PreviewReload(path))]
+            } else {
+                vec![message(RequestType::ReloadConfiguration(path))]
+            }
         }
         Command::State(StateCmd::Save(args)) => vec![message(RequestType::SaveState(
             cwd.join(&args.file).to_string_lossy().into_owned(),
@@ -191,7 +204,11 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         }
         Command::Frontend(FrontendCmd::List(args)) => vec![list_frontends(args)],
         Command::Cluster(ClusterCmd::Add(args)) => {
-            vec![message(RequestType::AddCluster(cluster(args)))]
+            return Ok(Plan {
+                steps: vec![message(RequestType::AddCluster(cluster(args)))],
+                then_upgrade_every_worker: false,
+                refuse_existing_cluster: (!args.replace).then(|| args.id.clone()),
+            });
         }
         Command::Cluster(ClusterCmd::Remove { id }) => {
             vec![message(RequestType::RemoveCluster(id.clone()))]
@@ -204,6 +221,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     Ok(Plan {
         steps,
         then_upgrade_every_worker: false,
+        refuse_existing_cluster: None,
     })
 }
 
@@ -274,19 +292,24 @@ enum Lifecycle {
     Remove,
 }
 
-/// `add` then, unless `--inactive`, `activate`: a listener added by hand
-/// should serve at once, as one from the configuration file does.
+/// One `add` order, active unless `--inactive`: a listener added by hand
+/// serves at once, as one from the configuration file does, and a listener
+/// that cannot be activated (its address is taken) is refused whole, so
+/// nothing is left listed (two orders, add then activate, would leave an
+/// inactive listener behind a failed activation).
 fn add_then_activate(
-    add: RequestType,
-    address: SocketAddr,
-    proxy: ListenerType,
+    mut add: RequestType,
+    _address: SocketAddr,
+    _proxy: ListenerType,
     inactive: bool,
 ) -> Vec<Step> {
-    let mut steps = vec![message(add)];
-    if !inactive {
-        steps.push(listener_lifecycle(address, proxy, Lifecycle::Activate));
+    match &mut add {
+        RequestType::AddUdpListener(config) => config.active = !inactive,
+        RequestType::AddTcpListener(config) => config.active = !inactive,
+        RequestType::AddHttpListener(config) => config.active = !inactive,
+        _ => {}
     }
-    steps
+    vec![message(add)]
 }
 
 fn udp_listener(cmd: &UdpListenerCmd) -> Result<Vec<Step>, PlanError> {
@@ -350,7 +373,7 @@ fn udp_listener_config(
             .max_rx_datagram_size
             .unwrap_or(defaults.max_rx_datagram_size),
         max_flows: knobs.max_flows.unwrap_or(defaults.max_flows),
-        // Activation is its own order (see `add_then_activate`).
+        // Set by `add_then_activate`.
         active: false,
         recv_buffer_size: buffers.recv_buffer_size,
         send_buffer_size: buffers.send_buffer_size,

@@ -6,14 +6,13 @@ use std::path::Path;
 
 use clap::{CommandFactory, Parser};
 use sozu_command_lib::command::{
-    filtered_metrics::Inner, request::RequestType, response_content::ContentType, ActivateListener,
-    AddBackend, AggregatedMetrics, BackendMetrics, Cluster, ClusterInformation,
-    ClusterInformations, ClusterMetrics, FilteredMetrics, FrontendFilters, HardStop, ListClusters,
-    ListenerType, LoadBalancingAlgorithms, LoadBalancingParams, PathRule, PathRuleKind,
-    QueryMetricsOptions, Request, RequestHttpFrontend, RequestUdpFrontend, Response,
-    ResponseContent, ResponseStatus, RulePosition, RunState, UdpAffinityKey, UdpClusterConfig,
-    UdpHealthConfig, UdpHealthMode, UdpListenerConfig, UpdateUdpListenerConfig, WorkerInfo,
-    WorkerInfos,
+    filtered_metrics::Inner, request::RequestType, response_content::ContentType, AddBackend,
+    AggregatedMetrics, BackendMetrics, Cluster, ClusterInformation, ClusterInformations,
+    ClusterMetrics, FilteredMetrics, FrontendFilters, HardStop, ListClusters,
+    LoadBalancingAlgorithms, LoadBalancingParams, PathRule, PathRuleKind, QueryMetricsOptions,
+    Request, RequestHttpFrontend, RequestUdpFrontend, Response, ResponseContent, ResponseStatus,
+    RulePosition, RunState, UdpAffinityKey, UdpClusterConfig, UdpHealthConfig, UdpHealthMode,
+    UdpListenerConfig, UpdateUdpListenerConfig, WorkerInfo, WorkerInfos,
 };
 
 use super::render;
@@ -178,7 +177,7 @@ fn a_health_flag_without_mode_means_tcp_probing() {
 }
 
 #[test]
-fn udp_listener_add_adds_then_activates_with_defaults() {
+fn udp_listener_add_is_one_active_add_with_defaults() {
     let orders = orders(&[
         "udp",
         "listener",
@@ -188,29 +187,33 @@ fn udp_listener_add_adds_then_activates_with_defaults() {
         "--max-flows",
         "10",
     ]);
-    let address = addr("127.0.0.1:5353").into();
+    let config = UdpListenerConfig {
+        address: addr("127.0.0.1:5353").into(),
+        front_timeout: 30,
+        back_timeout: 30,
+        max_rx_datagram_size: 1500,
+        max_flows: 10,
+        active: true,
+        ..Default::default()
+    };
+    // One order: a listener that cannot be activated is refused whole.
     assert_eq!(
         orders,
-        vec![
-            Request {
-                request_type: Some(RequestType::AddUdpListener(UdpListenerConfig {
-                    address: addr("127.0.0.1:5353").into(),
-                    front_timeout: 30,
-                    back_timeout: 30,
-                    max_rx_datagram_size: 1500,
-                    max_flows: 10,
-                    active: false,
-                    ..Default::default()
-                })),
-            },
-            Request {
-                request_type: Some(RequestType::ActivateListener(ActivateListener {
-                    address,
-                    proxy: ListenerType::Udp as i32,
-                    from_scm: false,
-                })),
-            },
-        ]
+        vec![Request {
+            request_type: Some(RequestType::AddUdpListener(config)),
+        }]
+    );
+    let inactive = one(&[
+        "udp",
+        "listener",
+        "add",
+        "-a",
+        "127.0.0.1:5353",
+        "--inactive",
+    ]);
+    assert!(
+        matches!(inactive, RequestType::AddUdpListener(ref c) if !c.active),
+        "{inactive:?}"
     );
 }
 
@@ -779,6 +782,52 @@ fn plain_upgrade_then_replaces_every_worker_but_main_only_and_worker_do_not() {
     assert!(!of(&["upgrade", "--main-only"]));
     assert!(!of(&["upgrade", "--worker", "1"]));
     assert!(Cli::try_parse_from(["sozu", "upgrade", "--worker", "1", "--main-only"]).is_err());
+}
+
+#[test]
+fn worker_restart_reload_dry_run_and_cluster_replace_plans() {
+    assert_eq!(
+        one(&["worker", "restart", "3"]),
+        RequestType::UpgradeWorker(3)
+    );
+    assert_eq!(
+        one(&["reload", "--dry-run", "-f", "new.toml"]),
+        RequestType::PreviewReload("/srv/new.toml".into())
+    );
+    let cwd = std::path::Path::new("/srv");
+    let plan_of = |args: &[&str]| {
+        let cli = Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        super::request::plan(&cli.command, cwd).unwrap()
+    };
+    assert_eq!(
+        plan_of(&["cluster", "add", "-i", "dns"]).refuse_existing_cluster,
+        Some("dns".to_owned()),
+        "a plain add first checks that the id is free"
+    );
+    assert_eq!(
+        plan_of(&["cluster", "add", "-i", "dns", "--replace"]).refuse_existing_cluster,
+        None
+    );
+    // The hidden process form still parses.
+    let worker = Cli::try_parse_from([
+        "sozu",
+        "worker",
+        "--id",
+        "0",
+        "--channel-fd",
+        "3",
+        "--scm-fd",
+        "4",
+    ])
+    .unwrap();
+    assert!(matches!(
+        worker.command,
+        crate::cli::Command::Worker(crate::cli::WorkerCommand {
+            process: Some(_),
+            action: None
+        })
+    ));
 }
 
 #[test]

@@ -20,11 +20,38 @@ use super::clients::response;
 use super::gather::{Gathered, WorkerFailure};
 use super::{Master, Phase, Purpose};
 
-/// A worker that dies sooner than this after its start counts as a quick
-/// failure; after [`MAX_QUICK_FAILURES`] in a row its slot is not restarted
-/// (a worker that cannot start would otherwise be restarted forever).
+/// A worker that dies sooner than this after its start (or before it took
+/// its state) counts as a failed start: its slot is restarted after a
+/// backoff that doubles with each failed start in a row, from
+/// [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`]. A slot is never given up: it is
+/// retried every [`MAX_BACKOFF`] at worst, and `status` reports the proxy
+/// degraded while it is down.
 const QUICK_FAILURE_WINDOW: Duration = Duration::from_secs(5);
-const MAX_QUICK_FAILURES: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The wait before the next start of a slot after `failures` failed starts
+/// in a row (0: at once).
+pub(super) fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - 1).min(16);
+    FIRST_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF)
+}
+
+/// A worker slot that is down and will be started again.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingRestart {
+    /// When the next start is attempted.
+    pub at: Instant,
+    /// Failed starts in a row.
+    pub failures: u32,
+    /// Why the slot is down (last exit or start error).
+    pub cause: String,
+}
 
 /// How often clients waiting for a stop hear that it goes on.
 const STOP_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -50,7 +77,13 @@ impl Master {
     }
 
     fn on_process_exit(&mut self, pid: Pid, how: String, now: Instant) {
-        let Some(id) = self.workers.values().find(|w| w.pid == pid).map(|w| w.id) else {
+        // A slot already down keeps its last pid: it is not this child.
+        let Some(id) = self
+            .workers
+            .values()
+            .find(|w| w.pid == pid && w.run_state != RunState::Stopped)
+            .map(|w| w.id)
+        else {
             tracing::debug!(pid = pid.as_raw(), how, "unknown child reaped");
             return;
         };
@@ -78,41 +111,124 @@ impl Master {
             return;
         }
         let lived = now.saturating_duration_since(worker.started_at);
-        let quick_failures = if lived < QUICK_FAILURE_WINDOW {
-            worker.quick_failures + 1
-        } else {
+        let failures = if worker.ready && lived >= QUICK_FAILURE_WINDOW {
             0
+        } else {
+            worker.quick_failures.saturating_add(1)
         };
+        worker.run_state = RunState::Stopped;
+        worker.channel_closed = true;
+        worker.quick_failures = failures;
+        self.workers.insert(id, worker);
         if !self.config.worker_automatic_restart {
             tracing::warn!(
                 worker = id,
-                "worker_automatic_restart is off: not restarting"
+                "worker_automatic_restart is off: not restarting (sozu worker restart {id} starts it)"
             );
-            worker.run_state = RunState::Stopped;
-            worker.channel_closed = true;
-            self.workers.insert(id, worker);
             return;
         }
-        if quick_failures > MAX_QUICK_FAILURES {
-            tracing::error!(
+        self.schedule_restart(id, failures, how, now);
+    }
+
+    /// Plans the next start of slot `id` after `failures` failed starts.
+    fn schedule_restart(&mut self, id: u32, failures: u32, cause: String, now: Instant) {
+        let wait = backoff(failures);
+        if failures > 0 {
+            tracing::warn!(
                 worker = id,
-                failures = quick_failures,
-                "worker keeps dying at start: giving up on it"
+                failures,
+                wait_ms = wait.as_millis() as u64,
+                cause,
+                "worker slot down: restarting after a backoff"
             );
-            worker.run_state = RunState::Stopped;
-            worker.channel_closed = true;
-            self.workers.insert(id, worker);
+        }
+        self.restarts.insert(
+            id,
+            PendingRestart {
+                at: now + wait,
+                failures,
+                cause,
+            },
+        );
+        if wait.is_zero() {
+            self.restart_due(now);
+        }
+    }
+
+    /// Starts every slot whose backoff is over.
+    pub(super) fn restart_due(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            self.restarts.clear();
             return;
         }
-        drop(worker);
-        match self.start_worker(id, now, quick_failures) {
-            Ok(()) => tracing::info!(worker = id, "worker restarted with the current state"),
-            Err(error) => tracing::error!(
-                worker = id,
-                error = format!("{error:#}"),
-                "cannot restart the worker"
-            ),
+        let due: Vec<u32> = self
+            .restarts
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(pending) = self.restarts.remove(&id) {
+                self.restart_slot(id, pending.failures, now);
+            }
         }
+    }
+
+    /// Starts slot `id` now; a start that fails is retried after a backoff.
+    /// Returns whether a worker process was started.
+    pub(super) fn restart_slot(&mut self, id: u32, failures: u32, now: Instant) -> bool {
+        match self.start_worker(id, now, failures) {
+            Ok(()) => {
+                tracing::info!(worker = id, "worker restarted with the current state");
+                true
+            }
+            Err(error) => {
+                let cause = format!("{error:#}");
+                tracing::error!(worker = id, error = cause, "cannot restart the worker");
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    worker.quick_failures = failures.saturating_add(1);
+                }
+                self.schedule_restart(id, failures.saturating_add(1), cause, now);
+                false
+            }
+        }
+    }
+
+    /// When the next slot restart is due.
+    pub(super) fn next_restart(&self) -> Option<Instant> {
+        self.restarts.values().map(|r| r.at).min()
+    }
+
+    /// One line per slot that is down, for `status`: empty when every slot
+    /// runs.
+    pub(super) fn degraded(&self, now: Instant) -> Vec<String> {
+        let mut lines = Vec::new();
+        for worker in self.workers.values() {
+            if worker.run_state == RunState::Stopping {
+                continue;
+            }
+            if worker.run_state == RunState::NotAnswering {
+                lines.push(format!("worker {} is not answering", worker.id));
+                continue;
+            }
+            if !worker.channel_closed && worker.run_state == RunState::Running {
+                continue;
+            }
+            match self.restarts.get(&worker.id) {
+                Some(pending) => lines.push(format!(
+                    "worker {} is down ({}; {} failed start(s) in a row; next start in {} ms)",
+                    worker.id,
+                    pending.cause,
+                    pending.failures,
+                    pending.at.saturating_duration_since(now).as_millis()
+                )),
+                None => lines.push(format!(
+                    "worker {} is down and not restarted automatically",
+                    worker.id
+                )),
+            }
+        }
+        lines
     }
 
     /// The channel of worker `id` failed: nothing more can reach it, so it
@@ -139,6 +255,29 @@ impl Master {
 
     pub(super) fn on_worker_booted(&mut self, id: u32, gathered: Gathered<()>, _now: Instant) {
         let gone = matches!(gathered.failures.get(&id), Some(WorkerFailure::Gone));
+        if let Some(client) = self.boot_waiters.remove(&id) {
+            let answer = if gone {
+                response(
+                    ResponseStatus::Failure,
+                    format!("worker {id} exited while taking its state"),
+                )
+            } else if gathered.is_ok() {
+                let pid = self.workers.get(&id).map_or(0, |w| w.pid.as_raw());
+                response(
+                    ResponseStatus::Ok,
+                    format!("worker {id} restarted (pid {pid}) with the current state"),
+                )
+            } else {
+                response(
+                    ResponseStatus::Failure,
+                    format!(
+                        "worker {id} started but did not take all of its state: {}",
+                        gathered.failure_summary()
+                    ),
+                )
+            };
+            self.answer(client, answer);
+        }
         if let Some(worker) = self.workers.get_mut(&id) {
             if gone {
                 // Its exit is handled (and logged) by the supervision.

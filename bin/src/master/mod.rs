@@ -12,10 +12,12 @@
 
 mod clients;
 mod command_socket;
+mod describe;
 mod gather;
 mod lifecycle;
 mod metrics;
 mod orders;
+mod prevalidate;
 mod queries;
 mod signals;
 mod state_file;
@@ -117,9 +119,13 @@ pub(crate) enum Purpose {
     /// A periodic status to every worker: one that does not answer within
     /// `worker_timeout` shows NOT_ANSWERING until it answers again.
     Heartbeat,
-    /// Orders the master sent on its own (SIGHUP reload): failures are
-    /// logged.
-    Internal { name: &'static str },
+    /// A state change (client order, load, reload, SIGHUP reload): the
+    /// master commits it when every worker accepted.
+    Change(Box<orders::Change>),
+    /// Orders bringing workers to the committed state (undo of a refused
+    /// change, catch-up of a worker booted meanwhile): a worker that
+    /// refuses is restarted.
+    Repair { name: &'static str },
     /// A step of a worker upgrade.
     Upgrade(upgrade::Step),
 }
@@ -176,6 +182,14 @@ pub(crate) struct Master {
     next_heartbeat: Instant,
     /// Request counts and the metrics setting (`queries.rs`).
     sozu: queries::SozuExtras,
+    /// A state change is out to the workers (at most one at a time).
+    change_in_flight: bool,
+    /// Orders waiting for it, oldest first.
+    deferred: VecDeque<orders::Deferred>,
+    /// Worker slots that are down and will be started again.
+    restarts: BTreeMap<u32, lifecycle::PendingRestart>,
+    /// Clients of `worker restart N` waiting for slot N to take its state.
+    boot_waiters: HashMap<u32, Token>,
 }
 
 impl Master {
@@ -294,6 +308,10 @@ impl Master {
             exec_requested: None,
             next_heartbeat: now() + config.worker_timeout,
             sozu: queries::SozuExtras::default(),
+            change_in_flight: false,
+            deferred: VecDeque::new(),
+            restarts: BTreeMap::new(),
+            boot_waiters: HashMap::new(),
             config,
             config_path,
         })
@@ -382,6 +400,9 @@ impl Master {
             let at = self.next_heartbeat;
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
+        if let Some(at) = self.next_restart() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
         deadline
     }
 
@@ -400,6 +421,7 @@ impl Master {
         self.check_stop_deadline(now);
         self.stop_progress(now);
         self.heartbeat(now);
+        self.restart_due(now);
     }
 
     fn on_signal(&mut self, signal: MasterSignal, now: Instant) {
@@ -859,10 +881,27 @@ impl Master {
                     }
                 }
             }
-            Purpose::Internal { name } => {
-                for (worker, failure) in &failures {
-                    tracing::error!(worker, order = name, %failure, "worker refused an order");
-                }
+            Purpose::Change(change) => {
+                let gathered = Gathered {
+                    id,
+                    purpose: (),
+                    succeeded,
+                    failures,
+                    contents,
+                    timed_out,
+                };
+                self.finish_change(*change, gathered, now);
+            }
+            Purpose::Repair { name } => {
+                let gathered = Gathered {
+                    id,
+                    purpose: (),
+                    succeeded,
+                    failures,
+                    contents,
+                    timed_out,
+                };
+                self.finish_repair(name, gathered, now);
             }
             Purpose::Upgrade(step) => {
                 let gathered = Gathered {

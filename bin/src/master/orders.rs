@@ -12,36 +12,58 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mio::Token;
+use nix::unistd::Pid;
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
-    ListenSocketManifest, Request, Response, ResponseContent, ResponseStatus, WorkerInfos,
+    ListenSocketManifest, Request, Response, ResponseContent, ResponseStatus, RunState, WorkerInfos,
 };
 use sozu_command_lib::config::Config;
 use sozu_command_lib::state::{order_name, ConfigState, DispatchOutcome};
 
 use super::clients::response;
 use super::command_socket::Peer;
-use super::gather::Gathered;
-use super::{metrics, state_file, Master, Phase, Purpose};
+use super::gather::{Gathered, WorkerFailure};
+use super::{describe, metrics, prevalidate, state_file, Master, Phase, Purpose};
 use crate::logging::AUDIT_TARGET;
+
+/// A state change out to the workers (one at a time): `after` becomes the
+/// committed state when every worker accepted its `count` orders.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub client: Option<Token>,
+    pub name: &'static str,
+    pub peer: Peer,
+    pub count: usize,
+    pub after: ConfigState,
+    /// The workers the orders were sent to (a restarted slot has a new
+    /// pid).
+    pub participants: Vec<(u32, Pid)>,
+    /// What the orders do, one line each (reload), for the final answer.
+    pub summary: Option<String>,
+}
+
+/// An order waiting for the state change in flight to finish.
+#[derive(Debug)]
+pub(crate) enum Deferred {
+    Client(Token, Box<Request>),
+    SignalReload,
+}
 
 /// A client order waiting for worker answers.
 #[derive(Debug)]
 pub(crate) struct ClientOrder {
     pub client: Token,
-    pub name: &'static str,
-    pub peer: Peer,
     pub kind: ClientOrderKind,
 }
 
 #[derive(Debug)]
 pub(crate) enum ClientOrderKind {
-    /// One state change (or a batch: load_state, reload) applied by the
-    /// master; `count` orders were sent to each worker.
-    StateChange { count: usize },
     /// query_metrics: contents are aggregated.
     Metrics,
+    /// An order that changes no state (Logging, configure_metrics) sent to
+    /// every worker: OK when all applied it, FAILURE naming the others.
+    Forward { name: &'static str, peer: Peer },
 }
 
 fn ok(message: impl Into<String>) -> Response {
@@ -81,18 +103,35 @@ impl Master {
             return;
         }
         let stopping = matches!(self.phase, Phase::Stopping { .. });
+        // State changes, state loads, reloads and a master upgrade wait
+        // for the change in flight: each is checked against the committed
+        // state and commits stay in order.
+        let waits = matches!(
+            request_type,
+            RequestType::LoadState(_)
+                | RequestType::ReloadConfiguration(_)
+                | RequestType::UpgradeMain(_)
+        ) || sozu_command_lib::state::is_state_change(&request);
+        if self.change_in_flight && waits && !stopping {
+            self.defer(Deferred::Client(token, Box::new(request)));
+            return;
+        }
         match request_type {
             RequestType::Status(_) | RequestType::ListWorkers(_) => {
                 let infos = WorkerInfos {
                     vec: self.workers.values().map(|w| w.info()).collect(),
                 };
-                self.answer(
-                    token,
-                    with_content(
-                        format!("{} worker(s)", infos.vec.len()),
-                        ContentType::Workers(infos),
-                    ),
-                );
+                let mut message = format!("{} worker(s)", infos.vec.len());
+                let degraded = if stopping {
+                    Vec::new()
+                } else {
+                    self.degraded(now)
+                };
+                if !degraded.is_empty() {
+                    message.push_str("; degraded: ");
+                    message.push_str(&degraded.join("; "));
+                }
+                self.answer(token, with_content(message, ContentType::Workers(infos)));
             }
             RequestType::ListListeners(_) => {
                 let list = self.state.listeners_list();
@@ -125,8 +164,6 @@ impl Master {
             RequestType::QueryMetrics(_) => {
                 let order = ClientOrder {
                     client: token,
-                    name,
-                    peer,
                     kind: ClientOrderKind::Metrics,
                 };
                 self.fan_out(
@@ -138,6 +175,7 @@ impl Master {
             }
             RequestType::SaveState(path) => self.save_state(token, peer, path),
             RequestType::LoadState(path) if !stopping => self.load_state(token, peer, path, now),
+            RequestType::PreviewReload(path) => self.preview_reload(token, path),
             RequestType::ReloadConfiguration(path) if !stopping => {
                 self.reload_configuration(Some(token), peer, path, now)
             }
@@ -152,6 +190,15 @@ impl Master {
             RequestType::UpgradeMain(_) if !stopping => {
                 audit(peer, name, "accepted", "upgrade main");
                 super::upgrade::begin_main(self, token);
+            }
+            RequestType::UpgradeWorker(id) if !stopping && self.slot_is_down(id) => {
+                audit(
+                    peer,
+                    name,
+                    "accepted",
+                    &format!("start down worker slot {id}"),
+                );
+                self.start_down_slot(token, id, now);
             }
             RequestType::UpgradeWorker(id) if !stopping => {
                 audit(peer, name, "accepted", &format!("upgrade worker {id}"));
@@ -176,7 +223,7 @@ impl Master {
         }
     }
 
-    /// A state-changing order: validate, apply, fan out.
+    /// A state-changing order: validate, pre-check, dispatch (two-phase).
     fn state_change(
         &mut self,
         token: Token,
@@ -185,104 +232,315 @@ impl Master {
         name: &'static str,
         now: Instant,
     ) {
-        match self.state.dispatch(&request) {
-            Err(error) => {
-                audit(peer, name, "refused", &error.to_string());
-                self.answer(token, failure(format!("{name} refused: {error}")));
-            }
-            Ok(DispatchOutcome::NotAStateChange) => {
-                self.answer(
-                    token,
-                    failure(format!("{name} is not served by this master")),
-                );
-            }
-            Ok(DispatchOutcome::Applied) => {
-                let order = ClientOrder {
-                    client: token,
-                    name,
-                    peer,
-                    kind: ClientOrderKind::StateChange { count: 1 },
-                };
-                self.fan_out(
-                    Purpose::Client(order),
-                    vec![request],
-                    Some(self.config.worker_timeout),
-                    now,
-                );
-                self.autosave();
-            }
+        let mut probe = ConfigState::new();
+        if let Ok(DispatchOutcome::NotAStateChange) = probe.dispatch(&request) {
+            self.answer(
+                token,
+                failure(format!("{name} is not served by this master")),
+            );
+            return;
         }
+        self.begin_change(Some(token), peer, name, vec![request], None, now);
     }
 
-    /// Applies `orders` to the master's state (stopping at the first
-    /// refusal) and fans the applied ones out as one order.
-    fn apply_batch(
+    /// Starts a state change: applies `orders` to a copy of the committed
+    /// state and runs the master-side checks on each (stopping at the
+    /// first refusal, which leaves no trace), then sends them to every
+    /// worker. The copy becomes the committed state only when every worker
+    /// accepted (see [`Master::finish_change`]).
+    pub(super) fn begin_change(
         &mut self,
         token: Option<Token>,
         peer: Peer,
         name: &'static str,
         orders: Vec<Request>,
+        summary: Option<String>,
         now: Instant,
     ) {
-        let mut candidate = self.state.clone();
-        for (index, order) in orders.iter().enumerate() {
-            if let Err(error) = candidate.dispatch(order) {
-                let message = format!(
-                    "{name} refused at order {} of {}: {error}; nothing was applied",
-                    index + 1,
-                    orders.len()
-                );
+        let total = orders.len();
+        let after = match self.check_orders(name, &orders) {
+            Ok(after) => after,
+            Err(message) => {
                 audit(peer, name, "refused", &message);
-                if let Some(token) = token {
-                    self.answer(token, failure(message));
-                } else {
-                    tracing::error!(message);
+                match token {
+                    Some(token) => self.answer(token, failure(message)),
+                    None => tracing::error!(message),
                 }
                 return;
             }
-        }
-        self.state = candidate;
-        let count = orders.len();
-        if count == 0 {
+        };
+        if total == 0 {
             audit(peer, name, "ok", "no change");
             if let Some(token) = token {
                 self.answer(token, ok(format!("{name}: no change")));
             }
             return;
         }
-        self.autosave();
-        match token {
-            Some(client) => {
-                if count > 1 {
-                    self.answer(
-                        client,
-                        response(
-                            ResponseStatus::Processing,
-                            format!("{name}: sending {count} orders to the workers"),
-                        ),
-                    );
-                }
-                let order = ClientOrder {
-                    client,
-                    name,
-                    peer,
-                    kind: ClientOrderKind::StateChange { count },
-                };
-                self.fan_out(
-                    Purpose::Client(order),
-                    orders,
-                    Some(self.config.worker_timeout),
-                    now,
-                );
+        if let (Some(client), true) = (token, total > 1) {
+            self.answer(
+                client,
+                response(
+                    ResponseStatus::Processing,
+                    format!("{name}: sending {total} orders to the workers"),
+                ),
+            );
+        }
+        let participants = self
+            .workers
+            .values()
+            .filter(|w| w.receives_orders())
+            .map(|w| (w.id, w.pid))
+            .collect();
+        let change = Change {
+            client: token,
+            name,
+            peer,
+            count: total,
+            after,
+            participants,
+            summary,
+        };
+        self.change_in_flight = true;
+        self.fan_out(
+            Purpose::Change(Box::new(change)),
+            orders,
+            Some(self.config.worker_timeout),
+            now,
+        );
+    }
+
+    /// Applies `orders` to a copy of the committed state with the
+    /// master-side checks; the first refusal is the error message.
+    fn check_orders(&self, name: &str, orders: &[Request]) -> Result<ConfigState, String> {
+        let mut after = self.state.clone();
+        let total = orders.len();
+        for (index, order) in orders.iter().enumerate() {
+            let checked = after
+                .dispatch(order)
+                .map_err(|e| e.to_string())
+                .and_then(|_| prevalidate::check(&after, order).map_err(|e| e.to_string()));
+            if let Err(error) = checked {
+                return Err(if total == 1 {
+                    format!("{name} refused: {error}")
+                } else {
+                    format!(
+                        "{name} refused at order {} of {total}: {error}; nothing was applied",
+                        index + 1
+                    )
+                });
             }
-            None => {
-                self.fan_out(
-                    Purpose::Internal { name },
-                    orders,
-                    Some(self.config.worker_timeout),
-                    now,
-                );
-                audit(peer, name, "ok", &format!("{count} orders"));
+        }
+        Ok(after)
+    }
+
+    /// The workers answered a state change: commit it if none refused;
+    /// otherwise undo it on the workers that applied it and answer FAILURE.
+    /// Then the next deferred order runs.
+    pub(super) fn finish_change(&mut self, change: Change, gathered: Gathered<()>, now: Instant) {
+        let Change {
+            client,
+            name,
+            peer,
+            count,
+            after,
+            participants,
+            summary,
+        } = change;
+        // A worker that exited before answering comes back with the
+        // committed state: its exit is not a refusal.
+        let refusals: Vec<(u32, &WorkerFailure)> = gathered
+            .failures
+            .iter()
+            .filter(|(_, f)| **f != WorkerFailure::Gone)
+            .map(|(w, f)| (*w, f))
+            .collect();
+        let applied_to = |master: &Master, id: u32| {
+            master
+                .workers
+                .get(&id)
+                .is_some_and(|w| participants.contains(&(id, w.pid)) && w.receives_orders())
+        };
+        if refusals.is_empty() {
+            let before = std::mem::replace(&mut self.state, after);
+            // Workers started while the order was out booted with the
+            // previous state: they get the difference.
+            let late: Vec<u32> = self
+                .workers
+                .values()
+                .filter(|w| w.receives_orders() && !participants.contains(&(w.id, w.pid)))
+                .map(|w| w.id)
+                .collect();
+            if !late.is_empty() {
+                let catch_up = before.diff(&self.state);
+                self.repair(&late, "catch_up", catch_up, now);
+            }
+            self.autosave();
+            let detail = format!("{count} order(s), {} worker(s)", gathered.succeeded.len());
+            audit(peer, name, "ok", &detail);
+            if let Some(client) = client {
+                let mut message = format!("{name}: done on {} worker(s)", gathered.succeeded.len());
+                for id in gathered.failures.keys() {
+                    message.push_str(&format!(
+                        "; worker {id} exited before answering (it restarts with this state)"
+                    ));
+                }
+                if let Some(summary) = summary {
+                    message.push_str("; changed:\n");
+                    message.push_str(&summary);
+                }
+                self.answer(client, ok(message));
+            }
+        } else {
+            let summary = refusals
+                .iter()
+                .map(|(w, f)| format!("worker {w}: {f}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let undo_on: Vec<u32> = gathered
+                .succeeded
+                .iter()
+                .copied()
+                .filter(|id| applied_to(self, *id))
+                .collect();
+            if !undo_on.is_empty() {
+                let undo = after.diff(&self.state);
+                self.repair(&undo_on, "undo", undo, now);
+            }
+            // A worker that refused one order of a batch may hold the
+            // others; one that did not answer may apply it later: either
+            // way its state is unknown, so it restarts from the committed
+            // state.
+            for (id, failure) in &refusals {
+                let unknown = count > 1 || matches!(failure, WorkerFailure::TimedOut(_));
+                if unknown && applied_to(self, *id) {
+                    tracing::error!(
+                        worker = id,
+                        order = name,
+                        "worker state unknown after a failed order: restarting it"
+                    );
+                    self.restart_diverged(*id, now);
+                }
+            }
+            let undone = if undo_on.is_empty() {
+                String::from("no worker had applied it")
+            } else {
+                format!(
+                    "undone on worker(s) {}",
+                    undo_on
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let message = format!("{name} failed: {summary}; {undone}; the state is unchanged");
+            audit(peer, name, "failed", &message);
+            match client {
+                Some(client) => self.answer(client, failure(message)),
+                None => tracing::error!(message),
+            }
+        }
+        self.change_in_flight = false;
+        self.run_deferred(now);
+    }
+
+    /// Sends `orders` to `workers` to bring them to the committed state; a
+    /// worker that refuses one is restarted (it boots with that state).
+    fn repair(&mut self, workers: &[u32], name: &'static str, orders: Vec<Request>, now: Instant) {
+        if orders.is_empty() {
+            return;
+        }
+        let order = self.gather.open(
+            Purpose::Repair { name },
+            now,
+            Some(self.config.worker_timeout),
+        );
+        for id in workers {
+            self.send_to_worker(order, *id, orders.clone());
+            self.pump_worker(*id);
+        }
+        if let Some(gathered) = self.gather.finish_if_complete(order) {
+            self.on_gathered(gathered, now);
+        }
+    }
+
+    /// A repair order finished: workers that did not take it restart.
+    pub(super) fn finish_repair(
+        &mut self,
+        name: &'static str,
+        gathered: Gathered<()>,
+        now: Instant,
+    ) {
+        for (id, failure) in &gathered.failures {
+            if *failure == WorkerFailure::Gone {
+                continue;
+            }
+            tracing::error!(
+                worker = id,
+                order = name,
+                %failure,
+                "worker did not take the committed state: restarting it"
+            );
+            self.restart_diverged(*id, now);
+        }
+    }
+
+    /// Kills worker `id` so that it restarts with the committed state.
+    fn restart_diverged(&mut self, id: u32, now: Instant) {
+        self.on_worker_channel_closed(id, now);
+    }
+
+    /// Whether slot `id` has no worker process (it died, or could not
+    /// start).
+    fn slot_is_down(&self, id: u32) -> bool {
+        self.workers
+            .get(&id)
+            .is_some_and(|w| w.channel_closed && w.run_state == RunState::Stopped)
+    }
+
+    /// `upgrade_worker N` (`sozu worker restart N`) on a slot that is down:
+    /// starts it at once, whatever its backoff; answered once it took the
+    /// state.
+    fn start_down_slot(&mut self, token: Token, id: u32, now: Instant) {
+        self.restarts.remove(&id);
+        if self.restart_slot(id, 0, now) {
+            self.boot_waiters.insert(id, token);
+            self.answer(
+                token,
+                response(
+                    ResponseStatus::Processing,
+                    format!("worker {id} started, sending it the state"),
+                ),
+            );
+        } else {
+            let cause = self
+                .restarts
+                .get(&id)
+                .map_or_else(String::new, |r| r.cause.clone());
+            self.answer(token, failure(format!("worker {id} cannot start: {cause}")));
+        }
+    }
+
+    /// Orders that wait while a state change is out: they run one at a
+    /// time, in arrival order, once it is committed or undone.
+    fn defer(&mut self, item: Deferred) {
+        tracing::debug!("a state change is in flight: order queued");
+        self.deferred.push_back(item);
+    }
+
+    /// Runs deferred orders until one starts a new state change.
+    pub(super) fn run_deferred(&mut self, now: Instant) {
+        while !self.change_in_flight {
+            let Some(item) = self.deferred.pop_front() else {
+                return;
+            };
+            match item {
+                Deferred::Client(token, request) => {
+                    if self.clients.contains_key(&token) {
+                        self.handle_request(token, *request, now);
+                    }
+                }
+                Deferred::SignalReload => self.reload_from_signal(now),
             }
         }
     }
@@ -332,11 +590,34 @@ impl Master {
                 Err(error) => tracing::debug!(%error, "load_state: order skipped"),
             }
         }
-        self.apply_batch(Some(token), peer, "load_state", replay, now);
+        self.begin_change(Some(token), peer, "load_state", replay, None, now);
     }
 
     /// reload_configuration: the file's state replaces the running one; the
     /// difference is applied as orders.
+    /// The orders that turn the committed state into the one `path` (empty:
+    /// the master's own file) describes.
+    fn reload_orders(&self, path: String) -> Result<(PathBuf, Vec<Request>), String> {
+        let path = if path.is_empty() {
+            self.config_path.clone()
+        } else {
+            PathBuf::from(path)
+        };
+        let new_config = Config::load_from_path(&path)
+            .map_err(|error| format!("cannot reload {}: {error}", path.display()))?;
+        let mut target = ConfigState::new();
+        for order in new_config.generate_orders() {
+            target
+                .dispatch(&order)
+                .map_err(|error| format!("cannot reload {}: {error}", path.display()))?;
+        }
+        let diff = self.state.diff(&target);
+        Ok((path, diff))
+    }
+
+    /// reload_configuration: the file's state replaces the running one
+    /// (objects added live and absent from the file are removed); the
+    /// difference is applied as orders and the answer lists them.
     pub(super) fn reload_configuration(
         &mut self,
         token: Option<Token>,
@@ -344,15 +625,9 @@ impl Master {
         path: String,
         now: Instant,
     ) {
-        let path = if path.is_empty() {
-            self.config_path.clone()
-        } else {
-            PathBuf::from(path)
-        };
-        let new_config = match Config::load_from_path(&path) {
-            Ok(config) => config,
-            Err(error) => {
-                let message = format!("cannot reload {}: {error}", path.display());
+        let diff = match self.reload_orders(path) {
+            Ok((_, diff)) => diff,
+            Err(message) => {
                 audit(peer, "reload_configuration", "failed", &message);
                 match token {
                     Some(token) => self.answer(token, failure(message)),
@@ -361,23 +636,56 @@ impl Master {
                 return;
             }
         };
-        let mut target = ConfigState::new();
-        for order in new_config.generate_orders() {
-            if let Err(error) = target.dispatch(&order) {
-                let message = format!("cannot reload {}: {error}", path.display());
-                match token {
-                    Some(token) => self.answer(token, failure(message)),
-                    None => tracing::error!(message),
-                }
-                return;
-            }
+        let summary = describe::describe_all(&diff, &self.state);
+        if !diff.is_empty() {
+            tracing::info!(
+                orders = diff.len(),
+                changes = summary,
+                "reloading the configuration"
+            );
         }
-        let diff = self.state.diff(&target);
-        self.apply_batch(token, peer, "reload_configuration", diff, now);
+        self.begin_change(
+            token,
+            peer,
+            "reload_configuration",
+            diff,
+            Some(summary),
+            now,
+        );
+    }
+
+    /// preview_reload (`sozu reload --dry-run`): what reload_configuration
+    /// would send, checked like it, and nothing changed.
+    fn preview_reload(&mut self, token: Token, path: String) {
+        let answer = match self.reload_orders(path) {
+            Err(message) => failure(message),
+            Ok((path, diff)) => match self.check_orders("reload_configuration", &diff) {
+                Err(message) => failure(message),
+                Ok(_) if diff.is_empty() => ok(format!("reload of {}: no change", path.display())),
+                Ok(_) => ok(format!(
+                    "reload of {} would send {} order(s); nothing was changed:\n{}",
+                    path.display(),
+                    diff.len(),
+                    describe::describe_all(&diff, &self.state)
+                )),
+            },
+        };
+        self.answer(token, answer);
     }
 
     pub(super) fn reload_from_signal(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        if self.change_in_flight {
+            // One queued SIGHUP reload is enough: it reads the file when it runs.
+            if !self
+                .deferred
+                .iter()
+                .any(|d| matches!(d, Deferred::SignalReload))
+            {
+                self.defer(Deferred::SignalReload);
+            }
             return;
         }
         let me = Peer {
@@ -408,31 +716,8 @@ impl Master {
         gathered: Gathered<()>,
         _now: Instant,
     ) {
-        let ClientOrder {
-            client,
-            name,
-            peer,
-            kind,
-        } = order;
+        let ClientOrder { client, kind, .. } = order;
         let response = match kind {
-            ClientOrderKind::StateChange { count } => {
-                if gathered.is_ok() {
-                    audit(
-                        peer,
-                        name,
-                        "ok",
-                        &format!("{count} order(s), {} worker(s)", gathered.succeeded.len()),
-                    );
-                    ok(format!(
-                        "{name}: done on {} worker(s)",
-                        gathered.succeeded.len()
-                    ))
-                } else {
-                    let summary = gathered.failure_summary();
-                    audit(peer, name, "failed", &summary);
-                    failure(format!("{name} failed: {summary}"))
-                }
-            }
             ClientOrderKind::Metrics => {
                 let aggregated = metrics::aggregate(&gathered.contents);
                 let mut message = format!("metrics of {} worker(s)", gathered.contents.len());
@@ -440,6 +725,17 @@ impl Master {
                     message.push_str(&format!(" (missing: {})", gathered.failure_summary()));
                 }
                 with_content(message, ContentType::Metrics(aggregated))
+            }
+            ClientOrderKind::Forward { name, peer } => {
+                if gathered.is_ok() {
+                    let done = format!("{} worker(s)", gathered.succeeded.len());
+                    audit(peer, name, "ok", &done);
+                    ok(format!("{name}: done on {done}"))
+                } else {
+                    let summary = gathered.failure_summary();
+                    audit(peer, name, "failed", &summary);
+                    failure(format!("{name} failed: {summary}"))
+                }
             }
         };
         self.answer(client, response);

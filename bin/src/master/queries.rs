@@ -258,9 +258,7 @@ impl Master {
     ) {
         let order = ClientOrder {
             client: token,
-            name,
-            peer,
-            kind: ClientOrderKind::StateChange { count: 1 },
+            kind: ClientOrderKind::Forward { name, peer },
         };
         self.fan_out(
             Purpose::Client(order),

@@ -31,18 +31,41 @@ pub fn read(path: &Path, config: &Config) -> Result<Vec<Request>, Box<StateFileE
 }
 
 /// Replays a state file onto `state` (at start, for `saved_state`): orders
-/// that conflict with what the configuration already built are skipped.
-/// Returns how many orders were applied.
+/// that conflict with what the configuration already built are skipped, and
+/// so are orders the workers would refuse (a file saved by an older
+/// version may hold some): each is logged. Returns how many orders were
+/// applied.
 pub fn load_into(
     state: &mut ConfigState,
     path: &Path,
     config: &Config,
 ) -> Result<usize, Box<StateFileError>> {
-    let mut applied = 0;
-    for request in read(path, config)? {
-        if let Ok(DispatchOutcome::Applied) = state.dispatch(&request) {
-            applied += 1;
+    let requests = read(path, config)?;
+    // One pass per order the workers would refuse (usually none): each pass
+    // replays the file without the orders found so far.
+    let mut skipped = std::collections::BTreeSet::new();
+    'pass: loop {
+        let mut candidate = state.clone();
+        let mut applied = 0;
+        for (index, request) in requests.iter().enumerate() {
+            if skipped.contains(&index) {
+                continue;
+            }
+            if let Ok(DispatchOutcome::Applied) = candidate.dispatch(request) {
+                if let Err(error) = super::prevalidate::check(&candidate, request) {
+                    tracing::error!(
+                        path = %path.display(),
+                        order = index + 1,
+                        %error,
+                        "saved state: an order the workers would refuse is skipped"
+                    );
+                    skipped.insert(index);
+                    continue 'pass;
+                }
+                applied += 1;
+            }
         }
+        *state = candidate;
+        return Ok(applied);
     }
-    Ok(applied)
 }

@@ -273,9 +273,12 @@ fn dead_worker_channel_answers_its_orders() {
     master.read_worker(1, now());
     reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
-    assert_eq!(answer.status(), ResponseStatus::Failure);
+    // A worker that dies is not a refusal: it comes back with the
+    // committed state, so the order commits and the answer says so.
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{}", answer.message);
+    assert!(master.state.cluster("dns").is_some());
     assert!(
-        answer.message.contains("worker 1: exited before answering"),
+        answer.message.contains("worker 1 exited before answering"),
         "{}",
         answer.message
     );
@@ -491,6 +494,245 @@ fn a_long_soft_stop_keeps_telling_the_client_who_drains() {
     let done = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(done.status(), ResponseStatus::Ok, "{}", done.message);
     assert!(master.exit.is_some());
+}
+
+fn http_frontend(host: &str, kind: sozu_command_lib::command::PathRuleKind) -> Request {
+    use sozu_command_lib::command::{PathRule, RequestHttpFrontend};
+    order(RequestType::AddHttpFrontend(RequestHttpFrontend {
+        cluster_id: Some("web".to_owned()),
+        address: "127.0.0.1:8080"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+        hostname: host.to_owned(),
+        path: PathRule {
+            kind: kind as i32,
+            value: "(".to_owned(),
+        },
+        ..Default::default()
+    }))
+}
+
+/// The master's state with an HTTP listener on 127.0.0.1:8080 and cluster
+/// `web`, as if both had been committed.
+fn with_http_listener(master: &mut Master) {
+    use sozu_command_lib::command::HttpListenerConfig;
+    let listener = order(RequestType::AddHttpListener(HttpListenerConfig {
+        address: "127.0.0.1:8080"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+        ..Default::default()
+    }));
+    master.state.dispatch(&listener).unwrap();
+    master.state.dispatch(&cluster("web")).unwrap();
+}
+
+#[test]
+fn refused_order_is_undone_on_the_workers_that_applied_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let mut w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    send(&mut master, token, cluster("dns"));
+    let o0 = next_order(&mut w0);
+    let o1 = next_order(&mut w1);
+    assert!(
+        master.state.cluster("dns").is_none(),
+        "nothing is committed while the order is out"
+    );
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    reply(
+        &mut master,
+        1,
+        &mut w1,
+        &o1,
+        ResponseStatus::Failure,
+        "cannot bind 127.0.0.1:53",
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer
+            .message
+            .contains("worker 1: cannot bind 127.0.0.1:53")
+            && answer.message.contains("undone on worker(s) 0"),
+        "{}",
+        answer.message
+    );
+    assert!(master.state.is_empty(), "a refused order leaves no trace");
+    // Worker 0 applied it: it is told to remove the cluster again.
+    let undo = next_order(&mut w0);
+    assert!(
+        matches!(undo.content.request_type, Some(RequestType::RemoveCluster(ref id)) if id == "dns"),
+        "{undo:?}"
+    );
+    reply(&mut master, 0, &mut w0, &undo, ResponseStatus::Ok, "");
+    // Worker 1 refused it, so it kept its state: nothing more to send.
+    assert!(nothing_pending(&mut w1));
+    assert!(master.workers.get(&0).is_some_and(|w| !w.channel_closed));
+}
+
+#[test]
+fn a_worker_refusing_the_undo_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let mut w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    send(&mut master, token, cluster("dns"));
+    let o0 = next_order(&mut w0);
+    let o1 = next_order(&mut w1);
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    reply(&mut master, 1, &mut w1, &o1, ResponseStatus::Failure, "no");
+    let _ = client.read_message_timeout(TIMEOUT).unwrap();
+    let undo = next_order(&mut w0);
+    reply(
+        &mut master,
+        0,
+        &mut w0,
+        &undo,
+        ResponseStatus::Failure,
+        "stuck",
+    );
+    assert!(
+        master.workers.get(&0).is_some_and(|w| w.channel_closed),
+        "a worker that cannot return to the committed state is cut off (and restarts)"
+    );
+}
+
+#[test]
+fn state_changes_are_serialized() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let (t1, mut c1) = add_client(&mut master);
+    let (t2, mut c2) = add_client(&mut master);
+    send(&mut master, t1, cluster("a"));
+    send(&mut master, t2, cluster("b"));
+    let first = next_order(&mut w0);
+    assert!(
+        matches!(first.content.request_type, Some(RequestType::AddCluster(ref c)) if c.cluster_id == "a")
+    );
+    assert!(
+        nothing_pending(&mut w0),
+        "the second change waits for the first"
+    );
+    w0.set_blocking(true).unwrap();
+    reply(&mut master, 0, &mut w0, &first, ResponseStatus::Ok, "");
+    assert_eq!(
+        c1.read_message_timeout(TIMEOUT).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    let second = next_order(&mut w0);
+    assert!(
+        matches!(second.content.request_type, Some(RequestType::AddCluster(ref c)) if c.cluster_id == "b")
+    );
+    reply(&mut master, 0, &mut w0, &second, ResponseStatus::Ok, "");
+    assert_eq!(
+        c2.read_message_timeout(TIMEOUT).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    assert!(master.state.cluster("a").is_some() && master.state.cluster("b").is_some());
+}
+
+#[test]
+fn a_worker_started_during_a_change_catches_up_on_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    send(&mut master, token, cluster("dns"));
+    let o0 = next_order(&mut w0);
+    // Worker 1 appears (a restart) while the order is out.
+    let mut w1 = add_worker(&mut master, 1);
+    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
+    assert_eq!(
+        client.read_message_timeout(TIMEOUT).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    let caught_up = next_order(&mut w1);
+    assert!(
+        matches!(caught_up.content.request_type, Some(RequestType::AddCluster(ref c)) if c.cluster_id == "dns"),
+        "{caught_up:?}"
+    );
+}
+
+#[test]
+fn worker_side_refusals_the_master_can_see_never_reach_a_worker() {
+    use sozu_command_lib::command::PathRuleKind;
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    with_http_listener(&mut master);
+    let before = master.state.clone();
+    let mut w0 = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    // A regex path rule: the workers' router takes PREFIX and EQUALS only.
+    send(
+        &mut master,
+        token,
+        http_frontend("localhost", PathRuleKind::Regex),
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer.message.contains("path rule kind"),
+        "{}",
+        answer.message
+    );
+    // The same route under another spelling of the hostname.
+    send(
+        &mut master,
+        token,
+        http_frontend("web.local", PathRuleKind::Prefix),
+    );
+    let o = next_order(&mut w0);
+    reply(&mut master, 0, &mut w0, &o, ResponseStatus::Ok, "");
+    assert_eq!(
+        client.read_message_timeout(TIMEOUT).unwrap().status(),
+        ResponseStatus::Ok
+    );
+    let committed = master.state.clone();
+    send(
+        &mut master,
+        token,
+        http_frontend("WEB.local.", PathRuleKind::Prefix),
+    );
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(answer.message.contains("hostname"), "{}", answer.message);
+    assert!(nothing_pending(&mut w0));
+    assert_eq!(master.state, committed);
+    assert_ne!(master.state, before);
+}
+
+#[test]
+fn a_saved_state_loses_at_start_only_the_orders_the_workers_would_refuse() {
+    use sozu_command_lib::command::PathRuleKind;
+    let dir = tempfile::tempdir().unwrap();
+    let mut scratch = master(dir.path());
+    with_http_listener(&mut scratch);
+    // A file an older version may have saved: a regex rule beside a prefix
+    // rule.
+    let mut saved = scratch.state.clone();
+    saved
+        .dispatch(&http_frontend("regex.local", PathRuleKind::Regex))
+        .unwrap();
+    saved
+        .dispatch(&http_frontend("prefix.local", PathRuleKind::Prefix))
+        .unwrap();
+    let path = dir.path().join("saved.state");
+    saved.save_to_path(&path).unwrap();
+
+    let mut loaded = ConfigState::new();
+    let applied = super::state_file::load_into(&mut loaded, &path, &scratch.config).unwrap();
+    let hosts: Vec<String> = loaded
+        .http_frontends()
+        .map(|f| f.hostname.clone())
+        .collect();
+    assert_eq!(hosts, vec!["prefix.local".to_owned()]);
+    assert_eq!(applied, 3, "listener, cluster and the prefix frontend");
 }
 
 #[test]

@@ -303,6 +303,9 @@ struct Handover {
     next_worker_id: u32,
     /// The state as the orders that rebuild it.
     state: Vec<Request>,
+    /// Worker slots that were down (the new master starts them).
+    #[serde(default)]
+    down_slots: Vec<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -410,6 +413,12 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
             .collect(),
         next_worker_id: master.next_worker_id,
         state: master.state.generate_requests(),
+        down_slots: master
+            .workers
+            .values()
+            .filter(|w| w.channel_closed && w.run_state == RunState::Stopped)
+            .map(|w| w.id)
+            .collect(),
     };
     let json = serde_json::to_vec(&handover).context("cannot encode the handover")?;
     // SAFETY: memfd_create with a static C string; flags 0 = no CLOEXEC, so
@@ -590,6 +599,10 @@ pub(super) fn resume(
         master.worker_tokens.insert(token, w.id);
     }
     master.phase = Phase::Running;
+    for &id in &handover.down_slots {
+        // Failures are retried with a backoff by the supervision.
+        master.restart_slot(id, 0, now);
+    }
     master.register_listener();
     if let Some(client_fd) = handover.client_fd {
         set_cloexec(client_fd)?;

@@ -82,6 +82,7 @@ fn request_tag(order: &RequestType) -> u32 {
         // ours
         RequestType::ListClusters(_) => 1000,
         RequestType::AdoptListenSockets(_) => 1002,
+        RequestType::PreviewReload(_) => 1030,
     }
 }
 

@@ -16,15 +16,16 @@ use crate::command::{
 };
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
-/// The largest UDP payload (IPv4 and IPv6 without jumbograms).
-const MAX_UDP_DATAGRAM: u32 = 65_535;
+/// The largest UDP payload over IPv4 (65,535 minus the IP and UDP headers):
+/// the workers' limit too.
+const MAX_UDP_DATAGRAM: u32 = 65_507;
 
 fn check_datagram_size(value: u32) -> Result<(), StateError> {
     if value == 0 || value > MAX_UDP_DATAGRAM {
         return Err(StateError::InvalidValue {
             field: "max_rx_datagram_size",
             value: value.to_string(),
-            reason: "must be in 1..=65535",
+            reason: "must be in 1..=65507",
         });
     }
     Ok(())

@@ -134,6 +134,7 @@ impl ConfigState {
             | RequestType::UpgradeMain(_)
             | RequestType::UpgradeWorker(_)
             | RequestType::ReloadConfiguration(_)
+            | RequestType::PreviewReload(_)
             | RequestType::Status(_)
             | RequestType::QueryClusterById(_)
             | RequestType::QueryMetrics(_)
@@ -312,6 +313,7 @@ pub fn order_name(request_type: &RequestType) -> &'static str {
         RequestType::UpgradeMain(_) => "upgrade_main",
         RequestType::UpgradeWorker(_) => "upgrade_worker",
         RequestType::ReloadConfiguration(_) => "reload_configuration",
+        RequestType::PreviewReload(_) => "preview_reload",
         RequestType::Status(_) => "status",
         RequestType::AddCluster(_) => "add_cluster",
         RequestType::RemoveCluster(_) => "remove_cluster",

@@ -175,6 +175,14 @@ impl Router {
         ))
     }
 
+    /// Whether [`Router::add`] and [`Router::remove`] could take this
+    /// frontend (path kind, hostname), without touching any table: the
+    /// master calls it before an order changes its state, so the two never
+    /// disagree.
+    pub fn check(frontend: &RequestHttpFrontend) -> Result<(), RouteError> {
+        Self::parse(frontend).map(|_| ())
+    }
+
     /// Adds a frontend.
     pub fn add(&mut self, frontend: &RequestHttpFrontend) -> Result<(), RouteError> {
         let (wild, key, rule) = Self::parse(frontend)?;

@@ -218,6 +218,7 @@ impl Server {
             | RequestType::UpgradeMain(_)
             | RequestType::UpgradeWorker(_)
             | RequestType::ReloadConfiguration(_)
+            | RequestType::PreviewReload(_)
             | RequestType::QueryClusterById(_) => {
                 let message = format!(
                     "{} is answered by the master, not by a worker",

@@ -43,6 +43,34 @@ use crate::server::tokens::TokenOwner;
 /// Largest `max_rx_datagram_size` accepted: the largest UDP payload.
 pub const MAX_DATAGRAM_SIZE: u32 = 65_507;
 
+/// What [`UdpShell::add_listener`] and [`UdpShell::update_listener`] refuse
+/// in a listener's settings (not its bind): the master checks a listener's
+/// resulting configuration with it before changing its state.
+pub fn check_listener(config: &UdpListenerConfig) -> Result<(), UdpError> {
+    let address = wire_address("address", &config.address)?;
+    manager_config(address, config, 1, 0).map(|_| ())
+}
+
+/// What [`UdpShell::set_cluster`] refuses in a cluster (knobs, health
+/// block, algorithm), checked without a shell.
+pub fn check_cluster(cluster: &Cluster) -> Result<(), UdpError> {
+    cluster_settings(cluster)?;
+    if let Some(wire) = cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
+        HealthConfig::try_from(wire).map_err(|source| UdpError::Health {
+            cluster: cluster.cluster_id.clone(),
+            source,
+        })?;
+    }
+    command::LoadBalancingAlgorithms::try_from(cluster.load_balancing).map_err(|_| {
+        UdpError::InvalidValue {
+            field: "load_balancing",
+            value: cluster.load_balancing.to_string(),
+            reason: "unknown algorithm",
+        }
+    })?;
+    Ok(())
+}
+
 /// An order the UDP shell cannot carry out.
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
