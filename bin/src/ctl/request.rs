@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use sozu_command_lib::command::{
-    request::RequestType, ActivateListener, AddBackend, Cluster, DeactivateListener,
+    request::RequestType, ActivateListener, AddBackend, CheckState, Cluster, DeactivateListener,
     FrontendFilters, HardStop, HttpListenerConfig, ListClusters, ListListeners, ListenerType,
     LoadBalancingAlgorithms, LoadBalancingParams, PathRule, PathRuleKind, ProxyProtocolConfig,
     QueryMetricsOptions, RemoveBackend, RemoveListener, Request, RequestHttpFrontend,
@@ -159,6 +159,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         Command::State(StateCmd::Load(args)) => vec![message(RequestType::LoadState(
             cwd.join(&args.file).to_string_lossy().into_owned(),
         ))],
+        Command::State(StateCmd::Check) => vec![message(RequestType::CheckState(CheckState {}))],
         Command::Metrics(MetricsCmd::Get(args)) | Command::Query(QueryCmd::Metrics(args)) => {
             vec![metrics(args)]
         }

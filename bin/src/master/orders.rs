@@ -42,6 +42,8 @@ pub(crate) enum ClientOrderKind {
     StateChange { count: usize },
     /// query_metrics: contents are aggregated.
     Metrics,
+    /// check_state: each worker's state is compared with the master's.
+    CheckState,
 }
 
 fn ok(message: impl Into<String>) -> Response {
@@ -125,6 +127,20 @@ impl Master {
                     name,
                     peer,
                     kind: ClientOrderKind::Metrics,
+                };
+                self.fan_out(
+                    Purpose::Client(order),
+                    vec![request],
+                    Some(self.config.worker_timeout),
+                    now,
+                );
+            }
+            RequestType::CheckState(_) => {
+                let order = ClientOrder {
+                    client: token,
+                    name,
+                    peer,
+                    kind: ClientOrderKind::CheckState,
                 };
                 self.fan_out(
                     Purpose::Client(order),
@@ -438,9 +454,70 @@ impl Master {
                 }
                 with_content(message, ContentType::Metrics(aggregated))
             }
+            ClientOrderKind::CheckState => check_state_answer(&self.state, &gathered),
         };
         self.answer(client, response);
     }
+}
+
+/// The answer to `check_state`: OK when every worker that answered holds
+/// exactly the master's state, FAILURE naming each worker that differs (with
+/// the orders that would turn the master's state into that worker's) or did
+/// not answer.
+fn check_state_answer(state: &ConfigState, gathered: &Gathered<()>) -> Response {
+    let mut problems = Vec::new();
+    for (worker, failure) in &gathered.failures {
+        problems.push(format!("worker {worker}: {failure}"));
+    }
+    for (worker, content) in &gathered.contents {
+        let Some(ContentType::WorkerState(worker_state)) = &content.content_type else {
+            problems.push(format!("worker {worker}: answered without its state"));
+            continue;
+        };
+        match ConfigState::from_requests(&worker_state.orders) {
+            Err(error) => problems.push(format!(
+                "worker {worker}: its state does not replay: {error}"
+            )),
+            Ok(theirs) => {
+                let to_worker = state.diff(&theirs);
+                if !to_worker.is_empty() {
+                    problems.push(format!(
+                        "worker {worker} differs from the master by {} order(s): {}",
+                        to_worker.len(),
+                        describe_orders(&to_worker)
+                    ));
+                }
+            }
+        }
+    }
+    for worker in &gathered.succeeded {
+        if !gathered.contents.contains_key(worker) {
+            problems.push(format!("worker {worker}: answered without its state"));
+        }
+    }
+    if problems.is_empty() {
+        ok(format!(
+            "the state of {} worker(s) matches the master's ({} order(s))",
+            gathered.contents.len(),
+            state.generate_requests().len()
+        ))
+    } else {
+        failure(format!("state mismatch: {}", problems.join("; ")))
+    }
+}
+
+/// Up to five orders as JSON, for a mismatch message.
+fn describe_orders(orders: &[Request]) -> String {
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = orders
+        .iter()
+        .take(SHOWN)
+        .map(|order| serde_json::to_string(order).unwrap_or_else(|e| format!("<{e}>")))
+        .collect();
+    if orders.len() > SHOWN {
+        parts.push(format!("and {} more", orders.len() - SHOWN));
+    }
+    parts.join(", ")
 }
 
 /// The audit line of a mutating order: who, what, and how it ended.

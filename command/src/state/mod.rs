@@ -141,7 +141,8 @@ impl ConfigState {
             | RequestType::HardStop(_)
             | RequestType::ListClusters(_)
             | RequestType::ReturnListenSockets(_)
-            | RequestType::AdoptListenSockets(_) => return Ok(DispatchOutcome::NotAStateChange),
+            | RequestType::AdoptListenSockets(_)
+            | RequestType::CheckState(_) => return Ok(DispatchOutcome::NotAStateChange),
         };
         match &result {
             Ok(()) => tracing::debug!(order = order_name(request_type), "state order applied"),
@@ -314,5 +315,6 @@ pub fn order_name(request_type: &RequestType) -> &'static str {
         RequestType::ListClusters(_) => "list_clusters",
         RequestType::ReturnListenSockets(_) => "return_listen_sockets",
         RequestType::AdoptListenSockets(_) => "adopt_listen_sockets",
+        RequestType::CheckState(_) => "check_state",
     }
 }
