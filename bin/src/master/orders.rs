@@ -538,3 +538,94 @@ pub(super) fn audit(peer: Peer, order: &str, result: &str, detail: &str) {
 pub(super) fn describe_manifest(manifest: &ListenSocketManifest) -> String {
     format!("{} listening socket(s)", manifest.entries.len())
 }
+
+#[cfg(test)]
+mod check_state_tests {
+    use std::collections::BTreeMap;
+
+    use sozu_command_lib::command::{Cluster, WorkerState};
+
+    use super::*;
+    use crate::master::gather::WorkerFailure;
+
+    fn add_cluster(id: &str) -> Request {
+        Request {
+            request_type: Some(RequestType::AddCluster(Cluster {
+                cluster_id: id.to_owned(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn gathered(states: Vec<(u32, Vec<Request>)>) -> Gathered<()> {
+        let mut contents = BTreeMap::new();
+        let mut succeeded = Vec::new();
+        for (worker, orders) in states {
+            succeeded.push(worker);
+            contents.insert(
+                worker,
+                ResponseContent {
+                    content_type: Some(ContentType::WorkerState(WorkerState { orders })),
+                },
+            );
+        }
+        Gathered {
+            id: 1,
+            purpose: (),
+            succeeded,
+            failures: BTreeMap::new(),
+            contents,
+            timed_out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn equal_states_are_ok_and_a_differing_worker_is_named_with_the_difference() {
+        let mut master = ConfigState::new();
+        master.dispatch(&add_cluster("dns")).unwrap();
+
+        let same = check_state_answer(
+            &master,
+            &gathered(vec![
+                (0, vec![add_cluster("dns")]),
+                (1, vec![add_cluster("dns")]),
+            ]),
+        );
+        assert_eq!(same.status(), ResponseStatus::Ok, "{}", same.message);
+        assert!(same.message.contains("2 worker(s)"), "{}", same.message);
+
+        let differs = check_state_answer(
+            &master,
+            &gathered(vec![
+                (0, vec![add_cluster("dns")]),
+                (1, vec![add_cluster("dns"), add_cluster("extra")]),
+            ]),
+        );
+        assert_eq!(differs.status(), ResponseStatus::Failure);
+        assert!(
+            differs.message.contains("worker 1 differs"),
+            "{}",
+            differs.message
+        );
+        assert!(differs.message.contains("extra"), "{}", differs.message);
+        assert!(!differs.message.contains("worker 0"), "{}", differs.message);
+
+        let missing = check_state_answer(&master, &gathered(vec![(0, Vec::new())]));
+        assert_eq!(missing.status(), ResponseStatus::Failure);
+        assert!(
+            missing.message.contains("remove_cluster"),
+            "{}",
+            missing.message
+        );
+    }
+
+    #[test]
+    fn a_worker_that_did_not_answer_is_a_mismatch() {
+        let master = ConfigState::new();
+        let mut answers = gathered(vec![(0, Vec::new())]);
+        answers.failures.insert(1, WorkerFailure::Gone);
+        let answer = check_state_answer(&master, &answers);
+        assert_eq!(answer.status(), ResponseStatus::Failure);
+        assert!(answer.message.contains("worker 1"), "{}", answer.message);
+    }
+}
