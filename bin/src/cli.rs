@@ -147,6 +147,9 @@ pub enum StateCmd {
     Save(StateFileArgs),
     /// Replay the orders of FILE.
     Load(StateFileArgs),
+    /// Compare every worker's state with the master's; exit non-zero and
+    /// name the differences when they disagree.
+    Check,
 }
 
 /// The state file (resolved to an absolute path: the master opens it).

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use sozu_command_lib::command::{
-    request::RequestType, ActivateListener, AddBackend, Cluster, DeactivateListener,
+    request::RequestType, ActivateListener, AddBackend, CheckState, Cluster, DeactivateListener,
     FrontendFilters, HardStop, HttpListenerConfig, ListClusters, ListListeners, ListenerType,
     LoadBalancingAlgorithms, LoadBalancingParams, MetricsConfiguration, PathRule, PathRuleKind,
     ProxyProtocolConfig, QueryMetricsOptions, RemoveBackend, RemoveListener, Request,
@@ -180,6 +180,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         }
         Command::Metrics(MetricsCmd::Clear) => vec![configure_metrics(MetricsConfiguration::Clear)],
         Command::Logging { level } => vec![message(RequestType::Logging(level.clone()))],
+        Command::State(StateCmd::Check) => vec![message(RequestType::CheckState(CheckState {}))],
         Command::Metrics(MetricsCmd::Get(args)) | Command::Query(QueryCmd::Metrics(args)) => {
             vec![metrics(args)]
         }

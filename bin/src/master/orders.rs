@@ -64,6 +64,8 @@ pub(crate) enum ClientOrderKind {
     /// An order that changes no state (Logging, configure_metrics) sent to
     /// every worker: OK when all applied it, FAILURE naming the others.
     Forward { name: &'static str, peer: Peer },
+    /// check_state: each worker's state is compared with the master's.
+    CheckState,
 }
 
 fn ok(message: impl Into<String>) -> Response {
@@ -105,12 +107,14 @@ impl Master {
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         // State changes, state loads, reloads and a master upgrade wait
         // for the change in flight: each is checked against the committed
-        // state and commits stay in order.
+        // state and commits stay in order. check_state waits too, so it
+        // compares the workers with a committed state.
         let waits = matches!(
             request_type,
             RequestType::LoadState(_)
                 | RequestType::ReloadConfiguration(_)
                 | RequestType::UpgradeMain(_)
+                | RequestType::CheckState(_)
         ) || sozu_command_lib::state::is_state_change(&request);
         if self.change_in_flight && waits && !stopping {
             self.defer(Deferred::Client(token, Box::new(request)));
@@ -165,6 +169,18 @@ impl Master {
                 let order = ClientOrder {
                     client: token,
                     kind: ClientOrderKind::Metrics,
+                };
+                self.fan_out(
+                    Purpose::Client(order),
+                    vec![request],
+                    Some(self.config.worker_timeout),
+                    now,
+                );
+            }
+            RequestType::CheckState(_) => {
+                let order = ClientOrder {
+                    client: token,
+                    kind: ClientOrderKind::CheckState,
                 };
                 self.fan_out(
                     Purpose::Client(order),
@@ -737,9 +753,70 @@ impl Master {
                     failure(format!("{name} failed: {summary}"))
                 }
             }
+            ClientOrderKind::CheckState => check_state_answer(&self.state, &gathered),
         };
         self.answer(client, response);
     }
+}
+
+/// The answer to `check_state`: OK when every worker that answered holds
+/// exactly the master's state, FAILURE naming each worker that differs (with
+/// the orders that would turn the master's state into that worker's) or did
+/// not answer.
+fn check_state_answer(state: &ConfigState, gathered: &Gathered<()>) -> Response {
+    let mut problems = Vec::new();
+    for (worker, failure) in &gathered.failures {
+        problems.push(format!("worker {worker}: {failure}"));
+    }
+    for (worker, content) in &gathered.contents {
+        let Some(ContentType::WorkerState(worker_state)) = &content.content_type else {
+            problems.push(format!("worker {worker}: answered without its state"));
+            continue;
+        };
+        match ConfigState::from_requests(&worker_state.orders) {
+            Err(error) => problems.push(format!(
+                "worker {worker}: its state does not replay: {error}"
+            )),
+            Ok(theirs) => {
+                let to_worker = state.diff(&theirs);
+                if !to_worker.is_empty() {
+                    problems.push(format!(
+                        "worker {worker} differs from the master by {} order(s): {}",
+                        to_worker.len(),
+                        describe_orders(&to_worker)
+                    ));
+                }
+            }
+        }
+    }
+    for worker in &gathered.succeeded {
+        if !gathered.contents.contains_key(worker) {
+            problems.push(format!("worker {worker}: answered without its state"));
+        }
+    }
+    if problems.is_empty() {
+        ok(format!(
+            "the state of {} worker(s) matches the master's ({} order(s))",
+            gathered.contents.len(),
+            state.generate_requests().len()
+        ))
+    } else {
+        failure(format!("state mismatch: {}", problems.join("; ")))
+    }
+}
+
+/// Up to five orders as JSON, for a mismatch message.
+fn describe_orders(orders: &[Request]) -> String {
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = orders
+        .iter()
+        .take(SHOWN)
+        .map(|order| serde_json::to_string(order).unwrap_or_else(|e| format!("<{e}>")))
+        .collect();
+    if orders.len() > SHOWN {
+        parts.push(format!("and {} more", orders.len() - SHOWN));
+    }
+    parts.join(", ")
 }
 
 /// The audit line of a mutating order: who, what, and how it ended.
@@ -759,4 +836,95 @@ pub(super) fn audit(peer: Peer, order: &str, result: &str, detail: &str) {
 #[allow(dead_code)]
 pub(super) fn describe_manifest(manifest: &ListenSocketManifest) -> String {
     format!("{} listening socket(s)", manifest.entries.len())
+}
+
+#[cfg(test)]
+mod check_state_tests {
+    use std::collections::BTreeMap;
+
+    use sozu_command_lib::command::{Cluster, WorkerState};
+
+    use super::*;
+    use crate::master::gather::WorkerFailure;
+
+    fn add_cluster(id: &str) -> Request {
+        Request {
+            request_type: Some(RequestType::AddCluster(Cluster {
+                cluster_id: id.to_owned(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn gathered(states: Vec<(u32, Vec<Request>)>) -> Gathered<()> {
+        let mut contents = BTreeMap::new();
+        let mut succeeded = Vec::new();
+        for (worker, orders) in states {
+            succeeded.push(worker);
+            contents.insert(
+                worker,
+                ResponseContent {
+                    content_type: Some(ContentType::WorkerState(WorkerState { orders })),
+                },
+            );
+        }
+        Gathered {
+            id: 1,
+            purpose: (),
+            succeeded,
+            failures: BTreeMap::new(),
+            contents,
+            timed_out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn equal_states_are_ok_and_a_differing_worker_is_named_with_the_difference() {
+        let mut master = ConfigState::new();
+        master.dispatch(&add_cluster("dns")).unwrap();
+
+        let same = check_state_answer(
+            &master,
+            &gathered(vec![
+                (0, vec![add_cluster("dns")]),
+                (1, vec![add_cluster("dns")]),
+            ]),
+        );
+        assert_eq!(same.status(), ResponseStatus::Ok, "{}", same.message);
+        assert!(same.message.contains("2 worker(s)"), "{}", same.message);
+
+        let differs = check_state_answer(
+            &master,
+            &gathered(vec![
+                (0, vec![add_cluster("dns")]),
+                (1, vec![add_cluster("dns"), add_cluster("extra")]),
+            ]),
+        );
+        assert_eq!(differs.status(), ResponseStatus::Failure);
+        assert!(
+            differs.message.contains("worker 1 differs"),
+            "{}",
+            differs.message
+        );
+        assert!(differs.message.contains("extra"), "{}", differs.message);
+        assert!(!differs.message.contains("worker 0"), "{}", differs.message);
+
+        let missing = check_state_answer(&master, &gathered(vec![(0, Vec::new())]));
+        assert_eq!(missing.status(), ResponseStatus::Failure);
+        assert!(
+            missing.message.contains("remove_cluster"),
+            "{}",
+            missing.message
+        );
+    }
+
+    #[test]
+    fn a_worker_that_did_not_answer_is_a_mismatch() {
+        let master = ConfigState::new();
+        let mut answers = gathered(vec![(0, Vec::new())]);
+        answers.failures.insert(1, WorkerFailure::Gone);
+        let answer = check_state_answer(&master, &answers);
+        assert_eq!(answer.status(), ResponseStatus::Failure);
+        assert!(answer.message.contains("worker 1"), "{}", answer.message);
+    }
 }

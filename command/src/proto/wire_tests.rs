@@ -82,6 +82,7 @@ fn request_tag(order: &RequestType) -> u32 {
         // ours
         RequestType::ListClusters(_) => 1000,
         RequestType::AdoptListenSockets(_) => 1002,
+        RequestType::CheckState(_) => 1020,
         RequestType::PreviewReload(_) => 1030,
     }
 }
@@ -107,6 +108,7 @@ fn content_tag(content: &ContentType) -> u32 {
         ContentType::WorkerMetricDetailStatus(_) => 17,
         // ours
         ContentType::ListenSockets(_) => 1000,
+        ContentType::WorkerState(_) => 1020,
     }
 }
 

@@ -142,7 +142,8 @@ impl ConfigState {
             | RequestType::HardStop(_)
             | RequestType::ListClusters(_)
             | RequestType::ReturnListenSockets(_)
-            | RequestType::AdoptListenSockets(_) => return Ok(DispatchOutcome::NotAStateChange),
+            | RequestType::AdoptListenSockets(_)
+            | RequestType::CheckState(_) => return Ok(DispatchOutcome::NotAStateChange),
             // Sōzu 2.1 orders this proxy answers without a state change, or
             // refuses by name (HTTPS, certificates, HTTP health checks…; see
             // doc/protocol.md): the master decides, the state is untouched.
@@ -363,5 +364,6 @@ pub fn order_name(request_type: &RequestType) -> &'static str {
         RequestType::RemoveHealthCheck(_) => "remove_health_check",
         RequestType::QueryHealthChecks(_) => "query_health_checks",
         RequestType::SetMetricDetail(_) => "set_metric_detail",
+        RequestType::CheckState(_) => "check_state",
     }
 }

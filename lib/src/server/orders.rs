@@ -21,7 +21,7 @@ use std::time::Instant;
 use sozu_command_lib::command::{
     request::RequestType, response_content::ContentType, AggregatedMetrics, ListenSocketEntry,
     ListenSocketManifest, ListenerType, MetricsConfiguration, Request, ResponseContent,
-    ResponseStatus, WorkerRequest,
+    ResponseStatus, WorkerRequest, WorkerState,
 };
 use sozu_command_lib::scm::DEFAULT_MAX_MANIFEST_SIZE;
 use sozu_command_lib::state::{order_name, DispatchOutcome};
@@ -145,6 +145,14 @@ impl Server {
             RequestType::ListFrontends(filters) => {
                 let content = ResponseContent {
                     content_type: Some(ContentType::FrontendList(self.state.frontends(filters))),
+                };
+                self.answer(&id, ResponseStatus::Ok, "", Some(content));
+            }
+            RequestType::CheckState(_) => {
+                let content = ResponseContent {
+                    content_type: Some(ContentType::WorkerState(WorkerState {
+                        orders: self.state.generate_requests(),
+                    })),
                 };
                 self.answer(&id, ResponseStatus::Ok, "", Some(content));
             }
