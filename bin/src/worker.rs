@@ -107,6 +107,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }),
         adopted_sockets: Vec::new(),
         scm: Some(scm),
+        listen_sockets_from_master: true,
         raise_fd_limit: true,
     };
     let server = match Server::new(channel, config) {

@@ -139,6 +139,15 @@ pub fn bind_stream(address: SocketAddr) -> Result<OwnedFd, ListenError> {
     Ok(OwnedFd::from(socket))
 }
 
+/// The error of a worker told to serve a listener whose socket the master
+/// did not pass (a worker run by a master never binds one itself).
+pub fn not_passed(address: SocketAddr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("the master passed no listening socket for {address}"),
+    )
+}
+
 fn udp_socket(address: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(address),

@@ -182,7 +182,21 @@ impl Master {
         name: &'static str,
         now: Instant,
     ) {
-        match self.state.dispatch(&request) {
+        // Binding is part of accepting (listen_sockets.rs): a listener's
+        // sockets are bound before the state changes.
+        let bound = match self.listen_sockets.bind_for_order(&request) {
+            Ok(bound) => bound,
+            Err(error) => {
+                audit(peer, name, "refused", &error.to_string());
+                self.answer(token, failure(format!("{name} refused: {error}")));
+                return;
+            }
+        };
+        let dispatched = self.state.dispatch(&request);
+        if !matches!(dispatched, Ok(DispatchOutcome::Applied)) {
+            self.listen_sockets.release(&bound);
+        }
+        match dispatched {
             Err(error) => {
                 audit(peer, name, "refused", &error.to_string());
                 self.answer(token, failure(format!("{name} refused: {error}")));
@@ -200,12 +214,14 @@ impl Master {
                     peer,
                     kind: ClientOrderKind::StateChange { count: 1 },
                 };
+                self.pass_listen_sockets(&bound, now);
                 self.fan_out(
                     Purpose::Client(order),
                     vec![request],
                     Some(self.config.worker_timeout),
                     now,
                 );
+                self.listen_sockets.release_absent(&self.state);
                 self.autosave();
             }
         }
@@ -238,7 +254,22 @@ impl Master {
                 return;
             }
         }
+        let bound = match self.listen_sockets.bind_missing(&candidate) {
+            Ok(bound) => bound,
+            Err(error) => {
+                let message = format!("{name} refused: {error}; nothing was applied");
+                audit(peer, name, "refused", &message);
+                if let Some(token) = token {
+                    self.answer(token, failure(message));
+                } else {
+                    tracing::error!(message);
+                }
+                return;
+            }
+        };
         self.state = candidate;
+        self.pass_listen_sockets(&bound, now);
+        self.listen_sockets.release_absent(&self.state);
         let count = orders.len();
         if count == 0 {
             audit(peer, name, "ok", "no change");

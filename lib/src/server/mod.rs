@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// The fd-passing socket beside the channel (`return_listen_sockets`,
     /// `adopt_listen_sockets`); without it those orders are refused.
     pub scm: Option<ScmSocket>,
+    /// Run by a master: every listening socket comes from it
+    /// (`adopt_listen_sockets`); the worker never binds one itself.
+    pub listen_sockets_from_master: bool,
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (a worker
     /// process: yes; a test running the server in a thread: as it likes).
     pub raise_fd_limit: bool,
@@ -212,6 +215,12 @@ impl Server {
                 tracing::warn!(%address, "adopted a socket of an unserved type: closed");
             }
         }
+        let mut udp = UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size);
+        if config.listen_sockets_from_master {
+            udp.require_adopted();
+            streams.tcp.require_adopted();
+            streams.http.require_adopted();
+        }
         let statsd = match config.statsd {
             Some(s) => match StatsdSink::new(s.address, &s.prefix, s.tagged) {
                 Ok(sink) => Some((sink, s.flush_interval.max(Duration::from_millis(10)), None)),
@@ -232,7 +241,7 @@ impl Server {
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(config.seed),
             health: HealthChecker::new(),
-            udp: UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size),
+            udp,
             streams,
             statsd,
             still_readable: Vec::new(),
