@@ -206,6 +206,11 @@ impl ListenSockets {
         });
     }
 
+    /// Closes every socket the master holds (the proxy is stopping).
+    pub fn release_all(&mut self) {
+        self.groups.clear();
+    }
+
     /// Every listener held.
     pub fn keys(&self) -> Vec<Key> {
         self.groups.keys().copied().collect()
