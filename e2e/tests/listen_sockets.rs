@@ -339,3 +339,35 @@ fn a_killed_worker_and_an_upgrade_keep_serving_the_same_listener_sockets() {
         "the listener added after the upgrade is not bound as a group"
     );
 }
+
+/// One HTTP/1.1 request on a new connection; the status code, if any
+/// answer comes.
+fn http_status(address: SocketAddr) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: nowhere\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+#[test]
+fn an_http_listener_deactivated_then_activated_serves_its_held_socket_again() {
+    let backend = UdpBackend::v4("a");
+    let sozu = Sozu::start(udp_config(2, free_v4(), &backend));
+    let front = free_v4();
+    let addr = front.to_string();
+    sozu.cli_ok(&["http", "listener", "add", "-a", &addr]);
+    // No route: a 404 from the proxy shows the listener serves.
+    assert_eq!(http_status(front), Some(404));
+    sozu.cli_ok(&["http", "listener", "deactivate", "-a", &addr]);
+    // Still ours while deactivated: nobody else can bind it.
+    assert!(TcpListener::bind(front).is_err(), "{addr} was released");
+    // Workers re-use the socket the master holds (they bind nothing).
+    sozu.cli_ok(&["http", "listener", "activate", "-a", &addr]);
+    let served = poll_until(WAIT, || (http_status(front) == Some(404)).then_some(()));
+    assert!(served.is_some(), "{addr} is not served after activate");
+}
