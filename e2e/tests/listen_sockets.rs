@@ -95,7 +95,7 @@ fn start_with_a_udp_listener_address_in_use_exits_non_zero_naming_it() {
     // was the address, nothing else).
     drop(holder);
     drop(sozu);
-    let sozu = Sozu::start(udp_config(2, address, &backend));
+    let _sozu = Sozu::start(udp_config(2, address, &backend));
     assert_eq!(UdpClient::new(address).expect_echo(b"q"), "a");
 }
 
@@ -145,7 +145,11 @@ fn add_on_an_address_in_use_is_refused(proto: &str, address: SocketAddr, holder:
     let sozu = Sozu::start(udp_config(2, udp_front, &backend));
     let addr = address.to_string();
     let out = sozu.cli(&[proto, "listener", "add", "-a", &addr]);
-    assert!(!out.success(), "add on {addr} in use succeeded: {}", out.stdout);
+    assert!(
+        !out.success(),
+        "add on {addr} in use succeeded: {}",
+        out.stdout
+    );
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(
         said.contains(&addr) && said.contains("in use"),
@@ -273,19 +277,13 @@ fn a_killed_worker_and_an_upgrade_keep_serving_the_same_listener_sockets() {
 
     // SIGKILL worker 0: its restart adopts the master's socket for slot 0.
     let workers = sozu.status().expect("status");
-    let victim = workers
-        .iter()
-        .find(|w| w.id == 0)
-        .expect("worker 0")
-        .pid;
+    let victim = workers.iter().find(|w| w.id == 0).expect("worker 0").pid;
     kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill worker 0");
     wait_until("worker 0 restarted", WAIT, || {
         sozu.status()
             .ok()?
             .iter()
-            .any(|w| {
-                w.id == 0 && w.pid != victim && w.run_state == RunState::Running as i32
-            })
+            .any(|w| w.id == 0 && w.pid != victim && w.run_state == RunState::Running as i32)
             .then_some(())
     });
     sozu.wait_ready(WAIT).expect("ready after the restart");

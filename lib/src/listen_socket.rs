@@ -85,7 +85,9 @@ pub fn bind_udp_group(
     let mut group = Vec::with_capacity(workers);
     for index in 0..workers {
         let socket = udp_socket(address).map_err(io_error("socket"))?;
-        socket.set_reuse_port(true).map_err(io_error("SO_REUSEPORT"))?;
+        socket
+            .set_reuse_port(true)
+            .map_err(io_error("SO_REUSEPORT"))?;
         apply_udp_options(&socket, options).map_err(io_error("socket options"))?;
         socket.bind(&address.into()).map_err(in_use)?;
         if index == 0 {
@@ -133,9 +135,7 @@ pub fn bind_stream(address: SocketAddr) -> Result<OwnedFd, ListenError> {
             io_error("bind")(error)
         }
     })?;
-    socket
-        .listen(LISTEN_BACKLOG)
-        .map_err(io_error("listen"))?;
+    socket.listen(LISTEN_BACKLOG).map_err(io_error("listen"))?;
     Ok(OwnedFd::from(socket))
 }
 

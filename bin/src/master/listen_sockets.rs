@@ -117,7 +117,11 @@ impl ListenSockets {
         }
     }
 
-    fn bind(&self, key: Key, options: Option<ListenerSocketOptions>) -> Result<Vec<OwnedFd>, ListenError> {
+    fn bind(
+        &self,
+        key: Key,
+        options: Option<ListenerSocketOptions>,
+    ) -> Result<Vec<OwnedFd>, ListenError> {
         match key.proxy() {
             ListenerType::Udp => {
                 bind_udp_group(key.address, self.workers, options.unwrap_or_default())
@@ -219,7 +223,8 @@ impl ListenSockets {
     /// The slot of worker `id`: its own, or the lowest one no live worker
     /// serves (`live`: the ids in the worker table).
     pub fn slot(&mut self, id: u32, live: &BTreeSet<u32>) -> usize {
-        self.slots.retain(|worker, _| *worker == id || live.contains(worker));
+        self.slots
+            .retain(|worker, _| *worker == id || live.contains(worker));
         if let Some(slot) = self.slots.get(&id) {
             return *slot;
         }
