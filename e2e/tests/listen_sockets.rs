@@ -369,3 +369,32 @@ fn an_http_listener_deactivated_then_activated_serves_its_held_socket_again() {
     let served = poll_until(WAIT, || (http_status(front) == Some(404)).then_some(()));
     assert!(served.is_some(), "{addr} is not served after activate");
 }
+
+#[test]
+fn an_inactive_listener_is_held_and_its_removal_releases_the_port() {
+    let backend = UdpBackend::v4("a");
+    let sozu = Sozu::start(udp_config(2, free_v4(), &backend));
+    for proto in ["udp", "tcp"] {
+        let address = free_v4();
+        let addr = address.to_string();
+        let bindable = || {
+            if proto == "udp" {
+                UdpSocket::bind(address).is_ok()
+            } else {
+                TcpListener::bind(address).is_ok()
+            }
+        };
+        sozu.cli_ok(&[proto, "listener", "add", "-a", &addr, "--inactive"]);
+        assert!(
+            !bindable(),
+            "{proto} {addr}: an inactive listener is not held"
+        );
+        sozu.cli_ok(&[proto, "listener", "remove", "-a", &addr]);
+        // Every copy is closed: the master's and the workers' unused ones.
+        let released = poll_until(WAIT, || bindable().then_some(()));
+        assert!(
+            released.is_some(),
+            "{proto} {addr} is still bound after remove"
+        );
+    }
+}

@@ -188,6 +188,12 @@ impl TcpProxy {
         }
     }
 
+    /// Closes an adopted socket no listener took (its listener was removed
+    /// before it was activated, or its add failed).
+    pub fn forget_adopted(&mut self, address: SocketAddr) {
+        self.adopted.remove(&address);
+    }
+
     /// From now on listening sockets only come from the master (see
     /// `crate::listen_socket`).
     pub fn require_adopted(&mut self) {

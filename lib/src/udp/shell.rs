@@ -159,6 +159,12 @@ impl UdpShell {
         self.require_adopted = true;
     }
 
+    /// Closes an adopted socket no listener took (its listener was removed
+    /// before it was activated, or its add failed).
+    pub fn forget_adopted(&mut self, address: SocketAddr) {
+        self.adopted.remove(&address);
+    }
+
     /// Adds sockets adopted during an upgrade (used by later adds).
     pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
         self.adopted.extend(sockets);
