@@ -377,3 +377,56 @@ impl Master {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(ids: &[u32]) -> BTreeSet<u32> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn workers_get_distinct_slots_keep_them_on_restart_and_pass_them_on_upgrade() {
+        let mut sockets = ListenSockets::new(2);
+        assert_eq!(sockets.slot(0, &live(&[0])), 0);
+        assert_eq!(sockets.slot(1, &live(&[0, 1])), 1);
+        // A restart keeps the id, so the slot.
+        assert_eq!(sockets.slot(1, &live(&[0, 1])), 1);
+        // Worker 2 replaces worker 0 (upgrade): same slot, even while 0
+        // drains and after it is gone.
+        sockets.succeed(0, 2);
+        assert_eq!(sockets.slot(2, &live(&[0, 1, 2])), 0);
+        assert_eq!(sockets.slot(2, &live(&[1, 2])), 0);
+        // A worker id never seen takes the slot nobody live serves.
+        let mut sockets = ListenSockets::new(2);
+        sockets.slot(0, &live(&[0]));
+        sockets.slot(1, &live(&[0, 1]));
+        assert_eq!(sockets.slot(5, &live(&[1, 5])), 0);
+    }
+
+    #[test]
+    fn an_add_order_binds_once_and_release_absent_follows_the_state() {
+        let mut sockets = ListenSockets::new(2);
+        let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap();
+        drop(holder);
+        let add = Request {
+            request_type: Some(RequestType::AddUdpListener(
+                sozu_command_lib::command::UdpListenerConfig {
+                    address: taken.into(),
+                    ..Default::default()
+                },
+            )),
+        };
+        let bound = sockets.bind_for_order(&add).unwrap();
+        assert_eq!(bound.len(), 1);
+        assert_eq!(sockets.groups[&bound[0]].len(), 2, "one socket per worker");
+        // Held: a second add binds nothing (the state refuses it).
+        assert!(sockets.bind_for_order(&add).unwrap().is_empty());
+        // The state does not have it: released, and the port is free.
+        sockets.release_absent(&ConfigState::new());
+        assert!(sockets.keys().is_empty());
+        assert!(std::net::UdpSocket::bind(taken).is_ok());
+    }
+}
