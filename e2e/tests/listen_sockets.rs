@@ -83,7 +83,7 @@ fn assert_nothing_left(sozu: &Sozu) {
 #[test]
 fn start_with_a_udp_listener_address_in_use_exits_non_zero_naming_it() {
     let backend = UdpBackend::v4("a");
-    let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let holder = UdpSocket::bind(free_v4()).unwrap();
     let address = holder.local_addr().unwrap();
     let (sozu, log) = start_must_fail(udp_config(2, address, &backend));
     assert!(
@@ -101,7 +101,7 @@ fn start_with_a_udp_listener_address_in_use_exits_non_zero_naming_it() {
 
 #[test]
 fn start_with_a_tcp_listener_address_in_use_exits_non_zero_naming_it() {
-    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = TcpListener::bind(free_v4()).unwrap();
     let address = holder.local_addr().unwrap();
     let config = SozuConfig {
         worker_count: 2,
@@ -193,7 +193,7 @@ fn add_on_an_address_in_use_is_refused(proto: &str, address: SocketAddr, holder:
 
 #[test]
 fn udp_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
-    let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let holder = UdpSocket::bind(free_v4()).unwrap();
     let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("udp", address, holder);
 }
@@ -209,14 +209,14 @@ fn udp_listener_add_on_a_same_user_reuseport_socket_is_refused() {
 
 #[test]
 fn tcp_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
-    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = TcpListener::bind(free_v4()).unwrap();
     let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("tcp", address, holder);
 }
 
 #[test]
 fn http_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
-    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = TcpListener::bind(free_v4()).unwrap();
     let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("http", address, holder);
 }
