@@ -98,7 +98,65 @@ pub fn bind_udp_group(
         }
         group.push(OwnedFd::from(socket));
     }
+    // Closes the window between the probe and the group's first bind: a
+    // same-user SO_REUSEPORT socket bound in it would sit at index 0 of the
+    // group. Any socket at this address that is not ours refuses the bind.
+    match foreign_udp_sockets(address, &group) {
+        Ok(0) => {}
+        Ok(_) => {
+            return Err(ListenError::InUse {
+                proto: "UDP",
+                address,
+            })
+        }
+        // /proc unreadable (a restricted mount): the probe stands alone.
+        Err(error) => tracing::debug!(%address, %error, "cannot list the UDP sockets"),
+    }
     Ok(group)
+}
+
+/// How many UDP sockets bound exactly to `address` are not in `ours`
+/// (`/proc/net/udp` or `udp6`, this network namespace).
+pub fn foreign_udp_sockets(address: SocketAddr, ours: &[OwnedFd]) -> io::Result<usize> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in ours {
+        // SAFETY: `stat` is a plain out-buffer, `fd` is open for the call.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        inodes.insert(stat.st_ino.to_string());
+    }
+    let (path, local) = match address {
+        SocketAddr::V4(v4) => (
+            "/proc/net/udp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(v4.ip().octets()),
+                v4.port()
+            ),
+        ),
+        SocketAddr::V6(v6) => {
+            let o = v6.ip().octets();
+            let mut hex = String::with_capacity(37);
+            for word in o.chunks_exact(4) {
+                let word = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+                hex.push_str(&format!("{word:08X}"));
+            }
+            ("/proc/net/udp6", format!("{hex}:{:04X}", v6.port()))
+        }
+    };
+    let table = std::fs::read_to_string(path)?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 9 && fields[1] == local).then(|| fields[9])
+        })
+        .filter(|inode| !inodes.contains(*inode))
+        .count())
 }
 
 /// Binds the one listening socket of a TCP or HTTP listener at `address`:

@@ -86,6 +86,26 @@ fn a_stranger_joining_the_group_gets_nothing_and_each_source_keeps_its_socket() 
 }
 
 #[test]
+fn foreign_members_of_a_group_are_counted() {
+    let group = bind_udp_group(loopback_any(), 2, ListenerSocketOptions::default()).unwrap();
+    let address = group_address(&group);
+    assert_eq!(foreign_udp_sockets(address, &group).unwrap(), 0);
+    let _stranger = stranger_udp(address).unwrap();
+    assert_eq!(foreign_udp_sockets(address, &group).unwrap(), 1);
+    let v6 = bind_udp_group(
+        "[::1]:0".parse().unwrap(),
+        2,
+        ListenerSocketOptions::default(),
+    );
+    // IPv6 may be off on a test host; when it is on, the table is read too.
+    if let Ok(v6) = v6 {
+        let address = group_address(&v6);
+        assert_eq!(foreign_udp_sockets(address, &v6).unwrap(), 0);
+        assert_eq!(foreign_udp_sockets(address, &v6[..1]).unwrap(), 1);
+    }
+}
+
+#[test]
 fn a_udp_group_is_refused_on_an_address_anyone_holds() {
     let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
     let address = plain.local_addr().unwrap();
