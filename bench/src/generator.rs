@@ -8,6 +8,7 @@
 //! It only ever talks to loopback addresses and every phase is bounded by
 //! the duration plus the loss timeout.
 
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -179,9 +180,48 @@ fn ephemeral_low() -> u16 {
 /// ephemeral range while still unbound (wildcard address), so any client
 /// socket there, on any 127.0.0.x, takes a port away from the proxy; with
 /// 16,000 flows on each side the range (28,232 ports) runs out.
+///
+/// Ports picked by the kernel (`--src-port-base 0`, a plan run out, or a
+/// churned flow's new socket) are checked against the last
+/// [`RECENT_PORTS`] the plan handed out: the kernel may give back a port
+/// just closed, which would make the "new" flow an old one for the proxy.
 struct PortPlan {
     next: Vec<u16>,
     end: u16,
+    recent: RecentPorts,
+}
+
+/// How many kernel-picked ports per run are remembered (well under the
+/// 28,232 ports of the default ephemeral range, so a fresh one is found in
+/// a few tries).
+const RECENT_PORTS: usize = 8192;
+
+/// Kernel picks refused in a row before one is taken anyway (each refused
+/// socket is kept open meanwhile, so the kernel cannot offer it again).
+const EPHEMERAL_TRIES: usize = 64;
+
+/// The last [`RECENT_PORTS`] kernel-picked source addresses, oldest first.
+#[derive(Default)]
+struct RecentPorts {
+    order: VecDeque<SocketAddr>,
+    set: HashSet<SocketAddr>,
+}
+
+impl RecentPorts {
+    fn contains(&self, address: &SocketAddr) -> bool {
+        self.set.contains(address)
+    }
+
+    fn remember(&mut self, address: SocketAddr) {
+        if self.set.insert(address) {
+            self.order.push_back(address);
+            if self.order.len() > RECENT_PORTS {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.set.remove(&oldest);
+                }
+            }
+        }
+    }
 }
 
 impl PortPlan {
@@ -189,6 +229,22 @@ impl PortPlan {
         PortPlan {
             next: vec![base; sources],
             end: if base == 0 { 0 } else { ephemeral_low() },
+            recent: RecentPorts::default(),
+        }
+    }
+
+    /// A socket from `ip` on a port the kernel picks, not one of the recent
+    /// picks (unless [`EPHEMERAL_TRIES`] picks in a row were recent).
+    fn open_ephemeral(&mut self, ip: IpAddr, target: SocketAddr) -> io::Result<UdpSocket> {
+        let mut refused = Vec::new();
+        loop {
+            let socket = open_socket(SocketAddr::new(ip, 0), target)?;
+            let local = socket.local_addr()?;
+            if !self.recent.contains(&local) || refused.len() >= EPHEMERAL_TRIES {
+                self.recent.remember(local);
+                return Ok(socket);
+            }
+            refused.push(socket);
         }
     }
 
@@ -203,7 +259,7 @@ impl PortPlan {
                 other => return other,
             }
         }
-        open_socket(SocketAddr::new(ip, 0), target)
+        self.open_ephemeral(ip, target)
     }
 }
 
@@ -259,6 +315,7 @@ fn print_report(r: &GenReport) {
 struct Generator<'a> {
     args: &'a GenArgs,
     flows: Vec<Flow>,
+    ports: PortPlan,
     poll: Poll,
     start: Instant,
     measure_start_ns: u64,
@@ -369,8 +426,11 @@ impl Generator<'_> {
         // Drop the old socket first so its fd is free; the new one gets a
         // new source port, hence a new flow for the proxy.
         self.poll.registry().deregister(&mut flow.socket)?;
-        // A fresh ephemeral port: a new flow for the proxy each time.
-        flow.socket = open_socket(SocketAddr::new(flow.source, 0), flow.target)
+        // A fresh ephemeral port, none of the recent ones (the kernel may
+        // offer the port just closed): a new flow for the proxy each time.
+        flow.socket = self
+            .ports
+            .open_ephemeral(flow.source, flow.target)
             .context("reopening a churned flow")?;
         self.poll
             .registry()
@@ -540,6 +600,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     let mut gen = Generator {
         args,
         flows,
+        ports,
         poll,
         start,
         measure_start_ns: u64::MAX,
@@ -670,7 +731,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
 mod tests {
     use super::*;
     use std::net::UdpSocket as StdUdpSocket;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::thread;
 
@@ -759,28 +820,64 @@ mod tests {
 
     #[test]
     fn one_shot_churned_flows_each_use_a_new_source_port() {
-        let (addr, stop, handle) = backend(|s, data, from, peers| {
-            // Reply only to a source's first datagram: a second one from
-            // the same port (no churn) would go unanswered.
-            if !peers.contains(&from) {
+        // The backend answers a source's first datagram only and counts any
+        // datagram from a source seen before: a reused port would be a
+        // repeat (and its flow would stall). Bounded by a datagram count,
+        // not by time, so a slow machine only makes it slower.
+        let repeats = Arc::new(AtomicUsize::new(0));
+        let sources = Arc::new(AtomicUsize::new(0));
+        let (r, n) = (repeats.clone(), sources.clone());
+        let (addr, stop, handle) = backend(move |s, data, from, peers| {
+            if peers.contains(&from) {
+                r.fetch_add(1, Ordering::SeqCst);
+            } else {
                 peers.push(from);
+                n.fetch_add(1, Ordering::SeqCst);
                 let _ = s.send_to(data, from);
             }
         });
         let mut a = args(addr, 2);
         a.per_flow_count = Some(1);
         a.churn = true;
-        // A resend from the same port is never answered here, so a reply
-        // slowed by a loaded machine must not count as lost: a generous loss
-        // timeout and a longer run keep this about ports, not timing.
-        a.loss_timeout_ms = 2_000;
-        a.duration = 1.0;
+        a.count = Some(400);
+        // Upper bounds only: the run ends after 400 datagrams.
+        a.duration = 120.0;
+        a.loss_timeout_ms = 120_000;
         let report = generate(&a).unwrap();
         stop.store(true, Ordering::SeqCst);
         handle.join().unwrap();
-        assert!(report.flows_completed > 2, "{report:?}");
+        assert_eq!(repeats.load(Ordering::SeqCst), 0, "{report:?}");
+        assert_eq!(sources.load(Ordering::SeqCst), 400, "{report:?}");
+        // Every one answered (the run ends with nothing outstanding, and
+        // nothing was given up on), none twice. How many completed inside
+        // the measured window depends on speed, so it is not asserted.
+        assert_eq!(report.timeouts, 0, "{report:?}");
+        assert_eq!((report.lost, report.late), (0, 0), "{report:?}");
         assert_eq!(report.flows_clean, report.flows_completed);
         assert_eq!(report.misrouted, 0);
+    }
+
+    #[test]
+    fn kernel_picked_ports_skip_the_recent_ones() {
+        let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let ip = target.ip();
+        let mut plan = PortPlan::new(0, 1);
+        // Open and close sockets one after another: the kernel is free to
+        // offer a just-closed port again; the plan must not take it.
+        let mut seen = HashSet::new();
+        for _ in 0..2_000 {
+            let socket = plan.open_ephemeral(ip, target).unwrap();
+            let local = socket.local_addr().unwrap();
+            assert!(seen.insert(local), "{local} handed out twice");
+        }
+        let mut recent = RecentPorts::default();
+        for port in 0..=RECENT_PORTS as u16 {
+            recent.remember(SocketAddr::new(ip, port));
+        }
+        // The oldest is forgotten once the window is full.
+        assert!(!recent.contains(&SocketAddr::new(ip, 0)));
+        assert!(recent.contains(&SocketAddr::new(ip, 1)));
+        assert_eq!(recent.order.len(), RECENT_PORTS);
     }
 
     #[test]

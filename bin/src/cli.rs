@@ -76,9 +76,16 @@ pub enum Command {
     /// Save or load the state as a file of orders.
     #[command(subcommand)]
     State(StateCmd),
-    /// Query metrics.
+    /// Query metrics, or switch counting on, off, or back to zero.
     #[command(subcommand)]
     Metrics(MetricsCmd),
+    /// Change the log level of the master and every worker, live (a
+    /// `log_level` filter: error, warn, info, debug, trace, or directives
+    /// such as `info,sozu_lib=debug`).
+    Logging {
+        /// The new filter.
+        level: String,
+    },
     /// UDP listeners and frontends.
     #[command(subcommand)]
     Udp(UdpCmd),
@@ -127,6 +134,13 @@ pub struct StateFileArgs {
 pub enum MetricsCmd {
     /// Print the current metrics.
     Get(MetricsArgs),
+    /// Resume counting in every worker (after `disable`).
+    Enable,
+    /// Stop counters and time metrics in every worker (gauges keep their
+    /// level).
+    Disable,
+    /// Set every counter to zero and empty every time metric.
+    Clear,
 }
 
 /// Filters of a metrics query.
@@ -539,7 +553,8 @@ pub struct UdpClusterKnobs {
     /// UDP: what the load-balancing hash uses [master default: source-ip].
     #[arg(long = "affinity-key", value_enum)]
     pub affinity_key: Option<AffinityKey>,
-    /// UDP: close a flow after this many backend datagrams (0 = unlimited).
+    /// UDP: backend datagrams expected per client datagram; a flow closes
+    /// once every datagram it forwarded is answered (0 = unlimited).
     #[arg(long = "responses")]
     pub responses: Option<u32>,
     /// UDP: close a flow after this many client datagrams (0 = unlimited).

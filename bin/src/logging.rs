@@ -8,12 +8,16 @@
 //! on a broken log sink: a write that fails is dropped (a log line is not
 //! worth a proxy), and a sink that cannot be opened at start is one clear
 //! error for the caller to print.
+//!
+//! The main sink's filter sits behind a reload handle, so Sōzu's `Logging`
+//! order changes the level live ([`set_level`]) in the master and in every
+//! worker; the access and audit sinks are not filtered by level.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,6 +25,7 @@ use sozu_command_lib::config::{Config, LogTarget};
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
@@ -124,6 +129,8 @@ pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&settings.level)
         .with_context(|| format!("log_level {:?} is not a valid filter", settings.level))?;
 
+    let (filter, reload_handle) = reload::Layer::new(filter);
+
     let separate_access = access_writer.is_some();
     let separate_audit = audit_writer.is_some();
     let ansi = matches!(settings.target, LogTarget::Stdout | LogTarget::Stderr)
@@ -160,7 +167,31 @@ pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
         .with(audit_layer)
         .try_init()
         .context("a logger is already installed")?;
+    // Only the installed subscriber's handle is kept: a failed init above
+    // leaves any earlier one in place.
+    let _ = LEVEL.set(Box::new(move |filter| {
+        reload_handle
+            .reload(filter)
+            .map_err(|error| error.to_string())
+    }));
     Ok(())
+}
+
+/// Swaps the main sink's filter (set once by [`init`]).
+type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static LEVEL: OnceLock<Reloader> = OnceLock::new();
+
+/// Replaces the log filter of this process's main sink with `directives`
+/// (the `log_level` syntax: `debug`, `info,sozu_lib=trace`). Invalid
+/// directives change nothing.
+pub fn set_level(directives: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(directives)
+        .with_context(|| format!("{directives:?} is not a valid log filter"))?;
+    let reload = LEVEL
+        .get()
+        .context("logging is not initialised in this process")?;
+    reload(filter).map_err(|error| anyhow::anyhow!("cannot change the log filter: {error}"))
 }
 
 /// The default fmt line with the process name in front, so the lines of a

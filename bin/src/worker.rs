@@ -14,7 +14,7 @@ use clap::Args;
 use sozu_command_lib::channel::Channel;
 use sozu_command_lib::command::{WorkerRequest, WorkerResponse};
 use sozu_command_lib::scm::ScmSocket;
-use sozu_lib::server::{Server, ServerConfig, StatsdConfig};
+use sozu_lib::server::{LogLevelHook, Server, ServerConfig, StatsdConfig};
 
 use crate::logging::{self, LogSettings};
 
@@ -49,6 +49,17 @@ pub struct WorkerArgs {
     /// to it).
     #[arg(long, default_value_t = 16_393)]
     pub buffer_size: usize,
+    /// The configured `max_connections`: client connections (TCP and HTTP
+    /// together) this worker keeps open at once (0: unlimited).
+    #[arg(long, default_value_t = 500)]
+    pub max_connections: usize,
+    /// Workers of the master (`worker_count`): they share the host's
+    /// ephemeral ports, so each sizes its UDP flow pool to its part.
+    #[arg(long, default_value_t = 1)]
+    pub worker_count: u32,
+    /// `upstream_source_addresses`, one flag per address.
+    #[arg(long = "upstream-source-address")]
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
     /// statsd server to push metrics to (`[metrics] address`).
     #[arg(long)]
     pub statsd_address: Option<SocketAddr>,
@@ -58,6 +69,10 @@ pub struct WorkerArgs {
     /// Scopes as dogstatsd tags instead of in the name.
     #[arg(long)]
     pub statsd_tagged: bool,
+    /// Key of the UDP affinity hash (the master's `hash_seed`); absent: the
+    /// fixed default, the same in every process.
+    #[arg(long)]
+    pub hash_seed: Option<u64>,
 }
 
 /// Runs the worker until it is stopped; exit 0 after a soft or hard stop.
@@ -98,7 +113,9 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     let config = ServerConfig {
         worker_id: args.id,
         seed: random_seed(),
+        hash_seed: args.hash_seed,
         buffer_size: args.buffer_size,
+        max_connections: args.max_connections,
         statsd: args.statsd_address.map(|address| StatsdConfig {
             address,
             prefix: args.statsd_prefix.clone(),
@@ -109,6 +126,11 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         scm: Some(scm),
         listen_sockets_from_master: true,
         raise_fd_limit: true,
+        log_level: Some(LogLevelHook::new(|directives| {
+            logging::set_level(directives).map_err(|error| format!("{error:#}"))
+        })),
+        worker_count: args.worker_count,
+        upstream_source_addresses: args.upstream_source_addresses.clone(),
     };
     let server = match Server::new(channel, config) {
         Ok(server) => server,
@@ -133,8 +155,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
 /// How often metrics are pushed to statsd.
 const STATSD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A per-process random seed for affinity hashes and random balancing, so
-/// a client cannot precompute which flows collide.
+/// A per-process random seed for the flow tables' hashers and RANDOM /
+/// POWER_OF_TWO balancing, so a client cannot precompute which flows collide.
+/// The affinity hash is NOT keyed by it (`hash_seed`): placement must agree
+/// across workers, restarts and instances.
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod procfs;
 pub mod proxy_protocol;
 pub mod sozu;
+pub mod stream;
 pub mod udp;
 pub mod wait;
 

@@ -75,6 +75,39 @@ fn udp_inodes(addr: SocketAddr, unconnected_only: bool) -> BTreeSet<u64> {
     inodes
 }
 
+/// Bytes waiting unread in the receive queues of the unconnected UDP
+/// sockets bound to `addr`'s port (summed over them: every worker's
+/// SO_REUSEPORT socket), from `/proc/net/udp` or `/proc/net/udp6`. Proves a
+/// datagram arrived and was left unread (a deactivated listener).
+pub fn udp_listener_rx_queue(addr: SocketAddr) -> u64 {
+    let table = if addr.is_ipv4() {
+        "/proc/net/udp"
+    } else {
+        "/proc/net/udp6"
+    };
+    let port_of = |field: &str| {
+        field
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    read_whole(table)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10
+                || port_of(fields[1]) != Some(addr.port())
+                || port_of(fields[2]) != Some(0)
+            {
+                return None;
+            }
+            let rx = fields[4].split(':').nth(1)?;
+            u64::from_str_radix(rx, 16).ok()
+        })
+        .sum()
+}
+
 /// Reads a /proc file with large reads (one chunk per read call).
 fn read_whole(path: &str) -> String {
     use std::io::Read;

@@ -109,6 +109,20 @@ impl Sozu {
         sozu
     }
 
+    /// Like [`Sozu::start`], with the master's `RLIMIT_NOFILE` (soft and
+    /// hard, inherited by its workers) set to `fd_limit` before it runs.
+    pub fn start_with_fd_limit(config: SozuConfig, fd_limit: u64) -> Sozu {
+        let sozu = Self::spawn_with(Self::temp_dir(), config, Some(fd_limit))
+            .unwrap_or_else(|e| panic!("cannot start sozu: {e:#}"));
+        if let Err(e) = sozu.wait_ready(READY_TIMEOUT) {
+            panic!(
+                "sozu did not become ready: {e:#}\n--- master.log ---\n{}",
+                sozu.log_tail(80)
+            );
+        }
+        sozu
+    }
+
     /// A fresh temp dir for one instance.
     pub fn temp_dir() -> tempfile::TempDir {
         tempfile::Builder::new()
@@ -124,12 +138,39 @@ impl Sozu {
 
     /// Writes the configuration in `dir` and spawns the master there.
     pub fn spawn_in(dir: tempfile::TempDir, config: SozuConfig) -> anyhow::Result<Sozu> {
+        Self::spawn_with(dir, config, None)
+    }
+
+    fn spawn_with(
+        dir: tempfile::TempDir,
+        config: SozuConfig,
+        fd_limit: Option<u64>,
+    ) -> anyhow::Result<Sozu> {
         let binary = sozu_binary();
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config.render(dir.path())).context("write config.toml")?;
         let log = File::create(dir.path().join("master.log")).context("create master.log")?;
         let tag = dir.path().to_string_lossy().into_owned();
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(limit) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .arg("start")
             .arg("-c")
             .arg(&config_path)

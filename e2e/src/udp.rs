@@ -300,6 +300,8 @@ impl UdpClient {
     }
 
     /// Asserts nothing arrives for `window` (a bounded negative check).
+    /// A slow proxy passes it by accident: pair it with a positive signal
+    /// (a counter that must move, or a datagram that must arrive after).
     pub fn expect_silence(&self, window: Duration) {
         if let Some(reply) = self.recv_timeout(window) {
             panic!(

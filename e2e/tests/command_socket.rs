@@ -57,6 +57,37 @@ fn outcome(stream: &mut UnixStream) -> Outcome {
     Outcome::Failure(response.message)
 }
 
+/// A whole `status` request frame (length prefix included).
+fn status_frame() -> Vec<u8> {
+    use sozu_command_lib::command::{request::RequestType, Request, Status};
+    let body = Request {
+        request_type: Some(RequestType::Status(Status {})),
+    }
+    .encode_to_vec();
+    let mut frame = ((body.len() + 8) as u64).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// The first answer on `stream` that is not PROCESSING, within 10 s.
+fn final_answer(stream: &mut UnixStream) -> Response {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    loop {
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).expect("an answer header");
+        let len = u64::from_le_bytes(header) as usize;
+        assert!((8..1 << 20).contains(&len), "answer frame length {len}");
+        let mut body = vec![0u8; len - 8];
+        stream.read_exact(&mut body).expect("the answer body");
+        let response = Response::decode(body.as_slice()).expect("a Response");
+        if response.status != ResponseStatus::Processing as i32 {
+            return response;
+        }
+    }
+}
+
 fn assert_still_serving(sozu: &Sozu) {
     let workers = sozu.status().expect("status after a bad client");
     assert_eq!(workers.len(), 2);
@@ -111,15 +142,34 @@ fn an_empty_request_gets_an_error() {
     assert_still_serving(&sozu);
 }
 
+/// A frame the stream cannot recover from: a FAILURE saying `why`, then
+/// the master closes this connection (and only it).
+fn expect_refused_then_closed(stream: &mut UnixStream, why: &str) {
+    match outcome(stream) {
+        Outcome::Failure(message) => assert!(
+            message.contains(why) && message.contains("closing the connection"),
+            "expected a FAILURE saying {why:?} and that it closes: {message:?}"
+        ),
+        Outcome::Closed => panic!("closed without saying why ({why:?})"),
+    }
+    match outcome(stream) {
+        Outcome::Closed => {}
+        Outcome::Failure(message) => panic!("a second answer after the refusal: {message:?}"),
+    }
+}
+
 #[test]
 fn an_oversized_frame_is_refused_without_taking_the_master_down() {
     let (sozu, _b) = start();
-    for declared in [1u64 << 40, u64::MAX, 10_000_000] {
+    for declared in [1u64 << 40, u64::MAX, 10_000_000, 163_841] {
         let mut stream = UnixStream::connect(sozu.socket_path()).unwrap();
         stream.write_all(&declared.to_le_bytes()).unwrap();
         let _ = stream.write_all(&[0u8; 64]);
-        let result = outcome(&mut stream);
-        eprintln!("declared {declared}: {result:?}");
+        // max_command_buffer_size is 163,840 by default.
+        expect_refused_then_closed(
+            &mut stream,
+            &format!("frame of {declared} bytes exceeds the maximum of 163840 bytes"),
+        );
         assert_still_serving(&sozu);
     }
 }
@@ -127,23 +177,36 @@ fn an_oversized_frame_is_refused_without_taking_the_master_down() {
 #[test]
 fn a_frame_shorter_than_its_header_is_refused() {
     let (sozu, _b) = start();
-    let mut stream = UnixStream::connect(sozu.socket_path()).unwrap();
-    stream.write_all(&3u64.to_le_bytes()).unwrap();
-    let _ = outcome(&mut stream);
+    for declared in [3u64, 0, 7] {
+        let mut stream = UnixStream::connect(sozu.socket_path()).unwrap();
+        stream.write_all(&declared.to_le_bytes()).unwrap();
+        expect_refused_then_closed(
+            &mut stream,
+            &format!("frame length {declared} is below the 8-byte header"),
+        );
+    }
     assert_still_serving(&sozu);
 }
 
 #[test]
 fn half_frames_neither_block_other_clients_nor_crash_the_master() {
     let (sozu, _b) = start();
+    let frame = status_frame();
     // A client that stalls in the middle of a frame, kept open.
     let mut stalled = UnixStream::connect(sozu.socket_path()).unwrap();
-    stalled.write_all(&100u64.to_le_bytes()).unwrap();
-    stalled.write_all(&[0u8; 10]).unwrap();
+    stalled.write_all(&frame[..10]).unwrap();
     // A client that stalls in the middle of the length prefix.
     let mut stalled_header = UnixStream::connect(sozu.socket_path()).unwrap();
-    stalled_header.write_all(&[20u8, 0, 0]).unwrap();
+    stalled_header.write_all(&frame[..3]).unwrap();
     assert_still_serving(&sozu);
+    // Both were waited for, not dropped: the rest of their frame gets the
+    // answer.
+    stalled.write_all(&frame[10..]).unwrap();
+    stalled_header.write_all(&frame[3..]).unwrap();
+    for stream in [&mut stalled, &mut stalled_header] {
+        let answer = final_answer(stream);
+        assert_eq!(answer.status, ResponseStatus::Ok as i32, "{answer:?}");
+    }
     // A client that hangs up mid-frame.
     let mut hangs_up = UnixStream::connect(sozu.socket_path()).unwrap();
     hangs_up.write_all(&100u64.to_le_bytes()).unwrap();

@@ -161,9 +161,21 @@ fn flows_to_a_black_holed_backend_are_reaped_at_the_idle_timeout() {
         sozu.log().contains("idle_timeout"),
         "the close reason is logged"
     );
-    for client in &clients {
-        client.expect_silence(Duration::from_millis(10));
-    }
+    // Nothing ever went back to a client (the counter, not a wait).
+    assert_eq!(reaped.proxy_or_zero("udp.datagrams.out"), 0);
+    assert_eq!(reaped.proxy_or_zero("udp.datagrams.in"), 60);
+    // The reaped flow is really gone: the same client's next datagram opens
+    // a new flow and reaches the backend.
+    clients[0].send(b"after the reaping");
+    let again = sozu.wait_metrics("a new flow for the same client", REACT, |m| {
+        m.proxy_or_zero("udp.flows.created") == 21 && m.proxy_or_zero("udp.active_flows") == 1
+    });
+    assert_eq!(again.proxy_or_zero("udp.flows.evicted"), 20);
+    let received = hole.wait_datagrams(61, REACT);
+    assert_eq!(
+        received.last().map(|r| r.payload.as_slice()),
+        Some(&b"after the reaping"[..])
+    );
 }
 
 /// A status order answered on a fresh connection, bounded.

@@ -174,7 +174,16 @@ fn deactivate_closes_every_flow_and_activate_serves_again() {
         "deactivate released the socket"
     );
     clients[0].send(b"while inactive");
+    // The positive signal: the datagram reached the socket and waits there
+    // unread (the kernel's receive queue), and nothing was forwarded.
+    wait_for(
+        "the datagram queued, unread, on the listener socket",
+        Duration::from_secs(5),
+        || procfs::udp_listener_rx_queue(frontend) > 0,
+    );
+    let forwarded = backend.datagrams();
     clients[0].expect_silence(Duration::from_millis(400));
+    assert_eq!(backend.datagrams(), forwarded, "forwarded while inactive");
 
     sozu.cli_ok(&["udp", "listener", "activate", "-a", &f_addr]);
     for c in &clients {

@@ -62,10 +62,15 @@ fn one_way_syslog_flow_delivers_everything_and_returns_nothing() {
         assert_eq!(r.payload, format!("<13>log line {i}").as_bytes());
         assert_eq!(r.from, received[0].from, "one flow, one upstream socket");
     }
-    client.expect_silence(SHORT);
-    sozu.wait_metrics("one live flow", METRICS, |m| {
-        m.proxy_or_zero("udp.flows.created") == 1 && m.proxy_or_zero("udp.active_flows") == 1
+    // Returns nothing: every datagram counted in, none out (counters, not a
+    // wait that a slow proxy could pass).
+    let m = sozu.wait_metrics("one live flow, 5 datagrams in", METRICS, |m| {
+        m.proxy_or_zero("udp.flows.created") == 1
+            && m.proxy_or_zero("udp.active_flows") == 1
+            && m.proxy_or_zero("udp.datagrams.in") == 5
     });
+    assert_eq!(m.proxy_or_zero("udp.datagrams.out"), 0);
+    client.expect_silence(SHORT);
 }
 
 #[test]
@@ -351,8 +356,16 @@ fn replies_on_a_closed_flow_are_ignored() {
     let client = UdpClient::new(frontend);
     assert_eq!(client.expect_echo(b"once"), "a");
     client.expect_silence(SHORT);
+    // Each echo below is the datagram that must come next: a late extra
+    // reply of the previous flow would arrive first and fail it.
     assert_eq!(client.expect_echo(b"twice"), "a");
     client.expect_silence(SHORT);
+    assert_eq!(client.expect_echo(b"thrice"), "a");
+    let m = sozu.wait_metrics("three one-response flows closed", METRICS, |m| {
+        m.proxy_or_zero("udp.flows.evicted") == 3
+    });
+    assert_eq!(m.proxy_or_zero("udp.flows.created"), 3);
+    assert_eq!(m.proxy_or_zero("udp.datagrams.out"), 3);
     assert_eq!(sozu.worker_pids(), workers, "a worker died");
 }
 
@@ -455,6 +468,10 @@ fn soft_stop_keeps_a_live_flow_and_refuses_a_new_source() {
         refused.is_some(),
         "new sources were still admitted 10 s after soft-stop"
     );
+    // The positive signal: the refusal is counted.
+    sozu.wait_metrics("a newcomer shed during soft-stop", METRICS, |m| {
+        m.proxy_or_zero("udp.datagrams.dropped.shed") >= 1
+    });
     live.wait_more_answers(10, Duration::from_secs(10));
     let report = live.stop();
     assert!(

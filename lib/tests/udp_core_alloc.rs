@@ -1,7 +1,8 @@
 //! Proof that an established flow costs no heap allocation per datagram, in
 //! either direction: a counting global allocator watches 10,000 client and
 //! 10,000 backend datagrams on established flows (with and without a PROXY
-//! header on every datagram, timers polled between them) and must see 0
+//! header on every datagram, with `responses = 1` and requests in flight,
+//! timers polled between them) and must see 0
 //! allocations. This binary runs without the libtest harness so no other thread
 //! allocates while counting.
 
@@ -56,13 +57,23 @@ fn client(i: u16) -> SocketAddr {
 }
 
 /// Builds a manager with `FLOWS` established flows (allocations allowed).
-fn setup(t0: Instant, proxy_every_datagram: bool) -> (UdpFlowManager, Vec<FlowId>) {
+/// With `responses_cap` the cluster has `responses = 1` and each flow keeps
+/// one request more in flight than answered, so every datagram of the proof
+/// goes through the per-request accounting without closing its flow.
+fn setup(
+    t0: Instant,
+    proxy_every_datagram: bool,
+    responses_cap: bool,
+) -> (UdpFlowManager, Vec<FlowId>) {
     let mut cfg = UdpFlowManagerConfig::new("203.0.113.1:53".parse().unwrap());
     cfg.max_flows = 1_000;
     let mut m = UdpFlowManager::new(cfg, 99);
     let mut cluster = ClusterConfig::new(ClusterId::new("c"));
     cluster.send_proxy_protocol = proxy_every_datagram;
     cluster.proxy_protocol_every_datagram = proxy_every_datagram;
+    if responses_cap {
+        cluster.responses = std::num::NonZeroU32::new(1);
+    }
     m.set_cluster(t0, Some(cluster));
     let mut flows = Vec::new();
     for i in 0..FLOWS {
@@ -117,19 +128,30 @@ fn drive(m: &mut UdpFlowManager, flows: &[FlowId], t0: Instant, expect_header: b
 fn established_datagrams_allocate_nothing_either_way() {
     #[allow(clippy::disallowed_methods)]
     let t0 = Instant::now();
-    let (mut m, flows) = setup(t0, false);
+    let (mut m, flows) = setup(t0, false, false);
     assert_eq!(
         drive(&mut m, &flows, t0, false),
         0,
         "plain forwarding allocated"
     );
-    let (mut m, flows) = setup(t0, true);
+    let (mut m, flows) = setup(t0, true, false);
     assert_eq!(
         drive(&mut m, &flows, t0, true),
         0,
         "PROXY-header forwarding allocated"
     );
     assert_eq!(m.active_flows(), FLOWS as usize);
+    let (mut m, flows) = setup(t0, false, true);
+    assert_eq!(
+        drive(&mut m, &flows, t0, false),
+        0,
+        "forwarding with `responses = 1` and requests in flight allocated"
+    );
+    assert_eq!(
+        m.active_flows(),
+        FLOWS as usize,
+        "every flow still owes one answer"
+    );
 }
 
 /// Runs without the libtest harness (see `lib/Cargo.toml`): the only threads

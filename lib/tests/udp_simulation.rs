@@ -93,6 +93,9 @@ struct Sim {
     backends: Vec<(BackendId, SocketAddr)>,
     /// Last `handle_timeout` instant, if the last action was one.
     timeout_at: Option<Instant>,
+    /// Flows closed `ResponsesReached` after answering several requests (the
+    /// per-request rule was exercised).
+    answered_in_flight: u64,
 }
 
 fn client_addr(i: usize) -> SocketAddr {
@@ -160,6 +163,7 @@ impl Sim {
             unresolved: Vec::new(),
             backends,
             timeout_at: None,
+            answered_in_flight: 0,
         };
         sim.reconfigure();
         sim
@@ -216,9 +220,13 @@ impl Sim {
         }
     }
 
-    /// Applies a cap teardown to the model, mirroring the documented rule.
+    /// Applies a cap teardown to the model, mirroring the documented rule:
+    /// with `responses = N` the flow is done once every forwarded request
+    /// got its N answers; without, at the requests cap.
     fn cap_due(f: &ModelFlow) -> Option<CloseReason> {
-        let responses_done = f.responses.is_some_and(|r| f.returned >= u64::from(r));
+        let responses_done = f
+            .responses
+            .is_some_and(|r| f.forwarded > 0 && f.returned >= f.forwarded * u64::from(r));
         let requests_done = f.requests.is_some_and(|r| f.forwarded >= u64::from(r));
         if responses_done {
             Some(CloseReason::ResponsesReached)
@@ -473,6 +481,9 @@ impl Sim {
                         {
                             return Err(format!("{reason:?} close of {f:?}"));
                         }
+                        CloseReason::ResponsesReached if f.forwarded > 1 => {
+                            self.answered_in_flight += 1;
+                        }
                         _ => {}
                     }
                 }
@@ -676,12 +687,15 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
+/// Runs one seed; returns how many flows closed after answering several
+/// in-flight requests.
+fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
     let mut sim = Sim::new(seed);
     for step in 0..steps {
         sim.step().map_err(|e| format!("step {step}: {e}"))?;
     }
-    sim.finish()
+    sim.finish()?;
+    Ok(sim.answered_in_flight)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -695,10 +709,12 @@ fn simulation_holds_the_model_over_seeded_runs() {
         Some(seed) => vec![seed],
         None => (0..env_u64("UDP_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
+    let single = seeds.len() == 1;
+    let mut answered_in_flight = 0;
     for seed in seeds {
         let result = catch_unwind(AssertUnwindSafe(|| run_seed(seed, steps)));
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(n)) => answered_in_flight += n,
             Ok(Err(e)) => panic!("seed {seed} failed ({e}); replay: UDP_SIM_SEED={seed}"),
             Err(p) => {
                 eprintln!("seed {seed} panicked; replay: UDP_SIM_SEED={seed}");
@@ -706,4 +722,8 @@ fn simulation_holds_the_model_over_seeded_runs() {
             }
         }
     }
+    assert!(
+        single || answered_in_flight > 0,
+        "no flow closed after answering several in-flight requests: the sweep never exercised `responses = N` per request"
+    );
 }

@@ -77,7 +77,41 @@ fn deactivate_closes_every_flow_and_upstream_fd_and_keeps_the_socket() {
     // The listener socket stays open (deactivated, not removed).
     assert_eq!(open_fds(), baseline);
     clients[0].send_to(b"ignored", listener).unwrap();
+    // The positive signal: the datagram sits unread in the listener
+    // socket's receive queue (the kernel's count), and nothing was read.
+    let queued = (0..200).any(|_| {
+        if listener_rx_queue(listener) > 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        false
+    });
+    assert!(queued, "the datagram never reached the deactivated socket");
     assert!(try_recv(&backend, std::time::Duration::from_millis(300)).is_none());
+    assert_eq!(worker.metric(&format!("udp.datagrams.in@{listener}")), 5);
+}
+
+/// Bytes queued unread on the unconnected UDP socket(s) bound to
+/// `listener`'s port, from `/proc/net/udp`.
+fn listener_rx_queue(listener: std::net::SocketAddr) -> u64 {
+    let port = |field: &str| {
+        field
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || port(f[1]) != Some(listener.port()) || port(f[2]) != Some(0) {
+                return None;
+            }
+            u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()
+        })
+        .sum()
 }
 
 #[test]

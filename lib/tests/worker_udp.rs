@@ -30,6 +30,16 @@ fn dns_like_flow_with_one_response_closes_after_the_reply() {
     // A second answer on the closed flow is not delivered.
     backend.send_to(b"late", upstream).unwrap();
     assert!(try_recv(&client, std::time::Duration::from_millis(200)).is_none());
+    // The positive signal: the client's next query opens a new flow, and
+    // its answer is the next datagram the client gets (a late "late" would
+    // come first).
+    client.send_to(b"again", listener).unwrap();
+    let (payload, upstream2) = recv(&backend);
+    assert_eq!(payload, b"again");
+    assert_ne!(upstream2, upstream);
+    backend.send_to(b"answer 2", upstream2).unwrap();
+    assert_eq!(recv(&client).0, b"answer 2");
+    assert_eq!(worker.metric(&format!("udp.datagrams.out@{listener}")), 2);
 }
 
 use std::net::{SocketAddr, UdpSocket};
@@ -99,6 +109,9 @@ fn sticky_flows_keep_their_backend_for_many_datagrams_both_ways() {
         assert_eq!(from, listener);
     }
     assert!(try_recv(other, SHORT).is_none());
+    // The positive signal: exactly the 12 datagrams seen above were
+    // forwarded (2 hellos, 10 rounds all received by the first backend).
+    assert_eq!(worker.metric(&format!("udp.datagrams.in@{listener}")), 12);
     assert_eq!(worker.metric(&format!("udp.flows.created@{listener}")), 2);
     assert_eq!(worker.metric(&format!("udp.datagrams.out@{listener}")), 10);
 }
@@ -165,7 +178,9 @@ fn the_source_beyond_max_flows_is_shed_and_counted() {
         recv(&backend_socket);
     }
     clients[2].send_to(b"shed", listener).unwrap();
-    worker.wait_metric(&format!("udp.flows.shed@{listener}"), |v| v == 1);
+    worker.wait_metric(&format!("udp.datagrams.dropped.shed@{listener}"), |v| {
+        v == 1
+    });
     assert!(try_recv(&backend_socket, SHORT).is_none());
     assert_eq!(
         worker.metric(&format!("udp.datagrams.dropped.shed@{listener}")),
@@ -208,11 +223,18 @@ fn removing_a_backend_closes_its_flows_unless_the_cluster_keeps_them() {
             assert_eq!(recv(&client).0, b"still");
         } else {
             assert_eq!(active, 0);
+            // The flow was closed (counted), so its reply reaches nobody.
+            assert_eq!(worker.metric(&format!("udp.flows.evicted@{listener}")), 1);
             b1.send_to(b"gone", upstream).unwrap();
             assert!(try_recv(&client, SHORT).is_none());
-            // With no backend left, a new source is dropped.
+            // With no backend left, a new source is dropped, and counted.
             client.send_to(b"b", listener).unwrap();
+            worker.wait_metric(
+                &format!("udp.datagrams.dropped.flow_closed@{listener}"),
+                |v| v == 1,
+            );
             assert!(try_recv(&b1, SHORT).is_none());
+            assert_eq!(worker.metric(&format!("udp.datagrams.out@{listener}")), 0);
         }
     }
 }
@@ -425,6 +447,11 @@ fn soft_stop_serves_the_live_flow_refuses_new_sources_and_exits_when_drained() {
     assert_eq!(recv(&live).0, b"reply");
     let newcomer = udp_socket("127.0.0.1");
     newcomer.send_to(b"new", listener).unwrap();
+    // The refusal is counted (the positive signal), and nothing reached
+    // the backend meanwhile.
+    worker.wait_metric(&format!("udp.datagrams.dropped.shed@{listener}"), |v| {
+        v == 1
+    });
     assert!(
         try_recv(&backend, SHORT).is_none(),
         "a new source is refused"
@@ -598,6 +625,19 @@ fn changed_cluster_knobs_apply_to_new_flows_only() {
         try_recv(&new, SHORT).is_none(),
         "the new flow closed after one"
     );
+    // The positive signal: the flow was closed (counted), and the client's
+    // next datagram opens another flow whose reply is the next thing the
+    // client receives (a late "r2" would come first).
+    worker.wait_metric(&format!("udp.flows.evicted@{listener}"), |v| v >= 1);
+    new.send_to(b"n2", listener).unwrap();
+    let (payload, next_upstream) = recv(&backend);
+    assert_eq!(payload, b"n2");
+    assert_ne!(
+        next_upstream, new_upstream,
+        "a new flow, a new upstream socket"
+    );
+    backend.send_to(b"r3", next_upstream).unwrap();
+    assert_eq!(recv(&new).0, b"r3");
 }
 
 #[test]
@@ -699,4 +739,107 @@ fn a_tcp_probe_takes_the_backend_down_when_its_port_refuses_and_up_when_it_liste
     worker.wait_metric_present("c/b1/udp.backend.up", 1);
     client.send_to(b"served", listener).unwrap();
     assert_eq!(recv(&backend_socket).0, b"served");
+}
+
+/// Receives from every backend socket until `total` datagrams arrived (or
+/// nothing arrived on any of them for about 5 s); returns the distinct
+/// upstream sources (flows) each backend saw.
+fn flows_per_backend(backends: &[UdpSocket], total: usize) -> Vec<usize> {
+    let mut sources: Vec<std::collections::HashSet<SocketAddr>> =
+        vec![Default::default(); backends.len()];
+    let mut received = 0;
+    let mut quiet_passes = 0;
+    while received < total && quiet_passes < 1_000 / backends.len().max(1) {
+        quiet_passes += 1;
+        for (i, b) in backends.iter().enumerate() {
+            while let Some((_, from)) = try_recv(b, Duration::from_millis(5)) {
+                sources[i].insert(from);
+                received += 1;
+                quiet_passes = 0;
+            }
+        }
+    }
+    assert_eq!(received, total, "every datagram reached a backend");
+    sources.iter().map(|s| s.len()).collect()
+}
+
+#[test]
+fn least_loaded_splits_bursts_of_new_flows_evenly() {
+    use sozu_command_lib::command::LoadBalancingAlgorithms;
+    let mut worker = Worker::start();
+    let listener = free_udp_addr("127.0.0.1");
+    let mut config = udp_listener(listener);
+    // No flow may expire during the test: the split is of live flows.
+    config.front_timeout = 60;
+    config.back_timeout = 60;
+    worker.ok(RequestType::AddUdpListener(config));
+    let mut cluster = udp_cluster("c", Default::default());
+    cluster.load_balancing = LoadBalancingAlgorithms::LeastLoaded as i32;
+    worker.ok(RequestType::AddCluster(cluster));
+    let backends: Vec<UdpSocket> = (0..3).map(|_| udp_socket("127.0.0.1")).collect();
+    for (i, b) in backends.iter().enumerate() {
+        worker.ok(RequestType::AddBackend(backend(
+            "c",
+            &format!("b{i}"),
+            b.local_addr().unwrap(),
+        )));
+    }
+    worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
+    // 300 new sources in 6 bursts of 50, each burst sent back to back so the
+    // worker selects its flows in one batch, before any is resolved; the
+    // next burst waits until the worker took this one (the listener's
+    // receive buffer holds one burst, not all 300).
+    let clients: Vec<UdpSocket> = (0..300).map(|_| udp_socket("127.0.0.1")).collect();
+    let created = format!("udp.flows.created@{listener}");
+    for (k, burst) in clients.chunks(50).enumerate() {
+        for c in burst {
+            c.send_to(b"q", listener).unwrap();
+        }
+        let want = 50 * (k as i64 + 1);
+        worker.wait_metric(&created, |v| v >= want);
+    }
+    let split = flows_per_backend(&backends, 300);
+    assert_eq!(split, vec![100, 100, 100], "flows per backend");
+    assert_eq!(
+        worker.metric(&format!("udp.active_flows@{listener}")),
+        300,
+        "all flows still live"
+    );
+}
+
+#[test]
+fn a_wildcard_listener_puts_the_address_the_client_hit_in_the_proxy_header() {
+    let mut worker = Worker::start();
+    let port = free_udp_addr("0.0.0.0").port();
+    let listener = SocketAddr::from(([0, 0, 0, 0], port));
+    let backend_socket = udp_socket("127.0.0.1");
+    worker.ok(RequestType::AddUdpListener(udp_listener(listener)));
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "c",
+        UdpClusterConfig {
+            send_proxy_protocol: Some(true),
+            proxy_protocol_every_datagram: Some(true),
+            ..Default::default()
+        },
+    )));
+    worker.ok(RequestType::AddBackend(backend(
+        "c",
+        "b1",
+        backend_socket.local_addr().unwrap(),
+    )));
+    worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
+    for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        let client = udp_socket("127.0.0.1");
+        let target = SocketAddr::from((ip, port));
+        // The first datagram is flushed from the pending queue when the
+        // backend is chosen, the second forwarded directly: both carry it.
+        for i in 0..2u8 {
+            client.send_to(&[i], target).unwrap();
+            let (datagram, _) = recv(&backend_socket);
+            let (src, dst, rest) = parse_proxy_v2(&datagram).expect("a PROXY v2 header");
+            assert_eq!(src, client.local_addr().unwrap());
+            assert_eq!(dst, target, "datagram {i}: the address the client hit");
+            assert_eq!(rest, [i]);
+        }
+    }
 }

@@ -13,12 +13,12 @@ use std::path::Path;
 use sozu_command_lib::command::{
     request::RequestType, ActivateListener, AddBackend, Cluster, DeactivateListener,
     FrontendFilters, HardStop, HttpListenerConfig, ListClusters, ListListeners, ListenerType,
-    LoadBalancingAlgorithms, LoadBalancingParams, PathRule, PathRuleKind, ProxyProtocolConfig,
-    QueryMetricsOptions, RemoveBackend, RemoveListener, Request, RequestHttpFrontend,
-    RequestTcpFrontend, RequestUdpFrontend, RulePosition, SoftStop, Status, TcpListenerConfig,
-    UdpAffinityKey, UdpClusterConfig, UdpFlowKey, UdpHealthConfig, UdpHealthMode,
-    UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig, UpdateUdpListenerConfig,
-    UpgradeMain,
+    LoadBalancingAlgorithms, LoadBalancingParams, MetricsConfiguration, PathRule, PathRuleKind,
+    ProxyProtocolConfig, QueryMetricsOptions, RemoveBackend, RemoveListener, Request,
+    RequestHttpFrontend, RequestTcpFrontend, RequestUdpFrontend, RulePosition, SoftStop, Status,
+    TcpListenerConfig, UdpAffinityKey, UdpClusterConfig, UdpFlowKey, UdpHealthConfig,
+    UdpHealthMode, UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig,
+    UpdateUdpListenerConfig, UpgradeMain,
 };
 
 use crate::cli::{
@@ -159,6 +159,14 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         Command::State(StateCmd::Load(args)) => vec![message(RequestType::LoadState(
             cwd.join(&args.file).to_string_lossy().into_owned(),
         ))],
+        Command::Metrics(MetricsCmd::Enable) => {
+            vec![configure_metrics(MetricsConfiguration::Enabled)]
+        }
+        Command::Metrics(MetricsCmd::Disable) => {
+            vec![configure_metrics(MetricsConfiguration::Disabled)]
+        }
+        Command::Metrics(MetricsCmd::Clear) => vec![configure_metrics(MetricsConfiguration::Clear)],
+        Command::Logging { level } => vec![message(RequestType::Logging(level.clone()))],
         Command::Metrics(MetricsCmd::Get(args)) | Command::Query(QueryCmd::Metrics(args)) => {
             vec![metrics(args)]
         }
@@ -212,6 +220,11 @@ pub fn step(order: RequestType, view: View) -> Step {
 /// The step that sends `order` and shows the master's message.
 pub fn message(order: RequestType) -> Step {
     step(order, View::Message)
+}
+
+/// Sōzu's `configure_metrics`, applied by every worker.
+fn configure_metrics(configuration: MetricsConfiguration) -> Step {
+    message(RequestType::ConfigureMetrics(configuration as i32))
 }
 
 fn metrics(args: &MetricsArgs) -> Step {

@@ -780,3 +780,26 @@ fn plain_upgrade_then_replaces_every_worker_but_main_only_and_worker_do_not() {
     assert!(!of(&["upgrade", "--worker", "1"]));
     assert!(Cli::try_parse_from(["sozu", "upgrade", "--worker", "1", "--main-only"]).is_err());
 }
+
+#[test]
+fn logging_and_metrics_switches_send_sozus_orders() {
+    use sozu_command_lib::command::MetricsConfiguration;
+    assert_eq!(
+        one(&["logging", "debug"]),
+        RequestType::Logging("debug".to_owned())
+    );
+    assert_eq!(
+        one(&["logging", "info,sozu_lib=trace"]),
+        RequestType::Logging("info,sozu_lib=trace".to_owned())
+    );
+    for (word, value) in [
+        ("enable", MetricsConfiguration::Enabled),
+        ("disable", MetricsConfiguration::Disabled),
+        ("clear", MetricsConfiguration::Clear),
+    ] {
+        assert_eq!(
+            one(&["metrics", word]),
+            RequestType::ConfigureMetrics(value as i32)
+        );
+    }
+}

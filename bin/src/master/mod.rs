@@ -17,6 +17,7 @@ mod lifecycle;
 mod listen_sockets;
 mod metrics;
 mod orders;
+mod queries;
 mod signals;
 mod state_file;
 mod upgrade;
@@ -176,6 +177,8 @@ pub(crate) struct Master {
     next_heartbeat: Instant,
     /// Every listener's sockets, bound and held by the master.
     listen_sockets: listen_sockets::ListenSockets,
+    /// Request counts and the metrics setting (`queries.rs`).
+    sozu: queries::SozuExtras,
 }
 
 impl Master {
@@ -271,9 +274,13 @@ impl Master {
             executable: workers::current_executable().context("cannot find the sozu binary")?,
             command_buffer_size: config.command_buffer_size.get(),
             buffer_size: config.buffer_size.get(),
+            max_connections: config.max_connections.get(),
             statsd: config.metrics.clone(),
             max_command_buffer_size: worker_channel_max(&config),
             log: LogSettings::from_config(&config),
+            hash_seed: config.hash_seed,
+            worker_count: u32::from(config.worker_count.get()),
+            upstream_source_addresses: config.upstream_source_addresses.clone(),
         };
         Ok(Master {
             poll,
@@ -296,6 +303,7 @@ impl Master {
             exec_requested: None,
             next_heartbeat: now() + config.worker_timeout,
             listen_sockets: listen_sockets::ListenSockets::new(config.worker_count.get() as usize),
+            sozu: queries::SozuExtras::default(),
             config,
             config_path,
         })
@@ -696,6 +704,7 @@ impl Master {
             .open(purpose, now, Some(self.config.worker_timeout));
         let mut requests = prelude;
         requests.extend(self.state.generate_requests());
+        requests.extend(self.sozu.boot_orders());
         requests.push(sozu_command_lib::command::Request {
             request_type: Some(sozu_command_lib::command::request::RequestType::Status(
                 sozu_command_lib::command::Status {},

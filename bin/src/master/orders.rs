@@ -77,6 +77,9 @@ impl Master {
         };
         let name = order_name(&request_type);
         tracing::debug!(client = token.0, order = name, "order received");
+        if self.serve_sozu_order(token, peer, &request, name, now) {
+            return;
+        }
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         match request_type {
             RequestType::Status(_) | RequestType::ListWorkers(_) => {

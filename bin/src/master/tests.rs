@@ -492,3 +492,84 @@ fn a_long_soft_stop_keeps_telling_the_client_who_drains() {
     assert_eq!(done.status(), ResponseStatus::Ok, "{}", done.message);
     assert!(master.exit.is_some());
 }
+
+#[test]
+fn unsupported_sozu_orders_are_refused_by_name_and_reach_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+    for (request_type, name) in [
+        (
+            RequestType::SubscribeEvents(Default::default()),
+            "subscribe_events",
+        ),
+        (
+            RequestType::AddHttpsListener(Default::default()),
+            "add_https_listener",
+        ),
+        (
+            RequestType::SetMaxConnectionsPerIp(3),
+            "set_max_connections_per_ip",
+        ),
+        (RequestType::LaunchWorker(String::new()), "launch_worker"),
+    ] {
+        send(&mut master, token, order(request_type));
+        let answer = client.read_message_timeout(TIMEOUT).unwrap();
+        assert_eq!(answer.status(), ResponseStatus::Failure);
+        assert!(answer.message.contains(name), "{answer:?}");
+        assert!(answer.message.contains("not supported"), "{answer:?}");
+    }
+    assert!(nothing_pending(&mut w0));
+    assert!(master.state.is_empty());
+}
+
+#[test]
+fn configure_metrics_reaches_every_worker_and_is_replayed_to_a_new_one() {
+    use sozu_command_lib::command::MetricsConfiguration;
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let mut w0 = add_worker(&mut master, 0);
+    let mut w1 = add_worker(&mut master, 1);
+    let (token, mut client) = add_client(&mut master);
+    let disable = order(RequestType::ConfigureMetrics(
+        MetricsConfiguration::Disabled as i32,
+    ));
+    send(&mut master, token, disable.clone());
+    for (id, worker) in [(0, &mut w0), (1, &mut w1)] {
+        let received = next_order(worker);
+        assert_eq!(received.content, disable);
+        reply(&mut master, id, worker, &received, ResponseStatus::Ok, "");
+    }
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Ok, "{answer:?}");
+    assert!(answer.message.contains("configure_metrics"), "{answer:?}");
+    // A worker started now (after a crash) must not count either.
+    assert_eq!(master.sozu.boot_orders(), vec![disable]);
+
+    // CLEAR is not a setting: the replayed one stays DISABLED; ENABLED
+    // ends the replay.
+    for (value, replayed) in [
+        (MetricsConfiguration::Clear, 1),
+        (MetricsConfiguration::Enabled, 0),
+    ] {
+        send(
+            &mut master,
+            token,
+            order(RequestType::ConfigureMetrics(value as i32)),
+        );
+        for (id, worker) in [(0, &mut w0), (1, &mut w1)] {
+            let received = next_order(worker);
+            reply(&mut master, id, worker, &received, ResponseStatus::Ok, "");
+        }
+        let answer = client.read_message_timeout(TIMEOUT).unwrap();
+        assert_eq!(answer.status(), ResponseStatus::Ok, "{answer:?}");
+        assert_eq!(master.sozu.boot_orders().len(), replayed);
+    }
+
+    send(&mut master, token, order(RequestType::ConfigureMetrics(9)));
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(answer.message.contains('9'), "{answer:?}");
+    assert!(nothing_pending(&mut w0));
+}

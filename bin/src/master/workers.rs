@@ -36,10 +36,19 @@ pub struct WorkerLaunch {
     pub command_buffer_size: usize,
     /// The configured `buffer_size`.
     pub buffer_size: usize,
+    /// The configured `max_connections` (per worker, TCP and HTTP together).
+    pub max_connections: usize,
     /// `[metrics]`: statsd export.
     pub statsd: Option<MetricsConfig>,
     pub max_command_buffer_size: usize,
     pub log: LogSettings,
+    /// The configured `hash_seed` (UDP affinity hash key), if set.
+    pub hash_seed: Option<u64>,
+    /// `worker_count`: each worker sizes its UDP flow pool to its part of
+    /// the host's ephemeral ports.
+    pub worker_count: u32,
+    /// `upstream_source_addresses`, passed on to each worker.
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// A started process and the master's ends of its sockets.
@@ -85,7 +94,19 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     }
     command
         .arg("--buffer-size")
-        .arg(launch.buffer_size.to_string());
+        .arg(launch.buffer_size.to_string())
+        .arg("--max-connections")
+        .arg(launch.max_connections.to_string())
+        .arg("--worker-count")
+        .arg(launch.worker_count.to_string());
+    if let Some(hash_seed) = launch.hash_seed {
+        command.arg("--hash-seed").arg(hash_seed.to_string());
+    }
+    for address in &launch.upstream_source_addresses {
+        command
+            .arg("--upstream-source-address")
+            .arg(address.to_string());
+    }
     if let Some(statsd) = &launch.statsd {
         command
             .arg("--statsd-address")

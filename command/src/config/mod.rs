@@ -17,7 +17,7 @@ mod reader;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -84,8 +84,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Where the master writes its pid.
     pub pid_file_path: Option<PathBuf>,
+    /// Key of the UDP affinity hash (HRW / MAGLEV placement); `None`: the
+    /// fixed default. Every instance of a fleet sets the same value so a
+    /// client maps to the same backend on all of them.
+    pub hash_seed: Option<u64>,
     /// Statsd metrics export.
     pub metrics: Option<MetricsConfig>,
+    /// *sozu only.* Local addresses UDP upstream sockets are bound to, in
+    /// turn (each brings its own ephemeral port range); empty: the kernel
+    /// picks the route's address.
+    pub upstream_source_addresses: Vec<IpAddr>,
     /// Listeners in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Clusters by id.

@@ -4,7 +4,7 @@
 //! `mod.rs`; never produces orders (that is `orders.rs`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,6 +146,24 @@ fn parse_log_target(value: &ValueReader<'_>) -> Result<LogTarget, ConfigError> {
     target.ok_or_else(|| value.invalid(expected))
 }
 
+/// `upstream_source_addresses`: distinct IP addresses, not wildcards (a
+/// wildcard is what binding nothing already does).
+fn parse_source_addresses(value: &ValueReader<'_>) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for item in value.array()? {
+        let expected = "an IP address like \"192.0.2.10\" or \"2001:db8::10\", not a wildcard";
+        let ip: IpAddr = item.str()?.parse().map_err(|_| item.invalid(expected))?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(item.invalid(expected));
+        }
+        if addresses.contains(&ip) {
+            return Err(item.invalid("an address not already listed"));
+        }
+        addresses.push(ip);
+    }
+    Ok(addresses)
+}
+
 fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, ConfigError> {
     let command_socket = opt(top, "command_socket", |v| path_value(v, base_dir))?
         .unwrap_or_else(|| resolve(base_dir, "./sozu.sock"));
@@ -235,9 +253,15 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
     let request_timeout =
         opt(top, "request_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(10));
     let pid_file_path = opt(top, "pid_file_path", |v| path_value(v, base_dir))?;
+    let hash_seed = opt(top, "hash_seed", |v| v.integer(0, u64::MAX, true))?;
     let metrics = match top.get("metrics") {
         Some(v) => Some(parse_metrics(&v)?),
         None => None,
+    };
+
+    let upstream_source_addresses = match top.get("upstream_source_addresses") {
+        Some(v) => parse_source_addresses(&v)?,
+        None => Vec::new(),
     };
 
     let mut config = Config {
@@ -265,7 +289,9 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         connect_timeout,
         request_timeout,
         pid_file_path,
+        hash_seed,
         metrics,
+        upstream_source_addresses,
         listeners: Vec::new(),
         clusters: BTreeMap::new(),
     };

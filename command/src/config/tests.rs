@@ -1025,3 +1025,42 @@ frontends = [{ address = "127.0.0.1:5300" }]
          a udp listener has exactly one cluster (at dup.toml:12)"
     );
 }
+
+#[test]
+fn hash_seed_is_optional_any_u64_and_refuses_negatives() {
+    assert_eq!(load("").unwrap().hash_seed, None);
+    assert_eq!(load("hash_seed = 12345\n").unwrap().hash_seed, Some(12_345));
+    assert_eq!(
+        load("hash_seed = 0xffffffffffffffff\n").unwrap().hash_seed,
+        Some(u64::MAX)
+    );
+    assert_eq!(
+        error("hash_seed = -1\n"),
+        "hash_seed: expected an integer >= 0, got -1 (at test.toml:1)"
+    );
+}
+
+#[test]
+fn upstream_source_addresses_are_distinct_ip_addresses() {
+    let c = load("upstream_source_addresses = [\"127.0.0.2\", \"::1\"]\n").unwrap();
+    assert_eq!(
+        c.upstream_source_addresses,
+        vec![
+            "127.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
+    assert!(load("").unwrap().upstream_source_addresses.is_empty());
+    assert_eq!(
+        error("upstream_source_addresses = [\"0.0.0.0\"]"),
+        "upstream_source_addresses[0]: expected an IP address like \"192.0.2.10\" or \"2001:db8::10\", not a wildcard, got \"0.0.0.0\" (at test.toml:1)"
+    );
+    assert_eq!(
+        error("upstream_source_addresses = [\"10.0.0.1\", \"10.0.0.1\"]"),
+        "upstream_source_addresses[1]: expected an address not already listed, got \"10.0.0.1\" (at test.toml:1)"
+    );
+    assert_eq!(
+        error("upstream_source_addresses = [\"10.0.0.1:53\"]"),
+        "upstream_source_addresses[0]: expected an IP address like \"192.0.2.10\" or \"2001:db8::10\", not a wildcard, got \"10.0.0.1:53\" (at test.toml:1)"
+    );
+}

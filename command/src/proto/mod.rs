@@ -8,3 +8,7 @@ pub mod command {
 }
 
 pub mod convert;
+pub mod weight;
+
+#[cfg(test)]
+mod wire_tests;

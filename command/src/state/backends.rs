@@ -4,25 +4,19 @@
 //! cluster may share an address. A backend only exists inside an existing
 //! cluster. Removing one must name its address as well, so an operator who
 //! mistyped the address is told rather than removing the wrong server.
+//! A backend's weight is stored as Sōzu's weight rule makes it
+//! ([`crate::proto::weight`]): 0 or less → 1, none → 100.
 
 use std::net::SocketAddr;
 
 use crate::command::{AddBackend, RemoveBackend};
+use crate::proto::weight::effective_params;
 use crate::state::{validation, ConfigState, StateError};
 
 fn check_backend(backend: &AddBackend) -> Result<(), StateError> {
     validation::id("cluster_id", &backend.cluster_id)?;
     validation::id("backend_id", &backend.backend_id)?;
     validation::address("address", &backend.address)?;
-    if let Some(params) = &backend.load_balancing_parameters {
-        if params.weight < 0 {
-            return Err(StateError::InvalidValue {
-                field: "load_balancing_parameters.weight",
-                value: params.weight.to_string(),
-                reason: "a weight must be >= 0",
-            });
-        }
-    }
     Ok(())
 }
 
@@ -37,10 +31,15 @@ impl ConfigState {
                 backend_id: backend.backend_id.clone(),
             });
         }
+        // Sōzu's weight rule (`proto::weight`): the state keeps the weight
+        // the backend is served with, so listings show it.
+        let mut stored = backend.clone();
+        stored.load_balancing_parameters =
+            Some(effective_params(backend.load_balancing_parameters.as_ref()));
         self.backends
             .entry(backend.cluster_id.clone())
             .or_default()
-            .insert(backend.backend_id.clone(), backend.clone());
+            .insert(backend.backend_id.clone(), stored);
         Ok(())
     }
 

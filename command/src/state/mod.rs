@@ -142,6 +142,31 @@ impl ConfigState {
             | RequestType::ListClusters(_)
             | RequestType::ReturnListenSockets(_)
             | RequestType::AdoptListenSockets(_) => return Ok(DispatchOutcome::NotAStateChange),
+            // Sōzu 2.1 orders this proxy answers without a state change, or
+            // refuses by name (HTTPS, certificates, HTTP health checks…; see
+            // doc/protocol.md): the master decides, the state is untouched.
+            RequestType::LaunchWorker(_)
+            | RequestType::SubscribeEvents(_)
+            | RequestType::AddHttpsFrontend(_)
+            | RequestType::RemoveHttpsFrontend(_)
+            | RequestType::AddCertificate(_)
+            | RequestType::ReplaceCertificate(_)
+            | RequestType::RemoveCertificate(_)
+            | RequestType::AddHttpsListener(_)
+            | RequestType::QueryClustersByDomain(_)
+            | RequestType::QueryClustersHashes(_)
+            | RequestType::ConfigureMetrics(_)
+            | RequestType::Logging(_)
+            | RequestType::QueryCertificatesFromTheState(_)
+            | RequestType::QueryCertificatesFromWorkers(_)
+            | RequestType::CountRequests(_)
+            | RequestType::UpdateHttpsListener(_)
+            | RequestType::SetMaxConnectionsPerIp(_)
+            | RequestType::QueryMaxConnectionsPerIp(_)
+            | RequestType::SetHealthCheck(_)
+            | RequestType::RemoveHealthCheck(_)
+            | RequestType::QueryHealthChecks(_)
+            | RequestType::SetMetricDetail(_) => return Ok(DispatchOutcome::NotAStateChange),
         };
         match &result {
             Ok(()) => tracing::debug!(order = order_name(request_type), "state order applied"),
@@ -314,5 +339,27 @@ pub fn order_name(request_type: &RequestType) -> &'static str {
         RequestType::ListClusters(_) => "list_clusters",
         RequestType::ReturnListenSockets(_) => "return_listen_sockets",
         RequestType::AdoptListenSockets(_) => "adopt_listen_sockets",
+        RequestType::LaunchWorker(_) => "launch_worker",
+        RequestType::SubscribeEvents(_) => "subscribe_events",
+        RequestType::AddHttpsFrontend(_) => "add_https_frontend",
+        RequestType::RemoveHttpsFrontend(_) => "remove_https_frontend",
+        RequestType::AddCertificate(_) => "add_certificate",
+        RequestType::ReplaceCertificate(_) => "replace_certificate",
+        RequestType::RemoveCertificate(_) => "remove_certificate",
+        RequestType::AddHttpsListener(_) => "add_https_listener",
+        RequestType::QueryClustersByDomain(_) => "query_clusters_by_domain",
+        RequestType::QueryClustersHashes(_) => "query_clusters_hashes",
+        RequestType::ConfigureMetrics(_) => "configure_metrics",
+        RequestType::Logging(_) => "logging",
+        RequestType::QueryCertificatesFromTheState(_) => "query_certificates_from_the_state",
+        RequestType::QueryCertificatesFromWorkers(_) => "query_certificates_from_workers",
+        RequestType::CountRequests(_) => "count_requests",
+        RequestType::UpdateHttpsListener(_) => "update_https_listener",
+        RequestType::SetMaxConnectionsPerIp(_) => "set_max_connections_per_ip",
+        RequestType::QueryMaxConnectionsPerIp(_) => "query_max_connections_per_ip",
+        RequestType::SetHealthCheck(_) => "set_health_check",
+        RequestType::RemoveHealthCheck(_) => "remove_health_check",
+        RequestType::QueryHealthChecks(_) => "query_health_checks",
+        RequestType::SetMetricDetail(_) => "set_metric_detail",
     }
 }

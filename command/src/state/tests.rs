@@ -704,16 +704,6 @@ fn backend_refusals_name_cluster_and_backend() {
     );
     assert_refused(
         &mut state,
-        order(RequestType::AddBackend(backend(
-            "dns",
-            "dns-3",
-            "127.0.0.1:3053",
-            -1,
-        ))),
-        &["weight", "-1"],
-    );
-    assert_refused(
-        &mut state,
         add_backend("dns", "", "127.0.0.1:3053"),
         &["backend_id", "empty"],
     );
@@ -981,4 +971,49 @@ fn saving_into_an_unusable_directory_is_an_error() {
     assert!(matches!(error, StateFileError::Write { .. }), "{error}");
     let missing = ConfigState::load_from_path(&dir.path().join("missing.json"), 1024).unwrap_err();
     assert!(matches!(missing, StateFileError::Read { .. }), "{missing}");
+}
+
+#[test]
+fn backend_weights_follow_sozu_rule_and_are_listed_effective() {
+    let mut state = apply_all(&sample_orders());
+    let mut unweighted = backend("dns", "none", "127.0.0.1:3001", 0);
+    unweighted.load_balancing_parameters = None;
+    for order_ in [
+        order(RequestType::AddBackend(backend(
+            "dns",
+            "zero",
+            "127.0.0.1:3002",
+            0,
+        ))),
+        order(RequestType::AddBackend(backend(
+            "dns",
+            "neg",
+            "127.0.0.1:3003",
+            -5,
+        ))),
+        order(RequestType::AddBackend(backend(
+            "dns",
+            "ten",
+            "127.0.0.1:3004",
+            10,
+        ))),
+        order(RequestType::AddBackend(unweighted)),
+    ] {
+        assert_eq!(state.dispatch(&order_), Ok(DispatchOutcome::Applied));
+    }
+    let info = state.cluster_information("dns").expect("cluster dns");
+    let weight_of = |id: &str| {
+        info.backends
+            .iter()
+            .find(|b| b.backend_id == id)
+            .and_then(|b| b.load_balancing_parameters)
+            .map(|p| p.weight)
+    };
+    assert_eq!(weight_of("zero"), Some(1));
+    assert_eq!(weight_of("neg"), Some(1));
+    assert_eq!(weight_of("ten"), Some(10));
+    assert_eq!(weight_of("none"), Some(100));
+    // The stored form replays to the same state (state files, reload).
+    let rebuilt = ConfigState::from_requests(&state.generate_requests()).expect("replay");
+    assert_eq!(rebuilt, state);
 }

@@ -13,7 +13,7 @@ use super::ids::BackendId;
 
 /// Weight of a backend added without `load_balancing_parameters` (Sōzu's
 /// default).
-pub const DEFAULT_WEIGHT: u32 = 100;
+pub use sozu_command_lib::proto::weight::DEFAULT_WEIGHT;
 
 /// Whether a backend may receive new flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +53,9 @@ pub struct Backend {
     identity_hash: u64,
     /// While suspect: when the suspicion lapses.
     suspect_until: Option<Instant>,
+    /// A backup gets new flows only while no primary (non-backup) backend
+    /// of its cluster is available.
+    backup: bool,
 }
 
 impl Backend {
@@ -67,6 +70,7 @@ impl Backend {
             active_flows: 0,
             identity_hash,
             suspect_until: None,
+            backup: false,
         }
     }
 
@@ -93,6 +97,11 @@ impl Backend {
     /// Flows (or connections) currently using it.
     pub fn active_flows(&self) -> u64 {
         self.active_flows
+    }
+
+    /// Whether it is a backup (used only while no primary is available).
+    pub fn is_backup(&self) -> bool {
+        self.backup
     }
 }
 
@@ -176,17 +185,33 @@ impl BackendList {
         }
     }
 
-    /// Adds a backend, or updates address and weight of the one with this id.
+    /// Adds a primary backend, or updates address and weight of the one
+    /// with this id (which becomes a primary).
     pub fn upsert(&mut self, id: BackendId, address: SocketAddr, weight: u32) -> Upsert {
+        self.upsert_with_role(id, address, weight, false)
+    }
+
+    /// Adds a backend, or updates address, weight and role (`backup`) of
+    /// the one with this id.
+    pub fn upsert_with_role(
+        &mut self,
+        id: BackendId,
+        address: SocketAddr,
+        weight: u32,
+        backup: bool,
+    ) -> Upsert {
         let outcome = match self.backends.iter_mut().find(|b| b.id == id) {
             Some(existing) => {
                 let previous_address = existing.address;
                 existing.address = address;
                 existing.weight = weight;
+                existing.backup = backup;
                 Upsert::Updated { previous_address }
             }
             None => {
-                self.backends.push(Backend::new(id, address, weight));
+                let mut backend = Backend::new(id, address, weight);
+                backend.backup = backup;
+                self.backends.push(backend);
                 Upsert::Added
             }
         };
@@ -311,26 +336,42 @@ impl BackendList {
     }
 }
 
-/// Which backends may take new flows, best first: the up ones; if none, the
-/// suspect ones (a suspicion is weaker than a health check's verdict); if
-/// none, every backend when the cluster fails open, else none.
+/// Which backends may take new flows, best first: the up primaries; if
+/// none, the up backups; if none, the suspect primaries, then the suspect
+/// backups (a suspicion is weaker than a health check's verdict); if none,
+/// when the cluster fails open, every primary (every backend if it has no
+/// primary), else none. A backend of weight 0 never makes a tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tier {
-    Up,
-    Suspect,
-    All,
+    /// Backends with this status and this role (`backup`).
+    Only(BackendStatus, bool),
+    /// Fail-open with every backend down: these roles (`true`: backups
+    /// too).
+    All {
+        backups: bool,
+    },
     Nothing,
 }
 
 impl Tier {
     fn of(backends: &[Backend], fail_open: bool) -> Tier {
-        let has = |status| backends.iter().any(|b| b.status == status && b.weight > 0);
-        if has(BackendStatus::Up) {
-            Tier::Up
-        } else if has(BackendStatus::Suspect) {
-            Tier::Suspect
-        } else if fail_open {
-            Tier::All
+        let has = |status, backup| {
+            backends
+                .iter()
+                .any(|b| b.status == status && b.backup == backup && b.weight > 0)
+        };
+        for status in [BackendStatus::Up, BackendStatus::Suspect] {
+            for backup in [false, true] {
+                if has(status, backup) {
+                    return Tier::Only(status, backup);
+                }
+            }
+        }
+        if fail_open {
+            let primaries = backends.iter().any(|b| !b.backup && b.weight > 0);
+            Tier::All {
+                backups: !primaries,
+            }
         } else {
             Tier::Nothing
         }
@@ -338,9 +379,8 @@ impl Tier {
 
     fn admits(self, backend: &Backend) -> bool {
         match self {
-            Tier::Up => backend.status == BackendStatus::Up,
-            Tier::Suspect => backend.status == BackendStatus::Suspect,
-            Tier::All => true,
+            Tier::Only(status, backup) => backend.status == status && backend.backup == backup,
+            Tier::All { backups } => backups || !backend.backup,
             Tier::Nothing => false,
         }
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use sozu_command_lib::command;
 use sozu_command_lib::proto::convert::AddressError;
+use sozu_command_lib::proto::weight::effective_weight;
 
 use crate::load_balancing::{mix64, stable_hash, Algorithm};
 
@@ -41,13 +42,6 @@ pub enum BackendError {
         backend: String,
         address: SocketAddr,
         actual: SocketAddr,
-    },
-    /// `load_balancing_parameters.weight` is negative.
-    #[error("backend {backend:?} of cluster {cluster:?}: weight {weight} must be >= 0")]
-    InvalidWeight {
-        cluster: String,
-        backend: String,
-        weight: i32,
     },
     /// The order's address is not a socket address.
     #[error("backend {backend:?} of cluster {cluster:?}: invalid address")]
@@ -125,7 +119,7 @@ impl BackendMap {
         self.ensure_cluster(cluster).set_fail_open(fail_open);
     }
 
-    /// Adds a backend (or updates the one with the same id).
+    /// Adds a primary backend (or updates the one with the same id).
     pub fn add_backend(
         &mut self,
         cluster: &str,
@@ -133,15 +127,31 @@ impl BackendMap {
         address: SocketAddr,
         weight: u32,
     ) -> Upsert {
-        let outcome = self
-            .ensure_cluster(cluster)
-            .upsert(backend.clone(), address, weight);
-        tracing::debug!(cluster, backend = %backend, %address, weight, ?outcome, "backend added");
+        self.add_backend_with_role(cluster, backend, address, weight, false)
+    }
+
+    /// Adds a backend (or updates the one with the same id); a `backup`
+    /// one gets new flows only while no primary of the cluster is
+    /// available (removed, down or suspect).
+    pub fn add_backend_with_role(
+        &mut self,
+        cluster: &str,
+        backend: BackendId,
+        address: SocketAddr,
+        weight: u32,
+        backup: bool,
+    ) -> Upsert {
+        let outcome =
+            self.ensure_cluster(cluster)
+                .upsert_with_role(backend.clone(), address, weight, backup);
+        tracing::debug!(cluster, backend = %backend, %address, weight, backup, ?outcome, "backend added");
         outcome
     }
 
-    /// Applies an `AddBackend` order. The default weight is
-    /// [`DEFAULT_WEIGHT`]; `backup` and `sticky_id` are accepted and unused.
+    /// Applies an `AddBackend` order. Its weight follows Sōzu's rule
+    /// ([`sozu_command_lib::proto::weight`]: none → [`DEFAULT_WEIGHT`], 0 or
+    /// less → 1); `backup` (absent: false) makes it a backup; `sticky_id` is
+    /// accepted and unused.
     pub fn add_from_order(&mut self, order: &command::AddBackend) -> Result<Upsert, BackendError> {
         let address = SocketAddr::try_from(&order.address).map_err(|source| {
             BackendError::InvalidAddress {
@@ -150,21 +160,14 @@ impl BackendMap {
                 source,
             }
         })?;
-        let weight = match &order.load_balancing_parameters {
-            None => DEFAULT_WEIGHT,
-            Some(params) => {
-                u32::try_from(params.weight).map_err(|_| BackendError::InvalidWeight {
-                    cluster: order.cluster_id.clone(),
-                    backend: order.backend_id.clone(),
-                    weight: params.weight,
-                })?
-            }
-        };
-        Ok(self.add_backend(
+        // Sōzu's weight rule: none → 100, 0 or less → 1.
+        let weight = effective_weight(order.load_balancing_parameters.as_ref());
+        Ok(self.add_backend_with_role(
             &order.cluster_id,
             BackendId::from(order.backend_id.as_str()),
             address,
             weight,
+            order.backup.unwrap_or(false),
         ))
     }
 
@@ -244,8 +247,10 @@ impl BackendMap {
 
     /// Chooses a backend for a new flow of `cluster`.
     ///
-    /// Skips down backends; when all are down, balances over all of them if
-    /// the cluster fails open, else returns `None` (drop with NoBackend).
+    /// Prefers up primaries, then up backups, then suspect primaries, then
+    /// suspect backups; skips down backends; when all are down, balances
+    /// over the primaries (all backends if none is a primary) if the
+    /// cluster fails open, else returns `None` (drop with NoBackend).
     /// Does not count the flow: call [`flow_opened`](Self::flow_opened) once
     /// the flow exists. No allocation (the id is an `Arc` clone).
     pub fn select(&mut self, cluster: &str, affinity_hash: u64) -> Option<(BackendId, SocketAddr)> {

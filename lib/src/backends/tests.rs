@@ -193,15 +193,15 @@ fn orders_convert_at_the_edge_with_typed_errors() {
         map.cluster("c").unwrap().get("b").unwrap().weight(),
         DEFAULT_WEIGHT
     );
-    order.load_balancing_parameters = Some(command::LoadBalancingParams { weight: -1 });
-    assert_eq!(
-        map.add_from_order(&order),
-        Err(BackendError::InvalidWeight {
-            cluster: "c".into(),
-            backend: "b".into(),
-            weight: -1
-        })
-    );
+    // Sōzu's weight rule: 0 or less counts as the smallest positive weight.
+    for weight in [0, -1] {
+        order.load_balancing_parameters = Some(command::LoadBalancingParams { weight });
+        assert!(matches!(
+            map.add_from_order(&order),
+            Ok(Upsert::Updated { .. })
+        ));
+        assert_eq!(map.cluster("c").unwrap().get("b").unwrap().weight(), 1);
+    }
     order.address.port = 70_000;
     assert!(matches!(
         map.add_from_order(&order),
@@ -440,4 +440,112 @@ fn suspect_backends_still_serve_when_no_backend_is_up() {
         map.cluster("c").unwrap().get("a").unwrap().status(),
         BackendStatus::Up
     );
+}
+
+/// Cluster "c": primaries p0, p1 and backups k0, k1, all weight 100.
+fn map_with_backups(algorithm: Algorithm) -> BackendMap {
+    let mut map = BackendMap::new(3);
+    map.set_algorithm("c", algorithm);
+    for (i, id) in ["p0", "p1"].into_iter().enumerate() {
+        map.add_backend("c", BackendId::from(id), addr(9100 + i as u16), 100);
+    }
+    for (i, id) in ["k0", "k1"].into_iter().enumerate() {
+        map.add_backend_with_role("c", BackendId::from(id), addr(9200 + i as u16), 100, true);
+    }
+    map
+}
+
+fn only(counts: &Map<String, u64>, ids: &[&str]) -> bool {
+    !counts.is_empty() && counts.keys().all(|k| ids.contains(&k.as_str()))
+}
+
+#[test]
+fn backups_get_no_new_flows_while_a_primary_is_available_whatever_the_algorithm() {
+    for algorithm in [
+        Algorithm::RoundRobin,
+        Algorithm::Random,
+        Algorithm::LeastLoaded,
+        Algorithm::PowerOfTwo,
+        Algorithm::Hrw,
+        Algorithm::Maglev,
+    ] {
+        let mut map = map_with_backups(algorithm);
+        let counts = picks(&mut map, 1_000);
+        assert!(only(&counts, &["p0", "p1"]), "{algorithm}: {counts:?}");
+        // One primary down: the other takes everything, backups still idle.
+        map.set_status("c", "p0", BackendStatus::Down);
+        let counts = picks(&mut map, 1_000);
+        assert!(only(&counts, &["p1"]), "{algorithm}: {counts:?}");
+        // The last primary suspect: the backups take over, not the suspect.
+        assert!(map.mark_suspect("c", "p1"));
+        let counts = picks(&mut map, 1_000);
+        assert!(only(&counts, &["k0", "k1"]), "{algorithm}: {counts:?}");
+        assert_eq!(counts.len(), 2, "{algorithm}: backups share: {counts:?}");
+        // The primary answers again: new flows go back to it.
+        assert!(map.mark_responsive("c", "p1"));
+        let counts = picks(&mut map, 1_000);
+        assert!(only(&counts, &["p1"]), "{algorithm}: {counts:?}");
+    }
+}
+
+#[test]
+fn backups_serve_when_every_primary_is_removed_and_stop_when_one_is_re_added() {
+    let mut map = map_with_backups(Algorithm::RoundRobin);
+    map.remove_backend("c", "p0").unwrap();
+    map.remove_backend("c", "p1").unwrap();
+    let counts = picks(&mut map, 100);
+    assert_eq!((counts["k0"], counts["k1"]), (50, 50));
+    map.add_backend("c", BackendId::from("p0"), addr(9100), 100);
+    assert_eq!(picks(&mut map, 100)["p0"], 100);
+    // A weight-0 primary is not available: the backups serve.
+    map.add_backend("c", BackendId::from("p0"), addr(9100), 0);
+    assert!(only(&picks(&mut map, 100), &["k0", "k1"]));
+}
+
+#[test]
+fn suspect_primaries_come_before_suspect_backups_and_fail_open_prefers_primaries() {
+    let mut map = map_with_backups(Algorithm::RoundRobin);
+    for id in ["p0", "p1", "k0", "k1"] {
+        map.mark_suspect("c", id);
+    }
+    assert!(only(&picks(&mut map, 100), &["p0", "p1"]));
+    map.set_status("c", "p0", BackendStatus::Down);
+    map.set_status("c", "p1", BackendStatus::Down);
+    assert!(only(&picks(&mut map, 100), &["k0", "k1"]));
+    // Every backend down: fail-open balances over the primaries only.
+    map.set_status("c", "k0", BackendStatus::Down);
+    map.set_status("c", "k1", BackendStatus::Down);
+    let counts = picks(&mut map, 100);
+    assert_eq!((counts["p0"], counts["p1"]), (50, 50), "{counts:?}");
+    map.set_fail_open("c", false);
+    assert_eq!(map.select("c", 1), None);
+    // A cluster of backups only, all down, fail-open: they serve.
+    let mut backups = BackendMap::new(0);
+    backups.add_backend_with_role("b", BackendId::from("k"), addr(1), 100, true);
+    backups.set_status("b", "k", BackendStatus::Down);
+    assert_eq!(backups.select("b", 0).unwrap().0.as_str(), "k");
+}
+
+#[test]
+fn the_backup_flag_comes_from_the_order_and_an_update_can_change_it() {
+    let mut map = BackendMap::new(0);
+    let mut order = command::AddBackend {
+        cluster_id: "c".into(),
+        backend_id: "k".into(),
+        address: addr(53).into(),
+        sticky_id: None,
+        load_balancing_parameters: None,
+        backup: Some(true),
+    };
+    map.add_from_order(&order).unwrap();
+    map.add_backend("c", BackendId::from("p"), addr(54), 100);
+    let backend = |map: &BackendMap, id: &str| map.cluster("c").unwrap().get(id).unwrap().clone();
+    assert!(backend(&map, "k").is_backup());
+    assert!(!backend(&map, "p").is_backup());
+    assert!(only(&picks(&mut map, 50), &["p"]));
+    // Re-sent without the flag: a primary again, sharing the flows.
+    order.backup = None;
+    map.add_from_order(&order).unwrap();
+    assert!(!backend(&map, "k").is_backup());
+    assert_eq!(picks(&mut map, 50).len(), 2);
 }

@@ -17,6 +17,9 @@ use crate::tcp::metrics::{count, register, time};
 pub mod names {
     /// Counter: client connections accepted (listener).
     pub const CONNECTIONS: &str = "http.connections";
+    /// Counter: client connections closed at accept because the worker
+    /// holds `max_connections` connections already (listener).
+    pub const CONNECTIONS_REFUSED: &str = "http.connections_refused";
     /// Gauge: client connections alive (listener).
     pub const ACTIVE_CONNECTIONS: &str = "http.active_connections";
     /// Counter: requests answered (by a backend or by the proxy).
@@ -60,6 +63,7 @@ pub struct HttpHandles {
     pub no_backend: Option<MetricHandle>,
     pub backend_connections: Option<MetricHandle>,
     pub timeouts: Option<MetricHandle>,
+    pub refused: Option<MetricHandle>,
 }
 
 impl HttpHandles {
@@ -82,6 +86,7 @@ impl HttpHandles {
             h.connections = r(names::CONNECTIONS, MetricKind::Counter);
             h.active = r(names::ACTIVE_CONNECTIONS, MetricKind::Gauge);
             h.timeouts = r(names::TIMEOUTS, MetricKind::Counter);
+            h.refused = r(names::CONNECTIONS_REFUSED, MetricKind::Counter);
         } else {
             h.connect_failed = r(names::CONNECT_FAILED, MetricKind::Counter);
             h.no_backend = r(names::NO_BACKEND, MetricKind::Counter);

@@ -35,6 +35,7 @@ use sozu_command_lib::proto::convert::AddressError;
 
 use crate::tcp::context::{ProxyContext, Readiness};
 use crate::tcp::deadlines::Deadlines;
+use crate::tcp::limit::ConnectionLimit;
 use crate::tcp::metrics::count;
 use crate::tcp::socket::{self, Side};
 use crate::tcp::{seconds, DEFAULT_BUFFER_SIZE};
@@ -146,6 +147,8 @@ pub struct HttpProxy {
     require_adopted: bool,
     buffer_size: usize,
     draining: bool,
+    /// The worker's `max_connections`, shared with the TCP proxy.
+    limit: ConnectionLimit,
 }
 
 /// Splits the borrows a session call needs.
@@ -183,6 +186,7 @@ impl HttpProxy {
                 buffer_size
             },
             draining: false,
+            limit: ConnectionLimit::default(),
         }
     }
 
@@ -196,6 +200,12 @@ impl HttpProxy {
     /// `crate::listen_socket`).
     pub fn require_adopted(&mut self) {
         self.require_adopted = true;
+    }
+
+    /// Shares the worker's connection budget (`max_connections`; the
+    /// default is unlimited).
+    pub fn set_connection_limit(&mut self, limit: ConnectionLimit) {
+        self.limit = limit;
     }
 
     /// Listening sockets passed by the master (upgrade).
@@ -610,6 +620,13 @@ impl HttpProxy {
                 }
             };
             accepted += 1;
+            let Some(slot) = self.limit.try_acquire() else {
+                // At max_connections: closed at once (dropping the stream),
+                // so neither memory nor the backlog fills up.
+                count(ctx.metrics, listener.handles.refused, 1);
+                tracing::debug!(listener = %listener.address, %client, max = self.limit.max(), "max_connections reached: connection refused");
+                continue;
+            };
             count(ctx.metrics, listener.handles.connections, 1);
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "TCP_NODELAY");
@@ -637,6 +654,7 @@ impl HttpProxy {
                 timeouts,
                 self.buffer_size,
                 handles,
+                slot,
             ));
             self.drive(key, now, ctx);
         }

@@ -24,6 +24,7 @@ use crate::proxy_protocol::{self, StreamProxyHeader};
 use crate::tcp::buffer::Buffer;
 use crate::tcp::context::ProxyContext;
 use crate::tcp::deadlines::ArmedTimer;
+use crate::tcp::limit::ConnectionSlot;
 use crate::tcp::metrics::{count, gauge_add};
 use crate::tcp::socket::{
     connect_backend, connect_state, ConnectError, ConnectState, ReadOutcome, Side,
@@ -219,6 +220,8 @@ pub struct Session {
     pub timer: ArmedTimer,
     listener_handles: HttpHandles,
     received_header: Option<Vec<u8>>,
+    /// Its place in the worker's `max_connections` (freed with the session).
+    _slot: ConnectionSlot,
 }
 
 impl Session {
@@ -233,6 +236,7 @@ impl Session {
         timeouts: HttpTimeouts,
         buffer_size: usize,
         listener_handles: HttpHandles,
+        slot: ConnectionSlot,
     ) -> Self {
         Session {
             listener,
@@ -261,6 +265,7 @@ impl Session {
             timer: ArmedTimer::default(),
             listener_handles,
             received_header: None,
+            _slot: slot,
         }
     }
 

@@ -7,6 +7,12 @@
 //! datapath can count every datagram. Answers the query-metrics order
 //! ([`MetricsRegistry::worker_metrics`]) and feeds the optional statsd push
 //! ([`statsd::StatsdSink`]). It never reads the clock: durations are given.
+//!
+//! `configure_metrics` (Sōzu's order) acts here: `DISABLED` stops counters
+//! and time metrics from moving (gauges keep tracking their level, since a
+//! level must be right when metrics are enabled again), `ENABLED` resumes
+//! them, `CLEAR` sets every counter to zero and empties every time metric
+//! (gauges, being levels, are kept). See [`MetricsRegistry::configure`].
 
 mod histogram;
 mod query;
@@ -21,6 +27,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use sozu_command_lib::command::MetricsConfiguration;
 
 use crate::backends::{BackendId, ClusterId};
 
@@ -151,6 +159,8 @@ pub struct MetricsRegistry {
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_key: HashMap<(Scope, Arc<str>), u32>,
+    /// `configure_metrics DISABLED`: counters and times do not move.
+    disabled: bool,
 }
 
 impl MetricsRegistry {
@@ -253,8 +263,33 @@ impl MetricsRegistry {
         slot.entry.as_mut().map(|e| &mut e.value)
     }
 
+    /// Applies a `configure_metrics` order (see the module doc).
+    pub fn configure(&mut self, configuration: MetricsConfiguration) {
+        match configuration {
+            MetricsConfiguration::Enabled => self.disabled = false,
+            MetricsConfiguration::Disabled => self.disabled = true,
+            MetricsConfiguration::Clear => {
+                for slot in &mut self.slots {
+                    match slot.entry.as_mut().map(|e| &mut e.value) {
+                        Some(Value::Counter(v)) => *v = 0,
+                        Some(Value::Time(h)) => **h = Histogram::default(),
+                        Some(Value::Gauge(_)) | None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether counters and times move (`configure_metrics`).
+    pub fn is_enabled(&self) -> bool {
+        !self.disabled
+    }
+
     /// Adds `delta` to a counter.
     pub fn count(&mut self, handle: MetricHandle, delta: i64) {
+        if self.disabled {
+            return;
+        }
         match self.value_mut(handle) {
             Some(Value::Counter(v)) => *v = v.saturating_add(delta),
             Some(_) => debug_assert!(false, "count() on a non-counter"),
@@ -287,6 +322,9 @@ impl MetricsRegistry {
 
     /// Records a duration (in milliseconds) in a time metric.
     pub fn record_time(&mut self, handle: MetricHandle, duration: Duration) {
+        if self.disabled {
+            return;
+        }
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         match self.value_mut(handle) {
             Some(Value::Time(h)) => h.record(ms),

@@ -78,7 +78,13 @@ impl StatsdSink {
                         _ => 0,
                     };
                     self.sent_counters.insert(index, (generation, *value));
-                    let delta = value.saturating_sub(sent);
+                    // A counter below what was sent was cleared
+                    // (`configure_metrics CLEAR`): all of it is new.
+                    let delta = if *value < sent {
+                        *value
+                    } else {
+                        value.saturating_sub(sent)
+                    };
                     if delta != 0 {
                         self.format_line(&entry.name, &entry.scope, delta, "c", None);
                         self.push_line(&mut report);

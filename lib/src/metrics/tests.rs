@@ -337,3 +337,65 @@ fn statsd_without_a_server_counts_drops_instead_of_failing() {
     }
     assert!(dropped > 0);
 }
+
+#[test]
+fn configure_metrics_disables_enables_and_clears() {
+    let mut r = MetricsRegistry::new();
+    let c = r
+        .register(names::FLOWS_CREATED, listener(53), MetricKind::Counter)
+        .unwrap();
+    let g = r
+        .register(names::ACTIVE_FLOWS, Scope::Proxy, MetricKind::Gauge)
+        .unwrap();
+    let t = r
+        .register(names::FLOW_DURATION, Scope::Proxy, MetricKind::Time)
+        .unwrap();
+    r.count(c, 3);
+    r.gauge_add(g, 2);
+    r.record_time(t, Duration::from_millis(5));
+    assert!(r.is_enabled());
+
+    r.configure(MetricsConfiguration::Disabled);
+    assert!(!r.is_enabled());
+    r.count(c, 10);
+    r.record_time(t, Duration::from_millis(7));
+    // A gauge is a level: it keeps tracking while counting is off.
+    r.gauge_add(g, -1);
+    assert_eq!(r.counter(c), Some(3));
+    assert_eq!(r.time_summary(t).map(|s| s.samples), Some(1));
+    assert_eq!(r.gauge(g), Some(1));
+
+    r.configure(MetricsConfiguration::Enabled);
+    r.count(c, 1);
+    assert_eq!(r.counter(c), Some(4));
+
+    r.configure(MetricsConfiguration::Clear);
+    assert_eq!(r.counter(c), Some(0));
+    assert_eq!(r.time_summary(t).map(|s| s.samples), Some(0));
+    assert_eq!(r.gauge(g), Some(1));
+    r.incr(c);
+    assert_eq!(r.counter(c), Some(1), "counting goes on after a clear");
+}
+
+#[test]
+fn statsd_sends_counts_made_after_a_clear() {
+    let rx = receiver();
+    let mut sink = StatsdSink::new(rx.local_addr().unwrap(), "sozu", false).unwrap();
+    let mut r = MetricsRegistry::new();
+    let c = r
+        .register(names::FLOWS_CREATED, Scope::Proxy, MetricKind::Counter)
+        .unwrap();
+    r.count(c, 5);
+    let report = sink.flush(&mut r);
+    assert_eq!(
+        receive_lines(&rx, report.datagrams),
+        vec!["sozu.udp.flows.created:5|c"]
+    );
+    r.configure(MetricsConfiguration::Clear);
+    r.count(c, 2);
+    let report = sink.flush(&mut r);
+    assert_eq!(
+        receive_lines(&rx, report.datagrams),
+        vec!["sozu.udp.flows.created:2|c"]
+    );
+}

@@ -33,6 +33,7 @@ use crate::health::HealthChecker;
 use crate::metrics::statsd::StatsdSink;
 use crate::metrics::MetricsRegistry;
 use crate::udp::{IoContext, UdpShell};
+pub use orders::LogLevelHook;
 use streams::Streams;
 use tokens::{TokenOwner, Tokens};
 
@@ -54,12 +55,20 @@ pub struct StatsdConfig {
 pub struct ServerConfig {
     /// The worker's id (its key in query-metrics answers).
     pub worker_id: u32,
-    /// Seeds affinity hashes, flow-table hashers and RANDOM / POWER_OF_TWO
-    /// balancing (use a random value in production, a fixed one in tests).
+    /// Seeds flow-table hashers and RANDOM / POWER_OF_TWO balancing (use a
+    /// per-process random value in production, a fixed one in tests).
     pub seed: u64,
+    /// Key of the UDP affinity hash (HRW / MAGLEV placement), the global
+    /// `hash_seed`; `None`: the fixed default. Never random: every worker
+    /// and instance sharing it maps a client to the same backend.
+    pub hash_seed: Option<u64>,
     /// The configured `buffer_size`: `max_rx_datagram_size` is clamped to
     /// it (`0` = no clamp).
     pub buffer_size: usize,
+    /// Client connections (TCP sessions and HTTP connections together) the
+    /// worker keeps open at once; more are closed at accept (`0`:
+    /// unlimited).
+    pub max_connections: usize,
     /// Push metrics to statsd.
     pub statsd: Option<StatsdConfig>,
     /// Listening sockets passed by the master (upgrade): a UDP listener at
@@ -74,6 +83,16 @@ pub struct ServerConfig {
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (a worker
     /// process: yes; a test running the server in a thread: as it likes).
     pub raise_fd_limit: bool,
+    /// Changes the process's log filter (the `Logging` order); without it
+    /// that order is refused.
+    pub log_level: Option<LogLevelHook>,
+    /// Workers of this master (`worker_count`): they share the host's
+    /// ephemeral port range, so each sizes its UDP flow pool to its part
+    /// (`0` counts as 1).
+    pub worker_count: u32,
+    /// `upstream_source_addresses`: UDP upstream sockets are bound to these
+    /// in turn (empty: the kernel picks the route's address).
+    pub upstream_source_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Why [`Server::new`] or [`Server::run`] failed.
@@ -163,6 +182,7 @@ pub struct Server {
     retry: Vec<Token>,
     soft_stop: Option<String>,
     worker_id: u32,
+    log_level: Option<LogLevelHook>,
 }
 
 impl std::fmt::Debug for Server {
@@ -205,7 +225,7 @@ impl Server {
         }
         .unwrap_or(1024);
         let mut adopted = Vec::new();
-        let mut streams = Streams::new(config.buffer_size);
+        let mut streams = Streams::new(config.buffer_size, config.max_connections);
         for (index, (entry, fd)) in config.adopted_sockets.into_iter().enumerate() {
             let address = SocketAddr::try_from(&entry.address)
                 .map_err(|source| ServerError::AdoptedAddress { index, source })?;
@@ -216,6 +236,9 @@ impl Server {
             }
         }
         let mut udp = UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size);
+        if let Some(hash_seed) = config.hash_seed {
+            udp.set_hash_seed(hash_seed);
+        }
         if config.listen_sockets_from_master {
             udp.require_adopted();
             streams.tcp.require_adopted();
@@ -231,7 +254,7 @@ impl Server {
             },
             None => None,
         };
-        Ok(Server {
+        let mut server = Server {
             poll,
             channel,
             channel_interest: Interest::READABLE,
@@ -248,7 +271,16 @@ impl Server {
             retry: Vec::new(),
             soft_stop: None,
             worker_id: config.worker_id,
-        })
+            log_level: config.log_level,
+        };
+        let sources = crate::udp::socket::SourceAddresses::new(&config.upstream_source_addresses);
+        server.udp.set_pool_limits(pool_limits(
+            fd_limit,
+            config.worker_count,
+            sources.port_ranges(),
+        ));
+        server.udp.set_source_addresses(sources);
+        Ok(server)
     }
 
     /// Runs the loop until soft-stop drains, hard-stop, or the master goes
@@ -458,6 +490,29 @@ impl Server {
 #[allow(clippy::disallowed_methods)]
 fn clock() -> Instant {
     Instant::now()
+}
+
+/// What sizes the worker's UDP flow pool: its fd limit and its share of the
+/// host's ephemeral ports (read here, in the shell; the pool's arithmetic is
+/// pure, `crate::udp::budget`).
+fn pool_limits(
+    fd_limit: u64,
+    worker_count: u32,
+    source_addresses: u64,
+) -> crate::udp::budget::PoolLimits {
+    let ephemeral_ports = match crate::udp::socket::ephemeral_port_count() {
+        Ok(ports) => Some(ports),
+        Err(error) => {
+            tracing::warn!(%error, "ephemeral port range unknown: the UDP flow pool follows the fd limit only");
+            None
+        }
+    };
+    crate::udp::budget::PoolLimits {
+        fd_limit,
+        ephemeral_ports,
+        workers: u64::from(worker_count.max(1)),
+        source_addresses,
+    }
 }
 
 fn current_fd_limit() -> io::Result<u64> {

@@ -7,6 +7,12 @@
 //! is answered FAILURE with the state's message and applies nothing; one the
 //! state accepts but this host cannot carry out (a bind error) is rolled
 //! back in the state and answered FAILURE naming the cause.
+//!
+//! Sōzu's `Logging` changes the worker's log filter through the hook the
+//! process gave ([`LogLevelHook`]); `configure_metrics` acts on the
+//! worker's metrics registry. Sōzu orders a worker does not serve (HTTPS,
+//! certificates, health-check and metric-detail orders…) are answered
+//! FAILURE by name.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -14,13 +20,41 @@ use std::time::Instant;
 
 use sozu_command_lib::command::{
     request::RequestType, response_content::ContentType, AggregatedMetrics, ListenSocketEntry,
-    ListenSocketManifest, ListenerType, Request, ResponseContent, ResponseStatus, WorkerRequest,
+    ListenSocketManifest, ListenerType, MetricsConfiguration, Request, ResponseContent,
+    ResponseStatus, WorkerRequest,
 };
 use sozu_command_lib::scm::DEFAULT_MAX_MANIFEST_SIZE;
 use sozu_command_lib::state::{order_name, DispatchOutcome};
 
 use super::{io_context, Server, ServerExit};
 use crate::udp::{IoContext, UdpError};
+
+/// Replaces the process's log filter with the directives given (`debug`,
+/// `info,sozu_lib=trace`); an error says why the directives were refused.
+/// The process that owns the logging (the `sozu` binary) provides it.
+#[derive(Clone)]
+pub struct LogLevelHook(std::sync::Arc<SetLogLevel>);
+
+/// The function behind a [`LogLevelHook`].
+type SetLogLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl LogLevelHook {
+    /// Wraps the function that changes the log filter.
+    pub fn new(f: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        LogLevelHook(std::sync::Arc::new(f))
+    }
+
+    /// Applies `directives`.
+    pub fn set(&self, directives: &str) -> Result<(), String> {
+        (self.0)(directives)
+    }
+}
+
+impl std::fmt::Debug for LogLevelHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLevelHook")
+    }
+}
 
 impl Server {
     /// Handles one order; `Some` when the worker must stop now.
@@ -118,6 +152,65 @@ impl Server {
             RequestType::AdoptListenSockets(order) => {
                 let manifest = order.manifest.clone();
                 self.adopt_listen_sockets(&id, &manifest);
+            }
+            RequestType::Logging(directives) => {
+                let result = match &self.log_level {
+                    Some(hook) => hook.set(directives),
+                    None => Err("this worker cannot change its log level".to_owned()),
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(worker = self.worker_id, level = %directives, "log level changed");
+                        self.answer(&id, ResponseStatus::Ok, "log level changed", None);
+                    }
+                    Err(reason) => {
+                        let message = format!("logging {directives:?} refused: {reason}");
+                        self.answer(&id, ResponseStatus::Failure, &message, None);
+                    }
+                }
+            }
+            RequestType::ConfigureMetrics(value) => match MetricsConfiguration::try_from(*value) {
+                Ok(configuration) => {
+                    self.metrics.configure(configuration);
+                    tracing::info!(
+                        worker = self.worker_id,
+                        configuration = configuration.as_str_name(),
+                        "metrics configured"
+                    );
+                    self.answer(&id, ResponseStatus::Ok, configuration.as_str_name(), None);
+                }
+                Err(_) => {
+                    let message = format!(
+                            "configure_metrics: {value} is not a MetricsConfiguration (0 ENABLED, 1 DISABLED, 2 CLEAR)"
+                        );
+                    self.answer(&id, ResponseStatus::Failure, &message, None);
+                }
+            },
+            RequestType::LaunchWorker(_)
+            | RequestType::SubscribeEvents(_)
+            | RequestType::AddHttpsFrontend(_)
+            | RequestType::RemoveHttpsFrontend(_)
+            | RequestType::AddCertificate(_)
+            | RequestType::ReplaceCertificate(_)
+            | RequestType::RemoveCertificate(_)
+            | RequestType::AddHttpsListener(_)
+            | RequestType::UpdateHttpsListener(_)
+            | RequestType::QueryClustersByDomain(_)
+            | RequestType::QueryClustersHashes(_)
+            | RequestType::QueryCertificatesFromTheState(_)
+            | RequestType::QueryCertificatesFromWorkers(_)
+            | RequestType::CountRequests(_)
+            | RequestType::SetMaxConnectionsPerIp(_)
+            | RequestType::QueryMaxConnectionsPerIp(_)
+            | RequestType::SetHealthCheck(_)
+            | RequestType::RemoveHealthCheck(_)
+            | RequestType::QueryHealthChecks(_)
+            | RequestType::SetMetricDetail(_) => {
+                let message = format!(
+                    "{} is not served by a worker of this proxy",
+                    order_name(request_type)
+                );
+                self.answer(&id, ResponseStatus::Failure, &message, None);
             }
             RequestType::SaveState(_)
             | RequestType::LoadState(_)

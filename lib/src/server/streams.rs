@@ -20,6 +20,7 @@ use sozu_command_lib::command::{request::RequestType, ListenerType};
 use sozu_command_lib::proto::convert::AddressError;
 
 use crate::http::{HttpError, HttpProxy, HttpToken};
+use crate::tcp::limit::ConnectionLimit;
 use crate::tcp::{ProxyContext, Readiness, TcpError, TcpProxy, TcpToken, TokenTable};
 
 use super::tokens::{TokenOwner, Tokens};
@@ -67,12 +68,15 @@ pub struct Streams {
 
 impl Streams {
     /// Empty proxies with relay buffers of `buffer_size` bytes (0: the
-    /// default).
-    pub fn new(buffer_size: usize) -> Self {
-        Streams {
-            tcp: TcpProxy::new(buffer_size),
-            http: HttpProxy::new(buffer_size),
-        }
+    /// default), sharing one budget of `max_connections` client connections
+    /// (0: unlimited).
+    pub fn new(buffer_size: usize, max_connections: usize) -> Self {
+        let limit = ConnectionLimit::new(max_connections);
+        let mut tcp = TcpProxy::new(buffer_size);
+        tcp.set_connection_limit(limit.clone());
+        let mut http = HttpProxy::new(buffer_size);
+        http.set_connection_limit(limit);
+        Streams { tcp, http }
     }
 
     /// Hands adopted listening sockets to their proxy; `false` for a type

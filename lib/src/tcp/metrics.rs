@@ -29,6 +29,9 @@ pub mod names {
     pub const CONNECT_FAILED: &str = "tcp.connect.failed";
     /// Counter: sessions closed because no backend could be reached.
     pub const NO_BACKEND: &str = "tcp.no_backend";
+    /// Counter: connections closed at accept because the worker holds
+    /// `max_connections` connections already (listener).
+    pub const CONNECTIONS_REFUSED: &str = "tcp.connections_refused";
     /// Counter: connections closed because the listener has no frontend.
     pub const NO_FRONTEND: &str = "tcp.no_frontend";
     /// Counter: connections refused for a bad or missing PROXY header.
@@ -84,6 +87,7 @@ pub struct ListenerHandles {
     pub connections: Option<MetricHandle>,
     pub active: Option<MetricHandle>,
     pub no_frontend: Option<MetricHandle>,
+    pub refused: Option<MetricHandle>,
     pub proxy_header_invalid: Option<MetricHandle>,
     pub timeouts: Option<MetricHandle>,
 }
@@ -101,6 +105,12 @@ impl ListenerHandles {
                 MetricKind::Gauge,
             ),
             no_frontend: register(registry, names::NO_FRONTEND, scope(), MetricKind::Counter),
+            refused: register(
+                registry,
+                names::CONNECTIONS_REFUSED,
+                scope(),
+                MetricKind::Counter,
+            ),
             proxy_header_invalid: register(
                 registry,
                 names::PROXY_HEADER_INVALID,

@@ -17,6 +17,7 @@ pub mod access;
 pub mod buffer;
 pub mod context;
 pub mod deadlines;
+pub mod limit;
 pub mod metrics;
 pub mod session;
 pub mod socket;
@@ -44,6 +45,7 @@ use access::{SessionCloseReason, TcpAccessRecord};
 use buffer::Buffer;
 pub use context::{ProxyContext, Readiness, TokenTable};
 use deadlines::{ArmedTimer, Deadlines};
+use limit::ConnectionLimit;
 use metrics::{count, gauge_add, time, ListenerHandles, RelayHandleCache};
 use session::{Phase, Preamble, Session, Timeouts};
 use socket::{connect_backend, connect_state, ConnectError, ConnectState, Side};
@@ -164,6 +166,8 @@ pub struct TcpProxy {
     require_adopted: bool,
     buffer_size: usize,
     draining: bool,
+    /// The worker's `max_connections`, shared with the HTTP proxy.
+    limit: ConnectionLimit,
 }
 
 impl TcpProxy {
@@ -185,6 +189,7 @@ impl TcpProxy {
                 buffer_size
             },
             draining: false,
+            limit: ConnectionLimit::default(),
         }
     }
 
@@ -198,6 +203,12 @@ impl TcpProxy {
     /// `crate::listen_socket`).
     pub fn require_adopted(&mut self) {
         self.require_adopted = true;
+    }
+
+    /// Shares the worker's connection budget (`max_connections`; the
+    /// default is unlimited).
+    pub fn set_connection_limit(&mut self, limit: ConnectionLimit) {
+        self.limit = limit;
     }
 
     /// Listening sockets passed by the master (upgrade), used instead of
@@ -609,6 +620,13 @@ impl TcpProxy {
                 }
             };
             accepted += 1;
+            let Some(slot) = self.limit.try_acquire() else {
+                // At max_connections: closed at once (dropping the stream),
+                // so neither memory nor the backlog fills up.
+                count(ctx.metrics, listener.handles.refused, 1);
+                tracing::debug!(listener = %listener.address, %client, max = self.limit.max(), "max_connections reached: connection refused");
+                continue;
+            };
             count(ctx.metrics, listener.handles.connections, 1);
             let Some(frontend) = listener.frontend.clone() else {
                 count(ctx.metrics, listener.handles.no_frontend, 1);
@@ -683,6 +701,7 @@ impl TcpProxy {
                 timer: ArmedTimer::default(),
                 cluster_handles,
                 backend_handles: Default::default(),
+                slot,
             });
             self.progress(key, now, ctx);
         }

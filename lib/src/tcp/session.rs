@@ -21,6 +21,7 @@ use crate::proxy_protocol::{self, ReceivedHeader};
 use super::access::SessionCloseReason;
 use super::buffer::Buffer;
 use super::deadlines::ArmedTimer;
+use super::limit::ConnectionSlot;
 use super::metrics::RelayHandles;
 use super::socket::{ReadOutcome, Side};
 
@@ -101,6 +102,8 @@ pub struct Session {
     pub timer: ArmedTimer,
     pub cluster_handles: RelayHandles,
     pub backend_handles: RelayHandles,
+    /// Its place in the worker's `max_connections` (freed with the session).
+    pub slot: ConnectionSlot,
 }
 
 impl Session {

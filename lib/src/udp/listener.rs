@@ -24,7 +24,7 @@ use sozu_command_lib::command::UdpListenerConfig;
 
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
-use super::socket::{is_resource_exhaustion, open_upstream};
+use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::write_queue::{
     flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
     UpstreamSend,
@@ -89,6 +89,10 @@ struct FlowIo {
     abort: Option<FlowCloseReason>,
     /// A reply came back (clears a suspect backend once).
     responded: bool,
+    /// Counted in its backend's load (LEAST_LOADED / POWER_OF_TWO) since
+    /// the backend was chosen; uncounted exactly once, at close or when the
+    /// upstream socket cannot be opened.
+    counted: bool,
 }
 
 /// A follow-up input queued while draining, fed to the core afterwards.
@@ -143,6 +147,8 @@ pub struct UdpListener {
     forwards: Vec<(usize, Option<core::ProxyHeader>)>,
     /// The socket was passed to the master for a successor worker.
     pub socket_returned: bool,
+    /// `upstream_source_addresses`, used in turn by new upstream sockets.
+    pub sources: SourceAddresses,
 }
 
 impl UdpListener {
@@ -176,6 +182,7 @@ impl UdpListener {
             run_flow: None,
             forwards: Vec::with_capacity(super::mmsg::MAX_BATCH),
             socket_returned: false,
+            sources: SourceAddresses::default(),
         }
     }
 
@@ -380,6 +387,10 @@ impl UdpListener {
         };
         match self.manager.handle_client_datagram(now, d.src, d.payload) {
             ClientDecision::Forward { flow, proxy_header } => {
+                let proxy_header = match self.hit_address(d.local) {
+                    Some(hit) => proxy_header.map(|_| core::ProxyHeader::new(d.src, hit)),
+                    None => proxy_header,
+                };
                 if self.run_flow != Some(flow) {
                     self.flush_forwards(recv, ctx);
                     self.run_flow = Some(flow);
@@ -681,6 +692,11 @@ impl UdpListener {
                 io.cluster = Some(cluster_id);
                 match ctx.backends.select(cluster.as_str(), affinity_hash) {
                     Some((backend, addr)) => {
+                        // Counted now, not when the upstream opens: the
+                        // flows of one burst are selected in one drain,
+                        // before any of them is resolved, and LEAST_LOADED
+                        // must see each choice before the next.
+                        io.counted = ctx.backends.flow_opened(cluster.as_str(), backend.as_str());
                         io.backend = Some(backend.clone());
                         self.followups.push(FollowUp::Resolve {
                             flow,
@@ -708,6 +724,16 @@ impl UdpListener {
                 payload,
             } => match via {
                 Via::Upstream(flow) => {
+                    let hit = self
+                        .flows
+                        .get(&flow)
+                        .and_then(|io| self.hit_address(io.local));
+                    let proxy_header = match (hit, self.manager.flow_client(flow)) {
+                        (Some(hit), Some(client)) => {
+                            proxy_header.map(|_| core::ProxyHeader::new(client, hit))
+                        }
+                        _ => proxy_header,
+                    };
                     let Some(io) = self.flows.get_mut(&flow) else {
                         self.metrics
                             .shell_dropped(ctx.metrics, ShellDrop::NoUpstream);
@@ -767,7 +793,7 @@ impl UdpListener {
         ctx: &mut IoContext<'_>,
     ) {
         let io = self.flows.entry(flow).or_default();
-        let opened = open_upstream(addr).and_then(|mut socket| {
+        let opened = self.sources.open(addr).and_then(|mut socket| {
             let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::Upstream {
                 listener: self.id,
                 flow,
@@ -797,8 +823,6 @@ impl UdpListener {
                     .clone()
                     .unwrap_or_else(|| BackendId::from(backend.as_str()));
                 if let Some(cluster) = &io.cluster {
-                    ctx.backends
-                        .flow_opened(cluster.as_str(), backend_id.as_str());
                     io.metrics = FlowMetrics::register(ctx.metrics, cluster, &backend_id);
                 }
                 io.backend = Some(backend_id);
@@ -809,7 +833,11 @@ impl UdpListener {
                 } else {
                     tracing::debug!(listener = %self.address, %flow, %error, "upstream open failed");
                 }
-                // Not counted on the backend: the flow never reached it.
+                // Uncounted: the flow never reached the backend.
+                if let (true, Some(c), Some(b)) = (io.counted, &io.cluster, &io.backend) {
+                    ctx.backends.flow_closed(c.as_str(), b.as_str());
+                }
+                io.counted = false;
                 io.backend = None;
                 self.metrics.upstream_open_failed(ctx.metrics);
                 self.followups.push(FollowUp::Abort {
@@ -835,11 +863,11 @@ impl UdpListener {
             // fetched for its token finds no owner, or a new flow's socket
             // that then reads `EAGAIN`.
             ctx.tokens.remove(up.token);
-            if let (Some(c), Some(b)) = (&io.cluster, &io.backend) {
-                ctx.backends.flow_closed(c.as_str(), b.as_str());
-            }
             io.metrics.closed(ctx.metrics);
             drop(up); // closes the socket
+        }
+        if let (true, Some(c), Some(b)) = (io.counted, &io.cluster, &io.backend) {
+            ctx.backends.flow_closed(c.as_str(), b.as_str());
         }
         let access_reason = match reason {
             // The flow lives on in another worker, which writes its record
@@ -873,6 +901,17 @@ impl UdpListener {
             reason: access_reason,
         }
         .emit();
+    }
+
+    /// On a wildcard listener, the address the client actually sent to
+    /// (from packet info), for the PROXY v2 destination: the core only knows
+    /// the listener's configured `0.0.0.0` / `::`. `None` on a specific
+    /// address (the core's header is already right) or without packet info.
+    fn hit_address(&self, local: Option<IpAddr>) -> Option<SocketAddr> {
+        if !self.address.ip().is_unspecified() {
+            return None;
+        }
+        local.map(|ip| SocketAddr::new(ip, self.address.port()))
     }
 
     fn overflow_push(

@@ -23,10 +23,11 @@ use sozu_command_lib::command::{
 };
 use sozu_command_lib::proto::convert::AddressError;
 
+use super::budget::{FlowPool, Member, Others, PoolLimits};
 use super::listener::{Frontend, IoContext, UdpListener};
 use super::metrics::{backend_health, probe_failed, ListenerMetrics};
 use super::mmsg::RecvBatch;
-use super::socket::{adopt_listener, auto_max_flows, bind_listener, ListenerSocketOptions};
+use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
 use crate::access_log::FlowCloseReason;
 use crate::backends::{BackendError, BackendStatus, ClusterId};
@@ -114,7 +115,12 @@ pub struct UdpShell {
     probes: HashMap<ProbeId, ProbeInFlight>,
     recv: RecvBatch,
     seed: u64,
-    fd_limit: u64,
+    /// Key of every listener's affinity hash: fleet-wide, not per process.
+    hash_seed: u64,
+    /// The worker-wide flow budget every listener draws from.
+    pool: FlowPool,
+    /// `upstream_source_addresses`, given to every listener added.
+    sources: SourceAddresses,
     adopted: HashMap<SocketAddr, OwnedFd>,
     /// Run by a master: listener sockets come from it, never from `bind`.
     require_adopted: bool,
@@ -126,9 +132,12 @@ pub struct UdpShell {
 }
 
 impl UdpShell {
-    /// An empty shell. `seed` keys each listener's affinity hash (mixed with
-    /// its address); `fd_limit` is the soft `RLIMIT_NOFILE` for automatic
-    /// `max_flows`; `adopted` are listener sockets passed by the master,
+    /// An empty shell. `seed` (per-process random) keys each listener's flow
+    /// table hasher (mixed with its address); the affinity hash is keyed by
+    /// the default hash seed until [`Self::set_hash_seed`]; `fd_limit` is the
+    /// soft `RLIMIT_NOFILE`, which sizes the flow pool until
+    /// [`Self::set_pool_limits`] gives the whole picture; `adopted` are
+    /// listener sockets passed by the master,
     /// used instead of binding when their listener is added;
     /// `buffer_size` clamps `max_rx_datagram_size` (`0`: no clamp).
     pub fn new(
@@ -144,7 +153,9 @@ impl UdpShell {
             probes: HashMap::new(),
             recv: RecvBatch::new(1501),
             seed,
-            fd_limit,
+            hash_seed: crate::protocol::udp::DEFAULT_HASH_SEED,
+            pool: FlowPool::new(PoolLimits::from_fd_limit(fd_limit).capacity()),
+            sources: SourceAddresses::default(),
             adopted: adopted.into_iter().collect(),
             require_adopted: false,
             draining: false,
@@ -165,6 +176,38 @@ impl UdpShell {
         self.adopted.remove(&address);
     }
 
+    /// Sets the affinity hash key (`hash_seed`) of the listeners added from
+    /// now on. It never mixes in the listener address, the worker or the
+    /// process: a client maps to the same backend wherever it lands.
+    pub fn set_hash_seed(&mut self, hash_seed: u64) {
+        self.hash_seed = hash_seed;
+    }
+
+    /// Sizes the worker-wide flow pool (fd limit, ephemeral port range,
+    /// workers sharing it, upstream source addresses).
+    pub fn set_pool_limits(&mut self, limits: PoolLimits) {
+        self.pool = FlowPool::new(limits.capacity());
+        tracing::info!(
+            flows = self.pool.capacity(),
+            fd_limit = limits.fd_limit,
+            ephemeral_ports = ?limits.ephemeral_ports,
+            workers = limits.workers,
+            source_addresses = limits.source_addresses,
+            "UDP flow pool"
+        );
+    }
+
+    /// Binds the upstream sockets of listeners added from now on to these
+    /// addresses in turn (`upstream_source_addresses`, set at start).
+    pub fn set_source_addresses(&mut self, sources: SourceAddresses) {
+        self.sources = sources;
+    }
+
+    /// The worker-wide flow pool.
+    pub fn pool(&self) -> FlowPool {
+        self.pool
+    }
+
     /// Adds sockets adopted during an upgrade (used by later adds).
     pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
         self.adopted.extend(sockets);
@@ -183,7 +226,8 @@ impl UdpShell {
         if self.by_address.contains_key(&address) {
             return Err(UdpError::ListenerExists { address });
         }
-        let manager_config = manager_config(address, config, 1, self.buffer_size)?;
+        let mut manager_config = manager_config(address, config, 1, self.buffer_size)?;
+        manager_config.hash_seed = self.hash_seed;
         let id = self.listeners.vacant_key();
         let seed = self.seed ^ crate::load_balancing::stable_hash(address.to_string().as_bytes());
         let manager = UdpFlowManager::new(manager_config, seed);
@@ -197,8 +241,10 @@ impl UdpShell {
             metrics,
         );
         self.listeners.insert(listener);
+        self.listeners[id].sources = self.sources.clone();
         self.by_address.insert(address, id);
-        self.rebalance_auto_max_flows();
+        // A real cap from the start (refreshed before every read).
+        self.refresh_cap(id);
         if self.draining {
             self.listeners[id].manager.drain(now);
         }
@@ -245,12 +291,9 @@ impl UdpShell {
             .manager
             .set_max_rx_datagram_size(checked.max_rx_datagram_size);
         listener.auto_max_flows = config.max_flows == 0;
-        if config.max_flows != 0 {
-            listener.manager.set_max_flows(checked.max_flows);
-        }
         listener.config = config;
         listener.resize_buffers(ctx);
-        self.rebalance_auto_max_flows();
+        self.refresh_cap(id);
         Ok(())
     }
 
@@ -308,7 +351,6 @@ impl UdpShell {
         listener.close_all(now, FlowCloseReason::ListenerClosed, ctx);
         listener.release_socket(ctx);
         listener.metrics.unregister(ctx.metrics);
-        self.rebalance_auto_max_flows();
         tracing::info!(listener = %address, "UDP listener removed");
         Ok(())
     }
@@ -580,7 +622,8 @@ impl UdpShell {
                     listener.on_writable(ctx);
                 }
                 if readable {
-                    listener.on_readable(now, &mut self.recv, ctx);
+                    self.refresh_cap(id);
+                    self.listeners[id].on_readable(now, &mut self.recv, ctx);
                 }
             }
             UdpToken::Upstream { listener, flow } => {
@@ -719,13 +762,36 @@ impl UdpShell {
             .sum()
     }
 
-    fn rebalance_auto_max_flows(&mut self) {
-        let share = auto_max_flows(self.fd_limit, self.listeners.len());
-        for (_, listener) in self.listeners.iter_mut() {
-            if listener.auto_max_flows {
-                listener.manager.set_max_flows(share);
-            }
+    /// Gives listener `id`'s flow manager the cap its pool allowance
+    /// allows right now (its live flows plus the new flows it may admit):
+    /// called before each read of its socket, so a batch admits at most
+    /// what the pool granted and the next batch sees every other
+    /// listener's flows.
+    fn refresh_cap(&mut self, id: usize) {
+        let Some(listener) = self.listeners.get(id) else {
+            return;
+        };
+        let me = pool_member(listener);
+        let others = Others::sum(
+            self.listeners
+                .iter()
+                .filter(|(other, _)| *other != id)
+                .map(|(_, l)| pool_member(l)),
+        );
+        let cap = self.pool.cap_for(me, others);
+        let listener = &mut self.listeners[id];
+        if listener.manager.config().max_flows != cap {
+            listener.manager.set_max_flows(cap);
         }
+    }
+}
+
+/// A listener as the flow pool sees it.
+fn pool_member(listener: &UdpListener) -> Member {
+    Member {
+        flows: listener.manager.active_flows(),
+        cap: (!listener.auto_max_flows).then_some(listener.config.max_flows as usize),
+        admitting: listener.is_reading(),
     }
 }
 
@@ -747,7 +813,8 @@ pub fn socket_options(config: &UdpListenerConfig) -> ListenerSocketOptions {
 }
 
 /// The core's listener configuration from the wire one; `auto_max_flows`
-/// stands in for `max_flows = 0` until the shell rebalances.
+/// stands in for `max_flows = 0` until the first read of the listener,
+/// which sets the cap its pool allowance gives (`refresh_cap`).
 fn manager_config(
     address: SocketAddr,
     config: &UdpListenerConfig,

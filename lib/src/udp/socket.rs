@@ -8,8 +8,9 @@
 //! state: every function returns an owned socket.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -116,18 +117,91 @@ fn enable_packet_info(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
 /// Opens a non-blocking UDP socket on an ephemeral port, connected to the
 /// backend `addr`: its own source port demultiplexes the backend's replies,
 /// and the connection makes the kernel report ICMP port-unreachable as
-/// `ECONNREFUSED` and filter other senders out.
-pub fn open_upstream(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+/// `ECONNREFUSED` and filter other senders out. With a `source`, the socket
+/// is first bound to `source:0`: its port then comes from that address's
+/// own share of the ephemeral range.
+pub fn open_upstream(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM.nonblocking().cloexec(),
         Some(Protocol::UDP),
     )?;
-    // No explicit `bind`: `connect` binds an unbound socket to an
-    // ephemeral port and the route's source address itself (one system
-    // call less per flow).
+    // Without a source, no explicit `bind`: `connect` binds an unbound
+    // socket to an ephemeral port and the route's source address itself
+    // (one system call less per flow).
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
     socket.connect(&addr.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// The configured `upstream_source_addresses`, used in turn by one
+/// listener's upstream sockets (each address brings its own ephemeral port
+/// range, so a worker can hold more flows than one range allows).
+#[derive(Debug, Clone, Default)]
+pub struct SourceAddresses {
+    addresses: Arc<[IpAddr]>,
+    next: usize,
+}
+
+impl SourceAddresses {
+    /// The addresses, in the configured order.
+    pub fn new(addresses: &[IpAddr]) -> Self {
+        SourceAddresses {
+            addresses: addresses.into(),
+            next: 0,
+        }
+    }
+
+    /// How many port ranges these addresses bring to flows of either
+    /// family: the number of addresses of the family with fewer of them
+    /// (when both are listed), since a flow can only use its own family's
+    /// addresses; 0 when none is configured.
+    pub fn port_ranges(&self) -> u64 {
+        let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count() as u64;
+        let v6 = self.addresses.len() as u64 - v4;
+        match (v4, v6) {
+            (0, n) | (n, 0) => n,
+            (a, b) => a.min(b),
+        }
+    }
+
+    /// Opens an upstream socket to `backend` bound to the next address of
+    /// its family, in turn; an address whose ports are all taken
+    /// (`EADDRINUSE`) or that is gone (`EADDRNOTAVAIL`) is skipped for this
+    /// flow. Without an address of that family, the kernel picks one.
+    pub fn open(&mut self, backend: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+        let count = self.addresses.len();
+        let mut last_error = None;
+        for step in 0..count {
+            let index = (self.next + step) % count;
+            let ip = self.addresses[index];
+            if ip.is_ipv4() != backend.is_ipv4() {
+                continue;
+            }
+            match open_upstream(backend, Some(ip)) {
+                Ok(socket) => {
+                    self.next = index + 1;
+                    return Ok(socket);
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
+                    ) =>
+                {
+                    tracing::debug!(source = %ip, %backend, error = %e, "upstream source address skipped");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match last_error {
+            Some(e) => Err(e),
+            None => open_upstream(backend, None),
+        }
+    }
 }
 
 /// Whether an error means the process or the system ran out of file
@@ -171,13 +245,29 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// The automatic `max_flows` of each UDP listener (`max_flows = 0`): each
-/// flow holds one fd, so the fd limit minus a reserve (channel, listeners,
-/// probes, statsd, logs) is shared between the listeners:
-/// `max(1, (fd_limit - 256) * 9 / 10 / listeners)`.
-pub fn auto_max_flows(fd_limit: u64, listeners: usize) -> usize {
-    const RESERVED_FDS: u64 = 256;
-    let usable = fd_limit.saturating_sub(RESERVED_FDS) * 9 / 10;
-    let share = usable / (listeners.max(1) as u64);
-    usize::try_from(share).unwrap_or(usize::MAX).max(1)
+/// Where the kernel keeps the range of ephemeral ports that `connect` on an
+/// unbound socket draws from (IPv4 and IPv6 alike).
+pub const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The number of ports in the host's ephemeral range (`hi − lo + 1`), read
+/// from [`PORT_RANGE_PATH`]: every flow's upstream socket takes one.
+pub fn ephemeral_port_count() -> io::Result<u64> {
+    let text = std::fs::read_to_string(PORT_RANGE_PATH)?;
+    parse_port_range(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{PORT_RANGE_PATH}: unexpected content {text:?}"),
+        )
+    })
+}
+
+/// Parses `"lo\thi\n"` into `hi − lo + 1`.
+pub fn parse_port_range(text: &str) -> Option<u64> {
+    let mut fields = text.split_whitespace().map(str::parse::<u16>);
+    let lo = fields.next()?.ok()?;
+    let hi = fields.next()?.ok()?;
+    if fields.next().is_some() || hi < lo {
+        return None;
+    }
+    Some(u64::from(hi - lo) + 1)
 }

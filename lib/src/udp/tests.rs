@@ -1,13 +1,13 @@
-//! Shell tests that need to look inside one wake-up: the per-socket budget
-//! and the automatic `max_flows` formula.
+//! Shell tests that need real sockets: the per-socket read budget of one
+//! wake-up, the port-range file and upstream source addresses.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Instant;
 
 use mio::Poll;
 use sozu_command_lib::command::{filtered_metrics::Inner, QueryMetricsOptions, UdpListenerConfig};
 
-use super::socket::auto_max_flows;
+use super::socket::{parse_port_range, SourceAddresses};
 use super::{IoContext, UdpShell, UdpToken, DATAGRAM_BUDGET};
 use crate::backends::BackendMap;
 use crate::health::HealthChecker;
@@ -87,10 +87,66 @@ fn a_busy_listener_yields_at_its_budget_and_is_read_again_on_the_next_pass() {
 }
 
 #[test]
-fn automatic_max_flows_shares_the_fd_limit_between_listeners() {
-    assert_eq!(auto_max_flows(1_048_576, 1), 943_488);
-    assert_eq!(auto_max_flows(1_048_576, 2), 471_744);
-    assert_eq!(auto_max_flows(1024, 1), 691);
-    // A tiny limit still admits one flow.
-    assert_eq!(auto_max_flows(100, 3), 1);
+fn the_port_range_file_is_parsed_as_the_kernel_writes_it() {
+    assert_eq!(parse_port_range("32768\t60999\n"), Some(28_232));
+    assert_eq!(parse_port_range("1024 1024"), Some(1));
+    assert_eq!(parse_port_range("60999\t32768\n"), None);
+    assert_eq!(parse_port_range("32768"), None);
+    assert_eq!(parse_port_range("a b"), None);
+    // The host's own file reads (Linux).
+    assert!(super::socket::ephemeral_port_count().unwrap() >= 1);
+}
+
+#[test]
+fn upstream_sockets_take_the_source_addresses_in_turn() {
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let sources: Vec<IpAddr> = vec![
+        "127.0.0.2".parse().unwrap(),
+        "::1".parse().unwrap(),
+        "127.0.0.3".parse().unwrap(),
+    ];
+    let mut turn = SourceAddresses::new(&sources);
+    let locals: Vec<SocketAddr> = (0..4)
+        .map(|_| turn.open(backend_addr).unwrap().local_addr().unwrap())
+        .collect();
+    let ips: Vec<String> = locals.iter().map(|a| a.ip().to_string()).collect();
+    // IPv4 backend: the IPv6 address is skipped.
+    assert_eq!(ips, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
+    assert!(locals.iter().all(|a| a.port() != 0));
+    // The connection is real: a datagram reaches the backend from there.
+    let socket = turn.open(backend_addr).unwrap();
+    socket.send(b"hello").unwrap();
+    let mut buf = [0u8; 16];
+    backend
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let (n, from) = backend.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(from, socket.local_addr().unwrap());
+    // No address of the backend's family: the kernel picks one.
+    let none_v6 = SourceAddresses::new(&sources[..1]);
+    let v6_backend = UdpSocket::bind("[::1]:0").unwrap();
+    let local = none_v6
+        .clone()
+        .open(v6_backend.local_addr().unwrap())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(local.is_ipv6());
+}
+
+#[test]
+fn source_addresses_count_the_port_ranges_every_flow_can_use() {
+    let ips = |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+    assert_eq!(SourceAddresses::default().port_ranges(), 0);
+    assert_eq!(
+        SourceAddresses::new(&ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])).port_ranges(),
+        3
+    );
+    // Both families: a flow uses its own family's, so the smaller count.
+    assert_eq!(
+        SourceAddresses::new(&ips(&["10.0.0.1", "10.0.0.2", "2001:db8::1"])).port_ranges(),
+        1
+    );
 }

@@ -182,3 +182,55 @@ pub(super) fn flush_batch(
     }
     batch.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fills a flow's write queue to [`MAX_UPSTREAM_QUEUE`]: once a
+    /// datagram waits, later ones queue behind it (order kept) up to the
+    /// bound; the next is dropped (`queue_full`), the queued ones kept.
+    #[test]
+    fn the_upstream_write_queue_stops_at_its_bound_and_drops_the_newest() {
+        let poll = mio::Poll::new().unwrap();
+        let target = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.connect(target.local_addr().unwrap()).unwrap();
+        let mut up = Upstream {
+            socket,
+            token: Token(7),
+            queue: VecDeque::new(),
+            write_interest: false,
+        };
+        poll.registry()
+            .register(&mut up.socket, up.token, Interest::READABLE)
+            .unwrap();
+        // As if a send had met EWOULDBLOCK: one datagram waits.
+        up.queue.push_back(b"waiting".to_vec());
+        for i in 1..MAX_UPSTREAM_QUEUE {
+            let payload = format!("d{i}");
+            let sent = send_upstream(Some(&mut up), None, payload.as_bytes(), poll.registry());
+            assert!(matches!(sent, UpstreamSend::Sent), "datagram {i}");
+        }
+        assert_eq!(up.queue.len(), MAX_UPSTREAM_QUEUE);
+        assert!(up.write_interest, "a waiting queue wants writability");
+        let over = send_upstream(
+            Some(&mut up),
+            Some(b"hdr"),
+            b"one too many",
+            poll.registry(),
+        );
+        assert!(matches!(over, UpstreamSend::Dropped(ShellDrop::QueueFull)));
+        assert_eq!(up.queue.len(), MAX_UPSTREAM_QUEUE);
+        assert_eq!(up.queue.front().map(Vec::as_slice), Some(&b"waiting"[..]));
+        let last = format!("d{}", MAX_UPSTREAM_QUEUE - 1);
+        assert_eq!(up.queue.back().map(Vec::as_slice), Some(last.as_bytes()));
+        // Nothing was sent while a datagram waited (order kept).
+        target.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            target.recv(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+    }
+}

@@ -106,25 +106,32 @@ impl Flow {
             .is_some_and(|cap| self.requests >= u64::from(cap.get()))
     }
 
-    /// The responses cap is reached.
-    pub(crate) fn is_responses_exhausted(&self) -> bool {
+    /// The responses the backend owes: `responses = N` per forwarded
+    /// request (nginx's `proxy_responses`), `None` without a responses cap.
+    /// Saturating, so a long-lived flow never overflows.
+    pub(crate) fn responses_owed(&self) -> Option<u64> {
         self.knobs
             .responses
-            .is_some_and(|cap| self.responses >= u64::from(cap.get()))
+            .map(|n| self.requests.saturating_mul(u64::from(n.get())))
     }
 
-    /// Requests are exhausted but a responses cap is still expected to be
-    /// met: the flow stays open for the answers (a DNS query with
-    /// `requests = 1, responses = 1` gets its answer).
-    pub(crate) fn is_awaiting_responses(&self) -> bool {
-        self.knobs.responses.is_some() && !self.is_responses_exhausted()
+    /// Every forwarded request got its N responses (and at least one request
+    /// was forwarded: an awaiting flow owes nothing yet but is not done).
+    pub(crate) fn is_responses_exhausted(&self) -> bool {
+        self.requests > 0
+            && self
+                .responses_owed()
+                .is_some_and(|owed| self.responses >= owed)
     }
 
-    /// Why the flow must close now because of its caps, if it must.
+    /// Why the flow must close now because of its caps, if it must. With a
+    /// responses cap the flow closes when every forwarded request is
+    /// answered (a requests cap then only stops forwarding); without one, at
+    /// the requests cap.
     pub(crate) fn cap_teardown(&self) -> Option<super::types::CloseReason> {
         if self.is_responses_exhausted() {
             Some(super::types::CloseReason::ResponsesReached)
-        } else if self.is_requests_exhausted() && !self.is_awaiting_responses() {
+        } else if self.knobs.responses.is_none() && self.is_requests_exhausted() {
             Some(super::types::CloseReason::RequestsReached)
         } else {
             None

@@ -82,6 +82,8 @@ impl<E> UdpFlowManager<E> {
                 flow.pending.iter().map(Vec::len).sum::<usize>(),
                 "invariant: pending byte count"
             );
+            // Exhausted caps ⇔ teardown due: with `responses = N`, every
+            // forwarded request answered N times; without, the requests cap.
             assert!(
                 flow.cap_teardown().is_none(),
                 "invariant: a flow with exhausted caps was not torn down"

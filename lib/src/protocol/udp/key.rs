@@ -233,6 +233,12 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The default key of the affinity hash (`hash_seed`): fixed, so every
+/// worker, every restart and upgrade, and every sozu instance with the same
+/// configuration map a client to the same backend. Overridable by the global
+/// `hash_seed` configuration key (a fleet sets the same value everywhere).
+pub const DEFAULT_HASH_SEED: u64 = 0x736f_7a75_2d61_6666;
+
 /// The affinity hash of a client: seeded, over the IP (`SourceIp`) or the IP
 /// and port (`SourceIpPort`). IPv4-mapped IPv6 addresses hash as IPv4, so a
 /// dual-stack listener gives one client one hash.

@@ -37,7 +37,6 @@ pub struct UdpFlowManager<E = SourceAddressExtractor> {
     pub(super) config: UdpFlowManagerConfig,
     pub(super) cluster: Option<ClusterConfig>,
     pub(super) extractor: E,
-    pub(super) seed: u64,
     pub(super) flows: Slab<Flow>,
     pub(super) table: HashMap<FlowKey, FlowId, SeededState>,
     pub(super) timers: TimerQueue,
@@ -50,8 +49,9 @@ pub struct UdpFlowManager<E = SourceAddressExtractor> {
 
 impl UdpFlowManager<SourceAddressExtractor> {
     /// A manager keying flows by client source address. `seed` keys the
-    /// affinity hash and the flow table's hasher (inject a random one in
-    /// production, a fixed one in tests).
+    /// flow table's hasher only (inject a per-process random one in
+    /// production against hash flooding, a fixed one in tests); the affinity
+    /// hash is keyed by `config.hash_seed`, stable across processes.
     pub fn new(config: UdpFlowManagerConfig, seed: u64) -> Self {
         Self::with_extractor(config, seed, SourceAddressExtractor)
     }
@@ -66,7 +66,6 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             config,
             cluster: None,
             extractor,
-            seed,
             flows: Slab::new(),
             table: HashMap::with_hasher(SeededState::new(seed)),
             timers: TimerQueue::default(),
@@ -206,7 +205,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             max_pending_bytes: self.config.max_pending_bytes,
         };
         let cluster_id = cluster.cluster_id.clone();
-        let hash = affinity_hash(self.seed, cluster.affinity_key, src);
+        let hash = affinity_hash(self.config.hash_seed, cluster.affinity_key, src);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let deadline = deadline_after(now, knobs.front_timeout);

@@ -83,7 +83,7 @@ mod tests;
 pub use handover::{AdoptError, FlowHandover};
 pub use key::{
     affinity_hash, ConnectionId, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor,
-    SeededHasher, SeededState, SourceAddressExtractor, MAX_CONNECTION_ID_LEN,
+    SeededHasher, SeededState, SourceAddressExtractor, DEFAULT_HASH_SEED, MAX_CONNECTION_ID_LEN,
 };
 pub use manager::UdpFlowManager;
 pub use ppv2::ProxyHeader;

@@ -10,6 +10,9 @@ use std::{
 
 use super::*;
 
+mod affinity;
+mod responses;
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -67,7 +70,10 @@ fn first_datagram_admits_and_selects_backend() {
     };
     assert_eq!(*f, flow);
     assert_eq!(cluster.as_str(), "dns");
-    assert_eq!(*h, affinity_hash(42, AffinityKey::SourceIp, client));
+    assert_eq!(
+        *h,
+        affinity_hash(DEFAULT_HASH_SEED, AffinityKey::SourceIp, client)
+    );
     assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(10)));
 
     let backend = addr("10.1.0.1:53");
@@ -217,7 +223,7 @@ fn tracked_key_is_sticky_and_each_port_gets_its_own_flow() {
     assert_eq!(
         hashes,
         vec![affinity_hash(
-            42,
+            DEFAULT_HASH_SEED,
             AffinityKey::SourceIp,
             addr("192.0.2.1:1000")
         )]
@@ -233,7 +239,7 @@ fn source_ip_port_affinity_hashes_the_port() {
     let out = outputs(&mut m);
     assert!(out.iter().any(|o| matches!(o,
         Output::SelectBackend { affinity_hash: h, .. }
-            if *h == affinity_hash(42, AffinityKey::SourceIpPort, addr("192.0.2.1:1000")))));
+            if *h == affinity_hash(DEFAULT_HASH_SEED, AffinityKey::SourceIpPort, addr("192.0.2.1:1000")))));
 }
 
 #[test]
@@ -1106,7 +1112,7 @@ fn handed_over_flow_keeps_backend_counters_and_deadline() {
     let t0 = origin();
     let mut c = cluster();
     c.send_proxy_protocol = true;
-    c.responses = nz(3);
+    c.responses = nz(2);
     let mut old = manager_with(c);
     let client = addr("192.0.2.1:1");
     let flow = established(&mut old, t0, client);
@@ -1149,14 +1155,17 @@ fn handed_over_flow_keeps_backend_counters_and_deadline() {
         new.handle_backend_datagram(t1, id, b"r2"),
         BackendDecision::Return { dst: client }
     );
-    // Captured responses = 3: the third reply closes it, counters carried.
+    // Captured responses = 2 per request, 2 requests: the fourth reply
+    // closes it, counters carried.
     new.handle_backend_datagram(t1, id, b"r3");
+    assert_eq!(new.active_flows(), 1, "one answer still owed");
+    new.handle_backend_datagram(t1, id, b"r4");
     let out = outputs(&mut new);
     let Some(Output::CloseFlow { reason, record, .. }) = out.last() else {
         panic!("closed by the carried cap")
     };
     assert_eq!(*reason, CloseReason::ResponsesReached);
-    assert_eq!((record.datagrams_in, record.datagrams_out), (2, 3));
+    assert_eq!((record.datagrams_in, record.datagrams_out), (2, 4));
     assert_eq!(record.duration(), Duration::from_secs(2));
 }
 

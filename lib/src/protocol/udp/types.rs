@@ -129,10 +129,12 @@ pub struct ClusterConfig {
     pub cluster_id: ClusterId,
     /// What the affinity hash covers.
     pub affinity_key: AffinityKey,
-    /// Close the flow after this many backend datagrams (`None` = unlimited;
-    /// DNS = 1).
+    /// Backend datagrams expected per forwarded client datagram (nginx's
+    /// `proxy_responses`): the flow closes once every forwarded request got
+    /// them (`None` = unlimited; DNS = 1).
     pub responses: Option<NonZeroU32>,
-    /// Close the flow after this many client datagrams (`None` = unlimited).
+    /// Forward at most this many client datagrams (`None` = unlimited);
+    /// without a responses cap the flow closes on the last one.
     pub requests: Option<NonZeroU32>,
     /// Idle time after a client datagram; `None` = the listener's default.
     pub front_timeout: Option<Duration>,
@@ -184,6 +186,12 @@ pub struct UdpFlowManagerConfig {
     pub max_pending_datagrams: NonZeroUsize,
     /// Most payload bytes buffered per awaiting flow.
     pub max_pending_bytes: NonZeroUsize,
+    /// Key of the affinity hash (HRW / MAGLEV placement). Must be the same
+    /// on every worker and instance that should agree on a client's backend;
+    /// never random. Default [`super::DEFAULT_HASH_SEED`]. (The flow table's
+    /// hasher is keyed separately, by the per-process seed of
+    /// [`super::UdpFlowManager::new`].)
+    pub hash_seed: u64,
 }
 
 /// Default bound of the per-flow pending FIFO (datagrams).
@@ -210,6 +218,7 @@ impl UdpFlowManagerConfig {
             back_timeout: Duration::from_secs(30),
             max_pending_datagrams: DEFAULT_MAX_PENDING_DATAGRAMS,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            hash_seed: super::DEFAULT_HASH_SEED,
         }
     }
 }
@@ -257,7 +266,7 @@ impl DropReason {
 pub enum CloseReason {
     /// Its idle deadline passed.
     Idle,
-    /// The responses cap was reached.
+    /// Every forwarded client datagram got its `responses` answers.
     ResponsesReached,
     /// The requests cap was reached.
     RequestsReached,

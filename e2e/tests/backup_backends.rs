@@ -1,0 +1,351 @@
+//! Backup backends through the real binary, for UDP, TCP and HTTP: a backup
+//! gets new flows (connections, requests) only while no primary backend of
+//! its cluster is available — removed, down by its health check, or
+//! suspect — and new traffic goes back to the primary once it returns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sozu_e2e::config::HealthConfig;
+use sozu_e2e::ports::{free_v4, V4};
+use sozu_e2e::stream::{http_get, tcp_greeting, NamedHttpBackend, NamedTcpBackend};
+use sozu_e2e::udp::parse_reply;
+use sozu_e2e::{wait_until, ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
+
+const WAIT: Duration = Duration::from_secs(20);
+const NEW_FLOWS: usize = 20;
+
+/// Which backend each of `n` new flows reached, counted by name.
+fn spread(n: usize, mut one: impl FnMut(usize) -> String) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for i in 0..n {
+        *counts.entry(one(i)).or_default() += 1;
+    }
+    counts
+}
+
+fn all_to(counts: &BTreeMap<String, usize>, name: &str) -> bool {
+    counts.len() == 1 && counts.get(name) == Some(&NEW_FLOWS)
+}
+
+/// A new UDP flow (fresh source port): the backend that answered, if one
+/// did within 300 ms.
+fn udp_flow(front: SocketAddr, payload: &str) -> Option<String> {
+    let client = UdpClient::new(front);
+    client.send(payload.as_bytes());
+    let reply = client.recv_timeout(Duration::from_millis(300))?;
+    let (backend, echoed) = parse_reply(&reply);
+    (echoed == payload.as_bytes()).then_some(backend)
+}
+
+fn udp_spread(front: SocketAddr, tag: &str) -> BTreeMap<String, usize> {
+    spread(NEW_FLOWS, |i| {
+        UdpClient::new(front).expect_echo(format!("{tag}-{i}").as_bytes())
+    })
+}
+
+#[test]
+fn udp_backup_serves_only_while_the_primary_is_removed_or_down() {
+    let primary = UdpBackend::start("primary", V4, Some("ping"));
+    let backup = UdpBackend::start("backup", V4, Some("ping"));
+    let front = free_v4();
+    let mut cluster = ClusterConfig::new("dns", front).backend("primary", primary.addr());
+    cluster.health = Some(HealthConfig::fast_udp_probe("ping"));
+    // One worker: its health checker alone decides, so the test knows when.
+    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(front), cluster));
+    let backup_addr = backup.addr().to_string();
+    let primary_addr = primary.addr().to_string();
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "dns",
+        "--backend-id",
+        "backup",
+        "-a",
+        &backup_addr,
+        "--backup",
+    ]);
+    // The backup is listed as one.
+    let listed = sozu.cli_ok(&["cluster", "list", "-i", "dns"]).stdout;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("backup") && l.trim_end().ends_with("yes")),
+        "{listed}"
+    );
+
+    let counts = udp_spread(front, "up");
+    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
+
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "dns",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = udp_spread(front, "removed");
+    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
+
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "dns",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = udp_spread(front, "re-added");
+    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
+
+    // Down by its health check: it stops answering (probes included).
+    primary.set_silent(true);
+    wait_until("the primary marked down", WAIT, || {
+        (udp_flow(front, "probe-down")? == "backup").then_some(())
+    });
+    let counts = udp_spread(front, "down");
+    assert!(all_to(&counts, "backup"), "primary down: {counts:?}");
+    // The positive signal beside "the primary got nothing": it was probed.
+    assert!(primary.probes() > 0);
+
+    primary.set_silent(false);
+    wait_until("the primary back up", WAIT, || {
+        (udp_flow(front, "probe-up")? == "primary").then_some(())
+    });
+    let counts = udp_spread(front, "back");
+    assert!(all_to(&counts, "primary"), "primary back up: {counts:?}");
+}
+
+/// One worker, a TCP and an HTTP listener; each cluster has a primary and a
+/// backup declared in the configuration file (`backup = true`).
+fn start_streams(
+    tcp: (&NamedTcpBackend, &NamedTcpBackend),
+    http: (&NamedHttpBackend, &NamedHttpBackend),
+) -> (Sozu, SocketAddr, SocketAddr) {
+    let tcp_front = free_v4();
+    let http_front = free_v4();
+    let config = SozuConfig {
+        worker_count: 1,
+        extra: format!(
+            r#"
+[[listeners]]
+protocol = "tcp"
+address = "{tcp_front}"
+
+[[listeners]]
+protocol = "http"
+address = "{http_front}"
+
+[clusters.echo]
+protocol = "tcp"
+frontends = [{{ address = "{tcp_front}" }}]
+backends = [{{ address = "{}", backend_id = "primary" }}, {{ address = "{}", backend_id = "backup", backup = true }}]
+
+[clusters.web]
+protocol = "http"
+frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/" }}]
+backends = [{{ address = "{}", backend_id = "primary" }}, {{ address = "{}", backend_id = "backup", backup = true }}]
+"#,
+            tcp.0.addr(),
+            tcp.1.addr(),
+            http.0.addr(),
+            http.1.addr()
+        ),
+        ..SozuConfig::default()
+    };
+    (Sozu::start(config), tcp_front, http_front)
+}
+
+fn tcp_spread(front: SocketAddr) -> BTreeMap<String, usize> {
+    spread(NEW_FLOWS, |i| {
+        tcp_greeting(front)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+            .1
+    })
+}
+
+fn http_spread(front: SocketAddr) -> BTreeMap<String, usize> {
+    spread(NEW_FLOWS, |i| match http_get(front, "example.com", "/") {
+        Ok((200, body)) => body.trim_start_matches("backend=").to_owned(),
+        other => panic!("request {i}: {other:?}"),
+    })
+}
+
+#[test]
+fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
+    let (primary, backup) = (
+        NamedTcpBackend::start("primary"),
+        NamedTcpBackend::start("backup"),
+    );
+    let (p, b) = (
+        NamedHttpBackend::start("primary"),
+        NamedHttpBackend::start("backup"),
+    );
+    let (sozu, front, _) = start_streams((&primary, &backup), (&p, &b));
+    let primary_addr = primary.addr().to_string();
+
+    let counts = tcp_spread(front);
+    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
+    assert_eq!(backup.connections(), 0);
+
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "echo",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = tcp_spread(front);
+    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
+
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "echo",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = tcp_spread(front);
+    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
+
+    // Suspect: the primary comes back at an address where nothing
+    // listens. The first connect is refused, the primary becomes suspect
+    // and that connection (retried) and the next ones go to the backup.
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "echo",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let dead = free_v4().to_string();
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "echo",
+        "--backend-id",
+        "primary",
+        "-a",
+        &dead,
+    ]);
+    let counts = tcp_spread(front);
+    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    let m = sozu.metrics();
+    assert!(
+        m.backend("echo", "primary", "tcp.connect.failed")
+            .unwrap_or(0)
+            >= 1,
+        "the refused connect is counted: {:?}",
+        m.names()
+    );
+
+    // Back at its live address: new connections go to it again.
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "echo",
+        "--backend-id",
+        "primary",
+        "-a",
+        &dead,
+    ]);
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "echo",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = tcp_spread(front);
+    assert!(all_to(&counts, "primary"), "primary back: {counts:?}");
+}
+
+#[test]
+fn http_backup_serves_only_while_the_primary_is_removed_or_suspect() {
+    let (tp, tb) = (
+        NamedTcpBackend::start("primary"),
+        NamedTcpBackend::start("backup"),
+    );
+    let (primary, backup) = (
+        NamedHttpBackend::start("primary"),
+        NamedHttpBackend::start("backup"),
+    );
+    let (sozu, _, front) = start_streams((&tp, &tb), (&primary, &backup));
+    let primary_addr = primary.addr().to_string();
+
+    let counts = http_spread(front);
+    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
+
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "web",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = http_spread(front);
+    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
+
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "web",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let counts = http_spread(front);
+    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
+
+    // Suspect: the primary at a dead address; no request is answered by
+    // the proxy itself (503), the backup answers every one.
+    sozu.cli_ok(&[
+        "backend",
+        "remove",
+        "-i",
+        "web",
+        "--backend-id",
+        "primary",
+        "-a",
+        &primary_addr,
+    ]);
+    let dead = free_v4().to_string();
+    sozu.cli_ok(&[
+        "backend",
+        "add",
+        "-i",
+        "web",
+        "--backend-id",
+        "primary",
+        "-a",
+        &dead,
+    ]);
+    let counts = http_spread(front);
+    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+}
