@@ -398,3 +398,38 @@ fn an_inactive_listener_is_held_and_its_removal_releases_the_port() {
         );
     }
 }
+
+#[test]
+fn a_reload_adding_a_listener_on_an_address_in_use_applies_nothing() {
+    let backend = UdpBackend::v4("a");
+    let front = free_v4();
+    let config = udp_config(2, front, &backend);
+    let sozu = Sozu::start(config.clone());
+    let holder = UdpSocket::bind(free_v4()).unwrap();
+    let taken = holder.local_addr().unwrap();
+    let fresh = free_v4();
+    // The new file: two more listeners, one on an address in use.
+    let mut edited = config;
+    edited.extra = format!(
+        "\n[[listeners]]\nprotocol = \"udp\"\naddress = \"{fresh}\"\n\
+         \n[[listeners]]\nprotocol = \"udp\"\naddress = \"{taken}\"\n"
+    );
+    let file = sozu.dir().join("edited.toml");
+    std::fs::write(&file, edited.render(sozu.dir())).unwrap();
+    let out = sozu.cli(&["reload", "-f", &file.to_string_lossy()]);
+    assert!(!out.success(), "the reload succeeded: {}", out.stdout);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains(&taken.to_string()), "not named: {said}");
+    // Nothing of the batch applied, nothing bound: the free one too.
+    let listed = sozu.cli_ok(&["listener", "list"]).stdout;
+    assert!(
+        !listed.contains(&taken.to_string()) && !listed.contains(&fresh.to_string()),
+        "part of the refused reload is listed:\n{listed}"
+    );
+    assert!(listed.contains(&front.to_string()), "{listed}");
+    assert!(
+        UdpSocket::bind(fresh).is_ok(),
+        "{fresh} stayed bound after the refused reload"
+    );
+    assert_eq!(UdpClient::new(front).expect_echo(b"q"), "a");
+}
