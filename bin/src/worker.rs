@@ -124,6 +124,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }),
         adopted_sockets: Vec::new(),
         scm: Some(scm),
+        listen_sockets_from_master: true,
         raise_fd_limit: true,
         log_level: Some(LogLevelHook::new(|directives| {
             logging::set_level(directives).map_err(|error| format!("{error:#}"))

@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod backends;
 pub mod health;
 pub mod http;
+pub mod listen_socket;
 pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;

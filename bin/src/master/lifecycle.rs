@@ -350,6 +350,9 @@ impl Master {
                 kill_at: None,
                 progress_at: now + STOP_PROGRESS_INTERVAL,
             };
+            // The proxy takes nothing new: once the workers close their
+            // copies, the listening sockets are gone (connections refused).
+            self.listen_sockets.release_all();
             // The command socket keeps serving status during a soft stop.
             if !self.listener_registered && !hard {
                 self.register_listener();

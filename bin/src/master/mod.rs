@@ -6,15 +6,16 @@
 //! the worker channels and the signal self-pipe; it never blocks except in
 //! `poll`, and the bounded, short blocking steps of an upgrade. What each
 //! order does is in `orders.rs`; supervision and stop in `lifecycle.rs`;
-//! upgrades in `upgrade.rs`. The master never proxies traffic itself and
-//! never holds a listening socket except while handing one from an old
-//! worker to a new one.
+//! upgrades in `upgrade.rs`. The master never proxies traffic itself; it
+//! binds and holds every listening socket and passes them to the workers
+//! (`listen_sockets.rs`).
 
 mod clients;
 mod command_socket;
 mod describe;
 mod gather;
 mod lifecycle;
+mod listen_sockets;
 mod metrics;
 mod orders;
 mod prevalidate;
@@ -180,6 +181,8 @@ pub(crate) struct Master {
     exec_requested: Option<Token>,
     /// When the next heartbeat status is sent to the workers.
     next_heartbeat: Instant,
+    /// Every listener's sockets, bound and held by the master.
+    listen_sockets: listen_sockets::ListenSockets,
     /// Request counts and the metrics setting (`queries.rs`).
     sozu: queries::SozuExtras,
     /// A state change is out to the workers (at most one at a time).
@@ -246,6 +249,12 @@ impl Master {
             state,
             UnixListener::from_std(std_listener),
         )?;
+        // Binding is part of accepting: an address in use stops the start
+        // here, before any worker exists.
+        master
+            .listen_sockets
+            .bind_missing(&master.state)
+            .context("cannot bind the listeners")?;
         let now = now();
         for _ in 0..master.config.worker_count.get() {
             let id = master.next_worker_id;
@@ -307,6 +316,7 @@ impl Master {
             exit: None,
             exec_requested: None,
             next_heartbeat: now() + config.worker_timeout,
+            listen_sockets: listen_sockets::ListenSockets::new(config.worker_count.get() as usize),
             sozu: queries::SozuExtras::default(),
             change_in_flight: false,
             deferred: VecDeque::new(),
@@ -639,15 +649,20 @@ impl Master {
 
     // ---- workers ----
 
-    /// Starts worker `id` and sends it the current state then a status.
+    /// Starts worker `id` and sends it its slot's listening sockets, the
+    /// current state, then a status.
     fn start_worker(&mut self, id: u32, now: Instant, quick_failures: u32) -> anyhow::Result<()> {
+        let adopt = self.boot_adopt_order(id);
         self.start_worker_with(
             id,
             now,
             quick_failures,
-            Vec::new(),
+            adopt.into_iter().collect(),
             Purpose::WorkerBoot { worker: id },
-        )
+        )?;
+        let keys = self.listen_sockets.keys();
+        self.send_listen_sockets(id, &keys);
+        Ok(())
     }
 
     /// Starts worker `id` and queues `prelude`, the state and a status to

@@ -285,6 +285,25 @@ impl Master {
                 return;
             }
         };
+        // Binding is part of accepting (listen_sockets.rs): the sockets of
+        // every listener the change adds are bound before anything is sent;
+        // an address in use refuses the whole change.
+        let bound = match self.listen_sockets.bind_added(&self.state, &after) {
+            Ok(bound) => bound,
+            Err(error) => {
+                let message = if total == 1 {
+                    format!("{name} refused: {error}")
+                } else {
+                    format!("{name} refused: {error}; nothing was applied")
+                };
+                audit(peer, name, "refused", &message);
+                match token {
+                    Some(token) => self.answer(token, failure(message)),
+                    None => tracing::error!(message),
+                }
+                return;
+            }
+        };
         if total == 0 {
             audit(peer, name, "ok", "no change");
             if let Some(token) = token {
@@ -316,6 +335,8 @@ impl Master {
             participants,
             summary,
         };
+        // The workers adopt the new sockets before they read the orders.
+        self.pass_listen_sockets(&bound, now);
         self.change_in_flight = true;
         self.fan_out(
             Purpose::Change(Box::new(change)),
@@ -456,6 +477,10 @@ impl Master {
                 None => tracing::error!(message),
             }
         }
+        // Sockets of listeners the committed state does not have (removed
+        // now, or added by a refused change) are closed; the workers close
+        // their copies when they remove the listener.
+        self.listen_sockets.release_absent(&self.state);
         self.change_in_flight = false;
         self.run_deferred(now);
     }

@@ -249,6 +249,7 @@ fn new_worker_booted(
     if let Some(worker) = master.workers.get_mut(&new) {
         worker.ready = true;
     }
+    master.listen_sockets.succeed(old, new);
     let stop = master.gather.open(Purpose::StopForward, now, None);
     master.send_to_worker(
         stop,
@@ -306,6 +307,10 @@ struct Handover {
     /// Worker slots that were down (the new master starts them).
     #[serde(default)]
     down_slots: Vec<u32>,
+    /// The listening sockets the master holds (absent from a master that
+    /// did not hold them).
+    #[serde(default)]
+    listen_sockets: super::listen_sockets::Handover,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -419,6 +424,7 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
             .filter(|w| w.channel_closed && w.run_state == RunState::Stopped)
             .map(|w| w.id)
             .collect(),
+        listen_sockets: master.listen_sockets.handover(),
     };
     let json = serde_json::to_vec(&handover).context("cannot encode the handover")?;
     // SAFETY: memfd_create with a static C string; flags 0 = no CLOEXEC, so
@@ -441,6 +447,7 @@ fn prepare_and_exec(master: &mut Master, token: Token) -> anyhow::Result<Never> 
         inherited.push(w.channel_fd);
         inherited.push(w.scm_fd);
     }
+    inherited.extend(handover.listen_sockets.fds());
     for fd in &inherited {
         clear_cloexec(*fd).context("cannot keep a socket across exec")?;
     }
@@ -557,6 +564,11 @@ pub(super) fn resume(
         UnixListener::from_std(std_listener),
     )?;
     master.next_worker_id = handover.next_worker_id;
+    master.listen_sockets = super::listen_sockets::ListenSockets::resume(
+        master.config.worker_count.get() as usize,
+        handover.listen_sockets,
+    )
+    .context("cannot take over the listening sockets")?;
     let now = super::now();
     for w in &handover.workers {
         set_cloexec(w.channel_fd)?;

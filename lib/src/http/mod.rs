@@ -141,6 +141,10 @@ pub struct HttpProxy {
     clusters: HashMap<String, ClusterKnobs>,
     handles: HttpHandleCache,
     adopted: HashMap<SocketAddr, OwnedFd>,
+    /// Run by a master: listening sockets come from it, never from `bind`,
+    /// and a deactivated listener keeps its socket (the master holds it
+    /// bound anyway).
+    require_adopted: bool,
     buffer_size: usize,
     draining: bool,
     /// The worker's `max_connections`, shared with the TCP proxy.
@@ -175,6 +179,7 @@ impl HttpProxy {
             clusters: HashMap::new(),
             handles: HttpHandleCache::default(),
             adopted: HashMap::new(),
+            require_adopted: false,
             buffer_size: if buffer_size == 0 {
                 DEFAULT_BUFFER_SIZE
             } else {
@@ -183,6 +188,18 @@ impl HttpProxy {
             draining: false,
             limit: ConnectionLimit::default(),
         }
+    }
+
+    /// Closes an adopted socket no listener took (its listener was removed
+    /// before it was activated, or its add failed).
+    pub fn forget_adopted(&mut self, address: SocketAddr) {
+        self.adopted.remove(&address);
+    }
+
+    /// From now on listening sockets only come from the master (see
+    /// `crate::listen_socket`).
+    pub fn require_adopted(&mut self) {
+        self.require_adopted = true;
     }
 
     /// Shares the worker's connection budget (`max_connections`; the
@@ -276,6 +293,7 @@ impl HttpProxy {
         if listener.socket.is_none() {
             let socket = match self.adopted.remove(&address) {
                 Some(fd) => socket::adopt_listener(fd),
+                None if self.require_adopted => Err(crate::listen_socket::not_passed(address)),
                 None => socket::bind_listener(address),
             }
             .map_err(|source| HttpError::Bind { address, source })?;
@@ -309,7 +327,11 @@ impl HttpProxy {
             .by_address
             .get(&address)
             .ok_or(HttpError::UnknownListener { address })?;
-        Self::close_listener_socket(&mut self.listeners[id], ctx);
+        if self.require_adopted {
+            Self::stop_accepting(&mut self.listeners[id], ctx);
+        } else {
+            Self::close_listener_socket(&mut self.listeners[id], ctx);
+        }
         tracing::info!(listener = %address, "HTTP listener deactivated");
         Ok(())
     }
@@ -341,6 +363,19 @@ impl HttpProxy {
             .remove_scope(&crate::metrics::Scope::Listener(address));
         tracing::info!(listener = %address, "HTTP listener removed");
         Ok(())
+    }
+
+    /// Stops accepting but keeps the socket (activate registers it again).
+    fn stop_accepting(listener: &mut Listener, ctx: &mut ProxyContext<'_, HttpToken>) {
+        if let (Some(socket), Some(_)) = (listener.socket.as_mut(), listener.token) {
+            if let Err(error) = ctx.registry.deregister(socket) {
+                tracing::debug!(%error, "deregistering a HTTP listener");
+            }
+        }
+        if let Some(token) = listener.token.take() {
+            ctx.tokens.remove(token);
+        }
+        listener.backlog = false;
     }
 
     fn close_listener_socket(listener: &mut Listener, ctx: &mut ProxyContext<'_, HttpToken>) {

@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// The fd-passing socket beside the channel (`return_listen_sockets`,
     /// `adopt_listen_sockets`); without it those orders are refused.
     pub scm: Option<ScmSocket>,
+    /// Run by a master: every listening socket comes from it
+    /// (`adopt_listen_sockets`); the worker never binds one itself.
+    pub listen_sockets_from_master: bool,
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (a worker
     /// process: yes; a test running the server in a thread: as it likes).
     pub raise_fd_limit: bool,
@@ -232,6 +235,15 @@ impl Server {
                 tracing::warn!(%address, "adopted a socket of an unserved type: closed");
             }
         }
+        let mut udp = UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size);
+        if let Some(hash_seed) = config.hash_seed {
+            udp.set_hash_seed(hash_seed);
+        }
+        if config.listen_sockets_from_master {
+            udp.require_adopted();
+            streams.tcp.require_adopted();
+            streams.http.require_adopted();
+        }
         let statsd = match config.statsd {
             Some(s) => match StatsdSink::new(s.address, &s.prefix, s.tagged) {
                 Ok(sink) => Some((sink, s.flush_interval.max(Duration::from_millis(10)), None)),
@@ -252,13 +264,7 @@ impl Server {
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(config.seed),
             health: HealthChecker::new(),
-            udp: {
-                let mut udp = UdpShell::new(config.seed, fd_limit, adopted, config.buffer_size);
-                if let Some(hash_seed) = config.hash_seed {
-                    udp.set_hash_seed(hash_seed);
-                }
-                udp
-            },
+            udp,
             streams,
             statsd,
             still_readable: Vec::new(),

@@ -243,6 +243,9 @@ impl Server {
         let before = self.state.clone();
         match self.state.dispatch(request) {
             Err(error) => {
+                if let Some(order) = request.request_type.as_ref() {
+                    self.forget_unused_socket(order, false);
+                }
                 self.answer(id, ResponseStatus::Failure, &error.to_string(), None);
                 return;
             }
@@ -264,6 +267,7 @@ impl Server {
                 .map_err(Into::into),
             Err(error) => Err(error.into()),
         };
+        self.forget_unused_socket(request_type, applied.is_ok());
         match applied {
             Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
             Err(error) => {
@@ -303,6 +307,27 @@ impl Server {
             // TCP and HTTP proxying come later: their orders live in the
             // state only for now.
             _ => Ok(()),
+        }
+    }
+
+    /// A socket the master passed for a listener that is now removed, or
+    /// whose add failed, is closed here, or this worker would keep the port
+    /// bound after the master released it.
+    fn forget_unused_socket(&mut self, order: &RequestType, applied: bool) {
+        let (proxy, address) = match order {
+            RequestType::RemoveListener(o) => (o.proxy(), &o.address),
+            RequestType::AddUdpListener(l) if !applied => (ListenerType::Udp, &l.address),
+            RequestType::AddTcpListener(l) if !applied => (ListenerType::Tcp, &l.address),
+            RequestType::AddHttpListener(l) if !applied => (ListenerType::Http, &l.address),
+            _ => return,
+        };
+        let Ok(address) = std::net::SocketAddr::try_from(address) else {
+            return;
+        };
+        if proxy == ListenerType::Udp {
+            self.udp.forget_adopted(address);
+        } else {
+            self.streams.forget_adopted(proxy, address);
         }
     }
 

@@ -90,6 +90,15 @@ impl Streams {
         true
     }
 
+    /// Closes an adopted socket no listener of this type took.
+    pub fn forget_adopted(&mut self, proxy: ListenerType, address: SocketAddr) {
+        match proxy {
+            ListenerType::Tcp => self.tcp.forget_adopted(address),
+            ListenerType::Http => self.http.forget_adopted(address),
+            _ => {}
+        }
+    }
+
     /// Every listening socket with its type (upgrade hand-over).
     pub fn listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
         let tcp = self

@@ -160,6 +160,10 @@ pub struct TcpProxy {
     clusters: HashMap<String, ClusterKnobs>,
     handles: RelayHandleCache,
     adopted: HashMap<SocketAddr, OwnedFd>,
+    /// Run by a master: listening sockets come from it, never from `bind`,
+    /// and a deactivated listener keeps its socket (the master holds it
+    /// bound anyway).
+    require_adopted: bool,
     buffer_size: usize,
     draining: bool,
     /// The worker's `max_connections`, shared with the HTTP proxy.
@@ -178,6 +182,7 @@ impl TcpProxy {
             clusters: HashMap::new(),
             handles: RelayHandleCache::default(),
             adopted: HashMap::new(),
+            require_adopted: false,
             buffer_size: if buffer_size == 0 {
                 DEFAULT_BUFFER_SIZE
             } else {
@@ -186,6 +191,18 @@ impl TcpProxy {
             draining: false,
             limit: ConnectionLimit::default(),
         }
+    }
+
+    /// Closes an adopted socket no listener took (its listener was removed
+    /// before it was activated, or its add failed).
+    pub fn forget_adopted(&mut self, address: SocketAddr) {
+        self.adopted.remove(&address);
+    }
+
+    /// From now on listening sockets only come from the master (see
+    /// `crate::listen_socket`).
+    pub fn require_adopted(&mut self) {
+        self.require_adopted = true;
     }
 
     /// Shares the worker's connection budget (`max_connections`; the
@@ -276,6 +293,7 @@ impl TcpProxy {
         if listener.socket.is_none() {
             let socket = match self.adopted.remove(&address) {
                 Some(fd) => socket::adopt_listener(fd),
+                None if self.require_adopted => Err(crate::listen_socket::not_passed(address)),
                 None => socket::bind_listener(address),
             }
             .map_err(|source| TcpError::Bind { address, source })?;
@@ -310,7 +328,11 @@ impl TcpProxy {
             .by_address
             .get(&address)
             .ok_or(TcpError::UnknownListener { address })?;
-        Self::close_listener_socket(&mut self.listeners[id], ctx);
+        if self.require_adopted {
+            Self::stop_accepting(&mut self.listeners[id], ctx);
+        } else {
+            Self::close_listener_socket(&mut self.listeners[id], ctx);
+        }
         tracing::info!(listener = %address, "TCP listener deactivated");
         Ok(())
     }
@@ -341,6 +363,19 @@ impl TcpProxy {
             .remove_scope(&crate::metrics::Scope::Listener(address));
         tracing::info!(listener = %address, "TCP listener removed");
         Ok(())
+    }
+
+    /// Stops accepting but keeps the socket (activate registers it again).
+    fn stop_accepting(listener: &mut Listener, ctx: &mut ProxyContext<'_, TcpToken>) {
+        if let (Some(socket), Some(_)) = (listener.socket.as_mut(), listener.token) {
+            if let Err(error) = ctx.registry.deregister(socket) {
+                tracing::debug!(%error, "deregistering a TCP listener");
+            }
+        }
+        if let Some(token) = listener.token.take() {
+            ctx.tokens.remove(token);
+        }
+        listener.backlog = false;
     }
 
     fn close_listener_socket(listener: &mut Listener, ctx: &mut ProxyContext<'_, TcpToken>) {

@@ -28,9 +28,9 @@ pub const ACCEPT_BUDGET: usize = 64;
 /// Backends tried for one connection before giving up.
 pub const MAX_CONNECT_ATTEMPTS: u32 = 3;
 
-/// Binds a listening socket: SO_REUSEADDR, SO_REUSEPORT (every worker binds
-/// its own and the kernel spreads connections), IPv6-only for IPv6
-/// addresses, non-blocking.
+/// Binds a listening socket for a worker run without a master (a master
+/// binds one itself and passes it, see `crate::listen_socket`):
+/// SO_REUSEADDR, SO_REUSEPORT, IPv6-only for IPv6 addresses, non-blocking.
 pub fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),
@@ -48,8 +48,8 @@ pub fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Uses a listening socket passed by the master (upgrade) instead of
-/// binding; it must already listen.
+/// Uses a listening socket passed by the master instead of binding; it
+/// must already listen.
 pub fn adopt_listener(fd: OwnedFd) -> io::Result<TcpListener> {
     // SAFETY: the fd is owned and moved into the listener.
     let std = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };

@@ -2,8 +2,8 @@
 //! ([`crate::protocol::udp`]), one per UDP listener, hosted by the worker's
 //! event loop ([`crate::server`]). See `doc/udp.md` for what an operator sees.
 //!
-//! Owns listener sockets (SO_REUSEPORT, IPv4 / IPv6, packet info on wildcard
-//! addresses), one connected upstream socket per flow with its own token,
+//! Owns listener sockets (passed by the master, see `crate::listen_socket`;
+//! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream socket per flow with its own token,
 //! `recvmmsg` / `sendmmsg` batches, bounded write queues, health probe
 //! sockets, and the metrics and access records of flows. It must never make
 //! a flow decision itself (admission, timers, caps, PROXY headers are the

@@ -150,6 +150,8 @@ pub struct UdpShell {
     /// `upstream_source_addresses`, given to every listener added.
     sources: SourceAddresses,
     adopted: HashMap<SocketAddr, OwnedFd>,
+    /// Run by a master: listener sockets come from it, never from `bind`.
+    require_adopted: bool,
     draining: bool,
     buffer_size: usize,
     /// When the health checker next has work, refreshed after every change
@@ -183,10 +185,23 @@ impl UdpShell {
             pool: FlowPool::new(PoolLimits::from_fd_limit(fd_limit).capacity()),
             sources: SourceAddresses::default(),
             adopted: adopted.into_iter().collect(),
+            require_adopted: false,
             draining: false,
             buffer_size,
             health_deadline: None,
         }
+    }
+
+    /// From now on a listener is only served on a socket passed by the
+    /// master (see `crate::listen_socket`); activating one without fails.
+    pub fn require_adopted(&mut self) {
+        self.require_adopted = true;
+    }
+
+    /// Closes an adopted socket no listener took (its listener was removed
+    /// before it was activated, or its add failed).
+    pub fn forget_adopted(&mut self, address: SocketAddr) {
+        self.adopted.remove(&address);
     }
 
     /// Sets the affinity hash key (`hash_seed`) of the listeners added from
@@ -322,6 +337,7 @@ impl UdpShell {
             let options = socket_options(&listener.config);
             let socket = match self.adopted.remove(&address) {
                 Some(fd) => adopt_listener(fd, address, options),
+                None if self.require_adopted => Err(crate::listen_socket::not_passed(address)),
                 None => bind_listener(address, options),
             }
             .map_err(|source| UdpError::Bind { address, source })?;
@@ -814,7 +830,9 @@ fn wire_address(
     SocketAddr::try_from(address).map_err(|source| UdpError::Address { field, source })
 }
 
-fn socket_options(config: &UdpListenerConfig) -> ListenerSocketOptions {
+/// The socket options a listener's configuration asks for (the master
+/// binds with them; an adopting worker applies them again).
+pub fn socket_options(config: &UdpListenerConfig) -> ListenerSocketOptions {
     let size = |v: Option<u32>| v.filter(|&v| v > 0).map(|v| v as usize);
     ListenerSocketOptions {
         recv_buffer_size: size(config.recv_buffer_size),

@@ -1,5 +1,6 @@
-//! Opening the UDP shell's sockets: listener sockets (bound with
-//! SO_REUSEPORT, or adopted from the master), connected per-flow upstream
+//! Opening the UDP shell's sockets: listener sockets (adopted from the
+//! master, which binds them: `crate::listen_socket`; bound here with
+//! SO_REUSEPORT only by a worker run without a master, as in tests), connected per-flow upstream
 //! sockets, and the `IP_PKTINFO` / `IPV6_RECVPKTINFO` switch that lets a
 //! wildcard listener answer from the address the client sent to.
 //!
@@ -22,9 +23,9 @@ pub struct ListenerSocketOptions {
     pub send_buffer_size: Option<usize>,
 }
 
-/// Binds a non-blocking listener socket at `addr` with `SO_REUSEPORT` (so
-/// every worker binds its own and the kernel spreads clients by source
-/// hash), `IPV6_V6ONLY` for IPv6 addresses (an IPv4 and an IPv6 listener may
+/// Binds a non-blocking listener socket at `addr` with `SO_REUSEPORT`, for
+/// a worker run without a master (a master binds the listening sockets
+/// itself, see `crate::listen_socket`), `IPV6_V6ONLY` for IPv6 addresses (an IPv4 and an IPv6 listener may
 /// share a port), the configured buffer sizes, and packet info on a wildcard
 /// address.
 pub fn bind_listener(addr: SocketAddr, options: ListenerSocketOptions) -> io::Result<StdUdpSocket> {

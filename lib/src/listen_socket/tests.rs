@@ -1,0 +1,169 @@
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::*;
+
+fn loopback_any() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A same-user stranger joining with SO_REUSEPORT.
+fn stranger_udp(address: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn group_address(group: &[OwnedFd]) -> SocketAddr {
+    let socket = UdpSocket::from(group[0].try_clone().unwrap());
+    socket.local_addr().unwrap()
+}
+
+/// Reads every datagram waiting on `socket`, with their sources.
+fn drain(socket: &UdpSocket, into: &mut Vec<SocketAddr>) {
+    let mut buffer = [0u8; 64];
+    while let Ok((_, source)) = socket.recv_from(&mut buffer) {
+        into.push(source);
+    }
+}
+
+#[test]
+fn a_stranger_joining_the_group_gets_nothing_and_each_source_keeps_its_socket() {
+    let group = bind_udp_group(loopback_any(), 2, ListenerSocketOptions::default()).unwrap();
+    let address = group_address(&group);
+    let stranger = stranger_udp(address).expect("same-user SO_REUSEPORT join");
+    let members: Vec<UdpSocket> = group
+        .iter()
+        .map(|fd| UdpSocket::from(fd.try_clone().unwrap()))
+        .collect();
+    let clients: Vec<UdpSocket> = (0..200)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for client in &clients {
+        // Twice from each source: both must land on the same socket.
+        client.send_to(b"one", address).unwrap();
+        client.send_to(b"two", address).unwrap();
+    }
+    let mut received: Vec<Vec<SocketAddr>> = vec![Vec::new(); 2];
+    let mut strays = Vec::new();
+    // Bounded without a clock: at most 2,000 rounds of 5 ms (10 s).
+    for _ in 0..2000 {
+        if received.iter().map(Vec::len).sum::<usize>() >= 400 {
+            break;
+        }
+        for (member, into) in members.iter().zip(received.iter_mut()) {
+            drain(member, into);
+        }
+        drain(&stranger, &mut strays);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drain(&stranger, &mut strays);
+    assert_eq!(
+        received.iter().map(Vec::len).sum::<usize>(),
+        400,
+        "every datagram reaches a member"
+    );
+    assert!(
+        strays.is_empty(),
+        "the stranger got {} datagrams",
+        strays.len()
+    );
+    for (index, sources) in received.iter().enumerate() {
+        assert!(!sources.is_empty(), "member {index} got nothing");
+        for source in sources {
+            assert_eq!(
+                reuseport_index(*source, 2),
+                index as u32,
+                "{source} landed on member {index}: the program did not choose"
+            );
+        }
+    }
+}
+
+#[test]
+fn foreign_members_of_a_group_are_counted() {
+    let group = bind_udp_group(loopback_any(), 2, ListenerSocketOptions::default()).unwrap();
+    let address = group_address(&group);
+    assert_eq!(foreign_udp_sockets(address, &group).unwrap(), 0);
+    let _stranger = stranger_udp(address).unwrap();
+    assert_eq!(foreign_udp_sockets(address, &group).unwrap(), 1);
+    let v6 = bind_udp_group(
+        "[::1]:0".parse().unwrap(),
+        2,
+        ListenerSocketOptions::default(),
+    );
+    // IPv6 may be off on a test host; when it is on, the table is read too.
+    if let Ok(v6) = v6 {
+        let address = group_address(&v6);
+        assert_eq!(foreign_udp_sockets(address, &v6).unwrap(), 0);
+        assert_eq!(foreign_udp_sockets(address, &v6[..1]).unwrap(), 1);
+    }
+}
+
+#[test]
+fn a_udp_group_is_refused_on_an_address_anyone_holds() {
+    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let address = plain.local_addr().unwrap();
+    let error = bind_udp_group(address, 2, ListenerSocketOptions::default()).unwrap_err();
+    assert!(matches!(error, ListenError::InUse { .. }), "{error}");
+    assert!(error.to_string().contains(&address.to_string()), "{error}");
+    drop(plain);
+    // A same-user SO_REUSEPORT socket (a second master) is found by the
+    // probe too.
+    let other = stranger_udp(address).unwrap();
+    let error = bind_udp_group(address, 2, ListenerSocketOptions::default()).unwrap_err();
+    assert!(matches!(error, ListenError::InUse { .. }), "{error}");
+    drop(other);
+    // Free again: it binds.
+    assert_eq!(
+        bind_udp_group(address, 2, ListenerSocketOptions::default())
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_second_group_on_our_own_address_is_refused() {
+    let group = bind_udp_group(loopback_any(), 2, ListenerSocketOptions::default()).unwrap();
+    let address = group_address(&group);
+    let error = bind_udp_group(address, 2, ListenerSocketOptions::default()).unwrap_err();
+    assert!(matches!(error, ListenError::InUse { .. }), "{error}");
+}
+
+#[test]
+fn a_stream_listener_is_exclusive() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap();
+    let error = bind_stream(address).unwrap_err();
+    assert!(matches!(error, ListenError::InUse { .. }), "{error}");
+    drop(held);
+    let ours = bind_stream(address).unwrap();
+    // Nobody joins it, not even with SO_REUSEPORT.
+    let stranger = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    stranger.set_reuse_port(true).unwrap();
+    stranger.set_reuse_address(true).unwrap();
+    assert!(stranger.bind(&address.into()).is_err());
+    // And it accepts.
+    let listener = TcpListener::from(ours);
+    let _client = std::net::TcpStream::connect(address).unwrap();
+    listener.set_nonblocking(false).unwrap();
+    assert!(listener.accept().is_ok());
+}
+
+#[test]
+fn the_program_always_picks_a_member() {
+    for workers in 1..=8u32 {
+        for port in (1..=65535u16).step_by(97) {
+            let v4 = SocketAddr::from(([10, 1, 2, 3], port));
+            let v6: SocketAddr = format!("[2001:db8::{port:x}]:{port}").parse().unwrap();
+            assert!(reuseport_index(v4, workers) < workers);
+            assert!(reuseport_index(v6, workers) < workers);
+        }
+    }
+}
