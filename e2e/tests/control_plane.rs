@@ -214,9 +214,13 @@ fn a_slot_that_cannot_start_is_degraded_until_worker_restart_brings_it_back() {
     });
     assert!(stderr.contains("degraded"), "{stderr}");
     assert!(stderr.contains("worker 0 is down"), "{stderr}");
-    // The other worker still serves.
-    let served = UdpClient::new(frontend).echo_eventually(b"half", PROGRESS);
-    assert_eq!(served, backend.name());
+    // The other worker serves every client: the down slot's share of the
+    // sources is steered to it (20 sources: about half hash to slot 0).
+    for i in 0..20 {
+        let served =
+            UdpClient::new(frontend).echo_eventually(format!("half{i}").as_bytes(), PROGRESS);
+        assert_eq!(served, backend.name());
+    }
 
     std::fs::rename(&away, &copy).expect("put the binary back");
     let restarted = sozu.cli_ok(&["worker", "restart", "0"]);

@@ -14,9 +14,10 @@
 //! Owns only socket calls; the caller keeps the sockets. Every socket is
 //! non-blocking and close-on-exec.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -93,7 +94,7 @@ pub fn bind_udp_group(
         if index == 0 {
             // The group exists once its first member is bound; the program
             // then serves every member, present and future.
-            attach_reuseport_program(socket.as_raw_fd(), workers)
+            attach_reuseport_program(socket.as_raw_fd(), workers, &BTreeSet::new())
                 .map_err(io_error("SO_ATTACH_REUSEPORT_CBPF"))?;
         }
         group.push(OwnedFd::from(socket));
@@ -280,7 +281,7 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// The program: `mix(source address, source port) % workers`. A load
 /// outside the packet ends a classic BPF program with 0, also a valid
 /// index; so every path returns an index below `workers`.
-fn reuseport_program(workers: u32) -> Vec<libc::sock_filter> {
+fn reuseport_program(workers: u32, down: &BTreeSet<u32>) -> Vec<libc::sock_filter> {
     let mul = |k| op(BPF_ALU | BPF_MUL | BPF_K, k);
     let xor_x = op(BPF_ALU | BPF_XOR | BPF_X, 0);
     let load_word = |offset: u32| op(BPF_LD | BPF_W | BPF_ABS, NET.wrapping_add(offset));
@@ -312,20 +313,54 @@ fn reuseport_program(workers: u32) -> Vec<libc::sock_filter> {
     program.extend(ipv4);
     program.push(op(BPF_JMP | BPF_JA, ipv6.len() as u32));
     program.extend(ipv6);
-    program.extend([
-        mul(MIX_2),
-        tax,
-        op(BPF_ALU | BPF_RSH | BPF_K, 16),
-        xor_x,
-        op(BPF_ALU | BPF_MOD | BPF_K, workers.max(1)),
-        op(BPF_RET | BPF_A, 0),
-    ]);
+    program.extend([mul(MIX_2), tax, op(BPF_ALU | BPF_RSH | BPF_K, 16), xor_x]);
+    program.extend(steering_tail(workers.max(1), down));
     program
 }
 
+/// The end of the program, with the final hash in A: `hash % workers`,
+/// unless that slot is `down` (no worker reads it: a slot whose worker
+/// cannot start), then `live[(hash >> 8) % live.len()]`. Sources of live
+/// slots keep their socket whatever is down.
+fn steering_tail(workers: u32, down: &BTreeSet<u32>) -> Vec<libc::sock_filter> {
+    let down: Vec<u32> = down.iter().copied().filter(|d| *d < workers).collect();
+    let live: Vec<u32> = (0..workers).filter(|s| !down.contains(s)).collect();
+    if down.is_empty() || live.is_empty() {
+        return vec![
+            op(BPF_ALU | BPF_MOD | BPF_K, workers),
+            op(BPF_RET | BPF_A, 0),
+        ];
+    }
+    let mut tail = vec![
+        // The hash waits in scratch word 1 while its slot is checked.
+        op(BPF_ST, 1),
+        op(BPF_ALU | BPF_MOD | BPF_K, workers),
+    ];
+    let count = down.len();
+    for (j, slot) in down.iter().enumerate() {
+        // To the remapping: past the compares left and the `ret A`.
+        let skip = u8::try_from(count - j).unwrap_or(u8::MAX);
+        tail.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *slot, skip, 0));
+    }
+    tail.push(op(BPF_RET | BPF_A, 0));
+    tail.extend([
+        op(BPF_LD | BPF_W | BPF_MEM, 1),
+        op(BPF_ALU | BPF_RSH | BPF_K, 8),
+        op(BPF_ALU | BPF_MOD | BPF_K, live.len() as u32),
+    ]);
+    let (last, rest) = live.split_last().unwrap_or((&0, &[]));
+    for (i, slot) in rest.iter().enumerate() {
+        tail.push(jump(BPF_JMP | BPF_JEQ | BPF_K, i as u32, 0, 1));
+        tail.push(op(BPF_RET | BPF_K, *slot));
+    }
+    tail.push(op(BPF_RET | BPF_K, *last));
+    tail
+}
+
 /// What the program computes, for tests and documentation: the index of
-/// the socket serving datagrams (or connections) from `source`.
-pub fn reuseport_index(source: SocketAddr, workers: u32) -> u32 {
+/// the socket serving datagrams (or connections) from `source` while the
+/// slots in `down` are steered around.
+pub fn reuseport_index(source: SocketAddr, workers: u32, down: &BTreeSet<u32>) -> u32 {
     let mix = |h: u32, word: u32| (h ^ word).wrapping_mul(MIX_1);
     let h = match source.ip() {
         IpAddr::V4(ip) => u32::from_be_bytes(ip.octets()).wrapping_mul(MIX_1),
@@ -339,12 +374,27 @@ pub fn reuseport_index(source: SocketAddr, workers: u32) -> u32 {
         }
     };
     let h = (h ^ u32::from(source.port())).wrapping_mul(MIX_2);
-    (h ^ (h >> 16)) % workers.max(1)
+    let h = h ^ (h >> 16);
+    let workers = workers.max(1);
+    let slot = h % workers;
+    let live: Vec<u32> = (0..workers).filter(|s| !down.contains(s)).collect();
+    if live.is_empty() || !down.contains(&slot) {
+        return slot;
+    }
+    live[((h >> 8) % live.len() as u32) as usize]
 }
 
-fn attach_reuseport_program(fd: RawFd, workers: usize) -> io::Result<()> {
+/// Replaces the program of the UDP group `fd` belongs to: sources whose
+/// slot is in `down` go to the live slots instead (their datagrams would
+/// otherwise wait in a socket nobody reads); with nothing down, every
+/// source has its own slot again.
+pub fn steer_udp_group(fd: BorrowedFd<'_>, workers: usize, down: &BTreeSet<u32>) -> io::Result<()> {
+    attach_reuseport_program(fd.as_raw_fd(), workers, down)
+}
+
+fn attach_reuseport_program(fd: RawFd, workers: usize, down: &BTreeSet<u32>) -> io::Result<()> {
     let workers = u32::try_from(workers).unwrap_or(u32::MAX);
-    let mut program = reuseport_program(workers);
+    let mut program = reuseport_program(workers, down);
     let fprog = libc::sock_fprog {
         len: program.len() as libc::c_ushort,
         filter: program.as_mut_ptr(),

@@ -30,7 +30,7 @@ use sozu_command_lib::command::{
     AdoptListenSockets, ListenSocketEntry, ListenSocketManifest, ListenerType, Request,
 };
 use sozu_command_lib::state::ConfigState;
-use sozu_lib::listen_socket::{bind_stream, bind_udp_group, ListenError};
+use sozu_lib::listen_socket::{bind_stream, bind_udp_group, steer_udp_group, ListenError};
 use sozu_lib::udp::shell::socket_options;
 use sozu_lib::udp::socket::ListenerSocketOptions;
 
@@ -68,6 +68,9 @@ pub(crate) struct ListenSockets {
     /// so its slot.
     slots: BTreeMap<u32, usize>,
     workers: usize,
+    /// Slots no live worker reads: UDP groups steer their sources to the
+    /// live slots (see [`ListenSockets::steer`]).
+    down: BTreeSet<u32>,
 }
 
 /// What crosses an in-place master upgrade (fd numbers stay valid: their
@@ -114,6 +117,7 @@ impl ListenSockets {
             groups: BTreeMap::new(),
             slots: BTreeMap::new(),
             workers: workers.max(1),
+            down: BTreeSet::new(),
         }
     }
 
@@ -153,6 +157,11 @@ impl ListenSockets {
             }
             match self.bind(key, options) {
                 Ok(group) => {
+                    if key.proxy() == ListenerType::Udp && !self.down.is_empty() {
+                        if let Some(first) = group.first() {
+                            self.steer_group(key, first.as_fd());
+                        }
+                    }
                     self.groups.insert(key, group);
                     bound.push(key);
                 }
@@ -163,6 +172,53 @@ impl ListenSockets {
             }
         }
         Ok(bound)
+    }
+
+    /// The slot worker `id` serves, if it was given one.
+    pub fn slot_of(&self, id: u32) -> Option<usize> {
+        self.slots.get(&id).copied()
+    }
+
+    /// Slots `0..workers` that none of `live` (worker ids with a process)
+    /// serves. A live worker not given a slot yet (it is booting) will take one:
+    /// nothing is called down then.
+    pub fn down_slots(&self, live: &BTreeSet<u32>) -> BTreeSet<u32> {
+        if live.iter().any(|id| self.slot_of(*id).is_none()) {
+            return BTreeSet::new();
+        }
+        let served: BTreeSet<usize> = live.iter().filter_map(|id| self.slot_of(*id)).collect();
+        (0..self.workers)
+            .filter(|slot| !served.contains(slot))
+            .map(|slot| slot as u32)
+            .collect()
+    }
+
+    /// Steers every UDP group around the `down` slots: a slot whose worker
+    /// is dead and not restarted at once (a backoff, a worker that cannot
+    /// start, automatic restart off) would otherwise hold its share of the
+    /// clients in a socket nobody reads. Sources of live slots never move;
+    /// when the slot is served again, its sources come back to it.
+    pub fn steer(&mut self, down: BTreeSet<u32>) {
+        if down == self.down {
+            return;
+        }
+        tracing::info!(down = ?down, "UDP listeners steer around worker slots no worker reads");
+        self.down = down;
+        let firsts: Vec<(Key, BorrowedFd<'_>)> = self
+            .groups
+            .iter()
+            .filter(|(key, _)| key.proxy() == ListenerType::Udp)
+            .filter_map(|(key, group)| group.first().map(|fd| (*key, fd.as_fd())))
+            .collect();
+        for (key, fd) in firsts {
+            self.steer_group(key, fd);
+        }
+    }
+
+    fn steer_group(&self, key: Key, fd: BorrowedFd<'_>) {
+        if let Err(error) = steer_udp_group(fd, self.workers, &self.down) {
+            tracing::error!(address = %key.address, %error, "cannot steer the UDP listener");
+        }
     }
 
     /// Closes the master's copies of these listeners' sockets.

@@ -28,7 +28,7 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -391,7 +391,24 @@ impl Master {
                 self.serve_client(token, now);
                 self.refresh_client(token);
             }
+            self.steer_listeners();
         }
+    }
+
+    /// Keeps the UDP listeners' steering in line with the worker slots that
+    /// have a live process (cheap: it acts only when the set changes).
+    fn steer_listeners(&mut self) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        let live: BTreeSet<u32> = self
+            .workers
+            .values()
+            .filter(|w| !w.channel_closed)
+            .map(|w| w.id)
+            .collect();
+        let down = self.listen_sockets.down_slots(&live);
+        self.listen_sockets.steer(down);
     }
 
     fn next_deadline(&self) -> Option<Instant> {

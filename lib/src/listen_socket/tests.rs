@@ -1,5 +1,5 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -77,7 +77,7 @@ fn a_stranger_joining_the_group_gets_nothing_and_each_source_keeps_its_socket() 
         assert!(!sources.is_empty(), "member {index} got nothing");
         for source in sources {
             assert_eq!(
-                reuseport_index(*source, 2),
+                reuseport_index(*source, 2, &BTreeSet::new()),
                 index as u32,
                 "{source} landed on member {index}: the program did not choose"
             );
@@ -162,8 +162,70 @@ fn the_program_always_picks_a_member() {
         for port in (1..=65535u16).step_by(97) {
             let v4 = SocketAddr::from(([10, 1, 2, 3], port));
             let v6: SocketAddr = format!("[2001:db8::{port:x}]:{port}").parse().unwrap();
-            assert!(reuseport_index(v4, workers) < workers);
-            assert!(reuseport_index(v6, workers) < workers);
+            assert!(reuseport_index(v4, workers, &BTreeSet::new()) < workers);
+            assert!(reuseport_index(v6, workers, &BTreeSet::new()) < workers);
+        }
+    }
+}
+
+/// Sends one datagram from each of `clients` and returns what each member
+/// received (bounded: 2,000 rounds of 5 ms).
+fn spread(
+    clients: &[UdpSocket],
+    members: &[UdpSocket],
+    address: SocketAddr,
+) -> Vec<Vec<SocketAddr>> {
+    for client in clients {
+        client.send_to(b"x", address).unwrap();
+    }
+    let mut received: Vec<Vec<SocketAddr>> = vec![Vec::new(); members.len()];
+    for _ in 0..2000 {
+        for (member, into) in members.iter().zip(received.iter_mut()) {
+            drain(member, into);
+        }
+        if received.iter().map(Vec::len).sum::<usize>() >= clients.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    received
+}
+
+#[test]
+fn a_down_slot_is_steered_around_and_only_its_sources_move() {
+    let group = bind_udp_group(loopback_any(), 3, ListenerSocketOptions::default()).unwrap();
+    let address = group_address(&group);
+    let members: Vec<UdpSocket> = group
+        .iter()
+        .map(|fd| UdpSocket::from(fd.try_clone().unwrap()))
+        .collect();
+    let clients: Vec<UdpSocket> = (0..150)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let none = BTreeSet::new();
+    let down: BTreeSet<u32> = [1].into_iter().collect();
+
+    steer_udp_group(group[0].as_fd(), 3, &down).unwrap();
+    let steered = spread(&clients, &members, address);
+    assert_eq!(steered.iter().map(Vec::len).sum::<usize>(), 150);
+    assert!(steered[1].is_empty(), "the down slot got {:?}", steered[1]);
+    for (index, sources) in steered.iter().enumerate() {
+        for source in sources {
+            assert_eq!(reuseport_index(*source, 3, &down), index as u32);
+            let own = reuseport_index(*source, 3, &none);
+            if own != 1 {
+                assert_eq!(own, index as u32, "{source} of a live slot moved");
+            }
+        }
+    }
+
+    steer_udp_group(group[1].as_fd(), 3, &none).unwrap();
+    let back = spread(&clients, &members, address);
+    assert_eq!(back.iter().map(Vec::len).sum::<usize>(), 150);
+    assert!(!back[1].is_empty(), "slot 1 serves again");
+    for (index, sources) in back.iter().enumerate() {
+        for source in sources {
+            assert_eq!(reuseport_index(*source, 3, &none), index as u32);
         }
     }
 }
