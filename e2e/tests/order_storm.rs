@@ -15,8 +15,9 @@
 //! seed is printed).
 
 use std::collections::BTreeSet;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sozu_command_lib::command::RunState;
 use sozu_e2e::ports::free_v4;
@@ -234,12 +235,8 @@ fn storm_seed() -> u64 {
     std::env::var("SOZU_STORM_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        })
+        // std's RandomState is keyed randomly per process.
+        .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()) | 1)
 }
 
 /// (worker id, pid) of every RUNNING worker.
