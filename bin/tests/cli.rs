@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use sozu_command_lib::channel::{Channel, ChannelError};
 use sozu_command_lib::command::{
-    request::RequestType, response_content::ContentType, ActivateListener, Cluster,
-    ClusterInformation, ClusterInformations, ListenerType, Request, Response, ResponseContent,
-    ResponseStatus, RunState, UdpClusterConfig, WorkerInfo, WorkerInfos,
+    request::RequestType, response_content::ContentType, Cluster, ClusterInformation,
+    ClusterInformations, Request, Response, ResponseContent, ResponseStatus, RunState,
+    UdpClusterConfig, WorkerInfo, WorkerInfos,
 };
 
 fn sozu(args: &[&str]) -> Output {
@@ -199,14 +199,11 @@ fn a_failure_answer_exits_non_zero_with_the_masters_message() {
 }
 
 #[test]
-fn listener_add_through_the_config_socket_adds_then_activates() {
+fn listener_add_through_the_config_socket_is_one_active_add() {
     let dir = tempfile::tempdir().unwrap();
     let (_socket, master) = fake_master(
         dir.path(),
-        vec![
-            vec![answer(ResponseStatus::Ok, "listener added", None)],
-            vec![answer(ResponseStatus::Ok, "listener activated", None)],
-        ],
+        vec![vec![answer(ResponseStatus::Ok, "listener added", None)]],
     );
     // A relative command_socket resolves against the config file's directory.
     let config = dir.path().join("config.toml");
@@ -226,21 +223,18 @@ fn listener_add_through_the_config_socket_adds_then_activates() {
     ]);
     let seen = master.join().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(stdout(&output), "listener added\nlistener activated\n");
-    assert_eq!(seen.len(), 2);
-    assert!(matches!(
-        seen[0].request_type,
-        Some(RequestType::AddUdpListener(_))
-    ));
+    assert_eq!(stdout(&output), "listener added\n");
+    // One order that also activates: a listener that cannot be activated
+    // is refused whole (doc/cli.md).
+    assert_eq!(seen.len(), 1, "{seen:?}");
     let address: SocketAddr = "127.0.0.1:5353".parse().unwrap();
-    assert_eq!(
-        seen[1].request_type,
-        Some(RequestType::ActivateListener(ActivateListener {
-            address: address.into(),
-            proxy: ListenerType::Udp as i32,
-            from_scm: false,
-        }))
-    );
+    match &seen[0].request_type {
+        Some(RequestType::AddUdpListener(listener)) => {
+            assert_eq!(listener.address, address.into());
+            assert!(listener.active, "added active");
+        }
+        other => panic!("expected add_udp_listener, got {other:?}"),
+    }
 }
 
 #[test]
@@ -310,7 +304,7 @@ fn a_silent_master_times_out() {
 }
 
 #[test]
-fn a_refused_add_is_not_followed_by_activate() {
+fn a_refused_add_prints_the_masters_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (socket, master) = fake_master(
         dir.path(),
