@@ -116,8 +116,11 @@ fn udp_backup_serves_only_while_the_primary_is_removed_or_down() {
     assert!(primary.probes() > 0);
 
     primary.set_silent(false);
-    wait_until("the primary back up", WAIT, || {
-        (udp_flow(front, "probe-up")? == "primary").then_some(())
+    // Back up once its probes answer again: a probe sent while it was
+    // silent may still time out after the first success, so the state is
+    // read once a whole spread of new flows agrees.
+    wait_until("the primary back up for every new flow", WAIT, || {
+        all_to(&udp_spread(front, "probe-up"), "primary").then_some(())
     });
     let counts = udp_spread(front, "back");
     assert!(all_to(&counts, "primary"), "primary back up: {counts:?}");
