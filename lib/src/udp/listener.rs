@@ -24,6 +24,7 @@ use sozu_command_lib::command::UdpListenerConfig;
 
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
+use super::one_way::{OneWayContext, OneWaySend, OneWaySockets};
 use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::write_queue::{
     flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
@@ -149,6 +150,11 @@ pub struct UdpListener {
     pub socket_returned: bool,
     /// `upstream_source_addresses`, used in turn by new upstream sockets.
     pub sources: SourceAddresses,
+    /// One socket per backend of a one-way cluster.
+    one_way: OneWaySockets,
+    /// The frontend changed: one-way sockets of another cluster are closed
+    /// at the next read (where the token table is at hand).
+    pub one_way_stale: bool,
 }
 
 impl UdpListener {
@@ -183,6 +189,8 @@ impl UdpListener {
             forwards: Vec::with_capacity(super::mmsg::MAX_BATCH),
             socket_returned: false,
             sources: SourceAddresses::default(),
+            one_way: OneWaySockets::new(id),
+            one_way_stale: false,
         }
     }
 
@@ -321,6 +329,35 @@ impl UdpListener {
         self.manager.close_all(now);
         self.drain(now, ctx);
         self.drain_reason = FlowCloseReason::ListenerClosed;
+        self.one_way.close_all(ctx.tokens);
+    }
+
+    /// Number of open one-way sockets (one per backend that got a datagram
+    /// of a one-way cluster).
+    pub fn one_way_sockets(&self) -> usize {
+        self.one_way.len()
+    }
+
+    /// Closes the one-way socket of a removed backend.
+    pub fn forget_one_way_backend(
+        &mut self,
+        cluster: &str,
+        backend: &str,
+        ctx: &mut IoContext<'_>,
+    ) {
+        self.one_way.forget_backend(cluster, backend, ctx.tokens);
+    }
+
+    /// Closes the one-way sockets of backends outside the listener's
+    /// current one-way cluster (frontend changed, cluster removed or no
+    /// longer one-way).
+    pub fn sync_one_way(&mut self, ctx: &mut IoContext<'_>) {
+        self.one_way_stale = false;
+        let keep = match (&self.frontend, self.manager.is_one_way()) {
+            (Some(f), true) => Some(f.cluster.as_str()),
+            _ => None,
+        };
+        self.one_way.retain_cluster(keep, ctx.tokens);
     }
 
     /// Number of open upstream sockets (one per established flow).
@@ -340,6 +377,9 @@ impl UdpListener {
             return;
         };
         recv.ensure_buffer_len(self.manager.config().max_rx_datagram_size + 1);
+        if self.one_way_stale {
+            self.sync_one_way(ctx);
+        }
         let mut left = DATAGRAM_BUDGET;
         loop {
             if left == 0 {
@@ -402,6 +442,16 @@ impl UdpListener {
                 }
                 self.forwards.push((index, proxy_header));
             }
+            ClientDecision::OneWay {
+                affinity_hash,
+                proxy_header,
+            } => {
+                let proxy_header = match self.hit_address(d.local) {
+                    Some(hit) => proxy_header.map(|_| core::ProxyHeader::new(d.src, hit)),
+                    None => proxy_header,
+                };
+                self.forward_one_way(now, affinity_hash, proxy_header, d.payload, ctx);
+            }
             ClientDecision::Queued { flow } => {
                 let io = self.flows.entry(flow).or_default();
                 if d.local.is_some() {
@@ -409,6 +459,88 @@ impl UdpListener {
                 }
             }
             ClientDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
+        }
+    }
+
+    /// Sends one datagram of a one-way cluster to the backend the balancer
+    /// picks with `affinity_hash`, on that backend's shared socket.
+    fn forward_one_way(
+        &mut self,
+        now: Instant,
+        affinity_hash: u64,
+        proxy_header: Option<core::ProxyHeader>,
+        payload: &[u8],
+        ctx: &mut IoContext<'_>,
+    ) {
+        let Some(frontend) = &self.frontend else {
+            self.metrics
+                .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
+            return;
+        };
+        let cluster = &frontend.cluster;
+        let Some((backend, addr)) = ctx.backends.select(cluster.as_str(), affinity_hash) else {
+            self.metrics
+                .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
+            return;
+        };
+        let mut one_way_ctx = OneWayContext {
+            registry: ctx.registry,
+            tokens: ctx.tokens,
+            metrics: ctx.metrics,
+            still_readable: ctx.still_readable,
+        };
+        let header = proxy_header.as_ref().map(|h| h.as_bytes());
+        match self.one_way.send(
+            cluster,
+            &backend,
+            addr,
+            header,
+            payload,
+            &mut self.sources,
+            &mut one_way_ctx,
+        ) {
+            OneWaySend::Sent => self.metrics.traffic.count_in(ctx.metrics, payload.len()),
+            OneWaySend::Dropped(reason) => {
+                if reason == ShellDrop::NoUpstream {
+                    self.metrics.upstream_open_failed(ctx.metrics);
+                }
+                self.metrics.shell_dropped(ctx.metrics, reason);
+            }
+            OneWaySend::Refused => {
+                self.metrics.backend_refused(ctx.metrics);
+                self.metrics
+                    .shell_dropped(ctx.metrics, ShellDrop::SendError);
+                ctx.backends
+                    .mark_suspect(cluster.as_str(), backend.as_str());
+                ctx.health
+                    .passive_failure(now, cluster.as_str(), backend.as_str());
+            }
+        }
+    }
+
+    /// A one-way socket is readable: its backend's replies are read and
+    /// dropped (counted `one_way_reply`); a refusal read back marks the
+    /// backend suspect.
+    pub fn on_one_way_readable(&mut self, now: Instant, slot: usize, ctx: &mut IoContext<'_>) {
+        let mut one_way_ctx = OneWayContext {
+            registry: ctx.registry,
+            tokens: ctx.tokens,
+            metrics: ctx.metrics,
+            still_readable: ctx.still_readable,
+        };
+        let (dropped, refused) = self.one_way.on_readable(slot, &mut one_way_ctx);
+        for _ in 0..dropped {
+            self.metrics
+                .shell_dropped(ctx.metrics, ShellDrop::OneWayReply);
+        }
+        if refused {
+            self.metrics.backend_refused(ctx.metrics);
+            if let Some((cluster, backend)) = self.one_way.backend_of(slot) {
+                ctx.backends
+                    .mark_suspect(cluster.as_str(), backend.as_str());
+                ctx.health
+                    .passive_failure(now, cluster.as_str(), backend.as_str());
+            }
         }
     }
 

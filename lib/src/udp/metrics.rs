@@ -24,13 +24,19 @@ pub enum ShellDrop {
     SendError,
     /// The flow's upstream socket was not open (its open failed).
     NoUpstream,
+    /// One-way: the backend's socket would block (no queue on that path).
+    WouldBlock,
+    /// One-way: a backend's reply, read and discarded (no return path).
+    OneWayReply,
 }
 
 impl ShellDrop {
-    const ALL: [ShellDrop; 3] = [
+    const ALL: [ShellDrop; 5] = [
         ShellDrop::QueueFull,
         ShellDrop::SendError,
         ShellDrop::NoUpstream,
+        ShellDrop::WouldBlock,
+        ShellDrop::OneWayReply,
     ];
 
     /// The metric suffix.
@@ -39,6 +45,8 @@ impl ShellDrop {
             ShellDrop::QueueFull => "queue_full",
             ShellDrop::SendError => "send_error",
             ShellDrop::NoUpstream => "no_upstream",
+            ShellDrop::WouldBlock => "would_block",
+            ShellDrop::OneWayReply => "one_way_reply",
         }
     }
 }
@@ -279,6 +287,49 @@ impl FlowMetrics {
         if let Some(h) = self.backend_active {
             registry.gauge_add(h, -1);
         }
+    }
+}
+
+/// Handles of one backend of a one-way cluster: its traffic (only `in`
+/// moves) and the drops of its datagrams by reason, registered when its
+/// one-way socket opens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneWayMetrics {
+    /// The backend's traffic.
+    pub traffic: TrafficHandles,
+    drops: [Option<MetricHandle>; ShellDrop::ALL.len()],
+}
+
+impl OneWayMetrics {
+    /// Registers (or finds) the backend's handles.
+    pub fn register(
+        registry: &mut MetricsRegistry,
+        cluster: &ClusterId,
+        backend: &BackendId,
+    ) -> Self {
+        let scope = Scope::Backend(cluster.clone(), backend.clone());
+        let mut drops = [None; ShellDrop::ALL.len()];
+        for (slot, reason) in drops.iter_mut().zip(ShellDrop::ALL) {
+            *slot = handle(
+                registry,
+                &names::dropped(reason.as_str()),
+                scope.clone(),
+                MetricKind::Counter,
+            );
+        }
+        OneWayMetrics {
+            traffic: TrafficHandles::register(registry, &scope),
+            drops,
+        }
+    }
+
+    /// A datagram to or from this backend dropped by the shell.
+    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop) {
+        let i = ShellDrop::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        count(registry, self.drops[i], 1);
     }
 }
 
