@@ -317,3 +317,41 @@ fn every_datagram_carries_a_proxy_header_and_removal_of_the_listener_closes_the_
     // The listener socket and the backend's one-way socket are gone.
     assert_eq!(open_fds(), before - 1);
 }
+
+#[test]
+fn a_refusing_backend_is_counted_and_marked_suspect() {
+    let _serial = FD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut worker = Worker::start();
+    let (listener, mut backends) = setup(
+        &mut worker,
+        one_way(),
+        LoadBalancingAlgorithms::RoundRobin,
+        2,
+    );
+    // b1's port closes: the kernel answers ICMP port unreachable, which the
+    // one-way socket reports as ECONNREFUSED on its next send or read.
+    drop(backends.pop());
+    let client = udp_socket("127.0.0.1");
+    // Until the refusal is seen, round robin still gives b1 every other
+    // datagram (lost: UDP); send until it is counted.
+    let mut sent = 0;
+    let refused = format!("udp.backend.refused@{listener}");
+    for _ in 0..POLL_ROUNDS {
+        client.send_to(b"x", listener).unwrap();
+        sent += 1;
+        if worker.metric(&refused) > 0 {
+            break;
+        }
+    }
+    assert!(
+        worker.metric(&refused) > 0,
+        "no refusal after {sent} datagrams"
+    );
+    // Suspect: every new datagram goes to b0 while it is up.
+    let (_, _) = collect(&backends, 1);
+    let b0_before = worker.metric("c/b0/udp.datagrams.in");
+    for _ in 0..10 {
+        client.send_to(b"y", listener).unwrap();
+    }
+    worker.wait_metric("c/b0/udp.datagrams.in", |v| v >= b0_before + 10);
+}

@@ -24,7 +24,7 @@ use sozu_command_lib::command::UdpListenerConfig;
 
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
-use super::one_way::{OneWayContext, OneWaySend, OneWaySockets};
+use super::one_way::{OneWayContext, OneWaySockets};
 use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::write_queue::{
     flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
@@ -152,6 +152,10 @@ pub struct UdpListener {
     pub sources: SourceAddresses,
     /// One socket per backend of a one-way cluster.
     one_way: OneWaySockets,
+    /// The one-way datagrams of the receive batch being routed: socket
+    /// slot, batch index, PROXY header (capacity for a batch, reserved
+    /// once).
+    one_way_run: Vec<(usize, usize, Option<core::ProxyHeader>)>,
     /// The frontend changed: one-way sockets of another cluster are closed
     /// at the next read (where the token table is at hand).
     pub one_way_stale: bool,
@@ -190,6 +194,7 @@ impl UdpListener {
             socket_returned: false,
             sources: SourceAddresses::default(),
             one_way: OneWaySockets::new(id),
+            one_way_run: Vec::with_capacity(super::mmsg::MAX_BATCH),
             one_way_stale: false,
         }
     }
@@ -404,6 +409,7 @@ impl UdpListener {
                 self.on_client_datagram(now, recv, i, ctx);
             }
             self.flush_forwards(recv, ctx);
+            self.flush_one_way(now, recv, ctx);
             self.drain(now, ctx);
             if n < asked {
                 // Drained: a datagram arriving now raises a new edge, so
@@ -450,7 +456,7 @@ impl UdpListener {
                     Some(hit) => proxy_header.map(|_| core::ProxyHeader::new(d.src, hit)),
                     None => proxy_header,
                 };
-                self.forward_one_way(now, affinity_hash, proxy_header, d.payload, ctx);
+                self.route_one_way(affinity_hash, proxy_header, index, ctx);
             }
             ClientDecision::Queued { flow } => {
                 let io = self.flows.entry(flow).or_default();
@@ -462,14 +468,14 @@ impl UdpListener {
         }
     }
 
-    /// Sends one datagram of a one-way cluster to the backend the balancer
-    /// picks with `affinity_hash`, on that backend's shared socket.
-    fn forward_one_way(
+    /// Picks the backend of one one-way datagram (receive-batch `index`)
+    /// with `affinity_hash` and queues it in the batch's one-way run (sent
+    /// by [`Self::flush_one_way`] once the batch is routed).
+    fn route_one_way(
         &mut self,
-        now: Instant,
         affinity_hash: u64,
         proxy_header: Option<core::ProxyHeader>,
-        payload: &[u8],
+        index: usize,
         ctx: &mut IoContext<'_>,
     ) {
         let Some(frontend) = &self.frontend else {
@@ -489,33 +495,81 @@ impl UdpListener {
             metrics: ctx.metrics,
             still_readable: ctx.still_readable,
         };
-        let header = proxy_header.as_ref().map(|h| h.as_bytes());
-        match self.one_way.send(
-            cluster,
-            &backend,
-            addr,
-            header,
-            payload,
-            &mut self.sources,
-            &mut one_way_ctx,
-        ) {
-            OneWaySend::Sent => self.metrics.traffic.count_in(ctx.metrics, payload.len()),
-            OneWaySend::Dropped(reason) => {
-                if reason == ShellDrop::NoUpstream {
-                    self.metrics.upstream_open_failed(ctx.metrics);
-                }
+        match self
+            .one_way
+            .slot_for(cluster, &backend, addr, &mut self.sources, &mut one_way_ctx)
+        {
+            Ok(slot) => self.one_way_run.push((slot, index, proxy_header)),
+            Err(reason) => {
+                self.metrics.upstream_open_failed(ctx.metrics);
                 self.metrics.shell_dropped(ctx.metrics, reason);
             }
-            OneWaySend::Refused => {
-                self.metrics.backend_refused(ctx.metrics);
-                self.metrics
-                    .shell_dropped(ctx.metrics, ShellDrop::SendError);
-                ctx.backends
-                    .mark_suspect(cluster.as_str(), backend.as_str());
-                ctx.health
-                    .passive_failure(now, cluster.as_str(), backend.as_str());
-            }
         }
+    }
+
+    /// Sends the batch's one-way datagrams: sorted by backend (stable
+    /// within one: receive order), one `sendmmsg` per backend run, each
+    /// datagram as `[PROXY header, payload]` iovecs into the receive
+    /// buffers (no copy, no allocation: an unstable sort by (slot, index)
+    /// keeps the order).
+    fn flush_one_way(&mut self, now: Instant, recv: &RecvBatch, ctx: &mut IoContext<'_>) {
+        if self.one_way_run.is_empty() {
+            return;
+        }
+        self.one_way_run
+            .sort_unstable_by_key(|&(slot, index, _)| (slot, index));
+        let mut start = 0;
+        while start < self.one_way_run.len() {
+            let slot = self.one_way_run[start].0;
+            let end = self.one_way_run[start..]
+                .iter()
+                .position(|&(s, _, _)| s != slot)
+                .map_or(self.one_way_run.len(), |n| start + n);
+            let run = &self.one_way_run[start..end];
+            let part = |j: usize| {
+                let (_, index, header) = &run[j];
+                let payload = recv.get(*index).map_or(&[][..], |d| d.payload);
+                (header.as_ref().map(|h| h.as_bytes()), payload)
+            };
+            let mut one_way_ctx = OneWayContext {
+                registry: ctx.registry,
+                tokens: ctx.tokens,
+                metrics: ctx.metrics,
+                still_readable: ctx.still_readable,
+            };
+            let outcome = self
+                .one_way
+                .send_run(slot, run.len(), part, &mut one_way_ctx);
+            self.metrics
+                .traffic
+                .count_in_many(ctx.metrics, outcome.sent, outcome.bytes);
+            if outcome.would_block > 0 {
+                self.metrics.shell_dropped_many(
+                    ctx.metrics,
+                    ShellDrop::WouldBlock,
+                    outcome.would_block,
+                );
+            }
+            if outcome.send_error > 0 {
+                self.metrics.shell_dropped_many(
+                    ctx.metrics,
+                    ShellDrop::SendError,
+                    outcome.send_error,
+                );
+            }
+            if outcome.refused {
+                self.metrics.backend_refused(ctx.metrics);
+                // A refusal leaves the socket open: it is still there.
+                if let Some((cluster, backend)) = self.one_way.backend_of(slot) {
+                    ctx.backends
+                        .mark_suspect(cluster.as_str(), backend.as_str());
+                    ctx.health
+                        .passive_failure(now, cluster.as_str(), backend.as_str());
+                }
+            }
+            start = end;
+        }
+        self.one_way_run.clear();
     }
 
     /// A one-way socket is readable: its backend's replies are read and

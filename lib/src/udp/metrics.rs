@@ -117,6 +117,12 @@ impl TrafficHandles {
         count(registry, self.bytes_in, len as i64);
     }
 
+    /// `datagrams` client datagrams of `bytes` bytes in all forwarded.
+    pub fn count_in_many(&self, registry: &mut MetricsRegistry, datagrams: usize, bytes: usize) {
+        count(registry, self.datagrams_in, datagrams as i64);
+        count(registry, self.bytes_in, bytes as i64);
+    }
+
     /// One backend datagram of `len` bytes returned to a client.
     pub fn count_out(&self, registry: &mut MetricsRegistry, len: usize) {
         count(registry, self.datagrams_out, 1);
@@ -201,11 +207,16 @@ impl ListenerMetrics {
 
     /// A datagram dropped by the shell.
     pub fn shell_dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop) {
+        self.shell_dropped_many(registry, reason, 1);
+    }
+
+    /// `n` datagrams dropped by the shell for one reason.
+    pub fn shell_dropped_many(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
         let i = ShellDrop::ALL
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(0);
-        count(registry, self.shell_drops[i], 1);
+        count(registry, self.shell_drops[i], n as i64);
     }
 
     /// A flow was admitted.
@@ -323,13 +334,13 @@ impl OneWayMetrics {
         }
     }
 
-    /// A datagram to or from this backend dropped by the shell.
-    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop) {
+    /// `n` datagrams to or from this backend dropped by the shell.
+    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
         let i = ShellDrop::ALL
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(0);
-        count(registry, self.drops[i], 1);
+        count(registry, self.drops[i], n as i64);
     }
 }
 

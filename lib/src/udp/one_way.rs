@@ -9,10 +9,11 @@
 //! drops `one_way_reply`. It never decides anything about a datagram (the
 //! core's [`crate::protocol::udp::ClientDecision::OneWay`] and the balancer
 //! do), keeps no per-source state, and never allocates per datagram: the
-//! socket of a backend is found by a scan of a few entries, the PROXY header
-//! and payload go out as two iovecs of one `sendmsg`.
+//! socket of a backend is found by a scan of a few entries, and each run of
+//! a receive batch's datagrams for one backend goes out with one `sendmmsg`,
+//! PROXY header and payload as two iovecs of each datagram.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
@@ -20,7 +21,7 @@ use mio::{Interest, Token};
 use slab::Slab;
 
 use super::metrics::{OneWayMetrics, ShellDrop};
-use super::mmsg::{recv_connected, send_connected};
+use super::mmsg::{recv_connected, send_connected_batch};
 use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
@@ -31,18 +32,22 @@ use crate::server::tokens::{TokenOwner, Tokens};
 /// on (it comes back: the token goes to `still_readable`).
 const REPLY_BUDGET: usize = 64;
 
-/// What became of one datagram handed to [`OneWaySockets::send`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OneWaySend {
-    /// The kernel took it.
-    Sent,
-    /// Not sent, for this reason (counted by the caller on the listener;
-    /// already counted on the backend).
-    Dropped(ShellDrop),
-    /// The backend refused an earlier datagram (ICMP port unreachable,
-    /// reported now as `ECONNREFUSED`): this one is not sent either; the
-    /// caller marks the backend suspect.
-    Refused,
+/// What became of a run of datagrams handed to
+/// [`OneWaySockets::send_run`] (already counted on the backend; the caller
+/// counts them on the listener).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Datagrams the kernel took.
+    pub sent: usize,
+    /// Their payload bytes (PROXY headers excluded).
+    pub bytes: usize,
+    /// Dropped: the socket would block (no queue on this path).
+    pub would_block: usize,
+    /// Dropped: the kernel refused them (refusals included).
+    pub send_error: usize,
+    /// The backend refused (an earlier datagram's ICMP port unreachable,
+    /// reported as `ECONNREFUSED`): the caller marks it suspect.
+    pub refused: bool,
 }
 
 #[derive(Debug)]
@@ -81,69 +86,101 @@ impl OneWaySockets {
         self.sockets.is_empty()
     }
 
-    /// Sends `[header?, payload]` to `backend` of `cluster` at `addr` on its
-    /// one-way socket, opening it first if needed. Counts the datagram on
-    /// the backend (sent: `udp.datagrams.in`/`bytes.in`; dropped: by
-    /// reason); the caller counts it on the listener.
-    #[allow(clippy::too_many_arguments)]
-    pub fn send(
+    /// The slot of `backend`'s socket (of `cluster`, at `addr`), opened
+    /// first if needed: a new backend, or one whose address changed (re-added
+    /// elsewhere), gets a new socket. `Err(NoUpstream)` if it cannot be
+    /// opened (counted on the backend).
+    pub fn slot_for(
         &mut self,
         cluster: &ClusterId,
         backend: &BackendId,
         addr: SocketAddr,
-        header: Option<&[u8]>,
-        payload: &[u8],
         sources: &mut SourceAddresses,
         ctx: &mut OneWayContext<'_>,
-    ) -> OneWaySend {
-        let slot = match self.find(cluster, backend) {
-            Some(slot) if self.sockets[slot].addr == addr => slot,
-            found => {
-                // New backend, or its address changed (re-added with a new
-                // one): (re)open.
-                if let Some(slot) = found {
-                    self.close(slot, ctx.tokens);
+    ) -> Result<usize, ShellDrop> {
+        let found = self.find(cluster, backend);
+        if let Some(slot) = found.filter(|&slot| self.sockets[slot].addr == addr) {
+            return Ok(slot);
+        }
+        if let Some(slot) = found {
+            self.close(slot, ctx.tokens);
+        }
+        self.open(cluster, backend, addr, sources, ctx)
+            .map_err(|error| {
+                if is_resource_exhaustion(&error) {
+                    tracing::warn!(%cluster, %backend, %error, "out of sockets: one-way datagram dropped");
+                } else {
+                    tracing::debug!(%cluster, %backend, %error, "one-way socket open failed");
                 }
-                match self.open(cluster, backend, addr, sources, ctx) {
-                    Ok(slot) => slot,
-                    Err(error) => {
-                        if is_resource_exhaustion(&error) {
-                            tracing::warn!(%cluster, %backend, %error, "out of sockets: one-way datagram dropped");
-                        } else {
-                            tracing::debug!(%cluster, %backend, %error, "one-way socket open failed");
-                        }
-                        return OneWaySend::Dropped(ShellDrop::NoUpstream);
-                    }
-                }
-            }
+                ShellDrop::NoUpstream
+            })
+    }
+
+    /// Sends a run of `count` datagrams, `part(i)` = `(header?, payload)`,
+    /// on the socket at `slot` with `sendmmsg` batches (two iovecs per
+    /// datagram, no copy). What would block is dropped, not queued; after
+    /// an error other than would-block or a refusal the socket is closed
+    /// (the next datagram for the backend reopens it) and the rest of the
+    /// run is dropped.
+    pub fn send_run<'a>(
+        &mut self,
+        slot: usize,
+        count: usize,
+        part: impl Fn(usize) -> (Option<&'a [u8]>, &'a [u8]),
+        ctx: &mut OneWayContext<'_>,
+    ) -> RunOutcome {
+        let mut outcome = RunOutcome::default();
+        let Some(entry) = self.sockets.get(slot) else {
+            outcome.send_error = count;
+            return outcome;
         };
-        let entry = &self.sockets[slot];
         let fd = entry.socket.as_raw_fd();
-        let result = match header {
-            Some(h) => send_connected(fd, &[IoSlice::new(h), IoSlice::new(payload)]),
-            None => send_connected(fd, &[IoSlice::new(payload)]),
-        };
-        match result {
-            Ok(_) => {
-                entry.metrics.traffic.count_in(ctx.metrics, payload.len());
-                OneWaySend::Sent
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                entry.metrics.dropped(ctx.metrics, ShellDrop::WouldBlock);
-                OneWaySend::Dropped(ShellDrop::WouldBlock)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                // The socket is still good: the error was a past datagram's.
-                entry.metrics.dropped(ctx.metrics, ShellDrop::SendError);
-                OneWaySend::Refused
-            }
-            Err(error) => {
-                tracing::debug!(%cluster, %backend, %error, "one-way send error: socket reopened on the next datagram");
-                entry.metrics.dropped(ctx.metrics, ShellDrop::SendError);
-                self.close(slot, ctx.tokens);
-                OneWaySend::Dropped(ShellDrop::SendError)
+        let mut close = false;
+        let mut next = 0;
+        while next < count {
+            match send_connected_batch(fd, count - next, |j| part(next + j)) {
+                Ok(0) => {
+                    outcome.would_block += count - next;
+                    break;
+                }
+                Ok(n) => {
+                    outcome.sent += n;
+                    outcome.bytes += (next..next + n).map(|k| part(k).1.len()).sum::<usize>();
+                    next += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outcome.would_block += count - next;
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    // The socket is still good: the error was a past
+                    // datagram's, and this one was not sent.
+                    outcome.refused = true;
+                    outcome.send_error += 1;
+                    next += 1;
+                }
+                Err(error) => {
+                    tracing::debug!(cluster = %entry.cluster, backend = %entry.backend, %error, "one-way send error: socket reopened on the next datagram");
+                    outcome.send_error += count - next;
+                    close = true;
+                    break;
+                }
             }
         }
+        let metrics = entry.metrics;
+        metrics
+            .traffic
+            .count_in_many(ctx.metrics, outcome.sent, outcome.bytes);
+        if outcome.would_block > 0 {
+            metrics.dropped(ctx.metrics, ShellDrop::WouldBlock, outcome.would_block);
+        }
+        if outcome.send_error > 0 {
+            metrics.dropped(ctx.metrics, ShellDrop::SendError, outcome.send_error);
+        }
+        if close {
+            self.close(slot, ctx.tokens);
+        }
+        outcome
     }
 
     /// The socket at `slot` is readable: reads (and discards) up to a
@@ -157,22 +194,30 @@ impl OneWaySockets {
         // Only the length matters: MSG_TRUNC reads (and discards) the rest.
         let mut buf = [0u8; 1];
         let mut dropped = 0;
+        let mut refused = false;
         for _ in 0..REPLY_BUDGET {
             match recv_connected(fd, &mut buf) {
-                Ok(_) => {
-                    dropped += 1;
-                    entry.metrics.dropped(ctx.metrics, ShellDrop::OneWayReply);
+                Ok(_) => dropped += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    refused = true;
+                    break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (dropped, false),
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return (dropped, true),
                 Err(error) => {
                     tracing::debug!(cluster = %entry.cluster, backend = %entry.backend, %error, "one-way receive error");
-                    return (dropped, false);
+                    break;
                 }
             }
         }
-        ctx.still_readable.push(entry.token);
-        (dropped, false)
+        if dropped == REPLY_BUDGET {
+            ctx.still_readable.push(entry.token);
+        }
+        if dropped > 0 {
+            entry
+                .metrics
+                .dropped(ctx.metrics, ShellDrop::OneWayReply, dropped);
+        }
+        (dropped, refused)
     }
 
     /// The cluster and backend of the socket at `slot`.
