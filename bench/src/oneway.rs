@@ -353,6 +353,9 @@ pub fn run(args: &OneWayArgs) -> anyhow::Result<()> {
             let cpu1 = tree_cpu_seconds(proc.pid());
             let delivered = sinks.total() - count0;
             let usage = tree_usage(proc.pid());
+            if target == Target::Sozu {
+                print_sozu_drops(&sozu, &run_dir);
+            }
             proc.stop();
             let sample = Sample {
                 sent,
@@ -411,6 +414,40 @@ pub fn run(args: &OneWayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints how many datagrams sozu read and its non-zero drop counters
+/// (`sozu metrics get`), so a loss is attributed: a drop counter of the
+/// proxy, or the kernel (listener receive buffer) when none moved.
+fn print_sozu_drops(sozu: &std::path::Path, dir: &std::path::Path) {
+    let out = std::process::Command::new(sozu)
+        .arg("-c")
+        .arg(dir.join("config.toml"))
+        .args(["metrics", "get"])
+        .output();
+    let Ok(out) = out else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let drops: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("proxy"))
+        .filter(|l| l.contains("dropped") || l.contains("refused"))
+        .filter(|l| l.split_whitespace().last().is_some_and(|v| v != "0"))
+        .collect();
+    let read = text
+        .lines()
+        .find(|l| l.starts_with("proxy") && l.contains("udp.datagrams.in@"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("?");
+    println!("    sozu read and forwarded {read} datagrams in all (probes and warm-up included)");
+    if drops.is_empty() {
+        println!("    sozu drop counters: none moved (a loss is then the kernel's: the listener's receive buffer)");
+    } else {
+        for l in drops {
+            println!("    sozu: {}", l.trim());
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
