@@ -6,6 +6,7 @@
 
 mod echo;
 mod generator;
+mod oneway;
 mod runner;
 mod stats;
 
@@ -27,6 +28,8 @@ enum Cmd {
     Echo(echo::EchoArgs),
     /// Scenario runner: direct vs sozu vs nginx vs envoy.
     Run(runner::RunArgs),
+    /// One-way load (no answers) from many sources: proxy CPU per datagram.
+    Oneway(oneway::OneWayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Gen(args) => generator::run(&args),
         Cmd::Echo(args) => echo::run(&args),
         Cmd::Run(args) => runner::run(&args),
+        Cmd::Oneway(args) => oneway::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

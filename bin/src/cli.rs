@@ -616,6 +616,9 @@ pub struct UdpClusterKnobs {
     /// UDP: a removed backend keeps its live flows until they end.
     #[arg(long = "keep-flows-on-backend-removal")]
     pub keep_flows_on_backend_removal: bool,
+    /// UDP: one-way datagrams (syslog, metrics): no flow, no return path.
+    #[arg(long = "one-way")]
+    pub one_way: bool,
     /// UDP: what identifies a flow [master default: source-address].
     #[arg(long = "flow-key", value_enum)]
     pub flow_key: Option<FlowKey>,

@@ -3,7 +3,8 @@
 //! 10,000 backend datagrams on established flows (with and without a PROXY
 //! header on every datagram, with `responses = 1` and requests in flight,
 //! timers polled between them) and must see 0
-//! allocations. This binary runs without the libtest harness so no other thread
+//! allocations; and 100,000 one-way datagrams from as many sources must see
+//! 0 too. This binary runs without the libtest harness so no other thread
 //! allocates while counting.
 
 use std::{
@@ -156,7 +157,47 @@ fn established_datagrams_allocate_nothing_either_way() {
 
 /// Runs without the libtest harness (see `lib/Cargo.toml`): the only threads
 /// are this one and the ones the proof starts itself.
+/// One-way cluster: 100,000 datagrams from 100,000 distinct sources, with a
+/// PROXY header on each, allocate nothing and leave no flow.
+fn one_way_datagrams_from_distinct_sources_allocate_nothing() {
+    #[allow(clippy::disallowed_methods)]
+    let t0 = Instant::now();
+    let mut cfg = UdpFlowManagerConfig::new("203.0.113.1:514".parse().unwrap());
+    cfg.max_flows = 1;
+    let mut m = UdpFlowManager::new(cfg, 99);
+    let mut cluster = ClusterConfig::new(ClusterId::new("logs"));
+    cluster.one_way = true;
+    cluster.send_proxy_protocol = true;
+    m.set_cluster(t0, Some(cluster));
+    let payload = [0x42u8; 256];
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut forwarded = 0usize;
+    for n in 0..100_000u32 {
+        let ip = Ipv4Addr::from(0x0a00_0000 | (n >> 4));
+        let src = SocketAddr::new(IpAddr::V4(ip), 1024 + (n & 0xf) as u16);
+        if let ClientDecision::OneWay {
+            proxy_header: Some(_),
+            ..
+        } = m.handle_client_datagram(t0, src, &payload)
+        {
+            forwarded += 1;
+        }
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
+    assert_eq!(
+        forwarded, 100_000,
+        "every datagram one-way, with its header"
+    );
+    assert_eq!(allocations, 0, "{allocations} allocations");
+    assert_eq!(m.active_flows(), 0);
+    assert!(m.poll_output().is_none());
+}
+
 fn main() {
     established_datagrams_allocate_nothing_either_way();
     println!("test established_datagrams_allocate_nothing_either_way ... ok");
+    one_way_datagrams_from_distinct_sources_allocate_nothing();
+    println!("test one_way_datagrams_from_distinct_sources_allocate_nothing ... ok");
 }

@@ -4,7 +4,8 @@
 //! on many flows at once (batched receives and sends on the listener and
 //! upstream sockets), with and without a PROXY header on every datagram.
 //! Its own test binary (the allocator is process-wide), run without the
-//! libtest harness so no harness thread allocates while it counts.
+//! libtest harness so no harness thread allocates while it counts. Also
+//! one-way clusters: datagrams from many sources and their dropped replies.
 
 mod worker_common;
 
@@ -191,9 +192,86 @@ fn bursts_on_many_flows_with_and_without_proxy_headers() {
     );
 }
 
+/// One-way cluster (no flow): 64 distinct sources, two backends balanced
+/// per datagram, a PROXY header on every datagram, and the backends'
+/// replies read and dropped by the worker — nothing allocates once each
+/// backend's socket is open.
+fn one_way_datagrams_allocate_nothing() {
+    let mut worker = Worker::start();
+    let listener = free_udp_addr("127.0.0.1");
+    worker.ok(RequestType::AddUdpListener(udp_listener(listener)));
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "oneway",
+        UdpClusterConfig {
+            one_way: Some(true),
+            send_proxy_protocol: Some(true),
+            ..UdpClusterConfig::default()
+        },
+    )));
+    let backends: Vec<UdpSocket> = (0..2).map(|_| udp_socket("127.0.0.1")).collect();
+    for (i, b) in backends.iter().enumerate() {
+        worker.ok(RequestType::AddBackend(backend(
+            "oneway",
+            &format!("ow-{i}"),
+            b.local_addr().unwrap(),
+        )));
+        b.set_nonblocking(true).unwrap();
+    }
+    worker.ok(RequestType::AddUdpFrontend(frontend("oneway", listener)));
+    let clients: Vec<UdpSocket> = (0..64).map(|_| udp_socket("127.0.0.1")).collect();
+    let mut buf = vec![0u8; 2048];
+    // Every client sends 4; the backends read them all and answer each
+    // (the answer goes to the proxy's one-way socket, which drops it).
+    let round = |buf: &mut [u8]| {
+        for client in &clients {
+            for _ in 0..4 {
+                client.send_to(REQUEST, listener).unwrap();
+            }
+        }
+        let mut got = 0;
+        let mut idle = 0u32;
+        while got < clients.len() * 4 {
+            let mut progress = false;
+            for b in &backends {
+                while let Ok((n, from)) = b.recv_from(buf) {
+                    assert_eq!(n, REQUEST.len() + PPV2_IPV4_LEN);
+                    b.send_to(RESPONSE, from).unwrap();
+                    got += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                idle += 1;
+                assert!(idle < 10_000, "one-way datagrams lost");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    };
+    for _ in 0..100 {
+        round(&mut buf);
+    }
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..100 {
+        round(&mut buf);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations for 25,600 one-way datagrams and their replies"
+    );
+    // The replies really went through the drop path.
+    let dropped = worker.metric(&format!("udp.datagrams.dropped.one_way_reply@{listener}"));
+    assert!(dropped > 0, "no backend reply was read");
+    assert_eq!(worker.metric(&format!("udp.flows.created@{listener}")), 0);
+}
+
 /// Runs without the libtest harness (see `lib/Cargo.toml`): the only threads
 /// are this one and the ones the proof starts itself.
 fn main() {
     established_flow_datagrams_allocate_nothing_either_way();
     println!("test established_flow_datagrams_allocate_nothing_either_way ... ok");
+    one_way_datagrams_allocate_nothing();
+    println!("test one_way_datagrams_allocate_nothing ... ok");
 }

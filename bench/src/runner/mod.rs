@@ -241,7 +241,7 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
-fn resolve_sozu(arg: &Option<PathBuf>) -> PathBuf {
+pub fn resolve_sozu(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(path) = arg {
         return path.clone();
     }
@@ -484,6 +484,7 @@ fn measure(
         let options = ProxyOptions {
             responses: scenario.responses,
             max_flows: MAX_FLOWS,
+            one_way: false,
         };
         proxy = Some(proxies::start(
             target,

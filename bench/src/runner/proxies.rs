@@ -128,6 +128,9 @@ pub struct ProxyOptions {
     pub responses: u32,
     /// Flow table size for sozu's `max_flows`.
     pub max_flows: usize,
+    /// One-way traffic: sozu `one_way = true`, nginx `proxy_responses 0`
+    /// (no answer expected; Envoy has no equivalent).
+    pub one_way: bool,
 }
 
 /// Picks a free loopback UDP port (bind to 0, read it, release it).
@@ -179,6 +182,9 @@ pub fn sozu_config(
     if o.responses > 0 {
         let _ = writeln!(c, "responses = {}", o.responses);
     }
+    if o.one_way {
+        let _ = writeln!(c, "one_way = true");
+    }
     c
 }
 
@@ -209,7 +215,9 @@ pub fn nginx_config(
         c,
         "    proxy_pass echo;\n    proxy_timeout {FLOW_TIMEOUT_S}s;"
     );
-    if o.responses > 0 {
+    if o.one_way {
+        let _ = writeln!(c, "    proxy_responses 0;");
+    } else if o.responses > 0 {
         let _ = writeln!(c, "    proxy_responses {};", o.responses);
     }
     let _ = writeln!(c, "  }}\n}}");
@@ -293,6 +301,25 @@ pub fn start(
     options: ProxyOptions,
     cpu: Option<usize>,
 ) -> anyhow::Result<Proc> {
+    let mut proc = spawn(target, installed, dir, listen, backends, options, cpu)?;
+    if let Err(e) = wait_ready(&mut proc, listen) {
+        let tail = proc.log_tail();
+        return Err(e.context(tail));
+    }
+    Ok(proc)
+}
+
+/// Starts `target` as [`start`] does, without waiting for it to forward
+/// (one-way traffic has no echo to wait for: the caller checks readiness).
+pub fn spawn(
+    target: Target,
+    installed: &Installed,
+    dir: &Path,
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    options: ProxyOptions,
+    cpu: Option<usize>,
+) -> anyhow::Result<Proc> {
     fs::create_dir_all(dir)?;
     let log = Some(dir.join(format!("{}.log", target.name())));
     let argv: Vec<String> = match target {
@@ -349,17 +376,12 @@ pub fn start(
             ]
         }
     };
-    let mut proc = Proc::spawn(Spawn {
+    Proc::spawn(Spawn {
         name: target.name(),
         argv,
         cpu,
         log,
-    })?;
-    if let Err(e) = wait_ready(&mut proc, listen) {
-        let tail = proc.log_tail();
-        return Err(e.context(tail));
-    }
-    Ok(proc)
+    })
 }
 
 /// Sends probe datagrams through `listen` until one comes back.
@@ -417,6 +439,7 @@ mod tests {
         let o = ProxyOptions {
             responses: 1,
             max_flows: 17000,
+            one_way: false,
         };
         let sozu = sozu_config(Path::new("/tmp/x"), listen, &backends, o);
         let parsed: toml::Value = toml::from_str(&sozu).unwrap();

@@ -409,12 +409,13 @@ fn udp_knobs_text(out: &mut String, udp: &UdpClusterConfig) {
     let _ = writeln!(
         out,
         "       front_timeout={} back_timeout={} max_pending_datagrams={} \
-         max_pending_bytes={} keep_flows_on_backend_removal={}",
+         max_pending_bytes={} keep_flows_on_backend_removal={} one_way={}",
         udp.front_timeout.map_or("listener's".to_owned(), seconds),
         udp.back_timeout.map_or("listener's".to_owned(), seconds),
         udp.max_pending_datagrams(),
         udp.max_pending_bytes(),
         udp.keep_flows_on_backend_removal(),
+        udp.one_way(),
     );
     if let Some(health) = &udp.health {
         let _ = writeln!(

@@ -675,6 +675,7 @@ fn udp_cluster_config(knobs: &UdpClusterKnobs) -> Option<UdpClusterConfig> {
             FlowKey::SourceAddress => UdpFlowKey::SourceAddress as i32,
             FlowKey::QuicConnectionId => UdpFlowKey::QuicConnectionId as i32,
         }),
+        one_way: flag(knobs.one_way),
     };
     (config != UdpClusterConfig::default()).then_some(config)
 }

@@ -98,6 +98,7 @@ fn cluster_add_sets_every_udp_knob_and_health() {
         "--max-pending-bytes",
         "4096",
         "--keep-flows-on-backend-removal",
+        "--one-way",
         "--flow-key",
         "quic-connection-id",
         "--health-mode",
@@ -148,6 +149,7 @@ fn cluster_add_sets_every_udp_knob_and_health() {
             max_pending_bytes: Some(4096),
             keep_flows_on_backend_removal: Some(true),
             flow_key: Some(1),
+            one_way: Some(true),
         })
     );
 }

@@ -281,6 +281,8 @@ pub struct UdpClusterSettings {
     pub keep_flows_on_backend_removal: bool,
     /// What identifies a flow (default SOURCE_ADDRESS).
     pub flow_key: UdpFlowKey,
+    /// One-way datagrams: no flow, no return path (default false).
+    pub one_way: bool,
     /// Present when `[clusters.<id>.udp.health]` exists.
     pub health: Option<UdpHealthSettings>,
 }

@@ -721,6 +721,7 @@ fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
         max_pending_bytes: NonZeroU32::new(65_536).expect("65536 is not zero"),
         keep_flows_on_backend_removal: false,
         flow_key: UdpFlowKey::SourceAddress,
+        one_way: false,
         health: None,
     }
 }
@@ -761,6 +762,7 @@ fn parse_udp_cluster(
         ValueReader::bool,
     )?
     .unwrap_or(false);
+    udp.one_way = opt(&mut table, "one_way", ValueReader::bool)?.unwrap_or(false);
     if let Some(v) = table.get("flow_key") {
         let name = v.one_of(&["SOURCE_ADDRESS", "QUIC_CONNECTION_ID"])?;
         udp.flow_key = UdpFlowKey::from_str_name(name).ok_or_else(|| v.invalid("a flow key"))?;

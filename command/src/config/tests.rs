@@ -307,6 +307,7 @@ fn cluster_backend_and_udp_defaults() {
             max_pending_bytes: NonZeroU32::new(65_536).unwrap(),
             keep_flows_on_backend_removal: false,
             flow_key: crate::command::UdpFlowKey::SourceAddress,
+            one_way: false,
             health: None,
         })
     );
@@ -347,6 +348,7 @@ max_pending_datagrams = 1
 max_pending_bytes = 1500
 keep_flows_on_backend_removal = true
 flow_key = "QUIC_CONNECTION_ID"
+one_way = true
 
 [clusters.dns.udp.health]
 mode = "UDP_PROBE"
@@ -374,6 +376,7 @@ probe_timeout_seconds = 1
     assert_eq!(udp.max_pending_bytes.get(), 1500);
     assert!(udp.keep_flows_on_backend_removal);
     assert_eq!(udp.flow_key, crate::command::UdpFlowKey::QuicConnectionId);
+    assert!(udp.one_way);
     let health = udp.health.unwrap();
     assert_eq!(health.mode, crate::command::UdpHealthMode::UdpProbe);
     assert_eq!(health.tcp_port, Some(5300));

@@ -24,6 +24,7 @@ use sozu_command_lib::command::UdpListenerConfig;
 
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
+use super::one_way::{OneWayContext, OneWaySockets};
 use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::write_queue::{
     flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
@@ -149,6 +150,15 @@ pub struct UdpListener {
     pub socket_returned: bool,
     /// `upstream_source_addresses`, used in turn by new upstream sockets.
     pub sources: SourceAddresses,
+    /// One socket per backend of a one-way cluster.
+    one_way: OneWaySockets,
+    /// The one-way datagrams of the receive batch being routed: socket
+    /// slot, batch index, PROXY header (capacity for a batch, reserved
+    /// once).
+    one_way_run: Vec<(usize, usize, Option<core::ProxyHeader>)>,
+    /// The frontend changed: one-way sockets of another cluster are closed
+    /// at the next read (where the token table is at hand).
+    pub one_way_stale: bool,
 }
 
 impl UdpListener {
@@ -183,6 +193,9 @@ impl UdpListener {
             forwards: Vec::with_capacity(super::mmsg::MAX_BATCH),
             socket_returned: false,
             sources: SourceAddresses::default(),
+            one_way: OneWaySockets::new(id),
+            one_way_run: Vec::with_capacity(super::mmsg::MAX_BATCH),
+            one_way_stale: false,
         }
     }
 
@@ -321,6 +334,35 @@ impl UdpListener {
         self.manager.close_all(now);
         self.drain(now, ctx);
         self.drain_reason = FlowCloseReason::ListenerClosed;
+        self.one_way.close_all(ctx.tokens);
+    }
+
+    /// Number of open one-way sockets (one per backend that got a datagram
+    /// of a one-way cluster).
+    pub fn one_way_sockets(&self) -> usize {
+        self.one_way.len()
+    }
+
+    /// Closes the one-way socket of a removed backend.
+    pub fn forget_one_way_backend(
+        &mut self,
+        cluster: &str,
+        backend: &str,
+        ctx: &mut IoContext<'_>,
+    ) {
+        self.one_way.forget_backend(cluster, backend, ctx.tokens);
+    }
+
+    /// Closes the one-way sockets of backends outside the listener's
+    /// current one-way cluster (frontend changed, cluster removed or no
+    /// longer one-way).
+    pub fn sync_one_way(&mut self, ctx: &mut IoContext<'_>) {
+        self.one_way_stale = false;
+        let keep = match (&self.frontend, self.manager.is_one_way()) {
+            (Some(f), true) => Some(f.cluster.as_str()),
+            _ => None,
+        };
+        self.one_way.retain_cluster(keep, ctx.tokens);
     }
 
     /// Number of open upstream sockets (one per established flow).
@@ -340,6 +382,9 @@ impl UdpListener {
             return;
         };
         recv.ensure_buffer_len(self.manager.config().max_rx_datagram_size + 1);
+        if self.one_way_stale {
+            self.sync_one_way(ctx);
+        }
         let mut left = DATAGRAM_BUDGET;
         loop {
             if left == 0 {
@@ -364,6 +409,7 @@ impl UdpListener {
                 self.on_client_datagram(now, recv, i, ctx);
             }
             self.flush_forwards(recv, ctx);
+            self.flush_one_way(now, recv, ctx);
             self.drain(now, ctx);
             if n < asked {
                 // Drained: a datagram arriving now raises a new edge, so
@@ -402,6 +448,16 @@ impl UdpListener {
                 }
                 self.forwards.push((index, proxy_header));
             }
+            ClientDecision::OneWay {
+                affinity_hash,
+                proxy_header,
+            } => {
+                let proxy_header = match self.hit_address(d.local) {
+                    Some(hit) => proxy_header.map(|_| core::ProxyHeader::new(d.src, hit)),
+                    None => proxy_header,
+                };
+                self.route_one_way(affinity_hash, proxy_header, index, ctx);
+            }
             ClientDecision::Queued { flow } => {
                 let io = self.flows.entry(flow).or_default();
                 if d.local.is_some() {
@@ -409,6 +465,136 @@ impl UdpListener {
                 }
             }
             ClientDecision::Dropped(reason) => self.metrics.dropped(ctx.metrics, reason, 1),
+        }
+    }
+
+    /// Picks the backend of one one-way datagram (receive-batch `index`)
+    /// with `affinity_hash` and queues it in the batch's one-way run (sent
+    /// by [`Self::flush_one_way`] once the batch is routed).
+    fn route_one_way(
+        &mut self,
+        affinity_hash: u64,
+        proxy_header: Option<core::ProxyHeader>,
+        index: usize,
+        ctx: &mut IoContext<'_>,
+    ) {
+        let Some(frontend) = &self.frontend else {
+            self.metrics
+                .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
+            return;
+        };
+        let cluster = &frontend.cluster;
+        let Some((backend, addr)) = ctx.backends.select(cluster.as_str(), affinity_hash) else {
+            self.metrics
+                .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
+            return;
+        };
+        let mut one_way_ctx = OneWayContext {
+            registry: ctx.registry,
+            tokens: ctx.tokens,
+            metrics: ctx.metrics,
+            still_readable: ctx.still_readable,
+        };
+        match self
+            .one_way
+            .slot_for(cluster, &backend, addr, &mut self.sources, &mut one_way_ctx)
+        {
+            Ok(slot) => self.one_way_run.push((slot, index, proxy_header)),
+            Err(reason) => {
+                self.metrics.upstream_open_failed(ctx.metrics);
+                self.metrics.shell_dropped(ctx.metrics, reason);
+            }
+        }
+    }
+
+    /// Sends the batch's one-way datagrams: sorted by backend (stable
+    /// within one: receive order), one `sendmmsg` per backend run, each
+    /// datagram as `[PROXY header, payload]` iovecs into the receive
+    /// buffers (no copy, no allocation: an unstable sort by (slot, index)
+    /// keeps the order).
+    fn flush_one_way(&mut self, now: Instant, recv: &RecvBatch, ctx: &mut IoContext<'_>) {
+        if self.one_way_run.is_empty() {
+            return;
+        }
+        self.one_way_run
+            .sort_unstable_by_key(|&(slot, index, _)| (slot, index));
+        let mut start = 0;
+        while start < self.one_way_run.len() {
+            let slot = self.one_way_run[start].0;
+            let end = self.one_way_run[start..]
+                .iter()
+                .position(|&(s, _, _)| s != slot)
+                .map_or(self.one_way_run.len(), |n| start + n);
+            let run = &self.one_way_run[start..end];
+            let part = |j: usize| {
+                let (_, index, header) = &run[j];
+                let payload = recv.get(*index).map_or(&[][..], |d| d.payload);
+                (header.as_ref().map(|h| h.as_bytes()), payload)
+            };
+            let mut one_way_ctx = OneWayContext {
+                registry: ctx.registry,
+                tokens: ctx.tokens,
+                metrics: ctx.metrics,
+                still_readable: ctx.still_readable,
+            };
+            let outcome = self
+                .one_way
+                .send_run(slot, run.len(), part, &mut one_way_ctx);
+            self.metrics
+                .traffic
+                .count_in_many(ctx.metrics, outcome.sent, outcome.bytes);
+            if outcome.would_block > 0 {
+                self.metrics.shell_dropped_many(
+                    ctx.metrics,
+                    ShellDrop::WouldBlock,
+                    outcome.would_block,
+                );
+            }
+            if outcome.send_error > 0 {
+                self.metrics.shell_dropped_many(
+                    ctx.metrics,
+                    ShellDrop::SendError,
+                    outcome.send_error,
+                );
+            }
+            if outcome.refused {
+                self.metrics.backend_refused(ctx.metrics);
+                // A refusal leaves the socket open: it is still there.
+                if let Some((cluster, backend)) = self.one_way.backend_of(slot) {
+                    ctx.backends
+                        .mark_suspect(cluster.as_str(), backend.as_str());
+                    ctx.health
+                        .passive_failure(now, cluster.as_str(), backend.as_str());
+                }
+            }
+            start = end;
+        }
+        self.one_way_run.clear();
+    }
+
+    /// A one-way socket is readable: its backend's replies are read and
+    /// dropped (counted `one_way_reply`); a refusal read back marks the
+    /// backend suspect.
+    pub fn on_one_way_readable(&mut self, now: Instant, slot: usize, ctx: &mut IoContext<'_>) {
+        let mut one_way_ctx = OneWayContext {
+            registry: ctx.registry,
+            tokens: ctx.tokens,
+            metrics: ctx.metrics,
+            still_readable: ctx.still_readable,
+        };
+        let (dropped, refused) = self.one_way.on_readable(slot, &mut one_way_ctx);
+        for _ in 0..dropped {
+            self.metrics
+                .shell_dropped(ctx.metrics, ShellDrop::OneWayReply);
+        }
+        if refused {
+            self.metrics.backend_refused(ctx.metrics);
+            if let Some((cluster, backend)) = self.one_way.backend_of(slot) {
+                ctx.backends
+                    .mark_suspect(cluster.as_str(), backend.as_str());
+                ctx.health
+                    .passive_failure(now, cluster.as_str(), backend.as_str());
+            }
         }
     }
 

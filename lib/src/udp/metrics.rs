@@ -24,13 +24,19 @@ pub enum ShellDrop {
     SendError,
     /// The flow's upstream socket was not open (its open failed).
     NoUpstream,
+    /// One-way: the backend's socket would block (no queue on that path).
+    WouldBlock,
+    /// One-way: a backend's reply, read and discarded (no return path).
+    OneWayReply,
 }
 
 impl ShellDrop {
-    const ALL: [ShellDrop; 3] = [
+    const ALL: [ShellDrop; 5] = [
         ShellDrop::QueueFull,
         ShellDrop::SendError,
         ShellDrop::NoUpstream,
+        ShellDrop::WouldBlock,
+        ShellDrop::OneWayReply,
     ];
 
     /// The metric suffix.
@@ -39,6 +45,8 @@ impl ShellDrop {
             ShellDrop::QueueFull => "queue_full",
             ShellDrop::SendError => "send_error",
             ShellDrop::NoUpstream => "no_upstream",
+            ShellDrop::WouldBlock => "would_block",
+            ShellDrop::OneWayReply => "one_way_reply",
         }
     }
 }
@@ -107,6 +115,12 @@ impl TrafficHandles {
     pub fn count_in(&self, registry: &mut MetricsRegistry, len: usize) {
         count(registry, self.datagrams_in, 1);
         count(registry, self.bytes_in, len as i64);
+    }
+
+    /// `datagrams` client datagrams of `bytes` bytes in all forwarded.
+    pub fn count_in_many(&self, registry: &mut MetricsRegistry, datagrams: usize, bytes: usize) {
+        count(registry, self.datagrams_in, datagrams as i64);
+        count(registry, self.bytes_in, bytes as i64);
     }
 
     /// One backend datagram of `len` bytes returned to a client.
@@ -193,11 +207,16 @@ impl ListenerMetrics {
 
     /// A datagram dropped by the shell.
     pub fn shell_dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop) {
+        self.shell_dropped_many(registry, reason, 1);
+    }
+
+    /// `n` datagrams dropped by the shell for one reason.
+    pub fn shell_dropped_many(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
         let i = ShellDrop::ALL
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(0);
-        count(registry, self.shell_drops[i], 1);
+        count(registry, self.shell_drops[i], n as i64);
     }
 
     /// A flow was admitted.
@@ -279,6 +298,49 @@ impl FlowMetrics {
         if let Some(h) = self.backend_active {
             registry.gauge_add(h, -1);
         }
+    }
+}
+
+/// Handles of one backend of a one-way cluster: its traffic (only `in`
+/// moves) and the drops of its datagrams by reason, registered when its
+/// one-way socket opens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneWayMetrics {
+    /// The backend's traffic.
+    pub traffic: TrafficHandles,
+    drops: [Option<MetricHandle>; ShellDrop::ALL.len()],
+}
+
+impl OneWayMetrics {
+    /// Registers (or finds) the backend's handles.
+    pub fn register(
+        registry: &mut MetricsRegistry,
+        cluster: &ClusterId,
+        backend: &BackendId,
+    ) -> Self {
+        let scope = Scope::Backend(cluster.clone(), backend.clone());
+        let mut drops = [None; ShellDrop::ALL.len()];
+        for (slot, reason) in drops.iter_mut().zip(ShellDrop::ALL) {
+            *slot = handle(
+                registry,
+                &names::dropped(reason.as_str()),
+                scope.clone(),
+                MetricKind::Counter,
+            );
+        }
+        OneWayMetrics {
+            traffic: TrafficHandles::register(registry, &scope),
+            drops,
+        }
+    }
+
+    /// `n` datagrams to or from this backend dropped by the shell.
+    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
+        let i = ShellDrop::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        count(registry, self.drops[i], n as i64);
     }
 }
 

@@ -3,7 +3,9 @@
 //! event loop ([`crate::server`]). See `doc/udp.md` for what an operator sees.
 //!
 //! Owns listener sockets (passed by the master, see `crate::listen_socket`;
-//! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream socket per flow with its own token,
+//! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream
+//! socket per flow with its own token (one per backend for a one-way
+//! cluster, see [`one_way`]),
 //! `recvmmsg` / `sendmmsg` batches, bounded write queues, health probe
 //! sockets, and the metrics and access records of flows. It must never make
 //! a flow decision itself (admission, timers, caps, PROXY headers are the
@@ -14,6 +16,7 @@ pub mod budget;
 pub mod listener;
 pub mod metrics;
 pub mod mmsg;
+pub mod one_way;
 pub mod shell;
 pub mod socket;
 mod write_queue;
@@ -41,4 +44,12 @@ pub enum UdpToken {
     },
     /// A health probe socket.
     Probe(ProbeId),
+    /// The one-way socket of one backend of one listener (replies to it
+    /// are read and dropped).
+    OneWay {
+        /// The listener index.
+        listener: usize,
+        /// The socket's slot in the listener's one-way sockets.
+        slot: usize,
+    },
 }

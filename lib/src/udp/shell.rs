@@ -393,6 +393,7 @@ impl UdpShell {
         let address = wire_address("address", &frontend.address)?;
         let id = self.listener_id(address)?;
         let listener = &mut self.listeners[id];
+        listener.one_way_stale = true;
         if add {
             listener.frontend = Some(Frontend {
                 cluster: ClusterId::from(frontend.cluster_id.as_str()),
@@ -451,6 +452,7 @@ impl UdpShell {
                 listener
                     .manager
                     .set_cluster(now, Some(settings.config.clone()));
+                listener.sync_one_way(ctx);
             }
         }
         self.clusters.insert(id.to_owned(), settings);
@@ -476,6 +478,7 @@ impl UdpShell {
             {
                 listener.frontend = None;
                 listener.manager.set_cluster(now, None);
+                listener.sync_one_way(ctx);
             }
             if !keep {
                 for backend in &removed {
@@ -531,6 +534,10 @@ impl UdpShell {
             .clusters
             .get(&order.cluster_id)
             .is_some_and(|c| c.keep_flows_on_backend_removal);
+        // One-way sockets carry no flow to keep: a removed backend's goes.
+        for (_, listener) in self.listeners.iter_mut() {
+            listener.forget_one_way_backend(&order.cluster_id, &order.backend_id, ctx);
+        }
         if !keep {
             let backend = core::BackendId::new(&order.backend_id);
             for (_, listener) in self.listeners.iter_mut() {
@@ -660,6 +667,13 @@ impl UdpShell {
                 }
             }
             UdpToken::Probe(probe) => self.on_probe_ready(now, probe, ctx),
+            UdpToken::OneWay { listener, slot } => {
+                if let Some(listener) = self.listeners.get_mut(listener) {
+                    if readable {
+                        listener.on_one_way_readable(now, slot, ctx);
+                    }
+                }
+            }
         }
     }
 
@@ -912,6 +926,7 @@ fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
         config.back_timeout = seconds(udp.back_timeout);
         config.send_proxy_protocol = udp.send_proxy_protocol.unwrap_or(false);
         config.proxy_protocol_every_datagram = udp.proxy_protocol_every_datagram.unwrap_or(false);
+        config.one_way = udp.one_way.unwrap_or(false);
         config.max_pending_datagrams = udp
             .max_pending_datagrams
             .and_then(|v| NonZeroUsize::new(v as usize));

@@ -103,8 +103,14 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             return ClientDecision::Dropped(DropReason::Truncated);
         }
         // 2. a cluster to send to
-        if self.cluster.is_none() {
+        let Some(cluster) = &self.cluster else {
             return ClientDecision::Dropped(DropReason::NoBackend);
+        };
+        // One-way: no key, no flow, no table lookup (live flows of a
+        // cluster switched to one-way get no more client datagrams and end
+        // at their idle timeout).
+        if cluster.one_way {
+            return self.on_one_way_datagram(cluster, src, payload);
         }
         // 3. a key
         let Some(key) = self.extractor.flow_key(src, payload) else {

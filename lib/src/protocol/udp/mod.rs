@@ -14,6 +14,10 @@
 //!     match mgr.handle_client_datagram(now, src, &buf[..n]) {
 //!         Forward { flow, proxy_header } => send [header?, payload] on upstream(flow)
 //!                                           count udp.datagrams.in / bytes.in (n)
+//!         OneWay { affinity_hash, proxy_header }
+//!                                        => pick a backend with the hash, send
+//!                                           [header?, payload] on its shared
+//!                                           one-way socket (no flow exists)
 //!         Queued { .. }                  => nothing (buffered in the core)
 //!         Dropped(reason)                => count udp.datagrams.dropped{reason}
 //!     }
@@ -73,6 +77,7 @@ mod handover;
 mod invariants;
 mod key;
 mod manager;
+mod one_way;
 mod ppv2;
 mod timers;
 mod types;

@@ -11,6 +11,7 @@ use std::{
 use super::*;
 
 mod affinity;
+mod one_way;
 mod responses;
 
 fn addr(s: &str) -> SocketAddr {
@@ -1420,6 +1421,8 @@ mod properties {
                             self.touch(flow, true);
                         }
                         ClientDecision::Dropped(_) => {}
+                        // This run's cluster is never one-way.
+                        ClientDecision::OneWay { .. } => return Err(Breach::Counts),
                     }
                 }
                 Step::Backend { flow, len } => {

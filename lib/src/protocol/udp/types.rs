@@ -147,6 +147,11 @@ pub struct ClusterConfig {
     pub proxy_protocol_every_datagram: bool,
     /// Override of the listener's pending-datagram bound for new flows.
     pub max_pending_datagrams: Option<NonZeroUsize>,
+    /// One-way datagrams (syslog, statsd, NetFlow): every client datagram
+    /// is a [`ClientDecision::OneWay`], with no flow, no table entry and no
+    /// return path. Applies to each datagram as it arrives (there is no
+    /// flow to capture it).
+    pub one_way: bool,
 }
 
 impl ClusterConfig {
@@ -163,6 +168,7 @@ impl ClusterConfig {
             send_proxy_protocol: false,
             proxy_protocol_every_datagram: false,
             max_pending_datagrams: None,
+            one_way: false,
         }
     }
 }
@@ -313,6 +319,19 @@ pub enum ClientDecision {
         /// The flow whose connected upstream socket sends it.
         flow: FlowId,
         /// A PROXY v2 header to send before the payload, in the same datagram.
+        proxy_header: Option<ProxyHeader>,
+    },
+    /// One-way cluster: pick a backend of the listener's cluster with
+    /// `affinity_hash` (HRW / MAGLEV keep a source on one backend; other
+    /// policies balance per datagram) and send the caller's `payload` on
+    /// that backend's shared one-way socket, after `proxy_header` when
+    /// present. No flow exists: nothing to close, nothing comes back.
+    OneWay {
+        /// The load-balancing hash of the datagram's source (the cluster's
+        /// `affinity_key` says what it covers).
+        affinity_hash: u64,
+        /// A PROXY v2 header for this datagram (on every one: there is no
+        /// flow to remember that a first one was sent).
         proxy_header: Option<ProxyHeader>,
     },
     /// Copied into the pending FIFO of a flow awaiting its backend; it will
