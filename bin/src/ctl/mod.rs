@@ -18,6 +18,7 @@ mod socket;
 mod table;
 #[cfg(test)]
 mod tests;
+mod top;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
             return ExitCode::from(EXIT_NO_ANSWER);
         }
     };
+    if let Command::Top(args) = &command {
+        return top::run(&mut session, args);
+    }
     let code = execute(&plan, &mut session, global.json);
     if code != ExitCode::SUCCESS || !plan.then_upgrade_every_worker {
         return code;

@@ -124,6 +124,13 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     let steps = match command {
         Command::Start(_) => return Err(PlanError::NotAClientCommand("start")),
         Command::Worker(_) => return Err(PlanError::NotAClientCommand("worker")),
+        // A loop of queries, run by `ctl::top`.
+        Command::Top(_) => {
+            return Ok(Plan {
+                steps: Vec::new(),
+                then_upgrade_every_worker: false,
+            })
+        }
         Command::Status | Command::Query(QueryCmd::Workers) => {
             vec![step(RequestType::Status(Status {}), View::Workers)]
         }
