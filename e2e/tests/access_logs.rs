@@ -129,6 +129,7 @@ fn udp_flow_record_is_one_json_object() {
     assert_eq!(record["datagrams_out"], 1, "{record}");
     assert_eq!(record["bytes_in"], 5, "{record}");
     assert_eq!(record["reason"], "responses_reached", "{record}");
+    assert_eq!(record["message"], "flow closed", "{record}");
     // No tags configured: null, not "-".
     assert!(record["tags"].is_null(), "{record}");
 }
@@ -149,6 +150,7 @@ fn tcp_session_record_is_one_json_object() {
         "{record}"
     );
     assert!(record["reason"].is_string(), "{record}");
+    assert_eq!(record["message"], "session closed", "{record}");
 }
 
 #[test]
@@ -164,6 +166,7 @@ fn http_request_record_is_one_json_object() {
     assert_eq!(record["path"], "/hello?x=1", "{record}");
     assert_eq!(record["status"], 200, "{record}");
     assert_eq!(record["outcome"], "backend", "{record}");
+    assert_eq!(record["message"], "request", "{record}");
 }
 
 #[test]

@@ -165,7 +165,7 @@ fn scrape_counts_the_datagrams_really_sent() {
     );
     assert!(text.contains("# TYPE sozu_udp_datagrams_in_total counter\n"));
     assert!(text.contains("# TYPE sozu_udp_active_flows gauge\n"));
-    assert!(text.contains("# TYPE sozu_udp_flow_duration_milliseconds summary\n"));
+    assert!(text.contains("# TYPE sozu_udp_flow_duration_seconds summary\n"));
 
     // More traffic moves the scrape by exactly that much.
     for i in 0..3 {
@@ -178,6 +178,37 @@ fn scrape_counts_the_datagrams_really_sent() {
             && cluster_view(&page, "sozu_udp_datagrams_in_total") == (N + 3) as f64
     });
     drop(sozu);
+}
+
+#[test]
+fn the_grafana_dashboard_uses_names_the_page_has() {
+    let (_sozu, _backend, front, metrics) = start(1);
+    UdpClient::new(front).send(b"one");
+    let page = poll_until(WAIT, || {
+        let (_, page) = scrape(metrics);
+        (sum(&page, "sozu_udp_datagrams_in_total", &[]) > 0.0).then_some(page)
+    })
+    .expect("a datagram counted");
+    let dashboard = include_str!("../../doc/grafana-dashboard.json");
+    let names: std::collections::BTreeSet<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("sozu_"))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        // Registered at a backend's first failed probe only (checked in
+        // metrics_truth.rs through `metrics get`).
+        if name == "sozu_udp_health_probe_failed_total" {
+            continue;
+        }
+        let base = name.trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(
+            page.samples
+                .iter()
+                .any(|s| s.metric == base || s.metric == name),
+            "the dashboard uses {name}, absent from the page"
+        );
+    }
 }
 
 #[test]

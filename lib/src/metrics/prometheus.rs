@@ -4,7 +4,8 @@
 //! Owns the mapping from our dotted names to Prometheus names and labels
 //! (the rule is in `doc/metrics.md`): `sozu_` + the name with every
 //! character outside `[a-zA-Z0-9_]` made `_`, `_total` after a counter,
-//! `_milliseconds` after a time metric (a `summary` with quantiles);
+//! `_seconds` after a time metric (a `summary` with quantiles, converted
+//! from our milliseconds to Prometheus's base unit);
 //! `udp.datagrams.dropped.<reason>` becomes one family with a `reason`
 //! label. Scopes become labels: `worker` on every series, `listener` for a
 //! listener's value, `cluster` and `backend` for a cluster's and a
@@ -91,7 +92,7 @@ pub fn family_name(dotted: &str, kind: FamilyKind) -> (String, Option<String>) {
     }
     match kind {
         FamilyKind::Counter if !name.ends_with("_total") => name.push_str("_total"),
-        FamilyKind::Summary => name.push_str("_milliseconds"),
+        FamilyKind::Summary => name.push_str("_seconds"),
         _ => {}
     }
     (name, reason)
@@ -191,12 +192,13 @@ impl Exposition {
             with_quantile.push(("quantile", quantile.to_owned()));
             let _ = writeln!(
                 entry.samples,
-                "{family}{} {value}",
-                label_text(&with_quantile)
+                "{family}{} {}",
+                label_text(&with_quantile),
+                seconds(value)
             );
         }
         let l = label_text(labels);
-        let _ = writeln!(entry.samples, "{family}_sum{l} {}", p.sum);
+        let _ = writeln!(entry.samples, "{family}_sum{l} {}", seconds(p.sum));
         let _ = writeln!(entry.samples, "{family}_count{l} {}", p.samples);
     }
 
@@ -205,12 +207,12 @@ impl Exposition {
         match metric.inner.as_ref() {
             Some(Inner::Percentiles(p)) => {
                 let (family, _) = family_name(dotted, FamilyKind::Summary);
-                let help = format!("sozu time metric {dotted} (milliseconds)");
+                let help = format!("sozu time metric {dotted} (seconds)");
                 self.summary(&family, &help, labels, p);
             }
             Some(Inner::Time(ms)) => {
                 let (family, _) = family_name(dotted, FamilyKind::Summary);
-                let help = format!("sozu time metric {dotted} (milliseconds)");
+                let help = format!("sozu time metric {dotted} (seconds)");
                 let p = Percentiles {
                     samples: 1,
                     p_50: *ms,
@@ -349,6 +351,11 @@ fn remainder(
     Some(FilteredMetrics { inner: Some(inner) })
 }
 
+/// Milliseconds as seconds.
+fn seconds(ms: u64) -> String {
+    number(ms as f64 / 1000.0)
+}
+
 /// A sample value: integers without a fraction.
 fn number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
@@ -387,7 +394,7 @@ mod tests {
         );
         assert_eq!(
             family_name("udp.flow.duration", FamilyKind::Summary),
-            ("sozu_udp_flow_duration_milliseconds".to_owned(), None)
+            ("sozu_udp_flow_duration_seconds".to_owned(), None)
         );
         assert_eq!(
             family_name("udp.datagrams.dropped.no_backend", FamilyKind::Counter),
@@ -476,15 +483,15 @@ mod tests {
             "sozu_udp_datagrams_dropped_total{worker=\"1\",listener=\"127.0.0.1:53\",reason=\"shed\"} 9\n"
         ), "{text}");
         assert!(text.contains("# HELP sozu_udp_datagrams_dropped_total sozu counter udp.datagrams.dropped.<reason>\n"), "{text}");
-        assert!(text.contains("# TYPE sozu_udp_flow_duration_milliseconds summary\n"));
+        assert!(text.contains("# TYPE sozu_udp_flow_duration_seconds summary\n"));
         assert!(text.contains(
-            "sozu_udp_flow_duration_milliseconds{worker=\"1\",listener=\"127.0.0.1:53\",quantile=\"0.5\"} 10\n"
+            "sozu_udp_flow_duration_seconds{worker=\"1\",listener=\"127.0.0.1:53\",quantile=\"0.5\"} 0.01\n"
         ));
         assert!(text.contains(
-            "sozu_udp_flow_duration_milliseconds_count{worker=\"1\",listener=\"127.0.0.1:53\"} 3\n"
+            "sozu_udp_flow_duration_seconds_count{worker=\"1\",listener=\"127.0.0.1:53\"} 3\n"
         ));
         assert!(text.contains(
-            "sozu_udp_flow_duration_milliseconds_sum{worker=\"1\",listener=\"127.0.0.1:53\"} 60\n"
+            "sozu_udp_flow_duration_seconds_sum{worker=\"1\",listener=\"127.0.0.1:53\"} 0.06\n"
         ));
     }
 
