@@ -211,20 +211,18 @@ impl Exposition {
                 self.summary(&family, &help, labels, p);
             }
             Some(Inner::Time(ms)) => {
+                // One time value (our registry answers percentiles; a peer
+                // may answer this): a gauge in seconds.
                 let (family, _) = family_name(dotted, FamilyKind::Summary);
-                let help = format!("sozu time metric {dotted} (seconds)");
-                let p = Percentiles {
-                    samples: 1,
-                    p_50: *ms,
-                    p_90: *ms,
-                    p_99: *ms,
-                    p_99_9: *ms,
-                    p_99_99: *ms,
-                    p_99_999: *ms,
-                    p_100: *ms,
-                    sum: *ms,
-                };
-                self.summary(&family, &help, labels, &p);
+                let family = format!("{family}_last");
+                let help = format!("sozu time metric {dotted}, one value (seconds)");
+                self.sample(
+                    &family,
+                    FamilyKind::Gauge,
+                    &help,
+                    labels,
+                    *ms as f64 / 1000.0,
+                );
             }
             _ => {
                 let Some((kind, value)) = scalar(metric) else {
@@ -493,6 +491,28 @@ mod tests {
         assert!(text.contains(
             "sozu_udp_flow_duration_seconds_sum{worker=\"1\",listener=\"127.0.0.1:53\"} 0.06\n"
         ));
+    }
+
+    #[test]
+    fn a_single_time_value_is_a_gauge_in_seconds() {
+        let mut worker = WorkerMetrics::default();
+        worker.proxy.insert(
+            "tcp.connect".into(),
+            FilteredMetrics {
+                inner: Some(Inner::Time(250)),
+            },
+        );
+        let mut page = Exposition::new();
+        page.add_worker("0", &worker);
+        let text = page.render();
+        assert!(
+            text.contains("# TYPE sozu_tcp_connect_seconds_last gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sozu_tcp_connect_seconds_last{worker=\"0\"} 0.25\n"),
+            "{text}"
+        );
     }
 
     #[test]
