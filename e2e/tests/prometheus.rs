@@ -285,3 +285,26 @@ fn clients_past_the_bound_are_refused_and_the_slots_come_back() {
     drop(idle);
     assert!(procfs::is_alive(sozu.master_pid()));
 }
+
+#[test]
+fn a_taken_metrics_address_stops_the_start_with_the_address_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let backend = UdpBackend::v4("a");
+    let front = free_v4();
+    let cluster = ClusterConfig::new("c", front).backend("a", backend.addr());
+    let mut config = SozuConfig::udp(1, UdpListener::new(front), cluster);
+    config.extra = format!("metrics_listener = \"{addr}\"\n");
+    let sozu = Sozu::spawn(config).expect("spawn the master");
+    let status = sozu
+        .wait_master_exit(WAIT)
+        .unwrap_or_else(|| panic!("the master started anyway:\n{}", sozu.log()));
+    assert!(!status.success());
+    let log = sozu.log();
+    assert!(
+        log.contains(&format!("cannot bind metrics_listener {addr}")),
+        "{log}"
+    );
+    // No worker was left behind.
+    wait_for("no process left", WAIT, || sozu.live_pids().is_empty());
+}
