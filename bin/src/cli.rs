@@ -85,6 +85,10 @@ pub enum Command {
     /// Query metrics, or switch counting on, off, or back to zero.
     #[command(subcommand)]
     Metrics(MetricsCmd),
+    /// A live view refreshed every second: flows, datagrams/s in and out
+    /// and drops/s by reason, per listener and per cluster (Ctrl-C, `q` or
+    /// Ctrl-D to quit).
+    Top(TopArgs),
     /// Change the log level of the master and every worker, live (a
     /// `log_level` filter: error, warn, info, debug, trace, or directives
     /// such as `info,sozu_lib=debug`).
@@ -158,6 +162,20 @@ pub struct StateFileArgs {
     /// State file.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
+}
+
+/// `sozu top`
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub interval: u64,
+    /// Stop after this many refreshes (default: until interrupted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Rows shown per table (the busiest first).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rows: u64,
 }
 
 /// `sozu metrics …`

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use sozu_command_lib::config::{Config, LogTarget};
+use sozu_command_lib::config::{AccessLogFormat, Config, LogTarget};
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -42,6 +42,8 @@ pub struct LogSettings {
     pub level: String,
     pub target: LogTarget,
     pub access_target: Option<LogTarget>,
+    /// `access_logs_format`: plain lines or one JSON object per record.
+    pub access_format: AccessLogFormat,
     pub audit_target: Option<LogTarget>,
 }
 
@@ -52,6 +54,7 @@ impl LogSettings {
             level: config.log_level.clone(),
             target: config.log_target.clone(),
             access_target: config.access_logs_target.clone(),
+            access_format: config.access_logs_format,
             audit_target: config.audit_logs_target.clone(),
         }
     }
@@ -131,6 +134,14 @@ pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
 
     let (filter, reload_handle) = reload::Layer::new(filter);
 
+    let json_access = settings.access_format == AccessLogFormat::Json;
+    // JSON records get their own layer even when they share the main sink,
+    // so every access line is one object whatever else the sink carries.
+    let access_writer = match access_writer {
+        Some(w) => Some(w),
+        None if json_access => Some(main_writer.clone()),
+        None => None,
+    };
     let separate_access = access_writer.is_some();
     let separate_audit = audit_writer.is_some();
     let ansi = matches!(settings.target, LogTarget::Stdout | LogTarget::Stderr)
@@ -148,10 +159,15 @@ pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
             !(separate_access && t == ACCESS_TARGET || separate_audit && t == AUDIT_TARGET)
         }));
     let access_layer = access_writer.map(|w| {
+        let format = if json_access {
+            AccessFormat::Json(process_name.clone())
+        } else {
+            AccessFormat::Ascii(ProcessFormat::new(process_name.clone()))
+        };
         tracing_subscriber::fmt::layer()
             .with_writer(w)
             .with_ansi(false)
-            .event_format(ProcessFormat::new(process_name.clone()))
+            .event_format(format)
             .with_filter(filter_fn(|meta| meta.target() == ACCESS_TARGET))
     });
     let audit_layer = audit_writer.map(|w| {
@@ -223,6 +239,90 @@ where
     ) -> std::fmt::Result {
         write!(writer, "[{}] ", self.process)?;
         self.inner.format_event(ctx, writer, event)
+    }
+}
+
+/// How the access layer writes a record: the plain line, or one JSON
+/// object (`doc/metrics.md` lists its fields).
+enum AccessFormat {
+    Ascii(ProcessFormat),
+    Json(Arc<str>),
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for AccessFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        match self {
+            AccessFormat::Ascii(format) => format.format_event(ctx, writer, event),
+            AccessFormat::Json(process) => {
+                writeln!(writer, "{}", json_record(process, event))
+            }
+        }
+    }
+}
+
+/// Fields whose text is a number when present (`-` when absent).
+const NUMERIC_TEXT_FIELDS: &[&str] = &["status", "connect_ms"];
+
+/// One access event as a JSON object: `time` (RFC 3339, UTC), `process`,
+/// then the record's own fields under their names; an absent value (`-`
+/// in the plain line) is `null`.
+fn json_record(process: &str, event: &tracing::Event<'_>) -> serde_json::Value {
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+    let mut time = String::new();
+    let _ = SystemTime.format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut time));
+    let mut object = serde_json::Map::new();
+    object.insert("time".to_owned(), time.into());
+    object.insert("process".to_owned(), process.into());
+    let mut visitor = JsonVisitor(&mut object);
+    event.record(&mut visitor);
+    serde_json::Value::Object(object)
+}
+
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl JsonVisitor<'_> {
+    fn text(&mut self, field: &tracing::field::Field, text: String) {
+        let value = if text == "-" {
+            serde_json::Value::Null
+        } else if NUMERIC_TEXT_FIELDS.contains(&field.name()) {
+            text.parse::<u64>()
+                .map_or_else(|_| serde_json::Value::String(text), Into::into)
+        } else {
+            serde_json::Value::String(text)
+        };
+        self.0.insert(field.name().to_owned(), value);
+    }
+}
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.text(field, value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        // `%value` fields arrive here; their Debug is their Display.
+        self.text(field, format!("{value:?}"));
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use sozu_command_lib::channel::Channel;
 use sozu_command_lib::command::{WorkerRequest, WorkerResponse};
+use sozu_command_lib::config::AccessLogFormat;
 use sozu_command_lib::scm::ScmSocket;
 use sozu_lib::server::{LogLevelHook, Server, ServerConfig, StatsdConfig};
 
@@ -45,6 +46,9 @@ pub struct WorkerArgs {
     /// Access log target (the master's `access_logs_target`).
     #[arg(long)]
     pub access_logs_target: Option<String>,
+    /// Access log format (the master's `access_logs_format`).
+    #[arg(long, default_value = "ascii", value_parser = ["ascii", "json"])]
+    pub access_logs_format: String,
     /// The configured `buffer_size` (UDP `max_rx_datagram_size` is clamped
     /// to it).
     #[arg(long, default_value_t = 16_393)]
@@ -192,6 +196,11 @@ fn log_settings(args: &WorkerArgs) -> anyhow::Result<LogSettings> {
             .as_deref()
             .map(logging::parse_target)
             .transpose()?,
+        access_format: if args.access_logs_format == "json" {
+            AccessLogFormat::Json
+        } else {
+            AccessLogFormat::Ascii
+        },
         audit_target: None,
     })
 }

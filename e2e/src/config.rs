@@ -94,6 +94,8 @@ pub struct ClusterConfig {
     pub proxy_protocol_every_datagram: bool,
     /// `[clusters.<id>.udp.health]`, absent when `None`.
     pub health: Option<HealthConfig>,
+    /// `keep_flows_on_backend_removal`.
+    pub keep_flows_on_backend_removal: bool,
 }
 
 impl ClusterConfig {
@@ -110,6 +112,7 @@ impl ClusterConfig {
             send_proxy_protocol: false,
             proxy_protocol_every_datagram: false,
             health: None,
+            keep_flows_on_backend_removal: false,
         }
     }
 
@@ -239,6 +242,9 @@ impl SozuConfig {
                 let _ = writeln!(t, "affinity_key = {}", quoted(key));
             }
             let _ = writeln!(t, "send_proxy_protocol = {}", c.send_proxy_protocol);
+            if c.keep_flows_on_backend_removal {
+                let _ = writeln!(t, "keep_flows_on_backend_removal = true");
+            }
             let _ = writeln!(
                 t,
                 "proxy_protocol_every_datagram = {}",

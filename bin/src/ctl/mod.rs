@@ -19,6 +19,7 @@ mod socket;
 mod table;
 #[cfg(test)]
 mod tests;
+mod top;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
             return ExitCode::from(EXIT_NO_ANSWER);
         }
     };
+    if let Command::Top(args) = &command {
+        return top::run(&mut session, args);
+    }
     if let Some(id) = &plan.refuse_existing_cluster {
         if let Err(code) = refuse_existing_cluster(&mut session, id) {
             return code;

@@ -132,6 +132,14 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
             ..
         }) => vec![message(RequestType::UpgradeWorker(*id))],
         Command::Worker(_) => return Err(PlanError::NotAClientCommand("worker")),
+        // A loop of queries, run by `ctl::top`.
+        Command::Top(_) => {
+            return Ok(Plan {
+                steps: Vec::new(),
+                then_upgrade_every_worker: false,
+                refuse_existing_cluster: None,
+            })
+        }
         Command::Status | Command::Query(QueryCmd::Workers) => {
             vec![step(RequestType::Status(Status {}), View::Workers)]
         }

@@ -19,6 +19,7 @@ mod listen_sockets;
 mod metrics;
 mod orders;
 mod prevalidate;
+mod prometheus;
 mod queries;
 mod signals;
 mod state_file;
@@ -101,7 +102,11 @@ pub fn start(args: StartArgs) -> ExitCode {
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const FIRST_DYNAMIC_TOKEN: usize = 2;
+const METRICS_LISTENER: Token = Token(2);
+const FIRST_DYNAMIC_TOKEN: usize = 3;
+/// Tokens of metrics clients start here (far above any command client or
+/// worker token the master will ever allocate).
+const FIRST_METRICS_CLIENT_TOKEN: usize = 1 << 40;
 
 /// Largest message on a master ↔ worker channel: metrics of many clusters
 /// outgrow the command-socket limit, and the peer is trusted.
@@ -127,6 +132,9 @@ pub(crate) enum Purpose {
     /// change, catch-up of a worker booted meanwhile): a worker that
     /// refuses is restarted.
     Repair { name: &'static str },
+    /// A Prometheus scrape (`prometheus.rs`): the answers become the page
+    /// sent to this metrics client.
+    Scrape { client: Token },
     /// A step of a worker upgrade.
     Upgrade(upgrade::Step),
 }
@@ -193,6 +201,8 @@ pub(crate) struct Master {
     restarts: BTreeMap<u32, lifecycle::PendingRestart>,
     /// Clients of `worker restart N` waiting for slot N to take its state.
     boot_waiters: HashMap<u32, Token>,
+    /// The Prometheus listener (`metrics_listener`), if configured.
+    metrics_server: Option<prometheus::MetricsServer>,
 }
 
 impl Master {
@@ -284,6 +294,15 @@ impl Master {
             .context("cannot register the signal pipe")?;
         // The listener is registered once the workers are ready.
         let _ = &mut listener;
+        let metrics_server = match config.metrics_listener {
+            Some(addr) => Some(prometheus::MetricsServer::bind(
+                addr,
+                poll.registry(),
+                METRICS_LISTENER,
+                FIRST_METRICS_CLIENT_TOKEN,
+            )?),
+            None => None,
+        };
         let launch = WorkerLaunch {
             executable: workers::current_executable().context("cannot find the sozu binary")?,
             command_buffer_size: config.command_buffer_size.get(),
@@ -322,6 +341,7 @@ impl Master {
             deferred: VecDeque::new(),
             restarts: BTreeMap::new(),
             boot_waiters: HashMap::new(),
+            metrics_server,
             config,
             config_path,
         })
@@ -367,7 +387,13 @@ impl Master {
                         }
                     }
                     token => {
-                        if let Some(&worker) = self.worker_tokens.get(&token) {
+                        if self
+                            .metrics_server
+                            .as_ref()
+                            .is_some_and(|server| server.owns(token))
+                        {
+                            self.on_metrics_event(token, now);
+                        } else if let Some(&worker) = self.worker_tokens.get(&token) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 self.read_worker(worker, now);
                             }
@@ -427,6 +453,9 @@ impl Master {
             let at = self.next_heartbeat;
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
+        if let Some(at) = self.metrics_server.as_ref().and_then(|s| s.next_deadline()) {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
         if let Some(at) = self.next_restart() {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
@@ -449,6 +478,7 @@ impl Master {
         self.stop_progress(now);
         self.heartbeat(now);
         self.restart_due(now);
+        self.expire_metrics_clients(now);
     }
 
     fn on_signal(&mut self, signal: MasterSignal, now: Instant) {
@@ -905,6 +935,17 @@ impl Master {
                 self.on_worker_booted(worker, gathered, now);
             }
             Purpose::Heartbeat => {}
+            Purpose::Scrape { client } => {
+                let gathered = Gathered {
+                    id,
+                    purpose: (),
+                    succeeded,
+                    failures,
+                    contents,
+                    timed_out,
+                };
+                self.on_scrape_gathered(client, gathered);
+            }
             Purpose::StopForward => {
                 for (worker, failure) in &failures {
                     // A worker may exit without answering: that is a stop too.

@@ -93,6 +93,9 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
             .arg(target_to_string(access));
     }
     command
+        .arg("--access-logs-format")
+        .arg(launch.log.access_format.as_str());
+    command
         .arg("--buffer-size")
         .arg(launch.buffer_size.to_string())
         .arg("--max-connections")

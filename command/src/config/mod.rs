@@ -63,6 +63,8 @@ pub struct Config {
     pub log_target: LogTarget,
     /// Where access logs go (default: with the other logs).
     pub access_logs_target: Option<LogTarget>,
+    /// How access records are written (default `ascii`).
+    pub access_logs_format: AccessLogFormat,
     /// Where the audit log of command-socket orders goes (default: with the
     /// other logs).
     pub audit_logs_target: Option<LogTarget>,
@@ -90,6 +92,9 @@ pub struct Config {
     pub hash_seed: Option<u64>,
     /// Statsd metrics export.
     pub metrics: Option<MetricsConfig>,
+    /// *sozu only.* Address of the master's Prometheus listener
+    /// (`GET /metrics`); `None`: not served.
+    pub metrics_listener: Option<SocketAddr>,
     /// *sozu only.* Local addresses UDP upstream sockets are bound to, in
     /// turn (each brings its own ephemeral port range); empty: the kernel
     /// picks the route's address.
@@ -113,6 +118,26 @@ pub enum LogTarget {
     Unix(PathBuf),
     /// `file:///path/to/file` (appended to)
     File(PathBuf),
+}
+
+/// `access_logs_format`: how an access record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// One human-readable line (`key=value` fields), the default.
+    #[default]
+    Ascii,
+    /// One JSON object per line, fixed field names (doc/metrics.md).
+    Json,
+}
+
+impl AccessLogFormat {
+    /// The spelling in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogFormat::Ascii => "ascii",
+            AccessLogFormat::Json => "json",
+        }
+    }
 }
 
 /// `[metrics]`: statsd export.

@@ -14,9 +14,9 @@ use toml::de::DeTable;
 use super::error::{ConfigError, Location};
 use super::reader::{Document, TableReader, ValueReader};
 use super::{
-    BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendConfig, HttpListenerSettings,
-    ListenerConfig, LogTarget, MetricsConfig, TcpListenerSettings, UdpClusterSettings,
-    UdpHealthSettings, UdpListenerSettings,
+    AccessLogFormat, BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendConfig,
+    HttpListenerSettings, ListenerConfig, LogTarget, MetricsConfig, TcpListenerSettings,
+    UdpClusterSettings, UdpHealthSettings, UdpListenerSettings,
 };
 use crate::command::{
     LoadBalancingAlgorithms, LoadMetric, PathRuleKind, UdpAffinityKey, UdpFlowKey, UdpHealthMode,
@@ -30,7 +30,6 @@ pub(super) const IGNORED_GLOBAL: &[&str] = &[
     "min_buffers",
     "max_buffers",
     "log_colored",
-    "access_logs_format",
     "access_logs_colored",
     "zombie_check_interval",
     "accept_queue_timeout",
@@ -219,6 +218,11 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         opt(top, "log_level", ValueReader::non_empty_string)?.unwrap_or_else(|| "info".to_owned());
     let log_target = opt(top, "log_target", parse_log_target)?.unwrap_or(LogTarget::Stdout);
     let access_logs_target = opt(top, "access_logs_target", parse_log_target)?;
+    let access_logs_format = match opt(top, "access_logs_format", |v| v.one_of(&["ascii", "json"]))?
+    {
+        Some("json") => AccessLogFormat::Json,
+        _ => AccessLogFormat::Ascii,
+    };
     let audit_logs_target = opt(top, "audit_logs_target", parse_log_target)?;
     let saved_state = opt(top, "saved_state", |v| path_value(v, base_dir))?;
     let automatic_state_save = top.get("automatic_state_save");
@@ -259,6 +263,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         None => None,
     };
 
+    let metrics_listener = opt(top, "metrics_listener", ValueReader::socket_addr)?;
     let upstream_source_addresses = match top.get("upstream_source_addresses") {
         Some(v) => parse_source_addresses(&v)?,
         None => Vec::new(),
@@ -279,6 +284,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         log_level,
         log_target,
         access_logs_target,
+        access_logs_format,
         audit_logs_target,
         saved_state,
         automatic_state_save,
@@ -291,6 +297,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         pid_file_path,
         hash_seed,
         metrics,
+        metrics_listener,
         upstream_source_addresses,
         listeners: Vec::new(),
         clusters: BTreeMap::new(),

@@ -1067,3 +1067,20 @@ fn upstream_source_addresses_are_distinct_ip_addresses() {
         "upstream_source_addresses[0]: expected an IP address like \"192.0.2.10\" or \"2001:db8::10\", not a wildcard, got \"10.0.0.1:53\" (at test.toml:1)"
     );
 }
+
+#[test]
+fn metrics_listener_and_access_log_format_are_read_and_checked() {
+    let c = load("").unwrap();
+    assert_eq!(c.metrics_listener, None);
+    assert_eq!(c.access_logs_format, AccessLogFormat::Ascii);
+    let c = load("metrics_listener = \"127.0.0.1:9090\"\naccess_logs_format = \"json\"\n").unwrap();
+    assert_eq!(c.metrics_listener, Some(addr("127.0.0.1:9090")));
+    assert_eq!(c.access_logs_format, AccessLogFormat::Json);
+    let e = error("access_logs_format = \"xml\"\n");
+    assert!(
+        e.contains("access_logs_format") && e.contains("\"json\""),
+        "{e}"
+    );
+    let e = error("metrics_listener = \"localhost\"\n");
+    assert!(e.contains("metrics_listener"), "{e}");
+}

@@ -62,9 +62,17 @@ pub enum HealthEvent {
         cluster: ClusterId,
         backend: BackendId,
     },
-    /// The probe's result is no longer wanted (it timed out, or its backend
-    /// or cluster went away): close its socket.
+    /// The probe's result is no longer wanted (its backend or cluster went
+    /// away, or checking was turned off): close its socket.
     ProbeAbandoned { probe: ProbeId },
+    /// The probe got no answer by its deadline: it counted as a failure
+    /// (like a refused probe, so the worker counts it in
+    /// `udp.health.probe_failed`); close its socket.
+    ProbeTimedOut {
+        probe: ProbeId,
+        cluster: ClusterId,
+        backend: BackendId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +285,7 @@ impl HealthChecker {
     }
 
     /// Fails every probe whose deadline has passed (emitting
-    /// [`HealthEvent::ProbeAbandoned`] for each).
+    /// [`HealthEvent::ProbeTimedOut`] for each).
     pub fn handle_timeout(&mut self, now: Instant) {
         for (cluster, entry) in &mut self.clusters {
             let Some(config) = &entry.config else {
@@ -287,7 +295,11 @@ impl HealthChecker {
                 if let Some((probe, deadline)) = t.in_flight {
                     if deadline <= now {
                         t.in_flight = None;
-                        self.events.push_back(HealthEvent::ProbeAbandoned { probe });
+                        self.events.push_back(HealthEvent::ProbeTimedOut {
+                            probe,
+                            cluster: cluster.clone(),
+                            backend: t.backend.clone(),
+                        });
                         record(&mut self.events, cluster, config, t, false);
                     }
                 }

@@ -15,6 +15,7 @@
 //! (gauges, being levels, are kept). See [`MetricsRegistry::configure`].
 
 mod histogram;
+pub mod prometheus;
 mod query;
 mod scoped;
 pub mod statsd;

@@ -34,7 +34,7 @@ use crate::backends::{BackendError, BackendStatus, ClusterId};
 use crate::health::probe::{ProbeOutcome, ProbeSocket};
 use crate::health::{HealthConfig, HealthConfigError, HealthEvent, ProbeId};
 use crate::load_balancing::Algorithm;
-use crate::metrics::Scope;
+use crate::metrics::{names, MetricHandle, MetricKind, Scope};
 use crate::protocol::udp::{
     self as core, AffinityKey, CloseReason, UdpFlowManager, UdpFlowManagerConfig,
 };
@@ -157,6 +157,10 @@ pub struct UdpShell {
     /// When the health checker next has work, refreshed after every change
     /// to it (so the loop does not scan every backend on each wake-up).
     health_deadline: Option<Instant>,
+    /// Backends removed from a `keep_flows_on_backend_removal` cluster,
+    /// with their `udp.active_flows` gauge: their metrics stay until their
+    /// last flow ends.
+    retired_backends: Vec<(ClusterId, crate::backends::BackendId, MetricHandle)>,
 }
 
 impl UdpShell {
@@ -189,6 +193,7 @@ impl UdpShell {
             draining: false,
             buffer_size,
             health_deadline: None,
+            retired_backends: Vec::new(),
         }
     }
 
@@ -505,12 +510,20 @@ impl UdpShell {
     ) -> Result<(), UdpError> {
         ctx.backends.add_from_order(order)?;
         let address = wire_address("address", &order.address)?;
-        ctx.health.add_backend(
-            now,
-            ClusterId::from(order.cluster_id.as_str()),
-            crate::backends::BackendId::from(order.backend_id.as_str()),
-            address,
-        );
+        let cluster = ClusterId::from(order.cluster_id.as_str());
+        let backend = crate::backends::BackendId::from(order.backend_id.as_str());
+        ctx.health
+            .add_backend(now, cluster.clone(), backend.clone(), address);
+        // `udp.backend.up` exists from the backend's first moment, at what
+        // the checker believes (up until `fall` failures), not only after a
+        // first transition.
+        let up = ctx
+            .health
+            .is_up(cluster.as_str(), backend.as_str())
+            .unwrap_or(true);
+        backend_health(ctx.metrics, &cluster, &backend, up);
+        self.retired_backends
+            .retain(|(c, b, _)| !(*c == cluster && *b == backend));
         self.apply_health_events(now, ctx);
         Ok(())
     }
@@ -526,10 +539,6 @@ impl UdpShell {
         ctx.backends.remove_from_order(order)?;
         ctx.health
             .remove_backend(&order.cluster_id, &order.backend_id);
-        ctx.metrics.remove_scope(&Scope::Backend(
-            ClusterId::from(order.cluster_id.as_str()),
-            crate::backends::BackendId::from(order.backend_id.as_str()),
-        ));
         let keep = self
             .clusters
             .get(&order.cluster_id)
@@ -537,6 +546,16 @@ impl UdpShell {
         // One-way sockets carry no flow to keep: a removed backend's goes.
         for (_, listener) in self.listeners.iter_mut() {
             listener.forget_one_way_backend(&order.cluster_id, &order.backend_id, ctx);
+        }
+        let cluster = ClusterId::from(order.cluster_id.as_str());
+        let backend = crate::backends::BackendId::from(order.backend_id.as_str());
+        if keep {
+            // Its kept flows still count under the backend (so under the
+            // cluster's `udp.active_flows`, as they do under the
+            // listener's) until the last one ends: see `sweep_retired`.
+            retire_backend(&mut self.retired_backends, ctx, cluster, backend);
+        } else {
+            ctx.metrics.remove_scope(&Scope::Backend(cluster, backend));
         }
         if !keep {
             let backend = core::BackendId::new(&order.backend_id);
@@ -637,6 +656,23 @@ impl UdpShell {
         for (_, listener) in self.listeners.iter_mut() {
             listener.flush_returns(ctx);
         }
+        self.sweep_retired(ctx);
+    }
+
+    /// Drops the metrics of removed backends whose kept flows have all
+    /// ended.
+    fn sweep_retired(&mut self, ctx: &mut IoContext<'_>) {
+        if self.retired_backends.is_empty() {
+            return;
+        }
+        self.retired_backends.retain(|(cluster, backend, active)| {
+            if ctx.metrics.gauge(*active).unwrap_or(0) > 0 {
+                return true;
+            }
+            ctx.metrics
+                .remove_scope(&Scope::Backend(cluster.clone(), backend.clone()));
+            false
+        });
     }
 
     /// A readiness event for one of the shell's sockets.
@@ -763,6 +799,15 @@ impl UdpShell {
                     tracing::warn!(%cluster, %backend, "backend down");
                 }
                 HealthEvent::ProbeAbandoned { probe } => self.close_probe(probe, ctx),
+                HealthEvent::ProbeTimedOut {
+                    probe,
+                    cluster,
+                    backend,
+                } => {
+                    tracing::debug!(%cluster, %backend, "probe timed out");
+                    probe_failed(ctx.metrics, &cluster, &backend);
+                    self.close_probe(probe, ctx);
+                }
             }
         }
         self.health_deadline = ctx.health.poll_timeout();
@@ -944,4 +989,29 @@ fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
         config,
         keep_flows_on_backend_removal: keep,
     })
+}
+
+/// Keeps a removed backend's metrics while it has kept flows (see
+/// [`UdpShell::flush`]).
+fn retire_backend(
+    retired: &mut Vec<(ClusterId, crate::backends::BackendId, MetricHandle)>,
+    ctx: &mut IoContext<'_>,
+    cluster: ClusterId,
+    backend: crate::backends::BackendId,
+) {
+    let scope = Scope::Backend(cluster.clone(), backend.clone());
+    match ctx
+        .metrics
+        .register(names::ACTIVE_FLOWS, scope.clone(), MetricKind::Gauge)
+    {
+        Ok(active) => {
+            if !retired
+                .iter()
+                .any(|(c, b, _)| *c == cluster && *b == backend)
+            {
+                retired.push((cluster, backend, active));
+            }
+        }
+        Err(_) => ctx.metrics.remove_scope(&scope),
+    }
 }
