@@ -220,9 +220,13 @@ impl Master {
                     Ok(count) => {
                         tracing::info!(path = %saved.display(), orders = count, "saved state loaded")
                     }
-                    Err(error) => {
-                        tracing::error!(path = %saved.display(), %error, "cannot load the saved state")
-                    }
+                    // A junk saved state is an error at start: starting
+                    // without it would serve less than the operator saved,
+                    // and the next automatic save would overwrite it.
+                    Err(error) => anyhow::bail!(
+                        "cannot load the saved state {} (fix or remove the file): {error}",
+                        saved.display()
+                    ),
                 }
             }
         }

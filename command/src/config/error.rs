@@ -29,6 +29,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file holds no key at all (empty, or only comments).
+    #[error("configuration file {} holds no key (empty or only comments): write at least the listeners and clusters to serve, or one global key such as worker_count = 2 to start a master configured from the CLI", path.display())]
+    Empty { path: PathBuf },
     /// The text is not valid TOML.
     #[error("invalid TOML: {message} (at {at})")]
     Syntax { message: String, at: Location },

@@ -317,6 +317,18 @@ impl Config {
         })?;
         // An absolute base keeps the socket and state paths valid whatever
         // the working directory of the process that uses them later.
+        // A file without a single key (empty, or comments only) is refused:
+        // it is more likely a wrong or truncated file than a wish to run a
+        // master with every default and nothing to proxy.
+        let no_key = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if no_key {
+            return Err(ConfigError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = absolute.parent().unwrap_or(Path::new(""));
         let mut config = parse::parse(&text, path, base_dir)?;

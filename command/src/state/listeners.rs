@@ -16,15 +16,14 @@ use crate::command::{
 };
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
-/// The largest UDP payload (IPv4 and IPv6 without jumbograms).
-const MAX_UDP_DATAGRAM: u32 = 65_535;
+use crate::limits::MAX_RX_DATAGRAM_SIZE;
 
 fn check_datagram_size(value: u32) -> Result<(), StateError> {
-    if value == 0 || value > MAX_UDP_DATAGRAM {
+    if value == 0 || value > MAX_RX_DATAGRAM_SIZE {
         return Err(StateError::InvalidValue {
             field: "max_rx_datagram_size",
             value: value.to_string(),
-            reason: "must be in 1..=65535",
+            reason: "must be in 1..=65507",
         });
     }
     Ok(())
