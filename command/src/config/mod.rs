@@ -311,9 +311,9 @@ impl Config {
     /// inside it resolve against the file's directory, made absolute.
     pub fn load_from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // An absolute base keeps the socket and state paths valid whatever
         // the working directory of the process that uses them later.
