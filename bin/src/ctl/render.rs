@@ -37,7 +37,7 @@ pub fn human(view: &View, response: &Response) -> String {
         }
         (View::Check, _) => String::new(),
         (View::Metrics(shown), Some(ContentType::Metrics(metrics))) => {
-            let metrics = metrics_shown(metrics, shown);
+            let metrics = metrics_shown(metrics, shown, Audience::Person);
             if shown.list {
                 metric_names(&metrics)
             } else {
@@ -67,9 +67,9 @@ pub fn json(view: &View, response: &Response) -> Value {
         .as_ref()
         .and_then(|content| content.content_type.as_ref())
         .map(|content| match (view, content) {
-            (View::Metrics(shown), ContentType::Metrics(metrics)) => {
-                serde_json::to_value(ContentType::Metrics(metrics_shown(metrics, shown)))
-            }
+            (View::Metrics(shown), ContentType::Metrics(metrics)) => serde_json::to_value(
+                ContentType::Metrics(metrics_shown(metrics, shown, Audience::Script)),
+            ),
             _ => serde_json::to_value(content),
         })
         .map(|value| value.unwrap_or(Value::Null))
@@ -533,16 +533,31 @@ fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
 }
 
-/// What `metrics get` shows of the master's answer: the sum over workers,
-/// or with `--workers` each worker's own figures; restricted to the exact
-/// per-listener names asked for, if any.
-fn metrics_shown(metrics: &AggregatedMetrics, shown: &MetricsView) -> AggregatedMetrics {
+/// Who reads a metrics answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The table: the sum over workers, or with `--workers` only each
+    /// worker's figures.
+    Person,
+    /// `--json`: the sum and the per-worker figures, or with `--workers`
+    /// only the latter.
+    Script,
+}
+
+/// What `metrics get` shows of the master's answer (see [`Audience`]),
+/// restricted to the exact per-listener names asked for, if any.
+fn metrics_shown(
+    metrics: &AggregatedMetrics,
+    shown: &MetricsView,
+    audience: Audience,
+) -> AggregatedMetrics {
     let mut out = metrics.clone();
     if shown.workers {
         out.main.clear();
         out.proxying.clear();
         out.clusters.clear();
-    } else if !out.proxying.is_empty() || !out.clusters.is_empty() {
+    } else if audience == Audience::Person && (!out.proxying.is_empty() || !out.clusters.is_empty())
+    {
         // The sum is there: per-worker figures only on demand.
         out.workers.clear();
     }

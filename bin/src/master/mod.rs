@@ -472,11 +472,15 @@ impl Master {
             }
         };
         let std_stream = into_std_stream(stream);
-        let channel = clients::ClientChannel::new(
+        let mut channel = clients::ClientChannel::new(
             std_stream,
             self.config.command_buffer_size.get(),
             self.config.max_command_buffer_size.get(),
         );
+        // Answers (cluster and metric listings) may be as large as the CLI
+        // accepts (`max_command_buffer_size` or 16 MiB, doc/cli.md); orders
+        // from clients stay bounded by `max_command_buffer_size`.
+        channel.raise_outgoing_max(worker_channel_max(&self.config));
         let token = self.allocate_token();
         let now = now();
         let mut client = Client::new(token, channel, peer, now);
