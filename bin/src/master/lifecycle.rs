@@ -178,6 +178,7 @@ impl Master {
                 "master ready: serving the command socket"
             );
             self.register_listener();
+            super::notify::ready(self.workers.len());
         }
     }
 
@@ -205,6 +206,7 @@ impl Master {
             _ => false,
         };
         if !already {
+            super::notify::stopping(hard);
             self.phase = Phase::Stopping {
                 hard,
                 waiting: client.into_iter().collect(),

@@ -15,6 +15,7 @@ mod command_socket;
 mod gather;
 mod lifecycle;
 mod metrics;
+mod notify;
 mod orders;
 mod queries;
 mod signals;
