@@ -110,6 +110,34 @@ pub enum Command {
     /// Sōzu's query commands.
     #[command(subcommand)]
     Query(QueryCmd),
+    /// Print a shell completion script on stdout (used by packaging).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the sozu(1) man page (roff) on stdout (used by packaging).
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// `sozu completions SHELL`: the completion script of the whole command
+/// line, written to `out` (built in memory first: the generator panics on
+/// a write error such as a closed pipe).
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "sozu", &mut script);
+    out.write_all(&script)
+}
+
+/// `sozu manpage`: sozu(1), written to `out`.
+pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command).render(out)
 }
 
 /// `sozu state …`

@@ -141,6 +141,8 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     let steps = match command {
         Command::Start(_) => return Err(PlanError::NotAClientCommand("start")),
         Command::Worker(_) => return Err(PlanError::NotAClientCommand("worker")),
+        Command::Completions { .. } => return Err(PlanError::NotAClientCommand("completions")),
+        Command::Manpage => return Err(PlanError::NotAClientCommand("manpage")),
         Command::Status | Command::Query(QueryCmd::Workers) => {
             vec![step(RequestType::Status(Status {}), View::Workers)]
         }

@@ -989,3 +989,32 @@ fn negative_numbers_and_out_of_range_values_get_clear_messages() {
     ]);
     assert!(e.contains("255"), "{e}");
 }
+
+#[test]
+fn completions_and_man_page_cover_the_command_line() {
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let mut out = Vec::new();
+        crate::cli::write_completions(shell, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for word in ["reload", "shutdown", "cluster", "front-timeout"] {
+            assert!(text.contains(word), "{shell}: {word} missing");
+        }
+    }
+    let mut man = Vec::new();
+    crate::cli::write_manpage(&mut man).unwrap();
+    let man = String::from_utf8(man).unwrap();
+    assert!(man.contains(".TH sozu 1"), "{man}");
+    assert!(man.contains("shutdown"), "{man}");
+    // The hidden subcommands stay out of the help a person reads.
+    let mut help = Vec::new();
+    Cli::command().write_long_help(&mut help).unwrap();
+    let help = String::from_utf8(help).unwrap();
+    assert!(
+        !help.contains("completions") && !help.contains("manpage"),
+        "{help}"
+    );
+}

@@ -1176,3 +1176,15 @@ fn twenty_thousand_listeners_validate_in_linear_time() {
     let e = error(&text);
     assert!(e.contains("already defined on line 2"), "{e}");
 }
+
+#[test]
+fn packaged_config_toml_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml");
+    let c = Config::load_from_path(&path).unwrap();
+    assert_eq!(c.command_socket, PathBuf::from("/run/sozu/sozu.sock"));
+    assert_eq!(
+        c.saved_state,
+        Some(PathBuf::from("/var/lib/sozu/state.json"))
+    );
+    assert_eq!(c.clusters["dns"].protocol, ClusterProtocol::Udp);
+}
