@@ -93,9 +93,15 @@ fn ready_comes_once_the_listener_is_bound_and_stopping_when_sigterm_stops() {
 
 #[test]
 fn a_hard_shutdown_is_announced_as_stopping() {
-    let (sozu, socket, _backend, _frontend) = serving_with_notify(1);
+    let (sozu, socket, backend, frontend) = serving_with_notify(2);
     let ready = next_notification(&socket, READY_TIMEOUT);
     assert!(ready.iter().any(|l| l == "READY=1"), "{ready:?}");
+    // Live flows from several sources, on both workers most likely.
+    let clients: Vec<UdpClient> = (0..8).map(|_| UdpClient::new(frontend)).collect();
+    for client in &clients {
+        client.expect_echo(b"live flow");
+    }
+    assert_eq!(backend.datagrams(), 8);
     let out = sozu.cli(&["shutdown", "--hard"]);
     assert!(out.success(), "{out:?}");
     let stopping = next_notification(&socket, Duration::from_secs(10));
@@ -108,4 +114,14 @@ fn a_hard_shutdown_is_announced_as_stopping() {
         .wait_master_exit(Duration::from_secs(20))
         .expect("the master exits after a hard stop");
     assert!(status.success(), "{status:?}");
+    // doc/udp.md: each worker answers the hard stop and exits 0; none is
+    // killed.
+    let log = sozu.log();
+    let exits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("worker exited"))
+        .collect();
+    assert_eq!(exits.len(), 2, "{log}");
+    assert!(exits.iter().all(|l| l.contains("exit code 0")), "{log}");
+    assert!(!log.contains("SIGKILL"), "{log}");
 }
