@@ -84,6 +84,7 @@ pub enum Command {
     /// such as `info,sozu_lib=debug`).
     Logging {
         /// The new filter.
+        #[arg(value_parser = log_filter)]
         level: String,
     },
     /// UDP listeners and frontends.
@@ -771,4 +772,10 @@ fn whole_number(text: &str) -> Result<u32, String> {
             format!("must be at most {}, got {n}", u32::MAX)
         }
     })
+}
+
+/// A `log_level` filter, checked as the configuration file checks it (a
+/// typo such as `inf` would silently turn logging off).
+fn log_filter(text: &str) -> Result<String, String> {
+    sozu_command_lib::limits::check_log_filter(text).map(|()| text.to_owned())
 }

@@ -47,7 +47,7 @@ fn is_synopsis(command: &str) -> bool {
         || without_jq.contains('<')
         || without_jq.split_whitespace().any(|w| {
             let w = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-            w.len() >= 1 && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
         })
 }
 

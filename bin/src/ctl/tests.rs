@@ -1018,3 +1018,26 @@ fn completions_and_man_page_cover_the_command_line() {
         "{help}"
     );
 }
+
+#[test]
+fn a_cluster_timeout_of_zero_reads_as_the_listeners() {
+    let response = ok(ContentType::Clusters(ClusterInformations {
+        vec: vec![ClusterInformation {
+            configuration: Some(Cluster {
+                cluster_id: "dns".into(),
+                udp: Some(UdpClusterConfig {
+                    front_timeout: Some(0),
+                    back_timeout: Some(7),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    }));
+    let text = render::human(&View::Clusters, &response);
+    assert!(
+        text.contains("front_timeout=listener's back_timeout=7s"),
+        "{text}"
+    );
+}
