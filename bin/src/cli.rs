@@ -94,6 +94,7 @@ pub enum Command {
     /// such as `info,sozu_lib=debug`).
     Logging {
         /// The new filter.
+        #[arg(value_parser = log_filter)]
         level: String,
     },
     /// UDP listeners and frontends.
@@ -120,6 +121,34 @@ pub enum Command {
     /// Sōzu's query commands.
     #[command(subcommand)]
     Query(QueryCmd),
+    /// Print a shell completion script on stdout (used by packaging).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the sozu(1) man page (roff) on stdout (used by packaging).
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// `sozu completions SHELL`: the completion script of the whole command
+/// line, written to `out` (built in memory first: the generator panics on
+/// a write error such as a closed pipe).
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "sozu", &mut script);
+    out.write_all(&script)
+}
+
+/// `sozu manpage`: sozu(1), written to `out`.
+pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command).render(out)
 }
 
 /// `sozu worker …`: a client order, or (with the process arguments) one
@@ -358,17 +387,18 @@ pub struct UdpListenerKnobs {
     #[arg(long = "public-address")]
     pub public_address: Option<SocketAddr>,
     /// Seconds a flow may stay idle on the client side [add default: 30].
-    #[arg(long = "front-timeout")]
+    #[arg(long = "front-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub front_timeout: Option<u32>,
     /// Seconds a flow may stay idle on the backend side [add default: 30].
-    #[arg(long = "back-timeout")]
+    #[arg(long = "back-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub back_timeout: Option<u32>,
     /// Largest datagram read, in bytes [add default: 1500].
     #[arg(long = "max-rx-datagram-size",
-          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+          value_parser = clap::value_parser!(u32)
+              .range(1..=i64::from(sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE)))]
     pub max_rx_datagram_size: Option<u32>,
     /// Most live flows on this listener, 0 = automatic [add default: 0].
-    #[arg(long = "max-flows")]
+    #[arg(long = "max-flows", allow_negative_numbers = true, value_parser = whole_number)]
     pub max_flows: Option<u32>,
 }
 
@@ -377,10 +407,10 @@ pub struct UdpListenerKnobs {
 #[derive(Debug, Args)]
 pub struct UdpSocketBuffers {
     /// SO_RCVBUF of the listener socket in bytes (0 = kernel default).
-    #[arg(long = "recv-buffer-size")]
+    #[arg(long = "recv-buffer-size", allow_negative_numbers = true, value_parser = whole_number)]
     pub recv_buffer_size: Option<u32>,
     /// SO_SNDBUF of the listener socket in bytes (0 = kernel default).
-    #[arg(long = "send-buffer-size")]
+    #[arg(long = "send-buffer-size", allow_negative_numbers = true, value_parser = whole_number)]
     pub send_buffer_size: Option<u32>,
 }
 
@@ -424,13 +454,13 @@ pub struct TcpListenerKnobs {
     #[arg(long = "expect-proxy", num_args = 0..=1, default_missing_value = "true")]
     pub expect_proxy: Option<bool>,
     /// Client-side idle timeout in seconds [add default: 60].
-    #[arg(long = "front-timeout")]
+    #[arg(long = "front-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub front_timeout: Option<u32>,
     /// Backend-side idle timeout in seconds [add default: 30].
-    #[arg(long = "back-timeout")]
+    #[arg(long = "back-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub back_timeout: Option<u32>,
     /// Backend connect timeout in seconds [add default: 3].
-    #[arg(long = "connect-timeout")]
+    #[arg(long = "connect-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub connect_timeout: Option<u32>,
 }
 
@@ -477,16 +507,16 @@ pub struct HttpListenerKnobs {
     #[arg(long = "sticky-name")]
     pub sticky_name: Option<String>,
     /// Client-side idle timeout in seconds [add default: 60].
-    #[arg(long = "front-timeout")]
+    #[arg(long = "front-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub front_timeout: Option<u32>,
     /// Backend-side idle timeout in seconds [add default: 30].
-    #[arg(long = "back-timeout")]
+    #[arg(long = "back-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub back_timeout: Option<u32>,
     /// Backend connect timeout in seconds [add default: 3].
-    #[arg(long = "connect-timeout")]
+    #[arg(long = "connect-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub connect_timeout: Option<u32>,
     /// Seconds to receive a whole request [add default: 10].
-    #[arg(long = "request-timeout")]
+    #[arg(long = "request-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub request_timeout: Option<u32>,
 }
 
@@ -608,10 +638,10 @@ pub struct UdpClusterKnobs {
     pub affinity_key: Option<AffinityKey>,
     /// UDP: backend datagrams expected per client datagram; a flow closes
     /// once every datagram it forwarded is answered (0 = unlimited).
-    #[arg(long = "responses")]
+    #[arg(long = "responses", allow_negative_numbers = true, value_parser = whole_number)]
     pub responses: Option<u32>,
     /// UDP: close a flow after this many client datagrams (0 = unlimited).
-    #[arg(long = "requests")]
+    #[arg(long = "requests", allow_negative_numbers = true, value_parser = whole_number)]
     pub requests: Option<u32>,
     /// UDP: send a PROXY protocol v2 header to backends.
     #[arg(long = "send-proxy-protocol")]
@@ -620,16 +650,16 @@ pub struct UdpClusterKnobs {
     #[arg(long = "proxy-protocol-every-datagram")]
     pub proxy_protocol_every_datagram: bool,
     /// UDP: client-side idle timeout in seconds, overriding the listener's.
-    #[arg(long = "front-timeout")]
+    #[arg(long = "front-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub front_timeout: Option<u32>,
     /// UDP: backend-side idle timeout in seconds, overriding the listener's.
-    #[arg(long = "back-timeout")]
+    #[arg(long = "back-timeout", allow_negative_numbers = true, value_parser = whole_number)]
     pub back_timeout: Option<u32>,
     /// UDP: datagrams queued while a new flow awaits its backend [32].
-    #[arg(long = "max-pending-datagrams")]
+    #[arg(long = "max-pending-datagrams", allow_negative_numbers = true, value_parser = whole_number)]
     pub max_pending_datagrams: Option<u32>,
     /// UDP: bytes queued while a new flow awaits its backend [65536].
-    #[arg(long = "max-pending-bytes")]
+    #[arg(long = "max-pending-bytes", allow_negative_numbers = true, value_parser = whole_number)]
     pub max_pending_bytes: Option<u32>,
     /// UDP: a removed backend keeps its live flows until they end.
     #[arg(long = "keep-flows-on-backend-removal")]
@@ -674,7 +704,9 @@ pub enum BackendCmd {
         #[command(flatten)]
         backend: BackendArgs,
         /// Relative weight for weighted policies.
-        #[arg(long = "weight", value_parser = clap::value_parser!(i32).range(0..))]
+        #[arg(long = "weight", allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i32)
+                  .range(0..=i64::from(sozu_command_lib::limits::MAX_WEIGHT)))]
         weight: Option<i32>,
         /// HTTP: sticky-session id of this backend.
         #[arg(long = "sticky-id")]
@@ -779,4 +811,27 @@ fn parse_payload(text: &str) -> Result<Payload, String> {
 /// Tags as the wire's map (a repeated key keeps its last value).
 pub fn tags_map(tags: &[(String, String)]) -> BTreeMap<String, String> {
     tags.iter().cloned().collect()
+}
+
+/// A whole number 0..=u32::MAX for counts and seconds. A negative value
+/// reaches this parser (instead of being read as a flag) and gets a message
+/// saying what is expected.
+fn whole_number(text: &str) -> Result<u32, String> {
+    let n: i64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number 0..={}, got {text:?}", u32::MAX))?;
+    u32::try_from(n).map_err(|_| {
+        if n < 0 {
+            format!("must be 0 or more, got {n}")
+        } else {
+            format!("must be at most {}, got {n}", u32::MAX)
+        }
+    })
+}
+
+/// A `log_level` filter, checked as the configuration file checks it (a
+/// typo such as `inf` would silently turn logging off).
+fn log_filter(text: &str) -> Result<String, String> {
+    sozu_command_lib::limits::check_log_filter(text).map(|()| text.to_owned())
 }

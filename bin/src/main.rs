@@ -22,6 +22,21 @@ fn main() -> ExitCode {
             process: Some(args),
             ..
         }) => worker::run(args),
+        Command::Completions { shell } => {
+            printed(cli::write_completions(shell, &mut std::io::stdout().lock()))
+        }
+        Command::Manpage => printed(cli::write_manpage(&mut std::io::stdout().lock())),
         command => ctl::run(cli.global, command),
+    }
+}
+
+/// The exit code of a command that only prints.
+fn printed(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

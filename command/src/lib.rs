@@ -7,6 +7,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod limits;
 pub mod proto;
 pub mod scm;
 pub mod state;

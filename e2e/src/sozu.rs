@@ -112,7 +112,7 @@ impl Sozu {
     /// Like [`Sozu::start`], with the master's `RLIMIT_NOFILE` (soft and
     /// hard, inherited by its workers) set to `fd_limit` before it runs.
     pub fn start_with_fd_limit(config: SozuConfig, fd_limit: u64) -> Sozu {
-        let sozu = Self::spawn_with(Self::temp_dir(), config, Some(fd_limit))
+        let sozu = Self::spawn_with(Self::temp_dir(), config, Some(fd_limit), &[])
             .unwrap_or_else(|e| panic!("cannot start sozu: {e:#}"));
         if let Err(e) = sozu.wait_ready(READY_TIMEOUT) {
             panic!(
@@ -138,13 +138,24 @@ impl Sozu {
 
     /// Writes the configuration in `dir` and spawns the master there.
     pub fn spawn_in(dir: tempfile::TempDir, config: SozuConfig) -> anyhow::Result<Sozu> {
-        Self::spawn_with(dir, config, None)
+        Self::spawn_with(dir, config, None, &[])
+    }
+
+    /// Like [`Self::spawn_in`], with extra environment variables for the
+    /// master (e.g. `NOTIFY_SOCKET`).
+    pub fn spawn_in_with_env(
+        dir: tempfile::TempDir,
+        config: SozuConfig,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Sozu> {
+        Self::spawn_with(dir, config, None, env)
     }
 
     fn spawn_with(
         dir: tempfile::TempDir,
         config: SozuConfig,
         fd_limit: Option<u64>,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Sozu> {
         let binary = sozu_binary();
         let config_path = dir.path().join("config.toml");
@@ -177,6 +188,7 @@ impl Sozu {
             .current_dir(dir.path())
             .env(INSTANCE_ENV, &tag)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("clone the log fd")?)
             .stderr(log)

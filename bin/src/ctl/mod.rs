@@ -172,7 +172,7 @@ fn execute(plan: &Plan, session: &mut Session, json: bool) -> ExitCode {
                 return ExitCode::from(EXIT_NO_ANSWER);
             }
         };
-        print_answer(step.view, &response, json);
+        print_answer(&step.view, &response, json);
         if step.view == request::View::Workers && response.status == ResponseStatus::Ok as i32 {
             if let Some((_, detail)) = response.message.split_once("; degraded: ") {
                 eprintln!("error: the proxy is degraded: {detail}");
@@ -194,9 +194,13 @@ fn execute(plan: &Plan, session: &mut Session, json: bool) -> ExitCode {
 
 /// JSON for every final answer; human text for OK ones only (a failure's
 /// message goes to stderr).
-fn print_answer(view: request::View, response: &Response, json: bool) {
+fn print_answer(view: &request::View, response: &Response, json: bool) {
+    let ok = response.status == ResponseStatus::Ok as i32;
+    if ok && *view == request::View::Check {
+        return;
+    }
     let text = if json {
-        match serde_json::to_string_pretty(&render::json(response)) {
+        match serde_json::to_string_pretty(&render::json(view, response)) {
             Ok(text) => text + "\n",
             Err(error) => {
                 eprintln!("error: cannot print the answer as JSON: {error}");

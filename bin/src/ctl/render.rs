@@ -17,11 +17,11 @@ use sozu_command_lib::command::{
     UdpListenerConfig, WorkerInfos,
 };
 
-use super::request::{Protocols, View};
+use super::request::{MetricsView, Protocols, View};
 use super::table::Table;
 
 /// The final answer for a person, ending with a newline.
-pub fn human(view: View, response: &Response) -> String {
+pub fn human(view: &View, response: &Response) -> String {
     let content = response
         .content
         .as_ref()
@@ -29,13 +29,21 @@ pub fn human(view: View, response: &Response) -> String {
     match (view, content) {
         (View::Workers, Some(ContentType::Workers(workers))) => workers_table(workers),
         (View::Listeners(protocols), Some(ContentType::ListenersList(list))) => {
-            listeners_table(list, protocols)
+            listeners_table(list, *protocols)
         }
         (View::Clusters, Some(ContentType::Clusters(clusters))) => clusters_text(&clusters.vec),
         (View::Frontends(protocols), Some(ContentType::FrontendList(list))) => {
-            frontends_table(list, protocols)
+            frontends_table(list, *protocols)
         }
-        (View::Metrics, Some(ContentType::Metrics(metrics))) => metrics_table(metrics),
+        (View::Check, _) => String::new(),
+        (View::Metrics(shown), Some(ContentType::Metrics(metrics))) => {
+            let metrics = metrics_shown(metrics, shown, Audience::Person);
+            if shown.list {
+                metric_names(&metrics)
+            } else {
+                metrics_table(&metrics)
+            }
+        }
         _ if response.message.is_empty() => "ok\n".to_owned(),
         _ => format!("{}\n", response.message),
     }
@@ -53,18 +61,92 @@ pub fn progress(response: &Response) -> String {
 /// The final answer as JSON: `{"status", "message", "content"}`, where
 /// `content` is the answer's content keyed by its kind (`workers`,
 /// `listeners_list`, `clusters`, `frontend_list`, `metrics`) or `null`.
-pub fn json(response: &Response) -> Value {
+pub fn json(view: &View, response: &Response) -> Value {
     let content = response
         .content
         .as_ref()
         .and_then(|content| content.content_type.as_ref())
-        .map(|content| serde_json::to_value(content).unwrap_or(Value::Null))
+        .map(|content| match (view, content) {
+            (View::Metrics(shown), ContentType::Metrics(metrics)) => serde_json::to_value(
+                ContentType::Metrics(metrics_shown(metrics, shown, Audience::Script)),
+            ),
+            _ => serde_json::to_value(content),
+        })
+        .map(|value| value.unwrap_or(Value::Null))
         .unwrap_or(Value::Null);
+    let mut content = content;
+    readable(&mut content, "");
     json!({
         "status": status_name(response.status),
         "message": response.message,
         "content": content,
     })
+}
+
+/// Rewrites the generated serialisation for people and scripts alike:
+/// socket addresses become `"127.0.0.1:5353"` / `"[::1]:53"` strings and
+/// wire enums their names (`"ROUND_ROBIN"`, `"RUNNING"`). `key` is the
+/// field holding `value` (the parent's key for array elements).
+pub fn readable(value: &mut Value, key: &str) {
+    match value {
+        Value::Object(map) => {
+            if map.len() == 2 && map.contains_key("ip") && map.contains_key("port") {
+                let wire: Result<SocketAddress, _> =
+                    serde_json::from_value(Value::Object(map.clone()));
+                if let Ok(wire) = wire {
+                    *value = Value::String(wire.to_string());
+                    return;
+                }
+            }
+            for (field, inner) in map.iter_mut() {
+                readable(inner, field);
+                if let Some(name) = inner.as_i64().and_then(|n| enum_name(key, field, n)) {
+                    *inner = Value::String(name.to_owned());
+                }
+                if let Value::Array(items) = inner {
+                    for item in items.iter_mut() {
+                        if let Some(name) = item.as_i64().and_then(|n| enum_name(key, field, n)) {
+                            *item = Value::String(name.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                readable(item, key);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The name of wire enum value `n` in field `field` of an object held
+/// under `parent`, if that field is a wire enum.
+fn enum_name(parent: &str, field: &str, n: i64) -> Option<&'static str> {
+    use sozu_command_lib::command::{
+        HeaderPosition, LoadMetric, RedirectPolicy, RedirectScheme, RulePosition, TlsVersion,
+        UdpAffinityKey, UdpFlowKey, UdpHealthMode,
+    };
+    fn name<E: TryFrom<i32>>(n: i64, f: impl Fn(E) -> &'static str) -> Option<&'static str> {
+        E::try_from(i32::try_from(n).ok()?).ok().map(f)
+    }
+    match field {
+        "run_state" => name(n, |e: RunState| e.as_str_name()),
+        "load_balancing" => name(n, |e: LoadBalancingAlgorithms| e.as_str_name()),
+        "load_metric" => name(n, |e: LoadMetric| e.as_str_name()),
+        "proxy_protocol" => name(n, |e: ProxyProtocolConfig| e.as_str_name()),
+        "affinity_key" => name(n, |e: UdpAffinityKey| e.as_str_name()),
+        "flow_key" => name(n, |e: UdpFlowKey| e.as_str_name()),
+        "mode" => name(n, |e: UdpHealthMode| e.as_str_name()),
+        "kind" => name(n, |e: PathRuleKind| e.as_str_name()),
+        "position" if parent == "headers" => name(n, |e: HeaderPosition| e.as_str_name()),
+        "position" => name(n, |e: RulePosition| e.as_str_name()),
+        "redirect" => name(n, |e: RedirectPolicy| e.as_str_name()),
+        "redirect_scheme" => name(n, |e: RedirectScheme| e.as_str_name()),
+        "versions" => name(n, |e: TlsVersion| e.as_str_name()),
+        _ => None,
+    }
 }
 
 /// `OK`, `PROCESSING`, `FAILURE` (or the raw number if unknown).
@@ -83,6 +165,14 @@ fn lower<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> Strin
 
 fn seconds(value: u32) -> String {
     format!("{value}s")
+}
+
+/// A UDP cluster's timeout override: absent or 0 both mean the listener's.
+fn cluster_timeout(value: Option<u32>) -> String {
+    match value {
+        None | Some(0) => "listener's".to_owned(),
+        Some(s) => seconds(s),
+    }
 }
 
 fn unlimited(value: u32) -> String {
@@ -410,8 +500,8 @@ fn udp_knobs_text(out: &mut String, udp: &UdpClusterConfig) {
         out,
         "       front_timeout={} back_timeout={} max_pending_datagrams={} \
          max_pending_bytes={} keep_flows_on_backend_removal={} one_way={}",
-        udp.front_timeout.map_or("listener's".to_owned(), seconds),
-        udp.back_timeout.map_or("listener's".to_owned(), seconds),
+        cluster_timeout(udp.front_timeout),
+        cluster_timeout(udp.back_timeout),
         udp.max_pending_datagrams(),
         udp.max_pending_bytes(),
         udp.keep_flows_on_backend_removal(),
@@ -442,6 +532,83 @@ fn udp_knobs_text(out: &mut String, udp: &UdpClusterConfig) {
 /// Every line shifted by two spaces (tables nested under a cluster).
 fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+/// Who reads a metrics answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The table: the sum over workers, or with `--workers` only each
+    /// worker's figures.
+    Person,
+    /// `--json`: the sum and the per-worker figures, or with `--workers`
+    /// only the latter.
+    Script,
+}
+
+/// What `metrics get` shows of the master's answer (see [`Audience`]),
+/// restricted to the exact per-listener names asked for, if any.
+fn metrics_shown(
+    metrics: &AggregatedMetrics,
+    shown: &MetricsView,
+    audience: Audience,
+) -> AggregatedMetrics {
+    let mut out = metrics.clone();
+    if shown.workers {
+        out.main.clear();
+        out.proxying.clear();
+        out.clusters.clear();
+    } else if audience == Audience::Person && (!out.proxying.is_empty() || !out.clusters.is_empty())
+    {
+        // The sum is there: per-worker figures only on demand.
+        out.workers.clear();
+    }
+    if !shown.exact_names.is_empty() {
+        let keep = |name: &String| {
+            let base = name.split('@').next().unwrap_or(name);
+            shown.exact_names.iter().any(|n| n == name || n == base)
+        };
+        let filter = |map: &mut BTreeMap<String, FilteredMetrics>| map.retain(|n, _| keep(n));
+        let filter_clusters = |clusters: &mut BTreeMap<String, ClusterMetrics>| {
+            for cluster in clusters.values_mut() {
+                cluster.cluster.retain(|n, _| keep(n));
+                for backend in &mut cluster.backends {
+                    backend.metrics.retain(|n, _| keep(n));
+                }
+            }
+        };
+        filter(&mut out.main);
+        filter(&mut out.proxying);
+        filter_clusters(&mut out.clusters);
+        for worker in out.workers.values_mut() {
+            filter(&mut worker.proxy);
+            filter_clusters(&mut worker.clusters);
+        }
+    }
+    out
+}
+
+/// `metrics get --list`: every metric name once, sorted.
+fn metric_names(metrics: &AggregatedMetrics) -> String {
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    names.extend(metrics.main.keys().map(String::as_str));
+    names.extend(metrics.proxying.keys().map(String::as_str));
+    for clusters in
+        std::iter::once(&metrics.clusters).chain(metrics.workers.values().map(|w| &w.clusters))
+    {
+        for cluster in clusters.values() {
+            names.extend(cluster.cluster.keys().map(String::as_str));
+            for backend in &cluster.backends {
+                names.extend(backend.metrics.keys().map(String::as_str));
+            }
+        }
+    }
+    for worker in metrics.workers.values() {
+        names.extend(worker.proxy.keys().map(String::as_str));
+    }
+    if names.is_empty() {
+        return "no metric\n".to_owned();
+    }
+    names.into_iter().map(|n| format!("{n}\n")).collect()
 }
 
 fn metrics_table(metrics: &AggregatedMetrics) -> String {

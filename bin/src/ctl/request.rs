@@ -54,10 +54,13 @@ pub struct Step {
 }
 
 /// How an answer is shown to a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum View {
     /// The master's message (or "ok").
     Message,
+    /// A check before the real order (e.g. that a cluster exists): its
+    /// failure stops the plan with its message; its success prints nothing.
+    Check,
     /// Worker table.
     Workers,
     /// Listener table, restricted to these protocols.
@@ -67,7 +70,21 @@ pub enum View {
     /// Frontend table, restricted to these protocols.
     Frontends(Protocols),
     /// One line per metric.
-    Metrics,
+    Metrics(MetricsView),
+}
+
+/// What `metrics get` shows of the master's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsView {
+    /// `--workers`: each worker's own figures, not the sum over workers.
+    pub workers: bool,
+    /// `--list`: the metric names only.
+    pub list: bool,
+    /// `--names` when one has a per-listener suffix (`udp.active_flows@
+    /// 127.0.0.1:5353`): the workers are asked for base names, and a metric
+    /// is shown if its name, or its base name, is one of these. Empty: no
+    /// such filter.
+    pub exact_names: Vec<String>,
 }
 
 /// Which protocols a listing shows.
@@ -140,6 +157,8 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
                 refuse_existing_cluster: None,
             })
         }
+        Command::Completions { .. } => return Err(PlanError::NotAClientCommand("completions")),
+        Command::Manpage => return Err(PlanError::NotAClientCommand("manpage")),
         Command::Status | Command::Query(QueryCmd::Workers) => {
             vec![step(RequestType::Status(Status {}), View::Workers)]
         }
@@ -190,7 +209,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
         Command::Logging { level } => vec![message(RequestType::Logging(level.clone()))],
         Command::State(StateCmd::Check) => vec![message(RequestType::CheckState(CheckState {}))],
         Command::Metrics(MetricsCmd::Get(args)) | Command::Query(QueryCmd::Metrics(args)) => {
-            vec![metrics(args)]
+            metrics(args)
         }
         Command::Udp(UdpCmd::Listener(cmd)) | Command::Listener(ListenerCmd::Udp(cmd)) => {
             udp_listener(cmd)?
@@ -254,18 +273,44 @@ fn configure_metrics(configuration: MetricsConfiguration) -> Step {
     message(RequestType::ConfigureMetrics(configuration as i32))
 }
 
-fn metrics(args: &MetricsArgs) -> Step {
-    step(
+/// `metrics get`: every cluster named by `--clusters` must exist (an
+/// unknown one is an error, not an empty answer), then the query.
+fn metrics(args: &MetricsArgs) -> Vec<Step> {
+    let mut steps: Vec<Step> = args
+        .clusters
+        .iter()
+        .map(|id| step(RequestType::QueryClusterById(id.clone()), View::Check))
+        .collect();
+    // A per-listener name (`name@address`) is asked for by its base name
+    // (the workers filter on that) and filtered exactly here.
+    let mut names: Vec<String> = Vec::new();
+    for name in &args.names {
+        let base = name.split('@').next().unwrap_or(name).to_owned();
+        if !names.contains(&base) {
+            names.push(base);
+        }
+    }
+    let exact_names = if args.names.iter().any(|n| n.contains('@')) {
+        args.names.clone()
+    } else {
+        Vec::new()
+    };
+    steps.push(step(
         RequestType::QueryMetrics(QueryMetricsOptions {
             list: args.list,
             cluster_ids: args.clusters.clone(),
             backend_ids: args.backends.clone(),
-            metric_names: args.names.clone(),
+            metric_names: names,
             no_clusters: args.no_clusters,
             workers: args.workers,
         }),
-        View::Metrics,
-    )
+        View::Metrics(MetricsView {
+            workers: args.workers,
+            list: args.list,
+            exact_names,
+        }),
+    ));
+    steps
 }
 
 fn list_listeners(protocols: Protocols) -> Step {

@@ -632,7 +632,7 @@ fn status_renders_a_worker_table() {
         ],
     }));
     assert_eq!(
-        render::human(View::Workers, &response),
+        render::human(&View::Workers, &response),
         "WORKER  PID   STATE\n0       4241  running\n1       4242  not_answering\n"
     );
 }
@@ -664,7 +664,7 @@ fn cluster_list_shows_knobs_frontends_and_backends() {
             ..Default::default()
         }],
     }));
-    let text = render::human(View::Clusters, &response);
+    let text = render::human(&View::Clusters, &response);
     assert!(text.starts_with("cluster dns (udp)\n"), "{text}");
     assert!(text.contains("affinity_key=source_ip_port"), "{text}");
     assert!(text.contains("responses=1 requests=unlimited"), "{text}");
@@ -691,7 +691,7 @@ fn metrics_print_one_line_per_metric_with_scope() {
         )]),
         ..Default::default()
     }));
-    let text = render::human(View::Metrics, &response);
+    let text = render::human(&View::Metrics(Default::default()), &response);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(
@@ -711,7 +711,7 @@ fn json_names_the_status_and_keys_content_by_kind() {
             run_state: 0,
         }],
     }));
-    let value = render::json(&response);
+    let value = render::json(&View::Message, &response);
     assert_eq!(value["status"], "OK");
     assert_eq!(value["content"]["workers"]["vec"][0]["pid"], 7);
     let failure = Response {
@@ -719,7 +719,7 @@ fn json_names_the_status_and_keys_content_by_kind() {
         message: "no cluster x".into(),
         content: None,
     };
-    let value = render::json(&failure);
+    let value = render::json(&View::Message, &failure);
     assert_eq!(value["status"], "FAILURE");
     assert_eq!(value["message"], "no cluster x");
     assert!(value["content"].is_null());
@@ -733,7 +733,7 @@ fn an_answer_without_content_prints_its_message() {
         content: None,
     };
     assert_eq!(
-        render::human(View::Listeners(Protocols::ALL), &response),
+        render::human(&View::Listeners(Protocols::ALL), &response),
         "listener added\n"
     );
 }
@@ -853,4 +853,242 @@ fn logging_and_metrics_switches_send_sozus_orders() {
             RequestType::ConfigureMetrics(value as i32)
         );
     }
+}
+
+#[test]
+fn json_prints_addresses_as_strings_and_enums_by_name() {
+    let response = ok(ContentType::Clusters(ClusterInformations {
+        vec: vec![ClusterInformation {
+            configuration: Some(Cluster {
+                cluster_id: "dns".into(),
+                load_balancing: LoadBalancingAlgorithms::Maglev as i32,
+                udp: Some(UdpClusterConfig {
+                    affinity_key: Some(UdpAffinityKey::SourceIpPort as i32),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            udp_frontends: vec![RequestUdpFrontend {
+                cluster_id: "dns".into(),
+                address: addr("127.0.0.1:5353").into(),
+                ..Default::default()
+            }],
+            backends: vec![AddBackend {
+                cluster_id: "dns".into(),
+                backend_id: "b1".into(),
+                address: addr("[2001:db8::1]:53").into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }));
+    let value = render::json(&View::Clusters, &response);
+    let cluster = &value["content"]["clusters"]["vec"][0];
+    assert_eq!(cluster["configuration"]["load_balancing"], "MAGLEV");
+    assert_eq!(
+        cluster["configuration"]["udp"]["affinity_key"],
+        "SOURCE_IP_PORT"
+    );
+    assert_eq!(cluster["udp_frontends"][0]["address"], "127.0.0.1:5353");
+    assert_eq!(cluster["backends"][0]["address"], "[2001:db8::1]:53");
+
+    let workers = ok(ContentType::Workers(WorkerInfos {
+        vec: vec![WorkerInfo {
+            id: 0,
+            pid: 7,
+            run_state: RunState::Stopping as i32,
+        }],
+    }));
+    let value = render::json(&View::Workers, &workers);
+    assert_eq!(
+        value["content"]["workers"]["vec"][0]["run_state"],
+        "STOPPING"
+    );
+}
+
+fn two_worker_metrics() -> Response {
+    let gauge = |value| FilteredMetrics {
+        inner: Some(Inner::Gauge(value)),
+    };
+    let per_worker = |n| sozu_command_lib::command::WorkerMetrics {
+        proxy: BTreeMap::from([
+            ("udp.active_flows".to_owned(), gauge(n)),
+            ("udp.active_flows@127.0.0.1:5353".to_owned(), gauge(n)),
+            ("udp.active_flows@127.0.0.1:5354".to_owned(), gauge(0)),
+        ]),
+        clusters: BTreeMap::new(),
+    };
+    ok(ContentType::Metrics(AggregatedMetrics {
+        proxying: BTreeMap::from([
+            ("udp.active_flows".to_owned(), gauge(5)),
+            ("udp.active_flows@127.0.0.1:5353".to_owned(), gauge(5)),
+            ("udp.active_flows@127.0.0.1:5354".to_owned(), gauge(0)),
+        ]),
+        workers: BTreeMap::from([
+            ("0".to_owned(), per_worker(2)),
+            ("1".to_owned(), per_worker(3)),
+        ]),
+        ..Default::default()
+    }))
+}
+
+#[test]
+fn metrics_show_the_sum_or_per_worker_figures_and_list_names() {
+    use super::request::MetricsView;
+    let response = two_worker_metrics();
+    let sum = render::human(&View::Metrics(MetricsView::default()), &response);
+    assert_eq!(sum.lines().count(), 4, "{sum}");
+    assert!(!sum.contains("worker"), "{sum}");
+    let per_worker = render::human(
+        &View::Metrics(MetricsView {
+            workers: true,
+            ..Default::default()
+        }),
+        &response,
+    );
+    assert_eq!(per_worker.lines().count(), 7, "{per_worker}");
+    assert!(
+        per_worker.lines().skip(1).all(|l| l.starts_with("worker ")),
+        "{per_worker}"
+    );
+    assert!(per_worker.contains("gauge 3"), "{per_worker}");
+    let list = render::human(
+        &View::Metrics(MetricsView {
+            list: true,
+            ..Default::default()
+        }),
+        &response,
+    );
+    assert_eq!(
+        list,
+        "udp.active_flows\nudp.active_flows@127.0.0.1:5353\nudp.active_flows@127.0.0.1:5354\n"
+    );
+}
+
+#[test]
+fn per_listener_metric_names_are_filtered_exactly() {
+    let cli = parse(&[
+        "metrics",
+        "get",
+        "--names",
+        "udp.active_flows@127.0.0.1:5353",
+    ]);
+    let plan = plan(&cli.command, Path::new("/")).unwrap();
+    let step = plan.steps.last().unwrap();
+    let Some(RequestType::QueryMetrics(options)) = &step.request.request_type else {
+        panic!("{step:?}");
+    };
+    assert_eq!(options.metric_names, ["udp.active_flows"]);
+    let text = render::human(&step.view, &two_worker_metrics());
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("udp.active_flows@127.0.0.1:5353  gauge 5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn metrics_for_a_named_cluster_check_that_it_exists_first() {
+    let cli = parse(&["metrics", "get", "--clusters", "nosuch"]);
+    let plan = plan(&cli.command, Path::new("/")).unwrap();
+    assert_eq!(plan.steps.len(), 2);
+    assert_eq!(plan.steps[0].view, View::Check);
+    assert_eq!(
+        plan.steps[0].request.request_type,
+        Some(RequestType::QueryClusterById("nosuch".into()))
+    );
+}
+
+#[test]
+fn negative_numbers_and_out_of_range_values_get_clear_messages() {
+    let err = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&[
+        "udp",
+        "listener",
+        "add",
+        "-a",
+        "127.0.0.1:53",
+        "--front-timeout",
+        "-1",
+    ]);
+    assert!(e.contains("must be 0 or more, got -1"), "{e}");
+    let e = err(&[
+        "udp",
+        "listener",
+        "add",
+        "-a",
+        "127.0.0.1:53",
+        "--max-rx-datagram-size",
+        "65508",
+    ]);
+    assert!(e.contains("65507"), "{e}");
+    let e = err(&[
+        "backend",
+        "add",
+        "-i",
+        "c",
+        "--backend-id",
+        "b",
+        "-a",
+        "127.0.0.1:53",
+        "--weight",
+        "256",
+    ]);
+    assert!(e.contains("255"), "{e}");
+}
+
+#[test]
+fn completions_and_man_page_cover_the_command_line() {
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let mut out = Vec::new();
+        crate::cli::write_completions(shell, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for word in ["reload", "shutdown", "cluster", "front-timeout"] {
+            assert!(text.contains(word), "{shell}: {word} missing");
+        }
+    }
+    let mut man = Vec::new();
+    crate::cli::write_manpage(&mut man).unwrap();
+    let man = String::from_utf8(man).unwrap();
+    assert!(man.contains(".TH sozu 1"), "{man}");
+    assert!(man.contains("shutdown"), "{man}");
+    // The hidden subcommands stay out of the help a person reads.
+    let mut help = Vec::new();
+    Cli::command().write_long_help(&mut help).unwrap();
+    let help = String::from_utf8(help).unwrap();
+    assert!(
+        !help.contains("completions") && !help.contains("manpage"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_cluster_timeout_of_zero_reads_as_the_listeners() {
+    let response = ok(ContentType::Clusters(ClusterInformations {
+        vec: vec![ClusterInformation {
+            configuration: Some(Cluster {
+                cluster_id: "dns".into(),
+                udp: Some(UdpClusterConfig {
+                    front_timeout: Some(0),
+                    back_timeout: Some(7),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    }));
+    let text = render::human(&View::Clusters, &response);
+    assert!(
+        text.contains("front_timeout=listener's back_timeout=7s"),
+        "{text}"
+    );
 }

@@ -241,6 +241,11 @@ impl Master {
             return;
         }
         worker.channel_closed = true;
+        // A stopping worker closes its channel on its way out (after
+        // answering the stop): let it exit 0. A stuck one is SIGKILLed at
+        // the hard-stop deadline (`check_stop_deadline`).
+        let exiting =
+            worker.run_state == RunState::Stopping || matches!(self.phase, Phase::Stopping { .. });
         let pid = worker.pid;
         let token = worker.token;
         let _ = self.poll.registry().deregister(worker.channel.source_mut());
@@ -248,7 +253,7 @@ impl Master {
         for gathered in self.gather.on_worker_gone(id) {
             self.on_gathered(gathered, now);
         }
-        if worker_is_alive(pid) {
+        if worker_is_alive(pid) && !exiting {
             let _ = kill(pid, Signal::SIGKILL);
         }
     }
@@ -317,6 +322,7 @@ impl Master {
                 "master ready: serving the command socket"
             );
             self.register_listener();
+            super::notify::ready(self.workers.len());
         }
     }
 
@@ -344,6 +350,7 @@ impl Master {
             _ => false,
         };
         if !already {
+            super::notify::stopping(hard);
             self.phase = Phase::Stopping {
                 hard,
                 waiting: client.into_iter().collect(),

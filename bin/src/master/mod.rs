@@ -17,6 +17,7 @@ mod gather;
 mod lifecycle;
 mod listen_sockets;
 mod metrics;
+mod notify;
 mod orders;
 mod prevalidate;
 mod prometheus;
@@ -247,9 +248,13 @@ impl Master {
                     Ok(count) => {
                         tracing::info!(path = %saved.display(), orders = count, "saved state loaded")
                     }
-                    Err(error) => {
-                        tracing::error!(path = %saved.display(), %error, "cannot load the saved state")
-                    }
+                    // A junk saved state is an error at start: starting
+                    // without it would serve less than the operator saved,
+                    // and the next automatic save would overwrite it.
+                    Err(error) => anyhow::bail!(
+                        "cannot load the saved state {} (fix or remove the file): {error}",
+                        saved.display()
+                    ),
                 }
             }
         }
@@ -547,11 +552,15 @@ impl Master {
             }
         };
         let std_stream = into_std_stream(stream);
-        let channel = clients::ClientChannel::new(
+        let mut channel = clients::ClientChannel::new(
             std_stream,
             self.config.command_buffer_size.get(),
             self.config.max_command_buffer_size.get(),
         );
+        // Answers (cluster and metric listings) may be as large as the CLI
+        // accepts (`max_command_buffer_size` or 16 MiB, doc/cli.md); orders
+        // from clients stay bounded by `max_command_buffer_size`.
+        channel.raise_outgoing_max(worker_channel_max(&self.config));
         let token = self.allocate_token();
         let now = now();
         let mut client = Client::new(token, channel, peer, now);

@@ -214,6 +214,11 @@ impl FrameWriter {
         }
     }
 
+    /// Raises (never lowers) the largest frame and queue this writer sends.
+    pub(crate) fn raise_max(&mut self, max_buffer_size: usize) {
+        self.max_buffer_size = self.max_buffer_size.max(max_buffer_size);
+    }
+
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> usize {
         self.buf.len() - self.start

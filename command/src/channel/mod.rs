@@ -153,6 +153,14 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
         }
     }
 
+    /// Lets this side send frames up to `max` bytes (never lowers the
+    /// maximum) while frames received stay bounded by the maximum given at
+    /// creation: the master answers listings larger than what it accepts
+    /// from a client.
+    pub fn raise_outgoing_max(&mut self, max: usize) {
+        self.writer.raise_max(max);
+    }
+
     /// Wraps a stream accepted by a `mio::net::UnixListener`; same as
     /// [`Self::new`].
     pub fn from_mio(

@@ -22,13 +22,16 @@ impl fmt::Display for Location {
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    /// The file could not be read. The cause is in the message, not a
+    /// `source`, so that error chains print it once.
+    #[error("cannot read configuration file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// The file holds no key at all (empty, or only comments).
+    #[error("configuration file {} holds no key (empty or only comments): write at least the listeners and clusters to serve, or one global key such as worker_count = 2 to start a master configured from the CLI", path.display())]
+    Empty { path: PathBuf },
     /// The text is not valid TOML.
     #[error("invalid TOML: {message} (at {at})")]
     Syntax { message: String, at: Location },

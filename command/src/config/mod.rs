@@ -338,12 +338,24 @@ impl Config {
     /// inside it resolve against the file's directory, made absolute.
     pub fn load_from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // An absolute base keeps the socket and state paths valid whatever
         // the working directory of the process that uses them later.
+        // A file without a single key (empty, or comments only) is refused:
+        // it is more likely a wrong or truncated file than a wish to run a
+        // master with every default and nothing to proxy.
+        let no_key = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if no_key {
+            return Err(ConfigError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = absolute.parent().unwrap_or(Path::new(""));
         let mut config = parse::parse(&text, path, base_dir)?;

@@ -3,7 +3,7 @@
 //! UDP cluster detection). Reads through `reader.rs`; builds the types of
 //! `mod.rs`; never produces orders (that is `orders.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use toml::de::DeTable;
 
-use super::error::{ConfigError, Location};
+use super::error::ConfigError;
 use super::reader::{Document, TableReader, ValueReader};
 use super::{
     AccessLogFormat, BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendConfig,
@@ -109,13 +109,23 @@ fn zero_is_none(value: &ValueReader<'_>) -> Result<Option<NonZeroU32>, ConfigErr
     value.u32_at_least(0).map(NonZeroU32::new)
 }
 
+/// `path` made absolute against `base_dir`, without `.` components
+/// (`/etc/sozu/./sozu.sock` prints as `/etc/sozu/sozu.sock`).
 fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
-    if path.is_absolute() {
+    let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
         base_dir.join(path)
+    };
+    if joined.is_relative() {
+        // Only from `Config::from_str` with a relative origin: kept as given.
+        return joined;
     }
+    joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 fn path_value(value: &ValueReader<'_>, base_dir: &Path) -> Result<PathBuf, ConfigError> {
@@ -214,8 +224,18 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         .unwrap_or(NonZeroUsize::new(500).expect("500 is not zero"));
     let buffer_size = opt(top, "buffer_size", non_zero_usize)?
         .unwrap_or(NonZeroUsize::new(16_393).expect("16393 is not zero"));
-    let log_level =
-        opt(top, "log_level", ValueReader::non_empty_string)?.unwrap_or_else(|| "info".to_owned());
+    let log_level = match top.get("log_level") {
+        Some(v) => {
+            let level = v.non_empty_string()?;
+            crate::limits::check_log_filter(&level).map_err(|reason| {
+                v.invalid(format!(
+                    "a log filter like \"info\" or \"info,sozu_lib=debug\" ({reason})"
+                ))
+            })?;
+            level
+        }
+        None => "info".to_owned(),
+    };
     let log_target = opt(top, "log_target", parse_log_target)?.unwrap_or(LogTarget::Stdout);
     let access_logs_target = opt(top, "access_logs_target", parse_log_target)?;
     let access_logs_format = match opt(top, "access_logs_format", |v| v.one_of(&["ascii", "json"]))?
@@ -304,31 +324,39 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
     };
 
     if let Some(listeners) = top.get("listeners") {
-        let mut seen: Vec<(ListenerConfig, Location)> = Vec::new();
-        for item in listeners.array()? {
+        // Indexed by (address, binds UDP) so that checking N listeners is
+        // linear: a UDP and a TCP-bound listener may share an address.
+        let mut first_lines: HashMap<(SocketAddr, bool), usize> = HashMap::new();
+        let items = listeners.array()?;
+        let mut parsed = Vec::with_capacity(items.len());
+        for item in items {
             let listener = parse_listener(&item, &config)?;
             let at = item.location();
-            if let Some((_, first)) = seen
-                .iter()
-                .find(|(l, _)| l.address() == listener.address() && conflicts(l, &listener))
-            {
+            let key = (
+                listener.address(),
+                matches!(listener, ListenerConfig::Udp(_)),
+            );
+            if let Some(first_line) = first_lines.get(&key) {
                 return Err(ConfigError::DuplicateListener {
                     key: item.path().to_owned(),
                     protocol: protocol_name(&listener),
                     address: listener.address(),
-                    first_line: first.line,
+                    first_line: *first_line,
                     at,
                 });
             }
-            seen.push((listener, at));
+            first_lines.insert(key, at.line);
+            parsed.push(listener);
         }
-        config.listeners = seen.into_iter().map(|(l, _)| l).collect();
+        config.listeners = parsed;
     }
+    let mut index = Index::new(&config.listeners);
 
     if let Some(clusters) = top.get("clusters") {
         let mut table = clusters.table()?;
         for (id, value) in table.take_all() {
-            let cluster = parse_cluster(&id, &value, &config)?;
+            let cluster = parse_cluster(&id, &value, &index)?;
+            index.add_cluster(&cluster);
             config.clusters.insert(id, cluster);
         }
     }
@@ -344,10 +372,56 @@ fn protocol_name(listener: &ListenerConfig) -> &'static str {
     }
 }
 
-/// Two listeners on one address conflict unless one is UDP and the other
-/// is not: HTTP, HTTPS and TCP all bind a TCP socket.
-fn conflicts(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    matches!(a, ListenerConfig::Udp(_)) == matches!(b, ListenerConfig::Udp(_))
+const KIND_UDP: u8 = 1;
+const KIND_TCP: u8 = 2;
+const KIND_HTTP: u8 = 4;
+
+/// Lookup tables built once so that checking frontends against listeners
+/// and against other clusters costs O(1) each: validation stays linear in
+/// the number of listeners, clusters and frontends.
+struct Index {
+    /// Which kinds of listener bind each address (KIND_* bits).
+    listener_kinds: HashMap<SocketAddr, u8>,
+    /// UDP and TCP frontends already taken: (address, udp) → cluster id.
+    taken: HashMap<(SocketAddr, bool), String>,
+}
+
+impl Index {
+    fn new(listeners: &[ListenerConfig]) -> Self {
+        let mut listener_kinds: HashMap<SocketAddr, u8> = HashMap::new();
+        for l in listeners {
+            let kind = match l {
+                ListenerConfig::Udp(_) => KIND_UDP,
+                ListenerConfig::Tcp(_) => KIND_TCP,
+                ListenerConfig::Http(_) | ListenerConfig::Https(_) => KIND_HTTP,
+            };
+            *listener_kinds.entry(l.address()).or_default() |= kind;
+        }
+        Self {
+            listener_kinds,
+            taken: HashMap::new(),
+        }
+    }
+
+    fn kinds(&self, address: SocketAddr) -> u8 {
+        self.listener_kinds.get(&address).copied().unwrap_or(0)
+    }
+
+    fn has(&self, address: SocketAddr, kind: u8) -> bool {
+        self.kinds(address) & kind != 0
+    }
+
+    fn add_cluster(&mut self, cluster: &ClusterConfig) {
+        if cluster.protocol == ClusterProtocol::Http {
+            return;
+        }
+        let udp = cluster.protocol == ClusterProtocol::Udp;
+        for f in &cluster.frontends {
+            self.taken
+                .entry((f.address, udp))
+                .or_insert_with(|| cluster.cluster_id.clone());
+        }
+    }
 }
 
 fn parse_metrics(value: &ValueReader<'_>) -> Result<MetricsConfig, ConfigError> {
@@ -379,7 +453,7 @@ fn parse_listener(item: &ValueReader<'_>, config: &Config) -> Result<ListenerCon
         let back_timeout =
             opt(&mut table, "back_timeout", |v| seconds(v, 1))?.unwrap_or(Duration::from_secs(30));
         let requested = opt(&mut table, "max_rx_datagram_size", |v| {
-            v.u32_between(1, 65_535)
+            v.u32_between(1, crate::limits::MAX_RX_DATAGRAM_SIZE)
         })?
         .unwrap_or(1500);
         let buffer = u32::try_from(config.buffer_size.get()).unwrap_or(u32::MAX);
@@ -446,13 +520,6 @@ fn parse_listener(item: &ValueReader<'_>, config: &Config) -> Result<ListenerCon
     Ok(listener)
 }
 
-fn has_listener(config: &Config, address: SocketAddr, udp: bool) -> bool {
-    config
-        .listeners
-        .iter()
-        .any(|l| l.address() == address && matches!(l, ListenerConfig::Udp(_)) == udp)
-}
-
 /// Decides a cluster's protocol. Explicit `"udp"` and `"http"` win. A
 /// `"tcp"` (or absent) protocol becomes UDP when a frontend address is bound
 /// by a UDP listener and not by a TCP one — the Sōzu convention of UDP
@@ -460,11 +527,10 @@ fn has_listener(config: &Config, address: SocketAddr, udp: bool) -> bool {
 fn cluster_protocol(
     declared: Option<&ValueReader<'_>>,
     frontend_addresses: &[SocketAddr],
-    config: &Config,
+    index: &Index,
     table: &TableReader<'_>,
 ) -> Result<ClusterProtocol, ConfigError> {
-    let udp_only =
-        |a: &SocketAddr| has_listener(config, *a, true) && !has_listener(config, *a, false);
+    let udp_only = |a: &SocketAddr| index.has(*a, KIND_UDP) && !index.has(*a, KIND_TCP | KIND_HTTP);
     match declared {
         Some(v) => match v.one_of(&["http", "tcp", "udp"])? {
             "http" => Ok(ClusterProtocol::Http),
@@ -488,7 +554,7 @@ fn cluster_protocol(
 fn parse_cluster(
     id: &str,
     value: &ValueReader<'_>,
-    config: &Config,
+    index: &Index,
 ) -> Result<ClusterConfig, ConfigError> {
     if id.is_empty() {
         return Err(value.invalid("a table under a non-empty cluster id"));
@@ -504,7 +570,7 @@ fn parse_cluster(
         let mut t = item.table()?;
         frontend_addresses.push(t.require("address")?.socket_addr()?);
     }
-    let protocol = cluster_protocol(declared.as_ref(), &frontend_addresses, config, &table)?;
+    let protocol = cluster_protocol(declared.as_ref(), &frontend_addresses, index, &table)?;
 
     let load_balancing = match table.get("load_balancing") {
         Some(v) => {
@@ -541,14 +607,15 @@ fn parse_cluster(
 
     let mut frontends = Vec::with_capacity(frontend_items.len());
     for (item, address) in frontend_items.iter().zip(&frontend_addresses) {
-        frontends.push(parse_frontend(item, *address, protocol, config)?);
+        frontends.push(parse_frontend(item, *address, protocol, index)?);
     }
 
     let mut backends: Vec<BackendConfig> = Vec::new();
+    let mut backend_ids: HashSet<String> = HashSet::new();
     if let Some(items) = table.get("backends") {
-        for (index, item) in items.array()?.iter().enumerate() {
-            let backend = parse_backend(id, index, item)?;
-            if backends.iter().any(|b| b.backend_id == backend.backend_id) {
+        for (position, item) in items.array()?.iter().enumerate() {
+            let backend = parse_backend(id, position, item)?;
+            if !backend_ids.insert(backend.backend_id.clone()) {
                 return Err(ConfigError::Inconsistent {
                     key: format!("{}.backend_id", item.path()),
                     reason: format!(
@@ -595,20 +662,14 @@ fn parse_frontend(
     item: &ValueReader<'_>,
     address: SocketAddr,
     protocol: ClusterProtocol,
-    config: &Config,
+    index: &Index,
 ) -> Result<FrontendConfig, ConfigError> {
     let mut table = item.table()?;
     let address_value = table.require("address")?;
     let bound = match protocol {
-        ClusterProtocol::Udp => has_listener(config, address, true),
-        ClusterProtocol::Tcp => config
-            .listeners
-            .iter()
-            .any(|l| matches!(l, ListenerConfig::Tcp(_)) && l.address() == address),
-        ClusterProtocol::Http => config.listeners.iter().any(|l| {
-            matches!(l, ListenerConfig::Http(_) | ListenerConfig::Https(_))
-                && l.address() == address
-        }),
+        ClusterProtocol::Udp => index.has(address, KIND_UDP),
+        ClusterProtocol::Tcp => index.has(address, KIND_TCP),
+        ClusterProtocol::Http => index.has(address, KIND_HTTP),
     };
     if !bound {
         let kind = match protocol {
@@ -620,15 +681,15 @@ fn parse_frontend(
     }
     // A UDP or TCP listener forwards to exactly one cluster.
     if protocol != ClusterProtocol::Http {
-        let taken_by = config.clusters.values().find(|other| {
-            other.protocol == protocol && other.frontends.iter().any(|f| f.address == address)
-        });
+        let taken_by = index
+            .taken
+            .get(&(address, protocol == ClusterProtocol::Udp));
         if let Some(other) = taken_by {
             return Err(ConfigError::Inconsistent {
                 key: address_value.path().to_owned(),
                 reason: format!(
                     "listener {address} already forwards to cluster {}: a {} listener has exactly one cluster",
-                    other.cluster_id,
+                    other,
                     if protocol == ClusterProtocol::Udp { "udp" } else { "tcp" },
                 ),
                 at: address_value.location(),
@@ -695,10 +756,15 @@ fn parse_backend(
     item: &ValueReader<'_>,
 ) -> Result<BackendConfig, ConfigError> {
     let mut table = item.table()?;
-    let address = table.require("address")?.socket_addr()?;
+    let address_value = table.require("address")?;
+    let address = address_value.socket_addr()?;
+    if let Some(reason) = crate::limits::unusable_backend_ip(address.ip()) {
+        return Err(address_value.invalid(format!("a unicast backend address ({reason})")));
+    }
+    let max_weight = crate::limits::MAX_WEIGHT;
     let weight = match table.get("weight") {
-        Some(v) => i32::try_from(v.u32_between(0, 255)?)
-            .map_err(|_| v.invalid("an integer between 0 and 255"))?,
+        Some(v) => i32::try_from(v.u32_between(0, max_weight)?)
+            .map_err(|_| v.invalid(format!("an integer between 0 and {max_weight}")))?,
         None => DEFAULT_WEIGHT,
     };
     let backend_id = opt(&mut table, "backend_id", ValueReader::non_empty_string)?

@@ -19,21 +19,32 @@ use super::error::{ConfigError, Location};
 pub(super) struct Document<'a> {
     text: &'a str,
     origin: String,
+    /// Byte offsets of every `\n`, computed once so that locating a value
+    /// is a binary search: reporting lines stays O(log n) per value, and
+    /// validating a file of N listeners stays linear.
+    newlines: Vec<usize>,
 }
 
 impl<'a> Document<'a> {
     pub(super) fn new(text: &'a str, origin: String) -> Self {
-        Document { text, origin }
+        let newlines = text
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| *b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        Document {
+            text,
+            origin,
+            newlines,
+        }
     }
 
     /// The 1-based line holding byte `offset`.
     pub(super) fn location(&self, offset: usize) -> Location {
         let end = offset.min(self.text.len());
-        let line = self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
+        // Newlines strictly before `end`.
+        let line = self.newlines.partition_point(|&n| n < end) + 1;
         Location {
             origin: self.origin.clone(),
             line,
@@ -250,7 +261,15 @@ impl<'a> ValueReader<'a> {
     pub(super) fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
         let expected = "a socket address like \"127.0.0.1:8080\" or \"[::1]:8080\"";
         match self.value.get_ref() {
-            DeValue::String(s) => s.parse().map_err(|_| self.invalid(expected)),
+            DeValue::String(s) => {
+                let addr: SocketAddr = s.parse().map_err(|_| self.invalid(expected))?;
+                if addr.port() == 0 {
+                    return Err(self.invalid(
+                        "a socket address with a port in 1..=65535 (port 0 would bind a different port in every worker)",
+                    ));
+                }
+                Ok(addr)
+            }
             _ => Err(self.invalid(expected)),
         }
     }

@@ -692,12 +692,12 @@ fn relative_paths_resolve_against_the_config_directory() {
     let c = Config::load_from_path(&path).unwrap();
     assert_eq!(c.config_path, Some(path.clone()));
     assert_eq!(c.command_socket, dir.path().join("run/sozu.sock"));
-    assert_eq!(c.saved_state, Some(dir.path().join("./state.json")));
+    assert_eq!(c.saved_state, Some(dir.path().join("state.json")));
     assert_eq!(c.pid_file_path, Some(PathBuf::from("/abs/sozu.pid")));
     // The default socket is beside the file too.
-    std::fs::write(&path, "").unwrap();
+    std::fs::write(&path, "worker_count = 2\n").unwrap();
     let c = Config::load_from_path(&path).unwrap();
-    assert_eq!(c.command_socket, dir.path().join("./sozu.sock"));
+    assert_eq!(c.command_socket, dir.path().join("sozu.sock"));
 }
 
 // ---- orders ----------------------------------------------------------------
@@ -1083,4 +1083,128 @@ fn metrics_listener_and_access_log_format_are_read_and_checked() {
     );
     let e = error("metrics_listener = \"localhost\"\n");
     assert!(e.contains("metrics_listener"), "{e}");
+}
+
+// ---- meaning of values (issue 18) -------------------------------------------
+
+#[test]
+fn a_log_level_typo_is_refused_with_key_and_line() {
+    let e = error("worker_count = 1\nlog_level = \"inf\"\n");
+    assert!(e.contains("log_level"), "{e}");
+    assert!(e.contains("test.toml:2"), "{e}");
+    assert!(e.contains("\"inf\""), "{e}");
+    assert!(load("log_level = \"info,sozu_lib=debug\"").is_ok());
+    assert!(load("log_level = \"WARN\"").is_ok());
+}
+
+#[test]
+fn an_empty_file_is_refused_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.toml");
+    std::fs::write(&path, "\n  # only a comment\n\n").unwrap();
+    let e = Config::load_from_path(&path).unwrap_err().to_string();
+    assert!(e.contains("holds no key"), "{e}");
+    std::fs::write(&path, "worker_count = 1\n").unwrap();
+    assert!(Config::load_from_path(&path).is_ok());
+}
+
+#[test]
+fn a_port_zero_address_names_key_and_line() {
+    let e =
+        error("worker_count = 1\n[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:0\"\n");
+    assert!(e.contains("listeners[0].address"), "{e}");
+    assert!(e.contains("test.toml:4"), "{e}");
+    assert!(e.contains("port"), "{e}");
+}
+
+#[test]
+fn broadcast_and_multicast_backends_are_refused() {
+    for bad in [
+        "255.255.255.255:53",
+        "224.0.0.251:5353",
+        "[ff02::fb]:5353",
+        "0.0.0.0:53",
+    ] {
+        let text = UDP_DNS.replace("127.0.0.1:5355", bad);
+        let e = error(&text);
+        assert!(e.contains("clusters.dns.backends[1].address"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn datagram_size_and_weight_ranges_are_the_shared_ones() {
+    let listener = |size: u32| {
+        format!(
+            "buffer_size = 70000\n[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:5353\"\nmax_rx_datagram_size = {size}\n"
+        )
+    };
+    assert!(load(&listener(crate::limits::MAX_RX_DATAGRAM_SIZE)).is_ok());
+    let e = error(&listener(crate::limits::MAX_RX_DATAGRAM_SIZE + 1));
+    assert!(e.contains("65507"), "{e}");
+    let weighted = |w: u32| {
+        UDP_DNS.replace(
+            "{ address = \"127.0.0.1:5355\" }",
+            &format!("{{ address = \"127.0.0.1:5355\", weight = {w} }}"),
+        )
+    };
+    assert!(load(&weighted(crate::limits::MAX_WEIGHT)).is_ok());
+    assert!(error(&weighted(crate::limits::MAX_WEIGHT + 1)).contains("255"));
+}
+
+#[test]
+fn relative_paths_print_without_dot_components() {
+    let config = Config::from_str(
+        "command_socket = \"./run/./sozu.sock\"",
+        Path::new("/etc/sozu/config.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.command_socket,
+        PathBuf::from("/etc/sozu/run/sozu.sock")
+    );
+}
+
+/// Validation is linear: 20,000 listeners, each with a cluster, load in
+/// the normal run of the test (it took minutes with the former quadratic
+/// line lookup and duplicate scans).
+#[test]
+fn twenty_thousand_listeners_validate_in_linear_time() {
+    use std::fmt::Write as _;
+    let count = 20_000u32;
+    let mut text = String::from("worker_count = 1\n");
+    for i in 0..count {
+        let port = 10_000 + (i % 50_000);
+        let ip = format!("127.0.{}.{}", i / 250, i % 250 + 1);
+        let _ = write!(
+            text,
+            "[[listeners]]\nprotocol = \"udp\"\naddress = \"{ip}:{port}\"\n"
+        );
+    }
+    for i in 0..count {
+        let port = 10_000 + (i % 50_000);
+        let ip = format!("127.0.{}.{}", i / 250, i % 250 + 1);
+        let _ = write!(
+            text,
+            "[clusters.c{i}]\nprotocol = \"udp\"\nfrontends = [{{ address = \"{ip}:{port}\" }}]\nbackends = [{{ address = \"10.0.0.1:53\" }}]\n"
+        );
+    }
+    let config = load(&text).unwrap();
+    assert_eq!(config.listeners.len(), count as usize);
+    assert_eq!(config.clusters.len(), count as usize);
+    // A duplicate at the very end is still found, with the first line.
+    text.push_str("[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:10000\"\n");
+    let e = error(&text);
+    assert!(e.contains("already defined on line 2"), "{e}");
+}
+
+#[test]
+fn packaged_config_toml_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml");
+    let c = Config::load_from_path(&path).unwrap();
+    assert_eq!(c.command_socket, PathBuf::from("/run/sozu/sozu.sock"));
+    assert_eq!(
+        c.saved_state,
+        Some(PathBuf::from("/var/lib/sozu/state.json"))
+    );
+    assert_eq!(c.clusters["dns"].protocol, ClusterProtocol::Udp);
 }

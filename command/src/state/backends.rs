@@ -16,7 +16,14 @@ use crate::state::{validation, ConfigState, StateError};
 fn check_backend(backend: &AddBackend) -> Result<(), StateError> {
     validation::id("cluster_id", &backend.cluster_id)?;
     validation::id("backend_id", &backend.backend_id)?;
-    validation::address("address", &backend.address)?;
+    let address = validation::address("address", &backend.address)?;
+    if let Some(reason) = crate::limits::unusable_backend_ip(address.ip()) {
+        return Err(StateError::InvalidValue {
+            field: "address",
+            value: address.to_string(),
+            reason,
+        });
+    }
     Ok(())
 }
 

@@ -16,12 +16,10 @@ use crate::command::{
 };
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
-/// The largest UDP payload over IPv4 (65,535 minus the IP and UDP headers):
-/// the workers' limit too.
-const MAX_UDP_DATAGRAM: u32 = 65_507;
+use crate::limits::MAX_RX_DATAGRAM_SIZE;
 
 fn check_datagram_size(value: u32) -> Result<(), StateError> {
-    if value == 0 || value > MAX_UDP_DATAGRAM {
+    if value == 0 || value > MAX_RX_DATAGRAM_SIZE {
         return Err(StateError::InvalidValue {
             field: "max_rx_datagram_size",
             value: value.to_string(),

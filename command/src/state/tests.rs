@@ -1017,3 +1017,23 @@ fn backend_weights_follow_sozu_rule_and_are_listed_effective() {
     let rebuilt = ConfigState::from_requests(&state.generate_requests()).expect("replay");
     assert_eq!(rebuilt, state);
 }
+
+#[test]
+fn broadcast_multicast_and_unspecified_backends_are_refused() {
+    let mut state = apply_all(&sample_orders());
+    for bad in [
+        "255.255.255.255:53",
+        "239.1.2.3:53",
+        "[ff02::1]:53",
+        "0.0.0.0:53",
+    ] {
+        assert_refused(
+            &mut state,
+            add_backend("dns", "bad", bad),
+            &["address", "is not a backend"],
+        );
+    }
+    state
+        .dispatch(&add_backend("dns", "good", "10.0.0.255:53"))
+        .expect("a unicast address ending in .255 is a backend");
+}

@@ -260,12 +260,18 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
             // Ours replace whatever the client claimed.
             "x-forwarded-proto" | "x-forwarded-port" => continue,
             "expect" if version == 0 => continue,
+            // One value however the client repeated it (`5, 5`, or two
+            // headers): RFC 9112 §6.3 — sent once below.
+            "content-length" => continue,
             _ => {}
         }
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = length {
+        let _ = write!(HeadWriter(&mut out), "Content-Length: {n}\r\n");
     }
     let client_ip = info.client.ip().to_canonical();
     if !xff.is_empty() {
@@ -384,6 +390,12 @@ pub fn parse_response(
         }
     };
     let close_client = !client_keep_alive || body == BodyKind::UntilClose;
+    // A valid Content-Length (repeated or not) is sent as one value
+    // (RFC 9112 §6.3); an invalid one on a body-less or chunked answer is
+    // passed as it came, since it frames nothing here.
+    let single_length = content_length(get("content-length").map(|h| h.value))
+        .ok()
+        .flatten();
     let mut out = Vec::with_capacity(head_len + 32);
     let _ = write!(
         HeadWriter(&mut out),
@@ -401,10 +413,16 @@ pub fn parse_response(
         {
             continue;
         }
+        if lower == "content-length" && single_length.is_some() {
+            continue;
+        }
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = single_length {
+        let _ = write!(HeadWriter(&mut out), "Content-Length: {n}\r\n");
     }
     if close_client {
         out.extend_from_slice(b"Connection: close\r\n");

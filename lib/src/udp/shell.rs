@@ -41,7 +41,7 @@ use crate::protocol::udp::{
 use crate::server::tokens::TokenOwner;
 
 /// Largest `max_rx_datagram_size` accepted: the largest UDP payload.
-pub const MAX_DATAGRAM_SIZE: u32 = 65_507;
+pub const MAX_DATAGRAM_SIZE: u32 = sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE;
 
 /// What [`UdpShell::add_listener`] and [`UdpShell::update_listener`] refuse
 /// in a listener's settings (not its bind): the master checks a listener's

@@ -329,3 +329,35 @@ fn arbitrary_bytes_never_panic_the_head_parsers() {
         .tests(2000)
         .quickcheck(prop as fn(u8, Vec<u8>) -> TestResult);
 }
+
+/// RFC 9112 §6.3: a repeated Content-Length (`5, 5`, or two headers) is
+/// forwarded as one value, in requests and responses; differing values are
+/// refused (`framing_is_decided_or_refused`).
+#[test]
+fn a_repeated_content_length_is_forwarded_once() {
+    let r = req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.body, BodyKind::Length(5));
+    assert_eq!(header(&headers_of(&r.forwarded), "content-length"), ["5"]);
+
+    let plain = req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        header(&headers_of(&plain.forwarded), "content-length"),
+        ["7"]
+    );
+    let none = req("GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().unwrap();
+    assert!(header(&headers_of(&none.forwarded), "content-length").is_empty());
+
+    let res = parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi",
+        "GET",
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(res.body, BodyKind::Length(2));
+    assert_eq!(header(&headers_of(&res.forwarded), "content-length"), ["2"]);
+}
