@@ -94,6 +94,10 @@ pub struct ClusterConfig {
     pub proxy_protocol_every_datagram: bool,
     /// `[clusters.<id>.udp.health]`, absent when `None`.
     pub health: Option<HealthConfig>,
+    /// `flow_key`, e.g. `"QUIC_CONNECTION_ID"`; `None` leaves the default.
+    pub flow_key: Option<String>,
+    /// `quic_cid_length`; `None` leaves the default.
+    pub quic_cid_length: Option<u32>,
 }
 
 impl ClusterConfig {
@@ -110,6 +114,8 @@ impl ClusterConfig {
             send_proxy_protocol: false,
             proxy_protocol_every_datagram: false,
             health: None,
+            flow_key: None,
+            quic_cid_length: None,
         }
     }
 
@@ -244,6 +250,12 @@ impl SozuConfig {
                 "proxy_protocol_every_datagram = {}",
                 c.proxy_protocol_every_datagram
             );
+            if let Some(key) = &c.flow_key {
+                let _ = writeln!(t, "flow_key = {}", quoted(key));
+            }
+            if let Some(len) = c.quic_cid_length {
+                let _ = writeln!(t, "quic_cid_length = {len}");
+            }
             if let Some(h) = &c.health {
                 let _ = writeln!(t, "\n[clusters.{}.udp.health]", c.id);
                 let _ = writeln!(t, "mode = {}", quoted(&h.mode));

@@ -675,6 +675,7 @@ fn udp_cluster_config(knobs: &UdpClusterKnobs) -> Option<UdpClusterConfig> {
             FlowKey::SourceAddress => UdpFlowKey::SourceAddress as i32,
             FlowKey::QuicConnectionId => UdpFlowKey::QuicConnectionId as i32,
         }),
+        quic_cid_length: knobs.quic_cid_length,
     };
     (config != UdpClusterConfig::default()).then_some(config)
 }

@@ -281,6 +281,9 @@ pub struct UdpClusterSettings {
     pub keep_flows_on_backend_removal: bool,
     /// What identifies a flow (default SOURCE_ADDRESS).
     pub flow_key: UdpFlowKey,
+    /// With `flow_key = QUIC_CONNECTION_ID`: the length of the connection ids
+    /// read from short-header packets (1..=20, default 8).
+    pub quic_cid_length: u8,
     /// Present when `[clusters.<id>.udp.health]` exists.
     pub health: Option<UdpHealthSettings>,
 }

@@ -103,6 +103,7 @@ impl ClusterConfig {
             max_pending_bytes: Some(u.max_pending_bytes.get()),
             keep_flows_on_backend_removal: Some(u.keep_flows_on_backend_removal),
             flow_key: Some(u.flow_key as i32),
+            quic_cid_length: Some(u32::from(u.quic_cid_length)),
         });
         order(RequestType::AddCluster(Cluster {
             cluster_id: self.cluster_id.clone(),

@@ -307,6 +307,7 @@ fn cluster_backend_and_udp_defaults() {
             max_pending_bytes: NonZeroU32::new(65_536).unwrap(),
             keep_flows_on_backend_removal: false,
             flow_key: crate::command::UdpFlowKey::SourceAddress,
+            quic_cid_length: 8,
             health: None,
         })
     );
@@ -347,6 +348,7 @@ max_pending_datagrams = 1
 max_pending_bytes = 1500
 keep_flows_on_backend_removal = true
 flow_key = "QUIC_CONNECTION_ID"
+quic_cid_length = 20
 
 [clusters.dns.udp.health]
 mode = "UDP_PROBE"
@@ -374,6 +376,7 @@ probe_timeout_seconds = 1
     assert_eq!(udp.max_pending_bytes.get(), 1500);
     assert!(udp.keep_flows_on_backend_removal);
     assert_eq!(udp.flow_key, crate::command::UdpFlowKey::QuicConnectionId);
+    assert_eq!(udp.quic_cid_length, 20);
     let health = udp.health.unwrap();
     assert_eq!(health.mode, crate::command::UdpHealthMode::UdpProbe);
     assert_eq!(health.tcp_port, Some(5300));
@@ -1062,5 +1065,29 @@ fn upstream_source_addresses_are_distinct_ip_addresses() {
     assert_eq!(
         error("upstream_source_addresses = [\"10.0.0.1:53\"]"),
         "upstream_source_addresses[0]: expected an IP address like \"192.0.2.10\" or \"2001:db8::10\", not a wildcard, got \"10.0.0.1:53\" (at test.toml:1)"
+    );
+}
+
+#[test]
+fn quic_cid_length_is_one_to_twenty_and_reaches_the_order() {
+    for bad in ["0", "21", "-1", "\"8\""] {
+        let e = error(&format!(
+            "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"QUIC_CONNECTION_ID\"\nquic_cid_length = {bad}\n"
+        ));
+        assert!(e.contains("quic_cid_length"), "{bad}: {e}");
+    }
+    let c = load(&format!(
+        "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"QUIC_CONNECTION_ID\"\nquic_cid_length = 4\n"
+    ))
+    .unwrap();
+    let order = c.clusters["dns"].add_order();
+    let Some(crate::command::request::RequestType::AddCluster(cluster)) = order.request_type else {
+        panic!("not add_cluster: {order:?}");
+    };
+    let udp = cluster.udp.unwrap();
+    assert_eq!(udp.quic_cid_length, Some(4));
+    assert_eq!(
+        udp.flow_key,
+        Some(crate::command::UdpFlowKey::QuicConnectionId as i32)
     );
 }

@@ -17,7 +17,10 @@ use tracing::{debug, trace};
 
 use super::{
     flow::{Flow, FlowKnobs},
-    key::{affinity_hash, FlowKey, FlowKeyExtractor, SeededState, SourceAddressExtractor},
+    key::{
+        affinity_hash, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor, SeededState,
+        SourceAddressExtractor,
+    },
     timers::{TimerEntry, TimerQueue},
     types::{
         BackendDecision, BackendId, ClientDecision, CloseReason, ClusterConfig, ClusterId,
@@ -107,7 +110,14 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             return ClientDecision::Dropped(DropReason::NoBackend);
         }
         // 3. a key
-        let Some(key) = self.extractor.flow_key(src, payload) else {
+        let key = match self.cluster.as_ref().and_then(|c| c.quic_cid_length) {
+            Some(len) => QuicConnectionIdExtractor {
+                short_header_cid_len: len,
+            }
+            .flow_key(src, payload),
+            None => self.extractor.flow_key(src, payload),
+        };
+        let Some(key) = key else {
             return ClientDecision::Dropped(DropReason::Invalid);
         };
         // 4. sticky
@@ -143,8 +153,16 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             // The table only names live flows (checked invariant).
             return ClientDecision::Dropped(DropReason::UnknownFlow);
         };
-        // A QUIC-keyed flow follows its client's migrations.
-        flow.client = src;
+        // A connection-ID keyed flow follows its client's migrations.
+        if flow.client != src {
+            debug!(flow = %id, from = %flow.client, to = %src, "udp flow migrated");
+            flow.client = src;
+            self.outputs
+                .push_back(Output::Metric(MetricEvent::FlowMigrated { flow: id }));
+        }
+        let Some(flow) = self.flows.get_mut(id.slot()) else {
+            return ClientDecision::Dropped(DropReason::UnknownFlow);
+        };
         match flow.phase {
             Phase::AwaitingBackend => {
                 let evicted = flow.enqueue(payload);

@@ -11,6 +11,7 @@ use std::{
 use super::*;
 
 mod affinity;
+mod quic;
 mod responses;
 
 fn addr(s: &str) -> SocketAddr {
@@ -1209,41 +1210,6 @@ fn adoption_honours_key_cap_and_drain() {
     new.drain(t0);
     assert_eq!(new.adopt(t0, hb), Err(AdoptError::Draining));
     assert_eq!(new.active_flows(), 1);
-}
-
-// ----- QUIC connection-ID keys -----
-
-#[test]
-fn quic_client_migration_keeps_its_flow_and_replies_follow() {
-    let t0 = origin();
-    let mut m = UdpFlowManager::with_extractor(
-        config(),
-        1,
-        QuicConnectionIdExtractor {
-            short_header_cid_len: 4,
-        },
-    );
-    m.set_cluster(t0, Some(cluster()));
-    let pkt = [0x41, 1, 2, 3, 4, 0xff];
-    let old = addr("192.0.2.1:1000");
-    let ClientDecision::Queued { flow } = m.handle_client_datagram(t0, old, &pkt) else {
-        panic!()
-    };
-    m.backend_resolved(t0, flow, BackendId::new("b1"), backend_addr());
-    outputs(&mut m);
-    let new = addr("198.51.100.7:2000");
-    assert_eq!(
-        m.handle_client_datagram(t0, new, &pkt),
-        ClientDecision::Forward {
-            flow,
-            proxy_header: None
-        }
-    );
-    assert_eq!(
-        m.handle_backend_datagram(t0, flow, b"r"),
-        BackendDecision::Return { dst: new }
-    );
-    assert_eq!(m.active_flows(), 1);
 }
 
 // ----- quickcheck properties -----

@@ -147,6 +147,10 @@ pub struct ClusterConfig {
     pub proxy_protocol_every_datagram: bool,
     /// Override of the listener's pending-datagram bound for new flows.
     pub max_pending_datagrams: Option<NonZeroUsize>,
+    /// `Some(len)`: flows are keyed by QUIC connection ID
+    /// ([`super::QuicConnectionIdExtractor`] with short-header IDs of `len`
+    /// bytes) instead of the manager's own extractor (`None`).
+    pub quic_cid_length: Option<u8>,
 }
 
 impl ClusterConfig {
@@ -163,6 +167,7 @@ impl ClusterConfig {
             send_proxy_protocol: false,
             proxy_protocol_every_datagram: false,
             max_pending_datagrams: None,
+            quic_cid_length: None,
         }
     }
 }
@@ -387,6 +392,13 @@ pub enum MetricEvent {
     FlowShed {
         /// The cluster it would have joined.
         cluster: ClusterId,
+    },
+    /// A tracked flow's client datagram came from a new source address
+    /// (`udp.flows.migrated`): replies now go there. Only connection-ID
+    /// keyed flows can migrate.
+    FlowMigrated {
+        /// The flow.
+        flow: FlowId,
     },
 }
 
