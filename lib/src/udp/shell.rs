@@ -885,7 +885,7 @@ fn manager_config(
 
 /// The connection-ID length when the cluster keys flows by QUIC connection
 /// ID (`None`: source-address keys).
-fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<u8>, UdpError> {
+pub(super) fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<u8>, UdpError> {
     let quic = match udp.flow_key {
         None => false,
         Some(raw) => match command::UdpFlowKey::try_from(raw) {
