@@ -27,16 +27,21 @@ type Remotes = Arc<Mutex<Vec<SocketAddr>>>;
 
 struct Quic {
     rt: Runtime,
-    server: Endpoint,
+    servers: Vec<Endpoint>,
     cert: CertificateDer<'static>,
-    /// The address the server saw each stream come from, in order.
-    remotes: Remotes,
+    /// Per server, the address it saw each stream come from, in order.
+    remotes: Vec<Remotes>,
 }
 
 /// A quinn echo server on loopback: each bidirectional stream is answered
 /// with its bytes, and the connection's remote address at that moment is
 /// recorded.
 fn quic_server() -> Quic {
+    quic_servers(1)
+}
+
+/// `n` quinn echo servers sharing one certificate and one runtime.
+fn quic_servers(n: usize) -> Quic {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,6 +51,22 @@ fn quic_server() -> Quic {
     let cert = certified.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
     let config = ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
+    let mut servers = Vec::new();
+    let mut remotes = Vec::new();
+    for _ in 0..n {
+        let (server, seen) = serve(&rt, config.clone());
+        servers.push(server);
+        remotes.push(seen);
+    }
+    Quic {
+        rt,
+        servers,
+        cert,
+        remotes,
+    }
+}
+
+fn serve(rt: &Runtime, config: ServerConfig) -> (Endpoint, Remotes) {
     let server = rt
         .block_on(async { Endpoint::server(config, "127.0.0.1:0".parse().unwrap()) })
         .expect("quinn server");
@@ -69,17 +90,12 @@ fn quic_server() -> Quic {
             });
         }
     });
-    Quic {
-        rt,
-        server,
-        cert,
-        remotes,
-    }
+    (server, remotes)
 }
 
 impl Quic {
     fn addr(&self) -> SocketAddr {
-        self.server.local_addr().expect("server address")
+        self.servers[0].local_addr().expect("server address")
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -104,7 +120,7 @@ impl Quic {
     }
 
     fn remotes(&self) -> Vec<SocketAddr> {
-        self.remotes.lock().unwrap().clone()
+        self.remotes[0].lock().unwrap().clone()
     }
 }
 
@@ -291,4 +307,40 @@ fn datagrams_that_are_not_quic_are_dropped_invalid() {
     // The listener still serves QUIC.
     let (_client, conn) = quic.connect("127.0.0.1:0".parse().unwrap(), frontend);
     transfer(&quic, &conn, "ok", 2);
+}
+
+#[test]
+fn handshake_and_one_rtt_flows_reach_the_same_backend_with_hrw() {
+    // The handshake flow (keyed by address) and the 1-RTT flow (keyed by
+    // connection id) are placed independently; a consistent policy with
+    // SOURCE_IP affinity puts both on one backend, or the connection dies.
+    let quic = quic_servers(3);
+    let frontend = free_v4();
+    let mut cluster = ClusterConfig::new("q", frontend);
+    for (i, server) in quic.servers.iter().enumerate() {
+        cluster = cluster.backend(&format!("s{i}"), server.local_addr().expect("server"));
+    }
+    cluster.load_balancing = "HRW".to_owned();
+    cluster.flow_key = Some("QUIC_CONNECTION_ID".to_owned());
+    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(frontend), cluster));
+    let mut connections = Vec::new();
+    for i in 0..4 {
+        let (client, conn) = quic.connect("127.0.0.1:0".parse().unwrap(), frontend);
+        transfer(&quic, &conn, &format!("c{i}"), 3);
+        connections.push((client, conn));
+    }
+    let served: Vec<usize> = quic
+        .remotes
+        .iter()
+        .map(|r| r.lock().unwrap().len())
+        .collect();
+    assert_eq!(served.iter().sum::<usize>(), 12, "{served:?}");
+    assert_eq!(
+        served.iter().filter(|&&n| n > 0).count(),
+        1,
+        "one client IP, one backend: {served:?}"
+    );
+    // Two flows per connection: the handshake's and the 1-RTT one.
+    let m = sozu.metrics();
+    assert!(m.proxy_or_zero("udp.flows.created") >= 8);
 }
