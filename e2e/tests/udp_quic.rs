@@ -231,8 +231,8 @@ fn quinn_connection_survives_a_nat_rebinding_on_one_flow() {
     let (sozu, frontend) = sozu_for(&quic);
     let nat = Nat::start(&quic, frontend);
     let (_client, conn) = quic.connect("127.0.0.1:0".parse().unwrap(), nat.inside);
-    // Past the handshake (its own flow, keyed by address) and onto the
-    // 1-RTT flow, keyed by connection id.
+    // Past the handshake (keyed by address) and into the 1-RTT phase (its
+    // connection id joined the same flow).
     transfer(&quic, &conn, "before", 8);
     let settled = *quic.remotes().last().expect("streams were served");
     let before = nat.outside_addr();
@@ -249,11 +249,15 @@ fn quinn_connection_survives_a_nat_rebinding_on_one_flow() {
         m.proxy_or_zero("udp.flows.migrated") >= 1
     });
     assert_eq!(m.proxy_or_zero("udp.flows.created"), created, "no new flow");
+    // One flow for the whole connection (the handshake's, joined by the
+    // connection id): the server saw every stream, before and after the
+    // rebinding, from the one upstream socket.
+    assert_eq!(created, 1);
     let remotes = quic.remotes();
-    let after = &remotes[remotes.len() - 8..];
+    assert_eq!(remotes.len(), 16);
     assert!(
-        after.iter().all(|r| *r == settled),
-        "the server saw {after:?}, expected every stream from {settled}"
+        remotes.iter().all(|r| *r == settled),
+        "the server saw {remotes:?}, expected every stream from {settled}"
     );
     assert_eq!(conn.close_reason(), None, "the connection is alive");
 }
@@ -310,10 +314,12 @@ fn datagrams_that_are_not_quic_are_dropped_invalid() {
 }
 
 #[test]
-fn handshake_and_one_rtt_flows_reach_the_same_backend_with_hrw() {
-    // The handshake flow (keyed by address) and the 1-RTT flow (keyed by
-    // connection id) are placed independently; a consistent policy with
-    // SOURCE_IP affinity puts both on one backend, or the connection dies.
+fn connections_sharing_a_client_socket_meet_on_one_backend_with_hrw() {
+    // A connection's handshake and its 1-RTT packets share one flow (the
+    // connection id joins its address's flow). A second connection on the
+    // same client socket shares that handshake flow, but its connection id
+    // is a flow of its own, placed independently: a consistent policy with
+    // SOURCE_IP affinity puts it on the same backend, or it dies.
     let quic = quic_servers(3);
     let frontend = free_v4();
     let mut cluster = ClusterConfig::new("q", frontend);
@@ -323,24 +329,33 @@ fn handshake_and_one_rtt_flows_reach_the_same_backend_with_hrw() {
     cluster.load_balancing = "HRW".to_owned();
     cluster.flow_key = Some("QUIC_CONNECTION_ID".to_owned());
     let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(frontend), cluster));
-    let mut connections = Vec::new();
-    for i in 0..4 {
-        let (client, conn) = quic.connect("127.0.0.1:0".parse().unwrap(), frontend);
+    let (client, first) = quic.connect("127.0.0.1:0".parse().unwrap(), frontend);
+    transfer(&quic, &first, "c0", 3);
+    let mut connections = vec![first];
+    for i in 1..3 {
+        let conn = quic.rt.block_on(async {
+            let connecting = client.connect(frontend, "localhost").expect("connect");
+            timeout(STEP, connecting)
+                .await
+                .expect("handshake within 10 s")
+                .expect("second handshake through sozu")
+        });
         transfer(&quic, &conn, &format!("c{i}"), 3);
-        connections.push((client, conn));
+        connections.push(conn);
     }
     let served: Vec<usize> = quic
         .remotes
         .iter()
         .map(|r| r.lock().unwrap().len())
         .collect();
-    assert_eq!(served.iter().sum::<usize>(), 12, "{served:?}");
+    assert_eq!(served.iter().sum::<usize>(), 9, "{served:?}");
     assert_eq!(
         served.iter().filter(|&&n| n > 0).count(),
         1,
         "one client IP, one backend: {served:?}"
     );
-    // Two flows per connection: the handshake's and the 1-RTT one.
-    let m = sozu.metrics();
-    assert!(m.proxy_or_zero("udp.flows.created") >= 8);
+    // One flow for the socket (the first connection joined it), one per
+    // further connection id.
+    assert_eq!(sozu.metrics().proxy_or_zero("udp.flows.created"), 3);
+    assert!(connections.iter().all(|c| c.close_reason().is_none()));
 }

@@ -103,13 +103,11 @@ impl FlowKeyExtractor for SourceAddressExtractor {
 /// * A short-header datagram shorter than `1 + short_header_cid_len` bytes,
 ///   and an empty datagram, are not QUIC: rejected (dropped `Invalid`).
 ///
-/// Consequence: the handshake and the 1-RTT phase of one connection are two
-/// flows (two upstream sockets). The backend sees the 1-RTT packets arrive
-/// from a new port after its handshake is confirmed — a NAT rebinding it
-/// validates (§9.3) — and with the default `SOURCE_IP` affinity and a
-/// consistent policy (HRW, Maglev) both flows reach the same backend. A
-/// client switching to a new connection ID (as RFC 9000 §9.5 asks on an
-/// active migration) likewise starts a new flow.
+/// The manager joins the first connection ID seen from an address to that
+/// address's flow (the handshake's), so one connection is one flow and one
+/// upstream socket. A client switching to a new connection ID (as RFC 9000
+/// §9.5 asks on an active migration) starts a new flow, placed by the
+/// source-address affinity hash like the handshake was.
 /// Replies follow the latest source address seen with the ID, so an on-path
 /// observer who copies a connection ID can redirect replies (QUIC payloads
 /// stay encrypted; the backend's path validation sees the new path).

@@ -105,52 +105,96 @@ fn quic_migration_while_awaiting_backend_redirects_replies() {
 }
 
 #[test]
-fn quic_handshake_is_keyed_by_address_and_one_rtt_by_connection_id() {
+fn the_connection_id_joins_its_handshake_flow() {
     let t0 = origin();
     let mut m = quic_manager();
     let client = addr("192.0.2.1:1000");
     // Initial then Handshake (different DCIDs): one flow, the address's.
     let initial = [0xc0, 0, 0, 0, 1, 8, 9, 9, 9, 9, 9, 9, 9, 9, 0];
-    let hs = establish(&mut m, t0, client, &initial);
+    let flow = establish(&mut m, t0, client, &initial);
     let handshake = [0xe0, 0, 0, 0, 1, 4, 1, 2, 3, 4, 0];
-    assert_eq!(
-        m.handle_client_datagram(t0, client, &handshake),
-        ClientDecision::Forward {
-            flow: hs,
-            proxy_header: None
-        }
+    let forward = ClientDecision::Forward {
+        flow,
+        proxy_header: None,
+    };
+    assert_eq!(m.handle_client_datagram(t0, client, &handshake), forward);
+    // The first 1-RTT packet from that address joins the same flow: one
+    // upstream socket for the whole connection, no new SelectBackend.
+    assert_eq!(m.handle_client_datagram(t0, client, &short(0)), forward);
+    assert!(outputs(&mut m).is_empty(), "no new flow, no migration");
+    let cid = FlowKey::ConnectionId(ConnectionId::new(&CID).unwrap());
+    assert_eq!(m.flow_for_key(&FlowKey::Source(client)), Some(flow));
+    assert_eq!(m.flow_for_key(&cid), Some(flow));
+    assert_eq!(m.active_flows(), 1);
+
+    // A second connection from the same socket: its handshake shares the
+    // flow (same address), its connection ID gets a flow of its own.
+    let other_cid = [0x41, 5, 6, 7, 8, 0];
+    let d = m.handle_client_datagram(t0, client, &other_cid);
+    assert!(
+        matches!(d, ClientDecision::Queued { flow: f } if f != flow),
+        "{d:?}"
     );
-    // The 1-RTT phase is its own flow, found again from any address.
-    let one_rtt = establish(&mut m, t0, client, &short(0));
-    assert_ne!(hs, one_rtt);
-    assert_eq!(m.flow_for_key(&FlowKey::Source(client)), Some(hs));
+    outputs(&mut m);
+
+    // The client migrates: the flow follows, and leaves its old address.
+    let moved = addr("198.51.100.7:2000");
+    assert_eq!(m.handle_client_datagram(t0, moved, &short(1)), forward);
+    assert_eq!(migrations(&outputs(&mut m)), vec![flow]);
+    assert_eq!(m.flow_for_key(&cid), Some(flow));
+    assert_eq!(m.flow_for_key(&FlowKey::Source(client)), None);
     assert_eq!(
-        m.flow_for_key(&FlowKey::ConnectionId(ConnectionId::new(&CID).unwrap())),
-        Some(one_rtt)
+        m.handle_backend_datagram(t0, flow, b"r"),
+        BackendDecision::Return { dst: moved }
     );
-    // A long header from a new address is a new (handshake) flow, not a
-    // migration of either.
-    let other = addr("192.0.2.1:1001");
-    let d = m.handle_client_datagram(t0, other, &handshake);
-    assert!(matches!(d, ClientDecision::Queued { flow } if flow != hs && flow != one_rtt));
-    assert!(migrations(&outputs(&mut m)).is_empty());
-    assert_eq!(m.flow_client(hs), Some(client));
+    // A newcomer on the old address (a NAT reusing the port) is a new flow,
+    // never the migrated one.
+    let d = m.handle_client_datagram(t0, client, &initial);
+    assert!(
+        matches!(d, ClientDecision::Queued { flow: f } if f != flow),
+        "{d:?}"
+    );
+    assert_eq!(m.flow_client(flow), Some(moved));
 }
 
 #[test]
-fn quic_handshake_and_one_rtt_flows_get_the_same_affinity_hash() {
+fn closing_a_joined_flow_frees_both_keys() {
     let t0 = origin();
     let mut m = quic_manager();
     let client = addr("192.0.2.1:1000");
+    let flow = establish(&mut m, t0, client, &[0xc0, 0, 0, 0, 1, 0, 0]);
+    m.handle_client_datagram(t0, client, &short(0));
+    m.abort_flow(t0, flow, CloseReason::Aborted);
+    assert_eq!(m.active_flows(), 0);
+    assert_eq!(m.flow_for_key(&FlowKey::Source(client)), None);
+    assert_eq!(
+        m.flow_for_key(&FlowKey::ConnectionId(ConnectionId::new(&CID).unwrap())),
+        None
+    );
+    // Both keys admit afresh.
+    outputs(&mut m);
+    assert!(matches!(
+        m.handle_client_datagram(t0, client, &short(0)),
+        ClientDecision::Queued { .. }
+    ));
+}
+
+#[test]
+fn a_connection_id_from_an_unknown_address_gets_the_address_affinity() {
+    // Several workers: a migrated client can reach a worker that does not
+    // know its ID; the new flow is placed by the source IP, as its
+    // handshake was.
+    let t0 = origin();
+    let mut m = quic_manager();
     let hash_of = |out: Vec<Output>| {
         out.into_iter().find_map(|o| match o {
             Output::SelectBackend { affinity_hash, .. } => Some(affinity_hash),
             _ => None,
         })
     };
-    m.handle_client_datagram(t0, client, &[0xc0, 0, 0, 0, 1, 0, 0]);
+    m.handle_client_datagram(t0, addr("192.0.2.1:1000"), &[0xc0, 0, 0, 0, 1, 0, 0]);
     let handshake = hash_of(outputs(&mut m));
-    m.handle_client_datagram(t0, client, &short(0));
+    m.handle_client_datagram(t0, addr("192.0.2.1:1001"), &short(0));
     let one_rtt = hash_of(outputs(&mut m));
     assert!(handshake.is_some());
     assert_eq!(handshake, one_rtt, "SOURCE_IP affinity: one backend");
@@ -199,8 +243,17 @@ fn reconfiguring_the_key_applies_to_new_datagrams() {
     let mut c = cluster();
     c.quic_cid_length = Some(4);
     m.set_cluster(t0, Some(c));
-    // Now keyed by connection id: a new flow beside the old one.
-    let by_cid = establish(&mut m, t0, client, &short(1));
+    // Now keyed by connection id: from another address, a new flow …
+    let by_cid = establish(&mut m, t0, addr("192.0.2.2:1000"), &short(1));
     assert_ne!(by_source, by_cid);
     assert_eq!(m.active_flows(), 2);
+    // … and a new id from the first address joins that address's flow.
+    let d = m.handle_client_datagram(t0, client, &[0x41, 9, 9, 9, 9]);
+    assert_eq!(
+        d,
+        ClientDecision::Forward {
+            flow: by_source,
+            proxy_header: None
+        }
+    );
 }
