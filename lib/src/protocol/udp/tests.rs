@@ -1245,6 +1245,7 @@ mod properties {
             responses: u8,
             front_ms: u16,
             back_ms: u16,
+            quic: bool,
         },
         Drain,
         Abort(u8),
@@ -1278,6 +1279,7 @@ mod properties {
                     responses: u8::arbitrary(g) % 3,
                     front_ms: u16::arbitrary(g) % 8_000,
                     back_ms: u16::arbitrary(g) % 8_000,
+                    quic: bool::arbitrary(g),
                 },
                 17 => {
                     if u8::arbitrary(g) % 8 == 0 {
@@ -1379,7 +1381,15 @@ mod properties {
             match *step {
                 Step::Client { client, len } => {
                     let src = SocketAddr::new(addr("192.0.2.0:0").ip(), 1000 + u16::from(client));
-                    let payload = vec![1u8; usize::from(len) % 120];
+                    // A short header (a long one for some clients) whose
+                    // connection id, under QUIC keys, several clients share.
+                    let mut payload = vec![1u8; usize::from(len) % 120];
+                    if let Some(first) = payload.first_mut() {
+                        *first = if client & 4 != 0 { 0xc1 } else { 0x41 };
+                    }
+                    if let Some(id) = payload.get_mut(1) {
+                        *id = client % 3;
+                    }
                     match self.m.handle_client_datagram(self.now, src, &payload) {
                         ClientDecision::Forward { flow, .. } | ClientDecision::Queued { flow } => {
                             self.drain(None)?;
@@ -1422,8 +1432,11 @@ mod properties {
                     responses,
                     front_ms,
                     back_ms,
+                    quic,
                 } => {
                     let mut c = cluster();
+                    // QUIC keys: shared connection ids, joins, migrations.
+                    c.quic_cid_length = quic.then_some(2);
                     c.requests = NonZeroU32::new(u32::from(requests));
                     c.responses = NonZeroU32::new(u32::from(responses));
                     c.front_timeout = Some(Duration::from_millis(u64::from(front_ms)));
