@@ -670,6 +670,10 @@ pub struct UdpClusterKnobs {
     /// UDP: what identifies a flow [master default: source-address].
     #[arg(long = "flow-key", value_enum)]
     pub flow_key: Option<FlowKey>,
+    /// UDP, with --flow-key quic-connection-id: length of the connection ids
+    /// the backends issue, read from short-header packets [8].
+    #[arg(long = "quic-cid-length", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub quic_cid_length: Option<u32>,
     /// UDP health checks; any --health-* flag without this one means tcp.
     #[arg(long = "health-mode", value_enum)]
     pub health_mode: Option<HealthMode>,

@@ -96,6 +96,10 @@ pub struct ClusterConfig {
     pub health: Option<HealthConfig>,
     /// `keep_flows_on_backend_removal`.
     pub keep_flows_on_backend_removal: bool,
+    /// `flow_key`, e.g. `"QUIC_CONNECTION_ID"`; `None` leaves the default.
+    pub flow_key: Option<String>,
+    /// `quic_cid_length`; `None` leaves the default.
+    pub quic_cid_length: Option<u32>,
 }
 
 impl ClusterConfig {
@@ -113,6 +117,8 @@ impl ClusterConfig {
             proxy_protocol_every_datagram: false,
             health: None,
             keep_flows_on_backend_removal: false,
+            flow_key: None,
+            quic_cid_length: None,
         }
     }
 
@@ -250,6 +256,12 @@ impl SozuConfig {
                 "proxy_protocol_every_datagram = {}",
                 c.proxy_protocol_every_datagram
             );
+            if let Some(key) = &c.flow_key {
+                let _ = writeln!(t, "flow_key = {}", quoted(key));
+            }
+            if let Some(len) = c.quic_cid_length {
+                let _ = writeln!(t, "quic_cid_length = {len}");
+            }
             if let Some(h) = &c.health {
                 let _ = writeln!(t, "\n[clusters.{}.udp.health]", c.id);
                 let _ = writeln!(t, "mode = {}", quoted(&h.mode));

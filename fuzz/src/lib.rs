@@ -144,6 +144,8 @@ fn run<E: FlowKeyExtractor>(mut m: UdpFlowManager<E>, mut input: Bytes<'_>) {
                 c.back_timeout = Some(Duration::from_millis(u64::from(arg >> 4) * 300));
                 c.send_proxy_protocol = arg & 0x10 != 0;
                 c.proxy_protocol_every_datagram = arg & 0x20 != 0;
+                // QUIC connection-ID keys on the cluster (migrations).
+                c.quic_cid_length = (arg & 0x40 != 0).then_some((arg & 0x3) + 1);
                 m.set_cluster(now, (arg != 0xff).then_some(c));
             }
             9 => {

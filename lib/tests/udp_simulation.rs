@@ -434,6 +434,9 @@ impl Sim {
                 }
                 Output::Metric(MetricEvent::FlowEvicted { .. }) => self.evicted += 1,
                 Output::Metric(MetricEvent::FlowShed { .. }) | Output::Dropped { .. } => {}
+                Output::Metric(MetricEvent::FlowMigrated { flow }) => {
+                    return Err(format!("source-keyed flow {flow:?} migrated"));
+                }
                 Output::SelectBackend { flow, .. } => {
                     if self.flows.get(&flow).map(|f| f.phase) != Some(Phase::AwaitingBackend) {
                         return Err("SelectBackend for a flow not awaiting".into());

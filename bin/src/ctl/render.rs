@@ -487,10 +487,11 @@ fn cluster_text(out: &mut String, info: &ClusterInformation) {
 fn udp_knobs_text(out: &mut String, udp: &UdpClusterConfig) {
     let _ = writeln!(
         out,
-        "  udp: affinity_key={} flow_key={} responses={} requests={} \
+        "  udp: affinity_key={} flow_key={} quic_cid_length={} responses={} requests={} \
          send_proxy_protocol={} proxy_protocol_every_datagram={}",
         udp.affinity_key().as_str_name().to_ascii_lowercase(),
         udp.flow_key().as_str_name().to_ascii_lowercase(),
+        udp.quic_cid_length.unwrap_or(8),
         unlimited(udp.responses()),
         unlimited(udp.requests()),
         udp.send_proxy_protocol(),

@@ -729,6 +729,7 @@ fn udp_cluster_config(knobs: &UdpClusterKnobs) -> Option<UdpClusterConfig> {
             FlowKey::QuicConnectionId => UdpFlowKey::QuicConnectionId as i32,
         }),
         one_way: flag(knobs.one_way),
+        quic_cid_length: knobs.quic_cid_length,
     };
     (config != UdpClusterConfig::default()).then_some(config)
 }

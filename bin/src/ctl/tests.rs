@@ -101,6 +101,8 @@ fn cluster_add_sets_every_udp_knob_and_health() {
         "--one-way",
         "--flow-key",
         "quic-connection-id",
+        "--quic-cid-length",
+        "16",
         "--health-mode",
         "udp",
         "--health-tcp-port",
@@ -150,8 +152,28 @@ fn cluster_add_sets_every_udp_knob_and_health() {
             keep_flows_on_backend_removal: Some(true),
             flow_key: Some(1),
             one_way: Some(true),
+            quic_cid_length: Some(16),
         })
     );
+}
+
+#[test]
+fn quic_cid_length_out_of_range_is_refused_by_the_cli() {
+    for bad in ["0", "21"] {
+        let parsed = Cli::try_parse_from([
+            "sozu",
+            "cluster",
+            "add",
+            "-i",
+            "q",
+            "--flow-key",
+            "quic-connection-id",
+            "--quic-cid-length",
+            bad,
+        ]);
+        let err = parsed.expect_err(bad).to_string();
+        assert!(err.contains("--quic-cid-length"), "{err}");
+    }
 }
 
 #[test]

@@ -308,6 +308,9 @@ pub struct UdpClusterSettings {
     pub flow_key: UdpFlowKey,
     /// One-way datagrams: no flow, no return path (default false).
     pub one_way: bool,
+    /// With `flow_key = QUIC_CONNECTION_ID`: the length of the connection ids
+    /// read from short-header packets (1..=20, default 8).
+    pub quic_cid_length: u8,
     /// Present when `[clusters.<id>.udp.health]` exists.
     pub health: Option<UdpHealthSettings>,
 }

@@ -104,6 +104,7 @@ impl ClusterConfig {
             keep_flows_on_backend_removal: Some(u.keep_flows_on_backend_removal),
             flow_key: Some(u.flow_key as i32),
             one_way: Some(u.one_way),
+            quic_cid_length: Some(u32::from(u.quic_cid_length)),
         });
         order(RequestType::AddCluster(Cluster {
             cluster_id: self.cluster_id.clone(),

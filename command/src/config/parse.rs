@@ -781,6 +781,9 @@ fn parse_backend(
     })
 }
 
+/// The default `quic_cid_length` (quinn's and most stacks' server CID length).
+pub const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
+
 fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
     UdpClusterSettings {
         affinity_key: UdpAffinityKey::SourceIp,
@@ -795,6 +798,7 @@ fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
         keep_flows_on_backend_removal: false,
         flow_key: UdpFlowKey::SourceAddress,
         one_way: false,
+        quic_cid_length: DEFAULT_QUIC_CID_LENGTH,
         health: None,
     }
 }
@@ -839,6 +843,11 @@ fn parse_udp_cluster(
     if let Some(v) = table.get("flow_key") {
         let name = v.one_of(&["SOURCE_ADDRESS", "QUIC_CONNECTION_ID"])?;
         udp.flow_key = UdpFlowKey::from_str_name(name).ok_or_else(|| v.invalid("a flow key"))?;
+    }
+    if let Some(v) = table.get("quic_cid_length") {
+        let len = v.u32_between(1, 20)?;
+        udp.quic_cid_length =
+            u8::try_from(len).map_err(|_| v.invalid("an integer between 1 and 20"))?;
     }
     udp.health = match table.get("health") {
         Some(v) => Some(parse_health(&v)?),

@@ -308,6 +308,7 @@ fn cluster_backend_and_udp_defaults() {
             keep_flows_on_backend_removal: false,
             flow_key: crate::command::UdpFlowKey::SourceAddress,
             one_way: false,
+            quic_cid_length: 8,
             health: None,
         })
     );
@@ -349,6 +350,7 @@ max_pending_bytes = 1500
 keep_flows_on_backend_removal = true
 flow_key = "QUIC_CONNECTION_ID"
 one_way = true
+quic_cid_length = 20
 
 [clusters.dns.udp.health]
 mode = "UDP_PROBE"
@@ -377,6 +379,7 @@ probe_timeout_seconds = 1
     assert!(udp.keep_flows_on_backend_removal);
     assert_eq!(udp.flow_key, crate::command::UdpFlowKey::QuicConnectionId);
     assert!(udp.one_way);
+    assert_eq!(udp.quic_cid_length, 20);
     let health = udp.health.unwrap();
     assert_eq!(health.mode, crate::command::UdpHealthMode::UdpProbe);
     assert_eq!(health.tcp_port, Some(5300));
@@ -1207,4 +1210,28 @@ fn packaged_config_toml_loads() {
         Some(PathBuf::from("/var/lib/sozu/state.json"))
     );
     assert_eq!(c.clusters["dns"].protocol, ClusterProtocol::Udp);
+}
+
+#[test]
+fn quic_cid_length_is_one_to_twenty_and_reaches_the_order() {
+    for bad in ["0", "21", "-1", "\"8\""] {
+        let e = error(&format!(
+            "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"QUIC_CONNECTION_ID\"\nquic_cid_length = {bad}\n"
+        ));
+        assert!(e.contains("quic_cid_length"), "{bad}: {e}");
+    }
+    let c = load(&format!(
+        "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"QUIC_CONNECTION_ID\"\nquic_cid_length = 4\n"
+    ))
+    .unwrap();
+    let order = c.clusters["dns"].add_order();
+    let Some(crate::command::request::RequestType::AddCluster(cluster)) = order.request_type else {
+        panic!("not add_cluster: {order:?}");
+    };
+    let udp = cluster.udp.unwrap();
+    assert_eq!(udp.quic_cid_length, Some(4));
+    assert_eq!(
+        udp.flow_key,
+        Some(crate::command::UdpFlowKey::QuicConnectionId as i32)
+    );
 }

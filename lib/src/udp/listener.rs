@@ -960,6 +960,9 @@ impl UdpListener {
                 self.metrics.flow_shed(ctx.metrics);
                 cluster_flow_event(ctx.metrics, cluster.as_str(), names::FLOWS_SHED);
             }
+            Output::Metric(MetricEvent::FlowMigrated { .. }) => {
+                self.metrics.flow_migrated(ctx.metrics);
+            }
             Output::Dropped {
                 reason, datagrams, ..
             } => self.metrics.dropped(ctx.metrics, reason, datagrams),

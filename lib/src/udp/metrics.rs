@@ -71,6 +71,9 @@ pub const UPSTREAM_OPEN_FAILED: &str = "udp.upstream.open_failed";
 /// Name of the counter of flows aborted because the backend refused
 /// (ECONNREFUSED).
 pub const BACKEND_REFUSED: &str = "udp.backend.refused";
+/// Flows whose client moved to a new source address (QUIC connection-ID
+/// keys only).
+pub const FLOWS_MIGRATED: &str = "udp.flows.migrated";
 /// Name of the counter of health probes that failed.
 pub const PROBE_FAILED: &str = "udp.health.probe_failed";
 /// Name of the gauge of backends up (1) / down (0).
@@ -145,6 +148,7 @@ pub struct ListenerMetrics {
     created: Option<MetricHandle>,
     evicted: Option<MetricHandle>,
     shed: Option<MetricHandle>,
+    migrated: Option<MetricHandle>,
     active: Option<MetricHandle>,
     duration: Option<MetricHandle>,
     open_failed: Option<MetricHandle>,
@@ -171,6 +175,7 @@ impl ListenerMetrics {
             created: handle(registry, names::FLOWS_CREATED, scope.clone(), c),
             evicted: handle(registry, names::FLOWS_EVICTED, scope.clone(), c),
             shed: handle(registry, names::FLOWS_SHED, scope.clone(), c),
+            migrated: handle(registry, FLOWS_MIGRATED, scope.clone(), c),
             active: handle(
                 registry,
                 names::ACTIVE_FLOWS,
@@ -239,6 +244,11 @@ impl ListenerMetrics {
     /// A new source refused at `max_flows`.
     pub fn flow_shed(&self, registry: &mut MetricsRegistry) {
         count(registry, self.shed, 1);
+    }
+
+    /// A flow's client moved to a new source address.
+    pub fn flow_migrated(&self, registry: &mut MetricsRegistry) {
+        count(registry, self.migrated, 1);
     }
 
     /// An upstream socket could not be opened.

@@ -942,6 +942,42 @@ fn manager_config(
     Ok(manager)
 }
 
+/// The connection-ID length when the cluster keys flows by QUIC connection
+/// ID (`None`: source-address keys).
+pub(super) fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<u8>, UdpError> {
+    let quic = match udp.flow_key {
+        None => false,
+        Some(raw) => match command::UdpFlowKey::try_from(raw) {
+            Ok(command::UdpFlowKey::SourceAddress) => false,
+            Ok(command::UdpFlowKey::QuicConnectionId) => true,
+            Err(_) => {
+                return Err(UdpError::InvalidValue {
+                    field: "udp.flow_key",
+                    value: raw.to_string(),
+                    reason: "unknown flow key",
+                })
+            }
+        },
+    };
+    if !quic {
+        return Ok(None);
+    }
+    let raw = udp
+        .quic_cid_length
+        .unwrap_or(u32::from(DEFAULT_QUIC_CID_LENGTH));
+    match u8::try_from(raw) {
+        Ok(len) if (1..=core::MAX_CONNECTION_ID_LEN as u8).contains(&len) => Ok(Some(len)),
+        _ => Err(UdpError::InvalidValue {
+            field: "udp.quic_cid_length",
+            value: raw.to_string(),
+            reason: "a QUIC connection id is 1 to 20 bytes",
+        }),
+    }
+}
+
+/// The default `quic_cid_length` (quinn's and most stacks' server CID length).
+pub const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
+
 /// A cluster's UDP knobs as the core takes them.
 fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
     let mut config = core::ClusterConfig::new(core::ClusterId::new(&cluster.cluster_id));
@@ -976,14 +1012,7 @@ fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
             .max_pending_datagrams
             .and_then(|v| NonZeroUsize::new(v as usize));
         keep = udp.keep_flows_on_backend_removal.unwrap_or(false);
-        if let Some(raw) = udp.flow_key {
-            if command::UdpFlowKey::try_from(raw) == Ok(command::UdpFlowKey::QuicConnectionId) {
-                tracing::warn!(
-                    cluster = %cluster.cluster_id,
-                    "udp.flow_key = QUIC_CONNECTION_ID is not supported by this worker yet: flows are keyed by source address"
-                );
-            }
-        }
+        config.quic_cid_length = quic_cid_length(udp)?;
     }
     Ok(ClusterSettings {
         config,

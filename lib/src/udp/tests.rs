@@ -150,3 +150,41 @@ fn source_addresses_count_the_port_ranges_every_flow_can_use() {
         1
     );
 }
+
+#[test]
+fn quic_cid_length_of_an_order_is_checked_by_the_worker() {
+    use sozu_command_lib::command::{UdpClusterConfig, UdpFlowKey};
+
+    use super::shell::quic_cid_length;
+
+    let quic = |len: Option<u32>| UdpClusterConfig {
+        flow_key: Some(UdpFlowKey::QuicConnectionId as i32),
+        quic_cid_length: len,
+        ..Default::default()
+    };
+    assert_eq!(quic_cid_length(&quic(None)).ok(), Some(Some(8)));
+    assert_eq!(quic_cid_length(&quic(Some(1))).ok(), Some(Some(1)));
+    assert_eq!(quic_cid_length(&quic(Some(20))).ok(), Some(Some(20)));
+    for bad in [0, 21, 256, u32::MAX] {
+        let err = quic_cid_length(&quic(Some(bad))).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("udp.quic_cid_length") && text.contains(&bad.to_string()),
+            "{text}"
+        );
+    }
+    // Source-address keys ignore the length, whatever it says.
+    let plain = UdpClusterConfig {
+        quic_cid_length: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(quic_cid_length(&plain).ok(), Some(None));
+    let unknown = UdpClusterConfig {
+        flow_key: Some(99),
+        ..Default::default()
+    };
+    assert!(quic_cid_length(&unknown)
+        .expect_err("unknown key")
+        .to_string()
+        .contains("udp.flow_key"));
+}

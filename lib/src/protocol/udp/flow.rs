@@ -35,6 +35,9 @@ pub(crate) struct FlowKnobs {
 #[derive(Debug)]
 pub(crate) struct Flow {
     pub(crate) key: FlowKey,
+    /// A second key mapping to this flow: the QUIC connection ID joined to a
+    /// handshake flow keyed by address (see the manager's admission).
+    pub(crate) alias: Option<FlowKey>,
     pub(crate) generation: u32,
     pub(crate) client: SocketAddr,
     pub(crate) phase: Phase,

@@ -163,6 +163,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         let id = FlowId::new(entry.key(), generation);
         let flow = Flow {
             key: h.key,
+            alias: None,
             generation,
             client: h.client,
             phase: Phase::Established,

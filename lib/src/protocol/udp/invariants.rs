@@ -19,14 +19,18 @@ impl<E> UdpFlowManager<E> {
             let Some(flow) = flow else {
                 panic!("invariant: table key {key:?} names a dead flow {id:?}");
             };
-            assert_eq!(&flow.key, key, "invariant: table key and flow key differ");
+            assert!(
+                &flow.key == key || flow.alias.as_ref() == Some(key),
+                "invariant: table key {key:?} is neither the flow's key nor its alias"
+            );
         }
-        // … and no two keys on one flow: with every entry pointing at the flow
-        // holding that key, equal sizes make the mapping a bijection.
+        // … and no other keys: with every entry pointing at the flow holding
+        // that key, equal counts make the mapping a bijection.
+        let aliases = self.flows.iter().filter(|(_, f)| f.alias.is_some()).count();
         assert_eq!(
             self.table.len(),
-            self.flows.len(),
-            "invariant: table and slab sizes differ"
+            self.flows.len() + aliases,
+            "invariant: table size is not flows + aliases"
         );
         let mut live_timers = 0usize;
         for entry in self.timers.iter() {
@@ -64,6 +68,13 @@ impl<E> UdpFlowManager<E> {
                 Some(&id),
                 "invariant: every flow is reachable from its key"
             );
+            if let Some(alias) = &flow.alias {
+                assert_eq!(
+                    self.table.get(alias),
+                    Some(&id),
+                    "invariant: every flow is reachable from its alias"
+                );
+            }
             assert_eq!(
                 flow.phase == Phase::Established,
                 flow.backend.is_some(),

@@ -84,28 +84,30 @@ impl FlowKeyExtractor for SourceAddressExtractor {
     }
 }
 
-/// Keys QUIC 1-RTT datagrams by destination connection ID so a migrating
-/// client keeps its flow (and backend).
+/// Keys QUIC datagrams by destination connection ID so a migrating client
+/// keeps its flow (and backend and upstream socket).
 ///
-/// * Short-header packets (RFC 9000 §17.3) carry the connection ID the
-///   backend issued; its length is not on the wire, so it is configured
-///   (`short_header_cid_len`, as QUIC-LB deployments do). They are keyed by
-///   that ID: a client whose address changes (NAT rebinding, migration)
-///   stays on its flow, and replies follow its latest address.
-/// * Long-header packets (Initial, 0-RTT, Handshake, Retry: §17.2) are keyed
-///   by source address: their DCID is client-chosen at first and changes
-///   after the first round trip, while clients must not migrate before the
-///   handshake is confirmed (§9), so the address keeps the whole handshake on
-///   one flow.
-/// * Anything else (fixed bit clear, short header shorter than the CID) falls
-///   back to the source address, so non-QUIC clients still work.
+/// * Short-header packets (header form bit 0x80 clear, RFC 9000 §17.3) carry
+///   the connection ID the backend issued; its length is not on the wire, so
+///   it is configured (`short_header_cid_len`, as QUIC-LB deployments do).
+///   They are keyed by that ID: a client whose address changes (NAT
+///   rebinding, migration) stays on its flow, and replies follow its latest
+///   address. The fixed bit (0x40) is not checked: peers that negotiated
+///   `grease_quic_bit` (RFC 9287, quinn's default) clear it at random.
+/// * Long-header packets (0x80 set: Initial, 0-RTT, Handshake, Retry,
+///   Version Negotiation, §17.2) are keyed by source address: their DCID is
+///   client-chosen at first and changes after the first round trip, while
+///   servers drop handshake packets from a second address and clients must
+///   not migrate before the handshake is confirmed (§9), so the address
+///   keeps the whole handshake on one flow (one upstream port).
+/// * A short-header datagram shorter than `1 + short_header_cid_len` bytes,
+///   and an empty datagram, are not QUIC: rejected (dropped `Invalid`).
 ///
-/// Consequence: the handshake and the 1-RTT phase of one connection are two
-/// flows (two upstream sockets). The backend sees the 1-RTT packets arrive
-/// from a new port after its handshake is confirmed — a NAT rebinding it
-/// validates (§9.3) — and with the default `SOURCE_IP` affinity and a
-/// consistent policy (HRW, Maglev) both flows reach the same backend. A
-/// client switching to a new connection ID likewise starts a new flow.
+/// The manager joins the first connection ID seen from an address to that
+/// address's flow (the handshake's), so one connection is one flow and one
+/// upstream socket. A client switching to a new connection ID (as RFC 9000
+/// §9.5 asks on an active migration) starts a new flow, placed by the
+/// source-address affinity hash like the handshake was.
 /// Replies follow the latest source address seen with the ID, so an on-path
 /// observer who copies a connection ID can redirect replies (QUIC payloads
 /// stay encrypted; the backend's path validation sees the new path).
@@ -118,15 +120,16 @@ pub struct QuicConnectionIdExtractor {
 impl FlowKeyExtractor for QuicConnectionIdExtractor {
     fn flow_key(&self, src: SocketAddr, payload: &[u8]) -> Option<FlowKey> {
         let first = *payload.first()?;
-        // Long header (0x80) or not QUIC v1 (fixed bit 0x40 clear).
-        if first & 0x80 != 0 || first & 0x40 == 0 {
+        if first & 0x80 != 0 {
+            // Long header: the handshake stays on the client's address.
             return Some(FlowKey::Source(src));
         }
         let len = usize::from(self.short_header_cid_len);
-        match payload.get(1..1 + len).and_then(ConnectionId::new) {
-            Some(cid) if !cid.as_bytes().is_empty() => Some(FlowKey::ConnectionId(cid)),
-            _ => Some(FlowKey::Source(src)),
+        let cid = payload.get(1..1 + len).and_then(ConnectionId::new)?;
+        if cid.as_bytes().is_empty() {
+            return None;
         }
+        Some(FlowKey::ConnectionId(cid))
     }
 }
 
@@ -305,44 +308,78 @@ mod tests {
         );
     }
 
+    fn quic(len: u8) -> QuicConnectionIdExtractor {
+        QuicConnectionIdExtractor {
+            short_header_cid_len: len,
+        }
+    }
+
     #[test]
     fn quic_long_header_keys_by_source_address() {
-        let x = QuicConnectionIdExtractor {
-            short_header_cid_len: 4,
-        };
-        // Initial with DCID aa bb cc: keyed by address whatever the DCID.
-        let pkt = [0xc0, 0, 0, 0, 1, 3, 0xaa, 0xbb, 0xcc, 0];
+        let x = quic(4);
+        let src = addr("1.1.1.1:1");
+        // Initial (type 0) with DCID aa bb cc: keyed by address whatever the DCID.
+        let initial = [0xc0, 0, 0, 0, 1, 3, 0xaa, 0xbb, 0xcc, 0];
+        assert_eq!(x.flow_key(src, &initial), Some(FlowKey::Source(src)));
+        // Handshake (type 2) with the server-chosen DCID: the same flow.
+        let handshake = [0xe0, 0, 0, 0, 1, 4, 1, 2, 3, 4, 0];
+        assert_eq!(x.flow_key(src, &handshake), Some(FlowKey::Source(src)));
+        // Greased fixed bit on a long header: still the address.
         assert_eq!(
-            x.flow_key(addr("1.1.1.1:1"), &pkt),
-            Some(FlowKey::Source(addr("1.1.1.1:1")))
+            x.flow_key(src, &[0x80, 0, 0, 0, 1]),
+            Some(FlowKey::Source(src))
         );
         // Truncated long header: still the address, never a panic.
-        assert_eq!(
-            x.flow_key(addr("1.1.1.1:1"), &[0xc0]),
-            Some(FlowKey::Source(addr("1.1.1.1:1")))
-        );
+        assert_eq!(x.flow_key(src, &[0xc0]), Some(FlowKey::Source(src)));
+    }
+
+    #[test]
+    fn quic_version_negotiation_keys_by_source_address() {
+        // Version 0 marks Version Negotiation (RFC 9000 §17.2.1).
+        let x = quic(8);
+        let src = addr("[2001:db8::1]:4433");
+        let vn = [0x80, 0, 0, 0, 0, 1, 9, 1, 7, 0, 0, 0, 1];
+        assert_eq!(x.flow_key(src, &vn), Some(FlowKey::Source(src)));
     }
 
     #[test]
     fn quic_short_header_uses_configured_len() {
-        let x = QuicConnectionIdExtractor {
-            short_header_cid_len: 2,
-        };
+        let x = quic(2);
         let pkt = [0x40, 9, 8, 7, 6];
         let key = FlowKey::ConnectionId(ConnectionId::new(&[9, 8]).unwrap());
         assert_eq!(x.flow_key(addr("1.1.1.1:1"), &pkt), Some(key));
         // Same connection from a new address: same key.
         assert_eq!(x.flow_key(addr("2.2.2.2:2"), &pkt), Some(key));
-        // Shorter than the configured CID: the address.
+        // Greased fixed bit (RFC 9287): still the connection id.
+        assert_eq!(x.flow_key(addr("2.2.2.2:2"), &[0x00, 9, 8, 1]), Some(key));
+        // A different configured length reads a different id.
+        let eight = quic(8);
+        let pkt = [0x5f, 1, 2, 3, 4, 5, 6, 7, 8, 0xee, 0xee];
         assert_eq!(
-            x.flow_key(addr("1.1.1.1:1"), &[0x40, 9]),
-            Some(FlowKey::Source(addr("1.1.1.1:1")))
+            eight.flow_key(addr("1.1.1.1:1"), &pkt),
+            Some(FlowKey::ConnectionId(
+                ConnectionId::new(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap()
+            ))
         );
-        // Not QUIC (fixed bit clear): the address.
+        // The maximum length (20) reads up to the 21st byte.
+        let pkt: Vec<u8> = (0..21u8).collect();
         assert_eq!(
-            x.flow_key(addr("1.1.1.1:1"), &[0x00, 1, 2]),
-            Some(FlowKey::Source(addr("1.1.1.1:1")))
+            quic(20).flow_key(addr("1.1.1.1:1"), &pkt),
+            Some(FlowKey::ConnectionId(ConnectionId::new(&pkt[1..]).unwrap()))
         );
-        assert_eq!(x.flow_key(addr("1.1.1.1:1"), &[]), None);
+    }
+
+    #[test]
+    fn quic_too_short_or_empty_is_rejected() {
+        let x = quic(8);
+        let src = addr("1.1.1.1:1");
+        assert_eq!(x.flow_key(src, &[]), None);
+        // A short header with fewer than 8 CID bytes is not QUIC.
+        assert_eq!(x.flow_key(src, &[0x40, 1, 2, 3, 4, 5, 6, 7]), None);
+        assert_eq!(x.flow_key(src, &[0x40]), None);
+        // A configured length of 0 (refused by configuration) never keys.
+        assert_eq!(quic(0).flow_key(src, &[0x40, 1, 2]), None);
+        // Longer than 20 (refused by configuration) never panics.
+        assert_eq!(quic(21).flow_key(src, &[0x40; 30]), None);
     }
 }

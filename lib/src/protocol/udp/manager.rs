@@ -17,7 +17,10 @@ use tracing::{debug, trace};
 
 use super::{
     flow::{Flow, FlowKnobs},
-    key::{affinity_hash, FlowKey, FlowKeyExtractor, SeededState, SourceAddressExtractor},
+    key::{
+        affinity_hash, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor, SeededState,
+        SourceAddressExtractor,
+    },
     timers::{TimerEntry, TimerQueue},
     types::{
         BackendDecision, BackendId, ClientDecision, CloseReason, ClusterConfig, ClusterId,
@@ -113,11 +116,21 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             return self.on_one_way_datagram(cluster, src, payload);
         }
         // 3. a key
-        let Some(key) = self.extractor.flow_key(src, payload) else {
+        let key = match self.cluster.as_ref().and_then(|c| c.quic_cid_length) {
+            Some(len) => QuicConnectionIdExtractor {
+                short_header_cid_len: len,
+            }
+            .flow_key(src, payload),
+            None => self.extractor.flow_key(src, payload),
+        };
+        let Some(key) = key else {
             return ClientDecision::Dropped(DropReason::Invalid);
         };
-        // 4. sticky
+        // 4. sticky (a new connection ID joins its address's handshake flow)
         if let Some(&id) = self.table.get(&key) {
+            return self.on_tracked_client_datagram(now, id, src, payload);
+        }
+        if let Some(id) = self.join_handshake_flow(key, src) {
             return self.on_tracked_client_datagram(now, id, src, payload);
         }
         // 5. shed
@@ -137,6 +150,25 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         self.admit(now, key, src, payload)
     }
 
+    /// A QUIC connection ID seen for the first time, from an address whose
+    /// flow (the connection's handshake, keyed by address) has no connection
+    /// ID yet: the ID becomes that flow's second key, so the whole
+    /// connection keeps one flow and one upstream socket.
+    fn join_handshake_flow(&mut self, key: FlowKey, src: SocketAddr) -> Option<FlowId> {
+        if !matches!(key, FlowKey::ConnectionId(_)) {
+            return None;
+        }
+        let id = *self.table.get(&FlowKey::Source(src))?;
+        let flow = self.flows.get_mut(id.slot())?;
+        if flow.alias.is_some() || flow.key != FlowKey::Source(src) {
+            return None;
+        }
+        flow.alias = Some(key);
+        self.table.insert(key, id);
+        trace!(flow = %id, "connection id joined its handshake flow");
+        Some(id)
+    }
+
     fn on_tracked_client_datagram(
         &mut self,
         now: Instant,
@@ -149,8 +181,25 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             // The table only names live flows (checked invariant).
             return ClientDecision::Dropped(DropReason::UnknownFlow);
         };
-        // A QUIC-keyed flow follows its client's migrations.
-        flow.client = src;
+        // A connection-ID keyed flow follows its client's migrations.
+        if flow.client != src {
+            debug!(flow = %id, from = %flow.client, to = %src, "udp flow migrated");
+            flow.client = src;
+            // A joined flow leaves its old address: from now on only its
+            // connection ID names it (a new client reusing that address
+            // starts a flow of its own).
+            if let Some(alias) = flow.alias.take() {
+                let old = std::mem::replace(&mut flow.key, alias);
+                if self.table.get(&old) == Some(&id) {
+                    self.table.remove(&old);
+                }
+            }
+            self.outputs
+                .push_back(Output::Metric(MetricEvent::FlowMigrated { flow: id }));
+        }
+        let Some(flow) = self.flows.get_mut(id.slot()) else {
+            return ClientDecision::Dropped(DropReason::UnknownFlow);
+        };
         match flow.phase {
             Phase::AwaitingBackend => {
                 let evicted = flow.enqueue(payload);
@@ -219,6 +268,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         let id = FlowId::new(entry.key(), generation);
         let mut flow = Flow {
             key,
+            alias: None,
             generation,
             client: src,
             phase: Phase::AwaitingBackend,
@@ -614,8 +664,10 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             return;
         }
         let mut flow = self.flows.remove(id.slot());
-        if self.table.get(&flow.key) == Some(&id) {
-            self.table.remove(&flow.key);
+        for key in std::iter::once(flow.key).chain(flow.alias) {
+            if self.table.get(&key) == Some(&id) {
+                self.table.remove(&key);
+            }
         }
         if !flow.pending.is_empty() {
             let datagrams = flow.pending.len() as u32;

@@ -38,7 +38,7 @@
 //!     Transmit { via, dst, proxy_header, payload } => send (header, payload) on
 //!         `via`; a Transmit via Upstream counts as udp.datagrams.in / bytes.in
 //!         (payload.len(), header excluded);
-//!     Metric(FlowCreated | FlowEvicted | FlowShed) => udp.flows.* counters;
+//!     Metric(FlowCreated | FlowEvicted | FlowShed | FlowMigrated) => udp.flows.* counters;
 //!     Dropped { reason, datagrams, .. } => udp.datagrams.dropped{reason} += datagrams;
 //!     CloseFlow { flow, reason, record } => deregister and close the upstream
 //!         socket, forget `flow`, write the access log line from `record`;

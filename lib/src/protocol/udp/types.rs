@@ -152,6 +152,10 @@ pub struct ClusterConfig {
     /// return path. Applies to each datagram as it arrives (there is no
     /// flow to capture it).
     pub one_way: bool,
+    /// `Some(len)`: flows are keyed by QUIC connection ID
+    /// ([`super::QuicConnectionIdExtractor`] with short-header IDs of `len`
+    /// bytes) instead of the manager's own extractor (`None`).
+    pub quic_cid_length: Option<u8>,
 }
 
 impl ClusterConfig {
@@ -169,6 +173,7 @@ impl ClusterConfig {
             proxy_protocol_every_datagram: false,
             max_pending_datagrams: None,
             one_way: false,
+            quic_cid_length: None,
         }
     }
 }
@@ -406,6 +411,13 @@ pub enum MetricEvent {
     FlowShed {
         /// The cluster it would have joined.
         cluster: ClusterId,
+    },
+    /// A tracked flow's client datagram came from a new source address
+    /// (`udp.flows.migrated`): replies now go there. Only connection-ID
+    /// keyed flows can migrate.
+    FlowMigrated {
+        /// The flow.
+        flow: FlowId,
     },
 }
 
