@@ -815,3 +815,98 @@ fn configure_metrics_reaches_every_worker_and_is_replayed_to_a_new_one() {
     assert!(answer.message.contains('9'), "{answer:?}");
     assert!(nothing_pending(&mut w0));
 }
+
+/// A fake worker whose raw stream is also kept, to write frames the typed
+/// channel would refuse to send.
+fn add_worker_with_raw(master: &mut Master, id: u32) -> (FakeWorker, UnixStream) {
+    let worker = add_worker(master, id);
+    let raw = worker_stream(&worker);
+    (worker, raw)
+}
+
+fn worker_stream(worker: &FakeWorker) -> UnixStream {
+    use std::os::fd::AsFd;
+    UnixStream::from(worker.as_fd().try_clone_to_owned().unwrap())
+}
+
+/// The master ↔ worker frame bound (doc/security.md): a worker's answer of
+/// exactly the channel's maximum is read; a frame declaring one byte more
+/// closes that worker's channel only (it is restarted), and the master
+/// goes on answering its clients.
+#[test]
+fn a_worker_frame_at_the_bound_is_read_and_one_byte_over_closes_only_that_worker() {
+    use prost::Message;
+    use std::io::Write;
+    const LIMIT: usize = 1 << 20; // add_worker's channel maximum
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    // The real bound: 16 MiB at least, whatever max_command_buffer_size.
+    assert_eq!(super::worker_channel_max(&master.config), 16 * 1024 * 1024);
+    let (mut w0, mut raw) = add_worker_with_raw(&mut master, 0);
+    let (token, mut client) = add_client(&mut master);
+
+    send(&mut master, token, cluster("dns"));
+    let pending = next_order(&mut w0);
+    let answer = |n: usize| WorkerResponse {
+        id: pending.id.clone(),
+        status: ResponseStatus::Ok as i32,
+        message: "x".repeat(n),
+        content: None,
+    };
+    let mut n = LIMIT - 64;
+    while 8 + answer(n).encoded_len() < LIMIT {
+        n += 1;
+    }
+    let full = answer(n);
+    assert_eq!(
+        8 + full.encoded_len(),
+        LIMIT,
+        "a frame of exactly the bound"
+    );
+    let mut frame = (LIMIT as u64).to_le_bytes().to_vec();
+    frame.extend(full.encode_to_vec());
+    // The socket buffer is smaller than the frame: a thread writes while
+    // the master reads (bounded: 10,000 rounds of 1 ms).
+    let mut writer_stream = raw.try_clone().unwrap();
+    let writer = std::thread::spawn(move || writer_stream.write_all(&frame));
+    let mut answered = None;
+    for _ in 0..10_000 {
+        master.read_worker(0, now());
+        client.set_blocking(false).unwrap();
+        if let Ok(Some(response)) = client.try_read_message() {
+            answered = Some(response);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writer.join().unwrap().unwrap();
+    let answered = answered.expect("the order's answer after a frame at the bound");
+    assert_eq!(
+        answered.status(),
+        ResponseStatus::Ok,
+        "{}",
+        answered.message
+    );
+    assert!(!master.workers[&0].channel_closed);
+
+    // One byte over: refused on the declared length, before any allocation.
+    raw.write_all(&((LIMIT as u64) + 1).to_le_bytes()).unwrap();
+    master.read_worker(0, now());
+    assert!(
+        master
+            .workers
+            .get(&0)
+            .is_none_or(|w| w.channel_closed || w.pid.as_raw() != NO_SUCH_PID),
+        "the worker's channel is closed (or the slot already restarted)"
+    );
+    // The master still serves its clients.
+    client.set_blocking(true).unwrap();
+    send(
+        &mut master,
+        token,
+        order(RequestType::Status(Default::default())),
+    );
+    let status = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(status.status(), ResponseStatus::Ok, "{}", status.message);
+}
