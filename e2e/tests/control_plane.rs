@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sozu_command_lib::command::RunState;
+use sozu_command_lib::command::request::RequestType;
+use sozu_command_lib::command::{ResponseStatus, RunState, UpdateUdpListenerConfig};
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::wait::{wait_for, wait_until};
 use sozu_e2e::{ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
@@ -122,7 +123,23 @@ fn a_refused_listener_update_changes_nothing_even_after_a_worker_restart() {
         "--max-rx-datagram-size",
         "65535",
     ]);
-    assert_fails(&refused, "max_rx_datagram_size");
+    // The CLI knows the range (exit 2, nothing sent)...
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("1..=65507"), "{}", refused.stderr);
+    // ...and the master refuses the same order from any other client.
+    let answer = sozu
+        .request(RequestType::UpdateUdpListener(UpdateUdpListenerConfig {
+            address: frontend.into(),
+            max_rx_datagram_size: Some(65_535),
+            ..Default::default()
+        }))
+        .expect("an answer");
+    assert_eq!(answer.status(), ResponseStatus::Failure, "{answer:?}");
+    assert!(
+        answer.message.contains("max_rx_datagram_size"),
+        "{}",
+        answer.message
+    );
     let listed = sozu.cli_ok(&["--json", "udp", "listener", "list"]).stdout;
     assert!(!listed.contains("65535"), "{listed}");
     assert!(listed.contains("1500"), "{listed}");
