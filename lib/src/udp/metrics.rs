@@ -215,6 +215,18 @@ impl ListenerMetrics {
         self.shell_dropped_many(registry, reason, 1);
     }
 
+    /// Datagrams dropped by the shell for `reason` so far (tests).
+    #[cfg(test)]
+    pub fn shell_drop_count(&self, registry: &MetricsRegistry, reason: ShellDrop) -> i64 {
+        let i = ShellDrop::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.shell_drops[i]
+            .and_then(|handle| registry.counter(handle))
+            .unwrap_or(0)
+    }
+
     /// `n` datagrams dropped by the shell for one reason.
     pub fn shell_dropped_many(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
         let i = ShellDrop::ALL

@@ -166,12 +166,26 @@ pub(super) fn flush_batch(
             }
         }
     }
-    for i in sent..batch.len() {
+    queue_unsent(batch, sent, overflow, metrics, ctx.metrics);
+    batch.clear();
+}
+
+/// Queues the batch's datagrams from `first` on (the socket did not take
+/// them) behind the listener's overflow queue, up to
+/// [`MAX_LISTENER_QUEUE`]; the newer ones are dropped, counted `queue_full`.
+fn queue_unsent(
+    batch: &SendBatch,
+    first: usize,
+    overflow: &mut VecDeque<QueuedReturn>,
+    metrics: &ListenerMetrics,
+    registry: &mut crate::metrics::MetricsRegistry,
+) {
+    for i in first..batch.len() {
         let Some((payload, dst, local)) = batch.committed(i) else {
             continue;
         };
         if overflow.len() >= MAX_LISTENER_QUEUE {
-            metrics.shell_dropped(ctx.metrics, ShellDrop::QueueFull);
+            metrics.shell_dropped(registry, ShellDrop::QueueFull);
             continue;
         }
         overflow.push_back(QueuedReturn {
@@ -180,12 +194,52 @@ pub(super) fn flush_batch(
             payload: payload.to_vec(),
         });
     }
-    batch.clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fills the listener's overflow queue to [`MAX_LISTENER_QUEUE`], as
+    /// when `sendmmsg` stops taking datagrams (a socket that would block
+    /// cannot be made on loopback, so this starts where `flush_batch` does
+    /// after the socket refused a whole batch): order kept, the newer ones
+    /// dropped and counted `queue_full`, each exactly once.
+    #[test]
+    fn the_listener_overflow_queue_stops_at_its_bound_and_counts_the_rest() {
+        let mut registry = crate::metrics::MetricsRegistry::new();
+        let metrics = ListenerMetrics::register(&mut registry, "127.0.0.1:5353".parse().unwrap());
+        let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mut overflow = VecDeque::new();
+        let mut batch = SendBatch::new(64);
+        let total = MAX_LISTENER_QUEUE + 100;
+        let mut next = 0;
+        while next < total {
+            while next < total && !batch.is_full() {
+                let payload = format!("r{next}");
+                let slot = batch.slot().unwrap();
+                slot[..payload.len()].copy_from_slice(payload.as_bytes());
+                batch.commit(payload.len(), client, None);
+                next += 1;
+            }
+            queue_unsent(&batch, 0, &mut overflow, &metrics, &mut registry);
+            batch.clear();
+        }
+        assert_eq!(overflow.len(), MAX_LISTENER_QUEUE);
+        assert_eq!(
+            overflow.front().map(|q| q.payload.as_slice()),
+            Some(&b"r0"[..])
+        );
+        let last = format!("r{}", MAX_LISTENER_QUEUE - 1);
+        assert_eq!(
+            overflow.back().map(|q| q.payload.as_slice()),
+            Some(last.as_bytes())
+        );
+        assert_eq!(
+            metrics.shell_drop_count(&registry, ShellDrop::QueueFull),
+            100
+        );
+    }
 
     /// Fills a flow's write queue to [`MAX_UPSTREAM_QUEUE`]: once a
     /// datagram waits, later ones queue behind it (order kept) up to the
