@@ -55,6 +55,27 @@ pub struct Gathered<P> {
 }
 
 impl<P> Gathered<P> {
+    /// Splits off the purpose, so whoever it names gets the answers alone.
+    pub fn into_parts(self) -> (P, Gathered<()>) {
+        let Gathered {
+            id,
+            purpose,
+            succeeded,
+            failures,
+            contents,
+            timed_out,
+        } = self;
+        let answers = Gathered {
+            id,
+            purpose: (),
+            succeeded,
+            failures,
+            contents,
+            timed_out,
+        };
+        (purpose, answers)
+    }
+
     /// Whether every worker succeeded.
     pub fn is_ok(&self) -> bool {
         self.failures.is_empty()

@@ -912,51 +912,20 @@ impl Master {
 
     /// Routes a finished order to whoever waits for it.
     fn on_gathered(&mut self, gathered: Gathered<Purpose>, now: Instant) {
-        let Gathered {
-            id,
-            purpose,
-            succeeded,
-            failures,
-            contents,
-            timed_out,
-        } = gathered;
+        let (purpose, gathered) = gathered.into_parts();
         match purpose {
             Purpose::Client(order) => {
-                let gathered = Gathered {
-                    id,
-                    purpose: (),
-                    succeeded,
-                    failures,
-                    contents,
-                    timed_out,
-                };
                 self.finish_client_order(order, gathered, now);
             }
             Purpose::WorkerBoot { worker } => {
-                let gathered = Gathered {
-                    id,
-                    purpose: (),
-                    succeeded,
-                    failures,
-                    contents,
-                    timed_out,
-                };
                 self.on_worker_booted(worker, gathered, now);
             }
             Purpose::Heartbeat => {}
             Purpose::Scrape { client } => {
-                let gathered = Gathered {
-                    id,
-                    purpose: (),
-                    succeeded,
-                    failures,
-                    contents,
-                    timed_out,
-                };
                 self.on_scrape_gathered(client, gathered);
             }
             Purpose::StopForward => {
-                for (worker, failure) in &failures {
+                for (worker, failure) in &gathered.failures {
                     // A worker may exit without answering: that is a stop too.
                     if *failure != gather::WorkerFailure::Gone {
                         tracing::warn!(worker, %failure, "worker did not acknowledge the stop");
@@ -964,36 +933,12 @@ impl Master {
                 }
             }
             Purpose::Change(change) => {
-                let gathered = Gathered {
-                    id,
-                    purpose: (),
-                    succeeded,
-                    failures,
-                    contents,
-                    timed_out,
-                };
                 self.finish_change(*change, gathered, now);
             }
             Purpose::Repair { name } => {
-                let gathered = Gathered {
-                    id,
-                    purpose: (),
-                    succeeded,
-                    failures,
-                    contents,
-                    timed_out,
-                };
                 self.finish_repair(name, gathered, now);
             }
             Purpose::Upgrade(step) => {
-                let gathered = Gathered {
-                    id,
-                    purpose: (),
-                    succeeded,
-                    failures,
-                    contents,
-                    timed_out,
-                };
                 upgrade::on_step_done(self, step, gathered, now);
             }
         }
