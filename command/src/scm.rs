@@ -1,5 +1,7 @@
 //! File-descriptor passing (`SCM_RIGHTS`) for upgrades: a batch of listening
-//! sockets travels with a manifest naming the listener each one belongs to.
+//! sockets travels with a manifest naming the listener each one belongs to,
+//! and the upstream sockets of handed-over UDP flows with a
+//! [`FlowManifest`] describing each flow (the same sequence).
 //!
 //! Owns the byte sequence on a dedicated Unix stream socket ([`ScmSocket`]),
 //! never the framed [`crate::channel::Channel`]'s socket: a channel buffers
@@ -7,7 +9,8 @@
 //! (see `doc/protocol.md`), all integers little-endian:
 //!
 //! 1. the manifest as one frame: `u64` length counting itself, then the
-//!    protobuf [`ListenSocketManifest`] (no fds attached);
+//!    protobuf [`ListenSocketManifest`] or [`FlowManifest`] (no fds
+//!    attached);
 //! 2. for each batch of at most [`MAX_FDS_PER_MESSAGE`] fds, in manifest
 //!    order: an 8-byte record `u32 kind = 1`, `u32 count`, sent with one
 //!    `sendmsg` carrying exactly `count` fds as `SCM_RIGHTS`;
@@ -39,7 +42,7 @@ use nix::{
 use prost::Message;
 
 use crate::{
-    command::{ListenSocketEntry, ListenSocketManifest, ListenerType},
+    command::{FlowManifest, ListenSocketEntry, ListenSocketManifest, ListenerType},
     proto::convert::AddressError,
 };
 
@@ -54,6 +57,28 @@ const SCM_MAX_FD: usize = 253;
 
 /// Default bound on the manifest frame ([`ScmSocket::receive_listen_sockets`]).
 pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 1024 * 1024;
+
+/// Default bound on a flow manifest frame ([`ScmSocket::receive_flows`]):
+/// about 150 bytes per flow, room for several hundred thousand flows.
+pub const DEFAULT_MAX_FLOW_MANIFEST_SIZE: usize = 64 * 1024 * 1024;
+
+/// A manifest that names exactly one passed fd per entry, in order.
+pub trait FdManifest: Message + Default {
+    /// How many fds the manifest names.
+    fn fd_count(&self) -> usize;
+}
+
+impl FdManifest for ListenSocketManifest {
+    fn fd_count(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl FdManifest for FlowManifest {
+    fn fd_count(&self) -> usize {
+        self.flows.len()
+    }
+}
 
 const RECORD_LEN: usize = 8;
 const RECORD_BATCH: u32 = 1;
@@ -83,7 +108,7 @@ pub enum ScmError {
     /// The manifest frame declares a length outside `8..=max`.
     #[error("manifest frame length {len} outside 8..={max}")]
     BadManifestLength { len: u64, max: usize },
-    /// The manifest bytes are not a `ListenSocketManifest`.
+    /// The manifest bytes are not the expected manifest message.
     #[error("undecodable manifest")]
     Decode {
         #[source]
@@ -212,11 +237,39 @@ impl ScmSocket {
         self.send_unchecked(manifest, fds)
     }
 
+    /// Sends the upstream sockets of handed-over flows with their manifest
+    /// (entry `i` describes `fds[i]`), in the same sequence as listening
+    /// sockets. Refused before sending anything if the counts differ.
+    pub fn send_flows(
+        &self,
+        manifest: &FlowManifest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ScmError> {
+        if manifest.flows.len() != fds.len() {
+            return Err(ScmError::ManifestMismatch {
+                manifest: manifest.flows.len(),
+                fds: fds.len(),
+                direction: "given",
+            });
+        }
+        self.send_unchecked(manifest, fds)
+    }
+
+    /// Receives one sequence sent by [`Self::send_flows`]: the manifest and
+    /// its fds in order (`fds.len() == manifest.flows.len()`). On any error
+    /// every fd received so far is closed.
+    pub fn receive_flows(
+        &self,
+        max_manifest_size: usize,
+    ) -> Result<(FlowManifest, Vec<OwnedFd>), ScmError> {
+        self.receive_sequence(max_manifest_size)
+    }
+
     /// The send sequence without the count check (tests use it to play a
     /// misbehaving peer).
-    fn send_unchecked(
+    fn send_unchecked<M: FdManifest>(
         &self,
-        manifest: &ListenSocketManifest,
+        manifest: &M,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ScmError> {
         let mut frame = ((manifest.encoded_len() + FRAME_HEADER_LEN) as u64)
@@ -267,9 +320,18 @@ impl ScmSocket {
         &self,
         max_manifest_size: usize,
     ) -> Result<Vec<ListenSocket>, ScmError> {
+        let (manifest, fds) = self.receive_sequence::<ListenSocketManifest>(max_manifest_size)?;
+        pair_with_manifest(manifest, fds)
+    }
+
+    /// Receives a manifest and the fds it names, checking every record.
+    fn receive_sequence<M: FdManifest>(
+        &self,
+        max_manifest_size: usize,
+    ) -> Result<(M, Vec<OwnedFd>), ScmError> {
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let manifest = self.receive_manifest(max_manifest_size, &mut fds)?;
-        let expected = manifest.entries.len();
+        let manifest: M = self.receive_manifest(max_manifest_size, &mut fds)?;
+        let expected = manifest.fd_count();
         loop {
             let mut header = [0u8; RECORD_LEN];
             let before = fds.len();
@@ -320,14 +382,14 @@ impl ScmSocket {
                 direction: "received",
             });
         }
-        pair_with_manifest(manifest, fds)
+        Ok((manifest, fds))
     }
 
-    fn receive_manifest(
+    fn receive_manifest<M: FdManifest>(
         &self,
         max_manifest_size: usize,
         fds: &mut Vec<OwnedFd>,
-    ) -> Result<ListenSocketManifest, ScmError> {
+    ) -> Result<M, ScmError> {
         let mut header = [0u8; FRAME_HEADER_LEN];
         self.receive_exact(&mut header, fds)?;
         let len = u64::from_le_bytes(header);
@@ -345,7 +407,7 @@ impl ScmSocket {
                 reason: "fds attached to the manifest",
             });
         }
-        ListenSocketManifest::decode(body.as_slice()).map_err(|source| ScmError::Decode { source })
+        M::decode(body.as_slice()).map_err(|source| ScmError::Decode { source })
     }
 
     /// Fills `buf` exactly, taking ownership of every fd that arrives.

@@ -72,6 +72,7 @@ fn adopt_listen_sockets_order_receives_the_fds_and_the_listener_uses_them() {
     };
     let id = worker.send(RequestType::AdoptListenSockets(AdoptListenSockets {
         manifest: manifest.clone(),
+        flows_follow: None,
     }));
     worker
         .scm

@@ -337,6 +337,7 @@ fn adopt_order(manifest: ListenSocketManifest) -> Request {
     Request {
         request_type: Some(RequestType::AdoptListenSockets(AdoptListenSockets {
             manifest,
+            flows_follow: None,
         })),
     }
 }

@@ -13,6 +13,7 @@
 mod clients;
 mod command_socket;
 mod describe;
+mod flow_handover;
 mod gather;
 mod lifecycle;
 mod listen_sockets;
@@ -780,9 +781,19 @@ impl Master {
         let order = self
             .gather
             .open(purpose, now, Some(self.config.worker_timeout));
-        let mut requests = prelude;
+        // `adopt_flows` (a flow handover) ends the boot, after the state:
+        // the listeners it fills exist by then.
+        let (postlude, mut requests): (Vec<_>, Vec<_>) = prelude.into_iter().partition(|r| {
+            matches!(
+                r.request_type,
+                Some(sozu_command_lib::command::request::RequestType::AdoptFlows(
+                    _
+                ))
+            )
+        });
         requests.extend(self.state.generate_requests());
         requests.extend(self.sozu.boot_orders());
+        requests.extend(postlude);
         requests.push(sozu_command_lib::command::Request {
             request_type: Some(sozu_command_lib::command::request::RequestType::Status(
                 sozu_command_lib::command::Status {},

@@ -220,7 +220,10 @@ impl Master {
                 audit(peer, name, "accepted", &format!("upgrade worker {id}"));
                 super::upgrade::begin_worker(self, token, id, now);
             }
-            RequestType::ReturnListenSockets(_) | RequestType::AdoptListenSockets(_) => {
+            RequestType::ReturnListenSockets(_)
+            | RequestType::AdoptListenSockets(_)
+            | RequestType::ReturnFlows(_)
+            | RequestType::AdoptFlows(_) => {
                 self.answer(
                     token,
                     failure(format!(

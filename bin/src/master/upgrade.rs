@@ -16,11 +16,9 @@
 //! number is passed as `--upgrade-fd`. The new master rebuilds its tables
 //! from it and answers the client that asked.
 //!
-//! Extension point for live flows: a future `return_flows` step would sit
-//! between "sockets returned" and "new worker booted": the old worker would
-//! send its flow table (as a manifest message) and each flow's upstream
-//! socket on the same fd-passing socket, and the new worker would adopt them
-//! like listeners. See doc/architecture.md.
+//! Live flows: between "sockets returned" and "new worker booted" the old
+//! worker passes its UDP flows (`return_flows`), and the new worker adopts
+//! them before it reads any listener (`flow_handover.rs`, doc/udp.md).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -37,14 +35,14 @@ use serde::{Deserialize, Serialize};
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
-    AdoptListenSockets, ListenSocketManifest, Request, ResponseStatus, ReturnListenSockets,
-    RunState, SoftStop,
+    ListenSocketManifest, Request, ResponseStatus, ReturnListenSockets, RunState, SoftStop,
 };
 use sozu_command_lib::config::Config;
 use sozu_command_lib::scm::{ListenSocket, ScmSocket, DEFAULT_MAX_MANIFEST_SIZE};
 use sozu_command_lib::state::ConfigState;
 
 use super::clients::{response, Client, ClientChannel};
+use super::flow_handover::{self, HeldFlows};
 use super::gather::Gathered;
 use super::orders::audit;
 use super::workers::{clear_cloexec, set_cloexec, Worker, WorkerChannel};
@@ -55,6 +53,10 @@ use super::{command_socket, worker_channel_max, Master, Phase, Purpose};
 pub(crate) enum Step {
     /// The old worker was asked for its listening sockets.
     ReturnSockets { old: u32 },
+    /// The old worker was asked for its live flows.
+    ReturnFlows { old: u32 },
+    /// The new worker failed: the old one gets its flows back.
+    GiveBack { old: u32 },
     /// The new worker received the sockets, the state and a status.
     BootNew { old: u32, new: u32 },
 }
@@ -64,6 +66,11 @@ pub(crate) enum Step {
 pub(crate) struct WorkerUpgrade {
     client: Token,
     old: u32,
+    /// The listening sockets returned by the old worker, until the new
+    /// worker is started with them.
+    sockets: Option<(ListenSocketManifest, Vec<ListenSocket>)>,
+    /// The flows handed over, held until the new worker is booted.
+    flows: HeldFlows,
 }
 
 /// `upgrade_worker N` from client `token`.
@@ -89,7 +96,12 @@ pub(super) fn begin_worker(master: &mut Master, token: Token, old: u32, now: Ins
         );
         return;
     }
-    master.upgrade = Some(WorkerUpgrade { client: token, old });
+    master.upgrade = Some(WorkerUpgrade {
+        client: token,
+        old,
+        sockets: None,
+        flows: HeldFlows::default(),
+    });
     let order = master.gather.open(
         Purpose::Upgrade(Step::ReturnSockets { old }),
         now,
@@ -116,7 +128,20 @@ pub(super) fn begin_worker(master: &mut Master, token: Token, old: u32, now: Ins
 pub(super) fn on_step_done(master: &mut Master, step: Step, gathered: Gathered<()>, now: Instant) {
     match step {
         Step::ReturnSockets { old } => sockets_returned(master, old, gathered, now),
+        Step::ReturnFlows { old } => {
+            let flows = flow_handover::receive(master, old, &gathered);
+            boot_new(master, old, flows, now);
+        }
         Step::BootNew { old, new } => new_worker_booted(master, old, new, gathered, now),
+        Step::GiveBack { old } => {
+            if !gathered.is_ok() {
+                tracing::error!(
+                    worker = old,
+                    failure = gathered.failure_summary(),
+                    "the old worker did not take its flows back"
+                );
+            }
+        }
     }
 }
 
@@ -174,27 +199,42 @@ fn sockets_returned(master: &mut Master, old: u32, gathered: Gathered<()>, now: 
         );
         return;
     }
+    if let Some(upgrade) = master.upgrade.as_mut() {
+        upgrade.sockets = Some((manifest, sockets));
+    }
+    flow_handover::ask(master, old, now);
+}
+
+/// Starts the new worker with the listening sockets and the flows.
+fn boot_new(master: &mut Master, old: u32, flows: HeldFlows, now: Instant) {
+    let Some((manifest, sockets)) = master.upgrade.as_mut().and_then(|u| u.sockets.take()) else {
+        return;
+    };
     let new = master.next_worker_id;
     master.next_worker_id += 1;
-    let adopt = Request {
-        request_type: Some(RequestType::AdoptListenSockets(AdoptListenSockets {
-            manifest: manifest.clone(),
-        })),
-    };
+    // The flow sequence follows even when empty: `adopt_flows` is what
+    // starts the new worker's listeners.
+    let prelude = vec![
+        flow_handover::adopt_sockets_order(manifest.clone()),
+        flow_handover::adopt_order(),
+    ];
     let started = master.start_worker_with(
         new,
         now,
         0,
-        vec![adopt],
+        prelude,
         Purpose::Upgrade(Step::BootNew { old, new }),
     );
     if let Err(error) = started {
+        flow_handover::give_back(master, old, &flows, now);
         fail(master, format!("upgrade_worker {old}: {error:#}"));
         return;
     }
-    // The adopt order is queued on the channel; the fds follow on the
-    // fd-passing socket (the worker reads them when it reads the order).
+    // The orders are queued on the channel; the fds follow on the
+    // fd-passing socket (the worker reads them when it reads the first
+    // order): the listening sockets, then the flows.
     let Some(worker) = master.workers.get(&new) else {
+        flow_handover::give_back(master, old, &flows, now);
         fail(
             master,
             format!("upgrade_worker {old}: the new worker {new} is gone"),
@@ -205,27 +245,30 @@ fn sockets_returned(master: &mut Master, old: u32, gathered: Gathered<()>, now: 
     let sent = worker
         .scm
         .set_timeout(Some(master.config.worker_timeout))
-        .and_then(|()| worker.scm.send_listen_sockets(&manifest, &fds));
+        .and_then(|()| worker.scm.send_listen_sockets(&manifest, &fds))
+        .map_err(|e| anyhow::anyhow!("cannot pass the sockets to worker {new}: {e}"))
+        .and_then(|()| flow_handover::send(master, new, &flows));
     let pid = worker.pid.as_raw();
-    // The master's copies: the new worker holds its own now.
+    // The master's copies of the listening sockets: the new worker holds
+    // its own now. The flows' are kept until the new worker is booted.
     drop(fds);
     drop(sockets);
     if let Err(error) = sent {
         abandon_new_worker(master, new);
-        fail(
-            master,
-            format!("upgrade_worker {old}: cannot pass the sockets to worker {new}: {error}"),
-        );
+        flow_handover::give_back(master, old, &flows, now);
+        fail(master, format!("upgrade_worker {old}: {error:#}"));
         return;
     }
-    if let Some(upgrade) = &master.upgrade {
+    let summary = flows.summary();
+    if let Some(upgrade) = master.upgrade.as_mut() {
+        upgrade.flows = flows;
         let client = upgrade.client;
         master.answer(
             client,
             response(
                 ResponseStatus::Processing,
                 format!(
-                    "worker {new} (pid {pid}) started with {} listening socket(s) from worker {old}",
+                    "worker {new} (pid {pid}) started with {} listening socket(s) from worker {old}; {summary}",
                     manifest.entries.len()
                 ),
             ),
@@ -243,6 +286,13 @@ fn new_worker_booted(
     if !gathered.is_ok() {
         let summary = gathered.failure_summary();
         abandon_new_worker(master, new);
+        if let Some(flows) = master
+            .upgrade
+            .as_mut()
+            .map(|u| std::mem::take(&mut u.flows))
+        {
+            flow_handover::give_back(master, old, &flows, now);
+        }
         fail(master, format!("upgrade_worker {old}: the new worker {new} failed to start: {summary}; worker {old} keeps serving"));
         return;
     }
@@ -264,11 +314,13 @@ fn new_worker_booted(
     master.pump_worker(old);
     let pid = master.workers.get(&new).map_or(0, |w| w.pid.as_raw());
     if let Some(upgrade) = master.upgrade.take() {
+        // Dropping `upgrade` closes the master's copies of the flows' fds.
+        let summary = upgrade.flows.summary();
         master.answer(
             upgrade.client,
             response(
                 ResponseStatus::Ok,
-                format!("worker {old} replaced by worker {new} (pid {pid}); worker {old} is draining its flows"),
+                format!("worker {old} replaced by worker {new} (pid {pid}); {summary}; worker {old} is draining what it kept"),
             ),
         );
     }

@@ -82,6 +82,8 @@ fn request_tag(order: &RequestType) -> u32 {
         // ours
         RequestType::ListClusters(_) => 1000,
         RequestType::AdoptListenSockets(_) => 1002,
+        RequestType::ReturnFlows(_) => 1003,
+        RequestType::AdoptFlows(_) => 1004,
         RequestType::CheckState(_) => 1020,
         RequestType::PreviewReload(_) => 1030,
     }
@@ -172,6 +174,8 @@ fn request_tags_are_sozus() {
         RequestType::RemoveUdpFrontend(Default::default()),
         RequestType::ListClusters(Default::default()),
         RequestType::AdoptListenSockets(Default::default()),
+        RequestType::ReturnFlows(Default::default()),
+        RequestType::AdoptFlows(Default::default()),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for order in orders {

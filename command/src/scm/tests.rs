@@ -273,3 +273,68 @@ fn received_socket_reports_its_manifest_entry() {
     };
     assert_eq!(socket.entry(), entry(addr, ListenerType::Udp));
 }
+
+fn flow_entry(listener: SocketAddr, client: SocketAddr) -> crate::command::HandedOverFlow {
+    crate::command::HandedOverFlow {
+        listener: listener.into(),
+        client: client.into(),
+        cluster_id: "c".to_owned(),
+        backend_id: "b".to_owned(),
+        backend: client.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_thousand_flow_sockets_cross_with_their_manifest_in_order() {
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sockets: Vec<UdpSocket> = (0..1000)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.connect(backend.local_addr().unwrap()).unwrap();
+            s
+        })
+        .collect();
+    let listener: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+    let manifest = crate::command::FlowManifest {
+        flows: sockets
+            .iter()
+            .map(|s| flow_entry(listener, s.local_addr().unwrap()))
+            .collect(),
+    };
+    let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(AsFd::as_fd).collect();
+    let (sender, receiver) = pair_with_timeout();
+    let (got, received) = thread::scope(|scope| {
+        scope.spawn(|| sender.send_flows(&manifest, &fds).unwrap());
+        receiver
+            .receive_flows(super::DEFAULT_MAX_FLOW_MANIFEST_SIZE)
+            .unwrap()
+    });
+    assert_eq!(got, manifest);
+    assert_eq!(received.len(), 1000);
+    for (original, fd) in sockets.iter().zip(&received) {
+        assert_eq!(identity(fd.as_fd()), identity(original.as_fd()));
+    }
+}
+
+#[test]
+fn a_flow_manifest_naming_more_flows_than_fds_is_refused_before_sending() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let manifest = crate::command::FlowManifest {
+        flows: vec![flow_entry(addr, addr), flow_entry(addr, addr)],
+    };
+    let (sender, _receiver) = pair_with_timeout();
+    let error = sender.send_flows(&manifest, &[socket.as_fd()]).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ScmError::ManifestMismatch {
+                manifest: 2,
+                fds: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}

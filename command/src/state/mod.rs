@@ -143,6 +143,8 @@ impl ConfigState {
             | RequestType::ListClusters(_)
             | RequestType::ReturnListenSockets(_)
             | RequestType::AdoptListenSockets(_)
+            | RequestType::ReturnFlows(_)
+            | RequestType::AdoptFlows(_)
             | RequestType::CheckState(_) => return Ok(DispatchOutcome::NotAStateChange),
             // Sōzu 2.1 orders this proxy answers without a state change, or
             // refuses by name (HTTPS, certificates, HTTP health checks…; see
@@ -342,6 +344,8 @@ pub fn order_name(request_type: &RequestType) -> &'static str {
         RequestType::ListClusters(_) => "list_clusters",
         RequestType::ReturnListenSockets(_) => "return_listen_sockets",
         RequestType::AdoptListenSockets(_) => "adopt_listen_sockets",
+        RequestType::ReturnFlows(_) => "return_flows",
+        RequestType::AdoptFlows(_) => "adopt_flows",
         RequestType::LaunchWorker(_) => "launch_worker",
         RequestType::SubscribeEvents(_) => "subscribe_events",
         RequestType::AddHttpsFrontend(_) => "add_https_frontend",

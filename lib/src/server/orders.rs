@@ -159,8 +159,11 @@ impl Server {
             RequestType::ReturnListenSockets(_) => self.return_listen_sockets(&id),
             RequestType::AdoptListenSockets(order) => {
                 let manifest = order.manifest.clone();
-                self.adopt_listen_sockets(&id, &manifest);
+                let flows_follow = order.flows_follow.unwrap_or(false);
+                self.adopt_listen_sockets(&id, &manifest, flows_follow);
             }
+            RequestType::ReturnFlows(_) => self.return_flows(now, &id),
+            RequestType::AdoptFlows(_) => self.adopt_flows(now, &id),
             RequestType::Logging(directives) => {
                 let result = match &self.log_level {
                     Some(hook) => hook.set(directives),
@@ -381,7 +384,12 @@ impl Server {
         }
     }
 
-    fn adopt_listen_sockets(&mut self, id: &str, manifest: &ListenSocketManifest) {
+    fn adopt_listen_sockets(
+        &mut self,
+        id: &str,
+        manifest: &ListenSocketManifest,
+        flows_follow: bool,
+    ) {
         let Some(scm) = self.scm.as_ref() else {
             self.answer(
                 id,
@@ -420,12 +428,13 @@ impl Server {
         }
         let count = udp.len();
         self.udp.adopt(udp);
-        self.answer(
-            id,
-            ResponseStatus::Ok,
-            &format!("{count} UDP sockets adopted, {streams} TCP/HTTP sockets adopted"),
-            None,
-        );
+        let mut message =
+            format!("{count} UDP sockets adopted, {streams} TCP/HTTP sockets adopted");
+        if flows_follow {
+            message.push_str("; ");
+            message.push_str(&self.receive_flows());
+        }
+        self.answer(id, ResponseStatus::Ok, &message, None);
     }
 }
 

@@ -79,21 +79,21 @@ pub struct Frontend {
 }
 
 #[derive(Debug, Default)]
-struct FlowIo {
+pub(super) struct FlowIo {
     /// The address the client sent to (packet info on a wildcard listener).
-    local: Option<IpAddr>,
-    cluster: Option<ClusterId>,
-    backend: Option<BackendId>,
-    upstream: Option<Upstream>,
-    metrics: FlowMetrics,
+    pub(super) local: Option<IpAddr>,
+    pub(super) cluster: Option<ClusterId>,
+    pub(super) backend: Option<BackendId>,
+    pub(super) upstream: Option<Upstream>,
+    pub(super) metrics: FlowMetrics,
     /// Why the shell aborted the flow, for the access record.
-    abort: Option<FlowCloseReason>,
+    pub(super) abort: Option<FlowCloseReason>,
     /// A reply came back (clears a suspect backend once).
-    responded: bool,
+    pub(super) responded: bool,
     /// Counted in its backend's load (LEAST_LOADED / POWER_OF_TWO) since
     /// the backend was chosen; uncounted exactly once, at close or when the
     /// upstream socket cannot be opened.
-    counted: bool,
+    pub(super) counted: bool,
 }
 
 /// A follow-up input queued while draining, fed to the core afterwards.
@@ -130,7 +130,7 @@ pub struct UdpListener {
     pub auto_max_flows: bool,
     /// The sans-io core.
     pub manager: UdpFlowManager,
-    flows: HashMap<FlowId, FlowIo>,
+    pub(super) flows: HashMap<FlowId, FlowIo>,
     returns: SendBatch,
     overflow: VecDeque<QueuedReturn>,
     /// The frontend (cluster and tags), if any.
@@ -866,7 +866,7 @@ impl UdpListener {
             .set_active(ctx.metrics, self.manager.active_flows());
     }
 
-    fn on_output(&mut self, _now: Instant, output: Output, ctx: &mut IoContext<'_>) {
+    pub(super) fn on_output(&mut self, _now: Instant, output: Output, ctx: &mut IoContext<'_>) {
         match output {
             Output::SelectBackend {
                 flow,
@@ -951,6 +951,17 @@ impl UdpListener {
             Output::Metric(MetricEvent::FlowCreated { cluster, .. }) => {
                 self.metrics.flow_created(ctx.metrics);
                 cluster_flow_event(ctx.metrics, cluster.as_str(), names::FLOWS_CREATED);
+            }
+            Output::Metric(MetricEvent::FlowEvicted {
+                reason: CloseReason::HandedOver,
+                ..
+            }) => {
+                // It lives on in the successor: not an eviction.
+                super::handover::count(
+                    ctx.metrics,
+                    self.address,
+                    super::handover::FLOWS_HANDED_OVER,
+                );
             }
             Output::Metric(MetricEvent::FlowEvicted { cluster, .. }) => {
                 self.metrics.flow_evicted(ctx.metrics);

@@ -13,6 +13,7 @@
 //! per datagram on an established flow.
 
 pub mod budget;
+pub mod handover;
 pub mod listener;
 pub mod metrics;
 pub mod mmsg;
@@ -24,6 +25,7 @@ mod write_queue;
 #[cfg(test)]
 mod tests;
 
+pub use handover::{AdoptReport, FlowExport};
 pub use listener::{IoContext, UdpListener, DATAGRAM_BUDGET};
 pub use shell::{UdpError, UdpShell};
 

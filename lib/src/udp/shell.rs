@@ -137,8 +137,8 @@ struct ProbeInFlight {
 /// The UDP listeners of a worker and what they need.
 #[derive(Debug)]
 pub struct UdpShell {
-    listeners: Slab<UdpListener>,
-    by_address: HashMap<SocketAddr, usize>,
+    pub(super) listeners: Slab<UdpListener>,
+    pub(super) by_address: HashMap<SocketAddr, usize>,
     clusters: HashMap<String, ClusterSettings>,
     probes: HashMap<ProbeId, ProbeInFlight>,
     recv: RecvBatch,
@@ -161,6 +161,12 @@ pub struct UdpShell {
     /// with their `udp.active_flows` gauge: their metrics stay until their
     /// last flow ends.
     retired_backends: Vec<(ClusterId, crate::backends::BackendId, MetricHandle)>,
+    /// Flows handed over by the predecessor, waiting for `adopt_flows`
+    /// (see `super::handover`).
+    pub(super) pending_flows: Vec<(command::HandedOverFlow, OwnedFd)>,
+    /// Listeners not read until `adopt_flows` (a flow handover is under
+    /// way); `None`: no handover.
+    pub(super) held: Option<Vec<usize>>,
 }
 
 impl UdpShell {
@@ -194,6 +200,8 @@ impl UdpShell {
             buffer_size,
             health_deadline: None,
             retired_backends: Vec::new(),
+            pending_flows: Vec::new(),
+            held: None,
         }
     }
 
@@ -348,6 +356,12 @@ impl UdpShell {
             .map_err(|source| UdpError::Bind { address, source })?;
             listener.attach_socket(socket);
         }
+        if let Some(held) = self.held.as_mut() {
+            // Read once the handed-over flows are adopted.
+            held.push(id);
+            tracing::info!(listener = %address, "UDP listener held until the flow handover ends");
+            return Ok(());
+        }
         listener
             .start_reading(ctx)
             .map_err(|source| UdpError::Register { address, source })?;
@@ -363,6 +377,7 @@ impl UdpShell {
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
         let id = self.listener_id(address)?;
+        self.unhold(id);
         let listener = &mut self.listeners[id];
         listener.stop_reading(ctx);
         listener.close_all(now, FlowCloseReason::ListenerClosed, ctx);
@@ -378,6 +393,7 @@ impl UdpShell {
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
         let id = self.listener_id(address)?;
+        self.unhold(id);
         let mut listener = self.listeners.remove(id);
         self.by_address.remove(&address);
         listener.stop_reading(ctx);
@@ -386,6 +402,14 @@ impl UdpShell {
         listener.metrics.unregister(ctx.metrics);
         tracing::info!(listener = %address, "UDP listener removed");
         Ok(())
+    }
+
+    /// A held listener deactivated or removed is not read at the end of the
+    /// flow handover (its slab index may be reused).
+    fn unhold(&mut self, id: usize) {
+        if let Some(held) = self.held.as_mut() {
+            held.retain(|&i| i != id);
+        }
     }
 
     /// Sets (or clears) the frontend of the listener at the order's address.

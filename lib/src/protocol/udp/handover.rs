@@ -96,7 +96,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
     /// own copy. `None` (and nothing emitted) for an unknown flow or one
     /// still awaiting its backend (it has no socket to hand over).
     pub fn hand_over(&mut self, now: Instant, flow: FlowId) -> Option<FlowHandover> {
-        let handover = self.flow_handover(now, flow);
+        let handover = self.handover_state(now, flow);
         if handover.is_some() {
             self.close_flow(now, flow, CloseReason::HandedOver);
         }
@@ -104,7 +104,12 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         handover
     }
 
-    fn flow_handover(&self, now: Instant, id: FlowId) -> Option<FlowHandover> {
+    /// The portable state [`Self::hand_over`] would return, without
+    /// releasing the flow: the shell builds its manifest from it, passes the
+    /// sockets, and calls `hand_over` only once they are out (so a failed
+    /// pass leaves the flow here, served as before). `None` for an unknown
+    /// flow or one still awaiting its backend.
+    pub fn handover_state(&self, now: Instant, id: FlowId) -> Option<FlowHandover> {
         let flow = self.flow(id)?;
         let (backend, backend_addr) = flow.backend.clone()?;
         Some(FlowHandover {
