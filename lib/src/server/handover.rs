@@ -46,11 +46,11 @@ impl Server {
             message: format!("{} flows follow", fds.len()),
             content: None,
         };
-        if let Err(error) = self.channel.queue_message(&response) {
-            tracing::error!(%error, "cannot queue the return_flows answer");
-        }
-        if let Err(error) = self.channel.flush() {
-            tracing::warn!(%error, "flushing the return_flows answer");
+        // Written out before the sequence: a sequence larger than the
+        // fd-passing socket's buffer is only read once the master has read
+        // this answer.
+        if let Err(error) = self.channel.write_message_timeout(&response, SCM_TIMEOUT) {
+            tracing::error!(%error, "cannot write the return_flows answer");
         }
         let sent = scm
             .set_timeout(Some(SCM_TIMEOUT))
