@@ -310,9 +310,22 @@ impl UdpShell {
         ctx: &mut IoContext<'_>,
     ) {
         for &(index, flow) in flows {
-            if let Some(listener) = self.listeners.get_mut(index) {
-                listener.manager.hand_over(now, flow);
+            let Some(listener) = self.listeners.get_mut(index) else {
+                continue;
+            };
+            // Closing the socket below would not take it out of this
+            // worker's epoll set: the file lives on in the successor, and
+            // this set would keep waking for its datagrams.
+            if let Some(upstream) = listener
+                .flows
+                .get_mut(&flow)
+                .and_then(|io| io.upstream.as_mut())
+            {
+                if let Err(error) = ctx.registry.deregister(&mut upstream.socket) {
+                    tracing::debug!(%error, %flow, "deregistering a handed-over socket");
+                }
             }
+            listener.manager.hand_over(now, flow);
         }
         for (_, listener) in self.listeners.iter_mut() {
             listener.drain(now, ctx);
