@@ -59,7 +59,13 @@ pub(crate) fn count(registry: &mut MetricsRegistry, listener: SocketAddr, name: 
 }
 
 fn count_many(registry: &mut MetricsRegistry, listener: SocketAddr, name: &str, n: usize) {
-    match registry.register(name, Scope::Listener(listener), MetricKind::Counter) {
+    count_in(registry, Scope::Listener(listener), name, n);
+}
+
+/// Counts in `scope` (the worker's own scope for a flow whose listener is
+/// unknown here; both add up to the same name in `sozu metrics get`).
+fn count_in(registry: &mut MetricsRegistry, scope: Scope, name: &str, n: usize) {
+    match registry.register(name, scope, MetricKind::Counter) {
         Ok(handle) => registry.count(handle, n as i64),
         Err(error) => tracing::warn!(%error, "handover metric not registered"),
     }
@@ -357,9 +363,8 @@ impl UdpShell {
                 Ok(()) => report.adopted += 1,
                 Err((listener, failure)) => {
                     *report.failed.entry(failure.as_str()).or_default() += 1;
-                    if let Some(listener) = listener {
-                        count(ctx.metrics, listener, &failure.metric());
-                    }
+                    let scope = listener.map_or(Scope::Proxy, Scope::Listener);
+                    count_in(ctx.metrics, scope, &failure.metric(), 1);
                 }
             }
         }
@@ -383,12 +388,16 @@ impl UdpShell {
         fd: OwnedFd,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), (Option<SocketAddr>, HandoverFailure)> {
-        let listener_address = SocketAddr::try_from(&wire.listener).ok();
         let (address, local, handover) = from_wire(wire).map_err(|error| {
             tracing::warn!(%error, "handed-over flow refused");
-            (listener_address, HandoverFailure::BadEntry)
+            let known = SocketAddr::try_from(&wire.listener)
+                .ok()
+                .filter(|a| self.by_address.contains_key(a));
+            (known, HandoverFailure::BadEntry)
         })?;
         let Some(&index) = self.by_address.get(&address) else {
+            // Counted worker-wide: a listener scope here would outlive
+            // nothing it measures.
             return Err((None, HandoverFailure::NoListener));
         };
         let listener = &mut self.listeners[index];
