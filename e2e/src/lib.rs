@@ -12,6 +12,7 @@
 
 pub mod binary;
 pub mod config;
+pub mod deps;
 pub mod metrics;
 pub mod ports;
 pub mod procfs;
