@@ -215,7 +215,7 @@ impl Master {
             return;
         }
         tracing::warn!(level = directives, "log level changed");
-        self.launch.log.level = directives.to_owned();
+        self.launch.settings.log_level = directives.to_owned();
         let order = Request {
             request_type: Some(RequestType::Logging(directives.to_owned())),
         };

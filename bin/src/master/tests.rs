@@ -910,3 +910,88 @@ fn a_worker_frame_at_the_bound_is_read_and_one_byte_over_closes_only_that_worker
     let status = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(status.status(), ResponseStatus::Ok, "{}", status.message);
 }
+
+#[test]
+fn the_worker_command_line_carries_every_setting_the_configuration_gives() {
+    use crate::cli::{Cli, Command, WorkerCommand};
+    use crate::worker::{AccessLogFormatSetting, StatsdSettings, WorkerSettings};
+    use clap::Parser;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "command_socket = \"{}\"\nworker_count = 3\nhash_seed = 77\nmax_connections = 9\n\
+         buffer_size = 20000\nlog_level = \"debug\"\nlog_target = \"stderr\"\n\
+         access_logs_target = \"file://{}\"\naccess_logs_format = \"json\"\n\
+         upstream_source_addresses = [\"127.0.0.2\", \"::1\"]\n\
+         [metrics]\naddress = \"127.0.0.1:8125\"\ntagged_metrics = true\n",
+        dir.path().join("sozu.sock").display(),
+        dir.path().join("access.log").display(),
+    );
+    let config = Config::from_str(&text, &dir.path().join("config.toml")).unwrap();
+    let settings = super::worker_settings(&config);
+    assert_eq!(
+        settings,
+        WorkerSettings {
+            command_buffer_size: config.command_buffer_size.get(),
+            max_command_buffer_size: super::worker_channel_max(&config),
+            log_level: "debug".to_owned(),
+            log_target: "stderr".to_owned(),
+            access_logs_target: Some(format!(
+                "file://{}",
+                dir.path().join("access.log").display()
+            )),
+            access_logs_format: AccessLogFormatSetting::Json,
+            buffer_size: 20_000,
+            max_connections: 9,
+            worker_count: 3,
+            upstream_source_addresses: vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
+            statsd: Some(StatsdSettings {
+                address: "127.0.0.1:8125".parse().unwrap(),
+                prefix: "sozu".to_owned(),
+                tagged: true,
+            }),
+            hash_seed: Some(77),
+        }
+    );
+    // What the master execs is what the worker parses.
+    let arguments = super::workers::worker_arguments(&settings, 4, 10, 11);
+    let cli = Cli::try_parse_from(std::iter::once("sozu".to_owned()).chain(arguments)).unwrap();
+    let Command::Worker(WorkerCommand {
+        process: Some(args),
+        action: None,
+    }) = cli.command
+    else {
+        panic!("not the worker process form: {:?}", cli.command);
+    };
+    assert_eq!((args.id, args.channel_fd, args.scm_fd), (4, 10, 11));
+    assert_eq!(args.settings, settings);
+}
+
+#[test]
+fn a_worker_refuses_settings_with_a_missing_or_unknown_field() {
+    use crate::worker::WorkerSettings;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_str(
+        &format!(
+            "command_socket = \"{}\"\n",
+            dir.path().join("sozu.sock").display()
+        ),
+        &dir.path().join("config.toml"),
+    )
+    .unwrap();
+    let json = super::worker_settings(&config).to_json();
+    assert!(WorkerSettings::from_json(&json).is_ok());
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let object = value.as_object_mut().unwrap();
+    object.remove("max_connections");
+    let error = WorkerSettings::from_json(&value.to_string()).unwrap_err();
+    assert!(error.contains("max_connections"), "{error}");
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value
+        .as_object_mut()
+        .unwrap()
+        .insert("no_such_knob".to_owned(), 1.into());
+    let error = WorkerSettings::from_json(&value.to_string()).unwrap_err();
+    assert!(error.contains("no_such_knob"), "{error}");
+}

@@ -20,9 +20,8 @@ use mio::Token;
 use nix::unistd::Pid;
 use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
 use sozu_command_lib::command::{RunState, WorkerInfo, WorkerRequest, WorkerResponse};
-use sozu_command_lib::config::MetricsConfig;
 
-use crate::logging::{target_to_string, LogSettings};
+use crate::worker::WorkerSettings;
 
 /// The master's end of a worker channel.
 pub type WorkerChannel = Channel<WorkerRequest, WorkerResponse>;
@@ -33,22 +32,8 @@ pub struct WorkerLaunch {
     /// The binary to exec (resolved once at master start, so an upgrade
     /// picks up the file on disk).
     pub executable: PathBuf,
-    pub command_buffer_size: usize,
-    /// The configured `buffer_size`.
-    pub buffer_size: usize,
-    /// The configured `max_connections` (per worker, TCP and HTTP together).
-    pub max_connections: usize,
-    /// `[metrics]`: statsd export.
-    pub statsd: Option<MetricsConfig>,
-    pub max_command_buffer_size: usize,
-    pub log: LogSettings,
-    /// The configured `hash_seed` (UDP affinity hash key), if set.
-    pub hash_seed: Option<u64>,
-    /// `worker_count`: each worker sizes its UDP flow pool to its part of
-    /// the host's ephemeral ports.
-    pub worker_count: u32,
-    /// `upstream_source_addresses`, passed on to each worker.
-    pub upstream_source_addresses: Vec<std::net::IpAddr>,
+    /// Every knob, passed as one argument (`bin/src/worker.rs`).
+    pub settings: WorkerSettings,
 }
 
 /// A started process and the master's ends of its sockets.
@@ -71,56 +56,8 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
 
     let mut command = Command::new(&launch.executable);
     command
-        .arg("worker")
-        .arg("--id")
-        .arg(id.to_string())
-        .arg("--channel-fd")
-        .arg(channel_fd.to_string())
-        .arg("--scm-fd")
-        .arg(scm_fd.to_string())
-        .arg("--command-buffer-size")
-        .arg(launch.command_buffer_size.to_string())
-        .arg("--max-command-buffer-size")
-        .arg(launch.max_command_buffer_size.to_string())
-        .arg("--log-level")
-        .arg(&launch.log.level)
-        .arg("--log-target")
-        .arg(target_to_string(&launch.log.target))
+        .args(worker_arguments(&launch.settings, id, channel_fd, scm_fd))
         .stdin(Stdio::null());
-    if let Some(access) = &launch.log.access_target {
-        command
-            .arg("--access-logs-target")
-            .arg(target_to_string(access));
-    }
-    command
-        .arg("--access-logs-format")
-        .arg(launch.log.access_format.as_str());
-    command
-        .arg("--buffer-size")
-        .arg(launch.buffer_size.to_string())
-        .arg("--max-connections")
-        .arg(launch.max_connections.to_string())
-        .arg("--worker-count")
-        .arg(launch.worker_count.to_string());
-    if let Some(hash_seed) = launch.hash_seed {
-        command.arg("--hash-seed").arg(hash_seed.to_string());
-    }
-    for address in &launch.upstream_source_addresses {
-        command
-            .arg("--upstream-source-address")
-            .arg(address.to_string());
-    }
-    if let Some(statsd) = &launch.statsd {
-        command
-            .arg("--statsd-address")
-            .arg(statsd.address.to_string());
-        if let Some(prefix) = &statsd.prefix {
-            command.arg("--statsd-prefix").arg(prefix);
-        }
-        if statsd.tagged_metrics {
-            command.arg("--statsd-tagged");
-        }
-    }
     // SAFETY: the closure runs in the forked child before exec and only
     // calls fcntl(2), which is async-signal-safe.
     unsafe {
@@ -144,6 +81,26 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
         channel: master_channel,
         scm: master_scm,
     })
+}
+
+/// The command line of `sozu worker` (after the program name).
+pub fn worker_arguments(
+    settings: &WorkerSettings,
+    id: u32,
+    channel_fd: RawFd,
+    scm_fd: RawFd,
+) -> Vec<String> {
+    vec![
+        "worker".to_owned(),
+        "--id".to_owned(),
+        id.to_string(),
+        "--channel-fd".to_owned(),
+        channel_fd.to_string(),
+        "--scm-fd".to_owned(),
+        scm_fd.to_string(),
+        "--settings".to_owned(),
+        settings.to_json(),
+    ]
 }
 
 /// Clears FD_CLOEXEC on `fd` so it survives exec.
