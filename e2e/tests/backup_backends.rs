@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use sozu_e2e::config::HealthConfig;
 use sozu_e2e::ports::{free_v4, V4};
-use sozu_e2e::stream::{http_get, tcp_greeting, NamedHttpBackend, NamedTcpBackend};
+use sozu_e2e::stream::{
+    http_get, tcp_greeting, tcp_http_config, NamedHttpBackend, NamedTcpBackend, StreamBackend,
+};
 use sozu_e2e::udp::parse_reply;
 use sozu_e2e::{wait_until, ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
 
@@ -149,30 +151,17 @@ fn start_streams(
     let http_front = free_v4();
     let config = SozuConfig {
         worker_count: 1,
-        extra: format!(
-            r#"
-[[listeners]]
-protocol = "tcp"
-address = "{tcp_front}"
-
-[[listeners]]
-protocol = "http"
-address = "{http_front}"
-
-[clusters.echo]
-protocol = "tcp"
-frontends = [{{ address = "{tcp_front}" }}]
-backends = [{{ address = "{}", backend_id = "primary" }}, {{ address = "{}", backend_id = "backup", backup = true }}]
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/" }}]
-backends = [{{ address = "{}", backend_id = "primary" }}, {{ address = "{}", backend_id = "backup", backup = true }}]
-"#,
-            tcp.0.addr(),
-            tcp.1.addr(),
-            http.0.addr(),
-            http.1.addr()
+        extra: tcp_http_config(
+            tcp_front,
+            http_front,
+            &[
+                StreamBackend::new("primary", tcp.0.addr()),
+                StreamBackend::backup("backup", tcp.1.addr()),
+            ],
+            &[
+                StreamBackend::new("primary", http.0.addr()),
+                StreamBackend::backup("backup", http.1.addr()),
+            ],
         ),
         ..SozuConfig::default()
     };
