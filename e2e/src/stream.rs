@@ -146,11 +146,7 @@ impl NamedHttpBackend {
         (backend, Hold { held, release })
     }
 
-    fn serve(
-        name: &str,
-        show_path: bool,
-        hold: Option<BackendHold>,
-    ) -> Self {
+    fn serve(name: &str, show_path: bool, hold: Option<BackendHold>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an HTTP backend");
         let address = listener.local_addr().expect("local address");
         let name = name.to_owned();

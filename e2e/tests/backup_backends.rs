@@ -97,29 +97,11 @@ fn udp_backup_serves_only_while_the_primary_is_removed_or_down() {
     let counts = flows.spread(front, "up");
     assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "dns",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("dns", "primary", &primary_addr);
     let counts = flows.spread(front, "removed");
     assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "dns",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_add("dns", "primary", &primary_addr);
     let counts = flows.spread(front, "re-added");
     assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
 
@@ -200,56 +182,20 @@ fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
     assert_eq!(backup.connections(), 0);
 
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("echo", "primary", &primary_addr);
     let counts = tcp_spread(front);
     assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_add("echo", "primary", &primary_addr);
     let counts = tcp_spread(front);
     assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
 
     // Suspect: the primary comes back at an address where nothing
     // listens. The first connect is refused, the primary becomes suspect
     // and that connection (retried) and the next ones go to the backup.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("echo", "primary", &primary_addr);
     let dead = free_v4().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &dead,
-    ]);
+    sozu.backend_add("echo", "primary", &dead);
     let counts = tcp_spread(front);
     assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
     let m = sozu.metrics();
@@ -262,26 +208,8 @@ fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     );
 
     // Back at its live address: new connections go to it again.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &dead,
-    ]);
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("echo", "primary", &dead);
+    sozu.backend_add("echo", "primary", &primary_addr);
     let counts = tcp_spread(front);
     assert!(all_to(&counts, "primary"), "primary back: {counts:?}");
 }
@@ -302,55 +230,19 @@ fn http_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     let counts = http_spread(front);
     assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("web", "primary", &primary_addr);
     let counts = http_spread(front);
     assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_add("web", "primary", &primary_addr);
     let counts = http_spread(front);
     assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
 
     // Suspect: the primary at a dead address; no request is answered by
     // the proxy itself (503), the backup answers every one.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("web", "primary", &primary_addr);
     let dead = free_v4().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &dead,
-    ]);
+    sozu.backend_add("web", "primary", &dead);
     let counts = http_spread(front);
     assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
 }

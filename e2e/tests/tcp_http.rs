@@ -250,26 +250,8 @@ backends = [{{ address = "{dead}", backend_id = "dead" }}]
     let (mut s, mut r) = connect(front);
     assert_eq!(get(&mut s, &mut r, "app.test", "/").0, 503);
     let (live_s, dead_s) = (live.to_string(), dead.to_string());
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "app",
-        "--backend-id",
-        "live",
-        "-a",
-        &live_s,
-    ]);
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "app",
-        "--backend-id",
-        "dead",
-        "-a",
-        &dead_s,
-    ]);
+    sozu.backend_add("app", "live", &live_s);
+    sozu.backend_remove("app", "dead", &dead_s);
     let (mut s, mut r) = connect(front);
     assert_eq!(
         get(&mut s, &mut r, "app.test", "/").1,

@@ -139,7 +139,7 @@ pub fn free_udp_port() -> anyhow::Result<SocketAddr> {
     Ok(socket.local_addr()?)
 }
 
-/// sozu `config.toml` (format of /work/shared/compat/CONFIG.md).
+/// sozu `config.toml` (the format of doc/configure.md).
 pub fn sozu_config(
     dir: &Path,
     listen: SocketAddr,

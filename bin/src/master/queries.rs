@@ -1,4 +1,4 @@
-//! The Sōzu 2.1 orders beyond the core set (`compat/WIRE.md`, "the rest"):
+//! The Sōzu 2.1 orders beyond the core set (doc/protocol.md §3.1):
 //! queries the master answers from its state or its own counters, `Logging`
 //! and `configure_metrics` (applied here and fanned out to every worker), and
 //! a FAILURE naming the order for what this proxy does not serve (HTTPS,
