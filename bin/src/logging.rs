@@ -30,14 +30,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 /// Target of the per-flow / per-request access log lines.
-pub const ACCESS_TARGET: &str = "access";
+pub(crate) const ACCESS_TARGET: &str = "access";
 /// Target of the audit line written for every mutating order.
-pub const AUDIT_TARGET: &str = "audit";
+pub(crate) const AUDIT_TARGET: &str = "audit";
 
 /// What a process needs to set its logging up, taken from the configuration
 /// (the master) or from its command line (a worker).
 #[derive(Debug, Clone)]
-pub struct LogSettings {
+pub(crate) struct LogSettings {
     /// `tracing` filter directives, e.g. `info` or `info,sozu_lib=debug`.
     pub level: String,
     pub target: LogTarget,
@@ -49,7 +49,7 @@ pub struct LogSettings {
 
 impl LogSettings {
     /// The logging part of a loaded configuration.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         LogSettings {
             level: config.log_level.clone(),
             target: config.log_target.clone(),
@@ -62,7 +62,7 @@ impl LogSettings {
 
 /// Renders a target back into the `log_target` spelling (to hand it to a
 /// worker on its command line).
-pub fn target_to_string(target: &LogTarget) -> String {
+pub(crate) fn target_to_string(target: &LogTarget) -> String {
     match target {
         LogTarget::Stdout => "stdout".to_owned(),
         LogTarget::Stderr => "stderr".to_owned(),
@@ -74,7 +74,7 @@ pub fn target_to_string(target: &LogTarget) -> String {
 }
 
 /// Parses the `log_target` spelling (the inverse of [`target_to_string`]).
-pub fn parse_target(text: &str) -> anyhow::Result<LogTarget> {
+pub(crate) fn parse_target(text: &str) -> anyhow::Result<LogTarget> {
     let target = match text {
         "stdout" => LogTarget::Stdout,
         "stderr" => LogTarget::Stderr,
@@ -108,7 +108,7 @@ pub fn parse_target(text: &str) -> anyhow::Result<LogTarget> {
 ///
 /// Errors (an unopenable file, a bad filter) are returned for the caller to
 /// print; nothing is installed then.
-pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
+pub(crate) fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
     let main_writer = SinkWriter::open(&settings.target).with_context(|| {
         format!(
             "cannot open log target {}",
@@ -196,7 +196,7 @@ static LEVEL: OnceLock<Reloader> = OnceLock::new();
 /// Replaces the log filter of this process's main sink with `directives`
 /// (the `log_level` syntax: `debug`, `info,sozu_lib=trace`). Invalid
 /// directives change nothing.
-pub fn set_level(directives: &str) -> anyhow::Result<()> {
+pub(crate) fn set_level(directives: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(directives)
         .with_context(|| format!("{directives:?} is not a valid log filter"))?;
     let reload = LEVEL

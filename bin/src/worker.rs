@@ -23,7 +23,7 @@ use crate::logging::{self, LogSettings};
 /// Arguments the master passes to a worker it starts: who it is, its two
 /// inherited fds, and every other knob in one [`WorkerSettings`].
 #[derive(Debug, Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Worker id given by the master.
     #[arg(long)]
     pub id: u32,
@@ -51,7 +51,7 @@ pub struct WorkerArgs {
 /// reports it) instead of running with a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerSettings {
+pub(crate) struct WorkerSettings {
     /// Initial size of the channel buffers, bytes.
     pub command_buffer_size: usize,
     /// Largest message on the channel, bytes.
@@ -113,7 +113,7 @@ impl From<AccessLogFormatSetting> for AccessLogFormat {
 /// The statsd part of [`WorkerSettings`] (`[metrics]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StatsdSettings {
+pub(crate) struct StatsdSettings {
     /// statsd server to push metrics to.
     pub address: SocketAddr,
     /// Prefix of every metric name.
@@ -124,19 +124,19 @@ pub struct StatsdSettings {
 
 impl WorkerSettings {
     /// The one `--settings` argument.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // Plain data (numbers, strings, addresses): serializing cannot fail.
         serde_json::to_string(self).expect("WorkerSettings is plain data")
     }
 
     /// Parses the `--settings` argument, naming what is wrong.
-    pub fn from_json(text: &str) -> Result<Self, String> {
+    pub(crate) fn from_json(text: &str) -> Result<Self, String> {
         serde_json::from_str(text).map_err(|error| format!("worker settings: {error}"))
     }
 }
 
 /// Runs the worker until it is stopped; exit 0 after a soft or hard stop.
-pub fn run(args: WorkerArgs) -> ExitCode {
+pub(crate) fn run(args: WorkerArgs) -> ExitCode {
     let log = match log_settings(&args.settings) {
         Ok(settings) => settings,
         Err(error) => {

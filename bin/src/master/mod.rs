@@ -56,7 +56,7 @@ use crate::worker::{StatsdSettings, WorkerSettings};
 
 /// `sozu start`
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// Configuration file (Sōzu 2.x compatible TOML).
     #[arg(short = 'c', long = "config")]
     pub config: PathBuf,
@@ -68,7 +68,7 @@ pub struct StartArgs {
 
 /// Runs the master until it stops. Configuration and start-up errors are
 /// printed as one line on stderr and give a non-zero exit code.
-pub fn start(args: StartArgs) -> ExitCode {
+pub(crate) fn start(args: StartArgs) -> ExitCode {
     let config = match Config::load_from_path(&args.config) {
         Ok(config) => config,
         Err(error) => {

@@ -24,11 +24,11 @@ use sozu_command_lib::command::{RunState, WorkerInfo, WorkerRequest, WorkerRespo
 use crate::worker::WorkerSettings;
 
 /// The master's end of a worker channel.
-pub type WorkerChannel = Channel<WorkerRequest, WorkerResponse>;
+pub(crate) type WorkerChannel = Channel<WorkerRequest, WorkerResponse>;
 
 /// What every worker is started with.
 #[derive(Debug, Clone)]
-pub struct WorkerLaunch {
+pub(crate) struct WorkerLaunch {
     /// The binary to exec (resolved once at master start, so an upgrade
     /// picks up the file on disk).
     pub executable: PathBuf,
@@ -37,7 +37,7 @@ pub struct WorkerLaunch {
 }
 
 /// A started process and the master's ends of its sockets.
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: Pid,
     pub channel: UnixStream,
     pub scm: UnixStream,
@@ -48,7 +48,7 @@ pub struct Spawned {
 /// The child's ends are close-on-exec in the master (std creates them so);
 /// only in the forked child, just before exec, is the flag cleared on exactly
 /// those two fds, so no other child ever inherits them.
-pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
+pub(crate) fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     let (master_channel, worker_channel) = UnixStream::pair()?;
     let (master_scm, worker_scm) = UnixStream::pair()?;
     let channel_fd = worker_channel.as_raw_fd();
@@ -84,7 +84,7 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
 }
 
 /// The command line of `sozu worker` (after the program name).
-pub fn worker_arguments(
+pub(crate) fn worker_arguments(
     settings: &WorkerSettings,
     id: u32,
     channel_fd: RawFd,
@@ -104,7 +104,7 @@ pub fn worker_arguments(
 }
 
 /// Clears FD_CLOEXEC on `fd` so it survives exec.
-pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl on an fd number; no memory is involved.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
@@ -118,7 +118,7 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Sets FD_CLOEXEC on `fd` again (after an inherited fd was adopted).
-pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl on an fd number.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
@@ -132,7 +132,7 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// One worker as the master tracks it.
-pub struct Worker {
+pub(crate) struct Worker {
     pub id: u32,
     pub pid: Pid,
     pub token: Token,
@@ -153,7 +153,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn info(&self) -> WorkerInfo {
+    pub(crate) fn info(&self) -> WorkerInfo {
         WorkerInfo {
             id: self.id,
             pid: self.pid.as_raw(),
@@ -163,23 +163,23 @@ impl Worker {
 
     /// Whether state changes should still be sent to this worker: a
     /// draining worker still serves flows, so a removed backend must reach it.
-    pub fn receives_orders(&self) -> bool {
+    pub(crate) fn receives_orders(&self) -> bool {
         !self.channel_closed && self.run_state != RunState::Stopped
     }
 
     /// Whether this worker serves normally (not draining, not stopped).
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         !self.channel_closed && matches!(self.run_state, RunState::Running | RunState::NotAnswering)
     }
 
     /// Queues `request` behind anything already waiting.
-    pub fn send(&mut self, request: WorkerRequest) {
+    pub(crate) fn send(&mut self, request: WorkerRequest) {
         self.outbox.push_back(request);
     }
 
     /// Moves queued orders into the channel and writes what the socket
     /// takes. Returns an error when the channel is broken.
-    pub fn pump(&mut self) -> Result<(), ChannelError> {
+    pub(crate) fn pump(&mut self) -> Result<(), ChannelError> {
         if self.channel_closed {
             return Ok(());
         }
@@ -209,7 +209,7 @@ impl Worker {
     }
 
     /// Readiness to register for.
-    pub fn interest(&self) -> mio::Interest {
+    pub(crate) fn interest(&self) -> mio::Interest {
         if self.channel.wants_write() || !self.outbox.is_empty() {
             mio::Interest::READABLE | mio::Interest::WRITABLE
         } else {
@@ -220,7 +220,7 @@ impl Worker {
 
 /// Resolves the binary to exec for workers and upgrades: the path this
 /// process was started from.
-pub fn current_executable() -> io::Result<PathBuf> {
+pub(crate) fn current_executable() -> io::Result<PathBuf> {
     let path = std::env::current_exe()?;
     // After the file is replaced on disk (an upgrade), /proc reports
     // "PATH (deleted)": the path itself is what we want.
