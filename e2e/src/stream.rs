@@ -71,6 +71,7 @@ impl NamedTcpBackend {
         }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.address
     }
@@ -194,6 +195,7 @@ impl NamedHttpBackend {
         NamedHttpBackend { address }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.address
     }
