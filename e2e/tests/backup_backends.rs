@@ -165,6 +165,37 @@ fn http_spread(front: SocketAddr) -> BTreeMap<String, usize> {
     })
 }
 
+/// The steps the TCP and HTTP tests share, on `cluster` whose primary
+/// listens at `primary_addr`, `spread` sending a batch of new connections or
+/// requests: every one goes to the primary while it is up, to the backup
+/// once it is removed, to the primary again once re-added, and to the
+/// backup while the primary is suspect (re-added at an address where
+/// nothing listens). Returns that dead address, where the primary is left.
+fn primary_then_backup(
+    sozu: &Sozu,
+    cluster: &str,
+    primary_addr: &str,
+    spread: impl Fn() -> BTreeMap<String, usize>,
+) -> String {
+    let counts = spread();
+    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
+
+    sozu.backend_remove(cluster, "primary", primary_addr);
+    let counts = spread();
+    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
+
+    sozu.backend_add(cluster, "primary", primary_addr);
+    let counts = spread();
+    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
+
+    sozu.backend_remove(cluster, "primary", primary_addr);
+    let dead = free_v4().to_string();
+    sozu.backend_add(cluster, "primary", &dead);
+    let counts = spread();
+    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    dead
+}
+
 #[test]
 fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     let (primary, backup) = (
@@ -177,27 +208,15 @@ fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     );
     let (sozu, front, _) = start_streams((&primary, &backup), (&p, &b));
     let primary_addr = primary.addr().to_string();
-
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
-    assert_eq!(backup.connections(), 0);
-
-    sozu.backend_remove("echo", "primary", &primary_addr);
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
-
-    sozu.backend_add("echo", "primary", &primary_addr);
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
-
-    // Suspect: the primary comes back at an address where nothing
-    // listens. The first connect is refused, the primary becomes suspect
-    // and that connection (retried) and the next ones go to the backup.
-    sozu.backend_remove("echo", "primary", &primary_addr);
-    let dead = free_v4().to_string();
-    sozu.backend_add("echo", "primary", &dead);
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    // Suspect: the first connect to the dead address is refused, the
+    // primary becomes suspect and that connection (retried) and the next
+    // ones go to the backup.
+    let dead = primary_then_backup(&sozu, "echo", &primary_addr, || tcp_spread(front));
+    assert_eq!(
+        backup.connections(),
+        2 * NEW_FLOWS,
+        "the backup served while the primary was removed, then suspect"
+    );
     let m = sozu.metrics();
     assert!(
         m.backend("echo", "primary", "tcp.connect.failed")
@@ -226,23 +245,7 @@ fn http_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     );
     let (sozu, _, front) = start_streams((&tp, &tb), (&primary, &backup));
     let primary_addr = primary.addr().to_string();
-
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
-
-    sozu.backend_remove("web", "primary", &primary_addr);
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
-
-    sozu.backend_add("web", "primary", &primary_addr);
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
-
-    // Suspect: the primary at a dead address; no request is answered by
-    // the proxy itself (503), the backup answers every one.
-    sozu.backend_remove("web", "primary", &primary_addr);
-    let dead = free_v4().to_string();
-    sozu.backend_add("web", "primary", &dead);
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    // Suspect: no request is answered by the proxy itself (503), the
+    // backup answers every one.
+    primary_then_backup(&sozu, "web", &primary_addr, || http_spread(front));
 }
