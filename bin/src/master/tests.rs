@@ -140,6 +140,53 @@ fn reply(
     master.read_worker(id, now());
 }
 
+/// A master with workers 0 and 1 and one client: the set-up most tests
+/// share. The temp dir holds the command socket for the test's life.
+type Rig = (
+    tempfile::TempDir,
+    Master,
+    FakeWorker,
+    FakeWorker,
+    Token,
+    FakeClient,
+);
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let w0 = add_worker(&mut master, 0);
+    let w1 = add_worker(&mut master, 1);
+    let (token, client) = add_client(&mut master);
+    (dir, master, w0, w1, token, client)
+}
+
+/// The client sends `add_cluster dns`; worker 0 takes it, worker 1 refuses
+/// it (`cannot bind 127.0.0.1:53`). Nothing is committed while the order is
+/// out.
+fn worker_1_refuses_dns(
+    master: &mut Master,
+    token: Token,
+    w0: &mut FakeWorker,
+    w1: &mut FakeWorker,
+) {
+    send(master, token, cluster("dns"));
+    let o0 = next_order(w0);
+    let o1 = next_order(w1);
+    assert!(
+        master.state.cluster("dns").is_none(),
+        "nothing is committed while the order is out"
+    );
+    reply(master, 0, w0, &o0, ResponseStatus::Ok, "");
+    reply(
+        master,
+        1,
+        w1,
+        &o1,
+        ResponseStatus::Failure,
+        "cannot bind 127.0.0.1:53",
+    );
+}
+
 fn nothing_pending(worker: &mut FakeWorker) -> bool {
     worker.set_blocking(false).unwrap();
     matches!(worker.try_read_message(), Ok(None))
@@ -176,11 +223,7 @@ fn refused_order_reaches_no_worker_and_names_the_field() {
 
 #[test]
 fn accepted_order_reaches_every_worker_and_is_answered_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     send(&mut master, token, cluster("dns"));
     let o0 = next_order(&mut w0);
     let o1 = next_order(&mut w1);
@@ -208,23 +251,8 @@ fn accepted_order_reaches_every_worker_and_is_answered_once() {
 
 #[test]
 fn worker_failure_is_named_in_the_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
-    send(&mut master, token, cluster("dns"));
-    let o0 = next_order(&mut w0);
-    let o1 = next_order(&mut w1);
-    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
-    reply(
-        &mut master,
-        1,
-        &mut w1,
-        &o1,
-        ResponseStatus::Failure,
-        "cannot bind 127.0.0.1:53",
-    );
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
+    worker_1_refuses_dns(&mut master, token, &mut w0, &mut w1);
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(answer.status(), ResponseStatus::Failure);
     assert!(
@@ -530,27 +558,8 @@ fn with_http_listener(master: &mut Master) {
 
 #[test]
 fn refused_order_is_undone_on_the_workers_that_applied_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
-    send(&mut master, token, cluster("dns"));
-    let o0 = next_order(&mut w0);
-    let o1 = next_order(&mut w1);
-    assert!(
-        master.state.cluster("dns").is_none(),
-        "nothing is committed while the order is out"
-    );
-    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
-    reply(
-        &mut master,
-        1,
-        &mut w1,
-        &o1,
-        ResponseStatus::Failure,
-        "cannot bind 127.0.0.1:53",
-    );
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
+    worker_1_refuses_dns(&mut master, token, &mut w0, &mut w1);
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(answer.status(), ResponseStatus::Failure);
     assert!(
@@ -576,11 +585,7 @@ fn refused_order_is_undone_on_the_workers_that_applied_it() {
 
 #[test]
 fn a_worker_refusing_the_undo_is_restarted() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     send(&mut master, token, cluster("dns"));
     let o0 = next_order(&mut w0);
     let o1 = next_order(&mut w1);
@@ -769,11 +774,7 @@ fn unsupported_sozu_orders_are_refused_by_name_and_reach_no_worker() {
 #[test]
 fn configure_metrics_reaches_every_worker_and_is_replayed_to_a_new_one() {
     use sozu_command_lib::command::MetricsConfiguration;
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     let disable = order(RequestType::ConfigureMetrics(
         MetricsConfiguration::Disabled as i32,
     ));
