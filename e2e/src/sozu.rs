@@ -399,6 +399,34 @@ impl Sozu {
         self.backend_order("remove", cluster, backend_id, address)
     }
 
+    /// `sozu http frontend VERB -i CLUSTER -a LISTENER --hostname HOST
+    /// MORE…`, which must succeed.
+    pub fn http_frontend_ok(
+        &self,
+        verb: &str,
+        cluster: &str,
+        listener: &str,
+        hostname: &str,
+        more: &[&str],
+    ) -> CliOutput {
+        let args = http_frontend_args(verb, cluster, listener, hostname, more);
+        self.cli_ok(&args)
+    }
+
+    /// Like [`Sozu::http_frontend_ok`], for an order that may fail: the
+    /// caller checks the outcome.
+    pub fn http_frontend(
+        &self,
+        verb: &str,
+        cluster: &str,
+        listener: &str,
+        hostname: &str,
+        more: &[&str],
+    ) -> CliOutput {
+        let args = http_frontend_args(verb, cluster, listener, hostname, more);
+        self.cli(&args)
+    }
+
     fn backend_order(&self, verb: &str, cluster: &str, id: &str, address: &str) -> CliOutput {
         self.cli_ok(&[
             "backend",
@@ -516,6 +544,28 @@ impl Drop for Sozu {
         }
         self.kill_all();
     }
+}
+
+fn http_frontend_args<'a>(
+    verb: &'a str,
+    cluster: &'a str,
+    listener: &'a str,
+    hostname: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "http",
+        "frontend",
+        verb,
+        "-i",
+        cluster,
+        "-a",
+        listener,
+        "--hostname",
+        hostname,
+    ];
+    args.extend_from_slice(more);
+    args
 }
 
 /// Sends `order` on `channel` and reads answers until a final one.

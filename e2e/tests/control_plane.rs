@@ -60,30 +60,8 @@ fn a_refused_path_rule_leaves_no_trace_and_the_next_upgrade_succeeds() {
     sozu.cli_ok(&["http", "listener", "add", "-a", &http]);
     sozu.cli_ok(&["cluster", "add", "-i", "web"]);
     // A positive control: a prefix rule is taken and listed.
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
-        "add",
-        "-i",
-        "web",
-        "-a",
-        &http,
-        "--hostname",
-        "ok.local",
-    ]);
-    let refused = sozu.cli(&[
-        "http",
-        "frontend",
-        "add",
-        "-i",
-        "web",
-        "-a",
-        &http,
-        "--hostname",
-        "localhost",
-        "--path-regex",
-        "(",
-    ]);
+    sozu.http_frontend_ok("add", "web", &http, "ok.local", &[]);
+    let refused = sozu.http_frontend("add", "web", &http, "localhost", &["--path-regex", "("]);
     assert_fails(&refused, "path rule kind");
 
     let listed = sozu.cli_ok(&["--json", "frontend", "list"]).stdout;

@@ -113,53 +113,19 @@ fn http_routes_change_live_through_the_cli() {
     let front = http_front.to_string();
     let (mut s, mut r) = connect(http_front);
     assert_eq!(get(&mut s, &mut r, "shop.test", "/").0, 404);
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
-        "add",
-        "-i",
-        "api",
-        "-a",
-        &front,
-        "--hostname",
-        "*.test",
-        "--path",
-        "/",
-    ]);
+    sozu.http_frontend_ok("add", "api", &front, "*.test", &["--path", "/"]);
     let (mut s, mut r) = connect(http_front);
     assert_eq!(
         get(&mut s, &mut r, "shop.test", "/cart").1,
         "backend=api path=/cart"
     );
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
-        "remove",
-        "-i",
-        "api",
-        "-a",
-        &front,
-        "--hostname",
-        "*.test",
-        "--path",
-        "/",
-    ]);
+    sozu.http_frontend_ok("remove", "api", &front, "*.test", &["--path", "/"]);
     assert_eq!(get(&mut s, &mut r, "shop.test", "/cart").0, 404);
     // A second HTTP listener added and routed by the CLI.
     let second = free_v4();
     let second_s = second.to_string();
     sozu.cli_ok(&["http", "listener", "add", "-a", &second_s]);
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
-        "add",
-        "-i",
-        "web",
-        "-a",
-        &second_s,
-        "--hostname",
-        "example.com",
-    ]);
+    sozu.http_frontend_ok("add", "web", &second_s, "example.com", &[]);
     let (mut s, mut r) = connect(second);
     assert_eq!(
         get(&mut s, &mut r, "example.com", "/x").1,
