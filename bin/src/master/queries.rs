@@ -17,12 +17,11 @@ use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
     CertificatesWithFingerprints, ListOfCertificatesByAddress, MetricsConfiguration, Request,
-    RequestCounts, Response, ResponseContent, ResponseStatus, WorkerResponses,
+    RequestCounts, ResponseContent, WorkerResponses,
 };
 
-use super::clients::response;
 use super::command_socket::Peer;
-use super::orders::{audit, ClientOrder, ClientOrderKind};
+use super::orders::{audit, failure, with_content, ClientOrder, ClientOrderKind};
 use super::{Master, Purpose};
 
 /// What the master keeps for these orders.
@@ -47,20 +46,6 @@ impl SozuExtras {
             }],
             _ => Vec::new(),
         }
-    }
-}
-
-fn failure(message: impl Into<String>) -> Response {
-    response(ResponseStatus::Failure, message)
-}
-
-fn with_content(message: impl Into<String>, content: ContentType) -> Response {
-    Response {
-        status: ResponseStatus::Ok as i32,
-        message: message.into(),
-        content: Some(ResponseContent {
-            content_type: Some(content),
-        }),
     }
 }
 
