@@ -187,6 +187,21 @@ fn worker_1_refuses_dns(
     );
 }
 
+/// The client's answer after [`worker_1_refuses_dns`]: a failure naming
+/// worker 1 and its reason. Returns the message.
+fn failure_naming_worker_1(client: &mut FakeClient) -> String {
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer
+            .message
+            .contains("worker 1: cannot bind 127.0.0.1:53"),
+        "{}",
+        answer.message
+    );
+    answer.message
+}
+
 fn nothing_pending(worker: &mut FakeWorker) -> bool {
     worker.set_blocking(false).unwrap();
     matches!(worker.try_read_message(), Ok(None))
@@ -253,15 +268,7 @@ fn accepted_order_reaches_every_worker_and_is_answered_once() {
 fn worker_failure_is_named_in_the_answer() {
     let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     worker_1_refuses_dns(&mut master, token, &mut w0, &mut w1);
-    let answer = client.read_message_timeout(TIMEOUT).unwrap();
-    assert_eq!(answer.status(), ResponseStatus::Failure);
-    assert!(
-        answer
-            .message
-            .contains("worker 1: cannot bind 127.0.0.1:53"),
-        "{}",
-        answer.message
-    );
+    failure_naming_worker_1(&mut client);
 }
 
 #[test]
@@ -560,16 +567,8 @@ fn with_http_listener(master: &mut Master) {
 fn refused_order_is_undone_on_the_workers_that_applied_it() {
     let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     worker_1_refuses_dns(&mut master, token, &mut w0, &mut w1);
-    let answer = client.read_message_timeout(TIMEOUT).unwrap();
-    assert_eq!(answer.status(), ResponseStatus::Failure);
-    assert!(
-        answer
-            .message
-            .contains("worker 1: cannot bind 127.0.0.1:53")
-            && answer.message.contains("undone on worker(s) 0"),
-        "{}",
-        answer.message
-    );
+    let message = failure_naming_worker_1(&mut client);
+    assert!(message.contains("undone on worker(s) 0"), "{message}");
     assert!(master.state.is_empty(), "a refused order leaves no trace");
     // Worker 0 applied it: it is told to remove the cluster again.
     let undo = next_order(&mut w0);
