@@ -399,34 +399,6 @@ impl Sozu {
         self.backend_order("remove", cluster, backend_id, address)
     }
 
-    /// `sozu http frontend VERB -i CLUSTER -a LISTENER --hostname HOST
-    /// MORE…`, which must succeed.
-    pub fn http_frontend_ok(
-        &self,
-        verb: &str,
-        cluster: &str,
-        listener: &str,
-        hostname: &str,
-        more: &[&str],
-    ) -> CliOutput {
-        let args = http_frontend_args(verb, cluster, listener, hostname, more);
-        self.cli_ok(&args)
-    }
-
-    /// Like [`Sozu::http_frontend_ok`], for an order that may fail: the
-    /// caller checks the outcome.
-    pub fn http_frontend(
-        &self,
-        verb: &str,
-        cluster: &str,
-        listener: &str,
-        hostname: &str,
-        more: &[&str],
-    ) -> CliOutput {
-        let args = http_frontend_args(verb, cluster, listener, hostname, more);
-        self.cli(&args)
-    }
-
     fn backend_order(&self, verb: &str, cluster: &str, id: &str, address: &str) -> CliOutput {
         self.cli_ok(&[
             "backend",
@@ -546,7 +518,9 @@ impl Drop for Sozu {
     }
 }
 
-fn http_frontend_args<'a>(
+/// The arguments of `sozu http frontend VERB -i CLUSTER -a LISTENER
+/// --hostname HOST MORE…`, for [`Sozu::cli`] or [`Sozu::cli_ok`].
+pub fn http_frontend_args<'a>(
     verb: &'a str,
     cluster: &'a str,
     listener: &'a str,

@@ -7,6 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use sozu_e2e::ports::free_v4;
+use sozu_e2e::sozu::http_frontend_args;
 use sozu_e2e::stream::{
     get_on, http_connect, tcp_http_config, Hold, NamedHttpBackend, NamedTcpBackend, StreamBackend,
 };
@@ -113,19 +114,37 @@ fn http_routes_change_live_through_the_cli() {
     let front = http_front.to_string();
     let (mut s, mut r) = connect(http_front);
     assert_eq!(get(&mut s, &mut r, "shop.test", "/").0, 404);
-    sozu.http_frontend_ok("add", "api", &front, "*.test", &["--path", "/"]);
+    sozu.cli_ok(&http_frontend_args(
+        "add",
+        "api",
+        &front,
+        "*.test",
+        &["--path", "/"],
+    ));
     let (mut s, mut r) = connect(http_front);
     assert_eq!(
         get(&mut s, &mut r, "shop.test", "/cart").1,
         "backend=api path=/cart"
     );
-    sozu.http_frontend_ok("remove", "api", &front, "*.test", &["--path", "/"]);
+    sozu.cli_ok(&http_frontend_args(
+        "remove",
+        "api",
+        &front,
+        "*.test",
+        &["--path", "/"],
+    ));
     assert_eq!(get(&mut s, &mut r, "shop.test", "/cart").0, 404);
     // A second HTTP listener added and routed by the CLI.
     let second = free_v4();
     let second_s = second.to_string();
     sozu.cli_ok(&["http", "listener", "add", "-a", &second_s]);
-    sozu.http_frontend_ok("add", "web", &second_s, "example.com", &[]);
+    sozu.cli_ok(&http_frontend_args(
+        "add",
+        "web",
+        &second_s,
+        "example.com",
+        &[],
+    ));
     let (mut s, mut r) = connect(second);
     assert_eq!(
         get(&mut s, &mut r, "example.com", "/x").1,
