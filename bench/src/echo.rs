@@ -25,7 +25,7 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
 /// Options of `sozu-bench echo`.
 #[derive(Args, Debug, Clone)]
-pub struct EchoArgs {
+pub(crate) struct EchoArgs {
     /// Number of sockets when --ports is not given (each on a free port).
     #[arg(long, default_value_t = 4)]
     pub sockets: usize,
@@ -56,6 +56,7 @@ impl Batch {
     fn new(size: usize) -> Box<Batch> {
         // SAFETY: all-zero is a valid value for these plain C structs.
         let zeroed_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above (pointers null, lengths 0, until `new` fills them).
         let zeroed_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
         let mut batch = Box::new(Batch {
             buffers: vec![[0u8; MAX_DATAGRAM]; size],
@@ -171,7 +172,7 @@ fn echo_socket(fd: libc::c_int, batch: &mut Batch, counters: &mut EchoCounters) 
 
 /// Runs the echo backend until killed or `--duration` elapses.
 #[allow(clippy::disallowed_methods)] // I/O shell: bounded by a deadline
-pub fn run(args: &EchoArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &EchoArgs) -> anyhow::Result<()> {
     if !args.bind.is_loopback() {
         bail!("--bind {} is not a loopback address", args.bind);
     }

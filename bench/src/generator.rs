@@ -26,7 +26,7 @@ const FLOWS_PER_SOURCE_IP: usize = 4000;
 
 /// Options of `sozu-bench gen`.
 #[derive(Args, Debug, Clone)]
-pub struct GenArgs {
+pub(crate) struct GenArgs {
     /// Where to send (repeatable: flow i uses target i % n). Loopback only.
     #[arg(long = "target", required = true)]
     pub targets: Vec<SocketAddr>,
@@ -93,7 +93,7 @@ pub struct GenArgs {
 
 /// What a generator run measured (all counters are for the measured window).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct GenReport {
+pub(crate) struct GenReport {
     /// Flows (sockets) opened.
     pub flows: usize,
     /// Flows that kept sending.
@@ -277,7 +277,7 @@ fn is_send_backpressure(e: &io::Error) -> bool {
 }
 
 /// Runs the generator; its report (JSON or text) goes to stdout.
-pub fn run(args: &GenArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &GenArgs) -> anyhow::Result<()> {
     let report = generate(args)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -540,7 +540,7 @@ impl Generator<'_> {
 
 /// Runs one generator measurement and returns its report.
 #[allow(clippy::disallowed_methods)] // I/O shell: the loop reads the clock
-pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
+pub(crate) fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     if args.payload < HEADER_LEN || args.payload > 65_000 {
         bail!(
             "--payload {} must be within {HEADER_LEN}..=65000",

@@ -1,8 +1,15 @@
-//! sozu-bench: UDP benchmark tool for sozu (issue 7).
+//! sozu-bench: UDP benchmark tool for sozu.
 //!
 //! `gen` is the load generator, `echo` the echo backend, `run` the
 //! scenario runner comparing direct, sozu, nginx `stream` and Envoy
 //! `udp_proxy`. Everything stays on loopback and every phase is bounded.
+//!
+//! Lint gates as in the `sozu` binary: items are `pub(crate)` (nothing is
+//! public outside a binary), and every `unsafe` block (mmsg batches, raw
+//! sockets) says why it is sound.
+
+#![deny(missing_docs, unreachable_pub)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod echo;
 mod generator;

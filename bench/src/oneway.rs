@@ -27,7 +27,7 @@ use crate::runner::proxies::{self, Installed, ProxyOptions, Target};
 
 /// Options of `sozu-bench oneway`.
 #[derive(Args, Debug, Clone)]
-pub struct OneWayArgs {
+pub(crate) struct OneWayArgs {
     /// The sozu binary (default target/release/sozu, else next to this tool).
     #[arg(long)]
     pub sozu: Option<PathBuf>,
@@ -257,7 +257,7 @@ fn pin_self(cpu: usize) {
 
 /// `sozu-bench oneway`.
 #[allow(clippy::disallowed_methods)] // benchmark shell: settle time
-pub fn run(args: &OneWayArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
     install_signal_handlers();
     let sozu = crate::runner::resolve_sozu(&args.sozu);
     let installed = Installed::detect(&sozu);

@@ -9,17 +9,17 @@
 use serde::{Deserialize, Serialize};
 
 /// Marks a datagram as produced by `sozu-bench gen` ("SBNC").
-pub const MAGIC: u32 = 0x5342_4E43;
+pub(crate) const MAGIC: u32 = 0x5342_4E43;
 
 /// Bytes taken by the header at the start of every datagram.
-pub const HEADER_LEN: usize = 24;
+pub(crate) const HEADER_LEN: usize = 24;
 
 /// Flow id used by readiness probes (never a generator flow).
-pub const PROBE_FLOW: u32 = u32::MAX;
+pub(crate) const PROBE_FLOW: u32 = u32::MAX;
 
 /// Header of a benchmark datagram; the rest of the payload is filler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Index of the generator flow (client socket) that sent it.
     pub flow: u32,
     /// Per-flow sequence number, increasing from 0.
@@ -32,7 +32,7 @@ impl Header {
     /// Writes the header into the first [`HEADER_LEN`] bytes of `buf`.
     /// `buf` must be at least `HEADER_LEN` long (the generator enforces a
     /// minimum payload size).
-    pub fn write(&self, buf: &mut [u8]) {
+    pub(crate) fn write(&self, buf: &mut [u8]) {
         buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         buf[4..8].copy_from_slice(&self.flow.to_le_bytes());
         buf[8..16].copy_from_slice(&self.seq.to_le_bytes());
@@ -40,7 +40,7 @@ impl Header {
     }
 
     /// Parses a header; `None` when too short or the magic is wrong.
-    pub fn parse(buf: &[u8]) -> Option<Header> {
+    pub(crate) fn parse(buf: &[u8]) -> Option<Header> {
         let magic = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?);
         if magic != MAGIC {
             return None;
@@ -55,7 +55,7 @@ impl Header {
 
 /// What a datagram received on a flow's socket turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The reply to one of this flow's own datagrams.
     Valid(Header),
     /// A well-formed reply whose header names another flow: the proxy
@@ -66,7 +66,7 @@ pub enum Reply {
 }
 
 /// Classifies `datagram` received on the socket of flow `socket_flow`.
-pub fn classify_reply(socket_flow: u32, datagram: &[u8]) -> Reply {
+pub(crate) fn classify_reply(socket_flow: u32, datagram: &[u8]) -> Reply {
     match Header::parse(datagram) {
         Some(header) if header.flow == socket_flow => Reply::Valid(header),
         Some(header) => Reply::Misrouted(header),
@@ -82,7 +82,7 @@ const BUCKETS: usize = (SUB_COUNT as usize) * (64 - SUB_BITS as usize + 1);
 
 /// Log-linear histogram of u64 samples (nanoseconds), fixed memory.
 #[derive(Debug, Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: Vec<u64>,
     total: u64,
     sum: u128,
@@ -124,7 +124,7 @@ fn value_of(bucket: usize) -> u64 {
 
 impl Histogram {
     /// Records one sample.
-    pub fn record(&mut self, value: u64) {
+    pub(crate) fn record(&mut self, value: u64) {
         self.counts[bucket_of(value)] += 1;
         self.total += 1;
         self.sum += u128::from(value);
@@ -132,23 +132,23 @@ impl Histogram {
     }
 
     /// Number of samples recorded.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.total
     }
 
     /// Largest sample, `None` when empty.
-    pub fn max(&self) -> Option<u64> {
+    pub(crate) fn max(&self) -> Option<u64> {
         (self.total > 0).then_some(self.max)
     }
 
     /// Arithmetic mean, `None` when empty.
-    pub fn mean(&self) -> Option<f64> {
+    pub(crate) fn mean(&self) -> Option<f64> {
         (self.total > 0).then(|| self.sum as f64 / self.total as f64)
     }
 
     /// The value at quantile `q` (0.0..=1.0): the smallest recorded bucket
     /// whose cumulative count reaches `ceil(q * count)`. `None` when empty.
-    pub fn percentile(&self, q: f64) -> Option<u64> {
+    pub(crate) fn percentile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
             return None;
         }
@@ -167,7 +167,7 @@ impl Histogram {
 
 /// RTT summary in microseconds, as printed and serialised.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RttSummary {
+pub(crate) struct RttSummary {
     /// Median round trip time.
     pub p50_us: Option<f64>,
     /// 99th percentile.
@@ -184,7 +184,7 @@ pub struct RttSummary {
 
 impl RttSummary {
     /// Summarises a histogram of nanosecond samples.
-    pub fn from_histogram(h: &Histogram) -> RttSummary {
+    pub(crate) fn from_histogram(h: &Histogram) -> RttSummary {
         let us = |ns: u64| ns as f64 / 1000.0;
         RttSummary {
             p50_us: h.percentile(0.50).map(us),
@@ -198,7 +198,7 @@ impl RttSummary {
 }
 
 /// Median of a list of values (mean of the two middle ones when even).
-pub fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// sozu: a UDP, TCP and HTTP reverse proxy steered at runtime.
 #[derive(Debug, Parser)]
 #[command(name = "sozu", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
@@ -26,7 +26,7 @@ pub struct Cli {
 /// Options shared by every client command.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Client options")]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// Configuration file; its `command_socket` is the master to talk to.
     #[arg(short = 'c', long = "config", global = true)]
     pub config: Option<PathBuf>,
@@ -43,7 +43,7 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Start the master and its workers.
     Start(crate::master::StartArgs),
     /// Worker slots: `sozu worker restart N` (with `--id …`, the hidden
@@ -135,7 +135,7 @@ pub enum Command {
 /// `sozu completions SHELL`: the completion script of the whole command
 /// line, written to `out` (built in memory first: the generator panics on
 /// a write error such as a closed pipe).
-pub fn write_completions(
+pub(crate) fn write_completions(
     shell: clap_complete::Shell,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
@@ -146,7 +146,7 @@ pub fn write_completions(
 }
 
 /// `sozu manpage`: sozu(1), written to `out`.
-pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+pub(crate) fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let command = <Cli as clap::CommandFactory>::command();
     clap_mangen::Man::new(command).render(out)
 }
@@ -155,7 +155,7 @@ pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
 /// worker process started by the master.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct WorkerCommand {
+pub(crate) struct WorkerCommand {
     #[command(subcommand)]
     pub action: Option<WorkerAction>,
     #[command(flatten)]
@@ -164,7 +164,7 @@ pub struct WorkerCommand {
 
 /// `sozu worker restart N`
 #[derive(Debug, Subcommand)]
-pub enum WorkerAction {
+pub(crate) enum WorkerAction {
     /// Start worker slot N again: at once if it is down (whatever its
     /// restart backoff), else replaced like `upgrade --worker N`.
     Restart {
@@ -175,7 +175,7 @@ pub enum WorkerAction {
 
 /// `sozu state …`
 #[derive(Debug, Subcommand)]
-pub enum StateCmd {
+pub(crate) enum StateCmd {
     /// Write the master's state to FILE (a replayable list of orders).
     Save(StateFileArgs),
     /// Replay the orders of FILE.
@@ -187,7 +187,7 @@ pub enum StateCmd {
 
 /// The state file (resolved to an absolute path: the master opens it).
 #[derive(Debug, Args)]
-pub struct StateFileArgs {
+pub(crate) struct StateFileArgs {
     /// State file.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
@@ -195,7 +195,7 @@ pub struct StateFileArgs {
 
 /// `sozu top`
 #[derive(Debug, Args)]
-pub struct TopArgs {
+pub(crate) struct TopArgs {
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub interval: u64,
@@ -209,7 +209,7 @@ pub struct TopArgs {
 
 /// `sozu metrics …`
 #[derive(Debug, Subcommand)]
-pub enum MetricsCmd {
+pub(crate) enum MetricsCmd {
     /// Print the current metrics.
     Get(MetricsArgs),
     /// Resume counting in every worker (after `disable`).
@@ -223,7 +223,7 @@ pub enum MetricsCmd {
 
 /// Filters of a metrics query.
 #[derive(Debug, Args)]
-pub struct MetricsArgs {
+pub(crate) struct MetricsArgs {
     /// Only these clusters.
     #[arg(long = "clusters", alias = "cluster", value_delimiter = ',')]
     pub clusters: Vec<String>,
@@ -246,7 +246,7 @@ pub struct MetricsArgs {
 
 /// `sozu udp …`
 #[derive(Debug, Subcommand)]
-pub enum UdpCmd {
+pub(crate) enum UdpCmd {
     /// UDP listeners.
     #[command(subcommand)]
     Listener(UdpListenerCmd),
@@ -257,7 +257,7 @@ pub enum UdpCmd {
 
 /// `sozu tcp …`
 #[derive(Debug, Subcommand)]
-pub enum TcpCmd {
+pub(crate) enum TcpCmd {
     /// TCP listeners.
     #[command(subcommand)]
     Listener(TcpListenerCmd),
@@ -268,7 +268,7 @@ pub enum TcpCmd {
 
 /// `sozu http …`
 #[derive(Debug, Subcommand)]
-pub enum HttpCmd {
+pub(crate) enum HttpCmd {
     /// HTTP listeners.
     #[command(subcommand)]
     Listener(HttpListenerCmd),
@@ -279,7 +279,7 @@ pub enum HttpCmd {
 
 /// `sozu listener …` (Sōzu's spelling: protocol after `listener`).
 #[derive(Debug, Subcommand)]
-pub enum ListenerCmd {
+pub(crate) enum ListenerCmd {
     /// UDP listeners (same as `sozu udp listener`).
     #[command(subcommand)]
     Udp(UdpListenerCmd),
@@ -295,7 +295,7 @@ pub enum ListenerCmd {
 
 /// `sozu frontend …`
 #[derive(Debug, Subcommand)]
-pub enum FrontendCmd {
+pub(crate) enum FrontendCmd {
     /// UDP frontends (same as `sozu udp frontend`).
     #[command(subcommand)]
     Udp(FrontendOrderCmd<AddressFrontendArgs>),
@@ -311,7 +311,7 @@ pub enum FrontendCmd {
 
 /// `sozu query …` (Sōzu's spelling of the read-only commands).
 #[derive(Debug, Subcommand)]
-pub enum QueryCmd {
+pub(crate) enum QueryCmd {
     /// Same as `sozu cluster list`.
     Clusters(ClusterListArgs),
     /// Same as `sozu metrics get`.
@@ -322,7 +322,7 @@ pub enum QueryCmd {
 
 /// Filters of `sozu frontend list`; none means every protocol.
 #[derive(Debug, Args)]
-pub struct FrontendListArgs {
+pub(crate) struct FrontendListArgs {
     /// HTTP frontends.
     #[arg(long)]
     pub http: bool,
@@ -342,7 +342,7 @@ pub struct FrontendListArgs {
 
 /// `-a ADDR` of the orders that only name a listener.
 #[derive(Debug, Args)]
-pub struct ListenerAddressArgs {
+pub(crate) struct ListenerAddressArgs {
     /// Listener address, e.g. 127.0.0.1:5353 or [::1]:5353.
     #[arg(short = 'a', long = "address")]
     pub address: SocketAddr,
@@ -350,7 +350,7 @@ pub struct ListenerAddressArgs {
 
 /// `sozu udp listener …`
 #[derive(Debug, Subcommand)]
-pub enum UdpListenerCmd {
+pub(crate) enum UdpListenerCmd {
     /// Add a UDP listener and activate it (unless `--inactive`).
     Add {
         #[command(flatten)]
@@ -382,7 +382,7 @@ pub enum UdpListenerCmd {
 
 /// UDP listener settings; on `update` only the given ones change.
 #[derive(Debug, Args)]
-pub struct UdpListenerKnobs {
+pub(crate) struct UdpListenerKnobs {
     /// Address announced to backends (PROXY protocol), if not the listener's.
     #[arg(long = "public-address")]
     pub public_address: Option<SocketAddr>,
@@ -405,7 +405,7 @@ pub struct UdpListenerKnobs {
 /// Socket buffer sizes, set when the listener socket is created (so on
 /// `add` only: `update` never re-binds).
 #[derive(Debug, Args)]
-pub struct UdpSocketBuffers {
+pub(crate) struct UdpSocketBuffers {
     /// SO_RCVBUF of the listener socket in bytes (0 = kernel default).
     #[arg(long = "recv-buffer-size", allow_negative_numbers = true, value_parser = whole_number)]
     pub recv_buffer_size: Option<u32>,
@@ -416,7 +416,7 @@ pub struct UdpSocketBuffers {
 
 /// `sozu tcp listener …`
 #[derive(Debug, Subcommand)]
-pub enum TcpListenerCmd {
+pub(crate) enum TcpListenerCmd {
     /// Add a TCP listener and activate it (unless `--inactive`).
     Add {
         #[command(flatten)]
@@ -446,7 +446,7 @@ pub enum TcpListenerCmd {
 
 /// TCP listener settings; on `update` only the given ones change.
 #[derive(Debug, Args)]
-pub struct TcpListenerKnobs {
+pub(crate) struct TcpListenerKnobs {
     /// Address announced to backends (PROXY protocol), if not the listener's.
     #[arg(long = "public-address")]
     pub public_address: Option<SocketAddr>,
@@ -466,7 +466,7 @@ pub struct TcpListenerKnobs {
 
 /// `sozu http listener …`
 #[derive(Debug, Subcommand)]
-pub enum HttpListenerCmd {
+pub(crate) enum HttpListenerCmd {
     /// Add an HTTP listener and activate it (unless `--inactive`).
     Add {
         #[command(flatten)]
@@ -496,7 +496,7 @@ pub enum HttpListenerCmd {
 
 /// HTTP listener settings; on `update` only the given ones change.
 #[derive(Debug, Args)]
-pub struct HttpListenerKnobs {
+pub(crate) struct HttpListenerKnobs {
     /// Address announced to backends, if not the listener's.
     #[arg(long = "public-address")]
     pub public_address: Option<SocketAddr>,
@@ -522,7 +522,7 @@ pub struct HttpListenerKnobs {
 
 /// `add` / `remove` of a frontend, with the protocol's arguments.
 #[derive(Debug, Subcommand)]
-pub enum FrontendOrderCmd<A: Args> {
+pub(crate) enum FrontendOrderCmd<A: Args> {
     /// Route this frontend to a cluster.
     Add(A),
     /// Remove this frontend.
@@ -533,7 +533,7 @@ pub enum FrontendOrderCmd<A: Args> {
 
 /// A UDP or TCP frontend: a listener address routed to a cluster.
 #[derive(Debug, Args)]
-pub struct AddressFrontendArgs {
+pub(crate) struct AddressFrontendArgs {
     /// Cluster the frontend routes to.
     #[arg(short = 'i', long = "id", visible_alias = "cluster-id")]
     pub cluster_id: String,
@@ -547,7 +547,7 @@ pub struct AddressFrontendArgs {
 
 /// An HTTP frontend: address + hostname + path routed to a cluster.
 #[derive(Debug, Args)]
-pub struct HttpFrontendArgs {
+pub(crate) struct HttpFrontendArgs {
     /// Cluster the frontend routes to.
     #[arg(short = 'i', long = "id", visible_alias = "cluster-id")]
     pub cluster_id: String,
@@ -577,7 +577,7 @@ pub struct HttpFrontendArgs {
 
 /// `sozu cluster …`
 #[derive(Debug, Subcommand)]
-pub enum ClusterCmd {
+pub(crate) enum ClusterCmd {
     /// Add a cluster (an existing id is refused unless `--replace`).
     Add(Box<ClusterAddArgs>),
     /// Remove a cluster.
@@ -592,7 +592,7 @@ pub enum ClusterCmd {
 
 /// `sozu cluster list [-i ID]`
 #[derive(Debug, Args)]
-pub struct ClusterListArgs {
+pub(crate) struct ClusterListArgs {
     /// Only this cluster.
     #[arg(short = 'i', long = "id", visible_alias = "cluster-id")]
     pub id: Option<String>,
@@ -600,7 +600,7 @@ pub struct ClusterListArgs {
 
 /// `sozu cluster add`
 #[derive(Debug, Args)]
-pub struct ClusterAddArgs {
+pub(crate) struct ClusterAddArgs {
     /// Cluster id.
     #[arg(short = 'i', long = "id", visible_alias = "cluster-id")]
     pub id: String,
@@ -632,7 +632,7 @@ pub struct ClusterAddArgs {
 
 /// The UDP knobs of a cluster (`UdpClusterConfig`, `UdpHealthConfig`).
 #[derive(Debug, Args, Default)]
-pub struct UdpClusterKnobs {
+pub(crate) struct UdpClusterKnobs {
     /// UDP: what the load-balancing hash uses [master default: source-ip].
     #[arg(long = "affinity-key", value_enum)]
     pub affinity_key: Option<AffinityKey>,
@@ -702,7 +702,7 @@ pub struct UdpClusterKnobs {
 
 /// `sozu backend …`
 #[derive(Debug, Subcommand)]
-pub enum BackendCmd {
+pub(crate) enum BackendCmd {
     /// Add a backend to a cluster.
     Add {
         #[command(flatten)]
@@ -725,7 +725,7 @@ pub enum BackendCmd {
 
 /// Which backend of which cluster.
 #[derive(Debug, Args)]
-pub struct BackendArgs {
+pub(crate) struct BackendArgs {
     /// Cluster id.
     #[arg(short = 'i', long = "id", visible_alias = "cluster-id")]
     pub cluster_id: String,
@@ -739,7 +739,7 @@ pub struct BackendArgs {
 
 /// `--load-balancing-policy` (Sōzu's spellings accepted as aliases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LoadBalancingPolicy {
+pub(crate) enum LoadBalancingPolicy {
     #[value(name = "round_robin", alias = "round-robin", alias = "roundrobin")]
     RoundRobin,
     #[value(name = "random")]
@@ -756,7 +756,7 @@ pub enum LoadBalancingPolicy {
 
 /// `--affinity-key`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AffinityKey {
+pub(crate) enum AffinityKey {
     #[value(name = "source-ip", alias = "source_ip")]
     SourceIp,
     #[value(name = "source-ip-port", alias = "source_ip_port")]
@@ -765,7 +765,7 @@ pub enum AffinityKey {
 
 /// `--flow-key`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FlowKey {
+pub(crate) enum FlowKey {
     #[value(name = "source-address", alias = "source_address")]
     SourceAddress,
     #[value(name = "quic-connection-id", alias = "quic_connection_id")]
@@ -774,7 +774,7 @@ pub enum FlowKey {
 
 /// `--health-mode`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HealthMode {
+pub(crate) enum HealthMode {
     Off,
     Tcp,
     Udp,
@@ -782,7 +782,7 @@ pub enum HealthMode {
 
 /// A health probe payload, already decoded to bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(pub Vec<u8>);
+pub(crate) struct Payload(pub Vec<u8>);
 
 /// `key=value` → `(key, value)`; the key may not be empty.
 fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -813,7 +813,7 @@ fn parse_payload(text: &str) -> Result<Payload, String> {
 }
 
 /// Tags as the wire's map (a repeated key keeps its last value).
-pub fn tags_map(tags: &[(String, String)]) -> BTreeMap<String, String> {
+pub(crate) fn tags_map(tags: &[(String, String)]) -> BTreeMap<String, String> {
     tags.iter().cloned().collect()
 }
 

@@ -30,14 +30,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 /// Target of the per-flow / per-request access log lines.
-pub const ACCESS_TARGET: &str = "access";
+pub(crate) const ACCESS_TARGET: &str = "access";
 /// Target of the audit line written for every mutating order.
-pub const AUDIT_TARGET: &str = "audit";
+pub(crate) const AUDIT_TARGET: &str = "audit";
 
 /// What a process needs to set its logging up, taken from the configuration
 /// (the master) or from its command line (a worker).
 #[derive(Debug, Clone)]
-pub struct LogSettings {
+pub(crate) struct LogSettings {
     /// `tracing` filter directives, e.g. `info` or `info,sozu_lib=debug`.
     pub level: String,
     pub target: LogTarget,
@@ -49,7 +49,7 @@ pub struct LogSettings {
 
 impl LogSettings {
     /// The logging part of a loaded configuration.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         LogSettings {
             level: config.log_level.clone(),
             target: config.log_target.clone(),
@@ -62,7 +62,7 @@ impl LogSettings {
 
 /// Renders a target back into the `log_target` spelling (to hand it to a
 /// worker on its command line).
-pub fn target_to_string(target: &LogTarget) -> String {
+pub(crate) fn target_to_string(target: &LogTarget) -> String {
     match target {
         LogTarget::Stdout => "stdout".to_owned(),
         LogTarget::Stderr => "stderr".to_owned(),
@@ -74,7 +74,7 @@ pub fn target_to_string(target: &LogTarget) -> String {
 }
 
 /// Parses the `log_target` spelling (the inverse of [`target_to_string`]).
-pub fn parse_target(text: &str) -> anyhow::Result<LogTarget> {
+pub(crate) fn parse_target(text: &str) -> anyhow::Result<LogTarget> {
     let target = match text {
         "stdout" => LogTarget::Stdout,
         "stderr" => LogTarget::Stderr,
@@ -108,7 +108,7 @@ pub fn parse_target(text: &str) -> anyhow::Result<LogTarget> {
 ///
 /// Errors (an unopenable file, a bad filter) are returned for the caller to
 /// print; nothing is installed then.
-pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
+pub(crate) fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
     let main_writer = SinkWriter::open(&settings.target).with_context(|| {
         format!(
             "cannot open log target {}",
@@ -152,29 +152,24 @@ pub fn init(settings: &LogSettings, process: &str) -> anyhow::Result<()> {
         .with_writer(main_writer)
         .with_ansi(ansi)
         .with_target(true)
-        .event_format(ProcessFormat::new(process_name.clone()))
+        .event_format(LineFormat::plain(process_name.clone()))
         .with_filter(filter)
         .with_filter(filter_fn(move |meta| {
             let t = meta.target();
             !(separate_access && t == ACCESS_TARGET || separate_audit && t == AUDIT_TARGET)
         }));
     let access_layer = access_writer.map(|w| {
-        let format = if json_access {
-            AccessFormat::Json(process_name.clone())
-        } else {
-            AccessFormat::Ascii(ProcessFormat::new(process_name.clone()))
-        };
         tracing_subscriber::fmt::layer()
             .with_writer(w)
             .with_ansi(false)
-            .event_format(format)
+            .event_format(LineFormat::access(process_name.clone(), json_access))
             .with_filter(filter_fn(|meta| meta.target() == ACCESS_TARGET))
     });
     let audit_layer = audit_writer.map(|w| {
         tracing_subscriber::fmt::layer()
             .with_writer(w)
             .with_ansi(false)
-            .event_format(ProcessFormat::new(process_name.clone()))
+            .event_format(LineFormat::plain(process_name.clone()))
             .with_filter(filter_fn(|meta| meta.target() == AUDIT_TARGET))
     });
     tracing_subscriber::registry()
@@ -201,7 +196,7 @@ static LEVEL: OnceLock<Reloader> = OnceLock::new();
 /// Replaces the log filter of this process's main sink with `directives`
 /// (the `log_level` syntax: `debug`, `info,sozu_lib=trace`). Invalid
 /// directives change nothing.
-pub fn set_level(directives: &str) -> anyhow::Result<()> {
+pub(crate) fn set_level(directives: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(directives)
         .with_context(|| format!("{directives:?} is not a valid log filter"))?;
     let reload = LEVEL
@@ -210,46 +205,34 @@ pub fn set_level(directives: &str) -> anyhow::Result<()> {
     reload(filter).map_err(|error| anyhow::anyhow!("cannot change the log filter: {error}"))
 }
 
-/// The default fmt line with the process name in front, so the lines of a
-/// master and its workers sharing one sink can be told apart.
-struct ProcessFormat {
+/// How a layer writes an event: the default fmt line with the process name
+/// in front, so the lines of a master and its workers sharing one sink can
+/// be told apart; or, for access records in `json` format, one JSON object
+/// (`doc/metrics.md` lists its fields).
+struct LineFormat {
     process: Arc<str>,
+    json: bool,
     inner: tracing_subscriber::fmt::format::Format,
 }
 
-impl ProcessFormat {
-    fn new(process: Arc<str>) -> Self {
-        ProcessFormat {
+impl LineFormat {
+    fn plain(process: Arc<str>) -> Self {
+        LineFormat {
             process,
+            json: false,
             inner: tracing_subscriber::fmt::format::Format::default(),
         }
     }
-}
 
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for ProcessFormat
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        write!(writer, "[{}] ", self.process)?;
-        self.inner.format_event(ctx, writer, event)
+    fn access(process: Arc<str>, json: bool) -> Self {
+        LineFormat {
+            json,
+            ..LineFormat::plain(process)
+        }
     }
 }
 
-/// How the access layer writes a record: the plain line, or one JSON
-/// object (`doc/metrics.md` lists its fields).
-enum AccessFormat {
-    Ascii(ProcessFormat),
-    Json(Arc<str>),
-}
-
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for AccessFormat
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for LineFormat
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
@@ -260,12 +243,11 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        match self {
-            AccessFormat::Ascii(format) => format.format_event(ctx, writer, event),
-            AccessFormat::Json(process) => {
-                writeln!(writer, "{}", json_record(process, event))
-            }
+        if self.json {
+            return writeln!(writer, "{}", json_record(&self.process, event));
         }
+        write!(writer, "[{}] ", self.process)?;
+        self.inner.format_event(ctx, writer, event)
     }
 }
 

@@ -1,6 +1,17 @@
 //! The `sozu` binary: `sozu start` runs the master, the hidden `sozu worker`
 //! runs one worker (started by the master), every other subcommand is a
 //! command-line client of a running master.
+//!
+//! Lint gates, and why: in a binary nothing is public outside the crate, so
+//! `unreachable_pub` makes every item say `pub(crate)` and a bare `pub`
+//! stands out as a mistake rather than an API; `missing_docs` keeps this
+//! crate's own docs required should a part of it become a library; and the
+//! process code is full of raw fds, fork/exec and signal handling, so every
+//! `unsafe` block must state why it is sound
+//! (`clippy::undocumented_unsafe_blocks`).
+
+#![deny(missing_docs, unreachable_pub)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cli;
 mod ctl;

@@ -5,12 +5,13 @@
 //! Owns turning those fds and the command-line settings into a running
 //! worker loop (`sozu_lib`'s server); it holds no proxy logic itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use sozu_command_lib::channel::Channel;
 use sozu_command_lib::command::{WorkerRequest, WorkerResponse};
 use sozu_command_lib::config::AccessLogFormat;
@@ -19,9 +20,10 @@ use sozu_lib::server::{LogLevelHook, Server, ServerConfig, StatsdConfig};
 
 use crate::logging::{self, LogSettings};
 
-/// Arguments the master passes to a worker it starts.
+/// Arguments the master passes to a worker it starts: who it is, its two
+/// inherited fds, and every other knob in one [`WorkerSettings`].
 #[derive(Debug, Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Worker id given by the master.
     #[arg(long)]
     pub id: u32,
@@ -31,64 +33,118 @@ pub struct WorkerArgs {
     /// File descriptor of the worker's end of the fd-passing socketpair.
     #[arg(long)]
     pub scm_fd: RawFd,
+    /// Every other setting, as the JSON of [`WorkerSettings`].
+    #[arg(long, value_parser = WorkerSettings::from_json)]
+    pub settings: WorkerSettings,
+}
+
+/// Everything a worker is started with besides its id and its two fds: the
+/// part of the configuration a worker needs, read once by the master (a
+/// worker never re-reads the configuration file, which may have been edited
+/// since) and handed over as one JSON argument.
+///
+/// Adding a knob: a field here, its value where the master builds this
+/// (`Master::new`), its use in [`run`]. The master builds the argument with
+/// [`WorkerSettings::to_json`]; a worker refuses an argument that lacks a
+/// field or has one it does not know, so a mismatch between a master and
+/// the binary it starts fails the start loudly (the master restarts or
+/// reports it) instead of running with a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerSettings {
     /// Initial size of the channel buffers, bytes.
-    #[arg(long, default_value_t = 16_384)]
     pub command_buffer_size: usize,
     /// Largest message on the channel, bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_command_buffer_size: usize,
-    /// Log filter (the master's `log_level`).
-    #[arg(long, default_value = "info")]
+    /// Log filter (the master's `log_level`, or the last `Logging` order's).
     pub log_level: String,
-    /// Log target (the master's `log_target`).
-    #[arg(long, default_value = "stdout")]
+    /// Log target in the `log_target` spelling.
     pub log_target: String,
-    /// Access log target (the master's `access_logs_target`).
-    #[arg(long)]
+    /// Access log target (`access_logs_target`), same spelling.
     pub access_logs_target: Option<String>,
-    /// Access log format (the master's `access_logs_format`).
-    #[arg(long, default_value = "ascii", value_parser = ["ascii", "json"])]
-    pub access_logs_format: String,
+    /// `access_logs_format`.
+    pub access_logs_format: AccessLogFormatSetting,
     /// The configured `buffer_size` (UDP `max_rx_datagram_size` is clamped
     /// to it).
-    #[arg(long, default_value_t = 16_393)]
     pub buffer_size: usize,
     /// The configured `max_connections`: client connections (TCP and HTTP
     /// together) this worker keeps open at once (0: unlimited).
-    #[arg(long, default_value_t = 500)]
     pub max_connections: usize,
     /// Workers of the master (`worker_count`): they share the host's
     /// ephemeral ports, so each sizes its UDP flow pool to its part.
-    #[arg(long, default_value_t = 1)]
     pub worker_count: u32,
-    /// `upstream_source_addresses`, one flag per address.
-    #[arg(long = "upstream-source-address")]
-    pub upstream_source_addresses: Vec<std::net::IpAddr>,
-    /// statsd server to push metrics to (`[metrics] address`).
-    #[arg(long)]
-    pub statsd_address: Option<SocketAddr>,
-    /// Prefix of every statsd metric name.
-    #[arg(long, default_value = "sozu")]
-    pub statsd_prefix: String,
-    /// Scopes as dogstatsd tags instead of in the name.
-    #[arg(long)]
-    pub statsd_tagged: bool,
+    /// `upstream_source_addresses`.
+    pub upstream_source_addresses: Vec<IpAddr>,
+    /// `[metrics]`: the statsd export, if configured.
+    pub statsd: Option<StatsdSettings>,
     /// Key of the UDP affinity hash (the master's `hash_seed`); absent: the
     /// fixed default, the same in every process.
-    #[arg(long)]
     pub hash_seed: Option<u64>,
 }
 
+/// `access_logs_format` as carried in [`WorkerSettings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormatSetting {
+    /// One human-readable line per record.
+    Ascii,
+    /// One JSON object per record.
+    Json,
+}
+
+impl From<AccessLogFormat> for AccessLogFormatSetting {
+    fn from(format: AccessLogFormat) -> Self {
+        match format {
+            AccessLogFormat::Ascii => AccessLogFormatSetting::Ascii,
+            AccessLogFormat::Json => AccessLogFormatSetting::Json,
+        }
+    }
+}
+
+impl From<AccessLogFormatSetting> for AccessLogFormat {
+    fn from(format: AccessLogFormatSetting) -> Self {
+        match format {
+            AccessLogFormatSetting::Ascii => AccessLogFormat::Ascii,
+            AccessLogFormatSetting::Json => AccessLogFormat::Json,
+        }
+    }
+}
+
+/// The statsd part of [`WorkerSettings`] (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatsdSettings {
+    /// statsd server to push metrics to.
+    pub address: SocketAddr,
+    /// Prefix of every metric name.
+    pub prefix: String,
+    /// Scopes as dogstatsd tags instead of in the name.
+    pub tagged: bool,
+}
+
+impl WorkerSettings {
+    /// The one `--settings` argument.
+    pub(crate) fn to_json(&self) -> String {
+        // Plain data (numbers, strings, addresses): serializing cannot fail.
+        serde_json::to_string(self).expect("WorkerSettings is plain data")
+    }
+
+    /// Parses the `--settings` argument, naming what is wrong.
+    pub(crate) fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|error| format!("worker settings: {error}"))
+    }
+}
+
 /// Runs the worker until it is stopped; exit 0 after a soft or hard stop.
-pub fn run(args: WorkerArgs) -> ExitCode {
-    let settings = match log_settings(&args) {
+pub(crate) fn run(args: WorkerArgs) -> ExitCode {
+    let log = match log_settings(&args.settings) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: worker {}: {error:#}", args.id);
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = logging::init(&settings, &format!("worker-{}", args.id)) {
+    if let Err(error) = logging::init(&log, &format!("worker-{}", args.id)) {
         eprintln!("error: worker {}: {error:#}", args.id);
         return ExitCode::FAILURE;
     }
@@ -102,10 +158,11 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // SAFETY: plain fcntl on an fd we own.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
+    let settings = args.settings;
     let channel: Channel<WorkerResponse, WorkerRequest> = Channel::new(
         channel,
-        args.command_buffer_size,
-        args.max_command_buffer_size,
+        settings.command_buffer_size,
+        settings.max_command_buffer_size,
     );
     let scm = match ScmSocket::new(scm) {
         Ok(scm) => scm,
@@ -117,13 +174,13 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     let config = ServerConfig {
         worker_id: args.id,
         seed: random_seed(),
-        hash_seed: args.hash_seed,
-        buffer_size: args.buffer_size,
-        max_connections: args.max_connections,
-        statsd: args.statsd_address.map(|address| StatsdConfig {
-            address,
-            prefix: args.statsd_prefix.clone(),
-            tagged: args.statsd_tagged,
+        hash_seed: settings.hash_seed,
+        buffer_size: settings.buffer_size,
+        max_connections: settings.max_connections,
+        statsd: settings.statsd.map(|statsd| StatsdConfig {
+            address: statsd.address,
+            prefix: statsd.prefix,
+            tagged: statsd.tagged,
             flush_interval: STATSD_FLUSH_INTERVAL,
         }),
         adopted_sockets: Vec::new(),
@@ -133,8 +190,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         log_level: Some(LogLevelHook::new(|directives| {
             logging::set_level(directives).map_err(|error| format!("{error:#}"))
         })),
-        worker_count: args.worker_count,
-        upstream_source_addresses: args.upstream_source_addresses.clone(),
+        worker_count: settings.worker_count,
+        upstream_source_addresses: settings.upstream_source_addresses,
     };
     let server = match Server::new(channel, config) {
         Ok(server) => server,
@@ -187,20 +244,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn log_settings(args: &WorkerArgs) -> anyhow::Result<LogSettings> {
+fn log_settings(settings: &WorkerSettings) -> anyhow::Result<LogSettings> {
     Ok(LogSettings {
-        level: args.log_level.clone(),
-        target: logging::parse_target(&args.log_target)?,
-        access_target: args
+        level: settings.log_level.clone(),
+        target: logging::parse_target(&settings.log_target)?,
+        access_target: settings
             .access_logs_target
             .as_deref()
             .map(logging::parse_target)
             .transpose()?,
-        access_format: if args.access_logs_format == "json" {
-            AccessLogFormat::Json
-        } else {
-            AccessLogFormat::Ascii
-        },
+        access_format: settings.access_logs_format.into(),
         audit_target: None,
     })
 }

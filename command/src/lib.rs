@@ -4,6 +4,16 @@
 //!
 //! Protobuf types stop at this crate's edge where a richer Rust type says
 //! more: see [`proto::convert`] for addresses and "0 = unlimited" knobs.
+//!
+//! Lint gates, and why: this crate is the contract between the CLI, the
+//! master, the workers and outside Sōzu tooling, so every public item says
+//! what it is (`missing_docs`); an item marked `pub` that nothing outside
+//! can reach is a lie about that contract (`unreachable_pub`); and every
+//! `unsafe` block (fd passing, raw fds) states why it is sound
+//! (`clippy::undocumented_unsafe_blocks`).
+
+#![deny(missing_docs, unreachable_pub)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod channel;
 pub mod config;

@@ -92,44 +92,74 @@ pub enum ScmError {
     /// (sending) or received (receiving).
     #[error("manifest names {manifest} sockets but {fds} fds were {direction}")]
     ManifestMismatch {
+        /// Sockets the manifest names.
         manifest: usize,
+        /// Fds given or received.
         fds: usize,
+        /// `sent` or `received`.
         direction: &'static str,
     },
     /// A batch record declared a count that differs from the fds attached.
     #[error("batch record declares {declared} fds but {attached} were attached")]
-    BatchMismatch { declared: u32, attached: usize },
+    BatchMismatch {
+        /// The count the record declares.
+        declared: u32,
+        /// Fds attached to it.
+        attached: usize,
+    },
     /// The end record's total differs from the fds received.
     #[error("end record counts {declared} fds but {received} were received")]
-    TotalMismatch { declared: u32, received: usize },
+    TotalMismatch {
+        /// The count the record declares.
+        declared: u32,
+        /// Fds received.
+        received: usize,
+    },
     /// A record of unknown kind, or fds attached where none may be.
     #[error("unexpected record: {reason}")]
-    UnexpectedRecord { reason: &'static str },
+    UnexpectedRecord {
+        /// What was unexpected.
+        reason: &'static str,
+    },
     /// The manifest frame declares a length outside `8..=max`.
     #[error("manifest frame length {len} outside 8..={max}")]
-    BadManifestLength { len: u64, max: usize },
+    BadManifestLength {
+        /// The declared length, bytes.
+        len: u64,
+        /// The maximum, bytes.
+        max: usize,
+    },
     /// The manifest bytes are not the expected manifest message.
     #[error("undecodable manifest")]
     Decode {
+        /// The cause.
         #[source]
         source: prost::DecodeError,
     },
     /// prost refused to encode the manifest.
     #[error("could not encode the manifest")]
     Encode {
+        /// The cause.
         #[source]
         source: prost::EncodeError,
     },
     /// A manifest entry's address is not a socket address.
     #[error("manifest entry {index}: bad address")]
     BadAddress {
+        /// The entry, from 0.
         index: usize,
+        /// The cause.
         #[source]
         source: AddressError,
     },
     /// A manifest entry's listener type is unknown.
     #[error("manifest entry {index}: unknown listener type {value}")]
-    UnknownListenerType { index: usize, value: i32 },
+    UnknownListenerType {
+        /// The entry, from 0.
+        index: usize,
+        /// The listener type as on the wire.
+        value: i32,
+    },
     /// The kernel truncated the ancillary data.
     #[error("ancillary data truncated")]
     Truncated,
@@ -142,7 +172,9 @@ pub enum ScmError {
     /// The socket failed.
     #[error("fd-passing socket error during {operation}")]
     Io {
+        /// The call that failed.
         operation: &'static str,
+        /// The cause.
         #[source]
         source: io::Error,
     },
@@ -164,7 +196,9 @@ impl ScmError {
 /// A listening socket received from the peer, with the listener it serves.
 #[derive(Debug)]
 pub struct ListenSocket {
+    /// The listener's address.
     pub address: SocketAddr,
+    /// The listener's protocol.
     pub proxy: ListenerType,
     /// The socket itself; closed on drop. Turn it into a std socket with
     /// `std::net::UdpSocket::from(fd)` / `std::net::TcpListener::from(fd)`.

@@ -9,9 +9,17 @@
 //!
 //! Nothing here sleeps blindly: every wait polls a condition against a
 //! [`Deadline`] and fails with a message naming what it waited for.
+//!
+//! Lint gates: every public helper is documented, since tests across the
+//! suite call it by name (`missing_docs`); `unreachable_pub` and
+//! `clippy::undocumented_unsafe_blocks` as in the other crates.
+
+#![deny(missing_docs, unreachable_pub)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod binary;
 pub mod config;
+pub mod deps;
 pub mod metrics;
 pub mod ports;
 pub mod procfs;

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,9 +25,11 @@ use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{Request, Response, ResponseStatus, RunState, Status, WorkerInfo};
 
 use crate::binary::sozu_binary;
-use crate::config::SozuConfig;
+use crate::config::{ClusterConfig, SozuConfig, UdpListener};
 use crate::metrics::Metrics;
+use crate::ports::free_v4;
 use crate::procfs;
+use crate::udp::UdpBackend;
 use crate::wait::{poll_until, wait_until, Deadline};
 
 /// Environment variable tagging every process of one instance.
@@ -93,6 +96,21 @@ impl Sozu {
             );
         }
         sozu
+    }
+
+    /// The set-up most UDP tests start from: `workers` workers, one UDP
+    /// listener on a fresh loopback port, and cluster `c` over `backends`
+    /// (each backend's id is its name). Returns the master and the
+    /// listener's address.
+    pub fn start_udp(workers: u32, backends: &[&UdpBackend]) -> (Sozu, SocketAddr) {
+        let frontend = free_v4();
+        let cluster = backends
+            .iter()
+            .fold(ClusterConfig::new("c", frontend), |cluster, backend| {
+                cluster.backend(backend.name(), backend.addr())
+            });
+        let config = SozuConfig::udp(workers, UdpListener::new(frontend), cluster);
+        (Sozu::start(config), frontend)
     }
 
     /// Like [`Sozu::start`], in a directory the test prepared (e.g. with a
@@ -369,6 +387,31 @@ impl Sozu {
         run_cli(self.dir.path(), &full)
     }
 
+    /// `sozu backend add -i CLUSTER --backend-id ID -a ADDRESS`, which must
+    /// succeed.
+    pub fn backend_add(&self, cluster: &str, backend_id: &str, address: &str) -> CliOutput {
+        self.backend_order("add", cluster, backend_id, address)
+    }
+
+    /// `sozu backend remove -i CLUSTER --backend-id ID -a ADDRESS`, which
+    /// must succeed.
+    pub fn backend_remove(&self, cluster: &str, backend_id: &str, address: &str) -> CliOutput {
+        self.backend_order("remove", cluster, backend_id, address)
+    }
+
+    fn backend_order(&self, verb: &str, cluster: &str, id: &str, address: &str) -> CliOutput {
+        self.cli_ok(&[
+            "backend",
+            verb,
+            "-i",
+            cluster,
+            "--backend-id",
+            id,
+            "-a",
+            address,
+        ])
+    }
+
     /// Runs a CLI command that must succeed; panics with its output and the
     /// master's log otherwise.
     pub fn cli_ok(&self, args: &[&str]) -> CliOutput {
@@ -473,6 +516,30 @@ impl Drop for Sozu {
         }
         self.kill_all();
     }
+}
+
+/// The arguments of `sozu http frontend VERB -i CLUSTER -a LISTENER
+/// --hostname HOST MORE…`, for [`Sozu::cli`] or [`Sozu::cli_ok`].
+pub fn http_frontend_args<'a>(
+    verb: &'a str,
+    cluster: &'a str,
+    listener: &'a str,
+    hostname: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "http",
+        "frontend",
+        verb,
+        "-i",
+        cluster,
+        "-a",
+        listener,
+        "--hostname",
+        hostname,
+    ];
+    args.extend_from_slice(more);
+    args
 }
 
 /// Sends `order` on `channel` and reads answers until a final one.

@@ -1,18 +1,22 @@
 //! Small TCP and HTTP backends for e2e tests, each naming itself in what it
-//! sends, so a test can tell which backend a connection or request reached,
-//! and a client helper that reads one HTTP answer.
+//! sends, so a test can tell which backend a connection or request reached;
+//! client helpers that read HTTP answers; and the TCP + HTTP configuration
+//! most stream tests start from ([`tcp_http_config`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a client helper waits for an answer.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
-/// A loopback TCP backend: sends `<name>\n` on every new connection, then
-/// echoes what it receives. Its thread lives as long as the test process.
+/// A loopback TCP backend: sends `<name>\n` on every new connection (none
+/// for [`NamedTcpBackend::echo`]), then echoes what it receives and closes
+/// its side when the client closes its own. Its thread lives as long as the
+/// test process.
 #[derive(Debug, Clone)]
 pub struct NamedTcpBackend {
     address: SocketAddr,
@@ -20,12 +24,21 @@ pub struct NamedTcpBackend {
 }
 
 impl NamedTcpBackend {
+    /// A backend that greets every connection with its name.
     pub fn start(name: &str) -> Self {
+        Self::serve(format!("{name}\n"))
+    }
+
+    /// A plain echo backend (no greeting).
+    pub fn echo() -> Self {
+        Self::serve(String::new())
+    }
+
+    fn serve(greeting: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a TCP backend");
         let address = listener.local_addr().expect("local address");
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&connections);
-        let greeting = format!("{name}\n");
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
@@ -35,7 +48,7 @@ impl NamedTcpBackend {
                     if stream.write_all(greeting.as_bytes()).is_err() {
                         return;
                     }
-                    let mut buf = [0u8; 16_384];
+                    let mut buf = [0u8; 65_536];
                     loop {
                         match stream.read(&mut buf) {
                             Ok(0) | Err(_) => {
@@ -58,6 +71,7 @@ impl NamedTcpBackend {
         }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.address
     }
@@ -86,34 +100,87 @@ pub fn tcp_greeting(proxy: SocketAddr) -> Result<(TcpStream, String), String> {
 }
 
 /// A loopback HTTP/1.1 backend answering every request (without a body)
-/// `200` with body `backend=<name>`, keep-alive.
+/// `200` with body `backend=<name>` (`backend=<name> path=<path>` for
+/// [`NamedHttpBackend::showing_path`] and [`NamedHttpBackend::holding`]),
+/// keep-alive. Its threads live as long as the test process.
 #[derive(Debug, Clone)]
 pub struct NamedHttpBackend {
     address: SocketAddr,
 }
 
+/// The backend's ends of a [`Hold`]: where it announces a held request,
+/// and where it waits for its release (shared by its connections).
+type BackendHold = (Sender<()>, Arc<Mutex<Receiver<()>>>);
+
+/// The two ends a test holds of a [`NamedHttpBackend::holding`] backend.
+#[derive(Debug)]
+pub struct Hold {
+    /// One `()` per request for `/hold` that arrived.
+    pub held: Receiver<()>,
+    /// Each `()` sent lets one held request be answered (after
+    /// [`ANSWER_WAIT`] it is answered anyway).
+    pub release: Sender<()>,
+}
+
 impl NamedHttpBackend {
+    /// Answers `backend=<name>`.
     pub fn start(name: &str) -> Self {
+        Self::serve(name, false, None)
+    }
+
+    /// Answers `backend=<name> path=<path>`.
+    pub fn showing_path(name: &str) -> Self {
+        Self::serve(name, true, None)
+    }
+
+    /// Like [`NamedHttpBackend::showing_path`], and a request for `/hold` is
+    /// announced on [`Hold::held`] and answered only once `()` arrives on
+    /// [`Hold::release`].
+    pub fn holding(name: &str) -> (Self, Hold) {
+        let (held_tx, held) = channel();
+        let (release, release_rx) = channel::<()>();
+        let backend = Self::serve(
+            name,
+            true,
+            Some((held_tx, Arc::new(Mutex::new(release_rx)))),
+        );
+        (backend, Hold { held, release })
+    }
+
+    fn serve(name: &str, show_path: bool, hold: Option<BackendHold>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an HTTP backend");
         let address = listener.local_addr().expect("local address");
-        let body = format!("backend={name}");
+        let name = name.to_owned();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let body = body.clone();
+                let (name, hold) = (name.clone(), hold.clone());
                 std::thread::spawn(move || {
                     let Ok(mut writer) = stream.try_clone() else {
                         return;
                     };
                     let mut reader = BufReader::new(stream);
                     loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
                             return;
                         }
+                        let mut line = String::new();
                         while reader.read_line(&mut line).unwrap_or(0) > 2 {
                             line.clear();
                         }
+                        let path = request_line.split(' ').nth(1).unwrap_or("?");
+                        if let (Some((held, release)), "/hold") = (&hold, path) {
+                            let _ = held.send(());
+                            if let Ok(release) = release.lock() {
+                                let _ = release.recv_timeout(ANSWER_WAIT);
+                            }
+                        }
+                        let body = if show_path {
+                            format!("backend={name} path={path}")
+                        } else {
+                            format!("backend={name}")
+                        };
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                             body.len()
@@ -128,6 +195,7 @@ impl NamedHttpBackend {
         NamedHttpBackend { address }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.address
     }
@@ -167,13 +235,108 @@ pub fn read_answer(reader: &mut impl BufRead) -> Result<(u16, String), String> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// One `GET path` for `host` on a new connection to `proxy`.
-pub fn http_get(proxy: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(proxy).map_err(|e| format!("connect: {e}"))?;
+/// A client connection to `proxy` (reads time out after [`ANSWER_WAIT`])
+/// and a reader on it, for several requests on one connection with
+/// [`get_on`].
+pub fn http_connect(proxy: SocketAddr) -> Result<(TcpStream, BufReader<TcpStream>), String> {
+    let stream = TcpStream::connect(proxy).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(ANSWER_WAIT))
         .map_err(|e| e.to_string())?;
+    let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    Ok((stream, reader))
+}
+
+/// One `GET path` for `host` on a connection from [`http_connect`]:
+/// `(status, body)`, or `Err` describing how the connection ended.
+pub fn get_on(
+    stream: &mut TcpStream,
+    reader: &mut impl BufRead,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream);
-    read_answer(&mut reader)
+    read_answer(reader)
+}
+
+/// One `GET path` for `host` on a new connection to `proxy`.
+pub fn http_get(proxy: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let (mut stream, mut reader) = http_connect(proxy)?;
+    get_on(&mut stream, &mut reader, host, path)
+}
+
+/// A backend line of [`tcp_http_config`].
+#[derive(Debug, Clone)]
+pub struct StreamBackend {
+    /// Its `backend_id`.
+    pub id: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// `backup = true`.
+    pub backup: bool,
+}
+
+impl StreamBackend {
+    /// A primary backend.
+    pub fn new(id: &str, address: SocketAddr) -> Self {
+        StreamBackend {
+            id: id.to_owned(),
+            address,
+            backup: false,
+        }
+    }
+
+    /// A backup backend (`backup = true`).
+    pub fn backup(id: &str, address: SocketAddr) -> Self {
+        StreamBackend {
+            backup: true,
+            ..StreamBackend::new(id, address)
+        }
+    }
+}
+
+/// The `config.toml` text most TCP and HTTP tests share: a TCP listener on
+/// `tcp_front` with cluster `echo` (backends `echo`), an HTTP listener on
+/// `http_front` with cluster `web` routing `example.com/` (backends `web`).
+pub fn tcp_http_config(
+    tcp_front: SocketAddr,
+    http_front: SocketAddr,
+    echo: &[StreamBackend],
+    web: &[StreamBackend],
+) -> String {
+    let backends = |list: &[StreamBackend]| {
+        list.iter()
+            .map(|b| {
+                let backup = if b.backup { ", backup = true" } else { "" };
+                format!(
+                    "{{ address = \"{}\", backend_id = \"{}\"{backup} }}",
+                    b.address, b.id
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+[[listeners]]
+protocol = "tcp"
+address = "{tcp_front}"
+
+[[listeners]]
+protocol = "http"
+address = "{http_front}"
+
+[clusters.echo]
+protocol = "tcp"
+frontends = [{{ address = "{tcp_front}" }}]
+backends = [{echo}]
+
+[clusters.web]
+protocol = "http"
+frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/" }}]
+backends = [{web}]
+"#,
+        echo = backends(echo),
+        web = backends(web),
+    )
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sozu_e2e::ports::free_v4;
-use sozu_e2e::stream::{http_get, tcp_greeting, NamedHttpBackend, NamedTcpBackend};
+use sozu_e2e::stream::{
+    http_get, tcp_greeting, tcp_http_config, NamedHttpBackend, NamedTcpBackend, StreamBackend,
+};
 use sozu_e2e::wait::wait_until;
 use sozu_e2e::{ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
 
@@ -37,30 +39,15 @@ fn start(format: &str) -> Setup {
     // One answer closes the flow, so its record is written at once.
     cluster.responses = 1;
     let mut config = SozuConfig::udp(1, UdpListener::new(udp), cluster);
-    let (tcp_addr, http_addr) = (tcp_backend.addr(), http_backend.addr());
     config.extra = format!(
-        r#"access_logs_target = "file://{log}"
-access_logs_format = "{format}"
-
-[[listeners]]
-protocol = "tcp"
-address = "{tcp}"
-
-[[listeners]]
-protocol = "http"
-address = "{http}"
-
-[clusters.echo]
-protocol = "tcp"
-frontends = [{{ address = "{tcp}" }}]
-backends = [{{ address = "{tcp_addr}", backend_id = "echo-1" }}]
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{http}", hostname = "example.com", path = "/" }}]
-backends = [{{ address = "{http_addr}", backend_id = "web-1" }}]
-"#,
-        log = log.display()
+        "access_logs_target = \"file://{}\"\naccess_logs_format = \"{format}\"\n{}",
+        log.display(),
+        tcp_http_config(
+            tcp,
+            http,
+            &[StreamBackend::new("echo-1", tcp_backend.addr())],
+            &[StreamBackend::new("web-1", http_backend.addr())],
+        )
     );
     let sozu = Sozu::start_in(dir, config);
     Setup {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use sozu_e2e::config::HealthConfig;
 use sozu_e2e::ports::{free_v4, V4};
-use sozu_e2e::stream::{http_get, tcp_greeting, NamedHttpBackend, NamedTcpBackend};
+use sozu_e2e::stream::{
+    http_get, tcp_greeting, tcp_http_config, NamedHttpBackend, NamedTcpBackend, StreamBackend,
+};
 use sozu_e2e::udp::parse_reply;
 use sozu_e2e::{wait_until, ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
 
@@ -95,29 +97,11 @@ fn udp_backup_serves_only_while_the_primary_is_removed_or_down() {
     let counts = flows.spread(front, "up");
     assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "dns",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("dns", "primary", &primary_addr);
     let counts = flows.spread(front, "removed");
     assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
 
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "dns",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_add("dns", "primary", &primary_addr);
     let counts = flows.spread(front, "re-added");
     assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
 
@@ -149,30 +133,17 @@ fn start_streams(
     let http_front = free_v4();
     let config = SozuConfig {
         worker_count: 1,
-        extra: format!(
-            r#"
-[[listeners]]
-protocol = "tcp"
-address = "{tcp_front}"
-
-[[listeners]]
-protocol = "http"
-address = "{http_front}"
-
-[clusters.echo]
-protocol = "tcp"
-frontends = [{{ address = "{tcp_front}" }}]
-backends = [{{ address = "{}", backend_id = "primary" }}, {{ address = "{}", backend_id = "backup", backup = true }}]
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/" }}]
-backends = [{{ address = "{}", backend_id = "primary" }}, {{ address = "{}", backend_id = "backup", backup = true }}]
-"#,
-            tcp.0.addr(),
-            tcp.1.addr(),
-            http.0.addr(),
-            http.1.addr()
+        extra: tcp_http_config(
+            tcp_front,
+            http_front,
+            &[
+                StreamBackend::new("primary", tcp.0.addr()),
+                StreamBackend::backup("backup", tcp.1.addr()),
+            ],
+            &[
+                StreamBackend::new("primary", http.0.addr()),
+                StreamBackend::backup("backup", http.1.addr()),
+            ],
         ),
         ..SozuConfig::default()
     };
@@ -194,6 +165,37 @@ fn http_spread(front: SocketAddr) -> BTreeMap<String, usize> {
     })
 }
 
+/// The steps the TCP and HTTP tests share, on `cluster` whose primary
+/// listens at `primary_addr`, `spread` sending a batch of new connections or
+/// requests: every one goes to the primary while it is up, to the backup
+/// once it is removed, to the primary again once re-added, and to the
+/// backup while the primary is suspect (re-added at an address where
+/// nothing listens). Returns that dead address, where the primary is left.
+fn primary_then_backup(
+    sozu: &Sozu,
+    cluster: &str,
+    primary_addr: &str,
+    spread: impl Fn() -> BTreeMap<String, usize>,
+) -> String {
+    let counts = spread();
+    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
+
+    sozu.backend_remove(cluster, "primary", primary_addr);
+    let counts = spread();
+    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
+
+    sozu.backend_add(cluster, "primary", primary_addr);
+    let counts = spread();
+    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
+
+    sozu.backend_remove(cluster, "primary", primary_addr);
+    let dead = free_v4().to_string();
+    sozu.backend_add(cluster, "primary", &dead);
+    let counts = spread();
+    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    dead
+}
+
 #[test]
 fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     let (primary, backup) = (
@@ -206,63 +208,15 @@ fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     );
     let (sozu, front, _) = start_streams((&primary, &backup), (&p, &b));
     let primary_addr = primary.addr().to_string();
-
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
-    assert_eq!(backup.connections(), 0);
-
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
-
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
-
-    // Suspect: the primary comes back at an address where nothing
-    // listens. The first connect is refused, the primary becomes suspect
-    // and that connection (retried) and the next ones go to the backup.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
-    let dead = free_v4().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &dead,
-    ]);
-    let counts = tcp_spread(front);
-    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    // Suspect: the first connect to the dead address is refused, the
+    // primary becomes suspect and that connection (retried) and the next
+    // ones go to the backup.
+    let dead = primary_then_backup(&sozu, "echo", &primary_addr, || tcp_spread(front));
+    assert_eq!(
+        backup.connections(),
+        2 * NEW_FLOWS,
+        "the backup served while the primary was removed, then suspect"
+    );
     let m = sozu.metrics();
     assert!(
         m.backend("echo", "primary", "tcp.connect.failed")
@@ -273,26 +227,8 @@ fn tcp_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     );
 
     // Back at its live address: new connections go to it again.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &dead,
-    ]);
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "echo",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
+    sozu.backend_remove("echo", "primary", &dead);
+    sozu.backend_add("echo", "primary", &primary_addr);
     let counts = tcp_spread(front);
     assert!(all_to(&counts, "primary"), "primary back: {counts:?}");
 }
@@ -309,59 +245,7 @@ fn http_backup_serves_only_while_the_primary_is_removed_or_suspect() {
     );
     let (sozu, _, front) = start_streams((&tp, &tb), (&primary, &backup));
     let primary_addr = primary.addr().to_string();
-
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "primary"), "primary up: {counts:?}");
-
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "backup"), "primary removed: {counts:?}");
-
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "primary"), "primary re-added: {counts:?}");
-
-    // Suspect: the primary at a dead address; no request is answered by
-    // the proxy itself (503), the backup answers every one.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &primary_addr,
-    ]);
-    let dead = free_v4().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "web",
-        "--backend-id",
-        "primary",
-        "-a",
-        &dead,
-    ]);
-    let counts = http_spread(front);
-    assert!(all_to(&counts, "backup"), "primary suspect: {counts:?}");
+    // Suspect: no request is answered by the proxy itself (503), the
+    // backup answers every one.
+    primary_then_backup(&sozu, "web", &primary_addr, || http_spread(front));
 }

@@ -115,16 +115,7 @@ fn a_configuration_built_live_with_the_cli_serves_traffic() {
     sozu.cli_ok(&["udp", "listener", "add", "-a", &f, "--front-timeout", "10"]);
     sozu.cli_ok(&["cluster", "add", "-i", "live", "--udp", "--responses", "1"]);
     sozu.cli_ok(&["udp", "frontend", "add", "-i", "live", "-a", &f]);
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "live",
-        "--backend-id",
-        "live-1",
-        "-a",
-        &b,
-    ]);
+    sozu.backend_add("live", "live-1", &b);
     let client = UdpClient::new(frontend);
     assert_eq!(
         client.echo_eventually(b"hello live", Duration::from_secs(5)),
@@ -169,9 +160,7 @@ fn state_saved_from_one_master_serves_traffic_when_loaded_into_another() {
 fn reload_applies_the_changed_configuration_file() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let frontend = free_v4();
-    let cluster = ClusterConfig::new("c", frontend).backend("a", a.addr());
-    let sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    let (sozu, frontend) = Sozu::start_udp(2, &[&a]);
     assert_eq!(UdpClient::new(frontend).expect_echo(b"before"), "a");
     // The same file with backend a replaced by backend b.
     let mut changed = sozu.config().clone();

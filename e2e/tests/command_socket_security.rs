@@ -340,16 +340,7 @@ fn every_mutating_order_leaves_an_audit_line_with_who_what_and_result() {
     let other = free_v4().to_string();
 
     sozu.cli_ok(&["cluster", "add", "-i", "extra"]);
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "extra",
-        "--backend-id",
-        "x",
-        "-a",
-        &other,
-    ]);
+    sozu.backend_add("extra", "x", &other);
     sozu.cli_ok(&["udp", "listener", "add", "-a", &other]);
     sozu.cli_ok(&["state", "save", "-f", &state]);
     let refused = sozu.cli(&[

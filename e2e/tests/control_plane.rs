@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::{ResponseStatus, RunState, UpdateUdpListenerConfig};
 use sozu_e2e::ports::free_v4;
+use sozu_e2e::sozu::http_frontend_args;
 use sozu_e2e::wait::{wait_for, wait_until};
 use sozu_e2e::{ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
 
@@ -60,30 +61,14 @@ fn a_refused_path_rule_leaves_no_trace_and_the_next_upgrade_succeeds() {
     sozu.cli_ok(&["http", "listener", "add", "-a", &http]);
     sozu.cli_ok(&["cluster", "add", "-i", "web"]);
     // A positive control: a prefix rule is taken and listed.
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
+    sozu.cli_ok(&http_frontend_args("add", "web", &http, "ok.local", &[]));
+    let refused = sozu.cli(&http_frontend_args(
         "add",
-        "-i",
         "web",
-        "-a",
         &http,
-        "--hostname",
-        "ok.local",
-    ]);
-    let refused = sozu.cli(&[
-        "http",
-        "frontend",
-        "add",
-        "-i",
-        "web",
-        "-a",
-        &http,
-        "--hostname",
         "localhost",
-        "--path-regex",
-        "(",
-    ]);
+        &["--path-regex", "("],
+    ));
     assert_fails(&refused, "path rule kind");
 
     let listed = sozu.cli_ok(&["--json", "frontend", "list"]).stdout;

@@ -96,11 +96,7 @@ fn a_vanished_backend_has_its_flows_aborted_and_gets_no_new_ones() {
 fn without_health_checks_a_vanished_backend_is_suspect_and_gets_no_new_flows() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let frontend = free_v4();
-    let cluster = ClusterConfig::new("c", frontend)
-        .backend("a", a.addr())
-        .backend("b", b.addr());
-    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(frontend), cluster));
+    let (sozu, frontend) = Sozu::start_udp(1, &[&a, &b]);
 
     // Round robin alternates: the first refusal makes `a` suspect.
     drop(a);
@@ -297,20 +293,9 @@ fn silent_half_frame_and_a_thousand_command_clients_leave_the_master_serving() {
 fn a_worker_killed_mid_traffic_comes_back_with_the_current_state() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let frontend = free_v4();
-    let cluster = ClusterConfig::new("c", frontend).backend("a", a.addr());
-    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(frontend), cluster));
+    let (sozu, frontend) = Sozu::start_udp(1, &[&a]);
     // A runtime change the restarted worker must know about.
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "c",
-        "--backend-id",
-        "b",
-        "-a",
-        &b.addr().to_string(),
-    ]);
+    sozu.backend_add("c", "b", &b.addr().to_string());
 
     // One long flow from one source, as a game or VoIP client would keep.
     let traffic = SteadyTraffic::start(frontend, "kill", Duration::from_millis(5));

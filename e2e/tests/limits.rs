@@ -6,7 +6,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use sozu_e2e::ports::free_v4;
-use sozu_e2e::stream::{read_answer, tcp_greeting, NamedHttpBackend, NamedTcpBackend};
+use sozu_e2e::stream::{
+    read_answer, tcp_greeting, tcp_http_config, NamedHttpBackend, NamedTcpBackend, StreamBackend,
+};
 use sozu_e2e::{Sozu, SozuConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -20,28 +22,13 @@ fn start(max_connections: usize) -> (Sozu, SocketAddr, SocketAddr) {
     let config = SozuConfig {
         worker_count: 1,
         extra: format!(
-            r#"max_connections = {max_connections}
-
-[[listeners]]
-protocol = "tcp"
-address = "{tcp_front}"
-
-[[listeners]]
-protocol = "http"
-address = "{http_front}"
-
-[clusters.echo]
-protocol = "tcp"
-frontends = [{{ address = "{tcp_front}" }}]
-backends = [{{ address = "{}", backend_id = "echo-1" }}]
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/" }}]
-backends = [{{ address = "{}", backend_id = "web-1" }}]
-"#,
-            echo.addr(),
-            web.addr()
+            "max_connections = {max_connections}\n{}",
+            tcp_http_config(
+                tcp_front,
+                http_front,
+                &[StreamBackend::new("echo-1", echo.addr())],
+                &[StreamBackend::new("web-1", web.addr())],
+            )
         ),
         ..SozuConfig::default()
     };

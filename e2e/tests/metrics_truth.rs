@@ -46,11 +46,7 @@ fn timed_out_probes_are_counted_as_failed_probes() {
 fn backend_up_is_published_before_any_health_transition() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let front = free_v4();
-    let cluster = ClusterConfig::new("c", front)
-        .backend("a", a.addr())
-        .backend("b", b.addr());
-    let sozu = Sozu::start(SozuConfig::udp(1, UdpListener::new(front), cluster));
+    let (sozu, _front) = Sozu::start_udp(1, &[&a, &b]);
     // No health checking, no transition ever: both backends are up, and
     // the metric says so from the start.
     let m = sozu.wait_metrics("two backends up", METRICS, |m| {
@@ -61,16 +57,7 @@ fn backend_up_is_published_before_any_health_transition() {
     // A backend added later is published at once too.
     let third = UdpBackend::v4("x");
     let addr = third.addr().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "c",
-        "--backend-id",
-        "x",
-        "-a",
-        &addr,
-    ]);
+    sozu.backend_add("c", "x", &addr);
     sozu.wait_metrics("three backends up", METRICS, |m| {
         m.cluster("c", "udp.backend.up") == Some(3)
             && m.backend("c", "x", "udp.backend.up") == Some(1)
@@ -95,16 +82,7 @@ fn kept_flows_of_a_removed_backend_count_in_cluster_and_listener_alike() {
         m.proxy_or_zero("udp.active_flows") == 1 && m.cluster("c", "udp.active_flows") == Some(1)
     });
     let addr = backend.addr().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "c",
-        "--backend-id",
-        "a",
-        "-a",
-        &addr,
-    ]);
+    sozu.backend_remove("c", "a", &addr);
     // The kept flow still works (positive signal) and is counted the same
     // by the listener and the cluster.
     assert_eq!(client.expect_echo(b"two"), "a");

@@ -17,9 +17,7 @@ const METRICS: Duration = Duration::from_secs(10);
 fn add_remove_backend_and_update_listener_lose_nothing_on_live_flows() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let frontend = free_v4();
-    let cluster = ClusterConfig::new("c", frontend).backend("a", a.addr());
-    let sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    let (sozu, frontend) = Sozu::start_udp(2, &[&a]);
     let flows: Vec<SteadyTraffic> = (0..3)
         .map(|i| SteadyTraffic::start(frontend, &format!("t{i}"), PACE))
         .collect();
@@ -32,16 +30,7 @@ fn add_remove_backend_and_update_listener_lose_nothing_on_live_flows() {
 
     let b_addr = b.addr().to_string();
     let f_addr = frontend.to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "c",
-        "--backend-id",
-        "b",
-        "-a",
-        &b_addr,
-    ]);
+    sozu.backend_add("c", "b", &b_addr);
     progress(&flows);
     // New flows reach the new backend.
     wait_for("a new flow on backend b", PROGRESS, || {
@@ -61,16 +50,7 @@ fn add_remove_backend_and_update_listener_lose_nothing_on_live_flows() {
     ]);
     progress(&flows);
 
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "c",
-        "--backend-id",
-        "b",
-        "-a",
-        &b_addr,
-    ]);
+    sozu.backend_remove("c", "b", &b_addr);
     progress(&flows);
     for _ in 0..4 {
         assert_eq!(UdpClient::new(frontend).expect_echo(b"after"), "a");

@@ -1,4 +1,4 @@
-//! Sōzu 2.x command clients against our master (`compat/WIRE.md`): every
+//! Sōzu 2.x command clients against our master (doc/protocol.md §3.1): every
 //! Sōzu 2.1 request is decoded and answered with the status and the content
 //! type Sōzu's CLI expects, or refused with a FAILURE naming it; Sōzu's
 //! weight rule; `Logging` changes the level live in master and workers;
@@ -60,7 +60,8 @@ fn first_tag(bytes: &[u8]) -> u64 {
 /// What an order must get back.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
-    /// OK with this `ResponseContent` tag (WIRE.md numbering).
+    /// OK with this `ResponseContent` tag (Sōzu 2.1's numbering, kept in
+    /// `proto/command.proto`).
     Content(u64),
     /// OK, no content.
     Done,
@@ -419,7 +420,7 @@ fn every_sozu_request_is_decoded_and_answered_with_the_expected_content_type() {
         ),
     ];
 
-    // The table covers every request tag of WIRE.md but the four lifecycle
+    // The table covers every request tag of Sōzu 2.1 but the four lifecycle
     // ones.
     let covered: BTreeSet<u64> = table
         .iter()

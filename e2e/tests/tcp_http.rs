@@ -1,95 +1,24 @@
 //! TCP and HTTP through the real `sozu` binary: a master, its workers, a
 //! `config.toml` with UDP, TCP and HTTP listeners, and the CLI changing HTTP
-//! routes live. Backends are small loopback servers in this file.
+//! routes live. Backends are the small loopback servers of `sozu_e2e::stream`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use sozu_e2e::ports::free_v4;
+use sozu_e2e::sozu::http_frontend_args;
+use sozu_e2e::stream::{
+    get_on, http_connect, tcp_http_config, Hold, NamedHttpBackend, NamedTcpBackend, StreamBackend,
+};
 use sozu_e2e::wait::wait_for;
 use sozu_e2e::{ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A TCP echo backend (closes its side when the client closes its own).
-fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65_536];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            let _ = stream.shutdown(Shutdown::Write);
-                            return;
-                        }
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
-/// An HTTP/1.1 backend answering `backend=<name> path=<path>` with
-/// keep-alive, to requests without a body.
-fn http_backend(name: &'static str) -> SocketAddr {
-    holding_http_backend(name).0
-}
-
-/// Like [`http_backend`], and a request for `/hold` is announced on the
-/// first channel and answered only once `()` arrives on the second.
-fn holding_http_backend(name: &'static str) -> (SocketAddr, Receiver<()>, Sender<()>) {
-    let (held_tx, held_rx) = channel();
-    let (release_tx, release_rx) = channel::<()>();
-    let release_rx = Arc::new(Mutex::new(release_rx));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let (held_tx, release_rx) = (held_tx.clone(), release_rx.clone());
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                        line.clear();
-                    }
-                    let path = request_line.split(' ').nth(1).unwrap_or("?").to_owned();
-                    if path == "/hold" {
-                        let _ = held_tx.send(());
-                        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
-                    }
-                    let body = format!("backend={name} path={path}");
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if writer.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (address, held_rx, release_tx)
+/// A connection to an HTTP proxy and its reader.
+fn connect(address: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    http_connect(address).unwrap_or_else(|e| panic!("{address}: {e}"))
 }
 
 /// Sends one GET on `stream` and returns (status, body).
@@ -99,33 +28,12 @@ fn get(
     host: &str,
     path: &str,
 ) -> (u16, String) {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, String::from_utf8(body).unwrap())
+    get_on(stream, reader, host, path).unwrap_or_else(|e| panic!("GET {host}{path}: {e}"))
 }
 
-fn connect(address: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
-    let stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let reader = BufReader::new(stream.try_clone().unwrap());
-    (stream, reader)
+/// An HTTP backend answering `backend=<name> path=<path>`.
+fn http_backend(name: &str) -> SocketAddr {
+    NamedHttpBackend::showing_path(name).addr()
 }
 
 /// UDP, TCP and HTTP listeners from one configuration file.
@@ -134,7 +42,7 @@ fn start_all() -> (Sozu, SocketAddr, SocketAddr, SocketAddr) {
     let udp_front = free_v4();
     let tcp_front = free_v4();
     let http_front = free_v4();
-    let echo = echo_backend();
+    let echo = NamedTcpBackend::echo().addr();
     let (web, api) = (http_backend("web"), http_backend("api"));
     let mut config = SozuConfig::udp(
         2,
@@ -142,30 +50,18 @@ fn start_all() -> (Sozu, SocketAddr, SocketAddr, SocketAddr) {
         ClusterConfig::new("dns", udp_front).backend("dns", udp_backend.addr()),
     );
     config.extra = format!(
-        r#"
-[[listeners]]
-protocol = "tcp"
-address = "{tcp_front}"
-
-[[listeners]]
-protocol = "http"
-address = "{http_front}"
-
-[clusters.echo]
-protocol = "tcp"
-frontends = [{{ address = "{tcp_front}" }}]
-backends = [{{ address = "{echo}", backend_id = "echo-1" }}]
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/" }}]
-backends = [{{ address = "{web}", backend_id = "web-1" }}]
-
+        r#"{}
 [clusters.api]
 protocol = "http"
 frontends = [{{ address = "{http_front}", hostname = "example.com", path = "/api" }}]
 backends = [{{ address = "{api}", backend_id = "api-1" }}]
-"#
+"#,
+        tcp_http_config(
+            tcp_front,
+            http_front,
+            &[StreamBackend::new("echo-1", echo)],
+            &[StreamBackend::new("web-1", web)],
+        )
     );
     let sozu = Sozu::start(config);
     // Keep the UDP backend alive with the master.
@@ -218,53 +114,37 @@ fn http_routes_change_live_through_the_cli() {
     let front = http_front.to_string();
     let (mut s, mut r) = connect(http_front);
     assert_eq!(get(&mut s, &mut r, "shop.test", "/").0, 404);
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
+    sozu.cli_ok(&http_frontend_args(
         "add",
-        "-i",
         "api",
-        "-a",
         &front,
-        "--hostname",
         "*.test",
-        "--path",
-        "/",
-    ]);
+        &["--path", "/"],
+    ));
     let (mut s, mut r) = connect(http_front);
     assert_eq!(
         get(&mut s, &mut r, "shop.test", "/cart").1,
         "backend=api path=/cart"
     );
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
+    sozu.cli_ok(&http_frontend_args(
         "remove",
-        "-i",
         "api",
-        "-a",
         &front,
-        "--hostname",
         "*.test",
-        "--path",
-        "/",
-    ]);
+        &["--path", "/"],
+    ));
     assert_eq!(get(&mut s, &mut r, "shop.test", "/cart").0, 404);
     // A second HTTP listener added and routed by the CLI.
     let second = free_v4();
     let second_s = second.to_string();
     sozu.cli_ok(&["http", "listener", "add", "-a", &second_s]);
-    sozu.cli_ok(&[
-        "http",
-        "frontend",
+    sozu.cli_ok(&http_frontend_args(
         "add",
-        "-i",
         "web",
-        "-a",
         &second_s,
-        "--hostname",
         "example.com",
-    ]);
+        &[],
+    ));
     let (mut s, mut r) = connect(second);
     assert_eq!(
         get(&mut s, &mut r, "example.com", "/x").1,
@@ -274,7 +154,8 @@ fn http_routes_change_live_through_the_cli() {
 
 #[test]
 fn shutdown_lets_an_in_flight_http_request_finish() {
-    let (backend, held, release) = holding_http_backend("slow");
+    let (backend, Hold { held, release }) = NamedHttpBackend::holding("slow");
+    let backend = backend.addr();
     let front = free_v4();
     let mut config = SozuConfig {
         worker_count: 1,
@@ -354,26 +235,8 @@ backends = [{{ address = "{dead}", backend_id = "dead" }}]
     let (mut s, mut r) = connect(front);
     assert_eq!(get(&mut s, &mut r, "app.test", "/").0, 503);
     let (live_s, dead_s) = (live.to_string(), dead.to_string());
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "app",
-        "--backend-id",
-        "live",
-        "-a",
-        &live_s,
-    ]);
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "app",
-        "--backend-id",
-        "dead",
-        "-a",
-        &dead_s,
-    ]);
+    sozu.backend_add("app", "live", &live_s);
+    sozu.backend_remove("app", "dead", &dead_s);
     let (mut s, mut r) = connect(front);
     assert_eq!(
         get(&mut s, &mut r, "app.test", "/").1,

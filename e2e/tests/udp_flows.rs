@@ -77,11 +77,7 @@ fn one_way_syslog_flow_delivers_everything_and_returns_nothing() {
 fn sticky_multi_datagram_flow_keeps_its_backend_and_upstream_socket() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let frontend = free_v4();
-    let cluster = ClusterConfig::new("c", frontend)
-        .backend("a", a.addr())
-        .backend("b", b.addr());
-    let _sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    let (_sozu, frontend) = Sozu::start_udp(2, &[&a, &b]);
     for _ in 0..3 {
         let client = UdpClient::new(frontend);
         let first = client.expect_echo(b"0");
@@ -209,11 +205,7 @@ fn the_flow_beyond_max_flows_is_shed_and_counted() {
 fn removing_a_backend_moves_its_flows_and_spares_the_others() {
     let a = UdpBackend::v4("a");
     let b = UdpBackend::v4("b");
-    let frontend = free_v4();
-    let cluster = ClusterConfig::new("c", frontend)
-        .backend("a", a.addr())
-        .backend("b", b.addr());
-    let sozu = Sozu::start(SozuConfig::udp(2, UdpListener::new(frontend), cluster));
+    let (sozu, frontend) = Sozu::start_udp(2, &[&a, &b]);
     // Find one live client flow on each backend.
     let mut on_a = None;
     let mut on_b = None;
@@ -233,16 +225,7 @@ fn removing_a_backend_moves_its_flows_and_spares_the_others() {
     let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
     let b_before = b.datagrams();
     let b_addr = b.addr().to_string();
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "c",
-        "--backend-id",
-        "b",
-        "-a",
-        &b_addr,
-    ]);
+    sozu.backend_remove("c", "b", &b_addr);
     assert_eq!(
         on_b.expect_echo(b"after removal"),
         "a",

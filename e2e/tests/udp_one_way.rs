@@ -48,16 +48,7 @@ fn one_way_cluster(sozu: &Sozu, front: SocketAddr, extra: &[&str], backends: &[&
 }
 
 fn add_backend(sozu: &Sozu, b: &UdpBackend) {
-    sozu.cli_ok(&[
-        "backend",
-        "add",
-        "-i",
-        "logs",
-        "--backend-id",
-        b.name(),
-        "-a",
-        &b.addr().to_string(),
-    ]);
+    sozu.backend_add("logs", b.name(), &b.addr().to_string());
 }
 
 fn worker(sozu: &Sozu) -> i32 {
@@ -205,16 +196,7 @@ fn hrw_keeps_sources_and_backends_come_and_go_live() {
     let fds = fd_count(pid);
 
     // Remove b: its socket closes, its sources move to a, a's stay.
-    sozu.cli_ok(&[
-        "backend",
-        "remove",
-        "-i",
-        "logs",
-        "--backend-id",
-        "b",
-        "-a",
-        &b.addr().to_string(),
-    ]);
+    sozu.backend_remove("logs", "b", &b.addr().to_string());
     assert_eq!(
         fd_count(pid),
         fds - 1,

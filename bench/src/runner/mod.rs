@@ -7,8 +7,8 @@
 //! vs nginx. Every child is stopped by pid when its phase ends, on error
 //! and on Ctrl-C; every wait is bounded. Loopback only.
 
-pub mod processes;
-pub mod proxies;
+pub(crate) mod processes;
+pub(crate) mod proxies;
 mod table;
 
 use std::net::SocketAddr;
@@ -36,7 +36,7 @@ const SETUP_LIMIT_S: f64 = 30.0;
 
 /// Options of `sozu-bench run`.
 #[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Scenario to run (repeatable); default: all. See --list.
     #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
@@ -77,7 +77,7 @@ pub struct RunArgs {
 
 /// What a scenario measures, which decides its headline metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Replies per second (higher is better).
     Throughput,
     /// Bursts of 32 on new flows per second, with the clean count.
@@ -92,7 +92,7 @@ pub enum Kind {
 
 /// One benchmark scenario (issue 7, item 3).
 #[derive(Debug, Clone, Serialize)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     /// Name for --scenario.
     pub name: &'static str,
     /// One-line description.
@@ -131,7 +131,7 @@ const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) 
 }
 
 /// Every scenario, in run order.
-pub fn scenarios() -> Vec<Scenario> {
+pub(crate) fn scenarios() -> Vec<Scenario> {
     vec![
         base(
             "flows-64",
@@ -224,7 +224,7 @@ const QUICK: [&str; 6] = [
 
 /// One measurement of one target in one round.
 #[derive(Debug, Clone, Serialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Scenario name.
     pub scenario: &'static str,
     /// Target name.
@@ -241,7 +241,7 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
-pub fn resolve_sozu(arg: &Option<PathBuf>) -> PathBuf {
+pub(crate) fn resolve_sozu(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(path) = arg {
         return path.clone();
     }
@@ -258,7 +258,7 @@ pub fn resolve_sozu(arg: &Option<PathBuf>) -> PathBuf {
 }
 
 /// Runs the selected scenarios and prints the table.
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     let all = scenarios();
     if args.list {
         for s in &all {

@@ -26,7 +26,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Installs SIGINT/SIGTERM handlers that only raise the interrupted flag;
 /// the runner checks it and unwinds, killing its children on the way.
-pub fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     let handler: extern "C" fn(libc::c_int) = on_signal;
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
@@ -36,7 +36,7 @@ pub fn install_signal_handlers() {
 }
 
 /// Fails when Ctrl-C (or SIGTERM) was received.
-pub fn check_interrupted() -> anyhow::Result<()> {
+pub(crate) fn check_interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -50,7 +50,7 @@ fn taskset() -> Option<&'static Path> {
 }
 
 /// Finds an executable on PATH.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -58,7 +58,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// A started child; dropping it stops it and its descendants.
-pub struct Proc {
+pub(crate) struct Proc {
     /// Short name for messages.
     pub name: String,
     child: Child,
@@ -67,7 +67,7 @@ pub struct Proc {
 }
 
 /// How to start a child.
-pub struct Spawn<'a> {
+pub(crate) struct Spawn<'a> {
     /// Short name for messages.
     pub name: &'a str,
     /// Program and arguments.
@@ -81,7 +81,7 @@ pub struct Spawn<'a> {
 
 impl Proc {
     /// Starts a child as described.
-    pub fn spawn(spec: Spawn<'_>) -> anyhow::Result<Proc> {
+    pub(crate) fn spawn(spec: Spawn<'_>) -> anyhow::Result<Proc> {
         let mut argv = spec.argv.clone();
         if let (Some(cpu), Some(taskset)) = (spec.cpu, taskset()) {
             let mut pinned = vec![
@@ -125,17 +125,17 @@ impl Proc {
     }
 
     /// The child's pid.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// Exit status when it has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// Reads the first stdout line, failing after `limit`.
-    pub fn first_line(&mut self, limit: Duration) -> anyhow::Result<String> {
+    pub(crate) fn first_line(&mut self, limit: Duration) -> anyhow::Result<String> {
         let Some(stdout) = self.child.stdout.take() else {
             bail!("{} has no piped stdout", self.name);
         };
@@ -159,7 +159,7 @@ impl Proc {
     /// Waits for exit and returns its whole stdout, killing it after
     /// `limit` or on Ctrl-C.
     #[allow(clippy::disallowed_methods)] // runner shell: bounded wait
-    pub fn wait_output(mut self, limit: Duration) -> anyhow::Result<String> {
+    pub(crate) fn wait_output(mut self, limit: Duration) -> anyhow::Result<String> {
         let Some(mut stdout) = self.child.stdout.take() else {
             bail!("{} has no piped stdout", self.name);
         };
@@ -187,7 +187,7 @@ impl Proc {
     }
 
     /// Last lines of the log file, for error messages.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let Some(path) = &self.log else {
             return String::new();
         };
@@ -203,7 +203,7 @@ impl Proc {
 
     /// Stops the child and every descendant: SIGTERM, up to 3 s, SIGKILL.
     #[allow(clippy::disallowed_methods)] // runner shell: bounded wait
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.exited().is_some() {
             return;
         }
@@ -250,7 +250,7 @@ fn is_alive(pid: i32) -> bool {
 }
 
 /// `root` followed by all its live descendants (from /proc/*/stat ppid).
-pub fn process_tree(root: i32) -> Vec<i32> {
+pub(crate) fn process_tree(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -287,7 +287,7 @@ pub fn process_tree(root: i32) -> Vec<i32> {
 
 /// Resident memory and open fds of a process tree.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TreeUsage {
+pub(crate) struct TreeUsage {
     /// Sum of VmRSS over the tree, bytes.
     pub rss_bytes: u64,
     /// Sum of entries in /proc/<pid>/fd over the tree.
@@ -295,7 +295,7 @@ pub struct TreeUsage {
 }
 
 /// Measures RSS and fds of `root` and its descendants.
-pub fn tree_usage(root: i32) -> TreeUsage {
+pub(crate) fn tree_usage(root: i32) -> TreeUsage {
     let mut usage = TreeUsage::default();
     for pid in process_tree(root) {
         if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {

@@ -30,7 +30,7 @@ const READY_LIMIT: Duration = Duration::from_secs(15);
 
 /// Where datagrams go in one measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
+pub(crate) enum Target {
     /// Generator straight to the echo backends.
     Direct,
     /// Through `sozu start`.
@@ -43,7 +43,7 @@ pub enum Target {
 
 impl Target {
     /// Name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Sozu => "sozu",
@@ -53,7 +53,7 @@ impl Target {
     }
 
     /// Parses a command-line name.
-    pub fn parse(name: &str) -> anyhow::Result<Target> {
+    pub(crate) fn parse(name: &str) -> anyhow::Result<Target> {
         Ok(match name {
             "direct" => Target::Direct,
             "sozu" => Target::Sozu,
@@ -66,7 +66,7 @@ impl Target {
 
 /// Installed proxies found on this machine.
 #[derive(Debug, Clone, Default)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// The sozu binary, when it exists.
     pub sozu: Option<PathBuf>,
     /// nginx binary and, when the stream module is dynamic, its `.so`.
@@ -77,7 +77,7 @@ pub struct Installed {
 
 impl Installed {
     /// Looks for the proxies; `sozu` is the path given on the command line.
-    pub fn detect(sozu: &Path) -> Installed {
+    pub(crate) fn detect(sozu: &Path) -> Installed {
         let sozu = sozu.is_file().then(|| sozu.to_path_buf());
         let nginx =
             find_on_path("nginx").and_then(|bin| stream_module(&bin).map(|module| (bin, module)));
@@ -89,7 +89,7 @@ impl Installed {
     }
 
     /// Why `target` cannot run here, `None` when it can.
-    pub fn missing(&self, target: Target) -> Option<&'static str> {
+    pub(crate) fn missing(&self, target: Target) -> Option<&'static str> {
         match target {
             Target::Direct => None,
             Target::Sozu if self.sozu.is_none() => Some("sozu binary not found (--sozu PATH)"),
@@ -123,7 +123,7 @@ fn stream_module(nginx: &Path) -> Option<Option<PathBuf>> {
 
 /// What a scenario asks of the proxy config.
 #[derive(Debug, Clone, Copy)]
-pub struct ProxyOptions {
+pub(crate) struct ProxyOptions {
     /// Close a flow after this many replies (0 = unlimited).
     pub responses: u32,
     /// Flow table size for sozu's `max_flows`.
@@ -134,13 +134,13 @@ pub struct ProxyOptions {
 }
 
 /// Picks a free loopback UDP port (bind to 0, read it, release it).
-pub fn free_udp_port() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_udp_port() -> anyhow::Result<SocketAddr> {
     let socket = UdpSocket::bind("127.0.0.1:0").context("binding a probe for a free port")?;
     Ok(socket.local_addr()?)
 }
 
-/// sozu `config.toml` (format of /work/shared/compat/CONFIG.md).
-pub fn sozu_config(
+/// sozu `config.toml` (the format of doc/configure.md).
+pub(crate) fn sozu_config(
     dir: &Path,
     listen: SocketAddr,
     backends: &[SocketAddr],
@@ -189,7 +189,7 @@ pub fn sozu_config(
 }
 
 /// nginx.conf: one worker, `stream` UDP server, round robin upstream.
-pub fn nginx_config(
+pub(crate) fn nginx_config(
     prefix: &Path,
     module: Option<&Path>,
     listen: SocketAddr,
@@ -229,7 +229,7 @@ pub fn nginx_config(
 /// nearest equivalent is a short session idle timeout. The cluster's
 /// circuit breaker (`max_connections`, 1024 by default) also caps UDP
 /// sessions, so it is raised to the flow counts used here.
-pub fn envoy_config(listen: SocketAddr, backends: &[SocketAddr], o: ProxyOptions) -> String {
+pub(crate) fn envoy_config(listen: SocketAddr, backends: &[SocketAddr], o: ProxyOptions) -> String {
     let idle = if o.responses > 0 {
         ENVOY_ONE_SHOT_IDLE.to_string()
     } else {
@@ -292,7 +292,7 @@ pub fn envoy_config(listen: SocketAddr, backends: &[SocketAddr], o: ProxyOptions
 
 /// Starts `target` listening on `listen`, forwarding to `backends`, pinned
 /// to `cpu`, with its files in `dir`; returns once it forwards.
-pub fn start(
+pub(crate) fn start(
     target: Target,
     installed: &Installed,
     dir: &Path,
@@ -311,7 +311,7 @@ pub fn start(
 
 /// Starts `target` as [`start`] does, without waiting for it to forward
 /// (one-way traffic has no echo to wait for: the caller checks readiness).
-pub fn spawn(
+pub(crate) fn spawn(
     target: Target,
     installed: &Installed,
     dir: &Path,

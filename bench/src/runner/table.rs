@@ -129,7 +129,7 @@ fn ratio(value: Option<f64>, base: Option<f64>) -> String {
 }
 
 /// Prints the table for the samples collected.
-pub fn print(selected: &[Scenario], targets: &[Target], samples: &[Sample]) {
+pub(crate) fn print(selected: &[Scenario], targets: &[Target], samples: &[Sample]) {
     println!(
         "{:<13} {:<7} {:>9} {:>10} {:>21} {:>8} {:>8}  details",
         "scenario", "target", "metric", "median", "min-max", "x direct", "x nginx"

@@ -43,7 +43,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_NO_ANSWER: u8 = 3;
 
 /// Runs one client command and returns the process exit code.
-pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
+pub(crate) fn run(global: GlobalArgs, command: Command) -> ExitCode {
     // A relative state or configuration path is resolved here because the
     // master opening it has another working directory.
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));

@@ -21,7 +21,7 @@ use super::request::{MetricsView, Protocols, View};
 use super::table::Table;
 
 /// The final answer for a person, ending with a newline.
-pub fn human(view: &View, response: &Response) -> String {
+pub(crate) fn human(view: &View, response: &Response) -> String {
     let content = response
         .content
         .as_ref()
@@ -50,7 +50,7 @@ pub fn human(view: &View, response: &Response) -> String {
 }
 
 /// One progress line for stderr.
-pub fn progress(response: &Response) -> String {
+pub(crate) fn progress(response: &Response) -> String {
     if response.message.is_empty() {
         "processing…".to_owned()
     } else {
@@ -61,7 +61,7 @@ pub fn progress(response: &Response) -> String {
 /// The final answer as JSON: `{"status", "message", "content"}`, where
 /// `content` is the answer's content keyed by its kind (`workers`,
 /// `listeners_list`, `clusters`, `frontend_list`, `metrics`) or `null`.
-pub fn json(view: &View, response: &Response) -> Value {
+pub(crate) fn json(view: &View, response: &Response) -> Value {
     let content = response
         .content
         .as_ref()
@@ -87,7 +87,7 @@ pub fn json(view: &View, response: &Response) -> Value {
 /// socket addresses become `"127.0.0.1:5353"` / `"[::1]:53"` strings and
 /// wire enums their names (`"ROUND_ROBIN"`, `"RUNNING"`). `key` is the
 /// field holding `value` (the parent's key for array elements).
-pub fn readable(value: &mut Value, key: &str) {
+pub(crate) fn readable(value: &mut Value, key: &str) {
     match value {
         Value::Object(map) => {
             if map.len() == 2 && map.contains_key("ip") && map.contains_key("port") {
@@ -150,7 +150,7 @@ fn enum_name(parent: &str, field: &str, n: i64) -> Option<&'static str> {
 }
 
 /// `OK`, `PROCESSING`, `FAILURE` (or the raw number if unknown).
-pub fn status_name(status: i32) -> String {
+pub(crate) fn status_name(status: i32) -> String {
     ResponseStatus::try_from(status)
         .map(|s| s.as_str_name().to_owned())
         .unwrap_or_else(|_| format!("UNKNOWN({status})"))

@@ -31,12 +31,12 @@ use crate::cli::{
 };
 
 /// Sōzu's default sticky-session cookie name, used when `--sticky-name` is absent.
-pub const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
+pub(crate) const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
 
 /// The orders of one command, sent in turn on one connection; the first
 /// failure stops the sequence.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub steps: Vec<Step>,
     /// After the steps, replace every running worker in turn (`sozu upgrade`
     /// with no flag): the worker ids are only known by asking the master.
@@ -48,14 +48,14 @@ pub struct Plan {
 
 /// One order and how to show its final answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
+pub(crate) struct Step {
     pub request: Request,
     pub view: View,
 }
 
 /// How an answer is shown to a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum View {
+pub(crate) enum View {
     /// The master's message (or "ok").
     Message,
     /// A check before the real order (e.g. that a cluster exists): its
@@ -75,7 +75,7 @@ pub enum View {
 
 /// What `metrics get` shows of the master's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MetricsView {
+pub(crate) struct MetricsView {
     /// `--workers`: each worker's own figures, not the sum over workers.
     pub workers: bool,
     /// `--list`: the metric names only.
@@ -89,7 +89,7 @@ pub struct MetricsView {
 
 /// Which protocols a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Protocols {
+pub(crate) struct Protocols {
     pub http: bool,
     pub https: bool,
     pub tcp: bool,
@@ -97,7 +97,7 @@ pub struct Protocols {
 }
 
 impl Protocols {
-    pub const ALL: Protocols = Protocols {
+    pub(crate) const ALL: Protocols = Protocols {
         http: true,
         https: true,
         tcp: true,
@@ -115,7 +115,7 @@ impl Protocols {
 
 /// A command line that parses but cannot become an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     /// `start` / `worker` are processes, not orders.
     NotAClientCommand(&'static str),
     /// An `update` without any field to change.
@@ -141,7 +141,7 @@ impl std::error::Error for PlanError {}
 /// The orders for `command`. Relative file paths (state files, a reloaded
 /// configuration) are resolved against `cwd`, because the master, whose
 /// working directory differs, is the one opening them.
-pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
+pub(crate) fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
     let steps = match command {
         Command::Start(_) => return Err(PlanError::NotAClientCommand("start")),
         Command::Worker(WorkerCommand {
@@ -254,7 +254,7 @@ pub fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
 }
 
 /// The step that sends `order` and shows its answer as `view`.
-pub fn step(order: RequestType, view: View) -> Step {
+pub(crate) fn step(order: RequestType, view: View) -> Step {
     Step {
         request: Request {
             request_type: Some(order),
@@ -264,7 +264,7 @@ pub fn step(order: RequestType, view: View) -> Step {
 }
 
 /// The step that sends `order` and shows the master's message.
-pub fn message(order: RequestType) -> Step {
+pub(crate) fn message(order: RequestType) -> Step {
     step(order, View::Message)
 }
 

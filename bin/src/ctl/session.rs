@@ -19,7 +19,7 @@ const BUFFER_SIZE: usize = 16_384;
 
 /// Why an order got no final answer.
 #[derive(Debug)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// The socket could not be connected.
     Connect { path: PathBuf, source: io::Error },
     /// The order could not be sent.
@@ -91,14 +91,14 @@ impl std::error::Error for SessionError {
 }
 
 /// A connected client.
-pub struct Session {
+pub(crate) struct Session {
     channel: Channel<Request, Response>,
     timeout: Duration,
 }
 
 impl Session {
     /// Connects to the command socket at `path`.
-    pub fn connect(
+    pub(crate) fn connect(
         path: &Path,
         timeout: Duration,
         max_answer_size: usize,
@@ -116,7 +116,7 @@ impl Session {
     /// Sends `request` and returns its final (OK or FAILURE) answer; every
     /// PROCESSING answer before it goes to `on_progress`. The timeout bounds
     /// each wait, so progress keeps a long order (an upgrade) alive.
-    pub fn order(
+    pub(crate) fn order(
         &mut self,
         request: &Request,
         mut on_progress: impl FnMut(&Response),

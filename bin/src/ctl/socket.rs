@@ -12,16 +12,16 @@ use anyhow::Context;
 use sozu_command_lib::config::Config;
 
 /// The command socket used without `--socket` nor `-c`.
-pub const DEFAULT_SOCKET: &str = "./sozu.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "./sozu.sock";
 
 /// The largest answer accepted when the configuration says nothing: larger
 /// than the master's default (163840) because cluster and metric listings
 /// grow with the configuration.
-pub const DEFAULT_MAX_ANSWER_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_ANSWER_SIZE: usize = 16 * 1024 * 1024;
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub socket: PathBuf,
     pub max_answer_size: usize,
 }
@@ -29,7 +29,7 @@ pub struct Target {
 /// Resolves the target from the command line flags. The configuration file
 /// is not read at all when `--socket` is given, so a file that no longer
 /// validates cannot lock a client out of a running master.
-pub fn resolve(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Result<Target> {
+pub(crate) fn resolve(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Result<Target> {
     if let Some(socket) = socket {
         return Ok(Target {
             socket: socket.to_path_buf(),

@@ -3,14 +3,14 @@
 
 /// Rows of cells under a header.
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// An empty table with these column titles.
-    pub fn new(header: &[&str]) -> Table {
+    pub(crate) fn new(header: &[&str]) -> Table {
         Table {
             header: header.iter().map(|title| (*title).to_owned()).collect(),
             rows: Vec::new(),
@@ -18,17 +18,17 @@ impl Table {
     }
 
     /// Appends a row (missing cells are blank, extra ones are kept).
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// True when no row was added.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
     /// The table as lines, each ending with a newline.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let columns = self
             .rows
             .iter()

@@ -833,25 +833,8 @@ fn worker_restart_reload_dry_run_and_cluster_replace_plans() {
         plan_of(&["cluster", "add", "-i", "dns", "--replace"]).refuse_existing_cluster,
         None
     );
-    // The hidden process form still parses.
-    let worker = Cli::try_parse_from([
-        "sozu",
-        "worker",
-        "--id",
-        "0",
-        "--channel-fd",
-        "3",
-        "--scm-fd",
-        "4",
-    ])
-    .unwrap();
-    assert!(matches!(
-        worker.command,
-        crate::cli::Command::Worker(crate::cli::WorkerCommand {
-            process: Some(_),
-            action: None
-        })
-    ));
+    // The hidden process form is parsed in master::tests
+    // (the_worker_command_line_carries_every_setting_the_configuration_gives).
 }
 
 #[test]

@@ -37,7 +37,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// What one refresh shows of one listener or cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Figures {
+pub(crate) struct Figures {
     /// `udp.active_flows` now.
     pub flows: u64,
     /// `udp.datagrams.in` so far.
@@ -50,7 +50,7 @@ pub struct Figures {
 
 /// The figures of one refresh.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub listeners: BTreeMap<String, Figures>,
     pub clusters: BTreeMap<String, Figures>,
     /// Workers whose figures are in this sample.
@@ -84,7 +84,7 @@ fn apply(figures: &mut Figures, name: &str, metric: &FilteredMetrics) {
 impl Sample {
     /// Reads the master's aggregated answer: listeners from the
     /// `name@address` entries, clusters from the cluster totals.
-    pub fn from_metrics(metrics: &AggregatedMetrics) -> Sample {
+    pub(crate) fn from_metrics(metrics: &AggregatedMetrics) -> Sample {
         let mut sample = Sample {
             workers: metrics.workers.len(),
             ..Sample::default()
@@ -214,7 +214,7 @@ fn table(out: &mut String, title: &str, mut rows: Vec<Row>, limit: usize) {
 
 /// The text of one refresh: `before` is the previous sample (rates are
 /// `-` without one), `seconds` the time between them.
-pub fn frame(
+pub(crate) fn frame(
     refresh: u64,
     now: &Sample,
     before: Option<&Sample>,
@@ -290,7 +290,7 @@ fn pause_until(until: Instant) {
 }
 
 /// Runs the live view until it is told to stop.
-pub fn run(session: &mut Session, args: &TopArgs) -> ExitCode {
+pub(crate) fn run(session: &mut Session, args: &TopArgs) -> ExitCode {
     install_handlers();
     let interval = Duration::from_secs(args.interval);
     let limit = usize::try_from(args.rows).unwrap_or(usize::MAX);

@@ -17,10 +17,10 @@ use sozu_command_lib::command::{Request, Response, ResponseStatus};
 use super::command_socket::Peer;
 
 /// The master's end of a command connection.
-pub type ClientChannel = Channel<Response, Request>;
+pub(crate) type ClientChannel = Channel<Response, Request>;
 
 /// A connected command-socket client.
-pub struct Client {
+pub(crate) struct Client {
     pub token: Token,
     pub channel: ClientChannel,
     pub peer: Peer,
@@ -39,10 +39,10 @@ pub struct Client {
 /// A client idle (no order in flight, nothing sent) at least this long may
 /// lose its slot to a newcomer when the socket is at `max_command_clients`,
 /// so connections that never speak cannot lock operators out.
-pub const IDLE_EVICTION_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_EVICTION_AFTER: Duration = Duration::from_secs(5);
 
 impl Client {
-    pub fn new(token: Token, channel: ClientChannel, peer: Peer, now: Instant) -> Self {
+    pub(crate) fn new(token: Token, channel: ClientChannel, peer: Peer, now: Instant) -> Self {
         Client {
             token,
             channel,
@@ -55,13 +55,13 @@ impl Client {
     }
 
     /// Whether this client may be evicted for a newcomer at `now`.
-    pub fn is_evictable(&self, now: Instant) -> bool {
+    pub(crate) fn is_evictable(&self, now: Instant) -> bool {
         !self.busy && now.saturating_duration_since(self.last_active) >= IDLE_EVICTION_AFTER
     }
 
     /// Queues `response` and writes what the socket takes now. An answer too
     /// large for the channel becomes a FAILURE that says so.
-    pub fn answer(&mut self, response: Response) {
+    pub(crate) fn answer(&mut self, response: Response) {
         if self.broken {
             return;
         }
@@ -95,7 +95,7 @@ impl Client {
     }
 
     /// Writes queued answers; marks the client broken on a socket error.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if self.broken {
             return;
         }
@@ -109,13 +109,13 @@ impl Client {
     }
 
     /// Whether the client can be dropped now.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.broken || (self.close_after_flush && !self.channel.wants_write())
     }
 }
 
 /// An answer with no content.
-pub fn response(status: ResponseStatus, message: impl Into<String>) -> Response {
+pub(crate) fn response(status: ResponseStatus, message: impl Into<String>) -> Response {
     Response {
         status: status as i32,
         message: message.into(),

@@ -19,14 +19,14 @@ use nix::sys::stat::Mode;
 
 /// Who is on the other end of a command connection (SO_PEERCRED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
 }
 
 /// Reads the peer credentials of an accepted connection.
-pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<Peer> {
+pub(crate) fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<Peer> {
     let creds = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
     Ok(Peer {
         uid: creds.uid(),
@@ -37,7 +37,7 @@ pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<Peer> {
 
 /// Whether `peer` may send orders: root, the master's own uid, or a uid the
 /// configuration allows (`command_allowed_uids`).
-pub fn is_allowed(peer: &Peer, owner_uid: u32, allowed_uids: &[u32]) -> bool {
+pub(crate) fn is_allowed(peer: &Peer, owner_uid: u32, allowed_uids: &[u32]) -> bool {
     peer.uid == 0 || peer.uid == owner_uid || allowed_uids.contains(&peer.uid)
 }
 
@@ -47,7 +47,7 @@ pub fn is_allowed(peer: &Peer, owner_uid: u32, allowed_uids: &[u32]) -> bool {
 /// nobody answers on (a crashed master's leftover). A symlink, a non-socket,
 /// a file owned by another user, or a socket another master answers on is
 /// refused with one clear error.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let owner = nix::unistd::geteuid().as_raw();
     match fs::symlink_metadata(path) {
         Ok(meta) => {

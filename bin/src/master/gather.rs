@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use sozu_command_lib::command::{ResponseContent, ResponseStatus, WorkerResponse};
 
 /// Identifies one gathered order inside the master.
-pub type OrderId = u64;
+pub(crate) type OrderId = u64;
 
 /// Why a worker did not succeed for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerFailure {
+pub(crate) enum WorkerFailure {
     /// The worker answered FAILURE with this message.
     Refused(String),
     /// No answer before the deadline.
@@ -40,7 +40,7 @@ impl std::fmt::Display for WorkerFailure {
 
 /// A finished order: every awaited answer is in, or given up on.
 #[derive(Debug)]
-pub struct Gathered<P> {
+pub(crate) struct Gathered<P> {
     pub id: OrderId,
     /// What the master meant to do with the answers (who asked, why).
     pub purpose: P,
@@ -56,7 +56,7 @@ pub struct Gathered<P> {
 
 impl<P> Gathered<P> {
     /// Splits off the purpose, so whoever it names gets the answers alone.
-    pub fn into_parts(self) -> (P, Gathered<()>) {
+    pub(crate) fn into_parts(self) -> (P, Gathered<()>) {
         let Gathered {
             id,
             purpose,
@@ -77,12 +77,12 @@ impl<P> Gathered<P> {
     }
 
     /// Whether every worker succeeded.
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.failures.is_empty()
     }
 
     /// "worker 1: message; worker 2: did not answer within 10000 ms".
-    pub fn failure_summary(&self) -> String {
+    pub(crate) fn failure_summary(&self) -> String {
         self.failures
             .iter()
             .map(|(worker, failure)| format!("worker {worker}: {failure}"))
@@ -93,7 +93,7 @@ impl<P> Gathered<P> {
 
 /// What an incoming worker answer meant.
 #[derive(Debug)]
-pub enum AnswerEvent<P> {
+pub(crate) enum AnswerEvent<P> {
     /// A PROCESSING answer: the order goes on, its deadline was pushed back.
     Progress {
         order: OrderId,
@@ -124,7 +124,7 @@ struct Pending<P> {
 }
 
 /// Every order waiting for worker answers.
-pub struct GatherTable<P> {
+pub(crate) struct GatherTable<P> {
     orders: BTreeMap<OrderId, Pending<P>>,
     by_request: HashMap<String, OrderId>,
     next_order: OrderId,
@@ -138,7 +138,7 @@ impl<P> Default for GatherTable<P> {
 }
 
 impl<P> GatherTable<P> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         GatherTable {
             orders: BTreeMap::new(),
             by_request: HashMap::new(),
@@ -149,7 +149,7 @@ impl<P> GatherTable<P> {
 
     /// Opens an order that will wait at most `timeout` (from the last sign of
     /// life) for each answer; `None` waits forever.
-    pub fn open(&mut self, purpose: P, now: Instant, timeout: Option<Duration>) -> OrderId {
+    pub(crate) fn open(&mut self, purpose: P, now: Instant, timeout: Option<Duration>) -> OrderId {
         let id = self.next_order;
         self.next_order += 1;
         self.orders.insert(
@@ -170,7 +170,7 @@ impl<P> GatherTable<P> {
 
     /// Allocates a request id awaited by `order` from `worker`. Returns `None`
     /// if the order is unknown (already finished).
-    pub fn expect(&mut self, order: OrderId, worker: u32) -> Option<String> {
+    pub(crate) fn expect(&mut self, order: OrderId, worker: u32) -> Option<String> {
         let pending = self.orders.get_mut(&order)?;
         let request_id = format!("{order}-{}", self.next_request);
         self.next_request += 1;
@@ -184,7 +184,7 @@ impl<P> GatherTable<P> {
 
     /// Finishes `order` now if it waits for nothing (no worker was live, or
     /// the caller expected nothing).
-    pub fn finish_if_complete(&mut self, order: OrderId) -> Option<Gathered<P>> {
+    pub(crate) fn finish_if_complete(&mut self, order: OrderId) -> Option<Gathered<P>> {
         if self.orders.get(&order)?.waiting.is_empty() {
             self.finish(order)
         } else {
@@ -193,7 +193,7 @@ impl<P> GatherTable<P> {
     }
 
     /// Records one worker answer.
-    pub fn on_answer(
+    pub(crate) fn on_answer(
         &mut self,
         worker: u32,
         answer: WorkerResponse,
@@ -246,7 +246,7 @@ impl<P> GatherTable<P> {
 
     /// A worker is gone: every request it had not answered fails, and the
     /// orders that now wait for nothing finish.
-    pub fn on_worker_gone(&mut self, worker: u32) -> Vec<Gathered<P>> {
+    pub(crate) fn on_worker_gone(&mut self, worker: u32) -> Vec<Gathered<P>> {
         let mut done = Vec::new();
         let ids: Vec<OrderId> = self.orders.keys().copied().collect();
         for order in ids {
@@ -279,7 +279,7 @@ impl<P> GatherTable<P> {
 
     /// Finishes every order whose deadline is at or before `now`; the
     /// workers still awaited are reported as timed out.
-    pub fn on_timeout(&mut self, now: Instant) -> Vec<Gathered<P>> {
+    pub(crate) fn on_timeout(&mut self, now: Instant) -> Vec<Gathered<P>> {
         let due: Vec<OrderId> = self
             .orders
             .iter()
@@ -309,29 +309,29 @@ impl<P> GatherTable<P> {
     }
 
     /// The earliest deadline of any open order.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.orders.values().filter_map(|p| p.deadline).min()
     }
 
     /// The purpose of an open order.
-    pub fn purpose(&self, order: OrderId) -> Option<&P> {
+    pub(crate) fn purpose(&self, order: OrderId) -> Option<&P> {
         self.orders.get(&order).map(|p| &p.purpose)
     }
 
     /// Number of open orders.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.orders.len()
     }
 
     /// Whether no order is open.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.orders.is_empty()
     }
 
     /// Open orders matching `predicate` (by purpose).
-    pub fn count_where(&self, predicate: impl Fn(&P) -> bool) -> usize {
+    pub(crate) fn count_where(&self, predicate: impl Fn(&P) -> bool) -> usize {
         self.orders
             .values()
             .filter(|p| predicate(&p.purpose))

@@ -83,7 +83,7 @@ pub(crate) struct Handover {
 
 impl Handover {
     /// Every fd the new master inherits.
-    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+    pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.groups.iter().flat_map(|g| g.fds.iter().copied())
     }
 }
@@ -112,7 +112,7 @@ fn wanted(state: &ConfigState) -> Vec<(Key, Option<ListenerSocketOptions>)> {
 
 impl ListenSockets {
     /// No socket yet; UDP groups get `workers` sockets.
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         ListenSockets {
             groups: BTreeMap::new(),
             slots: BTreeMap::new(),
@@ -137,14 +137,14 @@ impl ListenSockets {
     /// Binds every listener of `state` not held yet; on an error nothing
     /// newly bound is kept. Returns the listeners bound now (to pass to the
     /// workers, or to release if the change is refused after all).
-    pub fn bind_missing(&mut self, state: &ConfigState) -> Result<Vec<Key>, ListenError> {
+    pub(crate) fn bind_missing(&mut self, state: &ConfigState) -> Result<Vec<Key>, ListenError> {
         self.bind_added(&ConfigState::new(), state)
     }
 
     /// Binds every listener `after` has and `before` has not, unless held
     /// (a state change about to be sent); on an error nothing newly bound
     /// is kept. Listeners `before` already had are left as they are.
-    pub fn bind_added(
+    pub(crate) fn bind_added(
         &mut self,
         before: &ConfigState,
         after: &ConfigState,
@@ -175,14 +175,14 @@ impl ListenSockets {
     }
 
     /// The slot worker `id` serves, if it was given one.
-    pub fn slot_of(&self, id: u32) -> Option<usize> {
+    pub(crate) fn slot_of(&self, id: u32) -> Option<usize> {
         self.slots.get(&id).copied()
     }
 
     /// Slots `0..workers` that none of `live` (worker ids with a process)
     /// serves. A live worker not given a slot yet (it is booting) will take one:
     /// nothing is called down then.
-    pub fn down_slots(&self, live: &BTreeSet<u32>) -> BTreeSet<u32> {
+    pub(crate) fn down_slots(&self, live: &BTreeSet<u32>) -> BTreeSet<u32> {
         if live.iter().any(|id| self.slot_of(*id).is_none()) {
             return BTreeSet::new();
         }
@@ -198,7 +198,7 @@ impl ListenSockets {
     /// start, automatic restart off) would otherwise hold its share of the
     /// clients in a socket nobody reads. Sources of live slots never move;
     /// when the slot is served again, its sources come back to it.
-    pub fn steer(&mut self, down: BTreeSet<u32>) {
+    pub(crate) fn steer(&mut self, down: BTreeSet<u32>) {
         if down == self.down {
             return;
         }
@@ -222,7 +222,7 @@ impl ListenSockets {
     }
 
     /// Closes the master's copies of these listeners' sockets.
-    pub fn release(&mut self, keys: &[Key]) {
+    pub(crate) fn release(&mut self, keys: &[Key]) {
         for key in keys {
             self.groups.remove(key);
         }
@@ -231,7 +231,7 @@ impl ListenSockets {
     /// Closes the sockets of every listener `state` no longer has (removed,
     /// or never committed). A socket is free once the workers closed their
     /// copies too (they do when they remove the listener).
-    pub fn release_absent(&mut self, state: &ConfigState) {
+    pub(crate) fn release_absent(&mut self, state: &ConfigState) {
         let wanted: BTreeSet<Key> = wanted(state).into_iter().map(|(k, _)| k).collect();
         self.groups.retain(|key, _| {
             let keep = wanted.contains(key);
@@ -243,18 +243,18 @@ impl ListenSockets {
     }
 
     /// Closes every socket the master holds (the proxy is stopping).
-    pub fn release_all(&mut self) {
+    pub(crate) fn release_all(&mut self) {
         self.groups.clear();
     }
 
     /// Every listener held.
-    pub fn keys(&self) -> Vec<Key> {
+    pub(crate) fn keys(&self) -> Vec<Key> {
         self.groups.keys().copied().collect()
     }
 
     /// The slot of worker `id`: its own, or the lowest one no live worker
     /// serves (`live`: the ids in the worker table).
-    pub fn slot(&mut self, id: u32, live: &BTreeSet<u32>) -> usize {
+    pub(crate) fn slot(&mut self, id: u32, live: &BTreeSet<u32>) -> usize {
         self.slots
             .retain(|worker, _| *worker == id || live.contains(worker));
         if let Some(slot) = self.slots.get(&id) {
@@ -270,7 +270,7 @@ impl ListenSockets {
 
     /// Worker `new` replaced worker `old` (upgrade): it serves the same
     /// slot (the old one keeps it while it drains).
-    pub fn succeed(&mut self, old: u32, new: u32) {
+    pub(crate) fn succeed(&mut self, old: u32, new: u32) {
         if let Some(slot) = self.slots.get(&old).copied() {
             self.slots.insert(new, slot);
         }
@@ -298,7 +298,7 @@ impl ListenSockets {
 
     /// The handover of an in-place upgrade (the caller clears the
     /// close-on-exec flag of [`Handover::fds`] just before the exec).
-    pub fn handover(&self) -> Handover {
+    pub(crate) fn handover(&self) -> Handover {
         let groups = self
             .groups
             .iter()
@@ -315,7 +315,7 @@ impl ListenSockets {
     }
 
     /// The new master's side: takes the inherited sockets.
-    pub fn resume(workers: usize, handover: Handover) -> std::io::Result<Self> {
+    pub(crate) fn resume(workers: usize, handover: Handover) -> std::io::Result<Self> {
         let mut sockets = ListenSockets::new(workers);
         for group in handover.groups {
             let mut fds = Vec::with_capacity(group.fds.len());

@@ -16,7 +16,7 @@ use sozu_command_lib::command::{
 };
 
 /// Builds the master's answer from each worker's metrics content.
-pub fn aggregate(contents: &BTreeMap<u32, ResponseContent>) -> AggregatedMetrics {
+pub(crate) fn aggregate(contents: &BTreeMap<u32, ResponseContent>) -> AggregatedMetrics {
     let mut out = AggregatedMetrics::default();
     for (worker, content) in contents {
         let Some(ContentType::Metrics(metrics)) = &content.content_type else {

@@ -53,9 +53,11 @@ use gather::{AnswerEvent, GatherTable, Gathered, OrderId};
 use signals::{MasterSignal, SignalPipe};
 use workers::{Worker, WorkerLaunch};
 
+use crate::worker::{StatsdSettings, WorkerSettings};
+
 /// `sozu start`
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// Configuration file (Sōzu 2.x compatible TOML).
     #[arg(short = 'c', long = "config")]
     pub config: PathBuf,
@@ -67,7 +69,7 @@ pub struct StartArgs {
 
 /// Runs the master until it stops. Configuration and start-up errors are
 /// printed as one line on stderr and give a non-zero exit code.
-pub fn start(args: StartArgs) -> ExitCode {
+pub(crate) fn start(args: StartArgs) -> ExitCode {
     let config = match Config::load_from_path(&args.config) {
         Ok(config) => config,
         Err(error) => {
@@ -162,6 +164,37 @@ pub(crate) enum Phase {
         progress_at: Instant,
     },
 }
+
+/// The part of the configuration every worker is started with.
+fn worker_settings(config: &Config) -> WorkerSettings {
+    WorkerSettings {
+        command_buffer_size: config.command_buffer_size.get(),
+        max_command_buffer_size: worker_channel_max(config),
+        log_level: config.log_level.clone(),
+        log_target: logging::target_to_string(&config.log_target),
+        access_logs_target: config
+            .access_logs_target
+            .as_ref()
+            .map(logging::target_to_string),
+        access_logs_format: config.access_logs_format.into(),
+        buffer_size: config.buffer_size.get(),
+        max_connections: config.max_connections.get(),
+        worker_count: u32::from(config.worker_count.get()),
+        upstream_source_addresses: config.upstream_source_addresses.clone(),
+        statsd: config.metrics.as_ref().map(|metrics| StatsdSettings {
+            address: metrics.address,
+            prefix: metrics
+                .prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STATSD_PREFIX.to_owned()),
+            tagged: metrics.tagged_metrics,
+        }),
+        hash_seed: config.hash_seed,
+    }
+}
+
+/// The statsd prefix when `[metrics]` names none.
+const DEFAULT_STATSD_PREFIX: &str = "sozu";
 
 /// The master's whole state, driven by [`Master::run`].
 pub(crate) struct Master {
@@ -311,15 +344,7 @@ impl Master {
         };
         let launch = WorkerLaunch {
             executable: workers::current_executable().context("cannot find the sozu binary")?,
-            command_buffer_size: config.command_buffer_size.get(),
-            buffer_size: config.buffer_size.get(),
-            max_connections: config.max_connections.get(),
-            statsd: config.metrics.clone(),
-            max_command_buffer_size: worker_channel_max(&config),
-            log: LogSettings::from_config(&config),
-            hash_seed: config.hash_seed,
-            worker_count: u32::from(config.worker_count.get()),
-            upstream_source_addresses: config.upstream_source_addresses.clone(),
+            settings: worker_settings(&config),
         };
         Ok(Master {
             poll,

@@ -12,11 +12,11 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 
 /// The environment variable systemd sets for `Type=notify` services.
-pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// Sends `state` (e.g. `"READY=1\nSTATUS=…"`) to `$NOTIFY_SOCKET`, if set.
 /// Returns whether a datagram was sent.
-pub fn notify(state: &str) -> bool {
+pub(crate) fn notify(state: &str) -> bool {
     let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
         return false;
     };
@@ -51,7 +51,7 @@ fn send(target: &str, state: &str) -> io::Result<()> {
 }
 
 /// `READY=1` with the master's pid and a status line.
-pub fn ready(workers: usize) -> bool {
+pub(crate) fn ready(workers: usize) -> bool {
     notify(&format!(
         "READY=1\nMAINPID={}\nSTATUS=serving with {workers} worker(s)",
         std::process::id()
@@ -59,7 +59,7 @@ pub fn ready(workers: usize) -> bool {
 }
 
 /// `STOPPING=1` with a status line saying which stop.
-pub fn stopping(hard: bool) -> bool {
+pub(crate) fn stopping(hard: bool) -> bool {
     let kind = if hard { "hard" } else { "soft" };
     notify(&format!(
         "STOPPING=1\nSTATUS={kind} stop: waiting for the workers"

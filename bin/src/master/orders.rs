@@ -72,11 +72,11 @@ fn ok(message: impl Into<String>) -> Response {
     response(ResponseStatus::Ok, message)
 }
 
-fn failure(message: impl Into<String>) -> Response {
+pub(super) fn failure(message: impl Into<String>) -> Response {
     response(ResponseStatus::Failure, message)
 }
 
-fn with_content(message: impl Into<String>, content: ContentType) -> Response {
+pub(super) fn with_content(message: impl Into<String>, content: ContentType) -> Response {
     Response {
         status: ResponseStatus::Ok as i32,
         message: message.into(),

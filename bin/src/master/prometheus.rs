@@ -31,13 +31,13 @@ use super::gather::Gathered;
 use super::{now, Master, Purpose};
 
 /// Scrape connections open at once; a new one past this is closed at once.
-pub const MAX_CLIENTS: usize = 16;
+pub(crate) const MAX_CLIENTS: usize = 16;
 /// Largest request head read (request line and headers).
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its whole request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to take the whole answer.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, PartialEq, Eq)]
 enum Stage {
@@ -80,7 +80,7 @@ impl MetricsServer {
     /// Binds `addr` and registers it under `token`; client tokens are taken
     /// from `client_tokens` upwards (a range no other part of the master
     /// uses).
-    pub fn bind(
+    pub(crate) fn bind(
         addr: SocketAddr,
         registry: &Registry,
         token: Token,
@@ -102,17 +102,17 @@ impl MetricsServer {
     }
 
     /// Whether `token` is this server's (listener or client).
-    pub fn owns(&self, token: Token) -> bool {
+    pub(crate) fn owns(&self, token: Token) -> bool {
         token == self.token || self.clients.contains_key(&token)
     }
 
     /// Clients connected now.
-    pub fn client_count(&self) -> usize {
+    pub(crate) fn client_count(&self) -> usize {
         self.clients.len()
     }
 
     /// The earliest client deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.clients
             .values()
             .filter_map(|c| match c.stage {
@@ -123,7 +123,7 @@ impl MetricsServer {
     }
 
     /// Closes the clients past their deadline.
-    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+    pub(crate) fn expire(&mut self, registry: &Registry, now: Instant) {
         let late: Vec<Token> = self
             .clients
             .iter()
@@ -245,7 +245,7 @@ impl MetricsServer {
     }
 
     /// Sends the page to a waiting client (if it is still there).
-    pub fn answer(&mut self, registry: &Registry, token: Token, body: String) {
+    pub(crate) fn answer(&mut self, registry: &Registry, token: Token, body: String) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };

@@ -1,4 +1,4 @@
-//! The Sōzu 2.1 orders beyond the core set (`compat/WIRE.md`, "the rest"):
+//! The Sōzu 2.1 orders beyond the core set (doc/protocol.md §3.1):
 //! queries the master answers from its state or its own counters, `Logging`
 //! and `configure_metrics` (applied here and fanned out to every worker), and
 //! a FAILURE naming the order for what this proxy does not serve (HTTPS,
@@ -17,12 +17,11 @@ use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
 use sozu_command_lib::command::{
     CertificatesWithFingerprints, ListOfCertificatesByAddress, MetricsConfiguration, Request,
-    RequestCounts, Response, ResponseContent, ResponseStatus, WorkerResponses,
+    RequestCounts, ResponseContent, WorkerResponses,
 };
 
-use super::clients::response;
 use super::command_socket::Peer;
-use super::orders::{audit, ClientOrder, ClientOrderKind};
+use super::orders::{audit, failure, with_content, ClientOrder, ClientOrderKind};
 use super::{Master, Purpose};
 
 /// What the master keeps for these orders.
@@ -47,20 +46,6 @@ impl SozuExtras {
             }],
             _ => Vec::new(),
         }
-    }
-}
-
-fn failure(message: impl Into<String>) -> Response {
-    response(ResponseStatus::Failure, message)
-}
-
-fn with_content(message: impl Into<String>, content: ContentType) -> Response {
-    Response {
-        status: ResponseStatus::Ok as i32,
-        message: message.into(),
-        content: Some(ResponseContent {
-            content_type: Some(content),
-        }),
     }
 }
 
@@ -215,7 +200,7 @@ impl Master {
             return;
         }
         tracing::warn!(level = directives, "log level changed");
-        self.launch.log.level = directives.to_owned();
+        self.launch.settings.log_level = directives.to_owned();
         let order = Request {
             request_type: Some(RequestType::Logging(directives.to_owned())),
         };

@@ -35,7 +35,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
 
 /// What a signal asks of the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MasterSignal {
+pub(crate) enum MasterSignal {
     /// A child changed state: reap with waitpid.
     Child,
     /// SIGTERM: soft stop.
@@ -47,7 +47,7 @@ pub enum MasterSignal {
 }
 
 /// The read end of the self-pipe; register [`SignalPipe::fd`] for readable.
-pub struct SignalPipe {
+pub(crate) struct SignalPipe {
     read: OwnedFd,
     // Kept open for the handler; closed (and the handler disarmed) on drop.
     _write: OwnedFd,
@@ -55,7 +55,7 @@ pub struct SignalPipe {
 
 impl SignalPipe {
     /// Creates the pipe and installs the handlers.
-    pub fn install() -> io::Result<Self> {
+    pub(crate) fn install() -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
         let action = SigAction::new(
@@ -88,12 +88,12 @@ impl SignalPipe {
     }
 
     /// The fd to register in the loop.
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
 
     /// Reads every pending signal, deduplicated, in arrival order.
-    pub fn drain(&self) -> Vec<MasterSignal> {
+    pub(crate) fn drain(&self) -> Vec<MasterSignal> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64];
         loop {

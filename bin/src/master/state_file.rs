@@ -13,13 +13,13 @@ use sozu_command_lib::state::file::read_requests;
 use sozu_command_lib::state::{ConfigState, DispatchOutcome, StateFileError};
 
 /// Writes `state` to `path`; returns the number of orders written.
-pub fn save(state: &ConfigState, path: &Path) -> Result<usize, Box<StateFileError>> {
+pub(crate) fn save(state: &ConfigState, path: &Path) -> Result<usize, Box<StateFileError>> {
     state.save_to_path(path).map_err(Box::new)
 }
 
 /// Reads and checks a state file: the whole file must build a state on its
 /// own (errors name the line); returns its orders in file order.
-pub fn read(path: &Path, config: &Config) -> Result<Vec<Request>, Box<StateFileError>> {
+pub(crate) fn read(path: &Path, config: &Config) -> Result<Vec<Request>, Box<StateFileError>> {
     let max = config.max_state_file_size.get();
     // Validates every line against an empty state first.
     ConfigState::load_from_path(path, max).map_err(Box::new)?;
@@ -35,7 +35,7 @@ pub fn read(path: &Path, config: &Config) -> Result<Vec<Request>, Box<StateFileE
 /// so are orders the workers would refuse (a file saved by an older
 /// version may hold some): each is logged. Returns how many orders were
 /// applied.
-pub fn load_into(
+pub(crate) fn load_into(
     state: &mut ConfigState,
     path: &Path,
     config: &Config,

@@ -140,6 +140,68 @@ fn reply(
     master.read_worker(id, now());
 }
 
+/// A master with workers 0 and 1 and one client: the set-up most tests
+/// share. The temp dir holds the command socket for the test's life.
+type Rig = (
+    tempfile::TempDir,
+    Master,
+    FakeWorker,
+    FakeWorker,
+    Token,
+    FakeClient,
+);
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = master(dir.path());
+    let w0 = add_worker(&mut master, 0);
+    let w1 = add_worker(&mut master, 1);
+    let (token, client) = add_client(&mut master);
+    (dir, master, w0, w1, token, client)
+}
+
+/// The client sends `add_cluster dns`; worker 0 takes it, worker 1 refuses
+/// it (`cannot bind 127.0.0.1:53`). Nothing is committed while the order is
+/// out.
+fn worker_1_refuses_dns(
+    master: &mut Master,
+    token: Token,
+    w0: &mut FakeWorker,
+    w1: &mut FakeWorker,
+) {
+    send(master, token, cluster("dns"));
+    let o0 = next_order(w0);
+    let o1 = next_order(w1);
+    assert!(
+        master.state.cluster("dns").is_none(),
+        "nothing is committed while the order is out"
+    );
+    reply(master, 0, w0, &o0, ResponseStatus::Ok, "");
+    reply(
+        master,
+        1,
+        w1,
+        &o1,
+        ResponseStatus::Failure,
+        "cannot bind 127.0.0.1:53",
+    );
+}
+
+/// The client's answer after [`worker_1_refuses_dns`]: a failure naming
+/// worker 1 and its reason. Returns the message.
+fn failure_naming_worker_1(client: &mut FakeClient) -> String {
+    let answer = client.read_message_timeout(TIMEOUT).unwrap();
+    assert_eq!(answer.status(), ResponseStatus::Failure);
+    assert!(
+        answer
+            .message
+            .contains("worker 1: cannot bind 127.0.0.1:53"),
+        "{}",
+        answer.message
+    );
+    answer.message
+}
+
 fn nothing_pending(worker: &mut FakeWorker) -> bool {
     worker.set_blocking(false).unwrap();
     matches!(worker.try_read_message(), Ok(None))
@@ -176,11 +238,7 @@ fn refused_order_reaches_no_worker_and_names_the_field() {
 
 #[test]
 fn accepted_order_reaches_every_worker_and_is_answered_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     send(&mut master, token, cluster("dns"));
     let o0 = next_order(&mut w0);
     let o1 = next_order(&mut w1);
@@ -208,32 +266,9 @@ fn accepted_order_reaches_every_worker_and_is_answered_once() {
 
 #[test]
 fn worker_failure_is_named_in_the_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
-    send(&mut master, token, cluster("dns"));
-    let o0 = next_order(&mut w0);
-    let o1 = next_order(&mut w1);
-    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
-    reply(
-        &mut master,
-        1,
-        &mut w1,
-        &o1,
-        ResponseStatus::Failure,
-        "cannot bind 127.0.0.1:53",
-    );
-    let answer = client.read_message_timeout(TIMEOUT).unwrap();
-    assert_eq!(answer.status(), ResponseStatus::Failure);
-    assert!(
-        answer
-            .message
-            .contains("worker 1: cannot bind 127.0.0.1:53"),
-        "{}",
-        answer.message
-    );
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
+    worker_1_refuses_dns(&mut master, token, &mut w0, &mut w1);
+    failure_naming_worker_1(&mut client);
 }
 
 #[test]
@@ -530,37 +565,10 @@ fn with_http_listener(master: &mut Master) {
 
 #[test]
 fn refused_order_is_undone_on_the_workers_that_applied_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
-    send(&mut master, token, cluster("dns"));
-    let o0 = next_order(&mut w0);
-    let o1 = next_order(&mut w1);
-    assert!(
-        master.state.cluster("dns").is_none(),
-        "nothing is committed while the order is out"
-    );
-    reply(&mut master, 0, &mut w0, &o0, ResponseStatus::Ok, "");
-    reply(
-        &mut master,
-        1,
-        &mut w1,
-        &o1,
-        ResponseStatus::Failure,
-        "cannot bind 127.0.0.1:53",
-    );
-    let answer = client.read_message_timeout(TIMEOUT).unwrap();
-    assert_eq!(answer.status(), ResponseStatus::Failure);
-    assert!(
-        answer
-            .message
-            .contains("worker 1: cannot bind 127.0.0.1:53")
-            && answer.message.contains("undone on worker(s) 0"),
-        "{}",
-        answer.message
-    );
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
+    worker_1_refuses_dns(&mut master, token, &mut w0, &mut w1);
+    let message = failure_naming_worker_1(&mut client);
+    assert!(message.contains("undone on worker(s) 0"), "{message}");
     assert!(master.state.is_empty(), "a refused order leaves no trace");
     // Worker 0 applied it: it is told to remove the cluster again.
     let undo = next_order(&mut w0);
@@ -576,11 +584,7 @@ fn refused_order_is_undone_on_the_workers_that_applied_it() {
 
 #[test]
 fn a_worker_refusing_the_undo_is_restarted() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     send(&mut master, token, cluster("dns"));
     let o0 = next_order(&mut w0);
     let o1 = next_order(&mut w1);
@@ -769,11 +773,7 @@ fn unsupported_sozu_orders_are_refused_by_name_and_reach_no_worker() {
 #[test]
 fn configure_metrics_reaches_every_worker_and_is_replayed_to_a_new_one() {
     use sozu_command_lib::command::MetricsConfiguration;
-    let dir = tempfile::tempdir().unwrap();
-    let mut master = master(dir.path());
-    let mut w0 = add_worker(&mut master, 0);
-    let mut w1 = add_worker(&mut master, 1);
-    let (token, mut client) = add_client(&mut master);
+    let (_dir, mut master, mut w0, mut w1, token, mut client) = rig();
     let disable = order(RequestType::ConfigureMetrics(
         MetricsConfiguration::Disabled as i32,
     ));
@@ -909,4 +909,89 @@ fn a_worker_frame_at_the_bound_is_read_and_one_byte_over_closes_only_that_worker
     );
     let status = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(status.status(), ResponseStatus::Ok, "{}", status.message);
+}
+
+#[test]
+fn the_worker_command_line_carries_every_setting_the_configuration_gives() {
+    use crate::cli::{Cli, Command, WorkerCommand};
+    use crate::worker::{AccessLogFormatSetting, StatsdSettings, WorkerSettings};
+    use clap::Parser;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "command_socket = \"{}\"\nworker_count = 3\nhash_seed = 77\nmax_connections = 9\n\
+         buffer_size = 20000\nlog_level = \"debug\"\nlog_target = \"stderr\"\n\
+         access_logs_target = \"file://{}\"\naccess_logs_format = \"json\"\n\
+         upstream_source_addresses = [\"127.0.0.2\", \"::1\"]\n\
+         [metrics]\naddress = \"127.0.0.1:8125\"\ntagged_metrics = true\n",
+        dir.path().join("sozu.sock").display(),
+        dir.path().join("access.log").display(),
+    );
+    let config = Config::from_str(&text, &dir.path().join("config.toml")).unwrap();
+    let settings = super::worker_settings(&config);
+    assert_eq!(
+        settings,
+        WorkerSettings {
+            command_buffer_size: config.command_buffer_size.get(),
+            max_command_buffer_size: super::worker_channel_max(&config),
+            log_level: "debug".to_owned(),
+            log_target: "stderr".to_owned(),
+            access_logs_target: Some(format!(
+                "file://{}",
+                dir.path().join("access.log").display()
+            )),
+            access_logs_format: AccessLogFormatSetting::Json,
+            buffer_size: 20_000,
+            max_connections: 9,
+            worker_count: 3,
+            upstream_source_addresses: vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
+            statsd: Some(StatsdSettings {
+                address: "127.0.0.1:8125".parse().unwrap(),
+                prefix: "sozu".to_owned(),
+                tagged: true,
+            }),
+            hash_seed: Some(77),
+        }
+    );
+    // What the master execs is what the worker parses.
+    let arguments = super::workers::worker_arguments(&settings, 4, 10, 11);
+    let cli = Cli::try_parse_from(std::iter::once("sozu".to_owned()).chain(arguments)).unwrap();
+    let Command::Worker(WorkerCommand {
+        process: Some(args),
+        action: None,
+    }) = cli.command
+    else {
+        panic!("not the worker process form: {:?}", cli.command);
+    };
+    assert_eq!((args.id, args.channel_fd, args.scm_fd), (4, 10, 11));
+    assert_eq!(args.settings, settings);
+}
+
+#[test]
+fn a_worker_refuses_settings_with_a_missing_or_unknown_field() {
+    use crate::worker::WorkerSettings;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_str(
+        &format!(
+            "command_socket = \"{}\"\n",
+            dir.path().join("sozu.sock").display()
+        ),
+        &dir.path().join("config.toml"),
+    )
+    .unwrap();
+    let json = super::worker_settings(&config).to_json();
+    assert!(WorkerSettings::from_json(&json).is_ok());
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let object = value.as_object_mut().unwrap();
+    object.remove("max_connections");
+    let error = WorkerSettings::from_json(&value.to_string()).unwrap_err();
+    assert!(error.contains("max_connections"), "{error}");
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value
+        .as_object_mut()
+        .unwrap()
+        .insert("no_such_knob".to_owned(), 1.into());
+    let error = WorkerSettings::from_json(&value.to_string()).unwrap_err();
+    assert!(error.contains("no_such_knob"), "{error}");
 }

@@ -20,39 +20,24 @@ use mio::Token;
 use nix::unistd::Pid;
 use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
 use sozu_command_lib::command::{RunState, WorkerInfo, WorkerRequest, WorkerResponse};
-use sozu_command_lib::config::MetricsConfig;
 
-use crate::logging::{target_to_string, LogSettings};
+use crate::worker::WorkerSettings;
 
 /// The master's end of a worker channel.
-pub type WorkerChannel = Channel<WorkerRequest, WorkerResponse>;
+pub(crate) type WorkerChannel = Channel<WorkerRequest, WorkerResponse>;
 
 /// What every worker is started with.
 #[derive(Debug, Clone)]
-pub struct WorkerLaunch {
+pub(crate) struct WorkerLaunch {
     /// The binary to exec (resolved once at master start, so an upgrade
     /// picks up the file on disk).
     pub executable: PathBuf,
-    pub command_buffer_size: usize,
-    /// The configured `buffer_size`.
-    pub buffer_size: usize,
-    /// The configured `max_connections` (per worker, TCP and HTTP together).
-    pub max_connections: usize,
-    /// `[metrics]`: statsd export.
-    pub statsd: Option<MetricsConfig>,
-    pub max_command_buffer_size: usize,
-    pub log: LogSettings,
-    /// The configured `hash_seed` (UDP affinity hash key), if set.
-    pub hash_seed: Option<u64>,
-    /// `worker_count`: each worker sizes its UDP flow pool to its part of
-    /// the host's ephemeral ports.
-    pub worker_count: u32,
-    /// `upstream_source_addresses`, passed on to each worker.
-    pub upstream_source_addresses: Vec<std::net::IpAddr>,
+    /// Every knob, passed as one argument (`bin/src/worker.rs`).
+    pub settings: WorkerSettings,
 }
 
 /// A started process and the master's ends of its sockets.
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: Pid,
     pub channel: UnixStream,
     pub scm: UnixStream,
@@ -63,7 +48,7 @@ pub struct Spawned {
 /// The child's ends are close-on-exec in the master (std creates them so);
 /// only in the forked child, just before exec, is the flag cleared on exactly
 /// those two fds, so no other child ever inherits them.
-pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
+pub(crate) fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     let (master_channel, worker_channel) = UnixStream::pair()?;
     let (master_scm, worker_scm) = UnixStream::pair()?;
     let channel_fd = worker_channel.as_raw_fd();
@@ -71,56 +56,8 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
 
     let mut command = Command::new(&launch.executable);
     command
-        .arg("worker")
-        .arg("--id")
-        .arg(id.to_string())
-        .arg("--channel-fd")
-        .arg(channel_fd.to_string())
-        .arg("--scm-fd")
-        .arg(scm_fd.to_string())
-        .arg("--command-buffer-size")
-        .arg(launch.command_buffer_size.to_string())
-        .arg("--max-command-buffer-size")
-        .arg(launch.max_command_buffer_size.to_string())
-        .arg("--log-level")
-        .arg(&launch.log.level)
-        .arg("--log-target")
-        .arg(target_to_string(&launch.log.target))
+        .args(worker_arguments(&launch.settings, id, channel_fd, scm_fd))
         .stdin(Stdio::null());
-    if let Some(access) = &launch.log.access_target {
-        command
-            .arg("--access-logs-target")
-            .arg(target_to_string(access));
-    }
-    command
-        .arg("--access-logs-format")
-        .arg(launch.log.access_format.as_str());
-    command
-        .arg("--buffer-size")
-        .arg(launch.buffer_size.to_string())
-        .arg("--max-connections")
-        .arg(launch.max_connections.to_string())
-        .arg("--worker-count")
-        .arg(launch.worker_count.to_string());
-    if let Some(hash_seed) = launch.hash_seed {
-        command.arg("--hash-seed").arg(hash_seed.to_string());
-    }
-    for address in &launch.upstream_source_addresses {
-        command
-            .arg("--upstream-source-address")
-            .arg(address.to_string());
-    }
-    if let Some(statsd) = &launch.statsd {
-        command
-            .arg("--statsd-address")
-            .arg(statsd.address.to_string());
-        if let Some(prefix) = &statsd.prefix {
-            command.arg("--statsd-prefix").arg(prefix);
-        }
-        if statsd.tagged_metrics {
-            command.arg("--statsd-tagged");
-        }
-    }
     // SAFETY: the closure runs in the forked child before exec and only
     // calls fcntl(2), which is async-signal-safe.
     unsafe {
@@ -146,8 +83,28 @@ pub fn spawn(launch: &WorkerLaunch, id: u32) -> io::Result<Spawned> {
     })
 }
 
+/// The command line of `sozu worker` (after the program name).
+pub(crate) fn worker_arguments(
+    settings: &WorkerSettings,
+    id: u32,
+    channel_fd: RawFd,
+    scm_fd: RawFd,
+) -> Vec<String> {
+    vec![
+        "worker".to_owned(),
+        "--id".to_owned(),
+        id.to_string(),
+        "--channel-fd".to_owned(),
+        channel_fd.to_string(),
+        "--scm-fd".to_owned(),
+        scm_fd.to_string(),
+        "--settings".to_owned(),
+        settings.to_json(),
+    ]
+}
+
 /// Clears FD_CLOEXEC on `fd` so it survives exec.
-pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl on an fd number; no memory is involved.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
@@ -161,7 +118,7 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Sets FD_CLOEXEC on `fd` again (after an inherited fd was adopted).
-pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl on an fd number.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
@@ -175,7 +132,7 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// One worker as the master tracks it.
-pub struct Worker {
+pub(crate) struct Worker {
     pub id: u32,
     pub pid: Pid,
     pub token: Token,
@@ -196,7 +153,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn info(&self) -> WorkerInfo {
+    pub(crate) fn info(&self) -> WorkerInfo {
         WorkerInfo {
             id: self.id,
             pid: self.pid.as_raw(),
@@ -206,23 +163,23 @@ impl Worker {
 
     /// Whether state changes should still be sent to this worker: a
     /// draining worker still serves flows, so a removed backend must reach it.
-    pub fn receives_orders(&self) -> bool {
+    pub(crate) fn receives_orders(&self) -> bool {
         !self.channel_closed && self.run_state != RunState::Stopped
     }
 
     /// Whether this worker serves normally (not draining, not stopped).
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         !self.channel_closed && matches!(self.run_state, RunState::Running | RunState::NotAnswering)
     }
 
     /// Queues `request` behind anything already waiting.
-    pub fn send(&mut self, request: WorkerRequest) {
+    pub(crate) fn send(&mut self, request: WorkerRequest) {
         self.outbox.push_back(request);
     }
 
     /// Moves queued orders into the channel and writes what the socket
     /// takes. Returns an error when the channel is broken.
-    pub fn pump(&mut self) -> Result<(), ChannelError> {
+    pub(crate) fn pump(&mut self) -> Result<(), ChannelError> {
         if self.channel_closed {
             return Ok(());
         }
@@ -252,7 +209,7 @@ impl Worker {
     }
 
     /// Readiness to register for.
-    pub fn interest(&self) -> mio::Interest {
+    pub(crate) fn interest(&self) -> mio::Interest {
         if self.channel.wants_write() || !self.outbox.is_empty() {
             mio::Interest::READABLE | mio::Interest::WRITABLE
         } else {
@@ -263,7 +220,7 @@ impl Worker {
 
 /// Resolves the binary to exec for workers and upgrades: the path this
 /// process was started from.
-pub fn current_executable() -> io::Result<PathBuf> {
+pub(crate) fn current_executable() -> io::Result<PathBuf> {
     let path = std::env::current_exe()?;
     // After the file is replaced on disk (an upgrade), /proc reports
     // "PATH (deleted)": the path itself is what we want.

@@ -49,14 +49,24 @@ pub enum ChannelError {
     /// The peer declared a frame longer than this channel's maximum; refused
     /// before allocating anything.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
-    FrameTooLarge { len: u64, max: usize },
+    FrameTooLarge {
+        /// The frame's length, bytes.
+        len: u64,
+        /// The maximum, bytes.
+        max: usize,
+    },
     /// The peer declared a frame shorter than its own 8-byte length prefix.
     #[error("frame length {len} is below the 8-byte header")]
-    FrameTooShort { len: u64 },
+    FrameTooShort {
+        /// The frame's length, bytes.
+        len: u64,
+    },
     /// A well-framed message did not decode; the frame was skipped.
     #[error("undecodable frame of {len} bytes")]
     Decode {
+        /// The frame's length, bytes.
         len: usize,
+        /// The cause.
         #[source]
         source: prost::DecodeError,
     },
@@ -65,30 +75,47 @@ pub enum ChannelError {
     PeerClosed,
     /// The peer closed the connection with a frame partially sent.
     #[error("peer closed the channel in the middle of a frame ({buffered} bytes received)")]
-    PeerClosedMidFrame { buffered: usize },
+    PeerClosedMidFrame {
+        /// Bytes of the frame received.
+        buffered: usize,
+    },
     /// A message to send encodes to a frame longer than the maximum.
     #[error("outgoing frame of {len} bytes exceeds the maximum of {max} bytes")]
-    OutgoingFrameTooLarge { len: usize, max: usize },
+    OutgoingFrameTooLarge {
+        /// The frame's length, bytes.
+        len: usize,
+        /// The maximum, bytes.
+        max: usize,
+    },
     /// The outgoing queue would exceed the maximum: the peer is not reading.
     #[error("outgoing buffer full: {queued} bytes queued, {frame} more refused (max {max})")]
     OutgoingBufferFull {
+        /// Bytes already queued.
         queued: usize,
+        /// Bytes of the refused frame.
         frame: usize,
+        /// The maximum, bytes.
         max: usize,
     },
     /// prost refused to encode the message.
     #[error("could not encode the message")]
     Encode {
+        /// The cause.
         #[source]
         source: prost::EncodeError,
     },
     /// No complete message arrived in time (buffered bytes are kept).
     #[error("no message within {after:?}")]
-    Timeout { after: Duration },
+    Timeout {
+        /// How long it waited.
+        after: Duration,
+    },
     /// The socket failed.
     #[error("channel socket error during {operation}")]
     Io {
+        /// The call that failed.
         operation: &'static str,
+        /// The cause.
         #[source]
         source: io::Error,
     },

@@ -26,44 +26,75 @@ pub enum ConfigError {
     /// `source`, so that error chains print it once.
     #[error("cannot read configuration file {}: {error}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What reading it said.
         error: std::io::Error,
     },
     /// The file holds no key at all (empty, or only comments).
     #[error("configuration file {} holds no key (empty or only comments): write at least the listeners and clusters to serve, or one global key such as worker_count = 2 to start a master configured from the CLI", path.display())]
-    Empty { path: PathBuf },
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// The text is not valid TOML.
     #[error("invalid TOML: {message} (at {at})")]
-    Syntax { message: String, at: Location },
+    Syntax {
+        /// The TOML parser's message.
+        message: String,
+        /// Where.
+        at: Location,
+    },
     /// A value of the wrong type or out of range.
     #[error("{key}: expected {expected}, got {got} (at {at})")]
     InvalidValue {
+        /// The dotted key (`clusters.dns.frontends[0].address`).
         key: String,
+        /// What the key takes.
         expected: String,
+        /// What the file gave.
         got: String,
+        /// Where.
         at: Location,
     },
     /// A key this loader does not know (and does not accept-and-ignore).
     #[error("unknown key {key} (at {at})")]
-    UnknownKey { key: String, at: Location },
+    UnknownKey {
+        /// The dotted key.
+        key: String,
+        /// Where.
+        at: Location,
+    },
     /// A required key is absent; `at` is where its table starts.
     #[error("{key}: missing required key (at {at})")]
-    MissingKey { key: String, at: Location },
+    MissingKey {
+        /// The dotted key.
+        key: String,
+        /// Where its table starts.
+        at: Location,
+    },
     /// Two listeners of one protocol on one address.
     #[error("{key}: a {protocol} listener on {address} is already defined on line {first_line}; only a TCP and a UDP listener may share an address (at {at})")]
     DuplicateListener {
+        /// The second listener's key.
         key: String,
+        /// Their protocol.
         protocol: &'static str,
+        /// Their address.
         address: std::net::SocketAddr,
         /// Line of the first listener on that address.
         first_line: usize,
+        /// Where the second one is.
         at: Location,
     },
     /// Values that are each valid but contradict one another.
     #[error("{key}: {reason} (at {at})")]
     Inconsistent {
+        /// The dotted key that contradicts another.
         key: String,
+        /// Which rule it breaks.
         reason: String,
+        /// Where.
         at: Location,
     },
 }

@@ -108,7 +108,9 @@ pub struct Config {
 /// Where a log stream goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
+    /// `stdout`.
     Stdout,
+    /// `stderr`.
     Stderr,
     /// `udp://host:port`
     Udp(SocketAddr),
@@ -154,11 +156,14 @@ pub struct MetricsConfig {
 /// One `[[listeners]]` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ListenerConfig {
+    /// `protocol = "http"`.
     Http(HttpListenerSettings),
     /// Parsed for compatibility; sozu does not serve HTTPS yet, so no order
     /// is generated for it.
     Https(HttpListenerSettings),
+    /// `protocol = "tcp"`.
     Tcp(TcpListenerSettings),
+    /// `protocol = "udp"`.
     Udp(UdpListenerSettings),
 }
 
@@ -186,32 +191,48 @@ impl ListenerConfig {
 /// An HTTP (or HTTPS) listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpListenerSettings {
+    /// Where it listens.
     pub address: SocketAddr,
+    /// `public_address`: stored and listed, not used by the proxy.
     pub public_address: Option<SocketAddr>,
+    /// Clients start with a PROXY protocol header.
     pub expect_proxy: bool,
-    /// Sticky-session cookie name (default `SOZUBALANCEID`).
+    /// Sticky-session cookie name (default `SOZUBALANCEID`; stored, not
+    /// used).
     pub sticky_name: String,
+    /// Idle keep-alive / client inactivity timeout.
     pub front_timeout: Duration,
+    /// Backend inactivity timeout.
     pub back_timeout: Duration,
+    /// Time allowed to each backend connect attempt.
     pub connect_timeout: Duration,
+    /// Time allowed to a request head after its first byte.
     pub request_timeout: Duration,
 }
 
 /// A TCP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpListenerSettings {
+    /// Where it listens.
     pub address: SocketAddr,
+    /// `public_address`: stored and listed, not used by the proxy.
     pub public_address: Option<SocketAddr>,
+    /// Clients start with a PROXY protocol header.
     pub expect_proxy: bool,
+    /// Client-side inactivity timeout.
     pub front_timeout: Duration,
+    /// Backend-side inactivity timeout.
     pub back_timeout: Duration,
+    /// Time allowed to each backend connect attempt.
     pub connect_timeout: Duration,
 }
 
 /// A UDP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpListenerSettings {
+    /// Where it listens.
     pub address: SocketAddr,
+    /// `public_address`: stored and listed, not used by the proxy.
     pub public_address: Option<SocketAddr>,
     /// Flow idle timeout refreshed by client datagrams (default 30 s).
     pub front_timeout: Duration,
@@ -230,27 +251,37 @@ pub struct UdpListenerSettings {
 /// What a cluster proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterProtocol {
+    /// HTTP/1.1 requests, routed by host and path.
     Http,
+    /// TCP connections, one cluster per listener.
     Tcp,
+    /// UDP flows, one cluster per listener.
     Udp,
 }
 
 /// One `[clusters.<id>]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
+    /// The table's `<id>`.
     pub cluster_id: String,
+    /// What it proxies (declared, or detected from its frontends).
     pub protocol: ClusterProtocol,
     /// Default ROUND_ROBIN.
     pub load_balancing: LoadBalancingAlgorithms,
+    /// Validated and stored; not used by the balancers.
     pub load_metric: Option<LoadMetric>,
+    /// Stored; not used (no sticky sessions yet).
     pub sticky_session: bool,
+    /// Stored; not used (no HTTPS yet).
     pub https_redirect: bool,
     /// Send a PROXY protocol header to backends (TCP; on UDP clusters this
     /// sets `udp.send_proxy_protocol`).
     pub send_proxy: bool,
     /// Expect a PROXY protocol header from clients (TCP only).
     pub expect_proxy: bool,
+    /// Where clients reach it.
     pub frontends: Vec<FrontendConfig>,
+    /// Where its traffic goes.
     pub backends: Vec<BackendConfig>,
     /// UDP knobs: `Some` exactly when `protocol` is UDP.
     pub udp: Option<UdpClusterSettings>,
@@ -259,6 +290,7 @@ pub struct ClusterConfig {
 /// One frontend of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrontendConfig {
+    /// The listener's address.
     pub address: SocketAddr,
     /// HTTP only (required there).
     pub hostname: Option<String>,
@@ -268,6 +300,7 @@ pub struct FrontendConfig {
     pub path: String,
     /// HTTP only: restrict to one method.
     pub method: Option<String>,
+    /// Key/values attached to the frontend (access records).
     pub tags: BTreeMap<String, String>,
 }
 
@@ -276,10 +309,13 @@ pub struct FrontendConfig {
 pub struct BackendConfig {
     /// Default `<cluster>-<index>`.
     pub backend_id: String,
+    /// Where it listens.
     pub address: SocketAddr,
     /// Load-balancing weight (default 100).
     pub weight: i32,
+    /// Sōzu's sticky-session id: stored, not used.
     pub sticky_id: Option<String>,
+    /// `Some(true)`: a backup backend, used only while no primary is.
     pub backup: Option<bool>,
 }
 
@@ -292,7 +328,9 @@ pub struct UdpClusterSettings {
     pub responses: Option<NonZeroU32>,
     /// Close a flow after this many client datagrams; `None` = unlimited.
     pub requests: Option<NonZeroU32>,
+    /// Send a PROXY v2 header to backends (on the first datagram of a flow).
     pub send_proxy_protocol: bool,
+    /// With `send_proxy_protocol`: on every datagram, not only the first.
     pub proxy_protocol_every_datagram: bool,
     /// Overrides the listener's front timeout for this cluster's flows.
     pub front_timeout: Option<Duration>,

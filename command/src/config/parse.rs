@@ -782,7 +782,7 @@ fn parse_backend(
 }
 
 /// The default `quic_cid_length` (quinn's and most stacks' server CID length).
-pub const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
+pub(crate) const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
 
 fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
     UdpClusterSettings {

@@ -11,8 +11,10 @@ use super::command::{ip_address, IpAddress, SocketAddress, Uint128};
 /// A wire address that cannot be a socket address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
+    /// Neither an IPv4 nor an IPv6 address is set.
     #[error("address has no IP")]
     MissingIp,
+    /// The port does not fit in 16 bits.
     #[error("port {0} is out of range (0..=65535)")]
     PortOutOfRange(u32),
 }

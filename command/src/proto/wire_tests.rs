@@ -1,5 +1,5 @@
 //! The field numbers of `Request.request_type` and
-//! `ResponseContent.content_type` are Sōzu 2.1's (`compat/WIRE.md`): a
+//! `ResponseContent.content_type` are Sōzu 2.1's (doc/protocol.md §3.1): a
 //! renumbered tag would make Sōzu's clients send one order and get another.
 //! The matches below are exhaustive, so a new order must be given its
 //! number here.

@@ -63,44 +63,62 @@ pub enum StateError {
     /// An address field that is not a socket address.
     #[error("{field}: invalid address {value}: {source}")]
     InvalidAddress {
+        /// The order's field.
         field: &'static str,
+        /// The value it had.
         value: String,
+        /// The cause.
         #[source]
         source: AddressError,
     },
     /// A field whose value is out of range or otherwise unusable.
     #[error("{field}: invalid value {value}: {reason}")]
     InvalidValue {
+        /// The order's field.
         field: &'static str,
+        /// The value it had.
         value: String,
+        /// Why it is refused.
         reason: &'static str,
     },
     /// The order names a cluster that does not exist.
     #[error("cluster_id: unknown cluster {cluster_id:?}")]
-    UnknownCluster { cluster_id: String },
+    UnknownCluster {
+        /// The cluster.
+        cluster_id: String,
+    },
     /// A listener of this protocol already exists at this address.
     #[error("address: a {kind} listener already exists at {address}")]
     DuplicateListener {
+        /// The listener's protocol.
         kind: ListenerKind,
+        /// The listener's address.
         address: SocketAddr,
     },
     /// No listener of this protocol at this address.
     #[error("address: no {kind} listener at {address}")]
     ListenerNotFound {
+        /// The listener's protocol.
         kind: ListenerKind,
+        /// The listener's address.
         address: SocketAddr,
     },
     /// The cluster already has a backend with this id.
     #[error("backend_id: cluster {cluster_id:?} already has a backend {backend_id:?}")]
     DuplicateBackend {
+        /// The cluster.
         cluster_id: String,
+        /// The backend.
         backend_id: String,
     },
     /// No backend with this id and address in the cluster.
     #[error("backend_id: cluster {cluster_id:?} has no backend {backend_id:?} at {address}")]
     BackendNotFound {
+        /// The cluster.
         cluster_id: String,
+        /// The backend.
         backend_id: String,
+        /// The backend's address.
         address: SocketAddr,
     },
     /// A UDP or TCP listener maps to exactly one cluster and already has one.
@@ -109,25 +127,39 @@ pub enum StateError {
          (a {kind} listener maps to one cluster)"
     )]
     ListenerAlreadyMapped {
+        /// The listener's protocol.
         kind: ListenerKind,
+        /// The listener's address.
         address: SocketAddr,
+        /// The cluster it already forwards to.
         existing: String,
     },
     /// No UDP or TCP frontend for this cluster at this address.
     #[error("address: no {kind} frontend for cluster {cluster_id:?} at {address}")]
     FrontendNotFound {
+        /// The listener's protocol.
         kind: ListenerKind,
+        /// The listener's address.
         address: SocketAddr,
+        /// The cluster.
         cluster_id: String,
     },
     /// The HTTP listener already routes this hostname, path and method.
     #[error("hostname: the HTTP listener at {address} already routes {route}")]
-    DuplicateHttpFrontend { address: SocketAddr, route: String },
+    DuplicateHttpFrontend {
+        /// The listener's address.
+        address: SocketAddr,
+        /// The route (hostname, path, method).
+        route: String,
+    },
     /// No HTTP frontend with this route (and cluster) on the listener.
     #[error("hostname: no HTTP frontend at {address} routes {route} to {cluster}")]
     HttpFrontendNotFound {
+        /// The listener's address.
         address: SocketAddr,
+        /// The route (hostname, path, method).
         route: String,
+        /// The cluster named by the order.
         cluster: String,
     },
 }

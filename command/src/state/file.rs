@@ -22,48 +22,70 @@ pub enum StateFileError {
     /// Reading the file failed.
     #[error("state file {path}: cannot read: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
     /// Writing the file (or its temporary twin) failed.
     #[error("state file {path}: cannot write: {source}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
     /// The file is larger than the limit the caller allows.
     #[error("state file {path}: {size} bytes is over the limit of {max_size} bytes")]
     TooLarge {
+        /// The file.
         path: PathBuf,
+        /// Its size, bytes.
         size: u64,
+        /// The limit, bytes.
         max_size: u64,
     },
     /// A line is not UTF-8.
     #[error("state file {path}, line {line}: not UTF-8")]
-    NotUtf8 { path: PathBuf, line: usize },
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+    },
     /// A line is not a JSON-encoded order.
     #[error("state file {path}, line {line}: not an order: {source}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The cause.
         #[source]
         source: serde_json::Error,
     },
     /// A line holds an order that does not change the state (e.g. `status`).
     #[error("state file {path}, line {line}: {order} is not a state-changing order")]
     NotAStateOrder {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The order's name.
         order: &'static str,
     },
     /// The state refused the order on this line.
     #[error("state file {path}, line {line}: {order} refused: {source}")]
     Refused {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The order's name.
         order: &'static str,
+        /// The cause.
         #[source]
         source: Box<StateError>,
     },
