@@ -10,7 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join("../proto")
         .canonicalize()?;
     let proto_file = proto_dir.join("command.proto");
-    println!("cargo:rerun-if-changed={}", proto_file.display());
+    // Relative to the package: a target directory copied to another
+    // checkout must still watch that checkout's file.
+    println!("cargo:rerun-if-changed=../proto/command.proto");
 
     let file_descriptors = protox::compile([&proto_file], [&proto_dir])?;
     let mut config = prost_build::Config::new();
