@@ -5,6 +5,7 @@
 //! Protobuf types stop at this crate's edge where a richer Rust type says
 //! more: see [`proto::convert`] for addresses and "0 = unlimited" knobs.
 
+pub mod certificate;
 pub mod channel;
 pub mod config;
 pub mod limits;
