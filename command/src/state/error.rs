@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::certificate::CertificateError;
 use crate::command::ListenerType;
 use crate::proto::convert::AddressError;
 
@@ -15,6 +16,8 @@ use crate::proto::convert::AddressError;
 pub enum ListenerKind {
     /// HTTP/1.1 listener.
     Http,
+    /// HTTPS listener (TLS, then HTTP/1.1).
+    Https,
     /// TCP byte-relay listener.
     Tcp,
     /// UDP load-balancing listener.
@@ -26,6 +29,7 @@ impl ListenerKind {
     pub fn to_wire(self) -> ListenerType {
         match self {
             ListenerKind::Http => ListenerType::Http,
+            ListenerKind::Https => ListenerType::Https,
             ListenerKind::Tcp => ListenerType::Tcp,
             ListenerKind::Udp => ListenerType::Udp,
         }
@@ -37,15 +41,11 @@ impl ListenerKind {
             Ok(ListenerType::Http) => Ok(ListenerKind::Http),
             Ok(ListenerType::Tcp) => Ok(ListenerKind::Tcp),
             Ok(ListenerType::Udp) => Ok(ListenerKind::Udp),
-            Ok(ListenerType::Https) => Err(StateError::InvalidValue {
-                field,
-                value: "HTTPS".to_owned(),
-                reason: "HTTPS listeners are not supported",
-            }),
+            Ok(ListenerType::Https) => Ok(ListenerKind::Https),
             Err(_) => Err(StateError::InvalidValue {
                 field,
                 value: value.to_string(),
-                reason: "not a listener type (HTTP, TCP or UDP)",
+                reason: "not a listener type (HTTP, HTTPS, TCP or UDP)",
             }),
         }
     }
@@ -123,6 +123,16 @@ pub enum StateError {
     /// The HTTP listener already routes this hostname, path and method.
     #[error("hostname: the HTTP listener at {address} already routes {route}")]
     DuplicateHttpFrontend { address: SocketAddr, route: String },
+    /// The certificate or its key does not decode.
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// No certificate with this fingerprint on the HTTPS listener.
+    #[error("{field}: no certificate {fingerprint} on the HTTPS listener at {address}")]
+    CertificateNotFound {
+        field: &'static str,
+        address: SocketAddr,
+        fingerprint: String,
+    },
     /// No HTTP frontend with this route (and cluster) on the listener.
     #[error("hostname: no HTTP frontend at {address} routes {route} to {cluster}")]
     HttpFrontendNotFound {

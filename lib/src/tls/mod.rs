@@ -12,6 +12,8 @@
 //!   `send_tls13_tickets`, `alpn_protocols`) mapped to a
 //!   [`rustls::ServerConfig`]; a value rustls cannot honour is an error
 //!   naming the field and the value.
+//! - [`listeners`]: the worker's HTTPS listeners (policy, store,
+//!   `ServerConfig`), kept live from the orders.
 //! - [`transport`]: a sans-io wrapper around [`rustls::ServerConnection`]:
 //!   socket bytes in → plaintext out, plaintext in → socket bytes out, with
 //!   bounded buffers.
@@ -22,6 +24,7 @@
 //! when it applies the order, so both refuse the same values.
 
 pub mod certificate;
+pub mod listeners;
 pub mod policy;
 pub mod store;
 pub mod transport;
@@ -36,7 +39,8 @@ use sozu_command_lib::certificate::CertificateError;
 
 pub use certificate::{check_certificate, LoadedCertificate};
 pub use policy::{check_listener, TlsPolicy};
-pub use store::{CertificateStore, ListenerCertificates};
+pub use listeners::{TlsListener, TlsListeners};
+pub use store::CertificateStore;
 pub use transport::{Plaintext, TlsTransport, TransportError};
 
 /// Why a certificate, a key or a listener's TLS settings were refused. The

@@ -1,6 +1,6 @@
-//! The certificates of one HTTPS listener and the SNI resolver over them;
-//! [`ListenerCertificates`] holds one store per listener address, as the
-//! orders name them (`add_certificate` carries the listener's address).
+//! The certificates of one HTTPS listener and the SNI resolver over them
+//! (`add_certificate` names the listener's address; `listeners.rs` keeps one
+//! store per listener).
 //!
 //! Choosing a certificate for a ClientHello:
 //! 1. the SNI name, lowercased and without a trailing dot, matched exactly
@@ -19,7 +19,6 @@
 //! Lookups are O(log n) in the number of names. Pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -235,34 +234,5 @@ impl ResolvesServerCert for Resolver {
             None => Some(key),
             Some(allowed) => Some(restrict_schemes(&key, allowed)),
         }
-    }
-}
-
-/// The worker's certificate stores, one per HTTPS listener address, kept
-/// from the certificate orders whether or not the listener is served yet.
-#[derive(Debug, Default)]
-pub struct ListenerCertificates {
-    stores: BTreeMap<SocketAddr, Arc<CertificateStore>>,
-}
-
-impl ListenerCertificates {
-    /// The store of the listener at `address`, created empty if needed.
-    pub fn store(&mut self, address: SocketAddr) -> Arc<CertificateStore> {
-        self.stores.entry(address).or_default().clone()
-    }
-
-    /// The store of the listener at `address`, if it has one.
-    pub fn get(&self, address: &SocketAddr) -> Option<&Arc<CertificateStore>> {
-        self.stores.get(address)
-    }
-
-    /// Forgets the listener's certificates (its listener was removed).
-    pub fn remove_listener(&mut self, address: &SocketAddr) {
-        self.stores.remove(address);
-    }
-
-    /// Every listener's store, ordered by address.
-    pub fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &Arc<CertificateStore>)> + '_ {
-        self.stores.iter()
     }
 }
