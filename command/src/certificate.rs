@@ -206,6 +206,24 @@ fn is_host_pattern(name: &str) -> bool {
         })
 }
 
+/// The fingerprint of the one certificate in `pem` (a leaf certificate
+/// file), as `field` in errors.
+pub fn fingerprint_of_pem(field: &'static str, pem: &str) -> Result<Fingerprint, CertificateError> {
+    let certificates = certificates(field, pem)?;
+    match certificates.as_slice() {
+        [leaf] => Ok(Fingerprint::of_der(leaf.as_ref())),
+        [] => Err(CertificateError::Pem {
+            field,
+            expected: "CERTIFICATE",
+            detail: "no CERTIFICATE section found".to_owned(),
+        }),
+        _ => Err(CertificateError::Shape {
+            field,
+            reason: "holds more than one certificate",
+        }),
+    }
+}
+
 /// Decodes and checks `certificate` (see the module documentation).
 pub fn decode(certificate: &CertificateAndKey) -> Result<DecodedCertificate, CertificateError> {
     const LEAF: &str = "certificate.certificate";

@@ -157,7 +157,7 @@ pub enum ListenerConfig {
     Http(HttpListenerSettings),
     /// An HTTPS listener: its orders (`add_https_listener`) build the
     /// state; the workers do not serve it yet (doc/tcp_http.md).
-    Https(HttpsListenerSettings),
+    Https(Box<HttpsListenerSettings>),
     Tcp(TcpListenerSettings),
     Udp(UdpListenerSettings),
 }

@@ -13,10 +13,9 @@ use super::{ClusterConfig, ClusterProtocol, Config, FrontendConfig, ListenerConf
 use crate::command::request::RequestType;
 use crate::command::{
     ActivateListener, AddBackend, AddCertificate, CertificateAndKey, Cluster, HttpListenerConfig,
-    HttpsListenerConfig, ListenerType, LoadBalancingParams,
-    PathRule, ProxyProtocolConfig, Request, RequestHttpFrontend, RequestTcpFrontend,
-    RequestUdpFrontend, RulePosition, TcpListenerConfig, UdpClusterConfig, UdpHealthConfig,
-    UdpListenerConfig,
+    HttpsListenerConfig, ListenerType, LoadBalancingParams, PathRule, ProxyProtocolConfig, Request,
+    RequestHttpFrontend, RequestTcpFrontend, RequestUdpFrontend, RulePosition, TcpListenerConfig,
+    UdpClusterConfig, UdpHealthConfig, UdpListenerConfig,
 };
 use crate::proto::convert::limit_to_wire;
 

@@ -15,8 +15,8 @@ use super::error::ConfigError;
 use super::reader::{Document, TableReader, ValueReader};
 use super::{
     AccessLogFormat, BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendCertificate,
-    FrontendConfig, HttpListenerSettings, HttpsListenerSettings, ListenerConfig, LogTarget, MetricsConfig, TcpListenerSettings,
-    UdpClusterSettings, UdpHealthSettings, UdpListenerSettings,
+    FrontendConfig, HttpListenerSettings, HttpsListenerSettings, ListenerConfig, LogTarget,
+    MetricsConfig, TcpListenerSettings, UdpClusterSettings, UdpHealthSettings, UdpListenerSettings,
 };
 use crate::command::{
     LoadBalancingAlgorithms, LoadMetric, PathRuleKind, TlsVersion, UdpAffinityKey, UdpFlowKey,
@@ -38,11 +38,7 @@ pub(super) const IGNORED_GLOBAL: &[&str] = &[
 ];
 
 /// Sōzu listener keys we accept and ignore (custom answers).
-pub(super) const IGNORED_LISTENER: &[&str] = &[
-    "answer_404",
-    "answer_503",
-    "http_answers",
-];
+pub(super) const IGNORED_LISTENER: &[&str] = &["answer_404", "answer_503", "http_answers"];
 
 /// Sōzu cluster keys we accept and ignore.
 pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2", "answers"];
@@ -450,7 +446,11 @@ fn tls_version(value: &ValueReader<'_>) -> Result<TlsVersion, ConfigError> {
 fn strings(table: &mut TableReader<'_>, key: &str) -> Result<Vec<String>, ConfigError> {
     match table.get(key) {
         None => Ok(Vec::new()),
-        Some(v) => v.array()?.iter().map(ValueReader::non_empty_string).collect(),
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(ValueReader::non_empty_string)
+            .collect(),
     }
 }
 
@@ -485,7 +485,11 @@ fn parse_https(
 ) -> Result<HttpsListenerSettings, ConfigError> {
     let versions = match table.get("tls_versions") {
         None => Vec::new(),
-        Some(v) => v.array()?.iter().map(tls_version).collect::<Result<_, _>>()?,
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(tls_version)
+            .collect::<Result<_, _>>()?,
     };
     let certificate = opt(table, "certificate", |v| pem_file(v, base_dir))?;
     let certificate_chain = opt(table, "certificate_chain", |v| pem_file(v, base_dir))?
@@ -588,7 +592,7 @@ fn parse_listener(
             };
             if protocol == "https" {
                 tracing::warn!(key = %table.path(), %address, "HTTPS listeners are accepted into the state but not served yet");
-                ListenerConfig::Https(parse_https(&mut table, settings, base_dir)?)
+                ListenerConfig::Https(Box::new(parse_https(&mut table, settings, base_dir)?))
             } else {
                 ListenerConfig::Http(settings)
             }
@@ -995,7 +999,11 @@ fn parse_frontend_certificate(
     let chain = opt(table, "certificate_chain", |v| pem_file(v, base_dir))?;
     let versions = match table.get("tls_versions") {
         None => Vec::new(),
-        Some(v) => v.array()?.iter().map(tls_version).collect::<Result<_, _>>()?,
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(tls_version)
+            .collect::<Result<_, _>>()?,
     };
     match (certificate_value, key_value) {
         (None, None) => {

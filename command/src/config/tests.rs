@@ -974,7 +974,10 @@ backends = [{ address = "127.0.0.1:9101" }]
     // A missing key file is an error naming the key and the file.
     std::fs::remove_file(dir.path().join("default.key")).unwrap();
     let error = Config::load_from_path(&path).unwrap_err().to_string();
-    assert!(error.starts_with("listeners[0].key: cannot read"), "{error}");
+    assert!(
+        error.starts_with("listeners[0].key: cannot read"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -142,7 +142,9 @@ impl ConfigState {
                 && other
                     .certificates_of(&address)
                     .and_then(|c| c.get(&fingerprint))
-                    == self.certificates_of(&address).and_then(|c| c.get(&fingerprint));
+                    == self
+                        .certificates_of(&address)
+                        .and_then(|c| c.get(&fingerprint));
             if !kept {
                 orders.push(order(RequestType::RemoveCertificate(RemoveCertificate {
                     address: address.into(),
@@ -276,7 +278,9 @@ impl ConfigState {
                 && self
                     .certificates_of(&address)
                     .and_then(|c| c.get(&fingerprint))
-                    == other.certificates_of(&address).and_then(|c| c.get(&fingerprint));
+                    == other
+                        .certificates_of(&address)
+                        .and_then(|c| c.get(&fingerprint));
             if !present {
                 orders.push(order(RequestType::AddCertificate(add.clone())));
             }
@@ -307,8 +311,7 @@ impl ConfigState {
         }
 
         for (route, frontend) in &other.https_frontends {
-            if https.is_removed(&route.address)
-                || self.https_frontends.get(route) != Some(frontend)
+            if https.is_removed(&route.address) || self.https_frontends.get(route) != Some(frontend)
             {
                 orders.push(order(RequestType::AddHttpsFrontend(frontend.clone())));
             }

@@ -387,16 +387,17 @@ impl ConfigState {
             .domain
             .as_deref()
             .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-        self.certificates().filter(move |(_, fingerprint, names, _)| {
-            let fingerprint_ok = match wanted {
-                None => true,
-                Some(w) => w == Some(*fingerprint),
-            };
-            let domain_ok = domain
-                .as_deref()
-                .is_none_or(|d| names.iter().any(|n| serves(n, d)));
-            fingerprint_ok && domain_ok
-        })
+        self.certificates()
+            .filter(move |(_, fingerprint, names, _)| {
+                let fingerprint_ok = match wanted {
+                    None => true,
+                    Some(w) => w == Some(*fingerprint),
+                };
+                let domain_ok = domain
+                    .as_deref()
+                    .is_none_or(|d| names.iter().any(|n| serves(n, d)));
+                fingerprint_ok && domain_ok
+            })
     }
 
     /// `query_certificates_from_the_state`: fingerprint (hex) →
@@ -430,7 +431,11 @@ impl ConfigState {
         let mut by_address: BTreeMap<SocketAddr, Vec<CertificateSummary>> = BTreeMap::new();
         for (address, fingerprint, names, _) in self.selected(filter) {
             let summaries = by_address.entry(address).or_default();
-            let names: &[String] = if names.is_empty() { &[String::new()] } else { names };
+            let names: &[String] = if names.is_empty() {
+                &[String::new()]
+            } else {
+                names
+            };
             for name in names {
                 summaries.push(CertificateSummary {
                     domain: name.clone(),

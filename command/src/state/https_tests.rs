@@ -86,10 +86,7 @@ fn certificates_are_kept_by_listener_and_fingerprint() {
         [&fingerprint(&api).to_string()]
     );
     assert!(query(Some("example.com"), None).is_empty());
-    assert_eq!(
-        query(None, Some(fingerprint(&www).to_string())).len(),
-        1
-    );
+    assert_eq!(query(None, Some(fingerprint(&www).to_string())).len(), 1);
     assert!(query(None, Some("nope".to_owned())).is_empty());
     let by_address = state.certificates_by_address(&QueryCertificatesFilters::default());
     assert_eq!(by_address.certificates.len(), 1);
@@ -168,7 +165,9 @@ fn replace_and_remove_name_the_fingerprint() {
         remove(fingerprint(&old).to_string()),
         &["fingerprint", "no certificate"],
     );
-    state.dispatch(&remove(fingerprint(&new).to_string())).unwrap();
+    state
+        .dispatch(&remove(fingerprint(&new).to_string()))
+        .unwrap();
     assert_eq!(state.certificates().count(), 0);
 }
 
@@ -188,7 +187,11 @@ fn removing_the_https_listener_removes_its_frontends_and_certificates() {
     ]);
     assert_eq!(state.https_frontends().count(), 1);
     state
-        .dispatch(&listener_order(ListenerType::Https, "127.0.0.1:8443", "remove"))
+        .dispatch(&listener_order(
+            ListenerType::Https,
+            "127.0.0.1:8443",
+            "remove",
+        ))
         .unwrap();
     assert_eq!(state, apply_all(&[add_cluster("web")]));
 }
@@ -215,7 +218,9 @@ fn https_state_survives_generate_requests_and_diffs() {
 
     // Another certificate, a patched listener, and a replaced one.
     let mut changed = state.clone();
-    changed.dispatch(&add_certificate("127.0.0.1:8443", &b)).unwrap();
+    changed
+        .dispatch(&add_certificate("127.0.0.1:8443", &b))
+        .unwrap();
     changed
         .dispatch(&order(RequestType::UpdateHttpsListener(
             UpdateHttpsListenerConfig {
@@ -227,7 +232,9 @@ fn https_state_survives_generate_requests_and_diffs() {
         .unwrap();
     let mut patched = state.clone();
     for request in state.diff(&changed) {
-        patched.dispatch(&request).expect("every diff order applies");
+        patched
+            .dispatch(&request)
+            .expect("every diff order applies");
     }
     assert_eq!(patched, changed);
     let mut back = changed.clone();

@@ -37,11 +37,11 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crate::command::request::RequestType;
 use crate::certificate::Fingerprint;
+use crate::command::request::RequestType;
 use crate::command::{
-    AddBackend, Cluster, HttpListenerConfig, HttpsListenerConfig, Request, RequestHttpFrontend, RequestTcpFrontend,
-    RequestUdpFrontend, TcpListenerConfig, UdpListenerConfig,
+    AddBackend, Cluster, HttpListenerConfig, HttpsListenerConfig, Request, RequestHttpFrontend,
+    RequestTcpFrontend, RequestUdpFrontend, TcpListenerConfig, UdpListenerConfig,
 };
 
 pub use error::{ListenerKind, StateError};

@@ -168,7 +168,11 @@ pub(super) fn apply_all(orders: &[Request]) -> ConfigState {
 
 /// Dispatches an order that must be refused; checks the state did not change
 /// and the message names every `fragment`.
-pub(super) fn assert_refused(state: &mut ConfigState, request: Request, fragments: &[&str]) -> StateError {
+pub(super) fn assert_refused(
+    state: &mut ConfigState,
+    request: Request,
+    fragments: &[&str],
+) -> StateError {
     let before = state.clone();
     let error = state
         .dispatch(&request)

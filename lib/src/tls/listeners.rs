@@ -79,6 +79,10 @@ impl TlsListeners {
                 let store = Arc::new(CertificateStore::new());
                 let server_config = Self::build(config, store.clone())?;
                 store.set_default(default);
+                tracing::warn!(
+                    address = %at,
+                    "HTTPS listener kept with its certificates; HTTPS is not served yet"
+                );
                 self.listeners.insert(
                     at,
                     TlsListener {
