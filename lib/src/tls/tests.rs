@@ -458,3 +458,82 @@ fn plaintext_flows_both_ways_and_received_plaintext_is_bounded() {
     server.receive(&wire).expect("close_notify");
     assert_eq!(server.read_plaintext(&mut answer), Plaintext::Closed);
 }
+
+#[test]
+fn the_worker_keeps_each_listeners_store_live_from_the_orders() {
+    use sozu_command_lib::command::request::RequestType;
+    use sozu_command_lib::command::{
+        AddCertificate, RemoveCertificate, ReplaceCertificate, Request,
+    };
+    use sozu_command_lib::state::ConfigState;
+
+    use super::TlsListeners;
+
+    let default = certificate(&["default.example.com"]);
+    let first = certificate(&["site.example.com"]);
+    let second = certificate(&["site.example.com"]);
+    let mut config = listener();
+    config.certificate = Some(default.certificate.clone());
+    config.key = Some(default.key.clone());
+    let address: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+
+    let mut state = ConfigState::new();
+    let mut tls = TlsListeners::new();
+    let apply = |state: &mut ConfigState, tls: &mut TlsListeners, order: RequestType| {
+        let request = Request {
+            request_type: Some(order),
+        };
+        state.dispatch(&request).expect("the state takes it");
+        tls.apply(request.request_type.as_ref().unwrap(), state)
+    };
+    let resolved = |tls: &TlsListeners, name: &str| {
+        tls.get(&address)
+            .and_then(|l| l.store.resolve_name(Some(name)))
+            .map(|k| k.cert[0].as_ref().to_vec())
+    };
+    apply(&mut state, &mut tls, RequestType::AddHttpsListener(config)).unwrap();
+    assert_eq!(resolved(&tls, "site.example.com"), Some(leaf_der(&default)));
+
+    let add = |c: &CertificateAndKey| {
+        RequestType::AddCertificate(AddCertificate {
+            address: address.into(),
+            certificate: c.clone(),
+            expired_at: None,
+        })
+    };
+    apply(&mut state, &mut tls, add(&first)).unwrap();
+    assert_eq!(resolved(&tls, "site.example.com"), Some(leaf_der(&first)));
+    let fingerprint = |c: &CertificateAndKey| load(c).unwrap().fingerprint.to_string();
+    apply(
+        &mut state,
+        &mut tls,
+        RequestType::ReplaceCertificate(ReplaceCertificate {
+            address: address.into(),
+            new_certificate: second.clone(),
+            old_fingerprint: fingerprint(&first),
+            new_expired_at: None,
+        }),
+    )
+    .unwrap();
+    assert_eq!(resolved(&tls, "site.example.com"), Some(leaf_der(&second)));
+    assert_eq!(tls.certificate_count(&address), 2, "default and second");
+    apply(
+        &mut state,
+        &mut tls,
+        RequestType::RemoveCertificate(RemoveCertificate {
+            address: address.into(),
+            fingerprint: fingerprint(&second),
+        }),
+    )
+    .unwrap();
+    assert_eq!(resolved(&tls, "site.example.com"), Some(leaf_der(&default)));
+
+    // A key that does not match: refused, the store unchanged.
+    let mismatched = CertificateAndKey {
+        key: first.key.clone(),
+        ..second.clone()
+    };
+    let order = add(&mismatched);
+    assert!(tls.apply(&order, &state).is_err());
+    assert_eq!(tls.certificate_count(&address), 1);
+}
