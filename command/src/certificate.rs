@@ -368,6 +368,53 @@ mod tests {
         );
     }
 
+    /// Whatever the command socket carries, decoding answers and never
+    /// panics: arbitrary text, and a real certificate with bytes of its
+    /// base64 body replaced.
+    #[test]
+    fn decoding_arbitrary_or_corrupted_pem_never_panics() {
+        fn arbitrary(certificate: String, key: String, chain: Vec<String>) -> bool {
+            let order = CertificateAndKey {
+                certificate,
+                key,
+                certificate_chain: chain,
+                ..Default::default()
+            };
+            let _ = decode(&order);
+            let _ = fingerprint_of_pem("certificate", &order.certificate);
+            true
+        }
+        quickcheck::QuickCheck::new()
+            .tests(300)
+            .quickcheck(arbitrary as fn(String, String, Vec<String>) -> bool);
+
+        let (cert, key) = self_signed(&["a.example.com"]);
+        const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        // A fixed LCG: the same 300 corruptions on every run.
+        let mut seed: u64 = 0x5eed;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize
+        };
+        let header = "-----BEGIN CERTIFICATE-----\n".len();
+        let body_len = cert.len() - header - "-----END CERTIFICATE-----\n".len();
+        for _ in 0..300 {
+            let mut bytes = cert.clone().into_bytes();
+            for _ in 0..1 + next() % 4 {
+                let index = header + next() % body_len;
+                // Stay in the base64 alphabet so the PEM still decodes and
+                // the X.509 parser sees the damage (line breaks stay).
+                if bytes[index] != b'\n' {
+                    bytes[index] = BASE64[next() % 64];
+                }
+            }
+            let text = String::from_utf8(bytes).expect("ASCII");
+            let _ = decode(&order(&text, &key));
+        }
+    }
+
     #[test]
     fn fingerprints_parse_only_from_64_hex_digits() {
         assert!("zz".parse::<Fingerprint>().is_err());

@@ -537,3 +537,53 @@ fn the_worker_keeps_each_listeners_store_live_from_the_orders() {
     assert!(tls.apply(&order, &state).is_err());
     assert_eq!(tls.certificate_count(&address), 1);
 }
+
+/// Whatever a client sends, before or after a real ClientHello, the
+/// transport answers with an error or waits for more, and never panics.
+#[test]
+fn arbitrary_bytes_never_panic_the_transport() {
+    use std::sync::OnceLock;
+    static CONFIG: OnceLock<Arc<rustls::ServerConfig>> = OnceLock::new();
+    static HELLO: OnceLock<Vec<u8>> = OnceLock::new();
+    fn config() -> Arc<rustls::ServerConfig> {
+        CONFIG
+            .get_or_init(|| {
+                let store = Arc::new(CertificateStore::new());
+                store.add(load(&certificate(&["a.example.com"])).unwrap());
+                TlsPolicy::from_listener(&listener())
+                    .unwrap()
+                    .server_config(store)
+                    .unwrap()
+            })
+            .clone()
+    }
+    fn hello() -> &'static [u8] {
+        HELLO.get_or_init(|| {
+            let mut client = client("a.example.com");
+            let mut out = Vec::new();
+            client.write_tls(&mut out).unwrap();
+            out
+        })
+    }
+    fn property(after_hello: bool, chunks: Vec<Vec<u8>>) -> bool {
+        let mut server = TlsTransport::new(config()).unwrap();
+        if after_hello {
+            server.receive(hello()).expect("a real ClientHello");
+        }
+        let mut out = vec![0u8; 32 * 1024];
+        for chunk in chunks {
+            let failed = server.receive(&chunk).is_err();
+            server.poll_transmit(&mut out);
+            let _ = server.read_plaintext(&mut out);
+            if failed {
+                break;
+            }
+        }
+        server.peer_eof();
+        let _ = server.read_plaintext(&mut out);
+        true
+    }
+    quickcheck::QuickCheck::new()
+        .tests(200)
+        .quickcheck(property as fn(bool, Vec<Vec<u8>>) -> bool);
+}
