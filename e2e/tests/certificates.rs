@@ -393,7 +393,7 @@ backends = [{{ address = "{backend}" }}]
     assert_eq!(listed(&sozu), vec![site_fp.clone()]);
     assert_eq!(
         listed_by_workers(&sozu, 2),
-        [vec![site_fp.clone()], vec![site_fp]]
+        [vec![site_fp.clone()], vec![site_fp.clone()]]
     );
     let frontends = sozu.cli_ok(&["--json", "https", "frontend", "list"]).json();
     assert_eq!(
@@ -404,6 +404,29 @@ backends = [{{ address = "{backend}" }}]
         sozu.log().contains("not served yet"),
         "the log says HTTPS is not served"
     );
+
+    // The file's frontend certificate renewed, then `sozu reload`: the
+    // diff replaces it on the master and on every worker.
+    let (renewed_pem, renewed_key, renewed_fp) =
+        certificate(sozu.dir(), "renewed", &["www.example.com"]);
+    let text = std::fs::read_to_string(sozu.config_path())
+        .unwrap()
+        .replace(path(&site_pem), path(&renewed_pem))
+        .replace(path(&site_key), path(&renewed_key));
+    std::fs::write(sozu.config_path(), text).unwrap();
+    let preview = sozu.cli_ok(&["reload", "--dry-run"]).stdout;
+    assert!(
+        preview.contains(&format!("- certificate {site_fp}"))
+            && preview.contains(&format!("+ certificate {renewed_fp}")),
+        "{preview}"
+    );
+    sozu.cli_ok(&["reload"]);
+    assert_eq!(listed(&sozu), vec![renewed_fp.clone()]);
+    assert_eq!(
+        listed_by_workers(&sozu, 2),
+        [vec![renewed_fp.clone()], vec![renewed_fp]]
+    );
+    sozu.cli_ok(&["state", "check"]);
 }
 
 #[test]
