@@ -106,6 +106,13 @@ pub(crate) enum Command {
     /// HTTP listeners and frontends.
     #[command(subcommand)]
     Http(HttpCmd),
+    /// HTTPS listeners and frontends (kept in the state; HTTPS is not
+    /// served yet).
+    #[command(subcommand)]
+    Https(crate::ctl::tls::HttpsCmd),
+    /// Certificates of the HTTPS listeners.
+    #[command(subcommand)]
+    Certificate(crate::ctl::tls::CertificateCmd),
     /// Clusters (the load-balanced targets of frontends).
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -289,6 +296,9 @@ pub(crate) enum ListenerCmd {
     /// HTTP listeners (same as `sozu http listener`).
     #[command(subcommand)]
     Http(HttpListenerCmd),
+    /// HTTPS listeners (same as `sozu https listener`).
+    #[command(subcommand)]
+    Https(crate::ctl::tls::HttpsListenerCmd),
     /// List the listeners of every protocol.
     List,
 }
@@ -305,6 +315,9 @@ pub(crate) enum FrontendCmd {
     /// HTTP frontends (same as `sozu http frontend`).
     #[command(subcommand)]
     Http(FrontendOrderCmd<HttpFrontendArgs>),
+    /// HTTPS frontends (same as `sozu https frontend`).
+    #[command(subcommand)]
+    Https(FrontendOrderCmd<HttpFrontendArgs>),
     /// List the frontends of every protocol.
     List(FrontendListArgs),
 }

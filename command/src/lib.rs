@@ -15,6 +15,7 @@
 #![deny(missing_docs, unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod certificate;
 pub mod channel;
 pub mod config;
 pub mod limits;

@@ -140,7 +140,7 @@ pub fn check_crate(dir: &Path, allowed: &[Allowed]) -> Result<Vec<Finding>, Chec
         {
             continue;
         }
-        let ident = dependency.replace('-', "_");
+        let ident = library_name(&dependency);
         let in_normal = sources.normal.iter().any(|text| uses(text, &ident));
         let in_tests = sources.test.iter().any(|text| uses(text, &ident));
         let in_build = sources.build.iter().any(|text| uses(text, &ident));
@@ -158,6 +158,17 @@ pub fn check_crate(dir: &Path, allowed: &[Allowed]) -> Result<Vec<Finding>, Chec
         }
     }
     Ok(findings)
+}
+
+/// The name sources use for a package: its `[lib] name` where that differs
+/// from the package name (the check reads no registry sources, so the few
+/// such packages we depend on are listed), else the package name with `_`.
+fn library_name(package: &str) -> String {
+    const RENAMED: &[(&str, &str)] = &[("rustls-webpki", "webpki")];
+    RENAMED
+        .iter()
+        .find(|(p, _)| *p == package)
+        .map_or_else(|| package.replace('-', "_"), |(_, lib)| (*lib).to_owned())
 }
 
 fn read_toml(path: &Path) -> Result<toml::Table, CheckError> {
@@ -510,6 +521,12 @@ pub fn strip(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_package_is_looked_for_under_its_library_name() {
+        assert_eq!(library_name("rustls-webpki"), "webpki");
+        assert_eq!(library_name("tracing-subscriber"), "tracing_subscriber");
+    }
 
     #[test]
     fn a_name_in_a_comment_or_string_is_not_a_use() {

@@ -13,4 +13,5 @@ pub mod protocol;
 pub mod proxy_protocol;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 pub mod udp;

@@ -19,6 +19,7 @@ mod socket;
 mod table;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tls;
 mod top;
 
 use std::io::Write;

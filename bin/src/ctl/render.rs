@@ -36,6 +36,12 @@ pub(crate) fn human(view: &View, response: &Response) -> String {
             frontends_table(list, *protocols)
         }
         (View::Check, _) => String::new(),
+        (View::Certificates, Some(ContentType::CertificatesWithFingerprints(certs))) => {
+            certificates_table(certs)
+        }
+        (View::Certificates, Some(ContentType::WorkerResponses(answers))) => {
+            worker_certificates_text(answers)
+        }
         (View::Metrics(shown), Some(ContentType::Metrics(metrics))) => {
             let metrics = metrics_shown(metrics, shown, Audience::Person);
             if shown.list {
@@ -688,4 +694,38 @@ fn metric_value(metric: &FilteredMetrics) -> String {
         }
         None => "-".to_owned(),
     }
+}
+
+/// `certificate list`: one row per certificate, its names comma-separated.
+fn certificates_table(certs: &sozu_command_lib::command::CertificatesWithFingerprints) -> String {
+    let mut table = Table::new(&["FINGERPRINT", "NAMES"]);
+    for (fingerprint, certificate) in &certs.certs {
+        table.row(vec![fingerprint.clone(), certificate.names.join(",")]);
+    }
+    table.render()
+}
+
+/// `certificate list --query-workers`: per worker, per listener, one row
+/// per (name, fingerprint).
+fn worker_certificates_text(answers: &sozu_command_lib::command::WorkerResponses) -> String {
+    let mut out = String::new();
+    for (worker, content) in &answers.map {
+        out.push_str(&format!("worker {worker}:\n"));
+        let Some(ContentType::CertificatesByAddress(list)) = &content.content_type else {
+            out.push_str("  (no certificate list in its answer)\n");
+            continue;
+        };
+        let mut table = Table::new(&["LISTENER", "NAME", "FINGERPRINT"]);
+        for by_address in &list.certificates {
+            for summary in &by_address.certificate_summaries {
+                table.row(vec![
+                    address(&by_address.address),
+                    summary.domain.clone(),
+                    summary.fingerprint.clone(),
+                ]);
+            }
+        }
+        out.push_str(&indent(&table.render()));
+    }
+    out
 }

@@ -69,6 +69,8 @@ pub(crate) enum View {
     Clusters,
     /// Frontend table, restricted to these protocols.
     Frontends(Protocols),
+    /// Certificates: fingerprint and names (`sozu certificate list`).
+    Certificates,
     /// One line per metric.
     Metrics(MetricsView),
 }
@@ -120,6 +122,8 @@ pub(crate) enum PlanError {
     NotAClientCommand(&'static str),
     /// An `update` without any field to change.
     NothingToUpdate { listener: SocketAddr },
+    /// An argument that parses but cannot be used (the message says why).
+    Invalid(String),
 }
 
 impl fmt::Display for PlanError {
@@ -132,6 +136,7 @@ impl fmt::Display for PlanError {
                 f,
                 "nothing to update on listener {listener}: give at least one setting flag"
             ),
+            PlanError::Invalid(message) => f.write_str(message),
         }
     }
 }
@@ -231,6 +236,11 @@ pub(crate) fn plan(command: &Command, cwd: &Path) -> Result<Plan, PlanError> {
             vec![http_frontend(cmd)]
         }
         Command::Frontend(FrontendCmd::List(args)) => vec![list_frontends(args)],
+        Command::Certificate(cmd) => super::tls::certificate(cmd)?,
+        Command::Https(super::tls::HttpsCmd::Listener(cmd))
+        | Command::Listener(ListenerCmd::Https(cmd)) => super::tls::https_listener(cmd)?,
+        Command::Https(super::tls::HttpsCmd::Frontend(cmd))
+        | Command::Frontend(FrontendCmd::Https(cmd)) => vec![super::tls::https_frontend(cmd)],
         Command::Cluster(ClusterCmd::Add(args)) => {
             return Ok(Plan {
                 steps: vec![message(RequestType::AddCluster(cluster(args)))],
@@ -313,7 +323,7 @@ fn metrics(args: &MetricsArgs) -> Vec<Step> {
     steps
 }
 
-fn list_listeners(protocols: Protocols) -> Step {
+pub(super) fn list_listeners(protocols: Protocols) -> Step {
     step(
         RequestType::ListListeners(ListListeners {}),
         View::Listeners(protocols),
@@ -321,7 +331,11 @@ fn list_listeners(protocols: Protocols) -> Step {
 }
 
 /// The `activate` / `deactivate` / `remove` orders shared by every protocol.
-fn listener_lifecycle(address: SocketAddr, proxy: ListenerType, kind: Lifecycle) -> Step {
+pub(super) fn listener_lifecycle(
+    address: SocketAddr,
+    proxy: ListenerType,
+    kind: Lifecycle,
+) -> Step {
     let address = address.into();
     let proxy = proxy as i32;
     message(match kind {
@@ -340,7 +354,7 @@ fn listener_lifecycle(address: SocketAddr, proxy: ListenerType, kind: Lifecycle)
 }
 
 #[derive(Clone, Copy)]
-enum Lifecycle {
+pub(super) enum Lifecycle {
     Activate,
     Deactivate,
     Remove,
@@ -595,7 +609,7 @@ fn http_frontend(cmd: &FrontendOrderCmd<HttpFrontendArgs>) -> Step {
     }
 }
 
-fn http_route(args: &HttpFrontendArgs) -> RequestHttpFrontend {
+pub(super) fn http_route(args: &HttpFrontendArgs) -> RequestHttpFrontend {
     let path = match (&args.path, &args.path_regex, &args.path_equals) {
         (_, Some(regex), _) => PathRule {
             kind: PathRuleKind::Regex as i32,
@@ -645,7 +659,7 @@ fn list_frontends(args: &FrontendListArgs) -> Step {
     step
 }
 
-fn list_frontends_of(protocols: Protocols) -> Step {
+pub(super) fn list_frontends_of(protocols: Protocols) -> Step {
     // Only a strict HTTP/HTTPS/TCP subset is worth filtering on the wire.
     let wire = if protocols.udp {
         FrontendFilters::default()

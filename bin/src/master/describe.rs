@@ -12,6 +12,12 @@ fn address(wire: &SocketAddress) -> String {
     SocketAddr::try_from(wire).map_or_else(|_| "<invalid address>".to_owned(), |a| a.to_string())
 }
 
+/// A certificate's fingerprint, or why it has none.
+fn certificate_fingerprint(pem: &str) -> String {
+    sozu_command_lib::certificate::fingerprint_of_pem("certificate", pem)
+        .map_or_else(|_| "<invalid certificate>".to_owned(), |f| f.to_string())
+}
+
 fn proxy(value: i32) -> &'static str {
     match ListenerType::try_from(value) {
         Ok(ListenerType::Udp) => "udp",
@@ -129,6 +135,40 @@ pub(crate) fn describe(order: &Request, current: &ConfigState) -> String {
             f.cluster_id
                 .as_ref()
                 .map_or_else(|| "deny".to_owned(), |c| format!("cluster {c}"))
+        ),
+        RequestType::AddHttpsListener(c) => format!("+ https listener {}", address(&c.address)),
+        RequestType::UpdateHttpsListener(u) => {
+            format!("~ https listener {}", address(&u.address))
+        }
+        RequestType::AddHttpsFrontend(f) | RequestType::RemoveHttpsFrontend(f) => format!(
+            "{} https frontend {} host {:?} path {:?} -> {}",
+            if matches!(request_type, RequestType::AddHttpsFrontend(_)) {
+                "+"
+            } else {
+                "-"
+            },
+            address(&f.address),
+            f.hostname,
+            f.path.value,
+            f.cluster_id
+                .as_ref()
+                .map_or_else(|| "deny".to_owned(), |c| format!("cluster {c}"))
+        ),
+        RequestType::AddCertificate(c) => format!(
+            "+ certificate {} on https listener {}",
+            certificate_fingerprint(&c.certificate.certificate),
+            address(&c.address)
+        ),
+        RequestType::ReplaceCertificate(r) => format!(
+            "~ certificate {} replaced by {} on https listener {}",
+            r.old_fingerprint,
+            certificate_fingerprint(&r.new_certificate.certificate),
+            address(&r.address)
+        ),
+        RequestType::RemoveCertificate(r) => format!(
+            "- certificate {} on https listener {}",
+            r.fingerprint,
+            address(&r.address)
         ),
         other => format!(
             "? {}",

@@ -275,6 +275,11 @@ impl Master {
                 // a disagreement between config and state, reported plainly.
                 anyhow::bail!("the configuration does not build a state: {error}");
             }
+            // What the workers would refuse (TLS knobs rustls cannot
+            // honour, a key not matching its certificate) stops the start.
+            if let Err(error) = prevalidate::check(&state, &request) {
+                anyhow::bail!("the configuration is refused: {error}");
+            }
         }
         if let Some(saved) = &config.saved_state {
             if saved.exists() {

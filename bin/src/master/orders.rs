@@ -66,6 +66,8 @@ pub(crate) enum ClientOrderKind {
     Forward { name: &'static str, peer: Peer },
     /// check_state: each worker's state is compared with the master's.
     CheckState,
+    /// query_certificates_from_workers: each worker's answer, by worker id.
+    Certificates,
 }
 
 fn ok(message: impl Into<String>) -> Response {
@@ -782,6 +784,23 @@ impl Master {
                 }
             }
             ClientOrderKind::CheckState => check_state_answer(&self.state, &gathered),
+            ClientOrderKind::Certificates => {
+                let map: std::collections::BTreeMap<String, ResponseContent> = gathered
+                    .contents
+                    .iter()
+                    .map(|(worker, content)| (worker.to_string(), content.clone()))
+                    .collect();
+                let mut message = format!("certificates of {} worker(s)", map.len());
+                if !gathered.is_ok() {
+                    message.push_str(&format!(" (missing: {})", gathered.failure_summary()));
+                }
+                with_content(
+                    message,
+                    ContentType::WorkerResponses(sozu_command_lib::command::WorkerResponses {
+                        map: map.into_iter().collect(),
+                    }),
+                )
+            }
         };
         self.answer(client, response);
     }

@@ -65,6 +65,29 @@ pub(crate) fn check(after: &ConfigState, request: &Request) -> Result<(), WouldR
             same_route_exists(after, frontend)
         }
         RequestType::RemoveHttpFrontend(frontend) => Router::check(frontend).map_err(|e| chain(&e)),
+        RequestType::AddHttpsFrontend(frontend) => Router::check(frontend).map_err(|e| chain(&e)),
+        RequestType::RemoveHttpsFrontend(frontend) => {
+            Router::check(frontend).map_err(|e| chain(&e))
+        }
+        RequestType::AddHttpsListener(config) => {
+            sozu_lib::tls::check_listener(config).map_err(|e| chain(&e))
+        }
+        RequestType::UpdateHttpsListener(update) => {
+            // As patched, like the worker rebuilds it.
+            let Ok(address) = SocketAddr::try_from(&update.address) else {
+                return Ok(());
+            };
+            match after.https_listener(&address) {
+                Some(config) => sozu_lib::tls::check_listener(config).map_err(|e| chain(&e)),
+                None => Ok(()),
+            }
+        }
+        RequestType::AddCertificate(order) => {
+            sozu_lib::tls::check_certificate(&order.certificate).map_err(|e| chain(&e))
+        }
+        RequestType::ReplaceCertificate(order) => {
+            sozu_lib::tls::check_certificate(&order.new_certificate).map_err(|e| chain(&e))
+        }
         _ => Ok(()),
     }
 }

@@ -1,9 +1,9 @@
 //! The Sōzu 2.1 orders beyond the core set (doc/protocol.md §3.1):
 //! queries the master answers from its state or its own counters, `Logging`
 //! and `configure_metrics` (applied here and fanned out to every worker), and
-//! a FAILURE naming the order for what this proxy does not serve (HTTPS,
-//! certificates changes, HTTP health checks, events, per-IP limits, metric
-//! detail). See doc/protocol.md for the list and the reasons.
+//! the certificate queries (from the master's state, or gathered from every
+//! worker's), and a FAILURE naming the order for what this proxy does not
+//! serve (HTTP health checks, events, per-IP limits, metric detail). See doc/protocol.md for the list and the reasons.
 //!
 //! [`Master::serve_sozu_order`] is called for every decoded order; it counts
 //! it (`count_requests`) and returns whether it answered it. It never
@@ -15,10 +15,7 @@ use std::time::Instant;
 use mio::Token;
 use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::response_content::ContentType;
-use sozu_command_lib::command::{
-    CertificatesWithFingerprints, ListOfCertificatesByAddress, MetricsConfiguration, Request,
-    RequestCounts, ResponseContent, WorkerResponses,
-};
+use sozu_command_lib::command::{MetricsConfiguration, Request, RequestCounts};
 
 use super::command_socket::Peer;
 use super::orders::{audit, failure, with_content, ClientOrder, ClientOrderKind};
@@ -52,13 +49,6 @@ impl SozuExtras {
 /// Why an order is refused, for the Sōzu orders this proxy does not serve.
 fn unsupported_reason(request_type: &RequestType) -> Option<&'static str> {
     let reason = match request_type {
-        RequestType::AddHttpsFrontend(_)
-        | RequestType::RemoveHttpsFrontend(_)
-        | RequestType::AddHttpsListener(_)
-        | RequestType::UpdateHttpsListener(_)
-        | RequestType::AddCertificate(_)
-        | RequestType::ReplaceCertificate(_)
-        | RequestType::RemoveCertificate(_) => "HTTPS is not served yet",
         RequestType::LaunchWorker(_) => {
             "workers are started by the master (worker_count); use upgrade_worker to replace one"
         }
@@ -136,39 +126,29 @@ impl Master {
                     with_content("request counts", ContentType::RequestCounts(counts)),
                 );
             }
-            // No HTTPS yet, so no certificate anywhere: the empty answer of
-            // the shape Sōzu's CLI expects.
-            RequestType::QueryCertificatesFromTheState(_) => {
+            RequestType::QueryCertificatesFromTheState(filters) => {
+                let certificates = self.state.certificates_with_fingerprints(filters);
+                let message = format!("{} certificate(s)", certificates.certs.len());
                 self.answer(
                     token,
                     with_content(
-                        "0 certificates (HTTPS is not served yet)",
-                        ContentType::CertificatesWithFingerprints(
-                            CertificatesWithFingerprints::default(),
-                        ),
+                        message,
+                        ContentType::CertificatesWithFingerprints(certificates),
                     ),
                 );
             }
+            // Each worker answers from its own state (as Sōzu's workers do
+            // from their TLS stores); the answers are gathered per worker.
             RequestType::QueryCertificatesFromWorkers(_) => {
-                let map = self
-                    .workers
-                    .values()
-                    .filter(|w| w.receives_orders())
-                    .map(|w| {
-                        let content = ResponseContent {
-                            content_type: Some(ContentType::CertificatesByAddress(
-                                ListOfCertificatesByAddress::default(),
-                            )),
-                        };
-                        (w.id.to_string(), content)
-                    })
-                    .collect();
-                self.answer(
-                    token,
-                    with_content(
-                        "0 certificates (HTTPS is not served yet)",
-                        ContentType::WorkerResponses(WorkerResponses { map }),
-                    ),
+                let order = ClientOrder {
+                    client: token,
+                    kind: ClientOrderKind::Certificates,
+                };
+                self.fan_out(
+                    Purpose::Client(order),
+                    vec![request.clone()],
+                    Some(self.config.worker_timeout),
+                    now,
                 );
             }
             RequestType::Logging(directives) => self.logging(token, peer, directives, now),

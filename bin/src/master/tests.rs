@@ -751,8 +751,8 @@ fn unsupported_sozu_orders_are_refused_by_name_and_reach_no_worker() {
             "subscribe_events",
         ),
         (
-            RequestType::AddHttpsListener(Default::default()),
-            "add_https_listener",
+            RequestType::RemoveHealthCheck("c".to_owned()),
+            "remove_health_check",
         ),
         (
             RequestType::SetMaxConnectionsPerIp(3),

@@ -25,8 +25,8 @@ use std::time::Duration;
 pub use error::{ConfigError, Location};
 
 use crate::command::{
-    ListenerType, LoadBalancingAlgorithms, LoadMetric, PathRuleKind, UdpAffinityKey, UdpFlowKey,
-    UdpHealthMode,
+    ListenerType, LoadBalancingAlgorithms, LoadMetric, PathRuleKind, TlsVersion, UdpAffinityKey,
+    UdpFlowKey, UdpHealthMode,
 };
 
 /// A validated sozu configuration. Relative paths (`command_socket`,
@@ -158,9 +158,9 @@ pub struct MetricsConfig {
 pub enum ListenerConfig {
     /// `protocol = "http"`.
     Http(HttpListenerSettings),
-    /// Parsed for compatibility; sozu does not serve HTTPS yet, so no order
-    /// is generated for it.
-    Https(HttpListenerSettings),
+    /// An HTTPS listener: its orders (`add_https_listener`) build the
+    /// state; the workers do not serve it yet (doc/tcp_http.md).
+    Https(Box<HttpsListenerSettings>),
     /// `protocol = "tcp"`.
     Tcp(TcpListenerSettings),
     /// `protocol = "udp"`.
@@ -171,7 +171,8 @@ impl ListenerConfig {
     /// The bound address.
     pub fn address(&self) -> SocketAddr {
         match self {
-            ListenerConfig::Http(l) | ListenerConfig::Https(l) => l.address,
+            ListenerConfig::Http(l) => l.address,
+            ListenerConfig::Https(l) => l.http.address,
             ListenerConfig::Tcp(l) => l.address,
             ListenerConfig::Udp(l) => l.address,
         }
@@ -208,6 +209,48 @@ pub struct HttpListenerSettings {
     pub connect_timeout: Duration,
     /// Time allowed to a request head after its first byte.
     pub request_timeout: Duration,
+}
+
+/// An HTTPS listener: the HTTP settings and the TLS ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsListenerSettings {
+    /// What it shares with an HTTP listener.
+    pub http: HttpListenerSettings,
+    /// `tls_versions` (default: TLS 1.2 and 1.3).
+    pub versions: Vec<TlsVersion>,
+    /// `cipher_list` (default: rustls' suites).
+    pub cipher_list: Vec<String>,
+    /// `cipher_suites` (added to `cipher_list`).
+    pub cipher_suites: Vec<String>,
+    /// `signature_algorithms` (default: every scheme rustls signs with).
+    pub signature_algorithms: Vec<String>,
+    /// `groups_list` (default: x25519, P-256, P-384).
+    pub groups_list: Vec<String>,
+    /// The PEM text of the `certificate` file: the listener's default
+    /// certificate.
+    pub certificate: Option<String>,
+    /// The PEM text of the `certificate_chain` file.
+    pub certificate_chain: Vec<String>,
+    /// The PEM text of the `key` file.
+    pub key: Option<String>,
+    /// `send_tls13_tickets` (default 4).
+    pub send_tls13_tickets: u64,
+    /// `alpn_protocols` (default: `http/1.1`).
+    pub alpn_protocols: Vec<String>,
+}
+
+/// A certificate given on an HTTPS frontend (`certificate`, `key`,
+/// `certificate_chain` files), added to the frontend's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendCertificate {
+    /// The leaf certificate's PEM text.
+    pub certificate: String,
+    /// The chain's PEM text (empty: none).
+    pub certificate_chain: Vec<String>,
+    /// The private key's PEM text.
+    pub key: String,
+    /// `tls_versions` of the frontend (kept in the order, informative).
+    pub versions: Vec<TlsVersion>,
 }
 
 /// A TCP listener.
@@ -302,6 +345,8 @@ pub struct FrontendConfig {
     pub method: Option<String>,
     /// Key/values attached to the frontend (access records).
     pub tags: BTreeMap<String, String>,
+    /// HTTPS only: a certificate to add to the listener.
+    pub certificate: Option<FrontendCertificate>,
 }
 
 /// One backend of a cluster.

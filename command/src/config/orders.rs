@@ -2,19 +2,20 @@
 //! its state: listeners, clusters, frontends, backends, then (if
 //! `activate_listeners`) one activation per listener. Pure: no I/O.
 //!
-//! HTTPS listeners are parsed but produce no order (sozu does not serve
-//! HTTPS yet; the protocol has no `add_https_listener`), and neither do
-//! frontends bound on them.
+//! HTTPS listeners produce `add_https_listener` (their TLS knobs and default
+//! certificate in it), their frontends `add_https_frontend`, and a
+//! frontend's certificate `add_certificate` on its listener. The workers
+//! keep them; serving HTTPS lands with the stream layer.
 
 use std::net::SocketAddr;
 
 use super::{ClusterConfig, ClusterProtocol, Config, FrontendConfig, ListenerConfig};
 use crate::command::request::RequestType;
 use crate::command::{
-    ActivateListener, AddBackend, Cluster, HttpListenerConfig, ListenerType, LoadBalancingParams,
-    PathRule, ProxyProtocolConfig, Request, RequestHttpFrontend, RequestTcpFrontend,
-    RequestUdpFrontend, RulePosition, TcpListenerConfig, UdpClusterConfig, UdpHealthConfig,
-    UdpListenerConfig,
+    ActivateListener, AddBackend, AddCertificate, CertificateAndKey, Cluster, HttpListenerConfig,
+    HttpsListenerConfig, ListenerType, LoadBalancingParams, PathRule, ProxyProtocolConfig, Request,
+    RequestHttpFrontend, RequestTcpFrontend, RequestUdpFrontend, RulePosition, TcpListenerConfig,
+    UdpClusterConfig, UdpHealthConfig, UdpListenerConfig,
 };
 use crate::proto::convert::limit_to_wire;
 
@@ -29,8 +30,7 @@ fn order(request_type: RequestType) -> Request {
 }
 
 impl ListenerConfig {
-    /// The order that adds this listener (inactive), or `None` for HTTPS,
-    /// which sozu does not serve yet.
+    /// The order that adds this listener (inactive). Always `Some`.
     pub fn add_order(&self) -> Option<Request> {
         let request_type = match self {
             ListenerConfig::Udp(l) => RequestType::AddUdpListener(UdpListenerConfig {
@@ -65,7 +65,28 @@ impl ListenerConfig {
                 active: false,
                 ..Default::default()
             }),
-            ListenerConfig::Https(_) => return None,
+            ListenerConfig::Https(l) => RequestType::AddHttpsListener(HttpsListenerConfig {
+                address: l.http.address.into(),
+                public_address: l.http.public_address.map(Into::into),
+                expect_proxy: l.http.expect_proxy,
+                sticky_name: l.http.sticky_name.clone(),
+                front_timeout: secs(l.http.front_timeout),
+                back_timeout: secs(l.http.back_timeout),
+                connect_timeout: secs(l.http.connect_timeout),
+                request_timeout: secs(l.http.request_timeout),
+                active: false,
+                versions: l.versions.iter().map(|v| *v as i32).collect(),
+                cipher_list: l.cipher_list.clone(),
+                cipher_suites: l.cipher_suites.clone(),
+                signature_algorithms: l.signature_algorithms.clone(),
+                groups_list: l.groups_list.clone(),
+                certificate: l.certificate.clone(),
+                certificate_chain: l.certificate_chain.clone(),
+                key: l.key.clone(),
+                send_tls13_tickets: l.send_tls13_tickets,
+                alpn_protocols: l.alpn_protocols.clone(),
+                ..Default::default()
+            }),
         };
         Some(order(request_type))
     }
@@ -118,8 +139,7 @@ impl ClusterConfig {
         }))
     }
 
-    /// The order adding `frontend` to this cluster, `None` when it sits on
-    /// an HTTPS listener (not served yet).
+    /// The order adding `frontend` to this cluster.
     fn frontend_order(&self, frontend: &FrontendConfig, config: &Config) -> Option<Request> {
         let address = frontend.address.into();
         let tags = frontend.tags.clone();
@@ -135,14 +155,10 @@ impl ClusterConfig {
                 tags,
             }),
             ClusterProtocol::Http => {
-                if config
+                let https = config
                     .listener(ListenerType::Http, frontend.address)
-                    .is_none()
-                {
-                    tracing::warn!(cluster = %self.cluster_id, address = %frontend.address, "frontend on an HTTPS listener skipped: HTTPS is not served yet");
-                    return None;
-                }
-                RequestType::AddHttpFrontend(RequestHttpFrontend {
+                    .is_none();
+                let http_frontend = RequestHttpFrontend {
                     cluster_id: Some(self.cluster_id.clone()),
                     address,
                     hostname: frontend.hostname.clone().unwrap_or_default(),
@@ -154,7 +170,12 @@ impl ClusterConfig {
                     position: RulePosition::Tree as i32,
                     tags,
                     ..Default::default()
-                })
+                };
+                if https {
+                    RequestType::AddHttpsFrontend(http_frontend)
+                } else {
+                    RequestType::AddHttpFrontend(http_frontend)
+                }
             }
         };
         Some(order(request_type))
@@ -180,6 +201,24 @@ impl Config {
             .iter()
             .filter_map(ListenerConfig::add_order)
             .collect();
+        // A certificate given on an HTTPS frontend goes to its listener.
+        for cluster in self.clusters.values() {
+            for frontend in &cluster.frontends {
+                if let Some(c) = &frontend.certificate {
+                    orders.push(order(RequestType::AddCertificate(AddCertificate {
+                        address: frontend.address.into(),
+                        certificate: CertificateAndKey {
+                            certificate: c.certificate.clone(),
+                            certificate_chain: c.certificate_chain.clone(),
+                            key: c.key.clone(),
+                            versions: c.versions.iter().map(|v| *v as i32).collect(),
+                            names: Vec::new(),
+                        },
+                        expired_at: None,
+                    })));
+                }
+            }
+        }
         orders.extend(self.clusters.values().map(ClusterConfig::add_order));
         for cluster in self.clusters.values() {
             orders.extend(
@@ -205,7 +244,6 @@ impl Config {
             orders.extend(
                 self.listeners
                     .iter()
-                    .filter(|l| !matches!(l, ListenerConfig::Https(_)))
                     .map(|l| activate_order(l.address(), l.listener_type())),
             );
         }

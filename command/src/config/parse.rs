@@ -14,12 +14,13 @@ use toml::de::DeTable;
 use super::error::ConfigError;
 use super::reader::{Document, TableReader, ValueReader};
 use super::{
-    AccessLogFormat, BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendConfig,
-    HttpListenerSettings, ListenerConfig, LogTarget, MetricsConfig, TcpListenerSettings,
-    UdpClusterSettings, UdpHealthSettings, UdpListenerSettings,
+    AccessLogFormat, BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendCertificate,
+    FrontendConfig, HttpListenerSettings, HttpsListenerSettings, ListenerConfig, LogTarget,
+    MetricsConfig, TcpListenerSettings, UdpClusterSettings, UdpHealthSettings, UdpListenerSettings,
 };
 use crate::command::{
-    LoadBalancingAlgorithms, LoadMetric, PathRuleKind, UdpAffinityKey, UdpFlowKey, UdpHealthMode,
+    LoadBalancingAlgorithms, LoadMetric, PathRuleKind, TlsVersion, UdpAffinityKey, UdpFlowKey,
+    UdpHealthMode,
 };
 
 /// Sōzu global keys we accept and ignore (documented in doc/configure.md).
@@ -36,27 +37,14 @@ pub(super) const IGNORED_GLOBAL: &[&str] = &[
     "evict_on_queue_full",
 ];
 
-/// Sōzu listener keys we accept and ignore (TLS and custom answers).
-pub(super) const IGNORED_LISTENER: &[&str] = &[
-    "tls_versions",
-    "cipher_list",
-    "cipher_suites",
-    "signature_algorithms",
-    "groups_list",
-    "certificate",
-    "certificate_chain",
-    "key",
-    "send_tls13_tickets",
-    "alpn_protocols",
-    "answer_404",
-    "answer_503",
-    "http_answers",
-];
+/// Sōzu listener keys we accept and ignore (custom answers).
+pub(super) const IGNORED_LISTENER: &[&str] = &["answer_404", "answer_503", "http_answers"];
 
 /// Sōzu cluster keys we accept and ignore.
 pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2", "answers"];
 
-/// Sōzu frontend keys we accept and ignore (TLS of HTTPS frontends).
+/// Sōzu frontend keys we accept and ignore on a frontend that is not on an
+/// HTTPS listener (TLS keys; read on an HTTPS frontend).
 pub(super) const IGNORED_FRONTEND: &[&str] =
     &["certificate", "key", "certificate_chain", "tls_versions"];
 
@@ -330,7 +318,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
         let items = listeners.array()?;
         let mut parsed = Vec::with_capacity(items.len());
         for item in items {
-            let listener = parse_listener(&item, &config)?;
+            let listener = parse_listener(&item, &config, base_dir)?;
             let at = item.location();
             let key = (
                 listener.address(),
@@ -355,7 +343,7 @@ fn parse_root(top: &mut TableReader<'_>, base_dir: &Path) -> Result<Config, Conf
     if let Some(clusters) = top.get("clusters") {
         let mut table = clusters.table()?;
         for (id, value) in table.take_all() {
-            let cluster = parse_cluster(&id, &value, &index)?;
+            let cluster = parse_cluster(&id, &value, &index, base_dir)?;
             index.add_cluster(&cluster);
             config.clusters.insert(id, cluster);
         }
@@ -375,6 +363,7 @@ fn protocol_name(listener: &ListenerConfig) -> &'static str {
 const KIND_UDP: u8 = 1;
 const KIND_TCP: u8 = 2;
 const KIND_HTTP: u8 = 4;
+const KIND_HTTPS: u8 = 8;
 
 /// Lookup tables built once so that checking frontends against listeners
 /// and against other clusters costs O(1) each: validation stays linear in
@@ -393,7 +382,8 @@ impl Index {
             let kind = match l {
                 ListenerConfig::Udp(_) => KIND_UDP,
                 ListenerConfig::Tcp(_) => KIND_TCP,
-                ListenerConfig::Http(_) | ListenerConfig::Https(_) => KIND_HTTP,
+                ListenerConfig::Http(_) => KIND_HTTP,
+                ListenerConfig::Https(_) => KIND_HTTP | KIND_HTTPS,
             };
             *listener_kinds.entry(l.address()).or_default() |= kind;
         }
@@ -437,7 +427,99 @@ fn parse_metrics(value: &ValueReader<'_>) -> Result<MetricsConfig, ConfigError> 
     })
 }
 
-fn parse_listener(item: &ValueReader<'_>, config: &Config) -> Result<ListenerConfig, ConfigError> {
+/// `tls_versions` names: Sōzu's (`TLS_V12`), the protocol's (`TLS_V1_2`)
+/// and OpenSSL's (`TLSv1.2`). Versions rustls lacks parse, and are refused
+/// with the listener's other TLS knobs (`sozu-lib`'s `tls::policy`).
+fn tls_version(value: &ValueReader<'_>) -> Result<TlsVersion, ConfigError> {
+    let version = match value.str()? {
+        "SSL_V2" | "SSLv2" => TlsVersion::SslV2,
+        "SSL_V3" | "SSLv3" => TlsVersion::SslV3,
+        "TLS_V10" | "TLS_V1_0" | "TLSv1" | "TLSv1.0" => TlsVersion::TlsV10,
+        "TLS_V11" | "TLS_V1_1" | "TLSv1.1" => TlsVersion::TlsV11,
+        "TLS_V12" | "TLS_V1_2" | "TLSv1.2" => TlsVersion::TlsV12,
+        "TLS_V13" | "TLS_V1_3" | "TLSv1.3" => TlsVersion::TlsV13,
+        _ => return Err(value.invalid("a TLS version (TLS_V12, TLS_V13)")),
+    };
+    Ok(version)
+}
+
+fn strings(table: &mut TableReader<'_>, key: &str) -> Result<Vec<String>, ConfigError> {
+    match table.get(key) {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(ValueReader::non_empty_string)
+            .collect(),
+    }
+}
+
+/// The text of the PEM file a key names (relative to the configuration
+/// file's directory).
+fn pem_file(value: &ValueReader<'_>, base_dir: &Path) -> Result<String, ConfigError> {
+    let path = path_value(value, base_dir)?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if size > crate::certificate::MAX_PEM_SIZE as u64 {
+        return Err(ConfigError::Inconsistent {
+            key: value.path().to_owned(),
+            reason: format!(
+                "{} is {size} bytes, over the {} bytes a PEM file may have",
+                path.display(),
+                crate::certificate::MAX_PEM_SIZE
+            ),
+            at: value.location(),
+        });
+    }
+    std::fs::read_to_string(&path).map_err(|error| ConfigError::Inconsistent {
+        key: value.path().to_owned(),
+        reason: format!("cannot read {}: {error}", path.display()),
+        at: value.location(),
+    })
+}
+
+/// The TLS keys of an HTTPS listener.
+fn parse_https(
+    table: &mut TableReader<'_>,
+    http: HttpListenerSettings,
+    base_dir: &Path,
+) -> Result<HttpsListenerSettings, ConfigError> {
+    let versions = match table.get("tls_versions") {
+        None => Vec::new(),
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(tls_version)
+            .collect::<Result<_, _>>()?,
+    };
+    let certificate = opt(table, "certificate", |v| pem_file(v, base_dir))?;
+    let certificate_chain = opt(table, "certificate_chain", |v| pem_file(v, base_dir))?
+        .into_iter()
+        .collect();
+    let key = opt(table, "key", |v| pem_file(v, base_dir))?;
+    let send_tls13_tickets = match table.get("send_tls13_tickets") {
+        None => 4,
+        Some(v) => v.integer(0, 16, false)?,
+    };
+    Ok(HttpsListenerSettings {
+        http,
+        versions,
+        cipher_list: strings(table, "cipher_list")?,
+        cipher_suites: strings(table, "cipher_suites")?,
+        signature_algorithms: strings(table, "signature_algorithms")?,
+        groups_list: strings(table, "groups_list")?,
+        certificate,
+        certificate_chain,
+        key,
+        send_tls13_tickets,
+        alpn_protocols: strings(table, "alpn_protocols")?,
+    })
+}
+
+fn parse_listener(
+    item: &ValueReader<'_>,
+    config: &Config,
+    base_dir: &Path,
+) -> Result<ListenerConfig, ConfigError> {
     let mut table = item.table()?;
     let protocol = table
         .require("protocol")?
@@ -509,8 +591,8 @@ fn parse_listener(item: &ValueReader<'_>, config: &Config) -> Result<ListenerCon
                 request_timeout,
             };
             if protocol == "https" {
-                tracing::warn!(key = %table.path(), %address, "HTTPS listeners are accepted but not served yet");
-                ListenerConfig::Https(settings)
+                tracing::warn!(key = %table.path(), %address, "HTTPS listeners are accepted into the state but not served yet");
+                ListenerConfig::Https(Box::new(parse_https(&mut table, settings, base_dir)?))
             } else {
                 ListenerConfig::Http(settings)
             }
@@ -555,6 +637,7 @@ fn parse_cluster(
     id: &str,
     value: &ValueReader<'_>,
     index: &Index,
+    base_dir: &Path,
 ) -> Result<ClusterConfig, ConfigError> {
     if id.is_empty() {
         return Err(value.invalid("a table under a non-empty cluster id"));
@@ -607,7 +690,7 @@ fn parse_cluster(
 
     let mut frontends = Vec::with_capacity(frontend_items.len());
     for (item, address) in frontend_items.iter().zip(&frontend_addresses) {
-        frontends.push(parse_frontend(item, *address, protocol, index)?);
+        frontends.push(parse_frontend(item, *address, protocol, index, base_dir)?);
     }
 
     let mut backends: Vec<BackendConfig> = Vec::new();
@@ -663,6 +746,7 @@ fn parse_frontend(
     address: SocketAddr,
     protocol: ClusterProtocol,
     index: &Index,
+    base_dir: &Path,
 ) -> Result<FrontendConfig, ConfigError> {
     let mut table = item.table()?;
     let address_value = table.require("address")?;
@@ -739,8 +823,14 @@ fn parse_frontend(
         }
         None => BTreeMap::new(),
     };
+    let certificate = if protocol == ClusterProtocol::Http && index.has(address, KIND_HTTPS) {
+        parse_frontend_certificate(&mut table, base_dir)?
+    } else {
+        None
+    };
     table.finish(IGNORED_FRONTEND)?;
     Ok(FrontendConfig {
+        certificate,
         address,
         hostname,
         path_kind,
@@ -896,4 +986,48 @@ fn parse_health(value: &ValueReader<'_>) -> Result<UdpHealthSettings, ConfigErro
         probe_interval,
         probe_timeout,
     })
+}
+
+/// An HTTPS frontend's `certificate`, `key` and `certificate_chain` files
+/// (the first two together, or neither).
+fn parse_frontend_certificate(
+    table: &mut TableReader<'_>,
+    base_dir: &Path,
+) -> Result<Option<FrontendCertificate>, ConfigError> {
+    let certificate_value = table.get("certificate");
+    let key_value = table.get("key");
+    let chain = opt(table, "certificate_chain", |v| pem_file(v, base_dir))?;
+    let versions = match table.get("tls_versions") {
+        None => Vec::new(),
+        Some(v) => v
+            .array()?
+            .iter()
+            .map(tls_version)
+            .collect::<Result<_, _>>()?,
+    };
+    match (certificate_value, key_value) {
+        (None, None) => {
+            if chain.is_some() || !versions.is_empty() {
+                return Err(ConfigError::MissingKey {
+                    key: super::reader::join(table.path(), "certificate"),
+                    at: table.location(),
+                });
+            }
+            Ok(None)
+        }
+        (Some(certificate), Some(key)) => Ok(Some(FrontendCertificate {
+            certificate: pem_file(&certificate, base_dir)?,
+            certificate_chain: chain.into_iter().collect(),
+            key: pem_file(&key, base_dir)?,
+            versions,
+        })),
+        (Some(_), None) => Err(ConfigError::MissingKey {
+            key: super::reader::join(table.path(), "key"),
+            at: table.location(),
+        }),
+        (None, Some(_)) => Err(ConfigError::MissingKey {
+            key: super::reader::join(table.path(), "certificate"),
+            at: table.location(),
+        }),
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::command::request::RequestType;
-use crate::command::{ProxyProtocolConfig, Request, RulePosition};
+use crate::command::{ProxyProtocolConfig, Request, RulePosition, TlsVersion};
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_str(text, Path::new("test.toml"))
@@ -285,6 +285,7 @@ fn cluster_backend_and_udp_defaults() {
             path: String::new(),
             method: None,
             tags: Default::default(),
+            certificate: None,
         }]
     );
     let ids: Vec<&str> = dns.backends.iter().map(|b| b.backend_id.as_str()).collect();
@@ -714,6 +715,9 @@ fn kind(order: &Request) -> &'static str {
         RequestType::AddUdpFrontend(_) => "add_udp_frontend",
         RequestType::AddTcpFrontend(_) => "add_tcp_frontend",
         RequestType::AddHttpFrontend(_) => "add_http_frontend",
+        RequestType::AddHttpsListener(_) => "add_https_listener",
+        RequestType::AddHttpsFrontend(_) => "add_https_frontend",
+        RequestType::AddCertificate(_) => "add_certificate",
         RequestType::AddBackend(_) => "add_backend",
         RequestType::ActivateListener(_) => "activate_listener",
         other => panic!("unexpected order {other:?}"),
@@ -904,25 +908,76 @@ fn no_activation_orders_when_activate_listeners_is_false() {
 }
 
 #[test]
-fn https_listeners_are_parsed_but_generate_no_order() {
-    let c = load(
+fn https_listeners_and_frontend_certificates_become_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |names: &[&str], stem: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        cert.pem()
+    };
+    let default_pem = pem(&["default.example.com"], "default");
+    let site_pem = pem(&["example.com"], "site");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
         r#"
 [[listeners]]
 protocol = "https"
 address = "127.0.0.1:8443"
-certificate = "cert.pem"
-key = "key.pem"
+certificate = "default.pem"
+key = "default.key"
+tls_versions = ["TLS_V12", "TLS_V1_3"]
+cipher_list = ["ECDHE-ECDSA-AES128-GCM-SHA256"]
+send_tls13_tickets = 2
 
 [clusters.secure]
 protocol = "http"
-frontends = [{ address = "127.0.0.1:8443", hostname = "example.com", certificate = "cert.pem" }]
+frontends = [{ address = "127.0.0.1:8443", hostname = "example.com", certificate = "site.pem", key = "site.key" }]
 backends = [{ address = "127.0.0.1:9101" }]
 "#,
     )
     .unwrap();
-    assert!(matches!(c.listeners[0], ListenerConfig::Https(_)));
-    let kinds: Vec<&str> = c.generate_orders().iter().map(kind).collect();
-    assert_eq!(kinds, ["add_cluster", "add_backend"]);
+    let c = Config::load_from_path(&path).unwrap();
+    let ListenerConfig::Https(listener) = &c.listeners[0] else {
+        panic!("an HTTPS listener: {:?}", c.listeners[0]);
+    };
+    assert_eq!(listener.certificate.as_deref(), Some(default_pem.as_str()));
+    assert_eq!(listener.versions, [TlsVersion::TlsV12, TlsVersion::TlsV13]);
+    assert_eq!(listener.send_tls13_tickets, 2);
+    let orders = c.generate_orders();
+    let kinds: Vec<&str> = orders.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "add_https_listener",
+            "add_certificate",
+            "add_cluster",
+            "add_https_frontend",
+            "add_backend",
+            "activate_listener"
+        ]
+    );
+    let Some(RequestType::AddCertificate(add)) = &orders[1].request_type else {
+        unreachable!()
+    };
+    assert_eq!(add.certificate.certificate, site_pem);
+    let state = crate::state::ConfigState::from_requests(&orders).expect("the state takes them");
+    assert_eq!(state.certificates().count(), 1);
+    assert_eq!(state.https_frontends().count(), 1);
+
+    // A missing key file is an error naming the key and the file.
+    std::fs::remove_file(dir.path().join("default.key")).unwrap();
+    let error = Config::load_from_path(&path).unwrap_err().to_string();
+    assert!(
+        error.starts_with("listeners[0].key: cannot read"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -15,9 +15,11 @@ use std::net::SocketAddr;
 
 use crate::command::request::RequestType;
 use crate::command::{
-    ActivateListener, DeactivateListener, HttpListenerConfig, RemoveBackend, RemoveListener,
-    Request, SocketAddress, TcpListenerConfig, UdpListenerConfig,
+    ActivateListener, DeactivateListener, HttpListenerConfig, HttpsListenerConfig, RemoveBackend,
+    RemoveCertificate, RemoveListener, Request, SocketAddress, TcpListenerConfig,
+    UdpListenerConfig,
 };
+use crate::state::https::https_patch;
 use crate::state::listeners::{http_patch, tcp_patch, udp_patch};
 use crate::state::{ConfigState, ListenerKind};
 
@@ -121,9 +123,35 @@ impl ConfigState {
         let http = ListenerPlan::new(&self.http_listeners, &other.http_listeners, |o, n| {
             http_patch(o, n).is_some()
         });
+        let https = ListenerPlan::new(&self.https_listeners, &other.https_listeners, |o, n| {
+            https_patch(o, n).is_some()
+        });
         let mut orders = Vec::new();
 
-        // 1. Frontends that change, vanish, or sit on a listener going away.
+        // 1. Frontends that change, vanish, or sit on a listener going away
+        // (certificates too).
+        for (route, frontend) in &self.https_frontends {
+            if https.is_removed(&route.address)
+                || other.https_frontends.get(route) != Some(frontend)
+            {
+                orders.push(order(RequestType::RemoveHttpsFrontend(frontend.clone())));
+            }
+        }
+        for (address, fingerprint, _, _) in self.certificates() {
+            let kept = !https.is_removed(&address)
+                && other
+                    .certificates_of(&address)
+                    .and_then(|c| c.get(&fingerprint))
+                    == self
+                        .certificates_of(&address)
+                        .and_then(|c| c.get(&fingerprint));
+            if !kept {
+                orders.push(order(RequestType::RemoveCertificate(RemoveCertificate {
+                    address: address.into(),
+                    fingerprint: fingerprint.to_string(),
+                })));
+            }
+        }
         for (address, frontend) in &self.udp_frontends {
             if udp.is_removed(address) || other.udp_frontends.get(address) != Some(frontend) {
                 orders.push(order(RequestType::RemoveUdpFrontend(frontend.clone())));
@@ -171,6 +199,7 @@ impl ConfigState {
             (ListenerKind::Udp, &udp),
             (ListenerKind::Tcp, &tcp),
             (ListenerKind::Http, &http),
+            (ListenerKind::Https, &https),
         ] {
             orders.extend(plan.removed.iter().map(|a| remove_listener(kind, *a)));
         }
@@ -225,6 +254,38 @@ impl ConfigState {
             }
         }
 
+        for address in &https.added {
+            let mut listener = other.https_listeners[address].clone();
+            listener.active = false;
+            orders.push(order(RequestType::AddHttpsListener(listener)));
+        }
+        for address in &https.kept {
+            let (old, new) = (
+                &self.https_listeners[address],
+                &other.https_listeners[address],
+            );
+            let mut unchanged = old.clone();
+            unchanged.active = new.active;
+            if unchanged != *new {
+                if let Some(patch) = https_patch(old, new) {
+                    orders.push(order(RequestType::UpdateHttpsListener(patch)));
+                }
+            }
+        }
+        // 5b. Certificates added, changed, or put back on a replaced listener.
+        for (address, fingerprint, _, add) in other.certificates() {
+            let present = !https.is_removed(&address)
+                && self
+                    .certificates_of(&address)
+                    .and_then(|c| c.get(&fingerprint))
+                    == other
+                        .certificates_of(&address)
+                        .and_then(|c| c.get(&fingerprint));
+            if !present {
+                orders.push(order(RequestType::AddCertificate(add.clone())));
+            }
+        }
+
         // 6. Clusters added or reconfigured (add_cluster replaces).
         for (cluster_id, cluster) in &other.clusters {
             if self.clusters.get(cluster_id) != Some(cluster) {
@@ -249,6 +310,13 @@ impl ConfigState {
             }
         }
 
+        for (route, frontend) in &other.https_frontends {
+            if https.is_removed(&route.address) || self.https_frontends.get(route) != Some(frontend)
+            {
+                orders.push(order(RequestType::AddHttpsFrontend(frontend.clone())));
+            }
+        }
+
         // 8. Backends added or changed.
         for (cluster_id, backends) in &other.backends {
             for (backend_id, backend) in backends {
@@ -268,6 +336,7 @@ impl ConfigState {
         let udp_active = |l: &UdpListenerConfig| l.active;
         let tcp_active = |l: &TcpListenerConfig| l.active;
         let http_active = |l: &HttpListenerConfig| l.active;
+        let https_active = |l: &HttpsListenerConfig| l.active;
         activations(
             ListenerKind::Udp,
             &udp,
@@ -290,6 +359,14 @@ impl ConfigState {
             &self.http_listeners,
             &other.http_listeners,
             http_active,
+            &mut orders,
+        );
+        activations(
+            ListenerKind::Https,
+            &https,
+            &self.https_listeners,
+            &other.https_listeners,
+            https_active,
             &mut orders,
         );
         orders

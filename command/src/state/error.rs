@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::certificate::CertificateError;
 use crate::command::ListenerType;
 use crate::proto::convert::AddressError;
 
@@ -15,6 +16,8 @@ use crate::proto::convert::AddressError;
 pub enum ListenerKind {
     /// HTTP/1.1 listener.
     Http,
+    /// HTTPS listener (TLS, then HTTP/1.1).
+    Https,
     /// TCP byte-relay listener.
     Tcp,
     /// UDP load-balancing listener.
@@ -26,6 +29,7 @@ impl ListenerKind {
     pub fn to_wire(self) -> ListenerType {
         match self {
             ListenerKind::Http => ListenerType::Http,
+            ListenerKind::Https => ListenerType::Https,
             ListenerKind::Tcp => ListenerType::Tcp,
             ListenerKind::Udp => ListenerType::Udp,
         }
@@ -37,15 +41,11 @@ impl ListenerKind {
             Ok(ListenerType::Http) => Ok(ListenerKind::Http),
             Ok(ListenerType::Tcp) => Ok(ListenerKind::Tcp),
             Ok(ListenerType::Udp) => Ok(ListenerKind::Udp),
-            Ok(ListenerType::Https) => Err(StateError::InvalidValue {
-                field,
-                value: "HTTPS".to_owned(),
-                reason: "HTTPS listeners are not supported",
-            }),
+            Ok(ListenerType::Https) => Ok(ListenerKind::Https),
             Err(_) => Err(StateError::InvalidValue {
                 field,
                 value: value.to_string(),
-                reason: "not a listener type (HTTP, TCP or UDP)",
+                reason: "not a listener type (HTTP, HTTPS, TCP or UDP)",
             }),
         }
     }
@@ -151,6 +151,19 @@ pub enum StateError {
         address: SocketAddr,
         /// The route (hostname, path, method).
         route: String,
+    },
+    /// The certificate or its key does not decode.
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// No certificate with this fingerprint on the HTTPS listener.
+    #[error("{field}: no certificate {fingerprint} on the HTTPS listener at {address}")]
+    CertificateNotFound {
+        /// The order's field that names the certificate.
+        field: &'static str,
+        /// The HTTPS listener's address.
+        address: SocketAddr,
+        /// The fingerprint looked for.
+        fingerprint: String,
     },
     /// No HTTP frontend with this route (and cluster) on the listener.
     #[error("hostname: no HTTP frontend at {address} routes {route} to {cluster}")]

@@ -33,7 +33,7 @@ pub struct HttpRoute {
 }
 
 impl HttpRoute {
-    fn of(address: SocketAddr, frontend: &RequestHttpFrontend) -> Self {
+    pub(super) fn of(address: SocketAddr, frontend: &RequestHttpFrontend) -> Self {
         HttpRoute {
             address,
             hostname: frontend.hostname.clone(),
@@ -57,7 +57,9 @@ impl fmt::Display for HttpRoute {
     }
 }
 
-fn check_http_frontend(frontend: &RequestHttpFrontend) -> Result<SocketAddr, StateError> {
+pub(super) fn check_http_frontend(
+    frontend: &RequestHttpFrontend,
+) -> Result<SocketAddr, StateError> {
     let address = validation::address("address", &frontend.address)?;
     if let Some(cluster_id) = &frontend.cluster_id {
         validation::id("cluster_id", cluster_id)?;

@@ -256,6 +256,7 @@ impl ConfigState {
             ListenerKind::Udp => self.udp_listeners.contains_key(address),
             ListenerKind::Tcp => self.tcp_listeners.contains_key(address),
             ListenerKind::Http => self.http_listeners.contains_key(address),
+            ListenerKind::Https => self.https_listeners.contains_key(address),
         }
     }
 
@@ -374,6 +375,7 @@ impl ConfigState {
                 self.http_frontends
                     .retain(|route, _| route.address != address);
             }
+            ListenerKind::Https => self.remove_https_listener(address),
         }
         Ok(())
     }
@@ -405,6 +407,10 @@ impl ConfigState {
             ListenerKind::Udp => self.udp_listeners.get_mut(&address).map(|l| &mut l.active),
             ListenerKind::Tcp => self.tcp_listeners.get_mut(&address).map(|l| &mut l.active),
             ListenerKind::Http => self.http_listeners.get_mut(&address).map(|l| &mut l.active),
+            ListenerKind::Https => self
+                .https_listeners
+                .get_mut(&address)
+                .map(|l| &mut l.active),
         };
         let flag = flag.ok_or(StateError::ListenerNotFound { kind, address })?;
         *flag = active;

@@ -8,7 +8,8 @@
 //! an order after their state accepted it.
 //!
 //! One file per object kind ([`listeners`], [`clusters`], [`backends`],
-//! [`frontends`]); [`diff`] turns one state into another (for `reload`) and
+//! [`frontends`], [`https`] for HTTPS listeners, frontends and
+//! certificates); [`diff`] turns one state into another (for `reload`) and
 //! rebuilds a state from empty; [`queries`] answers the list / query orders.
 //!
 //! Consistency kept by every order: a frontend always has its listener and
@@ -21,10 +22,13 @@ mod diff;
 mod error;
 pub mod file;
 mod frontends;
+mod https;
 mod listeners;
 mod queries;
 mod validation;
 
+#[cfg(test)]
+mod https_tests;
 #[cfg(test)]
 mod property_tests;
 #[cfg(test)]
@@ -33,10 +37,11 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::certificate::Fingerprint;
 use crate::command::request::RequestType;
 use crate::command::{
-    AddBackend, Cluster, HttpListenerConfig, Request, RequestHttpFrontend, RequestTcpFrontend,
-    RequestUdpFrontend, TcpListenerConfig, UdpListenerConfig,
+    AddBackend, Cluster, HttpListenerConfig, HttpsListenerConfig, Request, RequestHttpFrontend,
+    RequestTcpFrontend, RequestUdpFrontend, TcpListenerConfig, UdpListenerConfig,
 };
 
 pub use error::{ListenerKind, StateError};
@@ -87,6 +92,11 @@ pub struct ConfigState {
     /// TCP listener address → its one frontend.
     tcp_frontends: BTreeMap<SocketAddr, RequestTcpFrontend>,
     http_frontends: BTreeMap<HttpRoute, RequestHttpFrontend>,
+    https_listeners: BTreeMap<SocketAddr, HttpsListenerConfig>,
+    https_frontends: BTreeMap<HttpRoute, RequestHttpFrontend>,
+    /// HTTPS listener address → fingerprint → certificate; a listener
+    /// without certificates has no entry.
+    certificates: BTreeMap<SocketAddr, BTreeMap<Fingerprint, https::StoredCertificate>>,
 }
 
 impl ConfigState {
@@ -126,6 +136,13 @@ impl ConfigState {
             RequestType::RemoveTcpFrontend(f) => self.remove_tcp_frontend(f),
             RequestType::AddHttpFrontend(f) => self.add_http_frontend(f),
             RequestType::RemoveHttpFrontend(f) => self.remove_http_frontend(f),
+            RequestType::AddHttpsListener(c) => self.add_https_listener(c),
+            RequestType::UpdateHttpsListener(u) => self.update_https_listener(u),
+            RequestType::AddHttpsFrontend(f) => self.add_https_frontend(f),
+            RequestType::RemoveHttpsFrontend(f) => self.remove_https_frontend(f),
+            RequestType::AddCertificate(c) => self.add_certificate(c),
+            RequestType::ReplaceCertificate(c) => self.replace_certificate(c),
+            RequestType::RemoveCertificate(c) => self.remove_certificate(c),
             RequestType::SaveState(_)
             | RequestType::LoadState(_)
             | RequestType::ListWorkers(_)
@@ -147,16 +164,10 @@ impl ConfigState {
             | RequestType::AdoptFlows(_)
             | RequestType::CheckState(_) => return Ok(DispatchOutcome::NotAStateChange),
             // Sōzu 2.1 orders this proxy answers without a state change, or
-            // refuses by name (HTTPS, certificates, HTTP health checks…; see
-            // doc/protocol.md): the master decides, the state is untouched.
+            // refuses by name (HTTP health checks…; see doc/protocol.md):
+            // the master decides, the state is untouched.
             RequestType::LaunchWorker(_)
             | RequestType::SubscribeEvents(_)
-            | RequestType::AddHttpsFrontend(_)
-            | RequestType::RemoveHttpsFrontend(_)
-            | RequestType::AddCertificate(_)
-            | RequestType::ReplaceCertificate(_)
-            | RequestType::RemoveCertificate(_)
-            | RequestType::AddHttpsListener(_)
             | RequestType::QueryClustersByDomain(_)
             | RequestType::QueryClustersHashes(_)
             | RequestType::ConfigureMetrics(_)
@@ -164,7 +175,6 @@ impl ConfigState {
             | RequestType::QueryCertificatesFromTheState(_)
             | RequestType::QueryCertificatesFromWorkers(_)
             | RequestType::CountRequests(_)
-            | RequestType::UpdateHttpsListener(_)
             | RequestType::SetMaxConnectionsPerIp(_)
             | RequestType::QueryMaxConnectionsPerIp(_)
             | RequestType::SetHealthCheck(_)
@@ -252,6 +262,19 @@ impl ConfigState {
                     .as_ref()
                     .is_none_or(|id| self.clusters.contains_key(id)),
                 "an HTTP frontend has its cluster"
+            );
+        }
+        for (route, frontend) in &self.https_frontends {
+            assert!(
+                keyed_by(&route.address, &frontend.address)
+                    && self.https_listeners.contains_key(&route.address),
+                "an HTTPS frontend is keyed by its address and has its listener"
+            );
+        }
+        for (address, certificates) in &self.certificates {
+            assert!(
+                self.https_listeners.contains_key(address) && !certificates.is_empty(),
+                "certificates have their HTTPS listener, and no listener has an empty map"
             );
         }
         for (cluster_id, backends) in &self.backends {

@@ -29,7 +29,11 @@ impl ConfigState {
                 .iter()
                 .map(|(addr, l)| (addr.to_string(), l.clone()))
                 .collect(),
-            https_listeners: Default::default(),
+            https_listeners: self
+                .https_listeners
+                .iter()
+                .map(|(addr, l)| (addr.to_string(), l.clone()))
+                .collect(),
             tcp_listeners: self
                 .tcp_listeners
                 .iter()
@@ -60,6 +64,14 @@ impl ConfigState {
                 .cloned()
                 .collect();
         }
+        if filter.https || list_all {
+            listed.https_frontends = self
+                .https_frontends
+                .values()
+                .filter(|f| domain.is_none_or(|d| f.hostname.contains(d)))
+                .cloned()
+                .collect();
+        }
         if (filter.tcp || list_all) && domain.is_none() {
             listed.tcp_frontends = self.tcp_frontends.values().cloned().collect();
         }
@@ -80,7 +92,12 @@ impl ConfigState {
                 .filter(|f| f.cluster_id.as_deref() == Some(cluster_id))
                 .cloned()
                 .collect(),
-            https_frontends: Vec::new(),
+            https_frontends: self
+                .https_frontends
+                .values()
+                .filter(|f| f.cluster_id.as_deref() == Some(cluster_id))
+                .cloned()
+                .collect(),
             tcp_frontends: self
                 .tcp_frontends
                 .values()

@@ -168,7 +168,11 @@ pub(super) fn apply_all(orders: &[Request]) -> ConfigState {
 
 /// Dispatches an order that must be refused; checks the state did not change
 /// and the message names every `fragment`.
-fn assert_refused(state: &mut ConfigState, request: Request, fragments: &[&str]) -> StateError {
+pub(super) fn assert_refused(
+    state: &mut ConfigState,
+    request: Request,
+    fragments: &[&str],
+) -> StateError {
     let before = state.clone();
     let error = state
         .dispatch(&request)
@@ -576,7 +580,7 @@ fn orders_on_a_missing_listener_are_refused() {
     assert_refused(
         &mut state,
         listener_order(ListenerType::Https, "127.0.0.1:53", "activate"),
-        &["proxy", "HTTPS"],
+        &["HTTPS", "127.0.0.1:53"],
     );
     let mut bad_kind = listener_order(ListenerType::Tcp, "127.0.0.1:53", "remove");
     if let Some(RequestType::RemoveListener(r)) = &mut bad_kind.request_type {

@@ -178,6 +178,9 @@ pub struct Server {
     udp: UdpShell,
     /// TCP and HTTP proxies (`streams.rs`).
     streams: Streams,
+    /// HTTPS listeners' TLS side (certificates, rustls configs), kept from
+    /// the orders; not served yet.
+    tls: crate::tls::TlsListeners,
     statsd: Option<(StatsdSink, Duration, Option<Instant>)>,
     still_readable: Vec<Token>,
     retry: Vec<Token>,
@@ -267,6 +270,7 @@ impl Server {
             health: HealthChecker::new(),
             udp,
             streams,
+            tls: crate::tls::TlsListeners::new(),
             statsd,
             still_readable: Vec::new(),
             retry: Vec::new(),

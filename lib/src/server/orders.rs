@@ -10,9 +10,11 @@
 //!
 //! Sōzu's `Logging` changes the worker's log filter through the hook the
 //! process gave ([`LogLevelHook`]); `configure_metrics` acts on the
-//! worker's metrics registry. Sōzu orders a worker does not serve (HTTPS,
-//! certificates, health-check and metric-detail orders…) are answered
-//! FAILURE by name.
+//! worker's metrics registry. HTTPS listener, frontend and certificate
+//! orders go to the state and to the TLS listeners (`crate::tls`), which keep
+//! the certificate stores live; `query_certificates_from_workers` answers
+//! from the worker's state. Sōzu orders a worker does not serve
+//! (health-check and metric-detail orders…) are answered FAILURE by name.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -197,19 +199,19 @@ impl Server {
                     self.answer(&id, ResponseStatus::Failure, &message, None);
                 }
             },
+            RequestType::QueryCertificatesFromWorkers(filters) => {
+                let content = ResponseContent {
+                    content_type: Some(ContentType::CertificatesByAddress(
+                        self.state.certificates_by_address(filters),
+                    )),
+                };
+                self.answer(&id, ResponseStatus::Ok, "", Some(content));
+            }
             RequestType::LaunchWorker(_)
             | RequestType::SubscribeEvents(_)
-            | RequestType::AddHttpsFrontend(_)
-            | RequestType::RemoveHttpsFrontend(_)
-            | RequestType::AddCertificate(_)
-            | RequestType::ReplaceCertificate(_)
-            | RequestType::RemoveCertificate(_)
-            | RequestType::AddHttpsListener(_)
-            | RequestType::UpdateHttpsListener(_)
             | RequestType::QueryClustersByDomain(_)
             | RequestType::QueryClustersHashes(_)
             | RequestType::QueryCertificatesFromTheState(_)
-            | RequestType::QueryCertificatesFromWorkers(_)
             | RequestType::CountRequests(_)
             | RequestType::SetMaxConnectionsPerIp(_)
             | RequestType::QueryMaxConnectionsPerIp(_)
@@ -264,12 +266,18 @@ impl Server {
         };
         // UDP first (it also configures the shared backends), then the
         // TCP / HTTP proxies (`streams.rs`).
-        let applied: Result<(), Box<dyn std::error::Error>> = match self.apply(now, request_type) {
-            Ok(()) => self
-                .apply_stream_order(now, request_type)
-                .map_err(Into::into),
-            Err(error) => Err(error.into()),
-        };
+        // TLS first: it only loads and checks until it succeeds, so a
+        // refusal there leaves nothing to undo.
+        let applied: Result<(), Box<dyn std::error::Error>> =
+            match self.tls.apply(request_type, &self.state) {
+                Err(error) => Err(error.into()),
+                Ok(()) => match self.apply(now, request_type) {
+                    Ok(()) => self
+                        .apply_stream_order(now, request_type)
+                        .map_err(Into::into),
+                    Err(error) => Err(error.into()),
+                },
+            };
         self.forget_unused_socket(request_type, applied.is_ok());
         match applied {
             Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
