@@ -390,6 +390,13 @@ backends = [{{ address = "{backend}" }}]
     let listeners = sozu.cli_ok(&["--json", "https", "listener", "list"]).json();
     let https = &listeners["content"]["listeners_list"]["https_listeners"];
     assert!(https.get(&listener).is_some(), "{listeners}");
+    // Nothing binds it yet: the table must not read as if it answered.
+    let table = sozu.cli_ok(&["https", "listener", "list"]).stdout;
+    let row = table
+        .lines()
+        .find(|l| l.contains(&listener))
+        .unwrap_or_default();
+    assert!(row.contains("yes (not served)"), "{table}");
     assert_eq!(listed(&sozu), vec![site_fp.clone()]);
     assert_eq!(
         listed_by_workers(&sozu, 2),
