@@ -10,7 +10,6 @@ pub mod listen_socket;
 pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;
-pub mod proxy_protocol;
 pub mod server;
 pub mod tcp;
 pub mod udp;

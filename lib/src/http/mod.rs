@@ -13,10 +13,7 @@
 
 pub mod access;
 pub mod answers;
-pub mod body;
-pub mod head;
 pub mod metrics;
-pub mod router;
 pub mod session;
 
 use std::collections::HashMap;
@@ -41,7 +38,7 @@ use crate::tcp::socket::{self, Side};
 use crate::tcp::{seconds, DEFAULT_BUFFER_SIZE};
 
 use metrics::{HttpHandleCache, HttpHandles};
-pub use router::{RouteError, RouteTarget, Router};
+pub use crate::protocol::http::router::{RouteError, RouteTarget, Router};
 use session::{Env, HttpTimeouts, Phase, Session, SessionEnd};
 
 /// What an HTTP token stands for.

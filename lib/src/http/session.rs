@@ -20,7 +20,7 @@ use sozu_command_lib::command::ProxyProtocolConfig;
 
 use crate::backends::{BackendId, ClusterId};
 use crate::load_balancing::stable_hash;
-use crate::proxy_protocol::{self, StreamProxyHeader};
+use crate::protocol::proxy_protocol::{self, StreamProxyHeader};
 use crate::tcp::buffer::Buffer;
 use crate::tcp::context::ProxyContext;
 use crate::tcp::deadlines::ArmedTimer;
@@ -33,10 +33,10 @@ use crate::tcp::socket::{
 
 use super::access::HttpAccessRecord;
 use super::answers::default_answer;
-use super::body::BodyTracker;
-use super::head::{self, ForwardInfo};
+use crate::protocol::http::body::BodyTracker;
+use crate::protocol::http::head::{self, ForwardInfo};
 use super::metrics::{HttpHandleCache, HttpHandles};
-use super::router::{RouteTarget, Router};
+use crate::protocol::http::router::{RouteTarget, Router};
 use super::{ClusterKnobs, HttpToken};
 
 mod exchange;

@@ -39,7 +39,7 @@ use sozu_command_lib::proto::convert::AddressError;
 
 use crate::backends::ClusterId;
 use crate::load_balancing::stable_hash;
-use crate::proxy_protocol::StreamProxyHeader;
+use crate::protocol::proxy_protocol::StreamProxyHeader;
 
 use access::{SessionCloseReason, TcpAccessRecord};
 use buffer::Buffer;

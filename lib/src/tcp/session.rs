@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backends::{BackendId, ClusterId};
-use crate::proxy_protocol::{self, ReceivedHeader};
+use crate::protocol::proxy_protocol::{self, ReceivedHeader};
 
 use super::access::SessionCloseReason;
 use super::buffer::Buffer;

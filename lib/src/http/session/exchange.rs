@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::tcp::socket::ReadOutcome;
 
 use super::super::access::HttpAccessRecord;
-use super::super::body::BodyTracker;
-use super::super::head;
+use crate::protocol::http::body::BodyTracker;
+use crate::protocol::http::head;
 use super::{Env, Phase, ResponseState, Session, SessionEnd};
 
 impl Session {
