@@ -11,5 +11,6 @@ pub mod load_balancing;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod stream;
 pub mod tcp;
 pub mod udp;

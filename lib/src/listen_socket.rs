@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::tcp::socket::LISTEN_BACKLOG;
+use crate::stream::socket::LISTEN_BACKLOG;
 use crate::udp::socket::ListenerSocketOptions;
 
 /// Why a listening socket could not be bound.

@@ -42,6 +42,12 @@ use crate::command::{
 pub use error::{ListenerKind, StateError};
 pub use file::StateFileError;
 pub use frontends::HttpRoute;
+/// The listener patches, shared with the worker so an update order changes a
+/// listener's configuration the same way in the state and in the proxy.
+pub use listeners::{
+    patch_http as patch_http_listener, patch_tcp as patch_tcp_listener,
+    patch_udp as patch_udp_listener,
+};
 
 /// What [`ConfigState::dispatch`] did with an order it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

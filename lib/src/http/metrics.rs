@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
+use crate::metrics::{count, register, time};
 use crate::metrics::{
     MetricHandle, MetricKind, MetricsRegistry, Scope, ScopeHandles, ScopedHandleCache,
 };
-use crate::tcp::metrics::{count, register, time};
 
 /// Metric names of the HTTP proxy.
 pub mod names {

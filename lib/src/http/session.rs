@@ -20,24 +20,24 @@ use sozu_command_lib::command::ProxyProtocolConfig;
 
 use crate::backends::{BackendId, ClusterId};
 use crate::load_balancing::stable_hash;
+use crate::metrics::{count, gauge_add};
 use crate::protocol::proxy_protocol::{self, StreamProxyHeader};
-use crate::tcp::buffer::Buffer;
-use crate::tcp::context::ProxyContext;
-use crate::tcp::deadlines::ArmedTimer;
-use crate::tcp::limit::ConnectionSlot;
-use crate::tcp::metrics::{count, gauge_add};
-use crate::tcp::socket::{
+use crate::stream::buffer::Buffer;
+use crate::stream::context::ProxyContext;
+use crate::stream::deadlines::ArmedTimer;
+use crate::stream::limit::ConnectionSlot;
+use crate::stream::socket::{
     connect_backend, connect_state, ConnectError, ConnectState, ReadOutcome, Side,
     MAX_CONNECT_ATTEMPTS,
 };
 
 use super::access::HttpAccessRecord;
 use super::answers::default_answer;
+use super::metrics::{HttpHandleCache, HttpHandles};
+use super::{ClusterKnobs, HttpToken};
 use crate::protocol::http::body::BodyTracker;
 use crate::protocol::http::head::{self, ForwardInfo};
-use super::metrics::{HttpHandleCache, HttpHandles};
 use crate::protocol::http::router::{RouteTarget, Router};
-use super::{ClusterKnobs, HttpToken};
 
 mod exchange;
 

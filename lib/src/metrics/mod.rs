@@ -14,6 +14,7 @@
 //! them, `CLEAR` sets every counter to zero and empties every time metric
 //! (gauges, being levels, are kept). See [`MetricsRegistry::configure`].
 
+mod handle;
 mod histogram;
 pub mod prometheus;
 mod query;
@@ -33,6 +34,7 @@ use sozu_command_lib::command::MetricsConfiguration;
 
 use crate::backends::{BackendId, ClusterId};
 
+pub use handle::{count, gauge_add, register, time};
 pub use histogram::{Histogram, Summary};
 pub use query::aggregate;
 pub use scoped::{ScopeHandles, ScopedHandleCache};

@@ -241,8 +241,7 @@ impl Server {
         }
         if config.listen_sockets_from_master {
             udp.require_adopted();
-            streams.tcp.require_adopted();
-            streams.http.require_adopted();
+            streams.require_adopted();
         }
         let statsd = match config.statsd {
             Some(s) => match StatsdSink::new(s.address, &s.prefix, s.tagged) {

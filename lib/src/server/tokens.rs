@@ -62,3 +62,21 @@ impl Tokens {
         self.owners.is_empty()
     }
 }
+
+impl From<UdpToken> for TokenOwner {
+    fn from(token: UdpToken) -> Self {
+        TokenOwner::Udp(token)
+    }
+}
+
+impl From<TcpToken> for TokenOwner {
+    fn from(token: TcpToken) -> Self {
+        TokenOwner::Tcp(token)
+    }
+}
+
+impl From<HttpToken> for TokenOwner {
+    fn from(token: HttpToken) -> Self {
+        TokenOwner::Http(token)
+    }
+}

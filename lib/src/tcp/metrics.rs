@@ -9,8 +9,8 @@
 //! shared with HTTP where the fact is the same (`<proto>.connections`…).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use crate::metrics::register;
 use crate::metrics::{
     MetricHandle, MetricKind, MetricsRegistry, Scope, ScopeHandles, ScopedHandleCache,
 };
@@ -42,43 +42,6 @@ pub mod names {
     pub const SESSION_DURATION: &str = "tcp.session.duration";
     /// Time: backend connect time (milliseconds).
     pub const CONNECT_TIME: &str = "tcp.connect.time";
-}
-
-/// Registers a metric, logging (not failing) on a kind clash.
-pub fn register(
-    registry: &mut MetricsRegistry,
-    name: &str,
-    scope: Scope,
-    kind: MetricKind,
-) -> Option<MetricHandle> {
-    match registry.register(name, scope, kind) {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::warn!(%error, "metric not registered");
-            None
-        }
-    }
-}
-
-/// Adds `delta` to an optional counter.
-pub fn count(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, delta: i64) {
-    if let Some(h) = handle {
-        registry.count(h, delta);
-    }
-}
-
-/// Moves an optional gauge.
-pub fn gauge_add(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, delta: i64) {
-    if let Some(h) = handle {
-        registry.gauge_add(h, delta);
-    }
-}
-
-/// Records a duration in an optional time metric.
-pub fn time(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, duration: Duration) {
-    if let Some(h) = handle {
-        registry.record_time(h, duration);
-    }
 }
 
 /// Handles of one TCP listener.

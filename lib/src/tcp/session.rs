@@ -19,11 +19,11 @@ use crate::backends::{BackendId, ClusterId};
 use crate::protocol::proxy_protocol::{self, ReceivedHeader};
 
 use super::access::SessionCloseReason;
-use super::buffer::Buffer;
-use super::deadlines::ArmedTimer;
-use super::limit::ConnectionSlot;
 use super::metrics::RelayHandles;
-use super::socket::{ReadOutcome, Side};
+use crate::stream::buffer::Buffer;
+use crate::stream::deadlines::ArmedTimer;
+use crate::stream::limit::ConnectionSlot;
+use crate::stream::socket::{ReadOutcome, Side};
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
