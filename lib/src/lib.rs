@@ -2,7 +2,7 @@
 //! [`protocol`], their I/O shells, load balancing, backends, metrics and the
 //! worker's event loop.
 
-pub mod access_log;
+pub mod access;
 pub mod backends;
 pub mod health;
 pub mod http;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::load_balancing::{stable_hash, Algorithm, Candidate, LoadBalancingPolicy};
 
-use super::ids::BackendId;
+use crate::protocol::ids::BackendId;
 
 /// Weight of a backend added without `load_balancing_parameters` (Sōzu's
 /// default).

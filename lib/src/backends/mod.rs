@@ -7,7 +7,6 @@
 //! [`BackendMap::set_status`]. Protobuf types appear only at the edge
 //! ([`BackendMap::add_from_order`], [`BackendMap::remove_from_order`]).
 
-mod ids;
 mod list;
 
 #[cfg(test)]
@@ -23,7 +22,7 @@ use sozu_command_lib::proto::weight::effective_weight;
 
 use crate::load_balancing::{mix64, stable_hash, Algorithm};
 
-pub use ids::{BackendId, ClusterId};
+pub use crate::protocol::ids::{BackendId, ClusterId};
 pub use list::{Backend, BackendList, BackendStatus, Upsert, DEFAULT_WEIGHT};
 
 /// A bad backend order.

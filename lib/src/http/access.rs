@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::access_log::ACCESS_TARGET;
+use crate::access::{millis, OrDash, Tags, ACCESS_TARGET};
 use crate::backends::{BackendId, ClusterId};
-use crate::tcp::access::{millis, OrDash, Tags};
 
 /// The access record of one request.
 #[derive(Debug, Clone, Copy)]

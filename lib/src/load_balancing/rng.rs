@@ -4,13 +4,7 @@
 //! It must never read the clock or the OS entropy pool: the seed is injected so
 //! that a policy is reproducible in tests and simulations.
 
-/// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche, used to
-/// turn weak inputs (sequential ids, affinity hashes) into uniform bits.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use crate::protocol::hash::mix64;
 
 /// Stable 64-bit hash of a byte string (FNV-1a then [`mix64`]).
 ///

@@ -20,8 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::backends::{BackendId, BackendMap, ClusterId};
 use crate::load_balancing::mix64;
 
-/// Pending connections the kernel keeps per listener.
-pub const LISTEN_BACKLOG: i32 = 1024;
+pub use crate::listen_socket::LISTEN_BACKLOG;
 /// Connections accepted per listener per wake-up, so one busy listener
 /// cannot starve the others.
 pub const ACCEPT_BUDGET: usize = 64;

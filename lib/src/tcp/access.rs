@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::access_log::ACCESS_TARGET;
+use crate::access::{millis, OrDash, Tags, ACCESS_TARGET};
 use crate::backends::{BackendId, ClusterId};
 
 /// Why a TCP session ended.
@@ -78,38 +78,6 @@ impl fmt::Display for SessionCloseReason {
     }
 }
 
-/// `-` for an absent value.
-pub(crate) struct OrDash<T>(pub(crate) Option<T>);
-
-impl<T: fmt::Display> fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
-    }
-}
-
-/// Tags as `key=value,…`, `-` when none.
-pub(crate) struct Tags<'a>(pub(crate) Option<&'a BTreeMap<String, String>>);
-
-impl fmt::Display for Tags<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(tags) if !tags.is_empty() => {
-                for (i, (k, v)) in tags.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{k}={v}")?;
-                }
-                Ok(())
-            }
-            _ => f.write_str("-"),
-        }
-    }
-}
-
 /// The access record of one closed TCP session. "In" is client → backend.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpAccessRecord<'a> {
@@ -148,9 +116,4 @@ impl TcpAccessRecord<'_> {
             "session closed"
         );
     }
-}
-
-/// Milliseconds, saturating.
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -22,6 +22,7 @@ use std::time::Instant;
 use mio::{Interest, Registry, Token};
 use sozu_command_lib::command::UdpListenerConfig;
 
+use super::access_log::{FlowAccessRecord, FlowCloseReason};
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
 use super::one_way::{OneWayContext, OneWaySockets};
@@ -31,7 +32,6 @@ use super::write_queue::{
     UpstreamSend,
 };
 use super::UdpToken;
-use crate::access_log::{FlowAccessRecord, FlowCloseReason};
 use crate::backends::{BackendId, BackendMap, ClusterId};
 use crate::health::HealthChecker;
 use crate::metrics::{names, MetricsRegistry};
@@ -39,7 +39,7 @@ use crate::protocol::udp::{
     self as core, BackendDecision, ClientDecision, CloseReason, FlowId, MetricEvent, Output,
     UdpFlowManager, Via,
 };
-use crate::server::tokens::{TokenOwner, Tokens};
+use crate::stream::TokenTable;
 
 /// Datagrams read from one socket per wake-up before the loop moves on to
 /// the other sockets (it comes back at once: see `still_readable`).
@@ -58,7 +58,7 @@ pub struct IoContext<'a> {
     /// The poll registry.
     pub registry: &'a Registry,
     /// The token table.
-    pub tokens: &'a mut Tokens,
+    pub tokens: &'a mut dyn TokenTable<UdpToken>,
     /// The metrics registry.
     pub metrics: &'a mut MetricsRegistry,
     /// Backends of every cluster.
@@ -246,9 +246,7 @@ impl UdpListener {
             ctx.still_readable.push(token);
             return Ok(());
         }
-        let token = ctx
-            .tokens
-            .insert(TokenOwner::Udp(UdpToken::Listener(self.id)));
+        let token = ctx.tokens.insert(UdpToken::Listener(self.id));
         let interest = listener_interest(true, !self.overflow.is_empty());
         if let Err(e) = ctx.registry.register(socket, token, interest) {
             ctx.tokens.remove(token);
@@ -983,10 +981,10 @@ impl UdpListener {
     ) {
         let io = self.flows.entry(flow).or_default();
         let opened = self.sources.open(addr).and_then(|mut socket| {
-            let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::Upstream {
+            let token = ctx.tokens.insert(UdpToken::Upstream {
                 listener: self.id,
                 flow,
-            }));
+            });
             // Readable only: writability is asked for while a queue waits.
             match ctx
                 .registry

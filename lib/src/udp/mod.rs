@@ -12,6 +12,7 @@
 //! core's), never read the clock (the loop passes `now`), and never allocate
 //! per datagram on an established flow.
 
+pub mod access_log;
 pub mod budget;
 pub mod listener;
 pub mod metrics;

@@ -26,7 +26,7 @@ use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
 use crate::metrics::MetricsRegistry;
-use crate::server::tokens::{TokenOwner, Tokens};
+use crate::stream::TokenTable;
 
 /// Replies read from one one-way socket per wake-up before the loop moves
 /// on (it comes back: the token goes to `still_readable`).
@@ -226,7 +226,12 @@ impl OneWaySockets {
     }
 
     /// Closes the socket of a removed backend.
-    pub fn forget_backend(&mut self, cluster: &str, backend: &str, tokens: &mut Tokens) {
+    pub fn forget_backend(
+        &mut self,
+        cluster: &str,
+        backend: &str,
+        tokens: &mut dyn TokenTable<UdpToken>,
+    ) {
         if let Some(slot) = self.sockets.iter().find_map(|(slot, e)| {
             (e.cluster.as_str() == cluster && e.backend.as_str() == backend).then_some(slot)
         }) {
@@ -236,7 +241,7 @@ impl OneWaySockets {
 
     /// Closes the sockets of every backend not in `keep` (a cluster removed,
     /// switched to flows, or no longer the listener's).
-    pub fn retain_cluster(&mut self, keep: Option<&str>, tokens: &mut Tokens) {
+    pub fn retain_cluster(&mut self, keep: Option<&str>, tokens: &mut dyn TokenTable<UdpToken>) {
         let doomed: Vec<usize> = self
             .sockets
             .iter()
@@ -249,7 +254,7 @@ impl OneWaySockets {
     }
 
     /// Closes every socket (listener closed, deactivated, hard-stop).
-    pub fn close_all(&mut self, tokens: &mut Tokens) {
+    pub fn close_all(&mut self, tokens: &mut dyn TokenTable<UdpToken>) {
         self.retain_cluster(None, tokens);
     }
 
@@ -271,10 +276,10 @@ impl OneWaySockets {
         let mut socket = sources.open(addr)?;
         let entry = self.sockets.vacant_entry();
         let slot = entry.key();
-        let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::OneWay {
+        let token = ctx.tokens.insert(UdpToken::OneWay {
             listener: self.listener,
             slot,
-        }));
+        });
         if let Err(e) = ctx
             .registry
             .register(&mut socket, token, Interest::READABLE)
@@ -295,7 +300,7 @@ impl OneWaySockets {
         Ok(slot)
     }
 
-    fn close(&mut self, slot: usize, tokens: &mut Tokens) {
+    fn close(&mut self, slot: usize, tokens: &mut dyn TokenTable<UdpToken>) {
         if let Some(entry) = self.sockets.try_remove(slot) {
             // Closing the fd (never duplicated) removes it from the epoll
             // set; a readiness event already fetched finds no owner.
@@ -310,7 +315,7 @@ pub struct OneWayContext<'a> {
     /// The poll registry.
     pub registry: &'a mio::Registry,
     /// The token table.
-    pub tokens: &'a mut Tokens,
+    pub tokens: &'a mut dyn TokenTable<UdpToken>,
     /// The metrics registry.
     pub metrics: &'a mut MetricsRegistry,
     /// Tokens whose socket stopped at the budget before WouldBlock.

@@ -23,13 +23,13 @@ use sozu_command_lib::command::{
 };
 use sozu_command_lib::proto::convert::AddressError;
 
+use super::access_log::FlowCloseReason;
 use super::budget::{FlowPool, Member, Others, PoolLimits};
 use super::listener::{Frontend, IoContext, UdpListener};
 use super::metrics::{backend_health, probe_failed, ListenerMetrics};
 use super::mmsg::RecvBatch;
 use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
-use crate::access_log::FlowCloseReason;
 use crate::backends::{BackendError, BackendStatus, ClusterId};
 use crate::health::probe::{ProbeOutcome, ProbeSocket};
 use crate::health::{HealthConfig, HealthConfigError, HealthEvent, ProbeId};
@@ -38,7 +38,6 @@ use crate::metrics::{names, MetricHandle, MetricKind, Scope};
 use crate::protocol::udp::{
     self as core, AffinityKey, CloseReason, UdpFlowManager, UdpFlowManagerConfig,
 };
-use crate::server::tokens::TokenOwner;
 
 /// Largest `max_rx_datagram_size` accepted: the largest UDP payload.
 pub const MAX_DATAGRAM_SIZE: u32 = sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE;
@@ -717,9 +716,7 @@ impl UdpShell {
         ctx.health.handle_timeout(now);
         while let Some(probe) = ctx.health.poll_probe(now) {
             let opened = ProbeSocket::open(&probe).and_then(|mut socket| {
-                let token = ctx
-                    .tokens
-                    .insert(TokenOwner::Udp(UdpToken::Probe(probe.id)));
+                let token = ctx.tokens.insert(UdpToken::Probe(probe.id));
                 match socket.register(ctx.registry, token) {
                     Ok(()) => Ok((socket, token)),
                     Err(e) => {

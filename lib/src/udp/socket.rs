@@ -14,14 +14,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Options of a listener socket from its `UdpListenerConfig`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ListenerSocketOptions {
-    /// `SO_RCVBUF` in bytes (`None` = kernel default).
-    pub recv_buffer_size: Option<usize>,
-    /// `SO_SNDBUF` in bytes (`None` = kernel default).
-    pub send_buffer_size: Option<usize>,
-}
+pub use crate::listen_socket::ListenerSocketOptions;
 
 /// Binds a non-blocking listener socket at `addr` with `SO_REUSEPORT`, for
 /// a worker run without a master (a master binds the listening sockets

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use sozu_command_lib::command::{PathRuleKind, RequestHttpFrontend};
 
-use crate::backends::ClusterId;
+use crate::protocol::ids::ClusterId;
 
 /// Where a matching request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
