@@ -13,4 +13,5 @@ pub mod protocol;
 pub mod server;
 pub mod stream;
 pub mod tcp;
+pub mod token_table;
 pub mod udp;

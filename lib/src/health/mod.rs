@@ -1,6 +1,7 @@
-//! Backend health: per-cluster probe configuration, the pure probe scheduler
-//! with its rise/fall state ([`HealthChecker`]), and the socket side of one
-//! probe ([`probe`]).
+//! Backend health for every protocol: per-cluster probe configuration, the
+//! pure probe scheduler with its rise/fall state ([`HealthChecker`]), the
+//! socket side of one probe ([`probe`]) and the probes in flight with the
+//! application of the checker's events ([`prober`]).
 //!
 //! The checker never touches sockets or reads the clock (`now` is injected);
 //! [`probe::ProbeSocket`] is its I/O twin. Neither changes backend status
@@ -8,6 +9,7 @@
 
 mod checker;
 pub mod probe;
+pub mod prober;
 
 #[cfg(test)]
 mod tests;

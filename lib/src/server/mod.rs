@@ -29,6 +29,7 @@ use sozu_command_lib::scm::ScmSocket;
 use sozu_command_lib::state::ConfigState;
 
 use crate::backends::BackendMap;
+use crate::health::prober::{ProbeContext, Prober};
 use crate::health::HealthChecker;
 use crate::metrics::statsd::StatsdSink;
 use crate::metrics::MetricsRegistry;
@@ -158,6 +159,20 @@ macro_rules! io_context {
 }
 use io_context;
 
+/// Borrows what the health prober needs from the server.
+macro_rules! probe_context {
+    ($server:expr) => {
+        ProbeContext {
+            registry: $server.poll.registry(),
+            tokens: &mut $server.tokens,
+            health: &mut $server.health,
+            backends: &mut $server.backends,
+            metrics: &mut $server.metrics,
+        }
+    };
+}
+use probe_context;
+
 const CHANNEL_TOKEN: Token = Token(0);
 
 /// Bounds how long the final answer may take to leave before exiting.
@@ -174,6 +189,8 @@ pub struct Server {
     metrics: MetricsRegistry,
     backends: BackendMap,
     health: HealthChecker,
+    /// Health probes in flight, for every protocol's clusters.
+    prober: Prober,
     udp: UdpShell,
     /// TCP and HTTP proxies (`streams.rs`).
     streams: Streams,
@@ -263,6 +280,7 @@ impl Server {
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(config.seed),
             health: HealthChecker::new(),
+            prober: Prober::new(),
             udp,
             streams,
             statsd,
@@ -321,6 +339,10 @@ impl Server {
                     Some(owner @ (TokenOwner::Tcp(_) | TokenOwner::Http(_))) => {
                         self.streams_ready(owner, event, now);
                     }
+                    Some(TokenOwner::Probe(probe)) => {
+                        let mut ctx = probe_context!(self);
+                        self.prober.on_ready(now, probe, &mut ctx);
+                    }
                     None => {} // a socket closed earlier in this batch
                 }
             }
@@ -337,6 +359,7 @@ impl Server {
                 self.udp.flush(&mut ctx);
                 self.udp.on_timeout(now, &mut ctx);
             }
+            self.prober.on_timeout(now, &mut probe_context!(self));
             self.streams_timeout(now);
             if channel_ready {
                 if let Some(exit) = self.on_channel_ready(now)? {
@@ -365,6 +388,7 @@ impl Server {
         let statsd = self.statsd.as_ref().and_then(|(_, _, next)| *next);
         [
             self.udp.next_deadline(),
+            self.prober.next_deadline(),
             self.streams.next_deadline(),
             statsd,
         ]
@@ -406,6 +430,7 @@ impl Server {
                     tracing::error!(%error, "channel to the master closed: stopping");
                     let mut ctx = io_context!(self);
                     self.udp.hard_stop(now, &mut ctx);
+                    self.prober.close_all(&mut probe_context!(self));
                     self.streams_hard_stop(now);
                     return Ok(Some(ServerExit::ChannelClosed));
                 }

@@ -26,7 +26,8 @@ use sozu_command_lib::command::{
 use sozu_command_lib::scm::DEFAULT_MAX_MANIFEST_SIZE;
 use sozu_command_lib::state::{order_name, DispatchOutcome};
 
-use super::{io_context, Server, ServerExit};
+use super::{io_context, probe_context, Server, ServerExit};
+use crate::health::prober::ProbeContext;
 use crate::udp::{IoContext, UdpError};
 
 /// Replaces the process's log filter with the directives given (`debug`,
@@ -98,6 +99,7 @@ impl Server {
             RequestType::HardStop(_) => {
                 let mut ctx = io_context!(self);
                 self.udp.hard_stop(now, &mut ctx);
+                self.prober.close_all(&mut probe_context!(self));
                 self.streams_hard_stop(now);
                 self.answer(
                     &id,
@@ -262,9 +264,20 @@ impl Server {
         // UDP first (it also configures the shared backends), then the
         // TCP / HTTP proxies (`streams.rs`).
         let applied: Result<(), Box<dyn std::error::Error>> = match self.apply(now, request_type) {
-            Ok(()) => self
-                .apply_stream_order(now, request_type)
-                .map_err(Into::into),
+            Ok(()) => {
+                if matches!(
+                    request_type,
+                    RequestType::AddCluster(_)
+                        | RequestType::RemoveCluster(_)
+                        | RequestType::AddBackend(_)
+                        | RequestType::RemoveBackend(_)
+                ) {
+                    // The checker changed: apply what it decided.
+                    self.prober.apply_events(&mut probe_context!(self));
+                }
+                self.apply_stream_order(now, request_type)
+                    .map_err(Into::into)
+            }
             Err(error) => Err(error.into()),
         };
         self.forget_unused_socket(request_type, applied.is_ok());

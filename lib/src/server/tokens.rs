@@ -8,6 +8,7 @@
 use mio::Token;
 use slab::Slab;
 
+use crate::health::ProbeId;
 use crate::http::HttpToken;
 use crate::tcp::TcpToken;
 use crate::udp::UdpToken;
@@ -23,6 +24,8 @@ pub enum TokenOwner {
     Tcp(TcpToken),
     /// A socket of the HTTP proxy (see `streams.rs`).
     Http(HttpToken),
+    /// A health probe's socket (see `crate::health::prober`).
+    Probe(ProbeId),
 }
 
 /// The token table.
@@ -78,5 +81,11 @@ impl From<TcpToken> for TokenOwner {
 impl From<HttpToken> for TokenOwner {
     fn from(token: HttpToken) -> Self {
         TokenOwner::Http(token)
+    }
+}
+
+impl From<ProbeId> for TokenOwner {
+    fn from(probe: ProbeId) -> Self {
+        TokenOwner::Probe(probe)
     }
 }

@@ -39,7 +39,7 @@ use crate::protocol::udp::{
     self as core, BackendDecision, ClientDecision, CloseReason, FlowId, MetricEvent, Output,
     UdpFlowManager, Via,
 };
-use crate::stream::TokenTable;
+use crate::token_table::TokenTable;
 
 /// Datagrams read from one socket per wake-up before the loop moves on to
 /// the other sockets (it comes back at once: see `still_readable`).

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::backends::{BackendId, ClusterId};
+use crate::metrics::register as handle;
 use crate::metrics::{names, MetricHandle, MetricKind, MetricsRegistry, Scope};
 use crate::protocol::udp::DropReason;
 
@@ -74,25 +75,7 @@ pub const BACKEND_REFUSED: &str = "udp.backend.refused";
 /// Flows whose client moved to a new source address (QUIC connection-ID
 /// keys only).
 pub const FLOWS_MIGRATED: &str = "udp.flows.migrated";
-/// Name of the counter of health probes that failed.
-pub const PROBE_FAILED: &str = "udp.health.probe_failed";
-/// Name of the gauge of backends up (1) / down (0).
-pub const BACKEND_UP: &str = "udp.backend.up";
-
-fn handle(
-    registry: &mut MetricsRegistry,
-    name: &str,
-    scope: Scope,
-    kind: MetricKind,
-) -> Option<MetricHandle> {
-    match registry.register(name, scope, kind) {
-        Ok(h) => Some(h),
-        Err(error) => {
-            tracing::warn!(%error, "metric not registered");
-            None
-        }
-    }
-}
+pub use crate::health::prober::{BACKEND_UP, PROBE_FAILED};
 
 /// Counters of one scope that every datagram touches.
 #[derive(Debug, Clone, Copy, Default)]
@@ -374,27 +357,6 @@ pub fn cluster_flow_event(registry: &mut MetricsRegistry, cluster: &str, name: &
         Scope::Cluster(ClusterId::from(cluster)),
         MetricKind::Counter,
     ) {
-        registry.incr(h);
-    }
-}
-
-/// Sets a backend's health gauge (`udp.backend.up`: 1 up, 0 down).
-pub fn backend_health(
-    registry: &mut MetricsRegistry,
-    cluster: &ClusterId,
-    backend: &BackendId,
-    up: bool,
-) {
-    let scope = Scope::Backend(cluster.clone(), backend.clone());
-    if let Some(h) = handle(registry, BACKEND_UP, scope, MetricKind::Gauge) {
-        registry.gauge_set(h, u64::from(up));
-    }
-}
-
-/// Counts a failed health probe of a backend.
-pub fn probe_failed(registry: &mut MetricsRegistry, cluster: &ClusterId, backend: &BackendId) {
-    let scope = Scope::Backend(cluster.clone(), backend.clone());
-    if let Some(h) = handle(registry, PROBE_FAILED, scope, MetricKind::Counter) {
         registry.incr(h);
     }
 }

@@ -28,7 +28,6 @@ mod tests;
 pub use listener::{IoContext, UdpListener, DATAGRAM_BUDGET};
 pub use shell::{UdpError, UdpShell};
 
-use crate::health::ProbeId;
 use crate::protocol::udp::FlowId;
 
 /// What a UDP shell token stands for.
@@ -43,8 +42,6 @@ pub enum UdpToken {
         /// The flow.
         flow: FlowId,
     },
-    /// A health probe socket.
-    Probe(ProbeId),
     /// The one-way socket of one backend of one listener (replies to it
     /// are read and dropped).
     OneWay {

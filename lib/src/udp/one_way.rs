@@ -26,7 +26,7 @@ use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
 use crate::metrics::MetricsRegistry;
-use crate::stream::TokenTable;
+use crate::token_table::TokenTable;
 
 /// Replies read from one one-way socket per wake-up before the loop moves
 /// on (it comes back: the token goes to `still_readable`).

@@ -15,7 +15,6 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use mio::Token;
 use slab::Slab;
 use sozu_command_lib::command::{
     self, AddBackend, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig,
@@ -26,13 +25,13 @@ use sozu_command_lib::proto::convert::AddressError;
 use super::access_log::FlowCloseReason;
 use super::budget::{FlowPool, Member, Others, PoolLimits};
 use super::listener::{Frontend, IoContext, UdpListener};
-use super::metrics::{backend_health, probe_failed, ListenerMetrics};
+use super::metrics::ListenerMetrics;
 use super::mmsg::RecvBatch;
 use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
-use crate::backends::{BackendError, BackendStatus, ClusterId};
-use crate::health::probe::{ProbeOutcome, ProbeSocket};
-use crate::health::{HealthConfig, HealthConfigError, HealthEvent, ProbeId};
+use crate::backends::{BackendError, ClusterId};
+use crate::health::prober::backend_health;
+use crate::health::{HealthConfig, HealthConfigError};
 use crate::load_balancing::Algorithm;
 use crate::metrics::{names, MetricHandle, MetricKind, Scope};
 use crate::protocol::udp::{
@@ -125,21 +124,12 @@ struct ClusterSettings {
     keep_flows_on_backend_removal: bool,
 }
 
-#[derive(Debug)]
-struct ProbeInFlight {
-    socket: ProbeSocket,
-    token: Token,
-    cluster: ClusterId,
-    backend: crate::backends::BackendId,
-}
-
 /// The UDP listeners of a worker and what they need.
 #[derive(Debug)]
 pub struct UdpShell {
     listeners: Slab<UdpListener>,
     by_address: HashMap<SocketAddr, usize>,
     clusters: HashMap<String, ClusterSettings>,
-    probes: HashMap<ProbeId, ProbeInFlight>,
     recv: RecvBatch,
     seed: u64,
     /// Key of every listener's affinity hash: fleet-wide, not per process.
@@ -153,9 +143,6 @@ pub struct UdpShell {
     require_adopted: bool,
     draining: bool,
     buffer_size: usize,
-    /// When the health checker next has work, refreshed after every change
-    /// to it (so the loop does not scan every backend on each wake-up).
-    health_deadline: Option<Instant>,
     /// Backends removed from a `keep_flows_on_backend_removal` cluster,
     /// with their `udp.active_flows` gauge: their metrics stay until their
     /// last flow ends.
@@ -181,7 +168,6 @@ impl UdpShell {
             listeners: Slab::new(),
             by_address: HashMap::new(),
             clusters: HashMap::new(),
-            probes: HashMap::new(),
             recv: RecvBatch::new(1501),
             seed,
             hash_seed: crate::protocol::udp::DEFAULT_HASH_SEED,
@@ -191,7 +177,6 @@ impl UdpShell {
             require_adopted: false,
             draining: false,
             buffer_size,
-            health_deadline: None,
             retired_backends: Vec::new(),
         }
     }
@@ -460,7 +445,6 @@ impl UdpShell {
             }
         }
         self.clusters.insert(id.to_owned(), settings);
-        self.apply_health_events(now, ctx);
         Ok(())
     }
 
@@ -497,7 +481,6 @@ impl UdpShell {
         }
         ctx.metrics
             .remove_scope(&Scope::Cluster(ClusterId::from(cluster_id)));
-        self.apply_health_events(now, ctx);
     }
 
     /// Adds (or updates) a backend and starts probing it.
@@ -523,7 +506,6 @@ impl UdpShell {
         backend_health(ctx.metrics, &cluster, &backend, up);
         self.retired_backends
             .retain(|(c, b, _)| !(*c == cluster && *b == backend));
-        self.apply_health_events(now, ctx);
         Ok(())
     }
 
@@ -565,7 +547,6 @@ impl UdpShell {
                 listener.drain(now, ctx);
             }
         }
-        self.apply_health_events(now, ctx);
         Ok(())
     }
 
@@ -613,12 +594,6 @@ impl UdpShell {
         for (_, listener) in self.listeners.iter_mut() {
             listener.close_all(now, FlowCloseReason::Shutdown, ctx);
         }
-        for (_, mut probe) in self.probes.drain() {
-            if let Err(error) = probe.socket.deregister(ctx.registry) {
-                tracing::debug!(%error, "deregistering a probe");
-            }
-            ctx.tokens.remove(probe.token);
-        }
     }
 
     // ----- event loop -----
@@ -628,7 +603,6 @@ impl UdpShell {
         self.listeners
             .iter()
             .filter_map(|(_, l)| l.manager.poll_timeout())
-            .chain(self.health_deadline)
             .min()
     }
 
@@ -640,11 +614,6 @@ impl UdpShell {
                 listener.drain(now, ctx);
                 listener.flush_returns(ctx);
             }
-        }
-        // Probes go on during soft-stop: live flows still need healthy
-        // backends, and the checker's deadline must move on.
-        if self.health_deadline.is_some_and(|t| t <= now) {
-            self.run_probes(now, ctx);
         }
     }
 
@@ -701,7 +670,6 @@ impl UdpShell {
                     listener.on_upstream_ready(now, flow, readable, writable, ctx);
                 }
             }
-            UdpToken::Probe(probe) => self.on_probe_ready(now, probe, ctx),
             UdpToken::OneWay { listener, slot } => {
                 if let Some(listener) = self.listeners.get_mut(listener) {
                     if readable {
@@ -710,104 +678,6 @@ impl UdpShell {
                 }
             }
         }
-    }
-
-    fn run_probes(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
-        ctx.health.handle_timeout(now);
-        while let Some(probe) = ctx.health.poll_probe(now) {
-            let opened = ProbeSocket::open(&probe).and_then(|mut socket| {
-                let token = ctx.tokens.insert(UdpToken::Probe(probe.id));
-                match socket.register(ctx.registry, token) {
-                    Ok(()) => Ok((socket, token)),
-                    Err(e) => {
-                        ctx.tokens.remove(token);
-                        Err(e)
-                    }
-                }
-            });
-            match opened {
-                Ok((socket, token)) => {
-                    self.probes.insert(
-                        probe.id,
-                        ProbeInFlight {
-                            socket,
-                            token,
-                            cluster: probe.cluster.clone(),
-                            backend: probe.backend.clone(),
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::debug!(cluster = %probe.cluster, backend = %probe.backend, %error, "probe failed at once");
-                    probe_failed(ctx.metrics, &probe.cluster, &probe.backend);
-                    ctx.health.probe_failed(now, probe.id);
-                }
-            }
-        }
-        self.apply_health_events(now, ctx);
-    }
-
-    fn on_probe_ready(&mut self, now: Instant, id: ProbeId, ctx: &mut IoContext<'_>) {
-        let Some(probe) = self.probes.get_mut(&id) else {
-            return;
-        };
-        let Some(outcome) = probe.socket.poll_outcome() else {
-            return;
-        };
-        match outcome {
-            ProbeOutcome::Success => {
-                ctx.health.probe_succeeded(now, id);
-            }
-            ProbeOutcome::Failure(error) => {
-                tracing::debug!(cluster = %probe.cluster, backend = %probe.backend, %error, "probe failed");
-                probe_failed(ctx.metrics, &probe.cluster, &probe.backend);
-                ctx.health.probe_failed(now, id);
-            }
-        }
-        self.close_probe(id, ctx);
-        self.apply_health_events(now, ctx);
-    }
-
-    fn close_probe(&mut self, id: ProbeId, ctx: &mut IoContext<'_>) {
-        if let Some(mut probe) = self.probes.remove(&id) {
-            if let Err(error) = probe.socket.deregister(ctx.registry) {
-                tracing::debug!(%error, "deregistering a probe");
-            }
-            ctx.tokens.remove(probe.token);
-        }
-    }
-
-    fn apply_health_events(&mut self, _now: Instant, ctx: &mut IoContext<'_>) {
-        while let Some(event) = ctx.health.poll_event() {
-            match event {
-                HealthEvent::BackendUp { cluster, backend } => {
-                    ctx.backends
-                        .set_status(cluster.as_str(), backend.as_str(), BackendStatus::Up);
-                    backend_health(ctx.metrics, &cluster, &backend, true);
-                    tracing::info!(%cluster, %backend, "backend up");
-                }
-                HealthEvent::BackendDown { cluster, backend } => {
-                    ctx.backends.set_status(
-                        cluster.as_str(),
-                        backend.as_str(),
-                        BackendStatus::Down,
-                    );
-                    backend_health(ctx.metrics, &cluster, &backend, false);
-                    tracing::warn!(%cluster, %backend, "backend down");
-                }
-                HealthEvent::ProbeAbandoned { probe } => self.close_probe(probe, ctx),
-                HealthEvent::ProbeTimedOut {
-                    probe,
-                    cluster,
-                    backend,
-                } => {
-                    tracing::debug!(%cluster, %backend, "probe timed out");
-                    probe_failed(ctx.metrics, &cluster, &backend);
-                    self.close_probe(probe, ctx);
-                }
-            }
-        }
-        self.health_deadline = ctx.health.poll_timeout();
     }
 
     // ----- queries -----
