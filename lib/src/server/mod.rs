@@ -11,6 +11,7 @@
 //! included), never panic on a peer's bytes or an order, and it reads the
 //! clock once per wake-up and hands `now` down.
 
+mod clusters;
 mod orders;
 mod streams;
 pub mod tokens;

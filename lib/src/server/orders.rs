@@ -294,6 +294,16 @@ impl Server {
 
     /// Carries out an order the state accepted.
     fn apply(&mut self, now: Instant, order: &RequestType) -> Result<(), UdpError> {
+        match order {
+            RequestType::AddCluster(cluster) => return self.set_cluster(now, cluster),
+            RequestType::RemoveCluster(cluster_id) => {
+                self.remove_cluster(now, cluster_id);
+                return Ok(());
+            }
+            RequestType::AddBackend(order) => return self.add_backend(now, order),
+            RequestType::RemoveBackend(order) => return self.remove_backend(now, order),
+            _ => {}
+        }
         let mut ctx = io_context!(self);
         let udp = &mut self.udp;
         match order {
@@ -308,17 +318,9 @@ impl Server {
             RequestType::DeactivateListener(order) if order.proxy() == ListenerType::Udp => {
                 udp.deactivate(now, wire(&order.address)?, &mut ctx)
             }
-            RequestType::AddCluster(cluster) => udp.set_cluster(now, cluster, &mut ctx),
-            RequestType::RemoveCluster(cluster_id) => {
-                udp.remove_cluster(now, cluster_id, &mut ctx);
-                Ok(())
-            }
-            RequestType::AddBackend(order) => udp.add_backend(now, order, &mut ctx),
-            RequestType::RemoveBackend(order) => udp.remove_backend(now, order, &mut ctx),
             RequestType::AddUdpFrontend(frontend) => udp.set_frontend(now, frontend, true),
             RequestType::RemoveUdpFrontend(frontend) => udp.set_frontend(now, frontend, false),
-            // TCP and HTTP proxying come later: their orders live in the
-            // state only for now.
+            // TCP and HTTP orders: `streams.rs`.
             _ => Ok(()),
         }
     }
@@ -442,7 +444,7 @@ impl Server {
     }
 }
 
-fn wire(
+pub(super) fn wire(
     address: &sozu_command_lib::command::SocketAddress,
 ) -> Result<std::net::SocketAddr, UdpError> {
     std::net::SocketAddr::try_from(address).map_err(|source| UdpError::Address {

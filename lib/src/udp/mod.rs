@@ -6,8 +6,7 @@
 //! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream
 //! socket per flow with its own token (one per backend for a one-way
 //! cluster, see [`one_way`]),
-//! `recvmmsg` / `sendmmsg` batches, bounded write queues, health probe
-//! sockets, and the metrics and access records of flows. It must never make
+//! `recvmmsg` / `sendmmsg` batches, bounded write queues, and the metrics and access records of flows. It must never make
 //! a flow decision itself (admission, timers, caps, PROXY headers are the
 //! core's), never read the clock (the loop passes `now`), and never allocate
 //! per datagram on an established flow.

@@ -1,8 +1,10 @@
 //! The UDP side of a worker: every UDP listener, the cluster knobs they
-//! apply, health probes, and the orders that change them.
+//! apply, and the orders that change them.
 //!
-//! Owns the listener slab (index ↔ address), each UDP cluster's knobs, the
-//! probe sockets in flight and the shared receive batch. Applies orders the
+//! Owns the listener slab (index ↔ address), each UDP cluster's knobs and
+//! the shared receive batch. Health probes and the shared part of cluster
+//! and backend orders are not here: see `crate::health::prober` and
+//! `server/clusters.rs`. Applies orders the
 //! worker's `ConfigState` has already accepted; refuses only what cannot be
 //! done on this host (a bind error, a knob the core cannot express), with a
 //! typed [`UdpError`]. It never reads the control channel and never reads
@@ -17,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 use sozu_command_lib::command::{
-    self, AddBackend, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig,
-    UpdateUdpListenerConfig,
+    self, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig, UpdateUdpListenerConfig,
 };
 use sozu_command_lib::proto::convert::AddressError;
 
@@ -29,10 +30,8 @@ use super::metrics::ListenerMetrics;
 use super::mmsg::RecvBatch;
 use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
-use crate::backends::{BackendError, ClusterId};
-use crate::health::prober::backend_health;
+use crate::backends::{Backend, BackendError, BackendId, ClusterId};
 use crate::health::{HealthConfig, HealthConfigError};
-use crate::load_balancing::Algorithm;
 use crate::metrics::{names, MetricHandle, MetricKind, Scope};
 use crate::protocol::udp::{
     self as core, AffinityKey, CloseReason, UdpFlowManager, UdpFlowManagerConfig,
@@ -405,8 +404,9 @@ impl UdpShell {
 
     // ----- clusters and backends -----
 
-    /// Adds or reconfigures a cluster: knobs (new flows only), balancing
-    /// algorithm, health checks and fail-open.
+    /// Adds or reconfigures a cluster's UDP knobs (new flows only). The
+    /// shared part of the order (balancing, health checks, fail-open) is
+    /// applied by the loop first (`server/clusters.rs`).
     pub fn set_cluster(
         &mut self,
         now: Instant,
@@ -414,24 +414,7 @@ impl UdpShell {
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
         let settings = cluster_settings(cluster)?;
-        let health = match cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
-            Some(wire) => HealthConfig::try_from(wire).map_err(|source| UdpError::Health {
-                cluster: cluster.cluster_id.clone(),
-                source,
-            })?,
-            None => HealthConfig::default(),
-        };
         let id = cluster.cluster_id.as_str();
-        let algorithm = command::LoadBalancingAlgorithms::try_from(cluster.load_balancing)
-            .map(Algorithm::from)
-            .map_err(|_| UdpError::InvalidValue {
-                field: "load_balancing",
-                value: cluster.load_balancing.to_string(),
-                reason: "unknown algorithm",
-            })?;
-        ctx.backends.set_algorithm(id, algorithm);
-        ctx.backends.set_fail_open(id, health.fail_open);
-        ctx.health.configure(now, ClusterId::from(id), health);
         for (_, listener) in self.listeners.iter_mut() {
             if listener
                 .frontend
@@ -448,16 +431,20 @@ impl UdpShell {
         Ok(())
     }
 
-    /// Removes a cluster: listeners sending to it stop admitting (no
-    /// cluster), its backends go away and their flows close (unless the
-    /// cluster kept them).
-    pub fn remove_cluster(&mut self, now: Instant, cluster_id: &str, ctx: &mut IoContext<'_>) {
+    /// Removes a cluster whose `removed` backends the loop already took
+    /// away: listeners sending to it stop admitting (no cluster) and the
+    /// backends' flows close (unless the cluster kept them).
+    pub fn remove_cluster(
+        &mut self,
+        now: Instant,
+        cluster_id: &str,
+        removed: &[Backend],
+        ctx: &mut IoContext<'_>,
+    ) {
         let keep = self
             .clusters
             .remove(cluster_id)
             .is_some_and(|c| c.keep_flows_on_backend_removal);
-        let removed = ctx.backends.remove_cluster(cluster_id);
-        ctx.health.remove_cluster(cluster_id);
         for (_, listener) in self.listeners.iter_mut() {
             if listener
                 .frontend
@@ -469,7 +456,7 @@ impl UdpShell {
                 listener.sync_one_way(ctx);
             }
             if !keep {
-                for backend in &removed {
+                for backend in removed {
                     listener.manager.abort_backend(
                         now,
                         &core::BackendId::new(backend.id().as_str()),
@@ -479,47 +466,17 @@ impl UdpShell {
                 listener.drain(now, ctx);
             }
         }
-        ctx.metrics
-            .remove_scope(&Scope::Cluster(ClusterId::from(cluster_id)));
     }
 
-    /// Adds (or updates) a backend and starts probing it.
-    pub fn add_backend(
-        &mut self,
-        now: Instant,
-        order: &AddBackend,
-        ctx: &mut IoContext<'_>,
-    ) -> Result<(), UdpError> {
-        ctx.backends.add_from_order(order)?;
-        let address = wire_address("address", &order.address)?;
-        let cluster = ClusterId::from(order.cluster_id.as_str());
-        let backend = crate::backends::BackendId::from(order.backend_id.as_str());
-        ctx.health
-            .add_backend(now, cluster.clone(), backend.clone(), address);
-        // `udp.backend.up` exists from the backend's first moment, at what
-        // the checker believes (up until `fall` failures), not only after a
-        // first transition.
-        let up = ctx
-            .health
-            .is_up(cluster.as_str(), backend.as_str())
-            .unwrap_or(true);
-        backend_health(ctx.metrics, &cluster, &backend, up);
+    /// A backend was added (or added again): its metrics are live again.
+    pub fn backend_added(&mut self, cluster: &ClusterId, backend: &BackendId) {
         self.retired_backends
-            .retain(|(c, b, _)| !(*c == cluster && *b == backend));
-        Ok(())
+            .retain(|(c, b, _)| !(c == cluster && b == backend));
     }
 
-    /// Removes a backend: its flows close with BackendRemoved unless the
-    /// cluster keeps them.
-    pub fn remove_backend(
-        &mut self,
-        now: Instant,
-        order: &RemoveBackend,
-        ctx: &mut IoContext<'_>,
-    ) -> Result<(), UdpError> {
-        ctx.backends.remove_from_order(order)?;
-        ctx.health
-            .remove_backend(&order.cluster_id, &order.backend_id);
+    /// A backend the loop removed: its flows close with BackendRemoved
+    /// unless the cluster keeps them.
+    pub fn remove_backend(&mut self, now: Instant, order: &RemoveBackend, ctx: &mut IoContext<'_>) {
         let keep = self
             .clusters
             .get(&order.cluster_id)
@@ -529,7 +486,7 @@ impl UdpShell {
             listener.forget_one_way_backend(&order.cluster_id, &order.backend_id, ctx);
         }
         let cluster = ClusterId::from(order.cluster_id.as_str());
-        let backend = crate::backends::BackendId::from(order.backend_id.as_str());
+        let backend = BackendId::from(order.backend_id.as_str());
         if keep {
             // Its kept flows still count under the backend (so under the
             // cluster's `udp.active_flows`, as they do under the
@@ -547,7 +504,6 @@ impl UdpShell {
                 listener.drain(now, ctx);
             }
         }
-        Ok(())
     }
 
     // ----- stopping -----
