@@ -49,6 +49,35 @@ pub use listeners::{
     patch_udp as patch_udp_listener,
 };
 
+/// The Sōzu 2.1 orders no worker of this proxy serves (HTTPS, certificates,
+/// HTTP health checks…; see doc/protocol.md), as a pattern: the state
+/// leaves them alone and a worker refuses them by name. One list for both.
+#[macro_export]
+macro_rules! unserved_orders {
+    () => {
+        $crate::command::request::RequestType::LaunchWorker(_)
+            | $crate::command::request::RequestType::SubscribeEvents(_)
+            | $crate::command::request::RequestType::AddHttpsFrontend(_)
+            | $crate::command::request::RequestType::RemoveHttpsFrontend(_)
+            | $crate::command::request::RequestType::AddCertificate(_)
+            | $crate::command::request::RequestType::ReplaceCertificate(_)
+            | $crate::command::request::RequestType::RemoveCertificate(_)
+            | $crate::command::request::RequestType::AddHttpsListener(_)
+            | $crate::command::request::RequestType::UpdateHttpsListener(_)
+            | $crate::command::request::RequestType::QueryClustersByDomain(_)
+            | $crate::command::request::RequestType::QueryClustersHashes(_)
+            | $crate::command::request::RequestType::QueryCertificatesFromTheState(_)
+            | $crate::command::request::RequestType::QueryCertificatesFromWorkers(_)
+            | $crate::command::request::RequestType::CountRequests(_)
+            | $crate::command::request::RequestType::SetMaxConnectionsPerIp(_)
+            | $crate::command::request::RequestType::QueryMaxConnectionsPerIp(_)
+            | $crate::command::request::RequestType::SetHealthCheck(_)
+            | $crate::command::request::RequestType::RemoveHealthCheck(_)
+            | $crate::command::request::RequestType::QueryHealthChecks(_)
+            | $crate::command::request::RequestType::SetMetricDetail(_)
+    };
+}
+
 /// What [`ConfigState::dispatch`] did with an order it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DispatchOutcome {
@@ -153,28 +182,9 @@ impl ConfigState {
             // Sōzu 2.1 orders this proxy answers without a state change, or
             // refuses by name (HTTPS, certificates, HTTP health checks…; see
             // doc/protocol.md): the master decides, the state is untouched.
-            RequestType::LaunchWorker(_)
-            | RequestType::SubscribeEvents(_)
-            | RequestType::AddHttpsFrontend(_)
-            | RequestType::RemoveHttpsFrontend(_)
-            | RequestType::AddCertificate(_)
-            | RequestType::ReplaceCertificate(_)
-            | RequestType::RemoveCertificate(_)
-            | RequestType::AddHttpsListener(_)
-            | RequestType::QueryClustersByDomain(_)
-            | RequestType::QueryClustersHashes(_)
+            crate::unserved_orders!()
             | RequestType::ConfigureMetrics(_)
-            | RequestType::Logging(_)
-            | RequestType::QueryCertificatesFromTheState(_)
-            | RequestType::QueryCertificatesFromWorkers(_)
-            | RequestType::CountRequests(_)
-            | RequestType::UpdateHttpsListener(_)
-            | RequestType::SetMaxConnectionsPerIp(_)
-            | RequestType::QueryMaxConnectionsPerIp(_)
-            | RequestType::SetHealthCheck(_)
-            | RequestType::RemoveHealthCheck(_)
-            | RequestType::QueryHealthChecks(_)
-            | RequestType::SetMetricDetail(_) => return Ok(DispatchOutcome::NotAStateChange),
+            | RequestType::Logging(_) => return Ok(DispatchOutcome::NotAStateChange),
         };
         match &result {
             Ok(()) => tracing::debug!(order = order_name(request_type), "state order applied"),

@@ -181,30 +181,6 @@ impl HttpProxy {
         Ok(())
     }
 
-    /// Closes the listener, its socket, its connections and its routes.
-    pub fn remove_listener(
-        &mut self,
-        now: Instant,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, HttpToken>,
-    ) -> Result<(), HttpError> {
-        let id = self.listeners.remove(address, ctx)?;
-        let doomed: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.listener == id)
-            .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
-        }
-        self.routers.remove(&address);
-        ctx.metrics
-            .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "HTTP listener removed");
-        Ok(())
-    }
-
     /// The listening sockets (for an upgrade's hand-over).
     pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
         self.listeners.listen_sockets()
@@ -239,27 +215,6 @@ impl HttpProxy {
             self.routers.remove(&address);
         }
         result
-    }
-
-    /// Records a cluster's `proxy_protocol` knob.
-    pub fn set_cluster(&mut self, cluster: &Cluster) {
-        let proxy_protocol = cluster
-            .proxy_protocol
-            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
-        self.clusters
-            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
-    }
-
-    /// Forgets a cluster (routes to it answer 503 until removed).
-    pub fn remove_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.handles.forget_cluster(cluster);
-    }
-
-    /// Forgets a removed backend's metric handles; kept connections to it
-    /// finish their current request and are not reused after.
-    pub fn remove_backend(&mut self, cluster: &str, backend: &str) {
-        self.handles.forget_backend(cluster, backend);
     }
 
     // ----- lifecycle -----
@@ -473,19 +428,38 @@ impl StreamProxy for HttpProxy {
         address: SocketAddr,
         ctx: &mut ProxyContext<'_, HttpToken>,
     ) -> Result<(), HttpError> {
-        HttpProxy::remove_listener(self, now, address, ctx)
+        let id = self.listeners.remove(address, ctx)?;
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.listener == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
+        }
+        self.routers.remove(&address);
+        ctx.metrics
+            .remove_scope(&crate::metrics::Scope::Listener(address));
+        tracing::info!(listener = %address, "HTTP listener removed");
+        Ok(())
     }
 
     fn set_cluster(&mut self, cluster: &Cluster) {
-        HttpProxy::set_cluster(self, cluster);
+        let proxy_protocol = cluster
+            .proxy_protocol
+            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
+        self.clusters
+            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
     }
 
     fn remove_cluster(&mut self, cluster: &str) {
-        HttpProxy::remove_cluster(self, cluster);
+        self.clusters.remove(cluster);
+        self.handles.forget_cluster(cluster);
     }
 
     fn remove_backend(&mut self, cluster: &str, backend: &str) {
-        HttpProxy::remove_backend(self, cluster, backend);
+        self.handles.forget_backend(cluster, backend);
     }
 
     fn apply_own_order(

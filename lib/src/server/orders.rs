@@ -196,26 +196,7 @@ impl Server {
                     self.answer(&id, ResponseStatus::Failure, &message, None);
                 }
             },
-            RequestType::LaunchWorker(_)
-            | RequestType::SubscribeEvents(_)
-            | RequestType::AddHttpsFrontend(_)
-            | RequestType::RemoveHttpsFrontend(_)
-            | RequestType::AddCertificate(_)
-            | RequestType::ReplaceCertificate(_)
-            | RequestType::RemoveCertificate(_)
-            | RequestType::AddHttpsListener(_)
-            | RequestType::UpdateHttpsListener(_)
-            | RequestType::QueryClustersByDomain(_)
-            | RequestType::QueryClustersHashes(_)
-            | RequestType::QueryCertificatesFromTheState(_)
-            | RequestType::QueryCertificatesFromWorkers(_)
-            | RequestType::CountRequests(_)
-            | RequestType::SetMaxConnectionsPerIp(_)
-            | RequestType::QueryMaxConnectionsPerIp(_)
-            | RequestType::SetHealthCheck(_)
-            | RequestType::RemoveHealthCheck(_)
-            | RequestType::QueryHealthChecks(_)
-            | RequestType::SetMetricDetail(_) => {
+            sozu_command_lib::unserved_orders!() => {
                 let message = format!(
                     "{} is not served by a worker of this proxy",
                     order_name(request_type)
@@ -444,13 +425,11 @@ impl Server {
     }
 }
 
+/// An order's `address` field.
 pub(super) fn wire(
     address: &sozu_command_lib::command::SocketAddress,
 ) -> Result<std::net::SocketAddr, UdpError> {
-    std::net::SocketAddr::try_from(address).map_err(|source| UdpError::Address {
-        field: "address",
-        source,
-    })
+    crate::udp::shell::wire_address("address", address)
 }
 
 /// An error and its sources, `: `-separated, for an answer's message.

@@ -177,29 +177,6 @@ impl TcpProxy {
         Ok(())
     }
 
-    /// Closes the listener, its socket and its sessions.
-    pub fn remove_listener(
-        &mut self,
-        now: Instant,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, TcpToken>,
-    ) -> Result<(), TcpError> {
-        let id = self.listeners.remove(address, ctx)?;
-        let doomed: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.listener == id)
-            .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
-        }
-        ctx.metrics
-            .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "TCP listener removed");
-        Ok(())
-    }
-
     /// The listening sockets (for an upgrade's hand-over).
     pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
         self.listeners.listen_sockets()
@@ -243,30 +220,6 @@ impl TcpProxy {
                 cluster: frontend.cluster_id.clone(),
             }),
         }
-    }
-
-    /// Records the knobs of a cluster the TCP proxy uses
-    /// (`proxy_protocol`); balancing is set on the shared backends by the
-    /// loop.
-    pub fn set_cluster(&mut self, cluster: &Cluster) {
-        let proxy_protocol = cluster
-            .proxy_protocol
-            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
-        self.clusters
-            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
-    }
-
-    /// Forgets a cluster (its metric scope is removed by the loop). Live
-    /// sessions go on to their backend.
-    pub fn remove_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.handles.forget_cluster(cluster);
-    }
-
-    /// Forgets a removed backend's metric handles. Live sessions to it go
-    /// on until they end.
-    pub fn remove_backend(&mut self, cluster: &str, backend: &str) {
-        self.handles.forget_backend(cluster, backend);
     }
 
     // ----- lifecycle -----
@@ -719,19 +672,37 @@ impl StreamProxy for TcpProxy {
         address: SocketAddr,
         ctx: &mut ProxyContext<'_, TcpToken>,
     ) -> Result<(), TcpError> {
-        TcpProxy::remove_listener(self, now, address, ctx)
+        let id = self.listeners.remove(address, ctx)?;
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.listener == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
+        }
+        ctx.metrics
+            .remove_scope(&crate::metrics::Scope::Listener(address));
+        tracing::info!(listener = %address, "TCP listener removed");
+        Ok(())
     }
 
     fn set_cluster(&mut self, cluster: &Cluster) {
-        TcpProxy::set_cluster(self, cluster);
+        let proxy_protocol = cluster
+            .proxy_protocol
+            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
+        self.clusters
+            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
     }
 
     fn remove_cluster(&mut self, cluster: &str) {
-        TcpProxy::remove_cluster(self, cluster);
+        self.clusters.remove(cluster);
+        self.handles.forget_cluster(cluster);
     }
 
     fn remove_backend(&mut self, cluster: &str, backend: &str) {
-        TcpProxy::remove_backend(self, cluster, backend);
+        self.handles.forget_backend(cluster, backend);
     }
 
     fn apply_own_order(

@@ -283,21 +283,7 @@ impl UdpShell {
         let address = wire_address("address", &update.address)?;
         let id = self.listener_id(address)?;
         let mut config = self.listeners[id].config;
-        if let Some(v) = update.front_timeout {
-            config.front_timeout = v;
-        }
-        if let Some(v) = update.back_timeout {
-            config.back_timeout = v;
-        }
-        if let Some(v) = update.max_rx_datagram_size {
-            config.max_rx_datagram_size = v;
-        }
-        if let Some(v) = update.max_flows {
-            config.max_flows = v;
-        }
-        if update.public_address.is_some() {
-            config.public_address = update.public_address;
-        }
+        sozu_command_lib::state::patch_udp_listener(&mut config, update);
         let checked = manager_config(address, &config, 1, self.buffer_size)?;
         let listener = &mut self.listeners[id];
         listener
@@ -705,7 +691,8 @@ fn pool_member(listener: &UdpListener) -> Member {
     }
 }
 
-fn wire_address(
+/// An order's wire address, or an error naming the field.
+pub(crate) fn wire_address(
     field: &'static str,
     address: &command::SocketAddress,
 ) -> Result<SocketAddr, UdpError> {
