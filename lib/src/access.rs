@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The tracing target access records go to.
-pub const ACCESS_TARGET: &str = "access";
+pub(crate) const ACCESS_TARGET: &str = "access";
 
 /// `-` for an absent value, as in classic access logs.
 pub(crate) struct OrDash<T>(pub(crate) Option<T>);

@@ -39,15 +39,21 @@ pub enum ListenError {
     /// Another socket (another process, or one of ours) holds the address.
     #[error("{proto} address {address} is already in use")]
     InUse {
+        /// `UDP`, `TCP` or `HTTP`.
         proto: &'static str,
+        /// The address asked for.
         address: SocketAddr,
     },
     /// Any other failure of a socket call.
     #[error("cannot bind {proto} address {address}: {operation}")]
     Io {
+        /// `UDP`, `TCP` or `HTTP`.
         proto: &'static str,
+        /// The address asked for.
         address: SocketAddr,
+        /// The socket call that failed.
         operation: &'static str,
+        /// Its error.
         #[source]
         source: io::Error,
     },

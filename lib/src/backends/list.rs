@@ -124,7 +124,10 @@ pub enum Upsert {
     Added,
     /// The id existed: its address and weight were replaced (status and flow
     /// count kept). `previous_address` is where its live flows still go.
-    Updated { previous_address: SocketAddr },
+    Updated {
+        /// Where its live flows still go.
+        previous_address: SocketAddr,
+    },
 }
 
 /// The backends of one cluster and how to choose among them.

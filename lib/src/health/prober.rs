@@ -20,12 +20,12 @@ use crate::metrics::{register, MetricKind, MetricsRegistry, Scope};
 use crate::token_table::TokenTable;
 
 /// Name of the counter of health probes that failed.
-pub const PROBE_FAILED: &str = "udp.health.probe_failed";
+pub(crate) const PROBE_FAILED: &str = "udp.health.probe_failed";
 /// Name of the gauge of backends up (1) / down (0).
-pub const BACKEND_UP: &str = "udp.backend.up";
+pub(crate) const BACKEND_UP: &str = "udp.backend.up";
 
 /// Sets a backend's up/down gauge.
-pub fn backend_health(
+pub(crate) fn backend_health(
     registry: &mut MetricsRegistry,
     cluster: &ClusterId,
     backend: &BackendId,
@@ -38,7 +38,11 @@ pub fn backend_health(
 }
 
 /// Counts a failed health probe of a backend.
-pub fn probe_failed(registry: &mut MetricsRegistry, cluster: &ClusterId, backend: &BackendId) {
+pub(crate) fn probe_failed(
+    registry: &mut MetricsRegistry,
+    cluster: &ClusterId,
+    backend: &BackendId,
+) {
     let scope = Scope::Backend(cluster.clone(), backend.clone());
     if let Some(h) = register(registry, PROBE_FAILED, scope, MetricKind::Counter) {
         registry.incr(h);
@@ -46,7 +50,7 @@ pub fn probe_failed(registry: &mut MetricsRegistry, cluster: &ClusterId, backend
 }
 
 /// What the loop lends the prober for one call.
-pub struct ProbeContext<'a> {
+pub(crate) struct ProbeContext<'a> {
     /// Where probe sockets are (de)registered.
     pub registry: &'a Registry,
     /// The loop's token table.
@@ -69,7 +73,7 @@ struct ProbeInFlight {
 
 /// The probe sockets in flight.
 #[derive(Debug, Default)]
-pub struct Prober {
+pub(crate) struct Prober {
     probes: HashMap<ProbeId, ProbeInFlight>,
     /// When the health checker next has work, refreshed after every change
     /// to it (so the loop does not scan every backend on each wake-up).
@@ -78,19 +82,19 @@ pub struct Prober {
 
 impl Prober {
     /// No probe in flight.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// When the checker next has work.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
     /// Runs due probes. Probes go on during soft-stop: live flows and
     /// sessions still need healthy backends, and the checker's deadline
     /// must move on.
-    pub fn on_timeout(&mut self, now: Instant, ctx: &mut ProbeContext<'_>) {
+    pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut ProbeContext<'_>) {
         if self.deadline.is_some_and(|t| t <= now) {
             self.run(now, ctx);
         }
@@ -132,7 +136,7 @@ impl Prober {
     }
 
     /// A readiness event for a probe socket.
-    pub fn on_ready(&mut self, now: Instant, id: ProbeId, ctx: &mut ProbeContext<'_>) {
+    pub(crate) fn on_ready(&mut self, now: Instant, id: ProbeId, ctx: &mut ProbeContext<'_>) {
         let Some(probe) = self.probes.get_mut(&id) else {
             return;
         };
@@ -163,7 +167,7 @@ impl Prober {
     }
 
     /// Hard-stop: closes every probe socket now.
-    pub fn close_all(&mut self, ctx: &mut ProbeContext<'_>) {
+    pub(crate) fn close_all(&mut self, ctx: &mut ProbeContext<'_>) {
         for (_, mut probe) in self.probes.drain() {
             if let Err(error) = probe.socket.deregister(ctx.registry) {
                 tracing::debug!(%error, "deregistering a probe");
@@ -175,7 +179,7 @@ impl Prober {
     /// Applies what the checker decided (backend up or down, probes to
     /// drop) and refreshes the deadline: called after every change to the
     /// checker (cluster and backend orders, probe outcomes).
-    pub fn apply_events(&mut self, ctx: &mut ProbeContext<'_>) {
+    pub(crate) fn apply_events(&mut self, ctx: &mut ProbeContext<'_>) {
         while let Some(event) = ctx.health.poll_event() {
             match event {
                 HealthEvent::BackendUp { cluster, backend } => {

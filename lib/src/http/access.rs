@@ -14,7 +14,7 @@ use crate::backends::{BackendId, ClusterId};
 
 /// The access record of one request.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpAccessRecord<'a> {
+pub(crate) struct HttpAccessRecord<'a> {
     pub listener: SocketAddr,
     pub client: SocketAddr,
     pub method: &'a str,
@@ -38,7 +38,7 @@ pub struct HttpAccessRecord<'a> {
 
 impl HttpAccessRecord<'_> {
     /// Emits the record at INFO on the `access` target.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
             protocol = "http",

@@ -11,10 +11,10 @@
 //! socket. It must never block, read the clock, panic on a peer's bytes, or
 //! number its own tokens.
 
-pub mod access;
-pub mod answers;
-pub mod metrics;
-pub mod session;
+pub(crate) mod access;
+pub(crate) mod answers;
+pub(crate) mod metrics;
+pub(crate) mod session;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

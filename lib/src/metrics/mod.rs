@@ -19,7 +19,7 @@ mod histogram;
 pub mod prometheus;
 mod query;
 mod scoped;
-pub mod statsd;
+pub(crate) mod statsd;
 
 #[cfg(test)]
 mod tests;
@@ -120,9 +120,13 @@ pub struct MetricHandle {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("metric {name:?} in {scope} is a {registered:?}, not a {requested:?}")]
 pub struct KindMismatch {
+    /// The metric's name.
     pub name: String,
+    /// Its scope, as displayed.
     pub scope: String,
+    /// The kind it was registered with.
     pub registered: MetricKind,
+    /// The kind asked for now.
     pub requested: MetricKind,
 }
 

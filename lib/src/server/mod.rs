@@ -14,7 +14,7 @@
 mod clusters;
 mod orders;
 mod streams;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::io;
 use std::net::SocketAddr;
@@ -103,20 +103,25 @@ pub enum ServerError {
     /// Creating or waiting on the poll failed.
     #[error("event loop: {operation}")]
     Poll {
+        /// What the loop was doing.
         operation: &'static str,
+        /// The poll error.
         #[source]
         source: io::Error,
     },
     /// The channel could not be registered or written.
     #[error("channel to the master")]
     Channel {
+        /// The channel error.
         #[source]
         source: ChannelError,
     },
     /// An adopted socket's manifest entry has a bad address.
     #[error("adopted socket entry {index}: invalid address")]
     AdoptedAddress {
+        /// The entry's place in the manifest.
         index: usize,
+        /// Why it is not an address.
         #[source]
         source: sozu_command_lib::proto::convert::AddressError,
     },

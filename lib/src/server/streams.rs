@@ -41,7 +41,7 @@ where
 
 /// A TCP or HTTP order this worker could not carry out.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamOrderError {
+pub(super) enum StreamOrderError {
     /// Refused by the TCP proxy.
     #[error(transparent)]
     Tcp(#[from] TcpError),
@@ -55,7 +55,7 @@ pub enum StreamOrderError {
 
 /// The worker's TCP and HTTP proxies.
 #[derive(Debug)]
-pub struct Streams {
+pub(super) struct Streams {
     pub tcp: TcpProxy,
     pub http: HttpProxy,
 }
@@ -64,7 +64,7 @@ impl Streams {
     /// Empty proxies with relay buffers of `buffer_size` bytes (0: the
     /// default), sharing one budget of `max_connections` client connections
     /// (0: unlimited).
-    pub fn new(buffer_size: usize, max_connections: usize) -> Self {
+    pub(super) fn new(buffer_size: usize, max_connections: usize) -> Self {
         let limit = ConnectionLimit::new(max_connections);
         let mut tcp = TcpProxy::new(buffer_size);
         tcp.set_connection_limit(limit.clone());
@@ -75,7 +75,7 @@ impl Streams {
 
     /// Hands adopted listening sockets to their proxy; `false` for a type
     /// that is not TCP or HTTP.
-    pub fn adopt(&mut self, proxy: ListenerType, address: SocketAddr, fd: OwnedFd) -> bool {
+    pub(super) fn adopt(&mut self, proxy: ListenerType, address: SocketAddr, fd: OwnedFd) -> bool {
         match proxy {
             ListenerType::Tcp => self.tcp.listener_set().adopt(vec![(address, fd)]),
             ListenerType::Http => self.http.listener_set().adopt(vec![(address, fd)]),
@@ -85,13 +85,13 @@ impl Streams {
     }
 
     /// From now on listening sockets only come from the master.
-    pub fn require_adopted(&mut self) {
+    pub(super) fn require_adopted(&mut self) {
         self.tcp.listener_set().require_adopted();
         self.http.listener_set().require_adopted();
     }
 
     /// Closes an adopted socket no listener of this type took.
-    pub fn forget_adopted(&mut self, proxy: ListenerType, address: SocketAddr) {
+    pub(super) fn forget_adopted(&mut self, proxy: ListenerType, address: SocketAddr) {
         match proxy {
             ListenerType::Tcp => self.tcp.listener_set().forget_adopted(address),
             ListenerType::Http => self.http.listener_set().forget_adopted(address),
@@ -100,7 +100,7 @@ impl Streams {
     }
 
     /// Every listening socket with its type (upgrade hand-over).
-    pub fn listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
+    pub(super) fn listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
         let tcp = self
             .tcp
             .listen_sockets()
@@ -115,18 +115,18 @@ impl Streams {
     }
 
     /// True when no TCP session and no HTTP connection is alive.
-    pub fn is_drained(&self) -> bool {
+    pub(super) fn is_drained(&self) -> bool {
         self.tcp.is_drained() && self.http.is_drained()
     }
 
     /// True when a listener stopped at its accept budget (poll must not
     /// wait).
-    pub fn has_backlog(&self) -> bool {
+    pub(super) fn has_backlog(&self) -> bool {
         self.tcp.has_backlog() || self.http.has_backlog()
     }
 
     /// The earliest deadline of either proxy.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         [self.tcp.poll_timeout(), self.http.poll_timeout()]
             .into_iter()
             .flatten()

@@ -108,7 +108,7 @@ pub enum ListenerError {
 
 /// An order's wire address as a socket address, or an error naming the
 /// field.
-pub fn wire_address(
+pub(crate) fn wire_address(
     field: &'static str,
     wire: &SocketAddress,
 ) -> Result<SocketAddr, ListenerError> {

@@ -10,12 +10,12 @@
 //! does with its bytes: that differs per protocol and lives in
 //! [`crate::tcp`] and [`crate::http`], which build on this module.
 
-pub mod buffer;
-pub mod context;
-pub mod deadlines;
-pub mod limit;
-pub mod listeners;
-pub mod socket;
+pub(crate) mod buffer;
+pub(crate) mod context;
+pub(crate) mod deadlines;
+pub(crate) mod limit;
+pub(crate) mod listeners;
+pub(crate) mod socket;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use crate::backends::{BackendId, ClusterId};
 
 /// Why a TCP session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SessionCloseReason {
+pub(crate) enum SessionCloseReason {
     /// Both sides finished sending and every byte was delivered.
     Completed,
     /// The client was idle past `front_timeout`.
@@ -44,7 +44,7 @@ pub enum SessionCloseReason {
 
 impl SessionCloseReason {
     /// The reason as written in the record.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionCloseReason::Completed => "completed",
             SessionCloseReason::FrontTimeout => "front_timeout",
@@ -62,7 +62,7 @@ impl SessionCloseReason {
     }
 
     /// True for the timeouts (counted in `tcp.timeouts`).
-    pub fn is_timeout(self) -> bool {
+    pub(crate) fn is_timeout(self) -> bool {
         matches!(
             self,
             SessionCloseReason::FrontTimeout
@@ -80,7 +80,7 @@ impl fmt::Display for SessionCloseReason {
 
 /// The access record of one closed TCP session. "In" is client → backend.
 #[derive(Debug, Clone, Copy)]
-pub struct TcpAccessRecord<'a> {
+pub(crate) struct TcpAccessRecord<'a> {
     pub listener: SocketAddr,
     /// The client (from the PROXY header when the listener expects one).
     pub client: SocketAddr,
@@ -98,7 +98,7 @@ pub struct TcpAccessRecord<'a> {
 
 impl TcpAccessRecord<'_> {
     /// Emits the record at INFO on the `access` target.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
             protocol = "tcp",

@@ -14,9 +14,9 @@
 //! budget, `max_connections`, sockets, buffers, deadlines) is
 //! [`crate::stream`]'s; this module keeps what a TCP session does.
 
-pub mod access;
-pub mod metrics;
-pub mod session;
+pub(crate) mod access;
+pub(crate) mod metrics;
+pub(crate) mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -410,7 +410,7 @@ impl TcpProxy {
                 timer: ArmedTimer::default(),
                 cluster_handles,
                 backend_handles: Default::default(),
-                slot,
+                _slot: slot,
             });
             self.progress(key, now, ctx);
         }

@@ -64,7 +64,7 @@ impl fmt::Display for FlowCloseReason {
 /// The access record of one closed flow. "In" is client → backend, "out"
 /// is backend → client.
 #[derive(Debug, Clone, Copy)]
-pub struct FlowAccessRecord<'a> {
+pub(crate) struct FlowAccessRecord<'a> {
     /// The listener the flow arrived on.
     pub listener: SocketAddr,
     /// The client's source address (the flow key).
@@ -87,7 +87,7 @@ pub struct FlowAccessRecord<'a> {
 impl FlowAccessRecord<'_> {
     /// Emits the record at INFO on the [`ACCESS_TARGET`] target, one
     /// structured field per item; `duration_ms` is in milliseconds.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
             protocol = "udp",

@@ -47,11 +47,11 @@ pub const DATAGRAM_BUDGET: usize = 64;
 
 /// Most client-bound datagrams queued on a listener whose socket would
 /// block; newer ones are dropped (`udp.datagrams.dropped.queue_full`).
-pub const MAX_LISTENER_QUEUE: usize = 1024;
+pub(crate) const MAX_LISTENER_QUEUE: usize = 1024;
 
 /// Most backend-bound datagrams queued on one upstream socket that would
 /// block.
-pub const MAX_UPSTREAM_QUEUE: usize = 64;
+pub(crate) const MAX_UPSTREAM_QUEUE: usize = 64;
 
 /// Everything the datapath borrows from the worker for one call.
 pub struct IoContext<'a> {

@@ -68,14 +68,13 @@ fn core_drop_index(reason: DropReason) -> usize {
 }
 
 /// Name of the counter of upstream sockets that could not be opened.
-pub const UPSTREAM_OPEN_FAILED: &str = "udp.upstream.open_failed";
+pub(crate) const UPSTREAM_OPEN_FAILED: &str = "udp.upstream.open_failed";
 /// Name of the counter of flows aborted because the backend refused
 /// (ECONNREFUSED).
-pub const BACKEND_REFUSED: &str = "udp.backend.refused";
+pub(crate) const BACKEND_REFUSED: &str = "udp.backend.refused";
 /// Flows whose client moved to a new source address (QUIC connection-ID
 /// keys only).
-pub const FLOWS_MIGRATED: &str = "udp.flows.migrated";
-pub use crate::health::prober::{BACKEND_UP, PROBE_FAILED};
+pub(crate) const FLOWS_MIGRATED: &str = "udp.flows.migrated";
 
 /// Counters of one scope that every datagram touches.
 #[derive(Debug, Clone, Copy, Default)]
@@ -268,7 +267,7 @@ impl ListenerMetrics {
 /// Cluster totals are the sum of their backends' (the registry adds them up
 /// when answering a query), so traffic is counted once, on the backend.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FlowMetrics {
+pub(crate) struct FlowMetrics {
     /// The backend's traffic.
     pub backend: TrafficHandles,
     backend_active: Option<MetricHandle>,
@@ -277,7 +276,7 @@ pub struct FlowMetrics {
 impl FlowMetrics {
     /// Registers (or finds) the backend's handles and counts one more
     /// active flow on it.
-    pub fn register(
+    pub(crate) fn register(
         registry: &mut MetricsRegistry,
         cluster: &ClusterId,
         backend: &BackendId,
@@ -299,7 +298,7 @@ impl FlowMetrics {
     }
 
     /// The flow closed: one active flow less on its backend.
-    pub fn closed(&self, registry: &mut MetricsRegistry) {
+    pub(crate) fn closed(&self, registry: &mut MetricsRegistry) {
         if let Some(h) = self.backend_active {
             registry.gauge_add(h, -1);
         }
@@ -310,7 +309,7 @@ impl FlowMetrics {
 /// moves) and the drops of its datagrams by reason, registered when its
 /// one-way socket opens.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OneWayMetrics {
+pub(crate) struct OneWayMetrics {
     /// The backend's traffic.
     pub traffic: TrafficHandles,
     drops: [Option<MetricHandle>; ShellDrop::ALL.len()],
@@ -318,7 +317,7 @@ pub struct OneWayMetrics {
 
 impl OneWayMetrics {
     /// Registers (or finds) the backend's handles.
-    pub fn register(
+    pub(crate) fn register(
         registry: &mut MetricsRegistry,
         cluster: &ClusterId,
         backend: &BackendId,
@@ -340,7 +339,7 @@ impl OneWayMetrics {
     }
 
     /// `n` datagrams to or from this backend dropped by the shell.
-    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
+    pub(crate) fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
         let i = ShellDrop::ALL
             .iter()
             .position(|r| *r == reason)
@@ -350,7 +349,7 @@ impl OneWayMetrics {
 }
 
 /// Counts a per-cluster flow fact (`udp.flows.created` / `evicted` / `shed`).
-pub fn cluster_flow_event(registry: &mut MetricsRegistry, cluster: &str, name: &str) {
+pub(crate) fn cluster_flow_event(registry: &mut MetricsRegistry, cluster: &str, name: &str) {
     if let Some(h) = handle(
         registry,
         name,

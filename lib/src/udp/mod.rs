@@ -11,21 +11,22 @@
 //! core's), never read the clock (the loop passes `now`), and never allocate
 //! per datagram on an established flow.
 
-pub mod access_log;
-pub mod budget;
-pub mod listener;
-pub mod metrics;
-pub mod mmsg;
-pub mod one_way;
+pub(crate) mod access_log;
+pub(crate) mod budget;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod mmsg;
+pub(crate) mod one_way;
 pub mod shell;
-pub mod socket;
+pub(crate) mod socket;
 mod write_queue;
 
 #[cfg(test)]
 mod tests;
 
 pub use listener::{IoContext, UdpListener, DATAGRAM_BUDGET};
-pub use shell::{UdpError, UdpShell};
+pub use shell::UdpError;
+pub(crate) use shell::UdpShell;
 
 use crate::protocol::udp::FlowId;
 

@@ -36,7 +36,7 @@ const REPLY_BUDGET: usize = 64;
 /// [`OneWaySockets::send_run`] (already counted on the backend; the caller
 /// counts them on the listener).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     /// Datagrams the kernel took.
     pub sent: usize,
     /// Their payload bytes (PROXY headers excluded).
@@ -62,14 +62,14 @@ struct OneWaySocket {
 
 /// The one-way sockets of one listener.
 #[derive(Debug)]
-pub struct OneWaySockets {
+pub(crate) struct OneWaySockets {
     listener: usize,
     sockets: Slab<OneWaySocket>,
 }
 
 impl OneWaySockets {
     /// No socket yet, for the listener at index `listener` of the shell.
-    pub fn new(listener: usize) -> Self {
+    pub(crate) fn new(listener: usize) -> Self {
         OneWaySockets {
             listener,
             sockets: Slab::new(),
@@ -77,20 +77,15 @@ impl OneWaySockets {
     }
 
     /// Open one-way sockets (one per backend that got a datagram).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sockets.len()
-    }
-
-    /// No socket is open.
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
     }
 
     /// The slot of `backend`'s socket (of `cluster`, at `addr`), opened
     /// first if needed: a new backend, or one whose address changed (re-added
     /// elsewhere), gets a new socket. `Err(NoUpstream)` if it cannot be
     /// opened (counted on the backend).
-    pub fn slot_for(
+    pub(crate) fn slot_for(
         &mut self,
         cluster: &ClusterId,
         backend: &BackendId,
@@ -122,7 +117,7 @@ impl OneWaySockets {
     /// an error other than would-block or a refusal the socket is closed
     /// (the next datagram for the backend reopens it) and the rest of the
     /// run is dropped.
-    pub fn send_run<'a>(
+    pub(crate) fn send_run<'a>(
         &mut self,
         slot: usize,
         count: usize,
@@ -186,7 +181,11 @@ impl OneWaySockets {
     /// The socket at `slot` is readable: reads (and discards) up to a
     /// budget of replies. Returns how many were dropped, and whether the
     /// backend refused (`ECONNREFUSED` read back: mark it suspect).
-    pub fn on_readable(&mut self, slot: usize, ctx: &mut OneWayContext<'_>) -> (usize, bool) {
+    pub(crate) fn on_readable(
+        &mut self,
+        slot: usize,
+        ctx: &mut OneWayContext<'_>,
+    ) -> (usize, bool) {
         let Some(entry) = self.sockets.get(slot) else {
             return (0, false); // closed meanwhile: a stale event
         };
@@ -221,12 +220,12 @@ impl OneWaySockets {
     }
 
     /// The cluster and backend of the socket at `slot`.
-    pub fn backend_of(&self, slot: usize) -> Option<(&ClusterId, &BackendId)> {
+    pub(crate) fn backend_of(&self, slot: usize) -> Option<(&ClusterId, &BackendId)> {
         self.sockets.get(slot).map(|e| (&e.cluster, &e.backend))
     }
 
     /// Closes the socket of a removed backend.
-    pub fn forget_backend(
+    pub(crate) fn forget_backend(
         &mut self,
         cluster: &str,
         backend: &str,
@@ -241,7 +240,11 @@ impl OneWaySockets {
 
     /// Closes the sockets of every backend not in `keep` (a cluster removed,
     /// switched to flows, or no longer the listener's).
-    pub fn retain_cluster(&mut self, keep: Option<&str>, tokens: &mut dyn TokenTable<UdpToken>) {
+    pub(crate) fn retain_cluster(
+        &mut self,
+        keep: Option<&str>,
+        tokens: &mut dyn TokenTable<UdpToken>,
+    ) {
         let doomed: Vec<usize> = self
             .sockets
             .iter()
@@ -254,7 +257,7 @@ impl OneWaySockets {
     }
 
     /// Closes every socket (listener closed, deactivated, hard-stop).
-    pub fn close_all(&mut self, tokens: &mut dyn TokenTable<UdpToken>) {
+    pub(crate) fn close_all(&mut self, tokens: &mut dyn TokenTable<UdpToken>) {
         self.retain_cluster(None, tokens);
     }
 
@@ -311,7 +314,7 @@ impl OneWaySockets {
 }
 
 /// What the one-way sockets borrow from the worker for one call.
-pub struct OneWayContext<'a> {
+pub(crate) struct OneWayContext<'a> {
     /// The poll registry.
     pub registry: &'a mio::Registry,
     /// The token table.

@@ -38,7 +38,7 @@ use crate::protocol::udp::{
 };
 
 /// Largest `max_rx_datagram_size` accepted: the largest UDP payload.
-pub const MAX_DATAGRAM_SIZE: u32 = sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE;
+pub(crate) const MAX_DATAGRAM_SIZE: u32 = sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE;
 
 /// What [`UdpShell::add_listener`] and [`UdpShell::update_listener`] refuse
 /// in a listener's settings (not its bind): the master checks a listener's
@@ -74,41 +74,58 @@ pub enum UdpError {
     /// A wire address is not a socket address.
     #[error("{field}: invalid address")]
     Address {
+        /// The order's field.
         field: &'static str,
+        /// Why it is not an address.
         #[source]
         source: AddressError,
     },
     /// No UDP listener at this address in this worker.
     #[error("no UDP listener at {address}")]
-    UnknownListener { address: SocketAddr },
+    UnknownListener {
+        /// The address asked for.
+        address: SocketAddr,
+    },
     /// A UDP listener already exists at this address.
     #[error("a UDP listener already exists at {address}")]
-    ListenerExists { address: SocketAddr },
+    ListenerExists {
+        /// The listener's address.
+        address: SocketAddr,
+    },
     /// Binding (or adopting) the listener socket failed.
     #[error("cannot bind the UDP listener {address}")]
     Bind {
+        /// The listener's address.
         address: SocketAddr,
+        /// The socket error.
         #[source]
         source: io::Error,
     },
     /// Registering a socket with the event loop failed.
     #[error("cannot register the UDP listener {address} with the event loop")]
     Register {
+        /// The listener's address.
         address: SocketAddr,
+        /// The registry error.
         #[source]
         source: io::Error,
     },
     /// A listener or cluster knob out of range.
     #[error("{field} = {value}: {reason}")]
     InvalidValue {
+        /// The knob.
         field: &'static str,
+        /// Its value, as written.
         value: String,
+        /// Why it is refused.
         reason: &'static str,
     },
     /// A cluster's health block is invalid.
     #[error("cluster {cluster}")]
     Health {
+        /// The cluster.
         cluster: String,
+        /// What is wrong in its health block.
         #[source]
         source: HealthConfigError,
     },
@@ -125,7 +142,7 @@ struct ClusterSettings {
 
 /// The UDP listeners of a worker and what they need.
 #[derive(Debug)]
-pub struct UdpShell {
+pub(crate) struct UdpShell {
     listeners: Slab<UdpListener>,
     by_address: HashMap<SocketAddr, usize>,
     clusters: HashMap<String, ClusterSettings>,
@@ -157,7 +174,7 @@ impl UdpShell {
     /// listener sockets passed by the master,
     /// used instead of binding when their listener is added;
     /// `buffer_size` clamps `max_rx_datagram_size` (`0`: no clamp).
-    pub fn new(
+    pub(crate) fn new(
         seed: u64,
         fd_limit: u64,
         adopted: Vec<(SocketAddr, OwnedFd)>,
@@ -182,26 +199,26 @@ impl UdpShell {
 
     /// From now on a listener is only served on a socket passed by the
     /// master (see `crate::listen_socket`); activating one without fails.
-    pub fn require_adopted(&mut self) {
+    pub(crate) fn require_adopted(&mut self) {
         self.require_adopted = true;
     }
 
     /// Closes an adopted socket no listener took (its listener was removed
     /// before it was activated, or its add failed).
-    pub fn forget_adopted(&mut self, address: SocketAddr) {
+    pub(crate) fn forget_adopted(&mut self, address: SocketAddr) {
         self.adopted.remove(&address);
     }
 
     /// Sets the affinity hash key (`hash_seed`) of the listeners added from
     /// now on. It never mixes in the listener address, the worker or the
     /// process: a client maps to the same backend wherever it lands.
-    pub fn set_hash_seed(&mut self, hash_seed: u64) {
+    pub(crate) fn set_hash_seed(&mut self, hash_seed: u64) {
         self.hash_seed = hash_seed;
     }
 
     /// Sizes the worker-wide flow pool (fd limit, ephemeral port range,
     /// workers sharing it, upstream source addresses).
-    pub fn set_pool_limits(&mut self, limits: PoolLimits) {
+    pub(crate) fn set_pool_limits(&mut self, limits: PoolLimits) {
         self.pool = FlowPool::new(limits.capacity());
         tracing::info!(
             flows = self.pool.capacity(),
@@ -215,24 +232,19 @@ impl UdpShell {
 
     /// Binds the upstream sockets of listeners added from now on to these
     /// addresses in turn (`upstream_source_addresses`, set at start).
-    pub fn set_source_addresses(&mut self, sources: SourceAddresses) {
+    pub(crate) fn set_source_addresses(&mut self, sources: SourceAddresses) {
         self.sources = sources;
     }
 
-    /// The worker-wide flow pool.
-    pub fn pool(&self) -> FlowPool {
-        self.pool
-    }
-
     /// Adds sockets adopted during an upgrade (used by later adds).
-    pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
+    pub(crate) fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
         self.adopted.extend(sockets);
     }
 
     // ----- listeners -----
 
     /// Adds a listener (and binds it if the config says `active`).
-    pub fn add_listener(
+    pub(crate) fn add_listener(
         &mut self,
         now: Instant,
         config: &UdpListenerConfig,
@@ -275,7 +287,7 @@ impl UdpShell {
 
     /// Patches a listener's timeouts, `max_rx_datagram_size` and
     /// `max_flows` in place (no re-bind; live flows keep their timers).
-    pub fn update_listener(
+    pub(crate) fn update_listener(
         &mut self,
         update: &UpdateUdpListenerConfig,
         ctx: &mut IoContext<'_>,
@@ -300,7 +312,7 @@ impl UdpShell {
     }
 
     /// Binds (or adopts) the listener's socket if needed and starts reading.
-    pub fn activate(
+    pub(crate) fn activate(
         &mut self,
         address: SocketAddr,
         ctx: &mut IoContext<'_>,
@@ -325,7 +337,7 @@ impl UdpShell {
     }
 
     /// Stops reading the listener (socket kept bound) and closes its flows.
-    pub fn deactivate(
+    pub(crate) fn deactivate(
         &mut self,
         now: Instant,
         address: SocketAddr,
@@ -340,7 +352,7 @@ impl UdpShell {
     }
 
     /// Closes the listener's flows and socket and forgets it.
-    pub fn remove_listener(
+    pub(crate) fn remove_listener(
         &mut self,
         now: Instant,
         address: SocketAddr,
@@ -358,7 +370,7 @@ impl UdpShell {
     }
 
     /// Sets (or clears) the frontend of the listener at the order's address.
-    pub fn set_frontend(
+    pub(crate) fn set_frontend(
         &mut self,
         now: Instant,
         frontend: &RequestUdpFrontend,
@@ -393,7 +405,7 @@ impl UdpShell {
     /// Adds or reconfigures a cluster's UDP knobs (new flows only). The
     /// shared part of the order (balancing, health checks, fail-open) is
     /// applied by the loop first (`server/clusters.rs`).
-    pub fn set_cluster(
+    pub(crate) fn set_cluster(
         &mut self,
         now: Instant,
         cluster: &Cluster,
@@ -420,7 +432,7 @@ impl UdpShell {
     /// Removes a cluster whose `removed` backends the loop already took
     /// away: listeners sending to it stop admitting (no cluster) and the
     /// backends' flows close (unless the cluster kept them).
-    pub fn remove_cluster(
+    pub(crate) fn remove_cluster(
         &mut self,
         now: Instant,
         cluster_id: &str,
@@ -455,14 +467,19 @@ impl UdpShell {
     }
 
     /// A backend was added (or added again): its metrics are live again.
-    pub fn backend_added(&mut self, cluster: &ClusterId, backend: &BackendId) {
+    pub(crate) fn backend_added(&mut self, cluster: &ClusterId, backend: &BackendId) {
         self.retired_backends
             .retain(|(c, b, _)| !(c == cluster && b == backend));
     }
 
     /// A backend the loop removed: its flows close with BackendRemoved
     /// unless the cluster keeps them.
-    pub fn remove_backend(&mut self, now: Instant, order: &RemoveBackend, ctx: &mut IoContext<'_>) {
+    pub(crate) fn remove_backend(
+        &mut self,
+        now: Instant,
+        order: &RemoveBackend,
+        ctx: &mut IoContext<'_>,
+    ) {
         let keep = self
             .clusters
             .get(&order.cluster_id)
@@ -503,7 +520,7 @@ impl UdpShell {
     /// (this one would shed them). Its live flows keep their replies (read on
     /// their upstream sockets, sent on the shared socket); their clients'
     /// datagrams now reach the successor.
-    pub fn soft_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+    pub(crate) fn soft_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         self.draining = true;
         for (_, listener) in self.listeners.iter_mut() {
             listener.manager.drain(now);
@@ -516,7 +533,7 @@ impl UdpShell {
     /// Records that every bound listener socket was just passed to the
     /// master (`return_listen_sockets`): a later soft-stop leaves reading
     /// them to the successor.
-    pub fn mark_sockets_returned(&mut self) {
+    pub(crate) fn mark_sockets_returned(&mut self) {
         for (_, listener) in self.listeners.iter_mut() {
             if listener.has_socket() {
                 listener.socket_returned = true;
@@ -525,14 +542,14 @@ impl UdpShell {
     }
 
     /// True when no listener has a live flow left.
-    pub fn is_drained(&self) -> bool {
+    pub(crate) fn is_drained(&self) -> bool {
         self.listeners
             .iter()
             .all(|(_, l)| l.manager.active_flows() == 0)
     }
 
     /// Hard-stop: closes every flow now.
-    pub fn hard_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+    pub(crate) fn hard_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
             listener.close_all(now, FlowCloseReason::Shutdown, ctx);
         }
@@ -541,7 +558,7 @@ impl UdpShell {
     // ----- event loop -----
 
     /// The earliest deadline of any listener's flows or health probe.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.listeners
             .iter()
             .filter_map(|(_, l)| l.manager.poll_timeout())
@@ -549,7 +566,7 @@ impl UdpShell {
     }
 
     /// Expires due flows and runs due health probes.
-    pub fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+    pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
             if listener.manager.poll_timeout().is_some_and(|t| t <= now) {
                 listener.manager.handle_timeout(now);
@@ -562,7 +579,7 @@ impl UdpShell {
     /// Sends every listener's batch of client-bound datagrams: called once
     /// per loop wake-up, after its events, so the replies read in it leave
     /// in one `sendmmsg` per listener instead of one per readiness event.
-    pub fn flush(&mut self, ctx: &mut IoContext<'_>) {
+    pub(crate) fn flush(&mut self, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
             listener.flush_returns(ctx);
         }
@@ -586,7 +603,7 @@ impl UdpShell {
     }
 
     /// A readiness event for one of the shell's sockets.
-    pub fn on_ready(
+    pub(crate) fn on_ready(
         &mut self,
         now: Instant,
         token: UdpToken,
@@ -631,19 +648,9 @@ impl UdpShell {
             .ok_or(UdpError::UnknownListener { address })
     }
 
-    /// The listener at `address`, if any.
-    pub fn listener(&self, address: SocketAddr) -> Option<&UdpListener> {
-        self.by_address.get(&address).map(|&id| &self.listeners[id])
-    }
-
-    /// Every listener.
-    pub fn listeners(&self) -> impl Iterator<Item = &UdpListener> {
-        self.listeners.iter().map(|(_, l)| l)
-    }
-
     /// The bound sockets, with their configured addresses, for passing to
     /// the master.
-    pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
+    pub(crate) fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
         self.listeners
             .iter()
             .filter_map(|(_, l)| l.socket_fd().map(|fd| (l.address, fd)))
@@ -651,7 +658,7 @@ impl UdpShell {
     }
 
     /// Live flows over every listener.
-    pub fn active_flows(&self) -> usize {
+    pub(crate) fn active_flows(&self) -> usize {
         self.listeners
             .iter()
             .map(|(_, l)| l.manager.active_flows())
@@ -786,7 +793,7 @@ pub(super) fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<
 }
 
 /// The default `quic_cid_length` (quinn's and most stacks' server CID length).
-pub const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
+pub(crate) const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
 
 /// A cluster's UDP knobs as the core takes them.
 fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
