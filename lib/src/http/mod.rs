@@ -2,13 +2,15 @@
 //! hostname and path to clusters, hosted by the worker's single mio loop
 //! beside UDP and TCP. See `doc/tcp_http.md` for what an operator sees.
 //!
-//! Owns its listening sockets, its routing tables (one [`Router`] per
-//! listener address), its client connections ([`session::Session`]), their
+//! Owns its listeners (a [`crate::stream::ListenerSet`]), its routing
+//! tables (one [`Router`] per listener address), its client connections
+//! (`session::Session`), their
 //! deadlines, the cluster knobs it needs and its metric handles. Backends
 //! and load balancing are shared with every protocol and borrowed per call
-//! in a [`ProxyContext`]. The pure parts — heads ([`head`]), body framing
-//! ([`body`]), routing ([`router`]), answers ([`answers`]) — never touch a
-//! socket. It must never block, read the clock, panic on a peer's bytes, or
+//! in a [`ProxyContext`]. The pure parts — heads, body framing and routing —
+//! live in [`crate::protocol::http`]; the proxy's own answers in `answers`.
+//! The listener lifecycle, accept loop and `max_connections` gate are
+//! [`crate::stream`]'s. It must never block, read the clock, panic on a peer's bytes, or
 //! number its own tokens.
 
 pub(crate) mod access;

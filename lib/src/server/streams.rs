@@ -6,10 +6,13 @@
 //! [`crate::http::HttpProxy`] own their sockets and sessions; the loop
 //! ([`super::Server`]) owns the token table, backends and metrics they
 //! borrow through a [`ProxyContext`]. Kept apart from the UDP wiring so the
-//! two evolve without touching each other. Cluster knobs and backends are
-//! applied to the shared [`crate::backends::BackendMap`] by the UDP shell's
-//! order handling (it runs first); this file only tells the stream proxies
-//! what they keep themselves (`proxy_protocol`, metric caches).
+//! two evolve without touching each other. The order dispatch is written
+//! once, over [`StreamProxy`]: the listener lifecycle is the shared
+//! [`crate::stream::ListenerSet`]'s, each proxy adds its own orders. Cluster
+//! knobs and backends are applied to the shared
+//! [`crate::backends::BackendMap`] first (`clusters.rs`); this file only
+//! tells the stream proxies what they keep themselves (`proxy_protocol`,
+//! metric caches).
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -2,7 +2,8 @@
 //! accepted connection relaying bytes to a backend of the cluster, hosted by
 //! the worker's single mio loop beside UDP and HTTP. See `doc/tcp_http.md`.
 //!
-//! Owns its listening sockets, its sessions, their deadlines, its metric
+//! Owns its listeners (a [`crate::stream::ListenerSet`] whose listener
+//! data is the frontend), its sessions, their deadlines, its metric
 //! handles and the cluster knobs it needs (`proxy_protocol`). Backends and
 //! load balancing are shared with every protocol through
 //! [`crate::backends::BackendMap`], borrowed per call in a

@@ -48,8 +48,9 @@ pub fn check_listener(config: &UdpListenerConfig) -> Result<(), UdpError> {
     manager_config(address, config, 1, 0).map(|_| ())
 }
 
-/// What [`UdpShell::set_cluster`] refuses in a cluster (knobs, health
-/// block, algorithm), checked without a shell.
+/// What a cluster order may be refused for (UDP knobs, health block,
+/// algorithm), checked without a shell: by the master before it changes its
+/// state, and by the worker before it changes anything (`server/clusters.rs`).
 pub fn check_cluster(cluster: &Cluster) -> Result<(), UdpError> {
     cluster_settings(cluster)?;
     if let Some(wire) = cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
