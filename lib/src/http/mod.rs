@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use slab::Slab;
 use sozu_command_lib::command::{
-    request::RequestType, Cluster, HttpListenerConfig, ListenerType, ProxyProtocolConfig,
-    RequestHttpFrontend, UpdateHttpListenerConfig,
+    request::RequestType, Cluster, HttpListenerConfig, ListenerType, RequestHttpFrontend,
+    UpdateHttpListenerConfig,
 };
 
 use crate::metrics::gauge_add;
@@ -35,8 +35,8 @@ use crate::stream::limit::ConnectionLimit;
 use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
 use crate::stream::socket::Side;
 use crate::stream::{
-    seconds, ListenerError, ListenerSet, ListenerToken, ProxyContext, Readiness, StreamKind,
-    StreamProxy,
+    seconds, ClusterKnobs, ListenerError, ListenerSet, ListenerToken, ProxyContext, Readiness,
+    StreamKind, StreamProxy,
 };
 
 pub use crate::protocol::http::router::{RouteError, RouteTarget, Router};
@@ -75,14 +75,6 @@ pub enum HttpError {
         #[source]
         source: RouteError,
     },
-}
-
-/// What a cluster tells the HTTP proxy.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClusterKnobs {
-    /// `SEND_HEADER` / `RELAY_HEADER`: a PROXY v2 header opens each backend
-    /// connection.
-    pub proxy_protocol: Option<ProxyProtocolConfig>,
 }
 
 /// The HTTP part of a listener.
@@ -448,11 +440,8 @@ impl StreamProxy for HttpProxy {
     }
 
     fn set_cluster(&mut self, cluster: &Cluster) {
-        let proxy_protocol = cluster
-            .proxy_protocol
-            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
         self.clusters
-            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
+            .insert(cluster.cluster_id.clone(), ClusterKnobs::of(cluster));
     }
 
     fn remove_cluster(&mut self, cluster: &str) {

@@ -34,10 +34,11 @@ use crate::stream::socket::{
 use super::access::HttpAccessRecord;
 use super::answers::default_answer;
 use super::metrics::{HttpHandleCache, HttpHandles};
-use super::{ClusterKnobs, HttpToken};
+use super::HttpToken;
 use crate::protocol::http::body::BodyTracker;
 use crate::protocol::http::head::{self, ForwardInfo};
 use crate::protocol::http::router::{RouteTarget, Router};
+use crate::stream::ClusterKnobs;
 
 mod exchange;
 

@@ -34,6 +34,27 @@ pub fn buffer_size(configured: usize) -> usize {
     }
 }
 
+/// What a cluster tells a stream proxy: `proxy_protocol` (`SEND_HEADER` /
+/// `RELAY_HEADER`: a PROXY v2 header opens each backend connection;
+/// `EXPECT_HEADER` / `RELAY_HEADER` on a TCP cluster: clients send one).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ClusterKnobs {
+    /// The cluster's PROXY protocol setting, if a known one.
+    pub(crate) proxy_protocol: Option<sozu_command_lib::command::ProxyProtocolConfig>,
+}
+
+impl ClusterKnobs {
+    /// The knobs of a cluster order (an unknown `proxy_protocol` value is
+    /// none).
+    pub(crate) fn of(cluster: &sozu_command_lib::command::Cluster) -> Self {
+        ClusterKnobs {
+            proxy_protocol: cluster
+                .proxy_protocol
+                .and_then(|p| sozu_command_lib::command::ProxyProtocolConfig::try_from(p).ok()),
+        }
+    }
+}
+
 /// A timeout of `s` seconds; 0 is taken as 1 s so no session lives forever
 /// idle and no timer fires in a busy loop.
 pub fn seconds(s: u32) -> Duration {

@@ -42,7 +42,7 @@ use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
 use crate::stream::socket::{
     self, connect_backend, connect_state, ConnectError, ConnectState, Side,
 };
-use crate::stream::{seconds, ListenerError, ListenerSet, ListenerToken, StreamKind};
+use crate::stream::{seconds, ClusterKnobs, ListenerError, ListenerSet, ListenerToken, StreamKind};
 use crate::stream::{ProxyContext, Readiness, StreamProxy};
 use sozu_command_lib::command::{request::RequestType, ListenerType};
 
@@ -106,12 +106,6 @@ impl TcpListenerData {
             connect: seconds(self.config.connect_timeout),
         }
     }
-}
-
-/// What a cluster tells the TCP proxy.
-#[derive(Debug, Clone, Copy, Default)]
-struct ClusterKnobs {
-    proxy_protocol: Option<ProxyProtocolConfig>,
 }
 
 /// The TCP listeners and sessions of one worker.
@@ -690,11 +684,8 @@ impl StreamProxy for TcpProxy {
     }
 
     fn set_cluster(&mut self, cluster: &Cluster) {
-        let proxy_protocol = cluster
-            .proxy_protocol
-            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
         self.clusters
-            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
+            .insert(cluster.cluster_id.clone(), ClusterKnobs::of(cluster));
     }
 
     fn remove_cluster(&mut self, cluster: &str) {
