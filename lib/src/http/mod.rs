@@ -238,33 +238,11 @@ impl HttpProxy {
         self.deadlines.clear();
     }
 
-    /// True when no connection is alive.
-    pub fn is_drained(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
-    /// Client connections alive now.
-    pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
     // ----- event loop -----
 
     /// The earliest deadline (possibly stale: handling it re-arms).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.peek()
-    }
-
-    /// True when a listener stopped at its accept budget.
-    pub fn has_backlog(&self) -> bool {
-        self.listeners.has_backlog()
-    }
-
-    /// Accepts again on listeners that ran out of budget.
-    pub fn accept_backlog(&mut self, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
-        for id in self.listeners.with_backlog() {
-            self.accept(id, now, ctx);
-        }
     }
 
     /// Handles passed deadlines.
@@ -293,7 +271,7 @@ impl HttpProxy {
     ) {
         let key = match token {
             HttpToken::Listener(id) => {
-                self.accept(id, now, ctx);
+                self.accept_on(id, now, ctx);
                 return;
             }
             HttpToken::Front(key) => {
@@ -346,7 +324,7 @@ impl HttpProxy {
         }
     }
 
-    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
+    fn accept_on(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
         let mut accepted = 0;
         while let Some(Accepted {
             stream,
@@ -414,6 +392,18 @@ impl StreamProxy for HttpProxy {
 
     fn listener_set(&mut self) -> &mut ListenerSet<HttpListenerData> {
         &mut self.listeners
+    }
+
+    fn listeners(&self) -> &ListenerSet<HttpListenerData> {
+        &self.listeners
+    }
+
+    fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
+        self.accept_on(id, now, ctx);
     }
 
     fn remove_listener(

@@ -79,6 +79,39 @@ pub trait StreamProxy {
     /// Its listeners.
     fn listener_set(&mut self) -> &mut ListenerSet<Self::Listener>;
 
+    /// Its listeners, to look at.
+    fn listeners(&self) -> &ListenerSet<Self::Listener>;
+
+    /// Client connections alive now.
+    fn active_sessions(&self) -> usize;
+
+    /// Takes the connections waiting on listener `id`, up to the accept
+    /// budget, and starts a session for each.
+    fn accept(
+        &mut self,
+        id: usize,
+        now: std::time::Instant,
+        ctx: &mut ProxyContext<'_, Self::Token>,
+    );
+
+    /// True when no client connection is alive (soft-stop may end).
+    fn is_drained(&self) -> bool {
+        self.active_sessions() == 0
+    }
+
+    /// True when a listener stopped at its accept budget and must be
+    /// accepted again without waiting for an event (poll must not wait).
+    fn has_backlog(&self) -> bool {
+        self.listeners().has_backlog()
+    }
+
+    /// Accepts again on listeners that ran out of budget last time.
+    fn accept_backlog(&mut self, now: std::time::Instant, ctx: &mut ProxyContext<'_, Self::Token>) {
+        for id in self.listeners().with_backlog() {
+            self.accept(id, now, ctx);
+        }
+    }
+
     /// Closes a listener, its socket and what it accepted.
     fn remove_listener(
         &mut self,

@@ -234,35 +234,12 @@ impl TcpProxy {
         self.deadlines.clear();
     }
 
-    /// True when no session is alive.
-    pub fn is_drained(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
-    /// Sessions alive now.
-    pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
     // ----- event loop -----
 
     /// The earliest session deadline (possibly a stale one: handling it
     /// re-arms the real one). See also [`has_backlog`](Self::has_backlog).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.peek()
-    }
-
-    /// True when a listener stopped at its accept budget and must be
-    /// accepted again without waiting for an event.
-    pub fn has_backlog(&self) -> bool {
-        self.listeners.has_backlog()
-    }
-
-    /// Accepts again on listeners that ran out of budget last time.
-    pub fn accept_backlog(&mut self, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
-        for id in self.listeners.with_backlog() {
-            self.accept(id, now, ctx);
-        }
     }
 
     /// Closes sessions whose deadline passed.
@@ -299,7 +276,7 @@ impl TcpProxy {
         ctx: &mut ProxyContext<'_, TcpToken>,
     ) {
         match token {
-            TcpToken::Listener(id) => self.accept(id, now, ctx),
+            TcpToken::Listener(id) => self.accept_on(id, now, ctx),
             TcpToken::Front(key) => {
                 if let Some(s) = self.sessions.get_mut(key) {
                     s.front.readable |= readiness.readable;
@@ -324,7 +301,7 @@ impl TcpProxy {
         }
     }
 
-    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+    fn accept_on(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
         let mut accepted = 0;
         while let Some(Accepted {
             stream,
@@ -659,6 +636,18 @@ impl StreamProxy for TcpProxy {
 
     fn listener_set(&mut self) -> &mut ListenerSet<TcpListenerData> {
         &mut self.listeners
+    }
+
+    fn listeners(&self) -> &ListenerSet<TcpListenerData> {
+        &self.listeners
+    }
+
+    fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        self.accept_on(id, now, ctx);
     }
 
     fn remove_listener(

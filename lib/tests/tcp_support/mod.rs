@@ -24,7 +24,8 @@ use sozu_command_lib::command::{
 use sozu_lib::backends::BackendMap;
 use sozu_lib::http::{HttpProxy, HttpToken};
 use sozu_lib::metrics::MetricsRegistry;
-use sozu_lib::stream::{Readiness, StreamProxy, TokenTable};
+pub use sozu_lib::stream::StreamProxy;
+use sozu_lib::stream::{Readiness, TokenTable};
 use sozu_lib::tcp::{TcpProxy, TcpToken};
 
 #[derive(Debug, Clone, Copy)]
