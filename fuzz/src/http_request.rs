@@ -15,8 +15,8 @@
 
 use std::net::SocketAddr;
 
-use sozu_lib::http::body::{BodyKind, BodyTracker};
-use sozu_lib::http::head::{parse_request, ForwardInfo, RequestError};
+use sozu_lib::protocol::http::body::{BodyKind, BodyTracker};
+use sozu_lib::protocol::http::head::{parse_request, ForwardInfo, RequestError};
 
 /// The fuzz entry point.
 pub fn run(data: &[u8]) {
@@ -68,7 +68,7 @@ pub fn run(data: &[u8]) {
 }
 
 /// The forwarded head must mean to the backend what the proxy understood.
-fn check_forwarded(request: &sozu_lib::http::head::Request, info: &ForwardInfo) {
+fn check_forwarded(request: &sozu_lib::protocol::http::head::Request, info: &ForwardInfo) {
     let again = match parse_request(&request.forwarded, info) {
         Ok(Some(again)) => again,
         // The proxy adds up to five header lines: a client head near the
@@ -100,7 +100,7 @@ fn check_forwarded(request: &sozu_lib::http::head::Request, info: &ForwardInfo) 
 fn feed_whole(
     kind: BodyKind,
     body: &[u8],
-) -> Result<(usize, bool), sozu_lib::http::body::FramingError> {
+) -> Result<(usize, bool), sozu_lib::protocol::http::body::FramingError> {
     let mut tracker = BodyTracker::new(kind);
     let used = tracker.feed(body)?;
     assert!(
@@ -116,7 +116,7 @@ fn feed_chunked(
     kind: BodyKind,
     body: &[u8],
     seed: u8,
-) -> Result<(usize, bool), sozu_lib::http::body::FramingError> {
+) -> Result<(usize, bool), sozu_lib::protocol::http::body::FramingError> {
     let mut tracker = BodyTracker::new(kind);
     let mut used = 0;
     let mut state = u32::from(seed) | 1;

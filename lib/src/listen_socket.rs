@@ -21,8 +21,17 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::tcp::socket::LISTEN_BACKLOG;
-use crate::udp::socket::ListenerSocketOptions;
+/// Pending connections the kernel keeps per stream listener.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Options of a UDP listener socket from its `UdpListenerConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerSocketOptions {
+    /// `SO_RCVBUF` in bytes (`None` = kernel default).
+    pub recv_buffer_size: Option<usize>,
+    /// `SO_SNDBUF` in bytes (`None` = kernel default).
+    pub send_buffer_size: Option<usize>,
+}
 
 /// Why a listening socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +39,21 @@ pub enum ListenError {
     /// Another socket (another process, or one of ours) holds the address.
     #[error("{proto} address {address} is already in use")]
     InUse {
+        /// `UDP`, `TCP` or `HTTP`.
         proto: &'static str,
+        /// The address asked for.
         address: SocketAddr,
     },
     /// Any other failure of a socket call.
     #[error("cannot bind {proto} address {address}: {operation}")]
     Io {
+        /// `UDP`, `TCP` or `HTTP`.
         proto: &'static str,
+        /// The address asked for.
         address: SocketAddr,
+        /// The socket call that failed.
         operation: &'static str,
+        /// Its error.
         #[source]
         source: io::Error,
     },

@@ -10,8 +10,8 @@
 
 use std::net::SocketAddr;
 
-use sozu_lib::http::body::BodyKind;
-use sozu_lib::http::head::{parse_request, parse_response, ForwardInfo};
+use sozu_lib::protocol::http::body::BodyKind;
+use sozu_lib::protocol::http::head::{parse_request, parse_response, ForwardInfo};
 
 fn info() -> ForwardInfo {
     ForwardInfo {
@@ -20,7 +20,7 @@ fn info() -> ForwardInfo {
     }
 }
 
-fn forwarded_request(head: &str) -> (sozu_lib::http::head::Request, String) {
+fn forwarded_request(head: &str) -> (sozu_lib::protocol::http::head::Request, String) {
     let request = parse_request(head.as_bytes(), &info())
         .expect("a valid head")
         .expect("a complete head");

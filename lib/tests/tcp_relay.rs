@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 
 use sozu_command_lib::command::ProxyProtocolConfig;
-use sozu_lib::proxy_protocol::{self, StreamProxyHeader};
+use sozu_lib::protocol::proxy_protocol::{self, StreamProxyHeader};
 use tcp_support::*;
 
 #[test]

@@ -30,9 +30,9 @@ use sozu_command_lib::command::{
     AdoptListenSockets, ListenSocketEntry, ListenSocketManifest, ListenerType, Request,
 };
 use sozu_command_lib::state::ConfigState;
+use sozu_lib::listen_socket::ListenerSocketOptions;
 use sozu_lib::listen_socket::{bind_stream, bind_udp_group, steer_udp_group, ListenError};
 use sozu_lib::udp::shell::socket_options;
-use sozu_lib::udp::socket::ListenerSocketOptions;
 
 use super::gather::OrderId;
 use super::workers::set_cloexec;

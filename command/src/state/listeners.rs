@@ -64,7 +64,7 @@ fn check_http_listener(config: &HttpListenerConfig) -> Result<SocketAddr, StateE
 
 /// Applies a UDP listener patch: every field present in `update` replaces the
 /// listener's value; absent fields are kept.
-pub(super) fn patch_udp(config: &mut UdpListenerConfig, update: &UpdateUdpListenerConfig) {
+pub fn patch_udp(config: &mut UdpListenerConfig, update: &UpdateUdpListenerConfig) {
     if let Some(public) = update.public_address {
         config.public_address = Some(public);
     }
@@ -83,7 +83,7 @@ pub(super) fn patch_udp(config: &mut UdpListenerConfig, update: &UpdateUdpListen
 }
 
 /// Applies a TCP listener patch (see [`patch_udp`]).
-pub(super) fn patch_tcp(config: &mut TcpListenerConfig, update: &UpdateTcpListenerConfig) {
+pub fn patch_tcp(config: &mut TcpListenerConfig, update: &UpdateTcpListenerConfig) {
     if let Some(public) = update.public_address {
         config.public_address = Some(public);
     }
@@ -148,7 +148,7 @@ macro_rules! http_required_fields {
 
 /// Applies an HTTP listener patch (see [`patch_udp`]). A non-empty `answers`
 /// map replaces the listener's map as a whole.
-pub(super) fn patch_http(config: &mut HttpListenerConfig, update: &UpdateHttpListenerConfig) {
+pub fn patch_http(config: &mut HttpListenerConfig, update: &UpdateHttpListenerConfig) {
     macro_rules! set_optional {
         ($($field:ident),*) => {$(
             if let Some(v) = &update.$field {

@@ -47,6 +47,33 @@ use crate::command::{
 pub use error::{ListenerKind, StateError};
 pub use file::StateFileError;
 pub use frontends::HttpRoute;
+/// The listener patches, shared with the worker so an update order changes a
+/// listener's configuration the same way in the state and in the proxy.
+pub use listeners::{
+    patch_http as patch_http_listener, patch_tcp as patch_tcp_listener,
+    patch_udp as patch_udp_listener,
+};
+
+/// The Sōzu 2.1 orders no worker of this proxy serves (HTTP health checks,
+/// per-IP connection limits…; see doc/protocol.md), as a pattern: the state
+/// leaves them alone and a worker refuses them by name. One list for both.
+#[macro_export]
+macro_rules! unserved_orders {
+    () => {
+        $crate::command::request::RequestType::LaunchWorker(_)
+            | $crate::command::request::RequestType::SubscribeEvents(_)
+            | $crate::command::request::RequestType::QueryClustersByDomain(_)
+            | $crate::command::request::RequestType::QueryClustersHashes(_)
+            | $crate::command::request::RequestType::QueryCertificatesFromTheState(_)
+            | $crate::command::request::RequestType::CountRequests(_)
+            | $crate::command::request::RequestType::SetMaxConnectionsPerIp(_)
+            | $crate::command::request::RequestType::QueryMaxConnectionsPerIp(_)
+            | $crate::command::request::RequestType::SetHealthCheck(_)
+            | $crate::command::request::RequestType::RemoveHealthCheck(_)
+            | $crate::command::request::RequestType::QueryHealthChecks(_)
+            | $crate::command::request::RequestType::SetMetricDetail(_)
+    };
+}
 
 /// What [`ConfigState::dispatch`] did with an order it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,23 +191,14 @@ impl ConfigState {
             | RequestType::AdoptFlows(_)
             | RequestType::CheckState(_) => return Ok(DispatchOutcome::NotAStateChange),
             // Sōzu 2.1 orders this proxy answers without a state change, or
-            // refuses by name (HTTP health checks…; see doc/protocol.md):
-            // the master decides, the state is untouched.
-            RequestType::LaunchWorker(_)
-            | RequestType::SubscribeEvents(_)
-            | RequestType::QueryClustersByDomain(_)
-            | RequestType::QueryClustersHashes(_)
+            // refuses by name (HTTP health checks, per-IP limits…; see
+            // doc/protocol.md): the master decides, the state is untouched.
+            crate::unserved_orders!()
             | RequestType::ConfigureMetrics(_)
             | RequestType::Logging(_)
-            | RequestType::QueryCertificatesFromTheState(_)
-            | RequestType::QueryCertificatesFromWorkers(_)
-            | RequestType::CountRequests(_)
-            | RequestType::SetMaxConnectionsPerIp(_)
-            | RequestType::QueryMaxConnectionsPerIp(_)
-            | RequestType::SetHealthCheck(_)
-            | RequestType::RemoveHealthCheck(_)
-            | RequestType::QueryHealthChecks(_)
-            | RequestType::SetMetricDetail(_) => return Ok(DispatchOutcome::NotAStateChange),
+            | RequestType::QueryCertificatesFromWorkers(_) => {
+                return Ok(DispatchOutcome::NotAStateChange)
+            }
         };
         match &result {
             Ok(()) => tracing::debug!(order = order_name(request_type), "state order applied"),

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::load_balancing::{stable_hash, Algorithm, Candidate, LoadBalancingPolicy};
 
-use super::ids::BackendId;
+use crate::protocol::ids::BackendId;
 
 /// Weight of a backend added without `load_balancing_parameters` (Sōzu's
 /// default).
@@ -124,7 +124,10 @@ pub enum Upsert {
     Added,
     /// The id existed: its address and weight were replaced (status and flow
     /// count kept). `previous_address` is where its live flows still go.
-    Updated { previous_address: SocketAddr },
+    Updated {
+        /// Where its live flows still go.
+        previous_address: SocketAddr,
+    },
 }
 
 /// The backends of one cluster and how to choose among them.

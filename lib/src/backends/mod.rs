@@ -7,7 +7,6 @@
 //! [`BackendMap::set_status`]. Protobuf types appear only at the edge
 //! ([`BackendMap::add_from_order`], [`BackendMap::remove_from_order`]).
 
-mod ids;
 mod list;
 
 #[cfg(test)]
@@ -23,7 +22,7 @@ use sozu_command_lib::proto::weight::effective_weight;
 
 use crate::load_balancing::{mix64, stable_hash, Algorithm};
 
-pub use ids::{BackendId, ClusterId};
+pub use crate::protocol::ids::{BackendId, ClusterId};
 pub use list::{Backend, BackendList, BackendStatus, Upsert, DEFAULT_WEIGHT};
 
 /// A bad backend order.
@@ -31,23 +30,38 @@ pub use list::{Backend, BackendList, BackendStatus, Upsert, DEFAULT_WEIGHT};
 pub enum BackendError {
     /// The order names a cluster that has no backends.
     #[error("unknown cluster {cluster:?}")]
-    UnknownCluster { cluster: String },
+    UnknownCluster {
+        /// The cluster the order named.
+        cluster: String,
+    },
     /// The order names a backend the cluster does not have.
     #[error("cluster {cluster:?} has no backend {backend:?}")]
-    UnknownBackend { cluster: String, backend: String },
+    UnknownBackend {
+        /// The cluster the order named.
+        cluster: String,
+        /// The backend the order named.
+        backend: String,
+    },
     /// The backend exists but at another address than the order says.
     #[error("backend {backend:?} of cluster {cluster:?} is at {actual}, not {address}")]
     AddressMismatch {
+        /// The cluster the order named.
         cluster: String,
+        /// The backend the order named.
         backend: String,
+        /// The address the order said.
         address: SocketAddr,
+        /// The backend's address.
         actual: SocketAddr,
     },
     /// The order's address is not a socket address.
     #[error("backend {backend:?} of cluster {cluster:?}: invalid address")]
     InvalidAddress {
+        /// The cluster the order named.
         cluster: String,
+        /// The backend the order named.
         backend: String,
+        /// Why it is not an address.
         #[source]
         source: AddressError,
     },

@@ -31,18 +31,25 @@ pub enum ProbeKind {
     /// Connect over TCP.
     Tcp,
     /// Send this payload over UDP and wait for any reply.
-    Udp { payload: Arc<[u8]> },
+    Udp {
+        /// The datagram sent (may be empty).
+        payload: Arc<[u8]>,
+    },
 }
 
 /// A probe to run now: the worker opens a `ProbeSocket` for it and reports
 /// the result with [`HealthChecker::probe_succeeded`] / `probe_failed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
+    /// Names the probe when its outcome is reported.
     pub id: ProbeId,
+    /// The backend's cluster.
     pub cluster: ClusterId,
+    /// The backend probed.
     pub backend: BackendId,
     /// Where to probe (the companion port for TCP probes).
     pub addr: SocketAddr,
+    /// TCP connect or UDP datagram.
     pub kind: ProbeKind,
     /// After this the checker counts the probe as failed by itself.
     pub deadline: Instant,
@@ -54,23 +61,33 @@ pub enum HealthEvent {
     /// `rise` consecutive successes on a down backend (or checking stopped
     /// while it was down): it may take new flows again.
     BackendUp {
+        /// The backend's cluster.
         cluster: ClusterId,
+        /// The backend.
         backend: BackendId,
     },
     /// `fall` consecutive failures on an up backend: no new flows.
     BackendDown {
+        /// The backend's cluster.
         cluster: ClusterId,
+        /// The backend.
         backend: BackendId,
     },
     /// The probe's result is no longer wanted (its backend or cluster went
     /// away, or checking was turned off): close its socket.
-    ProbeAbandoned { probe: ProbeId },
+    ProbeAbandoned {
+        /// The probe.
+        probe: ProbeId,
+    },
     /// The probe got no answer by its deadline: it counted as a failure
     /// (like a refused probe, so the worker counts it in
     /// `udp.health.probe_failed`); close its socket.
     ProbeTimedOut {
+        /// The probe.
         probe: ProbeId,
+        /// The backend's cluster.
         cluster: ClusterId,
+        /// The backend probed.
         backend: BackendId,
     },
 }

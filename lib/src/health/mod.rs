@@ -1,13 +1,15 @@
-//! Backend health: per-cluster probe configuration, the pure probe scheduler
-//! with its rise/fall state ([`HealthChecker`]), and the socket side of one
-//! probe ([`probe`]).
+//! Backend health for every protocol: per-cluster probe configuration, the
+//! pure probe scheduler with its rise/fall state ([`HealthChecker`]), the
+//! socket side of one probe ([`probe`]) and the probes in flight with the
+//! application of the checker's events ([`prober`]).
 //!
 //! The checker never touches sockets or reads the clock (`now` is injected);
 //! [`probe::ProbeSocket`] is its I/O twin. Neither changes backend status
 //! itself: the worker applies [`HealthEvent`]s to `crate::backends::BackendMap`.
 
 mod checker;
-pub mod probe;
+pub(crate) mod probe;
+pub(crate) mod prober;
 
 #[cfg(test)]
 mod tests;
@@ -83,12 +85,18 @@ impl Default for HealthConfig {
 /// A health configuration that cannot be applied; names field and value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HealthConfigError {
+    /// `mode` is not a known mode.
     #[error("udp.health.mode: unknown value {0}")]
     UnknownMode(i32),
+    /// `tcp_port` is not a port.
     #[error("udp.health.tcp_port: {0} is not a port (1..=65535)")]
     TcpPort(u32),
+    /// `rise`, `fall`, `interval` or `timeout` is zero.
     #[error("udp.health.{field}: must be at least 1, got 0")]
-    Zero { field: &'static str },
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
 }
 
 impl TryFrom<&command::UdpHealthConfig> for HealthConfig {

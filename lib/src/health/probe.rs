@@ -12,11 +12,11 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 
-use super::checker::{Probe, ProbeId, ProbeKind};
+use super::checker::{Probe, ProbeKind};
 
 /// The result of a probe as seen on its socket.
 #[derive(Debug)]
-pub enum ProbeOutcome {
+pub(crate) enum ProbeOutcome {
     /// The backend answered (UDP reply, or TCP handshake complete).
     Success,
     /// The backend refused or the socket failed.
@@ -31,8 +31,7 @@ enum ProbeIo {
 
 /// One probe in flight.
 #[derive(Debug)]
-pub struct ProbeSocket {
-    id: ProbeId,
+pub(crate) struct ProbeSocket {
     io: ProbeIo,
 }
 
@@ -40,7 +39,7 @@ impl ProbeSocket {
     /// Opens the probe's socket and starts it (sends the UDP payload, or
     /// starts the TCP connect). An error here is a failed probe (e.g. EMFILE,
     /// or an immediately refused connect).
-    pub fn open(probe: &Probe) -> io::Result<Self> {
+    pub(crate) fn open(probe: &Probe) -> io::Result<Self> {
         let io = match &probe.kind {
             ProbeKind::Udp { payload } => {
                 let local: SocketAddr = match probe.addr {
@@ -56,17 +55,12 @@ impl ProbeSocket {
             }
             ProbeKind::Tcp => ProbeIo::Tcp(TcpStream::connect(probe.addr)?),
         };
-        Ok(ProbeSocket { id: probe.id, io })
-    }
-
-    /// The probe this socket runs.
-    pub fn id(&self) -> ProbeId {
-        self.id
+        Ok(ProbeSocket { io })
     }
 
     /// Registers the socket (readable for UDP, writable for TCP; errors wake
     /// either).
-    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         match &mut self.io {
             ProbeIo::Udp(s) => registry.register(s, token, Interest::READABLE),
             ProbeIo::Tcp(s) => registry.register(s, token, Interest::WRITABLE),
@@ -74,7 +68,7 @@ impl ProbeSocket {
     }
 
     /// Removes the socket from the poll (before dropping it).
-    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+    pub(crate) fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         match &mut self.io {
             ProbeIo::Udp(s) => registry.deregister(s),
             ProbeIo::Tcp(s) => registry.deregister(s),
@@ -83,7 +77,7 @@ impl ProbeSocket {
 
     /// Checks the socket after a readiness event: `None` while the probe is
     /// still pending (spurious wake-up, connect in progress).
-    pub fn poll_outcome(&mut self) -> Option<ProbeOutcome> {
+    pub(crate) fn poll_outcome(&mut self) -> Option<ProbeOutcome> {
         match &mut self.io {
             ProbeIo::Udp(s) => {
                 // Any reply counts, so a truncated read is fine.

@@ -9,13 +9,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::access_log::ACCESS_TARGET;
+use crate::access::{millis, OrDash, Tags, ACCESS_TARGET};
 use crate::backends::{BackendId, ClusterId};
-use crate::tcp::access::{millis, OrDash, Tags};
 
 /// The access record of one request.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpAccessRecord<'a> {
+pub(crate) struct HttpAccessRecord<'a> {
     pub listener: SocketAddr,
     pub client: SocketAddr,
     pub method: &'a str,
@@ -39,7 +38,7 @@ pub struct HttpAccessRecord<'a> {
 
 impl HttpAccessRecord<'_> {
     /// Emits the record at INFO on the `access` target.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
             protocol = "http",

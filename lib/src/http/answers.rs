@@ -8,7 +8,7 @@
 
 /// The response for `status`; statuses without a dedicated text get 502's
 /// shape with their own code.
-pub fn default_answer(status: u16) -> &'static [u8] {
+pub(crate) fn default_answer(status: u16) -> &'static [u8] {
     // `concat!` cannot compute a length, so each body's length is written
     // beside it; a test checks every one.
     macro_rules! answer {
@@ -49,8 +49,9 @@ pub fn default_answer(status: u16) -> &'static [u8] {
     }
 }
 
+#[cfg(test)]
 /// Every status [`default_answer`] has a text for.
-pub const DEFAULT_STATUSES: [u16; 9] = [400, 401, 404, 408, 431, 501, 502, 503, 504];
+pub(crate) const DEFAULT_STATUSES: [u16; 9] = [400, 401, 404, 408, 431, 501, 502, 503, 504];
 
 #[cfg(test)]
 mod tests {

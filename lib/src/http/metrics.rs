@@ -8,24 +8,24 @@
 
 use std::time::Duration;
 
+use crate::metrics::{count, register, time};
 use crate::metrics::{
     MetricHandle, MetricKind, MetricsRegistry, Scope, ScopeHandles, ScopedHandleCache,
 };
-use crate::tcp::metrics::{count, register, time};
 
 /// Metric names of the HTTP proxy.
-pub mod names {
+pub(crate) mod names {
     /// Counter: client connections accepted (listener).
-    pub const CONNECTIONS: &str = "http.connections";
+    pub(crate) const CONNECTIONS: &str = "http.connections";
     /// Counter: client connections closed at accept because the worker
     /// holds `max_connections` connections already (listener).
-    pub const CONNECTIONS_REFUSED: &str = "http.connections_refused";
+    pub(crate) const CONNECTIONS_REFUSED: &str = "http.connections_refused";
     /// Gauge: client connections alive (listener).
-    pub const ACTIVE_CONNECTIONS: &str = "http.active_connections";
+    pub(crate) const ACTIVE_CONNECTIONS: &str = "http.active_connections";
     /// Counter: requests answered (by a backend or by the proxy).
-    pub const REQUESTS: &str = "http.requests";
+    pub(crate) const REQUESTS: &str = "http.requests";
     /// Counters: final answers by class, e.g. `http.status.5xx`.
-    pub const STATUS: [&str; 5] = [
+    pub(crate) const STATUS: [&str; 5] = [
         "http.status.1xx",
         "http.status.2xx",
         "http.status.3xx",
@@ -33,25 +33,25 @@ pub mod names {
         "http.status.5xx",
     ];
     /// Counter: request bytes received from clients.
-    pub const BYTES_IN: &str = "http.bytes.in";
+    pub(crate) const BYTES_IN: &str = "http.bytes.in";
     /// Counter: response bytes sent to clients.
-    pub const BYTES_OUT: &str = "http.bytes.out";
+    pub(crate) const BYTES_OUT: &str = "http.bytes.out";
     /// Time: from the request's first byte to the response's last
     /// (milliseconds).
-    pub const RESPONSE_TIME: &str = "http.response_time";
+    pub(crate) const RESPONSE_TIME: &str = "http.response_time";
     /// Counter: backend connects that failed.
-    pub const CONNECT_FAILED: &str = "http.connect.failed";
+    pub(crate) const CONNECT_FAILED: &str = "http.connect.failed";
     /// Counter: requests answered 503 because no backend could be reached.
-    pub const NO_BACKEND: &str = "http.no_backend";
+    pub(crate) const NO_BACKEND: &str = "http.no_backend";
     /// Counter: backend connections opened.
-    pub const BACKEND_CONNECTIONS: &str = "http.backend.connections";
+    pub(crate) const BACKEND_CONNECTIONS: &str = "http.backend.connections";
     /// Counter: client connections closed by a timeout (listener).
-    pub const TIMEOUTS: &str = "http.timeouts";
+    pub(crate) const TIMEOUTS: &str = "http.timeouts";
 }
 
 /// Handles of one scope.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HttpHandles {
+pub(crate) struct HttpHandles {
     pub connections: Option<MetricHandle>,
     pub active: Option<MetricHandle>,
     pub requests: Option<MetricHandle>,
@@ -69,7 +69,7 @@ pub struct HttpHandles {
 impl HttpHandles {
     /// Registers every handle in `scope`; listener scopes also get the
     /// connection counters, cluster/backend scopes the backend ones.
-    pub fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {
+    pub(crate) fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {
         let listener = matches!(scope, Scope::Listener(_));
         let mut r = |name: &str, kind| register(registry, name, scope.clone(), kind);
         let mut h = HttpHandles {
@@ -96,7 +96,7 @@ impl HttpHandles {
     }
 
     /// Counts one answered request.
-    pub fn request(
+    pub(crate) fn request(
         &self,
         registry: &mut MetricsRegistry,
         status: u16,
@@ -114,7 +114,7 @@ impl HttpHandles {
 }
 
 /// Cluster and backend handles, registered on first use.
-pub type HttpHandleCache = ScopedHandleCache<HttpHandles>;
+pub(crate) type HttpHandleCache = ScopedHandleCache<HttpHandles>;
 
 impl ScopeHandles for HttpHandles {
     fn register(registry: &mut MetricsRegistry, scope: Scope) -> Self {

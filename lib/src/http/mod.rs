@@ -2,46 +2,45 @@
 //! hostname and path to clusters, hosted by the worker's single mio loop
 //! beside UDP and TCP. See `doc/tcp_http.md` for what an operator sees.
 //!
-//! Owns its listening sockets, its routing tables (one [`Router`] per
-//! listener address), its client connections ([`session::Session`]), their
+//! Owns its listeners (a [`crate::stream::ListenerSet`]), its routing
+//! tables (one [`Router`] per listener address), its client connections
+//! (`session::Session`), their
 //! deadlines, the cluster knobs it needs and its metric handles. Backends
 //! and load balancing are shared with every protocol and borrowed per call
-//! in a [`ProxyContext`]. The pure parts — heads ([`head`]), body framing
-//! ([`body`]), routing ([`router`]), answers ([`answers`]) — never touch a
-//! socket. It must never block, read the clock, panic on a peer's bytes, or
+//! in a [`ProxyContext`]. The pure parts — heads, body framing and routing —
+//! live in [`crate::protocol::http`]; the proxy's own answers in `answers`.
+//! The listener lifecycle, accept loop and `max_connections` gate are
+//! [`crate::stream`]'s. It must never block, read the clock, panic on a peer's bytes, or
 //! number its own tokens.
 
-pub mod access;
-pub mod answers;
-pub mod body;
-pub mod head;
-pub mod metrics;
-pub mod router;
-pub mod session;
+pub(crate) mod access;
+pub(crate) mod answers;
+pub(crate) mod metrics;
+pub(crate) mod session;
 
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use mio::net::TcpListener;
-use mio::{Interest, Token};
 use slab::Slab;
 use sozu_command_lib::command::{
-    Cluster, HttpListenerConfig, ProxyProtocolConfig, RequestHttpFrontend, UpdateHttpListenerConfig,
+    request::RequestType, Cluster, HttpListenerConfig, ListenerType, RequestHttpFrontend,
+    UpdateHttpListenerConfig,
 };
-use sozu_command_lib::proto::convert::AddressError;
 
-use crate::tcp::context::{ProxyContext, Readiness};
-use crate::tcp::deadlines::Deadlines;
-use crate::tcp::limit::ConnectionLimit;
-use crate::tcp::metrics::count;
-use crate::tcp::socket::{self, Side};
-use crate::tcp::{seconds, DEFAULT_BUFFER_SIZE};
+use crate::metrics::gauge_add;
+use crate::stream::deadlines::Deadlines;
+use crate::stream::limit::ConnectionLimit;
+use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
+use crate::stream::socket::Side;
+use crate::stream::{
+    seconds, ClusterKnobs, ListenerError, ListenerSet, ListenerToken, ProxyContext, Readiness,
+    StreamKind, StreamProxy,
+};
 
+pub use crate::protocol::http::router::{RouteError, RouteTarget, Router};
 use metrics::{HttpHandleCache, HttpHandles};
-pub use router::{RouteError, RouteTarget, Router};
 use session::{Env, HttpTimeouts, Phase, Session, SessionEnd};
 
 /// What an HTTP token stands for.
@@ -55,71 +54,37 @@ pub enum HttpToken {
     Back(usize),
 }
 
+impl ListenerToken for HttpToken {
+    fn listener(id: usize) -> Self {
+        HttpToken::Listener(id)
+    }
+}
+
 /// A refused HTTP order.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// An address field is not a socket address.
-    #[error("invalid {field}")]
-    Address {
-        field: &'static str,
-        #[source]
-        source: AddressError,
-    },
-    /// A listener already exists at this address.
-    #[error("an HTTP listener already exists at {address}")]
-    ListenerExists { address: SocketAddr },
-    /// No listener at this address.
-    #[error("no HTTP listener at {address}")]
-    UnknownListener { address: SocketAddr },
+    /// A listener order refused (shared with TCP).
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
     /// A frontend the routing table refuses.
     #[error("HTTP frontend at {address}")]
     Route {
+        /// The frontend's listener address.
         address: SocketAddr,
+        /// Why the route was refused.
         #[source]
         source: RouteError,
     },
-    /// Binding the listening socket failed.
-    #[error("binding HTTP listener {address}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    /// Registering the listening socket failed.
-    #[error("registering HTTP listener {address}")]
-    Register {
-        address: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
 }
 
-fn wire(
-    field: &'static str,
-    address: &sozu_command_lib::command::SocketAddress,
-) -> Result<SocketAddr, HttpError> {
-    SocketAddr::try_from(address).map_err(|source| HttpError::Address { field, source })
-}
-
-/// What a cluster tells the HTTP proxy.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClusterKnobs {
-    /// `SEND_HEADER` / `RELAY_HEADER`: a PROXY v2 header opens each backend
-    /// connection.
-    pub proxy_protocol: Option<ProxyProtocolConfig>,
-}
-
+/// The HTTP part of a listener.
 #[derive(Debug)]
-struct Listener {
-    address: SocketAddr,
+pub struct HttpListenerData {
     config: HttpListenerConfig,
-    socket: Option<TcpListener>,
-    token: Option<Token>,
     handles: HttpHandles,
-    backlog: bool,
 }
 
-impl Listener {
+impl HttpListenerData {
     fn timeouts(&self) -> HttpTimeouts {
         HttpTimeouts {
             front: seconds(self.config.front_timeout),
@@ -133,22 +98,13 @@ impl Listener {
 /// The HTTP listeners and connections of one worker.
 #[derive(Debug)]
 pub struct HttpProxy {
-    listeners: Slab<Listener>,
-    by_address: HashMap<SocketAddr, usize>,
+    listeners: ListenerSet<HttpListenerData>,
     routers: HashMap<SocketAddr, Router>,
     sessions: Slab<Session>,
     deadlines: Deadlines,
     clusters: HashMap<String, ClusterKnobs>,
     handles: HttpHandleCache,
-    adopted: HashMap<SocketAddr, OwnedFd>,
-    /// Run by a master: listening sockets come from it, never from `bind`,
-    /// and a deactivated listener keeps its socket (the master holds it
-    /// bound anyway).
-    require_adopted: bool,
     buffer_size: usize,
-    draining: bool,
-    /// The worker's `max_connections`, shared with the TCP proxy.
-    limit: ConnectionLimit,
 }
 
 /// Splits the borrows a session call needs.
@@ -160,7 +116,7 @@ macro_rules! env {
             clusters: &$self.clusters,
             handles: &mut $self.handles,
             key: $key,
-            draining: $self.draining,
+            draining: $self.listeners.is_draining(),
         }
     };
 }
@@ -171,46 +127,20 @@ impl HttpProxy {
     /// response head.
     pub fn new(buffer_size: usize) -> Self {
         HttpProxy {
-            listeners: Slab::new(),
-            by_address: HashMap::new(),
+            listeners: ListenerSet::new(StreamKind::Http),
             routers: HashMap::new(),
             sessions: Slab::new(),
             deadlines: Deadlines::new(),
             clusters: HashMap::new(),
             handles: HttpHandleCache::default(),
-            adopted: HashMap::new(),
-            require_adopted: false,
-            buffer_size: if buffer_size == 0 {
-                DEFAULT_BUFFER_SIZE
-            } else {
-                buffer_size
-            },
-            draining: false,
-            limit: ConnectionLimit::default(),
+            buffer_size: crate::stream::buffer_size(buffer_size),
         }
-    }
-
-    /// Closes an adopted socket no listener took (its listener was removed
-    /// before it was activated, or its add failed).
-    pub fn forget_adopted(&mut self, address: SocketAddr) {
-        self.adopted.remove(&address);
-    }
-
-    /// From now on listening sockets only come from the master (see
-    /// `crate::listen_socket`).
-    pub fn require_adopted(&mut self) {
-        self.require_adopted = true;
     }
 
     /// Shares the worker's connection budget (`max_connections`; the
     /// default is unlimited).
     pub fn set_connection_limit(&mut self, limit: ConnectionLimit) {
-        self.limit = limit;
-    }
-
-    /// Listening sockets passed by the master (upgrade).
-    pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
-        self.adopted.extend(sockets);
+        self.listeners.set_connection_limit(limit);
     }
 
     // ----- listeners -----
@@ -221,183 +151,38 @@ impl HttpProxy {
         config: &HttpListenerConfig,
         ctx: &mut ProxyContext<'_, HttpToken>,
     ) -> Result<(), HttpError> {
-        let address = wire("address", &config.address)?;
-        if self.by_address.contains_key(&address) {
-            return Err(HttpError::ListenerExists { address });
-        }
+        let address = wire_address("address", &config.address)?;
         let handles = HttpHandles::register(ctx.metrics, crate::metrics::Scope::Listener(address));
-        let id = self.listeners.insert(Listener {
-            address,
+        let accept = AcceptHandles {
+            connections: handles.connections,
+            refused: handles.refused,
+        };
+        let data = HttpListenerData {
             config: config.clone(),
-            socket: None,
-            token: None,
             handles,
-            backlog: false,
-        });
-        self.by_address.insert(address, id);
-        if config.active {
-            if let Err(error) = self.activate(address, ctx) {
-                self.listeners.remove(id);
-                self.by_address.remove(&address);
-                return Err(error);
-            }
-        }
-        Ok(())
+        };
+        Ok(self
+            .listeners
+            .add(address, config.active, data, accept, ctx)?)
     }
 
-    /// Patches timeouts and `expect_proxy` (new connections only).
+    /// Patches the listener's configuration (timeouts and `expect_proxy`
+    /// matter here; new connections only).
     pub fn update_listener(&mut self, update: &UpdateHttpListenerConfig) -> Result<(), HttpError> {
-        let address = wire("address", &update.address)?;
-        let id = *self
-            .by_address
-            .get(&address)
-            .ok_or(HttpError::UnknownListener { address })?;
-        let config = &mut self.listeners[id].config;
-        if let Some(v) = update.front_timeout {
-            config.front_timeout = v;
-        }
-        if let Some(v) = update.back_timeout {
-            config.back_timeout = v;
-        }
-        if let Some(v) = update.connect_timeout {
-            config.connect_timeout = v;
-        }
-        if let Some(v) = update.request_timeout {
-            config.request_timeout = v;
-        }
-        if let Some(v) = update.expect_proxy {
-            config.expect_proxy = v;
-        }
-        if update.public_address.is_some() {
-            config.public_address = update.public_address;
-        }
+        let address = wire_address("address", &update.address)?;
+        let listener = self.listeners.at_mut(address)?;
+        sozu_command_lib::state::patch_http_listener(&mut listener.data.config, update);
         Ok(())
-    }
-
-    /// Binds (or adopts) the socket if needed and starts accepting
-    /// (ignored while soft-stopping).
-    pub fn activate(
-        &mut self,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, HttpToken>,
-    ) -> Result<(), HttpError> {
-        let id = *self
-            .by_address
-            .get(&address)
-            .ok_or(HttpError::UnknownListener { address })?;
-        if self.draining {
-            tracing::info!(listener = %address, "soft-stopping: listener stays inactive");
-            return Ok(());
-        }
-        let listener = &mut self.listeners[id];
-        if listener.socket.is_none() {
-            let socket = match self.adopted.remove(&address) {
-                Some(fd) => socket::adopt_listener(fd),
-                None if self.require_adopted => Err(crate::listen_socket::not_passed(address)),
-                None => socket::bind_listener(address),
-            }
-            .map_err(|source| HttpError::Bind { address, source })?;
-            listener.socket = Some(socket);
-        }
-        if listener.token.is_none() {
-            let token = ctx.tokens.insert(HttpToken::Listener(id));
-            let Some(socket) = listener.socket.as_mut() else {
-                ctx.tokens.remove(token);
-                return Ok(());
-            };
-            if let Err(source) = ctx.registry.register(socket, token, Interest::READABLE) {
-                ctx.tokens.remove(token);
-                return Err(HttpError::Register { address, source });
-            }
-            listener.token = Some(token);
-            listener.backlog = true;
-        }
-        tracing::info!(listener = %address, "HTTP listener active");
-        Ok(())
-    }
-
-    /// Stops accepting and closes the listening socket; live connections
-    /// go on.
-    pub fn deactivate(
-        &mut self,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, HttpToken>,
-    ) -> Result<(), HttpError> {
-        let id = *self
-            .by_address
-            .get(&address)
-            .ok_or(HttpError::UnknownListener { address })?;
-        if self.require_adopted {
-            Self::stop_accepting(&mut self.listeners[id], ctx);
-        } else {
-            Self::close_listener_socket(&mut self.listeners[id], ctx);
-        }
-        tracing::info!(listener = %address, "HTTP listener deactivated");
-        Ok(())
-    }
-
-    /// Closes the listener, its socket, its connections and its routes.
-    pub fn remove_listener(
-        &mut self,
-        now: Instant,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, HttpToken>,
-    ) -> Result<(), HttpError> {
-        let id = self
-            .by_address
-            .remove(&address)
-            .ok_or(HttpError::UnknownListener { address })?;
-        let mut listener = self.listeners.remove(id);
-        Self::close_listener_socket(&mut listener, ctx);
-        let doomed: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.listener == id)
-            .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
-        }
-        self.routers.remove(&address);
-        ctx.metrics
-            .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "HTTP listener removed");
-        Ok(())
-    }
-
-    /// Stops accepting but keeps the socket (activate registers it again).
-    fn stop_accepting(listener: &mut Listener, ctx: &mut ProxyContext<'_, HttpToken>) {
-        if let (Some(socket), Some(_)) = (listener.socket.as_mut(), listener.token) {
-            if let Err(error) = ctx.registry.deregister(socket) {
-                tracing::debug!(%error, "deregistering a HTTP listener");
-            }
-        }
-        if let Some(token) = listener.token.take() {
-            ctx.tokens.remove(token);
-        }
-        listener.backlog = false;
-    }
-
-    fn close_listener_socket(listener: &mut Listener, ctx: &mut ProxyContext<'_, HttpToken>) {
-        if let Some(mut socket) = listener.socket.take() {
-            if listener.token.is_some() {
-                if let Err(error) = ctx.registry.deregister(&mut socket) {
-                    tracing::debug!(%error, "deregistering an HTTP listener");
-                }
-            }
-        }
-        if let Some(token) = listener.token.take() {
-            ctx.tokens.remove(token);
-        }
-        listener.backlog = false;
     }
 
     /// The listening sockets (for an upgrade's hand-over).
     pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| l.socket.as_ref().map(|s| (l.address, s.as_fd())))
-            .collect()
+        self.listeners.listen_sockets()
+    }
+
+    /// The local address a listener is bound to.
+    pub fn local_addr(&self, address: SocketAddr) -> Option<SocketAddr> {
+        self.listeners.local_addr(address)
     }
 
     // ----- frontends and clusters -----
@@ -405,7 +190,7 @@ impl HttpProxy {
     /// Adds a route to the listener at the frontend's address (the
     /// listener may be added later: routes are kept by address).
     pub fn add_frontend(&mut self, frontend: &RequestHttpFrontend) -> Result<(), HttpError> {
-        let address = wire("address", &frontend.address)?;
+        let address = wire_address("address", &frontend.address)?;
         self.routers
             .entry(address)
             .or_default()
@@ -415,7 +200,7 @@ impl HttpProxy {
 
     /// Removes a route; requests already routed go on.
     pub fn remove_frontend(&mut self, frontend: &RequestHttpFrontend) -> Result<(), HttpError> {
-        let address = wire("address", &frontend.address)?;
+        let address = wire_address("address", &frontend.address)?;
         let router = self.routers.entry(address).or_default();
         let result = router
             .remove(frontend)
@@ -426,36 +211,12 @@ impl HttpProxy {
         result
     }
 
-    /// Records a cluster's `proxy_protocol` knob.
-    pub fn set_cluster(&mut self, cluster: &Cluster) {
-        let proxy_protocol = cluster
-            .proxy_protocol
-            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
-        self.clusters
-            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
-    }
-
-    /// Forgets a cluster (routes to it answer 503 until removed).
-    pub fn remove_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.handles.forget_cluster(cluster);
-    }
-
-    /// Forgets a removed backend's metric handles; kept connections to it
-    /// finish their current request and are not reused after.
-    pub fn remove_backend(&mut self, cluster: &str, backend: &str) {
-        self.handles.forget_backend(cluster, backend);
-    }
-
     // ----- lifecycle -----
 
     /// Soft-stop: stop accepting, close idle keep-alive connections; the
     /// others finish their current request and close after its response.
     pub fn soft_stop(&mut self, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
-        self.draining = true;
-        for (_, listener) in self.listeners.iter_mut() {
-            Self::close_listener_socket(listener, ctx);
-        }
+        self.listeners.soft_stop(ctx);
         let idle: Vec<usize> = self
             .sessions
             .iter()
@@ -477,41 +238,11 @@ impl HttpProxy {
         self.deadlines.clear();
     }
 
-    /// True when no connection is alive.
-    pub fn is_drained(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
-    /// Client connections alive now.
-    pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
     // ----- event loop -----
 
     /// The earliest deadline (possibly stale: handling it re-arms).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.peek()
-    }
-
-    /// True when a listener stopped at its accept budget.
-    pub fn has_backlog(&self) -> bool {
-        self.listeners
-            .iter()
-            .any(|(_, l)| l.backlog && l.token.is_some())
-    }
-
-    /// Accepts again on listeners that ran out of budget.
-    pub fn accept_backlog(&mut self, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
-        let ids: Vec<usize> = self
-            .listeners
-            .iter()
-            .filter(|(_, l)| l.backlog && l.token.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        for id in ids {
-            self.accept(id, now, ctx);
-        }
     }
 
     /// Handles passed deadlines.
@@ -540,7 +271,7 @@ impl HttpProxy {
     ) {
         let key = match token {
             HttpToken::Listener(id) => {
-                self.accept(id, now, ctx);
+                self.accept_on(id, now, ctx);
                 return;
             }
             HttpToken::Front(key) => {
@@ -593,48 +324,21 @@ impl HttpProxy {
         }
     }
 
-    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
+    fn accept_on(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
         let mut accepted = 0;
-        loop {
-            let Some(listener) = self.listeners.get_mut(id) else {
+        while let Some(Accepted {
+            stream,
+            client,
+            slot,
+        }) = self.listeners.accept_next(id, &mut accepted, ctx.metrics)
+        {
+            let Some(listener) = self.listeners.get(id) else {
                 return;
             };
-            let Some(socket) = listener.socket.as_ref() else {
-                return;
-            };
-            if accepted == socket::ACCEPT_BUDGET {
-                listener.backlog = true;
-                return;
-            }
-            let (stream, client) = match socket.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    listener.backlog = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    tracing::warn!(listener = %listener.address, %error, "accept failed");
-                    listener.backlog = false;
-                    return;
-                }
-            };
-            accepted += 1;
-            let Some(slot) = self.limit.try_acquire() else {
-                // At max_connections: closed at once (dropping the stream),
-                // so neither memory nor the backlog fills up.
-                count(ctx.metrics, listener.handles.refused, 1);
-                tracing::debug!(listener = %listener.address, %client, max = self.limit.max(), "max_connections reached: connection refused");
-                continue;
-            };
-            count(ctx.metrics, listener.handles.connections, 1);
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "TCP_NODELAY");
-            }
-            let timeouts = listener.timeouts();
-            let expect_proxy = listener.config.expect_proxy;
+            let timeouts = listener.data.timeouts();
+            let expect_proxy = listener.data.config.expect_proxy;
             let address = listener.address;
-            let handles = listener.handles;
+            let handles = listener.data.handles;
             let entry = self.sessions.vacant_entry();
             let key = entry.key();
             let token = ctx.tokens.insert(HttpToken::Front(key));
@@ -644,7 +348,7 @@ impl HttpProxy {
                 ctx.tokens.remove(token);
                 continue;
             }
-            crate::tcp::metrics::gauge_add(ctx.metrics, handles.active, 1);
+            gauge_add(ctx.metrics, handles.active, 1);
             entry.insert(Session::new(
                 id,
                 address,
@@ -677,5 +381,79 @@ impl HttpProxy {
             session.phase != Phase::Connecting || session.back_token().is_none(),
             "teardown releases the backend socket"
         );
+    }
+}
+
+impl StreamProxy for HttpProxy {
+    type Token = HttpToken;
+    type Listener = HttpListenerData;
+    type Error = HttpError;
+    const LISTENER_TYPE: ListenerType = ListenerType::Http;
+
+    fn listener_set(&mut self) -> &mut ListenerSet<HttpListenerData> {
+        &mut self.listeners
+    }
+
+    fn listeners(&self) -> &ListenerSet<HttpListenerData> {
+        &self.listeners
+    }
+
+    fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, HttpToken>) {
+        self.accept_on(id, now, ctx);
+    }
+
+    fn remove_listener(
+        &mut self,
+        now: Instant,
+        address: SocketAddr,
+        ctx: &mut ProxyContext<'_, HttpToken>,
+    ) -> Result<(), HttpError> {
+        let id = self.listeners.remove(address, ctx)?;
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.listener == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
+        }
+        self.routers.remove(&address);
+        ctx.metrics
+            .remove_scope(&crate::metrics::Scope::Listener(address));
+        tracing::info!(listener = %address, "HTTP listener removed");
+        Ok(())
+    }
+
+    fn set_cluster(&mut self, cluster: &Cluster) {
+        self.clusters
+            .insert(cluster.cluster_id.clone(), ClusterKnobs::of(cluster));
+    }
+
+    fn remove_cluster(&mut self, cluster: &str) {
+        self.clusters.remove(cluster);
+        self.handles.forget_cluster(cluster);
+    }
+
+    fn remove_backend(&mut self, cluster: &str, backend: &str) {
+        self.handles.forget_backend(cluster, backend);
+    }
+
+    fn apply_own_order(
+        &mut self,
+        order: &RequestType,
+        ctx: &mut ProxyContext<'_, HttpToken>,
+    ) -> Result<(), HttpError> {
+        match order {
+            RequestType::AddHttpListener(config) => self.add_listener(config, ctx),
+            RequestType::UpdateHttpListener(update) => self.update_listener(update),
+            RequestType::AddHttpFrontend(f) => self.add_frontend(f),
+            RequestType::RemoveHttpFrontend(f) => self.remove_frontend(f),
+            _ => Ok(()),
+        }
     }
 }

@@ -20,34 +20,35 @@ use sozu_command_lib::command::ProxyProtocolConfig;
 
 use crate::backends::{BackendId, ClusterId};
 use crate::load_balancing::stable_hash;
-use crate::proxy_protocol::{self, StreamProxyHeader};
-use crate::tcp::buffer::Buffer;
-use crate::tcp::context::ProxyContext;
-use crate::tcp::deadlines::ArmedTimer;
-use crate::tcp::limit::ConnectionSlot;
-use crate::tcp::metrics::{count, gauge_add};
-use crate::tcp::socket::{
+use crate::metrics::{count, gauge_add};
+use crate::protocol::proxy_protocol::{self, StreamProxyHeader};
+use crate::stream::buffer::Buffer;
+use crate::stream::context::ProxyContext;
+use crate::stream::deadlines::ArmedTimer;
+use crate::stream::limit::ConnectionSlot;
+use crate::stream::socket::{
     connect_backend, connect_state, ConnectError, ConnectState, ReadOutcome, Side,
     MAX_CONNECT_ATTEMPTS,
 };
 
 use super::access::HttpAccessRecord;
 use super::answers::default_answer;
-use super::body::BodyTracker;
-use super::head::{self, ForwardInfo};
 use super::metrics::{HttpHandleCache, HttpHandles};
-use super::router::{RouteTarget, Router};
-use super::{ClusterKnobs, HttpToken};
+use super::HttpToken;
+use crate::protocol::http::body::BodyTracker;
+use crate::protocol::http::head::{self, ForwardInfo};
+use crate::protocol::http::router::{RouteTarget, Router};
+use crate::stream::ClusterKnobs;
 
 mod exchange;
 
 /// How long a closing connection keeps reading (and discarding) what the
 /// client still sends, so closing with unread bytes does not reset the
 /// connection before the client read our last answer.
-pub const LINGER: Duration = Duration::from_secs(1);
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// What the proxy lends a session for one call.
-pub struct Env<'a, 'c> {
+pub(crate) struct Env<'a, 'c> {
     pub ctx: &'a mut ProxyContext<'c, HttpToken>,
     pub router: Option<&'a Router>,
     pub clusters: &'a HashMap<String, ClusterKnobs>,
@@ -58,7 +59,7 @@ pub struct Env<'a, 'c> {
 
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Reading the client's PROXY header (`expect_proxy`).
     ExpectProxy,
     /// Waiting for (or reading) a request head.
@@ -76,7 +77,7 @@ pub enum Phase {
 /// Why a connection ended (debug logs, and the access record of a request
 /// cut short).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
+pub(crate) enum SessionEnd {
     /// Closed after its last answer, or by the client between requests.
     Completed,
     /// Idle between requests past `front_timeout`.
@@ -99,7 +100,7 @@ pub enum SessionEnd {
 
 impl SessionEnd {
     /// The name in records.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionEnd::Completed => "completed",
             SessionEnd::IdleTimeout => "idle_timeout",
@@ -123,7 +124,7 @@ impl SessionEnd {
 
 /// The listener's timeouts, captured at accept.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpTimeouts {
+pub(crate) struct HttpTimeouts {
     pub front: Duration,
     pub back: Duration,
     pub connect: Duration,
@@ -197,7 +198,7 @@ enum Due {
 
 /// One client connection.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     pub listener: usize,
     pub listener_address: SocketAddr,
     pub client: SocketAddr,
@@ -227,7 +228,7 @@ pub struct Session {
 impl Session {
     /// A new connection from `client` on a listener.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         listener: usize,
         listener_address: SocketAddr,
         client: SocketAddr,
@@ -271,17 +272,17 @@ impl Session {
 
     /// True when waiting for a new request with nothing buffered (an idle
     /// keep-alive connection, closed at once by soft-stop).
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.phase == Phase::Head && self.front_in.is_empty() && self.request.is_none()
     }
 
     /// The backend socket's token, if any.
-    pub fn back_token(&self) -> Option<mio::Token> {
+    pub(crate) fn back_token(&self) -> Option<mio::Token> {
         self.back.as_ref().map(|b| b.side.token)
     }
 
     /// Notes readiness of the backend socket.
-    pub fn back_ready(&mut self, readable: bool, writable: bool) {
+    pub(crate) fn back_ready(&mut self, readable: bool, writable: bool) {
         if let Some(back) = self.back.as_mut() {
             back.side.readable |= readable;
             back.side.writable |= writable;
@@ -289,7 +290,7 @@ impl Session {
     }
 
     /// The next deadline.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.due().0
     }
 
@@ -326,7 +327,11 @@ impl Session {
     }
 
     /// Handles a passed deadline (a default answer, a retry, or the end).
-    pub fn on_timeout(&mut self, now: Instant, env: &mut Env<'_, '_>) -> Result<(), SessionEnd> {
+    pub(crate) fn on_timeout(
+        &mut self,
+        now: Instant,
+        env: &mut Env<'_, '_>,
+    ) -> Result<(), SessionEnd> {
         let (deadline, due) = self.due();
         if deadline > now {
             return Ok(());
@@ -356,7 +361,7 @@ impl Session {
     }
 
     /// Moves everything that can move now. `Err`: close the connection.
-    pub fn drive(&mut self, now: Instant, env: &mut Env<'_, '_>) -> Result<(), SessionEnd> {
+    pub(crate) fn drive(&mut self, now: Instant, env: &mut Env<'_, '_>) -> Result<(), SessionEnd> {
         loop {
             let mut progress = self.read_client(now)?;
             match self.phase {
@@ -794,7 +799,7 @@ impl Session {
     }
 
     /// Closes both sockets; a request cut short gets its access record.
-    pub fn teardown(&mut self, now: Instant, end: SessionEnd, env: &mut Env<'_, '_>) {
+    pub(crate) fn teardown(&mut self, now: Instant, end: SessionEnd, env: &mut Env<'_, '_>) {
         if let (Some(exchange), Some(request)) = (self.exchange.take(), self.request.take()) {
             HttpAccessRecord {
                 listener: self.listener_address,

@@ -20,8 +20,7 @@ use std::fmt;
 
 use sozu_command_lib::command;
 
-pub use rng::{mix64, stable_hash, SplitMix64};
-pub use tables::MAGLEV_TABLE_SIZE;
+pub(crate) use rng::{mix64, stable_hash, SplitMix64};
 
 use tables::{maglev_table, round_robin_schedule, AliasTable};
 
@@ -114,7 +113,7 @@ impl From<Algorithm> for command::LoadBalancingAlgorithms {
 }
 
 /// What a policy needs to know about one backend.
-pub trait Candidate {
+pub(crate) trait Candidate {
     /// A hash of the backend's identity, stable across processes
     /// (see [`stable_hash`]); HRW and Maglev place keys with it.
     fn identity_hash(&self) -> u64;
@@ -131,7 +130,7 @@ pub trait Candidate {
 /// slice (order, length, weights, availability) the caller must call
 /// [`rebuild`](Self::rebuild) before the next pick.
 #[derive(Debug, Clone)]
-pub struct LoadBalancingPolicy {
+pub(crate) struct LoadBalancingPolicy {
     algorithm: Algorithm,
     rng: SplitMix64,
     /// Indices of the candidates a pick may return (eligible, weight > 0).
@@ -147,7 +146,7 @@ pub struct LoadBalancingPolicy {
 
 impl LoadBalancingPolicy {
     /// A policy with no candidates; `seed` drives RANDOM and POWER_OF_TWO.
-    pub fn new(algorithm: Algorithm, seed: u64) -> Self {
+    pub(crate) fn new(algorithm: Algorithm, seed: u64) -> Self {
         LoadBalancingPolicy {
             algorithm,
             rng: SplitMix64::new(seed),
@@ -161,12 +160,12 @@ impl LoadBalancingPolicy {
     }
 
     /// The current algorithm.
-    pub fn algorithm(&self) -> Algorithm {
+    pub(crate) fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
     /// Switches algorithm and rebuilds its tables for `candidates`.
-    pub fn set_algorithm<T: Candidate>(
+    pub(crate) fn set_algorithm<T: Candidate>(
         &mut self,
         algorithm: Algorithm,
         candidates: &[T],
@@ -176,14 +175,19 @@ impl LoadBalancingPolicy {
         self.rebuild(candidates, is_eligible);
     }
 
+    #[cfg(test)]
     /// Number of candidates a pick can currently return.
-    pub fn eligible_count(&self) -> usize {
+    pub(crate) fn eligible_count(&self) -> usize {
         self.eligible.len()
     }
 
     /// Recomputes the eligible set and the algorithm's table. Call after any
     /// change to the candidate slice; this is the only place that allocates.
-    pub fn rebuild<T: Candidate>(&mut self, candidates: &[T], is_eligible: impl Fn(&T) -> bool) {
+    pub(crate) fn rebuild<T: Candidate>(
+        &mut self,
+        candidates: &[T],
+        is_eligible: impl Fn(&T) -> bool,
+    ) {
         self.eligible.clear();
         self.eligible.extend(
             candidates
@@ -232,7 +236,11 @@ impl LoadBalancingPolicy {
     /// `affinity_hash` is used by HRW and MAGLEV only. O(1) for round robin,
     /// random, power of two and Maglev; O(eligible) for least loaded and HRW.
     /// Never allocates.
-    pub fn pick<T: Candidate>(&mut self, candidates: &[T], affinity_hash: u64) -> Option<usize> {
+    pub(crate) fn pick<T: Candidate>(
+        &mut self,
+        candidates: &[T],
+        affinity_hash: u64,
+    ) -> Option<usize> {
         if candidates.len() != self.built_for {
             // The caller changed the slice without rebuilding: refuse rather
             // than return an index that now names another backend.

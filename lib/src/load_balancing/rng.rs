@@ -4,19 +4,13 @@
 //! It must never read the clock or the OS entropy pool: the seed is injected so
 //! that a policy is reproducible in tests and simulations.
 
-/// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche, used to
-/// turn weak inputs (sequential ids, affinity hashes) into uniform bits.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub(crate) use crate::protocol::hash::mix64;
 
 /// Stable 64-bit hash of a byte string (FNV-1a then [`mix64`]).
 ///
 /// Stable across processes and versions on purpose: every worker must build
 /// the same HRW scores and Maglev table from the same backend ids.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -27,31 +21,31 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 
 /// A SplitMix64 pseudo-random generator (not cryptographic).
 #[derive(Debug, Clone)]
-pub struct SplitMix64 {
+pub(crate) struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
     /// A generator whose whole sequence is determined by `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         SplitMix64 { state: seed }
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.state)
     }
 
     /// A value in `0..bound` (`bound > 0`), by Lemire's multiply-shift; the
     /// bias is below 2^-32 for the bounds a backend list can have.
-    pub fn below(&mut self, bound: usize) -> usize {
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
         debug_assert!(bound > 0, "below() needs a non-empty range");
         ((u128::from(self.next_u64()) * bound as u128) >> 64) as usize
     }
 
     /// A uniform float in `[0, 1)` with 53 bits of precision.
-    pub fn unit_f64(&mut self) -> f64 {
+    pub(crate) fn unit_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 }

@@ -10,7 +10,7 @@ use super::rng::{mix64, SplitMix64};
 /// Size of the Maglev lookup table: a prime well above 100 × the backend
 /// counts we expect, so each backend owns many slots and weights are honoured
 /// to within a fraction of a percent.
-pub const MAGLEV_TABLE_SIZE: usize = 65_537;
+pub(super) const MAGLEV_TABLE_SIZE: usize = 65_537;
 
 /// Largest weighted round-robin schedule; larger weight sums are scaled down.
 const MAX_SCHEDULE: u64 = 1 << 16;
@@ -18,7 +18,7 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 /// Weighted round-robin schedule: each candidate appears `weight / gcd`
 /// times, spread evenly (the k-th turn of a candidate with c turns sits at
 /// `(k + ½) / c` of the cycle), so heavy backends do not get bursts.
-pub fn round_robin_schedule(members: &[(u32, u32)]) -> Vec<u32> {
+pub(super) fn round_robin_schedule(members: &[(u32, u32)]) -> Vec<u32> {
     let g = members.iter().fold(0u32, |g, &(_, w)| gcd(g, w));
     if g == 0 {
         return Vec::new();
@@ -52,7 +52,7 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 
 /// Vose's alias table: O(1) weighted sampling.
 #[derive(Debug, Clone, Default)]
-pub struct AliasTable {
+pub(super) struct AliasTable {
     /// Candidate index of each column.
     index: Vec<u32>,
     /// Probability of keeping the column's own candidate.
@@ -63,7 +63,7 @@ pub struct AliasTable {
 
 impl AliasTable {
     /// Builds the table for `(candidate index, weight)` pairs (weights > 0).
-    pub fn build(members: &[(u32, u32)]) -> Self {
+    pub(super) fn build(members: &[(u32, u32)]) -> Self {
         let n = members.len();
         let total: f64 = members.iter().map(|&(_, w)| f64::from(w)).sum();
         if n == 0 || total <= 0.0 {
@@ -95,7 +95,7 @@ impl AliasTable {
     }
 
     /// A candidate index drawn with probability proportional to its weight.
-    pub fn sample(&self, rng: &mut SplitMix64) -> Option<u32> {
+    pub(super) fn sample(&self, rng: &mut SplitMix64) -> Option<u32> {
         if self.index.is_empty() {
             return None;
         }
@@ -116,7 +116,7 @@ impl AliasTable {
 /// from its identity hash, so every worker builds the same table) and claims
 /// the next free slot on its turns; a candidate gets `weight / max weight`
 /// turns per round through a credit counter, so slot shares follow weights.
-pub fn maglev_table(members: &[(u32, u64, u32)]) -> Vec<u32> {
+pub(super) fn maglev_table(members: &[(u32, u64, u32)]) -> Vec<u32> {
     let m = MAGLEV_TABLE_SIZE as u64;
     let max_weight = members.iter().map(|&(_, _, w)| u64::from(w)).max();
     let Some(max_weight) = max_weight.filter(|&w| w > 0) else {

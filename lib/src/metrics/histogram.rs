@@ -11,19 +11,28 @@ const LINEAR: u64 = 8;
 const SUB_BITS: u32 = 3;
 const BUCKETS: usize = LINEAR as usize + (64 - SUB_BITS as usize) * (1 << SUB_BITS);
 /// Samples kept between two statsd flushes.
-pub const RECENT: usize = 32;
+pub(super) const RECENT: usize = 32;
 
 /// Percentile summary of a histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
+    /// Values recorded.
     pub samples: u64,
+    /// Their sum (saturating).
     pub sum: u64,
+    /// Median.
     pub p50: u64,
+    /// 90th percentile.
     pub p90: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile.
     pub p99_9: u64,
+    /// 99.99th percentile.
     pub p99_99: u64,
+    /// 99.999th percentile.
     pub p99_999: u64,
+    /// The exact maximum.
     pub p100: u64,
 }
 

@@ -14,11 +14,12 @@
 //! them, `CLEAR` sets every counter to zero and empties every time metric
 //! (gauges, being levels, are kept). See [`MetricsRegistry::configure`].
 
+mod handle;
 mod histogram;
 pub mod prometheus;
 mod query;
 mod scoped;
-pub mod statsd;
+pub(crate) mod statsd;
 
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use sozu_command_lib::command::MetricsConfiguration;
 
 use crate::backends::{BackendId, ClusterId};
 
+pub use handle::{count, gauge_add, register, time};
 pub use histogram::{Histogram, Summary};
 pub use query::aggregate;
 pub use scoped::{ScopeHandles, ScopedHandleCache};
@@ -118,9 +120,13 @@ pub struct MetricHandle {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("metric {name:?} in {scope} is a {registered:?}, not a {requested:?}")]
 pub struct KindMismatch {
+    /// The metric's name.
     pub name: String,
+    /// Its scope, as displayed.
     pub scope: String,
+    /// The kind it was registered with.
     pub registered: MetricKind,
+    /// The kind asked for now.
     pub requested: MetricKind,
 }
 

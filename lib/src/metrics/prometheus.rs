@@ -36,8 +36,11 @@ const REASON_FAMILIES: &[&str] = &["udp.datagrams.dropped"];
 /// A family's type, as the `# TYPE` line says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FamilyKind {
+    /// A monotonic count (`_total`).
     Counter,
+    /// A level.
     Gauge,
+    /// Quantiles, sum and count of a time metric.
     Summary,
 }
 

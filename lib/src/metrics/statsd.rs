@@ -16,11 +16,11 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use super::{MetricsRegistry, Scope, Value};
 
 /// Largest datagram sent: fits a 1500-byte MTU with IPv6 and UDP headers.
-pub const MAX_DATAGRAM: usize = 1432;
+pub(crate) const MAX_DATAGRAM: usize = 1432;
 
 /// What a flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FlushReport {
+pub(crate) struct FlushReport {
     /// Lines formatted.
     pub lines: usize,
     /// Datagrams sent.
@@ -31,7 +31,7 @@ pub struct FlushReport {
 
 /// Pushes metrics to a statsd server.
 #[derive(Debug)]
-pub struct StatsdSink {
+pub(crate) struct StatsdSink {
     socket: UdpSocket,
     prefix: String,
     tagged: bool,
@@ -45,7 +45,7 @@ impl StatsdSink {
     /// A sink sending to `target`. With `tagged`, scopes go in dogstatsd tags
     /// (`|#cluster_id:…,backend_id:…`); otherwise in the name
     /// (`prefix.cluster.<id>.backend.<id>.name`).
-    pub fn new(target: SocketAddr, prefix: &str, tagged: bool) -> io::Result<Self> {
+    pub(crate) fn new(target: SocketAddr, prefix: &str, tagged: bool) -> io::Result<Self> {
         let local: SocketAddr = match target {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -65,7 +65,7 @@ impl StatsdSink {
 
     /// Sends what changed since the last flush: counter deltas (non-zero
     /// only), every gauge, and the time samples recorded since.
-    pub fn flush(&mut self, registry: &mut MetricsRegistry) -> FlushReport {
+    pub(crate) fn flush(&mut self, registry: &mut MetricsRegistry) -> FlushReport {
         let mut report = FlushReport::default();
         self.packet.clear();
         let mut live = HashSet::new();

@@ -11,10 +11,11 @@
 //! included), never panic on a peer's bytes or an order, and it reads the
 //! clock once per wake-up and hands `now` down.
 
+mod clusters;
 mod handover;
 mod orders;
 mod streams;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use sozu_command_lib::scm::ScmSocket;
 use sozu_command_lib::state::ConfigState;
 
 use crate::backends::BackendMap;
+use crate::health::prober::{ProbeContext, Prober};
 use crate::health::HealthChecker;
 use crate::metrics::statsd::StatsdSink;
 use crate::metrics::MetricsRegistry;
@@ -102,20 +104,25 @@ pub enum ServerError {
     /// Creating or waiting on the poll failed.
     #[error("event loop: {operation}")]
     Poll {
+        /// What the loop was doing.
         operation: &'static str,
+        /// The poll error.
         #[source]
         source: io::Error,
     },
     /// The channel could not be registered or written.
     #[error("channel to the master")]
     Channel {
+        /// The channel error.
         #[source]
         source: ChannelError,
     },
     /// An adopted socket's manifest entry has a bad address.
     #[error("adopted socket entry {index}: invalid address")]
     AdoptedAddress {
+        /// The entry's place in the manifest.
         index: usize,
+        /// Why it is not an address.
         #[source]
         source: sozu_command_lib::proto::convert::AddressError,
     },
@@ -159,6 +166,20 @@ macro_rules! io_context {
 }
 use io_context;
 
+/// Borrows what the health prober needs from the server.
+macro_rules! probe_context {
+    ($server:expr) => {
+        ProbeContext {
+            registry: $server.poll.registry(),
+            tokens: &mut $server.tokens,
+            health: &mut $server.health,
+            backends: &mut $server.backends,
+            metrics: &mut $server.metrics,
+        }
+    };
+}
+use probe_context;
+
 const CHANNEL_TOKEN: Token = Token(0);
 
 /// Bounds how long the final answer may take to leave before exiting.
@@ -175,6 +196,8 @@ pub struct Server {
     metrics: MetricsRegistry,
     backends: BackendMap,
     health: HealthChecker,
+    /// Health probes in flight, for every protocol's clusters.
+    prober: Prober,
     udp: UdpShell,
     /// TCP and HTTP proxies (`streams.rs`).
     streams: Streams,
@@ -245,8 +268,7 @@ impl Server {
         }
         if config.listen_sockets_from_master {
             udp.require_adopted();
-            streams.tcp.require_adopted();
-            streams.http.require_adopted();
+            streams.require_adopted();
         }
         let statsd = match config.statsd {
             Some(s) => match StatsdSink::new(s.address, &s.prefix, s.tagged) {
@@ -268,6 +290,7 @@ impl Server {
             metrics: MetricsRegistry::new(),
             backends: BackendMap::new(config.seed),
             health: HealthChecker::new(),
+            prober: Prober::new(),
             udp,
             streams,
             tls: crate::tls::TlsListeners::new(),
@@ -327,6 +350,10 @@ impl Server {
                     Some(owner @ (TokenOwner::Tcp(_) | TokenOwner::Http(_))) => {
                         self.streams_ready(owner, event, now);
                     }
+                    Some(TokenOwner::Probe(probe)) => {
+                        let mut ctx = probe_context!(self);
+                        self.prober.on_ready(now, probe, &mut ctx);
+                    }
                     None => {} // a socket closed earlier in this batch
                 }
             }
@@ -343,6 +370,7 @@ impl Server {
                 self.udp.flush(&mut ctx);
                 self.udp.on_timeout(now, &mut ctx);
             }
+            self.prober.on_timeout(now, &mut probe_context!(self));
             self.streams_timeout(now);
             if channel_ready {
                 if let Some(exit) = self.on_channel_ready(now)? {
@@ -371,6 +399,7 @@ impl Server {
         let statsd = self.statsd.as_ref().and_then(|(_, _, next)| *next);
         [
             self.udp.next_deadline(),
+            self.prober.next_deadline(),
             self.streams.next_deadline(),
             statsd,
         ]
@@ -412,6 +441,7 @@ impl Server {
                     tracing::error!(%error, "channel to the master closed: stopping");
                     let mut ctx = io_context!(self);
                     self.udp.hard_stop(now, &mut ctx);
+                    self.prober.close_all(&mut probe_context!(self));
                     self.streams_hard_stop(now);
                     return Ok(Some(ServerExit::ChannelClosed));
                 }

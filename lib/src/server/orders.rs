@@ -28,7 +28,8 @@ use sozu_command_lib::command::{
 use sozu_command_lib::scm::DEFAULT_MAX_MANIFEST_SIZE;
 use sozu_command_lib::state::{order_name, DispatchOutcome};
 
-use super::{io_context, Server, ServerExit};
+use super::{io_context, probe_context, Server, ServerExit};
+use crate::health::prober::ProbeContext;
 use crate::udp::{IoContext, UdpError};
 
 /// Replaces the process's log filter with the directives given (`debug`,
@@ -100,6 +101,7 @@ impl Server {
             RequestType::HardStop(_) => {
                 let mut ctx = io_context!(self);
                 self.udp.hard_stop(now, &mut ctx);
+                self.prober.close_all(&mut probe_context!(self));
                 self.streams_hard_stop(now);
                 self.answer(
                     &id,
@@ -207,18 +209,7 @@ impl Server {
                 };
                 self.answer(&id, ResponseStatus::Ok, "", Some(content));
             }
-            RequestType::LaunchWorker(_)
-            | RequestType::SubscribeEvents(_)
-            | RequestType::QueryClustersByDomain(_)
-            | RequestType::QueryClustersHashes(_)
-            | RequestType::QueryCertificatesFromTheState(_)
-            | RequestType::CountRequests(_)
-            | RequestType::SetMaxConnectionsPerIp(_)
-            | RequestType::QueryMaxConnectionsPerIp(_)
-            | RequestType::SetHealthCheck(_)
-            | RequestType::RemoveHealthCheck(_)
-            | RequestType::QueryHealthChecks(_)
-            | RequestType::SetMetricDetail(_) => {
+            sozu_command_lib::unserved_orders!() => {
                 let message = format!(
                     "{} is not served by a worker of this proxy",
                     order_name(request_type)
@@ -272,9 +263,20 @@ impl Server {
             match self.tls.apply(request_type, &self.state) {
                 Err(error) => Err(error.into()),
                 Ok(()) => match self.apply(now, request_type) {
-                    Ok(()) => self
-                        .apply_stream_order(now, request_type)
-                        .map_err(Into::into),
+                    Ok(()) => {
+                        if matches!(
+                            request_type,
+                            RequestType::AddCluster(_)
+                                | RequestType::RemoveCluster(_)
+                                | RequestType::AddBackend(_)
+                                | RequestType::RemoveBackend(_)
+                        ) {
+                            // The checker changed: apply what it decided.
+                            self.prober.apply_events(&mut probe_context!(self));
+                        }
+                        self.apply_stream_order(now, request_type)
+                            .map_err(Into::into)
+                    }
                     Err(error) => Err(error.into()),
                 },
             };
@@ -292,6 +294,16 @@ impl Server {
 
     /// Carries out an order the state accepted.
     fn apply(&mut self, now: Instant, order: &RequestType) -> Result<(), UdpError> {
+        match order {
+            RequestType::AddCluster(cluster) => return self.set_cluster(now, cluster),
+            RequestType::RemoveCluster(cluster_id) => {
+                self.remove_cluster(now, cluster_id);
+                return Ok(());
+            }
+            RequestType::AddBackend(order) => return self.add_backend(now, order),
+            RequestType::RemoveBackend(order) => return self.remove_backend(now, order),
+            _ => {}
+        }
         let mut ctx = io_context!(self);
         let udp = &mut self.udp;
         match order {
@@ -306,17 +318,9 @@ impl Server {
             RequestType::DeactivateListener(order) if order.proxy() == ListenerType::Udp => {
                 udp.deactivate(now, wire(&order.address)?, &mut ctx)
             }
-            RequestType::AddCluster(cluster) => udp.set_cluster(now, cluster, &mut ctx),
-            RequestType::RemoveCluster(cluster_id) => {
-                udp.remove_cluster(now, cluster_id, &mut ctx);
-                Ok(())
-            }
-            RequestType::AddBackend(order) => udp.add_backend(now, order, &mut ctx),
-            RequestType::RemoveBackend(order) => udp.remove_backend(now, order, &mut ctx),
             RequestType::AddUdpFrontend(frontend) => udp.set_frontend(now, frontend, true),
             RequestType::RemoveUdpFrontend(frontend) => udp.set_frontend(now, frontend, false),
-            // TCP and HTTP proxying come later: their orders live in the
-            // state only for now.
+            // TCP and HTTP orders: `streams.rs`.
             _ => Ok(()),
         }
     }
@@ -446,13 +450,11 @@ impl Server {
     }
 }
 
-fn wire(
+/// An order's `address` field.
+pub(super) fn wire(
     address: &sozu_command_lib::command::SocketAddress,
 ) -> Result<std::net::SocketAddr, UdpError> {
-    std::net::SocketAddr::try_from(address).map_err(|source| UdpError::Address {
-        field: "address",
-        source,
-    })
+    crate::udp::shell::wire_address("address", address)
 }
 
 /// An error and its sources, `: `-separated, for an answer's message.

@@ -6,10 +6,13 @@
 //! [`crate::http::HttpProxy`] own their sockets and sessions; the loop
 //! ([`super::Server`]) owns the token table, backends and metrics they
 //! borrow through a [`ProxyContext`]. Kept apart from the UDP wiring so the
-//! two evolve without touching each other. Cluster knobs and backends are
-//! applied to the shared [`crate::backends::BackendMap`] by the UDP shell's
-//! order handling (it runs first); this file only tells the stream proxies
-//! what they keep themselves (`proxy_protocol`, metric caches).
+//! two evolve without touching each other. The order dispatch is written
+//! once, over [`StreamProxy`]: the listener lifecycle is the shared
+//! [`crate::stream::ListenerSet`]'s, each proxy adds its own orders. Cluster
+//! knobs and backends are applied to the shared
+//! [`crate::backends::BackendMap`] first (`clusters.rs`); this file only
+//! tells the stream proxies what they keep themselves (`proxy_protocol`,
+//! metric caches).
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -17,27 +20,22 @@ use std::time::Instant;
 
 use mio::Token;
 use sozu_command_lib::command::{request::RequestType, ListenerType};
-use sozu_command_lib::proto::convert::AddressError;
 
-use crate::http::{HttpError, HttpProxy, HttpToken};
-use crate::tcp::limit::ConnectionLimit;
-use crate::tcp::{ProxyContext, Readiness, TcpError, TcpProxy, TcpToken, TokenTable};
+use crate::http::{HttpError, HttpProxy};
+use crate::stream::limit::ConnectionLimit;
+use crate::stream::listeners::wire_address;
+use crate::stream::{ListenerError, ProxyContext, Readiness, StreamProxy, TokenTable};
+use crate::tcp::{TcpError, TcpProxy};
 
 use super::tokens::{TokenOwner, Tokens};
 use super::Server;
 
-impl TokenTable<TcpToken> for Tokens {
-    fn insert(&mut self, owner: TcpToken) -> Token {
-        Tokens::insert(self, TokenOwner::Tcp(owner))
-    }
-    fn remove(&mut self, token: Token) {
-        Tokens::remove(self, token);
-    }
-}
-
-impl TokenTable<HttpToken> for Tokens {
-    fn insert(&mut self, owner: HttpToken) -> Token {
-        Tokens::insert(self, TokenOwner::Http(owner))
+impl<T> TokenTable<T> for Tokens
+where
+    TokenOwner: From<T>,
+{
+    fn insert(&mut self, owner: T) -> Token {
+        Tokens::insert(self, TokenOwner::from(owner))
     }
     fn remove(&mut self, token: Token) {
         Tokens::remove(self, token);
@@ -46,22 +44,21 @@ impl TokenTable<HttpToken> for Tokens {
 
 /// A TCP or HTTP order this worker could not carry out.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamOrderError {
+pub(super) enum StreamOrderError {
+    /// Refused by the TCP proxy.
     #[error(transparent)]
     Tcp(#[from] TcpError),
+    /// Refused by the HTTP proxy.
     #[error(transparent)]
     Http(#[from] HttpError),
-    /// The order's listener address is not a socket address.
-    #[error("invalid address")]
-    Address {
-        #[source]
-        source: AddressError,
-    },
+    /// A listener order refused before reaching either (its address).
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
 }
 
 /// The worker's TCP and HTTP proxies.
 #[derive(Debug)]
-pub struct Streams {
+pub(super) struct Streams {
     pub tcp: TcpProxy,
     pub http: HttpProxy,
 }
@@ -70,7 +67,7 @@ impl Streams {
     /// Empty proxies with relay buffers of `buffer_size` bytes (0: the
     /// default), sharing one budget of `max_connections` client connections
     /// (0: unlimited).
-    pub fn new(buffer_size: usize, max_connections: usize) -> Self {
+    pub(super) fn new(buffer_size: usize, max_connections: usize) -> Self {
         let limit = ConnectionLimit::new(max_connections);
         let mut tcp = TcpProxy::new(buffer_size);
         tcp.set_connection_limit(limit.clone());
@@ -81,26 +78,32 @@ impl Streams {
 
     /// Hands adopted listening sockets to their proxy; `false` for a type
     /// that is not TCP or HTTP.
-    pub fn adopt(&mut self, proxy: ListenerType, address: SocketAddr, fd: OwnedFd) -> bool {
+    pub(super) fn adopt(&mut self, proxy: ListenerType, address: SocketAddr, fd: OwnedFd) -> bool {
         match proxy {
-            ListenerType::Tcp => self.tcp.adopt(vec![(address, fd)]),
-            ListenerType::Http => self.http.adopt(vec![(address, fd)]),
+            ListenerType::Tcp => self.tcp.listener_set().adopt(vec![(address, fd)]),
+            ListenerType::Http => self.http.listener_set().adopt(vec![(address, fd)]),
             _ => return false,
         }
         true
     }
 
+    /// From now on listening sockets only come from the master.
+    pub(super) fn require_adopted(&mut self) {
+        self.tcp.listener_set().require_adopted();
+        self.http.listener_set().require_adopted();
+    }
+
     /// Closes an adopted socket no listener of this type took.
-    pub fn forget_adopted(&mut self, proxy: ListenerType, address: SocketAddr) {
+    pub(super) fn forget_adopted(&mut self, proxy: ListenerType, address: SocketAddr) {
         match proxy {
-            ListenerType::Tcp => self.tcp.forget_adopted(address),
-            ListenerType::Http => self.http.forget_adopted(address),
+            ListenerType::Tcp => self.tcp.listener_set().forget_adopted(address),
+            ListenerType::Http => self.http.listener_set().forget_adopted(address),
             _ => {}
         }
     }
 
     /// Every listening socket with its type (upgrade hand-over).
-    pub fn listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
+    pub(super) fn listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
         let tcp = self
             .tcp
             .listen_sockets()
@@ -115,18 +118,18 @@ impl Streams {
     }
 
     /// True when no TCP session and no HTTP connection is alive.
-    pub fn is_drained(&self) -> bool {
+    pub(super) fn is_drained(&self) -> bool {
         self.tcp.is_drained() && self.http.is_drained()
     }
 
     /// True when a listener stopped at its accept budget (poll must not
     /// wait).
-    pub fn has_backlog(&self) -> bool {
+    pub(super) fn has_backlog(&self) -> bool {
         self.tcp.has_backlog() || self.http.has_backlog()
     }
 
     /// The earliest deadline of either proxy.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         [self.tcp.poll_timeout(), self.http.poll_timeout()]
             .into_iter()
             .flatten()
@@ -147,10 +150,34 @@ macro_rules! stream_context {
     };
 }
 
-fn address(
-    wire: &sozu_command_lib::command::SocketAddress,
-) -> Result<SocketAddr, StreamOrderError> {
-    SocketAddr::try_from(wire).map_err(|source| StreamOrderError::Address { source })
+/// Carries out one order on one stream proxy: the listener lifecycle and
+/// cluster changes the same way for each, the rest by the proxy itself.
+fn apply_order<P: StreamProxy>(
+    proxy: &mut P,
+    now: Instant,
+    order: &RequestType,
+    ctx: &mut ProxyContext<'_, P::Token>,
+) -> Result<(), StreamOrderError>
+where
+    StreamOrderError: From<P::Error>,
+{
+    let mine = |proxy: ListenerType| proxy == P::LISTENER_TYPE;
+    match order {
+        RequestType::RemoveListener(o) if mine(o.proxy()) => {
+            proxy.remove_listener(now, wire_address("address", &o.address)?, ctx)?
+        }
+        RequestType::ActivateListener(o) if mine(o.proxy()) => proxy
+            .listener_set()
+            .activate(wire_address("address", &o.address)?, ctx)?,
+        RequestType::DeactivateListener(o) if mine(o.proxy()) => proxy
+            .listener_set()
+            .deactivate(wire_address("address", &o.address)?, ctx)?,
+        RequestType::AddCluster(cluster) => proxy.set_cluster(cluster),
+        RequestType::RemoveCluster(id) => proxy.remove_cluster(id),
+        RequestType::RemoveBackend(o) => proxy.remove_backend(&o.cluster_id, &o.backend_id),
+        other => proxy.apply_own_order(other, ctx)?,
+    }
+    Ok(())
 }
 
 impl Server {
@@ -214,67 +241,17 @@ impl Server {
         now: Instant,
         order: &RequestType,
     ) -> Result<(), StreamOrderError> {
-        self.apply_tcp_order(now, order)?;
-        self.apply_http_order(now, order)
-    }
-
-    fn apply_tcp_order(
-        &mut self,
-        now: Instant,
-        order: &RequestType,
-    ) -> Result<(), StreamOrderError> {
-        let mut ctx = stream_context!(self);
-        let tcp = &mut self.streams.tcp;
-        let is_tcp = |proxy: ListenerType| proxy == ListenerType::Tcp;
-        match order {
-            RequestType::AddTcpListener(config) => tcp.add_listener(config, &mut ctx)?,
-            RequestType::UpdateTcpListener(update) => tcp.update_listener(update)?,
-            RequestType::RemoveListener(o) if is_tcp(o.proxy()) => {
-                tcp.remove_listener(now, address(&o.address)?, &mut ctx)?
-            }
-            RequestType::ActivateListener(o) if is_tcp(o.proxy()) => {
-                tcp.activate(address(&o.address)?, &mut ctx)?
-            }
-            RequestType::DeactivateListener(o) if is_tcp(o.proxy()) => {
-                tcp.deactivate(address(&o.address)?, &mut ctx)?
-            }
-            RequestType::AddTcpFrontend(f) => tcp.add_frontend(f)?,
-            RequestType::RemoveTcpFrontend(f) => tcp.remove_frontend(f)?,
-            RequestType::AddCluster(cluster) => tcp.set_cluster(cluster),
-            RequestType::RemoveCluster(id) => tcp.remove_cluster(id),
-            RequestType::RemoveBackend(o) => tcp.remove_backend(&o.cluster_id, &o.backend_id),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn apply_http_order(
-        &mut self,
-        now: Instant,
-        order: &RequestType,
-    ) -> Result<(), StreamOrderError> {
-        let mut ctx = stream_context!(self);
-        let http = &mut self.streams.http;
-        let is_http = |proxy: ListenerType| proxy == ListenerType::Http;
-        match order {
-            RequestType::AddHttpListener(config) => http.add_listener(config, &mut ctx)?,
-            RequestType::UpdateHttpListener(update) => http.update_listener(update)?,
-            RequestType::RemoveListener(o) if is_http(o.proxy()) => {
-                http.remove_listener(now, address(&o.address)?, &mut ctx)?
-            }
-            RequestType::ActivateListener(o) if is_http(o.proxy()) => {
-                http.activate(address(&o.address)?, &mut ctx)?
-            }
-            RequestType::DeactivateListener(o) if is_http(o.proxy()) => {
-                http.deactivate(address(&o.address)?, &mut ctx)?
-            }
-            RequestType::AddHttpFrontend(f) => http.add_frontend(f)?,
-            RequestType::RemoveHttpFrontend(f) => http.remove_frontend(f)?,
-            RequestType::AddCluster(cluster) => http.set_cluster(cluster),
-            RequestType::RemoveCluster(id) => http.remove_cluster(id),
-            RequestType::RemoveBackend(o) => http.remove_backend(&o.cluster_id, &o.backend_id),
-            _ => {}
-        }
-        Ok(())
+        apply_order(
+            &mut self.streams.tcp,
+            now,
+            order,
+            &mut stream_context!(self),
+        )?;
+        apply_order(
+            &mut self.streams.http,
+            now,
+            order,
+            &mut stream_context!(self),
+        )
     }
 }

@@ -8,13 +8,14 @@
 use mio::Token;
 use slab::Slab;
 
+use crate::health::ProbeId;
 use crate::http::HttpToken;
 use crate::tcp::TcpToken;
 use crate::udp::UdpToken;
 
 /// What a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenOwner {
+pub(crate) enum TokenOwner {
     /// The channel to the master.
     Channel,
     /// A socket of the UDP shell.
@@ -23,42 +24,63 @@ pub enum TokenOwner {
     Tcp(TcpToken),
     /// A socket of the HTTP proxy (see `streams.rs`).
     Http(HttpToken),
+    /// A health probe's socket (see `crate::health::prober`).
+    Probe(ProbeId),
 }
 
 /// The token table.
 #[derive(Debug, Default)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     owners: Slab<TokenOwner>,
 }
 
 impl Tokens {
     /// An empty table.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A fresh token for `owner`.
-    pub fn insert(&mut self, owner: TokenOwner) -> Token {
+    pub(crate) fn insert(&mut self, owner: TokenOwner) -> Token {
         Token(self.owners.insert(owner))
     }
 
     /// Forgets a token (its socket was deregistered).
-    pub fn remove(&mut self, token: Token) {
+    pub(crate) fn remove(&mut self, token: Token) {
         self.owners.try_remove(token.0);
     }
 
     /// The owner of a token, if it is still registered.
-    pub fn get(&self, token: Token) -> Option<TokenOwner> {
+    pub(crate) fn get(&self, token: Token) -> Option<TokenOwner> {
         self.owners.get(token.0).copied()
     }
 
     /// Registered tokens.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.owners.len()
     }
+}
 
-    /// True when no token is registered.
-    pub fn is_empty(&self) -> bool {
-        self.owners.is_empty()
+impl From<UdpToken> for TokenOwner {
+    fn from(token: UdpToken) -> Self {
+        TokenOwner::Udp(token)
+    }
+}
+
+impl From<TcpToken> for TokenOwner {
+    fn from(token: TcpToken) -> Self {
+        TokenOwner::Tcp(token)
+    }
+}
+
+impl From<HttpToken> for TokenOwner {
+    fn from(token: HttpToken) -> Self {
+        TokenOwner::Http(token)
+    }
+}
+
+impl From<ProbeId> for TokenOwner {
+    fn from(probe: ProbeId) -> Self {
+        TokenOwner::Probe(probe)
     }
 }

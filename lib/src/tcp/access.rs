@@ -10,12 +10,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::access_log::ACCESS_TARGET;
+use crate::access::{millis, OrDash, Tags, ACCESS_TARGET};
 use crate::backends::{BackendId, ClusterId};
 
 /// Why a TCP session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SessionCloseReason {
+pub(crate) enum SessionCloseReason {
     /// Both sides finished sending and every byte was delivered.
     Completed,
     /// The client was idle past `front_timeout`.
@@ -44,7 +44,7 @@ pub enum SessionCloseReason {
 
 impl SessionCloseReason {
     /// The reason as written in the record.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionCloseReason::Completed => "completed",
             SessionCloseReason::FrontTimeout => "front_timeout",
@@ -62,7 +62,7 @@ impl SessionCloseReason {
     }
 
     /// True for the timeouts (counted in `tcp.timeouts`).
-    pub fn is_timeout(self) -> bool {
+    pub(crate) fn is_timeout(self) -> bool {
         matches!(
             self,
             SessionCloseReason::FrontTimeout
@@ -78,41 +78,9 @@ impl fmt::Display for SessionCloseReason {
     }
 }
 
-/// `-` for an absent value.
-pub(crate) struct OrDash<T>(pub(crate) Option<T>);
-
-impl<T: fmt::Display> fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
-    }
-}
-
-/// Tags as `key=value,…`, `-` when none.
-pub(crate) struct Tags<'a>(pub(crate) Option<&'a BTreeMap<String, String>>);
-
-impl fmt::Display for Tags<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(tags) if !tags.is_empty() => {
-                for (i, (k, v)) in tags.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{k}={v}")?;
-                }
-                Ok(())
-            }
-            _ => f.write_str("-"),
-        }
-    }
-}
-
 /// The access record of one closed TCP session. "In" is client → backend.
 #[derive(Debug, Clone, Copy)]
-pub struct TcpAccessRecord<'a> {
+pub(crate) struct TcpAccessRecord<'a> {
     pub listener: SocketAddr,
     /// The client (from the PROXY header when the listener expects one).
     pub client: SocketAddr,
@@ -130,7 +98,7 @@ pub struct TcpAccessRecord<'a> {
 
 impl TcpAccessRecord<'_> {
     /// Emits the record at INFO on the `access` target.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
             protocol = "tcp",
@@ -148,9 +116,4 @@ impl TcpAccessRecord<'_> {
             "session closed"
         );
     }
-}
-
-/// Milliseconds, saturating.
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -9,81 +9,44 @@
 //! shared with HTTP where the fact is the same (`<proto>.connections`…).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use crate::metrics::register;
 use crate::metrics::{
     MetricHandle, MetricKind, MetricsRegistry, Scope, ScopeHandles, ScopedHandleCache,
 };
 
 /// Metric names of the TCP proxy.
-pub mod names {
+pub(crate) mod names {
     /// Counter: connections accepted (listener) / relayed (cluster, backend).
-    pub const CONNECTIONS: &str = "tcp.connections";
+    pub(crate) const CONNECTIONS: &str = "tcp.connections";
     /// Gauge: sessions alive now.
-    pub const ACTIVE_CONNECTIONS: &str = "tcp.active_connections";
+    pub(crate) const ACTIVE_CONNECTIONS: &str = "tcp.active_connections";
     /// Counter: bytes received from clients and sent to backends.
-    pub const BYTES_IN: &str = "tcp.bytes.in";
+    pub(crate) const BYTES_IN: &str = "tcp.bytes.in";
     /// Counter: bytes received from backends and sent to clients.
-    pub const BYTES_OUT: &str = "tcp.bytes.out";
+    pub(crate) const BYTES_OUT: &str = "tcp.bytes.out";
     /// Counter: backend connection attempts that failed (refused, timed out).
-    pub const CONNECT_FAILED: &str = "tcp.connect.failed";
+    pub(crate) const CONNECT_FAILED: &str = "tcp.connect.failed";
     /// Counter: sessions closed because no backend could be reached.
-    pub const NO_BACKEND: &str = "tcp.no_backend";
+    pub(crate) const NO_BACKEND: &str = "tcp.no_backend";
     /// Counter: connections closed at accept because the worker holds
     /// `max_connections` connections already (listener).
-    pub const CONNECTIONS_REFUSED: &str = "tcp.connections_refused";
+    pub(crate) const CONNECTIONS_REFUSED: &str = "tcp.connections_refused";
     /// Counter: connections closed because the listener has no frontend.
-    pub const NO_FRONTEND: &str = "tcp.no_frontend";
+    pub(crate) const NO_FRONTEND: &str = "tcp.no_frontend";
     /// Counter: connections refused for a bad or missing PROXY header.
-    pub const PROXY_HEADER_INVALID: &str = "tcp.proxy_header.invalid";
+    pub(crate) const PROXY_HEADER_INVALID: &str = "tcp.proxy_header.invalid";
     /// Counter: sessions closed by a front, back or connect timeout.
-    pub const TIMEOUTS: &str = "tcp.timeouts";
+    pub(crate) const TIMEOUTS: &str = "tcp.timeouts";
     /// Time: session lifetime (milliseconds).
-    pub const SESSION_DURATION: &str = "tcp.session.duration";
+    pub(crate) const SESSION_DURATION: &str = "tcp.session.duration";
     /// Time: backend connect time (milliseconds).
-    pub const CONNECT_TIME: &str = "tcp.connect.time";
-}
-
-/// Registers a metric, logging (not failing) on a kind clash.
-pub fn register(
-    registry: &mut MetricsRegistry,
-    name: &str,
-    scope: Scope,
-    kind: MetricKind,
-) -> Option<MetricHandle> {
-    match registry.register(name, scope, kind) {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::warn!(%error, "metric not registered");
-            None
-        }
-    }
-}
-
-/// Adds `delta` to an optional counter.
-pub fn count(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, delta: i64) {
-    if let Some(h) = handle {
-        registry.count(h, delta);
-    }
-}
-
-/// Moves an optional gauge.
-pub fn gauge_add(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, delta: i64) {
-    if let Some(h) = handle {
-        registry.gauge_add(h, delta);
-    }
-}
-
-/// Records a duration in an optional time metric.
-pub fn time(registry: &mut MetricsRegistry, handle: Option<MetricHandle>, duration: Duration) {
-    if let Some(h) = handle {
-        registry.record_time(h, duration);
-    }
+    pub(crate) const CONNECT_TIME: &str = "tcp.connect.time";
 }
 
 /// Handles of one TCP listener.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ListenerHandles {
+pub(crate) struct ListenerHandles {
     pub connections: Option<MetricHandle>,
     pub active: Option<MetricHandle>,
     pub no_frontend: Option<MetricHandle>,
@@ -94,7 +57,7 @@ pub struct ListenerHandles {
 
 impl ListenerHandles {
     /// Registers the listener's metrics.
-    pub fn register(registry: &mut MetricsRegistry, address: SocketAddr) -> Self {
+    pub(crate) fn register(registry: &mut MetricsRegistry, address: SocketAddr) -> Self {
         let scope = || Scope::Listener(address);
         ListenerHandles {
             connections: register(registry, names::CONNECTIONS, scope(), MetricKind::Counter),
@@ -124,7 +87,7 @@ impl ListenerHandles {
 
 /// Handles of one cluster or one backend: what a relayed session counts.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RelayHandles {
+pub(crate) struct RelayHandles {
     pub connections: Option<MetricHandle>,
     pub active: Option<MetricHandle>,
     pub bytes_in: Option<MetricHandle>,
@@ -152,4 +115,4 @@ impl ScopeHandles for RelayHandles {
 }
 
 /// Cluster and backend handles, registered on first use.
-pub type RelayHandleCache = ScopedHandleCache<RelayHandles>;
+pub(crate) type RelayHandleCache = ScopedHandleCache<RelayHandles>;

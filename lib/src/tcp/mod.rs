@@ -2,7 +2,8 @@
 //! accepted connection relaying bytes to a backend of the cluster, hosted by
 //! the worker's single mio loop beside UDP and HTTP. See `doc/tcp_http.md`.
 //!
-//! Owns its listening sockets, its sessions, their deadlines, its metric
+//! Owns its listeners (a [`crate::stream::ListenerSet`] whose listener
+//! data is the frontend), its sessions, their deadlines, its metric
 //! handles and the cluster knobs it needs (`proxy_protocol`). Backends and
 //! load balancing are shared with every protocol through
 //! [`crate::backends::BackendMap`], borrowed per call in a
@@ -10,48 +11,44 @@
 //! passes `now`), never panic on a peer's bytes, and never create its own
 //! poll or token numbering.
 //!
-//! The modules `buffer`, `socket`, `deadlines`, `context` are the stream
-//! plumbing the HTTP proxy ([`crate::http`]) reuses.
+//! What every stream protocol does alike (listener lifecycle, accept
+//! budget, `max_connections`, sockets, buffers, deadlines) is
+//! [`crate::stream`]'s; this module keeps what a TCP session does.
 
-pub mod access;
-pub mod buffer;
-pub mod context;
-pub mod deadlines;
-pub mod limit;
-pub mod metrics;
-pub mod session;
-pub mod socket;
+pub(crate) mod access;
+pub(crate) mod metrics;
+pub(crate) mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
-use mio::{Interest, Token};
 use slab::Slab;
 use sozu_command_lib::command::{
     Cluster, ProxyProtocolConfig, RequestTcpFrontend, TcpListenerConfig, UpdateTcpListenerConfig,
 };
-use sozu_command_lib::proto::convert::AddressError;
 
 use crate::backends::ClusterId;
 use crate::load_balancing::stable_hash;
-use crate::proxy_protocol::StreamProxyHeader;
+use crate::metrics::{count, gauge_add, time};
+use crate::protocol::proxy_protocol::StreamProxyHeader;
+use crate::stream::buffer::Buffer;
+use crate::stream::deadlines::{ArmedTimer, Deadlines};
+use crate::stream::limit::ConnectionLimit;
+use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
+use crate::stream::socket::{
+    self, connect_backend, connect_state, ConnectError, ConnectState, Side,
+};
+use crate::stream::{seconds, ClusterKnobs, ListenerError, ListenerSet, ListenerToken, StreamKind};
+use crate::stream::{ProxyContext, Readiness, StreamProxy};
+use sozu_command_lib::command::{request::RequestType, ListenerType};
 
 use access::{SessionCloseReason, TcpAccessRecord};
-use buffer::Buffer;
-pub use context::{ProxyContext, Readiness, TokenTable};
-use deadlines::{ArmedTimer, Deadlines};
-use limit::ConnectionLimit;
-use metrics::{count, gauge_add, time, ListenerHandles, RelayHandleCache};
+use metrics::{ListenerHandles, RelayHandleCache};
 use session::{Phase, Preamble, Session, Timeouts};
-use socket::{connect_backend, connect_state, ConnectError, ConnectState, Side};
-
-/// Default relay buffer size per direction (Sōzu's `buffer_size`).
-pub const DEFAULT_BUFFER_SIZE: usize = 16_393;
 
 /// What a TCP token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,49 +61,26 @@ pub enum TcpToken {
     Back(usize),
 }
 
+impl ListenerToken for TcpToken {
+    fn listener(id: usize) -> Self {
+        TcpToken::Listener(id)
+    }
+}
+
 /// A refused TCP order.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
-    /// An address field is not a socket address.
-    #[error("invalid {field}")]
-    Address {
-        field: &'static str,
-        #[source]
-        source: AddressError,
-    },
-    /// A listener already exists at this address.
-    #[error("a TCP listener already exists at {address}")]
-    ListenerExists { address: SocketAddr },
-    /// No listener at this address.
-    #[error("no TCP listener at {address}")]
-    UnknownListener { address: SocketAddr },
+    /// A listener order refused (shared with HTTP).
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
     /// The frontend to remove is not the one configured.
     #[error("no TCP frontend for cluster {cluster:?} at {address}")]
     UnknownFrontend {
+        /// The listener's address.
         address: SocketAddr,
+        /// The cluster the order named.
         cluster: String,
     },
-    /// Binding the listening socket failed.
-    #[error("binding TCP listener {address}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    /// Registering the listening socket failed.
-    #[error("registering TCP listener {address}")]
-    Register {
-        address: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn wire(
-    field: &'static str,
-    address: &sozu_command_lib::command::SocketAddress,
-) -> Result<SocketAddr, TcpError> {
-    SocketAddr::try_from(address).map_err(|source| TcpError::Address { field, source })
 }
 
 /// A TCP listener's frontend: the cluster its connections go to.
@@ -116,19 +90,15 @@ struct Frontend {
     tags: Option<Arc<BTreeMap<String, String>>>,
 }
 
+/// The TCP part of a listener.
 #[derive(Debug)]
-struct Listener {
-    address: SocketAddr,
+pub struct TcpListenerData {
     config: TcpListenerConfig,
-    socket: Option<TcpListener>,
-    token: Option<Token>,
     frontend: Option<Frontend>,
     handles: ListenerHandles,
-    /// Still has connections waiting after the accept budget ran out.
-    backlog: bool,
 }
 
-impl Listener {
+impl TcpListenerData {
     fn timeouts(&self) -> Timeouts {
         Timeouts {
             front: seconds(self.config.front_timeout),
@@ -138,83 +108,35 @@ impl Listener {
     }
 }
 
-/// A timeout of `s` seconds; 0 is taken as 1 s so no session lives forever
-/// idle and no timer fires in a busy loop.
-pub(crate) fn seconds(s: u32) -> Duration {
-    Duration::from_secs(u64::from(s.max(1)))
-}
-
-/// What a cluster tells the TCP proxy.
-#[derive(Debug, Clone, Copy, Default)]
-struct ClusterKnobs {
-    proxy_protocol: Option<ProxyProtocolConfig>,
-}
-
 /// The TCP listeners and sessions of one worker.
 #[derive(Debug)]
 pub struct TcpProxy {
-    listeners: Slab<Listener>,
-    by_address: HashMap<SocketAddr, usize>,
+    listeners: ListenerSet<TcpListenerData>,
     sessions: Slab<Session>,
     deadlines: Deadlines,
     clusters: HashMap<String, ClusterKnobs>,
     handles: RelayHandleCache,
-    adopted: HashMap<SocketAddr, OwnedFd>,
-    /// Run by a master: listening sockets come from it, never from `bind`,
-    /// and a deactivated listener keeps its socket (the master holds it
-    /// bound anyway).
-    require_adopted: bool,
     buffer_size: usize,
-    draining: bool,
-    /// The worker's `max_connections`, shared with the HTTP proxy.
-    limit: ConnectionLimit,
 }
 
 impl TcpProxy {
     /// An empty proxy whose sessions get two buffers of `buffer_size` bytes
-    /// (0: [`DEFAULT_BUFFER_SIZE`]).
+    /// (0: [`crate::stream::DEFAULT_BUFFER_SIZE`]).
     pub fn new(buffer_size: usize) -> Self {
         TcpProxy {
-            listeners: Slab::new(),
-            by_address: HashMap::new(),
+            listeners: ListenerSet::new(StreamKind::Tcp),
             sessions: Slab::new(),
             deadlines: Deadlines::new(),
             clusters: HashMap::new(),
             handles: RelayHandleCache::default(),
-            adopted: HashMap::new(),
-            require_adopted: false,
-            buffer_size: if buffer_size == 0 {
-                DEFAULT_BUFFER_SIZE
-            } else {
-                buffer_size
-            },
-            draining: false,
-            limit: ConnectionLimit::default(),
+            buffer_size: crate::stream::buffer_size(buffer_size),
         }
-    }
-
-    /// Closes an adopted socket no listener took (its listener was removed
-    /// before it was activated, or its add failed).
-    pub fn forget_adopted(&mut self, address: SocketAddr) {
-        self.adopted.remove(&address);
-    }
-
-    /// From now on listening sockets only come from the master (see
-    /// `crate::listen_socket`).
-    pub fn require_adopted(&mut self) {
-        self.require_adopted = true;
     }
 
     /// Shares the worker's connection budget (`max_connections`; the
     /// default is unlimited).
     pub fn set_connection_limit(&mut self, limit: ConnectionLimit) {
-        self.limit = limit;
-    }
-
-    /// Listening sockets passed by the master (upgrade), used instead of
-    /// binding when their listener is activated.
-    pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
-        self.adopted.extend(sockets);
+        self.listeners.set_connection_limit(limit);
     }
 
     // ----- listeners -----
@@ -225,203 +147,49 @@ impl TcpProxy {
         config: &TcpListenerConfig,
         ctx: &mut ProxyContext<'_, TcpToken>,
     ) -> Result<(), TcpError> {
-        let address = wire("address", &config.address)?;
-        if self.by_address.contains_key(&address) {
-            return Err(TcpError::ListenerExists { address });
-        }
+        let address = wire_address("address", &config.address)?;
         let handles = ListenerHandles::register(ctx.metrics, address);
-        let id = self.listeners.insert(Listener {
-            address,
+        let accept = AcceptHandles {
+            connections: handles.connections,
+            refused: handles.refused,
+        };
+        let data = TcpListenerData {
             config: *config,
-            socket: None,
-            token: None,
             frontend: None,
             handles,
-            backlog: false,
-        });
-        self.by_address.insert(address, id);
-        if config.active {
-            if let Err(error) = self.activate(address, ctx) {
-                self.listeners.remove(id);
-                self.by_address.remove(&address);
-                return Err(error);
-            }
-        }
-        Ok(())
+        };
+        Ok(self
+            .listeners
+            .add(address, config.active, data, accept, ctx)?)
     }
 
     /// Patches timeouts and `expect_proxy` in place (new sessions only; no
     /// re-bind).
     pub fn update_listener(&mut self, update: &UpdateTcpListenerConfig) -> Result<(), TcpError> {
-        let address = wire("address", &update.address)?;
-        let listener = self.listener_mut(address)?;
-        let config = &mut listener.config;
-        if let Some(v) = update.front_timeout {
-            config.front_timeout = v;
-        }
-        if let Some(v) = update.back_timeout {
-            config.back_timeout = v;
-        }
-        if let Some(v) = update.connect_timeout {
-            config.connect_timeout = v;
-        }
-        if let Some(v) = update.expect_proxy {
-            config.expect_proxy = v;
-        }
-        if update.public_address.is_some() {
-            config.public_address = update.public_address;
-        }
+        let address = wire_address("address", &update.address)?;
+        let listener = self.listeners.at_mut(address)?;
+        sozu_command_lib::state::patch_tcp_listener(&mut listener.data.config, update);
         Ok(())
-    }
-
-    /// Binds (or adopts) the socket if needed and starts accepting. Refused
-    /// while soft-stopping (the listener stays inactive).
-    pub fn activate(
-        &mut self,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, TcpToken>,
-    ) -> Result<(), TcpError> {
-        let id = *self
-            .by_address
-            .get(&address)
-            .ok_or(TcpError::UnknownListener { address })?;
-        if self.draining {
-            tracing::info!(listener = %address, "soft-stopping: listener stays inactive");
-            return Ok(());
-        }
-        let listener = &mut self.listeners[id];
-        if listener.socket.is_none() {
-            let socket = match self.adopted.remove(&address) {
-                Some(fd) => socket::adopt_listener(fd),
-                None if self.require_adopted => Err(crate::listen_socket::not_passed(address)),
-                None => socket::bind_listener(address),
-            }
-            .map_err(|source| TcpError::Bind { address, source })?;
-            listener.socket = Some(socket);
-        }
-        if listener.token.is_none() {
-            let token = ctx.tokens.insert(TcpToken::Listener(id));
-            let socket = listener
-                .socket
-                .as_mut()
-                .expect("invariant: bound just above");
-            if let Err(source) = ctx.registry.register(socket, token, Interest::READABLE) {
-                ctx.tokens.remove(token);
-                return Err(TcpError::Register { address, source });
-            }
-            listener.token = Some(token);
-            // Connections may already wait in the backlog (adopted socket).
-            listener.backlog = true;
-        }
-        tracing::info!(listener = %address, "TCP listener active");
-        Ok(())
-    }
-
-    /// Stops accepting and closes the listening socket (the port is freed;
-    /// activate binds again). Live sessions go on.
-    pub fn deactivate(
-        &mut self,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, TcpToken>,
-    ) -> Result<(), TcpError> {
-        let id = *self
-            .by_address
-            .get(&address)
-            .ok_or(TcpError::UnknownListener { address })?;
-        if self.require_adopted {
-            Self::stop_accepting(&mut self.listeners[id], ctx);
-        } else {
-            Self::close_listener_socket(&mut self.listeners[id], ctx);
-        }
-        tracing::info!(listener = %address, "TCP listener deactivated");
-        Ok(())
-    }
-
-    /// Closes the listener, its socket and its sessions.
-    pub fn remove_listener(
-        &mut self,
-        now: Instant,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, TcpToken>,
-    ) -> Result<(), TcpError> {
-        let id = self
-            .by_address
-            .remove(&address)
-            .ok_or(TcpError::UnknownListener { address })?;
-        let mut listener = self.listeners.remove(id);
-        Self::close_listener_socket(&mut listener, ctx);
-        let doomed: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.listener == id)
-            .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
-        }
-        ctx.metrics
-            .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "TCP listener removed");
-        Ok(())
-    }
-
-    /// Stops accepting but keeps the socket (activate registers it again).
-    fn stop_accepting(listener: &mut Listener, ctx: &mut ProxyContext<'_, TcpToken>) {
-        if let (Some(socket), Some(_)) = (listener.socket.as_mut(), listener.token) {
-            if let Err(error) = ctx.registry.deregister(socket) {
-                tracing::debug!(%error, "deregistering a TCP listener");
-            }
-        }
-        if let Some(token) = listener.token.take() {
-            ctx.tokens.remove(token);
-        }
-        listener.backlog = false;
-    }
-
-    fn close_listener_socket(listener: &mut Listener, ctx: &mut ProxyContext<'_, TcpToken>) {
-        if let Some(mut socket) = listener.socket.take() {
-            if listener.token.is_some() {
-                if let Err(error) = ctx.registry.deregister(&mut socket) {
-                    tracing::debug!(%error, "deregistering a TCP listener");
-                }
-            }
-        }
-        if let Some(token) = listener.token.take() {
-            ctx.tokens.remove(token);
-        }
-        listener.backlog = false;
-    }
-
-    fn listener_mut(&mut self, address: SocketAddr) -> Result<&mut Listener, TcpError> {
-        let id = *self
-            .by_address
-            .get(&address)
-            .ok_or(TcpError::UnknownListener { address })?;
-        Ok(&mut self.listeners[id])
     }
 
     /// The listening sockets (for an upgrade's hand-over).
     pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| l.socket.as_ref().map(|s| (l.address, s.as_fd())))
-            .collect()
+        self.listeners.listen_sockets()
     }
 
     /// The local address a listener is bound to (its port when the order
     /// said port 0).
     pub fn local_addr(&self, address: SocketAddr) -> Option<SocketAddr> {
-        let id = self.by_address.get(&address)?;
-        self.listeners[*id].socket.as_ref()?.local_addr().ok()
+        self.listeners.local_addr(address)
     }
 
     // ----- frontends and clusters -----
 
     /// Sets the listener's cluster (new connections only).
     pub fn add_frontend(&mut self, frontend: &RequestTcpFrontend) -> Result<(), TcpError> {
-        let address = wire("address", &frontend.address)?;
-        let listener = self.listener_mut(address)?;
-        listener.frontend = Some(Frontend {
+        let address = wire_address("address", &frontend.address)?;
+        let listener = self.listeners.at_mut(address)?;
+        listener.data.frontend = Some(Frontend {
             cluster: ClusterId::from(frontend.cluster_id.as_str()),
             tags: if frontend.tags.is_empty() {
                 None
@@ -435,11 +203,11 @@ impl TcpProxy {
     /// Clears the listener's cluster: new connections are closed at once
     /// (counted in `tcp.no_frontend`); live sessions go on.
     pub fn remove_frontend(&mut self, frontend: &RequestTcpFrontend) -> Result<(), TcpError> {
-        let address = wire("address", &frontend.address)?;
-        let listener = self.listener_mut(address)?;
-        match &listener.frontend {
+        let address = wire_address("address", &frontend.address)?;
+        let listener = self.listeners.at_mut(address)?;
+        match &listener.data.frontend {
             Some(f) if f.cluster.as_str() == frontend.cluster_id => {
-                listener.frontend = None;
+                listener.data.frontend = None;
                 Ok(())
             }
             _ => Err(TcpError::UnknownFrontend {
@@ -449,38 +217,11 @@ impl TcpProxy {
         }
     }
 
-    /// Records the knobs of a cluster the TCP proxy uses
-    /// (`proxy_protocol`); balancing is set on the shared backends by the
-    /// loop.
-    pub fn set_cluster(&mut self, cluster: &Cluster) {
-        let proxy_protocol = cluster
-            .proxy_protocol
-            .and_then(|p| ProxyProtocolConfig::try_from(p).ok());
-        self.clusters
-            .insert(cluster.cluster_id.clone(), ClusterKnobs { proxy_protocol });
-    }
-
-    /// Forgets a cluster (its metric scope is removed by the loop). Live
-    /// sessions go on to their backend.
-    pub fn remove_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.handles.forget_cluster(cluster);
-    }
-
-    /// Forgets a removed backend's metric handles. Live sessions to it go
-    /// on until they end.
-    pub fn remove_backend(&mut self, cluster: &str, backend: &str) {
-        self.handles.forget_backend(cluster, backend);
-    }
-
     // ----- lifecycle -----
 
     /// Soft-stop: stop accepting (sockets closed); sessions go on.
     pub fn soft_stop(&mut self, ctx: &mut ProxyContext<'_, TcpToken>) {
-        self.draining = true;
-        for (_, listener) in self.listeners.iter_mut() {
-            Self::close_listener_socket(listener, ctx);
-        }
+        self.listeners.soft_stop(ctx);
     }
 
     /// Hard-stop: closes every session and listening socket now.
@@ -493,43 +234,12 @@ impl TcpProxy {
         self.deadlines.clear();
     }
 
-    /// True when no session is alive.
-    pub fn is_drained(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
-    /// Sessions alive now.
-    pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
     // ----- event loop -----
 
     /// The earliest session deadline (possibly a stale one: handling it
     /// re-arms the real one). See also [`has_backlog`](Self::has_backlog).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.peek()
-    }
-
-    /// True when a listener stopped at its accept budget and must be
-    /// accepted again without waiting for an event.
-    pub fn has_backlog(&self) -> bool {
-        self.listeners
-            .iter()
-            .any(|(_, l)| l.backlog && l.token.is_some())
-    }
-
-    /// Accepts again on listeners that ran out of budget last time.
-    pub fn accept_backlog(&mut self, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
-        let ids: Vec<usize> = self
-            .listeners
-            .iter()
-            .filter(|(_, l)| l.backlog && l.token.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        for id in ids {
-            self.accept(id, now, ctx);
-        }
     }
 
     /// Closes sessions whose deadline passed.
@@ -566,7 +276,7 @@ impl TcpProxy {
         ctx: &mut ProxyContext<'_, TcpToken>,
     ) {
         match token {
-            TcpToken::Listener(id) => self.accept(id, now, ctx),
+            TcpToken::Listener(id) => self.accept_on(id, now, ctx),
             TcpToken::Front(key) => {
                 if let Some(s) = self.sessions.get_mut(key) {
                     s.front.readable |= readiness.readable;
@@ -591,45 +301,19 @@ impl TcpProxy {
         }
     }
 
-    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+    fn accept_on(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
         let mut accepted = 0;
-        loop {
-            let Some(listener) = self.listeners.get_mut(id) else {
+        while let Some(Accepted {
+            stream,
+            client,
+            slot,
+        }) = self.listeners.accept_next(id, &mut accepted, ctx.metrics)
+        {
+            let Some(listener) = self.listeners.get(id) else {
                 return;
             };
-            let Some(socket) = listener.socket.as_ref() else {
-                return;
-            };
-            if accepted == socket::ACCEPT_BUDGET {
-                listener.backlog = true;
-                return;
-            }
-            let (stream, client) = match socket.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    listener.backlog = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    // EMFILE, ENOBUFS…: stop for this wake-up; the
-                    // connection stays in the backlog.
-                    tracing::warn!(listener = %listener.address, %error, "accept failed");
-                    listener.backlog = false;
-                    return;
-                }
-            };
-            accepted += 1;
-            let Some(slot) = self.limit.try_acquire() else {
-                // At max_connections: closed at once (dropping the stream),
-                // so neither memory nor the backlog fills up.
-                count(ctx.metrics, listener.handles.refused, 1);
-                tracing::debug!(listener = %listener.address, %client, max = self.limit.max(), "max_connections reached: connection refused");
-                continue;
-            };
-            count(ctx.metrics, listener.handles.connections, 1);
-            let Some(frontend) = listener.frontend.clone() else {
-                count(ctx.metrics, listener.handles.no_frontend, 1);
+            let Some(frontend) = listener.data.frontend.clone() else {
+                count(ctx.metrics, listener.data.handles.no_frontend, 1);
                 TcpAccessRecord {
                     listener: listener.address,
                     client,
@@ -645,10 +329,7 @@ impl TcpProxy {
                 .emit();
                 continue; // dropping the stream closes it
             };
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "TCP_NODELAY");
-            }
-            let timeouts = listener.timeouts();
+            let timeouts = listener.data.timeouts();
             // Clients send a PROXY header when the listener says so, or when
             // the cluster expects (EXPECT_HEADER) or relays (RELAY_HEADER)
             // one, as in Sōzu.
@@ -658,9 +339,9 @@ impl TcpProxy {
                     .and_then(|k| k.proxy_protocol),
                 Some(ProxyProtocolConfig::ExpectHeader | ProxyProtocolConfig::RelayHeader)
             );
-            let expect_proxy = listener.config.expect_proxy || cluster_expects;
+            let expect_proxy = listener.data.config.expect_proxy || cluster_expects;
             let listener_address = listener.address;
-            let handles = listener.handles;
+            let handles = listener.data.handles;
             let entry = self.sessions.vacant_entry();
             let key = entry.key();
             let token = ctx.tokens.insert(TcpToken::Front(key));
@@ -701,7 +382,7 @@ impl TcpProxy {
                 timer: ArmedTimer::default(),
                 cluster_handles,
                 backend_handles: Default::default(),
-                slot,
+                _slot: slot,
             });
             self.progress(key, now, ctx);
         }
@@ -910,9 +591,9 @@ impl TcpProxy {
         let duration = now.saturating_duration_since(session.started);
         if let Some(listener) = self.listeners.get(session.listener) {
             if listener.address == session.listener_address {
-                gauge_add(ctx.metrics, listener.handles.active, -1);
+                gauge_add(ctx.metrics, listener.data.handles.active, -1);
                 if reason.is_timeout() {
-                    count(ctx.metrics, listener.handles.timeouts, 1);
+                    count(ctx.metrics, listener.data.handles.timeouts, 1);
                 }
             }
         }
@@ -941,8 +622,81 @@ impl TcpProxy {
         .emit();
         if reason == SessionCloseReason::ProxyHeaderInvalid {
             if let Some(listener) = self.listeners.get(session.listener) {
-                count(ctx.metrics, listener.handles.proxy_header_invalid, 1);
+                count(ctx.metrics, listener.data.handles.proxy_header_invalid, 1);
             }
+        }
+    }
+}
+
+impl StreamProxy for TcpProxy {
+    type Token = TcpToken;
+    type Listener = TcpListenerData;
+    type Error = TcpError;
+    const LISTENER_TYPE: ListenerType = ListenerType::Tcp;
+
+    fn listener_set(&mut self) -> &mut ListenerSet<TcpListenerData> {
+        &mut self.listeners
+    }
+
+    fn listeners(&self) -> &ListenerSet<TcpListenerData> {
+        &self.listeners
+    }
+
+    fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn accept(&mut self, id: usize, now: Instant, ctx: &mut ProxyContext<'_, TcpToken>) {
+        self.accept_on(id, now, ctx);
+    }
+
+    fn remove_listener(
+        &mut self,
+        now: Instant,
+        address: SocketAddr,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) -> Result<(), TcpError> {
+        let id = self.listeners.remove(address, ctx)?;
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.listener == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
+        }
+        ctx.metrics
+            .remove_scope(&crate::metrics::Scope::Listener(address));
+        tracing::info!(listener = %address, "TCP listener removed");
+        Ok(())
+    }
+
+    fn set_cluster(&mut self, cluster: &Cluster) {
+        self.clusters
+            .insert(cluster.cluster_id.clone(), ClusterKnobs::of(cluster));
+    }
+
+    fn remove_cluster(&mut self, cluster: &str) {
+        self.clusters.remove(cluster);
+        self.handles.forget_cluster(cluster);
+    }
+
+    fn remove_backend(&mut self, cluster: &str, backend: &str) {
+        self.handles.forget_backend(cluster, backend);
+    }
+
+    fn apply_own_order(
+        &mut self,
+        order: &RequestType,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) -> Result<(), TcpError> {
+        match order {
+            RequestType::AddTcpListener(config) => self.add_listener(config, ctx),
+            RequestType::UpdateTcpListener(update) => self.update_listener(update),
+            RequestType::AddTcpFrontend(f) => self.add_frontend(f),
+            RequestType::RemoveTcpFrontend(f) => self.remove_frontend(f),
+            _ => Ok(()),
         }
     }
 }

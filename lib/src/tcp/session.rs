@@ -16,18 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backends::{BackendId, ClusterId};
-use crate::proxy_protocol::{self, ReceivedHeader};
+use crate::protocol::proxy_protocol::{self, ReceivedHeader};
 
 use super::access::SessionCloseReason;
-use super::buffer::Buffer;
-use super::deadlines::ArmedTimer;
-use super::limit::ConnectionSlot;
 use super::metrics::RelayHandles;
-use super::socket::{ReadOutcome, Side};
+use crate::stream::buffer::Buffer;
+use crate::stream::deadlines::ArmedTimer;
+use crate::stream::limit::ConnectionSlot;
+use crate::stream::socket::{ReadOutcome, Side};
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Reading the client's PROXY header (`expect_proxy`).
     ExpectProxy,
     /// Header read (or none expected): a backend connect must start.
@@ -40,7 +40,7 @@ pub enum Phase {
 
 /// The session's timeouts, captured from its listener at accept.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     pub front: Duration,
     pub back: Duration,
     pub connect: Duration,
@@ -48,14 +48,14 @@ pub struct Timeouts {
 
 /// Bytes to send to the backend before the client's: a PROXY header.
 #[derive(Debug)]
-pub struct Preamble {
+pub(crate) struct Preamble {
     bytes: Vec<u8>,
     sent: usize,
 }
 
 impl Preamble {
     /// A preamble of these bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
         Preamble { bytes, sent: 0 }
     }
 
@@ -66,7 +66,7 @@ impl Preamble {
 
 /// Bytes moved by one pump.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
+pub(crate) struct Moved {
     /// Read from the client.
     pub bytes_in: u64,
     /// Read from the backend.
@@ -75,7 +75,7 @@ pub struct Moved {
 
 /// A TCP session.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     pub listener: usize,
     pub listener_address: SocketAddr,
     pub client: SocketAddr,
@@ -103,12 +103,12 @@ pub struct Session {
     pub cluster_handles: RelayHandles,
     pub backend_handles: RelayHandles,
     /// Its place in the worker's `max_connections` (freed with the session).
-    pub slot: ConnectionSlot,
+    pub _slot: ConnectionSlot,
 }
 
 impl Session {
     /// The session's current deadline and the reason it would close then.
-    pub fn deadline(&self) -> (Instant, SessionCloseReason) {
+    pub(crate) fn deadline(&self) -> (Instant, SessionCloseReason) {
         match self.phase {
             Phase::ExpectProxy | Phase::NeedsBackend => (
                 self.front.last_activity + self.timeouts.front,
@@ -134,7 +134,7 @@ impl Session {
     /// Where its facts are counted: its backend once connected, else its
     /// cluster. Never both, so a cluster's total (its own scope plus its
     /// backends', as query-metrics sums them) counts each fact once.
-    pub fn handles(&self) -> RelayHandles {
+    pub(crate) fn handles(&self) -> RelayHandles {
         if self.phase == Phase::Relaying {
             self.backend_handles
         } else {
@@ -143,7 +143,7 @@ impl Session {
     }
 
     /// True once both directions finished and were delivered.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         let Some(back) = &self.back else {
             return false;
         };
@@ -156,7 +156,7 @@ impl Session {
 
     /// Moves bytes both ways until nothing more can move now. `Err` closes
     /// the session with that reason.
-    pub fn pump(&mut self, now: Instant) -> Result<Moved, SessionCloseReason> {
+    pub(crate) fn pump(&mut self, now: Instant) -> Result<Moved, SessionCloseReason> {
         let mut moved = Moved::default();
         loop {
             let mut progress = false;

@@ -21,19 +21,19 @@
 
 /// Descriptors kept for everything that is not a flow: the channel, the
 /// listener sockets, health probes, statsd, logs, TCP and HTTP listeners.
-pub const RESERVED_FDS: u64 = 256;
+pub(crate) const RESERVED_FDS: u64 = 256;
 
 /// Ephemeral ports left to the rest of the host (other programs' outgoing
 /// sockets, the kernel's own random probing, which slows down as the range
 /// fills): one eighth of the range.
-pub const PORT_HEADROOM_DIVISOR: u64 = 8;
+pub(crate) const PORT_HEADROOM_DIVISOR: u64 = 8;
 
 /// The reserve is at most this fraction (one eighth) of the pool.
-pub const RESERVE_DIVISOR: usize = 8;
+pub(crate) const RESERVE_DIVISOR: usize = 8;
 
 /// What bounds the number of flows of one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolLimits {
+pub(crate) struct PoolLimits {
     /// The worker's soft `RLIMIT_NOFILE` (after raising it).
     pub fd_limit: u64,
     /// Ports in `net.ipv4.ip_local_port_range` (`hi − lo + 1`), `None`
@@ -48,7 +48,7 @@ pub struct PoolLimits {
 
 impl PoolLimits {
     /// Limits with only the fd limit known (one worker, no port range).
-    pub fn from_fd_limit(fd_limit: u64) -> Self {
+    pub(crate) fn from_fd_limit(fd_limit: u64) -> Self {
         PoolLimits {
             fd_limit,
             ephemeral_ports: None,
@@ -58,14 +58,14 @@ impl PoolLimits {
     }
 
     /// Flows the fd limit allows: `(fd_limit − 256) × 9/10`.
-    pub fn fd_budget(&self) -> u64 {
+    pub(crate) fn fd_budget(&self) -> u64 {
         self.fd_limit.saturating_sub(RESERVED_FDS) / 10 * 9
             + self.fd_limit.saturating_sub(RESERVED_FDS) % 10 * 9 / 10
     }
 
     /// Flows this worker's share of the port range allows:
     /// `(ports − ports / 8) × max(1, addresses) / workers`.
-    pub fn port_budget(&self) -> Option<u64> {
+    pub(crate) fn port_budget(&self) -> Option<u64> {
         let ports = self.ephemeral_ports?;
         let usable = ports - ports / PORT_HEADROOM_DIVISOR;
         let ranges = self.source_addresses.max(1);
@@ -73,7 +73,7 @@ impl PoolLimits {
     }
 
     /// The pool: the smaller of the two budgets, at least 1 flow.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         let flows = match self.port_budget() {
             Some(ports) => self.fd_budget().min(ports),
             None => self.fd_budget(),
@@ -84,7 +84,7 @@ impl PoolLimits {
 
 /// One listener as the pool sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// Its live flows (awaiting a backend or established): each holds, or
     /// is about to hold, a socket.
     pub flows: usize,
@@ -97,33 +97,33 @@ pub struct Member {
 
 /// The worker-wide pool of flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowPool {
+pub(crate) struct FlowPool {
     capacity: usize,
 }
 
 impl FlowPool {
     /// A pool of `capacity` flows (at least 1).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         FlowPool {
             capacity: capacity.max(1),
         }
     }
 
     /// Its size in flows.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// One listener's fair share when `admitting` listeners draw from the
     /// pool: `capacity / admitting`, at least 1.
-    pub fn fair_share(&self, admitting: usize) -> usize {
+    pub(crate) fn fair_share(&self, admitting: usize) -> usize {
         (self.capacity / admitting.max(1)).max(1)
     }
 
     /// Slots only a listener below its fair share may take: one fair share,
     /// at most an eighth of the pool (none with a single listener, whose
     /// share is the whole pool).
-    pub fn reserve(&self, admitting: usize) -> usize {
+    pub(crate) fn reserve(&self, admitting: usize) -> usize {
         if admitting <= 1 {
             return 0;
         }
@@ -142,7 +142,7 @@ impl FlowPool {
     /// So the last `reserve` free slots always wait for listeners below
     /// their share, and slots freed by ending flows go to them first. The
     /// result never exceeds `free`, nor `me.cap − me.flows`.
-    pub fn allowance(&self, me: Member, others: Others) -> usize {
+    pub(crate) fn allowance(&self, me: Member, others: Others) -> usize {
         let admitting = usize::from(me.admitting) + others.admitting;
         let free = self
             .capacity
@@ -159,14 +159,14 @@ impl FlowPool {
 
     /// The `max_flows` to give `me`'s flow manager for its next batch of
     /// datagrams: its live flows plus its allowance.
-    pub fn cap_for(&self, me: Member, others: Others) -> usize {
+    pub(crate) fn cap_for(&self, me: Member, others: Others) -> usize {
         me.flows.saturating_add(self.allowance(me, others))
     }
 }
 
 /// The other listeners of the worker, summed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Others {
+pub(crate) struct Others {
     /// Their live flows.
     pub flows: usize,
     /// How many of them admit new flows.
@@ -175,7 +175,7 @@ pub struct Others {
 
 impl Others {
     /// Sums `members`.
-    pub fn sum(members: impl IntoIterator<Item = Member>) -> Self {
+    pub(crate) fn sum(members: impl IntoIterator<Item = Member>) -> Self {
         members
             .into_iter()
             .fold(Others::default(), |acc, m| Others {

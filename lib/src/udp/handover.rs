@@ -35,14 +35,13 @@ use super::metrics::FlowMetrics;
 use super::shell::UdpShell;
 use super::write_queue::Upstream;
 use super::UdpToken;
-use crate::access_log::FlowCloseReason;
 use crate::backends::{BackendId, ClusterId};
 use crate::metrics::{MetricKind, MetricsRegistry, Scope};
 use crate::protocol::udp::{
     self as core, AdoptError, CloseReason, ConnectionId, FlowHandover, FlowId, FlowKey,
     MetricEvent, Output, Phase,
 };
-use crate::server::tokens::TokenOwner;
+use crate::udp::access_log::FlowCloseReason;
 
 /// Flows released to a successor worker (old worker, per listener).
 pub(crate) const FLOWS_HANDED_OVER: &str = "udp.flows.handed_over";
@@ -123,7 +122,7 @@ impl From<&AdoptError> for HandoverFailure {
 
 /// A manifest entry that does not describe a flow.
 #[derive(Debug, thiserror::Error)]
-pub enum HandoverEntryError {
+pub(crate) enum HandoverEntryError {
     /// An address field is not a socket address.
     #[error("{field}: invalid address")]
     Address {
@@ -232,7 +231,7 @@ pub(crate) fn from_wire(
 /// The flows an old worker is about to pass: the manifest, each entry's
 /// upstream socket (borrowed from the shell) and which flow it is.
 #[derive(Debug)]
-pub struct FlowExport<'a> {
+pub(crate) struct FlowExport<'a> {
     /// Entry `i` describes `fds[i]`.
     pub manifest: FlowManifest,
     /// The connected upstream sockets, in manifest order.
@@ -243,7 +242,7 @@ pub struct FlowExport<'a> {
 
 /// What adopting a flow manifest did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AdoptReport {
+pub(crate) struct AdoptReport {
     /// Flows adopted.
     pub adopted: usize,
     /// Flows refused, by reason (their fds are closed).
@@ -257,7 +256,7 @@ impl UdpShell {
     /// upstream sockets. A flow with datagrams still queued for its backend
     /// stays here (counted `handover_failed.queue_pending`). Nothing is
     /// released yet: call [`Self::release_flows`] once the fds are out.
-    pub fn export_flows(&mut self, now: Instant, ctx: &mut IoContext<'_>) -> FlowExport<'_> {
+    pub(crate) fn export_flows(&mut self, now: Instant, ctx: &mut IoContext<'_>) -> FlowExport<'_> {
         let held = self.held.get_or_insert_with(Vec::new);
         for (index, listener) in self.listeners.iter_mut() {
             if listener.is_reading() {
@@ -309,7 +308,7 @@ impl UdpShell {
     /// Old worker: the fds of `flows` reached the master; each flow is
     /// released (closed here with `HandedOver`: its socket copy closes, no
     /// access record, counted `udp.flows.handed_over`).
-    pub fn release_flows(
+    pub(crate) fn release_flows(
         &mut self,
         now: Instant,
         flows: &[(usize, FlowId)],
@@ -342,13 +341,14 @@ impl UdpShell {
     /// received flows until `adopt_flows`, and reads no listener until then
     /// (a client datagram read before its flow is adopted would open a new
     /// upstream socket).
-    pub fn hold_for_flows(&mut self, manifest: FlowManifest, fds: Vec<OwnedFd>) {
+    pub(crate) fn hold_for_flows(&mut self, manifest: FlowManifest, fds: Vec<OwnedFd>) {
         self.pending_flows = manifest.flows.into_iter().zip(fds).collect();
         self.held.get_or_insert_with(Vec::new);
     }
 
     /// Whether listeners are held until `adopt_flows`.
-    pub fn is_holding(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_holding(&self) -> bool {
         self.held.is_some()
     }
 
@@ -356,7 +356,7 @@ impl UdpShell {
     /// closed and counted), then starts reading the held listeners and any
     /// listener the old worker stopped reading for a handover that failed
     /// (so the same order also gives a worker its flows back).
-    pub fn adopt_flows(&mut self, now: Instant, ctx: &mut IoContext<'_>) -> AdoptReport {
+    pub(crate) fn adopt_flows(&mut self, now: Instant, ctx: &mut IoContext<'_>) -> AdoptReport {
         let mut report = AdoptReport::default();
         for (wire, fd) in std::mem::take(&mut self.pending_flows) {
             match self.adopt_one(now, &wire, fd, ctx) {
@@ -404,12 +404,6 @@ impl UdpShell {
         listener
             .adopt_flow(now, handover, local, fd, ctx)
             .map_err(|failure| (Some(address), failure))
-    }
-
-    /// Closes flows received but never adopted (the boot failed before
-    /// `adopt_flows`).
-    pub fn forget_pending_flows(&mut self) {
-        self.pending_flows.clear();
     }
 }
 
@@ -488,9 +482,7 @@ fn register_upstream(
     let socket = std::net::UdpSocket::from(fd);
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
-    let token = ctx
-        .tokens
-        .insert(TokenOwner::Udp(UdpToken::Upstream { listener, flow }));
+    let token = ctx.tokens.insert(UdpToken::Upstream { listener, flow });
     match ctx
         .registry
         .register(&mut socket, token, Interest::READABLE)

@@ -22,6 +22,7 @@ use std::time::Instant;
 use mio::{Interest, Registry, Token};
 use sozu_command_lib::command::UdpListenerConfig;
 
+use super::access_log::{FlowAccessRecord, FlowCloseReason};
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
 use super::one_way::{OneWayContext, OneWaySockets};
@@ -31,7 +32,6 @@ use super::write_queue::{
     UpstreamSend,
 };
 use super::UdpToken;
-use crate::access_log::{FlowAccessRecord, FlowCloseReason};
 use crate::backends::{BackendId, BackendMap, ClusterId};
 use crate::health::HealthChecker;
 use crate::metrics::{names, MetricsRegistry};
@@ -39,7 +39,7 @@ use crate::protocol::udp::{
     self as core, BackendDecision, ClientDecision, CloseReason, FlowId, MetricEvent, Output,
     UdpFlowManager, Via,
 };
-use crate::server::tokens::{TokenOwner, Tokens};
+use crate::token_table::TokenTable;
 
 /// Datagrams read from one socket per wake-up before the loop moves on to
 /// the other sockets (it comes back at once: see `still_readable`).
@@ -47,18 +47,18 @@ pub const DATAGRAM_BUDGET: usize = 64;
 
 /// Most client-bound datagrams queued on a listener whose socket would
 /// block; newer ones are dropped (`udp.datagrams.dropped.queue_full`).
-pub const MAX_LISTENER_QUEUE: usize = 1024;
+pub(crate) const MAX_LISTENER_QUEUE: usize = 1024;
 
 /// Most backend-bound datagrams queued on one upstream socket that would
 /// block.
-pub const MAX_UPSTREAM_QUEUE: usize = 64;
+pub(crate) const MAX_UPSTREAM_QUEUE: usize = 64;
 
 /// Everything the datapath borrows from the worker for one call.
 pub struct IoContext<'a> {
     /// The poll registry.
     pub registry: &'a Registry,
     /// The token table.
-    pub tokens: &'a mut Tokens,
+    pub tokens: &'a mut dyn TokenTable<UdpToken>,
     /// The metrics registry.
     pub metrics: &'a mut MetricsRegistry,
     /// Backends of every cluster.
@@ -246,9 +246,7 @@ impl UdpListener {
             ctx.still_readable.push(token);
             return Ok(());
         }
-        let token = ctx
-            .tokens
-            .insert(TokenOwner::Udp(UdpToken::Listener(self.id)));
+        let token = ctx.tokens.insert(UdpToken::Listener(self.id));
         let interest = listener_interest(true, !self.overflow.is_empty());
         if let Err(e) = ctx.registry.register(socket, token, interest) {
             ctx.tokens.remove(token);
@@ -994,10 +992,10 @@ impl UdpListener {
     ) {
         let io = self.flows.entry(flow).or_default();
         let opened = self.sources.open(addr).and_then(|mut socket| {
-            let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::Upstream {
+            let token = ctx.tokens.insert(UdpToken::Upstream {
                 listener: self.id,
                 flow,
-            }));
+            });
             // Readable only: writability is asked for while a queue waits.
             match ctx
                 .registry

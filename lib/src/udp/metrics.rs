@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::backends::{BackendId, ClusterId};
+use crate::metrics::register as handle;
 use crate::metrics::{names, MetricHandle, MetricKind, MetricsRegistry, Scope};
 use crate::protocol::udp::DropReason;
 
@@ -67,32 +68,13 @@ fn core_drop_index(reason: DropReason) -> usize {
 }
 
 /// Name of the counter of upstream sockets that could not be opened.
-pub const UPSTREAM_OPEN_FAILED: &str = "udp.upstream.open_failed";
+pub(crate) const UPSTREAM_OPEN_FAILED: &str = "udp.upstream.open_failed";
 /// Name of the counter of flows aborted because the backend refused
 /// (ECONNREFUSED).
-pub const BACKEND_REFUSED: &str = "udp.backend.refused";
+pub(crate) const BACKEND_REFUSED: &str = "udp.backend.refused";
 /// Flows whose client moved to a new source address (QUIC connection-ID
 /// keys only).
-pub const FLOWS_MIGRATED: &str = "udp.flows.migrated";
-/// Name of the counter of health probes that failed.
-pub const PROBE_FAILED: &str = "udp.health.probe_failed";
-/// Name of the gauge of backends up (1) / down (0).
-pub const BACKEND_UP: &str = "udp.backend.up";
-
-fn handle(
-    registry: &mut MetricsRegistry,
-    name: &str,
-    scope: Scope,
-    kind: MetricKind,
-) -> Option<MetricHandle> {
-    match registry.register(name, scope, kind) {
-        Ok(h) => Some(h),
-        Err(error) => {
-            tracing::warn!(%error, "metric not registered");
-            None
-        }
-    }
-}
+pub(crate) const FLOWS_MIGRATED: &str = "udp.flows.migrated";
 
 /// Counters of one scope that every datagram touches.
 #[derive(Debug, Clone, Copy, Default)]
@@ -285,7 +267,7 @@ impl ListenerMetrics {
 /// Cluster totals are the sum of their backends' (the registry adds them up
 /// when answering a query), so traffic is counted once, on the backend.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FlowMetrics {
+pub(crate) struct FlowMetrics {
     /// The backend's traffic.
     pub backend: TrafficHandles,
     backend_active: Option<MetricHandle>,
@@ -294,7 +276,7 @@ pub struct FlowMetrics {
 impl FlowMetrics {
     /// Registers (or finds) the backend's handles and counts one more
     /// active flow on it.
-    pub fn register(
+    pub(crate) fn register(
         registry: &mut MetricsRegistry,
         cluster: &ClusterId,
         backend: &BackendId,
@@ -316,7 +298,7 @@ impl FlowMetrics {
     }
 
     /// The flow closed: one active flow less on its backend.
-    pub fn closed(&self, registry: &mut MetricsRegistry) {
+    pub(crate) fn closed(&self, registry: &mut MetricsRegistry) {
         if let Some(h) = self.backend_active {
             registry.gauge_add(h, -1);
         }
@@ -327,7 +309,7 @@ impl FlowMetrics {
 /// moves) and the drops of its datagrams by reason, registered when its
 /// one-way socket opens.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OneWayMetrics {
+pub(crate) struct OneWayMetrics {
     /// The backend's traffic.
     pub traffic: TrafficHandles,
     drops: [Option<MetricHandle>; ShellDrop::ALL.len()],
@@ -335,7 +317,7 @@ pub struct OneWayMetrics {
 
 impl OneWayMetrics {
     /// Registers (or finds) the backend's handles.
-    pub fn register(
+    pub(crate) fn register(
         registry: &mut MetricsRegistry,
         cluster: &ClusterId,
         backend: &BackendId,
@@ -357,7 +339,7 @@ impl OneWayMetrics {
     }
 
     /// `n` datagrams to or from this backend dropped by the shell.
-    pub fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
+    pub(crate) fn dropped(&self, registry: &mut MetricsRegistry, reason: ShellDrop, n: usize) {
         let i = ShellDrop::ALL
             .iter()
             .position(|r| *r == reason)
@@ -367,34 +349,13 @@ impl OneWayMetrics {
 }
 
 /// Counts a per-cluster flow fact (`udp.flows.created` / `evicted` / `shed`).
-pub fn cluster_flow_event(registry: &mut MetricsRegistry, cluster: &str, name: &str) {
+pub(crate) fn cluster_flow_event(registry: &mut MetricsRegistry, cluster: &str, name: &str) {
     if let Some(h) = handle(
         registry,
         name,
         Scope::Cluster(ClusterId::from(cluster)),
         MetricKind::Counter,
     ) {
-        registry.incr(h);
-    }
-}
-
-/// Sets a backend's health gauge (`udp.backend.up`: 1 up, 0 down).
-pub fn backend_health(
-    registry: &mut MetricsRegistry,
-    cluster: &ClusterId,
-    backend: &BackendId,
-    up: bool,
-) {
-    let scope = Scope::Backend(cluster.clone(), backend.clone());
-    if let Some(h) = handle(registry, BACKEND_UP, scope, MetricKind::Gauge) {
-        registry.gauge_set(h, u64::from(up));
-    }
-}
-
-/// Counts a failed health probe of a backend.
-pub fn probe_failed(registry: &mut MetricsRegistry, cluster: &ClusterId, backend: &BackendId) {
-    let scope = Scope::Backend(cluster.clone(), backend.clone());
-    if let Some(h) = handle(registry, PROBE_FAILED, scope, MetricKind::Counter) {
         registry.incr(h);
     }
 }

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::RawFd;
 
 /// Most datagrams moved by one `recvmmsg` / `sendmmsg`.
-pub const MAX_BATCH: usize = 32;
+pub(crate) const MAX_BATCH: usize = 32;
 
 /// Room for one `IP_PKTINFO` or `IPV6_PKTINFO` control message.
 const CONTROL_LEN: usize = 64;
@@ -94,7 +94,11 @@ impl RecvBatch {
         // SAFETY: zeroed sockaddr_storage / mmsghdr / iovec are valid values.
         let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
         let mut controls = [ControlBuf::ZERO; MAX_BATCH];
+        // SAFETY: a plain C struct of integers and pointers, for which all
+        // zero bytes is a valid (empty) value.
         let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+        // SAFETY: a plain C struct of integers and pointers, for which all
+        // zero bytes is a valid (empty) value.
         let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
         let base = self.buffers.as_mut_ptr();
         for i in 0..count {
@@ -158,7 +162,7 @@ impl RecvBatch {
 /// one `sendmmsg`: receive a backend datagram straight into
 /// [`SendBatch::slot`], then [`SendBatch::commit`] it.
 #[derive(Debug)]
-pub struct SendBatch {
+pub(crate) struct SendBatch {
     buffer_len: usize,
     buffers: Vec<u8>,
     lens: Vec<usize>,
@@ -172,7 +176,7 @@ pub struct SendBatch {
 
 impl SendBatch {
     /// [`MAX_BATCH`] slots of `buffer_len` bytes each.
-    pub fn new(buffer_len: usize) -> Self {
+    pub(crate) fn new(buffer_len: usize) -> Self {
         let buffer_len = buffer_len.max(1);
         SendBatch {
             buffer_len,
@@ -186,27 +190,28 @@ impl SendBatch {
     }
 
     /// The length of each slot.
-    pub fn buffer_len(&self) -> usize {
+    pub(crate) fn buffer_len(&self) -> usize {
         self.buffer_len
     }
 
     /// Committed datagrams not sent yet.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// True when nothing is committed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// True when no slot is free: send before receiving more.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.len == MAX_BATCH
     }
 
+    #[cfg(test)]
     /// The next free slot (`None` when full).
-    pub fn slot(&mut self) -> Option<&mut [u8]> {
+    pub(crate) fn slot(&mut self) -> Option<&mut [u8]> {
         if self.is_full() {
             return None;
         }
@@ -214,9 +219,10 @@ impl SendBatch {
         Some(&mut self.buffers[start..start + self.buffer_len])
     }
 
+    #[cfg(test)]
     /// Commits the first `len` bytes of the slot returned by
     /// [`Self::slot`] for `dst`, from `local` (packet info) if given.
-    pub fn commit(&mut self, len: usize, dst: SocketAddr, local: Option<IpAddr>) {
+    pub(crate) fn commit(&mut self, len: usize, dst: SocketAddr, local: Option<IpAddr>) {
         if self.is_full() {
             return;
         }
@@ -226,7 +232,7 @@ impl SendBatch {
     }
 
     /// The committed datagram `i`: its bytes, destination and source.
-    pub fn committed(&self, i: usize) -> Option<(&[u8], SocketAddr, Option<IpAddr>)> {
+    pub(crate) fn committed(&self, i: usize) -> Option<(&[u8], SocketAddr, Option<IpAddr>)> {
         if i >= self.len {
             return None;
         }
@@ -236,7 +242,7 @@ impl SendBatch {
     }
 
     /// Free slots.
-    pub fn free(&self) -> usize {
+    pub(crate) fn free(&self) -> usize {
         MAX_BATCH - self.len
     }
 
@@ -248,7 +254,7 @@ impl SendBatch {
     ///
     /// Fewer than asked means the socket was drained (or an error follows,
     /// reported by the next call); nothing waiting is `WouldBlock`.
-    pub fn recv_pending(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+    pub(crate) fn recv_pending(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
         self.pending = 0;
         self.pending_base = self.len;
         let count = max.min(self.free());
@@ -257,6 +263,8 @@ impl SendBatch {
         }
         // SAFETY: zeroed mmsghdr / iovec are valid values.
         let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+        // SAFETY: a plain C struct of integers and pointers, for which all
+        // zero bytes is a valid (empty) value.
         let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
         let base = self.buffers.as_mut_ptr();
         for i in 0..count {
@@ -295,7 +303,7 @@ impl SendBatch {
 
     /// The `i`th datagram of the last [`Self::recv_pending`] (`None` past
     /// its count).
-    pub fn pending(&self, i: usize) -> Option<&[u8]> {
+    pub(crate) fn pending(&self, i: usize) -> Option<&[u8]> {
         if i >= self.pending {
             return None;
         }
@@ -307,7 +315,7 @@ impl SendBatch {
     /// Commits the `i`th pending datagram for `dst`, from `local` if given.
     /// Pending datagrams must be committed (or skipped) in order; a skipped
     /// one leaves no gap (the next committed one moves down).
-    pub fn commit_pending(&mut self, i: usize, dst: SocketAddr, local: Option<IpAddr>) {
+    pub(crate) fn commit_pending(&mut self, i: usize, dst: SocketAddr, local: Option<IpAddr>) {
         if i >= self.pending {
             return;
         }
@@ -327,7 +335,7 @@ impl SendBatch {
     }
 
     /// Forgets every committed datagram.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.len = 0;
         self.pending = 0;
         self.pending_base = 0;
@@ -338,7 +346,7 @@ impl SendBatch {
     /// rest (see [`Self::committed`]) and then [`Self::clear`]s.
     /// `WouldBlock` before the first one is `Ok(0)`; an error means the
     /// datagram at `start` was refused.
-    pub fn send_from(&mut self, fd: RawFd, start: usize) -> io::Result<usize> {
+    pub(crate) fn send_from(&mut self, fd: RawFd, start: usize) -> io::Result<usize> {
         if start >= self.len {
             return Ok(0);
         }
@@ -346,7 +354,11 @@ impl SendBatch {
         // SAFETY: zeroed sockaddr_storage / mmsghdr / iovec are valid values.
         let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
         let mut controls = [ControlBuf::ZERO; MAX_BATCH];
+        // SAFETY: a plain C struct of integers and pointers, for which all
+        // zero bytes is a valid (empty) value.
         let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+        // SAFETY: a plain C struct of integers and pointers, for which all
+        // zero bytes is a valid (empty) value.
         let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
         let base = self.buffers.as_mut_ptr();
         for i in 0..count {
@@ -390,7 +402,7 @@ impl SendBatch {
 
 /// Sends one datagram made of `parts` to `dst` on an unconnected socket,
 /// from `local` when given (packet info).
-pub fn send_to_from(
+pub(crate) fn send_to_from(
     fd: RawFd,
     parts: &[IoSlice<'_>],
     dst: SocketAddr,
@@ -399,6 +411,8 @@ pub fn send_to_from(
     // SAFETY: zeroed sockaddr_storage / msghdr are valid values.
     let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let mut control = ControlBuf::ZERO;
+    // SAFETY: a plain C struct of integers and pointers, for which all
+    // zero bytes is a valid (empty) value.
     let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
     hdr.msg_namelen = std_to_sockaddr(dst, &mut addr);
     hdr.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
@@ -420,7 +434,7 @@ pub fn send_to_from(
 }
 
 /// Sends one datagram made of `parts` on a connected socket.
-pub fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is valid.
     let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
     hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
@@ -442,7 +456,7 @@ pub fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
 /// socket with one `sendmmsg`; datagram `i` is `part(i)`: an optional header
 /// and a payload, sent as two iovecs of one datagram (no copy). Returns how
 /// many left; an error means the first one was refused.
-pub fn send_connected_batch<'a>(
+pub(crate) fn send_connected_batch<'a>(
     fd: RawFd,
     count: usize,
     part: impl Fn(usize) -> (Option<&'a [u8]>, &'a [u8]),
@@ -453,6 +467,8 @@ pub fn send_connected_batch<'a>(
     }
     // SAFETY: zeroed mmsghdr / iovec are valid values.
     let mut iovecs: [libc::iovec; 2 * MAX_BATCH] = unsafe { mem::zeroed() };
+    // SAFETY: a plain C struct of integers and pointers, for which all
+    // zero bytes is a valid (empty) value.
     let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
     let slots = iovecs.chunks_exact_mut(2).zip(headers.iter_mut());
     for (i, (pair, mmsg)) in slots.enumerate().take(count) {
@@ -496,7 +512,7 @@ pub fn send_connected_batch<'a>(
 /// Receives one datagram on a connected socket into `buf`; returns its full
 /// length (may exceed `buf.len()`: `MSG_TRUNC` reports the real size, so a
 /// datagram over the limit is noticed).
-pub fn recv_connected(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn recv_connected(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid for `buf.len()` bytes.
         let rc = unsafe {

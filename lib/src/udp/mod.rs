@@ -6,30 +6,30 @@
 //! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream
 //! socket per flow with its own token (one per backend for a one-way
 //! cluster, see [`one_way`]),
-//! `recvmmsg` / `sendmmsg` batches, bounded write queues, health probe
-//! sockets, and the metrics and access records of flows. It must never make
+//! `recvmmsg` / `sendmmsg` batches, bounded write queues, and the metrics and access records of flows. It must never make
 //! a flow decision itself (admission, timers, caps, PROXY headers are the
 //! core's), never read the clock (the loop passes `now`), and never allocate
 //! per datagram on an established flow.
 
-pub mod budget;
-pub mod handover;
-pub mod listener;
-pub mod metrics;
-pub mod mmsg;
-pub mod one_way;
+pub(crate) mod access_log;
+pub(crate) mod budget;
+pub(crate) mod handover;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod mmsg;
+pub(crate) mod one_way;
 pub mod shell;
-pub mod socket;
+pub(crate) mod socket;
 mod write_queue;
 
 #[cfg(test)]
 mod tests;
 
-pub use handover::{AdoptReport, FlowExport};
+pub(crate) use handover::FlowExport;
 pub use listener::{IoContext, UdpListener, DATAGRAM_BUDGET};
-pub use shell::{UdpError, UdpShell};
+pub use shell::UdpError;
+pub(crate) use shell::UdpShell;
 
-use crate::health::ProbeId;
 use crate::protocol::udp::FlowId;
 
 /// What a UDP shell token stands for.
@@ -44,8 +44,6 @@ pub enum UdpToken {
         /// The flow.
         flow: FlowId,
     },
-    /// A health probe socket.
-    Probe(ProbeId),
     /// The one-way socket of one backend of one listener (replies to it
     /// are read and dropped).
     OneWay {

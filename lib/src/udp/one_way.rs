@@ -26,7 +26,7 @@ use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
 use crate::metrics::MetricsRegistry;
-use crate::server::tokens::{TokenOwner, Tokens};
+use crate::token_table::TokenTable;
 
 /// Replies read from one one-way socket per wake-up before the loop moves
 /// on (it comes back: the token goes to `still_readable`).
@@ -36,7 +36,7 @@ const REPLY_BUDGET: usize = 64;
 /// [`OneWaySockets::send_run`] (already counted on the backend; the caller
 /// counts them on the listener).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     /// Datagrams the kernel took.
     pub sent: usize,
     /// Their payload bytes (PROXY headers excluded).
@@ -62,14 +62,14 @@ struct OneWaySocket {
 
 /// The one-way sockets of one listener.
 #[derive(Debug)]
-pub struct OneWaySockets {
+pub(crate) struct OneWaySockets {
     listener: usize,
     sockets: Slab<OneWaySocket>,
 }
 
 impl OneWaySockets {
     /// No socket yet, for the listener at index `listener` of the shell.
-    pub fn new(listener: usize) -> Self {
+    pub(crate) fn new(listener: usize) -> Self {
         OneWaySockets {
             listener,
             sockets: Slab::new(),
@@ -77,20 +77,15 @@ impl OneWaySockets {
     }
 
     /// Open one-way sockets (one per backend that got a datagram).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sockets.len()
-    }
-
-    /// No socket is open.
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
     }
 
     /// The slot of `backend`'s socket (of `cluster`, at `addr`), opened
     /// first if needed: a new backend, or one whose address changed (re-added
     /// elsewhere), gets a new socket. `Err(NoUpstream)` if it cannot be
     /// opened (counted on the backend).
-    pub fn slot_for(
+    pub(crate) fn slot_for(
         &mut self,
         cluster: &ClusterId,
         backend: &BackendId,
@@ -122,7 +117,7 @@ impl OneWaySockets {
     /// an error other than would-block or a refusal the socket is closed
     /// (the next datagram for the backend reopens it) and the rest of the
     /// run is dropped.
-    pub fn send_run<'a>(
+    pub(crate) fn send_run<'a>(
         &mut self,
         slot: usize,
         count: usize,
@@ -186,7 +181,11 @@ impl OneWaySockets {
     /// The socket at `slot` is readable: reads (and discards) up to a
     /// budget of replies. Returns how many were dropped, and whether the
     /// backend refused (`ECONNREFUSED` read back: mark it suspect).
-    pub fn on_readable(&mut self, slot: usize, ctx: &mut OneWayContext<'_>) -> (usize, bool) {
+    pub(crate) fn on_readable(
+        &mut self,
+        slot: usize,
+        ctx: &mut OneWayContext<'_>,
+    ) -> (usize, bool) {
         let Some(entry) = self.sockets.get(slot) else {
             return (0, false); // closed meanwhile: a stale event
         };
@@ -221,12 +220,17 @@ impl OneWaySockets {
     }
 
     /// The cluster and backend of the socket at `slot`.
-    pub fn backend_of(&self, slot: usize) -> Option<(&ClusterId, &BackendId)> {
+    pub(crate) fn backend_of(&self, slot: usize) -> Option<(&ClusterId, &BackendId)> {
         self.sockets.get(slot).map(|e| (&e.cluster, &e.backend))
     }
 
     /// Closes the socket of a removed backend.
-    pub fn forget_backend(&mut self, cluster: &str, backend: &str, tokens: &mut Tokens) {
+    pub(crate) fn forget_backend(
+        &mut self,
+        cluster: &str,
+        backend: &str,
+        tokens: &mut dyn TokenTable<UdpToken>,
+    ) {
         if let Some(slot) = self.sockets.iter().find_map(|(slot, e)| {
             (e.cluster.as_str() == cluster && e.backend.as_str() == backend).then_some(slot)
         }) {
@@ -236,7 +240,11 @@ impl OneWaySockets {
 
     /// Closes the sockets of every backend not in `keep` (a cluster removed,
     /// switched to flows, or no longer the listener's).
-    pub fn retain_cluster(&mut self, keep: Option<&str>, tokens: &mut Tokens) {
+    pub(crate) fn retain_cluster(
+        &mut self,
+        keep: Option<&str>,
+        tokens: &mut dyn TokenTable<UdpToken>,
+    ) {
         let doomed: Vec<usize> = self
             .sockets
             .iter()
@@ -249,7 +257,7 @@ impl OneWaySockets {
     }
 
     /// Closes every socket (listener closed, deactivated, hard-stop).
-    pub fn close_all(&mut self, tokens: &mut Tokens) {
+    pub(crate) fn close_all(&mut self, tokens: &mut dyn TokenTable<UdpToken>) {
         self.retain_cluster(None, tokens);
     }
 
@@ -271,10 +279,10 @@ impl OneWaySockets {
         let mut socket = sources.open(addr)?;
         let entry = self.sockets.vacant_entry();
         let slot = entry.key();
-        let token = ctx.tokens.insert(TokenOwner::Udp(UdpToken::OneWay {
+        let token = ctx.tokens.insert(UdpToken::OneWay {
             listener: self.listener,
             slot,
-        }));
+        });
         if let Err(e) = ctx
             .registry
             .register(&mut socket, token, Interest::READABLE)
@@ -295,7 +303,7 @@ impl OneWaySockets {
         Ok(slot)
     }
 
-    fn close(&mut self, slot: usize, tokens: &mut Tokens) {
+    fn close(&mut self, slot: usize, tokens: &mut dyn TokenTable<UdpToken>) {
         if let Some(entry) = self.sockets.try_remove(slot) {
             // Closing the fd (never duplicated) removes it from the epoll
             // set; a readiness event already fetched finds no owner.
@@ -306,11 +314,11 @@ impl OneWaySockets {
 }
 
 /// What the one-way sockets borrow from the worker for one call.
-pub struct OneWayContext<'a> {
+pub(crate) struct OneWayContext<'a> {
     /// The poll registry.
     pub registry: &'a mio::Registry,
     /// The token table.
-    pub tokens: &'a mut Tokens,
+    pub tokens: &'a mut dyn TokenTable<UdpToken>,
     /// The metrics registry.
     pub metrics: &'a mut MetricsRegistry,
     /// Tokens whose socket stopped at the budget before WouldBlock.

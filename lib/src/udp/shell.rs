@@ -1,8 +1,10 @@
 //! The UDP side of a worker: every UDP listener, the cluster knobs they
-//! apply, health probes, and the orders that change them.
+//! apply, and the orders that change them.
 //!
-//! Owns the listener slab (index ↔ address), each UDP cluster's knobs, the
-//! probe sockets in flight and the shared receive batch. Applies orders the
+//! Owns the listener slab (index ↔ address), each UDP cluster's knobs and
+//! the shared receive batch. Health probes and the shared part of cluster
+//! and backend orders are not here: see `crate::health::prober` and
+//! `server/clusters.rs`. Applies orders the
 //! worker's `ConfigState` has already accepted; refuses only what cannot be
 //! done on this host (a bind error, a knob the core cannot express), with a
 //! typed [`UdpError`]. It never reads the control channel and never reads
@@ -15,33 +17,28 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use mio::Token;
 use slab::Slab;
 use sozu_command_lib::command::{
-    self, AddBackend, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig,
-    UpdateUdpListenerConfig,
+    self, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig, UpdateUdpListenerConfig,
 };
 use sozu_command_lib::proto::convert::AddressError;
 
+use super::access_log::FlowCloseReason;
 use super::budget::{FlowPool, Member, Others, PoolLimits};
 use super::listener::{Frontend, IoContext, UdpListener};
-use super::metrics::{backend_health, probe_failed, ListenerMetrics};
+use super::metrics::ListenerMetrics;
 use super::mmsg::RecvBatch;
 use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
-use crate::access_log::FlowCloseReason;
-use crate::backends::{BackendError, BackendStatus, ClusterId};
-use crate::health::probe::{ProbeOutcome, ProbeSocket};
-use crate::health::{HealthConfig, HealthConfigError, HealthEvent, ProbeId};
-use crate::load_balancing::Algorithm;
+use crate::backends::{Backend, BackendError, BackendId, ClusterId};
+use crate::health::{HealthConfig, HealthConfigError};
 use crate::metrics::{names, MetricHandle, MetricKind, Scope};
 use crate::protocol::udp::{
     self as core, AffinityKey, CloseReason, UdpFlowManager, UdpFlowManagerConfig,
 };
-use crate::server::tokens::TokenOwner;
 
 /// Largest `max_rx_datagram_size` accepted: the largest UDP payload.
-pub const MAX_DATAGRAM_SIZE: u32 = sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE;
+pub(crate) const MAX_DATAGRAM_SIZE: u32 = sozu_command_lib::limits::MAX_RX_DATAGRAM_SIZE;
 
 /// What [`UdpShell::add_listener`] and [`UdpShell::update_listener`] refuse
 /// in a listener's settings (not its bind): the master checks a listener's
@@ -51,8 +48,9 @@ pub fn check_listener(config: &UdpListenerConfig) -> Result<(), UdpError> {
     manager_config(address, config, 1, 0).map(|_| ())
 }
 
-/// What [`UdpShell::set_cluster`] refuses in a cluster (knobs, health
-/// block, algorithm), checked without a shell.
+/// What a cluster order may be refused for (UDP knobs, health block,
+/// algorithm), checked without a shell: by the master before it changes its
+/// state, and by the worker before it changes anything (`server/clusters.rs`).
 pub fn check_cluster(cluster: &Cluster) -> Result<(), UdpError> {
     cluster_settings(cluster)?;
     if let Some(wire) = cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
@@ -77,41 +75,58 @@ pub enum UdpError {
     /// A wire address is not a socket address.
     #[error("{field}: invalid address")]
     Address {
+        /// The order's field.
         field: &'static str,
+        /// Why it is not an address.
         #[source]
         source: AddressError,
     },
     /// No UDP listener at this address in this worker.
     #[error("no UDP listener at {address}")]
-    UnknownListener { address: SocketAddr },
+    UnknownListener {
+        /// The address asked for.
+        address: SocketAddr,
+    },
     /// A UDP listener already exists at this address.
     #[error("a UDP listener already exists at {address}")]
-    ListenerExists { address: SocketAddr },
+    ListenerExists {
+        /// The listener's address.
+        address: SocketAddr,
+    },
     /// Binding (or adopting) the listener socket failed.
     #[error("cannot bind the UDP listener {address}")]
     Bind {
+        /// The listener's address.
         address: SocketAddr,
+        /// The socket error.
         #[source]
         source: io::Error,
     },
     /// Registering a socket with the event loop failed.
     #[error("cannot register the UDP listener {address} with the event loop")]
     Register {
+        /// The listener's address.
         address: SocketAddr,
+        /// The registry error.
         #[source]
         source: io::Error,
     },
     /// A listener or cluster knob out of range.
     #[error("{field} = {value}: {reason}")]
     InvalidValue {
+        /// The knob.
         field: &'static str,
+        /// Its value, as written.
         value: String,
+        /// Why it is refused.
         reason: &'static str,
     },
     /// A cluster's health block is invalid.
     #[error("cluster {cluster}")]
     Health {
+        /// The cluster.
         cluster: String,
+        /// What is wrong in its health block.
         #[source]
         source: HealthConfigError,
     },
@@ -126,21 +141,12 @@ struct ClusterSettings {
     keep_flows_on_backend_removal: bool,
 }
 
-#[derive(Debug)]
-struct ProbeInFlight {
-    socket: ProbeSocket,
-    token: Token,
-    cluster: ClusterId,
-    backend: crate::backends::BackendId,
-}
-
 /// The UDP listeners of a worker and what they need.
 #[derive(Debug)]
-pub struct UdpShell {
+pub(crate) struct UdpShell {
     pub(super) listeners: Slab<UdpListener>,
     pub(super) by_address: HashMap<SocketAddr, usize>,
     clusters: HashMap<String, ClusterSettings>,
-    probes: HashMap<ProbeId, ProbeInFlight>,
     recv: RecvBatch,
     seed: u64,
     /// Key of every listener's affinity hash: fleet-wide, not per process.
@@ -154,9 +160,6 @@ pub struct UdpShell {
     require_adopted: bool,
     draining: bool,
     buffer_size: usize,
-    /// When the health checker next has work, refreshed after every change
-    /// to it (so the loop does not scan every backend on each wake-up).
-    health_deadline: Option<Instant>,
     /// Backends removed from a `keep_flows_on_backend_removal` cluster,
     /// with their `udp.active_flows` gauge: their metrics stay until their
     /// last flow ends.
@@ -178,7 +181,7 @@ impl UdpShell {
     /// listener sockets passed by the master,
     /// used instead of binding when their listener is added;
     /// `buffer_size` clamps `max_rx_datagram_size` (`0`: no clamp).
-    pub fn new(
+    pub(crate) fn new(
         seed: u64,
         fd_limit: u64,
         adopted: Vec<(SocketAddr, OwnedFd)>,
@@ -188,7 +191,6 @@ impl UdpShell {
             listeners: Slab::new(),
             by_address: HashMap::new(),
             clusters: HashMap::new(),
-            probes: HashMap::new(),
             recv: RecvBatch::new(1501),
             seed,
             hash_seed: crate::protocol::udp::DEFAULT_HASH_SEED,
@@ -198,7 +200,6 @@ impl UdpShell {
             require_adopted: false,
             draining: false,
             buffer_size,
-            health_deadline: None,
             retired_backends: Vec::new(),
             pending_flows: Vec::new(),
             held: None,
@@ -207,26 +208,26 @@ impl UdpShell {
 
     /// From now on a listener is only served on a socket passed by the
     /// master (see `crate::listen_socket`); activating one without fails.
-    pub fn require_adopted(&mut self) {
+    pub(crate) fn require_adopted(&mut self) {
         self.require_adopted = true;
     }
 
     /// Closes an adopted socket no listener took (its listener was removed
     /// before it was activated, or its add failed).
-    pub fn forget_adopted(&mut self, address: SocketAddr) {
+    pub(crate) fn forget_adopted(&mut self, address: SocketAddr) {
         self.adopted.remove(&address);
     }
 
     /// Sets the affinity hash key (`hash_seed`) of the listeners added from
     /// now on. It never mixes in the listener address, the worker or the
     /// process: a client maps to the same backend wherever it lands.
-    pub fn set_hash_seed(&mut self, hash_seed: u64) {
+    pub(crate) fn set_hash_seed(&mut self, hash_seed: u64) {
         self.hash_seed = hash_seed;
     }
 
     /// Sizes the worker-wide flow pool (fd limit, ephemeral port range,
     /// workers sharing it, upstream source addresses).
-    pub fn set_pool_limits(&mut self, limits: PoolLimits) {
+    pub(crate) fn set_pool_limits(&mut self, limits: PoolLimits) {
         self.pool = FlowPool::new(limits.capacity());
         tracing::info!(
             flows = self.pool.capacity(),
@@ -240,24 +241,19 @@ impl UdpShell {
 
     /// Binds the upstream sockets of listeners added from now on to these
     /// addresses in turn (`upstream_source_addresses`, set at start).
-    pub fn set_source_addresses(&mut self, sources: SourceAddresses) {
+    pub(crate) fn set_source_addresses(&mut self, sources: SourceAddresses) {
         self.sources = sources;
     }
 
-    /// The worker-wide flow pool.
-    pub fn pool(&self) -> FlowPool {
-        self.pool
-    }
-
     /// Adds sockets adopted during an upgrade (used by later adds).
-    pub fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
+    pub(crate) fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
         self.adopted.extend(sockets);
     }
 
     // ----- listeners -----
 
     /// Adds a listener (and binds it if the config says `active`).
-    pub fn add_listener(
+    pub(crate) fn add_listener(
         &mut self,
         now: Instant,
         config: &UdpListenerConfig,
@@ -300,7 +296,7 @@ impl UdpShell {
 
     /// Patches a listener's timeouts, `max_rx_datagram_size` and
     /// `max_flows` in place (no re-bind; live flows keep their timers).
-    pub fn update_listener(
+    pub(crate) fn update_listener(
         &mut self,
         update: &UpdateUdpListenerConfig,
         ctx: &mut IoContext<'_>,
@@ -308,21 +304,7 @@ impl UdpShell {
         let address = wire_address("address", &update.address)?;
         let id = self.listener_id(address)?;
         let mut config = self.listeners[id].config;
-        if let Some(v) = update.front_timeout {
-            config.front_timeout = v;
-        }
-        if let Some(v) = update.back_timeout {
-            config.back_timeout = v;
-        }
-        if let Some(v) = update.max_rx_datagram_size {
-            config.max_rx_datagram_size = v;
-        }
-        if let Some(v) = update.max_flows {
-            config.max_flows = v;
-        }
-        if update.public_address.is_some() {
-            config.public_address = update.public_address;
-        }
+        sozu_command_lib::state::patch_udp_listener(&mut config, update);
         let checked = manager_config(address, &config, 1, self.buffer_size)?;
         let listener = &mut self.listeners[id];
         listener
@@ -339,7 +321,7 @@ impl UdpShell {
     }
 
     /// Binds (or adopts) the listener's socket if needed and starts reading.
-    pub fn activate(
+    pub(crate) fn activate(
         &mut self,
         address: SocketAddr,
         ctx: &mut IoContext<'_>,
@@ -370,7 +352,7 @@ impl UdpShell {
     }
 
     /// Stops reading the listener (socket kept bound) and closes its flows.
-    pub fn deactivate(
+    pub(crate) fn deactivate(
         &mut self,
         now: Instant,
         address: SocketAddr,
@@ -386,7 +368,7 @@ impl UdpShell {
     }
 
     /// Closes the listener's flows and socket and forgets it.
-    pub fn remove_listener(
+    pub(crate) fn remove_listener(
         &mut self,
         now: Instant,
         address: SocketAddr,
@@ -413,7 +395,7 @@ impl UdpShell {
     }
 
     /// Sets (or clears) the frontend of the listener at the order's address.
-    pub fn set_frontend(
+    pub(crate) fn set_frontend(
         &mut self,
         now: Instant,
         frontend: &RequestUdpFrontend,
@@ -445,33 +427,17 @@ impl UdpShell {
 
     // ----- clusters and backends -----
 
-    /// Adds or reconfigures a cluster: knobs (new flows only), balancing
-    /// algorithm, health checks and fail-open.
-    pub fn set_cluster(
+    /// Adds or reconfigures a cluster's UDP knobs (new flows only). The
+    /// shared part of the order (balancing, health checks, fail-open) is
+    /// applied by the loop first (`server/clusters.rs`).
+    pub(crate) fn set_cluster(
         &mut self,
         now: Instant,
         cluster: &Cluster,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
         let settings = cluster_settings(cluster)?;
-        let health = match cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
-            Some(wire) => HealthConfig::try_from(wire).map_err(|source| UdpError::Health {
-                cluster: cluster.cluster_id.clone(),
-                source,
-            })?,
-            None => HealthConfig::default(),
-        };
         let id = cluster.cluster_id.as_str();
-        let algorithm = command::LoadBalancingAlgorithms::try_from(cluster.load_balancing)
-            .map(Algorithm::from)
-            .map_err(|_| UdpError::InvalidValue {
-                field: "load_balancing",
-                value: cluster.load_balancing.to_string(),
-                reason: "unknown algorithm",
-            })?;
-        ctx.backends.set_algorithm(id, algorithm);
-        ctx.backends.set_fail_open(id, health.fail_open);
-        ctx.health.configure(now, ClusterId::from(id), health);
         for (_, listener) in self.listeners.iter_mut() {
             if listener
                 .frontend
@@ -485,20 +451,23 @@ impl UdpShell {
             }
         }
         self.clusters.insert(id.to_owned(), settings);
-        self.apply_health_events(now, ctx);
         Ok(())
     }
 
-    /// Removes a cluster: listeners sending to it stop admitting (no
-    /// cluster), its backends go away and their flows close (unless the
-    /// cluster kept them).
-    pub fn remove_cluster(&mut self, now: Instant, cluster_id: &str, ctx: &mut IoContext<'_>) {
+    /// Removes a cluster whose `removed` backends the loop already took
+    /// away: listeners sending to it stop admitting (no cluster) and the
+    /// backends' flows close (unless the cluster kept them).
+    pub(crate) fn remove_cluster(
+        &mut self,
+        now: Instant,
+        cluster_id: &str,
+        removed: &[Backend],
+        ctx: &mut IoContext<'_>,
+    ) {
         let keep = self
             .clusters
             .remove(cluster_id)
             .is_some_and(|c| c.keep_flows_on_backend_removal);
-        let removed = ctx.backends.remove_cluster(cluster_id);
-        ctx.health.remove_cluster(cluster_id);
         for (_, listener) in self.listeners.iter_mut() {
             if listener
                 .frontend
@@ -510,7 +479,7 @@ impl UdpShell {
                 listener.sync_one_way(ctx);
             }
             if !keep {
-                for backend in &removed {
+                for backend in removed {
                     listener.manager.abort_backend(
                         now,
                         &core::BackendId::new(backend.id().as_str()),
@@ -520,49 +489,22 @@ impl UdpShell {
                 listener.drain(now, ctx);
             }
         }
-        ctx.metrics
-            .remove_scope(&Scope::Cluster(ClusterId::from(cluster_id)));
-        self.apply_health_events(now, ctx);
     }
 
-    /// Adds (or updates) a backend and starts probing it.
-    pub fn add_backend(
-        &mut self,
-        now: Instant,
-        order: &AddBackend,
-        ctx: &mut IoContext<'_>,
-    ) -> Result<(), UdpError> {
-        ctx.backends.add_from_order(order)?;
-        let address = wire_address("address", &order.address)?;
-        let cluster = ClusterId::from(order.cluster_id.as_str());
-        let backend = crate::backends::BackendId::from(order.backend_id.as_str());
-        ctx.health
-            .add_backend(now, cluster.clone(), backend.clone(), address);
-        // `udp.backend.up` exists from the backend's first moment, at what
-        // the checker believes (up until `fall` failures), not only after a
-        // first transition.
-        let up = ctx
-            .health
-            .is_up(cluster.as_str(), backend.as_str())
-            .unwrap_or(true);
-        backend_health(ctx.metrics, &cluster, &backend, up);
+    /// A backend was added (or added again): its metrics are live again.
+    pub(crate) fn backend_added(&mut self, cluster: &ClusterId, backend: &BackendId) {
         self.retired_backends
-            .retain(|(c, b, _)| !(*c == cluster && *b == backend));
-        self.apply_health_events(now, ctx);
-        Ok(())
+            .retain(|(c, b, _)| !(c == cluster && b == backend));
     }
 
-    /// Removes a backend: its flows close with BackendRemoved unless the
-    /// cluster keeps them.
-    pub fn remove_backend(
+    /// A backend the loop removed: its flows close with BackendRemoved
+    /// unless the cluster keeps them.
+    pub(crate) fn remove_backend(
         &mut self,
         now: Instant,
         order: &RemoveBackend,
         ctx: &mut IoContext<'_>,
-    ) -> Result<(), UdpError> {
-        ctx.backends.remove_from_order(order)?;
-        ctx.health
-            .remove_backend(&order.cluster_id, &order.backend_id);
+    ) {
         let keep = self
             .clusters
             .get(&order.cluster_id)
@@ -572,7 +514,7 @@ impl UdpShell {
             listener.forget_one_way_backend(&order.cluster_id, &order.backend_id, ctx);
         }
         let cluster = ClusterId::from(order.cluster_id.as_str());
-        let backend = crate::backends::BackendId::from(order.backend_id.as_str());
+        let backend = BackendId::from(order.backend_id.as_str());
         if keep {
             // Its kept flows still count under the backend (so under the
             // cluster's `udp.active_flows`, as they do under the
@@ -590,8 +532,6 @@ impl UdpShell {
                 listener.drain(now, ctx);
             }
         }
-        self.apply_health_events(now, ctx);
-        Ok(())
     }
 
     // ----- stopping -----
@@ -605,7 +545,7 @@ impl UdpShell {
     /// (this one would shed them). Its live flows keep their replies (read on
     /// their upstream sockets, sent on the shared socket); their clients'
     /// datagrams now reach the successor.
-    pub fn soft_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+    pub(crate) fn soft_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         self.draining = true;
         for (_, listener) in self.listeners.iter_mut() {
             listener.manager.drain(now);
@@ -618,7 +558,7 @@ impl UdpShell {
     /// Records that every bound listener socket was just passed to the
     /// master (`return_listen_sockets`): a later soft-stop leaves reading
     /// them to the successor.
-    pub fn mark_sockets_returned(&mut self) {
+    pub(crate) fn mark_sockets_returned(&mut self) {
         for (_, listener) in self.listeners.iter_mut() {
             if listener.has_socket() {
                 listener.socket_returned = true;
@@ -627,38 +567,31 @@ impl UdpShell {
     }
 
     /// True when no listener has a live flow left.
-    pub fn is_drained(&self) -> bool {
+    pub(crate) fn is_drained(&self) -> bool {
         self.listeners
             .iter()
             .all(|(_, l)| l.manager.active_flows() == 0)
     }
 
     /// Hard-stop: closes every flow now.
-    pub fn hard_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+    pub(crate) fn hard_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
             listener.close_all(now, FlowCloseReason::Shutdown, ctx);
-        }
-        for (_, mut probe) in self.probes.drain() {
-            if let Err(error) = probe.socket.deregister(ctx.registry) {
-                tracing::debug!(%error, "deregistering a probe");
-            }
-            ctx.tokens.remove(probe.token);
         }
     }
 
     // ----- event loop -----
 
     /// The earliest deadline of any listener's flows or health probe.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.listeners
             .iter()
             .filter_map(|(_, l)| l.manager.poll_timeout())
-            .chain(self.health_deadline)
             .min()
     }
 
     /// Expires due flows and runs due health probes.
-    pub fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+    pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
             if listener.manager.poll_timeout().is_some_and(|t| t <= now) {
                 listener.manager.handle_timeout(now);
@@ -666,17 +599,12 @@ impl UdpShell {
                 listener.flush_returns(ctx);
             }
         }
-        // Probes go on during soft-stop: live flows still need healthy
-        // backends, and the checker's deadline must move on.
-        if self.health_deadline.is_some_and(|t| t <= now) {
-            self.run_probes(now, ctx);
-        }
     }
 
     /// Sends every listener's batch of client-bound datagrams: called once
     /// per loop wake-up, after its events, so the replies read in it leave
     /// in one `sendmmsg` per listener instead of one per readiness event.
-    pub fn flush(&mut self, ctx: &mut IoContext<'_>) {
+    pub(crate) fn flush(&mut self, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
             listener.flush_returns(ctx);
         }
@@ -700,7 +628,7 @@ impl UdpShell {
     }
 
     /// A readiness event for one of the shell's sockets.
-    pub fn on_ready(
+    pub(crate) fn on_ready(
         &mut self,
         now: Instant,
         token: UdpToken,
@@ -726,7 +654,6 @@ impl UdpShell {
                     listener.on_upstream_ready(now, flow, readable, writable, ctx);
                 }
             }
-            UdpToken::Probe(probe) => self.on_probe_ready(now, probe, ctx),
             UdpToken::OneWay { listener, slot } => {
                 if let Some(listener) = self.listeners.get_mut(listener) {
                     if readable {
@@ -735,106 +662,6 @@ impl UdpShell {
                 }
             }
         }
-    }
-
-    fn run_probes(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
-        ctx.health.handle_timeout(now);
-        while let Some(probe) = ctx.health.poll_probe(now) {
-            let opened = ProbeSocket::open(&probe).and_then(|mut socket| {
-                let token = ctx
-                    .tokens
-                    .insert(TokenOwner::Udp(UdpToken::Probe(probe.id)));
-                match socket.register(ctx.registry, token) {
-                    Ok(()) => Ok((socket, token)),
-                    Err(e) => {
-                        ctx.tokens.remove(token);
-                        Err(e)
-                    }
-                }
-            });
-            match opened {
-                Ok((socket, token)) => {
-                    self.probes.insert(
-                        probe.id,
-                        ProbeInFlight {
-                            socket,
-                            token,
-                            cluster: probe.cluster.clone(),
-                            backend: probe.backend.clone(),
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::debug!(cluster = %probe.cluster, backend = %probe.backend, %error, "probe failed at once");
-                    probe_failed(ctx.metrics, &probe.cluster, &probe.backend);
-                    ctx.health.probe_failed(now, probe.id);
-                }
-            }
-        }
-        self.apply_health_events(now, ctx);
-    }
-
-    fn on_probe_ready(&mut self, now: Instant, id: ProbeId, ctx: &mut IoContext<'_>) {
-        let Some(probe) = self.probes.get_mut(&id) else {
-            return;
-        };
-        let Some(outcome) = probe.socket.poll_outcome() else {
-            return;
-        };
-        match outcome {
-            ProbeOutcome::Success => {
-                ctx.health.probe_succeeded(now, id);
-            }
-            ProbeOutcome::Failure(error) => {
-                tracing::debug!(cluster = %probe.cluster, backend = %probe.backend, %error, "probe failed");
-                probe_failed(ctx.metrics, &probe.cluster, &probe.backend);
-                ctx.health.probe_failed(now, id);
-            }
-        }
-        self.close_probe(id, ctx);
-        self.apply_health_events(now, ctx);
-    }
-
-    fn close_probe(&mut self, id: ProbeId, ctx: &mut IoContext<'_>) {
-        if let Some(mut probe) = self.probes.remove(&id) {
-            if let Err(error) = probe.socket.deregister(ctx.registry) {
-                tracing::debug!(%error, "deregistering a probe");
-            }
-            ctx.tokens.remove(probe.token);
-        }
-    }
-
-    fn apply_health_events(&mut self, _now: Instant, ctx: &mut IoContext<'_>) {
-        while let Some(event) = ctx.health.poll_event() {
-            match event {
-                HealthEvent::BackendUp { cluster, backend } => {
-                    ctx.backends
-                        .set_status(cluster.as_str(), backend.as_str(), BackendStatus::Up);
-                    backend_health(ctx.metrics, &cluster, &backend, true);
-                    tracing::info!(%cluster, %backend, "backend up");
-                }
-                HealthEvent::BackendDown { cluster, backend } => {
-                    ctx.backends.set_status(
-                        cluster.as_str(),
-                        backend.as_str(),
-                        BackendStatus::Down,
-                    );
-                    backend_health(ctx.metrics, &cluster, &backend, false);
-                    tracing::warn!(%cluster, %backend, "backend down");
-                }
-                HealthEvent::ProbeAbandoned { probe } => self.close_probe(probe, ctx),
-                HealthEvent::ProbeTimedOut {
-                    probe,
-                    cluster,
-                    backend,
-                } => {
-                    tracing::debug!(%cluster, %backend, "probe timed out");
-                    probe_failed(ctx.metrics, &cluster, &backend);
-                    self.close_probe(probe, ctx);
-                }
-            }
-        }
-        self.health_deadline = ctx.health.poll_timeout();
     }
 
     // ----- queries -----
@@ -846,19 +673,15 @@ impl UdpShell {
             .ok_or(UdpError::UnknownListener { address })
     }
 
-    /// The listener at `address`, if any.
-    pub fn listener(&self, address: SocketAddr) -> Option<&UdpListener> {
-        self.by_address.get(&address).map(|&id| &self.listeners[id])
-    }
-
-    /// Every listener.
-    pub fn listeners(&self) -> impl Iterator<Item = &UdpListener> {
-        self.listeners.iter().map(|(_, l)| l)
+    /// The listener serving `address` (tests look at its state).
+    #[cfg(test)]
+    pub(crate) fn listener(&self, address: SocketAddr) -> Option<&UdpListener> {
+        self.by_address.get(&address).map(|&i| &self.listeners[i])
     }
 
     /// The bound sockets, with their configured addresses, for passing to
     /// the master.
-    pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
+    pub(crate) fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
         self.listeners
             .iter()
             .filter_map(|(_, l)| l.socket_fd().map(|fd| (l.address, fd)))
@@ -866,7 +689,7 @@ impl UdpShell {
     }
 
     /// Live flows over every listener.
-    pub fn active_flows(&self) -> usize {
+    pub(crate) fn active_flows(&self) -> usize {
         self.listeners
             .iter()
             .map(|(_, l)| l.manager.active_flows())
@@ -906,7 +729,8 @@ fn pool_member(listener: &UdpListener) -> Member {
     }
 }
 
-fn wire_address(
+/// An order's wire address, or an error naming the field.
+pub(crate) fn wire_address(
     field: &'static str,
     address: &command::SocketAddress,
 ) -> Result<SocketAddr, UdpError> {
@@ -1000,7 +824,7 @@ pub(super) fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<
 }
 
 /// The default `quic_cid_length` (quinn's and most stacks' server CID length).
-pub const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
+pub(crate) const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
 
 /// A cluster's UDP knobs as the core takes them.
 fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {

@@ -14,21 +14,17 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Options of a listener socket from its `UdpListenerConfig`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ListenerSocketOptions {
-    /// `SO_RCVBUF` in bytes (`None` = kernel default).
-    pub recv_buffer_size: Option<usize>,
-    /// `SO_SNDBUF` in bytes (`None` = kernel default).
-    pub send_buffer_size: Option<usize>,
-}
+pub(crate) use crate::listen_socket::ListenerSocketOptions;
 
 /// Binds a non-blocking listener socket at `addr` with `SO_REUSEPORT`, for
 /// a worker run without a master (a master binds the listening sockets
 /// itself, see `crate::listen_socket`), `IPV6_V6ONLY` for IPv6 addresses (an IPv4 and an IPv6 listener may
 /// share a port), the configured buffer sizes, and packet info on a wildcard
 /// address.
-pub fn bind_listener(addr: SocketAddr, options: ListenerSocketOptions) -> io::Result<StdUdpSocket> {
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    options: ListenerSocketOptions,
+) -> io::Result<StdUdpSocket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM.nonblocking().cloexec(),
@@ -50,7 +46,7 @@ pub fn bind_listener(addr: SocketAddr, options: ListenerSocketOptions) -> io::Re
 /// Takes over a listener socket passed by the master: checks it is a UDP
 /// socket bound to `addr`, makes it non-blocking and re-applies the buffer
 /// sizes and packet info (idempotent). The fd is closed on error.
-pub fn adopt_listener(
+pub(crate) fn adopt_listener(
     fd: OwnedFd,
     addr: SocketAddr,
     options: ListenerSocketOptions,
@@ -120,7 +116,10 @@ fn enable_packet_info(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
 /// `ECONNREFUSED` and filter other senders out. With a `source`, the socket
 /// is first bound to `source:0`: its port then comes from that address's
 /// own share of the ephemeral range.
-pub fn open_upstream(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::UdpSocket> {
+pub(crate) fn open_upstream(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> io::Result<mio::net::UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM.nonblocking().cloexec(),
@@ -207,7 +206,7 @@ impl SourceAddresses {
 /// Whether an error means the process or the system ran out of file
 /// descriptors (or socket buffers): the flow is aborted and counted, the
 /// worker goes on.
-pub fn is_resource_exhaustion(error: &io::Error) -> bool {
+pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -216,7 +215,7 @@ pub fn is_resource_exhaustion(error: &io::Error) -> bool {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new
 /// soft limit (the base of the automatic `max_flows`).
-pub fn raise_fd_limit() -> io::Result<u64> {
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -247,11 +246,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 
 /// Where the kernel keeps the range of ephemeral ports that `connect` on an
 /// unbound socket draws from (IPv4 and IPv6 alike).
-pub const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+pub(crate) const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 /// The number of ports in the host's ephemeral range (`hi − lo + 1`), read
 /// from [`PORT_RANGE_PATH`]: every flow's upstream socket takes one.
-pub fn ephemeral_port_count() -> io::Result<u64> {
+pub(crate) fn ephemeral_port_count() -> io::Result<u64> {
     let text = std::fs::read_to_string(PORT_RANGE_PATH)?;
     parse_port_range(&text).ok_or_else(|| {
         io::Error::new(
@@ -262,7 +261,7 @@ pub fn ephemeral_port_count() -> io::Result<u64> {
 }
 
 /// Parses `"lo\thi\n"` into `hi − lo + 1`.
-pub fn parse_port_range(text: &str) -> Option<u64> {
+pub(crate) fn parse_port_range(text: &str) -> Option<u64> {
     let mut fields = text.split_whitespace().map(str::parse::<u16>);
     let lo = fields.next()?.ok()?;
     let hi = fields.next()?.ok()?;

@@ -24,7 +24,9 @@ use sozu_command_lib::command::{
 use sozu_lib::backends::BackendMap;
 use sozu_lib::http::{HttpProxy, HttpToken};
 use sozu_lib::metrics::MetricsRegistry;
-use sozu_lib::tcp::{Readiness, TcpProxy, TcpToken, TokenTable};
+pub use sozu_lib::stream::StreamProxy;
+use sozu_lib::stream::{Readiness, TokenTable};
+use sozu_lib::tcp::{TcpProxy, TcpToken};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Owner {
@@ -70,7 +72,7 @@ pub struct TestLoop {
 /// The proxies' context borrowed from a [`TestLoop`].
 macro_rules! ctx {
     ($l:expr) => {
-        sozu_lib::tcp::ProxyContext {
+        sozu_lib::stream::ProxyContext {
             registry: $l.poll.registry(),
             tokens: &mut crate::tcp_support::Table(&mut $l.tokens),
             backends: &mut $l.backends,

@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::tcp::socket::ReadOutcome;
+use crate::stream::socket::ReadOutcome;
 
 use super::super::access::HttpAccessRecord;
-use super::super::body::BodyTracker;
-use super::super::head;
 use super::{Env, Phase, ResponseState, Session, SessionEnd};
+use crate::protocol::http::body::BodyTracker;
+use crate::protocol::http::head;
 
 impl Session {
     pub(super) fn exchange_io(

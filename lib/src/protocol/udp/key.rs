@@ -228,13 +228,7 @@ impl BuildHasher for SeededState {
     }
 }
 
-/// SplitMix64's finaliser: spreads a seed over all bits.
-pub(crate) fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub(crate) use crate::protocol::hash::splitmix64;
 
 /// The default key of the affinity hash (`hash_seed`): fixed, so every
 /// worker, every restart and upgrade, and every sozu instance with the same

@@ -5,7 +5,7 @@
 //! headers and the per-flow access record. Must never touch a socket, read a
 //! clock (`now` comes in on every entry point), draw randomness (the seed is
 //! injected) or allocate on an established flow's datagram. Its twin, the I/O
-//! shell, lives in the crate root and owns the sockets.
+//! shell, is [`crate::udp`] and owns the sockets.
 //!
 //! # How a shell drives it
 //!
@@ -59,11 +59,14 @@
 //! the deadline only from `poll_timeout`, the active-flow gauge from
 //! [`UdpFlowManager::active_flows`].
 //!
-//! Upgrades: the old worker calls [`UdpFlowManager::hand_over`] for each
-//! established flow (it closes there with `HandedOver`; the shell sends the
-//! returned [`FlowHandover`] and the upstream socket to the new worker and
-//! then closes its copy), the new worker calls [`UdpFlowManager::adopt`] and
-//! registers the received socket under the returned id.
+//! Upgrades: today a worker upgrade moves listening sockets only, and the
+//! old worker drains its own flows (no shell calls the two methods below).
+//! The core already has the two halves of a flow handover:
+//! [`UdpFlowManager::hand_over`] releases an established flow as a portable
+//! [`FlowHandover`] (closing it there with `HandedOver`), and
+//! [`UdpFlowManager::adopt`] rebuilds it in another manager under a new id;
+//! moving the upstream socket between workers is the shell's part, not yet
+//! written (see `doc/architecture.md`, "Extension point").
 //!
 //! A `FlowId` is unique for the manager's life (slot + generation), but the
 //! shell must forget it at `CloseFlow`; any later call with it is an unknown

@@ -186,19 +186,16 @@ fn serving(
         ..Cluster::default()
     };
     shell.set_cluster(now, &cluster, &mut ctx).unwrap();
-    shell
-        .add_backend(
-            now,
-            &AddBackend {
-                cluster_id: "c".to_owned(),
-                backend_id: "b1".to_owned(),
-                address: backend.into(),
-                sticky_id: None,
-                load_balancing_parameters: Some(LoadBalancingParams { weight: 100 }),
-                backup: None,
-            },
-            &mut ctx,
-        )
+    // The loop owns the backends: add it where the server would.
+    ctx.backends
+        .add_from_order(&AddBackend {
+            cluster_id: "c".to_owned(),
+            backend_id: "b1".to_owned(),
+            address: backend.into(),
+            sticky_id: None,
+            load_balancing_parameters: Some(LoadBalancingParams { weight: 100 }),
+            backup: None,
+        })
         .unwrap();
     shell.add_listener(now, &config, &mut ctx).unwrap();
     shell

@@ -19,14 +19,16 @@ use std::sync::Arc;
 
 use sozu_command_lib::command::{PathRuleKind, RequestHttpFrontend};
 
-use crate::backends::ClusterId;
+use crate::protocol::ids::ClusterId;
 
 /// Where a matching request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteTarget {
     /// Forward to this cluster.
     Cluster {
+        /// The cluster.
         cluster: ClusterId,
+        /// The frontend's tags, for access records.
         tags: Option<Arc<BTreeMap<String, String>>>,
     },
     /// A frontend without a cluster: answer 401 (Sōzu's "deny" route).
@@ -38,19 +40,34 @@ pub enum RouteTarget {
 pub enum RouteError {
     /// `path.kind` is REGEX (not supported) or unknown.
     #[error("path rule kind {kind} is not supported (PREFIX and EQUALS are)")]
-    UnsupportedPathKind { kind: i32 },
+    UnsupportedPathKind {
+        /// The wire value.
+        kind: i32,
+    },
     /// The hostname is empty or has a misplaced wildcard.
     #[error("invalid hostname {hostname:?}: {reason}")]
     InvalidHostname {
+        /// The hostname the order named.
         hostname: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
     /// The same hostname, path and method are already routed.
     #[error("a frontend for host {hostname:?} path {path:?} already exists")]
-    Duplicate { hostname: String, path: String },
+    Duplicate {
+        /// The hostname.
+        hostname: String,
+        /// The path rule.
+        path: String,
+    },
     /// No such frontend to remove.
     #[error("no frontend for host {hostname:?} path {path:?}")]
-    NotFound { hostname: String, path: String },
+    NotFound {
+        /// The hostname.
+        hostname: String,
+        /// The path rule.
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 
 /// A bounded byte buffer: `data()` is what was filled and not consumed yet.
 #[derive(Clone)]
-pub struct Buffer {
+pub(crate) struct Buffer {
     bytes: Box<[u8]>,
     start: usize,
     end: usize,
@@ -25,7 +25,7 @@ impl std::fmt::Debug for Buffer {
 
 impl Buffer {
     /// An empty buffer of `capacity` bytes (at least 1).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Buffer {
             bytes: vec![0; capacity.max(1)].into_boxed_slice(),
             start: 0,
@@ -34,33 +34,33 @@ impl Buffer {
     }
 
     /// Bytes filled and not consumed.
-    pub fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         &self.bytes[self.start..self.end]
     }
 
     /// Number of bytes filled and not consumed.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.end - self.start
     }
 
     /// True when nothing is waiting.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
     /// Its fixed capacity.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.bytes.len()
     }
 
     /// True when no byte can be added.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.len() == self.capacity()
     }
 
     /// The free space to read into, after moving the waiting bytes to the
     /// front when that makes room. Empty when the buffer is full.
-    pub fn space(&mut self) -> &mut [u8] {
+    pub(crate) fn space(&mut self) -> &mut [u8] {
         if self.start > 0 && self.end == self.bytes.len() {
             self.bytes.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -70,13 +70,13 @@ impl Buffer {
     }
 
     /// Marks `n` bytes of [`space`](Self::space) as filled.
-    pub fn fill(&mut self, n: usize) {
+    pub(crate) fn fill(&mut self, n: usize) {
         debug_assert!(self.end + n <= self.bytes.len(), "fill beyond space");
         self.end = (self.end + n).min(self.bytes.len());
     }
 
     /// Drops the first `n` waiting bytes (written out or parsed).
-    pub fn consume(&mut self, n: usize) {
+    pub(crate) fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len(), "consume beyond data");
         self.start = (self.start + n).min(self.end);
         if self.start == self.end {
@@ -85,8 +85,9 @@ impl Buffer {
         }
     }
 
+    #[cfg(test)]
     /// Copies as much of `input` as fits; returns how much was copied.
-    pub fn push(&mut self, input: &[u8]) -> usize {
+    pub(crate) fn push(&mut self, input: &[u8]) -> usize {
         let space = self.space();
         let n = space.len().min(input.len());
         space[..n].copy_from_slice(&input[..n]);
@@ -95,7 +96,7 @@ impl Buffer {
     }
 
     /// Forgets every waiting byte.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
     }

@@ -6,20 +6,13 @@
 //! never create their own poll or token numbering: every socket token comes
 //! from the loop's table so one `Poll` serves UDP, TCP and HTTP.
 
-use mio::{Registry, Token};
+use mio::Registry;
 
 use crate::backends::BackendMap;
 use crate::health::HealthChecker;
 use crate::metrics::MetricsRegistry;
 
-/// The loop's token table, seen by one protocol: `T` says which of the
-/// protocol's sockets a token stands for.
-pub trait TokenTable<T> {
-    /// A fresh token for `owner`.
-    fn insert(&mut self, owner: T) -> Token;
-    /// Forgets a token (its socket is being deregistered).
-    fn remove(&mut self, token: Token);
-}
+pub use crate::token_table::TokenTable;
 
 /// Borrowed from the loop for one call.
 pub struct ProxyContext<'a, T> {

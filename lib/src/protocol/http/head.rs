@@ -60,12 +60,16 @@ impl RequestError {
 /// A response head the proxy refuses (answered 502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
+    /// Not an HTTP/1.x response head.
     #[error("malformed response head: {0}")]
     Malformed(httparse::Error),
+    /// The head does not fit the buffer.
     #[error("response head larger than the buffer")]
     TooLarge,
+    /// A Content-Length that is not one number.
     #[error("invalid Content-Length in response")]
     BadContentLength,
+    /// A 101 answer to a request that asked for no upgrade.
     #[error("101 Switching Protocols without an upgrade request")]
     UnexpectedUpgrade,
 }
@@ -83,13 +87,16 @@ pub struct ForwardInfo {
 /// A parsed request head and the head to send to the backend.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The method, as sent.
     pub method: String,
+    /// The request target, as sent.
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     /// The Host header value (or the authority of an absolute target);
     /// empty for an HTTP/1.0 request without one.
     pub host: String,
+    /// How the request body is framed.
     pub body: BodyKind,
     /// The client wants the connection kept after this exchange.
     pub keep_alive: bool,
@@ -104,15 +111,18 @@ pub struct Request {
 /// A parsed response head and the head to send to the client.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The status code.
     pub status: u16,
     /// A 1xx interim answer (e.g. 100 Continue): forward it and wait for
     /// the final one.
     pub interim: bool,
+    /// How the response body is framed.
     pub body: BodyKind,
     /// The backend keeps the connection open after this response.
     pub backend_keep_alive: bool,
     /// The client connection must close after this response.
     pub close_client: bool,
+    /// Bytes of the head in the input.
     pub head_len: usize,
     /// The head to send to the client.
     pub forwarded: Vec<u8>,

@@ -12,10 +12,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::access::{millis, OrDash, Tags, ACCESS_TARGET};
 use crate::backends::{BackendId, ClusterId};
-
-/// The tracing target access records go to.
-pub const ACCESS_TARGET: &str = "access";
 
 /// Why a flow ended, as the access log says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,7 +64,7 @@ impl fmt::Display for FlowCloseReason {
 /// The access record of one closed flow. "In" is client → backend, "out"
 /// is backend → client.
 #[derive(Debug, Clone, Copy)]
-pub struct FlowAccessRecord<'a> {
+pub(crate) struct FlowAccessRecord<'a> {
     /// The listener the flow arrived on.
     pub listener: SocketAddr,
     /// The client's source address (the flow key).
@@ -86,42 +84,10 @@ pub struct FlowAccessRecord<'a> {
     pub reason: FlowCloseReason,
 }
 
-/// `-` for an absent value, as in classic access logs.
-struct OrDash<T>(Option<T>);
-
-impl<T: fmt::Display> fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
-    }
-}
-
-/// Tags as `key=value,key=value` (sorted by key), `-` when none.
-struct Tags<'a>(Option<&'a BTreeMap<String, String>>);
-
-impl fmt::Display for Tags<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(tags) if !tags.is_empty() => {
-                for (i, (k, v)) in tags.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{k}={v}")?;
-                }
-                Ok(())
-            }
-            _ => f.write_str("-"),
-        }
-    }
-}
-
 impl FlowAccessRecord<'_> {
     /// Emits the record at INFO on the [`ACCESS_TARGET`] target, one
     /// structured field per item; `duration_ms` is in milliseconds.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
             protocol = "udp",
@@ -135,7 +101,7 @@ impl FlowAccessRecord<'_> {
             datagrams_out = self.datagrams_out,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
-            duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            duration_ms = millis(self.duration),
             reason = self.reason.as_str(),
             "flow closed"
         );

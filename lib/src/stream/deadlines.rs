@@ -13,28 +13,28 @@ use std::time::Instant;
 
 /// Pending deadlines of sessions identified by their slab key.
 #[derive(Debug, Default)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 impl Deadlines {
     /// An empty heap.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds a deadline for `session`.
-    pub fn arm(&mut self, session: usize, at: Instant) {
+    pub(crate) fn arm(&mut self, session: usize, at: Instant) {
         self.heap.push(Reverse((at, session)));
     }
 
     /// The earliest entry (possibly stale: the caller checks).
-    pub fn peek(&self) -> Option<Instant> {
+    pub(crate) fn peek(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Pops the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
@@ -42,32 +42,33 @@ impl Deadlines {
     }
 
     /// Forgets every entry.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.heap.clear();
     }
 
+    #[cfg(test)]
     /// Entries held (stale ones included).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.heap.len()
-    }
-
-    /// True when no entry is held.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
     }
 }
 
 /// A session's view of its timer: which deadline it has in the heap, so it
 /// re-arms only when its deadline moved earlier than that one.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ArmedTimer {
+pub(crate) struct ArmedTimer {
     armed: Option<Instant>,
 }
 
 impl ArmedTimer {
     /// Arms `deadline` in `heap` for `session` unless an entry at or before
     /// it is already armed.
-    pub fn ensure(&mut self, heap: &mut Deadlines, session: usize, deadline: Option<Instant>) {
+    pub(crate) fn ensure(
+        &mut self,
+        heap: &mut Deadlines,
+        session: usize,
+        deadline: Option<Instant>,
+    ) {
         let Some(deadline) = deadline else {
             return;
         };
@@ -79,7 +80,7 @@ impl ArmedTimer {
 
     /// Handles a popped entry at `at`: true if it is the armed one (the
     /// session must check its deadline and re-arm), false if it is stale.
-    pub fn fired(&mut self, at: Instant) -> bool {
+    pub(crate) fn fired(&mut self, at: Instant) -> bool {
         if self.armed == Some(at) {
             self.armed = None;
             true

@@ -20,18 +20,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::backends::{BackendId, BackendMap, ClusterId};
 use crate::load_balancing::mix64;
 
-/// Pending connections the kernel keeps per listener.
-pub const LISTEN_BACKLOG: i32 = 1024;
+pub(crate) use crate::listen_socket::LISTEN_BACKLOG;
 /// Connections accepted per listener per wake-up, so one busy listener
 /// cannot starve the others.
-pub const ACCEPT_BUDGET: usize = 64;
+pub(crate) const ACCEPT_BUDGET: usize = 64;
 /// Backends tried for one connection before giving up.
-pub const MAX_CONNECT_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_CONNECT_ATTEMPTS: u32 = 3;
 
 /// Binds a listening socket for a worker run without a master (a master
 /// binds one itself and passes it, see `crate::listen_socket`):
 /// SO_REUSEADDR, SO_REUSEPORT, IPv6-only for IPv6 addresses, non-blocking.
-pub fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -50,7 +49,7 @@ pub fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
 
 /// Uses a listening socket passed by the master instead of binding; it
 /// must already listen.
-pub fn adopt_listener(fd: OwnedFd) -> io::Result<TcpListener> {
+pub(crate) fn adopt_listener(fd: OwnedFd) -> io::Result<TcpListener> {
     // SAFETY: the fd is owned and moved into the listener.
     let std = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
     std.set_nonblocking(true)?;
@@ -59,7 +58,7 @@ pub fn adopt_listener(fd: OwnedFd) -> io::Result<TcpListener> {
 
 /// One connected socket of a session and what is known about it.
 #[derive(Debug)]
-pub struct Side {
+pub(crate) struct Side {
     /// The socket.
     pub stream: TcpStream,
     /// Its token in the loop's table.
@@ -78,7 +77,7 @@ pub struct Side {
 
 /// The outcome of a read attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadOutcome {
+pub(crate) enum ReadOutcome {
     /// Bytes were read (maybe with more waiting).
     Read(usize),
     /// Nothing more now (would block, or no room).
@@ -89,7 +88,7 @@ pub enum ReadOutcome {
 
 impl Side {
     /// A side for a stream registered under `token`.
-    pub fn new(stream: TcpStream, token: Token, now: Instant) -> Self {
+    pub(crate) fn new(stream: TcpStream, token: Token, now: Instant) -> Self {
         Side {
             stream,
             token,
@@ -102,7 +101,7 @@ impl Side {
     }
 
     /// Registers the socket for reads and writes (edge triggered).
-    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
+    pub(crate) fn register(&mut self, registry: &Registry) -> io::Result<()> {
         registry.register(
             &mut self.stream,
             self.token,
@@ -111,14 +110,14 @@ impl Side {
     }
 
     /// Deregisters the socket (errors are logged: it is being dropped).
-    pub fn deregister(&mut self, registry: &Registry) {
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
         if let Err(error) = registry.deregister(&mut self.stream) {
             tracing::debug!(%error, "deregistering a stream");
         }
     }
 
     /// Reads once into `space` if the side may be read.
-    pub fn read_into(&mut self, space: &mut [u8], now: Instant) -> io::Result<ReadOutcome> {
+    pub(crate) fn read_into(&mut self, space: &mut [u8], now: Instant) -> io::Result<ReadOutcome> {
         if !self.readable || self.read_closed || space.is_empty() {
             return Ok(ReadOutcome::Idle);
         }
@@ -145,7 +144,7 @@ impl Side {
 
     /// Writes once from `data` if the side may be written; returns bytes
     /// written (0 when it would block or there is nothing to write).
-    pub fn write_from(&mut self, data: &[u8], now: Instant) -> io::Result<usize> {
+    pub(crate) fn write_from(&mut self, data: &[u8], now: Instant) -> io::Result<usize> {
         if !self.writable || data.is_empty() || self.write_closed {
             return Ok(0);
         }
@@ -166,7 +165,7 @@ impl Side {
     }
 
     /// Shuts our sending half (the peer reads EOF).
-    pub fn shutdown_write(&mut self) {
+    pub(crate) fn shutdown_write(&mut self) {
         if !self.write_closed {
             self.write_closed = true;
             if let Err(error) = self.stream.shutdown(Shutdown::Write) {
@@ -178,7 +177,7 @@ impl Side {
 
 /// Where a non-blocking connect stands.
 #[derive(Debug)]
-pub enum ConnectState {
+pub(crate) enum ConnectState {
     /// Still in progress.
     Pending,
     /// Established.
@@ -189,7 +188,7 @@ pub enum ConnectState {
 
 /// Checks a connecting stream after a readiness event (mio's documented
 /// way: a pending error, else whether it has a peer).
-pub fn connect_state(stream: &TcpStream) -> ConnectState {
+pub(crate) fn connect_state(stream: &TcpStream) -> ConnectState {
     match stream.take_error() {
         Ok(Some(error)) | Err(error) => return ConnectState::Failed(error),
         Ok(None) => {}
@@ -204,7 +203,7 @@ pub fn connect_state(stream: &TcpStream) -> ConnectState {
 
 /// A backend connection being opened.
 #[derive(Debug)]
-pub struct Connecting {
+pub(crate) struct Connecting {
     /// The backend chosen.
     pub backend: BackendId,
     /// Its address.
@@ -217,7 +216,7 @@ pub struct Connecting {
 
 /// Why no backend connection could be started.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The cluster has no backend available.
     #[error("no backend available in cluster {cluster}")]
     NoBackend { cluster: ClusterId },
@@ -236,7 +235,7 @@ pub enum ConnectError {
 /// varies the affinity hash so consistent-hash policies try another backend
 /// after a refusal, and round-robin moves on by itself. Immediate failures
 /// are retried here up to [`MAX_CONNECT_ATTEMPTS`].
-pub fn connect_backend(
+pub(crate) fn connect_backend(
     backends: &mut BackendMap,
     cluster: &ClusterId,
     affinity: u64,
