@@ -5,7 +5,8 @@
 //! Owns listener sockets (passed by the master, see `crate::listen_socket`;
 //! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream
 //! socket per flow with its own token (one per backend for a one-way
-//! cluster, see [`one_way`]),
+//! cluster, see [`one_way`]; a few per backend, shared by every query, for a
+//! `DNS_ID` cluster, see [`dns_mux`]),
 //! `recvmmsg` / `sendmmsg` batches, bounded write queues, health probe
 //! sockets, and the metrics and access records of flows. It must never make
 //! a flow decision itself (admission, timers, caps, PROXY headers are the
@@ -13,6 +14,7 @@
 //! per datagram on an established flow.
 
 pub mod budget;
+pub mod dns_mux;
 pub mod listener;
 pub mod metrics;
 pub mod mmsg;
@@ -50,6 +52,14 @@ pub enum UdpToken {
         /// The listener index.
         listener: usize,
         /// The socket's slot in the listener's one-way sockets.
+        slot: usize,
+    },
+    /// A `DNS_ID` socket of one backend of one listener (its answers are
+    /// mapped back to their clients).
+    DnsMux {
+        /// The listener index.
+        listener: usize,
+        /// The socket's slot in the listener's DNS mux.
         slot: usize,
     },
 }

@@ -71,6 +71,7 @@
 //! `Truncated`: the shell should receive into a buffer at least one byte
 //! larger than that size to notice truncation.
 
+mod dns_id;
 mod flow;
 mod handover;
 #[cfg(debug_assertions)]
@@ -85,6 +86,10 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use dns_id::{
+    AnswerDecision, DnsDrop, DnsIdMux, QueryDecision, DEFAULT_MAX_PENDING_PER_SOCKET,
+    DNS_HEADER_LEN, MAX_PENDING_PER_SOCKET,
+};
 pub use handover::{AdoptError, FlowHandover};
 pub use key::{
     affinity_hash, ConnectionId, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor,
