@@ -239,7 +239,10 @@ impl DnsMux {
             };
             let (sent, bytes, failed, was_refused) =
                 send_all(entry.socket.as_raw_fd(), run.len(), part);
-            entry.metrics.traffic.count_in_many(ctx.metrics, sent, bytes);
+            entry
+                .metrics
+                .traffic
+                .count_in_many(ctx.metrics, sent, bytes);
             listener.traffic.count_in_many(ctx.metrics, sent, bytes);
             if let Some((reason, from)) = failed {
                 let n = run.len() - from;
@@ -302,7 +305,12 @@ impl DnsMux {
         listener: &ListenerMetrics,
         metrics: &mut MetricsRegistry,
     ) {
-        self.retain(|c, b| !(c == cluster && b == backend), tokens, listener, metrics);
+        self.retain(
+            |c, b| !(c == cluster && b == backend),
+            tokens,
+            listener,
+            metrics,
+        );
     }
 
     /// Closes the sockets of every backend outside `keep` (cluster removed,

@@ -22,9 +22,9 @@ use std::time::Instant;
 use mio::{Interest, Registry, Token};
 use sozu_command_lib::command::UdpListenerConfig;
 
+use super::dns_mux::DnsMux;
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
-use super::dns_mux::DnsMux;
 use super::one_way::{OneWayContext, OneWaySockets};
 use super::socket::{is_resource_exhaustion, SourceAddresses};
 use super::write_queue::{
@@ -520,7 +520,15 @@ impl UdpListener {
                     None => proxy_header,
                 };
                 let (src, local) = (d.src, d.local);
-                self.route_dns(now, affinity_hash, proxy_header, (src, local), recv, index, ctx);
+                self.route_dns(
+                    now,
+                    affinity_hash,
+                    proxy_header,
+                    (src, local),
+                    recv,
+                    index,
+                    ctx,
+                );
             }
             ClientDecision::Queued { flow } => {
                 let io = self.flows.entry(flow).or_default();

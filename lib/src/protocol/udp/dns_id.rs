@@ -242,9 +242,7 @@ impl DnsIdMux {
         let table = &mut self.sockets[slot];
         table.open = true;
         // Room for a burst up front; it grows to the cap at most.
-        table
-            .pending
-            .reserve(self.max_pending_per_socket.min(1024));
+        table.pending.reserve(self.max_pending_per_socket.min(1024));
         self.finish_mutation();
         dropped
     }
@@ -472,7 +470,10 @@ impl DnsIdMux {
         assert_eq!(total, self.live, "live count matches the tables");
         for t in &self.sockets {
             assert!(t.pending.len() <= self.max_pending_per_socket, "cap");
-            assert!(t.open || t.pending.is_empty(), "closed sockets hold nothing");
+            assert!(
+                t.open || t.pending.is_empty(),
+                "closed sockets hold nothing"
+            );
         }
         assert!(
             self.expiry.len() <= 2 * self.live + 65,
