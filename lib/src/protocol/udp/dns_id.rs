@@ -241,8 +241,12 @@ impl DnsIdMux {
         }
         let table = &mut self.sockets[slot];
         table.open = true;
-        // Room for a burst up front; it grows to the cap at most.
-        table.pending.reserve(self.max_pending_per_socket.min(1024));
+        // Room for a burst up front (it grows to the cap at most), and for
+        // its expiry entries (at most about twice the live ones).
+        let burst = self.max_pending_per_socket.min(1024);
+        table.pending.reserve(burst);
+        let heap_room = (2 * (self.live + burst) + 64).saturating_sub(self.expiry.len());
+        self.expiry.reserve(heap_room);
         self.finish_mutation();
         dropped
     }
