@@ -149,7 +149,7 @@ fn serve(socket: UdpSocket, me: &str, shared: &Shared) {
     let mut delayed: Vec<(Instant, Vec<u8>, SocketAddr)> = Vec::new();
     let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
-        let now = Instant::now();
+        let now = sozu_e2e::wait::now();
         delayed.retain(|(due, a, to)| {
             if *due <= now {
                 let _ = socket.send_to(a, to);
@@ -261,8 +261,8 @@ fn worker(sozu: &Sozu) -> i32 {
 /// Every answer `client` gets within `window` after it has `n`.
 fn collect(client: &UdpClient, n: usize) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while got.len() < n && Instant::now() < deadline {
+    let deadline = sozu_e2e::Deadline::after(WAIT);
+    while got.len() < n && !deadline.is_past() {
         if let Some(a) = client.recv_timeout(Duration::from_millis(200)) {
             got.push(a);
         }

@@ -658,10 +658,8 @@ impl UdpListener {
     pub fn on_dns_readable(&mut self, now: Instant, slot: usize, ctx: &mut IoContext<'_>) {
         let mut left = DATAGRAM_BUDGET;
         let mut answered = false;
-        loop {
-            let Some((fd, token, _, _)) = self.dns.socket(slot) else {
-                break; // closed meanwhile: a stale event
-            };
+        // `None`: closed meanwhile (a stale event).
+        while let Some((fd, token, _, _)) = self.dns.socket(slot) {
             if left == 0 {
                 ctx.still_readable.push(token);
                 break;

@@ -18,6 +18,11 @@
 //!                                        => pick a backend with the hash, send
 //!                                           [header?, payload] on its shared
 //!                                           one-way socket (no flow exists)
+//!         DnsQuery { affinity_hash, proxy_header }
+//!                                        => pick a backend with the hash and a
+//!                                           socket of it; DnsIdMux::on_query
+//!                                           rewrites the ID; send; the answer
+//!                                           goes through DnsIdMux::on_answer
 //!         Queued { .. }                  => nothing (buffered in the core)
 //!         Dropped(reason)                => count udp.datagrams.dropped{reason}
 //!     }
