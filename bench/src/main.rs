@@ -4,6 +4,7 @@
 //! scenario runner comparing direct, sozu, nginx `stream` and Envoy
 //! `udp_proxy`. Everything stays on loopback and every phase is bounded.
 
+mod dns;
 mod echo;
 mod generator;
 mod oneway;
@@ -30,6 +31,9 @@ enum Cmd {
     Run(runner::RunArgs),
     /// One-way load (no answers) from many sources: proxy CPU per datagram.
     Oneway(oneway::OneWayArgs),
+    /// DNS-shaped one-reply queries, each from a new source port (or
+    /// dnsperf → dnsmasq): sozu DNS_ID vs flows vs nginx vs dnsdist.
+    Dns(dns::DnsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Echo(args) => echo::run(&args),
         Cmd::Run(args) => runner::run(&args),
         Cmd::Oneway(args) => oneway::run(&args),
+        Cmd::Dns(args) => dns::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
