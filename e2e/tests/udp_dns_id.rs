@@ -93,7 +93,7 @@ struct Shared {
 /// dropped. It answers each query with the ID it received, except by the
 /// first label of the name:
 /// `twice` answers twice; `wrongid` with ID + 1; `spoof` with the right ID
-/// and another question; `short` with 5 bytes; `never` not at all; `late`
+/// and another question; `short` with 5 bytes; `big` with 1,600 bytes; `never` not at all; `late`
 /// after 1.5 s; `othersrc` first from another socket, then from its own;
 /// `hold` answers are held until 8 wait, then sent in reverse order.
 struct DnsBackend {
@@ -189,6 +189,12 @@ fn serve(socket: UdpSocket, me: &str, shared: &Shared) {
             }
             "short" => {
                 let _ = socket.send_to(&a[..5], from);
+            }
+            "big" => {
+                // Over the listener's 1,500-byte max_rx_datagram_size.
+                let mut big = a.clone();
+                big.resize(1_600, 0);
+                let _ = socket.send_to(&big, from);
             }
             "never" => {}
             "late" => delayed.push((now + Duration::from_millis(1500), a, from)),
@@ -378,19 +384,26 @@ fn a_misbehaving_backend_reaches_only_the_asker_and_every_drop_is_counted() {
     x.expect_silence(Duration::from_millis(100));
     y.expect_silence(Duration::from_millis(100));
 
-    // A wrong ID, another question, a truncated answer: nothing reaches
+    // A wrong ID, another question, a truncated answer, an oversized one
+    // (over max_rx_datagram_size): nothing reaches
     // the client; each counted.
     x.send(&query(0x22, "wrongid.test"));
     x.send(&query(0x23, "spoof.test"));
     x.send(&query(0x24, "short.test"));
-    sozu.wait_metrics("wrong, spoofed and short answers dropped", WAIT, |m| {
-        dropped(m, "dns_unknown_id") >= dropped(&base, "dns_unknown_id") + 3
-            && dropped(m, "dns_mismatch") > dropped(&base, "dns_mismatch")
-            && dropped(m, "dns_not_dns") > dropped(&base, "dns_not_dns")
-    });
-    // Their three queries got no acceptable answer: they expire.
-    sozu.wait_metrics("the three unanswered queries expired", WAIT, |m| {
-        dropped(m, "dns_expired") >= dropped(&base, "dns_expired") + 3
+    x.send(&query(0x29, "big.test"));
+    sozu.wait_metrics(
+        "wrong, spoofed, short and oversized answers dropped",
+        WAIT,
+        |m| {
+            dropped(m, "dns_unknown_id") >= dropped(&base, "dns_unknown_id") + 3
+                && dropped(m, "dns_mismatch") > dropped(&base, "dns_mismatch")
+                && dropped(m, "dns_not_dns") > dropped(&base, "dns_not_dns")
+                && dropped(m, "truncated") > dropped(&base, "truncated")
+        },
+    );
+    // Their four queries got no acceptable answer: they expire.
+    sozu.wait_metrics("the four unanswered queries expired", WAIT, |m| {
+        dropped(m, "dns_expired") >= dropped(&base, "dns_expired") + 4
     });
     // From another source: the connected socket never reads it; the real
     // answer follows and is the only one.
@@ -427,7 +440,7 @@ fn a_misbehaving_backend_reaches_only_the_asker_and_every_drop_is_counted() {
     assert!(
         m.backend("dns", "a", "udp.datagrams.dropped.dns_expired")
             .unwrap_or(0)
-            >= 4
+            >= 5
     );
 }
 

@@ -699,6 +699,14 @@ impl UdpListener {
                     break;
                 };
                 let len = payload.len();
+                if len > self.manager.config().max_rx_datagram_size {
+                    // Over the size limit (it may have been cut by the
+                    // buffer): never returned truncated. The query stays
+                    // waiting and expires if nothing better comes.
+                    self.metrics
+                        .dropped(ctx.metrics, core::DropReason::Truncated, 1);
+                    continue;
+                }
                 match self
                     .dns
                     .answer(now, slot, payload, &self.metrics, ctx.metrics)
