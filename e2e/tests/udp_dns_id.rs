@@ -87,6 +87,8 @@ struct Shared {
     stop: AtomicBool,
     /// Every query received: (wire ID, name).
     queries: Mutex<Vec<(u16, String)>>,
+    /// The PROXY v2 source of each query that carried a header, by name.
+    proxied: Mutex<Vec<(String, SocketAddr)>>,
 }
 
 /// A DNS-ish backend on a loopback port, served by its own thread until
@@ -161,11 +163,18 @@ fn serve(socket: UdpSocket, me: &str, shared: &Shared) {
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let q = &buf[..n];
-        if n < 12 {
+        let (header, q) = sozu_e2e::proxy_protocol::split(&buf[..n]);
+        if q.len() < 12 {
             continue;
         }
         let name = qname(q);
+        if let Some(h) = header {
+            shared
+                .proxied
+                .lock()
+                .unwrap()
+                .push((name.clone(), h.source));
+        }
         shared
             .queries
             .lock()
@@ -555,4 +564,37 @@ fn a_removed_backend_pending_queries_are_counted_and_affinity_holds() {
     let next = first_answer(&client, &query(0x600, "after.test"));
     assert_ne!(answered_by(&next), owner);
     client.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn every_query_carries_its_client_in_a_proxy_v2_header() {
+    let a = DnsBackend::start("a");
+    let (sozu, front) = start(&["--send-proxy-protocol"], &[&a]);
+    let clients: Vec<UdpClient> = (0..3).map(|_| UdpClient::new(front)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        for k in 0..2u16 {
+            c.send(&query(0x700 + k, &format!("pp{i}-{k}.test")));
+        }
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let got = collect(c, 2);
+        let mut names: Vec<(u16, String)> = got.iter().map(|a| (id_of(a), qname(a))).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                (0x700, format!("pp{i}-0.test")),
+                (0x701, format!("pp{i}-1.test"))
+            ]
+        );
+    }
+    // The header (separate from the rewritten query) names each query's
+    // real client.
+    let proxied = a.shared.proxied.lock().unwrap().clone();
+    assert_eq!(proxied.len(), 6, "{proxied:?}");
+    for (name, source) in proxied {
+        let i: usize = name[2..3].parse().unwrap();
+        assert_eq!(source, clients[i].local_addr(), "{name}");
+    }
+    drop(sozu);
 }
