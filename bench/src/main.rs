@@ -11,6 +11,7 @@
 #![deny(missing_docs, unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod dns;
 mod echo;
 mod generator;
 mod oneway;
@@ -37,6 +38,9 @@ enum Cmd {
     Run(runner::RunArgs),
     /// One-way load (no answers) from many sources: proxy CPU per datagram.
     Oneway(oneway::OneWayArgs),
+    /// DNS-shaped one-reply queries, each from a new source port (or
+    /// dnsperf → dnsmasq): sozu DNS_ID vs flows vs nginx vs dnsdist.
+    Dns(dns::DnsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Echo(args) => echo::run(&args),
         Cmd::Run(args) => runner::run(&args),
         Cmd::Oneway(args) => oneway::run(&args),
+        Cmd::Dns(args) => dns::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

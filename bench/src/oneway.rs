@@ -145,7 +145,7 @@ impl Drop for Sinks {
     }
 }
 
-fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
+pub(crate) fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
     // SAFETY: a valid fd and a pointer to a c_int of the given size.
     unsafe {
         libc::setsockopt(
@@ -160,7 +160,7 @@ fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
 
 /// Binds `n` non-blocking client sockets on fixed ports from `base`
 /// (skipping taken ones), so the proxy's own ephemeral ports are not eaten.
-fn sources(n: usize, base: u16) -> anyhow::Result<Vec<UdpSocket>> {
+pub(crate) fn sources(n: usize, base: u16) -> anyhow::Result<Vec<UdpSocket>> {
     let mut out = Vec::with_capacity(n);
     let mut port = base;
     while out.len() < n {
@@ -178,7 +178,7 @@ fn sources(n: usize, base: u16) -> anyhow::Result<Vec<UdpSocket>> {
 }
 
 /// User + system CPU seconds of `root`'s process tree.
-fn tree_cpu_seconds(root: i32) -> f64 {
+pub(crate) fn tree_cpu_seconds(root: i32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     process_tree(root)
@@ -246,7 +246,7 @@ fn wait_forwarding(sinks: &Sinks, probe: &UdpSocket, listen: SocketAddr) -> anyh
     bail!("no datagram forwarded to the sinks within 15 s")
 }
 
-fn pin_self(cpu: usize) {
+pub(crate) fn pin_self(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -315,6 +315,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
                 responses: 0,
                 max_flows: 18_000,
                 one_way: true,
+                dns_id: false,
             };
             let run_dir = dir.path().join(format!("{}-{round}", target.name()));
             let mut proc = proxies::spawn(
@@ -419,7 +420,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
 /// Prints how many datagrams sozu read and its non-zero drop counters
 /// (`sozu metrics get`), so a loss is attributed: a drop counter of the
 /// proxy, or the kernel (listener receive buffer) when none moved.
-fn print_sozu_drops(sozu: &std::path::Path, dir: &std::path::Path) {
+pub(crate) fn print_sozu_drops(sozu: &std::path::Path, dir: &std::path::Path) {
     let out = std::process::Command::new(sozu)
         .arg("-c")
         .arg(dir.join("config.toml"))
@@ -450,7 +451,7 @@ fn print_sozu_drops(sozu: &std::path::Path, dir: &std::path::Path) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return f64::NAN;

@@ -783,6 +783,9 @@ pub(crate) enum FlowKey {
     SourceAddress,
     #[value(name = "quic-connection-id", alias = "quic_connection_id")]
     QuicConnectionId,
+    /// DNS queries multiplexed by query ID over a few sockets per backend.
+    #[value(name = "dns-id", alias = "dns_id")]
+    DnsId,
 }
 
 /// `--health-mode`

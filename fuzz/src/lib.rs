@@ -12,6 +12,7 @@
 //! request path, [`http_request`] (replayed by `lib/tests/http_fuzz_replay.rs`).
 
 pub mod channel_decoder;
+pub mod dns_id;
 pub mod config_loader;
 pub mod http_request;
 

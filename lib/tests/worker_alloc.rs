@@ -267,6 +267,120 @@ fn one_way_datagrams_allocate_nothing() {
     assert_eq!(worker.metric(&format!("udp.flows.created@{listener}")), 0);
 }
 
+/// `DNS_ID` cluster (no flow): 64 clients with 4 queries in flight each,
+/// balanced per query over two backends' shared sockets, IDs rewritten
+/// and restored, every answer mapped back — plus a duplicate answer per
+/// query, dropped `dns_unknown_id` — and nothing allocates once the
+/// pending tables have their working size.
+fn dns_id_queries_and_answers_allocate_nothing() {
+    let mut worker = Worker::start();
+    let listener = free_udp_addr("127.0.0.1");
+    worker.ok(RequestType::AddUdpListener(udp_listener(listener)));
+    worker.ok(RequestType::AddCluster(udp_cluster(
+        "dns",
+        UdpClusterConfig {
+            flow_key: Some(sozu_command_lib::command::UdpFlowKey::DnsId as i32),
+            back_timeout: Some(60),
+            ..UdpClusterConfig::default()
+        },
+    )));
+    let backends: Vec<UdpSocket> = (0..2).map(|_| udp_socket("127.0.0.1")).collect();
+    for (i, b) in backends.iter().enumerate() {
+        worker.ok(RequestType::AddBackend(backend(
+            "dns",
+            &format!("dns-{i}"),
+            b.local_addr().unwrap(),
+        )));
+        b.set_nonblocking(true).unwrap();
+    }
+    worker.ok(RequestType::AddUdpFrontend(frontend("dns", listener)));
+    let clients: Vec<UdpSocket> = (0..64).map(|_| udp_socket("127.0.0.1")).collect();
+    for c in &clients {
+        c.set_nonblocking(true).unwrap();
+    }
+    // A query for "example.test" A IN: header then question (on the stack).
+    let mut query = [0u8; 30];
+    query[2] = 0x01;
+    query[5] = 1;
+    query[12] = 7;
+    query[13..20].copy_from_slice(b"example");
+    query[20] = 4;
+    query[21..25].copy_from_slice(b"test");
+    query[27] = 1;
+    query[29] = 1;
+    let mut buf = vec![0u8; 2048];
+    let round = |buf: &mut [u8]| {
+        let mut q = query;
+        for client in &clients {
+            for k in 0..4u8 {
+                q[1] = k;
+                client.send_to(&q, listener).unwrap();
+            }
+        }
+        // The backends answer each query twice (QR set, same ID).
+        let mut answered = 0;
+        let mut idle = 0u32;
+        while answered < clients.len() * 4 {
+            let mut progress = false;
+            for b in &backends {
+                while let Ok((n, from)) = b.recv_from(buf) {
+                    assert_eq!(n, query.len());
+                    buf[2] |= 0x80;
+                    b.send_to(&buf[..n], from).unwrap();
+                    b.send_to(&buf[..n], from).unwrap();
+                    answered += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                idle += 1;
+                assert!(idle < 10_000, "DNS queries lost");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        // Each client gets its four answers, with its own IDs.
+        let mut got = 0;
+        idle = 0;
+        while got < clients.len() * 4 {
+            let mut progress = false;
+            for client in &clients {
+                while let Ok((n, _)) = client.recv_from(buf) {
+                    assert_eq!(n, query.len());
+                    assert!(buf[0] == 0 && buf[1] < 4 && buf[2] & 0x80 != 0);
+                    got += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                idle += 1;
+                assert!(idle < 10_000, "DNS answers lost");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    };
+    for _ in 0..100 {
+        round(&mut buf);
+    }
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..100 {
+        round(&mut buf);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations for 25,600 DNS queries and 51,200 answers"
+    );
+    assert_eq!(
+        worker.metric(&format!("udp.datagrams.out@{listener}")),
+        51_200,
+        "every query answered once"
+    );
+    assert!(worker.metric(&format!("udp.datagrams.dropped.dns_unknown_id@{listener}")) > 0);
+    assert_eq!(worker.metric(&format!("udp.flows.created@{listener}")), 0);
+}
+
 /// Runs without the libtest harness (see `lib/Cargo.toml`): the only threads
 /// are this one and the ones the proof starts itself.
 fn main() {
@@ -274,4 +388,6 @@ fn main() {
     println!("test established_flow_datagrams_allocate_nothing_either_way ... ok");
     one_way_datagrams_allocate_nothing();
     println!("test one_way_datagrams_allocate_nothing ... ok");
+    dns_id_queries_and_answers_allocate_nothing();
+    println!("test dns_id_queries_and_answers_allocate_nothing ... ok");
 }

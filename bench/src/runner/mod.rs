@@ -485,6 +485,7 @@ fn measure(
             responses: scenario.responses,
             max_flows: MAX_FLOWS,
             one_way: false,
+            dns_id: false,
         };
         proxy = Some(proxies::start(
             target,

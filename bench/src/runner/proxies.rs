@@ -131,6 +131,10 @@ pub(crate) struct ProxyOptions {
     /// One-way traffic: sozu `one_way = true`, nginx `proxy_responses 0`
     /// (no answer expected; Envoy has no equivalent).
     pub one_way: bool,
+    /// DNS traffic: sozu `flow_key = "DNS_ID"` (queries multiplexed by ID
+    /// over a few sockets per backend, answers awaited 2 s); ignored by the
+    /// others.
+    pub dns_id: bool,
 }
 
 /// Picks a free loopback UDP port (bind to 0, read it, release it).
@@ -184,6 +188,9 @@ pub(crate) fn sozu_config(
     }
     if o.one_way {
         let _ = writeln!(c, "one_way = true");
+    }
+    if o.dns_id {
+        let _ = writeln!(c, "flow_key = \"DNS_ID\"\nback_timeout = 2");
     }
     c
 }
@@ -440,6 +447,7 @@ mod tests {
             responses: 1,
             max_flows: 17000,
             one_way: false,
+            dns_id: false,
         };
         let sozu = sozu_config(Path::new("/tmp/x"), listen, &backends, o);
         let parsed: toml::Value = toml::from_str(&sozu).unwrap();

@@ -741,6 +741,7 @@ fn udp_cluster_config(knobs: &UdpClusterKnobs) -> Option<UdpClusterConfig> {
         flow_key: knobs.flow_key.map(|key| match key {
             FlowKey::SourceAddress => UdpFlowKey::SourceAddress as i32,
             FlowKey::QuicConnectionId => UdpFlowKey::QuicConnectionId as i32,
+            FlowKey::DnsId => UdpFlowKey::DnsId as i32,
         }),
         one_way: flag(knobs.one_way),
         quic_cid_length: knobs.quic_cid_length,

@@ -931,8 +931,12 @@ fn parse_udp_cluster(
     .unwrap_or(false);
     udp.one_way = opt(&mut table, "one_way", ValueReader::bool)?.unwrap_or(false);
     if let Some(v) = table.get("flow_key") {
-        let name = v.one_of(&["SOURCE_ADDRESS", "QUIC_CONNECTION_ID"])?;
+        let name = v.one_of(&["SOURCE_ADDRESS", "QUIC_CONNECTION_ID", "DNS_ID"])?;
         udp.flow_key = UdpFlowKey::from_str_name(name).ok_or_else(|| v.invalid("a flow key"))?;
+        if udp.flow_key == UdpFlowKey::DnsId && udp.one_way {
+            // A DNS_ID cluster returns answers; one_way has no return path.
+            return Err(v.invalid("a flow key other than DNS_ID with one_way = true"));
+        }
     }
     if let Some(v) = table.get("quic_cid_length") {
         let len = v.u32_between(1, 20)?;

@@ -1290,3 +1290,22 @@ fn quic_cid_length_is_one_to_twenty_and_reaches_the_order() {
         Some(crate::command::UdpFlowKey::QuicConnectionId as i32)
     );
 }
+
+#[test]
+fn dns_id_flow_key_reaches_the_order_and_excludes_one_way() {
+    let c = load(&format!(
+        "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"DNS_ID\"\nback_timeout = 2\n"
+    ))
+    .unwrap();
+    let order = c.clusters["dns"].add_order();
+    let Some(crate::command::request::RequestType::AddCluster(cluster)) = order.request_type else {
+        panic!("not add_cluster: {order:?}");
+    };
+    let udp = cluster.udp.unwrap();
+    assert_eq!(udp.flow_key, Some(crate::command::UdpFlowKey::DnsId as i32));
+    assert_eq!(udp.back_timeout, Some(2));
+    let e = error(&format!(
+        "{UDP_DNS}\n[clusters.dns.udp]\none_way = true\nflow_key = \"DNS_ID\"\n"
+    ));
+    assert!(e.contains("flow_key") && e.contains("DNS_ID"), "{e}");
+}

@@ -23,6 +23,7 @@ use mio::{Interest, Registry, Token};
 use sozu_command_lib::command::UdpListenerConfig;
 
 use super::access_log::{FlowAccessRecord, FlowCloseReason};
+use super::dns_mux::DnsMux;
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
 use super::one_way::{OneWayContext, OneWaySockets};
@@ -159,6 +160,8 @@ pub struct UdpListener {
     /// The frontend changed: one-way sockets of another cluster are closed
     /// at the next read (where the token table is at hand).
     pub one_way_stale: bool,
+    /// The sockets and pending queries of a `DNS_ID` cluster.
+    dns: DnsMux,
 }
 
 impl UdpListener {
@@ -196,6 +199,7 @@ impl UdpListener {
             one_way: OneWaySockets::new(id),
             one_way_run: Vec::with_capacity(super::mmsg::MAX_BATCH),
             one_way_stale: false,
+            dns: DnsMux::new(id, 0),
         }
     }
 
@@ -333,6 +337,46 @@ impl UdpListener {
         self.drain(now, ctx);
         self.drain_reason = FlowCloseReason::ListenerClosed;
         self.one_way.close_all(ctx.tokens);
+        self.dns
+            .retain_cluster(None, ctx.tokens, &self.metrics, ctx.metrics);
+    }
+
+    /// Keys the IDs this listener's `DNS_ID` queries get on the wire (the
+    /// worker's secret per-process seed); before any DNS socket opens.
+    pub fn set_dns_seed(&mut self, seed: u64) {
+        if self.dns.sockets() == 0 {
+            self.dns = DnsMux::new(self.id, seed);
+        }
+    }
+
+    /// Open `DNS_ID` sockets (a few per backend that got a query).
+    pub fn dns_sockets(&self) -> usize {
+        self.dns.sockets()
+    }
+
+    /// `DNS_ID` queries waiting for their answer.
+    pub fn dns_pending(&self) -> usize {
+        self.dns.pending()
+    }
+
+    /// The earliest deadline of a flow or a pending `DNS_ID` query.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.manager.poll_timeout(), self.dns.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires the flows and `DNS_ID` queries due at `now`.
+    pub fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        if self.manager.poll_timeout().is_some_and(|t| t <= now) {
+            self.manager.handle_timeout(now);
+            self.drain(now, ctx);
+        }
+        if self.dns.poll_timeout().is_some_and(|t| t <= now) {
+            self.dns.handle_timeout(now, &self.metrics, ctx.metrics);
+        }
+        self.flush_returns(ctx);
     }
 
     /// Number of open one-way sockets (one per backend that got a datagram
@@ -349,6 +393,8 @@ impl UdpListener {
         ctx: &mut IoContext<'_>,
     ) {
         self.one_way.forget_backend(cluster, backend, ctx.tokens);
+        self.dns
+            .forget_backend(cluster, backend, ctx.tokens, &self.metrics, ctx.metrics);
     }
 
     /// Closes the one-way sockets of backends outside the listener's
@@ -361,6 +407,12 @@ impl UdpListener {
             _ => None,
         };
         self.one_way.retain_cluster(keep, ctx.tokens);
+        let keep = match (&self.frontend, self.manager.is_dns_id()) {
+            (Some(f), true) => Some(f.cluster.as_str()),
+            _ => None,
+        };
+        self.dns
+            .retain_cluster(keep, ctx.tokens, &self.metrics, ctx.metrics);
     }
 
     /// Number of open upstream sockets (one per established flow).
@@ -408,6 +460,7 @@ impl UdpListener {
             }
             self.flush_forwards(recv, ctx);
             self.flush_one_way(now, recv, ctx);
+            self.flush_dns(now, recv, ctx);
             self.drain(now, ctx);
             if n < asked {
                 // Drained: a datagram arriving now raises a new edge, so
@@ -422,7 +475,7 @@ impl UdpListener {
     fn on_client_datagram(
         &mut self,
         now: Instant,
-        recv: &RecvBatch,
+        recv: &mut RecvBatch,
         index: usize,
         ctx: &mut IoContext<'_>,
     ) {
@@ -455,6 +508,25 @@ impl UdpListener {
                     None => proxy_header,
                 };
                 self.route_one_way(affinity_hash, proxy_header, index, ctx);
+            }
+            ClientDecision::DnsQuery {
+                affinity_hash,
+                proxy_header,
+            } => {
+                let proxy_header = match self.hit_address(d.local) {
+                    Some(hit) => proxy_header.map(|_| core::ProxyHeader::new(d.src, hit)),
+                    None => proxy_header,
+                };
+                let (src, local) = (d.src, d.local);
+                self.route_dns(
+                    now,
+                    affinity_hash,
+                    proxy_header,
+                    (src, local),
+                    recv,
+                    index,
+                    ctx,
+                );
             }
             ClientDecision::Queued { flow } => {
                 let io = self.flows.entry(flow).or_default();
@@ -502,6 +574,161 @@ impl UdpListener {
                 self.metrics.upstream_open_failed(ctx.metrics);
                 self.metrics.shell_dropped(ctx.metrics, reason);
             }
+        }
+    }
+
+    /// Picks the backend of one `DNS_ID` query (receive-batch `index`) with
+    /// `affinity_hash`; the mux rewrites its ID and queues it for
+    /// [`Self::flush_dns`].
+    #[allow(clippy::too_many_arguments)]
+    fn route_dns(
+        &mut self,
+        now: Instant,
+        affinity_hash: u64,
+        proxy_header: Option<core::ProxyHeader>,
+        (client, local): (SocketAddr, Option<IpAddr>),
+        recv: &mut RecvBatch,
+        index: usize,
+        ctx: &mut IoContext<'_>,
+    ) {
+        let Some(frontend) = &self.frontend else {
+            self.metrics
+                .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
+            return;
+        };
+        let cluster = &frontend.cluster;
+        let Some((backend, addr)) = ctx.backends.select(cluster.as_str(), affinity_hash) else {
+            self.metrics
+                .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
+            return;
+        };
+        let Some(payload) = recv.payload_mut(index) else {
+            return;
+        };
+        let deadline = now + self.manager.dns_answer_timeout();
+        let mut mux_ctx = OneWayContext {
+            registry: ctx.registry,
+            tokens: ctx.tokens,
+            metrics: ctx.metrics,
+            still_readable: ctx.still_readable,
+        };
+        let routed = self.dns.route(
+            deadline,
+            (cluster, &backend, addr),
+            client,
+            local,
+            payload,
+            index,
+            proxy_header,
+            &mut self.sources,
+            &mut mux_ctx,
+        );
+        if let Err(reason) = routed {
+            if reason == ShellDrop::NoUpstream {
+                self.metrics.upstream_open_failed(ctx.metrics);
+            }
+            self.metrics.shell_dropped(ctx.metrics, reason);
+        }
+    }
+
+    /// Sends the batch's routed `DNS_ID` queries (one `sendmmsg` per
+    /// socket); a backend that refused is marked suspect.
+    fn flush_dns(&mut self, now: Instant, recv: &RecvBatch, ctx: &mut IoContext<'_>) {
+        let mut mux_ctx = OneWayContext {
+            registry: ctx.registry,
+            tokens: ctx.tokens,
+            metrics: ctx.metrics,
+            still_readable: ctx.still_readable,
+        };
+        let backends = &mut *ctx.backends;
+        let health = &mut *ctx.health;
+        self.dns
+            .flush(recv, &self.metrics, &mut mux_ctx, |cluster, backend| {
+                backends.mark_suspect(cluster.as_str(), backend.as_str());
+                health.passive_failure(now, cluster.as_str(), backend.as_str());
+            });
+    }
+
+    /// A `DNS_ID` socket is readable: its answers are read with `recvmmsg`
+    /// straight into the returns batch, mapped back to their clients (ID
+    /// restored in place) by the mux, and committed for the client that
+    /// asked; any other is dropped and counted by reason.
+    pub fn on_dns_readable(&mut self, now: Instant, slot: usize, ctx: &mut IoContext<'_>) {
+        let mut left = DATAGRAM_BUDGET;
+        let mut answered = false;
+        // `None`: closed meanwhile (a stale event).
+        while let Some((fd, token, _, _)) = self.dns.socket(slot) {
+            if left == 0 {
+                ctx.still_readable.push(token);
+                break;
+            }
+            if self.returns.is_full() {
+                flush_batch(
+                    &mut self.returns,
+                    &mut self.overflow,
+                    self.socket.as_ref(),
+                    &self.metrics,
+                    ctx,
+                );
+            }
+            let asked = left.min(self.returns.free());
+            let n = match self.returns.recv_pending(fd, asked) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    self.metrics.backend_refused(ctx.metrics);
+                    if let Some((_, _, cluster, backend)) = self.dns.socket(slot) {
+                        ctx.backends
+                            .mark_suspect(cluster.as_str(), backend.as_str());
+                        ctx.health
+                            .passive_failure(now, cluster.as_str(), backend.as_str());
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::debug!(listener = %self.address, %error, "DNS socket receive error");
+                    break;
+                }
+            };
+            left -= n;
+            for i in 0..n {
+                let Some(payload) = self.returns.pending_mut(i) else {
+                    break;
+                };
+                let len = payload.len();
+                if len > self.manager.config().max_rx_datagram_size {
+                    // Over the size limit (it may have been cut by the
+                    // buffer): never returned truncated. The query stays
+                    // waiting and expires if nothing better comes.
+                    self.metrics
+                        .dropped(ctx.metrics, core::DropReason::Truncated, 1);
+                    continue;
+                }
+                match self
+                    .dns
+                    .answer(now, slot, payload, &self.metrics, ctx.metrics)
+                {
+                    core::AnswerDecision::Return { client, local } => {
+                        self.metrics.traffic.count_out(ctx.metrics, len);
+                        self.returns.commit_pending(i, client, local);
+                        answered = true;
+                    }
+                    core::AnswerDecision::Dropped(_) => {} // counted by the mux
+                }
+            }
+            if n < asked {
+                break; // drained: the next answer raises a new edge
+            }
+        }
+        if answered {
+            if let Some((_, _, cluster, backend)) = self.dns.socket(slot) {
+                ctx.backends
+                    .mark_responsive(cluster.as_str(), backend.as_str());
+            }
+        }
+        if !self.overflow.is_empty() {
+            self.sync_interest(ctx.registry);
         }
     }
 

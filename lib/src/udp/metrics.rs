@@ -29,15 +29,39 @@ pub enum ShellDrop {
     WouldBlock,
     /// One-way: a backend's reply, read and discarded (no return path).
     OneWayReply,
+    /// `DNS_ID`: a query shorter than a DNS header or with the QR bit set,
+    /// or an answer shorter than a header or with QR clear.
+    DnsNotDns,
+    /// `DNS_ID`: every socket of the backend is full of pending queries.
+    DnsPendingFull,
+    /// `DNS_ID`: an answer whose ID is pending on no query of its socket
+    /// (duplicate, after expiry, wrong ID).
+    DnsUnknownId,
+    /// `DNS_ID`: an answer whose question differs from its query's.
+    DnsMismatch,
+    /// `DNS_ID`: an answer after its query's deadline.
+    DnsLate,
+    /// `DNS_ID`: a query with no answer before its deadline.
+    DnsExpired,
+    /// `DNS_ID`: a query pending on a socket closed meanwhile (backend
+    /// removed or moved, listener closed).
+    DnsSocketClosed,
 }
 
 impl ShellDrop {
-    const ALL: [ShellDrop; 5] = [
+    const ALL: [ShellDrop; 12] = [
         ShellDrop::QueueFull,
         ShellDrop::SendError,
         ShellDrop::NoUpstream,
         ShellDrop::WouldBlock,
         ShellDrop::OneWayReply,
+        ShellDrop::DnsNotDns,
+        ShellDrop::DnsPendingFull,
+        ShellDrop::DnsUnknownId,
+        ShellDrop::DnsMismatch,
+        ShellDrop::DnsLate,
+        ShellDrop::DnsExpired,
+        ShellDrop::DnsSocketClosed,
     ];
 
     /// The metric suffix.
@@ -48,6 +72,13 @@ impl ShellDrop {
             ShellDrop::NoUpstream => "no_upstream",
             ShellDrop::WouldBlock => "would_block",
             ShellDrop::OneWayReply => "one_way_reply",
+            ShellDrop::DnsNotDns => "dns_not_dns",
+            ShellDrop::DnsPendingFull => "dns_pending_full",
+            ShellDrop::DnsUnknownId => "dns_unknown_id",
+            ShellDrop::DnsMismatch => "dns_mismatch",
+            ShellDrop::DnsLate => "dns_late",
+            ShellDrop::DnsExpired => "dns_expired",
+            ShellDrop::DnsSocketClosed => "dns_socket_closed",
         }
     }
 }

@@ -158,6 +158,18 @@ impl RecvBatch {
     }
 }
 
+impl RecvBatch {
+    /// The bytes of the `i`th datagram of the last `recv`, writable (a
+    /// `DNS_ID` query's ID is rewritten in place before it is sent).
+    pub fn payload_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if i >= self.received {
+            return None;
+        }
+        let start = i * self.buffer_len;
+        Some(&mut self.buffers[start..start + self.lens[i]])
+    }
+}
+
 /// Client-bound datagrams waiting to leave through one listener socket with
 /// one `sendmmsg`: receive a backend datagram straight into
 /// [`SendBatch::slot`], then [`SendBatch::commit`] it.
@@ -310,6 +322,17 @@ impl SendBatch {
         let slot = self.pending_base + i;
         let start = slot * self.buffer_len;
         Some(&self.buffers[start..start + self.lens[slot]])
+    }
+
+    /// The `i`th datagram of the last [`Self::recv_pending`], writable (a
+    /// `DNS_ID` answer gets its original ID back in place).
+    pub(crate) fn pending_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if i >= self.pending {
+            return None;
+        }
+        let slot = self.pending_base + i;
+        let start = slot * self.buffer_len;
+        Some(&mut self.buffers[start..start + self.lens[slot]])
     }
 
     /// Commits the `i`th pending datagram for `dst`, from `local` if given.

@@ -5,7 +5,8 @@
 //! Owns listener sockets (passed by the master, see `crate::listen_socket`;
 //! IPv4 / IPv6, packet info on wildcard addresses), one connected upstream
 //! socket per flow with its own token (one per backend for a one-way
-//! cluster, see [`one_way`]),
+//! cluster, see [`one_way`]; a few per backend, shared by every query, for a
+//! `DNS_ID` cluster, see [`dns_mux`]),
 //! `recvmmsg` / `sendmmsg` batches, bounded write queues, and the metrics and access records of flows. It must never make
 //! a flow decision itself (admission, timers, caps, PROXY headers are the
 //! core's), never read the clock (the loop passes `now`), and never allocate
@@ -13,6 +14,7 @@
 
 pub(crate) mod access_log;
 pub(crate) mod budget;
+pub(crate) mod dns_mux;
 pub(crate) mod handover;
 pub(crate) mod listener;
 pub(crate) mod metrics;
@@ -50,6 +52,14 @@ pub enum UdpToken {
         /// The listener index.
         listener: usize,
         /// The socket's slot in the listener's one-way sockets.
+        slot: usize,
+    },
+    /// A `DNS_ID` socket of one backend of one listener (its answers are
+    /// mapped back to their clients).
+    DnsMux {
+        /// The listener index.
+        listener: usize,
+        /// The socket's slot in the listener's DNS mux.
         slot: usize,
     },
 }

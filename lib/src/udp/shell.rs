@@ -278,6 +278,9 @@ impl UdpShell {
             metrics,
         );
         self.listeners.insert(listener);
+        // The IDs of `DNS_ID` queries on the wire derive from the secret
+        // per-process seed (never from `hash_seed`, which is configured).
+        self.listeners[id].set_dns_seed(seed ^ 0xd15e_1d00);
         self.listeners[id].sources = self.sources.clone();
         self.by_address.insert(address, id);
         // A real cap from the start (refreshed before every read).
@@ -570,7 +573,7 @@ impl UdpShell {
     pub(crate) fn is_drained(&self) -> bool {
         self.listeners
             .iter()
-            .all(|(_, l)| l.manager.active_flows() == 0)
+            .all(|(_, l)| l.manager.active_flows() == 0 && l.dns_pending() == 0)
     }
 
     /// Hard-stop: closes every flow now.
@@ -586,17 +589,15 @@ impl UdpShell {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.manager.poll_timeout())
+            .filter_map(|(_, l)| l.poll_timeout())
             .min()
     }
 
     /// Expires due flows and runs due health probes.
     pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
         for (_, listener) in self.listeners.iter_mut() {
-            if listener.manager.poll_timeout().is_some_and(|t| t <= now) {
-                listener.manager.handle_timeout(now);
-                listener.drain(now, ctx);
-                listener.flush_returns(ctx);
+            if listener.poll_timeout().is_some_and(|t| t <= now) {
+                listener.on_timeout(now, ctx);
             }
         }
     }
@@ -652,6 +653,13 @@ impl UdpShell {
             UdpToken::Upstream { listener, flow } => {
                 if let Some(listener) = self.listeners.get_mut(listener) {
                     listener.on_upstream_ready(now, flow, readable, writable, ctx);
+                }
+            }
+            UdpToken::DnsMux { listener, slot } => {
+                if let Some(listener) = self.listeners.get_mut(listener) {
+                    if readable {
+                        listener.on_dns_readable(now, slot, ctx);
+                    }
                 }
             }
             UdpToken::OneWay { listener, slot } => {
@@ -798,6 +806,7 @@ pub(super) fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<
         Some(raw) => match command::UdpFlowKey::try_from(raw) {
             Ok(command::UdpFlowKey::SourceAddress) => false,
             Ok(command::UdpFlowKey::QuicConnectionId) => true,
+            Ok(command::UdpFlowKey::DnsId) => false,
             Err(_) => {
                 return Err(UdpError::InvalidValue {
                     field: "udp.flow_key",
@@ -861,6 +870,14 @@ fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
             .and_then(|v| NonZeroUsize::new(v as usize));
         keep = udp.keep_flows_on_backend_removal.unwrap_or(false);
         config.quic_cid_length = quic_cid_length(udp)?;
+        config.dns_id = udp.flow_key == Some(command::UdpFlowKey::DnsId as i32);
+        if config.dns_id && config.one_way {
+            return Err(UdpError::InvalidValue {
+                field: "udp.flow_key",
+                value: "DNS_ID".to_owned(),
+                reason: "a DNS_ID cluster returns answers: it cannot be one_way",
+            });
+        }
     }
     Ok(ClusterSettings {
         config,

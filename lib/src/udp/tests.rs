@@ -188,3 +188,31 @@ fn quic_cid_length_of_an_order_is_checked_by_the_worker() {
         .to_string()
         .contains("udp.flow_key"));
 }
+
+#[test]
+fn a_dns_id_cluster_cannot_be_one_way_and_the_worker_names_the_field() {
+    use sozu_command_lib::command::{
+        Cluster, LoadBalancingAlgorithms, UdpClusterConfig, UdpFlowKey,
+    };
+
+    use super::shell::check_cluster;
+
+    let cluster = |one_way: bool| Cluster {
+        cluster_id: "dns".to_owned(),
+        load_balancing: LoadBalancingAlgorithms::RoundRobin as i32,
+        udp: Some(UdpClusterConfig {
+            flow_key: Some(UdpFlowKey::DnsId as i32),
+            one_way: Some(one_way),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(check_cluster(&cluster(false)).is_ok());
+    let text = check_cluster(&cluster(true))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        text.contains("udp.flow_key") && text.contains("DNS_ID"),
+        "{text}"
+    );
+}

@@ -115,6 +115,9 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         if cluster.one_way {
             return self.on_one_way_datagram(cluster, src, payload);
         }
+        if cluster.dns_id {
+            return self.on_dns_datagram(cluster, src, payload);
+        }
         // 3. a key
         let key = match self.cluster.as_ref().and_then(|c| c.quic_cid_length) {
             Some(len) => QuicConnectionIdExtractor {

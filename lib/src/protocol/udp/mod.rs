@@ -18,6 +18,11 @@
 //!                                        => pick a backend with the hash, send
 //!                                           [header?, payload] on its shared
 //!                                           one-way socket (no flow exists)
+//!         DnsQuery { affinity_hash, proxy_header }
+//!                                        => pick a backend with the hash and a
+//!                                           socket of it; DnsIdMux::on_query
+//!                                           rewrites the ID; send; the answer
+//!                                           goes through DnsIdMux::on_answer
 //!         Queued { .. }                  => nothing (buffered in the core)
 //!         Dropped(reason)                => count udp.datagrams.dropped{reason}
 //!     }
@@ -74,6 +79,7 @@
 //! `Truncated`: the shell should receive into a buffer at least one byte
 //! larger than that size to notice truncation.
 
+mod dns_id;
 mod flow;
 mod handover;
 #[cfg(debug_assertions)]
@@ -88,6 +94,10 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use dns_id::{
+    AnswerDecision, DnsDrop, DnsIdMux, QueryDecision, DEFAULT_MAX_PENDING_PER_SOCKET,
+    DNS_HEADER_LEN, MAX_PENDING_PER_SOCKET,
+};
 pub use handover::{AdoptError, FlowHandover};
 pub use key::{
     affinity_hash, ConnectionId, FlowKey, FlowKeyExtractor, QuicConnectionIdExtractor,

@@ -11,6 +11,7 @@ use std::{
 use super::*;
 
 mod affinity;
+mod dns_id;
 mod one_way;
 mod quic;
 mod responses;
@@ -1397,8 +1398,10 @@ mod properties {
                             self.touch(flow, true);
                         }
                         ClientDecision::Dropped(_) => {}
-                        // This run's cluster is never one-way.
-                        ClientDecision::OneWay { .. } => return Err(Breach::Counts),
+                        // This run's cluster is never one-way nor DNS_ID.
+                        ClientDecision::OneWay { .. } | ClientDecision::DnsQuery { .. } => {
+                            return Err(Breach::Counts)
+                        }
                     }
                 }
                 Step::Backend { flow, len } => {

@@ -156,6 +156,11 @@ pub struct ClusterConfig {
     /// ([`super::QuicConnectionIdExtractor`] with short-header IDs of `len`
     /// bytes) instead of the manager's own extractor (`None`).
     pub quic_cid_length: Option<u8>,
+    /// `flow_key = DNS_ID`: every client datagram is a
+    /// [`ClientDecision::DnsQuery`], multiplexed by the shell over a few
+    /// sockets per backend with its DNS ID rewritten (see `dns_id.rs`); no
+    /// flow, no table entry. Applies to each datagram as it arrives.
+    pub dns_id: bool,
 }
 
 impl ClusterConfig {
@@ -174,6 +179,7 @@ impl ClusterConfig {
             max_pending_datagrams: None,
             one_way: false,
             quic_cid_length: None,
+            dns_id: false,
         }
     }
 }
@@ -337,6 +343,17 @@ pub enum ClientDecision {
         affinity_hash: u64,
         /// A PROXY v2 header for this datagram (on every one: there is no
         /// flow to remember that a first one was sent).
+        proxy_header: Option<ProxyHeader>,
+    },
+    /// `DNS_ID` cluster: pick a backend of the listener's cluster with
+    /// `affinity_hash` (per query), rewrite the query's ID to a free one of
+    /// a shared socket of that backend ([`super::DnsIdMux::on_query`]) and
+    /// send it there, after `proxy_header` when present. No flow exists: the
+    /// mux maps the answer back to this client.
+    DnsQuery {
+        /// The load-balancing hash of the query's source.
+        affinity_hash: u64,
+        /// A PROXY v2 header for this query (on every one).
         proxy_header: Option<ProxyHeader>,
     },
     /// Copied into the pending FIFO of a flow awaiting its backend; it will
