@@ -687,6 +687,17 @@ pub(crate) struct UdpClusterKnobs {
     /// the backends issue, read from short-header packets [8].
     #[arg(long = "quic-cid-length", value_parser = clap::value_parser!(u32).range(1..=20))]
     pub quic_cid_length: Option<u32>,
+    /// UDP, with --flow-key quic-connection-id: QUIC-LB config rotation
+    /// codepoint of the backends' connection ids [0].
+    #[arg(long = "quic-lb-config-id", value_parser = clap::value_parser!(u32).range(0..=6))]
+    pub quic_lb_config_id: Option<u32>,
+    /// UDP: turns QUIC-LB routing on: octets of server id after the first
+    /// octet of a connection id.
+    #[arg(long = "quic-lb-server-id-length", value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub quic_lb_server_id_length: Option<u32>,
+    /// UDP: QUIC-LB nonce octets [what --quic-cid-length leaves].
+    #[arg(long = "quic-lb-nonce-length", value_parser = clap::value_parser!(u32).range(4..=18))]
+    pub quic_lb_nonce_length: Option<u32>,
     /// UDP health checks; any --health-* flag without this one means tcp.
     #[arg(long = "health-mode", value_enum)]
     pub health_mode: Option<HealthMode>,
@@ -731,6 +742,9 @@ pub(crate) enum BackendCmd {
         /// Use only when no other backend is available.
         #[arg(long = "backup")]
         backup: bool,
+        /// UDP: the backend's QUIC-LB server id, in hex (e.g. 0a1b).
+        #[arg(long = "quic-lb-server-id", value_parser = parse_server_id)]
+        quic_lb_server_id: Option<Payload>,
     },
     /// Remove a backend from a cluster.
     Remove(BackendArgs),
@@ -826,6 +840,15 @@ fn parse_payload(text: &str) -> Result<Payload, String> {
         })
         .collect::<Result<Vec<u8>, String>>()
         .map(Payload)
+}
+
+/// A QUIC-LB server id: 1 to 15 octets in hex digits.
+fn parse_server_id(text: &str) -> Result<Payload, String> {
+    let bytes = parse_payload(&format!("hex:{text}"))?;
+    if !(1..=15).contains(&bytes.0.len()) {
+        return Err(format!("'{text}' is not 1 to 15 octets"));
+    }
+    Ok(bytes)
 }
 
 /// Tags as the wire's map (a repeated key keeps its last value).

@@ -183,6 +183,7 @@ fn every_sozu_request_is_decoded_and_answered_with_the_expected_content_type() {
         sticky_id: None,
         load_balancing_parameters: Some(LoadBalancingParams { weight: 0 }),
         backup: None,
+        quic_lb_server_id: None,
     };
     use Expect::{Content, Done, Refused};
     let table: Vec<(RequestType, Expect)> = vec![
@@ -565,6 +566,7 @@ fn a_backend_added_with_weight_zero_gets_flows_and_lists_its_effective_weight() 
             sticky_id: None,
             load_balancing_parameters: Some(LoadBalancingParams { weight: 0 }),
             backup: None,
+            quic_lb_server_id: None,
         }),
         Expect::Done,
     );
@@ -601,6 +603,7 @@ fn a_backend_added_with_weight_zero_gets_flows_and_lists_its_effective_weight() 
             sticky_id: None,
             load_balancing_parameters: None,
             backup: None,
+            quic_lb_server_id: None,
         }),
         Expect::Done,
     );
@@ -800,6 +803,7 @@ fn sozu_queries_answer_with_the_state_contents() {
             sticky_id: None,
             load_balancing_parameters: None,
             backup: None,
+            quic_lb_server_id: None,
         }),
         Expect::Done,
     );

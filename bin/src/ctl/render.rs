@@ -470,9 +470,15 @@ fn cluster_text(out: &mut String, info: &ClusterInformation) {
         out.push_str("  frontends:\n");
         out.push_str(&indent(&frontends.render()));
     }
-    let mut backends = Table::new(&["", "BACKEND", "ADDRESS", "WEIGHT", "BACKUP"]);
+    // The QUIC-LB column only when some backend has a server id.
+    let quic_lb = info.backends.iter().any(|b| b.quic_lb_server_id.is_some());
+    let mut header = vec!["", "BACKEND", "ADDRESS", "WEIGHT", "BACKUP"];
+    if quic_lb {
+        header.push("QUIC-LB SERVER ID");
+    }
+    let mut backends = Table::new(&header);
     for backend in &info.backends {
-        backends.row(vec![
+        let mut row = vec![
             String::new(),
             backend.backend_id.clone(),
             address(&backend.address),
@@ -481,7 +487,18 @@ fn cluster_text(out: &mut String, info: &ClusterInformation) {
                 .as_ref()
                 .map_or("-".to_owned(), |p| p.weight.to_string()),
             yes_no(backend.backup.unwrap_or(false)),
-        ]);
+        ];
+        if quic_lb {
+            row.push(
+                backend
+                    .quic_lb_server_id
+                    .as_ref()
+                    .map_or("-".to_owned(), |id| {
+                        id.iter().map(|b| format!("{b:02x}")).collect()
+                    }),
+            );
+        }
+        backends.row(row);
     }
     if backends.is_empty() {
         out.push_str("  backends: none\n");
@@ -516,6 +533,15 @@ fn udp_knobs_text(out: &mut String, udp: &UdpClusterConfig) {
         udp.keep_flows_on_backend_removal(),
         udp.one_way(),
     );
+    if let Some(sid) = udp.quic_lb_server_id_length {
+        let _ = writeln!(
+            out,
+            "       quic_lb: config_id={} server_id_length={sid} nonce_length={}",
+            udp.quic_lb_config_id.unwrap_or(0),
+            udp.quic_lb_nonce_length
+                .map_or("auto".to_owned(), |n| n.to_string()),
+        );
+    }
     if let Some(health) = &udp.health {
         let _ = writeln!(
             out,

@@ -745,6 +745,9 @@ fn udp_cluster_config(knobs: &UdpClusterKnobs) -> Option<UdpClusterConfig> {
         }),
         one_way: flag(knobs.one_way),
         quic_cid_length: knobs.quic_cid_length,
+        quic_lb_config_id: knobs.quic_lb_config_id,
+        quic_lb_server_id_length: knobs.quic_lb_server_id_length,
+        quic_lb_nonce_length: knobs.quic_lb_nonce_length,
     };
     (config != UdpClusterConfig::default()).then_some(config)
 }
@@ -784,6 +787,7 @@ fn backend(cmd: &BackendCmd) -> Step {
             weight,
             sticky_id,
             backup,
+            quic_lb_server_id,
         } => message(RequestType::AddBackend(AddBackend {
             cluster_id: backend.cluster_id.clone(),
             backend_id: backend.backend_id.clone(),
@@ -791,6 +795,7 @@ fn backend(cmd: &BackendCmd) -> Step {
             sticky_id: sticky_id.clone(),
             load_balancing_parameters: weight.map(|weight| LoadBalancingParams { weight }),
             backup: backup.then_some(true),
+            quic_lb_server_id: quic_lb_server_id.as_ref().map(|id| id.0.clone()),
         })),
         BackendCmd::Remove(backend) => message(RequestType::RemoveBackend(RemoveBackend {
             cluster_id: backend.cluster_id.clone(),

@@ -362,6 +362,9 @@ pub struct BackendConfig {
     pub sticky_id: Option<String>,
     /// `Some(true)`: a backup backend, used only while no primary is.
     pub backup: Option<bool>,
+    /// `quic_lb_server_id` (hex in the file): the backend's QUIC-LB server
+    /// id, 1 to 15 octets.
+    pub quic_lb_server_id: Option<Vec<u8>>,
 }
 
 /// `[clusters.<id>.udp]`.
@@ -394,8 +397,23 @@ pub struct UdpClusterSettings {
     /// With `flow_key = QUIC_CONNECTION_ID`: the length of the connection ids
     /// read from short-header packets (1..=20, default 8).
     pub quic_cid_length: u8,
+    /// QUIC-LB routable connection ids: present when
+    /// `quic_lb_server_id_length` is set.
+    pub quic_lb: Option<QuicLbSettings>,
     /// Present when `[clusters.<id>.udp.health]` exists.
     pub health: Option<UdpHealthSettings>,
+}
+
+/// `quic_lb_*` keys of `[clusters.<id>.udp]` (plaintext QUIC-LB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicLbSettings {
+    /// `quic_lb_config_id`: config rotation codepoint, 0 to 6 (default 0).
+    pub config_id: u8,
+    /// `quic_lb_server_id_length`: 1 to 15 octets.
+    pub server_id_length: u8,
+    /// `quic_lb_nonce_length`: at least 4; `None` = what `quic_cid_length`
+    /// leaves.
+    pub nonce_length: Option<u8>,
 }
 
 /// `[clusters.<id>.udp.health]`.

@@ -126,6 +126,9 @@ impl ClusterConfig {
             flow_key: Some(u.flow_key as i32),
             one_way: Some(u.one_way),
             quic_cid_length: Some(u32::from(u.quic_cid_length)),
+            quic_lb_config_id: u.quic_lb.map(|q| u32::from(q.config_id)),
+            quic_lb_server_id_length: u.quic_lb.map(|q| u32::from(q.server_id_length)),
+            quic_lb_nonce_length: u.quic_lb.and_then(|q| q.nonce_length.map(u32::from)),
         });
         order(RequestType::AddCluster(Cluster {
             cluster_id: self.cluster_id.clone(),
@@ -237,6 +240,7 @@ impl Config {
                     sticky_id: b.sticky_id.clone(),
                     load_balancing_parameters: Some(LoadBalancingParams { weight: b.weight }),
                     backup: b.backup,
+                    quic_lb_server_id: b.quic_lb_server_id.clone(),
                 }))
             }));
         }

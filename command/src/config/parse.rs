@@ -16,7 +16,8 @@ use super::reader::{Document, TableReader, ValueReader};
 use super::{
     AccessLogFormat, BackendConfig, ClusterConfig, ClusterProtocol, Config, FrontendCertificate,
     FrontendConfig, HttpListenerSettings, HttpsListenerSettings, ListenerConfig, LogTarget,
-    MetricsConfig, TcpListenerSettings, UdpClusterSettings, UdpHealthSettings, UdpListenerSettings,
+    MetricsConfig, QuicLbSettings, TcpListenerSettings, UdpClusterSettings, UdpHealthSettings,
+    UdpListenerSettings,
 };
 use crate::command::{
     LoadBalancingAlgorithms, LoadMetric, PathRuleKind, TlsVersion, UdpAffinityKey, UdpFlowKey,
@@ -861,6 +862,11 @@ fn parse_backend(
         .unwrap_or_else(|| format!("{cluster_id}-{index}"));
     let sticky_id = opt(&mut table, "sticky_id", ValueReader::non_empty_string)?;
     let backup = opt(&mut table, "backup", ValueReader::bool)?;
+    let quic_lb_server_id = opt(&mut table, "quic_lb_server_id", |v| {
+        parse_hex(v.str()?)
+            .filter(|b| (1..=15).contains(&b.len()))
+            .ok_or_else(|| v.invalid("1 to 15 octets in hex digits, e.g. \"0a1b\""))
+    })?;
     table.finish(&[])?;
     Ok(BackendConfig {
         backend_id,
@@ -868,7 +874,19 @@ fn parse_backend(
         weight,
         sticky_id,
         backup,
+        quic_lb_server_id,
     })
+}
+
+/// Hex digits (an even count) as bytes.
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The default `quic_cid_length` (quinn's and most stacks' server CID length).
@@ -889,6 +907,7 @@ fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
         flow_key: UdpFlowKey::SourceAddress,
         one_way: false,
         quic_cid_length: DEFAULT_QUIC_CID_LENGTH,
+        quic_lb: None,
         health: None,
     }
 }
@@ -943,12 +962,63 @@ fn parse_udp_cluster(
         udp.quic_cid_length =
             u8::try_from(len).map_err(|_| v.invalid("an integer between 1 and 20"))?;
     }
+    udp.quic_lb = parse_quic_lb(&mut table, &udp)?;
     udp.health = match table.get("health") {
         Some(v) => Some(parse_health(&v)?),
         None => None,
     };
     table.finish(&[])?;
     Ok(udp)
+}
+
+/// The `quic_lb_*` keys: on when `quic_lb_server_id_length` is set, with
+/// `flow_key = "QUIC_CONNECTION_ID"`; the lengths must fit the draft's
+/// limits and `quic_cid_length` (the worker checks the same on orders).
+fn parse_quic_lb(
+    table: &mut TableReader<'_>,
+    udp: &UdpClusterSettings,
+) -> Result<Option<QuicLbSettings>, ConfigError> {
+    let config_id = table.get("quic_lb_config_id");
+    let nonce = table.get("quic_lb_nonce_length");
+    let Some(sid) = table.get("quic_lb_server_id_length") else {
+        if let Some(v) = config_id.or(nonce) {
+            return Err(v.invalid("set together with quic_lb_server_id_length"));
+        }
+        return Ok(None);
+    };
+    if udp.flow_key != UdpFlowKey::QuicConnectionId {
+        return Err(sid.invalid("used with flow_key = \"QUIC_CONNECTION_ID\""));
+    }
+    let server_id_length = sid.u32_between(1, 15)? as u8;
+    let config_id = match config_id {
+        Some(v) => v.u32_between(0, 6)? as u8,
+        None => 0,
+    };
+    let cid = udp.quic_cid_length;
+    let room = cid.saturating_sub(1 + server_id_length);
+    let nonce_length = match nonce {
+        Some(v) => {
+            let n = v.u32_between(4, 18)? as u8;
+            if 1 + server_id_length + n > cid {
+                return Err(v.invalid(format!(
+                    "at most {room}: 1 + server id + nonce must fit quic_cid_length ({cid})"
+                )));
+            }
+            Some(n)
+        }
+        None => None,
+    };
+    if nonce_length.is_none() && room < 4 {
+        return Err(sid.invalid(format!(
+            "at most {}: quic_cid_length ({cid}) must leave 4 octets of nonce",
+            cid.saturating_sub(5)
+        )));
+    }
+    Ok(Some(QuicLbSettings {
+        config_id,
+        server_id_length,
+        nonce_length,
+    }))
 }
 
 fn parse_health(value: &ValueReader<'_>) -> Result<UdpHealthSettings, ConfigError> {

@@ -310,6 +310,7 @@ fn cluster_backend_and_udp_defaults() {
             flow_key: crate::command::UdpFlowKey::SourceAddress,
             one_way: false,
             quic_cid_length: 8,
+            quic_lb: None,
             health: None,
         })
     );

@@ -107,6 +107,7 @@ pub(super) fn backend(cluster: &str, id: &str, address: &str, weight: i32) -> Ad
         sticky_id: None,
         load_balancing_parameters: Some(LoadBalancingParams { weight }),
         backup: None,
+        quic_lb_server_id: None,
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::load_balancing::{stable_hash, Algorithm, Candidate, LoadBalancingPolicy};
 
 use crate::protocol::ids::BackendId;
+use crate::protocol::udp::ServerId;
 
 /// Weight of a backend added without `load_balancing_parameters` (Sōzu's
 /// default).
@@ -56,6 +57,9 @@ pub struct Backend {
     /// A backup gets new flows only while no primary (non-backup) backend
     /// of its cluster is available.
     backup: bool,
+    /// Its QUIC-LB server ID: new flows whose connection ID names it come
+    /// here whatever the policy (unless it is down).
+    quic_lb_server_id: Option<ServerId>,
 }
 
 impl Backend {
@@ -71,6 +75,7 @@ impl Backend {
             identity_hash,
             suspect_until: None,
             backup: false,
+            quic_lb_server_id: None,
         }
     }
 
@@ -102,6 +107,11 @@ impl Backend {
     /// Whether it is a backup (used only while no primary is available).
     pub fn is_backup(&self) -> bool {
         self.backup
+    }
+
+    /// Its QUIC-LB server ID, if it has one.
+    pub fn quic_lb_server_id(&self) -> Option<ServerId> {
+        self.quic_lb_server_id
     }
 }
 
@@ -220,6 +230,27 @@ impl BackendList {
         };
         self.rebuild();
         outcome
+    }
+
+    /// Sets (or clears) a backend's QUIC-LB server ID; `false` if the
+    /// backend is unknown. The caller checked that no other backend of the
+    /// cluster has it ([`Self::by_server_id`]).
+    pub fn set_quic_lb_server_id(&mut self, id: &str, server_id: Option<ServerId>) -> bool {
+        match self.backends.iter_mut().find(|b| b.id.as_str() == id) {
+            Some(b) => {
+                b.quic_lb_server_id = server_id;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The backend with this QUIC-LB server ID (a scan: backends are few,
+    /// and it runs once per new flow, like a policy pick).
+    pub fn by_server_id(&self, server_id: &ServerId) -> Option<&Backend> {
+        self.backends
+            .iter()
+            .find(|b| b.quic_lb_server_id.as_ref() == Some(server_id))
     }
 
     /// Removes a backend; the caller aborts (or keeps) its flows.

@@ -21,6 +21,7 @@ use sozu_command_lib::proto::convert::AddressError;
 use sozu_command_lib::proto::weight::effective_weight;
 
 use crate::load_balancing::{mix64, stable_hash, Algorithm};
+use crate::protocol::udp::{QuicLbFallback, ServerId};
 
 pub use crate::protocol::ids::{BackendId, ClusterId};
 pub use list::{Backend, BackendList, BackendStatus, Upsert, DEFAULT_WEIGHT};
@@ -53,6 +54,30 @@ pub enum BackendError {
         address: SocketAddr,
         /// The backend's address.
         actual: SocketAddr,
+    },
+    /// The order's QUIC-LB server ID is empty or longer than 15 octets.
+    #[error(
+        "backend {backend:?} of cluster {cluster:?}: quic_lb_server_id of {len} octets (1 to 15)"
+    )]
+    QuicLbServerIdLength {
+        /// The cluster the order named.
+        cluster: String,
+        /// The backend the order named.
+        backend: String,
+        /// Its length.
+        len: usize,
+    },
+    /// Another backend of the cluster has this QUIC-LB server ID.
+    #[error("backend {backend:?} of cluster {cluster:?}: quic_lb_server_id {server_id} is already backend {other:?}'s")]
+    QuicLbServerIdTaken {
+        /// The cluster the order named.
+        cluster: String,
+        /// The backend the order named.
+        backend: String,
+        /// The server ID (hex).
+        server_id: String,
+        /// The backend that has it.
+        other: String,
     },
     /// The order's address is not a socket address.
     #[error("backend {backend:?} of cluster {cluster:?}: invalid address")]
@@ -174,15 +199,67 @@ impl BackendMap {
                 source,
             }
         })?;
+        let server_id = self.check_server_id(order)?;
         // Sōzu's weight rule: none → 100, 0 or less → 1.
         let weight = effective_weight(order.load_balancing_parameters.as_ref());
-        Ok(self.add_backend_with_role(
+        let outcome = self.add_backend_with_role(
             &order.cluster_id,
             BackendId::from(order.backend_id.as_str()),
             address,
             weight,
             order.backup.unwrap_or(false),
-        ))
+        );
+        self.ensure_cluster(&order.cluster_id)
+            .set_quic_lb_server_id(&order.backend_id, server_id);
+        Ok(outcome)
+    }
+
+    /// The order's QUIC-LB server ID: 1 to 15 octets, no other backend of
+    /// the cluster has it.
+    fn check_server_id(
+        &self,
+        order: &command::AddBackend,
+    ) -> Result<Option<ServerId>, BackendError> {
+        let Some(raw) = order.quic_lb_server_id.as_deref() else {
+            return Ok(None);
+        };
+        let server_id = ServerId::new(raw).ok_or_else(|| BackendError::QuicLbServerIdLength {
+            cluster: order.cluster_id.clone(),
+            backend: order.backend_id.clone(),
+            len: raw.len(),
+        })?;
+        let other = self
+            .clusters
+            .get(order.cluster_id.as_str())
+            .and_then(|list| list.by_server_id(&server_id))
+            .filter(|b| b.id().as_str() != order.backend_id);
+        if let Some(other) = other {
+            return Err(BackendError::QuicLbServerIdTaken {
+                cluster: order.cluster_id.clone(),
+                backend: order.backend_id.clone(),
+                server_id: server_id.to_string(),
+                other: other.id().to_string(),
+            });
+        }
+        Ok(Some(server_id))
+    }
+
+    /// The backend of `cluster` with this QUIC-LB server ID, unless it is
+    /// down: `Err(ServerDown)` then, `Err(UnknownServerId)` if none has it.
+    pub fn select_by_server_id(
+        &self,
+        cluster: &str,
+        server_id: &ServerId,
+    ) -> Result<(BackendId, SocketAddr), QuicLbFallback> {
+        let backend = self
+            .clusters
+            .get(cluster)
+            .and_then(|list| list.by_server_id(server_id))
+            .ok_or(QuicLbFallback::UnknownServerId)?;
+        if backend.status() == BackendStatus::Down {
+            return Err(QuicLbFallback::ServerDown);
+        }
+        Ok((backend.id().clone(), backend.address()))
     }
 
     /// Removes a backend and returns it (with its active-flow count) so the

@@ -187,6 +187,7 @@ fn orders_convert_at_the_edge_with_typed_errors() {
         sticky_id: None,
         load_balancing_parameters: None,
         backup: None,
+        quic_lb_server_id: None,
     };
     assert_eq!(map.add_from_order(&order), Ok(Upsert::Added));
     assert_eq!(
@@ -536,6 +537,7 @@ fn the_backup_flag_comes_from_the_order_and_an_update_can_change_it() {
         sticky_id: None,
         load_balancing_parameters: None,
         backup: Some(true),
+        quic_lb_server_id: None,
     };
     map.add_from_order(&order).unwrap();
     map.add_backend("c", BackendId::from("p"), addr(54), 100);

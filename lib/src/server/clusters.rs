@@ -60,6 +60,7 @@ impl Server {
 
     /// Adds (or updates) a backend and starts probing it.
     pub(super) fn add_backend(&mut self, now: Instant, order: &AddBackend) -> Result<(), UdpError> {
+        self.udp.check_backend(order)?;
         self.backends.add_from_order(order)?;
         let address = super::orders::wire(&order.address)?;
         let cluster = ClusterId::from(order.cluster_id.as_str());

@@ -1097,11 +1097,19 @@ impl UdpListener {
                 flow,
                 cluster,
                 affinity_hash,
+                quic_lb,
             } => {
                 let cluster_id = ClusterId::from(cluster.as_str());
                 let io = self.flows.entry(flow).or_default();
                 io.cluster = Some(cluster_id);
-                match ctx.backends.select(cluster.as_str(), affinity_hash) {
+                match super::quic_lb::select(
+                    ctx.backends,
+                    ctx.metrics,
+                    self.address,
+                    cluster.as_str(),
+                    affinity_hash,
+                    quic_lb,
+                ) {
                     Some((backend, addr)) => {
                         // Counted now, not when the upstream opens: the
                         // flows of one burst are selected in one drain,

@@ -20,6 +20,7 @@ pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod mmsg;
 pub(crate) mod one_way;
+pub(crate) mod quic_lb;
 pub mod shell;
 pub(crate) mod socket;
 mod write_queue;

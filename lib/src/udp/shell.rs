@@ -495,6 +495,27 @@ impl UdpShell {
     }
 
     /// A backend was added (or added again): its metrics are live again.
+    /// Refuses a backend whose QUIC-LB server ID has not the length its
+    /// cluster's QUIC-LB configuration gives (it could never be routed to).
+    pub(crate) fn check_backend(&self, order: &command::AddBackend) -> Result<(), UdpError> {
+        let (Some(raw), Some(lb)) = (
+            order.quic_lb_server_id.as_deref(),
+            self.clusters
+                .get(&order.cluster_id)
+                .and_then(|c| c.config.quic_lb),
+        ) else {
+            return Ok(());
+        };
+        if raw.len() != usize::from(lb.server_id_len()) {
+            return Err(UdpError::InvalidValue {
+                field: "quic_lb_server_id",
+                value: raw.iter().map(|b| format!("{b:02x}")).collect(),
+                reason: "its length is not the cluster's quic_lb_server_id_length",
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn backend_added(&mut self, cluster: &ClusterId, backend: &BackendId) {
         self.retired_backends
             .retain(|(c, b, _)| !(c == cluster && b == backend));
@@ -870,6 +891,7 @@ fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {
             .and_then(|v| NonZeroUsize::new(v as usize));
         keep = udp.keep_flows_on_backend_removal.unwrap_or(false);
         config.quic_cid_length = quic_cid_length(udp)?;
+        config.quic_lb = super::quic_lb::cluster_config(udp, config.quic_cid_length)?;
         config.dns_id = udp.flow_key == Some(command::UdpFlowKey::DnsId as i32);
         if config.dns_id && config.one_way {
             return Err(UdpError::InvalidValue {

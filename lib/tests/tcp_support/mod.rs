@@ -210,6 +210,7 @@ impl LoopHandle {
                         sticky_id: None,
                         load_balancing_parameters: None,
                         backup: None,
+                        quic_lb_server_id: None,
                     })
                     .unwrap();
             }

@@ -248,6 +248,7 @@ pub fn backend(cluster: &str, id: &str, address: SocketAddr) -> AddBackend {
         sticky_id: None,
         load_balancing_parameters: Some(LoadBalancingParams { weight: 100 }),
         backup: None,
+        quic_lb_server_id: None,
     }
 }
 

@@ -264,6 +264,12 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
         };
         let cluster_id = cluster.cluster_id.clone();
         let hash = affinity_hash(self.config.hash_seed, cluster.affinity_key, src);
+        // QUIC-LB: the first datagram's destination connection ID names the
+        // backend (decoded once per new flow, no state kept for it).
+        let quic_lb = match (cluster.quic_lb, cluster.quic_cid_length) {
+            (Some(lb), Some(cid_len)) => Some(lb.route(payload, cid_len)),
+            _ => None,
+        };
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let deadline = deadline_after(now, knobs.front_timeout);
@@ -311,6 +317,7 @@ impl<E: FlowKeyExtractor> UdpFlowManager<E> {
             flow: id,
             cluster: cluster_id,
             affinity_hash: hash,
+            quic_lb,
         });
         ClientDecision::Queued { flow: id }
     }

@@ -35,7 +35,8 @@
 //!     }
 //!     drain outputs; re-arm timer
 //! drain: while let Some(o) = mgr.poll_output() { match o {
-//!     SelectBackend { flow, cluster, affinity_hash } => pick a backend; queue the
+//!     SelectBackend { flow, cluster, affinity_hash, quic_lb } => pick a backend
+//!         (the one whose QUIC-LB server ID `quic_lb` names, if any); queue the
 //!         input backend_resolved(flow, id, addr) — or abort_flow(flow, Aborted)
 //!         if none — and feed it AFTER the drain loop;
 //!     OpenUpstream { flow, backend, addr } => connect a UDP socket to addr,
@@ -88,6 +89,7 @@ mod key;
 mod manager;
 mod one_way;
 mod ppv2;
+mod quic_lb;
 mod timers;
 mod types;
 
@@ -105,6 +107,10 @@ pub use key::{
 };
 pub use manager::UdpFlowManager;
 pub use ppv2::ProxyHeader;
+pub use quic_lb::{
+    QuicLbConfig, QuicLbConfigError, QuicLbFallback, QuicLbRoute, ServerId,
+    MAX_SERVER_ID_AND_NONCE_LEN, MAX_SERVER_ID_LEN, MIN_NONCE_LEN, UNROUTABLE_CONFIG_ID,
+};
 pub use types::{
     AffinityKey, BackendDecision, BackendId, ClientDecision, CloseReason, ClusterConfig, ClusterId,
     DropReason, FlowId, FlowRecord, Input, MetricEvent, Output, Phase, ResolveOutcome,

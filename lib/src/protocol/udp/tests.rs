@@ -67,6 +67,7 @@ fn first_datagram_admits_and_selects_backend() {
         flow: f,
         cluster,
         affinity_hash: h,
+        quic_lb: None,
     } = &out[1]
     else {
         panic!("expected SelectBackend, got {:?}", out[1]);

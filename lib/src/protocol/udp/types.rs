@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{key::FlowKey, ppv2::ProxyHeader};
+use super::{
+    key::FlowKey,
+    ppv2::ProxyHeader,
+    quic_lb::{QuicLbConfig, QuicLbRoute},
+};
 
 /// Identifies one flow of one manager.
 ///
@@ -161,6 +165,10 @@ pub struct ClusterConfig {
     /// sockets per backend with its DNS ID rewritten (see `dns_id.rs`); no
     /// flow, no table entry. Applies to each datagram as it arrives.
     pub dns_id: bool,
+    /// QUIC-LB routable connection IDs (only with `quic_cid_length`): a new
+    /// flow goes to the backend whose server ID its destination connection
+    /// ID encodes ([`Output::SelectBackend`]'s `quic_lb`).
+    pub quic_lb: Option<QuicLbConfig>,
 }
 
 impl ClusterConfig {
@@ -180,6 +188,7 @@ impl ClusterConfig {
             one_way: false,
             quic_cid_length: None,
             dns_id: false,
+            quic_lb: None,
         }
     }
 }
@@ -488,6 +497,10 @@ pub enum Output {
         cluster: ClusterId,
         /// Seeded hash of the client IP (or IP and port) for HRW / Maglev.
         affinity_hash: u64,
+        /// On a QUIC-LB cluster: the server ID the flow's first datagram
+        /// names (pick that backend, else fall back to the policy with
+        /// `affinity_hash`), or why it names none. `None` elsewhere.
+        quic_lb: Option<QuicLbRoute>,
     },
     /// Open a connected upstream socket for `flow` towards `addr`; always
     /// emitted before the flow's first `Transmit`.
@@ -543,11 +556,13 @@ impl fmt::Debug for Output {
                 flow,
                 cluster,
                 affinity_hash,
+                quic_lb,
             } => f
                 .debug_struct("SelectBackend")
                 .field("flow", flow)
                 .field("cluster", cluster)
                 .field("affinity_hash", affinity_hash)
+                .field("quic_lb", quic_lb)
                 .finish(),
             Output::OpenUpstream {
                 flow,

@@ -195,6 +195,7 @@ fn serving(
             sticky_id: None,
             load_balancing_parameters: Some(LoadBalancingParams { weight: 100 }),
             backup: None,
+            quic_lb_server_id: None,
         })
         .unwrap();
     shell.add_listener(now, &config, &mut ctx).unwrap();
