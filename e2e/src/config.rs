@@ -100,6 +100,9 @@ pub struct ClusterConfig {
     pub flow_key: Option<String>,
     /// `quic_cid_length`; `None` leaves the default.
     pub quic_cid_length: Option<u32>,
+    /// `quic_lb_config_id` and `quic_lb_server_id_length` (QUIC-LB on);
+    /// `None` leaves QUIC-LB off.
+    pub quic_lb: Option<(u32, u32)>,
 }
 
 impl ClusterConfig {
@@ -119,6 +122,7 @@ impl ClusterConfig {
             keep_flows_on_backend_removal: false,
             flow_key: None,
             quic_cid_length: None,
+            quic_lb: None,
         }
     }
 
@@ -127,6 +131,25 @@ impl ClusterConfig {
         self.backends.push(Backend {
             id: backend_id.to_owned(),
             address,
+            backup: false,
+            quic_lb_server_id: None,
+        });
+        self
+    }
+
+    /// Adds a backend with a QUIC-LB server id (hex), a backup if `backup`.
+    pub fn quic_lb_backend(
+        mut self,
+        backend_id: &str,
+        address: SocketAddr,
+        server_id: &str,
+        backup: bool,
+    ) -> Self {
+        self.backends.push(Backend {
+            id: backend_id.to_owned(),
+            address,
+            backup,
+            quic_lb_server_id: Some(server_id.to_owned()),
         });
         self
     }
@@ -139,6 +162,10 @@ pub struct Backend {
     pub id: String,
     /// `address`.
     pub address: SocketAddr,
+    /// `backup`.
+    pub backup: bool,
+    /// `quic_lb_server_id` (hex), if any.
+    pub quic_lb_server_id: Option<String>,
 }
 
 /// `[clusters.<id>.udp.health]`.
@@ -233,8 +260,15 @@ impl SozuConfig {
                 .backends
                 .iter()
                 .map(|b| {
+                    let mut extra = String::new();
+                    if b.backup {
+                        extra.push_str(", backup = true");
+                    }
+                    if let Some(id) = &b.quic_lb_server_id {
+                        let _ = write!(extra, ", quic_lb_server_id = {}", quoted(id));
+                    }
                     format!(
-                        "{{ address = {}, backend_id = {} }}",
+                        "{{ address = {}, backend_id = {}{extra} }}",
                         quoted(&b.address.to_string()),
                         quoted(&b.id)
                     )
@@ -261,6 +295,10 @@ impl SozuConfig {
             }
             if let Some(len) = c.quic_cid_length {
                 let _ = writeln!(t, "quic_cid_length = {len}");
+            }
+            if let Some((config_id, server_id_length)) = c.quic_lb {
+                let _ = writeln!(t, "quic_lb_config_id = {config_id}");
+                let _ = writeln!(t, "quic_lb_server_id_length = {server_id_length}");
             }
             if let Some(h) = &c.health {
                 let _ = writeln!(t, "\n[clusters.{}.udp.health]", c.id);
