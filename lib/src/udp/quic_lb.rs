@@ -103,3 +103,139 @@ pub(super) fn cluster_config(
         reason: e.reason,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::udp::ServerId;
+
+    fn counter(registry: &mut MetricsRegistry, listener: SocketAddr, name: &str) -> i64 {
+        let handle = registry
+            .register(name, Scope::Listener(listener), MetricKind::Counter)
+            .expect("counter");
+        registry.counter(handle).unwrap_or(0)
+    }
+
+    fn backends() -> BackendMap {
+        let mut map = BackendMap::new(7);
+        for (id, port, sid) in [("b1", 5001, 1u8), ("b2", 5002, 2)] {
+            map.add_from_order(&command::AddBackend {
+                cluster_id: "q".into(),
+                backend_id: id.into(),
+                address: SocketAddr::from(([127, 0, 0, 1], port)).into(),
+                backup: Some(id == "b2"),
+                quic_lb_server_id: Some(vec![sid]),
+                ..Default::default()
+            })
+            .expect("backend");
+        }
+        map
+    }
+
+    #[test]
+    fn a_server_id_routes_past_the_policy_and_misses_fall_back_counted() {
+        let mut map = backends();
+        let mut registry = MetricsRegistry::new();
+        let listener: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        let sid = |b: u8| Some(QuicLbRoute::ServerId(ServerId::new(&[b]).unwrap()));
+        // b2 is a backup: only its server ID brings flows to it.
+        for _ in 0..3 {
+            let (picked, _) =
+                select(&mut map, &mut registry, listener, "q", 1, sid(2)).expect("b2");
+            assert_eq!(picked.as_str(), "b2");
+        }
+        assert_eq!(counter(&mut registry, listener, ROUTED), 3);
+        // Unknown server ID: the policy (the primary), counted.
+        let (picked, _) = select(&mut map, &mut registry, listener, "q", 1, sid(9)).unwrap();
+        assert_eq!(picked.as_str(), "b1");
+        let unknown = fallback_name(QuicLbFallback::UnknownServerId);
+        assert_eq!(counter(&mut registry, listener, unknown), 1);
+        // A down server: fallback, counted as such.
+        map.set_status("q", "b2", crate::backends::BackendStatus::Down);
+        let (picked, _) = select(&mut map, &mut registry, listener, "q", 1, sid(2)).unwrap();
+        assert_eq!(picked.as_str(), "b1");
+        let down = fallback_name(QuicLbFallback::ServerDown);
+        assert_eq!(counter(&mut registry, listener, down), 1);
+        // A core fallback reason is counted as it comes; no route counts nothing.
+        let mismatch = Some(QuicLbRoute::Fallback(QuicLbFallback::ConfigMismatch));
+        select(&mut map, &mut registry, listener, "q", 1, mismatch).unwrap();
+        let name = fallback_name(QuicLbFallback::ConfigMismatch);
+        assert_eq!(counter(&mut registry, listener, name), 1);
+        select(&mut map, &mut registry, listener, "q", 1, None).unwrap();
+        assert_eq!(counter(&mut registry, listener, ROUTED), 3);
+    }
+
+    #[test]
+    fn duplicate_or_oversized_server_ids_are_refused() {
+        let mut map = backends();
+        let mut order = command::AddBackend {
+            cluster_id: "q".into(),
+            backend_id: "b3".into(),
+            address: SocketAddr::from(([127, 0, 0, 1], 5003)).into(),
+            quic_lb_server_id: Some(vec![1]),
+            ..Default::default()
+        };
+        let e = map.add_from_order(&order).expect_err("taken").to_string();
+        assert!(e.contains("01") && e.contains("b1"), "{e}");
+        order.quic_lb_server_id = Some(vec![0; 16]);
+        let e = map
+            .add_from_order(&order)
+            .expect_err("too long")
+            .to_string();
+        assert!(e.contains("quic_lb_server_id") && e.contains("16"), "{e}");
+        order.quic_lb_server_id = Some(vec![]);
+        assert!(map.add_from_order(&order).is_err());
+        // Re-adding b1 with its own id is an update, not a clash.
+        order.backend_id = "b1".into();
+        order.quic_lb_server_id = Some(vec![1]);
+        assert!(map.add_from_order(&order).is_ok());
+    }
+
+    #[test]
+    fn cluster_knobs_are_checked_naming_the_field() {
+        use sozu_command_lib::command::{UdpClusterConfig, UdpFlowKey};
+        let udp = |sid: u32, config: Option<u32>, nonce: Option<u32>| UdpClusterConfig {
+            flow_key: Some(UdpFlowKey::QuicConnectionId as i32),
+            quic_lb_server_id_length: Some(sid),
+            quic_lb_config_id: config,
+            quic_lb_nonce_length: nonce,
+            ..Default::default()
+        };
+        let ok = cluster_config(&udp(2, Some(3), None), Some(8))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ok.config_id(), ok.server_id_len(), ok.nonce_len()),
+            (3, 2, 5)
+        );
+        assert_eq!(
+            cluster_config(&UdpClusterConfig::default(), Some(8)).unwrap(),
+            None
+        );
+        for (wire, cid, field, value) in [
+            (
+                udp(2, None, None),
+                None,
+                "udp.quic_lb_server_id_length",
+                "2",
+            ),
+            (udp(2, Some(7), None), Some(8), "udp.quic_lb_config_id", "7"),
+            (
+                udp(0, None, None),
+                Some(8),
+                "udp.quic_lb_server_id_length",
+                "0",
+            ),
+            (udp(4, None, None), Some(8), "udp.quic_lb_nonce_length", "3"),
+            (
+                udp(2, None, Some(9)),
+                Some(8),
+                "udp.quic_lb_nonce_length",
+                "9",
+            ),
+        ] {
+            let text = cluster_config(&wire, cid).expect_err("refused").to_string();
+            assert!(text.contains(field) && text.contains(value), "{text}");
+        }
+    }
+}

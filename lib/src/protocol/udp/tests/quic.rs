@@ -257,3 +257,47 @@ fn reconfiguring_the_key_applies_to_new_datagrams() {
         }
     );
 }
+
+// ----- QUIC-LB -----
+
+fn select_routes(out: &[Output]) -> Vec<Option<QuicLbRoute>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SelectBackend { quic_lb, .. } => Some(*quic_lb),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn quic_lb_cluster_names_the_server_of_each_new_flow_and_only_new_ones() {
+    let mut c = cluster();
+    c.quic_cid_length = Some(6);
+    c.quic_lb = Some(QuicLbConfig::new(1, 1, None, 6).unwrap());
+    let mut m = manager_with(c);
+    let now = origin();
+    // A 1-RTT packet whose connection id is (codepoint 1, server 0x07, nonce).
+    let routable = [0x40, 0x20 | 5, 0x07, 9, 9, 9, 9, 0xff];
+    m.handle_client_datagram(now, addr("192.0.2.1:1000"), &routable);
+    assert_eq!(
+        select_routes(&outputs(&mut m)),
+        [Some(QuicLbRoute::ServerId(ServerId::new(&[0x07]).unwrap()))]
+    );
+    // The same connection id from another address: tracked, nothing decoded.
+    m.handle_client_datagram(now, addr("203.0.113.9:4000"), &routable);
+    assert!(select_routes(&outputs(&mut m)).is_empty());
+    // Another codepoint: a new flow, placed by the policy, with its reason.
+    let other = [0x40, 0x40 | 5, 0x07, 1, 1, 1, 1];
+    m.handle_client_datagram(now, addr("192.0.2.1:1000"), &other);
+    assert_eq!(
+        select_routes(&outputs(&mut m)),
+        [Some(QuicLbRoute::Fallback(QuicLbFallback::ConfigMismatch))]
+    );
+}
+
+#[test]
+fn clusters_without_quic_lb_select_without_a_route() {
+    let mut m = quic_manager();
+    m.handle_client_datagram(origin(), addr("192.0.2.1:1000"), &short(0));
+    assert_eq!(select_routes(&outputs(&mut m)), [None]);
+}
