@@ -153,8 +153,87 @@ fn cluster_add_sets_every_udp_knob_and_health() {
             flow_key: Some(1),
             one_way: Some(true),
             quic_cid_length: Some(16),
+            quic_lb_config_id: None,
+            quic_lb_server_id_length: None,
+            quic_lb_nonce_length: None,
         })
     );
+}
+
+#[test]
+fn quic_lb_flags_reach_the_cluster_and_backend_orders() {
+    let RequestType::AddCluster(cluster) = one(&[
+        "cluster",
+        "add",
+        "-i",
+        "q",
+        "--flow-key",
+        "quic-connection-id",
+        "--quic-lb-config-id",
+        "2",
+        "--quic-lb-server-id-length",
+        "1",
+        "--quic-lb-nonce-length",
+        "6",
+    ]) else {
+        panic!("not add_cluster");
+    };
+    let udp = cluster.udp.expect("udp knobs");
+    assert_eq!(
+        (
+            udp.quic_lb_config_id,
+            udp.quic_lb_server_id_length,
+            udp.quic_lb_nonce_length
+        ),
+        (Some(2), Some(1), Some(6))
+    );
+    assert_eq!(
+        one(&[
+            "backend",
+            "add",
+            "-i",
+            "q",
+            "--backend-id",
+            "b1",
+            "-a",
+            "10.0.0.1:443",
+            "--quic-lb-server-id",
+            "0A1b",
+        ]),
+        RequestType::AddBackend(AddBackend {
+            cluster_id: "q".into(),
+            backend_id: "b1".into(),
+            address: addr("10.0.0.1:443").into(),
+            quic_lb_server_id: Some(vec![0x0a, 0x1b]),
+            ..Default::default()
+        })
+    );
+    for (flag, bad) in [
+        ("--quic-lb-config-id", "7"),
+        ("--quic-lb-server-id-length", "16"),
+        ("--quic-lb-nonce-length", "3"),
+    ] {
+        let parsed = Cli::try_parse_from(["sozu", "cluster", "add", "-i", "q", flag, bad]);
+        let err = parsed.expect_err(bad).to_string();
+        assert!(err.contains(flag), "{err}");
+    }
+    for bad in ["", "0", "zz", "000102030405060708090a0b0c0d0e0f"] {
+        let parsed = Cli::try_parse_from([
+            "sozu",
+            "backend",
+            "add",
+            "-i",
+            "q",
+            "--backend-id",
+            "b1",
+            "-a",
+            "10.0.0.1:443",
+            "--quic-lb-server-id",
+            bad,
+        ]);
+        let err = parsed.expect_err(bad).to_string();
+        assert!(err.contains("--quic-lb-server-id"), "{bad}: {err}");
+    }
 }
 
 #[test]

@@ -1310,3 +1310,97 @@ fn dns_id_flow_key_reaches_the_order_and_excludes_one_way() {
     ));
     assert!(e.contains("flow_key") && e.contains("DNS_ID"), "{e}");
 }
+
+const UDP_QUIC_LB: &str = r#"
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:4433"
+
+[clusters.quic]
+protocol = "udp"
+frontends = [{ address = "127.0.0.1:4433" }]
+backends = [
+  { address = "127.0.0.1:5001", backend_id = "q1", quic_lb_server_id = "0A1b" },
+  { address = "127.0.0.1:5002", backend_id = "q2" },
+]
+
+[clusters.quic.udp]
+flow_key = "QUIC_CONNECTION_ID"
+"#;
+
+#[test]
+fn quic_lb_keys_reach_the_orders() {
+    let c = load(&format!(
+        "{UDP_QUIC_LB}quic_lb_config_id = 3\nquic_lb_server_id_length = 2\n"
+    ))
+    .unwrap();
+    let quic = &c.clusters["quic"];
+    assert_eq!(quic.backends[0].quic_lb_server_id, Some(vec![0x0a, 0x1b]));
+    assert_eq!(quic.backends[1].quic_lb_server_id, None);
+    let Some(crate::command::request::RequestType::AddCluster(cluster)) =
+        quic.add_order().request_type
+    else {
+        panic!("not add_cluster");
+    };
+    let udp = cluster.udp.unwrap();
+    assert_eq!(
+        (
+            udp.quic_lb_config_id,
+            udp.quic_lb_server_id_length,
+            udp.quic_lb_nonce_length
+        ),
+        (Some(3), Some(2), None)
+    );
+    let backend = c
+        .generate_orders()
+        .into_iter()
+        .find_map(|o| match o.request_type {
+            Some(crate::command::request::RequestType::AddBackend(b)) if b.backend_id == "q1" => {
+                Some(b)
+            }
+            _ => None,
+        })
+        .expect("q1's order");
+    assert_eq!(backend.quic_lb_server_id, Some(vec![0x0a, 0x1b]));
+}
+
+#[test]
+fn quic_lb_keys_are_checked_naming_the_key() {
+    for (extra, key) in [
+        ("quic_lb_server_id_length = 0\n", "quic_lb_server_id_length"),
+        (
+            "quic_lb_server_id_length = 16\n",
+            "quic_lb_server_id_length",
+        ),
+        // 8-octet ids leave 3 octets of nonce after a 4-octet server id.
+        ("quic_lb_server_id_length = 4\n", "quic_lb_server_id_length"),
+        (
+            "quic_lb_server_id_length = 1\nquic_lb_config_id = 7\n",
+            "quic_lb_config_id",
+        ),
+        (
+            "quic_lb_server_id_length = 2\nquic_lb_nonce_length = 6\n",
+            "quic_lb_nonce_length",
+        ),
+        ("quic_lb_config_id = 1\n", "quic_lb_config_id"),
+    ] {
+        let e = error(&format!("{UDP_QUIC_LB}{extra}"));
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+    // QUIC-LB needs QUIC keys.
+    let e = error(&UDP_QUIC_LB.replace(
+        "flow_key = \"QUIC_CONNECTION_ID\"",
+        "quic_lb_server_id_length = 1",
+    ));
+    assert!(e.contains("QUIC_CONNECTION_ID"), "{e}");
+    for bad in [
+        "\"0\"",
+        "\"zz\"",
+        "\"\"",
+        "7",
+        "\"000102030405060708090a0b0c0d0e0f\"",
+    ] {
+        let e = error(&UDP_QUIC_LB.replace("\"0A1b\"", bad));
+        assert!(e.contains("quic_lb_server_id"), "{bad}: {e}");
+    }
+}
