@@ -361,7 +361,7 @@ fn short_headers_naming_no_server_fall_back_and_are_counted() {
         .send_to(&short(7 << 5 | 0x11, 1), frontend)
         .expect("send unroutable");
     probe
-        .send_to(&short(u8::from(CONFIG_ID) << 5, 9), frontend)
+        .send_to(&short(CONFIG_ID << 5, 9), frontend)
         .expect("send unknown server");
     let m = sozu.wait_metrics("three fallbacks", METRICS, |m| {
         m.proxy_or_zero("udp.quic_lb.fallback.config_mismatch") == 1

@@ -880,7 +880,7 @@ fn parse_backend(
 
 /// Hex digits (an even count) as bytes.
 fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len())

@@ -59,7 +59,7 @@ impl ServerId {
     /// Parses hex digits (`"0a1b"`, an even count, 1 to 15 octets).
     pub fn from_hex(text: &str) -> Option<Self> {
         let text = text.as_bytes();
-        if text.len() % 2 != 0 || text.len() > 2 * MAX_SERVER_ID_LEN {
+        if !text.len().is_multiple_of(2) || text.len() > 2 * MAX_SERVER_ID_LEN {
             return None;
         }
         let mut bytes = [0u8; MAX_SERVER_ID_LEN];
