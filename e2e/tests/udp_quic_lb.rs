@@ -375,3 +375,47 @@ fn short_headers_naming_no_server_fall_back_and_are_counted() {
     let (_client, conn) = servers.connect(frontend);
     servers.transfer(&conn, "ok", 2);
 }
+
+#[test]
+fn a_server_id_off_the_cluster_length_or_taken_is_refused_and_leaves_no_trace() {
+    let servers = servers();
+    let (sozu, _) = sozu_for(&servers, None);
+    let add = |backend: &str, port: &str, server_id: &str| {
+        sozu.cli(&[
+            "backend",
+            "add",
+            "-i",
+            "q",
+            "--backend-id",
+            backend,
+            "-a",
+            &format!("127.0.0.1:{port}"),
+            "--quic-lb-server-id",
+            server_id,
+        ])
+    };
+    // Two octets on a cluster of one-octet server ids.
+    let out = add("s3", "5999", "0102");
+    assert!(!out.success(), "{out:?}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("quic_lb_server_id"), "{text}");
+    // Server 01 is s1's.
+    let out = add("s3", "5999", "01");
+    assert!(!out.success(), "{out:?}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("s1"), "{text}");
+    // Neither left a trace; a free id is accepted and listed.
+    let list = sozu.cli_ok(&["cluster", "list", "-i", "q"]).stdout;
+    assert!(!list.contains("s3"), "{list}");
+    let out = add("s4", "5998", "03");
+    assert!(out.success(), "{out:?}");
+    let list = sozu.cli_ok(&["cluster", "list", "-i", "q"]).stdout;
+    assert!(
+        list.contains("QUIC-LB SERVER ID") && list.contains("s4") && list.contains("03"),
+        "{list}"
+    );
+    assert!(
+        list.contains("quic_lb: config_id=1 server_id_length=1"),
+        "{list}"
+    );
+}
