@@ -6,6 +6,7 @@ fn info() -> ForwardInfo {
     ForwardInfo {
         client: "192.0.2.7:40000".parse().unwrap(),
         listener: "198.51.100.1:8080".parse().unwrap(),
+        tls: false,
     }
 }
 
@@ -89,6 +90,7 @@ fn ipv6_clients_are_quoted_in_forwarded() {
     let info = ForwardInfo {
         client: "[2001:db8::1]:5".parse().unwrap(),
         listener: "[::1]:80".parse().unwrap(),
+        tls: false,
     };
     let r = parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &info)
         .unwrap()
