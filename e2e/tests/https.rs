@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::stream::read_answer;
-use sozu_e2e::wait::poll_until;
+use sozu_e2e::wait::{now, poll_until};
 use sozu_e2e::{Sozu, SozuConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -396,7 +396,7 @@ fn an_https_listener_deactivated_activated_and_removed() {
 
 /// Reads until the proxy closes (`true`) or `limit` passes (`false`).
 fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    let start = Instant::now();
+    let start = now();
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
@@ -432,7 +432,7 @@ fn hostile_tls_clients_are_closed_and_counted() {
     assert!(closed_within(&mut oversized, WAIT), "oversized not closed");
     // A handshake that stalls after three bytes: closed at front_timeout
     // (2 s) from accept, though the client keeps dripping bytes.
-    let start = Instant::now();
+    let start = now();
     let mut stalled = TcpStream::connect(f.front).expect("connect");
     stalled.write_all(&[0x16, 0x03]).expect("write");
     std::thread::sleep(Duration::from_millis(1200));

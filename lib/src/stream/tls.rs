@@ -335,3 +335,42 @@ impl HandshakeHandles {
         crate::metrics::count(registry, handle, 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_counts_under_its_own_name() {
+        for why in [
+            HandshakeFailure::NotTls,
+            HandshakeFailure::OversizedRecord,
+            HandshakeFailure::Refused,
+            HandshakeFailure::Timeout,
+            HandshakeFailure::Aborted,
+        ] {
+            let name = names::FAILED[why as usize];
+            assert_eq!(
+                name.strip_prefix("https.handshake.failed."),
+                Some(why.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn rustls_errors_map_to_reasons() {
+        use rustls::{Error, InvalidMessage};
+        assert_eq!(
+            HandshakeFailure::of(&Error::InvalidMessage(InvalidMessage::InvalidContentType)),
+            HandshakeFailure::NotTls
+        );
+        assert_eq!(
+            HandshakeFailure::of(&Error::InvalidMessage(InvalidMessage::MessageTooLarge)),
+            HandshakeFailure::OversizedRecord
+        );
+        assert_eq!(
+            HandshakeFailure::of(&Error::NoCertificatesPresented),
+            HandshakeFailure::Refused
+        );
+    }
+}

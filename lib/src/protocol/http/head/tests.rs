@@ -363,3 +363,21 @@ fn a_repeated_content_length_is_forwarded_once() {
     assert_eq!(res.body, BodyKind::Length(2));
     assert_eq!(header(&headers_of(&res.forwarded), "content-length"), ["2"]);
 }
+
+#[test]
+fn a_tls_client_is_forwarded_as_https() {
+    let info = ForwardInfo {
+        tls: true,
+        ..info()
+    };
+    let r = parse_request(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: http\r\n\r\n",
+        &info,
+    )
+    .unwrap()
+    .unwrap();
+    let head = String::from_utf8(r.forwarded).unwrap();
+    assert!(head.contains("X-Forwarded-Proto: https\r\n"), "{head}");
+    assert!(!head.contains("X-Forwarded-Proto: http\r\n"), "{head}");
+    assert!(head.contains(";proto=https"), "{head}");
+}
