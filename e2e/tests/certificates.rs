@@ -416,8 +416,8 @@ backends = [{{ address = "{backend}" }}]
         "{frontends}"
     );
     assert!(
-        sozu.log().contains("not served yet"),
-        "the log says HTTPS is not served"
+        !sozu.log().contains("not served yet"),
+        "the log still says HTTPS is not served"
     );
 
     // The file's frontend certificate renewed, then `sozu reload`: the
