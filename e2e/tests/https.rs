@@ -141,6 +141,18 @@ fn https_get(
     host: &str,
     any_name: bool,
 ) -> Result<Seen, String> {
+    https_get_path(roots, proxy, sni, host, "/", any_name)
+}
+
+/// `GET path` for `host` over TLS with SNI `sni` to `proxy`.
+fn https_get_path(
+    roots: &Arc<RootCertStore>,
+    proxy: SocketAddr,
+    sni: &str,
+    host: &str,
+    path: &str,
+    any_name: bool,
+) -> Result<Seen, String> {
     let inner = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
         .build()
         .map_err(|e| e.to_string())?;
@@ -163,7 +175,8 @@ fn https_get(
         .set_read_timeout(Some(WAIT))
         .map_err(|e| e.to_string())?;
     let mut tls = StreamOwned::new(connection, socket);
-    write!(tls, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
     tls.flush().map_err(|e| format!("flush: {e}"))?;
     let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
     let mut reader = BufReader::new(tls);
@@ -182,7 +195,11 @@ fn https_get(
     })
 }
 
-/// A plain HTTP backend answering `backend=<name> proto=<X-Forwarded-Proto>`.
+/// The size of `/big`'s body.
+const BIG: usize = 4 << 20;
+
+/// A plain HTTP backend answering `backend=<name> proto=<X-Forwarded-Proto>`
+/// (and [`BIG`] bytes for `/big`).
 fn proto_backend(name: &str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
     let address = listener.local_addr().expect("address");
@@ -213,7 +230,11 @@ fn proto_backend(name: &str) -> SocketAddr {
                             }
                         }
                     }
-                    let body = format!("backend={name} proto={proto}");
+                    let body = if line.starts_with("GET /big ") {
+                        "0123456789abcdef".repeat(BIG / 16)
+                    } else {
+                        format!("backend={name} proto={proto}")
+                    };
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -499,4 +520,23 @@ fn curl_reaches_the_backend_through_https() {
         String::from_utf8_lossy(&out.stdout),
         "backend=a proto=https"
     );
+}
+
+#[test]
+fn a_large_response_crosses_tls_intact() {
+    let f = fixture();
+    let roots = f.ca.roots();
+    let big = https_get_path(
+        &roots,
+        f.front,
+        "a.example.com",
+        "a.example.com",
+        "/big",
+        false,
+    )
+    .unwrap_or_else(|e| panic!("big: {e}\n{}", f.sozu.log_tail(30)));
+    assert_eq!(big.status, 200);
+    assert_eq!(big.body.len(), BIG);
+    assert!(big.body.starts_with("0123456789abcdef") && big.body.ends_with("cdef"));
+    assert_eq!(big.body, "0123456789abcdef".repeat(BIG / 16));
 }
