@@ -262,6 +262,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with("")
+}
+
+/// [`fixture`] with `top` (top-level keys) first in config.toml.
+fn fixture_with(top: &str) -> Fixture {
     let dir = Sozu::temp_dir();
     let ca = Ca::new();
     let (default_pem, default_key, default_der) = ca.leaf(dir.path(), "default", &["default.test"]);
@@ -269,7 +274,7 @@ fn fixture() -> Fixture {
     let (b_pem, b_key, b_der) = ca.leaf(dir.path(), "b", &["b.example.com"]);
     let front = free_v4();
     let extra = format!(
-        r#"
+        r#"{top}
 [[listeners]]
 protocol = "https"
 address = "{front}"
@@ -539,4 +544,43 @@ fn a_large_response_crosses_tls_intact() {
     assert_eq!(big.body.len(), BIG);
     assert!(big.body.starts_with("0123456789abcdef") && big.body.ends_with("cdef"));
     assert_eq!(big.body, "0123456789abcdef".repeat(BIG / 16));
+}
+
+#[test]
+fn handshakes_that_fail_free_their_max_connections_slot() {
+    let f = fixture_with("max_connections = 2\n");
+    let roots = f.ca.roots();
+    // Two stalled handshakes hold both slots: a third client is closed at
+    // accept and counted.
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.front).expect("connect");
+            s.write_all(&[0x16, 0x03]).expect("write");
+            s
+        })
+        .collect();
+    f.sozu
+        .wait_metrics("both stalled clients accepted", WAIT, |m| {
+            m.proxy_or_zero("http.connections") >= 2
+        });
+    assert!(
+        https_get(&roots, f.front, "a.example.com", "a.example.com", false).is_err(),
+        "a third connection was served beyond max_connections"
+    );
+    f.sozu.wait_metrics("the third client refused", WAIT, |m| {
+        m.proxy_or_zero("http.connections_refused") >= 1
+    });
+    // Their deadline (front_timeout, 2 s) closes them and frees the slots.
+    for s in &mut stalled {
+        assert!(closed_within(s, WAIT), "stalled handshake not closed");
+    }
+    let served = poll_until(WAIT, || {
+        https_get(&roots, f.front, "a.example.com", "a.example.com", false)
+            .ok()
+            .filter(|s| s.status == 200)
+    });
+    assert!(served.is_some(), "slots not freed\n{}", f.sozu.log_tail(30));
+    f.sozu.wait_metrics("timeouts counted", WAIT, |m| {
+        m.proxy_or_zero("https.handshake.failed.timeout") == 2
+    });
 }
