@@ -584,3 +584,31 @@ fn handshakes_that_fail_free_their_max_connections_slot() {
         m.proxy_or_zero("https.handshake.failed.timeout") == 2
     });
 }
+
+#[test]
+fn update_https_listener_applies_to_new_connections() {
+    let f = fixture();
+    let roots = f.ca.roots();
+    f.sozu.cli_ok(&[
+        "https",
+        "listener",
+        "update",
+        "-a",
+        &f.front.to_string(),
+        "--front-timeout",
+        "5",
+    ]);
+    // The handshake deadline follows front_timeout: 5 s now, not 2 s.
+    let start = now();
+    let mut stalled = TcpStream::connect(f.front).expect("connect");
+    stalled.write_all(&[0x16, 0x03]).expect("write");
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(20)),
+        "not closed"
+    );
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(4500), "closed after {took:?}");
+    // And the listener (its TLS configuration rebuilt) still serves.
+    let a = https_get(&roots, f.front, "a.example.com", "a.example.com", false).expect("a");
+    assert_eq!((a.status, a.leaf == f.a_der), (200, true));
+}
