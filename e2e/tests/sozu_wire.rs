@@ -348,7 +348,7 @@ fn every_sozu_request_is_decoded_and_answered_with_the_expected_content_type() {
             }),
             Done,
         ),
-        // HTTPS (kept in the state, not served yet): a bad certificate is
+        // HTTPS: a bad certificate is
         // refused naming its field, a real one goes in, out and back.
         (
             RequestType::AddHttpsListener(HttpsListenerConfig {

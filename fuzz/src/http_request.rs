@@ -27,11 +27,13 @@ pub fn run(data: &[u8]) {
         ForwardInfo {
             client: SocketAddr::from(([192, 0, 2, 7], 40_000)),
             listener: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: control & 2 != 0,
         }
     } else {
         ForwardInfo {
             client: "[2001:db8::7]:40000".parse().expect("literal address"),
             listener: "[::1]:8080".parse().expect("literal address"),
+            tls: control & 2 != 0,
         }
     };
     let mut pos = 0;

@@ -17,6 +17,7 @@ fn info() -> ForwardInfo {
     ForwardInfo {
         client: SocketAddr::from(([192, 0, 2, 7], 40_000)),
         listener: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        tls: false,
     }
 }
 

@@ -307,9 +307,7 @@ fn https_listener_row(https: &HttpsListenerConfig, public: String) -> Vec<String
         "https".into(),
         address(&https.address),
         public,
-        // Kept in the state but not bound by any worker yet: the listing
-        // must not let an operator believe the address answers.
-        format!("{} (not served)", yes_no(https.active)),
+        yes_no(https.active),
         format!(
             "front_timeout={} back_timeout={} connect_timeout={} request_timeout={}",
             seconds(https.front_timeout),

@@ -239,7 +239,7 @@ pub(crate) fn certificate(cmd: &CertificateCmd) -> Result<Vec<Step>, PlanError> 
 /// `sozu https …`
 #[derive(Debug, Subcommand)]
 pub(crate) enum HttpsCmd {
-    /// HTTPS listeners (kept in the state; not served yet).
+    /// HTTPS listeners (HTTP/1.1 over TLS, served by the workers).
     #[command(subcommand)]
     Listener(HttpsListenerCmd),
     /// HTTPS frontends (address + hostname + path → cluster).
@@ -280,7 +280,7 @@ pub(crate) struct HttpsTlsArgs {
 /// `sozu https listener …`
 #[derive(Debug, Subcommand)]
 pub(crate) enum HttpsListenerCmd {
-    /// Add an HTTPS listener (active unless `--inactive`; not served yet).
+    /// Add an HTTPS listener (active unless `--inactive`).
     Add {
         #[command(flatten)]
         address: ListenerAddressArgs,

@@ -96,7 +96,7 @@ struct HandoverGroup {
 }
 
 /// Every listener of `state` with the options of its sockets (`None` for
-/// TCP and HTTP).
+/// TCP, HTTP and HTTPS).
 fn wanted(state: &ConfigState) -> Vec<(Key, Option<ListenerSocketOptions>)> {
     let udp = state
         .udp_listeners()
@@ -107,7 +107,10 @@ fn wanted(state: &ConfigState) -> Vec<(Key, Option<ListenerSocketOptions>)> {
     let http = state
         .http_listeners()
         .map(|(a, _)| (Key::new(ListenerType::Http, *a), None));
-    udp.chain(tcp).chain(http).collect()
+    let https = state
+        .https_listeners()
+        .map(|(a, _)| (Key::new(ListenerType::Https, *a), None));
+    udp.chain(tcp).chain(http).chain(https).collect()
 }
 
 impl ListenSockets {

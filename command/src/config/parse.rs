@@ -592,7 +592,6 @@ fn parse_listener(
                 request_timeout,
             };
             if protocol == "https" {
-                tracing::warn!(key = %table.path(), %address, "HTTPS listeners are accepted into the state but not served yet");
                 ListenerConfig::Https(Box::new(parse_https(&mut table, settings, base_dir)?))
             } else {
                 ListenerConfig::Http(settings)

@@ -21,6 +21,7 @@ pub(crate) mod session;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
@@ -34,6 +35,7 @@ use crate::stream::deadlines::Deadlines;
 use crate::stream::limit::ConnectionLimit;
 use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
 use crate::stream::socket::Side;
+use crate::stream::tls::{HandshakeHandles, TlsFront};
 use crate::stream::{
     seconds, ClusterKnobs, ListenerError, ListenerSet, ListenerToken, ProxyContext, Readiness,
     StreamKind, StreamProxy,
@@ -82,6 +84,8 @@ pub enum HttpError {
 pub struct HttpListenerData {
     config: HttpListenerConfig,
     handles: HttpHandles,
+    /// On an HTTPS listener: its handshake counters (clients speak TLS).
+    tls: Option<HandshakeHandles>,
 }
 
 impl HttpListenerData {
@@ -105,6 +109,9 @@ pub struct HttpProxy {
     clusters: HashMap<String, ClusterKnobs>,
     handles: HttpHandleCache,
     buffer_size: usize,
+    /// The rustls configuration of each HTTPS listener, by address (kept
+    /// by the worker from the TLS orders, see `crate::tls::TlsListeners`).
+    tls_configs: HashMap<SocketAddr, Arc<rustls::ServerConfig>>,
 }
 
 /// Splits the borrows a session call needs.
@@ -134,6 +141,7 @@ impl HttpProxy {
             clusters: HashMap::new(),
             handles: HttpHandleCache::default(),
             buffer_size: crate::stream::buffer_size(buffer_size),
+            tls_configs: HashMap::new(),
         }
     }
 
@@ -160,10 +168,61 @@ impl HttpProxy {
         let data = HttpListenerData {
             config: config.clone(),
             handles,
+            tls: None,
         };
         Ok(self
             .listeners
             .add(address, config.active, data, accept, ctx)?)
+    }
+
+    /// Adds an HTTPS listener: the HTTP proxying of an HTTP listener behind
+    /// a TLS handshake with `tls` (see [`Self::set_tls_config`]).
+    pub fn add_https_listener(
+        &mut self,
+        config: &sozu_command_lib::command::HttpsListenerConfig,
+        tls: Arc<rustls::ServerConfig>,
+        ctx: &mut ProxyContext<'_, HttpToken>,
+    ) -> Result<(), HttpError> {
+        let http = https_as_http(config);
+        let address = wire_address("address", &http.address)?;
+        let scope = crate::metrics::Scope::Listener(address);
+        let handles = HttpHandles::register(ctx.metrics, scope.clone());
+        let handshakes = HandshakeHandles::register(ctx.metrics, scope);
+        let accept = AcceptHandles {
+            connections: handles.connections,
+            refused: handles.refused,
+        };
+        let data = HttpListenerData {
+            config: http.clone(),
+            handles,
+            tls: Some(handshakes),
+        };
+        self.tls_configs.insert(address, tls);
+        let added = self.listeners.add(address, http.active, data, accept, ctx);
+        if added.is_err() {
+            self.tls_configs.remove(&address);
+        }
+        Ok(added?)
+    }
+
+    /// Replaces an HTTPS listener's settings after `update_https_listener`
+    /// (new connections only): its HTTP part and its rustls configuration.
+    pub fn set_https_listener(
+        &mut self,
+        config: &sozu_command_lib::command::HttpsListenerConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<(), HttpError> {
+        let http = https_as_http(config);
+        let address = wire_address("address", &http.address)?;
+        let listener = self.listeners.at_mut(address)?;
+        listener.data.config = http;
+        self.tls_configs.insert(address, tls);
+        Ok(())
+    }
+
+    /// True when the listener at `address` is an HTTPS one.
+    pub fn is_https(&self, address: SocketAddr) -> bool {
+        self.tls_configs.contains_key(&address)
     }
 
     /// Patches the listener's configuration (timeouts and `expect_proxy`
@@ -178,6 +237,23 @@ impl HttpProxy {
     /// The listening sockets (for an upgrade's hand-over).
     pub fn listen_sockets(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
         self.listeners.listen_sockets()
+    }
+
+    /// The listening sockets with their type, HTTP or HTTPS (for an
+    /// upgrade's hand-over).
+    pub fn typed_listen_sockets(&self) -> Vec<(ListenerType, SocketAddr, BorrowedFd<'_>)> {
+        self.listeners
+            .listen_sockets()
+            .into_iter()
+            .map(|(a, fd)| {
+                let proxy = if self.is_https(a) {
+                    ListenerType::Https
+                } else {
+                    ListenerType::Http
+                };
+                (proxy, a, fd)
+            })
+            .collect()
     }
 
     /// The local address a listener is bound to.
@@ -311,6 +387,7 @@ impl HttpProxy {
         result: Result<(), SessionEnd>,
         ctx: &mut ProxyContext<'_, HttpToken>,
     ) {
+        self.count_handshake(key, ctx);
         match result {
             Err(end) => self.close_session(key, now, end, ctx),
             Ok(()) => {
@@ -321,6 +398,23 @@ impl HttpProxy {
                         .ensure(&mut self.deadlines, key, Some(deadline));
                 }
             }
+        }
+    }
+
+    /// Counts a TLS handshake that ended during the last call.
+    fn count_handshake(&mut self, key: usize, ctx: &mut ProxyContext<'_, HttpToken>) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(event) = session.front.tls.as_mut().and_then(|t| t.take_event()) else {
+            return;
+        };
+        if let Some(handles) = self
+            .listeners
+            .get(session.listener)
+            .and_then(|l| l.data.tls)
+        {
+            handles.count(ctx.metrics, event);
         }
     }
 
@@ -339,10 +433,29 @@ impl HttpProxy {
             let expect_proxy = listener.data.config.expect_proxy;
             let address = listener.address;
             let handles = listener.data.handles;
+            let tls = match listener.data.tls {
+                None => None,
+                Some(_) => {
+                    let Some(config) = self.tls_configs.get(&address) else {
+                        tracing::warn!(listener = %address, "HTTPS listener without its TLS configuration: connection closed");
+                        continue;
+                    };
+                    match crate::tls::TlsTransport::new(config.clone()) {
+                        Ok(transport) => Some(TlsFront::new(transport)),
+                        Err(error) => {
+                            tracing::warn!(listener = %address, %error, "TLS connection setup failed: connection closed");
+                            continue;
+                        }
+                    }
+                }
+            };
             let entry = self.sessions.vacant_entry();
             let key = entry.key();
             let token = ctx.tokens.insert(HttpToken::Front(key));
-            let mut front = Side::new(stream, token, now);
+            let mut front = match tls {
+                Some(tls) => Side::with_tls(stream, token, now, tls),
+                None => Side::new(stream, token, now),
+            };
             if let Err(error) = front.register(ctx.registry) {
                 tracing::warn!(%error, "registering a client connection");
                 ctx.tokens.remove(token);
@@ -374,6 +487,17 @@ impl HttpProxy {
         let Some(mut session) = self.sessions.try_remove(key) else {
             return;
         };
+        if let Some(tls) = session.front.tls.as_mut() {
+            tls.closing(end == SessionEnd::IdleTimeout);
+            if let (Some(event), Some(handles)) = (
+                tls.take_event(),
+                self.listeners
+                    .get(session.listener)
+                    .and_then(|l| l.data.tls),
+            ) {
+                handles.count(ctx.metrics, event);
+            }
+        }
         let address = session.listener_address;
         let mut env = env!(self, ctx, key, address);
         session.teardown(now, end, &mut env);
@@ -389,6 +513,10 @@ impl StreamProxy for HttpProxy {
     type Listener = HttpListenerData;
     type Error = HttpError;
     const LISTENER_TYPE: ListenerType = ListenerType::Http;
+
+    fn serves(&self, proxy: ListenerType) -> bool {
+        matches!(proxy, ListenerType::Http | ListenerType::Https)
+    }
 
     fn listener_set(&mut self) -> &mut ListenerSet<HttpListenerData> {
         &mut self.listeners
@@ -423,6 +551,7 @@ impl StreamProxy for HttpProxy {
             self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
         }
         self.routers.remove(&address);
+        self.tls_configs.remove(&address);
         ctx.metrics
             .remove_scope(&crate::metrics::Scope::Listener(address));
         tracing::info!(listener = %address, "HTTP listener removed");
@@ -451,9 +580,30 @@ impl StreamProxy for HttpProxy {
         match order {
             RequestType::AddHttpListener(config) => self.add_listener(config, ctx),
             RequestType::UpdateHttpListener(update) => self.update_listener(update),
-            RequestType::AddHttpFrontend(f) => self.add_frontend(f),
-            RequestType::RemoveHttpFrontend(f) => self.remove_frontend(f),
+            RequestType::AddHttpFrontend(f) | RequestType::AddHttpsFrontend(f) => {
+                self.add_frontend(f)
+            }
+            RequestType::RemoveHttpFrontend(f) | RequestType::RemoveHttpsFrontend(f) => {
+                self.remove_frontend(f)
+            }
             _ => Ok(()),
         }
+    }
+}
+
+/// The HTTP part of an HTTPS listener's settings.
+fn https_as_http(config: &sozu_command_lib::command::HttpsListenerConfig) -> HttpListenerConfig {
+    HttpListenerConfig {
+        address: config.address,
+        public_address: config.public_address,
+        expect_proxy: config.expect_proxy,
+        sticky_name: config.sticky_name.clone(),
+        front_timeout: config.front_timeout,
+        back_timeout: config.back_timeout,
+        connect_timeout: config.connect_timeout,
+        request_timeout: config.request_timeout,
+        active: config.active,
+        http_answers: config.http_answers.clone(),
+        ..Default::default()
     }
 }

@@ -457,6 +457,7 @@ impl Session {
                 .stream
                 .local_addr()
                 .unwrap_or(self.listener_address),
+            tls: self.front.is_tls(),
         };
         match head::parse_request(self.front_in.data(), &info) {
             Ok(Some(request)) => {

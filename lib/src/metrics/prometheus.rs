@@ -31,7 +31,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PREFIX: &str = "sozu_";
 
 /// The dotted names that become one family with a `reason` label.
-const REASON_FAMILIES: &[&str] = &["udp.datagrams.dropped"];
+const REASON_FAMILIES: &[&str] = &["udp.datagrams.dropped", "https.handshake.failed"];
 
 /// A family's type, as the `# TYPE` line says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -202,7 +202,7 @@ pub struct Server {
     /// TCP and HTTP proxies (`streams.rs`).
     streams: Streams,
     /// HTTPS listeners' TLS side (certificates, rustls configs), kept from
-    /// the orders; not served yet.
+    /// the orders; the HTTP proxy serves them with it.
     tls: crate::tls::TlsListeners,
     statsd: Option<(StatsdSink, Duration, Option<Instant>)>,
     still_readable: Vec<Token>,

@@ -334,6 +334,7 @@ impl Server {
             RequestType::AddUdpListener(l) if !applied => (ListenerType::Udp, &l.address),
             RequestType::AddTcpListener(l) if !applied => (ListenerType::Tcp, &l.address),
             RequestType::AddHttpListener(l) if !applied => (ListenerType::Http, &l.address),
+            RequestType::AddHttpsListener(l) if !applied => (ListenerType::Https, &l.address),
             _ => return,
         };
         let Ok(address) = std::net::SocketAddr::try_from(address) else {

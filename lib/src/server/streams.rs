@@ -81,7 +81,9 @@ impl Streams {
     pub(super) fn adopt(&mut self, proxy: ListenerType, address: SocketAddr, fd: OwnedFd) -> bool {
         match proxy {
             ListenerType::Tcp => self.tcp.listener_set().adopt(vec![(address, fd)]),
-            ListenerType::Http => self.http.listener_set().adopt(vec![(address, fd)]),
+            ListenerType::Http | ListenerType::Https => {
+                self.http.listener_set().adopt(vec![(address, fd)])
+            }
             _ => return false,
         }
         true
@@ -97,7 +99,9 @@ impl Streams {
     pub(super) fn forget_adopted(&mut self, proxy: ListenerType, address: SocketAddr) {
         match proxy {
             ListenerType::Tcp => self.tcp.listener_set().forget_adopted(address),
-            ListenerType::Http => self.http.listener_set().forget_adopted(address),
+            ListenerType::Http | ListenerType::Https => {
+                self.http.listener_set().forget_adopted(address)
+            }
             _ => {}
         }
     }
@@ -109,12 +113,7 @@ impl Streams {
             .listen_sockets()
             .into_iter()
             .map(|(a, fd)| (ListenerType::Tcp, a, fd));
-        let http = self
-            .http
-            .listen_sockets()
-            .into_iter()
-            .map(|(a, fd)| (ListenerType::Http, a, fd));
-        tcp.chain(http).collect()
+        tcp.chain(self.http.typed_listen_sockets()).collect()
     }
 
     /// True when no TCP session and no HTTP connection is alive.
@@ -161,15 +160,21 @@ fn apply_order<P: StreamProxy>(
 where
     StreamOrderError: From<P::Error>,
 {
-    let mine = |proxy: ListenerType| proxy == P::LISTENER_TYPE;
+    let named = match order {
+        RequestType::RemoveListener(o) => Some(o.proxy()),
+        RequestType::ActivateListener(o) => Some(o.proxy()),
+        RequestType::DeactivateListener(o) => Some(o.proxy()),
+        _ => None,
+    };
+    let mine = named.is_some_and(|kind| proxy.serves(kind));
     match order {
-        RequestType::RemoveListener(o) if mine(o.proxy()) => {
+        RequestType::RemoveListener(o) if mine => {
             proxy.remove_listener(now, wire_address("address", &o.address)?, ctx)?
         }
-        RequestType::ActivateListener(o) if mine(o.proxy()) => proxy
+        RequestType::ActivateListener(o) if mine => proxy
             .listener_set()
             .activate(wire_address("address", &o.address)?, ctx)?,
-        RequestType::DeactivateListener(o) if mine(o.proxy()) => proxy
+        RequestType::DeactivateListener(o) if mine => proxy
             .listener_set()
             .deactivate(wire_address("address", &o.address)?, ctx)?,
         RequestType::AddCluster(cluster) => proxy.set_cluster(cluster),
@@ -252,6 +257,37 @@ impl Server {
             now,
             order,
             &mut stream_context!(self),
-        )
+        )?;
+        self.apply_https_listener_order(order)
+    }
+
+    /// `add_https_listener` / `update_https_listener`: the HTTP proxy
+    /// serves the listener with the rustls configuration the TLS side built
+    /// from the same order (`crate::tls::TlsListeners`, applied first).
+    fn apply_https_listener_order(&mut self, order: &RequestType) -> Result<(), StreamOrderError> {
+        let wire = match order {
+            RequestType::AddHttpsListener(config) => &config.address,
+            RequestType::UpdateHttpsListener(update) => &update.address,
+            _ => return Ok(()),
+        };
+        let address = wire_address("address", wire)?;
+        let (Some(config), Some(tls)) =
+            (self.state.https_listener(&address), self.tls.get(&address))
+        else {
+            return Err(ListenerError::UnknownListener {
+                kind: crate::stream::StreamKind::Https,
+                address,
+            }
+            .into());
+        };
+        let (config, tls) = (config.clone(), tls.config.clone());
+        if matches!(order, RequestType::AddHttpsListener(_)) {
+            self.streams
+                .http
+                .add_https_listener(&config, tls, &mut stream_context!(self))?;
+        } else {
+            self.streams.http.set_https_listener(&config, tls)?;
+        }
+        Ok(())
     }
 }

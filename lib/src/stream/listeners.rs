@@ -33,6 +33,8 @@ pub enum StreamKind {
     Tcp,
     /// HTTP/1.1.
     Http,
+    /// HTTP/1.1 over TLS.
+    Https,
 }
 
 impl StreamKind {
@@ -40,7 +42,7 @@ impl StreamKind {
     fn article(self) -> &'static str {
         match self {
             StreamKind::Tcp => "a",
-            StreamKind::Http => "an",
+            StreamKind::Http | StreamKind::Https => "an",
         }
     }
 }
@@ -50,6 +52,7 @@ impl fmt::Display for StreamKind {
         f.write_str(match self {
             StreamKind::Tcp => "TCP",
             StreamKind::Http => "HTTP",
+            StreamKind::Https => "HTTPS",
         })
     }
 }

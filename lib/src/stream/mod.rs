@@ -3,7 +3,8 @@
 //! soft-stop, accept budget and backlog, the `max_connections` gate and the
 //! listener error enum), relay buffers ([`buffer`]), sockets and backend
 //! connects ([`socket`]), session deadlines ([`deadlines`]), the worker-wide
-//! connection budget ([`limit`]) and what the loop lends a proxy on each
+//! connection budget ([`limit`]), the TLS end of an HTTPS client
+//! connection ([`tls`]) and what the loop lends a proxy on each
 //! call ([`context`]).
 //!
 //! Never reads the clock (callers pass `now`), never decides what a session
@@ -16,6 +17,7 @@ pub(crate) mod deadlines;
 pub(crate) mod limit;
 pub(crate) mod listeners;
 pub(crate) mod socket;
+pub(crate) mod tls;
 
 use std::time::Duration;
 
@@ -75,6 +77,12 @@ pub trait StreamProxy {
     type Error: From<ListenerError>;
     /// The listener type its orders name.
     const LISTENER_TYPE: sozu_command_lib::command::ListenerType;
+
+    /// True when orders naming listeners of type `proxy` are its own (HTTP
+    /// serves HTTPS listeners too).
+    fn serves(&self, proxy: sozu_command_lib::command::ListenerType) -> bool {
+        proxy == Self::LISTENER_TYPE
+    }
 
     /// Its listeners.
     fn listener_set(&mut self) -> &mut ListenerSet<Self::Listener>;

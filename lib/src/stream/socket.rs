@@ -20,6 +20,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::backends::{BackendId, BackendMap, ClusterId};
 use crate::load_balancing::mix64;
 
+use super::tls::TlsFront;
+
 pub(crate) use crate::listen_socket::LISTEN_BACKLOG;
 /// Connections accepted per listener per wake-up, so one busy listener
 /// cannot starve the others.
@@ -71,8 +73,11 @@ pub(crate) struct Side {
     pub read_closed: bool,
     /// We shut our sending half down.
     pub write_closed: bool,
-    /// Last read or write.
+    /// Last read or write (of plaintext, on a TLS side: the handshake
+    /// does not count, so its deadline runs from accept).
     pub last_activity: Instant,
+    /// The TLS layer of an HTTPS client connection.
+    pub tls: Option<Box<TlsFront>>,
 }
 
 /// The outcome of a read attempt.
@@ -97,7 +102,52 @@ impl Side {
             read_closed: false,
             write_closed: false,
             last_activity: now,
+            tls: None,
         }
+    }
+
+    /// A client side that speaks TLS through `tls`.
+    pub(crate) fn with_tls(stream: TcpStream, token: Token, now: Instant, tls: TlsFront) -> Self {
+        let mut side = Side::new(stream, token, now);
+        side.tls = Some(Box::new(tls));
+        side
+    }
+
+    /// True on an HTTPS client connection.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn read_tls(&mut self, space: &mut [u8], now: Instant) -> io::Result<ReadOutcome> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(ReadOutcome::Idle);
+        };
+        if self.read_closed || space.is_empty() {
+            return Ok(ReadOutcome::Idle);
+        }
+        let handshaking = tls.is_handshaking();
+        let read = tls.read(
+            &mut self.stream,
+            &mut self.readable,
+            &mut self.writable,
+            space,
+        )?;
+        if handshaking && !tls.is_handshaking() {
+            // The handshake's deadline is over; idle time counts from now.
+            self.last_activity = now;
+        }
+        Ok(match read {
+            Some(0) => {
+                self.read_closed = true;
+                self.last_activity = now;
+                ReadOutcome::Closed
+            }
+            Some(n) => {
+                self.last_activity = now;
+                ReadOutcome::Read(n)
+            }
+            None => ReadOutcome::Idle,
+        })
     }
 
     /// Registers the socket for reads and writes (edge triggered).
@@ -118,6 +168,9 @@ impl Side {
 
     /// Reads once into `space` if the side may be read.
     pub(crate) fn read_into(&mut self, space: &mut [u8], now: Instant) -> io::Result<ReadOutcome> {
+        if self.tls.is_some() {
+            return self.read_tls(space, now);
+        }
         if !self.readable || self.read_closed || space.is_empty() {
             return Ok(ReadOutcome::Idle);
         }
@@ -145,6 +198,16 @@ impl Side {
     /// Writes once from `data` if the side may be written; returns bytes
     /// written (0 when it would block or there is nothing to write).
     pub(crate) fn write_from(&mut self, data: &[u8], now: Instant) -> io::Result<usize> {
+        if let Some(tls) = self.tls.as_mut() {
+            if self.write_closed {
+                return Ok(0);
+            }
+            let n = tls.write(&mut self.stream, &mut self.writable, data)?;
+            if n > 0 {
+                self.last_activity = now;
+            }
+            return Ok(n);
+        }
         if !self.writable || data.is_empty() || self.write_closed {
             return Ok(0);
         }
@@ -168,6 +231,10 @@ impl Side {
     pub(crate) fn shutdown_write(&mut self) {
         if !self.write_closed {
             self.write_closed = true;
+            if let Some(tls) = self.tls.as_mut() {
+                tls.shutdown(&mut self.stream, &mut self.writable);
+                return;
+            }
             if let Err(error) = self.stream.shutdown(Shutdown::Write) {
                 tracing::debug!(%error, "shutdown(write)");
             }

@@ -1,9 +1,9 @@
-//! The worker's TLS side of its HTTPS listeners, kept live from the orders
-//! whether or not the listener is served yet: per listener, its checked
+//! The worker's TLS side of its HTTPS listeners, kept live from the orders:
+//! per listener, its checked
 //! policy, its certificate store (the listener's own certificate as the
 //! default, plus every `add_certificate`) and the `rustls::ServerConfig`
-//! built on them, which the HTTPS shell will hand to each
-//! [`super::TlsTransport`].
+//! built on them, which the HTTP proxy hands to each
+//! [`super::TlsTransport`] it starts on an HTTPS listener.
 //!
 //! [`TlsListeners::apply`] runs after the worker's state accepted an order:
 //! it loads what the order brings first and changes nothing on an error,
@@ -79,10 +79,6 @@ impl TlsListeners {
                 let store = Arc::new(CertificateStore::new());
                 let server_config = Self::build(config, store.clone())?;
                 store.set_default(default);
-                tracing::warn!(
-                    address = %at,
-                    "HTTPS listener kept with its certificates; HTTPS is not served yet"
-                );
                 self.listeners.insert(
                     at,
                     TlsListener {

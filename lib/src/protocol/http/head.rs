@@ -82,6 +82,9 @@ pub struct ForwardInfo {
     /// The local address the client connected to (`by=` and
     /// `X-Forwarded-Port`).
     pub listener: SocketAddr,
+    /// The client spoke TLS (an HTTPS listener): `X-Forwarded-Proto:
+    /// https` and `proto=https`.
+    pub tls: bool,
 }
 
 /// A parsed request head and the head to send to the backend.
@@ -284,6 +287,7 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
         let _ = write!(HeadWriter(&mut out), "Content-Length: {n}\r\n");
     }
     let client_ip = info.client.ip().to_canonical();
+    let scheme = if info.tls { "https" } else { "http" };
     if !xff.is_empty() {
         xff.push_str(", ");
     }
@@ -293,13 +297,14 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
     }
     let _ = write!(
         forwarded,
-        "for={};by={};proto=http",
+        "for={};by={};proto={}",
         forwarded_node(client_ip),
-        forwarded_node(info.listener.ip())
+        forwarded_node(info.listener.ip()),
+        scheme
     );
     let _ = write!(
         HeadWriter(&mut out),
-        "X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: {}\r\nForwarded: {forwarded}\r\n",
+        "X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {scheme}\r\nX-Forwarded-Port: {}\r\nForwarded: {forwarded}\r\n",
         info.listener.port()
     );
     if !keep_alive {

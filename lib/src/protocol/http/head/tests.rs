@@ -6,6 +6,7 @@ fn info() -> ForwardInfo {
     ForwardInfo {
         client: "192.0.2.7:40000".parse().unwrap(),
         listener: "198.51.100.1:8080".parse().unwrap(),
+        tls: false,
     }
 }
 
@@ -89,6 +90,7 @@ fn ipv6_clients_are_quoted_in_forwarded() {
     let info = ForwardInfo {
         client: "[2001:db8::1]:5".parse().unwrap(),
         listener: "[::1]:80".parse().unwrap(),
+        tls: false,
     };
     let r = parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &info)
         .unwrap()
@@ -360,4 +362,22 @@ fn a_repeated_content_length_is_forwarded_once() {
     .unwrap();
     assert_eq!(res.body, BodyKind::Length(2));
     assert_eq!(header(&headers_of(&res.forwarded), "content-length"), ["2"]);
+}
+
+#[test]
+fn a_tls_client_is_forwarded_as_https() {
+    let info = ForwardInfo {
+        tls: true,
+        ..info()
+    };
+    let r = parse_request(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: http\r\n\r\n",
+        &info,
+    )
+    .unwrap()
+    .unwrap();
+    let head = String::from_utf8(r.forwarded).unwrap();
+    assert!(head.contains("X-Forwarded-Proto: https\r\n"), "{head}");
+    assert!(!head.contains("X-Forwarded-Proto: http\r\n"), "{head}");
+    assert!(head.contains(";proto=https"), "{head}");
 }
