@@ -871,9 +871,6 @@ fn parse_backend(
     })
 }
 
-/// The default `quic_cid_length` (quinn's and most stacks' server CID length).
-pub(crate) const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
-
 fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
     UdpClusterSettings {
         affinity_key: UdpAffinityKey::SourceIp,
@@ -888,7 +885,7 @@ fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
         keep_flows_on_backend_removal: false,
         flow_key: UdpFlowKey::SourceAddress,
         one_way: false,
-        quic_cid_length: DEFAULT_QUIC_CID_LENGTH,
+        quic_cid_length: crate::limits::DEFAULT_QUIC_CID_LENGTH,
         health: None,
     }
 }
