@@ -637,10 +637,8 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
             let run_dir = dir.path().join(format!("{}-{round}", target.name()));
             let mut proc =
                 spawn_target(target, &installed, &run_dir, listen, &backends, proxy_cpu)?;
-            if let Err(e) = wait_answering(&mut proc, listen) {
-                let tail = proc.log_tail();
-                return Err(e.context(tail));
-            }
+            let ready = wait_answering(&mut proc, listen);
+            proc.ready_or_log(ready)?;
             let sample = if args.dnsperf {
                 let cpu0 = tree_cpu_seconds(proc.pid());
                 let (sent, answered, qps) = run_dnsperf(dir.path(), listen, args, load_cpu)?;

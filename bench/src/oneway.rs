@@ -313,10 +313,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
                 options,
                 proxy_cpu,
             )?;
-            if let Err(e) = wait_forwarding(&sinks, &probe, listen) {
-                let tail = proc.log_tail();
-                return Err(e.context(tail));
-            }
+            proc.ready_or_log(wait_forwarding(&sinks, &probe, listen))?;
             offer(
                 &sources,
                 &mut next,

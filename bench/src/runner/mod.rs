@@ -515,7 +515,7 @@ fn measure(
             one_way: false,
             dns_id: false,
         };
-        proxy = Some(proxies::start(
+        let mut proc = proxies::spawn(
             target,
             &ctx.installed,
             &dir,
@@ -523,7 +523,10 @@ fn measure(
             backends,
             options,
             ctx.cpu(PROXY_CPU),
-        )?);
+        )?;
+        let ready = proxies::wait_echo(&mut proc, listen);
+        proc.ready_or_log(ready)?;
+        proxy = Some(proc);
         vec![listen]
     };
     let before = proxy.as_ref().map(|p| tree_usage(p.pid()));

@@ -278,7 +278,7 @@ impl Server {
                         self.apply_stream_order(now, request_type)
                             .map_err(Into::into)
                     }
-                    Err(error) => Err(error.into()),
+                    Err(error) => Err(error),
                 },
             };
         self.forget_unused_socket(request_type, applied.is_ok());
