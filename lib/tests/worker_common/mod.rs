@@ -309,3 +309,23 @@ pub fn simple_setup(worker: &mut Worker, udp: UdpClusterConfig) -> (SocketAddr, 
     worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
     (listener, backend_socket)
 }
+
+/// Sets this process's soft RLIMIT_NOFILE to `soft` (the hard limit
+/// unchanged) and returns the limits it replaced, for the tests that start
+/// a worker under a small fd limit.
+pub fn set_soft_limit(soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer / in-pointer.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
+    }
+    old
+}
