@@ -11,9 +11,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 
 use sozu_command_lib::command::{
-    request::RequestType, response_content::ContentType, Cluster, HttpListenerConfig,
-    ListenSocketEntry, ListenerType, RequestTcpFrontend, ResponseStatus, ReturnListenSockets,
-    TcpListenerConfig,
+    request::RequestType, Cluster, HttpListenerConfig, ListenSocketEntry, ListenerType,
+    RequestTcpFrontend, TcpListenerConfig,
 };
 use sozu_lib::server::ServerConfig;
 use tcp_support::{client, echo_backend, free_port, read_to_end};
@@ -95,17 +94,7 @@ fn return_listen_sockets_includes_tcp_and_http_listeners_with_their_types() {
         active: true,
         ..Default::default()
     }));
-    let response = worker.order(RequestType::ReturnListenSockets(ReturnListenSockets {}));
-    assert_eq!(
-        response.status,
-        ResponseStatus::Ok as i32,
-        "{}",
-        response.message
-    );
-    let Some(ContentType::ListenSockets(manifest)) = response.content.and_then(|c| c.content_type)
-    else {
-        panic!("no manifest in the answer");
-    };
+    let manifest = worker.listen_sockets();
     let mut entries: Vec<(ListenerType, SocketAddr)> = manifest
         .entries
         .iter()

@@ -110,6 +110,25 @@ impl Worker {
         );
     }
 
+    /// Asks for the worker's listening sockets (`return_listen_sockets`),
+    /// which must succeed, and returns the manifest it answers with; the
+    /// sockets themselves follow on `scm`.
+    pub fn listen_sockets(&mut self) -> command::ListenSocketManifest {
+        let response = self.order(RequestType::ReturnListenSockets(
+            command::ReturnListenSockets {},
+        ));
+        assert_eq!(
+            response.status,
+            ResponseStatus::Ok as i32,
+            "return_listen_sockets refused: {}",
+            response.message
+        );
+        match response.content.and_then(|c| c.content_type) {
+            Some(ContentType::ListenSockets(manifest)) => manifest,
+            other => panic!("no manifest in the answer: {other:?}"),
+        }
+    }
+
     /// This worker's metrics as `name -> value` (proxy map: listener values
     /// under `name@address`, plus cluster and backend maps as
     /// `cluster/name` and `cluster/backend/name`).
