@@ -246,15 +246,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
     install_signal_handlers();
     let sozu = crate::runner::resolve_sozu(&args.target.sozu);
     let installed = Installed::detect(&sozu);
-    let wanted: Vec<Target> = if args.target.targets.is_empty() {
-        vec![Target::Sozu, Target::Nginx]
-    } else {
-        args.target
-            .targets
-            .iter()
-            .map(|t| Target::parse(t))
-            .collect::<anyhow::Result<_>>()?
-    };
+    let wanted = args.target.wanted(&[Target::Sozu, Target::Nginx])?;
     let mut targets = Vec::new();
     for t in wanted {
         match (t, installed.missing(t)) {

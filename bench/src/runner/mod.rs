@@ -49,6 +49,16 @@ pub(crate) struct TargetArgs {
     pub no_pin: bool,
 }
 
+impl TargetArgs {
+    /// The targets asked for by name (`--targets`), else `default`.
+    pub(crate) fn wanted(&self, default: &[Target]) -> anyhow::Result<Vec<Target>> {
+        if self.targets.is_empty() {
+            return Ok(default.to_vec());
+        }
+        self.targets.iter().map(|t| Target::parse(t)).collect()
+    }
+}
+
 /// The open-loop measurement of `oneway` and `dns`: many source ports,
 /// rounds of target alternation.
 #[derive(Args, Debug, Clone)]
@@ -318,15 +328,9 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     let duration = args.duration.unwrap_or(if args.quick { 2.0 } else { 5.0 });
     let sozu = resolve_sozu(&args.target.sozu);
     let installed = Installed::detect(&sozu);
-    let requested: Vec<Target> = if args.target.targets.is_empty() {
-        vec![Target::Direct, Target::Sozu, Target::Nginx, Target::Envoy]
-    } else {
+    let requested =
         args.target
-            .targets
-            .iter()
-            .map(|t| Target::parse(t))
-            .collect::<anyhow::Result<_>>()?
-    };
+            .wanted(&[Target::Direct, Target::Sozu, Target::Nginx, Target::Envoy])?;
     let mut targets = Vec::new();
     for t in requested {
         match installed.missing(t) {
