@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 
 use sozu_command_lib::command::{
     request::RequestType, Cluster, HttpListenerConfig, ListenSocketEntry, ListenerType,
-    RequestTcpFrontend, TcpListenerConfig,
+    RequestTcpFrontend,
 };
 use sozu_lib::server::ServerConfig;
 use tcp_support::{client, echo_backend, free_port, read_to_end};
@@ -23,18 +23,6 @@ use worker_common::*;
 fn exclusive_listener() -> (SocketAddr, OwnedFd) {
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
     (socket.local_addr().unwrap(), OwnedFd::from(socket))
-}
-
-fn tcp_listener(address: SocketAddr) -> TcpListenerConfig {
-    TcpListenerConfig {
-        address: address.into(),
-        public_address: None,
-        expect_proxy: false,
-        front_timeout: 30,
-        back_timeout: 30,
-        connect_timeout: 3,
-        active: true,
-    }
 }
 
 fn serve_echo(worker: &mut Worker, listener: SocketAddr) {

@@ -348,3 +348,17 @@ pub fn set_soft_limit(soft: u64) -> libc::rlimit {
     }
     old
 }
+
+/// An active TCP listener's order at `address`: 30 s timeouts, 3 s to
+/// connect, no PROXY header expected.
+pub fn tcp_listener(address: SocketAddr) -> command::TcpListenerConfig {
+    command::TcpListenerConfig {
+        address: address.into(),
+        public_address: None,
+        expect_proxy: false,
+        front_timeout: 30,
+        back_timeout: 30,
+        connect_timeout: 3,
+        active: true,
+    }
+}
