@@ -35,40 +35,29 @@ use crate::runner::processes::{
     check_interrupted, find_on_path, install_signal_handlers, tree_usage, Proc, Spawn,
 };
 use crate::runner::proxies::{self, Installed, ProxyOptions, Target};
+use crate::runner::{RoundArgs, TargetArgs};
 
 /// Options of `sozu-bench dns`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DnsArgs {
-    /// The sozu binary (default target/release/sozu, else next to this tool).
-    #[arg(long)]
-    pub(crate) sozu: Option<PathBuf>,
-    /// Targets, comma separated: sozu (DNS_ID), sozu-flows (responses = 1),
-    /// nginx, dnsdist (default: every installed one).
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) targets: Vec<String>,
+    /// The sozu binary, the targets (sozu: DNS_ID, sozu-flows:
+    /// responses = 1, nginx, dnsdist), pinning.
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Source ports (built-in load), measured seconds, warm-up (built-in
+    /// load), rounds.
+    #[command(flatten)]
+    pub(crate) load: RoundArgs,
     /// dnsperf → proxy → dnsmasq instead of the built-in load and
     /// responders.
     #[arg(long)]
     pub(crate) dnsperf: bool,
-    /// Built-in load: distinct source ports, used in turn (a new one for
-    /// every query until they wrap).
-    #[arg(long, default_value_t = 10_000)]
-    pub(crate) sources: usize,
     /// Built-in load: first source port (taken ports are skipped).
     #[arg(long, default_value_t = 14_000)]
     pub(crate) src_port_base: u16,
     /// Built-in load: offered queries per second.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) rate: u64,
-    /// Measured seconds per measurement.
-    #[arg(long, default_value_t = 5.0)]
-    pub(crate) duration: f64,
-    /// Built-in load: unmeasured seconds of load first.
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) warmup: f64,
-    /// Rounds of target alternation (the table shows medians).
-    #[arg(long, default_value_t = 3)]
-    pub(crate) rounds: u32,
     /// Backends (built-in responders, or dnsmasq instances).
     #[arg(long, default_value_t = 2)]
     pub(crate) backends: usize,
@@ -78,9 +67,6 @@ pub(crate) struct DnsArgs {
     /// dnsperf: outstanding queries (`-q`).
     #[arg(long, default_value_t = 1600)]
     pub(crate) outstanding: u32,
-    /// Do not pin (proxy on CPU 0, load on CPU 1).
-    #[arg(long)]
-    pub(crate) no_pin: bool,
 }
 
 /// A proxy under test.
@@ -518,7 +504,7 @@ fn run_dnsperf(
         "-d".into(),
         queries.display().to_string(),
         "-l".into(),
-        format!("{}", args.duration),
+        format!("{}", args.load.duration),
         "-c".into(),
         args.clients.to_string(),
         "-q".into(),
@@ -556,9 +542,9 @@ fn run_dnsperf(
 #[allow(clippy::disallowed_methods)] // benchmark shell: settle time
 pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
     install_signal_handlers();
-    let sozu = crate::runner::resolve_sozu(&args.sozu);
+    let sozu = crate::runner::resolve_sozu(&args.target.sozu);
     let installed = Installed::detect(&sozu);
-    let wanted: Vec<DnsTarget> = if args.targets.is_empty() {
+    let wanted: Vec<DnsTarget> = if args.target.targets.is_empty() {
         vec![
             DnsTarget::SozuDnsId,
             DnsTarget::SozuFlows,
@@ -566,7 +552,8 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
             DnsTarget::Dnsdist,
         ]
     } else {
-        args.targets
+        args.target
+            .targets
             .iter()
             .map(|t| DnsTarget::parse(t))
             .collect::<anyhow::Result<_>>()?
@@ -584,7 +571,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
     if targets.is_empty() {
         bail!("no target to measure");
     }
-    let (proxy_cpu, load_cpu) = if args.no_pin {
+    let (proxy_cpu, load_cpu) = if args.target.no_pin {
         (None, None)
     } else {
         (Some(0), Some(1))
@@ -614,7 +601,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
     let mut source_sockets = Vec::new();
     let mut collector = None;
     if !args.dnsperf {
-        source_sockets = sources(args.sources, args.src_port_base)?;
+        source_sockets = sources(args.load.sources, args.src_port_base)?;
         for s in &source_sockets {
             set_buffer(s, libc::SO_RCVBUF, 1 << 16);
         }
@@ -626,34 +613,32 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
             "dns (dnsperf): {} clients × {} outstanding, {} s, {} dnsmasq backend(s), {} rounds",
             args.clients,
             args.outstanding,
-            args.duration,
+            args.load.duration,
             backends.len(),
-            args.rounds
+            args.load.rounds
         );
     } else {
         println!(
             "dns (built-in): {} sources (a new one per query), {} queries/s offered, {} s measured after {} s, {} responders, {} rounds",
             source_sockets.len(),
             args.rate,
-            args.duration,
-            args.warmup,
+            args.load.duration,
+            args.load.warmup,
             backends.len(),
-            args.rounds
+            args.load.rounds
         );
     }
     let mut samples: Vec<(DnsTarget, Sample)> = Vec::new();
     let (mut next, mut id) = (0usize, 0u16);
-    for round in 0..args.rounds {
+    for round in 0..args.load.rounds {
         for &target in &targets {
             check_interrupted()?;
             let listen = proxies::free_udp_port()?;
             let run_dir = dir.path().join(format!("{}-{round}", target.name()));
             let mut proc =
                 spawn_target(target, &installed, &run_dir, listen, &backends, proxy_cpu)?;
-            if let Err(e) = wait_answering(&mut proc, listen) {
-                let tail = proc.log_tail();
-                return Err(e.context(tail));
-            }
+            let ready = wait_answering(&mut proc, listen);
+            proc.ready_or_log(ready)?;
             let sample = if args.dnsperf {
                 let cpu0 = tree_cpu_seconds(proc.pid());
                 let (sent, answered, qps) = run_dnsperf(dir.path(), listen, args, load_cpu)?;
@@ -676,7 +661,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                     &mut id,
                     listen,
                     args.rate,
-                    args.warmup,
+                    args.load.warmup,
                 );
                 std::thread::sleep(Duration::from_millis(300));
                 let (a0, m0) = (
@@ -690,7 +675,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                     &mut id,
                     listen,
                     args.rate,
-                    args.duration,
+                    args.load.duration,
                 );
                 std::thread::sleep(Duration::from_millis(500));
                 let cpu1 = tree_cpu_seconds(proc.pid());
@@ -699,7 +684,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                     sent,
                     answered,
                     misrouted: c.misrouted.load(Ordering::Relaxed) - m0,
-                    qps: answered as f64 / args.duration,
+                    qps: answered as f64 / args.load.duration,
                     cpu_seconds: cpu1 - cpu0,
                     fds: tree_usage(proc.pid()).fds,
                 }
@@ -724,7 +709,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
         }
     }
     drop(collector);
-    println!("\nmedians over {} rounds:", args.rounds);
+    println!("\nmedians over {} rounds:", args.load.rounds);
     println!("| target | answered | queries/s | proxy CPU µs / query | proxy fds |");
     println!("| --- | --- | --- | --- | --- |");
     let mut rows = Vec::new();

@@ -18,8 +18,9 @@ use clap::Args;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
+use sozu_lib::metrics::Histogram;
 
-use crate::stats::{classify_reply, Header, Histogram, Reply, RttSummary, HEADER_LEN};
+use crate::stats::{classify_reply, rtt_histogram, Header, Reply, RttSummary, HEADER_LEN};
 
 /// Flows opened per source address before moving to the next 127.0.0.x.
 const FLOWS_PER_SOURCE_IP: usize = 4000;
@@ -605,7 +606,7 @@ pub(crate) fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
         start,
         measure_start_ns: u64::MAX,
         buf: vec![0x5a; args.payload],
-        histogram: Histogram::default(),
+        histogram: rtt_histogram(),
         report: GenReport {
             flows: args.flows,
             active_flows: active,

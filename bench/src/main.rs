@@ -34,9 +34,10 @@ enum Cmd {
     Gen(generator::GenArgs),
     /// UDP echo backend (recvmmsg/sendmmsg, several sockets).
     Echo(echo::EchoArgs),
-    /// Scenario runner: direct vs sozu vs nginx vs envoy.
+    /// Scenario runner: direct vs sozu vs nginx vs envoy (the targets).
     Run(runner::RunArgs),
-    /// One-way load (no answers) from many sources: proxy CPU per datagram.
+    /// One-way load (no answers) from many sources: proxy CPU per datagram
+    /// (targets: sozu, nginx).
     Oneway(oneway::OneWayArgs),
     /// DNS-shaped one-reply queries, each from a new source port (or
     /// dnsperf → dnsmasq): sozu DNS_ID vs flows vs nginx vs dnsdist.
@@ -58,5 +59,48 @@ fn main() -> std::process::ExitCode {
             eprintln!("sozu-bench: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Cmd};
+
+    #[test]
+    fn shared_options_parse_the_same_in_every_command() {
+        Cli::command().debug_assert();
+        let parse = |command: &str| {
+            Cli::try_parse_from([
+                "sozu-bench",
+                command,
+                "--targets",
+                "sozu,nginx",
+                "--no-pin",
+                "--sozu",
+                "/bin/true",
+            ])
+            .expect("shared options parse")
+            .command
+        };
+        for command in ["run", "oneway", "dns"] {
+            let target = match parse(command) {
+                Cmd::Run(args) => args.target,
+                Cmd::Oneway(args) => args.target,
+                Cmd::Dns(args) => args.target,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(target.targets, ["sozu", "nginx"], "{command}");
+            assert!(target.no_pin, "{command}");
+            assert_eq!(target.sozu.as_deref(), Some("/bin/true".as_ref()));
+        }
+        let Cmd::Dns(dns) = Cli::try_parse_from(["sozu-bench", "dns", "--rounds", "2"])
+            .expect("dns parses")
+            .command
+        else {
+            panic!("dns");
+        };
+        assert_eq!((dns.load.rounds, dns.load.sources), (2, 10_000));
     }
 }

@@ -11,7 +11,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,43 +23,29 @@ use crate::runner::processes::{
     check_interrupted, install_signal_handlers, process_tree, tree_usage,
 };
 use crate::runner::proxies::{self, Installed, ProxyOptions, Target};
+use crate::runner::{RoundArgs, TargetArgs};
 
 /// Options of `sozu-bench oneway`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct OneWayArgs {
-    /// The sozu binary (default target/release/sozu, else next to this tool).
-    #[arg(long)]
-    pub sozu: Option<PathBuf>,
-    /// Targets, comma separated: sozu, nginx (default: both, when installed).
-    #[arg(long, value_delimiter = ',')]
-    pub targets: Vec<String>,
-    /// Distinct source ports (client sockets), used in turn.
-    #[arg(long, default_value_t = 10_000)]
-    pub sources: usize,
+    /// The sozu binary, the targets (sozu, nginx), pinning.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Source ports, measured seconds, warm-up, rounds.
+    #[command(flatten)]
+    pub load: RoundArgs,
     /// First source port (below the ephemeral range; taken ports are skipped).
     #[arg(long, default_value_t = 12_000)]
     pub src_port_base: u16,
     /// Offered datagrams per second, in total.
     #[arg(long, default_value_t = 40_000)]
     pub rate: u64,
-    /// Measured seconds per measurement.
-    #[arg(long, default_value_t = 5.0)]
-    pub duration: f64,
-    /// Unmeasured seconds of load before measuring.
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup: f64,
-    /// Rounds of target alternation (the table shows medians).
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
     /// Datagram size.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// Sink backends (sockets that count and never answer).
     #[arg(long, default_value_t = 4)]
     pub backends: usize,
-    /// Do not pin (proxy on CPU 0, this tool on CPU 1).
-    #[arg(long)]
-    pub no_pin: bool,
 }
 
 /// One measurement of one target.
@@ -259,16 +244,9 @@ pub(crate) fn pin_self(cpu: usize) {
 #[allow(clippy::disallowed_methods)] // benchmark shell: settle time
 pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
     install_signal_handlers();
-    let sozu = crate::runner::resolve_sozu(&args.sozu);
+    let sozu = crate::runner::resolve_sozu(&args.target.sozu);
     let installed = Installed::detect(&sozu);
-    let wanted: Vec<Target> = if args.targets.is_empty() {
-        vec![Target::Sozu, Target::Nginx]
-    } else {
-        args.targets
-            .iter()
-            .map(|t| Target::parse(t))
-            .collect::<anyhow::Result<_>>()?
-    };
+    let wanted = args.target.wanted(&[Target::Sozu, Target::Nginx])?;
     let mut targets = Vec::new();
     for t in wanted {
         match (t, installed.missing(t)) {
@@ -282,7 +260,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
     if targets.is_empty() {
         bail!("no target to measure");
     }
-    let (proxy_cpu, own_cpu) = if args.no_pin {
+    let (proxy_cpu, own_cpu) = if args.target.no_pin {
         (None, None)
     } else {
         (Some(0), Some(1))
@@ -291,7 +269,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
         pin_self(cpu);
     }
     let sinks = Sinks::start(args.backends)?;
-    let sources = sources(args.sources, args.src_port_base)?;
+    let sources = sources(args.load.sources, args.src_port_base)?;
     let probe = UdpSocket::bind("127.0.0.1:0")?;
     let payload = vec![b'x'; args.payload.max(1)];
     let dir = tempfile::tempdir()?;
@@ -303,11 +281,11 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
         args.rate,
         payload.len(),
         args.backends,
-        args.duration,
-        args.warmup,
-        args.rounds
+        args.load.duration,
+        args.load.warmup,
+        args.load.rounds
     );
-    for round in 0..args.rounds {
+    for round in 0..args.load.rounds {
         for &target in &targets {
             check_interrupted()?;
             let listen = proxies::free_udp_port()?;
@@ -327,17 +305,14 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
                 options,
                 proxy_cpu,
             )?;
-            if let Err(e) = wait_forwarding(&sinks, &probe, listen) {
-                let tail = proc.log_tail();
-                return Err(e.context(tail));
-            }
+            proc.ready_or_log(wait_forwarding(&sinks, &probe, listen))?;
             offer(
                 &sources,
                 &mut next,
                 listen,
                 &payload,
                 args.rate,
-                args.warmup,
+                args.load.warmup,
             );
             std::thread::sleep(Duration::from_millis(200));
             let (count0, cpu0) = (sinks.total(), tree_cpu_seconds(proc.pid()));
@@ -347,7 +322,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
                 listen,
                 &payload,
                 args.rate,
-                args.duration,
+                args.load.duration,
             );
             // In-flight datagrams land (the sinks keep counting).
             std::thread::sleep(Duration::from_millis(300));
@@ -381,7 +356,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
             samples.push((target, sample));
         }
     }
-    println!("\nmedians over {} rounds:", args.rounds);
+    println!("\nmedians over {} rounds:", args.load.rounds);
     println!("| target | delivered | proxy CPU µs / datagram | proxy fds | proxy RSS KiB |");
     println!("| --- | --- | --- | --- | --- |");
     let mut per_dgram = Vec::new();

@@ -3,10 +3,11 @@
 //! Owns the 24-byte header every generated datagram carries (flow id,
 //! sequence number, send timestamp), the classification of a reply that
 //! came back on a flow's socket (valid, misrouted, invalid), and the RTT
-//! histogram with its percentiles. Pure code: it never reads the clock and
+//! summary (the histogram is `sozu_lib::metrics::Histogram`). Pure code: it never reads the clock and
 //! never touches a socket, so it is unit-tested directly.
 
 use serde::{Deserialize, Serialize};
+use sozu_lib::metrics::Histogram;
 
 /// Marks a datagram as produced by `sozu-bench gen` ("SBNC").
 pub(crate) const MAGIC: u32 = 0x5342_4E43;
@@ -74,95 +75,11 @@ pub(crate) fn classify_reply(socket_flow: u32, datagram: &[u8]) -> Reply {
     }
 }
 
-/// Values below `1 << SUB_BITS` get one bucket each; above, every power of
-/// two is split into `1 << SUB_BITS` buckets (relative error < 1/256).
-const SUB_BITS: u32 = 7;
-const SUB_COUNT: u64 = 1 << SUB_BITS;
-const BUCKETS: usize = (SUB_COUNT as usize) * (64 - SUB_BITS as usize + 1);
-
-/// Log-linear histogram of u64 samples (nanoseconds), fixed memory.
-#[derive(Debug, Clone)]
-pub(crate) struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-    sum: u128,
-    max: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS],
-            total: 0,
-            sum: 0,
-            max: 0,
-        }
-    }
-}
-
-fn bucket_of(value: u64) -> usize {
-    if value < SUB_COUNT {
-        return value as usize;
-    }
-    let exponent = 63 - value.leading_zeros();
-    let shift = exponent - SUB_BITS;
-    let mantissa = (value >> shift) - SUB_COUNT;
-    (SUB_COUNT + u64::from(shift) * SUB_COUNT + mantissa) as usize
-}
-
-/// Midpoint of the range of values that fall into `bucket`.
-fn value_of(bucket: usize) -> u64 {
-    let bucket = bucket as u64;
-    if bucket < SUB_COUNT {
-        return bucket;
-    }
-    let shift = (bucket - SUB_COUNT) / SUB_COUNT;
-    let mantissa = (bucket - SUB_COUNT) % SUB_COUNT;
-    let low = (SUB_COUNT + mantissa) << shift;
-    low + ((1u64 << shift) >> 1)
-}
-
-impl Histogram {
-    /// Records one sample.
-    pub(crate) fn record(&mut self, value: u64) {
-        self.counts[bucket_of(value)] += 1;
-        self.total += 1;
-        self.sum += u128::from(value);
-        self.max = self.max.max(value);
-    }
-
-    /// Number of samples recorded.
-    pub(crate) fn count(&self) -> u64 {
-        self.total
-    }
-
-    /// Largest sample, `None` when empty.
-    pub(crate) fn max(&self) -> Option<u64> {
-        (self.total > 0).then_some(self.max)
-    }
-
-    /// Arithmetic mean, `None` when empty.
-    pub(crate) fn mean(&self) -> Option<f64> {
-        (self.total > 0).then(|| self.sum as f64 / self.total as f64)
-    }
-
-    /// The value at quantile `q` (0.0..=1.0): the smallest recorded bucket
-    /// whose cumulative count reaches `ceil(q * count)`. `None` when empty.
-    pub(crate) fn percentile(&self, q: f64) -> Option<u64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
-        let mut seen = 0u64;
-        for (bucket, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                // Never report more than the true maximum.
-                return Some(value_of(bucket).min(self.max));
-            }
-        }
-        Some(self.max)
-    }
+/// The RTT histogram: the worker's own log-linear histogram at its finest
+/// precision (percentiles at most 1/128 above the true value, exact below
+/// 128 ns).
+pub(crate) fn rtt_histogram() -> Histogram {
+    Histogram::with_precision(sozu_lib::metrics::MAX_PRECISION)
 }
 
 /// RTT summary in microseconds, as printed and serialised.
@@ -186,10 +103,11 @@ impl RttSummary {
     /// Summarises a histogram of nanosecond samples.
     pub(crate) fn from_histogram(h: &Histogram) -> RttSummary {
         let us = |ns: u64| ns as f64 / 1000.0;
+        let percentile = |q: f64| (h.count() > 0).then(|| us(h.quantile(q)));
         RttSummary {
-            p50_us: h.percentile(0.50).map(us),
-            p99_us: h.percentile(0.99).map(us),
-            p999_us: h.percentile(0.999).map(us),
+            p50_us: percentile(0.50),
+            p99_us: percentile(0.99),
+            p999_us: percentile(0.999),
             mean_us: h.mean().map(|m| m / 1000.0),
             max_us: h.max().map(us),
             samples: h.count(),
@@ -247,44 +165,35 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_of_uniform_samples() {
-        let mut h = Histogram::default();
-        assert_eq!(h.percentile(0.5), None);
+    fn rtt_summary_in_microseconds_within_one_percent() {
+        let mut h = rtt_histogram();
+        assert_eq!(RttSummary::from_histogram(&h), RttSummary::default());
         for v in 1..=100_000u64 {
             h.record(v * 10);
         }
-        let close = |got: u64, want: f64| (got as f64 - want).abs() / want < 0.01;
-        let p50 = h.percentile(0.5).unwrap();
-        let p99 = h.percentile(0.99).unwrap();
-        let p999 = h.percentile(0.999).unwrap();
-        assert!(close(p50, 500_000.0), "p50 {p50}");
-        assert!(close(p99, 990_000.0), "p99 {p99}");
-        assert!(close(p999, 999_000.0), "p999 {p999}");
-        assert_eq!(h.percentile(1.0), Some(1_000_000));
-        assert_eq!(h.count(), 100_000);
+        let s = RttSummary::from_histogram(&h);
+        let close = |got: Option<f64>, want: f64| {
+            let got = got.expect("samples recorded");
+            (got - want).abs() / want < 0.01
+        };
+        assert!(close(s.p50_us, 500.0), "{s:?}");
+        assert!(close(s.p99_us, 990.0), "{s:?}");
+        assert!(close(s.p999_us, 999.0), "{s:?}");
+        assert_eq!(s.max_us, Some(1000.0));
+        assert_eq!(s.mean_us, Some(500.005));
+        assert_eq!(s.samples, 100_000);
     }
 
     #[test]
-    fn small_values_are_exact_and_tail_is_seen() {
-        let mut h = Histogram::default();
+    fn small_rtts_are_exact_and_the_tail_is_seen() {
+        let mut h = rtt_histogram();
         for _ in 0..999 {
             h.record(5);
         }
         h.record(1_000_000_000);
-        assert_eq!(h.percentile(0.5), Some(5));
-        assert_eq!(h.percentile(0.999), Some(5));
-        let top = h.percentile(0.9999).unwrap();
-        assert!((top as f64 - 1e9).abs() / 1e9 < 0.01, "{top}");
-    }
-
-    #[test]
-    fn buckets_cover_the_whole_u64_range() {
-        for v in [0, 1, 127, 128, 255, 256, 1 << 20, u64::MAX / 3, u64::MAX] {
-            let b = bucket_of(v);
-            assert!(b < BUCKETS, "{v} -> {b}");
-            let mid = value_of(b) as f64;
-            assert!(v == 0 || (mid - v as f64).abs() / (v as f64) < 0.01, "{v}");
-        }
+        let s = RttSummary::from_histogram(&h);
+        assert_eq!((s.p50_us, s.p999_us), (Some(0.005), Some(0.005)));
+        assert_eq!(s.max_us, Some(1_000_000.0));
     }
 
     #[test]

@@ -11,6 +11,11 @@ pub const MAX_RX_DATAGRAM_SIZE: u32 = 65_507;
 /// (the wire keeps Sōzu's `int32` and its rule: ≤ 0 counts as 1).
 pub const MAX_WEIGHT: u32 = 255;
 
+/// The default `quic_cid_length` of a cluster keyed by QUIC connection ID
+/// (quinn's and most stacks' server CID length), for the configuration file
+/// and for a worker given an order that leaves it unset.
+pub const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
+
 /// Why a backend address cannot be used, if it cannot: a broadcast,
 /// multicast or unspecified (`0.0.0.0`, `::`) address receives nothing a
 /// proxy could forward to.

@@ -111,31 +111,15 @@ fn random_order(rng: &mut Rng, pool: &Pool) -> Vec<String> {
         }
         2 => {
             let addr = rng.pick(&pool.udp).clone();
-            if rng.chance(50) {
-                let flows = rng.below(50).to_string();
-                s(&[
-                    "udp",
-                    "listener",
-                    "update",
-                    "-a",
-                    &addr,
-                    "--max-flows",
-                    &flows,
-                ])
+            let (knob, value) = if rng.chance(50) {
+                ("--max-flows", rng.below(50).to_string())
             } else {
                 // 65507 is the largest UDP payload (the CLI refuses more
                 // before sending anything).
                 let size = *rng.pick(&["512", "1500", "9000", "65507"]);
-                s(&[
-                    "udp",
-                    "listener",
-                    "update",
-                    "-a",
-                    &addr,
-                    "--max-rx-datagram-size",
-                    size,
-                ])
-            }
+                ("--max-rx-datagram-size", size.to_owned())
+            };
+            s(&["udp", "listener", "update", "-a", &addr, knob, &value])
         }
         3 => {
             let verb = *rng.pick(&["add", "remove", "activate", "deactivate"]);

@@ -13,7 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use sozu_command_lib::command::{
     self, request::RequestType, ActivateListener, Cluster, DeactivateListener, HttpListenerConfig,
     ListenerType, PathRule, PathRuleKind, RemoveListener, RequestHttpFrontend, RequestTcpFrontend,
-    ResponseStatus, RulePosition, TcpListenerConfig,
+    ResponseStatus, RulePosition,
 };
 use sozu_lib::server::ServerExit;
 use tcp_support::http_backend::*;
@@ -24,18 +24,6 @@ fn cluster(id: &str) -> Cluster {
     Cluster {
         cluster_id: id.to_owned(),
         ..Cluster::default()
-    }
-}
-
-fn tcp_listener(address: SocketAddr, active: bool) -> TcpListenerConfig {
-    TcpListenerConfig {
-        address: address.into(),
-        public_address: None,
-        expect_proxy: false,
-        front_timeout: 30,
-        back_timeout: 30,
-        connect_timeout: 3,
-        active,
     }
 }
 
@@ -77,7 +65,7 @@ fn udp_tcp_and_http_listeners_are_served_at_once_by_one_worker() {
     let (udp_front, udp_backend) = simple_setup(&mut worker, Default::default());
     // TCP
     let tcp_front = free_port();
-    worker.ok(RequestType::AddTcpListener(tcp_listener(tcp_front, true)));
+    worker.ok(RequestType::AddTcpListener(tcp_listener(tcp_front)));
     worker.ok(RequestType::AddCluster(cluster("t")));
     worker.ok(RequestType::AddBackend(backend(
         "t",
@@ -193,7 +181,7 @@ fn a_tcp_listener_that_cannot_bind_is_refused_and_forgotten() {
     // Held without SO_REUSEPORT: our bind must fail.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
-    let refused = worker.order(RequestType::AddTcpListener(tcp_listener(address, true)));
+    let refused = worker.order(RequestType::AddTcpListener(tcp_listener(address)));
     assert_eq!(refused.status, ResponseStatus::Failure as i32);
     assert!(
         refused.message.contains("binding TCP listener"),
@@ -202,7 +190,7 @@ fn a_tcp_listener_that_cannot_bind_is_refused_and_forgotten() {
     );
     drop(taken);
     // The state rolled back: the same order now succeeds.
-    worker.ok(RequestType::AddTcpListener(tcp_listener(address, true)));
+    worker.ok(RequestType::AddTcpListener(tcp_listener(address)));
 }
 
 #[test]

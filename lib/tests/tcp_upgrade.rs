@@ -11,9 +11,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 
 use sozu_command_lib::command::{
-    request::RequestType, response_content::ContentType, Cluster, HttpListenerConfig,
-    ListenSocketEntry, ListenerType, RequestTcpFrontend, ResponseStatus, ReturnListenSockets,
-    TcpListenerConfig,
+    request::RequestType, Cluster, HttpListenerConfig, ListenSocketEntry, ListenerType,
+    RequestTcpFrontend,
 };
 use sozu_lib::server::ServerConfig;
 use tcp_support::{client, echo_backend, free_port, read_to_end};
@@ -24,18 +23,6 @@ use worker_common::*;
 fn exclusive_listener() -> (SocketAddr, OwnedFd) {
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
     (socket.local_addr().unwrap(), OwnedFd::from(socket))
-}
-
-fn tcp_listener(address: SocketAddr) -> TcpListenerConfig {
-    TcpListenerConfig {
-        address: address.into(),
-        public_address: None,
-        expect_proxy: false,
-        front_timeout: 30,
-        back_timeout: 30,
-        connect_timeout: 3,
-        active: true,
-    }
 }
 
 fn serve_echo(worker: &mut Worker, listener: SocketAddr) {
@@ -95,17 +82,7 @@ fn return_listen_sockets_includes_tcp_and_http_listeners_with_their_types() {
         active: true,
         ..Default::default()
     }));
-    let response = worker.order(RequestType::ReturnListenSockets(ReturnListenSockets {}));
-    assert_eq!(
-        response.status,
-        ResponseStatus::Ok as i32,
-        "{}",
-        response.message
-    );
-    let Some(ContentType::ListenSockets(manifest)) = response.content.and_then(|c| c.content_type)
-    else {
-        panic!("no manifest in the answer");
-    };
+    let manifest = worker.listen_sockets();
     let mut entries: Vec<(ListenerType, SocketAddr)> = manifest
         .entries
         .iter()

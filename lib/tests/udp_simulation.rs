@@ -32,16 +32,14 @@ const DEFAULT_STEPS: usize = 3_000;
 const CLIENTS: usize = 48;
 const BACKENDS: usize = 4;
 
-/// SplitMix64: small, seedable, good enough to pick actions.
+/// SplitMix64 (the library's mixer): small, seedable, good enough to pick
+/// actions.
 struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        sozu_lib::protocol::hash::mix64(self.0)
     }
 
     fn below(&mut self, n: u64) -> u64 {

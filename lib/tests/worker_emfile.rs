@@ -25,23 +25,6 @@ fn fill_fd_holes() -> (Vec<std::fs::File>, u64) {
     }
 }
 
-fn set_soft_limit(soft: u64) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer / in-pointer.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
-    }
-    old
-}
-
 #[test]
 fn out_of_fds_aborts_the_new_flow_counts_it_and_serving_goes_on() {
     let mut worker = Worker::start();

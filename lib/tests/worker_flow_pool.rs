@@ -13,23 +13,6 @@ use sozu_command_lib::command::request::RequestType;
 use sozu_command_lib::command::UdpClusterConfig;
 use worker_common::*;
 
-fn set_soft_limit(soft: u64) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer / in-pointer.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
-    }
-    old
-}
-
 /// Sends one datagram from each of `n` new client sockets (kept open) and
 /// waits until the listener accounted for all of them (created + shed).
 fn new_sources(worker: &mut Worker, listener: SocketAddr, n: usize, before: i64) -> Vec<UdpSocket> {

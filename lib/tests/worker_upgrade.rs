@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use sozu_command_lib::command::{
-    request::RequestType, response_content::ContentType, AdoptListenSockets, ListenSocketEntry,
-    ListenSocketManifest, ListenerType, ResponseStatus, ReturnListenSockets, UdpClusterConfig,
+    request::RequestType, AdoptListenSockets, ListenSocketEntry, ListenSocketManifest,
+    ListenerType, ResponseStatus, ReturnListenSockets, UdpClusterConfig,
 };
 use sozu_lib::server::{ServerConfig, StatsdConfig};
 use worker_common::*;
@@ -97,17 +97,7 @@ fn return_listen_sockets_passes_the_bound_sockets_with_their_manifest() {
     let mut worker = Worker::start_with_scm();
     let listener = free_udp_addr("127.0.0.1");
     let backend_socket = serve(&mut worker, listener);
-    let response = worker.order(RequestType::ReturnListenSockets(ReturnListenSockets {}));
-    assert_eq!(
-        response.status,
-        ResponseStatus::Ok as i32,
-        "{}",
-        response.message
-    );
-    let Some(ContentType::ListenSockets(manifest)) = response.content.and_then(|c| c.content_type)
-    else {
-        panic!("no manifest in the answer");
-    };
+    let manifest = worker.listen_sockets();
     assert_eq!(manifest.entries, vec![entry(listener)]);
     let sockets = worker
         .scm
@@ -161,13 +151,7 @@ fn after_handing_its_sockets_over_a_soft_stopping_worker_leaves_new_sources_to_i
     live.send_to(b"live", listener).unwrap();
     let (_, live_upstream) = recv(&backend_socket);
     // Upgrade: the old worker returns its socket, a new one adopts it.
-    let response = old.order(RequestType::ReturnListenSockets(ReturnListenSockets {}));
-    assert_eq!(
-        response.status,
-        ResponseStatus::Ok as i32,
-        "{}",
-        response.message
-    );
+    old.listen_sockets();
     let mut sockets = old
         .scm
         .as_ref()

@@ -34,6 +34,49 @@ const MAX_FLOWS: usize = 18_000;
 /// Longest the generator waits for its flows to be set up (seconds).
 const SETUP_LIMIT_S: f64 = 30.0;
 
+/// What every proxy-comparing command (`run`, `oneway`, `dns`) is told
+/// about its targets; each command's description names its targets.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TargetArgs {
+    /// The sozu binary (default target/release/sozu, else next to this tool).
+    #[arg(long)]
+    pub sozu: Option<PathBuf>,
+    /// Targets to compare, comma separated (default: every installed one).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Do not pin (with taskset: the proxy on CPU 0, the load on CPU 1).
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+impl TargetArgs {
+    /// The targets asked for by name (`--targets`), else `default`.
+    pub(crate) fn wanted(&self, default: &[Target]) -> anyhow::Result<Vec<Target>> {
+        if self.targets.is_empty() {
+            return Ok(default.to_vec());
+        }
+        self.targets.iter().map(|t| Target::parse(t)).collect()
+    }
+}
+
+/// The open-loop measurement of `oneway` and `dns`: many source ports,
+/// rounds of target alternation.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RoundArgs {
+    /// Distinct source ports (client sockets), used in turn.
+    #[arg(long, default_value_t = 10_000)]
+    pub sources: usize,
+    /// Measured seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unmeasured seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Rounds of target alternation (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}
+
 /// Options of `sozu-bench run`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct RunArgs {
@@ -46,12 +89,9 @@ pub(crate) struct RunArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
-    /// The sozu binary (default target/release/sozu, else next to this tool).
-    #[arg(long)]
-    pub sozu: Option<PathBuf>,
-    /// Targets to compare, comma separated (default: all installed).
-    #[arg(long, value_delimiter = ',')]
-    pub targets: Vec<String>,
+    /// The sozu binary, the targets, pinning.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Rounds of A B A B alternation (default 3, quick 2).
     #[arg(long)]
     pub rounds: Option<u32>,
@@ -64,9 +104,6 @@ pub(crate) struct RunArgs {
     /// Echo backend sockets.
     #[arg(long, default_value_t = 4)]
     pub backends: usize,
-    /// Do not pin with taskset.
-    #[arg(long)]
-    pub no_pin: bool,
     /// Also write every sample as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -289,16 +326,11 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     };
     let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 3 }).max(1);
     let duration = args.duration.unwrap_or(if args.quick { 2.0 } else { 5.0 });
-    let sozu = resolve_sozu(&args.sozu);
+    let sozu = resolve_sozu(&args.target.sozu);
     let installed = Installed::detect(&sozu);
-    let requested: Vec<Target> = if args.targets.is_empty() {
-        vec![Target::Direct, Target::Sozu, Target::Nginx, Target::Envoy]
-    } else {
-        args.targets
-            .iter()
-            .map(|t| Target::parse(t))
-            .collect::<anyhow::Result<_>>()?
-    };
+    let requested =
+        args.target
+            .wanted(&[Target::Direct, Target::Sozu, Target::Nginx, Target::Envoy])?;
     let mut targets = Vec::new();
     for t in requested {
         match installed.missing(t) {
@@ -309,7 +341,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     if targets.is_empty() {
         bail!("no target can run");
     }
-    let pin = !args.no_pin && processes::find_on_path("taskset").is_some();
+    let pin = !args.target.no_pin && processes::find_on_path("taskset").is_some();
     let exe = std::env::current_exe().context("locating sozu-bench itself")?;
     let temp = tempfile::Builder::new().prefix("sozu-bench-").tempdir()?;
     processes::install_signal_handlers();
@@ -487,7 +519,7 @@ fn measure(
             one_way: false,
             dns_id: false,
         };
-        proxy = Some(proxies::start(
+        let mut proc = proxies::spawn(
             target,
             &ctx.installed,
             &dir,
@@ -495,7 +527,10 @@ fn measure(
             backends,
             options,
             ctx.cpu(PROXY_CPU),
-        )?);
+        )?;
+        let ready = proxies::wait_echo(&mut proc, listen);
+        proc.ready_or_log(ready)?;
+        proxy = Some(proc);
         vec![listen]
     };
     let before = proxy.as_ref().map(|p| tree_usage(p.pid()));

@@ -186,6 +186,12 @@ impl Proc {
         }
     }
 
+    /// `ready` as it is, or its error with the last lines of this
+    /// process's log attached: a proxy that never became ready says why.
+    pub(crate) fn ready_or_log(&self, ready: anyhow::Result<()>) -> anyhow::Result<()> {
+        ready.map_err(|e| e.context(self.log_tail()))
+    }
+
     /// Last lines of the log file, for error messages.
     pub(crate) fn log_tail(&self) -> String {
         let Some(path) = &self.log else {

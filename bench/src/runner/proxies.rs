@@ -298,26 +298,10 @@ pub(crate) fn envoy_config(listen: SocketAddr, backends: &[SocketAddr], o: Proxy
 }
 
 /// Starts `target` listening on `listen`, forwarding to `backends`, pinned
-/// to `cpu`, with its files in `dir`; returns once it forwards.
-pub(crate) fn start(
-    target: Target,
-    installed: &Installed,
-    dir: &Path,
-    listen: SocketAddr,
-    backends: &[SocketAddr],
-    options: ProxyOptions,
-    cpu: Option<usize>,
-) -> anyhow::Result<Proc> {
-    let mut proc = spawn(target, installed, dir, listen, backends, options, cpu)?;
-    if let Err(e) = wait_ready(&mut proc, listen) {
-        let tail = proc.log_tail();
-        return Err(e.context(tail));
-    }
-    Ok(proc)
-}
-
-/// Starts `target` as [`start`] does, without waiting for it to forward
-/// (one-way traffic has no echo to wait for: the caller checks readiness).
+/// to `cpu`, with its files in `dir`. It does not wait for it to forward:
+/// the caller checks readiness its own way ([`wait_echo`] through echo
+/// backends; one-way and DNS traffic have their own) and passes the result
+/// to [`Proc::ready_or_log`].
 pub(crate) fn spawn(
     target: Target,
     installed: &Installed,
@@ -393,7 +377,7 @@ pub(crate) fn spawn(
 
 /// Sends probe datagrams through `listen` until one comes back.
 #[allow(clippy::disallowed_methods)] // runner shell: bounded wait
-fn wait_ready(proc: &mut Proc, listen: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn wait_echo(proc: &mut Proc, listen: SocketAddr) -> anyhow::Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.connect(listen)?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;

@@ -397,30 +397,24 @@ mod tests {
         let first = Sample::from_metrics(&metrics(100, 0));
         assert_eq!(first.listeners["127.0.0.1:53"].flows, 2);
         assert!(!first.clusters.contains_key("web"), "no UDP figures");
+        // The cells of the frame's row that starts with `first`.
+        let row = |text: &str, first: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.starts_with(first));
+            let line = line.unwrap_or_else(|| panic!("no {first} row in\n{text}"));
+            line.split_whitespace().map(str::to_owned).collect()
+        };
         let text = frame(1, &first, None, 1.0, 20);
-        let row = text
-            .lines()
-            .find(|l| l.starts_with("127.0.0.1:53"))
-            .unwrap();
         assert_eq!(
-            row.split_whitespace().collect::<Vec<_>>(),
+            row(&text, "127.0.0.1:53"),
             ["127.0.0.1:53", "2", "-", "-", "-", "-"]
         );
         let second = Sample::from_metrics(&metrics(300, 10));
         let text = frame(2, &second, Some(&first), 2.0, 20);
-        let row = text
-            .lines()
-            .find(|l| l.starts_with("127.0.0.1:53"))
-            .unwrap();
         assert_eq!(
-            row.split_whitespace().collect::<Vec<_>>(),
+            row(&text, "127.0.0.1:53"),
             ["127.0.0.1:53", "2", "100.0", "0.0", "5.0", "shed=5.0"]
         );
-        let row = text.lines().find(|l| l.starts_with("dns")).unwrap();
-        assert_eq!(
-            row.split_whitespace().collect::<Vec<_>>(),
-            ["dns", "0", "100.0", "0.0", "-", "-"]
-        );
+        assert_eq!(row(&text, "dns"), ["dns", "0", "100.0", "0.0", "-", "-"]);
     }
 
     #[test]

@@ -5,8 +5,23 @@
 use std::net::SocketAddr;
 
 use sozu_command_lib::command::request::RequestType;
-use sozu_command_lib::command::{ListenerType, Request, SocketAddress};
+use sozu_command_lib::command::{ListenerType, Request, RequestHttpFrontend, SocketAddress};
 use sozu_command_lib::state::ConfigState;
+
+/// `+ http frontend 127.0.0.1:80 host "a.example" path "/" -> cluster web`
+/// (`deny` for a frontend without a cluster); `what` is the sign and the
+/// protocol (HTTP and HTTPS frontends are the same order shape).
+fn http_frontend(what: &str, f: &RequestHttpFrontend) -> String {
+    format!(
+        "{what} frontend {} host {:?} path {:?} -> {}",
+        address(&f.address),
+        f.hostname,
+        f.path.value,
+        f.cluster_id
+            .as_ref()
+            .map_or_else(|| "deny".to_owned(), |c| format!("cluster {c}"))
+    )
+}
 
 fn address(wire: &SocketAddress) -> String {
     SocketAddr::try_from(wire).map_or_else(|_| "<invalid address>".to_owned(), |a| a.to_string())
@@ -122,38 +137,14 @@ pub(crate) fn describe(order: &Request, current: &ConfigState) -> String {
             address(&f.address),
             f.cluster_id
         ),
-        RequestType::AddHttpFrontend(f) | RequestType::RemoveHttpFrontend(f) => format!(
-            "{} http frontend {} host {:?} path {:?} -> {}",
-            if matches!(request_type, RequestType::AddHttpFrontend(_)) {
-                "+"
-            } else {
-                "-"
-            },
-            address(&f.address),
-            f.hostname,
-            f.path.value,
-            f.cluster_id
-                .as_ref()
-                .map_or_else(|| "deny".to_owned(), |c| format!("cluster {c}"))
-        ),
+        RequestType::AddHttpFrontend(f) => http_frontend("+ http", f),
+        RequestType::RemoveHttpFrontend(f) => http_frontend("- http", f),
         RequestType::AddHttpsListener(c) => format!("+ https listener {}", address(&c.address)),
         RequestType::UpdateHttpsListener(u) => {
             format!("~ https listener {}", address(&u.address))
         }
-        RequestType::AddHttpsFrontend(f) | RequestType::RemoveHttpsFrontend(f) => format!(
-            "{} https frontend {} host {:?} path {:?} -> {}",
-            if matches!(request_type, RequestType::AddHttpsFrontend(_)) {
-                "+"
-            } else {
-                "-"
-            },
-            address(&f.address),
-            f.hostname,
-            f.path.value,
-            f.cluster_id
-                .as_ref()
-                .map_or_else(|| "deny".to_owned(), |c| format!("cluster {c}"))
-        ),
+        RequestType::AddHttpsFrontend(f) => http_frontend("+ https", f),
+        RequestType::RemoveHttpsFrontend(f) => http_frontend("- https", f),
         RequestType::AddCertificate(c) => format!(
             "+ certificate {} on https listener {}",
             certificate_fingerprint(&c.certificate.certificate),

@@ -58,7 +58,7 @@ pub(crate) fn check(after: &ConfigState, request: &Request) -> Result<(), WouldR
             }
         }
         RequestType::AddCluster(cluster) => {
-            sozu_lib::udp::shell::check_cluster(cluster).map_err(|e| chain(&e))
+            sozu_lib::server::check_cluster(cluster).map_err(|e| chain(&e))
         }
         RequestType::AddHttpFrontend(frontend) => {
             Router::check(frontend).map_err(|e| chain(&e))?;

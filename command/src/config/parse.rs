@@ -888,9 +888,6 @@ fn parse_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The default `quic_cid_length` (quinn's and most stacks' server CID length).
-pub(crate) const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
-
 fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
     UdpClusterSettings {
         affinity_key: UdpAffinityKey::SourceIp,
@@ -905,7 +902,7 @@ fn default_udp_cluster(send_proxy: bool) -> UdpClusterSettings {
         keep_flows_on_backend_removal: false,
         flow_key: UdpFlowKey::SourceAddress,
         one_way: false,
-        quic_cid_length: DEFAULT_QUIC_CID_LENGTH,
+        quic_cid_length: crate::limits::DEFAULT_QUIC_CID_LENGTH,
         quic_lb: None,
         health: None,
     }

@@ -1268,6 +1268,17 @@ fn packaged_config_toml_loads() {
     assert_eq!(c.clusters["dns"].protocol, ClusterProtocol::Udp);
 }
 
+/// The UDP part of the `add_cluster` order for the `dns` cluster of
+/// [`UDP_DNS`] with `udp_keys` in its `[clusters.dns.udp]` block.
+fn dns_udp_order(udp_keys: &str) -> crate::command::UdpClusterConfig {
+    let c = load(&format!("{UDP_DNS}\n[clusters.dns.udp]\n{udp_keys}\n")).unwrap();
+    let order = c.clusters["dns"].add_order();
+    let Some(crate::command::request::RequestType::AddCluster(cluster)) = order.request_type else {
+        panic!("not add_cluster: {order:?}");
+    };
+    cluster.udp.expect("a UDP cluster's order has a udp block")
+}
+
 #[test]
 fn quic_cid_length_is_one_to_twenty_and_reaches_the_order() {
     for bad in ["0", "21", "-1", "\"8\""] {
@@ -1276,15 +1287,7 @@ fn quic_cid_length_is_one_to_twenty_and_reaches_the_order() {
         ));
         assert!(e.contains("quic_cid_length"), "{bad}: {e}");
     }
-    let c = load(&format!(
-        "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"QUIC_CONNECTION_ID\"\nquic_cid_length = 4\n"
-    ))
-    .unwrap();
-    let order = c.clusters["dns"].add_order();
-    let Some(crate::command::request::RequestType::AddCluster(cluster)) = order.request_type else {
-        panic!("not add_cluster: {order:?}");
-    };
-    let udp = cluster.udp.unwrap();
+    let udp = dns_udp_order("flow_key = \"QUIC_CONNECTION_ID\"\nquic_cid_length = 4");
     assert_eq!(udp.quic_cid_length, Some(4));
     assert_eq!(
         udp.flow_key,
@@ -1294,15 +1297,7 @@ fn quic_cid_length_is_one_to_twenty_and_reaches_the_order() {
 
 #[test]
 fn dns_id_flow_key_reaches_the_order_and_excludes_one_way() {
-    let c = load(&format!(
-        "{UDP_DNS}\n[clusters.dns.udp]\nflow_key = \"DNS_ID\"\nback_timeout = 2\n"
-    ))
-    .unwrap();
-    let order = c.clusters["dns"].add_order();
-    let Some(crate::command::request::RequestType::AddCluster(cluster)) = order.request_type else {
-        panic!("not add_cluster: {order:?}");
-    };
-    let udp = cluster.udp.unwrap();
+    let udp = dns_udp_order("flow_key = \"DNS_ID\"\nback_timeout = 2");
     assert_eq!(udp.flow_key, Some(crate::command::UdpFlowKey::DnsId as i32));
     assert_eq!(udp.back_timeout, Some(2));
     let e = error(&format!(

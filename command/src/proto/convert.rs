@@ -19,6 +19,27 @@ pub enum AddressError {
     PortOutOfRange(u32),
 }
 
+/// An order's address field that cannot be a socket address, naming the
+/// field: what a worker answers for it (UDP, TCP and HTTP alike).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: invalid address")]
+pub struct FieldAddressError {
+    /// The order's field (`address`, `public_address`…).
+    pub field: &'static str,
+    /// Why it is not an address.
+    #[source]
+    pub source: AddressError,
+}
+
+/// An order's address field as a socket address, or an error naming the
+/// field. The one conversion every worker-side order handler uses.
+pub fn wire_address(
+    field: &'static str,
+    wire: &SocketAddress,
+) -> Result<SocketAddr, FieldAddressError> {
+    SocketAddr::try_from(wire).map_err(|source| FieldAddressError { field, source })
+}
+
 impl From<SocketAddr> for SocketAddress {
     fn from(addr: SocketAddr) -> Self {
         SocketAddress {
@@ -121,6 +142,21 @@ mod tests {
         assert_eq!(
             SocketAddr::try_from(&wire),
             Err(AddressError::PortOutOfRange(70_000))
+        );
+    }
+
+    #[test]
+    fn a_bad_address_field_is_named_with_its_cause() {
+        let mut wire = SocketAddress::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        wire.port = 70_000;
+        let error = wire_address("public_address", &wire).unwrap_err();
+        assert_eq!(error.field, "public_address");
+        assert_eq!(error.source, AddressError::PortOutOfRange(70_000));
+        assert_eq!(error.to_string(), "public_address: invalid address");
+        let cause = std::error::Error::source(&error).map(ToString::to_string);
+        assert_eq!(
+            cause.as_deref(),
+            Some("port 70000 is out of range (0..=65535)")
         );
     }
 

@@ -67,7 +67,8 @@ pub struct HealthConfig {
 }
 
 impl Default for HealthConfig {
-    /// CONFIG.md's defaults, with probing off.
+    /// The defaults doc/configure.md lists for `[clusters.<id>.udp.health]`,
+    /// with probing off.
     fn default() -> Self {
         HealthConfig {
             mode: HealthMode::Off,

@@ -29,11 +29,12 @@ use sozu_command_lib::command::{
     request::RequestType, Cluster, HttpListenerConfig, ListenerType, RequestHttpFrontend,
     UpdateHttpListenerConfig,
 };
+use sozu_command_lib::proto::convert::{wire_address, FieldAddressError};
 
 use crate::metrics::gauge_add;
 use crate::stream::deadlines::Deadlines;
 use crate::stream::limit::ConnectionLimit;
-use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
+use crate::stream::listeners::{AcceptHandles, Accepted};
 use crate::stream::socket::Side;
 use crate::stream::tls::{HandshakeHandles, TlsFront};
 use crate::stream::{
@@ -77,6 +78,12 @@ pub enum HttpError {
         #[source]
         source: RouteError,
     },
+}
+
+impl From<FieldAddressError> for HttpError {
+    fn from(error: FieldAddressError) -> Self {
+        HttpError::Listener(error.into())
+    }
 }
 
 /// The HTTP part of a listener.

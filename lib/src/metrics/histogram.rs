@@ -1,15 +1,21 @@
-//! A fixed-size log-linear histogram for time metrics.
+//! A fixed-size log-linear histogram: the one the worker's time metrics and
+//! `sozu-bench`'s round-trip times both use.
 //!
 //! Owns bucket counts, sum, count, max and a small ring of recent samples for
-//! statsd. Recording never allocates. Values are unit-less `u64` (the
-//! registry records milliseconds); percentiles are exact below 8 and within
-//! 12.5% above (8 sub-buckets per power of two), p100 is the exact maximum.
+//! statsd. Buckets are allocated once, at construction; recording never
+//! allocates. Values are unit-less `u64` (the registry records milliseconds,
+//! bench nanoseconds). With `p` bits of precision, values below `2^p` each
+//! have their own bucket and every power of two above is split into `2^p`
+//! buckets; a percentile is the upper bound of its bucket (never above the
+//! maximum), so it is exact below `2^p` and at most `2^-p` above the true
+//! value beyond. The metrics registry uses 3 bits (12.5%), bench 7 (0.8%);
+//! p100 is the exact maximum.
 
-/// Values below this have their own bucket.
-const LINEAR: u64 = 8;
-/// log2 of the sub-buckets per power of two.
-const SUB_BITS: u32 = 3;
-const BUCKETS: usize = LINEAR as usize + (64 - SUB_BITS as usize) * (1 << SUB_BITS);
+/// The registry's precision: 8 sub-buckets per power of two.
+const DEFAULT_PRECISION: u32 = 3;
+/// The finest precision offered (128 sub-buckets per power of two, about
+/// 7,400 buckets).
+pub const MAX_PRECISION: u32 = 7;
 /// Samples kept between two statsd flushes.
 pub(super) const RECENT: usize = 32;
 
@@ -39,7 +45,9 @@ pub struct Summary {
 /// A log-linear histogram.
 #[derive(Clone)]
 pub struct Histogram {
-    buckets: [u64; BUCKETS],
+    /// log2 of the sub-buckets per power of two (1..=[`MAX_PRECISION`]).
+    precision: u32,
+    buckets: Box<[u64]>,
     count: u64,
     sum: u64,
     max: u64,
@@ -59,9 +67,26 @@ impl std::fmt::Debug for Histogram {
 }
 
 impl Default for Histogram {
+    /// The metrics registry's precision (within 12.5%).
     fn default() -> Self {
+        Histogram::with_precision(DEFAULT_PRECISION)
+    }
+}
+
+/// Buckets a histogram of `precision` bits needs to cover every `u64`.
+fn bucket_count(precision: u32) -> usize {
+    (1usize << precision) + (64 - precision as usize) * (1 << precision)
+}
+
+impl Histogram {
+    /// An empty histogram of `precision` bits (clamped to
+    /// 1..=[`MAX_PRECISION`]): percentiles within `2^-precision` above the
+    /// true value.
+    pub fn with_precision(precision: u32) -> Self {
+        let precision = precision.clamp(1, MAX_PRECISION);
         Histogram {
-            buckets: [0; BUCKETS],
+            precision,
+            buckets: vec![0; bucket_count(precision)].into_boxed_slice(),
             count: 0,
             sum: 0,
             max: 0,
@@ -71,24 +96,27 @@ impl Default for Histogram {
     }
 }
 
-fn bucket_of(value: u64) -> usize {
-    if value < LINEAR {
+/// The bucket of `value` at `precision` bits.
+fn bucket_of(precision: u32, value: u64) -> usize {
+    let linear = 1u64 << precision;
+    if value < linear {
         return value as usize;
     }
-    let exponent = 63 - value.leading_zeros(); // >= SUB_BITS
-    let sub = (value >> (exponent - SUB_BITS)) & ((1 << SUB_BITS) - 1);
-    LINEAR as usize + ((exponent - SUB_BITS) as usize) * (1 << SUB_BITS) + sub as usize
+    let exponent = 63 - value.leading_zeros(); // >= precision
+    let sub = (value >> (exponent - precision)) & (linear - 1);
+    linear as usize + ((exponent - precision) as usize) * (linear as usize) + sub as usize
 }
 
-/// The largest value that lands in `bucket`.
-fn bucket_upper(bucket: usize) -> u64 {
-    if bucket < LINEAR as usize {
+/// The largest value that lands in `bucket` at `precision` bits.
+fn bucket_upper(precision: u32, bucket: usize) -> u64 {
+    let linear = 1usize << precision;
+    if bucket < linear {
         return bucket as u64;
     }
-    let rest = bucket - LINEAR as usize;
-    let exponent = (rest >> SUB_BITS) as u32 + SUB_BITS;
-    let sub = (rest & ((1 << SUB_BITS) - 1)) as u64;
-    let width = 1u64 << (exponent - SUB_BITS);
+    let rest = bucket - linear;
+    let exponent = (rest >> precision) as u32 + precision;
+    let sub = (rest & (linear - 1)) as u64;
+    let width = 1u64 << (exponent - precision);
     let low = (1u64 << exponent) + sub * width;
     low.saturating_add(width - 1)
 }
@@ -96,7 +124,7 @@ fn bucket_upper(bucket: usize) -> u64 {
 impl Histogram {
     /// Records one value.
     pub fn record(&mut self, value: u64) {
-        self.buckets[bucket_of(value)] += 1;
+        self.buckets[bucket_of(self.precision, value)] += 1;
         self.count += 1;
         self.sum = self.sum.saturating_add(value);
         self.max = self.max.max(value);
@@ -104,10 +132,18 @@ impl Histogram {
         self.since_take += 1;
     }
 
-    /// Adds another histogram's samples (for aggregate views).
+    /// Adds another histogram's samples (for aggregate views). Of another
+    /// precision, each of its buckets counts at its upper bound.
     pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *a += b;
+        if other.precision == self.precision {
+            for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+                *a += b;
+            }
+        } else {
+            for (bucket, &n) in other.buckets.iter().enumerate().filter(|(_, &n)| n > 0) {
+                let value = bucket_upper(other.precision, bucket).min(other.max);
+                self.buckets[bucket_of(self.precision, value)] += n;
+            }
         }
         self.count += other.count;
         self.sum = self.sum.saturating_add(other.sum);
@@ -117,6 +153,25 @@ impl Histogram {
     /// Samples recorded.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// The largest sample, `None` when empty.
+    pub fn max(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// The arithmetic mean, `None` when empty.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum as f64 / self.count as f64)
+    }
+
+    /// Forgets every sample, keeping the buckets (no allocation).
+    pub fn clear(&mut self) {
+        self.buckets.fill(0);
+        self.count = 0;
+        self.sum = 0;
+        self.max = 0;
+        self.since_take = 0;
     }
 
     /// The value below which a fraction `q` of samples fall (bucket upper
@@ -130,7 +185,7 @@ impl Histogram {
         for (bucket, &n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return bucket_upper(bucket).min(self.max);
+                return bucket_upper(self.precision, bucket).min(self.max);
             }
         }
         self.max
@@ -182,12 +237,62 @@ mod tests {
             u64::MAX / 3,
             u64::MAX,
         ] {
-            let b = bucket_of(v);
-            assert!(bucket_upper(b) >= v, "{v}");
-            if b > 0 {
-                assert!(bucket_upper(b - 1) < v, "{v}");
+            for precision in [DEFAULT_PRECISION, MAX_PRECISION] {
+                let b = bucket_of(precision, v);
+                assert!(b < bucket_count(precision), "{v}");
+                assert!(bucket_upper(precision, b) >= v, "{v}");
+                if b > 0 {
+                    assert!(bucket_upper(precision, b - 1) < v, "{v}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn fine_precision_is_within_one_128th_and_exact_below_128() {
+        let mut h = Histogram::with_precision(MAX_PRECISION);
+        assert_eq!((h.max(), h.mean()), (None, None));
+        for v in 1..=100_000u64 {
+            h.record(v * 10);
+        }
+        for (q, want) in [(0.5, 500_000.0), (0.99, 990_000.0), (0.999, 999_000.0)] {
+            let got = h.quantile(q) as f64;
+            assert!(
+                got >= want && (got - want) / want < 1.0 / 128.0,
+                "{q}: {got}"
+            );
+        }
+        assert_eq!(h.quantile(1.0), 1_000_000);
+        assert_eq!(h.mean(), Some(500_005.0));
+        let mut small = Histogram::with_precision(MAX_PRECISION);
+        for v in [5, 5, 127] {
+            small.record(v);
+        }
+        assert_eq!((small.quantile(0.5), small.quantile(1.0)), (5, 127));
+    }
+
+    #[test]
+    fn merging_another_precision_keeps_count_sum_and_max() {
+        let mut fine = Histogram::with_precision(MAX_PRECISION);
+        for v in 1..=1000 {
+            fine.record(v);
+        }
+        let mut coarse = Histogram::default();
+        coarse.merge(&fine);
+        let s = coarse.summary();
+        assert_eq!((s.samples, s.sum, s.p100), (1000, 500_500, 1000));
+        assert!((500..=563).contains(&s.p50), "{}", s.p50);
+    }
+
+    #[test]
+    fn clear_forgets_every_sample() {
+        let mut h = Histogram::default();
+        h.record(40);
+        h.clear();
+        assert_eq!(h.summary(), Summary::default());
+        assert_eq!(h.take_recent().1, 0);
+        h.record(3);
+        assert_eq!(h.summary().p100, 3);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use sozu_command_lib::command::MetricsConfiguration;
 use crate::backends::{BackendId, ClusterId};
 
 pub use handle::{count, gauge_add, register, time};
-pub use histogram::{Histogram, Summary};
+pub use histogram::{Histogram, Summary, MAX_PRECISION};
 pub use query::aggregate;
 pub use scoped::{ScopeHandles, ScopedHandleCache};
 
@@ -279,7 +279,7 @@ impl MetricsRegistry {
                 for slot in &mut self.slots {
                     match slot.entry.as_mut().map(|e| &mut e.value) {
                         Some(Value::Counter(v)) => *v = 0,
-                        Some(Value::Time(h)) => **h = Histogram::default(),
+                        Some(Value::Time(h)) => h.clear(),
                         Some(Value::Gauge(_)) | None => {}
                     }
                 }

@@ -36,6 +36,7 @@ use crate::health::HealthChecker;
 use crate::metrics::statsd::StatsdSink;
 use crate::metrics::MetricsRegistry;
 use crate::udp::{IoContext, UdpShell};
+pub use clusters::{check_cluster, ClusterOrderError};
 pub use orders::LogLevelHook;
 use streams::Streams;
 use tokens::{TokenOwner, Tokens};

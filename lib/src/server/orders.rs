@@ -25,6 +25,7 @@ use sozu_command_lib::command::{
     ListenSocketManifest, ListenerType, MetricsConfiguration, Request, ResponseContent,
     ResponseStatus, WorkerRequest, WorkerState,
 };
+use sozu_command_lib::proto::convert::wire_address;
 use sozu_command_lib::scm::DEFAULT_MAX_MANIFEST_SIZE;
 use sozu_command_lib::state::{order_name, DispatchOutcome};
 
@@ -277,7 +278,7 @@ impl Server {
                         self.apply_stream_order(now, request_type)
                             .map_err(Into::into)
                     }
-                    Err(error) => Err(error.into()),
+                    Err(error) => Err(error),
                 },
             };
         self.forget_unused_socket(request_type, applied.is_ok());
@@ -292,31 +293,41 @@ impl Server {
         }
     }
 
-    /// Carries out an order the state accepted.
-    fn apply(&mut self, now: Instant, order: &RequestType) -> Result<(), UdpError> {
+    /// Carries out an order the state accepted: cluster and backend orders
+    /// (`clusters.rs`), then UDP listener and frontend orders.
+    fn apply(
+        &mut self,
+        now: Instant,
+        order: &RequestType,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         match order {
-            RequestType::AddCluster(cluster) => return self.set_cluster(now, cluster),
+            RequestType::AddCluster(cluster) => return Ok(self.set_cluster(now, cluster)?),
             RequestType::RemoveCluster(cluster_id) => {
                 self.remove_cluster(now, cluster_id);
                 return Ok(());
             }
-            RequestType::AddBackend(order) => return self.add_backend(now, order),
-            RequestType::RemoveBackend(order) => return self.remove_backend(now, order),
+            RequestType::AddBackend(order) => return Ok(self.add_backend(now, order)?),
+            RequestType::RemoveBackend(order) => return Ok(self.remove_backend(now, order)?),
             _ => {}
         }
+        Ok(self.apply_udp(now, order)?)
+    }
+
+    /// Carries out a UDP listener or frontend order the state accepted.
+    fn apply_udp(&mut self, now: Instant, order: &RequestType) -> Result<(), UdpError> {
         let mut ctx = io_context!(self);
         let udp = &mut self.udp;
         match order {
             RequestType::AddUdpListener(config) => udp.add_listener(now, config, &mut ctx),
             RequestType::UpdateUdpListener(update) => udp.update_listener(update, &mut ctx),
             RequestType::RemoveListener(order) if order.proxy() == ListenerType::Udp => {
-                udp.remove_listener(now, wire(&order.address)?, &mut ctx)
+                udp.remove_listener(now, wire_address("address", &order.address)?, &mut ctx)
             }
             RequestType::ActivateListener(order) if order.proxy() == ListenerType::Udp => {
-                udp.activate(wire(&order.address)?, &mut ctx)
+                udp.activate(wire_address("address", &order.address)?, &mut ctx)
             }
             RequestType::DeactivateListener(order) if order.proxy() == ListenerType::Udp => {
-                udp.deactivate(now, wire(&order.address)?, &mut ctx)
+                udp.deactivate(now, wire_address("address", &order.address)?, &mut ctx)
             }
             RequestType::AddUdpFrontend(frontend) => udp.set_frontend(now, frontend, true),
             RequestType::RemoveUdpFrontend(frontend) => udp.set_frontend(now, frontend, false),
@@ -449,13 +460,6 @@ impl Server {
         }
         self.answer(id, ResponseStatus::Ok, &message, None);
     }
-}
-
-/// An order's `address` field.
-pub(super) fn wire(
-    address: &sozu_command_lib::command::SocketAddress,
-) -> Result<std::net::SocketAddr, UdpError> {
-    crate::udp::shell::wire_address("address", address)
 }
 
 /// An error and its sources, `: `-separated, for an answer's message.

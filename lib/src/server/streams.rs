@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use mio::Token;
 use sozu_command_lib::command::{request::RequestType, ListenerType};
+use sozu_command_lib::proto::convert::{wire_address, FieldAddressError};
 
 use crate::http::{HttpError, HttpProxy};
 use crate::stream::limit::ConnectionLimit;
-use crate::stream::listeners::wire_address;
 use crate::stream::{ListenerError, ProxyContext, Readiness, StreamProxy, TokenTable};
 use crate::tcp::{TcpError, TcpProxy};
 
@@ -51,9 +51,12 @@ pub(super) enum StreamOrderError {
     /// Refused by the HTTP proxy.
     #[error(transparent)]
     Http(#[from] HttpError),
-    /// A listener order refused before reaching either (its address).
+    /// A listener order refused by the listener set (activate, deactivate).
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    /// An order's address refused before reaching either proxy.
+    #[error(transparent)]
+    Address(#[from] FieldAddressError),
 }
 
 /// The worker's TCP and HTTP proxies.

@@ -18,8 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 use slab::Slab;
-use sozu_command_lib::command::SocketAddress;
-use sozu_command_lib::proto::convert::AddressError;
+use sozu_command_lib::proto::convert::FieldAddressError;
 
 use super::context::ProxyContext;
 use super::limit::{ConnectionLimit, ConnectionSlot};
@@ -61,14 +60,8 @@ impl fmt::Display for StreamKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     /// An address field is not a socket address.
-    #[error("invalid {field}")]
-    Address {
-        /// The order's field.
-        field: &'static str,
-        /// Why it is not an address.
-        #[source]
-        source: AddressError,
-    },
+    #[error(transparent)]
+    Address(#[from] FieldAddressError),
     /// A listener already exists at this address.
     #[error("{} {kind} listener already exists at {address}", .kind.article())]
     ListenerExists {
@@ -107,15 +100,6 @@ pub enum ListenerError {
         #[source]
         source: io::Error,
     },
-}
-
-/// An order's wire address as a socket address, or an error naming the
-/// field.
-pub(crate) fn wire_address(
-    field: &'static str,
-    wire: &SocketAddress,
-) -> Result<SocketAddr, ListenerError> {
-    SocketAddr::try_from(wire).map_err(|source| ListenerError::Address { field, source })
 }
 
 /// A token kind that can stand for a listening socket.

@@ -30,6 +30,7 @@ use slab::Slab;
 use sozu_command_lib::command::{
     Cluster, ProxyProtocolConfig, RequestTcpFrontend, TcpListenerConfig, UpdateTcpListenerConfig,
 };
+use sozu_command_lib::proto::convert::{wire_address, FieldAddressError};
 
 use crate::backends::ClusterId;
 use crate::load_balancing::stable_hash;
@@ -38,7 +39,7 @@ use crate::protocol::proxy_protocol::StreamProxyHeader;
 use crate::stream::buffer::Buffer;
 use crate::stream::deadlines::{ArmedTimer, Deadlines};
 use crate::stream::limit::ConnectionLimit;
-use crate::stream::listeners::{wire_address, AcceptHandles, Accepted};
+use crate::stream::listeners::{AcceptHandles, Accepted};
 use crate::stream::socket::{
     self, connect_backend, connect_state, ConnectError, ConnectState, Side,
 };
@@ -81,6 +82,12 @@ pub enum TcpError {
         /// The cluster the order named.
         cluster: String,
     },
+}
+
+impl From<FieldAddressError> for TcpError {
+    fn from(error: FieldAddressError) -> Self {
+        TcpError::Listener(error.into())
+    }
 }
 
 /// A TCP listener's frontend: the cluster its connections go to.

@@ -3,7 +3,8 @@
 //!
 //! Owns the listener slab (index ↔ address), each UDP cluster's knobs and
 //! the shared receive batch. Health probes and the shared part of cluster
-//! and backend orders are not here: see `crate::health::prober` and
+//! and backend orders (algorithm, health block, backends, with their own
+//! error type) are not here: see `crate::health::prober` and
 //! `server/clusters.rs`. Applies orders the
 //! worker's `ConfigState` has already accepted; refuses only what cannot be
 //! done on this host (a bind error, a knob the core cannot express), with a
@@ -21,7 +22,8 @@ use slab::Slab;
 use sozu_command_lib::command::{
     self, Cluster, RemoveBackend, RequestUdpFrontend, UdpListenerConfig, UpdateUdpListenerConfig,
 };
-use sozu_command_lib::proto::convert::AddressError;
+use sozu_command_lib::limits::DEFAULT_QUIC_CID_LENGTH;
+use sozu_command_lib::proto::convert::{wire_address, FieldAddressError};
 
 use super::access_log::FlowCloseReason;
 use super::budget::{FlowPool, Member, Others, PoolLimits};
@@ -30,8 +32,7 @@ use super::metrics::ListenerMetrics;
 use super::mmsg::RecvBatch;
 use super::socket::{adopt_listener, bind_listener, ListenerSocketOptions, SourceAddresses};
 use super::UdpToken;
-use crate::backends::{Backend, BackendError, BackendId, ClusterId};
-use crate::health::{HealthConfig, HealthConfigError};
+use crate::backends::{Backend, BackendId, ClusterId};
 use crate::metrics::{names, MetricHandle, MetricKind, Scope};
 use crate::protocol::udp::{
     self as core, AffinityKey, CloseReason, UdpFlowManager, UdpFlowManagerConfig,
@@ -48,39 +49,18 @@ pub fn check_listener(config: &UdpListenerConfig) -> Result<(), UdpError> {
     manager_config(address, config, 1, 0).map(|_| ())
 }
 
-/// What a cluster order may be refused for (UDP knobs, health block,
-/// algorithm), checked without a shell: by the master before it changes its
-/// state, and by the worker before it changes anything (`server/clusters.rs`).
-pub fn check_cluster(cluster: &Cluster) -> Result<(), UdpError> {
-    cluster_settings(cluster)?;
-    if let Some(wire) = cluster.udp.as_ref().and_then(|u| u.health.as_ref()) {
-        HealthConfig::try_from(wire).map_err(|source| UdpError::Health {
-            cluster: cluster.cluster_id.clone(),
-            source,
-        })?;
-    }
-    command::LoadBalancingAlgorithms::try_from(cluster.load_balancing).map_err(|_| {
-        UdpError::InvalidValue {
-            field: "load_balancing",
-            value: cluster.load_balancing.to_string(),
-            reason: "unknown algorithm",
-        }
-    })?;
-    Ok(())
+/// What a cluster's UDP knobs may be refused for, checked without a shell;
+/// the whole cluster order is checked by `server::check_cluster`.
+pub(crate) fn check_cluster(cluster: &Cluster) -> Result<(), UdpError> {
+    cluster_settings(cluster).map(|_| ())
 }
 
 /// An order the UDP shell cannot carry out.
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
     /// A wire address is not a socket address.
-    #[error("{field}: invalid address")]
-    Address {
-        /// The order's field.
-        field: &'static str,
-        /// Why it is not an address.
-        #[source]
-        source: AddressError,
-    },
+    #[error(transparent)]
+    Address(#[from] FieldAddressError),
     /// No UDP listener at this address in this worker.
     #[error("no UDP listener at {address}")]
     UnknownListener {
@@ -121,18 +101,6 @@ pub enum UdpError {
         /// Why it is refused.
         reason: &'static str,
     },
-    /// A cluster's health block is invalid.
-    #[error("cluster {cluster}")]
-    Health {
-        /// The cluster.
-        cluster: String,
-        /// What is wrong in its health block.
-        #[source]
-        source: HealthConfigError,
-    },
-    /// A backend order could not be applied.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
 }
 
 #[derive(Debug, Clone)]
@@ -758,14 +726,6 @@ fn pool_member(listener: &UdpListener) -> Member {
     }
 }
 
-/// An order's wire address, or an error naming the field.
-pub(crate) fn wire_address(
-    field: &'static str,
-    address: &command::SocketAddress,
-) -> Result<SocketAddr, UdpError> {
-    SocketAddr::try_from(address).map_err(|source| UdpError::Address { field, source })
-}
-
 /// The socket options a listener's configuration asks for (the master
 /// binds with them; an adopting worker applies them again).
 pub fn socket_options(config: &UdpListenerConfig) -> ListenerSocketOptions {
@@ -806,7 +766,7 @@ fn manager_config(
     }
     let mut manager = UdpFlowManagerConfig::new(address);
     manager.max_rx_datagram_size = config.max_rx_datagram_size as usize;
-    // CONFIG.md: clamped to `buffer_size`.
+    // doc/configure.md: clamped to `buffer_size`.
     if buffer_size > 0 {
         manager.max_rx_datagram_size = manager.max_rx_datagram_size.min(buffer_size);
     }
@@ -852,9 +812,6 @@ pub(super) fn quic_cid_length(udp: &command::UdpClusterConfig) -> Result<Option<
         }),
     }
 }
-
-/// The default `quic_cid_length` (quinn's and most stacks' server CID length).
-pub(crate) const DEFAULT_QUIC_CID_LENGTH: u8 = 8;
 
 /// A cluster's UDP knobs as the core takes them.
 fn cluster_settings(cluster: &Cluster) -> Result<ClusterSettings, UdpError> {

@@ -110,6 +110,25 @@ impl Worker {
         );
     }
 
+    /// Asks for the worker's listening sockets (`return_listen_sockets`),
+    /// which must succeed, and returns the manifest it answers with; the
+    /// sockets themselves follow on `scm`.
+    pub fn listen_sockets(&mut self) -> command::ListenSocketManifest {
+        let response = self.order(RequestType::ReturnListenSockets(
+            command::ReturnListenSockets {},
+        ));
+        assert_eq!(
+            response.status,
+            ResponseStatus::Ok as i32,
+            "return_listen_sockets refused: {}",
+            response.message
+        );
+        match response.content.and_then(|c| c.content_type) {
+            Some(ContentType::ListenSockets(manifest)) => manifest,
+            other => panic!("no manifest in the answer: {other:?}"),
+        }
+    }
+
     /// This worker's metrics as `name -> value` (proxy map: listener values
     /// under `name@address`, plus cluster and backend maps as
     /// `cluster/name` and `cluster/backend/name`).
@@ -309,4 +328,38 @@ pub fn simple_setup(worker: &mut Worker, udp: UdpClusterConfig) -> (SocketAddr, 
     )));
     worker.ok(RequestType::AddUdpFrontend(frontend("c", listener)));
     (listener, backend_socket)
+}
+
+/// Sets this process's soft RLIMIT_NOFILE to `soft` (the hard limit
+/// unchanged) and returns the limits it replaced, for the tests that start
+/// a worker under a small fd limit.
+pub fn set_soft_limit(soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer / in-pointer.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
+    }
+    old
+}
+
+/// An active TCP listener's order at `address`: 30 s timeouts, 3 s to
+/// connect, no PROXY header expected.
+pub fn tcp_listener(address: SocketAddr) -> command::TcpListenerConfig {
+    command::TcpListenerConfig {
+        address: address.into(),
+        public_address: None,
+        expect_proxy: false,
+        front_timeout: 30,
+        back_timeout: 30,
+        connect_timeout: 3,
+        active: true,
+    }
 }

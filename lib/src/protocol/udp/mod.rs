@@ -65,14 +65,14 @@
 //! the deadline only from `poll_timeout`, the active-flow gauge from
 //! [`UdpFlowManager::active_flows`].
 //!
-//! Upgrades: today a worker upgrade moves listening sockets only, and the
-//! old worker drains its own flows (no shell calls the two methods below).
-//! The core already has the two halves of a flow handover:
+//! Upgrades: a worker upgrade moves the listening sockets and the live
+//! flows. The core holds the two halves of a flow handover:
 //! [`UdpFlowManager::hand_over`] releases an established flow as a portable
 //! [`FlowHandover`] (closing it there with `HandedOver`), and
 //! [`UdpFlowManager::adopt`] rebuilds it in another manager under a new id;
-//! moving the upstream socket between workers is the shell's part, not yet
-//! written (see `doc/architecture.md`, "Extension point").
+//! moving the upstream socket between workers is the shell's part
+//! (`crate::udp::handover`; see `doc/architecture.md`, "Handing live flows
+//! over").
 //!
 //! A `FlowId` is unique for the manager's life (slot + generation), but the
 //! shell must forget it at `CloseFlow`; any later call with it is an unknown
