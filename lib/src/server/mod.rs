@@ -333,6 +333,12 @@ impl Server {
             // poll, which then does not wait. Swapping keeps both vectors'
             // capacity (no allocation per wake-up).
             std::mem::swap(&mut self.retry, &mut self.still_readable);
+            // A socket both reported ready and retried lands here twice:
+            // kept twice, a busy socket would gain one more budget every
+            // wake-up and starve the others. Once each (in place, no
+            // allocation).
+            self.retry.sort_unstable();
+            self.retry.dedup();
             let timeout = if self.retry.is_empty() && !self.streams.has_backlog() {
                 self.next_deadline()
                     .map(|deadline| deadline.saturating_duration_since(clock()))
