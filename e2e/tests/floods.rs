@@ -229,7 +229,8 @@ impl Residents {
 fn exchange(socket: &UdpSocket, request: &[u8], tries: usize) -> bool {
     let mut buf = [0u8; 256];
     (0..tries).any(|_| {
-        socket.send(request).is_ok() && matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == request)
+        socket.send(request).is_ok()
+            && matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == request)
     })
 }
 
