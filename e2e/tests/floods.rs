@@ -15,12 +15,22 @@
 //! What it proves, with figures printed at the end:
 //! - the worker's open fds never exceed the cap plus a constant (sampled
 //!   from `/proc/<pid>/fd` all along the flood);
-//! - its RSS stays within a stated bound ([`RSS_GROWTH_BOUND_KIB`]);
-//! - `udp.flows.shed` equals the refused sources exactly: every source that
-//!   reached the listener (sent − kernel drops on the listener socket, from
-//!   `/proc/net/udp`) is either one of the admitted flows or counted shed;
+//! - its RSS stays within a stated bound ([`RSS_PER_FLOW_KIB`]);
+//! - the flooded listener's `udp.flows.shed` equals the refused sources
+//!   exactly: every source that reached it (sent − kernel drops on its
+//!   socket, from `/proc/net/udp`) is either one of the admitted flows or
+//!   counted shed;
 //! - no shed datagram reaches the backend;
-//! - flows established before the flood keep being answered, zero loss.
+//! - flows established on the flooded listener before the flood are neither
+//!   evicted nor refused by the full table: each is answered after it;
+//! - flows of the same worker keep being answered all along the flood, zero
+//!   loss.
+//!
+//! The flows that talk during the flood come through a second listener of
+//! the same worker and cluster: the kernel's drop counter is per socket, so
+//! the flooded listener's drops are then all flood datagrams, and the
+//! equation above is exact (with those flows on the flooded socket, a drop
+//! of one of their requests under load would be counted as a flood source).
 //!
 //! The backend answers only the established clients (payloads starting with
 //! `keep`), never the flood, and the cluster has `responses = 0` and long
@@ -71,8 +81,12 @@ const FLOOD_PORTS: std::ops::Range<u16> = 10_000..32_000;
 const BATCH: usize = 1_000;
 /// Datagrams sent back to back between two pacing checks.
 const PACING_BURST: usize = 50;
-/// Established flows, each answered throughout the flood.
+/// Established flows on the second listener, each answered throughout the
+/// flood.
 const KEPT_FLOWS: usize = 20;
+/// Established flows on the flooded listener, quiet during the flood and
+/// answered after it (they hold slots of its table).
+const RESIDENTS: usize = 20;
 /// Allowed fds above the cap (listener, epoll, channel, logs, probes…).
 const FD_SLACK: usize = 64;
 /// Allowed worker RSS growth per live flow: 2 KiB (20 MiB for 10,000
@@ -174,9 +188,55 @@ fn listener_kernel_drops(addr: SocketAddr) -> u64 {
         .sum()
 }
 
-/// Clients with an established flow, each sending one request at a time
-/// and waiting (up to 2 s) for its answer, until stopped; a request is lost
-/// if its answer never arrives, even late.
+/// Clients with a flow on the flooded listener, established before the
+/// flood, quiet during it.
+struct Residents(Vec<UdpSocket>);
+
+impl Residents {
+    fn establish(frontend: SocketAddr) -> Self {
+        let sockets = (0..RESIDENTS)
+            .map(|i| {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                socket.connect(frontend).unwrap();
+                let hello = format!("keep-resident-{i}-hello");
+                assert!(
+                    exchange(&socket, hello.as_bytes(), 50),
+                    "resident flow {i} was never answered"
+                );
+                socket
+            })
+            .collect();
+        Residents(sockets)
+    }
+
+    /// Each resident sends one more request: all must be answered (a slow
+    /// worker may take its time, a lost answer fails).
+    fn all_answered_after(&self) -> bool {
+        self.0.iter().enumerate().all(|(i, socket)| {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            exchange(socket, format!("keep-resident-{i}-after").as_bytes(), 1)
+        })
+    }
+}
+
+/// Sends `request` on a connected socket and waits for its echo, up to
+/// `tries` times; whether it came back.
+fn exchange(socket: &UdpSocket, request: &[u8], tries: usize) -> bool {
+    let mut buf = [0u8; 256];
+    (0..tries).any(|_| {
+        socket.send(request).is_ok()
+            && matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == request)
+    })
+}
+
+/// Clients with an established flow on the second listener, each sending
+/// one request at a time and waiting (up to 2 s) for its answer, until
+/// stopped; a request is lost if its answer never arrives, even late.
 struct KeptFlows {
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
@@ -196,12 +256,10 @@ impl KeptFlows {
             socket.connect(frontend).unwrap();
             // Established before the flood: the first exchange must work.
             let hello = format!("keep-{i}-hello");
-            let mut buf = [0u8; 256];
-            let established = (0..50).any(|_| {
-                socket.send(hello.as_bytes()).is_ok()
-                    && matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == hello.as_bytes())
-            });
-            assert!(established, "kept flow {i} was never answered");
+            assert!(
+                exchange(&socket, hello.as_bytes(), 50),
+                "kept flow {i} was never answered"
+            );
             let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
             threads.push(std::thread::spawn(move || {
                 // A request counts as lost only if its answer never comes:
@@ -340,28 +398,42 @@ fn flood(frontend: SocketAddr, deadline: &Deadline) -> BTreeSet<SocketAddr> {
 fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
     let backend = SelectiveBackend::start();
     let frontend = free_v4();
-    // The listener is written by hand: the harness has no key for its
+    let kept_frontend = free_v4();
+    // The listeners are written by hand: the harness has no key for their
     // receive buffer. 4 MiB (the machine's rmem_max) absorbs the scheduling
     // hiccups of a 2-core machine, as an operator expecting floods would set.
-    let listener = format!(
-        "[[listeners]]\nprotocol = \"udp\"\naddress = \"{frontend}\"\n\
-         front_timeout = 600\nback_timeout = 600\nmax_flows = {}\n\
-         recv_buffer_size = {LISTENER_RCVBUF}\n",
-        SCALE.max_flows
+    let listener = |address: SocketAddr, max_flows: usize| {
+        format!(
+            "[[listeners]]\nprotocol = \"udp\"\naddress = \"{address}\"\n\
+             front_timeout = 600\nback_timeout = 600\nmax_flows = {max_flows}\n\
+             recv_buffer_size = {LISTENER_RCVBUF}\n"
+        )
+    };
+    let listeners = format!(
+        "{}\n{}",
+        listener(frontend, SCALE.max_flows),
+        listener(kept_frontend, KEPT_FLOWS * 2)
     );
-    let cluster = ClusterConfig::new("c", frontend).backend("only", backend.addr);
+    let mut cluster = ClusterConfig::new("c", frontend).backend("only", backend.addr);
+    cluster.frontends.push(kept_frontend);
     let config = SozuConfig {
         worker_count: 1,
         clusters: vec![cluster],
-        extra: listener,
+        extra: listeners,
         ..SozuConfig::default()
     };
     let sozu = Sozu::start(config);
     let worker = sozu.worker_pids()[0];
 
-    let kept = KeptFlows::establish(frontend);
-    let before = sozu.wait_metrics("the kept flows established", Duration::from_secs(10), |m| {
-        m.proxy_or_zero("udp.active_flows") == KEPT_FLOWS as i64
+    // One listener's figure.
+    let at = |m: &sozu_e2e::Metrics, name: &str, address: SocketAddr| {
+        m.proxy_or_zero(&format!("{name}@{address}"))
+    };
+    let residents = Residents::establish(frontend);
+    let kept = KeptFlows::establish(kept_frontend);
+    let before = sozu.wait_metrics("the established flows", Duration::from_secs(10), |m| {
+        at(m, "udp.active_flows", frontend) == RESIDENTS as i64
+            && at(m, "udp.active_flows", kept_frontend) == KEPT_FLOWS as i64
     });
     assert_eq!(before.proxy_or_zero("udp.flows.shed"), 0);
     let fds_before = procfs::fd_count(worker);
@@ -379,7 +451,7 @@ fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
 
     // Every flood datagram has been handled once created + shed account for
     // all that reached the listener.
-    let admitted = SCALE.max_flows - KEPT_FLOWS;
+    let admitted = SCALE.max_flows - RESIDENTS;
     let mut drops = 0;
     let mut last = None;
     // Settled when created + shed account for every source that reached the
@@ -388,8 +460,8 @@ fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
     sozu_e2e::wait::poll_until(Duration::from_secs(20), || {
         let m = sozu.metrics();
         drops = listener_kernel_drops(frontend) - drops_before;
-        let handled = m.proxy_or_zero("udp.flows.created") - KEPT_FLOWS as i64
-            + m.proxy_or_zero("udp.flows.shed");
+        let handled = at(&m, "udp.flows.created", frontend) - RESIDENTS as i64
+            + at(&m, "udp.flows.shed", frontend);
         let done = handled == (SCALE.sources as u64 - drops) as i64;
         last = Some(m);
         done.then_some(())
@@ -400,19 +472,21 @@ fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
     stop_sampling.store(true, Ordering::SeqCst);
     let (peak_fds, peak_rss) = sampler.join().unwrap();
 
-    let created = after.proxy_or_zero("udp.flows.created");
-    let shed = after.proxy_or_zero("udp.flows.shed");
-    let active = after.proxy_or_zero("udp.active_flows");
+    let created = at(&after, "udp.flows.created", frontend);
+    let shed = at(&after, "udp.flows.shed", frontend);
+    let active = at(&after, "udp.active_flows", frontend);
     eprintln!(
         "flood: {} sources against max_flows {} in {flood_time:?}; created {created}, \
          shed {shed}, active {active}, kernel drops {drops}; worker fds {fds_before} -> \
-         peak {peak_fds}; RSS {rss_before} KiB -> peak {peak_rss} KiB; kept flows \
-         {kept_sent} sent, {kept_lost} lost; backend saw {} flood datagrams",
+         peak {peak_fds}; RSS {rss_before} KiB -> peak {peak_rss} KiB; flows of the \
+         other listener {kept_sent} sent, {kept_lost} lost; backend saw {} flood datagrams",
         SCALE.sources,
         SCALE.max_flows,
         backend.others.load(Ordering::SeqCst)
     );
 
+    // The full table still serves the flows it held before the flood.
+    let residents_answered = residents.all_answered_after();
     // The table filled to the cap and not one flow more.
     assert_eq!(active, SCALE.max_flows as i64, "live flows at the end");
     assert_eq!(created, SCALE.max_flows as i64, "flows created");
@@ -423,9 +497,14 @@ fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
         "shed = sources that reached the listener - admitted"
     );
     assert_eq!(
-        after.proxy_or_zero("udp.datagrams.dropped.shed"),
+        at(&after, "udp.datagrams.dropped.shed", frontend),
         shed,
         "each shed source's datagram is counted dropped once"
+    );
+    assert_eq!(
+        after.proxy_or_zero("udp.flows.shed"),
+        shed,
+        "nothing shed on the quiet listener"
     );
     // Only the admitted flood flows reached the backend.
     wait_for(
@@ -435,7 +514,7 @@ fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
     );
     // Bounded resources.
     assert!(
-        peak_fds <= SCALE.max_flows + FD_SLACK + (fds_before - KEPT_FLOWS),
+        peak_fds <= SCALE.max_flows + FD_SLACK + (fds_before - RESIDENTS),
         "worker fds peaked at {peak_fds} (cap {} + {FD_SLACK}, {fds_before} before)",
         SCALE.max_flows
     );
@@ -444,9 +523,13 @@ fn a_flood_of_new_sources_is_shed_at_max_flows_and_spares_established_flows() {
         "worker RSS grew from {rss_before} KiB to {peak_rss} KiB"
     );
     // The established flows never noticed.
+    assert!(
+        residents_answered,
+        "a flow established on the flooded listener was not answered after the flood"
+    );
     assert_eq!(
         kept_lost, 0,
-        "established flows lost datagrams during the flood"
+        "the worker's other established flows lost datagrams during the flood"
     );
     assert!(
         kept_answered_during > KEPT_FLOWS as u64 * 10,

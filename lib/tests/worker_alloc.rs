@@ -6,6 +6,10 @@
 //! Its own test binary (the allocator is process-wide), run without the
 //! libtest harness so no harness thread allocates while it counts. Also
 //! one-way clusters: datagrams from many sources and their dropped replies.
+//! On a loaded machine a socket now and then stops at its per-wake-up
+//! datagram budget and is read again on the next wake-up: a rare path, on
+//! the counted datapath all the same (it once allocated the first time each
+//! of the worker loop's two read-again lists was used).
 
 mod worker_common;
 

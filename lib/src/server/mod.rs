@@ -183,6 +183,18 @@ use probe_context;
 
 const CHANNEL_TOKEN: Token = Token(0);
 
+/// Readiness events fetched per poll.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Room reserved up front in each of the two lists of sockets to read again
+/// (`still_readable` and `retry`, swapped every wake-up): a socket lands
+/// there on the datapath, when it stops at its datagram budget, and the two
+/// lists take turns collecting. Grown lazily, the first push into each list
+/// (and any growth) was a heap allocation per datagram batch on a rare path,
+/// hit first under load, long after warm-up. One poll's worth of events
+/// covers every socket stopping at its budget at once.
+const READ_AGAIN_CAPACITY: usize = EVENTS_CAPACITY;
+
 /// Bounds how long the final answer may take to leave before exiting.
 const FINAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -296,8 +308,8 @@ impl Server {
             streams,
             tls: crate::tls::TlsListeners::new(),
             statsd,
-            still_readable: Vec::new(),
-            retry: Vec::new(),
+            still_readable: Vec::with_capacity(READ_AGAIN_CAPACITY),
+            retry: Vec::with_capacity(READ_AGAIN_CAPACITY),
             soft_stop: None,
             worker_id: config.worker_id,
             log_level: config.log_level,
@@ -315,13 +327,19 @@ impl Server {
     /// Runs the loop until soft-stop drains, hard-stop, or the master goes
     /// away.
     pub fn run(mut self) -> Result<ServerExit, ServerError> {
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
         tracing::info!(worker = self.worker_id, "worker running");
         loop {
             // Sockets that stopped at their budget are read again after this
             // poll, which then does not wait. Swapping keeps both vectors'
             // capacity (no allocation per wake-up).
             std::mem::swap(&mut self.retry, &mut self.still_readable);
+            // A socket both reported ready and retried lands here twice:
+            // kept twice, a busy socket would gain one more budget every
+            // wake-up and starve the others. Once each (in place, no
+            // allocation).
+            self.retry.sort_unstable();
+            self.retry.dedup();
             let timeout = if self.retry.is_empty() && !self.streams.has_backlog() {
                 self.next_deadline()
                     .map(|deadline| deadline.saturating_duration_since(clock()))
