@@ -801,7 +801,24 @@ fn parse_frontend(
             }
             None => PathRuleKind::Prefix,
         };
-        let path = path.map(|v| v.string()).transpose()?.unwrap_or_default();
+        let path = match path {
+            Some(v) => {
+                let value = v.string()?;
+                if path_kind == PathRuleKind::Regex {
+                    // Compiled here as the workers will, so a bad pattern
+                    // stops the load naming the key and the value instead
+                    // of a route the workers refuse later.
+                    if let Err(reason) = crate::limits::compile_path_regex(&value) {
+                        return Err(v.invalid(format!(
+                            "a regular expression (path_type = \"REGEX\"): {reason}"
+                        )));
+                    }
+                }
+                value
+            }
+            // The empty pattern matches every path, as the empty prefix.
+            None => String::new(),
+        };
         let method = method.map(|v| v.non_empty_string()).transpose()?;
         (Some(hostname), path_kind, path, method)
     } else {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::command::request::RequestType;
-use crate::command::{ProxyProtocolConfig, Request, RulePosition, TlsVersion};
+use crate::command::{PathRuleKind, ProxyProtocolConfig, Request, RulePosition, TlsVersion};
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_str(text, Path::new("test.toml"))
@@ -669,6 +669,27 @@ fn http_frontend_needs_a_hostname_and_udp_frontend_refuses_one() {
     assert_eq!(
         error(&text),
         "clusters.dns.frontends[0].hostname: expected no HTTP routing key (hostname, path, path_type, method) on a TCP or UDP frontend, got \"x\" (at test.toml:8)"
+    );
+}
+
+#[test]
+fn regex_paths_load_and_a_bad_pattern_is_refused_with_key_and_value() {
+    let good = "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\n\
+         [clusters.w]\nprotocol = \"http\"\nfrontends = [{ address = \"127.0.0.1:80\", hostname = \"h\", path_type = \"REGEX\", path = \"^/v[0-9]+/\" }]\n";
+    let config = load(good).unwrap();
+    let frontend = &config.clusters["w"].frontends[0];
+    assert_eq!(frontend.path_kind, PathRuleKind::Regex);
+    assert_eq!(frontend.path, "^/v[0-9]+/");
+    let message = error(&good.replace("^/v[0-9]+/", "/(v1"));
+    assert!(
+        message.starts_with(
+            "clusters.w.frontends[0].path: expected a regular expression (path_type = \"REGEX\"): "
+        ),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("got \"/(v1\" (at test.toml:6)"),
+        "{message}"
     );
 }
 

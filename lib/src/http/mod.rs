@@ -15,6 +15,7 @@
 
 pub(crate) mod access;
 pub(crate) mod answers;
+pub(crate) mod features;
 pub(crate) mod metrics;
 pub(crate) mod session;
 
@@ -40,6 +41,7 @@ use crate::stream::{
 };
 
 pub use crate::protocol::http::router::{RouteError, RouteTarget, Router};
+use features::HttpFeatures;
 use metrics::{HttpHandleCache, HttpHandles};
 use session::{Env, HttpTimeouts, Phase, Session, SessionEnd};
 
@@ -103,6 +105,8 @@ pub struct HttpProxy {
     sessions: Slab<Session>,
     deadlines: Deadlines,
     clusters: HashMap<String, ClusterKnobs>,
+    /// Custom answers, redirects, sticky sessions.
+    features: HttpFeatures,
     handles: HttpHandleCache,
     buffer_size: usize,
 }
@@ -114,6 +118,8 @@ macro_rules! env {
             ctx: $ctx,
             router: $self.routers.get(&$address),
             clusters: &$self.clusters,
+            features: &$self.features,
+            tls: false,
             handles: &mut $self.handles,
             key: $key,
             draining: $self.listeners.is_draining(),
@@ -132,6 +138,7 @@ impl HttpProxy {
             sessions: Slab::new(),
             deadlines: Deadlines::new(),
             clusters: HashMap::new(),
+            features: HttpFeatures::default(),
             handles: HttpHandleCache::default(),
             buffer_size: crate::stream::buffer_size(buffer_size),
         }
@@ -161,9 +168,15 @@ impl HttpProxy {
             config: config.clone(),
             handles,
         };
-        Ok(self
-            .listeners
-            .add(address, config.active, data, accept, ctx)?)
+        self.listeners
+            .add(address, config.active, data, accept, ctx)?;
+        self.features.set_listener(
+            address,
+            config.http_answers.as_ref(),
+            &config.answers,
+            &config.sticky_name,
+        );
+        Ok(())
     }
 
     /// Patches the listener's configuration (timeouts and `expect_proxy`
@@ -172,6 +185,13 @@ impl HttpProxy {
         let address = wire_address("address", &update.address)?;
         let listener = self.listeners.at_mut(address)?;
         sozu_command_lib::state::patch_http_listener(&mut listener.data.config, update);
+        let config = &listener.data.config;
+        self.features.set_listener(
+            address,
+            config.http_answers.as_ref(),
+            &config.answers,
+            &config.sticky_name,
+        );
         Ok(())
     }
 
@@ -423,6 +443,7 @@ impl StreamProxy for HttpProxy {
             self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
         }
         self.routers.remove(&address);
+        self.features.remove_listener(address);
         ctx.metrics
             .remove_scope(&crate::metrics::Scope::Listener(address));
         tracing::info!(listener = %address, "HTTP listener removed");
@@ -432,15 +453,18 @@ impl StreamProxy for HttpProxy {
     fn set_cluster(&mut self, cluster: &Cluster) {
         self.clusters
             .insert(cluster.cluster_id.clone(), ClusterKnobs::of(cluster));
+        self.features.set_cluster(cluster);
     }
 
     fn remove_cluster(&mut self, cluster: &str) {
         self.clusters.remove(cluster);
+        self.features.remove_cluster(cluster);
         self.handles.forget_cluster(cluster);
     }
 
     fn remove_backend(&mut self, cluster: &str, backend: &str) {
         self.handles.forget_backend(cluster, backend);
+        self.features.remove_backend(cluster, backend);
     }
 
     fn apply_own_order(
@@ -453,6 +477,12 @@ impl StreamProxy for HttpProxy {
             RequestType::UpdateHttpListener(update) => self.update_listener(update),
             RequestType::AddHttpFrontend(f) => self.add_frontend(f),
             RequestType::RemoveHttpFrontend(f) => self.remove_frontend(f),
+            RequestType::AddBackend(b) => {
+                // The shared backend map has no sticky ids: kept here.
+                self.features
+                    .add_backend(&b.cluster_id, &b.backend_id, b.sticky_id.as_deref());
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
