@@ -70,7 +70,10 @@ fn a_refused_path_rule_leaves_no_trace_and_the_next_upgrade_succeeds() {
         &["--path-regex", "("],
     ));
     // `(` does not compile as a regular expression.
-    assert_fails(&refused, "path.value \"(\" is not a usable regular expression");
+    assert_fails(
+        &refused,
+        "path.value \"(\" is not a usable regular expression",
+    );
 
     let listed = sozu.cli_ok(&["--json", "frontend", "list"]).stdout;
     assert!(listed.contains("ok.local"), "{listed}");
