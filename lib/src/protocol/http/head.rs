@@ -326,9 +326,12 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
     );
     if let Some(protocol) = &upgrade {
         // Hop-by-hop, so removed above; an upgrade needs them on this hop.
+        // `close` kept beside it, so the backend reads the same
+        // keep-alive as the proxy did.
+        let close = if keep_alive { "" } else { ", close" };
         let _ = write!(
             HeadWriter(&mut out),
-            "Connection: upgrade\r\nUpgrade: {protocol}\r\n"
+            "Connection: upgrade{close}\r\nUpgrade: {protocol}\r\n"
         );
     } else if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");

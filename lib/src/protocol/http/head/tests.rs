@@ -375,6 +375,16 @@ fn an_upgrade_request_keeps_its_upgrade_headers_and_a_101_switches() {
         "{head}"
     );
     assert!(head.contains("Sec-WebSocket-Key: k\r\n"), "{head}");
+    // Re-read by the backend, the head means the same: upgrade, keep-alive.
+    let closing = req(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    let again = parse_request(&closing.forwarded, &info()).unwrap().unwrap();
+    assert_eq!(again.upgrade.as_deref(), Some("websocket"));
+    assert_eq!(again.keep_alive, closing.keep_alive);
+    assert!(!again.keep_alive);
     // An Upgrade header without `Connection: upgrade` asks for nothing.
     let plain = req("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
         .unwrap()
