@@ -96,3 +96,58 @@ mod tests {
         }
     }
 }
+
+/// The largest compiled program of a `REGEX` path rule, bytes. Patterns
+/// come from operators, but one with a huge repetition (`a{1000}{1000}`)
+/// would otherwise eat a worker's memory at order time.
+pub const MAX_PATH_REGEX_SIZE: usize = 1 << 20;
+
+/// The deepest nesting of groups and repetitions in a `REGEX` path rule.
+pub const MAX_PATH_REGEX_NESTING: u32 = 64;
+
+/// The longest `REGEX` path rule, bytes.
+pub const MAX_PATH_REGEX_LEN: usize = 4096;
+
+/// Compiles the pattern of a `REGEX` path rule the way every worker does
+/// (the configuration loader and the master's prevalidation call it too,
+/// so a pattern one accepts all accept). The pattern is searched anywhere
+/// in the request path, as in Sōzu: anchor it with `^` and `$` to match a
+/// whole path. The regex crate's engine runs in time linear in the path.
+pub fn compile_path_regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > MAX_PATH_REGEX_LEN {
+        return Err(format!(
+            "longer than {MAX_PATH_REGEX_LEN} bytes ({} bytes)",
+            pattern.len()
+        ));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_PATH_REGEX_SIZE)
+        .dfa_size_limit(MAX_PATH_REGEX_SIZE)
+        .nest_limit(MAX_PATH_REGEX_NESTING)
+        .build()
+        // The crate's message spans several lines (pattern, caret, reason);
+        // one line reads better in a CLI answer and a log.
+        .map_err(|e| {
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+}
+
+#[cfg(test)]
+mod regex_tests {
+    use super::*;
+
+    #[test]
+    fn path_regex_compiles_good_patterns_and_refuses_bad_ones() {
+        let re = compile_path_regex("^/api/v[0-9]+/").unwrap();
+        assert!(re.is_match("/api/v2/users"));
+        assert!(!re.is_match("/api/vx/users"));
+        let err = compile_path_regex("/api/(v1").unwrap_err();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("unclosed"), "{err}");
+        assert!(compile_path_regex("a{1000}{1000}").is_err(), "size limit");
+        assert!(compile_path_regex(&"x".repeat(MAX_PATH_REGEX_LEN + 1)).is_err());
+    }
+}

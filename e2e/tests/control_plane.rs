@@ -69,7 +69,11 @@ fn a_refused_path_rule_leaves_no_trace_and_the_next_upgrade_succeeds() {
         "localhost",
         &["--path-regex", "("],
     ));
-    assert_fails(&refused, "path rule kind");
+    // `(` does not compile as a regular expression.
+    assert_fails(
+        &refused,
+        "path.value \"(\" is not a usable regular expression",
+    );
 
     let listed = sozu.cli_ok(&["--json", "frontend", "list"]).stdout;
     assert!(listed.contains("ok.local"), "{listed}");

@@ -282,8 +282,11 @@ certificate = "{}"
 key = "{}"
 front_timeout = 2
 
+# `https_redirect` sends plain-HTTP clients here; over TLS it must not
+# apply (a 301 to the same URL would loop): `a` answers 200 below.
 [clusters.a]
 protocol = "http"
+https_redirect = true
 frontends = [{{ address = "{front}", hostname = "a.example.com", certificate = "{}", key = "{}" }}]
 backends = [{{ address = "{}" }}]
 

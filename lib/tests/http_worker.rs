@@ -143,13 +143,24 @@ fn listener_and_frontend_orders_apply_live() {
     )));
     let (mut s, mut r) = http_client(front);
     assert_eq!(get(&mut s, &mut r, "a.test", "/").unwrap().status, 200);
-    // A regex rule is refused by the proxy and rolled back in the state.
-    let mut regex = http_frontend("h", front, "b.test", "^/x");
+    // A regex rule is routed; one whose pattern does not compile is
+    // refused by the proxy and rolled back in the state.
+    let mut regex = http_frontend("h", front, "b.other", "^/x[0-9]$");
+    regex.path.kind = PathRuleKind::Regex as i32;
+    worker.ok(RequestType::AddHttpFrontend(regex));
+    let (mut s2, mut r2) = http_client(front);
+    assert_eq!(get(&mut s2, &mut r2, "b.other", "/x7").unwrap().status, 200);
+    let (mut s3, mut r3) = http_client(front);
+    assert_eq!(
+        get(&mut s3, &mut r3, "b.other", "/x77").unwrap().status,
+        404
+    );
+    let mut regex = http_frontend("h", front, "b.test", "^/x(");
     regex.path.kind = PathRuleKind::Regex as i32;
     let refused = worker.order(RequestType::AddHttpFrontend(regex));
     assert_eq!(refused.status, ResponseStatus::Failure as i32);
     assert!(
-        refused.message.contains("not supported"),
+        refused.message.contains("not a usable regular expression"),
         "{}",
         refused.message
     );

@@ -672,7 +672,8 @@ fn worker_side_refusals_the_master_can_see_never_reach_a_worker() {
     let before = master.state.clone();
     let mut w0 = add_worker(&mut master, 0);
     let (token, mut client) = add_client(&mut master);
-    // A regex path rule: the workers' router takes PREFIX and EQUALS only.
+    // A regex path rule whose pattern (`(`) does not compile: the workers'
+    // router refuses it, so the master refuses it first, naming the value.
     send(
         &mut master,
         token,
@@ -681,7 +682,8 @@ fn worker_side_refusals_the_master_can_see_never_reach_a_worker() {
     let answer = client.read_message_timeout(TIMEOUT).unwrap();
     assert_eq!(answer.status(), ResponseStatus::Failure);
     assert!(
-        answer.message.contains("path rule kind"),
+        answer.message.contains("path.value \"(\"")
+            && answer.message.contains("regular expression"),
         "{}",
         answer.message
     );
@@ -717,8 +719,8 @@ fn a_saved_state_loses_at_start_only_the_orders_the_workers_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let mut scratch = master(dir.path());
     with_http_listener(&mut scratch);
-    // A file an older version may have saved: a regex rule beside a prefix
-    // rule.
+    // A file an older version may have saved: a regex rule whose pattern
+    // (`(`) does not compile, beside a prefix rule.
     let mut saved = scratch.state.clone();
     saved
         .dispatch(&http_frontend("regex.local", PathRuleKind::Regex))

@@ -198,9 +198,12 @@ pub struct HttpListenerSettings {
     pub public_address: Option<SocketAddr>,
     /// Clients start with a PROXY protocol header.
     pub expect_proxy: bool,
-    /// Sticky-session cookie name (default `SOZUBALANCEID`; stored, not
-    /// used).
+    /// Sticky-session cookie name (default `SOZUBALANCEID`).
     pub sticky_name: String,
+    /// `answer_404`: the text of the file, the listener's 404 answer.
+    pub answer_404: Option<String>,
+    /// `answer_503`: the text of the file, the listener's 503 answer.
+    pub answer_503: Option<String>,
     /// Idle keep-alive / client inactivity timeout.
     pub front_timeout: Duration,
     /// Backend inactivity timeout.
@@ -313,10 +316,15 @@ pub struct ClusterConfig {
     pub load_balancing: LoadBalancingAlgorithms,
     /// Validated and stored; not used by the balancers.
     pub load_metric: Option<LoadMetric>,
-    /// Stored; not used (no sticky sessions yet).
+    /// HTTP: stamp responses with the listener's sticky cookie and send
+    /// a client back to the backend it names.
     pub sticky_session: bool,
-    /// Stored; not used (no HTTPS yet).
+    /// HTTP: answer plain-HTTP requests with a 301 to `https://`.
     pub https_redirect: bool,
+    /// The port written in that redirect (none: 443).
+    pub https_redirect_port: Option<u16>,
+    /// HTTP: the text of the `answer_503` file, this cluster's 503 answer.
+    pub answer_503: Option<String>,
     /// Send a PROXY protocol header to backends (TCP; on UDP clusters this
     /// sets `udp.send_proxy_protocol`).
     pub send_proxy: bool,

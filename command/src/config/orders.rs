@@ -63,6 +63,7 @@ impl ListenerConfig {
                 connect_timeout: secs(l.connect_timeout),
                 request_timeout: secs(l.request_timeout),
                 active: false,
+                http_answers: custom_answers(l),
                 ..Default::default()
             }),
             ListenerConfig::Https(l) => RequestType::AddHttpsListener(HttpsListenerConfig {
@@ -134,6 +135,8 @@ impl ClusterConfig {
             cluster_id: self.cluster_id.clone(),
             sticky_session: self.sticky_session,
             https_redirect: self.https_redirect,
+            https_redirect_port: self.https_redirect_port.map(u32::from),
+            answer_503: self.answer_503.clone(),
             proxy_protocol,
             load_balancing: self.load_balancing as i32,
             load_metric: self.load_metric.map(|m| m as i32),
@@ -253,4 +256,13 @@ impl Config {
         }
         orders
     }
+}
+
+/// The custom answers of an HTTP listener, if it has any.
+fn custom_answers(l: &super::HttpListenerSettings) -> Option<crate::command::CustomHttpAnswers> {
+    (l.answer_404.is_some() || l.answer_503.is_some()).then(|| crate::command::CustomHttpAnswers {
+        answer_404: l.answer_404.clone(),
+        answer_503: l.answer_503.clone(),
+        ..Default::default()
+    })
 }

@@ -478,6 +478,32 @@ fn pem_file(value: &ValueReader<'_>, base_dir: &Path) -> Result<String, ConfigEr
     })
 }
 
+/// The largest custom answer file, bytes.
+pub(super) const MAX_ANSWER_FILE_SIZE: u64 = 64 * 1024;
+
+/// The text of a custom answer file (`answer_404`, `answer_503`), relative
+/// to the configuration file's directory: a whole HTTP response as Sōzu's
+/// answer files are, or only a body (doc/configure.md).
+fn answer_file(value: &ValueReader<'_>, base_dir: &Path) -> Result<String, ConfigError> {
+    let path = path_value(value, base_dir)?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_ANSWER_FILE_SIZE {
+        return Err(ConfigError::Inconsistent {
+            key: value.path().to_owned(),
+            reason: format!(
+                "{} is {size} bytes, over the {MAX_ANSWER_FILE_SIZE} bytes an answer file may have",
+                path.display()
+            ),
+            at: value.location(),
+        });
+    }
+    std::fs::read_to_string(&path).map_err(|error| ConfigError::Inconsistent {
+        key: value.path().to_owned(),
+        reason: format!("cannot read {}: {error}", path.display()),
+        at: value.location(),
+    })
+}
+
 /// The TLS keys of an HTTPS listener.
 fn parse_https(
     table: &mut TableReader<'_>,
@@ -581,11 +607,21 @@ fn parse_listener(
                 .unwrap_or_else(|| "SOZUBALANCEID".to_owned());
             let request_timeout = opt(&mut table, "request_timeout", |v| seconds(v, 1))?
                 .unwrap_or(config.request_timeout);
+            let answer_404 = table
+                .get("answer_404")
+                .map(|v| answer_file(&v, base_dir))
+                .transpose()?;
+            let answer_503 = table
+                .get("answer_503")
+                .map(|v| answer_file(&v, base_dir))
+                .transpose()?;
             let settings = HttpListenerSettings {
                 address,
                 public_address,
                 expect_proxy,
                 sticky_name,
+                answer_404,
+                answer_503,
                 front_timeout,
                 back_timeout,
                 connect_timeout,
@@ -679,6 +715,22 @@ fn parse_cluster(
     };
     let sticky_session = opt(&mut table, "sticky_session", ValueReader::bool)?.unwrap_or(false);
     let https_redirect = opt(&mut table, "https_redirect", ValueReader::bool)?.unwrap_or(false);
+    let (https_redirect_port, answer_503) = if protocol == ClusterProtocol::Http {
+        let port = match table.get("https_redirect_port") {
+            Some(v) => Some(
+                u16::try_from(v.integer(1, 65535, false)?)
+                    .map_err(|_| v.invalid("a port in 1..=65535"))?,
+            ),
+            None => None,
+        };
+        let answer = table
+            .get("answer_503")
+            .map(|v| answer_file(&v, base_dir))
+            .transpose()?;
+        (port, answer)
+    } else {
+        (None, None)
+    };
     let send_proxy = opt(&mut table, "send_proxy", ValueReader::bool)?.unwrap_or(false);
     let expect_proxy = match table.get("expect_proxy") {
         Some(v) if protocol == ClusterProtocol::Udp => {
@@ -733,6 +785,8 @@ fn parse_cluster(
         load_metric,
         sticky_session,
         https_redirect,
+        https_redirect_port,
+        answer_503,
         send_proxy,
         expect_proxy,
         frontends,
@@ -801,7 +855,24 @@ fn parse_frontend(
             }
             None => PathRuleKind::Prefix,
         };
-        let path = path.map(|v| v.string()).transpose()?.unwrap_or_default();
+        let path = match path {
+            Some(v) => {
+                let value = v.string()?;
+                if path_kind == PathRuleKind::Regex {
+                    // Compiled here as the workers will, so a bad pattern
+                    // stops the load naming the key and the value instead
+                    // of a route the workers refuse later.
+                    if let Err(reason) = crate::limits::compile_path_regex(&value) {
+                        return Err(v.invalid(format!(
+                            "a regular expression (path_type = \"REGEX\"): {reason}"
+                        )));
+                    }
+                }
+                value
+            }
+            // The empty pattern matches every path, as the empty prefix.
+            None => String::new(),
+        };
         let method = method.map(|v| v.non_empty_string()).transpose()?;
         (Some(hostname), path_kind, path, method)
     } else {

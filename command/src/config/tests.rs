@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::command::request::RequestType;
-use crate::command::{ProxyProtocolConfig, Request, RulePosition, TlsVersion};
+use crate::command::{PathRuleKind, ProxyProtocolConfig, Request, RulePosition, TlsVersion};
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_str(text, Path::new("test.toml"))
@@ -210,6 +210,8 @@ address = "127.0.0.1:8080"
             public_address: None,
             expect_proxy: false,
             sticky_name: "SOZUBALANCEID".to_owned(),
+            answer_404: None,
+            answer_503: None,
             front_timeout: Duration::from_secs(70),
             back_timeout: Duration::from_secs(40),
             connect_timeout: Duration::from_secs(5),
@@ -476,9 +478,10 @@ disable_cluster_metrics = true
 min_buffers = 1
 max_buffers = 10
 [[listeners]]
-protocol = "http"
+protocol = "tcp"
 address = "127.0.0.1:8080"
 answer_404 = "404.html"
+http_answers = "ignored"
 "#,
     )
     .unwrap();
@@ -670,6 +673,62 @@ fn http_frontend_needs_a_hostname_and_udp_frontend_refuses_one() {
     assert_eq!(
         error(&text),
         "clusters.dns.frontends[0].hostname: expected no HTTP routing key (hostname, path, path_type, method) on a TCP or UDP frontend, got \"x\" (at test.toml:8)"
+    );
+}
+
+#[test]
+fn regex_paths_load_and_a_bad_pattern_is_refused_with_key_and_value() {
+    let good = "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\n\
+         [clusters.w]\nprotocol = \"http\"\nfrontends = [{ address = \"127.0.0.1:80\", hostname = \"h\", path_type = \"REGEX\", path = \"^/v[0-9]+/\" }]\n";
+    let config = load(good).unwrap();
+    let frontend = &config.clusters["w"].frontends[0];
+    assert_eq!(frontend.path_kind, PathRuleKind::Regex);
+    assert_eq!(frontend.path, "^/v[0-9]+/");
+    let message = error(&good.replace("^/v[0-9]+/", "/(v1"));
+    assert!(
+        message.starts_with(
+            "clusters.w.frontends[0].path: expected a regular expression (path_type = \"REGEX\"): "
+        ),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("got \"/(v1\" (at test.toml:6)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn answer_files_and_redirect_port_are_read_into_the_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("404.html"), "<h1>gone</h1>").unwrap();
+    std::fs::write(dir.path().join("503.html"), "HTTP/1.1 503 Busy\n\nlater").unwrap();
+    let text = "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\nanswer_404 = \"404.html\"\n\
+         [clusters.w]\nprotocol = \"http\"\nhttps_redirect = true\nhttps_redirect_port = 8443\nanswer_503 = \"503.html\"\n\
+         frontends = [{ address = \"127.0.0.1:80\", hostname = \"h\" }]\n";
+    let config = super::parse::parse(text, Path::new("test.toml"), dir.path()).unwrap();
+    let ListenerConfig::Http(l) = &config.listeners[0] else {
+        panic!("{:?}", config.listeners[0]);
+    };
+    assert_eq!(l.answer_404.as_deref(), Some("<h1>gone</h1>"));
+    assert_eq!(l.answer_503, None);
+    let c = &config.clusters["w"];
+    assert_eq!(c.https_redirect_port, Some(8443));
+    assert_eq!(c.answer_503.as_deref(), Some("HTTP/1.1 503 Busy\n\nlater"));
+    let missing = text.replace("404.html", "nope.html");
+    let message = super::parse::parse(&missing, Path::new("test.toml"), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("listeners[0].answer_404") && message.contains("nope.html"),
+        "{message}"
+    );
+    let bad_port = text.replace("8443", "0");
+    let message = super::parse::parse(&bad_port, Path::new("test.toml"), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("clusters.w.https_redirect_port"),
+        "{message}"
     );
 }
 

@@ -15,6 +15,7 @@
 
 pub(crate) mod access;
 pub(crate) mod answers;
+pub(crate) mod features;
 pub(crate) mod metrics;
 pub(crate) mod session;
 
@@ -43,6 +44,7 @@ use crate::stream::{
 };
 
 pub use crate::protocol::http::router::{RouteError, RouteTarget, Router};
+use features::HttpFeatures;
 use metrics::{HttpHandleCache, HttpHandles};
 use session::{Env, HttpTimeouts, Phase, Session, SessionEnd};
 
@@ -114,6 +116,8 @@ pub struct HttpProxy {
     sessions: Slab<Session>,
     deadlines: Deadlines,
     clusters: HashMap<String, ClusterKnobs>,
+    /// Custom answers, redirects, sticky sessions.
+    features: HttpFeatures,
     handles: HttpHandleCache,
     buffer_size: usize,
     /// The rustls configuration of each HTTPS listener, by address (kept
@@ -128,6 +132,7 @@ macro_rules! env {
             ctx: $ctx,
             router: $self.routers.get(&$address),
             clusters: &$self.clusters,
+            features: &$self.features,
             handles: &mut $self.handles,
             key: $key,
             draining: $self.listeners.is_draining(),
@@ -146,6 +151,7 @@ impl HttpProxy {
             sessions: Slab::new(),
             deadlines: Deadlines::new(),
             clusters: HashMap::new(),
+            features: HttpFeatures::default(),
             handles: HttpHandleCache::default(),
             buffer_size: crate::stream::buffer_size(buffer_size),
             tls_configs: HashMap::new(),
@@ -177,9 +183,15 @@ impl HttpProxy {
             handles,
             tls: None,
         };
-        Ok(self
-            .listeners
-            .add(address, config.active, data, accept, ctx)?)
+        self.listeners
+            .add(address, config.active, data, accept, ctx)?;
+        self.features.set_listener(
+            address,
+            config.http_answers.as_ref(),
+            &config.answers,
+            &config.sticky_name,
+        );
+        Ok(())
     }
 
     /// Adds an HTTPS listener: the HTTP proxying of an HTTP listener behind
@@ -238,6 +250,13 @@ impl HttpProxy {
         let address = wire_address("address", &update.address)?;
         let listener = self.listeners.at_mut(address)?;
         sozu_command_lib::state::patch_http_listener(&mut listener.data.config, update);
+        let config = &listener.data.config;
+        self.features.set_listener(
+            address,
+            config.http_answers.as_ref(),
+            &config.answers,
+            &config.sticky_name,
+        );
         Ok(())
     }
 
@@ -559,6 +578,7 @@ impl StreamProxy for HttpProxy {
         }
         self.routers.remove(&address);
         self.tls_configs.remove(&address);
+        self.features.remove_listener(address);
         ctx.metrics
             .remove_scope(&crate::metrics::Scope::Listener(address));
         tracing::info!(listener = %address, "HTTP listener removed");
@@ -568,15 +588,18 @@ impl StreamProxy for HttpProxy {
     fn set_cluster(&mut self, cluster: &Cluster) {
         self.clusters
             .insert(cluster.cluster_id.clone(), ClusterKnobs::of(cluster));
+        self.features.set_cluster(cluster);
     }
 
     fn remove_cluster(&mut self, cluster: &str) {
         self.clusters.remove(cluster);
+        self.features.remove_cluster(cluster);
         self.handles.forget_cluster(cluster);
     }
 
     fn remove_backend(&mut self, cluster: &str, backend: &str) {
         self.handles.forget_backend(cluster, backend);
+        self.features.remove_backend(cluster, backend);
     }
 
     fn apply_own_order(
@@ -592,6 +615,12 @@ impl StreamProxy for HttpProxy {
             }
             RequestType::RemoveHttpFrontend(f) | RequestType::RemoveHttpsFrontend(f) => {
                 self.remove_frontend(f)
+            }
+            RequestType::AddBackend(b) => {
+                // The shared backend map has no sticky ids: kept here.
+                self.features
+                    .add_backend(&b.cluster_id, &b.backend_id, b.sticky_id.as_deref());
+                Ok(())
             }
             _ => Ok(()),
         }

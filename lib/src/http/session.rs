@@ -27,12 +27,13 @@ use crate::stream::context::ProxyContext;
 use crate::stream::deadlines::ArmedTimer;
 use crate::stream::limit::ConnectionSlot;
 use crate::stream::socket::{
-    connect_backend, connect_state, ConnectError, ConnectState, ReadOutcome, Side,
-    MAX_CONNECT_ATTEMPTS,
+    connect_backend, connect_preferred, connect_state, ConnectError, ConnectState, ReadOutcome,
+    Side, MAX_CONNECT_ATTEMPTS,
 };
 
 use super::access::HttpAccessRecord;
 use super::answers::default_answer;
+use super::features::{self, HttpFeatures, DEFAULT_STICKY_NAME};
 use super::metrics::{HttpHandleCache, HttpHandles};
 use super::HttpToken;
 use crate::protocol::http::body::BodyTracker;
@@ -52,6 +53,8 @@ pub(crate) struct Env<'a, 'c> {
     pub ctx: &'a mut ProxyContext<'c, HttpToken>,
     pub router: Option<&'a Router>,
     pub clusters: &'a HashMap<String, ClusterKnobs>,
+    /// Custom answers, `https_redirect`, sticky sessions.
+    pub features: &'a HttpFeatures,
     pub handles: &'a mut HttpHandleCache,
     pub key: usize,
     pub draining: bool,
@@ -159,6 +162,8 @@ struct ResponseState {
     body: BodyTracker,
     close_client: bool,
     backend_keep_alive: bool,
+    /// A 101 to an upgrade request: the exchange is a byte tunnel.
+    upgraded: bool,
 }
 
 /// A routed request and its response.
@@ -182,6 +187,10 @@ struct Exchange {
     reused: bool,
     /// Request body bytes written to the backend.
     body_forwarded: u64,
+    /// The sticky cookie's value, when the cluster has sticky sessions.
+    sticky: Option<String>,
+    /// The request asked for a protocol upgrade (WebSocket…).
+    upgrade: bool,
 }
 
 /// Which deadline is next and what it does.
@@ -521,9 +530,39 @@ impl Session {
             }
             Some(RouteTarget::Cluster { cluster, tags }) => (cluster, tags),
         };
+        let features: &HttpFeatures = env.features;
+        let cluster_features = features.cluster(cluster.as_str());
+        // Over TLS (an HTTPS listener) the client is already where the
+        // redirect would send it: answering 301 would loop.
+        if !self.front.is_tls() && cluster_features.is_some_and(|c| c.https_redirect) {
+            let port = cluster_features.and_then(|c| c.https_redirect_port);
+            match features::redirect_answer(&request.host, port, &request.target) {
+                Some(bytes) => {
+                    self.answer_with(301, "https_redirect", Some(bytes.into()), now, env)
+                }
+                None => self.answer(400, "bad_request", now, env),
+            }
+            return;
+        }
+        let sticky = cluster_features
+            .filter(|c| c.sticky_session)
+            .and_then(|_| {
+                let name = features
+                    .listener(self.listener_address)
+                    .map_or(DEFAULT_STICKY_NAME, |l| l.sticky_name.as_str());
+                features::cookie_value(&request.cookies, name)
+            })
+            .map(str::to_owned);
+        let sticky_backend = sticky
+            .as_deref()
+            .and_then(|v| cluster_features?.backend_for(v));
         let cluster_handles = env.handles.cluster(env.ctx.metrics, &cluster);
         let reuse = self.back.as_ref().is_some_and(|b| {
-            b.cluster == cluster && b.connected && !b.side.read_closed && !b.side.write_closed
+            b.cluster == cluster
+                && b.connected
+                && !b.side.read_closed
+                && !b.side.write_closed
+                && sticky_backend.is_none_or(|s| *s == b.backend)
         });
         let backend_handles = if reuse {
             self.back
@@ -548,6 +587,8 @@ impl Session {
             wrote_to_client: false,
             reused: reuse,
             body_forwarded: 0,
+            sticky,
+            upgrade: request.upgrade.is_some(),
         });
         if reuse {
             self.back_out = self
@@ -571,7 +612,20 @@ impl Session {
         };
         let cluster = exchange.cluster.clone();
         let affinity = stable_hash(self.client.ip().to_canonical().to_string().as_bytes());
-        match connect_backend(env.ctx.backends, &cluster, affinity, self.attempt + 1) {
+        // A sticky cookie naming a backend that is up: that backend first
+        // (once); otherwise balanced as usual, and the response re-stamped.
+        let features: &HttpFeatures = env.features;
+        let preferred = exchange
+            .sticky
+            .as_deref()
+            .filter(|_| self.attempt == 0)
+            .and_then(|v| features.cluster(cluster.as_str())?.backend_for(v))
+            .and_then(|b| connect_preferred(env.ctx.backends, &cluster, b));
+        let chosen = match preferred {
+            Some(connecting) => Ok(connecting),
+            None => connect_backend(env.ctx.backends, &cluster, affinity, self.attempt + 1),
+        };
+        match chosen {
             Ok(connecting) => {
                 let token = env.ctx.tokens.insert(HttpToken::Back(env.key));
                 let mut side = Side::new(connecting.stream, token, now);
@@ -701,6 +755,20 @@ impl Session {
     /// why in the access record. Facts go to the backend's scope if one was
     /// involved, else the cluster's, else the listener's.
     fn answer(&mut self, status: u16, outcome: &str, now: Instant, env: &mut Env<'_, '_>) {
+        self.answer_with(status, outcome, None, now, env);
+    }
+
+    /// [`Session::answer`] with these bytes (a redirect), else the
+    /// cluster's custom answer for `status`, else the listener's, else the
+    /// default one.
+    fn answer_with(
+        &mut self,
+        status: u16,
+        outcome: &str,
+        bytes: Option<Arc<[u8]>>,
+        now: Instant,
+        env: &mut Env<'_, '_>,
+    ) {
         let exchange = self.exchange.take();
         if exchange.as_ref().is_some_and(|e| e.wrote_to_client) {
             // Too late for an answer: the response already started.
@@ -711,7 +779,20 @@ impl Session {
             return;
         }
         let request = self.request.take();
-        let bytes = default_answer(status);
+        let features: &HttpFeatures = env.features;
+        let custom = bytes.or_else(|| {
+            exchange
+                .as_ref()
+                .and_then(|e| features.cluster(e.cluster.as_str())?.answers.get(status))
+                .or_else(|| {
+                    features
+                        .listener(self.listener_address)?
+                        .answers
+                        .get(status)
+                })
+                .cloned()
+        });
+        let bytes: &[u8] = custom.as_deref().unwrap_or(default_answer(status));
         let duration = request
             .as_ref()
             .map_or(Duration::ZERO, |r| now.saturating_duration_since(r.started));

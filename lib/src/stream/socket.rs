@@ -346,3 +346,38 @@ pub(crate) fn connect_backend(
         }
     }
 }
+
+/// Connects to one named backend of `cluster` (a sticky session's), if it
+/// is up; `None` when it is gone, not up, or refuses at once (marked
+/// suspect): the caller then balances as usual.
+pub(crate) fn connect_preferred(
+    backends: &mut BackendMap,
+    cluster: &ClusterId,
+    preferred: &BackendId,
+) -> Option<Connecting> {
+    let backend = backends
+        .cluster(cluster.as_str())?
+        .get(preferred.as_str())?;
+    if backend.status() != crate::backends::BackendStatus::Up {
+        return None;
+    }
+    let address = backend.address();
+    match TcpStream::connect(address) {
+        Ok(stream) => {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY");
+            }
+            Some(Connecting {
+                backend: preferred.clone(),
+                address,
+                stream,
+                attempt: 1,
+            })
+        }
+        Err(error) => {
+            tracing::debug!(cluster = %cluster, backend = %preferred, %address, %error, "sticky backend connect failed at once");
+            backends.mark_suspect(cluster.as_str(), preferred.as_str());
+            None
+        }
+    }
+}

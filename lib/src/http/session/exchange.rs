@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crate::stream::socket::ReadOutcome;
 
 use super::super::access::HttpAccessRecord;
+use super::super::features::{stamp_cookie, HttpFeatures, DEFAULT_STICKY_NAME};
 use super::{Env, Phase, ResponseState, Session, SessionEnd};
-use crate::protocol::http::body::BodyTracker;
+use crate::protocol::http::body::{BodyKind, BodyTracker};
 use crate::protocol::http::head;
 
 impl Session {
@@ -72,6 +73,15 @@ impl Session {
                 }
             }
             if self.front.read_closed
+                && exchange.response.as_ref().is_some_and(|r| r.upgraded)
+                && exchange.req_forwardable == 0
+            {
+                // The client ended a tunnel (WebSocket…): its bytes are
+                // all out, nothing more will come either way that it
+                // could read.
+                return Err(SessionEnd::Completed);
+            }
+            if self.front.read_closed
                 && !exchange.request_body.is_done()
                 && exchange.req_forwardable == 0
             {
@@ -112,20 +122,46 @@ impl Session {
             }
             let method = self.request.as_ref().map_or("GET", |r| r.method.as_str());
             let client_keep_alive = exchange.keep_alive && !env.draining && !self.front.read_closed;
-            match head::parse_response(self.back_in.data(), method, client_keep_alive) {
-                Ok(Some(response)) => {
+            match head::parse_response_to(
+                self.back_in.data(),
+                method,
+                client_keep_alive,
+                exchange.upgrade,
+            ) {
+                Ok(Some(mut response)) => {
                     self.back_in.consume(response.head_len);
                     if response.interim {
                         if exchange.version == 1 {
                             self.front_out.extend_from_slice(&response.forwarded);
                         }
                     } else {
+                        let features: &HttpFeatures = env.features;
+                        if let Some(c) = features
+                            .cluster(exchange.cluster.as_str())
+                            .filter(|c| c.sticky_session)
+                        {
+                            // Stamp the backend that answered unless the
+                            // client's cookie already names it.
+                            let id = c.sticky_id_of(&back.backend);
+                            if exchange.sticky.as_deref() != Some(id) {
+                                let name = features
+                                    .listener(self.listener_address)
+                                    .map_or(DEFAULT_STICKY_NAME, |l| l.sticky_name.as_str());
+                                stamp_cookie(&mut response.forwarded, name, id);
+                            }
+                        }
                         self.front_out.extend_from_slice(&response.forwarded);
+                        if response.upgraded {
+                            // After a 101 the connection is a tunnel: the
+                            // client's bytes flow until it closes.
+                            exchange.request_body = BodyTracker::new(BodyKind::UntilClose);
+                        }
                         exchange.response = Some(ResponseState {
                             status: response.status,
                             body: BodyTracker::new(response.body),
                             close_client: response.close_client,
                             backend_keep_alive: response.backend_keep_alive,
+                            upgraded: response.upgraded,
                         });
                     }
                     progress = true;

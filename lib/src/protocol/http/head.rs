@@ -41,8 +41,10 @@ pub enum RequestError {
     /// A Transfer-Encoding whose last coding is not chunked.
     #[error("unsupported Transfer-Encoding")]
     UnsupportedTransferEncoding,
-    /// An `Upgrade` request (WebSocket…), which this proxy does not tunnel.
-    #[error("protocol upgrade not supported")]
+    /// An `Upgrade` request with a body or on HTTP/1.0, which cannot be
+    /// tunnelled safely (RFC 9110 §7.8: the switch happens after the
+    /// request, body included).
+    #[error("protocol upgrade not supported on this request")]
     Upgrade,
 }
 
@@ -109,6 +111,12 @@ pub struct Request {
     pub head_len: usize,
     /// The head to send to the backend.
     pub forwarded: Vec<u8>,
+    /// The values of its `Cookie` headers (sticky sessions read them).
+    pub cookies: Vec<String>,
+    /// The protocol an `Upgrade` request asks for (`websocket`…): its
+    /// `Connection: upgrade` and `Upgrade` headers are forwarded, and a
+    /// `101` answer turns the connection into a byte tunnel.
+    pub upgrade: Option<String>,
 }
 
 /// A parsed response head and the head to send to the client.
@@ -129,6 +137,9 @@ pub struct Response {
     pub head_len: usize,
     /// The head to send to the client.
     pub forwarded: Vec<u8>,
+    /// A `101 Switching Protocols` to an upgrade request: after this head
+    /// the connection carries the new protocol's bytes both ways.
+    pub upgraded: bool,
 }
 
 fn eq(a: &str, b: &str) -> bool {
@@ -215,9 +226,14 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
     };
 
     let connection: Vec<String> = get("connection").flat_map(|h| tokens(h.value)).collect();
-    if get("upgrade").next().is_some() && connection.iter().any(|t| t == "upgrade") {
-        return Err(RequestError::Upgrade);
-    }
+    let upgrade = if connection.iter().any(|t| t == "upgrade") {
+        get("upgrade")
+            .next()
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+            .filter(|u| !u.is_empty())
+    } else {
+        None
+    };
     let keep_alive = if version == 1 {
         !connection.iter().any(|t| t == "close")
     } else {
@@ -236,6 +252,12 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
         (None, Some(n)) => BodyKind::Length(n),
         (None, None) => BodyKind::Empty,
     };
+    if upgrade.is_some() && (version == 0 || body != BodyKind::Empty) {
+        return Err(RequestError::Upgrade);
+    }
+    let cookies: Vec<String> = get("cookie")
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        .collect();
     let expect_continue =
         version == 1 && get("expect").any(|h| h.value.eq_ignore_ascii_case(b"100-continue"));
 
@@ -307,7 +329,16 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
         "X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {scheme}\r\nX-Forwarded-Port: {}\r\nForwarded: {forwarded}\r\n",
         info.listener.port()
     );
-    if !keep_alive {
+    if let Some(protocol) = &upgrade {
+        // Hop-by-hop, so removed above; an upgrade needs them on this hop.
+        // `close` kept beside it, so the backend reads the same
+        // keep-alive as the proxy did.
+        let close = if keep_alive { "" } else { ", close" };
+        let _ = write!(
+            HeadWriter(&mut out),
+            "Connection: upgrade{close}\r\nUpgrade: {protocol}\r\n"
+        );
+    } else if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -321,6 +352,8 @@ pub fn parse_request(input: &[u8], info: &ForwardInfo) -> Result<Option<Request>
         expect_continue,
         head_len,
         forwarded: out,
+        cookies,
+        upgrade,
     }))
 }
 
@@ -354,6 +387,19 @@ pub fn parse_response(
     method: &str,
     client_keep_alive: bool,
 ) -> Result<Option<Response>, ResponseError> {
+    parse_response_to(input, method, client_keep_alive, false)
+}
+
+/// [`parse_response`] for a request that asked for an upgrade (or not):
+/// a `101` to an upgrade request is the switch, forwarded with its
+/// `Connection` and `Upgrade` headers; a `101` to any other request is
+/// refused.
+pub fn parse_response_to(
+    input: &[u8],
+    method: &str,
+    client_keep_alive: bool,
+    upgrade_requested: bool,
+) -> Result<Option<Response>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let head_len = match res.parse(input) {
@@ -364,8 +410,37 @@ pub fn parse_response(
     let (Some(status), Some(version)) = (res.code, res.version) else {
         return Err(ResponseError::Malformed(httparse::Error::Status));
     };
-    if status == 101 {
+    if status == 101 && !upgrade_requested {
         return Err(ResponseError::UnexpectedUpgrade);
+    }
+    if status == 101 {
+        let mut out = Vec::with_capacity(head_len + 32);
+        let _ = write!(
+            HeadWriter(&mut out),
+            "HTTP/1.1 101 {}\r\n",
+            res.reason.unwrap_or("Switching Protocols")
+        );
+        for h in res.headers.iter() {
+            let lower = h.name.to_ascii_lowercase();
+            if lower == "connection" || lower == "keep-alive" || lower == "proxy-connection" {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+        return Ok(Some(Response {
+            status,
+            interim: false,
+            body: BodyKind::UntilClose,
+            backend_keep_alive: false,
+            close_client: true,
+            head_len,
+            forwarded: out,
+            upgraded: true,
+        }));
     }
     if (100..200).contains(&status) {
         return Ok(Some(Response {
@@ -376,6 +451,7 @@ pub fn parse_response(
             close_client: false,
             head_len,
             forwarded: input[..head_len].to_vec(),
+            upgraded: false,
         }));
     }
     let headers = res.headers;
@@ -451,6 +527,7 @@ pub fn parse_response(
         close_client,
         head_len,
         forwarded: out,
+        upgraded: false,
     }))
 }
 

@@ -1,13 +1,16 @@
 //! HTTP routing table of one listener: hostname (exact or `*.` wildcard)
-//! and path (prefix or exact), optionally a method, to a cluster.
+//! and path (prefix, exact or regular expression), optionally a method, to
+//! a cluster.
 //!
 //! Pure: no sockets, no clock. Owns the frontends of one listener address.
 //! Precedence, for a request's host and path:
 //! 1. exact hostname routes before wildcard ones (a wildcard `*.example.com`
 //!    matches exactly one more label: `a.example.com`, not
 //!    `a.b.example.com`, not `example.com`);
-//! 2. within a hostname, an `EQUALS` path beats any prefix, and the longest
-//!    matching `PREFIX` wins;
+//! 2. within a hostname, an `EQUALS` path beats everything, then `REGEX`
+//!    rules (in the order they were added; a pattern matches anywhere in
+//!    the path unless anchored, as in Sōzu), then the longest matching
+//!    `PREFIX`;
 //! 3. at equal length a route naming the request's method beats one with no
 //!    method.
 //!
@@ -38,11 +41,19 @@ pub enum RouteTarget {
 /// A refused frontend order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// `path.kind` is REGEX (not supported) or unknown.
-    #[error("path rule kind {kind} is not supported (PREFIX and EQUALS are)")]
+    /// `path.kind` is not a known kind.
+    #[error("path rule kind {kind} is not supported (PREFIX, REGEX and EQUALS are)")]
     UnsupportedPathKind {
         /// The wire value.
         kind: i32,
+    },
+    /// `path.value` of a REGEX rule does not compile (or is too large).
+    #[error("path.value {pattern:?} is not a usable regular expression: {reason}")]
+    InvalidRegex {
+        /// The pattern the order named.
+        pattern: String,
+        /// Why it was refused.
+        reason: String,
     },
     /// The hostname is empty or has a misplaced wildcard.
     #[error("invalid hostname {hostname:?}: {reason}")]
@@ -70,10 +81,23 @@ pub enum RouteError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum PathMatch {
     Prefix(String),
     Equals(String),
+    /// Compiled once, when the order arrives.
+    Regex(regex::Regex),
+}
+
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => a == b,
+            (PathMatch::Equals(a), PathMatch::Equals(b)) => a == b,
+            (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
 }
 
 impl PathMatch {
@@ -81,14 +105,18 @@ impl PathMatch {
         match self {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Equals(p) => path == p,
+            PathMatch::Regex(re) => re.is_match(path),
         }
     }
 
-    /// Ordering key: EQUALS above every prefix, then longer prefixes.
-    fn rank(&self) -> (bool, usize) {
+    /// Ordering key: EQUALS above everything, then REGEX rules (all of one
+    /// rank: a stable sort keeps them in the order they were added), then
+    /// longer prefixes.
+    fn rank(&self) -> (u8, usize) {
         match self {
-            PathMatch::Prefix(p) => (false, p.len()),
-            PathMatch::Equals(p) => (true, p.len()),
+            PathMatch::Prefix(p) => (0, p.len()),
+            PathMatch::Regex(_) => (1, 0),
+            PathMatch::Equals(p) => (2, p.len()),
         }
     }
 }
@@ -146,6 +174,14 @@ impl Router {
         let path = match PathRuleKind::try_from(frontend.path.kind) {
             Ok(PathRuleKind::Prefix) => PathMatch::Prefix(frontend.path.value.clone()),
             Ok(PathRuleKind::Equals) => PathMatch::Equals(frontend.path.value.clone()),
+            Ok(PathRuleKind::Regex) => PathMatch::Regex(
+                sozu_command_lib::limits::compile_path_regex(&frontend.path.value).map_err(
+                    |reason| RouteError::InvalidRegex {
+                        pattern: frontend.path.value.clone(),
+                        reason,
+                    },
+                )?,
+            ),
             _ => {
                 return Err(RouteError::UnsupportedPathKind {
                     kind: frontend.path.kind,
@@ -484,17 +520,80 @@ mod tests {
     }
 
     #[test]
-    fn regex_rules_and_bad_wildcards_are_refused() {
+    fn bad_regexes_and_bad_wildcards_are_refused_naming_the_value() {
         let mut r = Router::new();
+        let err = r
+            .add(&frontend("h", PathRuleKind::Regex, "/api/(v1", Some("c")))
+            .unwrap_err();
+        assert!(matches!(err, RouteError::InvalidRegex { .. }), "{err:?}");
+        assert!(err.to_string().contains("\"/api/(v1\""), "{err}");
         assert!(matches!(
-            r.add(&frontend("h", PathRuleKind::Regex, ".*", Some("c"))),
-            Err(RouteError::UnsupportedPathKind { .. })
+            Router::check(&frontend(
+                "h",
+                PathRuleKind::Regex,
+                "a{1000}{1000}",
+                Some("c")
+            )),
+            Err(RouteError::InvalidRegex { .. })
         ));
         assert!(matches!(
             r.add(&frontend("a.*.com", PathRuleKind::Prefix, "/", Some("c"))),
             Err(RouteError::InvalidHostname { .. })
         ));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn regex_rules_rank_between_equals_and_prefixes() {
+        let mut r = Router::new();
+        r.add(&frontend("h", PathRuleKind::Prefix, "/", Some("root")))
+            .unwrap();
+        r.add(&frontend(
+            "h",
+            PathRuleKind::Prefix,
+            "/api/v1/",
+            Some("long"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "h",
+            PathRuleKind::Regex,
+            "^/api/v[0-9]+/",
+            Some("versioned"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "h",
+            PathRuleKind::Regex,
+            r"\.png$",
+            Some("images"),
+        ))
+        .unwrap();
+        r.add(&frontend(
+            "h",
+            PathRuleKind::Equals,
+            "/api/v1/x",
+            Some("exact"),
+        ))
+        .unwrap();
+        assert_eq!(cluster_of(r.lookup("h", "/api/v1/x", "GET")), Some("exact"));
+        assert_eq!(
+            cluster_of(r.lookup("h", "/api/v1/y", "GET")),
+            Some("versioned")
+        );
+        assert_eq!(
+            cluster_of(r.lookup("h", "/api/v22/y?q=.png", "GET")),
+            Some("versioned")
+        );
+        // Unanchored: matches anywhere in the path, the query excluded.
+        assert_eq!(cluster_of(r.lookup("h", "/a/b.png", "GET")), Some("images"));
+        assert_eq!(cluster_of(r.lookup("h", "/a/b?x.png", "GET")), Some("root"));
+        assert_eq!(cluster_of(r.lookup("h", "/api/vx/", "GET")), Some("root"));
+        // Same pattern twice is a duplicate; removing it restores the rest.
+        let images = frontend("h", PathRuleKind::Regex, r"\.png$", Some("images"));
+        assert!(matches!(r.add(&images), Err(RouteError::Duplicate { .. })));
+        r.remove(&images).unwrap();
+        assert_eq!(cluster_of(r.lookup("h", "/a/b.png", "GET")), Some("root"));
     }
 
     /// Lookups agree with a brute-force reading of the precedence rules

@@ -141,7 +141,7 @@ fn framing_is_decided_or_refused() {
             RequestError::BadHost,
         ),
         (
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\n",
             RequestError::Upgrade,
         ),
     ];
@@ -380,4 +380,62 @@ fn a_tls_client_is_forwarded_as_https() {
     assert!(head.contains("X-Forwarded-Proto: https\r\n"), "{head}");
     assert!(!head.contains("X-Forwarded-Proto: http\r\n"), "{head}");
     assert!(head.contains(";proto=https"), "{head}");
+}
+
+#[test]
+fn an_upgrade_request_keeps_its_upgrade_headers_and_a_101_switches() {
+    let r = req("GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nCookie: a=1\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.upgrade.as_deref(), Some("websocket"));
+    assert_eq!(r.cookies, vec!["a=1".to_owned()]);
+    let head = String::from_utf8(r.forwarded).unwrap();
+    assert!(
+        head.contains("\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Sec-WebSocket-Key: k\r\n"), "{head}");
+    // Re-read by the backend, the head means the same: upgrade, keep-alive.
+    let closing = req(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    let again = parse_request(&closing.forwarded, &info()).unwrap().unwrap();
+    assert_eq!(again.upgrade.as_deref(), Some("websocket"));
+    assert_eq!(again.keep_alive, closing.keep_alive);
+    assert!(!again.keep_alive);
+    // An Upgrade header without `Connection: upgrade` asks for nothing.
+    let plain = req("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(plain.upgrade, None);
+
+    let switched = parse_response_to(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nframe",
+        "GET",
+        true,
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(switched.upgraded && !switched.interim);
+    assert_eq!(switched.body, BodyKind::UntilClose);
+    let head = String::from_utf8(switched.forwarded).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Upgrade: websocket\r\n"), "{head}");
+    assert!(head.ends_with("Connection: upgrade\r\n\r\n"), "{head}");
+    // A refusal (no 101) is an ordinary response.
+    let refused = parse_response_to(
+        b"HTTP/1.1 400 No\r\nContent-Length: 0\r\n\r\n",
+        "GET",
+        true,
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!refused.upgraded);
 }
