@@ -106,8 +106,7 @@ pub(crate) enum Command {
     /// HTTP listeners and frontends.
     #[command(subcommand)]
     Http(HttpCmd),
-    /// HTTPS listeners and frontends (kept in the state; HTTPS is not
-    /// served yet).
+    /// HTTPS listeners and frontends (HTTP/1.1 over TLS).
     #[command(subcommand)]
     Https(crate::ctl::tls::HttpsCmd),
     /// Certificates of the HTTPS listeners.
