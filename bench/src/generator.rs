@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
 use sozu_lib::metrics::Histogram;
 
+use crate::runner::processes::{tree_cpu, TreeCpu};
 use crate::stats::{classify_reply, rtt_histogram, Header, Reply, RttSummary, HEADER_LEN};
 
 /// Flows opened per source address before moving to the next 127.0.0.x.
@@ -87,6 +88,11 @@ pub(crate) struct GenArgs {
     /// wait while the proxy is still setting up this many.
     #[arg(long, default_value_t = 512)]
     pub max_pending: usize,
+    /// Also measure this process tree's CPU time and sleeps over the
+    /// measured sending window (the proxy under test: its cost per round
+    /// trip without the set-up and the final drain).
+    #[arg(long)]
+    pub watch_pid: Option<i32>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -137,6 +143,33 @@ pub(crate) struct GenReport {
     pub flows_per_s: f64,
     /// Round trip times.
     pub rtt: RttSummary,
+    /// The `--watch-pid` tree over the sending window.
+    #[serde(default)]
+    pub watched: Option<WatchedCpu>,
+}
+
+/// CPU time and sleeps of the `--watch-pid` tree while the measured
+/// window was sending.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct WatchedCpu {
+    /// Nanoseconds on CPU, every thread of the tree.
+    pub cpu_ns: u64,
+    /// Voluntary context switches (went to sleep waiting).
+    pub sleeps: u64,
+}
+
+impl GenReport {
+    /// Watched CPU microseconds per completed round trip (reply received).
+    pub(crate) fn cpu_us_per_round_trip(&self) -> Option<f64> {
+        let w = self.watched?;
+        (self.received > 0).then(|| w.cpu_ns as f64 / 1000.0 / self.received as f64)
+    }
+
+    /// Watched sleeps per completed round trip.
+    pub(crate) fn sleeps_per_round_trip(&self) -> Option<f64> {
+        let w = self.watched?;
+        (self.received > 0).then(|| w.sleeps as f64 / self.received as f64)
+    }
 }
 
 struct Flow {
@@ -310,6 +343,17 @@ fn print_report(r: &GenReport) {
         us(r.rtt.mean_us),
         us(r.rtt.max_us)
     );
+    if let (Some(w), Some(cpu), Some(sleeps)) = (
+        r.watched,
+        r.cpu_us_per_round_trip(),
+        r.sleeps_per_round_trip(),
+    ) {
+        println!(
+            "watched tree: {:.3} s on CPU, {} sleeps = {cpu:.2} us and {sleeps:.2} sleeps per round trip",
+            w.cpu_ns as f64 / 1e9,
+            w.sleeps
+        );
+    }
 }
 
 /// Mutable state of one generator run.
@@ -335,6 +379,18 @@ struct Generator<'a> {
 }
 
 impl Generator<'_> {
+    /// Closes the watched window: what the watched tree spent since
+    /// `start` (taken when measuring began).
+    fn watch_stop(&mut self, start: Option<TreeCpu>) {
+        if let (Some(pid), Some(start)) = (self.args.watch_pid, start) {
+            let spent = tree_cpu(pid).since(start);
+            self.report.watched = Some(WatchedCpu {
+                cpu_ns: spent.cpu_ns,
+                sleeps: spent.sleeps,
+            });
+        }
+    }
+
     fn now_ns(&self, now: Instant) -> u64 {
         now.duration_since(self.start).as_nanos() as u64
     }
@@ -630,6 +686,7 @@ pub(crate) fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     let mut stopped_at: Option<Instant> = None;
     let mut rate_sent = 0u64;
     let mut rate_cursor = 0usize;
+    let mut watch_start: Option<TreeCpu> = None;
     let loss_timeout = Duration::from_millis(args.loss_timeout_ms);
     loop {
         let now = Instant::now();
@@ -641,17 +698,20 @@ pub(crate) fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
                 gen.measure_start = now;
                 gen.measure_start_ns = gen.now_ns(now);
                 gen.send_end = now + duration;
+                watch_start = args.watch_pid.map(tree_cpu);
             }
         }
         let send_end = gen.send_end;
         if gen.sending && (now >= send_end || args.count.is_some_and(|c| gen.total_sent >= c)) {
             gen.sending = false;
             stopped_at = Some(now.min(send_end));
+            gen.watch_stop(watch_start);
         }
         let all_done = gen.done_count == gen.flows.len();
         if all_done && stopped_at.is_none() {
             gen.sending = false;
             stopped_at = Some(now);
+            gen.watch_stop(watch_start);
         }
         if let Some(stop) = stopped_at {
             if gen.outstanding == 0 || now.duration_since(stop) > loss_timeout {
@@ -755,6 +815,7 @@ mod tests {
             loss_timeout_ms: 2000,
             ramp: 20,
             max_pending: 512,
+            watch_pid: None,
             json: false,
         }
     }

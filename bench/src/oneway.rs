@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::runner::processes::{
-    check_interrupted, install_signal_handlers, process_tree, tree_usage,
-};
+use crate::runner::processes::{check_interrupted, install_signal_handlers, tree_cpu, tree_usage};
 use crate::runner::proxies::{self, Installed, ProxyOptions, Target};
 use crate::runner::{RoundArgs, TargetArgs};
 
@@ -162,24 +160,10 @@ pub(crate) fn sources(n: usize, base: u16) -> anyhow::Result<Vec<UdpSocket>> {
     Ok(out)
 }
 
-/// User + system CPU seconds of `root`'s process tree.
+/// CPU seconds of `root`'s process tree (the scheduler's exact runtime,
+/// see [`tree_cpu`]).
 pub(crate) fn tree_cpu_seconds(root: i32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    process_tree(root)
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command (which may hold spaces) start at ')'.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 (1-based), i.e. 11 and
-            // 12 after the state field.
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
+    tree_cpu(root).cpu_ns as f64 / 1e9
 }
 
 /// Offers `rate` datagrams per second for `seconds`, the sources in turn;

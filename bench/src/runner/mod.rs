@@ -125,6 +125,9 @@ pub(crate) enum Kind {
     Latency,
     /// Proxy bytes of RSS per live flow (lower is better).
     Memory,
+    /// Proxy CPU microseconds per round trip at a fixed open-loop rate
+    /// (lower is better).
+    Cost,
 }
 
 /// One benchmark scenario (issue 7, item 3).
@@ -164,6 +167,21 @@ const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) 
         responses: 0,
         warmup: 0.5,
         fixed_duration: None,
+    }
+}
+
+/// A cost scenario: `flows` established flows share an open-loop `rate`
+/// of round trips per second; the headline is proxy CPU per round trip.
+const fn cost(name: &'static str, flows: usize, rate: f64) -> Scenario {
+    Scenario {
+        rate: Some(rate),
+        warmup: 1.0,
+        ..base(
+            name,
+            "proxy CPU per round trip, established flows, fixed open-loop rate",
+            Kind::Cost,
+            flows,
+        )
     }
 }
 
@@ -236,6 +254,11 @@ pub(crate) fn scenarios() -> Vec<Scenario> {
                 64,
             )
         },
+        cost("cost-64-25k", 64, 25_000.0),
+        cost("cost-64-50k", 64, 50_000.0),
+        cost("cost-64-100k", 64, 100_000.0),
+        cost("cost-1024-50k", 1024, 50_000.0),
+        cost("cost-4000-50k", 4000, 50_000.0),
         Scenario {
             per_flow_count: Some(1),
             warmup: 0.0,
@@ -311,10 +334,16 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     let selected: Vec<Scenario> = if !args.scenarios.is_empty() {
         let mut chosen = Vec::new();
         for name in &args.scenarios {
-            let Some(s) = all.iter().find(|s| s.name == name) else {
+            // A family name (`cost`, `flows`) selects every `name-*`.
+            let family = format!("{name}-");
+            let matched: Vec<&Scenario> = all
+                .iter()
+                .filter(|s| s.name == name || s.name.starts_with(&family))
+                .collect();
+            if matched.is_empty() {
                 bail!("unknown --scenario {name:?}; --list shows them");
-            };
-            chosen.push(s.clone());
+            }
+            chosen.extend(matched.into_iter().cloned());
         }
         chosen
     } else if args.quick {
@@ -447,7 +476,7 @@ fn run_all(
                 };
                 if let Some(r) = &sample.report {
                     eprintln!(
-                        "  pps {:.0} flows/s {:.0} lost {} misrouted {} p50 {:.1} us{}",
+                        "  pps {:.0} flows/s {:.0} lost {} misrouted {} p50 {:.1} us{}{}",
                         r.pps,
                         r.flows_per_s,
                         r.lost,
@@ -455,7 +484,9 @@ fn run_all(
                         r.rtt.p50_us.unwrap_or(f64::NAN),
                         sample
                             .bytes_per_flow
-                            .map_or(String::new(), |b| format!(" bytes/flow {b:.0}"))
+                            .map_or(String::new(), |b| format!(" bytes/flow {b:.0}")),
+                        r.cpu_us_per_round_trip()
+                            .map_or(String::new(), |c| format!(" cpu {c:.2} us/rt"))
                     );
                 }
                 samples.push(sample);
@@ -466,8 +497,17 @@ fn run_all(
     Ok(())
 }
 
-fn gen_argv(ctx: &RunContext, scenario: &Scenario, targets: &[SocketAddr]) -> Vec<String> {
+fn gen_argv(
+    ctx: &RunContext,
+    scenario: &Scenario,
+    targets: &[SocketAddr],
+    watch: Option<i32>,
+) -> Vec<String> {
     let mut argv = vec![ctx.exe.display().to_string(), "gen".into(), "--json".into()];
+    if let Some(pid) = watch {
+        argv.push("--watch-pid".into());
+        argv.push(pid.to_string());
+    }
     for t in targets {
         argv.push("--target".into());
         argv.push(t.to_string());
@@ -536,7 +576,7 @@ fn measure(
     let before = proxy.as_ref().map(|p| tree_usage(p.pid()));
     let generator = Proc::spawn(Spawn {
         name: "gen",
-        argv: gen_argv(ctx, scenario, &gen_targets),
+        argv: gen_argv(ctx, scenario, &gen_targets, proxy.as_ref().map(Proc::pid)),
         cpu: ctx.cpu(LOAD_CPU),
         log: None,
     })?;

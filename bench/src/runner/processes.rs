@@ -318,3 +318,97 @@ pub(crate) fn tree_usage(root: i32) -> TreeUsage {
     }
     usage
 }
+
+/// CPU time and sleeps of a process tree, summed over every thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct TreeCpu {
+    /// Time on CPU, nanoseconds: the scheduler's exact runtime
+    /// (`/proc/<pid>/task/<tid>/schedstat`, first field). `utime + stime`
+    /// from `/proc/<pid>/stat` are sampled at the timer tick on this kernel
+    /// (tick accounting), which is biased for a process that sleeps and
+    /// wakes thousands of times per tick period.
+    pub cpu_ns: u64,
+    /// Voluntary context switches: how many times a thread went to sleep
+    /// waiting for something (`voluntary_ctxt_switches`).
+    pub sleeps: u64,
+}
+
+impl TreeCpu {
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: TreeCpu) -> TreeCpu {
+        TreeCpu {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            sleeps: self.sleeps.saturating_sub(earlier.sleeps),
+        }
+    }
+}
+
+/// Reads [`TreeCpu`] for `root` and its descendants. A thread that exits
+/// between two readings takes its time with it; the processes measured
+/// here (proxy masters and workers) keep theirs for the whole phase.
+pub(crate) fn tree_cpu(root: i32) -> TreeCpu {
+    let mut total = TreeCpu::default();
+    for pid in process_tree(root) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            if let Ok(schedstat) = fs::read_to_string(dir.join("schedstat")) {
+                total.cpu_ns += parse_schedstat(&schedstat).unwrap_or(0);
+            }
+            if let Ok(status) = fs::read_to_string(dir.join("status")) {
+                total.sleeps += parse_voluntary_switches(&status).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// First field of a `schedstat` line: nanoseconds spent on a CPU.
+fn parse_schedstat(line: &str) -> Option<u64> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// `voluntary_ctxt_switches` of a `status` file.
+fn parse_voluntary_switches(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_kernel_formats() {
+        assert_eq!(parse_schedstat("123456789 42 7\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat(""), None);
+        let status = "Name:\tsozu\nvoluntary_ctxt_switches:\t812\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_voluntary_switches(status), Some(812));
+        assert_eq!(parse_voluntary_switches("Name:\tx\n"), None);
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the test spins on the clock
+    fn time_on_cpu_and_sleeps_of_this_process_are_counted() {
+        // This test process: its own tree (it has no children) gains CPU
+        // time while it spins and a sleep while it waits.
+        let me = std::process::id() as i32;
+        let before = tree_cpu(me);
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_millis(30);
+        let mut x = 0u64;
+        while std::time::Instant::now() < spin_until {
+            x = x.wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let spent = tree_cpu(me).since(before);
+        assert!(spent.cpu_ns >= 10_000_000, "{spent:?}");
+        assert!(spent.sleeps >= 1, "{spent:?}");
+    }
+}

@@ -14,6 +14,7 @@ fn metric(kind: Kind, s: &Sample) -> Option<f64> {
         Kind::Burst | Kind::NewFlows => Some(r.flows_per_s),
         Kind::Latency => r.rtt.p50_us,
         Kind::Memory => s.bytes_per_flow,
+        Kind::Cost => r.cpu_us_per_round_trip(),
     }
 }
 
@@ -24,6 +25,7 @@ fn unit(kind: Kind) -> &'static str {
         Kind::NewFlows => "flows/s",
         Kind::Latency => "p50 us",
         Kind::Memory => "B/flow",
+        Kind::Cost => "cpu us/rt",
     }
 }
 
@@ -83,6 +85,32 @@ fn aggregate(scenario: &Scenario, target: Target, samples: &[Sample]) -> Option<
         p50.map_or("-".into(), fmt),
         p99.map_or("-".into(), fmt)
     );
+    // Proxy cost wherever the proxy was watched (every proxy target; the
+    // headline of cost scenarios, a detail of the others).
+    let cpu = median(
+        &reports
+            .iter()
+            .filter_map(|r| r.cpu_us_per_round_trip())
+            .collect::<Vec<_>>(),
+    );
+    let sleeps = median(
+        &reports
+            .iter()
+            .filter_map(|r| r.sleeps_per_round_trip())
+            .collect::<Vec<_>>(),
+    );
+    let pps = median(&reports.iter().map(|r| r.pps).collect::<Vec<_>>());
+    match (scenario.kind, cpu, sleeps) {
+        (Kind::Cost, _, Some(sleeps)) => extra.push_str(&format!(
+            " | pps {} sleeps/rt {sleeps:.2}",
+            pps.map_or("-".into(), fmt)
+        )),
+        (Kind::Cost, _, None) => extra.push_str(&format!(" | pps {}", pps.map_or("-".into(), fmt))),
+        (Kind::Throughput | Kind::Latency, Some(cpu), Some(sleeps)) => {
+            extra.push_str(&format!(" | cpu {cpu:.2} us/rt sleeps/rt {sleeps:.2}"))
+        }
+        _ => {}
+    }
     match scenario.kind {
         Kind::Burst => {
             let done: u64 = reports.iter().map(|r| r.flows_completed).sum();
