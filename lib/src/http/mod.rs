@@ -18,6 +18,7 @@ pub(crate) mod answers;
 pub(crate) mod features;
 pub(crate) mod metrics;
 pub(crate) mod session;
+pub(crate) mod templates;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
