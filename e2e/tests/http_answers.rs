@@ -48,7 +48,10 @@ fn request(proxy: SocketAddr, host: &str, path: &str, extra: &str) -> Answer {
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "closed in the head");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "closed in the head"
+        );
         if line == "\r\n" {
             break;
         }
@@ -76,11 +79,20 @@ fn request_to_end(proxy: SocketAddr, host: &str, path: &str) -> (Answer, Vec<u8>
     stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
     let mut all = Vec::new();
-    stream.read_to_end(&mut all).expect("the answer, then the close");
+    stream
+        .read_to_end(&mut all)
+        .expect("the answer, then the close");
     let text = String::from_utf8_lossy(&all).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -158,7 +170,10 @@ backends = [{{ address = "{web}" }}]
     assert_eq!(answer.status, 404, "{answer:?}");
     assert_eq!(answer.header("x-route"), Some("nowhere.example.org/a<b>&c"));
     let id = answer.header("sozu-id").expect("a request id").to_owned();
-    assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     assert_eq!(
         answer.body,
         format!("<p>nowhere.example.org/a&lt;b&gt;&amp;c ({id})</p>")
@@ -319,7 +334,13 @@ fn cluster_add_takes_the_https_redirect_port() {
         "8443",
     ]);
     let listener = front.to_string();
-    sozu.cli_ok(&http_frontend_args("add", "s", &listener, "s.example.com", &[]));
+    sozu.cli_ok(&http_frontend_args(
+        "add",
+        "s",
+        &listener,
+        "s.example.com",
+        &[],
+    ));
     sozu.backend_add("s", "w", &web.addr().to_string());
     let answer = request(front, "s.example.com", "/p", "");
     assert_eq!(answer.status, 301, "{answer:?}");

@@ -701,7 +701,11 @@ fn regex_paths_load_and_a_bad_pattern_is_refused_with_key_and_value() {
 #[test]
 fn answers_tables_and_per_status_files_are_read_for_listeners_and_clusters() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("301.http"), "HTTP/1.1 301 Moved\nLocation: %REDIRECT_LOCATION\n\n").unwrap();
+    std::fs::write(
+        dir.path().join("301.http"),
+        "HTTP/1.1 301 Moved\nLocation: %REDIRECT_LOCATION\n\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("502.html"), "bad gateway").unwrap();
     std::fs::write(dir.path().join("429.html"), "slow down").unwrap();
     let text = "[[listeners]]\nprotocol = \"https\"\naddress = \"127.0.0.1:443\"\nanswer_301 = \"301.http\"\nanswer_429 = \"429.html\"\n\
@@ -721,7 +725,10 @@ fn answers_tables_and_per_status_files_are_read_for_listeners_and_clusters() {
     assert_eq!(
         answers,
         vec![
-            ("301", "HTTP/1.1 301 Moved\nLocation: %REDIRECT_LOCATION\n\n"),
+            (
+                "301",
+                "HTTP/1.1 301 Moved\nLocation: %REDIRECT_LOCATION\n\n"
+            ),
             ("429", "from the table"),
             ("502", "bad gateway"),
         ]

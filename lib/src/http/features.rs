@@ -74,10 +74,8 @@ impl AnswerSet {
 
     fn insert(&mut self, status: u16, template: &str) {
         let response = build_answer(status, template);
-        self.by_status.insert(
-            status,
-            Arc::new(AnswerTemplate::new(status, &response)),
-        );
+        self.by_status
+            .insert(status, Arc::new(AnswerTemplate::new(status, &response)));
     }
 
     /// The custom answer for `status`, if one is configured.
@@ -355,9 +353,7 @@ pub(crate) fn cookie_value<'a>(cookie_headers: &'a [String], name: &str) -> Opti
 /// a `Cookie` header that holds nothing else removed. `None` when the head
 /// has no such cookie (forwarded unchanged).
 pub(crate) fn strip_cookie(head: &[u8], name: &str) -> Option<Vec<u8>> {
-    let is_cookie = |line: &[u8]| {
-        line.len() > 7 && line[..7].eq_ignore_ascii_case(b"cookie:")
-    };
+    let is_cookie = |line: &[u8]| line.len() > 7 && line[..7].eq_ignore_ascii_case(b"cookie:");
     let named = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| k.trim() == name);
     let mentions = head
         .split(|b| *b == b'\n')
@@ -462,9 +458,8 @@ mod tests {
 
     #[test]
     fn answers_map_wins_over_fields_and_bad_keys_are_ignored() {
-        let body = |t: &Arc<AnswerTemplate>| {
-            t.render(&crate::http::templates::AnswerValues::default())
-        };
+        let body =
+            |t: &Arc<AnswerTemplate>| t.render(&crate::http::templates::AnswerValues::default());
         let fields = CustomHttpAnswers {
             answer_404: Some("fields".to_owned()),
             ..Default::default()
@@ -518,7 +513,11 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1; c=3\r\nX: y\r\n\r\n"
         );
         assert!(strip_cookie(head, "other").is_none());
-        assert!(strip_cookie(b"GET / HTTP/1.1\r\nX-Cookie: SOZUBALANCEID=1\r\n\r\n", "SOZUBALANCEID").is_none());
+        assert!(strip_cookie(
+            b"GET / HTTP/1.1\r\nX-Cookie: SOZUBALANCEID=1\r\n\r\n",
+            "SOZUBALANCEID"
+        )
+        .is_none());
     }
 
     #[test]

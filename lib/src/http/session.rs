@@ -34,8 +34,8 @@ use crate::stream::socket::{
 use super::access::HttpAccessRecord;
 use super::answers::default_answer;
 use super::features::{self, HttpFeatures, DEFAULT_STICKY_NAME};
-use super::templates::AnswerValues;
 use super::metrics::{HttpHandleCache, HttpHandles};
+use super::templates::AnswerValues;
 use super::HttpToken;
 use crate::protocol::http::body::BodyTracker;
 use crate::protocol::http::head::{self, ForwardInfo};
@@ -553,8 +553,8 @@ impl Session {
             .and_then(|_| features::cookie_value(&request.cookies, sticky_name))
             .map(str::to_owned);
         // The sticky cookie is the proxy's: the backend never sees it.
-        let request_head = features::strip_cookie(&request.forwarded, sticky_name)
-            .unwrap_or(request.forwarded);
+        let request_head =
+            features::strip_cookie(&request.forwarded, sticky_name).unwrap_or(request.forwarded);
         let sticky_backend = sticky
             .as_deref()
             .and_then(|v| cluster_features?.backend_for(v));

@@ -324,11 +324,7 @@ fn escape_html(value: &str, out: &mut Vec<u8>) {
 /// A value placed in a header: only visible ASCII and spaces kept, so a
 /// value can neither end the header nor start another.
 fn escape_header(value: &str, out: &mut Vec<u8>) {
-    out.extend(
-        value
-            .bytes()
-            .filter(|b| b.is_ascii_graphic() || *b == b' '),
-    );
+    out.extend(value.bytes().filter(|b| b.is_ascii_graphic() || *b == b' '));
 }
 
 #[cfg(test)]
