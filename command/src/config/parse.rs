@@ -39,10 +39,27 @@ pub(super) const IGNORED_GLOBAL: &[&str] = &[
 ];
 
 /// Sōzu listener keys we accept and ignore (custom answers).
-pub(super) const IGNORED_LISTENER: &[&str] = &["answer_404", "answer_503"];
+/// On HTTP and HTTPS listeners the answer keys are read (consumed before
+/// this list is looked at); on TCP and UDP ones they are ignored.
+pub(super) const IGNORED_LISTENER: &[&str] = &[
+    "answer_301",
+    "answer_400",
+    "answer_401",
+    "answer_404",
+    "answer_408",
+    "answer_413",
+    "answer_421",
+    "answer_429",
+    "answer_502",
+    "answer_503",
+    "answer_504",
+    "answer_507",
+    "answers",
+    "http_answers",
+];
 
 /// Sōzu cluster keys we accept and ignore.
-pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2"];
+pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "answers", "http2"];
 
 /// Sōzu frontend keys we accept and ignore on a frontend that is not on an
 /// HTTPS listener (TLS keys; read on an HTTPS frontend).
