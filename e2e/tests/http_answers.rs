@@ -1,14 +1,16 @@
 //! Custom answers as Sōzu 2.x writes them, through the real binary: the
 //! template variables (`%ROUTE`, `%REQUEST_ID`, `%CLUSTER_ID`, `%MESSAGE`,
 //! `%REDIRECT_LOCATION`…) spliced in and escaped, the `answers` tables of
-//! listeners and clusters; the sticky cookie kept from backends; and
-//! `cluster add --https-redirect-port`.
+//! listeners and clusters; the sticky cookie kept from backends;
+//! `cluster add --https-redirect-port`; and the `redirect` /
+//! `redirect_scheme` fields of Sōzu's HTTP frontends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use sozu_command_lib::command::{self, request::RequestType};
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::sozu::http_frontend_args;
 use sozu_e2e::stream::{http_get, NamedHttpBackend, ANSWER_WAIT};
@@ -350,4 +352,114 @@ fn cluster_add_takes_the_https_redirect_port() {
     );
     let listed = sozu.cli_ok(&["cluster", "list", "-i", "s"]).stdout;
     assert!(listed.contains("https_redirect_port=8443"), "{listed}");
+}
+
+/// A wire `add_http_frontend` with Sōzu's redirect fields.
+fn redirect_frontend(
+    front: SocketAddr,
+    host: &str,
+    cluster: Option<&str>,
+    redirect: command::RedirectPolicy,
+    scheme: Option<command::RedirectScheme>,
+) -> RequestType {
+    RequestType::AddHttpFrontend(command::RequestHttpFrontend {
+        cluster_id: cluster.map(str::to_owned),
+        address: front.into(),
+        hostname: host.to_owned(),
+        path: command::PathRule {
+            kind: command::PathRuleKind::Prefix as i32,
+            value: "/".to_owned(),
+        },
+        position: command::RulePosition::Tree as i32,
+        redirect: Some(redirect as i32),
+        redirect_scheme: scheme.map(|s| s as i32),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn frontend_redirect_policies_answer_301_302_308_and_401() {
+    use command::{RedirectPolicy, RedirectScheme};
+    let web = NamedHttpBackend::start("web");
+    let front = free_v4();
+    let sozu = Sozu::start(SozuConfig {
+        worker_count: 1,
+        extra: format!(
+            r#"
+[[listeners]]
+protocol = "http"
+address = "{front}"
+
+[clusters.web]
+protocol = "http"
+https_redirect_port = 8443
+frontends = [{{ address = "{front}", hostname = "example.com" }}]
+backends = [{{ address = "{web}" }}]
+"#,
+            web = web.addr()
+        ),
+        ..SozuConfig::default()
+    });
+    let orders = [
+        redirect_frontend(
+            front,
+            "moved.example.com",
+            None,
+            RedirectPolicy::Permanent,
+            None,
+        ),
+        redirect_frontend(
+            front,
+            "found.example.com",
+            Some("web"),
+            RedirectPolicy::Found,
+            Some(RedirectScheme::UseHttps),
+        ),
+        redirect_frontend(
+            front,
+            "kept.example.com",
+            None,
+            RedirectPolicy::PermanentRedirect,
+            Some(RedirectScheme::UseHttp),
+        ),
+        redirect_frontend(
+            front,
+            "closed.example.com",
+            Some("web"),
+            RedirectPolicy::Unauthorized,
+            None,
+        ),
+    ];
+    for order in orders {
+        let answer = sozu.request(order).expect("the order is answered");
+        assert_eq!(
+            answer.status,
+            command::ResponseStatus::Ok as i32,
+            "{}",
+            answer.message
+        );
+    }
+    let answer = request(front, "moved.example.com:81", "/a?b", "");
+    assert_eq!(answer.status, 301, "{answer:?}");
+    assert_eq!(
+        answer.header("location"),
+        Some("http://moved.example.com/a?b")
+    );
+    // USE_HTTPS, with the cluster's https_redirect_port.
+    let answer = request(front, "found.example.com", "/f", "");
+    assert_eq!(answer.status, 302, "{answer:?}");
+    assert_eq!(
+        answer.header("location"),
+        Some("https://found.example.com:8443/f")
+    );
+    let answer = request(front, "kept.example.com", "/k", "");
+    assert_eq!(answer.status, 308, "{answer:?}");
+    assert_eq!(answer.header("location"), Some("http://kept.example.com/k"));
+    let answer = request(front, "closed.example.com", "/", "");
+    assert_eq!(answer.status, 401, "{answer:?}");
+    // The positive side: a forwarding frontend still reaches its backend.
+    assert_eq!(
+        http_get(front, "example.com", "/"),
+        Ok((200, "backend=web".to_owned()))
+    );
 }

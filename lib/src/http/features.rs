@@ -88,6 +88,8 @@ impl AnswerSet {
 fn reason(status: u16) -> &'static str {
     match status {
         301 => "Moved Permanently",
+        302 => "Found",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -183,11 +185,17 @@ fn split_head(template: &str) -> Option<(&str, &str)> {
     Some((&template[..at], &template[at + len..]))
 }
 
-/// The `https://HOST[:PORT]TARGET` of Sōzu's `https_redirect`. `host` is
-/// the request's Host (its port dropped); `port` the cluster's
-/// `https_redirect_port` (443, the default, is not written). `None` when
-/// the host or target holds bytes that have no place in a Location header.
-pub(crate) fn redirect_location(host: &str, port: Option<u16>, target: &str) -> Option<String> {
+/// The `SCHEME://HOST[:PORT]TARGET` of Sōzu's `https_redirect` (scheme
+/// `https`) and of frontend redirects. `host` is the request's Host (its
+/// port dropped); `port` the cluster's `https_redirect_port` (the scheme's
+/// default, 443 or 80, is not written). `None` when the host or target
+/// holds bytes that have no place in a Location header.
+pub(crate) fn redirect_location(
+    scheme: &str,
+    host: &str,
+    port: Option<u16>,
+    target: &str,
+) -> Option<String> {
     let name = crate::protocol::http::router::host_without_port(host);
     let host_ok = !name.is_empty()
         && name
@@ -197,18 +205,21 @@ pub(crate) fn redirect_location(host: &str, port: Option<u16>, target: &str) -> 
     if !host_ok || !target_ok {
         return None;
     }
-    let mut location = format!("https://{name}");
-    if let Some(port) = port.filter(|p| *p != 443) {
+    let mut location = format!("{scheme}://{name}");
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if let Some(port) = port.filter(|p| *p != default_port) {
         let _ = write!(location, ":{port}");
     }
     location.push_str(target);
     Some(location)
 }
 
-/// The default `301` to `location` (checked by [`redirect_location`]).
-pub(crate) fn redirect_answer(location: &str) -> Vec<u8> {
+/// The default redirect answer (`status` 301, 302 or 308) to `location`
+/// (checked by [`redirect_location`]).
+pub(crate) fn redirect_answer(status: u16, location: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nCache-Control: no-cache\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nCache-Control: no-cache\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        reason(status)
     )
     .into_bytes()
 }
@@ -475,7 +486,7 @@ mod tests {
 
     #[test]
     fn redirect_points_to_https_with_host_port_and_target() {
-        let at = |h, p, t| redirect_answer(&redirect_location(h, p, t).unwrap());
+        let at = |h, p, t| redirect_answer(301, &redirect_location("https", h, p, t).unwrap());
         let (status, headers, body) = parse(&at("Example.com:8080", None, "/a/b?c=d"));
         assert_eq!(status, 301);
         assert_eq!(
@@ -485,8 +496,15 @@ mod tests {
         assert!(body.is_empty());
         let (_, headers, _) = parse(&at("h", Some(8443), "/"));
         assert_eq!(header(&headers, "location"), vec!["https://h:8443/"]);
-        assert!(redirect_location("bad host", None, "/").is_none());
-        assert!(redirect_location("h", None, "*").is_none());
+        assert!(redirect_location("https", "bad host", None, "/").is_none());
+        assert!(redirect_location("https", "h", None, "*").is_none());
+        assert_eq!(
+            redirect_location("http", "h:1", Some(80), "/").as_deref(),
+            Some("http://h/")
+        );
+        let (status, headers, _) = parse(&redirect_answer(308, "http://h:8080/"));
+        assert_eq!(status, 308);
+        assert_eq!(header(&headers, "location"), vec!["http://h:8080/"]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use super::templates::AnswerValues;
 use super::HttpToken;
 use crate::protocol::http::body::BodyTracker;
 use crate::protocol::http::head::{self, ForwardInfo};
-use crate::protocol::http::router::{RouteTarget, Router};
+use crate::protocol::http::router::{RouteTarget, Router, Scheme};
 use crate::stream::ClusterKnobs;
 
 mod exchange;
@@ -529,6 +529,37 @@ impl Session {
                 self.answer(401, "denied", now, env);
                 return;
             }
+            Some(RouteTarget::Redirect {
+                status,
+                scheme,
+                cluster,
+            }) => {
+                let tls = self.front.is_tls();
+                let scheme = match scheme {
+                    Scheme::Https => "https",
+                    Scheme::Http => "http",
+                    Scheme::Same if tls => "https",
+                    Scheme::Same => "http",
+                };
+                // The cluster's `https_redirect_port` goes in an https
+                // Location.
+                let port = cluster
+                    .as_ref()
+                    .and_then(|c| env.features.cluster(c.as_str())?.https_redirect_port)
+                    .filter(|_| scheme == "https");
+                match features::redirect_location(scheme, &request.host, port, &request.target) {
+                    Some(location) => self.answer_with(
+                        status,
+                        "redirect",
+                        Some(&location),
+                        cluster.as_ref(),
+                        now,
+                        env,
+                    ),
+                    None => self.answer(400, "bad_request", now, env),
+                }
+                return;
+            }
             Some(RouteTarget::Cluster { cluster, tags }) => (cluster, tags),
         };
         let features: &HttpFeatures = env.features;
@@ -537,10 +568,15 @@ impl Session {
         // redirect would send it: answering 301 would loop.
         if !self.front.is_tls() && cluster_features.is_some_and(|c| c.https_redirect) {
             let port = cluster_features.and_then(|c| c.https_redirect_port);
-            match features::redirect_location(&request.host, port, &request.target) {
-                Some(location) => {
-                    self.answer_with(301, "https_redirect", Some(&location), now, env)
-                }
+            match features::redirect_location("https", &request.host, port, &request.target) {
+                Some(location) => self.answer_with(
+                    301,
+                    "https_redirect",
+                    Some(&location),
+                    Some(&cluster),
+                    now,
+                    env,
+                ),
                 None => self.answer(400, "bad_request", now, env),
             }
             return;
@@ -757,17 +793,20 @@ impl Session {
     /// why in the access record. Facts go to the backend's scope if one was
     /// involved, else the cluster's, else the listener's.
     fn answer(&mut self, status: u16, outcome: &str, now: Instant, env: &mut Env<'_, '_>) {
-        self.answer_with(status, outcome, None, now, env);
+        self.answer_with(status, outcome, None, None, now, env);
     }
 
-    /// [`Session::answer`] with the cluster's custom answer for `status`,
-    /// else the listener's, else the default one (for a redirect, to
-    /// `location`). A custom answer gets its template variables spliced in.
+    /// [`Session::answer`] with the cluster's custom answer for `status`
+    /// (the exchange's cluster, else `cluster`: a request answered before
+    /// it was forwarded), else the listener's, else the default one (for a
+    /// redirect, to `location`). A custom answer gets its template
+    /// variables spliced in.
     fn answer_with(
         &mut self,
         status: u16,
         outcome: &str,
         location: Option<&str>,
+        cluster: Option<&ClusterId>,
         now: Instant,
         env: &mut Env<'_, '_>,
     ) {
@@ -782,9 +821,9 @@ impl Session {
         }
         let request = self.request.take();
         let features: &HttpFeatures = env.features;
-        let template = exchange
-            .as_ref()
-            .and_then(|e| features.cluster(e.cluster.as_str())?.answers.get(status))
+        let cluster = exchange.as_ref().map(|e| &e.cluster).or(cluster);
+        let template = cluster
+            .and_then(|c| features.cluster(c.as_str())?.answers.get(status))
             .or_else(|| {
                 features
                     .listener(self.listener_address)?
@@ -804,7 +843,7 @@ impl Session {
                 let values = AnswerValues {
                     route: &route,
                     request_id: &next_request_id(),
-                    cluster_id: exchange.as_ref().map_or("", |e| e.cluster.as_str()),
+                    cluster_id: cluster.map_or("", |c| c.as_str()),
                     backend_id: backend_id.unwrap_or_default(),
                     duration: &format!("{}ms", duration.as_millis()),
                     capacity: &self.front_in.capacity().to_string(),
@@ -814,7 +853,7 @@ impl Session {
                 };
                 Some(template.render(&values))
             }
-            (None, Some(location)) => Some(features::redirect_answer(location)),
+            (None, Some(location)) => Some(features::redirect_answer(status, location)),
             (None, None) => None,
         };
         let bytes: &[u8] = rendered.as_deref().unwrap_or(default_answer(status));
@@ -846,7 +885,7 @@ impl Session {
             host: request.as_ref().map_or("-", |r| r.host.as_str()),
             path: request.as_ref().map_or("-", |r| r.target.as_str()),
             status: Some(status),
-            cluster: exchange.as_ref().map(|e| &e.cluster),
+            cluster,
             backend,
             tags: exchange.as_ref().and_then(|e| e.tags.as_deref()),
             bytes_in,
@@ -955,6 +994,7 @@ fn message_of(outcome: &str) -> &'static str {
         "connect_failed" => "No backend could be reached.",
         "backend_timeout" => "The backend did not answer in time.",
         "https_redirect" => "This site is served over HTTPS.",
+        "redirect" => "This resource is elsewhere.",
         _ => "The backend's response could not be relayed.",
     }
 }
