@@ -625,6 +625,10 @@ pub(crate) struct ClusterAddArgs {
     /// HTTP: redirect to HTTPS.
     #[arg(long = "https-redirect")]
     pub https_redirect: bool,
+    /// HTTP: the port written in the HTTPS redirect (default 443, not
+    /// written). Needs --https-redirect.
+    #[arg(long = "https-redirect-port", requires = "https_redirect", value_parser = clap::value_parser!(u16).range(1..))]
+    pub https_redirect_port: Option<u16>,
     /// TCP: send a PROXY protocol header to backends.
     #[arg(long = "send-proxy", conflicts_with = "expect_proxy")]
     pub send_proxy: bool,

@@ -615,3 +615,52 @@ fn update_https_listener_applies_to_new_connections() {
     let a = https_get(&roots, f.front, "a.example.com", "a.example.com", false).expect("a");
     assert_eq!((a.status, a.leaf == f.a_der), (200, true));
 }
+
+#[test]
+fn an_https_listener_serves_its_custom_answers_with_template_values() {
+    let dir = Sozu::temp_dir();
+    let ca = Ca::new();
+    let (pem, key, _) = ca.leaf(dir.path(), "default", &["default.test"]);
+    let front = free_v4();
+    let extra = format!(
+        r#"
+[[listeners]]
+protocol = "https"
+address = "{front}"
+certificate = "{}"
+key = "{}"
+
+[listeners.answers]
+404 = "inline:no route for %ROUTE"
+
+[clusters.site]
+protocol = "http"
+frontends = [{{ address = "{front}", hostname = "default.test" }}]
+backends = [{{ address = "{}" }}]
+"#,
+        path(&pem),
+        path(&key),
+        proto_backend("site"),
+    );
+    let sozu = Sozu::start_in(
+        dir,
+        SozuConfig {
+            worker_count: 1,
+            extra,
+            ..SozuConfig::default()
+        },
+    );
+    let roots = ca.roots();
+    let missing = https_get_path(&roots, front, "default.test", "nowhere.test", "/x", false)
+        .unwrap_or_else(|e| panic!("{e}\n{}", sozu.log_tail(30)));
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, "no route for nowhere.test/x")
+    );
+    // The positive side: a routed request is served over TLS.
+    let site = https_get(&roots, front, "default.test", "default.test", false).unwrap();
+    assert_eq!(
+        (site.status, site.body.as_str()),
+        (200, "backend=site proto=https")
+    );
+}

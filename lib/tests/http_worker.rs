@@ -205,6 +205,48 @@ fn a_tcp_listener_that_cannot_bind_is_refused_and_forgotten() {
 }
 
 #[test]
+fn an_https_listener_that_cannot_bind_is_refused_as_https_and_forgotten() {
+    let mut worker = Worker::start();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["h.example.com".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let https = command::HttpsListenerConfig {
+        address: address.into(),
+        front_timeout: 30,
+        back_timeout: 30,
+        connect_timeout: 3,
+        request_timeout: 10,
+        active: true,
+        certificate: Some(cert.pem()),
+        key: Some(key.serialize_pem()),
+        ..Default::default()
+    };
+    let refused = worker.order(RequestType::AddHttpsListener(https.clone()));
+    assert_eq!(refused.status, ResponseStatus::Failure as i32);
+    assert!(
+        refused.message.contains("binding HTTPS listener"),
+        "{}",
+        refused.message
+    );
+    drop(taken);
+    // Rolled back (state and TLS side): the same order now succeeds, and
+    // a second one is refused naming the HTTPS listener that exists.
+    worker.ok(RequestType::AddHttpsListener(https.clone()));
+    assert!(TcpStream::connect(address).is_ok());
+    let again = worker.order(RequestType::AddHttpsListener(https));
+    assert_eq!(again.status, ResponseStatus::Failure as i32);
+    assert!(
+        again.message.contains("HTTPS listener"),
+        "{}",
+        again.message
+    );
+}
+
+#[test]
 fn soft_stop_waits_for_an_in_flight_http_request() {
     let mut worker = Worker::start();
     let web = http_backend("web");

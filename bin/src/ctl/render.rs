@@ -433,9 +433,13 @@ fn cluster_text(out: &mut String, info: &ClusterInformation) {
         );
     }
     if cluster.sticky_session || cluster.https_redirect {
+        let port = match cluster.https_redirect_port {
+            Some(port) if cluster.https_redirect => format!(" https_redirect_port={port}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  http: sticky_session={} https_redirect={}",
+            "  http: sticky_session={} https_redirect={}{port}",
             cluster.sticky_session, cluster.https_redirect
         );
     }

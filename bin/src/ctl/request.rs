@@ -700,6 +700,7 @@ fn cluster(args: &ClusterAddArgs) -> Cluster {
         cluster_id: args.id.clone(),
         sticky_session: args.sticky_session,
         https_redirect: args.https_redirect,
+        https_redirect_port: args.https_redirect_port.map(u32::from),
         proxy_protocol,
         load_balancing: load_balancing(args.load_balancing_policy) as i32,
         udp,

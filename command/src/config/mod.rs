@@ -204,6 +204,9 @@ pub struct HttpListenerSettings {
     pub answer_404: Option<String>,
     /// `answer_503`: the text of the file, the listener's 503 answer.
     pub answer_503: Option<String>,
+    /// The other custom answers by status (`answer_301` … `answer_507`
+    /// files, the `answers` table), each the text of its template.
+    pub answers: BTreeMap<String, String>,
     /// Idle keep-alive / client inactivity timeout.
     pub front_timeout: Duration,
     /// Backend inactivity timeout.
@@ -325,6 +328,8 @@ pub struct ClusterConfig {
     pub https_redirect_port: Option<u16>,
     /// HTTP: the text of the `answer_503` file, this cluster's 503 answer.
     pub answer_503: Option<String>,
+    /// HTTP: its `answers` table by status, each the text of its template.
+    pub answers: BTreeMap<String, String>,
     /// Send a PROXY protocol header to backends (TCP; on UDP clusters this
     /// sets `udp.send_proxy_protocol`).
     pub send_proxy: bool,

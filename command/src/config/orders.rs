@@ -64,6 +64,7 @@ impl ListenerConfig {
                 request_timeout: secs(l.request_timeout),
                 active: false,
                 http_answers: custom_answers(l),
+                answers: l.answers.clone(),
                 ..Default::default()
             }),
             ListenerConfig::Https(l) => RequestType::AddHttpsListener(HttpsListenerConfig {
@@ -86,6 +87,8 @@ impl ListenerConfig {
                 key: l.key.clone(),
                 send_tls13_tickets: l.send_tls13_tickets,
                 alpn_protocols: l.alpn_protocols.clone(),
+                http_answers: custom_answers(&l.http),
+                answers: l.http.answers.clone(),
                 ..Default::default()
             }),
         };
@@ -137,6 +140,7 @@ impl ClusterConfig {
             https_redirect: self.https_redirect,
             https_redirect_port: self.https_redirect_port.map(u32::from),
             answer_503: self.answer_503.clone(),
+            answers: self.answers.clone(),
             proxy_protocol,
             load_balancing: self.load_balancing as i32,
             load_metric: self.load_metric.map(|m| m as i32),

@@ -39,10 +39,27 @@ pub(super) const IGNORED_GLOBAL: &[&str] = &[
 ];
 
 /// Sōzu listener keys we accept and ignore (custom answers).
-pub(super) const IGNORED_LISTENER: &[&str] = &["answer_404", "answer_503", "http_answers"];
+/// On HTTP and HTTPS listeners the answer keys are read (consumed before
+/// this list is looked at); on TCP and UDP ones they are ignored.
+pub(super) const IGNORED_LISTENER: &[&str] = &[
+    "answer_301",
+    "answer_400",
+    "answer_401",
+    "answer_404",
+    "answer_408",
+    "answer_413",
+    "answer_421",
+    "answer_429",
+    "answer_502",
+    "answer_503",
+    "answer_504",
+    "answer_507",
+    "answers",
+    "http_answers",
+];
 
 /// Sōzu cluster keys we accept and ignore.
-pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "http2", "answers"];
+pub(super) const IGNORED_CLUSTER: &[&str] = &["answer_503", "answers", "http2"];
 
 /// Sōzu frontend keys we accept and ignore on a frontend that is not on an
 /// HTTPS listener (TLS keys; read on an HTTPS frontend).
@@ -504,6 +521,62 @@ fn answer_file(value: &ValueReader<'_>, base_dir: &Path) -> Result<String, Confi
     })
 }
 
+/// Sōzu's per-status answer file keys of a listener, beside `answer_404`
+/// and `answer_503` (which keep their own fields).
+const ANSWER_KEYS: &[(&str, &str)] = &[
+    ("answer_301", "301"),
+    ("answer_400", "400"),
+    ("answer_401", "401"),
+    ("answer_408", "408"),
+    ("answer_413", "413"),
+    ("answer_421", "421"),
+    ("answer_429", "429"),
+    ("answer_502", "502"),
+    ("answer_504", "504"),
+    ("answer_507", "507"),
+];
+
+/// Custom answers by status: a listener's `answer_NNN` files (when
+/// `per_status_keys`), then its `answers` table (Sōzu's
+/// `[listeners.answers]`; `http_answers` is read the same way), whose
+/// values are a file path or `inline:` and the answer itself. The table
+/// wins on a clash.
+fn answers_table(
+    table: &mut TableReader<'_>,
+    base_dir: &Path,
+    per_status_keys: bool,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut answers = BTreeMap::new();
+    if per_status_keys {
+        for (key, status) in ANSWER_KEYS {
+            if let Some(v) = table.get(key) {
+                answers.insert((*status).to_owned(), answer_file(&v, base_dir)?);
+            }
+        }
+    }
+    for key in ["http_answers", "answers"] {
+        let Some(value) = table.get(key) else {
+            continue;
+        };
+        for (status, v) in value.table()?.take_all() {
+            let code = status.trim().parse::<u16>().ok();
+            if !code.is_some_and(|c| (100..=599).contains(&c)) {
+                return Err(ConfigError::Inconsistent {
+                    key: v.path().to_owned(),
+                    reason: format!("{status:?} is not an HTTP status (100..=599)"),
+                    at: v.location(),
+                });
+            }
+            let text = match v.str()?.strip_prefix("inline:") {
+                Some(inline) => inline.to_owned(),
+                None => answer_file(&v, base_dir)?,
+            };
+            answers.insert(status.trim().to_owned(), text);
+        }
+    }
+    Ok(answers)
+}
+
 /// The TLS keys of an HTTPS listener.
 fn parse_https(
     table: &mut TableReader<'_>,
@@ -615,6 +688,7 @@ fn parse_listener(
                 .get("answer_503")
                 .map(|v| answer_file(&v, base_dir))
                 .transpose()?;
+            let answers = answers_table(&mut table, base_dir, true)?;
             let settings = HttpListenerSettings {
                 address,
                 public_address,
@@ -622,6 +696,7 @@ fn parse_listener(
                 sticky_name,
                 answer_404,
                 answer_503,
+                answers,
                 front_timeout,
                 back_timeout,
                 connect_timeout,
@@ -715,7 +790,7 @@ fn parse_cluster(
     };
     let sticky_session = opt(&mut table, "sticky_session", ValueReader::bool)?.unwrap_or(false);
     let https_redirect = opt(&mut table, "https_redirect", ValueReader::bool)?.unwrap_or(false);
-    let (https_redirect_port, answer_503) = if protocol == ClusterProtocol::Http {
+    let (https_redirect_port, answer_503, answers) = if protocol == ClusterProtocol::Http {
         let port = match table.get("https_redirect_port") {
             Some(v) => Some(
                 u16::try_from(v.integer(1, 65535, false)?)
@@ -727,9 +802,10 @@ fn parse_cluster(
             .get("answer_503")
             .map(|v| answer_file(&v, base_dir))
             .transpose()?;
-        (port, answer)
+        let answers = answers_table(&mut table, base_dir, false)?;
+        (port, answer, answers)
     } else {
-        (None, None)
+        (None, None, BTreeMap::new())
     };
     let send_proxy = opt(&mut table, "send_proxy", ValueReader::bool)?.unwrap_or(false);
     let expect_proxy = match table.get("expect_proxy") {
@@ -787,6 +863,7 @@ fn parse_cluster(
         https_redirect,
         https_redirect_port,
         answer_503,
+        answers,
         send_proxy,
         expect_proxy,
         frontends,

@@ -212,6 +212,7 @@ address = "127.0.0.1:8080"
             sticky_name: "SOZUBALANCEID".to_owned(),
             answer_404: None,
             answer_503: None,
+            answers: Default::default(),
             front_timeout: Duration::from_secs(70),
             back_timeout: Duration::from_secs(40),
             connect_timeout: Duration::from_secs(5),
@@ -693,6 +694,67 @@ fn regex_paths_load_and_a_bad_pattern_is_refused_with_key_and_value() {
     );
     assert!(
         message.ends_with("got \"/(v1\" (at test.toml:6)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn answers_tables_and_per_status_files_are_read_for_listeners_and_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("301.http"),
+        "HTTP/1.1 301 Moved\nLocation: %REDIRECT_LOCATION\n\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("502.html"), "bad gateway").unwrap();
+    std::fs::write(dir.path().join("429.html"), "slow down").unwrap();
+    let text = "[[listeners]]\nprotocol = \"https\"\naddress = \"127.0.0.1:443\"\nanswer_301 = \"301.http\"\nanswer_429 = \"429.html\"\n\
+         [listeners.answers]\n502 = \"502.html\"\n429 = \"inline:from the table\"\n\
+         [clusters.w]\nprotocol = \"http\"\nfrontends = [{ address = \"127.0.0.1:443\", hostname = \"h\" }]\n\
+         [clusters.w.answers]\n503 = \"inline:cluster %CLUSTER_ID\"\n";
+    let config = super::parse::parse(text, Path::new("test.toml"), dir.path()).unwrap();
+    let ListenerConfig::Https(l) = &config.listeners[0] else {
+        panic!("{:?}", config.listeners[0]);
+    };
+    let answers: Vec<(&str, &str)> = l
+        .http
+        .answers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            (
+                "301",
+                "HTTP/1.1 301 Moved\nLocation: %REDIRECT_LOCATION\n\n"
+            ),
+            ("429", "from the table"),
+            ("502", "bad gateway"),
+        ]
+    );
+    let c = &config.clusters["w"];
+    assert_eq!(c.answers["503"], "cluster %CLUSTER_ID");
+    // Carried by the orders.
+    let Some(crate::command::request::RequestType::AddHttpsListener(order)) =
+        config.listeners[0].add_order().and_then(|r| r.request_type)
+    else {
+        panic!("an https listener order");
+    };
+    assert_eq!(order.answers.len(), 3);
+    let Some(crate::command::request::RequestType::AddCluster(cluster)) =
+        c.add_order().request_type
+    else {
+        panic!("a cluster order");
+    };
+    assert_eq!(cluster.answers["503"], "cluster %CLUSTER_ID");
+    // A key that is not a status is refused by name.
+    let bad = text.replace("502 = ", "oops = ");
+    let message = super::parse::parse(&bad, Path::new("test.toml"), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("answers.oops") && message.contains("not an HTTP status"),
         "{message}"
     );
 }

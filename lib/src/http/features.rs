@@ -17,13 +17,16 @@ use sozu_command_lib::command::{Cluster, CustomHttpAnswers};
 
 use crate::backends::BackendId;
 
+use super::templates::AnswerTemplate;
+
 /// Sōzu's default sticky cookie name.
 pub(crate) const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
 
-/// Custom answers by status, each a complete response ready to send.
+/// Custom answers by status, each a template cut once into parts (its
+/// variables spliced in per request).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AnswerSet {
-    by_status: HashMap<u16, Arc<[u8]>>,
+    by_status: HashMap<u16, Arc<AnswerTemplate>>,
 }
 
 impl AnswerSet {
@@ -70,12 +73,13 @@ impl AnswerSet {
     }
 
     fn insert(&mut self, status: u16, template: &str) {
+        let response = build_answer(status, template);
         self.by_status
-            .insert(status, Arc::from(build_answer(status, template)));
+            .insert(status, Arc::new(AnswerTemplate::new(status, &response)));
     }
 
     /// The custom answer for `status`, if one is configured.
-    pub(crate) fn get(&self, status: u16) -> Option<&Arc<[u8]>> {
+    pub(crate) fn get(&self, status: u16) -> Option<&Arc<AnswerTemplate>> {
         self.by_status.get(&status)
     }
 }
@@ -84,6 +88,8 @@ impl AnswerSet {
 fn reason(status: u16) -> &'static str {
     match status {
         301 => "Moved Permanently",
+        302 => "Found",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -179,11 +185,17 @@ fn split_head(template: &str) -> Option<(&str, &str)> {
     Some((&template[..at], &template[at + len..]))
 }
 
-/// A `301` to `https://HOST[:PORT]TARGET`: Sōzu's `https_redirect`. `host`
-/// is the request's Host (its port dropped); `port` the cluster's
-/// `https_redirect_port` (443, the default, is not written). `None` when the
-/// host or target holds bytes that have no place in a Location header.
-pub(crate) fn redirect_answer(host: &str, port: Option<u16>, target: &str) -> Option<Vec<u8>> {
+/// The `SCHEME://HOST[:PORT]TARGET` of Sōzu's `https_redirect` (scheme
+/// `https`) and of frontend redirects. `host` is the request's Host (its
+/// port dropped); `port` the cluster's `https_redirect_port` (the scheme's
+/// default, 443 or 80, is not written). `None` when the host or target
+/// holds bytes that have no place in a Location header.
+pub(crate) fn redirect_location(
+    scheme: &str,
+    host: &str,
+    port: Option<u16>,
+    target: &str,
+) -> Option<String> {
     let name = crate::protocol::http::router::host_without_port(host);
     let host_ok = !name.is_empty()
         && name
@@ -193,17 +205,23 @@ pub(crate) fn redirect_answer(host: &str, port: Option<u16>, target: &str) -> Op
     if !host_ok || !target_ok {
         return None;
     }
-    let mut location = format!("https://{name}");
-    if let Some(port) = port.filter(|p| *p != 443) {
+    let mut location = format!("{scheme}://{name}");
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if let Some(port) = port.filter(|p| *p != default_port) {
         let _ = write!(location, ":{port}");
     }
     location.push_str(target);
-    Some(
-        format!(
-            "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nCache-Control: no-cache\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        )
-        .into_bytes(),
+    Some(location)
+}
+
+/// The default redirect answer (`status` 301, 302 or 308) to `location`
+/// (checked by [`redirect_location`]).
+pub(crate) fn redirect_answer(status: u16, location: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nCache-Control: no-cache\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        reason(status)
     )
+    .into_bytes()
 }
 
 /// A listener's settings beside its routes.
@@ -341,6 +359,44 @@ pub(crate) fn cookie_value<'a>(cookie_headers: &'a [String], name: &str) -> Opti
         .filter(|v| !v.is_empty())
 }
 
+/// The request head to forward without cookie `name` (the sticky cookie
+/// is the proxy's, not the backend's): every other cookie kept in order,
+/// a `Cookie` header that holds nothing else removed. `None` when the head
+/// has no such cookie (forwarded unchanged).
+pub(crate) fn strip_cookie(head: &[u8], name: &str) -> Option<Vec<u8>> {
+    let is_cookie = |line: &[u8]| line.len() > 7 && line[..7].eq_ignore_ascii_case(b"cookie:");
+    let named = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| k.trim() == name);
+    let mentions = head
+        .split(|b| *b == b'\n')
+        .filter(|l| is_cookie(l))
+        .any(|l| String::from_utf8_lossy(&l[7..]).split(';').any(named));
+    if !mentions {
+        return None;
+    }
+    let mut out = Vec::with_capacity(head.len());
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        if !is_cookie(line) {
+            out.extend_from_slice(line);
+            continue;
+        }
+        let value = String::from_utf8_lossy(&line[7..]);
+        let kept: Vec<&str> = value
+            .trim_end_matches(['\r', '\n'])
+            .split(';')
+            .filter(|pair| !named(pair))
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(b"Cookie: ");
+        out.extend_from_slice(kept.join("; ").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Some(out)
+}
+
 /// Inserts `Set-Cookie: NAME=VALUE; Path=/` before the empty line that ends
 /// a response head.
 pub(crate) fn stamp_cookie(head: &mut Vec<u8>, name: &str, value: &str) {
@@ -413,6 +469,8 @@ mod tests {
 
     #[test]
     fn answers_map_wins_over_fields_and_bad_keys_are_ignored() {
+        let body =
+            |t: &Arc<AnswerTemplate>| t.render(&crate::http::templates::AnswerValues::default());
         let fields = CustomHttpAnswers {
             answer_404: Some("fields".to_owned()),
             ..Default::default()
@@ -421,25 +479,32 @@ mod tests {
         map.insert("404".to_owned(), "map".to_owned());
         map.insert("oops".to_owned(), "x".to_owned());
         let set = AnswerSet::from_wire(Some(&fields), &map, Some("legacy"));
-        assert!(set.get(404).unwrap().ends_with(b"map"));
-        assert!(set.get(503).unwrap().ends_with(b"legacy"));
+        assert!(body(set.get(404).unwrap()).ends_with(b"map"));
+        assert!(body(set.get(503).unwrap()).ends_with(b"legacy"));
         assert!(set.get(502).is_none());
     }
 
     #[test]
     fn redirect_points_to_https_with_host_port_and_target() {
-        let (status, headers, body) =
-            parse(&redirect_answer("Example.com:8080", None, "/a/b?c=d").unwrap());
+        let at = |h, p, t| redirect_answer(301, &redirect_location("https", h, p, t).unwrap());
+        let (status, headers, body) = parse(&at("Example.com:8080", None, "/a/b?c=d"));
         assert_eq!(status, 301);
         assert_eq!(
             header(&headers, "location"),
             vec!["https://example.com/a/b?c=d"]
         );
         assert!(body.is_empty());
-        let (_, headers, _) = parse(&redirect_answer("h", Some(8443), "/").unwrap());
+        let (_, headers, _) = parse(&at("h", Some(8443), "/"));
         assert_eq!(header(&headers, "location"), vec!["https://h:8443/"]);
-        assert!(redirect_answer("bad host", None, "/").is_none());
-        assert!(redirect_answer("h", None, "*").is_none());
+        assert!(redirect_location("https", "bad host", None, "/").is_none());
+        assert!(redirect_location("https", "h", None, "*").is_none());
+        assert_eq!(
+            redirect_location("http", "h:1", Some(80), "/").as_deref(),
+            Some("http://h/")
+        );
+        let (status, headers, _) = parse(&redirect_answer(308, "http://h:8080/"));
+        assert_eq!(status, 308);
+        assert_eq!(header(&headers, "location"), vec!["http://h:8080/"]);
     }
 
     #[test]
@@ -455,6 +520,22 @@ mod tests {
             header(&headers, "set-cookie"),
             vec!["SOZUBALANCEID=b2; Path=/"]
         );
+    }
+
+    #[test]
+    fn only_the_sticky_cookie_is_stripped_and_an_empty_cookie_header_goes() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1; SOZUBALANCEID=b2; c=3\r\ncookie: SOZUBALANCEID=b1\r\nX: y\r\n\r\n";
+        let out = strip_cookie(head, "SOZUBALANCEID").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1; c=3\r\nX: y\r\n\r\n"
+        );
+        assert!(strip_cookie(head, "other").is_none());
+        assert!(strip_cookie(
+            b"GET / HTTP/1.1\r\nX-Cookie: SOZUBALANCEID=1\r\n\r\n",
+            "SOZUBALANCEID"
+        )
+        .is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub(crate) mod answers;
 pub(crate) mod features;
 pub(crate) mod metrics;
 pub(crate) mod session;
+pub(crate) mod templates;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -216,12 +217,25 @@ impl HttpProxy {
             handles,
             tls: Some(handshakes),
         };
-        self.tls_configs.insert(address, tls);
-        let added = self.listeners.add(address, http.active, data, accept, ctx);
-        if added.is_err() {
-            self.tls_configs.remove(&address);
+        let previous = self.tls_configs.insert(address, tls);
+        let added =
+            self.listeners
+                .add_kind(StreamKind::Https, address, http.active, data, accept, ctx);
+        if let Err(error) = added {
+            // Not added: the TLS configuration goes back to what it was.
+            match previous {
+                Some(previous) => self.tls_configs.insert(address, previous),
+                None => self.tls_configs.remove(&address),
+            };
+            return Err(error.into());
         }
-        Ok(added?)
+        self.features.set_listener(
+            address,
+            http.http_answers.as_ref(),
+            &http.answers,
+            &http.sticky_name,
+        );
+        Ok(())
     }
 
     /// Replaces an HTTPS listener's settings after `update_https_listener`
@@ -234,6 +248,12 @@ impl HttpProxy {
         let http = https_as_http(config);
         let address = wire_address("address", &http.address)?;
         let listener = self.listeners.at_mut(address)?;
+        self.features.set_listener(
+            address,
+            http.http_answers.as_ref(),
+            &http.answers,
+            &http.sticky_name,
+        );
         listener.data.config = http;
         self.tls_configs.insert(address, tls);
         Ok(())
@@ -577,11 +597,15 @@ impl StreamProxy for HttpProxy {
             self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
         }
         self.routers.remove(&address);
-        self.tls_configs.remove(&address);
+        let kind = if self.tls_configs.remove(&address).is_some() {
+            StreamKind::Https
+        } else {
+            StreamKind::Http
+        };
         self.features.remove_listener(address);
         ctx.metrics
             .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "HTTP listener removed");
+        tracing::info!(listener = %address, "{kind} listener removed");
         Ok(())
     }
 
@@ -640,6 +664,7 @@ fn https_as_http(config: &sozu_command_lib::command::HttpsListenerConfig) -> Htt
         request_timeout: config.request_timeout,
         active: config.active,
         http_answers: config.http_answers.clone(),
+        answers: config.answers.clone(),
         ..Default::default()
     }
 }

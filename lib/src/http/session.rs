@@ -35,10 +35,11 @@ use super::access::HttpAccessRecord;
 use super::answers::default_answer;
 use super::features::{self, HttpFeatures, DEFAULT_STICKY_NAME};
 use super::metrics::{HttpHandleCache, HttpHandles};
+use super::templates::AnswerValues;
 use super::HttpToken;
 use crate::protocol::http::body::BodyTracker;
 use crate::protocol::http::head::{self, ForwardInfo};
-use crate::protocol::http::router::{RouteTarget, Router};
+use crate::protocol::http::router::{RouteTarget, Router, Scheme};
 use crate::stream::ClusterKnobs;
 
 mod exchange;
@@ -528,6 +529,37 @@ impl Session {
                 self.answer(401, "denied", now, env);
                 return;
             }
+            Some(RouteTarget::Redirect {
+                status,
+                scheme,
+                cluster,
+            }) => {
+                let tls = self.front.is_tls();
+                let scheme = match scheme {
+                    Scheme::Https => "https",
+                    Scheme::Http => "http",
+                    Scheme::Same if tls => "https",
+                    Scheme::Same => "http",
+                };
+                // The cluster's `https_redirect_port` goes in an https
+                // Location.
+                let port = cluster
+                    .as_ref()
+                    .and_then(|c| env.features.cluster(c.as_str())?.https_redirect_port)
+                    .filter(|_| scheme == "https");
+                match features::redirect_location(scheme, &request.host, port, &request.target) {
+                    Some(location) => self.answer_with(
+                        status,
+                        "redirect",
+                        Some(&location),
+                        cluster.as_ref(),
+                        now,
+                        env,
+                    ),
+                    None => self.answer(400, "bad_request", now, env),
+                }
+                return;
+            }
             Some(RouteTarget::Cluster { cluster, tags }) => (cluster, tags),
         };
         let features: &HttpFeatures = env.features;
@@ -536,23 +568,29 @@ impl Session {
         // redirect would send it: answering 301 would loop.
         if !self.front.is_tls() && cluster_features.is_some_and(|c| c.https_redirect) {
             let port = cluster_features.and_then(|c| c.https_redirect_port);
-            match features::redirect_answer(&request.host, port, &request.target) {
-                Some(bytes) => {
-                    self.answer_with(301, "https_redirect", Some(bytes.into()), now, env)
-                }
+            match features::redirect_location("https", &request.host, port, &request.target) {
+                Some(location) => self.answer_with(
+                    301,
+                    "https_redirect",
+                    Some(&location),
+                    Some(&cluster),
+                    now,
+                    env,
+                ),
                 None => self.answer(400, "bad_request", now, env),
             }
             return;
         }
+        let sticky_name = features
+            .listener(self.listener_address)
+            .map_or(DEFAULT_STICKY_NAME, |l| l.sticky_name.as_str());
         let sticky = cluster_features
             .filter(|c| c.sticky_session)
-            .and_then(|_| {
-                let name = features
-                    .listener(self.listener_address)
-                    .map_or(DEFAULT_STICKY_NAME, |l| l.sticky_name.as_str());
-                features::cookie_value(&request.cookies, name)
-            })
+            .and_then(|_| features::cookie_value(&request.cookies, sticky_name))
             .map(str::to_owned);
+        // The sticky cookie is the proxy's: the backend never sees it.
+        let request_head =
+            features::strip_cookie(&request.forwarded, sticky_name).unwrap_or(request.forwarded);
         let sticky_backend = sticky
             .as_deref()
             .and_then(|v| cluster_features?.backend_for(v));
@@ -578,7 +616,7 @@ impl Session {
             tags,
             cluster_handles,
             backend_handles,
-            request_head: request.forwarded,
+            request_head,
             request_body: BodyTracker::new(request.body),
             req_forwardable: 0,
             response: None,
@@ -755,17 +793,20 @@ impl Session {
     /// why in the access record. Facts go to the backend's scope if one was
     /// involved, else the cluster's, else the listener's.
     fn answer(&mut self, status: u16, outcome: &str, now: Instant, env: &mut Env<'_, '_>) {
-        self.answer_with(status, outcome, None, now, env);
+        self.answer_with(status, outcome, None, None, now, env);
     }
 
-    /// [`Session::answer`] with these bytes (a redirect), else the
-    /// cluster's custom answer for `status`, else the listener's, else the
-    /// default one.
+    /// [`Session::answer`] with the cluster's custom answer for `status`
+    /// (the exchange's cluster, else `cluster`: a request answered before
+    /// it was forwarded), else the listener's, else the default one (for a
+    /// redirect, to `location`). A custom answer gets its template
+    /// variables spliced in.
     fn answer_with(
         &mut self,
         status: u16,
         outcome: &str,
-        bytes: Option<Arc<[u8]>>,
+        location: Option<&str>,
+        cluster: Option<&ClusterId>,
         now: Instant,
         env: &mut Env<'_, '_>,
     ) {
@@ -780,22 +821,42 @@ impl Session {
         }
         let request = self.request.take();
         let features: &HttpFeatures = env.features;
-        let custom = bytes.or_else(|| {
-            exchange
-                .as_ref()
-                .and_then(|e| features.cluster(e.cluster.as_str())?.answers.get(status))
-                .or_else(|| {
-                    features
-                        .listener(self.listener_address)?
-                        .answers
-                        .get(status)
-                })
-                .cloned()
-        });
-        let bytes: &[u8] = custom.as_deref().unwrap_or(default_answer(status));
+        let cluster = exchange.as_ref().map(|e| &e.cluster).or(cluster);
+        let template = cluster
+            .and_then(|c| features.cluster(c.as_str())?.answers.get(status))
+            .or_else(|| {
+                features
+                    .listener(self.listener_address)?
+                    .answers
+                    .get(status)
+            });
         let duration = request
             .as_ref()
             .map_or(Duration::ZERO, |r| now.saturating_duration_since(r.started));
+        let rendered: Option<Vec<u8>> = match (template, location) {
+            (Some(template), _) => {
+                let route = request
+                    .as_ref()
+                    .map(|r| format!("{}{}", r.host, r.target))
+                    .unwrap_or_default();
+                let backend_id = self.back.as_ref().map(|b| b.backend.as_str());
+                let values = AnswerValues {
+                    route: &route,
+                    request_id: &next_request_id(),
+                    cluster_id: cluster.map_or("", |c| c.as_str()),
+                    backend_id: backend_id.unwrap_or_default(),
+                    duration: &format!("{}ms", duration.as_millis()),
+                    capacity: &self.front_in.capacity().to_string(),
+                    phase: phase_of(outcome),
+                    redirect_location: location.unwrap_or_default(),
+                    message: message_of(outcome),
+                };
+                Some(template.render(&values))
+            }
+            (None, Some(location)) => Some(features::redirect_answer(status, location)),
+            (None, None) => None,
+        };
+        let bytes: &[u8] = rendered.as_deref().unwrap_or(default_answer(status));
         let bytes_in = request
             .as_ref()
             .map_or(self.front_in.len() as u64, |r| r.bytes_in);
@@ -824,7 +885,7 @@ impl Session {
             host: request.as_ref().map_or("-", |r| r.host.as_str()),
             path: request.as_ref().map_or("-", |r| r.target.as_str()),
             status: Some(status),
-            cluster: exchange.as_ref().map(|e| &e.cluster),
+            cluster,
             backend,
             tags: exchange.as_ref().and_then(|e| e.tags.as_deref()),
             bytes_in,
@@ -908,5 +969,41 @@ impl Session {
             count(env.ctx.metrics, self.listener_handles.timeouts, 1);
         }
         tracing::debug!(client = %self.client, end = end.as_str(), "HTTP connection closed");
+    }
+}
+
+/// A fresh `%REQUEST_ID`: the process id and a per-process counter, in hex
+/// (unique within one run of one worker).
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}{n:016x}", std::process::id())
+}
+
+/// `%MESSAGE`: why the proxy answered, in words.
+fn message_of(outcome: &str) -> &'static str {
+    match outcome {
+        "no_route" => "No route matches this request.",
+        "denied" => "This route is denied.",
+        "bad_request" => "The request head could not be parsed.",
+        "bad_request_body" => "The request body framing is invalid.",
+        "head_too_large" => "The request head is too large.",
+        "request_timeout" => "The request was not received in time.",
+        "no_backend" => "No backend is available for this cluster.",
+        "connect_failed" => "No backend could be reached.",
+        "backend_timeout" => "The backend did not answer in time.",
+        "https_redirect" => "This site is served over HTTPS.",
+        "redirect" => "This resource is elsewhere.",
+        _ => "The backend's response could not be relayed.",
+    }
+}
+
+/// `%PHASE`: where parsing stopped, in Sōzu's words.
+fn phase_of(outcome: &str) -> &'static str {
+    match outcome {
+        "bad_request" | "head_too_large" => "Headers",
+        "bad_request_body" => "Body",
+        _ => "",
     }
 }

@@ -259,7 +259,10 @@ impl Server {
         // UDP first (it also configures the shared backends), then the
         // TCP / HTTP proxies (`streams.rs`).
         // TLS first: it only loads and checks until it succeeds, so a
-        // refusal there leaves nothing to undo.
+        // refusal there leaves nothing to undo; a later refusal puts its
+        // listener entry back (no stale TLS side for a listener that was
+        // not added).
+        let tls_before = self.tls.before(request_type);
         let applied: Result<(), Box<dyn std::error::Error>> =
             match self.tls.apply(request_type, &self.state) {
                 Err(error) => Err(error.into()),
@@ -286,6 +289,9 @@ impl Server {
             Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
             Err(error) => {
                 self.state = before;
+                if let Some(undo) = tls_before {
+                    self.tls.undo(undo);
+                }
                 let message = error_chain(&*error);
                 tracing::warn!(worker = self.worker_id, id, error = %message, "order failed");
                 self.answer(id, ResponseStatus::Failure, &message, None);

@@ -122,6 +122,9 @@ pub struct AcceptHandles {
 pub struct Listener<L> {
     /// The address the order named.
     pub address: SocketAddr,
+    /// Its protocol as errors and logs name it (an HTTPS listener lives in
+    /// the HTTP set).
+    pub kind: StreamKind,
     /// The protocol's own part.
     pub data: L,
     socket: Option<TcpListener>,
@@ -236,14 +239,29 @@ impl<L> ListenerSet<L> {
         accept: AcceptHandles,
         ctx: &mut ProxyContext<'_, T>,
     ) -> Result<(), ListenerError> {
-        if self.by_address.contains_key(&address) {
+        self.add_kind(self.kind, address, active, data, accept, ctx)
+    }
+
+    /// [`Self::add`] for a listener of another protocol than the set's
+    /// (an HTTPS listener in the HTTP set), named so in errors and logs.
+    pub fn add_kind<T: ListenerToken>(
+        &mut self,
+        kind: StreamKind,
+        address: SocketAddr,
+        active: bool,
+        data: L,
+        accept: AcceptHandles,
+        ctx: &mut ProxyContext<'_, T>,
+    ) -> Result<(), ListenerError> {
+        if let Some(existing) = self.by_address.get(&address) {
             return Err(ListenerError::ListenerExists {
-                kind: self.kind,
+                kind: self.listeners[*existing].kind,
                 address,
             });
         }
         let id = self.listeners.insert(Listener {
             address,
+            kind,
             data,
             socket: None,
             token: None,
@@ -269,7 +287,7 @@ impl<L> ListenerSet<L> {
         ctx: &mut ProxyContext<'_, T>,
     ) -> Result<(), ListenerError> {
         let id = self.id(address)?;
-        let kind = self.kind;
+        let kind = self.listeners[id].kind;
         if self.draining {
             tracing::info!(listener = %address, "soft-stopping: listener stays inactive");
             return Ok(());
@@ -325,7 +343,7 @@ impl<L> ListenerSet<L> {
         } else {
             listener.close_socket(ctx);
         }
-        tracing::info!(listener = %address, "{} listener deactivated", self.kind);
+        tracing::info!(listener = %address, "{} listener deactivated", listener.kind);
         Ok(())
     }
 

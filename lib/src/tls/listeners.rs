@@ -24,12 +24,20 @@ use super::policy::{listener_certificate, TlsPolicy};
 use super::{CertificateStore, TlsError};
 
 /// One HTTPS listener's TLS configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TlsListener {
     /// Its certificates (live).
     pub store: Arc<CertificateStore>,
     /// What a connection on it is set up with.
     pub config: Arc<ServerConfig>,
+}
+
+/// One listener entry as it was before an order (see
+/// [`TlsListeners::before`]).
+#[derive(Debug)]
+pub struct TlsUndo {
+    at: SocketAddr,
+    entry: Option<TlsListener>,
 }
 
 /// Every HTTPS listener of the worker, by address.
@@ -65,6 +73,38 @@ impl TlsListeners {
     ) -> Result<Arc<ServerConfig>, TlsError> {
         let policy = TlsPolicy::from_listener(config)?;
         policy.server_config(store)
+    }
+
+    /// What [`Self::apply`] of `order` would change at one listener
+    /// address, kept so [`Self::undo`] can put it back if a later step of
+    /// the same order fails (the HTTPS listener's socket cannot be bound…).
+    /// `None` for orders that change no listener entry.
+    pub fn before(&self, order: &RequestType) -> Option<TlsUndo> {
+        let wire = match order {
+            RequestType::AddHttpsListener(config) => &config.address,
+            RequestType::UpdateHttpsListener(update) => &update.address,
+            RequestType::RemoveListener(order) if order.proxy() == ListenerType::Https => {
+                &order.address
+            }
+            _ => return None,
+        };
+        let at = address(wire)?;
+        Some(TlsUndo {
+            at,
+            entry: self.listeners.get(&at).cloned(),
+        })
+    }
+
+    /// Puts back the listener entry [`Self::before`] kept.
+    pub fn undo(&mut self, undo: TlsUndo) {
+        match undo.entry {
+            Some(entry) => {
+                self.listeners.insert(undo.at, entry);
+            }
+            None => {
+                self.listeners.remove(&undo.at);
+            }
+        }
     }
 
     /// Carries out the TLS part of an order `state` (the worker's state,

@@ -38,7 +38,7 @@ use rustls::crypto::CryptoProvider;
 use sozu_command_lib::certificate::CertificateError;
 
 pub use certificate::{check_certificate, LoadedCertificate};
-pub use listeners::{TlsListener, TlsListeners};
+pub use listeners::{TlsListener, TlsListeners, TlsUndo};
 pub use policy::{check_listener, TlsPolicy};
 pub use store::CertificateStore;
 pub use transport::{Plaintext, TlsTransport, TransportError};

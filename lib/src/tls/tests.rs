@@ -538,6 +538,41 @@ fn the_worker_keeps_each_listeners_store_live_from_the_orders() {
     assert_eq!(tls.certificate_count(&address), 1);
 }
 
+#[test]
+fn a_failed_listener_order_leaves_no_tls_entry_behind() {
+    use sozu_command_lib::command::request::RequestType;
+    use sozu_command_lib::state::ConfigState;
+
+    use super::TlsListeners;
+
+    let default = certificate(&["default.example.com"]);
+    let mut config = listener();
+    config.certificate = Some(default.certificate.clone());
+    config.key = Some(default.key.clone());
+    let address: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+    let state = ConfigState::new();
+    let mut tls = TlsListeners::new();
+    let add = RequestType::AddHttpsListener(config);
+    // Added, then a later step failed: undone, nothing left.
+    let undo = tls.before(&add).expect("a listener order");
+    tls.apply(&add, &state).unwrap();
+    assert!(tls.get(&address).is_some());
+    tls.undo(undo);
+    assert!(tls.get(&address).is_none());
+    // Kept entries come back as they were.
+    tls.apply(&add, &state).unwrap();
+    let kept = tls.get(&address).unwrap().config.clone();
+    let undo = tls.before(&add).unwrap();
+    tls.apply(&add, &state).unwrap();
+    assert!(!Arc::ptr_eq(&kept, &tls.get(&address).unwrap().config));
+    tls.undo(undo);
+    assert!(Arc::ptr_eq(&kept, &tls.get(&address).unwrap().config));
+    // Orders without a listener entry keep nothing.
+    assert!(tls
+        .before(&RequestType::Status(Default::default()))
+        .is_none());
+}
+
 /// Whatever a client sends, before or after a real ClientHello, the
 /// transport answers with an error or waits for more, and never panics.
 #[test]

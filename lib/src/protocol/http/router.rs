@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sozu_command_lib::command::{PathRuleKind, RequestHttpFrontend};
+use sozu_command_lib::command::{
+    PathRuleKind, RedirectPolicy, RedirectScheme, RequestHttpFrontend,
+};
 
 use crate::protocol::ids::ClusterId;
 
@@ -34,8 +36,33 @@ pub enum RouteTarget {
         /// The frontend's tags, for access records.
         tags: Option<Arc<BTreeMap<String, String>>>,
     },
-    /// A frontend without a cluster: answer 401 (Sōzu's "deny" route).
+    /// A frontend without a cluster, or with `redirect = UNAUTHORIZED`:
+    /// answer 401 (Sōzu's "deny" route).
     Deny,
+    /// A frontend with `redirect = PERMANENT | FOUND | PERMANENT_REDIRECT`:
+    /// answer `status` (301, 302, 308) with a `Location` to the request's
+    /// host and target under `scheme`.
+    Redirect {
+        /// 301, 302 or 308.
+        status: u16,
+        /// The scheme of the `Location`.
+        scheme: Scheme,
+        /// The frontend's cluster (its custom answers and
+        /// `https_redirect_port`), if it names one.
+        cluster: Option<ClusterId>,
+    },
+}
+
+/// The scheme a frontend redirect sends the client to (Sōzu's
+/// `redirect_scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// The request's own (`USE_SAME`).
+    Same,
+    /// `http` (`USE_HTTP`).
+    Http,
+    /// `https` (`USE_HTTPS`).
+    Https,
 }
 
 /// A refused frontend order.
@@ -205,7 +232,31 @@ impl Router {
                 "a wildcard is only allowed as the first label, as in *.example.com",
             ));
         }
+        let redirect = frontend
+            .redirect
+            .and_then(|r| RedirectPolicy::try_from(r).ok())
+            .unwrap_or(RedirectPolicy::Forward);
+        let redirect_status = match redirect {
+            RedirectPolicy::Forward | RedirectPolicy::Unauthorized => None,
+            RedirectPolicy::Permanent => Some(301),
+            RedirectPolicy::Found => Some(302),
+            RedirectPolicy::PermanentRedirect => Some(308),
+        };
+        let scheme = match frontend
+            .redirect_scheme
+            .and_then(|s| RedirectScheme::try_from(s).ok())
+        {
+            Some(RedirectScheme::UseHttp) => Scheme::Http,
+            Some(RedirectScheme::UseHttps) => Scheme::Https,
+            Some(RedirectScheme::UseSame) | None => Scheme::Same,
+        };
         let target = match &frontend.cluster_id {
+            _ if redirect == RedirectPolicy::Unauthorized => RouteTarget::Deny,
+            cluster if redirect_status.is_some() => RouteTarget::Redirect {
+                status: redirect_status.unwrap_or(301),
+                scheme,
+                cluster: cluster.as_deref().map(ClusterId::from),
+            },
             Some(cluster) => RouteTarget::Cluster {
                 cluster: ClusterId::from(cluster.as_str()),
                 tags: if frontend.tags.is_empty() {
@@ -374,6 +425,7 @@ mod tests {
         match target? {
             RouteTarget::Cluster { cluster, .. } => Some(cluster.as_str()),
             RouteTarget::Deny => Some("<deny>"),
+            RouteTarget::Redirect { .. } => Some("<redirect>"),
         }
     }
 
@@ -429,6 +481,32 @@ mod tests {
         ))
         .unwrap();
         r
+    }
+
+    #[test]
+    fn redirect_policies_become_redirect_or_deny_targets() {
+        use sozu_command_lib::command::{RedirectPolicy, RedirectScheme};
+        let mut r = Router::default();
+        let mut moved = frontend("moved.com", PathRuleKind::Prefix, "/", None);
+        moved.redirect = Some(RedirectPolicy::PermanentRedirect as i32);
+        moved.redirect_scheme = Some(RedirectScheme::UseHttps as i32);
+        r.add(&moved).unwrap();
+        let mut closed = frontend("closed.com", PathRuleKind::Prefix, "/", Some("c"));
+        closed.redirect = Some(RedirectPolicy::Unauthorized as i32);
+        r.add(&closed).unwrap();
+        let mut forward = frontend("fwd.com", PathRuleKind::Prefix, "/", Some("c"));
+        forward.redirect = Some(RedirectPolicy::Forward as i32);
+        r.add(&forward).unwrap();
+        assert_eq!(
+            r.lookup("moved.com", "/x", "GET"),
+            Some(&RouteTarget::Redirect {
+                status: 308,
+                scheme: Scheme::Https,
+                cluster: None
+            })
+        );
+        assert_eq!(r.lookup("closed.com", "/", "GET"), Some(&RouteTarget::Deny));
+        assert_eq!(cluster_of(r.lookup("fwd.com", "/", "GET")), Some("c"));
     }
 
     #[test]
