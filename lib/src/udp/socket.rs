@@ -4,15 +4,23 @@
 //! sockets, and the `IP_PKTINFO` / `IPV6_RECVPKTINFO` switch that lets a
 //! wildcard listener answer from the address the client sent to.
 //!
+//! Also registers upstream sockets (per flow, one-way, `DNS_ID`) with the
+//! event loop under a fresh token ([`register_readable`]), the one place
+//! that pairs a token with a registration.
+//!
 //! It never reads or writes datagrams (see `super::mmsg`) and never keeps
-//! state: every function returns an owned socket.
+//! state: every function returns an owned socket or token.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::UdpToken;
+use crate::token_table::TokenTable;
 
 pub(crate) use crate::listen_socket::ListenerSocketOptions;
 
@@ -133,6 +141,24 @@ pub(crate) fn open_upstream(
     }
     socket.connect(&addr.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// Registers an upstream socket readable (writability is asked for only
+/// while a queue waits) under a fresh token owned by `owner`. If mio
+/// refuses, the token is forgotten again and the error returned: no token
+/// ever names a socket the loop does not watch.
+pub(crate) fn register_readable(
+    registry: &Registry,
+    tokens: &mut dyn TokenTable<UdpToken>,
+    socket: &mut mio::net::UdpSocket,
+    owner: UdpToken,
+) -> io::Result<Token> {
+    let token = tokens.insert(owner);
+    if let Err(error) = registry.register(socket, token, Interest::READABLE) {
+        tokens.remove(token);
+        return Err(error);
+    }
+    Ok(token)
 }
 
 /// The configured `upstream_source_addresses`, used in turn by one
