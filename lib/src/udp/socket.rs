@@ -43,7 +43,7 @@ pub(crate) fn bind_listener(
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    apply_buffer_sizes(&socket, options)?;
+    apply_buffer_sizes(&socket, options, addr)?;
     if addr.ip().is_unspecified() {
         enable_packet_info(socket.as_raw_fd(), addr)?;
     }
@@ -74,21 +74,21 @@ pub(crate) fn adopt_listener(
         ));
     }
     socket.set_nonblocking(true)?;
-    apply_buffer_sizes(&socket, options)?;
+    apply_buffer_sizes(&socket, options, addr)?;
     if addr.ip().is_unspecified() {
         enable_packet_info(socket.as_raw_fd(), addr)?;
     }
     Ok(socket.into())
 }
 
-fn apply_buffer_sizes(socket: &Socket, options: ListenerSocketOptions) -> io::Result<()> {
-    if let Some(size) = options.recv_buffer_size {
-        socket.set_recv_buffer_size(size)?;
-    }
-    if let Some(size) = options.send_buffer_size {
-        socket.set_send_buffer_size(size)?;
-    }
-    Ok(())
+/// The configured buffer sizes (see `crate::listen_socket`: read back, and
+/// a warning when the kernel capped them).
+fn apply_buffer_sizes(
+    socket: &Socket,
+    options: ListenerSocketOptions,
+    addr: SocketAddr,
+) -> io::Result<()> {
+    crate::listen_socket::apply_buffer_sizes(socket, options, addr)
 }
 
 /// Asks the kernel to attach the destination address of each received
