@@ -222,7 +222,8 @@ impl SocketTable {
         if let Some(load) = &self.load {
             load.add(1);
         }
-        self.pending.insert(id, query);
+        let previous = self.pending.insert(id, query);
+        debug_assert!(previous.is_none(), "an ID handed out while pending");
     }
 
     /// Ends a pending query: one less on the backend.
