@@ -15,6 +15,17 @@
 //!   → proxy → dnsmasq, when both are installed: queries per second and
 //!   the share answered, as dnsperf reports them, plus the proxy's CPU.
 //!
+//! Every proxy's listener gets the same 4 MiB kernel receive buffer
+//! ([`LISTENER_RCVBUF`]: sozu `recv_buffer_size`, nginx `listen … rcvbuf=`,
+//! dnsdist `setUDPSocketBufferSizes`), so a proxy descheduled for a moment
+//! loses no query the others would have kept; the kernel's count of
+//! datagrams dropped on the listener socket (`/proc/net/udp`, its `drops`
+//! column) and on every UDP socket of the host (`/proc/net/snmp`,
+//! `RcvbufErrors`) over each measured window are printed, so a lost query
+//! is attributed: to the proxy's listener, to another socket (the proxy's
+//! upstream sockets, the backends, the load's), or to none of them (the
+//! proxy or a backend dropped it itself).
+//!
 //! Loopback only, every wait bounded, children stopped by pid.
 
 use std::fmt::Write as _;
@@ -69,6 +80,12 @@ pub(crate) struct DnsArgs {
     pub(crate) outstanding: u32,
 }
 
+/// The kernel receive buffer of every proxy's listener socket, bytes: the
+/// `net.core.rmem_max` of a stock tuned host (above it, sozu asks for it
+/// with `CAP_NET_ADMIN` and logs the size it got; nginx and dnsdist get the
+/// cap).
+const LISTENER_RCVBUF: u32 = 4 << 20;
+
 /// A proxy under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DnsTarget {
@@ -108,6 +125,11 @@ struct Sample {
     qps: f64,
     cpu_seconds: f64,
     fds: u64,
+    /// Datagrams the kernel dropped on the proxy's listener socket (its
+    /// receive buffer full) during the measured window.
+    listener_drops: u64,
+    /// `RcvbufErrors` of every UDP socket of the host, same window.
+    rcvbuf_errors: u64,
 }
 
 impl Sample {
@@ -161,6 +183,76 @@ fn index_of(answer: &[u8]) -> Option<usize> {
     digits.iter().try_fold(0usize, |n, &d| {
         d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
     })
+}
+
+// ----- kernel drop counters -----
+
+/// The kernel's drop count of the UDP sockets bound to `addr` (an IPv4
+/// address: `/proc/net/udp`, last column), summed (an `SO_REUSEPORT`
+/// group); `None` if unreadable.
+fn socket_drops(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    // The kernel prints the address as the native-endian u32 of its
+    // network-order bytes, the port in plain hex.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    Some(
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(1) == Some(&local.as_str()))
+                    .then(|| fields.last()?.parse::<u64>().ok())
+                    .flatten()
+            })
+            .sum(),
+    )
+}
+
+/// `Udp: … RcvbufErrors …` of `/proc/net/snmp`: datagrams dropped because
+/// some UDP socket's receive buffer was full, host-wide.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// Both kernel counters, read at the start and the end of a window.
+#[derive(Debug, Clone, Copy)]
+struct KernelDrops {
+    listener: Option<u64>,
+    host: Option<u64>,
+}
+
+impl KernelDrops {
+    fn read(listen: SocketAddr) -> Self {
+        KernelDrops {
+            listener: socket_drops(listen),
+            host: udp_rcvbuf_errors(),
+        }
+    }
+
+    /// (listener drops, host-wide receive-buffer errors) since `self`.
+    fn since(self, listen: SocketAddr) -> (u64, u64) {
+        let now = KernelDrops::read(listen);
+        let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        (
+            delta(self.listener, now.listener),
+            delta(self.host, now.host),
+        )
+    }
 }
 
 // ----- built-in responders -----
@@ -400,6 +492,9 @@ fn start_dnsmasq(dir: &Path, i: usize, cpu: Option<usize>) -> anyhow::Result<(Pr
 
 fn dnsdist_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
     let mut c = String::new();
+    // The listener's receive buffer as the other proxies get it (dnsdist
+    // 1.7 keeps the kernel default otherwise); 0: the send buffer as is.
+    let _ = writeln!(c, "setUDPSocketBufferSizes({LISTENER_RCVBUF}, 0)");
     let _ = writeln!(c, "setLocal(\"{listen}\")");
     let _ = writeln!(c, "setACL({{\"127.0.0.0/8\"}})");
     for b in backends {
@@ -422,6 +517,7 @@ fn spawn_target(
         max_flows: 30_000,
         one_way: false,
         dns_id: target == DnsTarget::SozuDnsId,
+        recv_buffer: Some(LISTENER_RCVBUF),
     };
     match target {
         DnsTarget::SozuDnsId | DnsTarget::SozuFlows => {
@@ -641,7 +737,9 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
             proc.ready_or_log(ready)?;
             let sample = if args.dnsperf {
                 let cpu0 = tree_cpu_seconds(proc.pid());
+                let drops0 = KernelDrops::read(listen);
                 let (sent, answered, qps) = run_dnsperf(dir.path(), listen, args, load_cpu)?;
+                let (listener_drops, rcvbuf_errors) = drops0.since(listen);
                 let cpu1 = tree_cpu_seconds(proc.pid());
                 Sample {
                     sent,
@@ -650,6 +748,8 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                     qps,
                     cpu_seconds: cpu1 - cpu0,
                     fds: tree_usage(proc.pid()).fds,
+                    listener_drops,
+                    rcvbuf_errors,
                 }
             } else {
                 let Some(c) = &collector else {
@@ -669,6 +769,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                     c.misrouted.load(Ordering::Relaxed),
                 );
                 let cpu0 = tree_cpu_seconds(proc.pid());
+                let drops0 = KernelDrops::read(listen);
                 let sent = offer(
                     &source_sockets,
                     &mut next,
@@ -679,6 +780,7 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                 );
                 std::thread::sleep(Duration::from_millis(500));
                 let cpu1 = tree_cpu_seconds(proc.pid());
+                let (listener_drops, rcvbuf_errors) = drops0.since(listen);
                 let answered = c.answered.load(Ordering::Relaxed) - a0;
                 Sample {
                     sent,
@@ -687,6 +789,8 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                     qps: answered as f64 / args.load.duration,
                     cpu_seconds: cpu1 - cpu0,
                     fds: tree_usage(proc.pid()).fds,
+                    listener_drops,
+                    rcvbuf_errors,
                 }
             };
             if matches!(target, DnsTarget::SozuDnsId | DnsTarget::SozuFlows) {
@@ -705,13 +809,19 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
                 sample.cpu_us_per_query(),
                 sample.fds
             );
+            println!(
+                "    kernel: {} dropped on the listener's full receive buffer, {} receive-buffer drops on all UDP sockets of the host",
+                sample.listener_drops, sample.rcvbuf_errors
+            );
             samples.push((target, sample));
         }
     }
     drop(collector);
     println!("\nmedians over {} rounds:", args.load.rounds);
-    println!("| target | answered | queries/s | proxy CPU µs / query | proxy fds |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| target | answered | queries/s | proxy CPU µs / query | proxy fds | listener buffer drops | host UDP buffer drops |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut rows = Vec::new();
     for &target in &targets {
         let mine: Vec<Sample> = samples
@@ -723,13 +833,17 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
         let qps = median(mine.iter().map(|s| s.qps).collect());
         let cpu = median(mine.iter().map(|s| s.cpu_us_per_query()).collect());
         let fds = median(mine.iter().map(|s| s.fds as f64).collect());
+        let listener_drops = median(mine.iter().map(|s| s.listener_drops as f64).collect());
+        let host_drops = median(mine.iter().map(|s| s.rcvbuf_errors as f64).collect());
         println!(
-            "| {} | {:.2} % | {:.0} | {:.2} | {:.0} |",
+            "| {} | {:.2} % | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} |",
             target.name(),
             100.0 * share,
             qps,
             cpu,
-            fds
+            fds,
+            listener_drops,
+            host_drops
         );
         rows.push((target, qps, cpu));
     }
@@ -763,4 +877,34 @@ fn backends_ready(addr: SocketAddr) -> anyhow::Result<()> {
         }
     }
     bail!("dnsmasq at {addr} answered nothing within 10 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_receive_buffer_shows_in_the_socket_and_host_counters() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_buffer(&sink, libc::SO_RCVBUF, 4096);
+        let addr = sink.local_addr().unwrap();
+        let before = KernelDrops::read(addr);
+        assert_eq!(before.listener, Some(0), "a new socket has dropped nothing");
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Never read: past a few datagrams, the buffer is full.
+        for _ in 0..200 {
+            let _ = sender.send_to(&[0u8; 512], addr);
+        }
+        let (listener, host) = before.since(addr);
+        assert!(listener > 100, "{listener} drops counted on the socket");
+        assert!(host >= listener, "the host count covers the socket's");
+    }
+
+    #[test]
+    fn every_proxy_listener_gets_the_same_receive_buffer() {
+        let listen: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let backend: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(dnsdist_config(listen, &[backend])
+            .contains(&format!("setUDPSocketBufferSizes({LISTENER_RCVBUF}, 0)")));
+    }
 }

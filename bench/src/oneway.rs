@@ -278,6 +278,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
                 max_flows: 18_000,
                 one_way: true,
                 dns_id: false,
+                recv_buffer: None,
             };
             let run_dir = dir.path().join(format!("{}-{round}", target.name()));
             let mut proc = proxies::spawn(

@@ -4,7 +4,8 @@
 //! answers with its own IDs, whatever the backend does (late, twice, out of
 //! order, wrong ID, another question, truncated, from another source,
 //! never); the worker holds a socket per backend, not per client; every
-//! drop is counted with its reason.
+//! drop is counted with its reason; LEAST_LOADED and POWER_OF_TWO weigh a
+//! backend by its unanswered queries.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -89,6 +90,9 @@ struct Shared {
     queries: Mutex<Vec<(u16, String)>>,
     /// The PROXY v2 source of each query that carried a header, by name.
     proxied: Mutex<Vec<(String, SocketAddr)>>,
+    /// While set, every query is held unanswered; once cleared, the held
+    /// ones are answered.
+    stall: AtomicBool,
 }
 
 /// A DNS-ish backend on a loopback port, served by its own thread until
@@ -97,7 +101,8 @@ struct Shared {
 /// `twice` answers twice; `wrongid` with ID + 1; `spoof` with the right ID
 /// and another question; `short` with 5 bytes; `big` with 1,600 bytes; `never` not at all; `late`
 /// after 1.5 s; `othersrc` first from another socket, then from its own;
-/// `hold` answers are held until 8 wait, then sent in reverse order.
+/// `hold` answers are held until 8 wait, then sent in reverse order. While
+/// stalled ([`DnsBackend::stall`]) it holds every query.
 struct DnsBackend {
     name: String,
     addr: SocketAddr,
@@ -134,6 +139,12 @@ impl DnsBackend {
     fn count(&self) -> usize {
         self.shared.queries.lock().unwrap().len()
     }
+
+    /// Holds every query from now on (`true`), or answers the held ones
+    /// and the next ones (`false`).
+    fn stall(&self, on: bool) {
+        self.shared.stall.store(on, Ordering::SeqCst);
+    }
 }
 
 impl Drop for DnsBackend {
@@ -150,8 +161,14 @@ fn serve(socket: UdpSocket, me: &str, shared: &Shared) {
     let mut buf = [0u8; 2048];
     let mut delayed: Vec<(Instant, Vec<u8>, SocketAddr)> = Vec::new();
     let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    let mut stalled: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
         let now = sozu_e2e::wait::now();
+        if !shared.stall.load(Ordering::SeqCst) {
+            for (a, to) in stalled.drain(..) {
+                let _ = socket.send_to(&a, to);
+            }
+        }
         delayed.retain(|(due, a, to)| {
             if *due <= now {
                 let _ = socket.send_to(a, to);
@@ -181,6 +198,10 @@ fn serve(socket: UdpSocket, me: &str, shared: &Shared) {
             .unwrap()
             .push((id_of(q), name.clone()));
         let a = answer(q, me);
+        if shared.stall.load(Ordering::SeqCst) {
+            stalled.push((a, from));
+            continue;
+        }
         match name.split('.').next().unwrap_or("") {
             "twice" => {
                 let _ = socket.send_to(&a, from);
@@ -596,5 +617,148 @@ fn every_query_carries_its_client_in_a_proxy_v2_header() {
         let i: usize = name[2..3].parse().unwrap();
         assert_eq!(source, clients[i].local_addr(), "{name}");
     }
+    drop(sozu);
+}
+
+/// Sends `q` and waits until a backend has it; if `fast` got it, waits for
+/// its answer too (so `fast` holds nothing when this returns). Returns
+/// whether `slow` got it.
+fn one_query(client: &UdpClient, q: &[u8], slow: &DnsBackend, fast: &DnsBackend) -> bool {
+    let (s0, f0) = (slow.count(), fast.count());
+    client.send(q);
+    let to_slow = wait_until("the query at a backend", WAIT, || {
+        let (s, f) = (slow.count(), fast.count());
+        (s + f > s0 + f0).then_some(s > s0)
+    });
+    if !to_slow {
+        let got = client
+            .recv_timeout(WAIT)
+            .expect("the fast backend's answer");
+        assert_eq!((id_of(&got), qname(&got)), (id_of(q), qname(q)));
+        assert_eq!(answered_by(&got), fast.name);
+    }
+    to_slow
+}
+
+/// With `policy`, a backend holding an unanswered query gets no new one
+/// while the other is idle; once it answers, it gets queries again.
+fn held_queries_weigh_on_their_backend(policy: &str) {
+    let slow = DnsBackend::start("slow");
+    let fast = DnsBackend::start("fast");
+    slow.stall(true);
+    // Answers may take a minute: nothing expires during the test.
+    let (sozu, front) = start(
+        &["--load-balancing-policy", policy, "--back-timeout", "60"],
+        &[&slow, &fast],
+    );
+    let client = UdpClient::new(front);
+    // Ties (both idle) go either way: send one query at a time until the
+    // slow backend holds one (the chance it never does is 2^-40).
+    let mut sent = 0u16;
+    let held = loop {
+        assert!(sent < 40, "{policy}: the slow backend never got a query");
+        let q = query(0x100 + sent, &format!("first{sent}.test"));
+        sent += 1;
+        if one_query(&client, &q, &slow, &fast) {
+            break q;
+        }
+    };
+    // While it holds that query, every new one goes to the other backend
+    // (each answered before the next is sent: the fast one is idle again).
+    let fast_before = fast.count();
+    for k in 0..20u16 {
+        let q = query(0x200 + k, &format!("while{k}.test"));
+        assert!(
+            !one_query(&client, &q, &slow, &fast),
+            "{policy}: query {k} went to the backend holding a query"
+        );
+    }
+    assert_eq!(slow.count(), 1, "{policy}");
+    assert_eq!(fast.count(), fast_before + 20, "{policy}");
+    // It answers: the held query's client gets it, and the slow backend
+    // is idle again: it gets queries again.
+    slow.stall(false);
+    let got = client.recv_timeout(WAIT).expect("the held answer");
+    assert_eq!((id_of(&got), qname(&got)), (id_of(&held), qname(&held)));
+    assert_eq!(answered_by(&got), "slow");
+    let slow_before = slow.count();
+    for k in 0..20u16 {
+        let q = query(0x300 + k, &format!("after{k}.test"));
+        client.send(&q);
+        let got = client.recv_timeout(WAIT).expect("an answer");
+        assert_eq!((id_of(&got), qname(&got)), (id_of(&q), qname(&q)));
+    }
+    assert!(
+        slow.count() > slow_before,
+        "{policy}: the slow backend got no query once it answered"
+    );
+    client.expect_silence(Duration::from_millis(100));
+    drop(sozu);
+}
+
+#[test]
+fn least_loaded_sends_queries_away_from_a_backend_holding_some() {
+    held_queries_weigh_on_their_backend("least-loaded");
+}
+
+#[test]
+fn power_of_two_sends_queries_away_from_a_backend_holding_some() {
+    held_queries_weigh_on_their_backend("power-of-two");
+}
+
+#[test]
+fn an_expired_query_no_longer_weighs_on_its_backend() {
+    let slow = DnsBackend::start("slow");
+    let fast = DnsBackend::start("fast");
+    slow.stall(true);
+    let (sozu, front) = start(
+        &[
+            "--load-balancing-policy",
+            "least-loaded",
+            "--back-timeout",
+            "1",
+        ],
+        &[&slow, &fast],
+    );
+    let client = UdpClient::new(front);
+    let expired = |m: &sozu_e2e::Metrics| {
+        m.backend("dns", "slow", "udp.datagrams.dropped.dns_expired")
+            .unwrap_or(0)
+    };
+    // Ties alternate under LEAST_LOADED: the slow backend has one of the
+    // first two queries.
+    let mut sent = 0u16;
+    while !one_query(
+        &client,
+        &query(sent, &format!("q{sent}.test")),
+        &slow,
+        &fast,
+    ) {
+        sent += 1;
+        assert!(
+            sent < 2,
+            "the slow backend got none of the first two queries"
+        );
+    }
+    let before = expired(&sozu.metrics());
+    // Its query expires unanswered (one second): it no longer counts, so
+    // the slow backend takes one of the next two queries (were it still
+    // counted, every query would go to the fast one).
+    sozu.wait_metrics("the held query expired", WAIT, |m| expired(m) > before);
+    let slow_before = slow.count();
+    let mut to_slow = false;
+    for k in 0..2u16 {
+        to_slow |= one_query(
+            &client,
+            &query(0x400 + k, &format!("next{k}.test")),
+            &slow,
+            &fast,
+        );
+        if to_slow {
+            break;
+        }
+    }
+    assert!(to_slow, "the backend whose query expired got no new query");
+    assert_eq!(slow.count(), slow_before + 1);
     drop(sozu);
 }

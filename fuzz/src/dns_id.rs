@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use sozu_lib::protocol::udp::{AnswerDecision, DnsIdMux, QueryDecision};
+use sozu_lib::protocol::udp::{AnswerDecision, DnsIdMux, PendingQueries, QueryDecision};
 
 const SLOTS: usize = 3;
 
@@ -22,8 +22,10 @@ pub fn run(data: &[u8]) {
     let t0 = Instant::now();
     let mut now = t0;
     let mut m = DnsIdMux::new(0x5eed, NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN));
+    // Two backends: slots 0 and 2 share the first one's pending count.
+    let loads = [PendingQueries::new(), PendingQueries::new()];
     for slot in 0..SLOTS {
-        m.open_socket(slot);
+        m.open_socket(slot, loads[slot % 2].clone());
     }
     // (slot, wire id) -> (client, original id)
     let mut waiting: HashMap<(usize, u16), (SocketAddr, u16)> = HashMap::new();
@@ -77,7 +79,7 @@ pub fn run(data: &[u8]) {
             _ => {
                 if op & 0x20 != 0 {
                     m.close_socket(slot);
-                    m.open_socket(slot);
+                    m.open_socket(slot, loads[slot % 2].clone());
                     waiting.retain(|(s, _), _| *s != slot);
                 } else if let Some((&(s, id), _)) = waiting.iter().next() {
                     m.cancel(s, id);
@@ -87,7 +89,15 @@ pub fn run(data: &[u8]) {
         }
         // Expired queries leave the model when the mux says so: count only.
         assert!(m.pending() <= waiting.len());
+        // The backends' counts are exactly the pending queries.
+        assert_eq!(
+            loads.iter().map(|l| l.get()).sum::<u64>(),
+            m.pending() as u64
+        );
     }
+    // Dropped with queries pending: nothing stays counted.
+    drop(m);
+    assert!(loads.iter().all(|l| l.get() == 0));
 }
 
 fn check_answer(

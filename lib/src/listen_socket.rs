@@ -104,7 +104,7 @@ pub fn bind_udp_group(
         socket
             .set_reuse_port(true)
             .map_err(io_error("SO_REUSEPORT"))?;
-        apply_udp_options(&socket, options).map_err(io_error("socket options"))?;
+        apply_udp_options(&socket, options, address).map_err(io_error("socket options"))?;
         socket.bind(&address.into()).map_err(in_use)?;
         if index == 0 {
             // The group exists once its first member is bound; the program
@@ -234,14 +234,131 @@ fn udp_socket(address: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-fn apply_udp_options(socket: &Socket, options: ListenerSocketOptions) -> io::Result<()> {
+fn apply_udp_options(
+    socket: &Socket,
+    options: ListenerSocketOptions,
+    address: SocketAddr,
+) -> io::Result<()> {
+    apply_buffer_sizes(socket, options, address)
+}
+
+/// One kernel socket buffer: `SO_RCVBUF` or `SO_SNDBUF`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    Receive,
+    Send,
+}
+
+impl Buffer {
+    /// The option, the privileged option that ignores the sysctl cap, and
+    /// that cap's name.
+    fn options(self) -> (libc::c_int, libc::c_int, &'static str) {
+        match self {
+            Buffer::Receive => (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, "net.core.rmem_max"),
+            Buffer::Send => (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, "net.core.wmem_max"),
+        }
+    }
+}
+
+/// Sets the listener socket's `recv_buffer_size` / `send_buffer_size`
+/// (`SO_RCVBUF` / `SO_SNDBUF`), shared by the master (which binds) and a
+/// worker (which re-applies them on the socket it adopts, or binds alone).
+///
+/// Linux doubles the value asked for (the other half is its bookkeeping)
+/// and caps it at `net.core.rmem_max` / `wmem_max` unless the process has
+/// `CAP_NET_ADMIN` (`SO_RCVBUFFORCE` / `SO_SNDBUFFORCE`). So: a socket that
+/// already has the size (the master set it) is left alone; otherwise the
+/// size is set, read back, forced when the kernel capped it, and, if it is
+/// still capped, a warning (from the master and from each worker) names
+/// the listener, the size asked for, the size in effect and the sysctl to
+/// raise. A refused option is an error; a cap is not. (A size below the
+/// kernel's minimum is raised to it, silently.)
+pub(crate) fn apply_buffer_sizes(
+    socket: &Socket,
+    options: ListenerSocketOptions,
+    address: SocketAddr,
+) -> io::Result<()> {
     if let Some(size) = options.recv_buffer_size {
-        socket.set_recv_buffer_size(size)?;
+        apply_buffer_size(socket, Buffer::Receive, size, address)?;
     }
     if let Some(size) = options.send_buffer_size {
-        socket.set_send_buffer_size(size)?;
+        apply_buffer_size(socket, Buffer::Send, size, address)?;
     }
     Ok(())
+}
+
+fn apply_buffer_size(
+    socket: &Socket,
+    buffer: Buffer,
+    size: usize,
+    address: SocketAddr,
+) -> io::Result<()> {
+    let (option, force, sysctl) = buffer.options();
+    let fd = socket.as_raw_fd();
+    // What the kernel reports for a size it granted in full.
+    let granted = size.saturating_mul(2);
+    if get_int_option(fd, option)? == granted {
+        // Already set (by the master, or forced past the cap): setting it
+        // again without the privilege would lower it to the cap.
+        return Ok(());
+    }
+    set_int_option(fd, option, size)?;
+    if get_int_option(fd, option)? >= granted {
+        return Ok(());
+    }
+    // Capped by the sysctl: allowed past it with CAP_NET_ADMIN only.
+    let forced = set_int_option(fd, force, size).is_ok();
+    let effective = get_int_option(fd, option)? / 2;
+    if effective < size {
+        tracing::warn!(
+            listener = %address,
+            option = if buffer == Buffer::Receive { "recv_buffer_size" } else { "send_buffer_size" },
+            asked = size,
+            effective,
+            forced,
+            "UDP listener buffer capped by the kernel: raise {sysctl} (or run with CAP_NET_ADMIN)"
+        );
+    }
+    Ok(())
+}
+
+fn set_int_option(fd: RawFd, option: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn get_int_option(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(usize::try_from(value).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 // ----- the reuseport program -----

@@ -558,6 +558,7 @@ fn measure(
             max_flows: MAX_FLOWS,
             one_way: false,
             dns_id: false,
+            recv_buffer: None,
         };
         let mut proc = proxies::spawn(
             target,

@@ -135,6 +135,10 @@ pub(crate) struct ProxyOptions {
     /// over a few sockets per backend, answers awaited 2 s); ignored by the
     /// others.
     pub dns_id: bool,
+    /// The listener's kernel receive buffer in bytes (`None`: the kernel
+    /// default): sozu `recv_buffer_size`, nginx `listen … rcvbuf=` (Envoy:
+    /// not set).
+    pub recv_buffer: Option<u32>,
 }
 
 /// Picks a free loopback UDP port (bind to 0, read it, release it).
@@ -168,6 +172,9 @@ pub(crate) fn sozu_config(
         "front_timeout = {FLOW_TIMEOUT_S}\nback_timeout = {FLOW_TIMEOUT_S}"
     );
     let _ = writeln!(c, "max_flows = {}", o.max_flows);
+    if let Some(bytes) = o.recv_buffer {
+        let _ = writeln!(c, "recv_buffer_size = {bytes}");
+    }
     let _ = writeln!(
         c,
         "\n[clusters.echo]\nprotocol = \"udp\"\nload_balancing = \"ROUND_ROBIN\""
@@ -217,7 +224,11 @@ pub(crate) fn nginx_config(
     for b in backends {
         let _ = writeln!(c, "    server {b};");
     }
-    let _ = writeln!(c, "  }}\n  server {{\n    listen {listen} udp;");
+    let rcvbuf = o
+        .recv_buffer
+        .map(|bytes| format!(" rcvbuf={bytes}"))
+        .unwrap_or_default();
+    let _ = writeln!(c, "  }}\n  server {{\n    listen {listen} udp{rcvbuf};");
     let _ = writeln!(
         c,
         "    proxy_pass echo;\n    proxy_timeout {FLOW_TIMEOUT_S}s;"
@@ -432,6 +443,7 @@ mod tests {
             max_flows: 17000,
             one_way: false,
             dns_id: false,
+            recv_buffer: None,
         };
         let sozu = sozu_config(Path::new("/tmp/x"), listen, &backends, o);
         let parsed: toml::Value = toml::from_str(&sozu).unwrap();
@@ -456,6 +468,22 @@ mod tests {
         assert!(
             !nginx_config(Path::new("/tmp/x"), None, listen, &backends, unlimited)
                 .contains("proxy_responses")
+        );
+        assert!(!nginx.contains("rcvbuf"));
+        assert!(parsed["listeners"][0].get("recv_buffer_size").is_none());
+        let big = ProxyOptions {
+            recv_buffer: Some(4 << 20),
+            ..o
+        };
+        let parsed: toml::Value =
+            toml::from_str(&sozu_config(Path::new("/tmp/x"), listen, &backends, big)).unwrap();
+        assert_eq!(
+            parsed["listeners"][0]["recv_buffer_size"].as_integer(),
+            Some(4 << 20)
+        );
+        assert!(
+            nginx_config(Path::new("/tmp/x"), None, listen, &backends, big)
+                .contains("listen 127.0.0.1:4000 udp rcvbuf=4194304;")
         );
         let envoy = envoy_config(listen, &backends, o);
         assert!(envoy.contains("max_connections: 17000"));

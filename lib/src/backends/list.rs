@@ -1,8 +1,9 @@
 //! One cluster's backends and its selection policy.
 //!
-//! Owns each backend's status and active-flow count, and keeps the policy's
-//! tables in step with them: every mutation that changes what a pick may
-//! return rebuilds the policy here, so a pick never does.
+//! Owns each backend's status and active-flow count (and a handle on its
+//! count of pending `DNS_ID` queries, moved by the DNS mux), and keeps the
+//! policy's tables in step with them: every mutation that changes what a
+//! pick may return rebuilds the policy here, so a pick never does.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use crate::load_balancing::{stable_hash, Algorithm, Candidate, LoadBalancingPolicy};
 
 use crate::protocol::ids::BackendId;
-use crate::protocol::udp::ServerId;
+use crate::protocol::udp::{PendingQueries, ServerId};
 
 /// Weight of a backend added without `load_balancing_parameters` (Sōzu's
 /// default).
@@ -51,6 +52,9 @@ pub struct Backend {
     weight: u32,
     status: BackendStatus,
     active_flows: u64,
+    /// `DNS_ID` queries waiting for its answer (moved by the DNS mux of
+    /// every listener whose sockets carry its queries).
+    pending_queries: PendingQueries,
     identity_hash: u64,
     /// While suspect: when the suspicion lapses.
     suspect_until: Option<Instant>,
@@ -72,6 +76,7 @@ impl Backend {
             weight,
             status: BackendStatus::Up,
             active_flows: 0,
+            pending_queries: PendingQueries::new(),
             identity_hash,
             suspect_until: None,
             backup: false,
@@ -104,6 +109,16 @@ impl Backend {
         self.active_flows
     }
 
+    /// `DNS_ID` queries sent to it and not answered, expired or dropped yet.
+    pub fn pending_queries(&self) -> u64 {
+        self.pending_queries.get()
+    }
+
+    /// The handle the DNS mux moves its pending-query count with.
+    pub(crate) fn pending_queries_handle(&self) -> &PendingQueries {
+        &self.pending_queries
+    }
+
     /// Whether it is a backup (used only while no primary is available).
     pub fn is_backup(&self) -> bool {
         self.backup
@@ -122,8 +137,10 @@ impl Candidate for Backend {
     fn weight(&self) -> u32 {
         self.weight
     }
+    /// Live flows (or connections) plus pending `DNS_ID` queries: the work
+    /// it holds.
     fn load(&self) -> u64 {
-        self.active_flows
+        self.active_flows.saturating_add(self.pending_queries.get())
     }
 }
 

@@ -21,7 +21,7 @@ use sozu_command_lib::proto::convert::AddressError;
 use sozu_command_lib::proto::weight::effective_weight;
 
 use crate::load_balancing::{mix64, stable_hash, Algorithm};
-use crate::protocol::udp::{QuicLbFallback, ServerId};
+use crate::protocol::udp::{PendingQueries, QuicLbFallback, ServerId};
 
 pub use crate::protocol::ids::{BackendId, ClusterId};
 pub use list::{Backend, BackendList, BackendStatus, Upsert, DEFAULT_WEIGHT};
@@ -345,12 +345,33 @@ impl BackendMap {
     /// Does not count the flow: call [`flow_opened`](Self::flow_opened) once
     /// the flow exists. No allocation (the id is an `Arc` clone).
     pub fn select(&mut self, cluster: &str, affinity_hash: u64) -> Option<(BackendId, SocketAddr)> {
+        let backend = self.pick(cluster, affinity_hash)?;
+        Some((backend.id().clone(), backend.address()))
+    }
+
+    /// Chooses a backend for one `DNS_ID` query of `cluster`, as
+    /// [`select`](Self::select), with the handle of its pending-query count
+    /// (the DNS mux moves it: a load for LEAST_LOADED / POWER_OF_TWO). No
+    /// allocation (`Arc` clones).
+    pub fn select_for_query(
+        &mut self,
+        cluster: &str,
+        affinity_hash: u64,
+    ) -> Option<(BackendId, SocketAddr, PendingQueries)> {
+        let backend = self.pick(cluster, affinity_hash)?;
+        Some((
+            backend.id().clone(),
+            backend.address(),
+            backend.pending_queries_handle().clone(),
+        ))
+    }
+
+    fn pick(&mut self, cluster: &str, affinity_hash: u64) -> Option<&Backend> {
         let list = self.clusters.get_mut(cluster)?;
         if let (true, Some(now)) = (list.has_suspects(), self.now) {
             list.expire_suspicions(now);
         }
-        let backend = list.select(affinity_hash)?;
-        Some((backend.id().clone(), backend.address()))
+        list.select(affinity_hash)
     }
 
     /// Counts a new flow on a backend (for LEAST_LOADED / POWER_OF_TWO).

@@ -144,6 +144,86 @@ fn least_loaded_follows_flow_counters() {
     assert_eq!(map.select("c", 0).unwrap().0.as_str(), "b0");
 }
 
+/// Sends one `DNS_ID` query to whichever backend `map` picks, through a
+/// mux with one socket per backend; returns the backend and the query's
+/// wire ID.
+fn dns_query(
+    map: &mut BackendMap,
+    mux: &mut crate::protocol::udp::DnsIdMux,
+    slots: &mut Vec<String>,
+    now: std::time::Instant,
+) -> (String, usize, u16) {
+    use crate::protocol::udp::QueryDecision;
+    let (id, _, load) = map.select_for_query("c", 0).unwrap();
+    let slot = match slots.iter().position(|b| b == id.as_str()) {
+        Some(slot) => slot,
+        None => {
+            slots.push(id.to_string());
+            mux.open_socket(slots.len() - 1, load);
+            slots.len() - 1
+        }
+    };
+    let mut q = [0u8, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let deadline = now + std::time::Duration::from_secs(2);
+    let QueryDecision::Forward { id: wire } = mux.on_query(slot, deadline, addr(1), None, &mut q)
+    else {
+        panic!("query not forwarded");
+    };
+    (id.to_string(), slot, wire)
+}
+
+#[test]
+fn least_loaded_and_power_of_two_weigh_pending_dns_queries() {
+    use crate::protocol::udp::{AnswerDecision, DnsIdMux};
+    use std::num::NonZeroUsize;
+    #[allow(clippy::disallowed_methods)] // an arbitrary origin
+    let t0 = std::time::Instant::now();
+    for algorithm in [Algorithm::LeastLoaded, Algorithm::PowerOfTwo] {
+        let mut map = map_with(algorithm, 2);
+        let mut mux = DnsIdMux::new(9, NonZeroUsize::new(64).unwrap());
+        let mut slots = Vec::new();
+        // The first query lands anywhere and stays pending: every next one
+        // goes to the other backend while it waits.
+        let (held, held_slot, held_id) = dns_query(&mut map, &mut mux, &mut slots, t0);
+        for _ in 0..20 {
+            let (b, slot, wire) = dns_query(&mut map, &mut mux, &mut slots, t0);
+            assert_ne!(b, held, "{algorithm}: a backend with a pending query");
+            let mut answer = [0u8; 12];
+            answer[..2].copy_from_slice(&wire.to_be_bytes());
+            answer[2] = 0x80;
+            assert!(matches!(
+                mux.on_answer(t0, slot, &mut answer),
+                AnswerDecision::Return { .. }
+            ));
+        }
+        let pending =
+            |map: &BackendMap, b: &str| map.cluster("c").unwrap().get(b).unwrap().pending_queries();
+        assert_eq!(pending(&map, &held), 1);
+        // Its answer comes: both idle again, both picked again.
+        let mut answer = [0u8; 12];
+        answer[..2].copy_from_slice(&held_id.to_be_bytes());
+        answer[2] = 0x80;
+        assert!(matches!(
+            mux.on_answer(t0, held_slot, &mut answer),
+            AnswerDecision::Return { .. }
+        ));
+        assert_eq!(pending(&map, &held), 0);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let (b, slot, wire) = dns_query(&mut map, &mut mux, &mut slots, t0);
+            seen.insert(b);
+            mux.cancel(slot, wire);
+        }
+        assert_eq!(seen.len(), 2, "{algorithm}: {seen:?}");
+        assert!(map
+            .cluster("c")
+            .unwrap()
+            .backends()
+            .iter()
+            .all(|b| b.pending_queries() == 0));
+    }
+}
+
 #[test]
 fn re_adding_an_id_updates_address_and_weight() {
     let mut map = map_with(Algorithm::RoundRobin, 2);

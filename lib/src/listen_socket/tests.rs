@@ -1,5 +1,5 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -227,5 +227,66 @@ fn a_down_slot_is_steered_around_and_only_its_sources_move() {
         for source in sources {
             assert_eq!(reuseport_index(*source, 3, &none), index as u32);
         }
+    }
+}
+
+/// What `SO_RCVBUF` / `SO_SNDBUF` report on `fd` (Linux: twice the size in
+/// effect).
+fn reported(fd: &OwnedFd, option: libc::c_int) -> usize {
+    get_int_option(fd.as_raw_fd(), option).unwrap()
+}
+
+fn rmem_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn udp_listener_buffer_sizes_are_applied_to_every_member() {
+    // Under the kernels' default caps (208 KiB), so no privilege is needed.
+    let options = ListenerSocketOptions {
+        recv_buffer_size: Some(160 << 10),
+        send_buffer_size: Some(96 << 10),
+    };
+    let group = bind_udp_group(loopback_any(), 2, options).unwrap();
+    for member in &group {
+        assert_eq!(reported(member, libc::SO_RCVBUF), 320 << 10);
+        assert_eq!(reported(member, libc::SO_SNDBUF), 192 << 10);
+    }
+    // A size below the default is applied too (not mistaken for "already
+    // set").
+    let small = ListenerSocketOptions {
+        recv_buffer_size: Some(32 << 10),
+        send_buffer_size: None,
+    };
+    let group = bind_udp_group(loopback_any(), 1, small).unwrap();
+    assert_eq!(reported(&group[0], libc::SO_RCVBUF), 64 << 10);
+}
+
+#[test]
+fn a_receive_buffer_over_rmem_max_is_forced_or_reported_capped() {
+    let asked = rmem_max() * 2;
+    let options = ListenerSocketOptions {
+        recv_buffer_size: Some(asked),
+        send_buffer_size: None,
+    };
+    let group = bind_udp_group(loopback_any(), 1, options).unwrap();
+    let effective = reported(&group[0], libc::SO_RCVBUF) / 2;
+    // SAFETY: no arguments.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    if privileged {
+        // CAP_NET_ADMIN: forced past the sysctl, and applying it again (a
+        // worker adopting the socket) keeps it.
+        assert_eq!(effective, asked);
+        let socket = Socket::from(group[0].try_clone().unwrap());
+        let address = socket.local_addr().unwrap().as_socket().unwrap();
+        apply_buffer_sizes(&socket, options, address).unwrap();
+        assert_eq!(reported(&group[0], libc::SO_RCVBUF) / 2, asked);
+    } else {
+        // Capped at the sysctl (a warning says so): never an error.
+        assert_eq!(effective, rmem_max());
     }
 }

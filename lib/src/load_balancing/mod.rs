@@ -32,7 +32,8 @@ pub enum Algorithm {
     RoundRobin,
     /// Weighted random (seeded).
     Random,
-    /// The available backend with the fewest active flows per unit of weight.
+    /// The available backend with the least load per unit of weight (live
+    /// flows or connections, plus pending `DNS_ID` queries).
     LeastLoaded,
     /// Two random available backends, the less loaded (per weight) wins.
     PowerOfTwo,
@@ -119,8 +120,8 @@ pub(crate) trait Candidate {
     fn identity_hash(&self) -> u64;
     /// Relative weight; 0 means "send nothing new here".
     fn weight(&self) -> u32;
-    /// Current load (active flows or connections) for LEAST_LOADED and
-    /// POWER_OF_TWO.
+    /// Current load (active flows or connections, plus pending `DNS_ID`
+    /// queries) for LEAST_LOADED and POWER_OF_TWO.
     fn load(&self) -> u64;
 }
 

@@ -17,6 +17,13 @@
 //!
 //! Answers are read by the listener (`UdpListener::on_dns_readable`) straight
 //! into its batch of client-bound datagrams, through [`DnsMux::answer`].
+//!
+//! Each socket is opened for one backend's [`PendingQueries`] count (the
+//! balancer's load for LEAST_LOADED and POWER_OF_TWO), which the core moves
+//! as queries start and end; a socket is used only by the backend entry
+//! whose count it carries (a backend removed and added again under the same
+//! id gets new sockets), so no query is ever counted on a backend that no
+//! longer exists while its successor looks idle.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -24,18 +31,19 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use mio::{Interest, Token};
+use mio::Token;
 use slab::Slab;
 
 use super::metrics::{ListenerMetrics, OneWayMetrics, ShellDrop};
 use super::mmsg::{send_connected_batch, RecvBatch};
 use super::one_way::OneWayContext;
-use super::socket::{is_resource_exhaustion, SourceAddresses};
+use super::socket::{is_resource_exhaustion, register_readable, SourceAddresses};
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
 use crate::metrics::MetricsRegistry;
 use crate::protocol::udp::{
-    AnswerDecision, DnsDrop, DnsIdMux, ProxyHeader, QueryDecision, DEFAULT_MAX_PENDING_PER_SOCKET,
+    AnswerDecision, DnsDrop, DnsIdMux, PendingQueries, ProxyHeader, QueryDecision,
+    DEFAULT_MAX_PENDING_PER_SOCKET,
 };
 use crate::token_table::TokenTable;
 
@@ -48,6 +56,8 @@ struct MuxSocket {
     cluster: ClusterId,
     backend: BackendId,
     addr: SocketAddr,
+    /// The backend's pending-query count this socket's queries move.
+    load: PendingQueries,
     socket: mio::net::UdpSocket,
     token: Token,
     metrics: OneWayMetrics,
@@ -120,15 +130,17 @@ impl DnsMux {
     }
 
     /// Routes one query (`payload`, receive-batch `index`) to `backend` (of
-    /// `cluster`, at `addr`): picks or opens a socket of the backend with
-    /// room, rewrites the ID in place and queues it for [`Self::flush`].
+    /// `cluster`, at `addr`, its pending queries counted by `load`): picks
+    /// or opens a socket of the backend with room, rewrites the ID in place
+    /// (the query now counts on the backend) and queues it for
+    /// [`Self::flush`].
     /// `Err` is the drop to count on the listener (already counted on the
     /// backend when there is one).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route(
         &mut self,
         deadline: Instant,
-        target: (&ClusterId, &BackendId, SocketAddr),
+        target: (&ClusterId, &BackendId, SocketAddr, &PendingQueries),
         client: SocketAddr,
         local: Option<IpAddr>,
         payload: &mut [u8],
@@ -157,10 +169,11 @@ impl DnsMux {
     }
 
     /// A socket of the backend with room for one more query, opened if
-    /// needed. A socket whose backend moved is closed first.
+    /// needed. A socket whose backend moved (another address, or another
+    /// backend entry under the same id) is closed first.
     fn slot_for(
         &mut self,
-        (cluster, backend, addr): (&ClusterId, &BackendId, SocketAddr),
+        (cluster, backend, addr, load): (&ClusterId, &BackendId, SocketAddr, &PendingQueries),
         sources: &mut SourceAddresses,
         ctx: &mut OneWayContext<'_>,
     ) -> Result<usize, ShellDrop> {
@@ -171,7 +184,7 @@ impl DnsMux {
             if s.backend != *backend || s.cluster != *cluster {
                 continue;
             }
-            if s.addr != addr {
+            if s.addr != addr || !s.load.is_same(load) {
                 moved = Some(slot);
                 continue;
             }
@@ -189,7 +202,7 @@ impl DnsMux {
         if open >= MAX_SOCKETS_PER_BACKEND {
             return Err(ShellDrop::DnsPendingFull);
         }
-        self.open(cluster, backend, addr, sources, ctx)
+        self.open((cluster, backend, addr, load), sources, ctx)
             .map_err(|error| {
                 if is_resource_exhaustion(&error) {
                     tracing::warn!(%cluster, %backend, %error, "out of sockets: DNS query dropped");
@@ -349,37 +362,30 @@ impl DnsMux {
 
     fn open(
         &mut self,
-        cluster: &ClusterId,
-        backend: &BackendId,
-        addr: SocketAddr,
+        (cluster, backend, addr, load): (&ClusterId, &BackendId, SocketAddr, &PendingQueries),
         sources: &mut SourceAddresses,
         ctx: &mut OneWayContext<'_>,
     ) -> io::Result<usize> {
         let mut socket = sources.open(addr)?;
         let entry = self.sockets.vacant_entry();
         let slot = entry.key();
-        let token = ctx.tokens.insert(UdpToken::DnsMux {
+        let owner = UdpToken::DnsMux {
             listener: self.listener,
             slot,
-        });
-        if let Err(e) = ctx
-            .registry
-            .register(&mut socket, token, Interest::READABLE)
-        {
-            ctx.tokens.remove(token);
-            return Err(e);
-        }
+        };
+        let token = register_readable(ctx.registry, ctx.tokens, &mut socket, owner)?;
         let metrics = OneWayMetrics::register(ctx.metrics, cluster, backend);
         tracing::debug!(%cluster, %backend, %addr, slot, "DNS socket opened");
         entry.insert(MuxSocket {
             cluster: cluster.clone(),
             backend: backend.clone(),
             addr,
+            load: load.clone(),
             socket,
             token,
             metrics,
         });
-        self.core.open_socket(slot);
+        self.core.open_socket(slot, load.clone());
         Ok(slot)
     }
 

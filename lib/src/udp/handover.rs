@@ -20,19 +20,19 @@
 //! `udp.flows.handover_failed.<reason>`, and that client's next datagram
 //! starts a fresh flow (today's behaviour).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use mio::Interest;
 use sozu_command_lib::command::{FlowManifest, HandedOverFlow};
 use sozu_command_lib::proto::convert::AddressError;
 
 use super::listener::{FlowIo, IoContext, UdpListener};
 use super::metrics::FlowMetrics;
 use super::shell::UdpShell;
+use super::socket::register_readable;
 use super::write_queue::Upstream;
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
@@ -482,22 +482,9 @@ fn register_upstream(
     let socket = std::net::UdpSocket::from(fd);
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
-    let token = ctx.tokens.insert(UdpToken::Upstream { listener, flow });
-    match ctx
-        .registry
-        .register(&mut socket, token, Interest::READABLE)
-    {
-        Ok(()) => Ok(Upstream {
-            socket,
-            token,
-            queue: VecDeque::new(),
-            write_interest: false,
-        }),
-        Err(error) => {
-            ctx.tokens.remove(token);
-            Err(error)
-        }
-    }
+    let owner = UdpToken::Upstream { listener, flow };
+    let token = register_readable(ctx.registry, ctx.tokens, &mut socket, owner)?;
+    Ok(Upstream::new(socket, token))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use super::dns_mux::DnsMux;
 use super::metrics::{cluster_flow_event, FlowMetrics, ListenerMetrics, ShellDrop};
 use super::mmsg::{send_connected, send_connected_batch, RecvBatch, SendBatch};
 use super::one_way::{OneWayContext, OneWaySockets};
-use super::socket::{is_resource_exhaustion, SourceAddresses};
+use super::socket::{is_resource_exhaustion, register_readable, SourceAddresses};
 use super::write_queue::{
     flush_batch, listener_interest, send_upstream, set_write_interest, QueuedReturn, Upstream,
     UpstreamSend,
@@ -597,7 +597,10 @@ impl UdpListener {
             return;
         };
         let cluster = &frontend.cluster;
-        let Some((backend, addr)) = ctx.backends.select(cluster.as_str(), affinity_hash) else {
+        let Some((backend, addr, load)) = ctx
+            .backends
+            .select_for_query(cluster.as_str(), affinity_hash)
+        else {
             self.metrics
                 .dropped(ctx.metrics, core::DropReason::NoBackend, 1);
             return;
@@ -614,7 +617,7 @@ impl UdpListener {
         };
         let routed = self.dns.route(
             deadline,
-            (cluster, &backend, addr),
+            (cluster, &backend, addr, &load),
             client,
             local,
             payload,
@@ -1227,26 +1230,12 @@ impl UdpListener {
     ) {
         let io = self.flows.entry(flow).or_default();
         let opened = self.sources.open(addr).and_then(|mut socket| {
-            let token = ctx.tokens.insert(UdpToken::Upstream {
+            let owner = UdpToken::Upstream {
                 listener: self.id,
                 flow,
-            });
-            // Readable only: writability is asked for while a queue waits.
-            match ctx
-                .registry
-                .register(&mut socket, token, Interest::READABLE)
-            {
-                Ok(()) => Ok(Upstream {
-                    socket,
-                    token,
-                    queue: VecDeque::new(),
-                    write_interest: false,
-                }),
-                Err(e) => {
-                    ctx.tokens.remove(token);
-                    Err(e)
-                }
-            }
+            };
+            let token = register_readable(ctx.registry, ctx.tokens, &mut socket, owner)?;
+            Ok(Upstream::new(socket, token))
         });
         match opened {
             Ok(upstream) => {

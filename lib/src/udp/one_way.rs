@@ -17,12 +17,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use mio::{Interest, Token};
+use mio::Token;
 use slab::Slab;
 
 use super::metrics::{OneWayMetrics, ShellDrop};
 use super::mmsg::{recv_connected, send_connected_batch};
-use super::socket::{is_resource_exhaustion, SourceAddresses};
+use super::socket::{is_resource_exhaustion, register_readable, SourceAddresses};
 use super::UdpToken;
 use crate::backends::{BackendId, ClusterId};
 use crate::metrics::MetricsRegistry;
@@ -279,17 +279,11 @@ impl OneWaySockets {
         let mut socket = sources.open(addr)?;
         let entry = self.sockets.vacant_entry();
         let slot = entry.key();
-        let token = ctx.tokens.insert(UdpToken::OneWay {
+        let owner = UdpToken::OneWay {
             listener: self.listener,
             slot,
-        });
-        if let Err(e) = ctx
-            .registry
-            .register(&mut socket, token, Interest::READABLE)
-        {
-            ctx.tokens.remove(token);
-            return Err(e);
-        }
+        };
+        let token = register_readable(ctx.registry, ctx.tokens, &mut socket, owner)?;
         let metrics = OneWayMetrics::register(ctx.metrics, cluster, backend);
         tracing::debug!(%cluster, %backend, %addr, "one-way socket opened");
         entry.insert(OneWaySocket {

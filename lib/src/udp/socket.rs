@@ -4,15 +4,23 @@
 //! sockets, and the `IP_PKTINFO` / `IPV6_RECVPKTINFO` switch that lets a
 //! wildcard listener answer from the address the client sent to.
 //!
+//! Also registers upstream sockets (per flow, one-way, `DNS_ID`) with the
+//! event loop under a fresh token ([`register_readable`]), the one place
+//! that pairs a token with a registration.
+//!
 //! It never reads or writes datagrams (see `super::mmsg`) and never keeps
-//! state: every function returns an owned socket.
+//! state: every function returns an owned socket or token.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::UdpToken;
+use crate::token_table::TokenTable;
 
 pub(crate) use crate::listen_socket::ListenerSocketOptions;
 
@@ -35,7 +43,7 @@ pub(crate) fn bind_listener(
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    apply_buffer_sizes(&socket, options)?;
+    apply_buffer_sizes(&socket, options, addr)?;
     if addr.ip().is_unspecified() {
         enable_packet_info(socket.as_raw_fd(), addr)?;
     }
@@ -66,21 +74,21 @@ pub(crate) fn adopt_listener(
         ));
     }
     socket.set_nonblocking(true)?;
-    apply_buffer_sizes(&socket, options)?;
+    apply_buffer_sizes(&socket, options, addr)?;
     if addr.ip().is_unspecified() {
         enable_packet_info(socket.as_raw_fd(), addr)?;
     }
     Ok(socket.into())
 }
 
-fn apply_buffer_sizes(socket: &Socket, options: ListenerSocketOptions) -> io::Result<()> {
-    if let Some(size) = options.recv_buffer_size {
-        socket.set_recv_buffer_size(size)?;
-    }
-    if let Some(size) = options.send_buffer_size {
-        socket.set_send_buffer_size(size)?;
-    }
-    Ok(())
+/// The configured buffer sizes (see `crate::listen_socket`: read back, and
+/// a warning when the kernel capped them).
+fn apply_buffer_sizes(
+    socket: &Socket,
+    options: ListenerSocketOptions,
+    addr: SocketAddr,
+) -> io::Result<()> {
+    crate::listen_socket::apply_buffer_sizes(socket, options, addr)
 }
 
 /// Asks the kernel to attach the destination address of each received
@@ -133,6 +141,24 @@ pub(crate) fn open_upstream(
     }
     socket.connect(&addr.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// Registers an upstream socket readable (writability is asked for only
+/// while a queue waits) under a fresh token owned by `owner`. If mio
+/// refuses, the token is forgotten again and the error returned: no token
+/// ever names a socket the loop does not watch.
+pub(crate) fn register_readable(
+    registry: &Registry,
+    tokens: &mut dyn TokenTable<UdpToken>,
+    socket: &mut mio::net::UdpSocket,
+    owner: UdpToken,
+) -> io::Result<Token> {
+    let token = tokens.insert(owner);
+    if let Err(error) = registry.register(socket, token, Interest::READABLE) {
+        tokens.remove(token);
+        return Err(error);
+    }
+    Ok(token)
 }
 
 /// The configured `upstream_source_addresses`, used in turn by one

@@ -29,6 +29,18 @@ pub(super) struct Upstream {
     pub(super) write_interest: bool,
 }
 
+impl Upstream {
+    /// A socket just registered readable under `token`, nothing queued.
+    pub(super) fn new(socket: mio::net::UdpSocket, token: Token) -> Self {
+        Upstream {
+            socket,
+            token,
+            queue: VecDeque::new(),
+            write_interest: false,
+        }
+    }
+}
+
 /// A client-bound datagram waiting for the listener socket.
 #[derive(Debug)]
 pub(super) struct QueuedReturn {

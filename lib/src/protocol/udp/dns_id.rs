@@ -15,6 +15,14 @@
 //! and the expiry heap is compacted so it never holds more than about twice
 //! the live entries.
 //!
+//! Each socket also carries its backend's [`PendingQueries`] count, shared
+//! with the balancer (LEAST_LOADED and POWER_OF_TWO weigh a backend by it):
+//! this file is the only place that moves it, one up when a query becomes
+//! pending, one down when it stops being pending whatever the way (answered,
+//! late, expired, cancelled, its socket closed or reopened, the mux
+//! dropped), so the count is exactly the backend's pending queries and
+//! returns to 0 when none is left.
+//!
 //! Must never touch a socket, read a clock (`now` comes in), draw
 //! randomness (the seed is injected) or allocate per query once the tables
 //! have grown to their working size. Its shell twin is `crate::udp::dns_mux`
@@ -27,6 +35,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
@@ -51,6 +61,43 @@ pub const MAX_PENDING_PER_SOCKET: usize = 32_768;
 /// Random draws before the allocator scans for a free ID (only reachable
 /// with a table over half full, which [`MAX_PENDING_PER_SOCKET`] forbids).
 const DRAWS: usize = 32;
+
+/// The number of `DNS_ID` queries waiting for an answer from one backend,
+/// over every listener of a worker: the backend's load for LEAST_LOADED and
+/// POWER_OF_TWO (a `DNS_ID` cluster has no flows to count).
+///
+/// A handle: the backend's entry in the balancer holds one, and every mux
+/// socket carrying that backend's queries another; a clone is one more
+/// handle on the same count. Only [`DnsIdMux`] moves it. (An atomic only so
+/// that a worker stays `Send`: each count is used by one thread.)
+#[derive(Debug, Clone, Default)]
+pub struct PendingQueries(Arc<AtomicU64>);
+
+impl PendingQueries {
+    /// A new count at 0.
+    pub fn new() -> Self {
+        PendingQueries::default()
+    }
+
+    /// Queries pending now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether `other` is a handle on the same count.
+    pub fn is_same(&self, other: &PendingQueries) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        let before = self.0.fetch_sub(n as u64, Ordering::Relaxed);
+        debug_assert!(before >= n as u64, "pending-query count released below 0");
+    }
+}
 
 /// Why a query or an answer was not carried (each is counted by the shell
 /// under `udp.datagrams.dropped.<as_str>`).
@@ -160,8 +207,43 @@ type IdTable = HashMap<u16, Pending, BuildHasherDefault<IdHasher>>;
 /// The pending queries of one socket.
 #[derive(Debug, Default)]
 struct SocketTable {
-    open: bool,
+    /// Its backend's count while the socket is open (`None`: closed).
+    load: Option<PendingQueries>,
     pending: IdTable,
+}
+
+impl SocketTable {
+    fn is_open(&self) -> bool {
+        self.load.is_some()
+    }
+
+    /// Records a pending query (its ID is free): one more on the backend.
+    fn insert(&mut self, id: u16, query: Pending) {
+        if let Some(load) = &self.load {
+            load.add(1);
+        }
+        let previous = self.pending.insert(id, query);
+        debug_assert!(previous.is_none(), "an ID handed out while pending");
+    }
+
+    /// Ends a pending query: one less on the backend.
+    fn remove(&mut self, id: u16) -> Option<Pending> {
+        let query = self.pending.remove(&id)?;
+        if let Some(load) = &self.load {
+            load.sub(1);
+        }
+        Some(query)
+    }
+
+    /// Ends every pending query; returns how many.
+    fn clear(&mut self) -> usize {
+        let n = self.pending.len();
+        self.pending.clear();
+        if let Some(load) = &self.load {
+            load.sub(n);
+        }
+        n
+    }
 }
 
 /// An expiry entry: lazily invalidated (the query may be answered first).
@@ -220,7 +302,7 @@ impl DnsIdMux {
     pub fn pending_on(&self, slot: usize) -> usize {
         self.sockets
             .get(slot)
-            .filter(|t| t.open)
+            .filter(|t| t.is_open())
             .map_or(0, |t| t.pending.len())
     }
 
@@ -228,19 +310,20 @@ impl DnsIdMux {
     pub fn has_room(&self, slot: usize) -> bool {
         self.sockets
             .get(slot)
-            .is_some_and(|t| t.open && t.pending.len() < self.max_pending_per_socket)
+            .is_some_and(|t| t.is_open() && t.pending.len() < self.max_pending_per_socket)
     }
 
-    /// The shell opened a socket at `slot`: it starts with no pending query
-    /// (a slot still open is reset, its queries counted by the return
-    /// value as [`DnsDrop::SocketClosed`]).
-    pub fn open_socket(&mut self, slot: usize) -> usize {
+    /// The shell opened a socket at `slot` to a backend whose pending
+    /// queries `load` counts: it starts with no pending query (a slot still
+    /// open is reset, its queries released from its former backend's count
+    /// and counted by the return value as [`DnsDrop::SocketClosed`]).
+    pub fn open_socket(&mut self, slot: usize, load: PendingQueries) -> usize {
         let dropped = self.forget(slot);
         if self.sockets.len() <= slot {
             self.sockets.resize_with(slot + 1, SocketTable::default);
         }
         let table = &mut self.sockets[slot];
-        table.open = true;
+        table.load = Some(load);
         // Room for a burst up front (it grows to the cap at most), and for
         // its expiry entries (at most about twice the live ones).
         let burst = self.max_pending_per_socket.min(1024);
@@ -256,7 +339,7 @@ impl DnsIdMux {
     pub fn close_socket(&mut self, slot: usize) -> usize {
         let dropped = self.forget(slot);
         if let Some(table) = self.sockets.get_mut(slot) {
-            table.open = false;
+            table.load = None;
             // Release the memory of a socket that will not come back soon.
             table.pending = IdTable::default();
         }
@@ -268,8 +351,7 @@ impl DnsIdMux {
         let Some(table) = self.sockets.get_mut(slot) else {
             return 0;
         };
-        let n = table.pending.len();
-        table.pending.clear();
+        let n = table.clear();
         self.live -= n;
         // Their expiry entries are stale now (no pending entry): popped
         // lazily or compacted.
@@ -311,7 +393,7 @@ impl DnsIdMux {
         let seq = self.next_seq;
         self.next_seq += 1;
         let original_id = u16::from_be_bytes([payload[0], payload[1]]);
-        self.sockets[slot].pending.insert(
+        self.sockets[slot].insert(
             id,
             Pending {
                 client,
@@ -358,11 +440,11 @@ impl DnsIdMux {
     }
 
     /// Frees the ID of a query routed to `slot` that could not be sent (the
-    /// shell counts that drop): no answer can come, nothing is counted
-    /// here.
+    /// shell counts that drop): no answer can come, no drop is counted
+    /// here (the backend's pending count is released).
     pub fn cancel(&mut self, slot: usize, id: u16) {
         if let Some(table) = self.sockets.get_mut(slot) {
-            if table.pending.remove(&id).is_some() {
+            if table.remove(id).is_some() {
                 self.live -= 1;
             }
         }
@@ -383,14 +465,14 @@ impl DnsIdMux {
             return AnswerDecision::Dropped(DnsDrop::NotDns);
         }
         let id = u16::from_be_bytes([payload[0], payload[1]]);
-        let Some(table) = self.sockets.get_mut(slot).filter(|t| t.open) else {
+        let Some(table) = self.sockets.get_mut(slot).filter(|t| t.is_open()) else {
             return AnswerDecision::Dropped(DnsDrop::UnknownId);
         };
         let Some(pending) = table.pending.get(&id).copied() else {
             return AnswerDecision::Dropped(DnsDrop::UnknownId);
         };
         if pending.deadline <= now {
-            table.pending.remove(&id);
+            table.remove(id);
             self.live -= 1;
             return AnswerDecision::Dropped(DnsDrop::Late);
         }
@@ -402,7 +484,7 @@ impl DnsIdMux {
                 _ => return AnswerDecision::Dropped(DnsDrop::Mismatch),
             }
         }
-        table.pending.remove(&id);
+        table.remove(id);
         self.live -= 1;
         payload[..2].copy_from_slice(&pending.original_id.to_be_bytes());
         AnswerDecision::Return {
@@ -431,7 +513,7 @@ impl DnsIdMux {
                 continue;
             };
             if table.pending.get(&e.id).is_some_and(|p| p.seq == e.seq) {
-                table.pending.remove(&e.id);
+                table.remove(e.id);
                 self.live -= 1;
                 count += 1;
                 expired(e.slot);
@@ -475,9 +557,17 @@ impl DnsIdMux {
         for t in &self.sockets {
             assert!(t.pending.len() <= self.max_pending_per_socket, "cap");
             assert!(
-                t.open || t.pending.is_empty(),
+                t.is_open() || t.pending.is_empty(),
                 "closed sockets hold nothing"
             );
+            if let Some(load) = &t.load {
+                // Other sockets (of this mux or another listener's) may
+                // share the count: it is at least this socket's part.
+                assert!(
+                    load.get() >= t.pending.len() as u64,
+                    "the backend's count covers the socket's pending queries"
+                );
+            }
         }
         assert!(
             self.expiry.len() <= 2 * self.live + 65,
@@ -494,6 +584,17 @@ impl DnsIdMux {
                     );
                 }
             }
+        }
+    }
+}
+
+impl Drop for DnsIdMux {
+    /// A mux dropped with queries pending (its listener gone) releases them
+    /// from their backends' counts: a backend that outlives the listener
+    /// must not look loaded forever.
+    fn drop(&mut self) {
+        for table in &mut self.sockets {
+            table.clear();
         }
     }
 }

@@ -97,8 +97,8 @@ mod types;
 mod tests;
 
 pub use dns_id::{
-    AnswerDecision, DnsDrop, DnsIdMux, QueryDecision, DEFAULT_MAX_PENDING_PER_SOCKET,
-    DNS_HEADER_LEN, MAX_PENDING_PER_SOCKET,
+    AnswerDecision, DnsDrop, DnsIdMux, PendingQueries, QueryDecision,
+    DEFAULT_MAX_PENDING_PER_SOCKET, DNS_HEADER_LEN, MAX_PENDING_PER_SOCKET,
 };
 pub use handover::{AdoptError, FlowHandover};
 pub use key::{

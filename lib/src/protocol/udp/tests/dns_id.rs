@@ -44,8 +44,8 @@ fn id_of(p: &[u8]) -> u16 {
 
 fn mux() -> DnsIdMux {
     let mut m = DnsIdMux::new(7, NonZeroUsize::new(64).unwrap());
-    m.open_socket(S0);
-    m.open_socket(S1);
+    m.open_socket(S0, PendingQueries::new());
+    m.open_socket(S1, PendingQueries::new());
     m
 }
 
@@ -339,7 +339,7 @@ fn a_full_socket_refuses_until_an_answer_frees_an_id() {
     let t0 = origin();
     let dl = t0 + Duration::from_secs(2);
     let mut m = DnsIdMux::new(1, NonZeroUsize::new(3).unwrap());
-    m.open_socket(S0);
+    m.open_socket(S0, PendingQueries::new());
     let c = addr("192.0.2.1:1");
     let wires: Vec<_> = (0..3)
         .map(|i| forward(&mut m, S0, dl, c, &query(i, "a.b")))
@@ -378,7 +378,7 @@ fn closing_a_socket_drops_its_queries_and_their_answers() {
         QueryDecision::Dropped(DnsDrop::PendingFull)
     );
     // Reopened: empty, and the old queries never expire a second time.
-    assert_eq!(m.open_socket(S0), 0);
+    assert_eq!(m.open_socket(S0, PendingQueries::new()), 0);
     assert_eq!(m.handle_timeout(dl, |_| {}), 1, "only S1's query");
 }
 
@@ -403,7 +403,7 @@ fn ids_are_never_reused_while_pending_and_not_predictable() {
     let t0 = origin();
     let dl = t0 + Duration::from_secs(2);
     let mut m = DnsIdMux::new(11, NonZeroUsize::new(MAX_PENDING_PER_SOCKET).unwrap());
-    m.open_socket(S0);
+    m.open_socket(S0, PendingQueries::new());
     let c = addr("192.0.2.1:1");
     let q = query(0, "a.b");
     let mut seen = HashSet::new();
@@ -427,11 +427,86 @@ fn ids_are_never_reused_while_pending_and_not_predictable() {
     assert!(buckets.iter().all(|&n| n > 1500), "{buckets:?}");
     // Another seed, another sequence.
     let mut other = DnsIdMux::new(12, NonZeroUsize::new(64).unwrap());
-    other.open_socket(S0);
+    other.open_socket(S0, PendingQueries::new());
     let other_ids: Vec<u16> = (0..32)
         .map(|_| id_of(&forward(&mut other, S0, dl, c, &q)))
         .collect();
     assert_ne!(other_ids[..], ids[..32]);
+}
+
+#[test]
+fn a_backend_count_follows_every_way_a_query_ends() {
+    let t0 = origin();
+    let dl = t0 + Duration::from_secs(2);
+    let c = addr("192.0.2.1:1");
+    // Backend x has two sockets (S0, S1), backend y one (S2).
+    let (x, y) = (PendingQueries::new(), PendingQueries::new());
+    let s2 = 2;
+    let mut m = DnsIdMux::new(5, NonZeroUsize::new(64).unwrap());
+    m.open_socket(S0, x.clone());
+    m.open_socket(S1, x.clone());
+    m.open_socket(s2, y.clone());
+    let counts = || (x.get(), y.get());
+    let answered = forward(&mut m, S0, dl, c, &query(1, "a.b"));
+    let late = forward(&mut m, S1, dl, c, &query(2, "a.b"));
+    let cancelled = forward(&mut m, S0, dl, c, &query(3, "a.b"));
+    let expiring = forward(&mut m, s2, dl, c, &query(4, "a.b"));
+    assert_eq!(counts(), (3, 1), "one per query sent, on its backend");
+    // Refused queries and answers that end nothing leave the counts alone.
+    assert_eq!(
+        m.on_query(S0, dl, c, None, &mut [0u8; 5]),
+        QueryDecision::Dropped(DnsDrop::NotDns)
+    );
+    let mut spoofed = answer_to(&query(id_of(&answered), "evil.b"));
+    assert_eq!(
+        m.on_answer(t0, S0, &mut spoofed),
+        AnswerDecision::Dropped(DnsDrop::Mismatch)
+    );
+    assert_eq!(
+        m.on_answer(t0, s2, &mut answer_to(&answered)),
+        AnswerDecision::Dropped(DnsDrop::UnknownId),
+        "on the wrong socket"
+    );
+    assert_eq!(counts(), (3, 1));
+    // Answered, cancelled, late, expired: one less each.
+    assert!(matches!(
+        m.on_answer(t0, S0, &mut answer_to(&answered)),
+        AnswerDecision::Return { .. }
+    ));
+    assert_eq!(counts(), (2, 1));
+    m.cancel(S0, id_of(&cancelled));
+    assert_eq!(counts(), (1, 1));
+    assert_eq!(
+        m.on_answer(dl, S1, &mut answer_to(&late)),
+        AnswerDecision::Dropped(DnsDrop::Late)
+    );
+    assert_eq!(counts(), (0, 1));
+    assert_eq!(m.handle_timeout(dl, |_| {}), 1);
+    assert_eq!(counts(), (0, 0));
+    // A duplicate of an answered query ends nothing more.
+    assert_eq!(
+        m.on_answer(t0, S0, &mut answer_to(&answered)),
+        AnswerDecision::Dropped(DnsDrop::UnknownId)
+    );
+    drop(expiring);
+    // A closed socket, and a socket reopened for another backend, release
+    // what they held; the new backend starts from its own count.
+    let dl = dl + Duration::from_secs(5);
+    forward(&mut m, S0, dl, c, &query(5, "a.b"));
+    forward(&mut m, S1, dl, c, &query(6, "a.b"));
+    forward(&mut m, S1, dl, c, &query(7, "a.b"));
+    assert_eq!(counts(), (3, 0));
+    assert_eq!(m.close_socket(S0), 1);
+    assert_eq!(counts(), (2, 0));
+    assert_eq!(m.open_socket(S1, y.clone()), 2);
+    assert_eq!(counts(), (0, 0));
+    forward(&mut m, S1, dl, c, &query(8, "a.b"));
+    forward(&mut m, s2, dl, c, &query(9, "a.b"));
+    assert_eq!(counts(), (0, 2));
+    // A mux dropped with queries pending (its listener removed) releases
+    // them: the backend outlives it.
+    drop(m);
+    assert_eq!(counts(), (0, 0));
 }
 
 #[test]
@@ -478,14 +553,20 @@ mod property {
         Tick {
             ms: u16,
         },
+        /// Close the socket, then reopen it for backend `group`.
         Reopen {
             slot: u8,
+            group: u8,
+        },
+        /// Cancel the `nth` query sent (if still pending).
+        Cancel {
+            nth: u16,
         },
     }
 
     impl Arbitrary for Step {
         fn arbitrary(g: &mut Gen) -> Self {
-            match u8::arbitrary(g) % 10 {
+            match u8::arbitrary(g) % 11 {
                 0..=3 => Step::Query {
                     client: u8::arbitrary(g) % 8,
                     slot: u8::arbitrary(g) % 3,
@@ -502,8 +583,12 @@ mod property {
                 8 => Step::Tick {
                     ms: u16::arbitrary(g) % 3000,
                 },
+                9 => Step::Cancel {
+                    nth: u16::arbitrary(g),
+                },
                 _ => Step::Reopen {
                     slot: u8::arbitrary(g) % 3,
+                    group: u8::arbitrary(g) % 2,
                 },
             }
         }
@@ -512,15 +597,21 @@ mod property {
     /// Against a model of what is pending: an answer is returned only to
     /// the client whose query is pending under that (slot, wire ID), with
     /// that query's original ID, at most once; every query ends exactly
-    /// once (answered, late, expired, socket closed) or is still pending;
-    /// no two pending queries of one slot share a wire ID.
+    /// once (answered, late, expired, cancelled, socket closed) or is
+    /// still pending; no two pending queries of one slot share a wire ID.
+    /// Each backend's pending count (two backends; slots move between them
+    /// when reopened) is at every step exactly its slots' pending queries,
+    /// and back at 0 once every query ended, whatever the interleaving.
     fn only_the_asker_gets_its_answer(steps: Vec<Step>) -> bool {
         let t0 = origin();
         let mut now = t0;
         let timeout = Duration::from_millis(2000);
         let mut m = DnsIdMux::new(3, NonZeroUsize::new(5).unwrap());
-        for s in 0..3 {
-            m.open_socket(s);
+        let loads = [PendingQueries::new(), PendingQueries::new()];
+        // The backend (index in `loads`) of each slot.
+        let mut group_of = [0usize, 1, 0];
+        for (s, &g) in group_of.iter().enumerate() {
+            m.open_socket(s, loads[g].clone());
         }
         // (slot, wire id) -> (client, original id, wire bytes, deadline)
         let mut model: HashMap<(usize, u16), (SocketAddr, u16, Instant)> = HashMap::new();
@@ -613,9 +704,25 @@ mod property {
                         return false;
                     }
                 }
-                Step::Reopen { slot } => {
+                Step::Cancel { nth } => {
+                    if sent.is_empty() {
+                        continue;
+                    }
+                    let (slot, wire) = &sent[usize::from(nth) % sent.len()];
+                    let wid = id_of(wire);
+                    m.cancel(*slot, wid);
+                    // Sent again later under the same ID, `wire` may name
+                    // another query: the model drops whatever is pending
+                    // under (slot, ID), as the mux does.
+                    if model.remove(&(*slot, wid)).is_some() {
+                        ended += 1;
+                    }
+                }
+                Step::Reopen { slot, group } => {
                     let slot = usize::from(slot);
-                    let n = m.close_socket(slot) + m.open_socket(slot);
+                    group_of[slot] = usize::from(group);
+                    let n =
+                        m.close_socket(slot) + m.open_socket(slot, loads[group_of[slot]].clone());
                     let gone: Vec<_> = model.keys().filter(|(s, _)| *s == slot).copied().collect();
                     if n != gone.len() {
                         return false;
@@ -629,8 +736,24 @@ mod property {
             if m.pending() != model.len() || queries != ended + model.len() {
                 return false;
             }
+            for (g, load) in loads.iter().enumerate() {
+                let mine = model.keys().filter(|(s, _)| group_of[*s] == g).count();
+                if load.get() != mine as u64 {
+                    return false;
+                }
+            }
         }
-        true
+        // Every query ends (expired, or the mux dropped with them), and
+        // nothing stays counted.
+        if model.len().is_multiple_of(2) {
+            m.handle_timeout(now + timeout, |_| {});
+            if m.pending() != 0 {
+                return false;
+            }
+        } else {
+            drop(m);
+        }
+        loads.iter().all(|l| l.get() == 0)
     }
 
     #[test]
