@@ -255,9 +255,17 @@ impl UdpClient {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return None
                 }
-                // An ICMP error for an earlier send: keep waiting.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                Err(e) => panic!("receive from {}: {e}", self.target),
+                // An ICMP error for an earlier send, or a signal delivered
+                // to the test process mid-call: keep waiting.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionRefused | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("receive from {}: {e} ({:?})", self.target, e.kind()),
             }
         }
     }
