@@ -565,6 +565,9 @@ struct Client {
     wire: Vec<u8>,
     /// Plaintext written, in order.
     plain: Vec<u8>,
+    /// Reads nothing more from the server (after tampering with its own
+    /// handshake).
+    deaf: bool,
 }
 
 impl Client {
@@ -576,6 +579,7 @@ impl Client {
             connection: Some(connection),
             wire: Vec::new(),
             plain: Vec::new(),
+            deaf: false,
         }
     }
 
@@ -616,6 +620,11 @@ impl Client {
         if !self.wire.is_empty() {
             let i = at % self.wire.len();
             self.wire[i] ^= 1 << (at % 8);
+            // A flipped handshake byte dooms the handshake; the client
+            // stops reading the server (rustls 0.23.48's TLS 1.2 client
+            // trips its own debug assertion `!sent_fatal_alert` on some
+            // such runs: a client-side matter, not the server's).
+            self.deaf |= self.is_handshaking();
         }
     }
 
@@ -624,7 +633,8 @@ impl Client {
     fn read_answers(&mut self, conn: &mut Connection, limit: usize) {
         let n = limit.min(conn.socket_out.len());
         let bytes: Vec<u8> = conn.socket_out.drain(..n).collect();
-        let Some(c) = self.connection.as_mut() else {
+        let Some(c) = self.connection.as_mut().filter(|_| !self.deaf) else {
+            conn.flush();
             return;
         };
         let mut slice = &bytes[..];
