@@ -37,6 +37,10 @@ use crate::runner::TargetArgs;
 /// The name the certificate serves and the clients ask for (SNI and Host).
 const HOST: &str = "bench.test";
 
+/// sozu `max_connections` (500 by default): room for the handshake burst,
+/// two descriptors each (client and backend) under a 20,000 fd limit.
+const MAX_CONNECTIONS: usize = 8_000;
+
 /// Longest wait for a proxy to answer its first HTTPS request.
 const READY_LIMIT: Duration = Duration::from_secs(15);
 
@@ -90,7 +94,13 @@ pub(crate) fn run_httpd(args: &HttpdArgs) -> anyhow::Result<()> {
             continue;
         };
         let answer = Arc::clone(&answer);
-        std::thread::spawn(move || serve(stream, &answer));
+        // Small stacks: the handshake burst may open thousands at once.
+        let spawned = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || serve(stream, &answer));
+        if let Err(error) = spawned {
+            eprintln!("httpd: no thread for a connection: {error}");
+        }
     }
     Ok(())
 }
@@ -175,6 +185,7 @@ pub(crate) fn sozu_https_config(
         dir.join("sozu.sock").display()
     );
     let _ = writeln!(c, "worker_count = 1");
+    let _ = writeln!(c, "max_connections = {MAX_CONNECTIONS}");
     let _ = writeln!(c, "log_level = \"warn\"");
     let _ = writeln!(c, "log_target = \"stdout\"");
     let _ = writeln!(c, "\n[[listeners]]\nprotocol = \"https\"");
@@ -430,9 +441,39 @@ fn spawn_proxy(
     })
 }
 
+/// Raises this process's descriptor limit to its hard limit (h2load, the
+/// backend and the proxies inherit it) and warns when the handshake burst
+/// may not fit.
+fn raise_fd_limit(handshakes: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur
+    };
+    // Client and backend side of each connection, plus some slack.
+    let needed = 2 * handshakes as u64 + 256;
+    if soft < needed {
+        eprintln!(
+            "warning: descriptor limit {soft} < {needed} needed for --handshakes {handshakes} (raise ulimit -Hn)"
+        );
+    }
+}
+
 /// `sozu-bench https`.
 pub(crate) fn run(args: &HttpsArgs) -> anyhow::Result<()> {
     install_signal_handlers();
+    raise_fd_limit(args.handshakes);
     let Some(h2load_bin) = find_on_path("h2load") else {
         bail!("h2load not on PATH (Debian: apt-get install nghttp2-client)");
     };
@@ -610,6 +651,7 @@ mod tests {
         let sozu = sozu_https_config(Path::new("/tmp/x"), listen, backend, cert, key);
         let parsed: toml::Value = toml::from_str(&sozu).unwrap();
         assert_eq!(parsed["worker_count"].as_integer(), Some(1));
+        assert!(parsed["max_connections"].as_integer() >= Some(4_000));
         let listener = &parsed["listeners"][0];
         assert_eq!(listener["protocol"].as_str(), Some("https"));
         assert_eq!(listener["address"].as_str(), Some("127.0.0.1:4443"));
