@@ -771,6 +771,22 @@ pub fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         oversized.extend_from_slice(piece);
     }
     out.push(("raw-oversized-record", oversized));
+    // A ClientHello announcing 65,520 bytes in full records: more than
+    // rustls joins (the transport once stalled on it until its deadline).
+    let mut payload = vec![0x01, 0x00, 0xff, 0xf0];
+    payload.extend(std::iter::repeat_n(0u8, 0xfff0));
+    let mut wire = Vec::new();
+    for chunk in payload.chunks(16 * 1024) {
+        let len = (chunk.len() as u16).to_be_bytes();
+        wire.extend_from_slice(&[0x16, 0x03, 0x01, len[0], len[1]]);
+        wire.extend_from_slice(chunk);
+    }
+    let mut huge = vec![0u8];
+    for piece in wire.chunks(1021) {
+        huge.push(255);
+        huge.extend_from_slice(piece);
+    }
+    out.push(("raw-huge-client-hello", huge));
     // A ClientHello header whose body never comes, then random-looking bytes.
     let mut truncated = vec![0u8, 2, 0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00];
     truncated.extend((0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
