@@ -2,7 +2,9 @@
 //!
 //! `gen` is the load generator, `echo` the echo backend, `run` the
 //! scenario runner comparing direct, sozu, nginx `stream` and Envoy
-//! `udp_proxy`. Everything stays on loopback and every phase is bounded.
+//! `udp_proxy`; `https` compares sozu and nginx terminating TLS (h2load
+//! against the `httpd` backend). Everything stays on loopback and every
+//! phase is bounded.
 //!
 //! Lint gates as in the `sozu` binary: items are `pub(crate)` (nothing is
 //! public outside a binary), and every `unsafe` block (mmsg batches, raw
@@ -14,6 +16,7 @@
 mod dns;
 mod echo;
 mod generator;
+mod https;
 mod oneway;
 mod runner;
 mod stats;
@@ -42,6 +45,11 @@ enum Cmd {
     /// DNS-shaped one-reply queries, each from a new source port (or
     /// dnsperf → dnsmasq): sozu DNS_ID vs flows vs nginx vs dnsdist.
     Dns(dns::DnsArgs),
+    /// HTTPS through sozu and nginx with one certificate (h2load --h1):
+    /// keep-alive requests/s, handshakes/s, proxy CPU per request.
+    Https(https::HttpsArgs),
+    /// Tiny HTTP/1.1 keep-alive backend (fixed body), for `https`.
+    Httpd(https::HttpdArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +60,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Run(args) => runner::run(&args),
         Cmd::Oneway(args) => oneway::run(&args),
         Cmd::Dns(args) => dns::run(&args),
+        Cmd::Https(args) => https::run(&args),
+        Cmd::Httpd(args) => https::run_httpd(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -84,11 +94,12 @@ mod tests {
             .expect("shared options parse")
             .command
         };
-        for command in ["run", "oneway", "dns"] {
+        for command in ["run", "oneway", "dns", "https"] {
             let target = match parse(command) {
                 Cmd::Run(args) => args.target,
                 Cmd::Oneway(args) => args.target,
                 Cmd::Dns(args) => args.target,
+                Cmd::Https(args) => args.target,
                 other => panic!("{other:?}"),
             };
             assert_eq!(target.targets, ["sozu", "nginx"], "{command}");

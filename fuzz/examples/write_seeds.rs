@@ -1,6 +1,7 @@
 //! Writes the channel decoder's seed corpus (`seeds/channel_decoder/seed-*`):
 //! well-formed frames of several orders, split and pipelined, plus the
-//! boundary cases of the framing rule. Run once with
+//! boundary cases of the framing rule; and the `tls_http` hostile corpus
+//! (`seeds/tls_http/seed-*`). Run once with
 //! `cargo run --manifest-path fuzz/Cargo.toml --no-default-features --example write_seeds`.
 
 use sozu_fuzz::channel_decoder::{encode_input, frame, sample_request, stream_from_parts};
@@ -33,6 +34,12 @@ fn main() -> std::io::Result<()> {
     ];
     for (name, bytes) in seeds {
         std::fs::write(dir.join(name), bytes)?;
+    }
+    // The TLS hand-off's hostile corpus, as seeds for `tls_http`.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/tls_http");
+    std::fs::create_dir_all(&dir)?;
+    for (name, bytes) in sozu_fuzz::tls_http::hostile_inputs() {
+        std::fs::write(dir.join(format!("seed-{name}")), bytes)?;
     }
     Ok(())
 }

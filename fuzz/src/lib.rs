@@ -9,12 +9,15 @@
 //! suite's stable replay (`command/tests/fuzz_replay.rs`) includes by path:
 //! [`channel_decoder`] (command socket frames → orders → state) and
 //! [`config_loader`] (configuration text → orders → state); and the HTTP
-//! request path, [`http_request`] (replayed by `lib/tests/http_fuzz_replay.rs`).
+//! request path, [`http_request`] (replayed by `lib/tests/http_fuzz_replay.rs`);
+//! and the TLS-to-HTTP hand-off, [`tls_http`] (replayed by
+//! `lib/tests/tls_fuzz_replay.rs`).
 
 pub mod channel_decoder;
 pub mod dns_id;
 pub mod config_loader;
 pub mod http_request;
+pub mod tls_http;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -147,6 +147,13 @@ pub(crate) fn free_udp_port() -> anyhow::Result<SocketAddr> {
     Ok(socket.local_addr()?)
 }
 
+/// Picks a free loopback TCP port (bind to 0, read it, release it).
+pub(crate) fn free_tcp_port() -> anyhow::Result<SocketAddr> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe for a free port")?;
+    Ok(listener.local_addr()?)
+}
+
 /// sozu `config.toml` (the format of doc/configure.md).
 pub(crate) fn sozu_config(
     dir: &Path,

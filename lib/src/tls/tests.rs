@@ -393,6 +393,46 @@ fn an_oversized_record_is_refused() {
     assert!(server.receive(&record).is_err());
 }
 
+/// A ClientHello announcing 65,520 bytes, in full records: rustls joins
+/// handshake messages up to 64 KiB only, so the transport refuses it as
+/// oversized instead of taking no more bytes and waiting (which left the
+/// connection stalled until its handshake deadline; found by the
+/// `tls_http` fuzz driver).
+#[test]
+fn a_handshake_message_larger_than_rustls_joins_is_refused_not_stalled() {
+    let store = Arc::new(CertificateStore::new());
+    let mut server = new_server(&store, &listener());
+    let mut payload = vec![0x01, 0x00, 0xff, 0xf0];
+    payload.extend(std::iter::repeat_n(0u8, 0xfff0));
+    let mut wire = Vec::new();
+    for chunk in payload.chunks(16 * 1024) {
+        let len = u16::try_from(chunk.len()).unwrap().to_be_bytes();
+        wire.extend_from_slice(&[0x16, 0x03, 0x01, len[0], len[1]]);
+        wire.extend_from_slice(chunk);
+    }
+    // Fed the way the TLS front feeds it: what was not taken is given again.
+    let mut offset = 0;
+    let mut outcome = Ok(0);
+    for _ in 0..64 {
+        outcome = server.receive(&wire[offset..]);
+        match outcome {
+            Ok(taken) if taken > 0 && offset + taken < wire.len() => offset += taken,
+            _ => break,
+        }
+    }
+    let error = outcome.expect_err("refused, not waiting");
+    assert!(
+        matches!(
+            error,
+            super::TransportError::Tls(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::MessageTooLarge
+            ))
+        ),
+        "{error}"
+    );
+    assert!(offset < wire.len(), "the message was never complete");
+}
+
 #[test]
 fn plaintext_flows_both_ways_and_received_plaintext_is_bounded() {
     let store = Arc::new(CertificateStore::new());

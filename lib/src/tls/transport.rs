@@ -9,9 +9,10 @@
 //! no more socket bytes, and the shell stops reading the socket), and at
 //! most [`MAX_PLAINTEXT_OUT`] bytes of plaintext wait to be encrypted
 //! ([`TlsTransport::send_plaintext`] then accepts fewer bytes). A record
-//! larger than TLS allows, or bytes that are not TLS at all, end the
-//! connection with an error (and an alert queued for the peer), never a
-//! panic.
+//! larger than TLS allows, a handshake message larger than rustls joins
+//! (64 KiB), or bytes that are not TLS at all, end the connection with an
+//! error (and, but for the too-large handshake message, an alert queued for
+//! the peer), never a panic nor a stall.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -91,7 +92,19 @@ impl TlsTransport {
                 }
                 // Backpressure (rustls' received-plaintext buffer is full)
                 // or close_notify already received: take no more.
-                Err(_) => break,
+                Err(_) => {
+                    let state = self.connection.process_new_packets()?;
+                    if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() {
+                        // Neither: rustls' message buffer is full, i.e. a
+                        // handshake message larger than the 64 KiB it
+                        // joins. Nothing will ever be read from it; waiting
+                        // would stall the connection until its deadline.
+                        return Err(TransportError::Tls(rustls::Error::InvalidMessage(
+                            rustls::InvalidMessage::MessageTooLarge,
+                        )));
+                    }
+                    break;
+                }
             }
         }
         Ok(bytes.len() - rest.len())
