@@ -9,7 +9,7 @@
 //!   to built-in responders that answer every query; each answer must come
 //!   back to the socket whose name it carries (a misrouted answer is
 //!   counted). Compared: answered share and the proxy's CPU time per
-//!   answered query (user + system of its process tree), which a shared
+//!   answered query (exact runtime of its process tree), which a shared
 //!   machine can vouch for when raw rates cannot.
 //! * `--dnsperf`: dnsperf (closed loop, `-c` sockets × `-q` outstanding)
 //!   → proxy → dnsmasq, when both are installed: queries per second and
@@ -78,6 +78,10 @@ pub(crate) struct DnsArgs {
     /// dnsperf: outstanding queries (`-q`).
     #[arg(long, default_value_t = 1600)]
     pub(crate) outstanding: u32,
+    /// dnsperf: offered queries per second (`-Q`); default: as fast as
+    /// the outstanding window allows (closed loop).
+    #[arg(long)]
+    pub(crate) qps: Option<u64>,
 }
 
 /// The kernel receive buffer of every proxy's listener socket, bytes: the
@@ -608,6 +612,9 @@ fn run_dnsperf(
         "-t".into(),
         "2".into(),
     ]);
+    if let Some(qps) = args.qps {
+        argv.extend(["-Q".into(), qps.to_string()]);
+    }
     let out = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .output()
@@ -706,9 +713,10 @@ pub(crate) fn run(args: &DnsArgs) -> anyhow::Result<()> {
     }
     if args.dnsperf {
         println!(
-            "dns (dnsperf): {} clients × {} outstanding, {} s, {} dnsmasq backend(s), {} rounds",
+            "dns (dnsperf): {} clients × {} outstanding, {} queries/s offered, {} s, {} dnsmasq backend(s), {} rounds",
             args.clients,
             args.outstanding,
+            args.qps.map_or("as many as answered".into(), |q| q.to_string()),
             args.load.duration,
             backends.len(),
             args.load.rounds

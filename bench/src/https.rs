@@ -12,8 +12,8 @@
 //!   request pays a full handshake (session tickets and the session cache
 //!   are off on both proxies): handshakes per second.
 //!
-//! Beside each, the proxy's CPU time (user + system of its process tree,
-//! `/proc/PID/stat`) per request or handshake, which a shared machine
+//! Beside each, the proxy's CPU time (exact runtime of its process tree,
+//! `runner::processes::tree_cpu`) per request or handshake, which a shared machine
 //! cannot skew as much as a rate. A self-signed ECDSA P-256 certificate
 //! for `bench.test` is generated per run. Loopback only, every wait
 //! bounded, children stopped by pid.
@@ -21,6 +21,7 @@
 use std::fmt::Write as _;
 use std::io::{BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,11 +82,24 @@ pub(crate) struct HttpsArgs {
     pub keep_temp: bool,
 }
 
+/// Pending connections the backend's listener keeps (the largest handshake
+/// burst measured, with room).
+const BACKEND_BACKLOG: i32 = 8192;
+
 /// `sozu-bench httpd`: prints `listening ADDR`, then answers every request
 /// head with `200` and a fixed body, keeping connections open (a thread
 /// per connection: the proxies keep few of them).
 pub(crate) fn run_httpd(args: &HttpdArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).context("binding the backend")?;
+    // std listens with a backlog of 128; a proxy that opens one backend
+    // connection per client (sozu) sends the whole handshake burst here
+    // at once, and an overflowing backlog would cost each dropped SYN a
+    // 1 s retransmission: the figure would be the backend's. Listening
+    // again on Linux only raises the backlog (capped by somaxconn).
+    // SAFETY: listen(2) on a socket this function owns.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKEND_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("raising the backend's backlog");
+    }
     println!("listening {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let answer = Arc::new(answer(args.body));

@@ -4,8 +4,9 @@
 //! The same open-loop load is offered to each target in turn (sozu with a
 //! `one_way = true` cluster, nginx `stream` with `proxy_responses 0`), and
 //! what is compared is what the machine can vouch for while it is shared:
-//! the **proxy's CPU time per delivered datagram** (user + system time of
-//! its process tree from `/proc/PID/stat`, over the measured window), the
+//! the **proxy's CPU time per delivered datagram** (the scheduler's exact
+//! runtime of its process tree, `runner::processes::tree_cpu`, over the
+//! measured window), the
 //! share of datagrams delivered, and the proxy's descriptors. Loopback
 //! only, every wait bounded, children stopped by pid.
 
