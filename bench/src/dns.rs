@@ -194,7 +194,7 @@ fn index_of(answer: &[u8]) -> Option<usize> {
 /// The kernel's drop count of the UDP sockets bound to `addr` (an IPv4
 /// address: `/proc/net/udp`, last column), summed (an `SO_REUSEPORT`
 /// group); `None` if unreadable.
-fn socket_drops(addr: SocketAddr) -> Option<u64> {
+pub(crate) fn socket_drops(addr: SocketAddr) -> Option<u64> {
     let SocketAddr::V4(v4) = addr else {
         return None;
     };
@@ -222,7 +222,7 @@ fn socket_drops(addr: SocketAddr) -> Option<u64> {
 
 /// `Udp: … RcvbufErrors …` of `/proc/net/snmp`: datagrams dropped because
 /// some UDP socket's receive buffer was full, host-wide.
-fn udp_rcvbuf_errors() -> Option<u64> {
+pub(crate) fn udp_rcvbuf_errors() -> Option<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (udp.next()?, udp.next()?);

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
 
+use crate::dns::{socket_drops, udp_rcvbuf_errors};
 use crate::generator::GenReport;
 use processes::{check_interrupted, tree_usage, Proc, Spawn};
 use proxies::{Installed, ProxyOptions, Target};
@@ -297,6 +298,13 @@ pub(crate) struct Sample {
     pub bytes_per_flow: Option<f64>,
     /// Proxy fds per established flow (memory scenario).
     pub fds_per_flow: Option<f64>,
+    /// Datagrams the kernel dropped on the proxy's listener socket (its
+    /// receive buffer full) during the generator's run, set-up included.
+    pub listener_drops: Option<u64>,
+    /// Datagrams dropped on any UDP socket of the host for a full receive
+    /// buffer (`RcvbufErrors`) during the same run: the listener, the
+    /// proxy's upstream sockets, the echo's or the generator's.
+    pub host_drops: Option<u64>,
     /// Why the measurement failed.
     pub error: Option<String>,
 }
@@ -470,6 +478,8 @@ fn run_all(
                             report: None,
                             bytes_per_flow: None,
                             fds_per_flow: None,
+                            listener_drops: None,
+                            host_drops: None,
                             error: Some(format!("{e:#}")),
                         }
                     }
@@ -487,6 +497,11 @@ fn run_all(
                             .map_or(String::new(), |b| format!(" bytes/flow {b:.0}")),
                         r.cpu_us_per_round_trip()
                             .map_or(String::new(), |c| format!(" cpu {c:.2} us/rt"))
+                    );
+                    eprintln!(
+                        "  kernel buffer drops: listener {} host {}",
+                        sample.listener_drops.map_or("-".into(), |d| d.to_string()),
+                        sample.host_drops.map_or("-".into(), |d| d.to_string())
                     );
                 }
                 samples.push(sample);
@@ -546,6 +561,7 @@ fn measure(
     backends: &[SocketAddr],
 ) -> anyhow::Result<Sample> {
     let mut proxy = None;
+    let mut listener = None;
     let gen_targets = if target == Target::Direct {
         backends.to_vec()
     } else {
@@ -572,8 +588,10 @@ fn measure(
         let ready = proxies::wait_echo(&mut proc, listen);
         proc.ready_or_log(ready)?;
         proxy = Some(proc);
+        listener = Some(listen);
         vec![listen]
     };
+    let drops_before = (listener.and_then(socket_drops), udp_rcvbuf_errors());
     let before = proxy.as_ref().map(|p| tree_usage(p.pid()));
     let generator = Proc::spawn(Spawn {
         name: "gen",
@@ -586,6 +604,9 @@ fn measure(
     let limit = Duration::from_secs_f64(scenario.warmup + duration + SETUP_LIMIT_S + 60.0);
     let output = generator.wait_output(limit)?;
     let after = proxy.as_ref().map(|p| tree_usage(p.pid()));
+    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+    let listener_drops = delta(drops_before.0, listener.and_then(socket_drops));
+    let host_drops = delta(drops_before.1, udp_rcvbuf_errors());
     if let Some(p) = &mut proxy {
         if let Some(status) = p.exited() {
             bail!(
@@ -611,6 +632,8 @@ fn measure(
         report: Some(report),
         bytes_per_flow,
         fds_per_flow,
+        listener_drops,
+        host_drops,
         error: None,
     })
 }

@@ -138,6 +138,16 @@ fn aggregate(scenario: &Scenario, target: Target, samples: &[Sample]) -> Option<
         }
         _ => {}
     }
+    // Where a loss went: the kernel's buffer drops, summed over rounds.
+    let listener_drops: Option<u64> = mine.iter().map(|s| s.listener_drops).sum();
+    let host_drops: Option<u64> = mine.iter().map(|s| s.host_drops).sum();
+    if lost > 0 {
+        extra.push_str(&format!(
+            " | buffer drops listener {} host {}",
+            listener_drops.map_or("-".into(), |d| d.to_string()),
+            host_drops.map_or("-".into(), |d| d.to_string())
+        ));
+    }
     if errors > 0 {
         extra.push_str(&format!(" | {errors} failed"));
     }
