@@ -10,7 +10,8 @@
 //! One file per object kind ([`listeners`], [`clusters`], [`backends`],
 //! [`frontends`], [`https`] for HTTPS listeners, frontends and
 //! certificates); [`diff`] turns one state into another (for `reload`) and
-//! rebuilds a state from empty; [`queries`] answers the list / query orders.
+//! rebuilds a state from empty; [`queries`] answers the list / query orders;
+//! [`undo`] takes one accepted order back at the cost of that order.
 //!
 //! Consistency kept by every order: a frontend always has its listener and
 //! its cluster; a backend always has its cluster. Removing a listener or a
@@ -25,6 +26,7 @@ mod frontends;
 mod https;
 mod listeners;
 mod queries;
+mod undo;
 mod validation;
 
 #[cfg(test)]
@@ -53,6 +55,7 @@ pub use listeners::{
     patch_http as patch_http_listener, patch_tcp as patch_tcp_listener,
     patch_udp as patch_udp_listener,
 };
+pub use undo::{whole_state_snapshots, Undo};
 
 /// The Sōzu 2.1 orders no worker of this proxy serves (HTTP health checks,
 /// per-IP connection limits…; see doc/protocol.md), as a pattern: the state

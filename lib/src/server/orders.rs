@@ -237,7 +237,19 @@ impl Server {
     }
 
     fn on_state_order(&mut self, now: Instant, id: &str, request: &Request) {
-        let before = self.state.clone();
+        // Only the entries this order can change are saved (not a clone of
+        // the whole state), so replaying n orders to a new worker costs
+        // O(n), not O(n²) (`ConfigState::undo_point`).
+        let Some(order) = request.request_type.as_ref() else {
+            self.answer(
+                id,
+                ResponseStatus::Failure,
+                "the request carries no order",
+                None,
+            );
+            return;
+        };
+        let before = self.state.undo_point(order);
         match self.state.dispatch(request) {
             Err(error) => {
                 if let Some(order) = request.request_type.as_ref() {
@@ -288,7 +300,7 @@ impl Server {
         match applied {
             Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
             Err(error) => {
-                self.state = before;
+                self.state.undo(before);
                 if let Some(undo) = tls_before {
                     self.tls.undo(undo);
                 }
