@@ -316,14 +316,12 @@ fn undoing_an_accepted_order_restores_the_state_exactly() {
 
 #[test]
 fn replaying_a_large_state_takes_no_whole_state_snapshot() {
-    // 5,000 orders (debug builds check the state's invariants after every
-    // order, which is O(state) by itself, so more only slows the test):
-    // clusters, backends, UDP and TCP listeners and
+    // 20,000 orders: clusters, backends, UDP and TCP listeners and
     // frontends. Each undo point saves only its order's entries, so a
     // replay costs O(n), not O(n²); the counter (per thread) proves no
     // order copied the state.
     let mut orders = Vec::new();
-    for i in 0..1_000u32 {
+    for i in 0..4_000u32 {
         let cluster = format!("c{i}");
         orders.push(order(RequestType::AddCluster(Cluster {
             cluster_id: cluster.clone(),
@@ -358,7 +356,7 @@ fn replaying_a_large_state_takes_no_whole_state_snapshot() {
         drop(undo);
     }
     assert_eq!(crate::state::whole_state_snapshots(), before);
-    assert_eq!(state.udp_listeners().count(), 1_000);
+    assert_eq!(state.udp_listeners().count(), 4_000);
     // A cascading removal still snapshots the whole state, and is counted.
     let remove = order(RequestType::RemoveCluster("c0".to_owned()));
     let _undo = state.undo_point(remove.request_type.as_ref().unwrap());
