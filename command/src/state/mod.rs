@@ -246,7 +246,7 @@ impl ConfigState {
         .into_iter()
         .max()
         .unwrap_or(0);
-        largest <= 1_024 || count % 256 == 0
+        largest <= 1_024 || count.is_multiple_of(256)
     }
 
     /// The consistency every order keeps: objects are keyed by what they
