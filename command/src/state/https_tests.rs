@@ -243,3 +243,33 @@ fn https_state_survives_generate_requests_and_diffs() {
     }
     assert_eq!(back, state);
 }
+
+#[test]
+fn certificate_orders_are_undone_exactly() {
+    let old = certificate(&["a.example.com"]);
+    let new = certificate(&["a.example.com"]);
+    let mut state = apply_all(&[add_https_listener("127.0.0.1:8443")]);
+    let orders = [
+        add_certificate("127.0.0.1:8443", &old),
+        order(RequestType::ReplaceCertificate(ReplaceCertificate {
+            address: wire("127.0.0.1:8443"),
+            new_certificate: new.clone(),
+            old_fingerprint: fingerprint(&old).to_string(),
+            new_expired_at: None,
+        })),
+        order(RequestType::RemoveCertificate(RemoveCertificate {
+            address: wire("127.0.0.1:8443"),
+            fingerprint: fingerprint(&new).to_string(),
+        })),
+    ];
+    for request in &orders {
+        let before = state.clone();
+        let undo = state.undo_point(request.request_type.as_ref().unwrap());
+        state.dispatch(request).expect("accepted");
+        let after = state.clone();
+        state.undo(undo);
+        assert_eq!(state, before, "undo of {request:?}");
+        state = after;
+    }
+    assert_eq!(state.certificates().count(), 0);
+}

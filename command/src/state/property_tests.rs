@@ -281,3 +281,84 @@ fn state_files_round_trip_any_state() {
         .rng(Gen::new(60))
         .quickcheck(property as fn(Orders) -> bool);
 }
+
+/// Dispatches `request` and takes it back with its undo point: the state
+/// must be exactly what it was, whether the order was accepted or not.
+fn undo_restores(state: &mut ConfigState, request: &Request) -> bool {
+    let before = state.clone();
+    let Some(order) = request.request_type.as_ref() else {
+        return true;
+    };
+    let undo = state.undo_point(order);
+    let accepted = state.dispatch(request).is_ok();
+    let after = state.clone();
+    state.undo(undo);
+    let restored = *state == before;
+    // Carry on from the state the order built, so later orders meet rich
+    // states.
+    if accepted {
+        *state = after;
+    }
+    restored
+}
+
+#[test]
+fn undoing_an_accepted_order_restores_the_state_exactly() {
+    fn property(orders: Orders) -> bool {
+        let mut state = ConfigState::new();
+        orders
+            .0
+            .iter()
+            .all(|request| undo_restores(&mut state, request))
+    }
+    quickcheck().quickcheck(property as fn(Orders) -> bool);
+}
+
+#[test]
+fn replaying_a_large_state_takes_no_whole_state_snapshot() {
+    // 20,000 orders: clusters, backends, UDP and TCP listeners and
+    // frontends. Each undo point saves only its order's entries, so a
+    // replay costs O(n), not O(n²); the counter (per thread) proves no
+    // order copied the state.
+    let mut orders = Vec::new();
+    for i in 0..4_000u32 {
+        let cluster = format!("c{i}");
+        orders.push(order(RequestType::AddCluster(Cluster {
+            cluster_id: cluster.clone(),
+            ..Default::default()
+        })));
+        orders.push(order(RequestType::AddBackend(backend(
+            &cluster,
+            "b1",
+            "127.0.0.1:2001",
+            100,
+        ))));
+        let port = 10_000 + i;
+        let address = format!("127.0.0.1:{port}");
+        orders.push(order(RequestType::AddUdpListener(udp_listener_config(
+            &address,
+        ))));
+        orders.push(order(RequestType::AddUdpFrontend(udp_frontend(
+            &cluster, &address,
+        ))));
+        orders.push(order(RequestType::AddBackend(backend(
+            &cluster,
+            "b2",
+            "127.0.0.1:2002",
+            100,
+        ))));
+    }
+    let before = crate::state::whole_state_snapshots();
+    let mut state = ConfigState::new();
+    for request in &orders {
+        let undo = state.undo_point(request.request_type.as_ref().unwrap());
+        assert_eq!(state.dispatch(request), Ok(DispatchOutcome::Applied));
+        drop(undo);
+    }
+    assert_eq!(crate::state::whole_state_snapshots(), before);
+    assert_eq!(state.udp_listeners().count(), 4_000);
+    // A cascading removal still snapshots the whole state, and is counted.
+    let remove = order(RequestType::RemoveCluster("c0".to_owned()));
+    let _undo = state.undo_point(remove.request_type.as_ref().unwrap());
+    assert!(crate::state::whole_state_snapshots() > before);
+}

@@ -237,7 +237,19 @@ impl Server {
     }
 
     fn on_state_order(&mut self, now: Instant, id: &str, request: &Request) {
-        let before = self.state.clone();
+        // Only the entries this order can change are saved (not a clone of
+        // the whole state), so replaying n orders to a new worker costs
+        // O(n), not O(n²) (`ConfigState::undo_point`).
+        let Some(order) = request.request_type.as_ref() else {
+            self.answer(
+                id,
+                ResponseStatus::Failure,
+                "the request carries no order",
+                None,
+            );
+            return;
+        };
+        let before = self.state.undo_point(order);
         match self.state.dispatch(request) {
             Err(error) => {
                 if let Some(order) = request.request_type.as_ref() {
@@ -278,8 +290,17 @@ impl Server {
                             // The checker changed: apply what it decided.
                             self.prober.apply_events(&mut probe_context!(self));
                         }
-                        self.apply_stream_order(now, request_type)
-                            .map_err(Into::into)
+                        let streams = self.apply_stream_order(now, request_type);
+                        // All-or-nothing: nothing undoes the UDP / shared
+                        // part, so no order that has one may be refused by
+                        // the stream proxies (their part of cluster and
+                        // backend orders only records them).
+                        debug_assert!(
+                            streams.is_ok() || !has_udp_or_shared_part(request_type),
+                            "the stream proxies refused {} after its UDP part was applied",
+                            order_name(request_type)
+                        );
+                        streams.map_err(Into::into)
                     }
                     Err(error) => Err(error),
                 },
@@ -288,7 +309,7 @@ impl Server {
         match applied {
             Ok(()) => self.answer(id, ResponseStatus::Ok, "", None),
             Err(error) => {
-                self.state = before;
+                self.state.undo(before);
                 if let Some(undo) = tls_before {
                     self.tls.undo(undo);
                 }
@@ -465,6 +486,26 @@ impl Server {
             message.push_str(&self.receive_flows());
         }
         self.answer(id, ResponseStatus::Ok, &message, None);
+    }
+}
+
+/// Whether `order` changes the shared clusters and backends or the UDP
+/// shell ([`Server::apply`]): such an order must be refused, if at all,
+/// before any of it is applied.
+fn has_udp_or_shared_part(order: &RequestType) -> bool {
+    match order {
+        RequestType::AddCluster(_)
+        | RequestType::RemoveCluster(_)
+        | RequestType::AddBackend(_)
+        | RequestType::RemoveBackend(_)
+        | RequestType::AddUdpListener(_)
+        | RequestType::UpdateUdpListener(_)
+        | RequestType::AddUdpFrontend(_)
+        | RequestType::RemoveUdpFrontend(_) => true,
+        RequestType::RemoveListener(o) => o.proxy() == ListenerType::Udp,
+        RequestType::ActivateListener(o) => o.proxy() == ListenerType::Udp,
+        RequestType::DeactivateListener(o) => o.proxy() == ListenerType::Udp,
+        _ => false,
     }
 }
 
