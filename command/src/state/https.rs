@@ -24,7 +24,7 @@ use crate::command::{
     QueryCertificatesFilters, RemoveCertificate, ReplaceCertificate, RequestHttpFrontend,
     UpdateHttpsListenerConfig,
 };
-use crate::state::frontends::{check_http_frontend, HttpRoute};
+use crate::state::frontends::RouteTable;
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
 /// A certificate in the state: the order that adds it (address
@@ -223,42 +223,14 @@ impl ConfigState {
         &mut self,
         frontend: &RequestHttpFrontend,
     ) -> Result<(), StateError> {
-        let address = check_http_frontend(frontend)?;
-        if let Some(cluster_id) = &frontend.cluster_id {
-            self.require_cluster(cluster_id)?;
-        }
-        self.require_https_listener(address)?;
-        let route = HttpRoute::of(address, frontend);
-        if self.https_frontends.contains_key(&route) {
-            return Err(StateError::DuplicateHttpFrontend {
-                address,
-                route: route.to_string(),
-            });
-        }
-        self.https_frontends.insert(route, frontend.clone());
-        Ok(())
+        self.add_route(RouteTable::Https, frontend)
     }
 
     pub(super) fn remove_https_frontend(
         &mut self,
         frontend: &RequestHttpFrontend,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &frontend.address)?;
-        let route = HttpRoute::of(address, frontend);
-        match self.https_frontends.get(&route) {
-            Some(existing) if existing.cluster_id == frontend.cluster_id => {
-                self.https_frontends.remove(&route);
-                Ok(())
-            }
-            _ => Err(StateError::HttpFrontendNotFound {
-                address,
-                route: route.to_string(),
-                cluster: frontend
-                    .cluster_id
-                    .as_ref()
-                    .map_or_else(|| "no cluster".to_owned(), |id| format!("cluster {id:?}")),
-            }),
-        }
+        self.remove_route(RouteTable::Https, frontend)
     }
 
     /// Decodes a certificate for the listener at `address` and returns its
