@@ -25,6 +25,7 @@ use crate::command::{
     UpdateHttpsListenerConfig,
 };
 use crate::state::frontends::RouteTable;
+use crate::state::listeners::update_in;
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
 /// A certificate in the state: the order that adds it (address
@@ -181,12 +182,7 @@ impl ConfigState {
         config: &HttpsListenerConfig,
     ) -> Result<(), StateError> {
         let address = check_https_listener(config)?;
-        if self.https_listeners.contains_key(&address) {
-            return Err(StateError::DuplicateListener {
-                kind: ListenerKind::Https,
-                address,
-            });
-        }
+        self.refuse_duplicate(ListenerKind::Https, address)?;
         self.https_listeners.insert(address, config.clone());
         Ok(())
     }
@@ -195,19 +191,14 @@ impl ConfigState {
         &mut self,
         update: &UpdateHttpsListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .https_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Https,
-                address,
-            })?;
-        let mut patched = current.clone();
-        patch_https(&mut patched, update);
-        check_https_listener(&patched)?;
-        self.https_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.https_listeners,
+            ListenerKind::Https,
+            &update.address,
+            update,
+            patch_https,
+            check_https_listener,
+        )
     }
 
     /// Removes the HTTPS listener with its frontends and certificates

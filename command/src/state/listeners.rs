@@ -8,11 +8,13 @@
 //! The patch functions are shared with `diff` so a computed update is always
 //! applied exactly as `dispatch` would apply it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::command::{
-    ActivateListener, DeactivateListener, HttpListenerConfig, RemoveListener, TcpListenerConfig,
-    UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig, UpdateUdpListenerConfig,
+    ActivateListener, DeactivateListener, HttpListenerConfig, RemoveListener, SocketAddress,
+    TcpListenerConfig, UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig,
+    UpdateUdpListenerConfig,
 };
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
@@ -249,6 +251,28 @@ pub(super) fn http_patch(
     (patched == *new).then_some(update)
 }
 
+/// Patches the listener `update` names in `listeners` (of `kind`) with
+/// `patch`, checks the result with `check` and stores it; a refused patch
+/// leaves the listener as it was.
+pub(super) fn update_in<C: Clone, U>(
+    listeners: &mut BTreeMap<SocketAddr, C>,
+    kind: ListenerKind,
+    address: &SocketAddress,
+    update: &U,
+    patch: fn(&mut C, &U),
+    check: fn(&C) -> Result<SocketAddr, StateError>,
+) -> Result<(), StateError> {
+    let address = validation::address("address", address)?;
+    let mut patched = listeners
+        .get(&address)
+        .ok_or(StateError::ListenerNotFound { kind, address })?
+        .clone();
+    patch(&mut patched, update);
+    check(&patched)?;
+    listeners.insert(address, patched);
+    Ok(())
+}
+
 impl ConfigState {
     /// Whether a listener of this kind exists at this address.
     pub fn has_listener(&self, kind: ListenerKind, address: &SocketAddr) -> bool {
@@ -260,7 +284,11 @@ impl ConfigState {
         }
     }
 
-    fn refuse_duplicate(&self, kind: ListenerKind, address: SocketAddr) -> Result<(), StateError> {
+    pub(super) fn refuse_duplicate(
+        &self,
+        kind: ListenerKind,
+        address: SocketAddr,
+    ) -> Result<(), StateError> {
         if self.has_listener(kind, &address) {
             return Err(StateError::DuplicateListener { kind, address });
         }
@@ -301,57 +329,42 @@ impl ConfigState {
         &mut self,
         update: &UpdateUdpListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .udp_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Udp,
-                address,
-            })?;
-        let mut patched = *current;
-        patch_udp(&mut patched, update);
-        check_udp_listener(&patched)?;
-        self.udp_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.udp_listeners,
+            ListenerKind::Udp,
+            &update.address,
+            update,
+            patch_udp,
+            check_udp_listener,
+        )
     }
 
     pub(super) fn update_tcp_listener(
         &mut self,
         update: &UpdateTcpListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .tcp_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Tcp,
-                address,
-            })?;
-        let mut patched = *current;
-        patch_tcp(&mut patched, update);
-        check_tcp_listener(&patched)?;
-        self.tcp_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.tcp_listeners,
+            ListenerKind::Tcp,
+            &update.address,
+            update,
+            patch_tcp,
+            check_tcp_listener,
+        )
     }
 
     pub(super) fn update_http_listener(
         &mut self,
         update: &UpdateHttpListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .http_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Http,
-                address,
-            })?;
-        let mut patched = current.clone();
-        patch_http(&mut patched, update);
-        check_http_listener(&patched)?;
-        self.http_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.http_listeners,
+            ListenerKind::Http,
+            &update.address,
+            update,
+            patch_http,
+            check_http_listener,
+        )
     }
 
     /// Removes the listener and every frontend attached to it.
