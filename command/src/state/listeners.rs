@@ -7,6 +7,10 @@
 //! the frontends attached to it (a frontend never outlives its listener).
 //! The patch functions are shared with `diff` so a computed update is always
 //! applied exactly as `dispatch` would apply it.
+//! The field lists and the set / diff macros of the HTTP patch serve the
+//! HTTPS patch (`https.rs`) too, and `update_in` every listener update: a
+//! knob added to HTTP listeners reaches HTTPS listeners without a second
+//! list to keep in step.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -103,10 +107,54 @@ pub fn patch_tcp(config: &mut TcpListenerConfig, update: &UpdateTcpListenerConfi
     }
 }
 
+/// For every field named, present on the patch `$update`: the config's
+/// `Option` field takes its value.
+macro_rules! set_optional {
+    ($config:ident, $update:ident; $($field:ident),*) => {$(
+        if let Some(v) = &$update.$field {
+            $config.$field = Some(v.clone());
+        }
+    )*};
+}
+pub(super) use set_optional;
+
+/// For every field named, present on the patch `$update`: the config's
+/// plain field takes its value.
+macro_rules! set_required {
+    ($config:ident, $update:ident; $($field:ident),*) => {$(
+        if let Some(v) = &$update.$field {
+            $config.$field = v.clone();
+        }
+    )*};
+}
+pub(super) use set_required;
+
+/// For every `Option` field named that differs from `$old` to `$new`: the
+/// patch `$update` carries the new value.
+macro_rules! diff_optional {
+    ($old:ident, $new:ident, $update:ident; $($field:ident),*) => {$(
+        if $old.$field != $new.$field {
+            $update.$field = $new.$field.clone();
+        }
+    )*};
+}
+pub(super) use diff_optional;
+
+/// For every plain field named that differs from `$old` to `$new`: the
+/// patch `$update` carries the new value.
+macro_rules! diff_required {
+    ($old:ident, $new:ident, $update:ident; $($field:ident),*) => {$(
+        if $old.$field != $new.$field {
+            $update.$field = Some($new.$field.clone());
+        }
+    )*};
+}
+pub(super) use diff_required;
+
 /// The HTTP fields that are `Option` on both the config and the patch.
 macro_rules! http_optional_fields {
-    ($apply:ident) => {
-        $apply!(
+    ($apply:ident, $($arg:ident),*) => {
+        $apply!($($arg),*;
             public_address,
             http_answers,
             h2_max_rst_stream_per_window,
@@ -133,11 +181,12 @@ macro_rules! http_optional_fields {
         )
     };
 }
+pub(super) use http_optional_fields;
 
 /// The HTTP fields that are plain on the config and `Option` on the patch.
 macro_rules! http_required_fields {
-    ($apply:ident) => {
-        $apply!(
+    ($apply:ident, $($arg:ident),*) => {
+        $apply!($($arg),*;
             expect_proxy,
             sticky_name,
             front_timeout,
@@ -147,26 +196,13 @@ macro_rules! http_required_fields {
         )
     };
 }
+pub(super) use http_required_fields;
 
 /// Applies an HTTP listener patch (see [`patch_udp`]). A non-empty `answers`
 /// map replaces the listener's map as a whole.
 pub fn patch_http(config: &mut HttpListenerConfig, update: &UpdateHttpListenerConfig) {
-    macro_rules! set_optional {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &update.$field {
-                config.$field = Some(v.clone());
-            }
-        )*};
-    }
-    macro_rules! set_required {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &update.$field {
-                config.$field = v.clone();
-            }
-        )*};
-    }
-    http_optional_fields!(set_optional);
-    http_required_fields!(set_required);
+    http_optional_fields!(set_optional, config, update);
+    http_required_fields!(set_required, config, update);
     if !update.answers.is_empty() {
         config.answers = update.answers.clone();
     }
@@ -226,22 +262,8 @@ pub(super) fn http_patch(
         address: new.address,
         ..Default::default()
     };
-    macro_rules! diff_optional {
-        ($($field:ident),*) => {$(
-            if old.$field != new.$field {
-                update.$field = new.$field.clone();
-            }
-        )*};
-    }
-    macro_rules! diff_required {
-        ($($field:ident),*) => {$(
-            if old.$field != new.$field {
-                update.$field = Some(new.$field.clone());
-            }
-        )*};
-    }
-    http_optional_fields!(diff_optional);
-    http_required_fields!(diff_required);
+    http_optional_fields!(diff_optional, old, new, update);
+    http_required_fields!(diff_required, old, new, update);
     if old.answers != new.answers {
         update.answers = new.answers.clone();
     }
