@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod ports;
 pub mod procfs;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod sozu;
 pub mod stream;
 pub mod udp;

@@ -7,27 +7,16 @@
 
 use std::{
     net::{SocketAddr, UdpSocket as StdUdpSocket},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use quinn::{
-    rustls::{
-        pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
-        RootCertStore,
-    },
-    ClientConfig, Connection, ConnectionId, ConnectionIdGenerator, Endpoint, EndpointConfig,
-    ServerConfig, TokioRuntime,
-};
+use quinn::{ConnectionId, ConnectionIdGenerator, EndpointConfig};
 use sozu_e2e::ports::free_v4;
+use sozu_e2e::quic::{EchoServer, Path, Quic};
 use sozu_e2e::{ClusterConfig, Sozu, SozuConfig, UdpListener};
-use tokio::{net::UdpSocket, runtime::Runtime, time::timeout};
 
 const METRICS: Duration = Duration::from_secs(10);
-const STEP: Duration = Duration::from_secs(10);
 /// The config rotation codepoint every server and sozu use here.
 const CONFIG_ID: u8 = 1;
 /// Connection IDs: first octet, one octet of server ID, six of nonce.
@@ -68,182 +57,43 @@ impl ConnectionIdGenerator for QuicLbCids {
     }
 }
 
-type Served = Arc<Mutex<usize>>;
-
-struct Servers {
-    rt: Runtime,
-    endpoints: Vec<Endpoint>,
-    cert: CertificateDer<'static>,
-    /// Streams each server answered.
-    served: Vec<Served>,
-}
+/// Round trips of about 2 KiB (`tag-i-` 256 times).
+const REPEAT: usize = 256;
 
 /// Two quinn echo servers with server IDs 0x01 and 0x02.
+struct Servers {
+    quic: Quic,
+    servers: [EchoServer; 2],
+}
+
 fn servers() -> Servers {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed cert");
-    let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-    let config = ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
-    let mut endpoints = Vec::new();
-    let mut served = Vec::new();
-    for server_id in [1u8, 2] {
+    let quic = Quic::new();
+    let server = |server_id: u8| {
         let mut endpoint_config = EndpointConfig::default();
         endpoint_config.cid_generator(move || Box::new(QuicLbCids { server_id }));
-        let socket = StdUdpSocket::bind("127.0.0.1:0").expect("server socket");
-        let endpoint = {
-            let _guard = rt.enter();
-            Endpoint::new(
-                endpoint_config,
-                Some(config.clone()),
-                socket,
-                Arc::new(TokioRuntime),
-            )
-            .expect("quinn server")
-        };
-        let count: Served = Arc::default();
-        let accepting = endpoint.clone();
-        let seen = count.clone();
-        rt.spawn(async move {
-            while let Some(incoming) = accepting.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
-                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                        let Ok(data) = recv.read_to_end(1 << 20).await else {
-                            return;
-                        };
-                        *seen.lock().unwrap() += 1;
-                        if send.write_all(&data).await.is_err() || send.finish().is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        endpoints.push(endpoint);
-        served.push(count);
-    }
-    Servers {
-        rt,
-        endpoints,
-        cert,
-        served,
-    }
+        quic.server_with(endpoint_config)
+    };
+    let servers = [server(1), server(2)];
+    Servers { quic, servers }
 }
 
 impl Servers {
     fn addr(&self, i: usize) -> SocketAddr {
-        self.endpoints[i].local_addr().expect("server address")
+        self.servers[i].addr()
     }
 
+    /// Streams each server answered.
     fn served(&self) -> [usize; 2] {
-        [
-            *self.served[0].lock().unwrap(),
-            *self.served[1].lock().unwrap(),
-        ]
+        [self.servers[0].served(), self.servers[1].served()]
     }
 
-    fn connect(&self, target: SocketAddr) -> (Endpoint, Connection) {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert.clone()).expect("root cert");
-        let config = ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-        self.rt.block_on(async {
-            let mut endpoint =
-                Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
-            endpoint.set_default_client_config(config);
-            let connecting = endpoint.connect(target, "localhost").expect("connect");
-            let conn = timeout(STEP, connecting)
-                .await
-                .expect("handshake within 10 s")
-                .expect("handshake through sozu");
-            (endpoint, conn)
-        })
+    fn connect(&self, target: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
+        self.quic.connect("127.0.0.1:0".parse().unwrap(), target)
     }
 
     /// `n` echo round trips of 2 KiB, each on a new stream.
-    fn transfer(&self, conn: &Connection, tag: &str, n: usize) {
-        self.rt.block_on(async {
-            for i in 0..n {
-                let payload = format!("{tag}-{i}-").repeat(256).into_bytes();
-                let round_trip = async {
-                    let (mut send, mut recv) = conn.open_bi().await?;
-                    send.write_all(&payload).await?;
-                    send.finish()?;
-                    anyhow::Ok(recv.read_to_end(1 << 20).await?)
-                };
-                let echoed = timeout(STEP, round_trip)
-                    .await
-                    .unwrap_or_else(|_| panic!("{tag} #{i}: round trip within 10 s"))
-                    .unwrap_or_else(|e| panic!("{tag} #{i}: round trip: {e:#}"));
-                assert_eq!(echoed, payload, "{tag} #{i}");
-            }
-        });
-    }
-}
-
-/// A path in front of the client (a NAT, an anycast route): forwards the
-/// client's datagrams from its current outside socket to the current
-/// target, and what comes back to the client. `switch` moves it to a new
-/// outside port and, optionally, a new target: the client knows nothing.
-struct Path {
-    inside: SocketAddr,
-    route: Arc<Mutex<(Arc<UdpSocket>, SocketAddr)>>,
-    client: Arc<Mutex<Option<SocketAddr>>>,
-    inside_socket: Arc<UdpSocket>,
-}
-
-impl Path {
-    fn start(rt: &Runtime, target: SocketAddr) -> Path {
-        rt.block_on(async {
-            let inside_socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("path"));
-            let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("path out"));
-            let path = Path {
-                inside: inside_socket.local_addr().expect("path address"),
-                route: Arc::new(Mutex::new((outside.clone(), target))),
-                client: Arc::default(),
-                inside_socket: inside_socket.clone(),
-            };
-            path.spawn_returns(outside);
-            let route = path.route.clone();
-            let client = path.client.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok((n, from)) = inside_socket.recv_from(&mut buf).await {
-                    *client.lock().unwrap() = Some(from);
-                    let (out, target) = route.lock().unwrap().clone();
-                    let _ = out.send_to(&buf[..n], target).await;
-                }
-            });
-            path
-        })
-    }
-
-    fn spawn_returns(&self, outside: Arc<UdpSocket>) {
-        let inside = self.inside_socket.clone();
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok((n, _)) = outside.recv_from(&mut buf).await {
-                let dst = *client.lock().unwrap();
-                if let Some(dst) = dst {
-                    let _ = inside.send_to(&buf[..n], dst).await;
-                }
-            }
-        });
-    }
-
-    fn switch(&self, rt: &Runtime, target: SocketAddr) {
-        let fresh = rt.block_on(async {
-            let fresh = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("path rebind"));
-            self.spawn_returns(fresh.clone());
-            fresh
-        });
-        *self.route.lock().unwrap() = (fresh, target);
+    fn transfer(&self, conn: &quinn::Connection, tag: &str, n: usize) {
+        self.quic.transfer(conn, tag, n, REPEAT);
     }
 }
 
@@ -287,7 +137,7 @@ fn fallbacks(sozu: &Sozu) -> i64 {
 fn a_migrated_client_reaches_its_server_through_any_sozu_instance() {
     let servers = servers();
     let (first, first_addr) = sozu_for(&servers, None);
-    let path = Path::start(&servers.rt, first_addr);
+    let path = Path::start(&servers.quic.rt, first_addr);
     let (client, conn) = servers.connect(path.inside);
     servers.transfer(&conn, "before", 4);
     let served = servers.served();
@@ -306,10 +156,10 @@ fn a_migrated_client_reaches_its_server_through_any_sozu_instance() {
     // id is a new flow in sozu, placed by the server ID it carries.
     let fresh = StdUdpSocket::bind("127.0.0.1:0").expect("new client socket");
     {
-        let _runtime = servers.rt.enter();
+        let _runtime = servers.quic.rt.enter();
         client.rebind(fresh).expect("rebind");
     }
-    path.switch(&servers.rt, first_addr);
+    path.switch(&servers.quic.rt, first_addr);
     servers.transfer(&conn, "migrated", 4);
     first.wait_metrics("the new path was routed by server id", METRICS, |m| {
         m.proxy_or_zero("udp.quic_lb.routed") > routed
@@ -326,7 +176,7 @@ fn a_migrated_client_reaches_its_server_through_any_sozu_instance() {
     // it while the other server is up. Only the connection id routes.
     let (second, second_addr) = sozu_for(&servers, Some(owner));
     assert_eq!(second.metrics().proxy_or_zero("udp.flows.created"), 0);
-    path.switch(&servers.rt, second_addr);
+    path.switch(&servers.quic.rt, second_addr);
     servers.transfer(&conn, "elsewhere", 4);
     let m = second.wait_metrics("routed by server id", METRICS, |m| {
         m.proxy_or_zero("udp.quic_lb.routed") >= 1

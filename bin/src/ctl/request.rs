@@ -33,6 +33,71 @@ use crate::cli::{
 /// Sōzu's default sticky-session cookie name, used when `--sticky-name` is absent.
 pub(crate) const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
 
+/// The add order of an HTTP or HTTPS listener (`$config`:
+/// `HttpListenerConfig`, `HttpsListenerConfig`) from the HTTP knobs: a knob
+/// not given takes the order's default; the `$field: $value` pairs are the
+/// kind's own fields.
+macro_rules! http_listener_add {
+    ($config:ident, $address:expr, $knobs:expr $(, $field:ident: $value:expr)* $(,)?) => {{
+        let knobs: &$crate::cli::HttpListenerKnobs = $knobs;
+        let defaults = $config::default();
+        $config {
+            address: $address.into(),
+            public_address: knobs.public_address.map(Into::into),
+            expect_proxy: knobs.expect_proxy.unwrap_or(defaults.expect_proxy),
+            sticky_name: knobs
+                .sticky_name
+                .clone()
+                .unwrap_or_else(|| $crate::ctl::request::DEFAULT_STICKY_NAME.to_owned()),
+            front_timeout: knobs.front_timeout.unwrap_or(defaults.front_timeout),
+            back_timeout: knobs.back_timeout.unwrap_or(defaults.back_timeout),
+            connect_timeout: knobs.connect_timeout.unwrap_or(defaults.connect_timeout),
+            request_timeout: knobs.request_timeout.unwrap_or(defaults.request_timeout),
+            $($field: $value,)*
+            ..defaults
+        }
+    }};
+}
+pub(super) use http_listener_add;
+
+/// The update order of an HTTP or HTTPS listener (`$patch`:
+/// `UpdateHttpListenerConfig`, `UpdateHttpsListenerConfig`) from the HTTP
+/// knobs: a knob not given stays as it is; the `$field: $value` pairs are
+/// the kind's own fields.
+macro_rules! http_listener_patch {
+    ($patch:ident, $address:expr, $knobs:expr $(, $field:ident: $value:expr)* $(,)?) => {{
+        let knobs: &$crate::cli::HttpListenerKnobs = $knobs;
+        $patch {
+            address: $address.into(),
+            public_address: knobs.public_address.map(Into::into),
+            expect_proxy: knobs.expect_proxy,
+            sticky_name: knobs.sticky_name.clone(),
+            front_timeout: knobs.front_timeout,
+            back_timeout: knobs.back_timeout,
+            connect_timeout: knobs.connect_timeout,
+            request_timeout: knobs.request_timeout,
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
+}
+pub(super) use http_listener_patch;
+
+/// The one order of a listener `update`, unless `patch` changes nothing
+/// (it equals `bare`, the patch naming only `listener`): then
+/// [`PlanError::NothingToUpdate`].
+pub(super) fn update_order<T: PartialEq>(
+    listener: SocketAddr,
+    patch: T,
+    bare: T,
+    order: fn(T) -> RequestType,
+) -> Result<Vec<Step>, PlanError> {
+    if patch == bare {
+        return Err(PlanError::NothingToUpdate { listener });
+    }
+    Ok(vec![message(order(patch))])
+}
+
 /// The orders of one command, sent in turn on one connection; the first
 /// failure stops the sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +170,7 @@ impl Protocols {
         tcp: true,
         udp: true,
     };
-    const fn only(proxy: ListenerType) -> Protocols {
+    pub(super) const fn only(proxy: ListenerType) -> Protocols {
         Protocols {
             http: matches!(proxy, ListenerType::Http),
             https: matches!(proxy, ListenerType::Https),
@@ -461,26 +526,22 @@ fn tcp_listener(cmd: &TcpListenerCmd) -> Result<Vec<Step>, PlanError> {
             proxy,
             *inactive,
         ),
-        TcpListenerCmd::Update { address, knobs } => {
-            let patch = UpdateTcpListenerConfig {
+        TcpListenerCmd::Update { address, knobs } => update_order(
+            address.address,
+            UpdateTcpListenerConfig {
                 address: address.address.into(),
                 public_address: knobs.public_address.map(Into::into),
                 expect_proxy: knobs.expect_proxy,
                 front_timeout: knobs.front_timeout,
                 back_timeout: knobs.back_timeout,
                 connect_timeout: knobs.connect_timeout,
-            };
-            let empty = UpdateTcpListenerConfig {
-                address: patch.address,
+            },
+            UpdateTcpListenerConfig {
+                address: address.address.into(),
                 ..Default::default()
-            };
-            if patch == empty {
-                return Err(PlanError::NothingToUpdate {
-                    listener: address.address,
-                });
-            }
-            vec![message(RequestType::UpdateTcpListener(patch))]
-        }
+            },
+            RequestType::UpdateTcpListener,
+        )?,
         TcpListenerCmd::Remove(a) => vec![listener_lifecycle(a.address, proxy, Lifecycle::Remove)],
         TcpListenerCmd::Activate(a) => {
             vec![listener_lifecycle(a.address, proxy, Lifecycle::Activate)]
@@ -518,29 +579,15 @@ fn http_listener(cmd: &HttpListenerCmd) -> Result<Vec<Step>, PlanError> {
             proxy,
             *inactive,
         ),
-        HttpListenerCmd::Update { address, knobs } => {
-            let patch = UpdateHttpListenerConfig {
+        HttpListenerCmd::Update { address, knobs } => update_order(
+            address.address,
+            http_listener_patch!(UpdateHttpListenerConfig, address.address, knobs),
+            UpdateHttpListenerConfig {
                 address: address.address.into(),
-                public_address: knobs.public_address.map(Into::into),
-                expect_proxy: knobs.expect_proxy,
-                sticky_name: knobs.sticky_name.clone(),
-                front_timeout: knobs.front_timeout,
-                back_timeout: knobs.back_timeout,
-                connect_timeout: knobs.connect_timeout,
-                request_timeout: knobs.request_timeout,
                 ..Default::default()
-            };
-            let empty = UpdateHttpListenerConfig {
-                address: patch.address,
-                ..Default::default()
-            };
-            if patch == empty {
-                return Err(PlanError::NothingToUpdate {
-                    listener: address.address,
-                });
-            }
-            vec![message(RequestType::UpdateHttpListener(patch))]
-        }
+            },
+            RequestType::UpdateHttpListener,
+        )?,
         HttpListenerCmd::Remove(a) => {
             vec![listener_lifecycle(a.address, proxy, Lifecycle::Remove)]
         }
@@ -555,22 +602,7 @@ fn http_listener(cmd: &HttpListenerCmd) -> Result<Vec<Step>, PlanError> {
 }
 
 fn http_listener_config(address: SocketAddr, knobs: &HttpListenerKnobs) -> HttpListenerConfig {
-    let defaults = HttpListenerConfig::default();
-    HttpListenerConfig {
-        address: address.into(),
-        public_address: knobs.public_address.map(Into::into),
-        expect_proxy: knobs.expect_proxy.unwrap_or(defaults.expect_proxy),
-        sticky_name: knobs
-            .sticky_name
-            .clone()
-            .unwrap_or_else(|| DEFAULT_STICKY_NAME.to_owned()),
-        front_timeout: knobs.front_timeout.unwrap_or(defaults.front_timeout),
-        back_timeout: knobs.back_timeout.unwrap_or(defaults.back_timeout),
-        connect_timeout: knobs.connect_timeout.unwrap_or(defaults.connect_timeout),
-        request_timeout: knobs.request_timeout.unwrap_or(defaults.request_timeout),
-        active: false,
-        ..defaults
-    }
+    http_listener_add!(HttpListenerConfig, address, knobs, active: false)
 }
 
 fn udp_frontend(cmd: &FrontendOrderCmd<AddressFrontendArgs>) -> Step {

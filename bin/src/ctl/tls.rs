@@ -17,8 +17,8 @@ use sozu_command_lib::command::{
 };
 
 use super::request::{
-    http_route, list_frontends_of, list_listeners, listener_lifecycle, message, step, Lifecycle,
-    PlanError, Protocols, Step, View, DEFAULT_STICKY_NAME,
+    http_listener_add, http_listener_patch, http_route, list_frontends_of, list_listeners,
+    listener_lifecycle, message, step, update_order, Lifecycle, PlanError, Protocols, Step, View,
 };
 use crate::cli::{FrontendOrderCmd, HttpFrontendArgs, HttpListenerKnobs, ListenerAddressArgs};
 
@@ -326,19 +326,10 @@ pub(crate) fn https_listener(cmd: &HttpsListenerCmd) -> Result<Vec<Step>, PlanEr
             alpn,
             inactive,
         } => {
-            let defaults = HttpsListenerConfig::default();
-            let config = HttpsListenerConfig {
-                address: address.address.into(),
-                public_address: knobs.public_address.map(Into::into),
-                expect_proxy: knobs.expect_proxy.unwrap_or(defaults.expect_proxy),
-                sticky_name: knobs
-                    .sticky_name
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_STICKY_NAME.to_owned()),
-                front_timeout: knobs.front_timeout.unwrap_or(defaults.front_timeout),
-                back_timeout: knobs.back_timeout.unwrap_or(defaults.back_timeout),
-                connect_timeout: knobs.connect_timeout.unwrap_or(defaults.connect_timeout),
-                request_timeout: knobs.request_timeout.unwrap_or(defaults.request_timeout),
+            let config = http_listener_add!(
+                HttpsListenerConfig,
+                address.address,
+                knobs,
                 active: !inactive,
                 versions: tls.versions.iter().map(|v| *v as i32).collect(),
                 cipher_list: tls.cipher_list.clone(),
@@ -349,40 +340,29 @@ pub(crate) fn https_listener(cmd: &HttpsListenerCmd) -> Result<Vec<Step>, PlanEr
                 key: tls.key.as_ref().map(|k| k.0.clone()),
                 send_tls13_tickets: tls.tickets.unwrap_or(4),
                 alpn_protocols: alpn.clone(),
-                ..defaults
-            };
+            );
             vec![message(RequestType::AddHttpsListener(config))]
         }
         HttpsListenerCmd::Update {
             address,
             knobs,
             alpn,
-        } => {
-            let patch = UpdateHttpsListenerConfig {
-                address: address.address.into(),
-                public_address: knobs.public_address.map(Into::into),
-                expect_proxy: knobs.expect_proxy,
-                sticky_name: knobs.sticky_name.clone(),
-                front_timeout: knobs.front_timeout,
-                back_timeout: knobs.back_timeout,
-                connect_timeout: knobs.connect_timeout,
-                request_timeout: knobs.request_timeout,
+        } => update_order(
+            address.address,
+            http_listener_patch!(
+                UpdateHttpsListenerConfig,
+                address.address,
+                knobs,
                 alpn_protocols: (!alpn.is_empty()).then(|| AlpnProtocols {
                     values: alpn.clone(),
                 }),
+            ),
+            UpdateHttpsListenerConfig {
+                address: address.address.into(),
                 ..Default::default()
-            };
-            let empty = UpdateHttpsListenerConfig {
-                address: patch.address,
-                ..Default::default()
-            };
-            if patch == empty {
-                return Err(PlanError::NothingToUpdate {
-                    listener: address.address,
-                });
-            }
-            vec![message(RequestType::UpdateHttpsListener(patch))]
-        }
+            },
+            RequestType::UpdateHttpsListener,
+        )?,
         HttpsListenerCmd::Remove(a) => {
             vec![listener_lifecycle(a.address, proxy, Lifecycle::Remove)]
         }
@@ -392,12 +372,7 @@ pub(crate) fn https_listener(cmd: &HttpsListenerCmd) -> Result<Vec<Step>, PlanEr
         HttpsListenerCmd::Deactivate(a) => {
             vec![listener_lifecycle(a.address, proxy, Lifecycle::Deactivate)]
         }
-        HttpsListenerCmd::List => vec![list_listeners(Protocols {
-            http: false,
-            https: true,
-            tcp: false,
-            udp: false,
-        })],
+        HttpsListenerCmd::List => vec![list_listeners(Protocols::only(proxy))],
     })
 }
 
@@ -408,11 +383,6 @@ pub(crate) fn https_frontend(cmd: &FrontendOrderCmd<HttpFrontendArgs>) -> Step {
         FrontendOrderCmd::Remove(args) => {
             message(RequestType::RemoveHttpsFrontend(http_route(args)))
         }
-        FrontendOrderCmd::List => list_frontends_of(Protocols {
-            http: false,
-            https: true,
-            tcp: false,
-            udp: false,
-        }),
+        FrontendOrderCmd::List => list_frontends_of(Protocols::only(ListenerType::Https)),
     }
 }

@@ -1,4 +1,5 @@
-//! Frontend orders: add and remove UDP, TCP and HTTP frontends.
+//! Frontend orders: add and remove UDP, TCP and HTTP frontends (HTTPS
+//! frontends are the same order on another route table, see [`RouteTable`]).
 //!
 //! A UDP or TCP frontend maps a listener address to one cluster: it needs a
 //! listener of that protocol at that address, and a listener maps to exactly
@@ -7,6 +8,7 @@
 //! for answer-only frontends; it needs an HTTP listener at that address.
 //! Removing a frontend must name the cluster it points to.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -15,6 +17,26 @@ use crate::command::{
     RequestTcpFrontend, RequestUdpFrontend, RulePosition,
 };
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
+
+/// The routing table an HTTP frontend order names: HTTP and HTTPS
+/// frontends are the same order on listeners of another kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RouteTable {
+    /// `add_http_frontend`, `remove_http_frontend`.
+    Http,
+    /// `add_https_frontend`, `remove_https_frontend`.
+    Https,
+}
+
+impl RouteTable {
+    /// The listener kind a frontend of this table needs.
+    fn listener_kind(self) -> ListenerKind {
+        match self {
+            RouteTable::Http => ListenerKind::Http,
+            RouteTable::Https => ListenerKind::Https,
+        }
+    }
+}
 
 /// What identifies an HTTP frontend on the state: two frontends with the same
 /// route on one listener would be ambiguous.
@@ -178,36 +200,63 @@ impl ConfigState {
         &mut self,
         frontend: &RequestHttpFrontend,
     ) -> Result<(), StateError> {
-        let address = check_http_frontend(frontend)?;
-        if let Some(cluster_id) = &frontend.cluster_id {
-            self.require_cluster(cluster_id)?;
-        }
-        if !self.has_listener(ListenerKind::Http, &address) {
-            return Err(StateError::ListenerNotFound {
-                kind: ListenerKind::Http,
-                address,
-            });
-        }
-        let route = HttpRoute::of(address, frontend);
-        if self.http_frontends.contains_key(&route) {
-            return Err(StateError::DuplicateHttpFrontend {
-                address,
-                route: route.to_string(),
-            });
-        }
-        self.http_frontends.insert(route, frontend.clone());
-        Ok(())
+        self.add_route(RouteTable::Http, frontend)
     }
 
     pub(super) fn remove_http_frontend(
         &mut self,
         frontend: &RequestHttpFrontend,
     ) -> Result<(), StateError> {
+        self.remove_route(RouteTable::Http, frontend)
+    }
+
+    fn routes_mut(&mut self, table: RouteTable) -> &mut BTreeMap<HttpRoute, RequestHttpFrontend> {
+        match table {
+            RouteTable::Http => &mut self.http_frontends,
+            RouteTable::Https => &mut self.https_frontends,
+        }
+    }
+
+    /// Adds an HTTP or HTTPS frontend: it needs its cluster (if it names
+    /// one) and a listener of its kind, and its route must be free.
+    pub(super) fn add_route(
+        &mut self,
+        table: RouteTable,
+        frontend: &RequestHttpFrontend,
+    ) -> Result<(), StateError> {
+        let address = check_http_frontend(frontend)?;
+        if let Some(cluster_id) = &frontend.cluster_id {
+            self.require_cluster(cluster_id)?;
+        }
+        let kind = table.listener_kind();
+        if !self.has_listener(kind, &address) {
+            return Err(StateError::ListenerNotFound { kind, address });
+        }
+        let route = HttpRoute::of(address, frontend);
+        let routes = self.routes_mut(table);
+        if routes.contains_key(&route) {
+            return Err(StateError::DuplicateHttpFrontend {
+                address,
+                route: route.to_string(),
+            });
+        }
+        routes.insert(route, frontend.clone());
+        Ok(())
+    }
+
+    /// Removes an HTTP or HTTPS frontend; the order must name the cluster
+    /// it points to (or none, as it does).
+    pub(super) fn remove_route(
+        &mut self,
+        table: RouteTable,
+        frontend: &RequestHttpFrontend,
+    ) -> Result<(), StateError> {
         let address = validation::address("address", &frontend.address)?;
         let route = HttpRoute::of(address, frontend);
-        match self.http_frontends.get(&route) {
+        let routes = self.routes_mut(table);
+        match routes.get(&route) {
             Some(existing) if existing.cluster_id == frontend.cluster_id => {
-                self.http_frontends.remove(&route);
+                routes.remove(&route);
                 Ok(())
             }
             _ => Err(StateError::HttpFrontendNotFound {

@@ -24,7 +24,11 @@ use crate::command::{
     QueryCertificatesFilters, RemoveCertificate, ReplaceCertificate, RequestHttpFrontend,
     UpdateHttpsListenerConfig,
 };
-use crate::state::frontends::{check_http_frontend, HttpRoute};
+use crate::state::frontends::RouteTable;
+use crate::state::listeners::{
+    diff_optional, diff_required, http_optional_fields, http_required_fields, set_optional,
+    set_required, update_in,
+};
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
 /// A certificate in the state: the order that adds it (address
@@ -35,73 +39,21 @@ pub(super) struct StoredCertificate {
     pub(super) names: Vec<String>,
 }
 
-/// The HTTPS fields that are `Option` on both the config and the patch.
+/// The HTTPS fields that are `Option` on both the config and the patch:
+/// the HTTP listener's and the TLS listener's own (its plain fields are
+/// the HTTP listener's, `http_required_fields`).
 macro_rules! https_optional_fields {
-    ($apply:ident) => {
-        $apply!(
-            public_address,
-            http_answers,
-            strict_sni_binding,
-            disable_http11,
-            h2_max_rst_stream_per_window,
-            h2_max_ping_per_window,
-            h2_max_settings_per_window,
-            h2_max_empty_data_per_window,
-            h2_max_continuation_frames,
-            h2_max_glitch_count,
-            h2_initial_connection_window,
-            h2_max_concurrent_streams,
-            h2_stream_shrink_ratio,
-            h2_max_rst_stream_lifetime,
-            h2_max_rst_stream_abusive_lifetime,
-            h2_max_rst_stream_emitted_lifetime,
-            h2_max_header_list_size,
-            h2_max_header_table_size,
-            h2_stream_idle_timeout_seconds,
-            h2_graceful_shutdown_deadline_seconds,
-            h2_max_window_update_stream0_per_window,
-            sozu_id_header,
-            elide_x_real_ip,
-            send_x_real_ip,
-            hsts,
-            h2_max_header_fields
-        )
-    };
-}
-
-/// The HTTPS fields that are plain on the config and `Option` on the patch.
-macro_rules! https_required_fields {
-    ($apply:ident) => {
-        $apply!(
-            expect_proxy,
-            sticky_name,
-            front_timeout,
-            back_timeout,
-            connect_timeout,
-            request_timeout
-        )
+    ($apply:ident, $($arg:ident),*) => {
+        http_optional_fields!($apply, $($arg),*);
+        $apply!($($arg),*; strict_sni_binding, disable_http11, hsts)
     };
 }
 
 /// Applies an HTTPS listener patch: present fields replace the listener's,
 /// absent ones are kept; a non-empty `answers` map replaces the whole map.
 pub(super) fn patch_https(config: &mut HttpsListenerConfig, update: &UpdateHttpsListenerConfig) {
-    macro_rules! set_optional {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &update.$field {
-                config.$field = Some(v.clone());
-            }
-        )*};
-    }
-    macro_rules! set_required {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &update.$field {
-                config.$field = v.clone();
-            }
-        )*};
-    }
-    https_optional_fields!(set_optional);
-    https_required_fields!(set_required);
+    https_optional_fields!(set_optional, config, update);
+    http_required_fields!(set_required, config, update);
     if let Some(alpn) = &update.alpn_protocols {
         config.alpn_protocols = alpn.values.clone();
     }
@@ -121,22 +73,8 @@ pub(super) fn https_patch(
         address: new.address,
         ..Default::default()
     };
-    macro_rules! diff_optional {
-        ($($field:ident),*) => {$(
-            if old.$field != new.$field {
-                update.$field = new.$field.clone();
-            }
-        )*};
-    }
-    macro_rules! diff_required {
-        ($($field:ident),*) => {$(
-            if old.$field != new.$field {
-                update.$field = Some(new.$field.clone());
-            }
-        )*};
-    }
-    https_optional_fields!(diff_optional);
-    https_required_fields!(diff_required);
+    https_optional_fields!(diff_optional, old, new, update);
+    http_required_fields!(diff_required, old, new, update);
     if old.alpn_protocols != new.alpn_protocols {
         update.alpn_protocols = Some(crate::command::AlpnProtocols {
             values: new.alpn_protocols.clone(),
@@ -181,12 +119,7 @@ impl ConfigState {
         config: &HttpsListenerConfig,
     ) -> Result<(), StateError> {
         let address = check_https_listener(config)?;
-        if self.https_listeners.contains_key(&address) {
-            return Err(StateError::DuplicateListener {
-                kind: ListenerKind::Https,
-                address,
-            });
-        }
+        self.refuse_duplicate(ListenerKind::Https, address)?;
         self.https_listeners.insert(address, config.clone());
         Ok(())
     }
@@ -195,19 +128,14 @@ impl ConfigState {
         &mut self,
         update: &UpdateHttpsListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .https_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Https,
-                address,
-            })?;
-        let mut patched = current.clone();
-        patch_https(&mut patched, update);
-        check_https_listener(&patched)?;
-        self.https_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.https_listeners,
+            ListenerKind::Https,
+            &update.address,
+            update,
+            patch_https,
+            check_https_listener,
+        )
     }
 
     /// Removes the HTTPS listener with its frontends and certificates
@@ -223,42 +151,14 @@ impl ConfigState {
         &mut self,
         frontend: &RequestHttpFrontend,
     ) -> Result<(), StateError> {
-        let address = check_http_frontend(frontend)?;
-        if let Some(cluster_id) = &frontend.cluster_id {
-            self.require_cluster(cluster_id)?;
-        }
-        self.require_https_listener(address)?;
-        let route = HttpRoute::of(address, frontend);
-        if self.https_frontends.contains_key(&route) {
-            return Err(StateError::DuplicateHttpFrontend {
-                address,
-                route: route.to_string(),
-            });
-        }
-        self.https_frontends.insert(route, frontend.clone());
-        Ok(())
+        self.add_route(RouteTable::Https, frontend)
     }
 
     pub(super) fn remove_https_frontend(
         &mut self,
         frontend: &RequestHttpFrontend,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &frontend.address)?;
-        let route = HttpRoute::of(address, frontend);
-        match self.https_frontends.get(&route) {
-            Some(existing) if existing.cluster_id == frontend.cluster_id => {
-                self.https_frontends.remove(&route);
-                Ok(())
-            }
-            _ => Err(StateError::HttpFrontendNotFound {
-                address,
-                route: route.to_string(),
-                cluster: frontend
-                    .cluster_id
-                    .as_ref()
-                    .map_or_else(|| "no cluster".to_owned(), |id| format!("cluster {id:?}")),
-            }),
-        }
+        self.remove_route(RouteTable::Https, frontend)
     }
 
     /// Decodes a certificate for the listener at `address` and returns its

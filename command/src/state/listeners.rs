@@ -7,12 +7,18 @@
 //! the frontends attached to it (a frontend never outlives its listener).
 //! The patch functions are shared with `diff` so a computed update is always
 //! applied exactly as `dispatch` would apply it.
+//! The field lists and the set / diff macros of the HTTP patch serve the
+//! HTTPS patch (`https.rs`) too, and `update_in` every listener update: a
+//! knob added to HTTP listeners reaches HTTPS listeners without a second
+//! list to keep in step.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::command::{
-    ActivateListener, DeactivateListener, HttpListenerConfig, RemoveListener, TcpListenerConfig,
-    UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig, UpdateUdpListenerConfig,
+    ActivateListener, DeactivateListener, HttpListenerConfig, RemoveListener, SocketAddress,
+    TcpListenerConfig, UdpListenerConfig, UpdateHttpListenerConfig, UpdateTcpListenerConfig,
+    UpdateUdpListenerConfig,
 };
 use crate::state::{validation, ConfigState, ListenerKind, StateError};
 
@@ -101,10 +107,54 @@ pub fn patch_tcp(config: &mut TcpListenerConfig, update: &UpdateTcpListenerConfi
     }
 }
 
+/// For every field named, present on the patch `$update`: the config's
+/// `Option` field takes its value.
+macro_rules! set_optional {
+    ($config:ident, $update:ident; $($field:ident),*) => {$(
+        if let Some(v) = &$update.$field {
+            $config.$field = Some(v.clone());
+        }
+    )*};
+}
+pub(super) use set_optional;
+
+/// For every field named, present on the patch `$update`: the config's
+/// plain field takes its value.
+macro_rules! set_required {
+    ($config:ident, $update:ident; $($field:ident),*) => {$(
+        if let Some(v) = &$update.$field {
+            $config.$field = v.clone();
+        }
+    )*};
+}
+pub(super) use set_required;
+
+/// For every `Option` field named that differs from `$old` to `$new`: the
+/// patch `$update` carries the new value.
+macro_rules! diff_optional {
+    ($old:ident, $new:ident, $update:ident; $($field:ident),*) => {$(
+        if $old.$field != $new.$field {
+            $update.$field = $new.$field.clone();
+        }
+    )*};
+}
+pub(super) use diff_optional;
+
+/// For every plain field named that differs from `$old` to `$new`: the
+/// patch `$update` carries the new value.
+macro_rules! diff_required {
+    ($old:ident, $new:ident, $update:ident; $($field:ident),*) => {$(
+        if $old.$field != $new.$field {
+            $update.$field = Some($new.$field.clone());
+        }
+    )*};
+}
+pub(super) use diff_required;
+
 /// The HTTP fields that are `Option` on both the config and the patch.
 macro_rules! http_optional_fields {
-    ($apply:ident) => {
-        $apply!(
+    ($apply:ident, $($arg:ident),*) => {
+        $apply!($($arg),*;
             public_address,
             http_answers,
             h2_max_rst_stream_per_window,
@@ -131,11 +181,12 @@ macro_rules! http_optional_fields {
         )
     };
 }
+pub(super) use http_optional_fields;
 
 /// The HTTP fields that are plain on the config and `Option` on the patch.
 macro_rules! http_required_fields {
-    ($apply:ident) => {
-        $apply!(
+    ($apply:ident, $($arg:ident),*) => {
+        $apply!($($arg),*;
             expect_proxy,
             sticky_name,
             front_timeout,
@@ -145,26 +196,13 @@ macro_rules! http_required_fields {
         )
     };
 }
+pub(super) use http_required_fields;
 
 /// Applies an HTTP listener patch (see [`patch_udp`]). A non-empty `answers`
 /// map replaces the listener's map as a whole.
 pub fn patch_http(config: &mut HttpListenerConfig, update: &UpdateHttpListenerConfig) {
-    macro_rules! set_optional {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &update.$field {
-                config.$field = Some(v.clone());
-            }
-        )*};
-    }
-    macro_rules! set_required {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &update.$field {
-                config.$field = v.clone();
-            }
-        )*};
-    }
-    http_optional_fields!(set_optional);
-    http_required_fields!(set_required);
+    http_optional_fields!(set_optional, config, update);
+    http_required_fields!(set_required, config, update);
     if !update.answers.is_empty() {
         config.answers = update.answers.clone();
     }
@@ -224,22 +262,8 @@ pub(super) fn http_patch(
         address: new.address,
         ..Default::default()
     };
-    macro_rules! diff_optional {
-        ($($field:ident),*) => {$(
-            if old.$field != new.$field {
-                update.$field = new.$field.clone();
-            }
-        )*};
-    }
-    macro_rules! diff_required {
-        ($($field:ident),*) => {$(
-            if old.$field != new.$field {
-                update.$field = Some(new.$field.clone());
-            }
-        )*};
-    }
-    http_optional_fields!(diff_optional);
-    http_required_fields!(diff_required);
+    http_optional_fields!(diff_optional, old, new, update);
+    http_required_fields!(diff_required, old, new, update);
     if old.answers != new.answers {
         update.answers = new.answers.clone();
     }
@@ -247,6 +271,28 @@ pub(super) fn http_patch(
     patch_http(&mut patched, &update);
     patched.active = new.active;
     (patched == *new).then_some(update)
+}
+
+/// Patches the listener `update` names in `listeners` (of `kind`) with
+/// `patch`, checks the result with `check` and stores it; a refused patch
+/// leaves the listener as it was.
+pub(super) fn update_in<C: Clone, U>(
+    listeners: &mut BTreeMap<SocketAddr, C>,
+    kind: ListenerKind,
+    address: &SocketAddress,
+    update: &U,
+    patch: fn(&mut C, &U),
+    check: fn(&C) -> Result<SocketAddr, StateError>,
+) -> Result<(), StateError> {
+    let address = validation::address("address", address)?;
+    let mut patched = listeners
+        .get(&address)
+        .ok_or(StateError::ListenerNotFound { kind, address })?
+        .clone();
+    patch(&mut patched, update);
+    check(&patched)?;
+    listeners.insert(address, patched);
+    Ok(())
 }
 
 impl ConfigState {
@@ -260,7 +306,11 @@ impl ConfigState {
         }
     }
 
-    fn refuse_duplicate(&self, kind: ListenerKind, address: SocketAddr) -> Result<(), StateError> {
+    pub(super) fn refuse_duplicate(
+        &self,
+        kind: ListenerKind,
+        address: SocketAddr,
+    ) -> Result<(), StateError> {
         if self.has_listener(kind, &address) {
             return Err(StateError::DuplicateListener { kind, address });
         }
@@ -301,57 +351,42 @@ impl ConfigState {
         &mut self,
         update: &UpdateUdpListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .udp_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Udp,
-                address,
-            })?;
-        let mut patched = *current;
-        patch_udp(&mut patched, update);
-        check_udp_listener(&patched)?;
-        self.udp_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.udp_listeners,
+            ListenerKind::Udp,
+            &update.address,
+            update,
+            patch_udp,
+            check_udp_listener,
+        )
     }
 
     pub(super) fn update_tcp_listener(
         &mut self,
         update: &UpdateTcpListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .tcp_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Tcp,
-                address,
-            })?;
-        let mut patched = *current;
-        patch_tcp(&mut patched, update);
-        check_tcp_listener(&patched)?;
-        self.tcp_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.tcp_listeners,
+            ListenerKind::Tcp,
+            &update.address,
+            update,
+            patch_tcp,
+            check_tcp_listener,
+        )
     }
 
     pub(super) fn update_http_listener(
         &mut self,
         update: &UpdateHttpListenerConfig,
     ) -> Result<(), StateError> {
-        let address = validation::address("address", &update.address)?;
-        let current = self
-            .http_listeners
-            .get(&address)
-            .ok_or(StateError::ListenerNotFound {
-                kind: ListenerKind::Http,
-                address,
-            })?;
-        let mut patched = current.clone();
-        patch_http(&mut patched, update);
-        check_http_listener(&patched)?;
-        self.http_listeners.insert(address, patched);
-        Ok(())
+        update_in(
+            &mut self.http_listeners,
+            ListenerKind::Http,
+            &update.address,
+            update,
+            patch_http,
+            check_http_listener,
+        )
     }
 
     /// Removes the listener and every frontend attached to it.

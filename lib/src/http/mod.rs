@@ -580,33 +580,31 @@ impl StreamProxy for HttpProxy {
         self.accept_on(id, now, ctx);
     }
 
-    fn remove_listener(
-        &mut self,
-        now: Instant,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, HttpToken>,
-    ) -> Result<(), HttpError> {
-        let id = self.listeners.remove(address, ctx)?;
-        let doomed: Vec<usize> = self
-            .sessions
+    fn sessions_of_listener(&self, id: usize) -> Vec<usize> {
+        self.sessions
             .iter()
             .filter(|(_, s)| s.listener == id)
             .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
-        }
+            .collect()
+    }
+
+    fn close_for_removed_listener(
+        &mut self,
+        key: usize,
+        now: Instant,
+        ctx: &mut ProxyContext<'_, HttpToken>,
+    ) {
+        self.close_session(key, now, SessionEnd::ListenerRemoved, ctx);
+    }
+
+    fn forget_listener(&mut self, address: SocketAddr) -> StreamKind {
         self.routers.remove(&address);
-        let kind = if self.tls_configs.remove(&address).is_some() {
+        self.features.remove_listener(address);
+        if self.tls_configs.remove(&address).is_some() {
             StreamKind::Https
         } else {
             StreamKind::Http
-        };
-        self.features.remove_listener(address);
-        ctx.metrics
-            .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "{kind} listener removed");
-        Ok(())
+        }
     }
 
     fn set_cluster(&mut self, cluster: &Cluster) {

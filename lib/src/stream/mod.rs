@@ -120,13 +120,41 @@ pub trait StreamProxy {
         }
     }
 
-    /// Closes a listener, its socket and what it accepted.
+    /// The keys of the sessions accepted on listener `id`.
+    fn sessions_of_listener(&self, id: usize) -> Vec<usize>;
+
+    /// Closes session `key` because its listener is being removed (each
+    /// protocol logs it with its own close reason).
+    fn close_for_removed_listener(
+        &mut self,
+        key: usize,
+        now: std::time::Instant,
+        ctx: &mut ProxyContext<'_, Self::Token>,
+    );
+
+    /// Forgets what the protocol keeps per listener address beside the
+    /// listener set (HTTP: routes, TLS configuration, features), once the
+    /// listener and its sessions are gone; returns the kind the listener was.
+    fn forget_listener(&mut self, address: std::net::SocketAddr) -> StreamKind;
+
+    /// Closes a listener, its socket and what it accepted, then forgets its
+    /// routes and metric scope.
     fn remove_listener(
         &mut self,
         now: std::time::Instant,
         address: std::net::SocketAddr,
         ctx: &mut ProxyContext<'_, Self::Token>,
-    ) -> Result<(), Self::Error>;
+    ) -> Result<(), Self::Error> {
+        let id = self.listener_set().remove(address, ctx)?;
+        for key in self.sessions_of_listener(id) {
+            self.close_for_removed_listener(key, now, ctx);
+        }
+        let kind = self.forget_listener(address);
+        ctx.metrics
+            .remove_scope(&crate::metrics::Scope::Listener(address));
+        tracing::info!(listener = %address, "{kind} listener removed");
+        Ok(())
+    }
 
     /// Records the cluster knobs it keeps itself (`proxy_protocol`).
     fn set_cluster(&mut self, cluster: &sozu_command_lib::command::Cluster);

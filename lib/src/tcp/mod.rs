@@ -657,26 +657,25 @@ impl StreamProxy for TcpProxy {
         self.accept_on(id, now, ctx);
     }
 
-    fn remove_listener(
-        &mut self,
-        now: Instant,
-        address: SocketAddr,
-        ctx: &mut ProxyContext<'_, TcpToken>,
-    ) -> Result<(), TcpError> {
-        let id = self.listeners.remove(address, ctx)?;
-        let doomed: Vec<usize> = self
-            .sessions
+    fn sessions_of_listener(&self, id: usize) -> Vec<usize> {
+        self.sessions
             .iter()
             .filter(|(_, s)| s.listener == id)
             .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
-        }
-        ctx.metrics
-            .remove_scope(&crate::metrics::Scope::Listener(address));
-        tracing::info!(listener = %address, "TCP listener removed");
-        Ok(())
+            .collect()
+    }
+
+    fn close_for_removed_listener(
+        &mut self,
+        key: usize,
+        now: Instant,
+        ctx: &mut ProxyContext<'_, TcpToken>,
+    ) {
+        self.close_session(key, now, SessionCloseReason::ListenerRemoved, ctx);
+    }
+
+    fn forget_listener(&mut self, _address: SocketAddr) -> StreamKind {
+        StreamKind::Tcp
     }
 
     fn set_cluster(&mut self, cluster: &Cluster) {
