@@ -119,7 +119,8 @@ fn sozu_for(servers: &Servers, backup: Option<usize>) -> (Sozu, SocketAddr) {
     (sozu, frontend)
 }
 
-fn fallbacks(sozu: &Sozu) -> i64 {
+/// Every `udp.quic_lb.fallback.<reason>` counter that moved, by reason.
+fn fallbacks(sozu: &Sozu) -> Vec<(&'static str, i64)> {
     let m = sozu.metrics();
     [
         "too_short",
@@ -128,9 +129,10 @@ fn fallbacks(sozu: &Sozu) -> i64 {
         "unknown_server_id",
         "server_down",
     ]
-    .iter()
-    .map(|r| m.proxy_or_zero(&format!("udp.quic_lb.fallback.{r}")))
-    .sum()
+    .into_iter()
+    .map(|r| (r, m.proxy_or_zero(&format!("udp.quic_lb.fallback.{r}"))))
+    .filter(|(_, n)| *n != 0)
+    .collect()
 }
 
 #[test]
@@ -182,7 +184,25 @@ fn a_migrated_client_reaches_its_server_through_any_sozu_instance() {
         m.proxy_or_zero("udp.quic_lb.routed") >= 1
     });
     assert!(m.proxy_or_zero("udp.flows.created") >= 1);
-    assert_eq!(fallbacks(&second), 0, "nothing fell back to the policy");
+    // What may fall back here is not the connection's traffic: a late
+    // server packet naming a connection ID the client has retired makes
+    // the client's endpoint answer with a stateless reset, a short-header
+    // datagram whose "connection ID" is random by design (RFC 9000
+    // 10.3), and the path carries it to this instance, which cannot route
+    // it by server ID. Seen under load: one 1,005-byte datagram with a
+    // random first octet, counted `config_mismatch` or
+    // `unknown_server_id` (or `unroutable` when its random bits name
+    // config 7). The streams below prove the connection's own packets all
+    // went to the owner; a fallback for another reason (too short, owner
+    // down) would be a routing fault.
+    let fell_back = fallbacks(&second);
+    assert!(
+        fell_back.iter().all(|(reason, _)| matches!(
+            *reason,
+            "config_mismatch" | "unknown_server_id" | "unroutable"
+        )) && fell_back.iter().map(|(_, n)| n).sum::<i64>() <= 3,
+        "only the client's stateless resets may fall back: {fell_back:?}"
+    );
     let served = servers.served();
     assert_eq!(
         served[owner], 12,
