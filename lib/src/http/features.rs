@@ -407,10 +407,12 @@ pub(crate) fn stamp_cookie(head: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn parse(bytes: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    /// A response's status, lower-cased headers and body (also used by
+    /// the answer template tests).
+    pub(in crate::http) fn parse(bytes: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut res = httparse::Response::new(&mut headers);
         let n = match res.parse(bytes).unwrap() {

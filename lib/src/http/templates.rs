@@ -331,26 +331,7 @@ fn escape_header(value: &str, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::http::features::build_answer;
-
-    fn parse(bytes: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut res = httparse::Response::new(&mut headers);
-        let n = match res.parse(bytes).unwrap() {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!("partial"),
-        };
-        let headers = res
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8(h.value.to_vec()).unwrap(),
-                )
-            })
-            .collect();
-        (res.code.unwrap(), headers, bytes[n..].to_vec())
-    }
+    use crate::http::features::tests::parse;
 
     fn template(status: u16, text: &str) -> AnswerTemplate {
         AnswerTemplate::new(status, &build_answer(status, text))
