@@ -394,20 +394,30 @@ mod cpu_tests {
     }
 
     #[test]
-    #[allow(clippy::disallowed_methods)] // the test spins on the clock
-    fn time_on_cpu_and_sleeps_of_this_process_are_counted() {
-        // This test process: its own tree (it has no children) gains CPU
-        // time while it spins and a sleep while it waits.
-        let me = std::process::id() as i32;
-        let before = tree_cpu(me);
-        let spin_until = std::time::Instant::now() + std::time::Duration::from_millis(30);
-        let mut x = 0u64;
-        while std::time::Instant::now() < spin_until {
-            x = x.wrapping_add(1);
+    #[allow(clippy::disallowed_methods)] // bounded wait on the clock
+    fn time_on_cpu_and_sleeps_of_a_child_tree_are_counted() {
+        // A child shell of its own (this test process's other threads come
+        // and go with the other tests): it spins, then waits on `sleep`.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; exec sleep 30",
+            ])
+            .spawn()
+            .expect("spawn sh");
+        let root = child.id() as i32;
+        let before = tree_cpu(root);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut spent = TreeCpu::default();
+        while std::time::Instant::now() < deadline {
+            spent = tree_cpu(root).since(before);
+            if spent.cpu_ns >= 10_000_000 && spent.sleeps >= 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::hint::black_box(x);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        let spent = tree_cpu(me).since(before);
+        let _ = child.kill();
+        let _ = child.wait();
         assert!(spent.cpu_ns >= 10_000_000, "{spent:?}");
         assert!(spent.sleeps >= 1, "{spent:?}");
     }
