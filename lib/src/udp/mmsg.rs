@@ -374,6 +374,18 @@ impl SendBatch {
             return Ok(0);
         }
         let count = self.len - start;
+        if count == 1 {
+            // One reply (the usual turn at a moderate rate): `sendto` or
+            // `sendmsg` costs the kernel less than a `sendmmsg` of one.
+            if let Some((dst, local)) = self.dsts[start] {
+                let payload = &self.buffers[start * self.buffer_len..][..self.lens[start]];
+                return match send_to_from(fd, &[IoSlice::new(payload)], dst, local) {
+                    Ok(_) => Ok(1),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    Err(error) => Err(error),
+                };
+            }
+        }
         // SAFETY: zeroed sockaddr_storage / mmsghdr / iovec are valid values.
         let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
         let mut controls = [ControlBuf::ZERO; MAX_BATCH];
@@ -424,7 +436,8 @@ impl SendBatch {
 }
 
 /// Sends one datagram made of `parts` to `dst` on an unconnected socket,
-/// from `local` when given (packet info).
+/// from `local` when given (packet info). One part without a source goes
+/// with `sendto` (no message header to copy).
 pub(crate) fn send_to_from(
     fd: RawFd,
     parts: &[IoSlice<'_>],
@@ -433,6 +446,29 @@ pub(crate) fn send_to_from(
 ) -> io::Result<usize> {
     // SAFETY: zeroed sockaddr_storage / msghdr are valid values.
     let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    if let ([only], None) = (parts, local) {
+        let namelen = std_to_sockaddr(dst, &mut addr);
+        loop {
+            // SAFETY: `only` is valid for its length and `addr` for `namelen`.
+            let rc = unsafe {
+                libc::sendto(
+                    fd,
+                    only.as_ptr().cast(),
+                    only.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    (&addr as *const libc::sockaddr_storage).cast(),
+                    namelen,
+                )
+            };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
     let mut control = ControlBuf::ZERO;
     // SAFETY: a plain C struct of integers and pointers, for which all
     // zero bytes is a valid (empty) value.
@@ -456,8 +492,13 @@ pub(crate) fn send_to_from(
     }
 }
 
-/// Sends one datagram made of `parts` on a connected socket.
+/// Sends one datagram made of `parts` on a connected socket. One part goes
+/// with `send`, which skips the message-header copy `sendmsg` makes; on an
+/// established round-trip flow that is every datagram.
 pub(crate) fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    if let [only] = parts {
+        return send_one(fd, only);
+    }
     // SAFETY: a zeroed msghdr is valid.
     let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
     hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
@@ -475,10 +516,35 @@ pub(crate) fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usi
     }
 }
 
+/// `send` of one buffer on a connected socket, retried on `EINTR`.
+fn send_one(fd: RawFd, payload: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `payload` is valid for `payload.len()` bytes.
+        let rc = unsafe {
+            libc::send(
+                fd,
+                payload.as_ptr().cast(),
+                payload.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// Sends up to `count` datagrams (at most [`MAX_BATCH`]) on a connected
 /// socket with one `sendmmsg`; datagram `i` is `part(i)`: an optional header
 /// and a payload, sent as two iovecs of one datagram (no copy). Returns how
 /// many left; an error means the first one was refused.
+///
+/// A batch of one (a round-trip flow's usual turn) goes with `send` or
+/// `sendmsg` instead: `sendmmsg` would copy and fill a header array for it.
 pub(crate) fn send_connected_batch<'a>(
     fd: RawFd,
     count: usize,
@@ -487,6 +553,15 @@ pub(crate) fn send_connected_batch<'a>(
     let count = count.min(MAX_BATCH);
     if count == 0 {
         return Ok(0);
+    }
+    if count == 1 {
+        let sent = match part(0) {
+            (None, payload) => send_one(fd, payload),
+            (Some(header), payload) => {
+                send_connected(fd, &[IoSlice::new(header), IoSlice::new(payload)])
+            }
+        };
+        return sent.map(|_| 1);
     }
     // SAFETY: zeroed mmsghdr / iovec are valid values.
     let mut iovecs: [libc::iovec; 2 * MAX_BATCH] = unsafe { mem::zeroed() };
@@ -824,6 +899,66 @@ mod tests {
                 b"HDR\x02\x02\x02\x02".to_vec()
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_of_one_is_one_whole_datagram_with_or_without_a_header() {
+        let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+        backend
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        upstream.connect(backend.local_addr().unwrap()).unwrap();
+        let fd = upstream.as_raw_fd();
+        assert_eq!(
+            send_connected_batch(fd, 1, |_| (None, &b"plain"[..])).unwrap(),
+            1
+        );
+        let header = b"HDR".to_vec();
+        let sent = send_connected_batch(fd, 1, |_| (Some(&header[..]), &b"body"[..])).unwrap();
+        assert_eq!(sent, 1);
+        let mut buf = [0u8; 64];
+        let n = backend.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"plain");
+        let n = backend.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"HDRbody");
+        // A refusal (ICMP port unreachable once the backend is gone) is
+        // reported as an error, not as a datagram sent.
+        let gone = backend.local_addr().unwrap();
+        drop(backend);
+        let lonely = UdpSocket::bind("127.0.0.1:0").unwrap();
+        lonely.connect(gone).unwrap();
+        let mut refused = false;
+        for _ in 0..100 {
+            if let Err(e) = send_connected_batch(lonely.as_raw_fd(), 1, |_| (None, &b"x"[..])) {
+                assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED));
+                refused = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            refused,
+            "a send to a closed port never reported ECONNREFUSED"
+        );
+    }
+
+    #[test]
+    fn one_committed_reply_reaches_its_destination_with_the_listeners_address() {
+        let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut batch = SendBatch::new(16);
+        let slot = batch.slot().unwrap();
+        slot[..5].copy_from_slice(b"reply");
+        batch.commit(5, client.local_addr().unwrap(), None);
+        assert_eq!(batch.send_from(listener.as_raw_fd(), 0).unwrap(), 1);
+        let mut buf = [0u8; 64];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"reply");
+        assert_eq!(from, listener.local_addr().unwrap());
     }
 
     #[test]
