@@ -141,11 +141,13 @@ fn status_prints_progress_then_the_worker_table() {
                 id: 0,
                 pid: 1000,
                 run_state: RunState::Running as i32,
+                ..Default::default()
             },
             WorkerInfo {
                 id: 1,
                 pid: 1001,
                 run_state: RunState::Stopping as i32,
+                ..Default::default()
             },
         ],
     };

@@ -316,14 +316,15 @@ impl Sozu {
             .collect()
     }
 
-    /// Waits until `status` shows `worker_count` workers, all RUNNING and
-    /// alive.
+    /// Waits until `status` shows `worker_count` workers, all serving (see
+    /// [`is_serving`]) and alive.
     pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let want = self.config.worker_count as usize;
         let deadline = Deadline::after(timeout);
         let mut last: String;
-        // The same RUNNING pids on two polls in a row: a worker that crashes
-        // right after starting may be RUNNING for an instant.
+        // The same serving pids on two polls in a row: a worker that took
+        // its state may still crash on the next order (a fault test), and
+        // be listed for an instant before its exit is reaped.
         let mut previous: Option<Vec<i32>> = None;
         loop {
             if let Some(status) = self.master_exit() {
@@ -333,7 +334,7 @@ impl Sozu {
                 Ok(workers) => {
                     let running: Vec<i32> = workers
                         .iter()
-                        .filter(|w| w.run_state == RunState::Running as i32)
+                        .filter(|w| is_serving(w))
                         .map(|w| w.pid)
                         .collect();
                     if running.len() == want && running.iter().all(|p| procfs::is_alive(*p)) {
@@ -358,15 +359,16 @@ impl Sozu {
         }
     }
 
-    /// Waits until the worker set is `worker_count` RUNNING workers whose
-    /// pids differ from `old` (after a restart or an upgrade); returns them.
+    /// Waits until the worker set is `worker_count` serving workers (see
+    /// [`is_serving`]) whose pids differ from `old` (after a restart or an
+    /// upgrade); returns them.
     pub fn wait_new_workers(&self, old: &[i32], timeout: Duration) -> Vec<i32> {
         let want = self.config.worker_count as usize;
-        wait_until("new workers to be RUNNING", timeout, || {
+        wait_until("new workers to be serving", timeout, || {
             let pids = self.status().ok()?;
             let running: Vec<i32> = pids
                 .iter()
-                .filter(|w| w.run_state == RunState::Running as i32)
+                .filter(|w| is_serving(w))
                 .map(|w| w.pid)
                 .collect();
             (running.len() == want
@@ -516,6 +518,13 @@ impl Drop for Sozu {
         }
         self.kill_all();
     }
+}
+
+/// Whether `status` reports `worker` as serving its configuration: RUNNING
+/// and done applying the initial state the master replayed to it (`serving`
+/// true; the master always sends it, so an absent field is not serving).
+pub fn is_serving(worker: &WorkerInfo) -> bool {
+    worker.run_state == RunState::Running as i32 && worker.serving == Some(true)
 }
 
 /// The arguments of `sozu http frontend VERB -i CLUSTER -a LISTENER

@@ -134,7 +134,9 @@ fn upgrade_every_worker(session: &mut Session, json: bool) -> ExitCode {
         }) => infos
             .vec
             .iter()
-            .filter(|w| w.run_state == RunState::Running as i32)
+            // A booting worker is not upgraded (the master refuses it):
+            // `serving` absent is a master that does not say (Sōzu 2.x).
+            .filter(|w| w.run_state == RunState::Running as i32 && w.serving != Some(false))
             .map(|w| w.id)
             .collect(),
         _ => {

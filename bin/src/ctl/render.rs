@@ -14,7 +14,7 @@ use sozu_command_lib::command::{
     ClusterMetrics, FilteredMetrics, HttpListenerConfig, HttpsListenerConfig, ListedFrontends,
     ListenersList, LoadBalancingAlgorithms, PathRuleKind, ProxyProtocolConfig, RequestHttpFrontend,
     Response, ResponseStatus, RunState, SocketAddress, TcpListenerConfig, UdpClusterConfig,
-    UdpListenerConfig, WorkerInfos,
+    UdpListenerConfig, WorkerInfo, WorkerInfos,
 };
 
 use super::request::{MetricsView, Protocols, View};
@@ -205,10 +205,35 @@ fn workers_table(workers: &WorkerInfos) -> String {
         table.row(vec![
             worker.id.to_string(),
             worker.pid.to_string(),
-            lower(worker.run_state, |s: RunState| s.as_str_name()),
+            worker_state(worker),
         ]);
     }
     table.render()
+}
+
+/// A worker's STATE cell: its run state, or `booting` while it applies the
+/// state the master replays to it (`serving` false), with the progress when
+/// the master gives it. A master that does not send `serving` (Sōzu 2.x)
+/// shows the run state alone.
+fn worker_state(worker: &WorkerInfo) -> String {
+    let state = lower(worker.run_state, |s: RunState| s.as_str_name());
+    let booting = worker.serving == Some(false)
+        && matches!(
+            RunState::try_from(worker.run_state),
+            Ok(RunState::Running | RunState::NotAnswering)
+        );
+    if !booting {
+        return state;
+    }
+    let progress = match (worker.state_orders_applied, worker.state_orders_total) {
+        (Some(applied), Some(total)) => format!(" ({applied}/{total} state orders)"),
+        _ => String::new(),
+    };
+    if worker.run_state == RunState::NotAnswering as i32 {
+        format!("not_answering, booting{progress}")
+    } else {
+        format!("booting{progress}")
+    }
 }
 
 fn listeners_table(list: &ListenersList, protocols: Protocols) -> String {

@@ -724,17 +724,62 @@ fn status_renders_a_worker_table() {
                 id: 1,
                 pid: 4242,
                 run_state: RunState::NotAnswering as i32,
+                ..Default::default()
             },
             WorkerInfo {
                 id: 0,
                 pid: 4241,
                 run_state: RunState::Running as i32,
+                ..Default::default()
             },
         ],
     }));
     assert_eq!(
         render::human(&View::Workers, &response),
         "WORKER  PID   STATE\n0       4241  running\n1       4242  not_answering\n"
+    );
+}
+
+#[test]
+fn status_shows_a_booting_worker_with_its_replay_progress() {
+    let response = ok(ContentType::Workers(WorkerInfos {
+        vec: vec![
+            WorkerInfo {
+                id: 0,
+                pid: 4241,
+                run_state: RunState::Running as i32,
+                serving: Some(true),
+                ..Default::default()
+            },
+            WorkerInfo {
+                id: 1,
+                pid: 4242,
+                run_state: RunState::Running as i32,
+                serving: Some(false),
+                state_orders_applied: Some(1200),
+                state_orders_total: Some(20001),
+            },
+            WorkerInfo {
+                id: 2,
+                pid: 4243,
+                run_state: RunState::NotAnswering as i32,
+                serving: Some(false),
+                ..Default::default()
+            },
+        ],
+    }));
+    assert_eq!(
+        render::human(&View::Workers, &response),
+        "WORKER  PID   STATE\n\
+         0       4241  running\n\
+         1       4242  booting (1200/20001 state orders)\n\
+         2       4243  not_answering, booting\n"
+    );
+    let value = render::json(&View::Workers, &response);
+    assert_eq!(value["content"]["workers"]["vec"][1]["serving"], false);
+    assert_eq!(
+        value["content"]["workers"]["vec"][1]["state_orders_applied"],
+        1200
     );
 }
 
@@ -810,6 +855,7 @@ fn json_names_the_status_and_keys_content_by_kind() {
             id: 0,
             pid: 7,
             run_state: 0,
+            ..Default::default()
         }],
     }));
     let value = render::json(&View::Message, &response);
@@ -981,6 +1027,7 @@ fn json_prints_addresses_as_strings_and_enums_by_name() {
             id: 0,
             pid: 7,
             run_state: RunState::Stopping as i32,
+            ..Default::default()
         }],
     }));
     let value = render::json(&View::Workers, &workers);

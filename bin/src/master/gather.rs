@@ -313,6 +313,12 @@ impl<P> GatherTable<P> {
         self.orders.values().filter_map(|p| p.deadline).min()
     }
 
+    /// How many answers open order `order` still waits for (`None` once it
+    /// is finished).
+    pub(crate) fn waiting(&self, order: OrderId) -> Option<usize> {
+        self.orders.get(&order).map(|p| p.waiting.len())
+    }
+
     /// The purpose of an open order.
     pub(crate) fn purpose(&self, order: OrderId) -> Option<&P> {
         self.orders.get(&order).map(|p| &p.purpose)

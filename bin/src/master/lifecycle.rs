@@ -116,6 +116,8 @@ impl Master {
         } else {
             worker.quick_failures.saturating_add(1)
         };
+        // A worker killed for refusing its state reports why, not how.
+        let how = worker.boot_failure.take().unwrap_or(how);
         worker.run_state = RunState::Stopped;
         worker.channel_closed = true;
         worker.quick_failures = failures;
@@ -212,6 +214,9 @@ impl Master {
                 continue;
             }
             if !worker.channel_closed && worker.run_state == RunState::Running {
+                if !worker.ready {
+                    lines.push(self.booting_line(worker));
+                }
                 continue;
             }
             match self.restarts.get(&worker.id) {
@@ -258,7 +263,19 @@ impl Master {
         }
     }
 
-    pub(super) fn on_worker_booted(&mut self, id: u32, gathered: Gathered<()>, _now: Instant) {
+    /// "worker 2 is booting (1200 of 20001 state orders applied)".
+    fn booting_line(&self, worker: &super::workers::Worker) -> String {
+        let info = worker.info(worker.boot.and_then(|b| self.gather.waiting(b.order)));
+        match (info.state_orders_applied, info.state_orders_total) {
+            (Some(applied), Some(total)) => format!(
+                "worker {} is booting ({applied} of {total} state orders applied)",
+                worker.id
+            ),
+            _ => format!("worker {} is booting", worker.id),
+        }
+    }
+
+    pub(super) fn on_worker_booted(&mut self, id: u32, gathered: Gathered<()>, now: Instant) {
         let gone = matches!(gathered.failures.get(&id), Some(WorkerFailure::Gone));
         if let Some(client) = self.boot_waiters.remove(&id) {
             let answer = if gone {
@@ -276,33 +293,41 @@ impl Master {
                 response(
                     ResponseStatus::Failure,
                     format!(
-                        "worker {id} started but did not take all of its state: {}",
+                        "worker {id} started but did not take all of its state: {}; \
+                         it is stopped and its slot restarted after a backoff",
                         gathered.failure_summary()
                     ),
                 )
             };
             self.answer(client, answer);
         }
+        let mut failed = false;
         if let Some(worker) = self.workers.get_mut(&id) {
+            worker.boot = None;
             if gone {
                 // Its exit is handled (and logged) by the supervision.
             } else if gathered.is_ok() {
                 worker.ready = true;
                 tracing::info!(worker = id, pid = worker.pid.as_raw(), "worker ready");
             } else {
-                // It runs, but without part of its state: say so loudly; it
-                // still serves what it accepted.
-                worker.ready = true;
-                if !gathered.timed_out.is_empty() {
-                    worker.run_state = RunState::NotAnswering;
-                }
+                // A worker with part of its state would still get clients
+                // (SO_REUSEPORT spreads them over every bound socket) and
+                // answer them from the wrong configuration: it is never
+                // reported serving; it is killed, and its exit is a failed
+                // start (restart after a backoff, `status` degraded).
+                let summary = gathered.failure_summary();
                 tracing::error!(
                     worker = id,
                     pid = worker.pid.as_raw(),
-                    failures = gathered.failure_summary(),
-                    "worker did not take all of its initial state"
+                    failures = summary,
+                    "worker did not take all of its initial state: stopping it"
                 );
+                worker.boot_failure = Some(format!("did not take its initial state: {summary}"));
+                failed = true;
             }
+        }
+        if failed {
+            self.on_worker_channel_closed(id, now);
         }
         self.check_started();
     }

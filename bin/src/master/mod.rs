@@ -789,6 +789,8 @@ impl Master {
             outbox: VecDeque::new(),
             started_at: now,
             ready: false,
+            boot: None,
+            boot_failure: None,
             channel_closed: false,
             quick_failures,
         };
@@ -829,6 +831,13 @@ impl Master {
                 sozu_command_lib::command::Status {},
             )),
         });
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.ready = false;
+            worker.boot = Some(workers::Boot {
+                order,
+                total: u64::try_from(requests.len()).unwrap_or(u64::MAX),
+            });
+        }
         self.send_to_worker(order, id, requests);
         self.pump_worker(id);
     }

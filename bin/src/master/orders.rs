@@ -125,7 +125,11 @@ impl Master {
         match request_type {
             RequestType::Status(_) | RequestType::ListWorkers(_) => {
                 let infos = WorkerInfos {
-                    vec: self.workers.values().map(|w| w.info()).collect(),
+                    vec: self
+                        .workers
+                        .values()
+                        .map(|w| w.info(w.boot.and_then(|b| self.gather.waiting(b.order))))
+                        .collect(),
                 };
                 let mut message = format!("{} worker(s)", infos.vec.len());
                 let degraded = if stopping {

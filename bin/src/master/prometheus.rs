@@ -376,6 +376,7 @@ impl Master {
             );
         }
         let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::from([
+            ("booting", 0),
             ("running", 0),
             ("stopping", 0),
             ("stopped", 0),
@@ -383,6 +384,8 @@ impl Master {
         ]);
         for worker in self.workers.values() {
             let state = match worker.run_state {
+                // Started, still applying the state replayed to it.
+                RunState::Running if !worker.ready => "booting",
                 RunState::Running => "running",
                 RunState::Stopping => "stopping",
                 RunState::Stopped => "stopped",

@@ -25,6 +25,8 @@ use super::command_socket::Peer;
 use super::workers::{Worker, WorkerChannel};
 use super::{command_socket, Master, Phase};
 
+mod boot;
+
 type FakeWorker = Channel<WorkerResponse, WorkerRequest>;
 type FakeClient = Channel<Request, Response>;
 
@@ -67,6 +69,8 @@ fn add_worker(master: &mut Master, id: u32) -> FakeWorker {
         outbox: VecDeque::new(),
         started_at: now(),
         ready: true,
+        boot: None,
+        boot_failure: None,
         channel_closed: false,
         quick_failures: 0,
     };

@@ -298,6 +298,7 @@ fn new_worker_booted(
     }
     if let Some(worker) = master.workers.get_mut(&new) {
         worker.ready = true;
+        worker.boot = None;
     }
     master.listen_sockets.succeed(old, new);
     let stop = master.gather.open(Purpose::StopForward, now, None);
@@ -655,7 +656,12 @@ pub(super) fn resume(
                 run_state,
                 outbox: Default::default(),
                 started_at: now,
+                // `upgrade_main` is refused while a worker boots (its boot
+                // is an open order), so every worker handed over took its
+                // whole state: it serves, as it did under the old master.
                 ready: true,
+                boot: None,
+                boot_failure: None,
                 channel_closed: false,
                 quick_failures: w.quick_failures,
             },

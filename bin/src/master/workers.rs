@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
 use sozu_command_lib::command::{RunState, WorkerInfo, WorkerRequest, WorkerResponse};
 
+use super::gather::OrderId;
 use crate::worker::WorkerSettings;
 
 /// The master's end of a worker channel.
@@ -143,22 +144,56 @@ pub(crate) struct Worker {
     /// Orders not yet accepted by the channel's bounded queue, oldest first.
     pub outbox: VecDeque<WorkerRequest>,
     pub started_at: Instant,
-    /// True once the worker answered the status that follows its initial
-    /// state.
+    /// True once the worker answered every order of its initial state (the
+    /// status that ends the replay included) and accepted them all: only
+    /// then is it reported serving. A worker that refuses part of its state
+    /// never becomes ready (`lifecycle.rs` stops it).
     pub ready: bool,
+    /// The replay of the initial state while it is in flight.
+    pub boot: Option<Boot>,
+    /// Why its boot failed, when the master killed it for that: its exit
+    /// is then reported with this cause instead of "killed by SIGKILL".
+    pub boot_failure: Option<String>,
     /// True once its channel failed or closed: nothing more is written.
     pub channel_closed: bool,
     /// Consecutive restarts of this worker slot that died soon after start.
     pub quick_failures: u32,
 }
 
+/// The initial state replayed to a worker, as one gathered order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Boot {
+    pub order: OrderId,
+    /// Requests in the replay (the closing status included).
+    pub total: u64,
+}
+
 impl Worker {
-    pub(crate) fn info(&self) -> WorkerInfo {
+    /// This worker for `status`; `waiting` is how many answers its boot
+    /// order still waits for (`None` once that order is finished).
+    pub(crate) fn info(&self, waiting: Option<usize>) -> WorkerInfo {
+        let serving = self.is_serving();
+        let progress = match (serving, self.boot) {
+            (false, Some(boot)) => waiting.map(|left| {
+                let left = u64::try_from(left).unwrap_or(u64::MAX);
+                (boot.total.saturating_sub(left), boot.total)
+            }),
+            _ => None,
+        };
         WorkerInfo {
             id: self.id,
             pid: self.pid.as_raw(),
             run_state: self.run_state as i32,
+            serving: Some(serving),
+            state_orders_applied: progress.map(|(applied, _)| applied),
+            state_orders_total: progress.map(|(_, total)| total),
         }
+    }
+
+    /// Whether this worker serves its configuration: it took its whole
+    /// initial state and its process still runs.
+    pub(crate) fn is_serving(&self) -> bool {
+        self.ready && !self.channel_closed && self.run_state != RunState::Stopped
     }
 
     /// Whether state changes should still be sent to this worker: a
