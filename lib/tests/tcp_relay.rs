@@ -269,3 +269,26 @@ fn a_backend_that_does_not_read_stalls_the_client_instead_of_filling_memory() {
     );
     lp.stop();
 }
+
+#[test]
+fn more_connections_than_one_wake_up_accepts_are_all_served() {
+    let lp = LoopHandle::start();
+    lp.cluster("echo", &[echo_backend()], None);
+    let front = lp.tcp_listener("echo", false, 30);
+    // Hold the loop while the clients connect, so that far more than one
+    // wake-up's accept budget waits in the listener's backlog at once: the
+    // rest must be accepted on the following turns, not left waiting for
+    // another client's event.
+    const CLIENTS: usize = 150;
+    let clients = lp.apply(move |_| (0..CLIENTS).map(|_| client(front)).collect::<Vec<_>>());
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let byte = [i as u8];
+        c.write_all(&byte).unwrap();
+        let mut got = [0u8; 1];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, byte, "client {i}");
+    }
+    let connections = lp.apply(|l| cluster_count(l, "echo", "tcp.connections"));
+    assert_eq!(connections, CLIENTS as i64);
+    lp.stop();
+}

@@ -393,13 +393,13 @@ impl<L> ListenerSet<L> {
             .any(|(_, l)| l.backlog && l.token.is_some())
     }
 
-    /// The listeners that stopped at their accept budget last time.
-    pub fn with_backlog(&self) -> Vec<usize> {
+    /// The first listener, from key `from` on, that stopped at its accept
+    /// budget last time.
+    pub fn next_with_backlog(&self, from: usize) -> Option<usize> {
         self.listeners
             .iter()
-            .filter(|(_, l)| l.backlog && l.token.is_some())
+            .find(|(k, l)| *k >= from && l.backlog && l.token.is_some())
             .map(|(k, _)| k)
-            .collect()
     }
 
     /// The next connection of listener `id` for its protocol, or `None`

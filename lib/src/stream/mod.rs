@@ -115,8 +115,12 @@ pub trait StreamProxy {
 
     /// Accepts again on listeners that ran out of budget last time.
     fn accept_backlog(&mut self, now: std::time::Instant, ctx: &mut ProxyContext<'_, Self::Token>) {
-        for id in self.listeners().with_backlog() {
+        // By key, without collecting them: this runs on every loop turn
+        // while a listener has a backlog, and must not allocate.
+        let mut from = 0;
+        while let Some(id) = self.listeners().next_with_backlog(from) {
             self.accept(id, now, ctx);
+            from = id + 1;
         }
     }
 
