@@ -230,11 +230,7 @@ pub(crate) fn nginx_https_config(
     key: &Path,
 ) -> String {
     let mut c = String::new();
-    let _ = writeln!(c, "worker_processes 1;\ndaemon off;\nmaster_process on;");
-    let _ = writeln!(c, "worker_rlimit_nofile 20000;");
-    let _ = writeln!(c, "pid {};", prefix.join("nginx.pid").display());
-    let _ = writeln!(c, "error_log {} warn;", prefix.join("error.log").display());
-    let _ = writeln!(c, "events {{ worker_connections 10000; }}");
+    proxies::nginx_preamble(&mut c, prefix, None, 10_000);
     let _ = writeln!(c, "http {{\n  access_log off;");
     let _ = writeln!(c, "  keepalive_requests 1000000;");
     let _ = writeln!(

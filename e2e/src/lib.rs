@@ -20,6 +20,7 @@
 pub mod binary;
 pub mod config;
 pub mod deps;
+pub mod http;
 pub mod metrics;
 pub mod ports;
 pub mod procfs;

@@ -5,74 +5,15 @@
 //! `cluster add --https-redirect-port`; and the `redirect` /
 //! `redirect_scheme` fields of Sōzu's HTTP frontends.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 
 use sozu_command_lib::command::{self, request::RequestType};
+use sozu_e2e::http::{read_head, request, Answer, HttpConfig, RecordingHttpBackend, RequestHead};
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::sozu::http_frontend_args;
 use sozu_e2e::stream::{http_get, NamedHttpBackend, ANSWER_WAIT};
-use sozu_e2e::{Sozu, SozuConfig};
-
-/// An answer with its headers (names lowercased).
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One request on a new connection; the answer is read to its
-/// Content-Length, and the proxy must then close (nothing after it).
-fn request(proxy: SocketAddr, host: &str, path: &str, extra: &str) -> Answer {
-    let mut stream = TcpStream::connect(proxy).expect("connect to the proxy");
-    stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("a status line");
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "closed in the head"
-        );
-        if line == "\r\n" {
-            break;
-        }
-        let (name, value) = line.split_once(':').expect("a header line");
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.parse().expect("a numeric Content-Length"))
-        .expect("a Content-Length");
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).expect("the whole body");
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
+use sozu_e2e::Sozu;
 
 /// Like [`request`], then checks the answer was exactly Content-Length
 /// long: the connection ends right after it.
@@ -84,25 +25,12 @@ fn request_to_end(proxy: SocketAddr, host: &str, path: &str) -> (Answer, Vec<u8>
     stream
         .read_to_end(&mut all)
         .expect("the answer, then the close");
-    let text = String::from_utf8_lossy(&all).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let mut rest = &all[..];
+    let (status, headers) = read_head(&mut rest).expect("a head");
     let answer = Answer {
         status,
         headers,
-        body: body.to_owned(),
+        body: String::from_utf8_lossy(rest).into_owned(),
     };
     (answer, all)
 }
@@ -124,47 +52,31 @@ fn answer_templates_splice_escaped_request_values_with_an_exact_length() {
     )
     .unwrap();
     let front = free_v4();
-    let _sozu = Sozu::start_in(
-        dir,
-        SozuConfig {
-            worker_count: 1,
-            extra: format!(
-                r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-answer_301 = {moved:?}
+    let config = HttpConfig::new(front)
+        .listener(&format!(
+            r#"answer_301 = {moved:?}
 
 [listeners.answers]
-404 = "inline:HTTP/1.1 404 Not Found\nX-Route: %ROUTE\nSozu-Id: %REQUEST_ID\n\n<p>%ROUTE (%REQUEST_ID)</p>"
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "example.com" }}]
-backends = [{{ address = "{web}" }}]
-
-[clusters.empty]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "empty.example.com" }}]
-backends = []
-
-[clusters.empty.answers]
-503 = {unavailable:?}
-
-[clusters.secure]
-protocol = "http"
-https_redirect = true
-https_redirect_port = 8443
-frontends = [{{ address = "{front}", hostname = "secure.example.com" }}]
-backends = [{{ address = "{web}" }}]
-"#,
-                web = web.addr(),
-                moved = moved.display().to_string(),
-                unavailable = unavailable.display().to_string(),
+404 = "inline:HTTP/1.1 404 Not Found\nX-Route: %ROUTE\nSozu-Id: %REQUEST_ID\n\n<p>%ROUTE (%REQUEST_ID)</p>""#,
+            moved = moved.display().to_string(),
+        ))
+        .cluster("web", "example.com", &[web.addr()])
+        .cluster_with(
+            "empty",
+            "empty.example.com",
+            &[],
+            &format!(
+                "\n[clusters.empty.answers]\n503 = {:?}",
+                unavailable.display().to_string()
             ),
-            ..SozuConfig::default()
-        },
-    );
+        )
+        .cluster_with(
+            "secure",
+            "secure.example.com",
+            &[web.addr()],
+            "https_redirect = true\nhttps_redirect_port = 8443",
+        );
+    let _sozu = Sozu::start_in(dir, config.sozu_config());
 
     // 404 from the listener's table: the route in a header and (escaped)
     // in the body, the length that of the spliced body, then the close.
@@ -213,86 +125,34 @@ backends = [{{ address = "{web}" }}]
     );
 }
 
-/// A backend that answers each request with the `Cookie` headers it got
-/// (one per line, `-` when none), and reports them on `seen`.
-fn cookie_recording_backend() -> (SocketAddr, mpsc::Receiver<Vec<String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let mut cookies = Vec::new();
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some((name, value)) = line.split_once(':') {
-                            if name.eq_ignore_ascii_case("cookie") {
-                                cookies.push(value.trim().to_owned());
-                            }
-                        }
-                    }
-                    let body = if cookies.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        cookies.join("\n")
-                    };
-                    let _ = tx.send(cookies);
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if writer.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
+/// The body of the cookie-recording backend: the `Cookie` headers it got,
+/// one per line, `-` when none.
+fn cookies_body(head: &RequestHead) -> String {
+    let cookies = head.values("cookie");
+    if cookies.is_empty() {
+        "-".to_owned()
+    } else {
+        cookies.join("\n")
+    }
 }
 
 #[test]
 fn the_sticky_cookie_never_reaches_the_backend_other_cookies_do() {
-    let (backend, seen) = cookie_recording_backend();
+    let backend = RecordingHttpBackend::start(cookies_body);
     let front = free_v4();
-    let _sozu = Sozu::start(SozuConfig {
-        worker_count: 1,
-        extra: format!(
-            r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-sticky_name = "STICKY"
-
-[clusters.web]
-protocol = "http"
-sticky_session = true
+    let _sozu = HttpConfig::new(front)
+        .listener(r#"sticky_name = "STICKY""#)
+        .cluster_table(
+            "web",
+            &format!(
+                r#"sticky_session = true
 frontends = [{{ address = "{front}", hostname = "example.com" }}]
-backends = [{{ address = "{backend}", backend_id = "b1" }}]
-"#
-        ),
-        ..SozuConfig::default()
-    });
-    let wait = |what: &str| {
-        seen.recv_timeout(ANSWER_WAIT)
-            .unwrap_or_else(|_| panic!("the backend saw no request ({what})"))
-    };
+backends = [{{ address = "{backend}", backend_id = "b1" }}]"#,
+                backend = backend.addr(),
+            ),
+        )
+        .start();
+    let wait = |what: &str| backend.next_request(what).values("cookie");
     // The sticky cookie among others: only it is taken out, and it still
     // pins the request (no new cookie stamped).
     let answer = request(
@@ -319,11 +179,7 @@ backends = [{{ address = "{backend}", backend_id = "b1" }}]
 fn cluster_add_takes_the_https_redirect_port() {
     let web = NamedHttpBackend::start("web");
     let front = free_v4();
-    let sozu = Sozu::start(SozuConfig {
-        worker_count: 1,
-        extra: format!("[[listeners]]\nprotocol = \"http\"\naddress = \"{front}\"\n"),
-        ..SozuConfig::default()
-    });
+    let sozu = HttpConfig::new(front).start();
     let refused = sozu.cli(&["cluster", "add", "-i", "s", "--https-redirect-port", "8443"]);
     assert!(!refused.success(), "needs --https-redirect: {refused:?}");
     sozu.cli_ok(&[
@@ -382,24 +238,14 @@ fn frontend_redirect_policies_answer_301_302_308_and_401() {
     use command::{RedirectPolicy, RedirectScheme};
     let web = NamedHttpBackend::start("web");
     let front = free_v4();
-    let sozu = Sozu::start(SozuConfig {
-        worker_count: 1,
-        extra: format!(
-            r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-
-[clusters.web]
-protocol = "http"
-https_redirect_port = 8443
-frontends = [{{ address = "{front}", hostname = "example.com" }}]
-backends = [{{ address = "{web}" }}]
-"#,
-            web = web.addr()
-        ),
-        ..SozuConfig::default()
-    });
+    let sozu = HttpConfig::new(front)
+        .cluster_with(
+            "web",
+            "example.com",
+            &[web.addr()],
+            "https_redirect_port = 8443",
+        )
+        .start();
     let orders = [
         redirect_frontend(
             front,

@@ -4,122 +4,34 @@
 //! then frames both ways after the 101), and `REGEX` path rules.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
+use sozu_e2e::http::{read_head, read_request_head, request, Answer, HttpConfig};
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::stream::{http_get, NamedHttpBackend, ANSWER_WAIT};
-use sozu_e2e::{Sozu, SozuConfig};
-
-/// An answer with its headers (names lowercased).
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads a response head (status line and headers), up to its empty line.
-fn read_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), String> {
-    let mut status_line = String::new();
-    if reader
-        .read_line(&mut status_line)
-        .map_err(|e| e.to_string())?
-        == 0
-    {
-        return Err("closed without an answer".to_owned());
-    }
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            return Err("closed inside the head".to_owned());
-        }
-        if line == "\r\n" {
-            return Ok((status, headers));
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-}
-
-/// One request on a new connection, with extra header lines.
-fn request(proxy: SocketAddr, host: &str, path: &str, extra: &str) -> Answer {
-    let mut stream = TcpStream::connect(proxy).expect("connect to the proxy");
-    stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").unwrap();
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.parse().expect("a numeric Content-Length"))
-        .expect("every answer here has a Content-Length");
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).expect("the whole body");
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-fn start(extra: String) -> Sozu {
-    Sozu::start(SozuConfig {
-        worker_count: 1,
-        extra,
-        ..SozuConfig::default()
-    })
-}
+use sozu_e2e::Sozu;
 
 #[test]
 fn https_redirect_answers_301_to_the_same_host_and_path() {
     let web = NamedHttpBackend::start("web");
     let plain = NamedHttpBackend::start("plain");
     let front = free_v4();
-    let sozu = start(format!(
-        r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-
-[clusters.secure]
-protocol = "http"
-https_redirect = true
-frontends = [{{ address = "{front}", hostname = "secure.example.com" }}]
-backends = [{{ address = "{web}" }}]
-
-[clusters.ported]
-protocol = "http"
-https_redirect = true
-https_redirect_port = 8443
-frontends = [{{ address = "{front}", hostname = "ported.example.com" }}]
-backends = [{{ address = "{web}" }}]
-
-[clusters.plain]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "plain.example.com" }}]
-backends = [{{ address = "{plain}" }}]
-"#,
-        web = web.addr(),
-        plain = plain.addr(),
-    ));
+    let sozu = HttpConfig::new(front)
+        .cluster_with(
+            "secure",
+            "secure.example.com",
+            &[web.addr()],
+            "https_redirect = true",
+        )
+        .cluster_with(
+            "ported",
+            "ported.example.com",
+            &[web.addr()],
+            "https_redirect = true\nhttps_redirect_port = 8443",
+        )
+        .cluster("plain", "plain.example.com", &[plain.addr()])
+        .start();
     let answer = request(
         front,
         &format!("secure.example.com:{}", front.port()),
@@ -163,26 +75,23 @@ fn sticky_sessions_pin_a_client_and_rebalance_a_removed_backend() {
         .map(|n| NamedHttpBackend::start(n))
         .collect();
     let front = free_v4();
-    let sozu = start(format!(
-        r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-
-[clusters.web]
-protocol = "http"
-sticky_session = true
+    let sozu = HttpConfig::new(front)
+        .cluster_table(
+            "web",
+            &format!(
+                r#"sticky_session = true
 frontends = [{{ address = "{front}", hostname = "example.com" }}]
 backends = [
   {{ address = "{b1}", backend_id = "b1", sticky_id = "one" }},
   {{ address = "{b2}", backend_id = "b2" }},
   {{ address = "{b3}", backend_id = "b3" }},
-]
-"#,
-        b1 = backends[0].addr(),
-        b2 = backends[1].addr(),
-        b3 = backends[2].addr(),
-    ));
+]"#,
+                b1 = backends[0].addr(),
+                b2 = backends[1].addr(),
+                b3 = backends[2].addr(),
+            ),
+        )
+        .start();
     // Without the cookie: balanced, and each answer names its backend in
     // the cookie (b1 by its sticky_id).
     let mut spread = BTreeMap::new();
@@ -248,35 +157,19 @@ fn custom_404_and_503_answers_are_served_from_files_with_their_length() {
     )
     .unwrap();
     let front = free_v4();
-    let _sozu = Sozu::start_in(
-        dir,
-        SozuConfig {
-            worker_count: 1,
-            extra: format!(
-                r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-answer_404 = {not_found:?}
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "example.com" }}]
-backends = [{{ address = "{web}" }}]
-
-[clusters.empty]
-protocol = "http"
-answer_503 = {unavailable:?}
-frontends = [{{ address = "{front}", hostname = "empty.example.com" }}]
-backends = []
-"#,
-                web = web.addr(),
-                not_found = not_found.display().to_string(),
-                unavailable = unavailable.display().to_string(),
-            ),
-            ..SozuConfig::default()
-        },
-    );
+    let config = HttpConfig::new(front)
+        .listener(&format!(
+            "answer_404 = {:?}",
+            not_found.display().to_string()
+        ))
+        .cluster("web", "example.com", &[web.addr()])
+        .cluster_with(
+            "empty",
+            "empty.example.com",
+            &[],
+            &format!("answer_503 = {:?}", unavailable.display().to_string()),
+        );
+    let _sozu = Sozu::start_in(dir, config.sozu_config());
     let answer = request(front, "unknown.example.org", "/", "");
     assert_eq!(answer.status, 404);
     assert_eq!(answer.body, "<h1>Nothing here, sorry</h1>\n");
@@ -308,19 +201,13 @@ fn websocket_backend() -> SocketAddr {
             std::thread::spawn(move || {
                 let mut writer = stream.try_clone().unwrap();
                 let mut reader = BufReader::new(stream);
-                let mut upgrade = false;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line.to_ascii_lowercase().starts_with("upgrade: websocket") {
-                        upgrade = true;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
+                let Some(head) = read_request_head(&mut reader) else {
+                    return;
+                };
+                let upgrade = head
+                    .values("upgrade")
+                    .iter()
+                    .any(|v| v.eq_ignore_ascii_case("websocket"));
                 if !upgrade {
                     let _ = writer.write_all(
                         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -389,19 +276,10 @@ fn read_server_frame(reader: &mut impl Read) -> Result<Vec<u8>, String> {
 fn websocket_upgrade_is_relayed_then_frames_flow_both_ways() {
     let backend = websocket_backend();
     let front = free_v4();
-    let _sozu = start(format!(
-        r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-front_timeout = 30
-
-[clusters.ws]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "ws.example.com" }}]
-backends = [{{ address = "{backend}" }}]
-"#
-    ));
+    let _sozu = HttpConfig::new(front)
+        .listener("front_timeout = 30")
+        .cluster("ws", "ws.example.com", &[backend])
+        .start();
     let mut stream = TcpStream::connect(front).unwrap();
     stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
     stream
@@ -449,25 +327,24 @@ fn regex_routes_are_matched_and_a_bad_pattern_is_refused_by_name() {
     let api = NamedHttpBackend::showing_path("api");
     let web = NamedHttpBackend::showing_path("web");
     let front = free_v4();
-    let sozu = start(format!(
-        r#"
-[[listeners]]
-protocol = "http"
-address = "{front}"
-
-[clusters.api]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "example.com", path_type = "REGEX", path = "^/api/v[0-9]+/" }}]
-backends = [{{ address = "{api}" }}]
-
-[clusters.web]
-protocol = "http"
-frontends = [{{ address = "{front}", hostname = "example.com", path = "/" }}]
-backends = [{{ address = "{web}" }}]
-"#,
-        api = api.addr(),
-        web = web.addr(),
-    ));
+    let sozu = HttpConfig::new(front)
+        .cluster_table(
+            "api",
+            &format!(
+                r#"frontends = [{{ address = "{front}", hostname = "example.com", path_type = "REGEX", path = "^/api/v[0-9]+/" }}]
+backends = [{{ address = "{api}" }}]"#,
+                api = api.addr(),
+            ),
+        )
+        .cluster_table(
+            "web",
+            &format!(
+                r#"frontends = [{{ address = "{front}", hostname = "example.com", path = "/" }}]
+backends = [{{ address = "{web}" }}]"#,
+                web = web.addr(),
+            ),
+        )
+        .start();
     assert_eq!(
         http_get(front, "example.com", "/api/v2/users"),
         Ok((200, "backend=api path=/api/v2/users".to_owned()))

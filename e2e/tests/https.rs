@@ -8,17 +8,16 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, RootCertStore, StreamOwned};
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::stream::read_answer;
 use sozu_e2e::wait::{now, poll_until};
 use sozu_e2e::{Sozu, SozuConfig};
+use sozu_lib::tls::testing::{client_config, RecordingVerifier};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -67,58 +66,6 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// Verifies like a browser (the CA, the name) and records the leaf the
-/// server presented; with `any_name`, records without checking (to see
-/// which certificate an unknown name gets).
-#[derive(Debug)]
-struct Recorder {
-    inner: Arc<WebPkiServerVerifier>,
-    any_name: bool,
-    seen: Mutex<Option<Vec<u8>>>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(end_entity.to_vec());
-        }
-        if self.any_name {
-            return Ok(ServerCertVerified::assertion());
-        }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// What one HTTPS request saw.
 #[derive(Debug)]
 struct Seen {
@@ -126,11 +73,6 @@ struct Seen {
     body: String,
     leaf: Vec<u8>,
     alpn: Option<Vec<u8>>,
-}
-
-#[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// `GET /` for `host` over TLS with SNI `sni` to `proxy`.
@@ -153,23 +95,17 @@ fn https_get_path(
     path: &str,
     any_name: bool,
 ) -> Result<Seen, String> {
-    let inner = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let recorder = Arc::new(Recorder {
-        inner,
-        any_name,
-        seen: Mutex::new(None),
+    // Verifies like a browser (the CA, the name) and records the leaf the
+    // server presented; with `any_name`, records without checking (to see
+    // which certificate an unknown name gets).
+    let verifier = Arc::new(if any_name {
+        RecordingVerifier::accept_any()
+    } else {
+        RecordingVerifier::trusting(roots.clone())
     });
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_config(verifier.clone(), rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
     let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-    let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let connection = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let socket = TcpStream::connect_timeout(&proxy, WAIT).map_err(|e| format!("connect: {e}"))?;
     socket
         .set_read_timeout(Some(WAIT))
@@ -181,12 +117,7 @@ fn https_get_path(
     let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
     let mut reader = BufReader::new(tls);
     let (status, body) = read_answer(&mut reader)?;
-    let leaf = recorder
-        .seen
-        .lock()
-        .map_err(|e| e.to_string())?
-        .clone()
-        .unwrap_or_default();
+    let leaf = verifier.leaf().unwrap_or_default();
     Ok(Seen {
         status,
         body,

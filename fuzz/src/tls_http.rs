@@ -36,13 +36,13 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
-use sozu_command_lib::command::{CertificateAndKey, HttpsListenerConfig};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
+use sozu_command_lib::command::HttpsListenerConfig;
 use sozu_lib::protocol::http::body::{BodyKind, BodyTracker};
 use sozu_lib::protocol::http::head::{parse_request, ForwardInfo};
 use sozu_lib::tls::certificate::load;
+use sozu_lib::tls::testing::{client_config, self_signed, RecordingVerifier};
 use sozu_lib::tls::transport::{MAX_PLAINTEXT_IN, MAX_PLAINTEXT_OUT};
 use sozu_lib::tls::{CertificateStore, Plaintext, TlsPolicy, TlsTransport};
 
@@ -573,8 +573,15 @@ struct Client {
 impl Client {
     fn new(versions: &[&'static rustls::SupportedProtocolVersion], name: &str) -> Self {
         let server_name = ServerName::try_from(name.to_owned()).expect("a literal server name");
-        let connection = ClientConnection::new(client_config(versions), server_name)
-            .expect("the fuzz client config is valid");
+        // Any certificate is accepted (the driver checks the hand-off, not
+        // the certificate); the handshake's signatures are still verified.
+        let config = client_config(
+            Arc::new(RecordingVerifier::accept_any()),
+            versions,
+            &[b"http/1.1"],
+        );
+        let connection =
+            ClientConnection::new(config, server_name).expect("the fuzz client config is valid");
         Client {
             connection: Some(connection),
             wire: Vec::new(),
@@ -664,15 +671,7 @@ fn server_config() -> Arc<rustls::ServerConfig> {
     static CONFIG: OnceLock<Arc<rustls::ServerConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let key = rcgen::KeyPair::generate().expect("a P-256 key");
-            let params = rcgen::CertificateParams::new(vec!["a.example.com".to_owned()])
-                .expect("a literal name");
-            let cert = params.self_signed(&key).expect("a self-signed certificate");
-            let order = CertificateAndKey {
-                certificate: cert.pem(),
-                key: key.serialize_pem(),
-                ..Default::default()
-            };
+            let order = self_signed(&["a.example.com"]);
             let loaded = load(&order).expect("rcgen's certificate loads");
             let store = Arc::new(CertificateStore::new());
             store.add(loaded.clone());
@@ -687,69 +686,6 @@ fn server_config() -> Arc<rustls::ServerConfig> {
                 .expect("a server config")
         })
         .clone()
-}
-
-fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .expect("versions the ring provider has")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// Accepts the server's certificate (the driver checks the hand-off, not
-/// the certificate), still verifying the handshake's signatures.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Hostile inputs kept as a corpus (written by the `write_seeds` example,

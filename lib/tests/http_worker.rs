@@ -207,11 +207,7 @@ fn a_tcp_listener_that_cannot_bind_is_refused_and_forgotten() {
 #[test]
 fn an_https_listener_that_cannot_bind_is_refused_as_https_and_forgotten() {
     let mut worker = Worker::start();
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["h.example.com".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
+    let cert = sozu_lib::tls::testing::self_signed(&["h.example.com"]);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
     let https = command::HttpsListenerConfig {
@@ -221,8 +217,8 @@ fn an_https_listener_that_cannot_bind_is_refused_as_https_and_forgotten() {
         connect_timeout: 3,
         request_timeout: 10,
         active: true,
-        certificate: Some(cert.pem()),
-        key: Some(key.serialize_pem()),
+        certificate: Some(cert.certificate),
+        key: Some(cert.key),
         ..Default::default()
     };
     let refused = worker.order(RequestType::AddHttpsListener(https.clone()));

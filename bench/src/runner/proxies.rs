@@ -209,6 +209,25 @@ pub(crate) fn sozu_config(
     c
 }
 
+/// The top of every nginx.conf the benches write: the dynamic module to
+/// load if any, one worker in the foreground, its pid and error log under
+/// `prefix`, and `worker_connections` connection slots.
+pub(crate) fn nginx_preamble(
+    c: &mut String,
+    prefix: &Path,
+    module: Option<&Path>,
+    worker_connections: u32,
+) {
+    if let Some(module) = module {
+        let _ = writeln!(c, "load_module {};", module.display());
+    }
+    let _ = writeln!(c, "worker_processes 1;\ndaemon off;\nmaster_process on;");
+    let _ = writeln!(c, "worker_rlimit_nofile 20000;");
+    let _ = writeln!(c, "pid {};", prefix.join("nginx.pid").display());
+    let _ = writeln!(c, "error_log {} warn;", prefix.join("error.log").display());
+    let _ = writeln!(c, "events {{ worker_connections {worker_connections}; }}");
+}
+
 /// nginx.conf: one worker, `stream` UDP server, round robin upstream.
 pub(crate) fn nginx_config(
     prefix: &Path,
@@ -218,15 +237,8 @@ pub(crate) fn nginx_config(
     o: ProxyOptions,
 ) -> String {
     let mut c = String::new();
-    if let Some(module) = module {
-        let _ = writeln!(c, "load_module {};", module.display());
-    }
-    let _ = writeln!(c, "worker_processes 1;\ndaemon off;\nmaster_process on;");
-    let _ = writeln!(c, "worker_rlimit_nofile 20000;");
-    let _ = writeln!(c, "pid {};", prefix.join("nginx.pid").display());
-    let _ = writeln!(c, "error_log {} warn;", prefix.join("error.log").display());
     // A UDP session takes two connection slots (client side + upstream).
-    let _ = writeln!(c, "events {{ worker_connections 40000; }}");
+    nginx_preamble(&mut c, prefix, module, 40_000);
     let _ = writeln!(c, "stream {{\n  upstream echo {{");
     for b in backends {
         let _ = writeln!(c, "    server {b};");

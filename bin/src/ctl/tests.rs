@@ -16,22 +16,39 @@ use sozu_command_lib::command::{
 };
 
 use super::render;
-use super::request::{plan, PlanError, Protocols, View};
+use super::request::{plan, Plan, PlanError, Protocols, View};
 use crate::cli::Cli;
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
 }
 
-fn parse(args: &[&str]) -> Cli {
+/// `sozu <args>` parsed by clap.
+fn try_parse(args: &[&str]) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("{args:?} should parse: {e}"))
+}
+
+fn parse(args: &[&str]) -> Cli {
+    try_parse(args).unwrap_or_else(|e| panic!("{args:?} should parse: {e}"))
+}
+
+/// What clap says refusing `sozu <args>`.
+fn refused(args: &[&str]) -> clap::Error {
+    match try_parse(args) {
+        Ok(_) => panic!("{args:?} should be refused"),
+        Err(e) => e,
+    }
+}
+
+/// The plan of a command line, run from `/srv`.
+fn plan_of(args: &[&str]) -> Plan {
+    plan(&parse(args).command, Path::new("/srv"))
+        .unwrap_or_else(|e| panic!("{args:?} should plan: {e}"))
 }
 
 /// The orders of a command line, run from `/srv`.
 fn orders(args: &[&str]) -> Vec<Request> {
-    plan(&parse(args).command, Path::new("/srv"))
-        .unwrap_or_else(|e| panic!("{args:?} should plan: {e}"))
+    plan_of(args)
         .steps
         .into_iter()
         .map(|step| step.request)
@@ -187,8 +204,8 @@ fn quic_lb_flags_reach_the_cluster_and_backend_orders() {
         ),
         (Some(2), Some(1), Some(6))
     );
-    assert_eq!(
-        one(&[
+    let backend_add = |server_id| {
+        [
             "backend",
             "add",
             "-i",
@@ -198,8 +215,11 @@ fn quic_lb_flags_reach_the_cluster_and_backend_orders() {
             "-a",
             "10.0.0.1:443",
             "--quic-lb-server-id",
-            "0A1b",
-        ]),
+            server_id,
+        ]
+    };
+    assert_eq!(
+        one(&backend_add("0A1b")),
         RequestType::AddBackend(AddBackend {
             cluster_id: "q".into(),
             backend_id: "b1".into(),
@@ -213,25 +233,11 @@ fn quic_lb_flags_reach_the_cluster_and_backend_orders() {
         ("--quic-lb-server-id-length", "16"),
         ("--quic-lb-nonce-length", "3"),
     ] {
-        let parsed = Cli::try_parse_from(["sozu", "cluster", "add", "-i", "q", flag, bad]);
-        let err = parsed.expect_err(bad).to_string();
+        let err = refused(&["cluster", "add", "-i", "q", flag, bad]).to_string();
         assert!(err.contains(flag), "{err}");
     }
     for bad in ["", "0", "zz", "000102030405060708090a0b0c0d0e0f"] {
-        let parsed = Cli::try_parse_from([
-            "sozu",
-            "backend",
-            "add",
-            "-i",
-            "q",
-            "--backend-id",
-            "b1",
-            "-a",
-            "10.0.0.1:443",
-            "--quic-lb-server-id",
-            bad,
-        ]);
-        let err = parsed.expect_err(bad).to_string();
+        let err = refused(&backend_add(bad)).to_string();
         assert!(err.contains("--quic-lb-server-id"), "{bad}: {err}");
     }
 }
@@ -239,8 +245,7 @@ fn quic_lb_flags_reach_the_cluster_and_backend_orders() {
 #[test]
 fn quic_cid_length_out_of_range_is_refused_by_the_cli() {
     for bad in ["0", "21"] {
-        let parsed = Cli::try_parse_from([
-            "sozu",
+        let err = refused(&[
             "cluster",
             "add",
             "-i",
@@ -249,8 +254,8 @@ fn quic_cid_length_out_of_range_is_refused_by_the_cli() {
             "quic-connection-id",
             "--quic-cid-length",
             bad,
-        ]);
-        let err = parsed.expect_err(bad).to_string();
+        ])
+        .to_string();
         assert!(err.contains("--quic-cid-length"), "{err}");
     }
 }
@@ -645,9 +650,7 @@ fn listings_choose_their_order() {
             ..Default::default()
         })
     );
-    let step = &plan(&parse(&["udp", "listener", "list"]).command, Path::new("/"))
-        .unwrap()
-        .steps[0];
+    let step = &plan_of(&["udp", "listener", "list"]).steps[0];
     assert_eq!(
         step.view,
         View::Listeners(Protocols {
@@ -696,8 +699,7 @@ fn bad_values_are_clap_errors() {
         ],
         &["udp", "listener", "add", "-a", "127.0.0.1:1", "--bogus"],
     ] {
-        let error = Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
-            .expect_err("should be refused");
+        let error = refused(args);
         assert_ne!(
             error.kind(),
             clap::error::ErrorKind::DisplayHelp,
@@ -714,6 +716,45 @@ fn ok(content: ContentType) -> Response {
             content_type: Some(content),
         }),
     }
+}
+
+/// Cluster `dns` with the UDP knobs `udp`.
+fn dns_cluster(udp: UdpClusterConfig) -> Cluster {
+    Cluster {
+        cluster_id: "dns".into(),
+        udp: Some(udp),
+        ..Default::default()
+    }
+}
+
+/// A `cluster list` answer of one cluster; with `routes`, a UDP frontend
+/// on the first address and backend `b1` at the second.
+fn cluster_listing(configuration: Cluster, routes: Option<(&str, &str)>) -> Response {
+    let id = configuration.cluster_id.clone();
+    let (udp_frontends, backends) = match routes {
+        Some((frontend, backend)) => (
+            vec![RequestUdpFrontend {
+                cluster_id: id.clone(),
+                address: addr(frontend).into(),
+                ..Default::default()
+            }],
+            vec![AddBackend {
+                cluster_id: id,
+                backend_id: "b1".into(),
+                address: addr(backend).into(),
+                ..Default::default()
+            }],
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    ok(ContentType::Clusters(ClusterInformations {
+        vec: vec![ClusterInformation {
+            configuration: Some(configuration),
+            udp_frontends,
+            backends,
+            ..Default::default()
+        }],
+    }))
 }
 
 #[test]
@@ -785,31 +826,14 @@ fn status_shows_a_booting_worker_with_its_replay_progress() {
 
 #[test]
 fn cluster_list_shows_knobs_frontends_and_backends() {
-    let response = ok(ContentType::Clusters(ClusterInformations {
-        vec: vec![ClusterInformation {
-            configuration: Some(Cluster {
-                cluster_id: "dns".into(),
-                udp: Some(UdpClusterConfig {
-                    responses: Some(1),
-                    affinity_key: Some(UdpAffinityKey::SourceIpPort as i32),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            udp_frontends: vec![RequestUdpFrontend {
-                cluster_id: "dns".into(),
-                address: addr("127.0.0.1:53").into(),
-                tags: BTreeMap::new(),
-            }],
-            backends: vec![AddBackend {
-                cluster_id: "dns".into(),
-                backend_id: "b1".into(),
-                address: addr("10.0.0.1:53").into(),
-                ..Default::default()
-            }],
+    let response = cluster_listing(
+        dns_cluster(UdpClusterConfig {
+            responses: Some(1),
+            affinity_key: Some(UdpAffinityKey::SourceIpPort as i32),
             ..Default::default()
-        }],
-    }));
+        }),
+        Some(("127.0.0.1:53", "10.0.0.1:53")),
+    );
     let text = render::human(&View::Clusters, &response);
     assert!(text.starts_with("cluster dns (udp)\n"), "{text}");
     assert!(text.contains("affinity_key=source_ip_port"), "{text}");
@@ -906,8 +930,7 @@ fn socket_buffers_are_set_on_add_and_refused_on_update() {
     assert_eq!(config.recv_buffer_size, Some(4_194_304));
     assert_eq!(config.send_buffer_size, Some(1_048_576));
     // `update` cannot change them (no re-bind), so clap refuses the flag.
-    assert!(Cli::try_parse_from([
-        "sozu",
+    refused(&[
         "udp",
         "listener",
         "update",
@@ -915,22 +938,16 @@ fn socket_buffers_are_set_on_add_and_refused_on_update() {
         "127.0.0.1:5353",
         "--recv-buffer-size",
         "1",
-    ])
-    .is_err());
+    ]);
 }
 
 #[test]
 fn plain_upgrade_then_replaces_every_worker_but_main_only_and_worker_do_not() {
-    let cwd = Path::new("/srv");
-    let of = |args: &[&str]| {
-        plan(&parse(args).command, cwd)
-            .unwrap()
-            .then_upgrade_every_worker
-    };
+    let of = |args: &[&str]| plan_of(args).then_upgrade_every_worker;
     assert!(of(&["upgrade"]));
     assert!(!of(&["upgrade", "--main-only"]));
     assert!(!of(&["upgrade", "--worker", "1"]));
-    assert!(Cli::try_parse_from(["sozu", "upgrade", "--worker", "1", "--main-only"]).is_err());
+    refused(&["upgrade", "--worker", "1", "--main-only"]);
 }
 
 #[test]
@@ -943,12 +960,6 @@ fn worker_restart_reload_dry_run_and_cluster_replace_plans() {
         one(&["reload", "--dry-run", "-f", "new.toml"]),
         RequestType::PreviewReload("/srv/new.toml".into())
     );
-    let cwd = std::path::Path::new("/srv");
-    let plan_of = |args: &[&str]| {
-        let cli = Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        super::request::plan(&cli.command, cwd).unwrap()
-    };
     assert_eq!(
         plan_of(&["cluster", "add", "-i", "dns"]).refuse_existing_cluster,
         Some("dns".to_owned()),
@@ -987,31 +998,16 @@ fn logging_and_metrics_switches_send_sozus_orders() {
 
 #[test]
 fn json_prints_addresses_as_strings_and_enums_by_name() {
-    let response = ok(ContentType::Clusters(ClusterInformations {
-        vec: vec![ClusterInformation {
-            configuration: Some(Cluster {
-                cluster_id: "dns".into(),
-                load_balancing: LoadBalancingAlgorithms::Maglev as i32,
-                udp: Some(UdpClusterConfig {
-                    affinity_key: Some(UdpAffinityKey::SourceIpPort as i32),
-                    ..Default::default()
-                }),
+    let response = cluster_listing(
+        Cluster {
+            load_balancing: LoadBalancingAlgorithms::Maglev as i32,
+            ..dns_cluster(UdpClusterConfig {
+                affinity_key: Some(UdpAffinityKey::SourceIpPort as i32),
                 ..Default::default()
-            }),
-            udp_frontends: vec![RequestUdpFrontend {
-                cluster_id: "dns".into(),
-                address: addr("127.0.0.1:5353").into(),
-                ..Default::default()
-            }],
-            backends: vec![AddBackend {
-                cluster_id: "dns".into(),
-                backend_id: "b1".into(),
-                address: addr("[2001:db8::1]:53").into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }));
+            })
+        },
+        Some(("127.0.0.1:5353", "[2001:db8::1]:53")),
+    );
     let value = render::json(&View::Clusters, &response);
     let cluster = &value["content"]["clusters"]["vec"][0];
     assert_eq!(cluster["configuration"]["load_balancing"], "MAGLEV");
@@ -1098,13 +1094,12 @@ fn metrics_show_the_sum_or_per_worker_figures_and_list_names() {
 
 #[test]
 fn per_listener_metric_names_are_filtered_exactly() {
-    let cli = parse(&[
+    let plan = plan_of(&[
         "metrics",
         "get",
         "--names",
         "udp.active_flows@127.0.0.1:5353",
     ]);
-    let plan = plan(&cli.command, Path::new("/")).unwrap();
     let step = plan.steps.last().unwrap();
     let Some(RequestType::QueryMetrics(options)) = &step.request.request_type else {
         panic!("{step:?}");
@@ -1120,8 +1115,7 @@ fn per_listener_metric_names_are_filtered_exactly() {
 
 #[test]
 fn metrics_for_a_named_cluster_check_that_it_exists_first() {
-    let cli = parse(&["metrics", "get", "--clusters", "nosuch"]);
-    let plan = plan(&cli.command, Path::new("/")).unwrap();
+    let plan = plan_of(&["metrics", "get", "--clusters", "nosuch"]);
     assert_eq!(plan.steps.len(), 2);
     assert_eq!(plan.steps[0].view, View::Check);
     assert_eq!(
@@ -1132,32 +1126,14 @@ fn metrics_for_a_named_cluster_check_that_it_exists_first() {
 
 #[test]
 fn negative_numbers_and_out_of_range_values_get_clear_messages() {
-    let err = |args: &[&str]| {
-        Cli::try_parse_from(std::iter::once("sozu").chain(args.iter().copied()))
-            .unwrap_err()
-            .to_string()
+    let listener_add = |flag: &str, value: &str| {
+        refused(&["udp", "listener", "add", "-a", "127.0.0.1:53", flag, value]).to_string()
     };
-    let e = err(&[
-        "udp",
-        "listener",
-        "add",
-        "-a",
-        "127.0.0.1:53",
-        "--front-timeout",
-        "-1",
-    ]);
+    let e = listener_add("--front-timeout", "-1");
     assert!(e.contains("must be 0 or more, got -1"), "{e}");
-    let e = err(&[
-        "udp",
-        "listener",
-        "add",
-        "-a",
-        "127.0.0.1:53",
-        "--max-rx-datagram-size",
-        "65508",
-    ]);
+    let e = listener_add("--max-rx-datagram-size", "65508");
     assert!(e.contains("65507"), "{e}");
-    let e = err(&[
+    let e = refused(&[
         "backend",
         "add",
         "-i",
@@ -1168,7 +1144,8 @@ fn negative_numbers_and_out_of_range_values_get_clear_messages() {
         "127.0.0.1:53",
         "--weight",
         "256",
-    ]);
+    ])
+    .to_string();
     assert!(e.contains("255"), "{e}");
 }
 
@@ -1203,20 +1180,14 @@ fn completions_and_man_page_cover_the_command_line() {
 
 #[test]
 fn a_cluster_timeout_of_zero_reads_as_the_listeners() {
-    let response = ok(ContentType::Clusters(ClusterInformations {
-        vec: vec![ClusterInformation {
-            configuration: Some(Cluster {
-                cluster_id: "dns".into(),
-                udp: Some(UdpClusterConfig {
-                    front_timeout: Some(0),
-                    back_timeout: Some(7),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+    let response = cluster_listing(
+        dns_cluster(UdpClusterConfig {
+            front_timeout: Some(0),
+            back_timeout: Some(7),
             ..Default::default()
-        }],
-    }));
+        }),
+        None,
+    );
     let text = render::human(&View::Clusters, &response);
     assert!(
         text.contains("front_timeout=listener's back_timeout=7s"),

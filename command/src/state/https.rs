@@ -90,9 +90,7 @@ pub(super) fn https_patch(
 }
 
 fn check_https_listener(config: &HttpsListenerConfig) -> Result<SocketAddr, StateError> {
-    let address = validation::address("address", &config.address)?;
-    validation::optional_address("public_address", config.public_address.as_ref())?;
-    Ok(address)
+    validation::listener_address(&config.address, config.public_address.as_ref())
 }
 
 fn fingerprint(field: &'static str, text: &str) -> Result<Fingerprint, StateError> {

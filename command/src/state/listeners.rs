@@ -48,8 +48,7 @@ fn check_udp_timeout(field: &'static str, value: u32) -> Result<(), StateError> 
 }
 
 fn check_udp_listener(config: &UdpListenerConfig) -> Result<SocketAddr, StateError> {
-    let address = validation::address("address", &config.address)?;
-    validation::optional_address("public_address", config.public_address.as_ref())?;
+    let address = validation::listener_address(&config.address, config.public_address.as_ref())?;
     check_udp_timeout("front_timeout", config.front_timeout)?;
     check_udp_timeout("back_timeout", config.back_timeout)?;
     check_datagram_size(config.max_rx_datagram_size)?;
@@ -57,15 +56,11 @@ fn check_udp_listener(config: &UdpListenerConfig) -> Result<SocketAddr, StateErr
 }
 
 fn check_tcp_listener(config: &TcpListenerConfig) -> Result<SocketAddr, StateError> {
-    let address = validation::address("address", &config.address)?;
-    validation::optional_address("public_address", config.public_address.as_ref())?;
-    Ok(address)
+    validation::listener_address(&config.address, config.public_address.as_ref())
 }
 
 fn check_http_listener(config: &HttpListenerConfig) -> Result<SocketAddr, StateError> {
-    let address = validation::address("address", &config.address)?;
-    validation::optional_address("public_address", config.public_address.as_ref())?;
-    Ok(address)
+    validation::listener_address(&config.address, config.public_address.as_ref())
 }
 
 /// Applies a UDP listener patch: every field present in `update` replaces the

@@ -45,6 +45,18 @@ pub(super) fn optional_address(
     wire.map(|w| address(field, w)).transpose()
 }
 
+/// A listener's `address` (the bound address, returned) and its optional
+/// `public_address`, checked in that order: the same rule for every
+/// listener kind.
+pub(super) fn listener_address(
+    address: &SocketAddress,
+    public_address: Option<&SocketAddress>,
+) -> Result<SocketAddr, StateError> {
+    let bound = self::address("address", address)?;
+    optional_address("public_address", public_address)?;
+    Ok(bound)
+}
+
 /// Ids (cluster, backend) are non-empty and free of control characters so they
 /// print on one line in logs and answers.
 pub(super) fn id(field: &'static str, value: &str) -> Result<(), StateError> {

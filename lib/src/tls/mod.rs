@@ -29,6 +29,10 @@ pub mod policy;
 pub mod store;
 pub mod transport;
 
+/// Test set-ups (certificates, a recording client verifier): lib's own
+/// tests and the `testing` feature only, never the binary's build.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

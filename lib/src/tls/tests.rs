@@ -3,93 +3,18 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
 use sozu_command_lib::command::{CertificateAndKey, HttpsListenerConfig, TlsVersion};
 
 use super::certificate::load;
 use super::policy::TlsPolicy;
+use super::testing::{client_config, self_signed, RecordingVerifier};
 use super::transport::{Plaintext, TlsTransport, MAX_PLAINTEXT_IN};
 use super::{check_listener, CertificateStore, TlsError};
 
-/// A certificate order for `names`, self-signed with a fresh P-256 key.
-fn certificate(names: &[&str]) -> CertificateAndKey {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .expect("params");
-    let cert = params.self_signed(&key).expect("cert");
-    CertificateAndKey {
-        certificate: cert.pem(),
-        key: key.serialize_pem(),
-        ..Default::default()
-    }
-}
-
 fn leaf_der(order: &CertificateAndKey) -> Vec<u8> {
     load(order).expect("loads").key.cert[0].as_ref().to_vec()
-}
-
-/// Accepts any server certificate: the tests check which one was sent.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
-    let provider = super::provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 /// A client for `name` (a DNS name sends SNI, an IP address does not).
@@ -102,7 +27,13 @@ fn client_with(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> ClientConnection {
     let server_name = ServerName::try_from(name.to_owned()).expect("server name");
-    ClientConnection::new(client_config(versions), server_name).expect("client")
+    // Any certificate is accepted: the tests check which one was sent.
+    let config = client_config(
+        Arc::new(RecordingVerifier::accept_any()),
+        versions,
+        &[b"h2", b"http/1.1"],
+    );
+    ClientConnection::new(config, server_name).expect("client")
 }
 
 fn listener() -> HttpsListenerConfig {
@@ -158,8 +89,8 @@ fn presented(client: &ClientConnection) -> Vec<u8> {
 
 #[test]
 fn handshake_picks_the_certificate_by_sni() {
-    let a = certificate(&["a.example.com"]);
-    let b = certificate(&["b.example.com"]);
+    let a = self_signed(&["a.example.com"]);
+    let b = self_signed(&["b.example.com"]);
     let store = Arc::new(CertificateStore::new());
     store.add(load(&a).unwrap());
     store.add(load(&b).unwrap());
@@ -178,8 +109,8 @@ fn handshake_picks_the_certificate_by_sni() {
 
 #[test]
 fn a_wildcard_covers_one_label_and_an_exact_name_beats_it() {
-    let wildcard = certificate(&["*.example.org"]);
-    let exact = certificate(&["www.example.org"]);
+    let wildcard = self_signed(&["*.example.org"]);
+    let exact = self_signed(&["www.example.org"]);
     let store = Arc::new(CertificateStore::new());
     store.add(load(&wildcard).unwrap());
     store.add(load(&exact).unwrap());
@@ -206,9 +137,9 @@ fn a_wildcard_covers_one_label_and_an_exact_name_beats_it() {
 
 #[test]
 fn without_sni_or_match_the_default_certificate_answers() {
-    let first = certificate(&["first.example.com"]);
-    let second = certificate(&["second.example.com"]);
-    let chosen = certificate(&["default.example.com"]);
+    let first = self_signed(&["first.example.com"]);
+    let second = self_signed(&["second.example.com"]);
+    let chosen = self_signed(&["default.example.com"]);
     let store = Arc::new(CertificateStore::new());
     store.add(load(&first).unwrap());
     store.add(load(&second).unwrap());
@@ -232,8 +163,8 @@ fn without_sni_or_match_the_default_certificate_answers() {
 
 #[test]
 fn store_changes_apply_to_the_next_handshake() {
-    let old = certificate(&["site.example.com"]);
-    let new = certificate(&["site.example.com"]);
+    let old = self_signed(&["site.example.com"]);
+    let new = self_signed(&["site.example.com"]);
     let store = Arc::new(CertificateStore::new());
     let policy = TlsPolicy::from_listener(&listener()).unwrap();
     let config = policy.server_config(store.clone()).unwrap();
@@ -309,7 +240,7 @@ fn cipher_names_in_every_spelling_map_to_the_same_suites() {
 #[test]
 fn a_server_limited_to_tls13_refuses_a_tls12_client() {
     let store = Arc::new(CertificateStore::new());
-    store.add(load(&certificate(&["a.example.com"])).unwrap());
+    store.add(load(&self_signed(&["a.example.com"])).unwrap());
     let mut config = listener();
     config.versions = vec![TlsVersion::TlsV13 as i32];
     let mut client = client_with("a.example.com", &[&rustls::version::TLS12]);
@@ -329,7 +260,7 @@ fn a_server_limited_to_tls13_refuses_a_tls12_client() {
 fn signature_algorithms_restrict_what_the_server_signs_with() {
     let store = Arc::new(CertificateStore::new());
     // rcgen's default key is ECDSA P-256.
-    store.add(load(&certificate(&["a.example.com"])).unwrap());
+    store.add(load(&self_signed(&["a.example.com"])).unwrap());
     let mut config = listener();
     config.signature_algorithms = vec!["ED25519".to_owned()];
     let mut client1 = client("a.example.com");
@@ -346,8 +277,8 @@ fn signature_algorithms_restrict_what_the_server_signs_with() {
 
 #[test]
 fn a_key_that_is_not_the_certificates_is_refused() {
-    let a = certificate(&["a.example.com"]);
-    let b = certificate(&["b.example.com"]);
+    let a = self_signed(&["a.example.com"]);
+    let b = self_signed(&["b.example.com"]);
     let mismatched = CertificateAndKey {
         key: b.key.clone(),
         ..a.clone()
@@ -372,7 +303,7 @@ fn a_key_that_is_not_the_certificates_is_refused() {
 #[test]
 fn garbage_instead_of_tls_is_an_error_not_a_panic() {
     let store = Arc::new(CertificateStore::new());
-    store.add(load(&certificate(&["a.example.com"])).unwrap());
+    store.add(load(&self_signed(&["a.example.com"])).unwrap());
     let mut server = new_server(&store, &listener());
     let result = server.receive(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n");
     assert!(result.is_err(), "plain HTTP on a TLS listener");
@@ -436,7 +367,7 @@ fn a_handshake_message_larger_than_rustls_joins_is_refused_not_stalled() {
 #[test]
 fn plaintext_flows_both_ways_and_received_plaintext_is_bounded() {
     let store = Arc::new(CertificateStore::new());
-    store.add(load(&certificate(&["a.example.com"])).unwrap());
+    store.add(load(&self_signed(&["a.example.com"])).unwrap());
     let mut client = client("a.example.com");
     let mut server = new_server(&store, &listener());
     handshake(&mut client, &mut server).expect("handshake");
@@ -509,9 +440,9 @@ fn the_worker_keeps_each_listeners_store_live_from_the_orders() {
 
     use super::TlsListeners;
 
-    let default = certificate(&["default.example.com"]);
-    let first = certificate(&["site.example.com"]);
-    let second = certificate(&["site.example.com"]);
+    let default = self_signed(&["default.example.com"]);
+    let first = self_signed(&["site.example.com"]);
+    let second = self_signed(&["site.example.com"]);
     let mut config = listener();
     config.certificate = Some(default.certificate.clone());
     config.key = Some(default.key.clone());
@@ -585,7 +516,7 @@ fn a_failed_listener_order_leaves_no_tls_entry_behind() {
 
     use super::TlsListeners;
 
-    let default = certificate(&["default.example.com"]);
+    let default = self_signed(&["default.example.com"]);
     let mut config = listener();
     config.certificate = Some(default.certificate.clone());
     config.key = Some(default.key.clone());
@@ -624,7 +555,7 @@ fn arbitrary_bytes_never_panic_the_transport() {
         CONFIG
             .get_or_init(|| {
                 let store = Arc::new(CertificateStore::new());
-                store.add(load(&certificate(&["a.example.com"])).unwrap());
+                store.add(load(&self_signed(&["a.example.com"])).unwrap());
                 TlsPolicy::from_listener(&listener())
                     .unwrap()
                     .server_config(store)
