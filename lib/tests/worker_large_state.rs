@@ -9,8 +9,9 @@
 //! FAILURE naming the sizes, never silence.
 //!
 //! `SOZU_BOOT_ORDERS=N` changes the number of orders; the time the worker
-//! took to apply them is printed (`--nocapture`) for doc/benchmark.md's
-//! "Control plane" section, never asserted.
+//! took to apply them, and to answer the refused order after them, are
+//! printed (`--nocapture`) for doc/benchmark.md's "Control plane" section,
+//! never asserted.
 
 mod worker_common;
 
@@ -117,7 +118,14 @@ fn a_worker_boots_from_a_large_state_serves_and_still_rolls_back() {
     let listeners = udp_listener_count(&mut worker);
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let asked = Instant::now();
     let refused = worker.order(RequestType::AddUdpListener(udp_listener(busy)));
+    eprintln!(
+        "refused order answered in {:?} after {} orders",
+        asked.elapsed(),
+        orders.len()
+    );
     assert_eq!(refused.status, ResponseStatus::Failure as i32);
     assert!(
         refused.message.contains("bind") && refused.message.contains(&busy.to_string()),
