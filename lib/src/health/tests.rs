@@ -538,3 +538,225 @@ fn one_cluster_costs_the_same_among_thousands() {
     assert!(small > 0, "the lifecycle visits its own backend");
     assert_eq!(small, large, "the other clusters cost nothing");
 }
+
+mod model {
+    //! quickcheck over random sequences of checker operations against a
+    //! plain model (every backend's next work kept in a map and the minimum
+    //! found by a scan): the schedule and the index of probes in flight
+    //! agree with it on the next deadline, the probes issued and the
+    //! results accepted. The checker's own invariant checks run after
+    //! every step (debug builds).
+    use super::*;
+    use quickcheck::{Arbitrary, Gen, QuickCheck};
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Configure(u8, u8),
+        Add(u8, u8, u8),
+        RemoveBackend(u8, u8),
+        RemoveCluster(u8),
+        Advance(u8),
+        Probes,
+        Timeout,
+        Result(u8, bool),
+        Passive(u8, u8),
+    }
+
+    impl Arbitrary for Step {
+        fn arbitrary(g: &mut Gen) -> Self {
+            let cluster = u8::arbitrary(g) % 4;
+            let backend = u8::arbitrary(g) % 3;
+            match u8::arbitrary(g) % 9 {
+                0 => Step::Configure(cluster, u8::arbitrary(g) % 3),
+                1 => Step::Add(cluster, backend, u8::arbitrary(g) % 2),
+                2 => Step::RemoveBackend(cluster, backend),
+                3 => Step::RemoveCluster(cluster),
+                4 => Step::Advance(u8::arbitrary(g) % 8),
+                5 => Step::Probes,
+                6 => Step::Timeout,
+                7 => Step::Result(u8::arbitrary(g), bool::arbitrary(g)),
+                _ => Step::Passive(cluster, backend),
+            }
+        }
+    }
+
+    /// Configurations 0 (off), 1 and 2 (probed, different timings).
+    fn configuration(kind: u8) -> HealthConfig {
+        match kind {
+            0 => config(HealthMode::Off),
+            1 => HealthConfig {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                ..config(HealthMode::UdpProbe)
+            },
+            _ => HealthConfig {
+                interval: Duration::from_secs(3),
+                timeout: Duration::from_secs(3),
+                ..config(HealthMode::TcpProbe)
+            },
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Model {
+        /// cluster → (configuration kind, backend → (port, next due, in flight)).
+        clusters: BTreeMap<u8, (u8, BTreeMap<u8, Backend>)>,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    struct Backend {
+        port: u8,
+        next_due: Instant,
+        in_flight: Option<(ProbeId, Instant)>,
+    }
+
+    impl Model {
+        fn next_deadline(&self) -> Option<Instant> {
+            self.clusters
+                .values()
+                .filter(|(kind, _)| *kind != 0)
+                .flat_map(|(_, backends)| backends.values())
+                .map(|b| b.in_flight.map_or(b.next_due, |(_, deadline)| deadline))
+                .min()
+        }
+
+        fn backend_of(&mut self, probe: ProbeId) -> Option<&mut Backend> {
+            self.clusters
+                .values_mut()
+                .flat_map(|(_, backends)| backends.values_mut())
+                .find(|b| b.in_flight.is_some_and(|(id, _)| id == probe))
+        }
+    }
+
+    fn checker_agrees_with_the_model(steps: Vec<Step>) -> bool {
+        let t0 = start();
+        let mut now = t0;
+        let mut hc = HealthChecker::new();
+        let mut model = Model::default();
+        let mut issued: Vec<ProbeId> = Vec::new();
+        let name = |c: u8| ClusterId::from(format!("c{c}").as_str());
+        let backend_name = |b: u8| BackendId::from(format!("b{b}").as_str());
+        for step in steps {
+            match step {
+                Step::Configure(c, kind) => {
+                    hc.configure(now, name(c), configuration(kind));
+                    let entry = model.clusters.entry(c).or_insert((0, BTreeMap::new()));
+                    if kind == 0 {
+                        for b in entry.1.values_mut() {
+                            b.next_due = now;
+                            b.in_flight = None;
+                        }
+                    } else if entry.0 != kind {
+                        for b in entry.1.values_mut() {
+                            b.next_due = now;
+                        }
+                    }
+                    entry.0 = kind;
+                }
+                Step::Add(c, b, port) => {
+                    hc.add_backend(now, name(c), backend_name(b), addr(5300 + u16::from(port)));
+                    let entry = model.clusters.entry(c).or_insert((0, BTreeMap::new()));
+                    let fresh = Backend {
+                        port,
+                        next_due: now,
+                        in_flight: None,
+                    };
+                    let backend = entry.1.entry(b).or_insert(fresh);
+                    if backend.port != port {
+                        backend.port = port;
+                        backend.next_due = now;
+                    }
+                }
+                Step::RemoveBackend(c, b) => {
+                    hc.remove_backend(&format!("c{c}"), &format!("b{b}"));
+                    if let Some((_, backends)) = model.clusters.get_mut(&c) {
+                        backends.remove(&b);
+                    }
+                }
+                Step::RemoveCluster(c) => {
+                    hc.remove_cluster(&format!("c{c}"));
+                    model.clusters.remove(&c);
+                }
+                Step::Advance(seconds) => now += Duration::from_secs(seconds.into()),
+                Step::Probes => {
+                    while let Some(probe) = hc.poll_probe(now) {
+                        let c: u8 = probe.cluster.as_str()[1..].parse().unwrap();
+                        let b: u8 = probe.backend.as_str()[1..].parse().unwrap();
+                        let (kind, backends) = model.clusters.get_mut(&c).unwrap();
+                        let timing = configuration(*kind);
+                        let backend = backends.get_mut(&b).unwrap();
+                        // Due, probed, not in flight: what the model says.
+                        if *kind == 0 || backend.in_flight.is_some() || backend.next_due > now {
+                            return false;
+                        }
+                        backend.in_flight = Some((probe.id, now + timing.timeout));
+                        backend.next_due = now + timing.interval;
+                        issued.push(probe.id);
+                    }
+                    // Nothing due and idle is left behind.
+                    let left = model
+                        .clusters
+                        .values()
+                        .filter(|(kind, _)| *kind != 0)
+                        .flat_map(|(_, backends)| backends.values())
+                        .any(|b| b.in_flight.is_none() && b.next_due <= now);
+                    if left {
+                        return false;
+                    }
+                }
+                Step::Timeout => {
+                    hc.handle_timeout(now);
+                    for (kind, backends) in model.clusters.values_mut() {
+                        for b in backends.values_mut() {
+                            if *kind != 0 && b.in_flight.is_some_and(|(_, d)| d <= now) {
+                                b.in_flight = None;
+                            }
+                        }
+                    }
+                }
+                Step::Result(pick, success) => {
+                    let Some(&probe) = issued.get(usize::from(pick) % issued.len().max(1)) else {
+                        continue;
+                    };
+                    let accepted = if success {
+                        hc.probe_succeeded(now, probe)
+                    } else {
+                        hc.probe_failed(now, probe)
+                    };
+                    let expected = match model.backend_of(probe) {
+                        Some(backend) => {
+                            backend.in_flight = None;
+                            true
+                        }
+                        None => false,
+                    };
+                    if accepted != expected {
+                        return false;
+                    }
+                }
+                Step::Passive(c, b) => {
+                    let expected = model
+                        .clusters
+                        .get(&c)
+                        .is_some_and(|(kind, backends)| *kind != 0 && backends.contains_key(&b));
+                    if hc.passive_failure(now, &format!("c{c}"), &format!("b{b}")) != expected {
+                        return false;
+                    }
+                }
+            }
+            while hc.poll_event().is_some() {}
+            if hc.poll_timeout() != model.next_deadline() {
+                return false;
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn quickcheck_checker_agrees_with_the_model() {
+        QuickCheck::new()
+            .tests(500)
+            .quickcheck(checker_agrees_with_the_model as fn(Vec<Step>) -> bool);
+    }
+}
