@@ -134,6 +134,11 @@ impl BackendMap {
     /// backend orders costs O(n), not a rebuild per order, and a pick finds
     /// its tables built. Costs nothing when nothing changed.
     pub fn refresh(&mut self) {
+        // An empty set still has the capacity of its largest batch:
+        // draining it would scan that capacity on every wake-up.
+        if self.stale.is_empty() {
+            return;
+        }
         for id in self.stale.drain() {
             if let Some(list) = self.clusters.get_mut(&id) {
                 list.refresh();
