@@ -5,9 +5,13 @@
 //! (`command/src/state/property_tests.rs`, no whole-state snapshot during a
 //! replay); this test proves the worker end to end.
 //!
+//! An answer too large for the channel (a list of every cluster) is a
+//! FAILURE naming the sizes, never silence.
+//!
 //! `SOZU_BOOT_ORDERS=N` changes the number of orders; the time the worker
-//! took to apply them is printed (`--nocapture`) for doc/benchmark.md's
-//! "Control plane" section, never asserted.
+//! took to apply them, and to answer the refused order after them, are
+//! printed (`--nocapture`) for doc/benchmark.md's "Control plane" section,
+//! never asserted.
 
 mod worker_common;
 
@@ -16,13 +20,19 @@ use std::time::Instant;
 
 use sozu_command_lib::command::{
     request::RequestType, response_content::ContentType, ListClusters, ListListeners,
-    ResponseStatus, UdpClusterConfig,
+    ResponseStatus, Status, UdpClusterConfig,
 };
+use sozu_lib::server::ServerConfig;
 use worker_common::*;
 
 /// Orders sent before their answers are read: enough to keep the worker
 /// busy, few enough that neither side's buffers fill.
 const BATCH: usize = 256;
+
+/// The channel's largest message here: room for `list_clusters` over
+/// 25,000 clusters (50,000 orders), as a master configured for such a state
+/// (`max_command_buffer_size`) gives its workers.
+const LARGE_CHANNEL: usize = 16 << 20;
 
 fn orders_wanted() -> usize {
     std::env::var("SOZU_BOOT_ORDERS")
@@ -47,10 +57,26 @@ fn udp_listener_count(worker: &mut Worker) -> usize {
     }
 }
 
+/// Sends `orders` in batches; every one must be accepted.
+fn apply_all(worker: &mut Worker, orders: &[RequestType]) {
+    for batch in orders.chunks(BATCH) {
+        let ids: Vec<String> = batch.iter().map(|o| worker.send(o.clone())).collect();
+        for id in ids {
+            let answer = worker.answer(&id);
+            assert_eq!(
+                answer.status,
+                ResponseStatus::Ok as i32,
+                "{id}: {}",
+                answer.message
+            );
+        }
+    }
+}
+
 #[test]
 fn a_worker_boots_from_a_large_state_serves_and_still_rolls_back() {
     let wanted = orders_wanted();
-    let mut worker = Worker::start();
+    let mut worker = Worker::start_with_channel_max(ServerConfig::default(), LARGE_CHANNEL);
     // Half clusters, half backends: what a large fleet's state is made of.
     let mut orders = Vec::with_capacity(wanted);
     for i in 0..wanted / 2 {
@@ -70,18 +96,7 @@ fn a_worker_boots_from_a_large_state_serves_and_still_rolls_back() {
     // asserted).
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
-    for batch in orders.chunks(BATCH) {
-        let ids: Vec<String> = batch.iter().map(|o| worker.send(o.clone())).collect();
-        for id in ids {
-            let answer = worker.answer(&id);
-            assert_eq!(
-                answer.status,
-                ResponseStatus::Ok as i32,
-                "{id}: {}",
-                answer.message
-            );
-        }
-    }
+    apply_all(&mut worker, &orders);
     eprintln!(
         "worker applied {} orders in {:?}",
         orders.len(),
@@ -103,7 +118,14 @@ fn a_worker_boots_from_a_large_state_serves_and_still_rolls_back() {
     let listeners = udp_listener_count(&mut worker);
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let asked = Instant::now();
     let refused = worker.order(RequestType::AddUdpListener(udp_listener(busy)));
+    eprintln!(
+        "refused order answered in {:?} after {} orders",
+        asked.elapsed(),
+        orders.len()
+    );
     assert_eq!(refused.status, ResponseStatus::Failure as i32);
     assert!(
         refused.message.contains("bind") && refused.message.contains(&busy.to_string()),
@@ -115,4 +137,47 @@ fn a_worker_boots_from_a_large_state_serves_and_still_rolls_back() {
     client.send_to(b"again", listener).unwrap();
     let (payload, _) = recv(&backend_socket);
     assert_eq!(payload, b"again");
+}
+
+/// An answer larger than the channel carries (here `list_clusters` over
+/// 4,000 clusters through a 64 KiB channel) used to be dropped with a log
+/// line: the order got no answer at all and its sender waited until its
+/// timeout (what a 50,000-order state did to the test above with a 1 MB
+/// channel). The order gets a FAILURE naming the sizes, and the worker
+/// answers the next order.
+#[test]
+fn an_answer_too_large_for_the_channel_is_a_failure_not_silence() {
+    let max = 64 * 1024;
+    let mut worker = Worker::start_with_channel_max(ServerConfig::default(), max);
+    let orders: Vec<RequestType> = (0..4_000)
+        .map(|i| {
+            RequestType::AddCluster(udp_cluster(
+                &format!("bulk{i}"),
+                UdpClusterConfig::default(),
+            ))
+        })
+        .collect();
+    apply_all(&mut worker, &orders);
+    let answer = worker.order(RequestType::ListClusters(ListClusters {}));
+    assert_eq!(
+        answer.status,
+        ResponseStatus::Failure as i32,
+        "{}",
+        answer.message
+    );
+    assert!(
+        answer
+            .message
+            .contains(&format!("exceeds the maximum of {max} bytes")),
+        "{}",
+        answer.message
+    );
+    assert_eq!(answer.content, None);
+    let status = worker.order(RequestType::Status(Status {}));
+    assert_eq!(
+        status.status,
+        ResponseStatus::Ok as i32,
+        "{}",
+        status.message
+    );
 }

@@ -1,10 +1,17 @@
 //! One cluster's backends and its selection policy.
 //!
 //! Owns each backend's status and active-flow count (and a handle on its
-//! count of pending `DNS_ID` queries, moved by the DNS mux), and keeps the
-//! policy's tables in step with them: every mutation that changes what a
-//! pick may return rebuilds the policy here, so a pick never does.
+//! count of pending `DNS_ID` queries, moved by the DNS mux), an index of
+//! the backends by id, and keeps the policy's tables in step with them:
+//! every mutation that changes what a pick may return marks the tables
+//! stale, and [`BackendList::refresh`] rebuilds them once for any number of
+//! mutations. The worker refreshes every list its orders changed after
+//! each batch of orders (`BackendMap::refresh`), so a pick finds its tables
+//! built; [`BackendList::select`] refreshes a list still stale (a caller
+//! without that loop) rather than pick from stale tables. Rebuilding on
+//! every mutation made a replay of n backends of one cluster O(n²).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -161,10 +168,16 @@ pub enum Upsert {
 #[derive(Debug, Clone)]
 pub struct BackendList {
     backends: Vec<Backend>,
+    /// Each backend's position in `backends`.
+    index: HashMap<BackendId, usize>,
     policy: LoadBalancingPolicy,
     fail_open: bool,
-    /// How many backends are suspect (kept by `rebuild`).
+    /// How many backends are suspect (kept by `refresh`).
     suspects: usize,
+    /// A mutation since the policy's tables were last built.
+    stale: bool,
+    /// Table rebuilds so far (see [`BackendList::rebuilds`]).
+    rebuilds: u64,
 }
 
 impl BackendList {
@@ -172,10 +185,71 @@ impl BackendList {
     pub fn new(algorithm: Algorithm, seed: u64) -> Self {
         BackendList {
             backends: Vec::new(),
+            index: HashMap::new(),
             policy: LoadBalancingPolicy::new(algorithm, seed),
             fail_open: true,
             suspects: 0,
+            stale: false,
+            rebuilds: 0,
         }
+    }
+
+    /// How many times the policy's tables were rebuilt: once per refresh
+    /// after any number of mutations, so tests can prove that a replay of n
+    /// backends does not rebuild n times.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Whether a mutation waits for [`BackendList::refresh`].
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Rebuilds the policy's tables (and the suspect count) if a mutation
+    /// changed what a pick may return since the last rebuild.
+    pub fn refresh(&mut self) {
+        if !self.stale {
+            return;
+        }
+        self.stale = false;
+        self.rebuilds += 1;
+        self.suspects = self
+            .backends
+            .iter()
+            .filter(|b| b.status == BackendStatus::Suspect)
+            .count();
+        let tier = Tier::of(&self.backends, self.fail_open);
+        self.policy.rebuild(&self.backends, |b| tier.admits(b));
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Backend> {
+        let position = self.position(id)?;
+        self.backends.get_mut(position)
+    }
+
+    /// In debug builds, after a rebuild: the index names every backend at
+    /// its position.
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        assert_eq!(
+            self.index.len(),
+            self.backends.len(),
+            "one index entry per backend"
+        );
+        assert!(
+            self.backends
+                .iter()
+                .enumerate()
+                .all(|(i, b)| self.index.get(&b.id) == Some(&i)),
+            "the index names every backend at its position"
+        );
     }
 
     /// The backends, in insertion order (removal may reorder).
@@ -185,7 +259,7 @@ impl BackendList {
 
     /// The backend with this id.
     pub fn get(&self, id: &str) -> Option<&Backend> {
-        self.backends.iter().find(|b| b.id.as_str() == id)
+        self.backends.get(self.position(id)?)
     }
 
     /// The selection algorithm.
@@ -198,12 +272,11 @@ impl BackendList {
         self.fail_open
     }
 
-    /// Changes the algorithm (rebuilding its table).
+    /// Changes the algorithm (its table is built at the next refresh).
     pub fn set_algorithm(&mut self, algorithm: Algorithm) {
         if algorithm != self.policy.algorithm() {
-            let tier = Tier::of(&self.backends, self.fail_open);
-            self.policy
-                .set_algorithm(algorithm, &self.backends, |b| tier.admits(b));
+            self.policy.set_algorithm(algorithm);
+            self.mark_stale();
         }
     }
 
@@ -211,7 +284,7 @@ impl BackendList {
     pub fn set_fail_open(&mut self, fail_open: bool) {
         if fail_open != self.fail_open {
             self.fail_open = fail_open;
-            self.rebuild();
+            self.mark_stale();
         }
     }
 
@@ -230,7 +303,7 @@ impl BackendList {
         weight: u32,
         backup: bool,
     ) -> Upsert {
-        let outcome = match self.backends.iter_mut().find(|b| b.id == id) {
+        let outcome = match self.get_mut(id.as_str()) {
             Some(existing) => {
                 let previous_address = existing.address;
                 existing.address = address;
@@ -239,13 +312,14 @@ impl BackendList {
                 Upsert::Updated { previous_address }
             }
             None => {
-                let mut backend = Backend::new(id, address, weight);
+                let mut backend = Backend::new(id.clone(), address, weight);
                 backend.backup = backup;
+                self.index.insert(id, self.backends.len());
                 self.backends.push(backend);
                 Upsert::Added
             }
         };
-        self.rebuild();
+        self.mark_stale();
         outcome
     }
 
@@ -253,7 +327,7 @@ impl BackendList {
     /// backend is unknown. The caller checked that no other backend of the
     /// cluster has it ([`Self::by_server_id`]).
     pub fn set_quic_lb_server_id(&mut self, id: &str, server_id: Option<ServerId>) -> bool {
-        match self.backends.iter_mut().find(|b| b.id.as_str() == id) {
+        match self.get_mut(id) {
             Some(b) => {
                 b.quic_lb_server_id = server_id;
                 true
@@ -272,22 +346,28 @@ impl BackendList {
 
     /// Removes a backend; the caller aborts (or keeps) its flows.
     pub fn remove(&mut self, id: &str) -> Option<Backend> {
-        let position = self.backends.iter().position(|b| b.id.as_str() == id)?;
+        let position = self.index.remove(id)?;
         let removed = self.backends.remove(position);
-        self.rebuild();
+        // The backends after it moved down by one (a removal costs the
+        // cluster's backends, as its rebuild does).
+        for (i, b) in self.backends.iter().enumerate().skip(position) {
+            self.index.insert(b.id.clone(), i);
+        }
+        self.mark_stale();
         Some(removed)
     }
 
     /// Removes every backend, for a removed cluster.
     pub fn drain(&mut self) -> Vec<Backend> {
         let all = std::mem::take(&mut self.backends);
-        self.rebuild();
+        self.index.clear();
+        self.mark_stale();
         all
     }
 
     /// Sets a backend's status; `Some(previous)` when it changed.
     pub fn set_status(&mut self, id: &str, status: BackendStatus) -> Option<BackendStatus> {
-        let backend = self.backends.iter_mut().find(|b| b.id.as_str() == id)?;
+        let backend = self.get_mut(id)?;
         let previous = backend.status;
         if previous == status {
             return None;
@@ -296,7 +376,7 @@ impl BackendList {
         if status != BackendStatus::Suspect {
             backend.suspect_until = None;
         }
-        self.rebuild();
+        self.mark_stale();
         Some(previous)
     }
 
@@ -304,7 +384,7 @@ impl BackendList {
     /// or a health check decides); a suspect one has its suspicion extended,
     /// a down one stays down. `true` when it was up.
     pub fn suspect(&mut self, id: &str, until: Option<Instant>) -> bool {
-        let Some(backend) = self.backends.iter_mut().find(|b| b.id.as_str() == id) else {
+        let Some(backend) = self.get_mut(id) else {
             return false;
         };
         match backend.status {
@@ -316,7 +396,7 @@ impl BackendList {
             BackendStatus::Up => {
                 backend.status = BackendStatus::Suspect;
                 backend.suspect_until = until;
-                self.rebuild();
+                self.mark_stale();
                 true
             }
         }
@@ -336,25 +416,27 @@ impl BackendList {
             }
         }
         if changed {
-            self.rebuild();
+            self.mark_stale();
         }
     }
 
     /// Whether some backend is suspect (so a pick should first expire
-    /// lapsed suspicions).
+    /// lapsed suspicions), as of the last [`refresh`](Self::refresh).
     pub fn has_suspects(&self) -> bool {
         self.suspects > 0
     }
 
     /// Chooses a backend for a new flow; `None` when none may take it.
+    /// Refreshes the tables first if a mutation left them stale.
     pub fn select(&mut self, affinity_hash: u64) -> Option<&Backend> {
+        self.refresh();
         let index = self.policy.pick(&self.backends, affinity_hash)?;
         self.backends.get(index)
     }
 
     /// Counts a flow opened on a backend; `false` if it is unknown.
     pub fn flow_opened(&mut self, id: &str) -> bool {
-        match self.backends.iter_mut().find(|b| b.id.as_str() == id) {
+        match self.get_mut(id) {
             Some(b) => {
                 b.active_flows += 1;
                 true
@@ -366,7 +448,7 @@ impl BackendList {
     /// Counts a flow closed on a backend; `false` if it is unknown (e.g.
     /// removed while the flow was kept).
     pub fn flow_closed(&mut self, id: &str) -> bool {
-        match self.backends.iter_mut().find(|b| b.id.as_str() == id) {
+        match self.get_mut(id) {
             Some(b) => {
                 debug_assert!(b.active_flows > 0, "flow_closed without flow_opened");
                 b.active_flows = b.active_flows.saturating_sub(1);
@@ -376,14 +458,10 @@ impl BackendList {
         }
     }
 
-    fn rebuild(&mut self) {
-        self.suspects = self
-            .backends
-            .iter()
-            .filter(|b| b.status == BackendStatus::Suspect)
-            .count();
-        let tier = Tier::of(&self.backends, self.fail_open);
-        self.policy.rebuild(&self.backends, |b| tier.admits(b));
+    /// What a pick may return changed: the tables wait for
+    /// [`refresh`](Self::refresh).
+    fn mark_stale(&mut self) {
+        self.stale = true;
     }
 }
 

@@ -12,7 +12,7 @@ mod list;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,9 @@ pub const SUSPECT_COOLDOWN: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct BackendMap {
     clusters: HashMap<ClusterId, BackendList>,
+    /// Clusters whose list a mutation left stale since the last
+    /// [`BackendMap::refresh`].
+    stale: HashSet<ClusterId>,
     seed: u64,
     /// The caller's clock, given by [`BackendMap::set_now`] (this module
     /// never reads one): stamps and expires suspicions.
@@ -113,6 +116,7 @@ impl BackendMap {
     pub fn new(seed: u64) -> Self {
         BackendMap {
             clusters: HashMap::new(),
+            stale: HashSet::new(),
             seed,
             now: None,
         }
@@ -122,6 +126,33 @@ impl BackendMap {
     /// wake-up): suspicions are stamped and expired against it.
     pub fn set_now(&mut self, now: Instant) {
         self.now = Some(now);
+    }
+
+    /// Rebuilds the selection tables of every list changed since the last
+    /// call, once each however many orders changed it: the worker calls
+    /// this after each batch of orders (and each wake-up), so applying n
+    /// backend orders costs O(n), not a rebuild per order, and a pick finds
+    /// its tables built. Costs nothing when nothing changed.
+    pub fn refresh(&mut self) {
+        // An empty set still has the capacity of its largest batch:
+        // draining it would scan that capacity on every wake-up.
+        if self.stale.is_empty() {
+            return;
+        }
+        for id in self.stale.drain() {
+            if let Some(list) = self.clusters.get_mut(&id) {
+                list.refresh();
+            }
+        }
+    }
+
+    /// Notes that a mutation may have left `cluster`'s list stale.
+    fn note_stale(&mut self, cluster: &str) {
+        if let Some((id, list)) = self.clusters.get_key_value(cluster) {
+            if list.is_stale() && !self.stale.contains(cluster) {
+                self.stale.insert(id.clone());
+            }
+        }
     }
 
     /// The cluster's list, created empty (ROUND_ROBIN, fail-open) if absent.
@@ -151,11 +182,13 @@ impl BackendMap {
     /// Sets a cluster's algorithm (creating its list if needed).
     pub fn set_algorithm(&mut self, cluster: &str, algorithm: Algorithm) {
         self.ensure_cluster(cluster).set_algorithm(algorithm);
+        self.note_stale(cluster);
     }
 
     /// Sets what a cluster does when all its backends are down.
     pub fn set_fail_open(&mut self, cluster: &str, fail_open: bool) {
         self.ensure_cluster(cluster).set_fail_open(fail_open);
+        self.note_stale(cluster);
     }
 
     /// Adds a primary backend (or updates the one with the same id).
@@ -183,6 +216,7 @@ impl BackendMap {
         let outcome =
             self.ensure_cluster(cluster)
                 .upsert_with_role(backend.clone(), address, weight, backup);
+        self.note_stale(cluster);
         tracing::debug!(cluster, backend = %backend, %address, weight, backup, ?outcome, "backend added");
         outcome
     }
@@ -281,6 +315,7 @@ impl BackendMap {
                 cluster: cluster.to_owned(),
                 backend: backend.to_owned(),
             })?;
+        self.note_stale(cluster);
         tracing::debug!(
             cluster,
             backend,
@@ -330,6 +365,7 @@ impl BackendMap {
     /// Removes a cluster's list and returns its backends (their flows must
     /// be closed by the caller). Empty if the cluster had none.
     pub fn remove_cluster(&mut self, cluster: &str) -> Vec<Backend> {
+        self.stale.remove(cluster);
         self.clusters
             .remove(cluster)
             .map(|mut list| list.drain())
@@ -368,6 +404,8 @@ impl BackendMap {
 
     fn pick(&mut self, cluster: &str, affinity_hash: u64) -> Option<&Backend> {
         let list = self.clusters.get_mut(cluster)?;
+        // The suspect count is the last refresh's.
+        list.refresh();
         if let (true, Some(now)) = (list.has_suspects(), self.now) {
             list.expire_suspicions(now);
         }
@@ -402,6 +440,7 @@ impl BackendMap {
             .clusters
             .get_mut(cluster)?
             .set_status(backend, status)?;
+        self.note_stale(cluster);
         tracing::info!(
             cluster,
             backend,
@@ -432,6 +471,7 @@ impl BackendMap {
         if list.suspect(backend, until) {
             tracing::debug!(cluster, backend, "backend suspect");
         }
+        self.note_stale(cluster);
         true
     }
 
@@ -443,6 +483,7 @@ impl BackendMap {
         };
         if list.get(backend).map(Backend::status) == Some(BackendStatus::Suspect) {
             list.set_status(backend, BackendStatus::Up);
+            self.note_stale(cluster);
             return true;
         }
         false

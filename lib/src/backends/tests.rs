@@ -631,3 +631,36 @@ fn the_backup_flag_comes_from_the_order_and_an_update_can_change_it() {
     assert!(!backend(&map, "k").is_backup());
     assert_eq!(picks(&mut map, 50).len(), 2);
 }
+
+/// Replaying a state adds a cluster's backends one order at a time. A
+/// table rebuild per order made n backends cost O(n²) (for MAGLEV, a
+/// 65,537-slot table per order); the tables are now rebuilt once per
+/// refresh (the worker refreshes once per wake-up, after its batch of
+/// orders), and a pick never reads a stale table.
+#[test]
+fn adding_many_backends_rebuilds_the_table_once() {
+    for algorithm in [Algorithm::RoundRobin, Algorithm::Maglev] {
+        let mut map = BackendMap::new(1);
+        map.set_algorithm("c", algorithm);
+        for i in 0..2_000u16 {
+            map.add_backend("c", BackendId::from(format!("b{i}")), addr(i), 1);
+        }
+        map.refresh();
+        let rebuilds = |map: &BackendMap| map.cluster("c").unwrap().rebuilds();
+        assert_eq!(rebuilds(&map), 1, "{algorithm}");
+        assert!(picks(&mut map, 4_000).len() > 1_000, "{algorithm}");
+        map.refresh();
+        assert_eq!(rebuilds(&map), 1, "{algorithm}: picks rebuild nothing");
+
+        // Changes picked from before any refresh: the pick rebuilds first,
+        // once, and sees them.
+        map.add_backend("c", BackendId::from("new"), addr(9999), 1);
+        map.set_status("c", "b0", BackendStatus::Down);
+        let counts = picks(&mut map, 100_000);
+        assert_eq!(rebuilds(&map), 2, "{algorithm}");
+        assert!(counts.contains_key("new"), "{algorithm}");
+        assert!(!counts.contains_key("b0"), "{algorithm}");
+        map.refresh();
+        assert_eq!(rebuilds(&map), 2, "{algorithm}");
+    }
+}

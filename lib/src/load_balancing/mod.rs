@@ -165,15 +165,15 @@ impl LoadBalancingPolicy {
         self.algorithm
     }
 
-    /// Switches algorithm and rebuilds its tables for `candidates`.
-    pub(crate) fn set_algorithm<T: Candidate>(
-        &mut self,
-        algorithm: Algorithm,
-        candidates: &[T],
-        is_eligible: impl Fn(&T) -> bool,
-    ) {
+    /// Switches algorithm. Its tables are empty until the caller's next
+    /// [`rebuild`](Self::rebuild): a pick before it refuses.
+    pub(crate) fn set_algorithm(&mut self, algorithm: Algorithm) {
         self.algorithm = algorithm;
-        self.rebuild(candidates, is_eligible);
+        self.eligible.clear();
+        self.schedule.clear();
+        self.alias = AliasTable::default();
+        self.maglev.clear();
+        self.built_for = usize::MAX;
     }
 
     #[cfg(test)]

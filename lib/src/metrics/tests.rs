@@ -121,6 +121,36 @@ fn removed_scopes_make_handles_stale_and_slots_are_reused_safely() {
     assert_eq!(r.counter(other), Some(0));
 }
 
+/// Removing a scope finds its metrics through an index (it used to walk
+/// every metric): a backend's, a cluster's with its backends' (even one
+/// registered again after its own removal, even when the cluster itself
+/// has none), a listener's, and nobody else's.
+#[test]
+fn removing_a_scope_removes_exactly_its_metrics_and_its_backends() {
+    let mut r = MetricsRegistry::new();
+    let listener = Scope::Listener("127.0.0.1:53".parse().unwrap());
+    let counter = |r: &mut MetricsRegistry, scope: Scope| {
+        r.register("x", scope, MetricKind::Counter).unwrap()
+    };
+    let b1 = counter(&mut r, backend("c", "b1"));
+    let b2 = counter(&mut r, backend("c", "b2"));
+    let d1 = counter(&mut r, backend("d", "b1"));
+    let l = counter(&mut r, listener.clone());
+    r.remove_scope(&backend("c", "b1"));
+    assert_eq!(r.counter(b1), None);
+    assert_eq!(r.counter(b2), Some(0));
+    let b1 = counter(&mut r, backend("c", "b1"));
+    r.remove_scope(&Scope::Cluster("c".into()));
+    assert_eq!((r.counter(b1), r.counter(b2)), (None, None));
+    assert_eq!((r.counter(d1), r.counter(l)), (Some(0), Some(0)));
+    r.remove_scope(&listener);
+    assert_eq!((r.counter(d1), r.counter(l)), (Some(0), None));
+    r.remove_scope(&Scope::Cluster("d".into()));
+    assert_eq!(r.counter(d1), None);
+    let fresh = counter(&mut r, backend("d", "b1"));
+    assert_eq!(r.counter(fresh), Some(0));
+}
+
 #[test]
 fn worker_metrics_sum_listeners_into_proxy_and_backends_into_clusters() {
     let m = populated().worker_metrics(&all());

@@ -396,6 +396,12 @@ impl Server {
                     return Ok(exit);
                 }
             }
+            // Once per wake-up, however many orders (or health and
+            // passive-failure changes) it carried: the selection tables of
+            // the clusters they changed, so the datapath's picks find them
+            // built and a batch of n backend orders rebuilds each cluster
+            // once, not n times.
+            self.backends.refresh();
             self.push_statsd(now);
             if let Some(id) = self.soft_stop.clone() {
                 if self.udp.is_drained() && self.streams.is_drained() {
@@ -484,8 +490,25 @@ impl Server {
             message: message.to_owned(),
             content,
         };
-        if let Err(error) = self.channel.queue_message(&response) {
-            tracing::error!(%error, id, "cannot queue the answer");
+        match self.channel.queue_message(&response) {
+            Ok(()) => {}
+            // An answer larger than the channel carries (a list of every
+            // cluster of a large state): the order still gets its one
+            // answer, a FAILURE saying why, instead of none (the master
+            // would wait for it until its timeout).
+            Err(error @ ChannelError::OutgoingFrameTooLarge { .. }) => {
+                tracing::warn!(%error, id, "answer too large for the channel");
+                let refusal = WorkerResponse {
+                    id: id.to_owned(),
+                    status: ResponseStatus::Failure as i32,
+                    message: format!("the answer cannot be sent: {error}"),
+                    content: None,
+                };
+                if let Err(error) = self.channel.queue_message(&refusal) {
+                    tracing::error!(%error, id, "cannot queue the answer");
+                }
+            }
+            Err(error) => tracing::error!(%error, id, "cannot queue the answer"),
         }
     }
 

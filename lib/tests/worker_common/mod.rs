@@ -52,9 +52,15 @@ impl Worker {
     }
 
     /// Starts a worker with `config` (worker id 1, seed 42 unless set).
-    pub fn start_with(mut config: ServerConfig) -> Worker {
+    pub fn start_with(config: ServerConfig) -> Worker {
+        Self::start_with_channel_max(config, 1_000_000)
+    }
+
+    /// Starts a worker with `config` whose channel carries messages of up
+    /// to `max_message` bytes (the master's `max_command_buffer_size`).
+    pub fn start_with_channel_max(mut config: ServerConfig, max_message: usize) -> Worker {
         let (master, worker) =
-            Channel::<WorkerRequest, WorkerResponse>::pair(16_384, 1_000_000).unwrap();
+            Channel::<WorkerRequest, WorkerResponse>::pair(16_384, max_message).unwrap();
         if config.seed == 0 {
             config.seed = 42;
         }
