@@ -117,6 +117,28 @@ impl Target {
     }
 }
 
+/// A scheduled target and its cluster's probe settings. The schedule only
+/// holds targets of probed clusters that exist (`check_invariants` proves
+/// it after every change), so a miss is a bug in this module, not input.
+fn scheduled<'a>(
+    clusters: &'a mut HashMap<ClusterId, ClusterHealth>,
+    cluster: &ClusterId,
+    backend: &BackendId,
+) -> (&'a HealthConfig, &'a mut Target) {
+    let entry = clusters
+        .get_mut(cluster)
+        .expect("invariant: a scheduled target's cluster exists");
+    let config = entry
+        .config
+        .as_ref()
+        .expect("invariant: only a probed cluster's targets are scheduled");
+    let target = entry
+        .targets
+        .get_mut(backend)
+        .expect("invariant: every scheduled target exists");
+    (config, target)
+}
+
 #[derive(Debug, Clone)]
 struct ClusterHealth {
     /// `None` when the cluster is not probed.
@@ -334,18 +356,7 @@ impl HealthChecker {
         let (at, cluster, backend) = due?;
         self.schedule
             .remove(&(at, cluster.clone(), backend.clone()));
-        let entry = self
-            .clusters
-            .get_mut(&cluster)
-            .expect("invariant: a scheduled target's cluster exists");
-        let config = entry
-            .config
-            .as_ref()
-            .expect("invariant: only a probed cluster's targets are scheduled");
-        let t = entry
-            .targets
-            .get_mut(&backend)
-            .expect("invariant: every scheduled target exists");
+        let (config, t) = scheduled(&mut self.clusters, &cluster, &backend);
         let id = ProbeId(self.next_probe);
         self.next_probe += 1;
         let deadline = now + config.timeout;
@@ -447,18 +458,7 @@ impl HealthChecker {
         for (at, cluster, backend) in late {
             self.schedule
                 .remove(&(at, cluster.clone(), backend.clone()));
-            let entry = self
-                .clusters
-                .get_mut(&cluster)
-                .expect("invariant: a scheduled target's cluster exists");
-            let config = entry
-                .config
-                .as_ref()
-                .expect("invariant: only a probed cluster's targets are scheduled");
-            let t = entry
-                .targets
-                .get_mut(&backend)
-                .expect("invariant: every scheduled target exists");
+            let (config, t) = scheduled(&mut self.clusters, &cluster, &backend);
             if let Some((probe, _)) = t.in_flight.take() {
                 self.in_flight.remove(&probe);
                 self.events.push_back(HealthEvent::ProbeTimedOut {

@@ -113,22 +113,19 @@ impl RecvBatch {
             hdr.msg_control = controls[i].0.as_mut_ptr().cast();
             hdr.msg_controllen = CONTROL_LEN as _;
         }
-        let n = loop {
-            // SAFETY: every header points into live stack arrays or `buffers`.
-            let rc = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    headers.as_mut_ptr(),
-                    count as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                break rc as usize;
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
+        // SAFETY: every header points into live stack arrays or `buffers`.
+        let received = retry_interrupted(|| unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            ) as isize
+        });
+        let n = match received {
+            Ok(n) => n,
+            Err(error) => {
                 self.received = 0;
                 return Err(error);
             }
@@ -286,25 +283,16 @@ impl SendBatch {
             headers[i].msg_hdr.msg_iov = &mut iovecs[i];
             headers[i].msg_hdr.msg_iovlen = 1;
         }
-        let n = loop {
-            // SAFETY: every header points into live stack arrays or `buffers`.
-            let rc = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    headers.as_mut_ptr(),
-                    count as libc::c_uint,
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                break rc as usize;
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
-        };
+        // SAFETY: every header points into live stack arrays or `buffers`.
+        let n = retry_interrupted(|| unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            ) as isize
+        })?;
         for (i, header) in headers.iter().enumerate().take(n) {
             // With MSG_TRUNC `msg_len` is the datagram's real length.
             self.lens[self.len + i] = (header.msg_len as usize).min(self.buffer_len);
@@ -412,25 +400,33 @@ impl SendBatch {
             hdr.msg_iovlen = 1;
             set_source_control(hdr, &mut controls[i], dst, local);
         }
-        loop {
-            // SAFETY: every header points into live stack arrays or `buffers`.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    headers.as_mut_ptr(),
-                    count as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(error),
-            }
+        // SAFETY: every header points into live stack arrays or `buffers`.
+        let sent = retry_interrupted(|| unsafe {
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            ) as isize
+        });
+        match sent {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+}
+
+/// Runs a system call again while a signal interrupts it (`EINTR`): its
+/// non-negative result, else the error it set.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let rc = call();
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
         }
     }
 }
@@ -448,26 +444,17 @@ pub(crate) fn send_to_from(
     let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
     if let ([only], None) = (parts, local) {
         let namelen = std_to_sockaddr(dst, &mut addr);
-        loop {
-            // SAFETY: `only` is valid for its length and `addr` for `namelen`.
-            let rc = unsafe {
-                libc::sendto(
-                    fd,
-                    only.as_ptr().cast(),
-                    only.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    (&addr as *const libc::sockaddr_storage).cast(),
-                    namelen,
-                )
-            };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
-        }
+        // SAFETY: `only` is valid for its length and `addr` for `namelen`.
+        return retry_interrupted(|| unsafe {
+            libc::sendto(
+                fd,
+                only.as_ptr().cast(),
+                only.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                (&addr as *const libc::sockaddr_storage).cast(),
+                namelen,
+            )
+        });
     }
     let mut control = ControlBuf::ZERO;
     // SAFETY: a plain C struct of integers and pointers, for which all
@@ -479,17 +466,10 @@ pub(crate) fn send_to_from(
     hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
     hdr.msg_iovlen = parts.len() as _;
     set_source_control(&mut hdr, &mut control, dst, local);
-    loop {
-        // SAFETY: the header points at live locals and `parts`.
-        let rc = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    // SAFETY: the header points at live locals and `parts`.
+    retry_interrupted(|| unsafe {
+        libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    })
 }
 
 /// Sends one datagram made of `parts` on a connected socket. One part goes
@@ -503,39 +483,23 @@ pub(crate) fn send_connected(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usi
     let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
     hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
     hdr.msg_iovlen = parts.len() as _;
-    loop {
-        // SAFETY: the header points at `parts`, alive for the call.
-        let rc = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    // SAFETY: the header points at `parts`, alive for the call.
+    retry_interrupted(|| unsafe {
+        libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    })
 }
 
 /// `send` of one buffer on a connected socket, retried on `EINTR`.
 fn send_one(fd: RawFd, payload: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `payload` is valid for `payload.len()` bytes.
-        let rc = unsafe {
-            libc::send(
-                fd,
-                payload.as_ptr().cast(),
-                payload.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    // SAFETY: `payload` is valid for `payload.len()` bytes.
+    retry_interrupted(|| unsafe {
+        libc::send(
+            fd,
+            payload.as_ptr().cast(),
+            payload.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
 }
 
 /// Sends up to `count` datagrams (at most [`MAX_BATCH`]) on a connected
@@ -586,49 +550,31 @@ pub(crate) fn send_connected_batch<'a>(
         mmsg.msg_hdr.msg_iov = pair.as_mut_ptr();
         mmsg.msg_hdr.msg_iovlen = used + 1;
     }
-    loop {
-        // SAFETY: every header points at the stack iovecs, which point at
-        // slices alive for `'a` (the kernel only reads them).
-        let rc = unsafe {
-            libc::sendmmsg(
-                fd,
-                headers.as_mut_ptr(),
-                count as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    // SAFETY: every header points at the stack iovecs, which point at
+    // slices alive for `'a` (the kernel only reads them).
+    retry_interrupted(|| unsafe {
+        libc::sendmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        ) as isize
+    })
 }
 
 /// Receives one datagram on a connected socket into `buf`; returns its full
 /// length (may exceed `buf.len()`: `MSG_TRUNC` reports the real size, so a
 /// datagram over the limit is noticed).
 pub(crate) fn recv_connected(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes.
-        let rc = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    // SAFETY: `buf` is valid for `buf.len()` bytes.
+    retry_interrupted(|| unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    })
 }
 
 /// Attaches an `IP_PKTINFO` / `IPV6_PKTINFO` control message choosing the
