@@ -729,6 +729,18 @@ mod tests {
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
+    /// A backend socket (reads time out after 5 s) and an upstream socket
+    /// connected to it, as a flow has.
+    fn backend_and_connected_upstream() -> (UdpSocket, UdpSocket) {
+        let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+        backend
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        upstream.connect(backend.local_addr().unwrap()).unwrap();
+        (backend, upstream)
+    }
+
     fn wait_recv(batch: &mut RecvBatch, fd: RawFd) -> usize {
         for _ in 0..1000 {
             match batch.recv(fd, MAX_BATCH) {
@@ -818,12 +830,7 @@ mod tests {
 
     #[test]
     fn send_connected_batch_sends_header_and_payload_as_one_datagram_each_in_order() {
-        let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
-        backend
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
-        upstream.connect(backend.local_addr().unwrap()).unwrap();
+        let (backend, upstream) = backend_and_connected_upstream();
         let payloads: Vec<Vec<u8>> = (0u8..3).map(|i| vec![i; 4]).collect();
         let header = b"HDR".to_vec();
         let sent = send_connected_batch(upstream.as_raw_fd(), 3, |i| {
@@ -849,12 +856,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_one_is_one_whole_datagram_with_or_without_a_header() {
-        let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
-        backend
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
-        upstream.connect(backend.local_addr().unwrap()).unwrap();
+        let (backend, upstream) = backend_and_connected_upstream();
         let fd = upstream.as_raw_fd();
         assert_eq!(
             send_connected_batch(fd, 1, |_| (None, &b"plain"[..])).unwrap(),
