@@ -64,6 +64,23 @@ pub fn free_v4() -> SocketAddr {
     free_addr(V4)
 }
 
+/// Binds a socket with `bind` on a port from [`free_v4`], taking another
+/// port when this one was bound by someone else in between (a test
+/// process beside ours may bind it explicitly after the check): for a
+/// socket that must hold a port now, unlike a listener address picked for
+/// later.
+pub fn bind_free_v4<T>(bind: impl Fn(SocketAddr) -> std::io::Result<T>) -> T {
+    let mut last = None;
+    for _ in 0..50 {
+        match bind(free_v4()) {
+            Ok(socket) => return socket,
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => last = Some(error),
+            Err(error) => panic!("binding a free loopback port: {error}"),
+        }
+    }
+    panic!("50 free loopback ports were all taken before we could bind them: {last:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

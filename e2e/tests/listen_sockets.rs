@@ -14,7 +14,7 @@ use nix::sys::socket::{
 use nix::unistd::Pid;
 use sozu_command_lib::command::RunState;
 use sozu_command_lib::state::ConfigState;
-use sozu_e2e::ports::free_v4;
+use sozu_e2e::ports::{bind_free_v4, free_v4};
 use sozu_e2e::procfs;
 use sozu_e2e::wait::{poll_until, wait_until};
 use sozu_e2e::{ClusterConfig, Sozu, SozuConfig, UdpBackend, UdpClient, UdpListener};
@@ -83,7 +83,7 @@ fn assert_nothing_left(sozu: &Sozu) {
 #[test]
 fn start_with_a_udp_listener_address_in_use_exits_non_zero_naming_it() {
     let backend = UdpBackend::v4("a");
-    let holder = UdpSocket::bind(free_v4()).unwrap();
+    let holder = bind_free_v4(UdpSocket::bind);
     let address = holder.local_addr().unwrap();
     let (sozu, log) = start_must_fail(udp_config(2, address, &backend));
     assert!(
@@ -101,7 +101,7 @@ fn start_with_a_udp_listener_address_in_use_exits_non_zero_naming_it() {
 
 #[test]
 fn start_with_a_tcp_listener_address_in_use_exits_non_zero_naming_it() {
-    let holder = TcpListener::bind(free_v4()).unwrap();
+    let holder = bind_free_v4(TcpListener::bind);
     let address = holder.local_addr().unwrap();
     let config = SozuConfig {
         worker_count: 2,
@@ -193,7 +193,7 @@ fn add_on_an_address_in_use_is_refused(proto: &str, address: SocketAddr, holder:
 
 #[test]
 fn udp_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
-    let holder = UdpSocket::bind(free_v4()).unwrap();
+    let holder = bind_free_v4(UdpSocket::bind);
     let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("udp", address, holder);
 }
@@ -202,21 +202,21 @@ fn udp_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
 fn udp_listener_add_on_a_same_user_reuseport_socket_is_refused() {
     // A same-user SO_REUSEPORT socket could co-bind a plain SO_REUSEPORT
     // listener; the master's probe finds it.
-    let address = free_v4();
-    let holder = reuseport_udp(address).expect("bind the holder");
+    let holder = bind_free_v4(|a| reuseport_udp(a).map_err(std::io::Error::from));
+    let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("udp", address, holder);
 }
 
 #[test]
 fn tcp_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
-    let holder = TcpListener::bind(free_v4()).unwrap();
+    let holder = bind_free_v4(TcpListener::bind);
     let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("tcp", address, holder);
 }
 
 #[test]
 fn http_listener_add_on_an_address_in_use_is_refused_and_not_listed() {
-    let holder = TcpListener::bind(free_v4()).unwrap();
+    let holder = bind_free_v4(TcpListener::bind);
     let address = holder.local_addr().unwrap();
     add_on_an_address_in_use_is_refused("http", address, holder);
 }
@@ -405,7 +405,7 @@ fn a_reload_adding_a_listener_on_an_address_in_use_applies_nothing() {
     let front = free_v4();
     let config = udp_config(2, front, &backend);
     let sozu = Sozu::start(config.clone());
-    let holder = UdpSocket::bind(free_v4()).unwrap();
+    let holder = bind_free_v4(UdpSocket::bind);
     let taken = holder.local_addr().unwrap();
     let fresh = free_v4();
     // The new file: two more listeners, one on an address in use.
