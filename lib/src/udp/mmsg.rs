@@ -365,8 +365,7 @@ impl SendBatch {
         if count == 1 {
             // One reply (the usual turn at a moderate rate): `sendto` or
             // `sendmsg` costs the kernel less than a `sendmmsg` of one.
-            if let Some((dst, local)) = self.dsts[start] {
-                let payload = &self.buffers[start * self.buffer_len..][..self.lens[start]];
+            if let Some((payload, dst, local)) = self.committed(start) {
                 return match send_to_from(fd, &[IoSlice::new(payload)], dst, local) {
                     Ok(_) => Ok(1),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
