@@ -112,26 +112,13 @@ fn a_worker_that_refuses_part_of_its_state_is_never_reported_serving() {
     loop {
         let request = next_boot_order(&mut master, &mut worker);
         let is_status = matches!(request.content.request_type, Some(RequestType::Status(_)));
-        if !refused && !is_status {
+        let (answer, message) = if !refused && !is_status {
             refused = true;
-            reply(
-                &mut master,
-                0,
-                &mut worker,
-                &request,
-                ResponseStatus::Failure,
-                "cannot bind 127.0.0.1:53",
-            );
+            (ResponseStatus::Failure, "cannot bind 127.0.0.1:53")
         } else {
-            reply(
-                &mut master,
-                0,
-                &mut worker,
-                &request,
-                ResponseStatus::Ok,
-                "",
-            );
-        }
+            (ResponseStatus::Ok, "")
+        };
+        reply(&mut master, 0, &mut worker, &request, answer, message);
         if is_status {
             break;
         }
