@@ -219,6 +219,11 @@ impl FrameWriter {
         self.max_buffer_size = self.max_buffer_size.max(max_buffer_size);
     }
 
+    /// The largest frame, header included, and queue this writer takes.
+    pub(crate) fn max(&self) -> usize {
+        self.max_buffer_size
+    }
+
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> usize {
         self.buf.len() - self.start

@@ -188,6 +188,17 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
         self.writer.raise_max(max);
     }
 
+    /// Refuses, as [`Self::queue_message`] would, a message too large for
+    /// any frame this side sends, whatever is queued; queues nothing.
+    pub fn check_frame_size(&self, message: &Tx) -> Result<(), ChannelError> {
+        let len = message.encoded_len() + FRAME_HEADER_LEN;
+        let max = self.writer.max();
+        if len > max {
+            return Err(ChannelError::OutgoingFrameTooLarge { len, max });
+        }
+        Ok(())
+    }
+
     /// Wraps a stream accepted by a `mio::net::UnixListener`; same as
     /// [`Self::new`].
     pub fn from_mio(

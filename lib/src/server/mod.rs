@@ -17,13 +17,14 @@ mod orders;
 mod streams;
 pub(crate) mod tokens;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use sozu_command_lib::channel::{Channel, ChannelError};
+use sozu_command_lib::channel::{Channel, ChannelError, FlushStatus};
 use sozu_command_lib::command::{
     ListenSocketEntry, ListenerType, ResponseContent, ResponseStatus, WorkerRequest, WorkerResponse,
 };
@@ -203,6 +204,11 @@ pub struct Server {
     poll: Poll,
     channel: Channel<WorkerResponse, WorkerRequest>,
     channel_interest: Interest,
+    /// Answers the channel's queue had no room for (the master reads
+    /// late), in order. While any wait, later answers queue behind them
+    /// and no new order is read: the master's orders wait in the socket,
+    /// not in this process, and no answer is ever dropped.
+    answers_waiting: VecDeque<WorkerResponse>,
     scm: Option<ScmSocket>,
     state: ConfigState,
     tokens: Tokens,
@@ -297,6 +303,7 @@ impl Server {
             poll,
             channel,
             channel_interest: Interest::READABLE,
+            answers_waiting: VecDeque::new(),
             scm: config.scm,
             state: ConfigState::new(),
             tokens,
@@ -449,8 +456,16 @@ impl Server {
     }
 
     /// Reads every complete order; `Some` when the worker must stop now.
+    /// Stops early while answers wait for room: the writable event that
+    /// follows the master's next read brings the worker back here.
     fn on_channel_ready(&mut self, now: Instant) -> Result<Option<ServerExit>, ServerError> {
         loop {
+            if !self.answers_waiting.is_empty() {
+                self.flush_channel()?;
+                if !self.answers_waiting.is_empty() {
+                    break;
+                }
+            }
             match self.channel.try_read_message() {
                 Ok(Some(request)) => {
                     if let Some(exit) = self.on_request(now, request) {
@@ -476,7 +491,7 @@ impl Server {
         Ok(None)
     }
 
-    /// Queues an answer echoing `id`.
+    /// Queues an answer echoing `id`, behind any answer still waiting.
     fn answer(
         &mut self,
         id: &str,
@@ -484,36 +499,64 @@ impl Server {
         message: &str,
         content: Option<ResponseContent>,
     ) {
-        let response = WorkerResponse {
+        let mut response = WorkerResponse {
             id: id.to_owned(),
             status: status as i32,
             message: message.to_owned(),
             content,
         };
-        match self.channel.queue_message(&response) {
-            Ok(()) => {}
+        if let Err(error) = self.channel.check_frame_size(&response) {
             // An answer larger than the channel carries (a list of every
             // cluster of a large state): the order still gets its one
             // answer, a FAILURE saying why, instead of none (the master
             // would wait for it until its timeout).
-            Err(error @ ChannelError::OutgoingFrameTooLarge { .. }) => {
-                tracing::warn!(%error, id, "answer too large for the channel");
-                let refusal = WorkerResponse {
-                    id: id.to_owned(),
-                    status: ResponseStatus::Failure as i32,
-                    message: format!("the answer cannot be sent: {error}"),
-                    content: None,
-                };
-                if let Err(error) = self.channel.queue_message(&refusal) {
+            tracing::warn!(%error, id, "answer too large for the channel");
+            response = WorkerResponse {
+                id: id.to_owned(),
+                status: ResponseStatus::Failure as i32,
+                message: format!("the answer cannot be sent: {error}"),
+                content: None,
+            };
+        }
+        if self.answers_waiting.is_empty() {
+            match self.channel.queue_message(&response) {
+                Ok(()) => return,
+                Err(ChannelError::OutgoingBufferFull { .. }) => {}
+                Err(error) => {
                     tracing::error!(%error, id, "cannot queue the answer");
+                    return;
                 }
             }
-            Err(error) => tracing::error!(%error, id, "cannot queue the answer"),
+        }
+        self.answers_waiting.push_back(response);
+    }
+
+    /// Moves waiting answers into the channel's queue as it makes room, and
+    /// writes what the socket takes.
+    fn pump_answers(&mut self) -> Result<FlushStatus, ChannelError> {
+        loop {
+            while let Some(response) = self.answers_waiting.pop_front() {
+                match self.channel.queue_message(&response) {
+                    Ok(()) => {}
+                    Err(ChannelError::OutgoingBufferFull { .. }) => {
+                        self.answers_waiting.push_front(response);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, id = response.id, "cannot queue the answer");
+                    }
+                }
+            }
+            match self.channel.flush()? {
+                // The queue is empty again: room for what still waits.
+                FlushStatus::Done if !self.answers_waiting.is_empty() => {}
+                status => return Ok(status),
+            }
         }
     }
 
     fn flush_channel(&mut self) -> Result<(), ServerError> {
-        match self.channel.flush() {
+        match self.pump_answers() {
             Ok(_) => Ok(()),
             Err(ChannelError::PeerClosed) => Ok(()), // noticed on the next read
             Err(source) => Err(ServerError::Channel { source }),
@@ -521,7 +564,10 @@ impl Server {
     }
 
     fn update_channel_interest(&mut self) -> Result<(), ServerError> {
-        let wanted = self.channel.interest();
+        let mut wanted = self.channel.interest();
+        if !self.answers_waiting.is_empty() {
+            wanted |= Interest::WRITABLE;
+        }
         if wanted != self.channel_interest {
             self.poll
                 .registry()
@@ -538,10 +584,10 @@ impl Server {
     /// Writes the last answers before exiting, waiting a bounded time.
     fn final_flush(&mut self) {
         let deadline = clock() + FINAL_ANSWER_TIMEOUT;
-        while self.channel.wants_write() {
-            match self.channel.flush() {
-                Ok(sozu_command_lib::channel::FlushStatus::Done) => break,
-                Ok(sozu_command_lib::channel::FlushStatus::Pending) => {
+        while self.channel.wants_write() || !self.answers_waiting.is_empty() {
+            match self.pump_answers() {
+                Ok(FlushStatus::Done) => break,
+                Ok(FlushStatus::Pending) => {
                     if clock() >= deadline {
                         tracing::warn!("the master does not read: last answer lost");
                         break;
