@@ -522,6 +522,7 @@ fn spawn_target(
         one_way: false,
         dns_id: target == DnsTarget::SozuDnsId,
         recv_buffer: Some(LISTENER_RCVBUF),
+        idle_listeners: 0,
     };
     match target {
         DnsTarget::SozuDnsId | DnsTarget::SozuFlows => {

@@ -280,6 +280,7 @@ pub(crate) fn run(args: &OneWayArgs) -> anyhow::Result<()> {
                 one_way: true,
                 dns_id: false,
                 recv_buffer: None,
+                idle_listeners: 0,
             };
             let run_dir = dir.path().join(format!("{}-{round}", target.name()));
             let mut proc = proxies::spawn(

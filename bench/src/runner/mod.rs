@@ -152,6 +152,8 @@ pub(crate) struct Scenario {
     /// Sending time when the scenario ends by itself (all flows done)
     /// rather than by the measured duration.
     fixed_duration: Option<f64>,
+    /// Listeners beside the measured one that get no traffic.
+    idle_listeners: usize,
 }
 
 const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) -> Scenario {
@@ -168,6 +170,7 @@ const fn base(name: &'static str, what: &'static str, kind: Kind, flows: usize) 
         responses: 0,
         warmup: 0.5,
         fixed_duration: None,
+        idle_listeners: 0,
     }
 }
 
@@ -260,6 +263,11 @@ pub(crate) fn scenarios() -> Vec<Scenario> {
         cost("cost-64-100k", 64, 100_000.0),
         cost("cost-1024-50k", 1024, 50_000.0),
         cost("cost-4000-50k", 4000, 50_000.0),
+        Scenario {
+            what: "proxy CPU per round trip, 64 flows at 50,000/s, 1,000 more listeners without traffic",
+            idle_listeners: 1000,
+            ..cost("cost-64-50k-listeners-1000", 64, 50_000.0)
+        },
         Scenario {
             per_flow_count: Some(1),
             warmup: 0.0,
@@ -575,6 +583,7 @@ fn measure(
             one_way: false,
             dns_id: false,
             recv_buffer: None,
+            idle_listeners: scenario.idle_listeners,
         };
         let mut proc = proxies::spawn(
             target,

@@ -139,6 +139,18 @@ pub(crate) struct ProxyOptions {
     /// default): sozu `recv_buffer_size`, nginx `listen … rcvbuf=` (Envoy:
     /// not set).
     pub recv_buffer: Option<u32>,
+    /// More listeners that get no traffic, each on
+    /// [`idle_listener_address`]: what a wake-up costs a proxy with many
+    /// listeners (an RTP port range, one per game server).
+    pub idle_listeners: usize,
+}
+
+/// The `i`-th idle listener's address: port 9999 on its own loopback
+/// address (127.1.x.y), so a thousand of them need no free-port search.
+pub(crate) fn idle_listener_address(i: usize) -> SocketAddr {
+    let third = u8::try_from(i / 250).unwrap_or(u8::MAX);
+    let fourth = u8::try_from(i % 250 + 1).unwrap_or(1);
+    SocketAddr::from(([127, 1, third, fourth], 9999))
 }
 
 /// Picks a free loopback UDP port (bind to 0, read it, release it).
@@ -182,11 +194,22 @@ pub(crate) fn sozu_config(
     if let Some(bytes) = o.recv_buffer {
         let _ = writeln!(c, "recv_buffer_size = {bytes}");
     }
+    let idle: Vec<SocketAddr> = (0..o.idle_listeners).map(idle_listener_address).collect();
+    for address in &idle {
+        let _ = writeln!(
+            c,
+            "\n[[listeners]]\nprotocol = \"udp\"\naddress = \"{address}\""
+        );
+    }
     let _ = writeln!(
         c,
         "\n[clusters.echo]\nprotocol = \"udp\"\nload_balancing = \"ROUND_ROBIN\""
     );
-    let _ = writeln!(c, "frontends = [ {{ address = \"{listen}\" }} ]");
+    let frontends: Vec<String> = std::iter::once(listen)
+        .chain(idle)
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    let _ = writeln!(c, "frontends = [ {} ]", frontends.join(", "));
     let list: Vec<String> = backends
         .iter()
         .enumerate()
@@ -248,6 +271,9 @@ pub(crate) fn nginx_config(
         .map(|bytes| format!(" rcvbuf={bytes}"))
         .unwrap_or_default();
     let _ = writeln!(c, "  }}\n  server {{\n    listen {listen} udp{rcvbuf};");
+    for i in 0..o.idle_listeners {
+        let _ = writeln!(c, "    listen {} udp;", idle_listener_address(i));
+    }
     let _ = writeln!(
         c,
         "    proxy_pass echo;\n    proxy_timeout {FLOW_TIMEOUT_S}s;"
@@ -463,6 +489,7 @@ mod tests {
             one_way: false,
             dns_id: false,
             recv_buffer: None,
+            idle_listeners: 0,
         };
         let sozu = sozu_config(Path::new("/tmp/x"), listen, &backends, o);
         let parsed: toml::Value = toml::from_str(&sozu).unwrap();

@@ -427,7 +427,7 @@ impl Server {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let statsd = self.statsd.as_ref().and_then(|(_, _, next)| *next);
         [
             self.udp.next_deadline(),

@@ -257,6 +257,7 @@ impl UdpShell {
     /// stays here (counted `handover_failed.queue_pending`). Nothing is
     /// released yet: call [`Self::release_flows`] once the fds are out.
     pub(crate) fn export_flows(&mut self, now: Instant, ctx: &mut IoContext<'_>) -> FlowExport<'_> {
+        self.stale = true;
         let held = self.held.get_or_insert_with(Vec::new);
         for (index, listener) in self.listeners.iter_mut() {
             if listener.is_reading() {
@@ -314,6 +315,7 @@ impl UdpShell {
         flows: &[(usize, FlowId)],
         ctx: &mut IoContext<'_>,
     ) {
+        self.stale = true;
         for &(index, flow) in flows {
             let Some(listener) = self.listeners.get_mut(index) else {
                 continue;
@@ -342,6 +344,7 @@ impl UdpShell {
     /// (a client datagram read before its flow is adopted would open a new
     /// upstream socket).
     pub(crate) fn hold_for_flows(&mut self, manifest: FlowManifest, fds: Vec<OwnedFd>) {
+        self.stale = true;
         self.pending_flows = manifest.flows.into_iter().zip(fds).collect();
         self.held.get_or_insert_with(Vec::new);
     }
@@ -357,6 +360,7 @@ impl UdpShell {
     /// listener the old worker stopped reading for a handover that failed
     /// (so the same order also gives a worker its flows back).
     pub(crate) fn adopt_flows(&mut self, now: Instant, ctx: &mut IoContext<'_>) -> AdoptReport {
+        self.stale = true;
         let mut report = AdoptReport::default();
         for (wire, fd) in std::mem::take(&mut self.pending_flows) {
             match self.adopt_one(now, &wire, fd, ctx) {

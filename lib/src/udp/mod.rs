@@ -16,6 +16,7 @@ pub(crate) mod access_log;
 pub(crate) mod budget;
 pub(crate) mod dns_mux;
 pub(crate) mod handover;
+pub(crate) mod ledger;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod mmsg;

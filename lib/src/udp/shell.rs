@@ -26,7 +26,8 @@ use sozu_command_lib::limits::DEFAULT_QUIC_CID_LENGTH;
 use sozu_command_lib::proto::convert::{wire_address, FieldAddressError};
 
 use super::access_log::FlowCloseReason;
-use super::budget::{FlowPool, Member, Others, PoolLimits};
+use super::budget::{FlowPool, Member, PoolLimits};
+use super::ledger::ListenerLedger;
 use super::listener::{Frontend, IoContext, UdpListener};
 use super::metrics::ListenerMetrics;
 use super::mmsg::RecvBatch;
@@ -138,6 +139,17 @@ pub(crate) struct UdpShell {
     /// Listeners not read until `adopt_flows` (a flow handover is under
     /// way); `None`: no handover.
     pub(super) held: Option<Vec<usize>>,
+    /// Every listener's next deadline and pool share, filed as it changes:
+    /// a wake-up costs O(log listeners), not a walk of them all.
+    ledger: ListenerLedger,
+    /// An order ran since the ledger was last filed: every listener is
+    /// filed again (and flushed) before the next event is handled.
+    pub(super) stale: bool,
+    /// Listeners that got an event this loop turn: their client-bound
+    /// datagrams leave, and they are filed again, in `flush`.
+    to_flush: Vec<usize>,
+    /// Scratch for `on_timeout`: the listeners due this turn.
+    due: Vec<usize>,
 }
 
 impl UdpShell {
@@ -171,18 +183,24 @@ impl UdpShell {
             retired_backends: Vec::new(),
             pending_flows: Vec::new(),
             held: None,
+            ledger: ListenerLedger::default(),
+            stale: false,
+            to_flush: Vec::new(),
+            due: Vec::new(),
         }
     }
 
     /// From now on a listener is only served on a socket passed by the
     /// master (see `crate::listen_socket`); activating one without fails.
     pub(crate) fn require_adopted(&mut self) {
+        self.stale = true;
         self.require_adopted = true;
     }
 
     /// Closes an adopted socket no listener took (its listener was removed
     /// before it was activated, or its add failed).
     pub(crate) fn forget_adopted(&mut self, address: SocketAddr) {
+        self.stale = true;
         self.adopted.remove(&address);
     }
 
@@ -190,12 +208,14 @@ impl UdpShell {
     /// now on. It never mixes in the listener address, the worker or the
     /// process: a client maps to the same backend wherever it lands.
     pub(crate) fn set_hash_seed(&mut self, hash_seed: u64) {
+        self.stale = true;
         self.hash_seed = hash_seed;
     }
 
     /// Sizes the worker-wide flow pool (fd limit, ephemeral port range,
     /// workers sharing it, upstream source addresses).
     pub(crate) fn set_pool_limits(&mut self, limits: PoolLimits) {
+        self.stale = true;
         self.pool = FlowPool::new(limits.capacity());
         tracing::info!(
             flows = self.pool.capacity(),
@@ -210,11 +230,13 @@ impl UdpShell {
     /// Binds the upstream sockets of listeners added from now on to these
     /// addresses in turn (`upstream_source_addresses`, set at start).
     pub(crate) fn set_source_addresses(&mut self, sources: SourceAddresses) {
+        self.stale = true;
         self.sources = sources;
     }
 
     /// Adds sockets adopted during an upgrade (used by later adds).
     pub(crate) fn adopt(&mut self, sockets: Vec<(SocketAddr, OwnedFd)>) {
+        self.stale = true;
         self.adopted.extend(sockets);
     }
 
@@ -227,6 +249,7 @@ impl UdpShell {
         config: &UdpListenerConfig,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let address = wire_address("address", &config.address)?;
         if self.by_address.contains_key(&address) {
             return Err(UdpError::ListenerExists { address });
@@ -272,6 +295,7 @@ impl UdpShell {
         update: &UpdateUdpListenerConfig,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let address = wire_address("address", &update.address)?;
         let id = self.listener_id(address)?;
         let mut config = self.listeners[id].config;
@@ -297,6 +321,7 @@ impl UdpShell {
         address: SocketAddr,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let id = self.listener_id(address)?;
         let listener = &mut self.listeners[id];
         if !listener.has_socket() {
@@ -329,6 +354,7 @@ impl UdpShell {
         address: SocketAddr,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let id = self.listener_id(address)?;
         self.unhold(id);
         let listener = &mut self.listeners[id];
@@ -345,6 +371,7 @@ impl UdpShell {
         address: SocketAddr,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let id = self.listener_id(address)?;
         self.unhold(id);
         let mut listener = self.listeners.remove(id);
@@ -372,6 +399,7 @@ impl UdpShell {
         frontend: &RequestUdpFrontend,
         add: bool,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let address = wire_address("address", &frontend.address)?;
         let id = self.listener_id(address)?;
         let listener = &mut self.listeners[id];
@@ -407,6 +435,7 @@ impl UdpShell {
         cluster: &Cluster,
         ctx: &mut IoContext<'_>,
     ) -> Result<(), UdpError> {
+        self.stale = true;
         let settings = cluster_settings(cluster)?;
         let id = cluster.cluster_id.as_str();
         for (_, listener) in self.listeners.iter_mut() {
@@ -435,6 +464,7 @@ impl UdpShell {
         removed: &[Backend],
         ctx: &mut IoContext<'_>,
     ) {
+        self.stale = true;
         let keep = self
             .clusters
             .remove(cluster_id)
@@ -485,6 +515,7 @@ impl UdpShell {
     }
 
     pub(crate) fn backend_added(&mut self, cluster: &ClusterId, backend: &BackendId) {
+        self.stale = true;
         self.retired_backends
             .retain(|(c, b, _)| !(c == cluster && b == backend));
     }
@@ -497,6 +528,7 @@ impl UdpShell {
         order: &RemoveBackend,
         ctx: &mut IoContext<'_>,
     ) {
+        self.stale = true;
         let keep = self
             .clusters
             .get(&order.cluster_id)
@@ -538,6 +570,7 @@ impl UdpShell {
     /// their upstream sockets, sent on the shared socket); their clients'
     /// datagrams now reach the successor.
     pub(crate) fn soft_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        self.stale = true;
         self.draining = true;
         for (_, listener) in self.listeners.iter_mut() {
             listener.manager.drain(now);
@@ -551,6 +584,7 @@ impl UdpShell {
     /// master (`return_listen_sockets`): a later soft-stop leaves reading
     /// them to the successor.
     pub(crate) fn mark_sockets_returned(&mut self) {
+        self.stale = true;
         for (_, listener) in self.listeners.iter_mut() {
             if listener.has_socket() {
                 listener.socket_returned = true;
@@ -567,6 +601,7 @@ impl UdpShell {
 
     /// Hard-stop: closes every flow now.
     pub(crate) fn hard_stop(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
+        self.stale = true;
         for (_, listener) in self.listeners.iter_mut() {
             listener.close_all(now, FlowCloseReason::Shutdown, ctx);
         }
@@ -574,31 +609,90 @@ impl UdpShell {
 
     // ----- event loop -----
 
-    /// The earliest deadline of any listener's flows or health probe.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| l.poll_timeout())
-            .min()
+    /// The earliest deadline of any listener's flows or `DNS_ID` queries.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        self.refile_if_stale();
+        #[cfg(debug_assertions)]
+        self.check_ledger();
+        self.ledger.next_deadline()
     }
 
-    /// Expires due flows and runs due health probes.
+    /// Expires due flows and queries, on the listeners that have some.
     pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut IoContext<'_>) {
-        for (_, listener) in self.listeners.iter_mut() {
-            if listener.poll_timeout().is_some_and(|t| t <= now) {
+        self.refile_if_stale();
+        // Collected first: each due listener runs once per turn, even if
+        // its next deadline is already past again.
+        while let Some(id) = self.ledger.pop_due(now) {
+            self.due.push(id);
+        }
+        for i in 0..self.due.len() {
+            let id = self.due[i];
+            if let Some(listener) = self.listeners.get_mut(id) {
                 listener.on_timeout(now, ctx);
             }
+            self.refile(id);
+        }
+        self.due.clear();
+    }
+
+    /// Sends the batch of client-bound datagrams of every listener that
+    /// got an event this turn: called once per loop wake-up, after its
+    /// events, so the replies read in it leave in one `sendmmsg` per
+    /// listener instead of one per readiness event.
+    pub(crate) fn flush(&mut self, ctx: &mut IoContext<'_>) {
+        self.refile_if_stale();
+        self.to_flush.sort_unstable();
+        self.to_flush.dedup();
+        for i in 0..self.to_flush.len() {
+            let id = self.to_flush[i];
+            if let Some(listener) = self.listeners.get_mut(id) {
+                listener.flush_returns(ctx);
+            }
+            self.refile(id);
+        }
+        self.to_flush.clear();
+        self.sweep_retired(ctx);
+    }
+
+    /// Files listener `id` as it is now.
+    fn refile(&mut self, id: usize) {
+        let now = self
+            .listeners
+            .get(id)
+            .map(|l| (pool_member(l), l.poll_timeout()));
+        self.ledger.file(id, now);
+    }
+
+    /// After orders: files every listener again, and flushes them all at
+    /// the end of the turn (O(listeners), once per batch of orders).
+    fn refile_if_stale(&mut self) {
+        if !self.stale {
+            return;
+        }
+        self.stale = false;
+        self.ledger.clear();
+        for (id, listener) in self.listeners.iter() {
+            let now = (pool_member(listener), listener.poll_timeout());
+            self.ledger.file(id, Some(now));
+            self.to_flush.push(id);
         }
     }
 
-    /// Sends every listener's batch of client-bound datagrams: called once
-    /// per loop wake-up, after its events, so the replies read in it leave
-    /// in one `sendmmsg` per listener instead of one per readiness event.
-    pub(crate) fn flush(&mut self, ctx: &mut IoContext<'_>) {
-        for (_, listener) in self.listeners.iter_mut() {
-            listener.flush_returns(ctx);
+    /// Debug builds: the ledger says what a walk of every listener says.
+    #[cfg(debug_assertions)]
+    fn check_ledger(&self) {
+        for (id, listener) in self.listeners.iter() {
+            let member = pool_member(listener);
+            assert_eq!(
+                self.ledger.filed(id),
+                Some((member, listener.poll_timeout())),
+                "listener {id} ({}) filed out of date",
+                listener.address
+            );
         }
-        self.sweep_retired(ctx);
+        assert_eq!(self.ledger.filed_count(), self.listeners.len());
+        let total = super::budget::Others::sum(self.listeners.iter().map(|(_, l)| pool_member(l)));
+        assert_eq!(self.ledger.total(), total);
     }
 
     /// Drops the metrics of removed backends whose kept flows have all
@@ -626,6 +720,13 @@ impl UdpShell {
         writable: bool,
         ctx: &mut IoContext<'_>,
     ) {
+        self.refile_if_stale();
+        let id = match token {
+            UdpToken::Listener(id)
+            | UdpToken::Upstream { listener: id, .. }
+            | UdpToken::DnsMux { listener: id, .. }
+            | UdpToken::OneWay { listener: id, .. } => id,
+        };
         match token {
             UdpToken::Listener(id) => {
                 let Some(listener) = self.listeners.get_mut(id) else {
@@ -658,6 +759,10 @@ impl UdpShell {
                     }
                 }
             }
+        }
+        self.refile(id);
+        if self.to_flush.last() != Some(&id) {
+            self.to_flush.push(id);
         }
     }
 
@@ -703,12 +808,7 @@ impl UdpShell {
             return;
         };
         let me = pool_member(listener);
-        let others = Others::sum(
-            self.listeners
-                .iter()
-                .filter(|(other, _)| *other != id)
-                .map(|(_, l)| pool_member(l)),
-        );
+        let others = self.ledger.others(id);
         let cap = self.pool.cap_for(me, others);
         let listener = &mut self.listeners[id];
         if listener.manager.config().max_flows != cap {
