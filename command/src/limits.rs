@@ -11,6 +11,10 @@ pub const MAX_RX_DATAGRAM_SIZE: u32 = 65_507;
 /// (the wire keeps Sōzu's `int32` and its rule: ≤ 0 counts as 1).
 pub const MAX_WEIGHT: u32 = 255;
 
+/// HSTS `max_age` when a policy is enabled without one: a year (Sōzu's
+/// default), in seconds.
+pub const DEFAULT_HSTS_MAX_AGE: u32 = 31_536_000;
+
 /// The default `quic_cid_length` of a cluster keyed by QUIC connection ID
 /// (quinn's and most stacks' server CID length), for the configuration file
 /// and for a worker given an order that leaves it unset.

@@ -243,6 +243,8 @@ pub struct HttpsListenerSettings {
     pub send_tls13_tickets: u64,
     /// `alpn_protocols` (default: `http/1.1`).
     pub alpn_protocols: Vec<String>,
+    /// `hsts`: the HSTS policy of the listener's frontends that set none.
+    pub hsts: Option<crate::command::HstsConfig>,
 }
 
 /// A certificate given on an HTTPS frontend (`certificate`, `key`,
@@ -360,6 +362,9 @@ pub struct FrontendConfig {
     pub tags: BTreeMap<String, String>,
     /// HTTPS only: a certificate to add to the listener.
     pub certificate: Option<FrontendCertificate>,
+    /// HTTPS only: `hsts`, the frontend's own HSTS policy (`enabled =
+    /// false` turns the listener's off for it).
+    pub hsts: Option<crate::command::HstsConfig>,
 }
 
 /// One backend of a cluster.

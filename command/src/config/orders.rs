@@ -87,6 +87,7 @@ impl ListenerConfig {
                 key: l.key.clone(),
                 send_tls13_tickets: l.send_tls13_tickets,
                 alpn_protocols: l.alpn_protocols.clone(),
+                hsts: l.hsts,
                 http_answers: custom_answers(&l.http),
                 answers: l.http.answers.clone(),
                 ..Default::default()
@@ -179,6 +180,7 @@ impl ClusterConfig {
                     method: frontend.method.clone(),
                     position: RulePosition::Tree as i32,
                     tags,
+                    hsts: frontend.hsts.filter(|_| https),
                     ..Default::default()
                 };
                 if https {

@@ -20,8 +20,8 @@ use super::{
     UdpListenerSettings,
 };
 use crate::command::{
-    LoadBalancingAlgorithms, LoadMetric, PathRuleKind, TlsVersion, UdpAffinityKey, UdpFlowKey,
-    UdpHealthMode,
+    HstsConfig, LoadBalancingAlgorithms, LoadMetric, PathRuleKind, TlsVersion, UdpAffinityKey,
+    UdpFlowKey, UdpHealthMode,
 };
 
 /// Sōzu global keys we accept and ignore (documented in doc/configure.md).
@@ -612,7 +612,32 @@ fn parse_https(
         key,
         send_tls13_tickets,
         alpn_protocols: strings(table, "alpn_protocols")?,
+        hsts: parse_hsts(table)?,
     })
+}
+
+/// Sōzu's `hsts` table, on an HTTPS listener (the default of its
+/// frontends) or an HTTPS frontend (its own): `enabled` is required
+/// (`false` on a frontend turns the listener's policy off for it),
+/// `max_age` defaults to a year.
+fn parse_hsts(table: &mut TableReader<'_>) -> Result<Option<HstsConfig>, ConfigError> {
+    let Some(value) = table.get("hsts") else {
+        return Ok(None);
+    };
+    let mut hsts = value.table()?;
+    let enabled = hsts.require("enabled")?.bool()?;
+    let max_age = opt(&mut hsts, "max_age", |v| v.u32_between(0, u32::MAX))?;
+    let include_subdomains = opt(&mut hsts, "include_subdomains", ValueReader::bool)?;
+    let preload = opt(&mut hsts, "preload", ValueReader::bool)?;
+    let force_replace_backend = opt(&mut hsts, "force_replace_backend", ValueReader::bool)?;
+    hsts.finish(&[])?;
+    Ok(Some(HstsConfig {
+        enabled: Some(enabled),
+        max_age: max_age.or(enabled.then_some(crate::limits::DEFAULT_HSTS_MAX_AGE)),
+        include_subdomains,
+        preload,
+        force_replace_backend,
+    }))
 }
 
 fn parse_listener(
@@ -971,14 +996,19 @@ fn parse_frontend(
         }
         None => BTreeMap::new(),
     };
-    let certificate = if protocol == ClusterProtocol::Http && index.has(address, KIND_HTTPS) {
+    let https = protocol == ClusterProtocol::Http && index.has(address, KIND_HTTPS);
+    let certificate = if https {
         parse_frontend_certificate(&mut table, base_dir)?
     } else {
         None
     };
+    // HSTS is for HTTPS only (RFC 6797 §7.2): elsewhere `hsts` is an
+    // unknown key, refused.
+    let hsts = if https { parse_hsts(&mut table)? } else { None };
     table.finish(IGNORED_FRONTEND)?;
     Ok(FrontendConfig {
         certificate,
+        hsts,
         address,
         hostname,
         path_kind,

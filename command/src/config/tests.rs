@@ -289,6 +289,7 @@ fn cluster_backend_and_udp_defaults() {
             method: None,
             tags: Default::default(),
             certificate: None,
+            hsts: None,
         }]
     );
     let ids: Vec<&str> = dns.backends.iter().map(|b| b.backend_id.as_str()).collect();
@@ -1519,4 +1520,94 @@ fn quic_lb_keys_are_checked_naming_the_key() {
         let e = error(&UDP_QUIC_LB.replace("\"0A1b\"", bad));
         assert!(e.contains("quic_lb_server_id"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn hsts_is_read_on_https_listeners_and_frontends_only() {
+    let listeners = r#"
+[[listeners]]
+protocol = "https"
+address = "127.0.0.1:8443"
+hsts = { enabled = true, include_subdomains = true }
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:8080"
+"#;
+    let orders = load(&format!(
+        r#"{listeners}
+[clusters.a]
+protocol = "http"
+frontends = [
+    {{ address = "127.0.0.1:8443", hostname = "a.test", hsts = {{ enabled = false }} }},
+    {{ address = "127.0.0.1:8443", hostname = "b.test", hsts = {{ enabled = true, max_age = 0, force_replace_backend = true }} }},
+    {{ address = "127.0.0.1:8080", hostname = "a.test" }},
+]
+"#
+    ))
+    .unwrap()
+    .generate_orders();
+    let listener = orders.iter().find_map(|o| match &o.request_type {
+        Some(RequestType::AddHttpsListener(l)) => Some(l.hsts),
+        _ => None,
+    });
+    assert_eq!(
+        listener,
+        Some(Some(crate::command::HstsConfig {
+            enabled: Some(true),
+            max_age: Some(crate::limits::DEFAULT_HSTS_MAX_AGE),
+            include_subdomains: Some(true),
+            preload: None,
+            force_replace_backend: None,
+        })),
+        "enabled without max_age: a year"
+    );
+    let frontends: Vec<_> = orders
+        .iter()
+        .filter_map(|o| match &o.request_type {
+            Some(RequestType::AddHttpsFrontend(f)) => Some((f.hostname.as_str(), f.hsts)),
+            Some(RequestType::AddHttpFrontend(f)) => Some(("http", f.hsts)),
+            _ => None,
+        })
+        .collect();
+    assert!(frontends.contains(&(
+        "a.test",
+        Some(crate::command::HstsConfig {
+            enabled: Some(false),
+            ..Default::default()
+        })
+    )));
+    assert!(frontends.contains(&(
+        "b.test",
+        Some(crate::command::HstsConfig {
+            enabled: Some(true),
+            max_age: Some(0),
+            force_replace_backend: Some(true),
+            ..Default::default()
+        })
+    )));
+    assert!(frontends.contains(&("http", None)));
+
+    // `enabled` is required; unknown keys and HSTS on plain HTTP are refused.
+    let missing = error(&format!(
+        "{listeners}[clusters.a]\nprotocol = \"http\"\nfrontends = [{{ address = \"127.0.0.1:8443\", hostname = \"a.test\", hsts = {{ max_age = 5 }} }}]\n"
+    ));
+    assert!(
+        missing.contains("hsts.enabled: missing required key"),
+        "{missing}"
+    );
+    let unknown = error(&format!(
+        "{listeners}[clusters.a]\nprotocol = \"http\"\nfrontends = [{{ address = \"127.0.0.1:8443\", hostname = \"a.test\", hsts = {{ enabled = true, maxage = 5 }} }}]\n"
+    ));
+    assert!(unknown.contains("maxage"), "{unknown}");
+    let plain = error(&format!(
+        "{listeners}[clusters.a]\nprotocol = \"http\"\nfrontends = [{{ address = \"127.0.0.1:8080\", hostname = \"a.test\", hsts = {{ enabled = true }} }}]\n"
+    ));
+    assert!(plain.contains("hsts"), "{plain}");
+    let plain_listener = error(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:8080\"\nhsts = { enabled = true }\n",
+    );
+    assert!(
+        plain_listener.contains("listeners[0].hsts"),
+        "{plain_listener}"
+    );
 }

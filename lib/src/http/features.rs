@@ -18,6 +18,7 @@ use sozu_command_lib::command::{Cluster, CustomHttpAnswers};
 use crate::backends::BackendId;
 
 use super::templates::AnswerTemplate;
+use crate::protocol::http::hsts::Hsts;
 
 /// Sōzu's default sticky cookie name.
 pub(crate) const DEFAULT_STICKY_NAME: &str = "SOZUBALANCEID";
@@ -231,6 +232,9 @@ pub(crate) struct ListenerFeatures {
     pub(crate) answers: AnswerSet,
     /// The sticky-session cookie name.
     pub(crate) sticky_name: String,
+    /// An HTTPS listener's default HSTS policy (`hsts`), for frontends
+    /// that set none.
+    pub(crate) hsts: Option<Hsts>,
 }
 
 /// A cluster's HTTP settings.
@@ -281,6 +285,7 @@ impl HttpFeatures {
         http_answers: Option<&CustomHttpAnswers>,
         answers: &BTreeMap<String, String>,
         sticky_name: &str,
+        hsts: Option<Hsts>,
     ) {
         let sticky_name = if sticky_name.is_empty() {
             DEFAULT_STICKY_NAME
@@ -292,6 +297,7 @@ impl HttpFeatures {
             ListenerFeatures {
                 answers: AnswerSet::from_wire(http_answers, answers, None),
                 sticky_name: sticky_name.to_owned(),
+                hsts,
             },
         );
     }

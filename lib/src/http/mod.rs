@@ -34,6 +34,7 @@ use sozu_command_lib::command::{
 use sozu_command_lib::proto::convert::{wire_address, FieldAddressError};
 
 use crate::metrics::gauge_add;
+use crate::protocol::http::hsts::Hsts;
 use crate::stream::deadlines::Deadlines;
 use crate::stream::limit::ConnectionLimit;
 use crate::stream::listeners::{AcceptHandles, Accepted};
@@ -191,6 +192,7 @@ impl HttpProxy {
             config.http_answers.as_ref(),
             &config.answers,
             &config.sticky_name,
+            None,
         );
         Ok(())
     }
@@ -234,6 +236,7 @@ impl HttpProxy {
             http.http_answers.as_ref(),
             &http.answers,
             &http.sticky_name,
+            config.hsts.as_ref().and_then(Hsts::from_wire),
         );
         Ok(())
     }
@@ -253,6 +256,7 @@ impl HttpProxy {
             http.http_answers.as_ref(),
             &http.answers,
             &http.sticky_name,
+            config.hsts.as_ref().and_then(Hsts::from_wire),
         );
         listener.data.config = http;
         self.tls_configs.insert(address, tls);
@@ -271,11 +275,14 @@ impl HttpProxy {
         let listener = self.listeners.at_mut(address)?;
         sozu_command_lib::state::patch_http_listener(&mut listener.data.config, update);
         let config = &listener.data.config;
+        // An HTTP-level patch leaves an HTTPS listener's policy as it was.
+        let hsts = self.features.listener(address).and_then(|l| l.hsts.clone());
         self.features.set_listener(
             address,
             config.http_answers.as_ref(),
             &config.answers,
             &config.sticky_name,
+            hsts,
         );
         Ok(())
     }

@@ -21,6 +21,7 @@ use sozu_command_lib::command::ProxyProtocolConfig;
 use crate::backends::{BackendId, ClusterId};
 use crate::load_balancing::stable_hash;
 use crate::metrics::{count, gauge_add};
+use crate::protocol::http::hsts::Hsts;
 use crate::protocol::proxy_protocol::{self, StreamProxyHeader};
 use crate::stream::buffer::Buffer;
 use crate::stream::context::ProxyContext;
@@ -174,6 +175,8 @@ struct Exchange {
     keep_alive: bool,
     cluster: ClusterId,
     tags: Option<Arc<BTreeMap<String, String>>>,
+    /// The HSTS policy stamped on the response (HTTPS listeners only).
+    hsts: Option<Hsts>,
     cluster_handles: HttpHandles,
     backend_handles: Option<HttpHandles>,
     request_head: Vec<u8>,
@@ -520,7 +523,7 @@ impl Session {
             .router
             .and_then(|r| r.lookup(&request.host, &request.target, &request.method))
             .cloned();
-        let (cluster, tags) = match route {
+        let (cluster, tags, frontend_hsts) = match route {
             None => {
                 self.answer(404, "no_route", now, env);
                 return;
@@ -560,9 +563,23 @@ impl Session {
                 }
                 return;
             }
-            Some(RouteTarget::Cluster { cluster, tags }) => (cluster, tags),
+            Some(RouteTarget::Cluster {
+                cluster,
+                tags,
+                hsts,
+            }) => (cluster, tags, hsts),
         };
         let features: &HttpFeatures = env.features;
+        // RFC 6797 §7.2: never over plain HTTP.
+        let hsts = if self.front.is_tls() {
+            frontend_hsts.resolve(
+                features
+                    .listener(self.listener_address)
+                    .and_then(|l| l.hsts.as_ref()),
+            )
+        } else {
+            None
+        };
         let cluster_features = features.cluster(cluster.as_str());
         // Over TLS (an HTTPS listener) the client is already where the
         // redirect would send it: answering 301 would loop.
@@ -614,6 +631,7 @@ impl Session {
             keep_alive: request.keep_alive,
             cluster,
             tags,
+            hsts,
             cluster_handles,
             backend_handles,
             request_head,
@@ -897,6 +915,19 @@ impl Session {
         self.drop_backend(env);
         self.front_out.clear();
         self.front_out.extend_from_slice(bytes);
+        if self.front.is_tls() {
+            // The exchange's policy once a frontend was chosen, else the
+            // listener's (a request answered before or without routing).
+            let hsts = match &exchange {
+                Some(e) => e.hsts.as_ref(),
+                None => features
+                    .listener(self.listener_address)
+                    .and_then(|l| l.hsts.as_ref()),
+            };
+            if let Some(hsts) = hsts {
+                hsts.stamp(&mut self.front_out);
+            }
+        }
         self.front_out_sent = 0;
         self.head_started = None;
         self.phase = Phase::Answer;

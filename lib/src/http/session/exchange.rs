@@ -150,6 +150,9 @@ impl Session {
                                 stamp_cookie(&mut response.forwarded, name, id);
                             }
                         }
+                        if let Some(hsts) = &exchange.hsts {
+                            hsts.stamp(&mut response.forwarded);
+                        }
                         self.front_out.extend_from_slice(&response.forwarded);
                         if response.upgraded {
                             // After a 101 the connection is a tunnel: the

@@ -24,6 +24,7 @@ use sozu_command_lib::command::{
     PathRuleKind, RedirectPolicy, RedirectScheme, RequestHttpFrontend,
 };
 
+use super::hsts::FrontendHsts;
 use crate::protocol::ids::ClusterId;
 
 /// Where a matching request goes.
@@ -35,6 +36,8 @@ pub enum RouteTarget {
         cluster: ClusterId,
         /// The frontend's tags, for access records.
         tags: Option<Arc<BTreeMap<String, String>>>,
+        /// The frontend's HSTS policy (over an HTTPS listener).
+        hsts: FrontendHsts,
     },
     /// A frontend without a cluster, or with `redirect = UNAUTHORIZED`:
     /// answer 401 (Sōzu's "deny" route).
@@ -264,6 +267,7 @@ impl Router {
                 } else {
                     Some(Arc::new(frontend.tags.clone()))
                 },
+                hsts: FrontendHsts::from_wire(frontend.hsts.as_ref()),
             },
             None => RouteTarget::Deny,
         };
