@@ -13,6 +13,7 @@ use sozu_e2e::http::{read_head, request, Answer, HttpConfig, RecordingHttpBacken
 use sozu_e2e::ports::free_v4;
 use sozu_e2e::sozu::http_frontend_args;
 use sozu_e2e::stream::{http_get, NamedHttpBackend, ANSWER_WAIT};
+use sozu_e2e::wait::wait_until;
 use sozu_e2e::Sozu;
 
 /// Like [`request`], then checks the answer was exactly Content-Length
@@ -127,6 +128,56 @@ fn answer_templates_splice_escaped_request_values_with_an_exact_length() {
 
 /// The body of the cookie-recording backend: the `Cookie` headers it got,
 /// one per line, `-` when none.
+/// The id an error page shows (`%REQUEST_ID`) finds the request's access
+/// record; a forwarded answer's record has none.
+#[test]
+fn the_request_id_of_an_answer_is_in_its_access_record() {
+    let web = NamedHttpBackend::start("web");
+    let dir = Sozu::temp_dir();
+    let log = dir.path().join("access.log");
+    let front = free_v4();
+    let http = HttpConfig::new(front)
+        .listener(
+            r#"
+[listeners.answers]
+404 = "inline:HTTP/1.1 404 Not Found\nSozu-Id: %REQUEST_ID\n\nsorry (%REQUEST_ID)""#,
+        )
+        .cluster("web", "example.com", &[web.addr()]);
+    let mut config = http.sozu_config();
+    config.extra = format!(
+        "access_logs_target = \"file://{}\"\naccess_logs_format = \"json\"\n{}",
+        log.display(),
+        config.extra
+    );
+    let sozu = Sozu::start_in(dir, config);
+
+    let (answer, _) = request_to_end(front, "nowhere.example.org", "/lost");
+    assert_eq!(answer.status, 404, "{answer:?}");
+    let id = answer.header("sozu-id").expect("a request id").to_owned();
+    let (status, _) = http_get(front, "example.com", "/found").expect("an answer");
+    assert_eq!(status, 200);
+
+    let records = |path: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|r| r["path"] == path)
+            .collect()
+    };
+    let lost = wait_until("the 404's record", ANSWER_WAIT, || records("/lost").pop());
+    assert_eq!(lost["outcome"], "no_route", "{lost}");
+    assert_eq!(
+        lost["request_id"],
+        id.as_str(),
+        "{lost}\n{}",
+        sozu.log_tail(10)
+    );
+    let found = wait_until("the 200's record", ANSWER_WAIT, || records("/found").pop());
+    assert_eq!(found["outcome"], "backend", "{found}");
+    assert!(found["request_id"].is_null(), "{found}");
+}
+
 fn cookies_body(head: &RequestHead) -> String {
     let cookies = head.values("cookie");
     if cookies.is_empty() {

@@ -34,6 +34,9 @@ pub(crate) struct HttpAccessRecord<'a> {
     /// `backend` for a forwarded answer, else why the proxy answered or
     /// cut the request (`no_route`, `no_backend`, `backend_timeout`…).
     pub outcome: &'a str,
+    /// The id of the proxy's own answer (its `%REQUEST_ID`), so the id an
+    /// error page shows finds its record; none for a forwarded answer.
+    pub request_id: Option<&'a str>,
 }
 
 impl HttpAccessRecord<'_> {
@@ -56,6 +59,7 @@ impl HttpAccessRecord<'_> {
             bytes_out = self.bytes_out,
             duration_ms = millis(self.duration),
             outcome = self.outcome,
+            request_id = %OrDash(self.request_id),
             "request"
         );
     }

@@ -851,6 +851,7 @@ impl Session {
         let duration = request
             .as_ref()
             .map_or(Duration::ZERO, |r| now.saturating_duration_since(r.started));
+        let request_id = next_request_id();
         let rendered: Option<Vec<u8>> = match (template, location) {
             (Some(template), _) => {
                 let route = request
@@ -860,7 +861,7 @@ impl Session {
                 let backend_id = self.back.as_ref().map(|b| b.backend.as_str());
                 let values = AnswerValues {
                     route: &route,
-                    request_id: &next_request_id(),
+                    request_id: &request_id,
                     cluster_id: cluster.map_or("", |c| c.as_str()),
                     backend_id: backend_id.unwrap_or_default(),
                     duration: &format!("{}ms", duration.as_millis()),
@@ -910,6 +911,7 @@ impl Session {
             bytes_out: bytes.len() as u64,
             duration,
             outcome,
+            request_id: Some(&request_id),
         }
         .emit();
         self.drop_backend(env);
@@ -989,6 +991,7 @@ impl Session {
                 bytes_out: exchange.bytes_out,
                 duration: now.saturating_duration_since(request.started),
                 outcome: end.as_str(),
+                request_id: None,
             }
             .emit();
         }

@@ -293,6 +293,7 @@ impl Session {
             bytes_out: exchange.bytes_out,
             duration,
             outcome: "backend",
+            request_id: None,
         }
         .emit();
         let request_complete = exchange.request_body.is_done();
