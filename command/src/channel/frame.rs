@@ -219,19 +219,14 @@ impl FrameWriter {
         self.max_buffer_size = self.max_buffer_size.max(max_buffer_size);
     }
 
-    /// The largest frame, header included, and queue this writer takes.
-    pub(crate) fn max(&self) -> usize {
-        self.max_buffer_size
-    }
-
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> usize {
         self.buf.len() - self.start
     }
 
-    /// Encodes `message` as one frame at the end of the queue, or refuses it
-    /// (queue unchanged) if the frame or the queue would exceed the maximum.
-    pub(crate) fn queue<Tx: Message>(&mut self, message: &Tx) -> Result<(), ChannelError> {
+    /// The length of `message`'s frame, or a refusal if no frame that
+    /// large is ever sent, whatever is queued.
+    pub(crate) fn frame_len<Tx: Message>(&self, message: &Tx) -> Result<usize, ChannelError> {
         let len = message.encoded_len() + FRAME_HEADER_LEN;
         if len > self.max_buffer_size {
             return Err(ChannelError::OutgoingFrameTooLarge {
@@ -239,6 +234,13 @@ impl FrameWriter {
                 max: self.max_buffer_size,
             });
         }
+        Ok(len)
+    }
+
+    /// Encodes `message` as one frame at the end of the queue, or refuses it
+    /// (queue unchanged) if the frame or the queue would exceed the maximum.
+    pub(crate) fn queue<Tx: Message>(&mut self, message: &Tx) -> Result<(), ChannelError> {
+        let len = self.frame_len(message)?;
         if self.pending() + len > self.max_buffer_size {
             return Err(ChannelError::OutgoingBufferFull {
                 queued: self.pending(),

@@ -191,12 +191,7 @@ impl<Tx: Message, Rx: Message + Default> Channel<Tx, Rx> {
     /// Refuses, as [`Self::queue_message`] would, a message too large for
     /// any frame this side sends, whatever is queued; queues nothing.
     pub fn check_frame_size(&self, message: &Tx) -> Result<(), ChannelError> {
-        let len = message.encoded_len() + FRAME_HEADER_LEN;
-        let max = self.writer.max();
-        if len > max {
-            return Err(ChannelError::OutgoingFrameTooLarge { len, max });
-        }
-        Ok(())
+        self.writer.frame_len(message).map(|_| ())
     }
 
     /// Wraps a stream accepted by a `mio::net::UnixListener`; same as

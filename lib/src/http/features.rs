@@ -312,6 +312,11 @@ impl HttpFeatures {
         self.listeners.get(&address)
     }
 
+    /// An HTTPS listener's default HSTS policy.
+    pub(crate) fn listener_hsts(&self, address: SocketAddr) -> Option<&Hsts> {
+        self.listener(address)?.hsts.as_ref()
+    }
+
     /// A cluster's settings, from its order (its backends' sticky ids
     /// kept).
     pub(crate) fn set_cluster(&mut self, cluster: &Cluster) {

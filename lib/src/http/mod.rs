@@ -276,7 +276,7 @@ impl HttpProxy {
         sozu_command_lib::state::patch_http_listener(&mut listener.data.config, update);
         let config = &listener.data.config;
         // An HTTP-level patch leaves an HTTPS listener's policy as it was.
-        let hsts = self.features.listener(address).and_then(|l| l.hsts.clone());
+        let hsts = self.features.listener_hsts(address).cloned();
         self.features.set_listener(
             address,
             config.http_answers.as_ref(),

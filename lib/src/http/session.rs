@@ -572,11 +572,7 @@ impl Session {
         let features: &HttpFeatures = env.features;
         // RFC 6797 §7.2: never over plain HTTP.
         let hsts = if self.front.is_tls() {
-            frontend_hsts.resolve(
-                features
-                    .listener(self.listener_address)
-                    .and_then(|l| l.hsts.as_ref()),
-            )
+            frontend_hsts.resolve(features.listener_hsts(self.listener_address))
         } else {
             None
         };
@@ -922,9 +918,7 @@ impl Session {
             // listener's (a request answered before or without routing).
             let hsts = match &exchange {
                 Some(e) => e.hsts.as_ref(),
-                None => features
-                    .listener(self.listener_address)
-                    .and_then(|l| l.hsts.as_ref()),
+                None => features.listener_hsts(self.listener_address),
             };
             if let Some(hsts) = hsts {
                 hsts.stamp(&mut self.front_out);

@@ -275,13 +275,7 @@ mod tests {
                 if ledger.next_deadline() != earliest {
                     return false;
                 }
-                let total = model
-                    .iter()
-                    .flatten()
-                    .fold(Others::default(), |acc, (m, _)| Others {
-                        flows: acc.flows + m.flows,
-                        admitting: acc.admitting + usize::from(m.admitting),
-                    });
+                let total = Others::sum(model.iter().flatten().map(|(m, _)| *m));
                 if ledger.total() != total {
                     return false;
                 }

@@ -656,11 +656,7 @@ impl UdpShell {
 
     /// Files listener `id` as it is now.
     fn refile(&mut self, id: usize) {
-        let now = self
-            .listeners
-            .get(id)
-            .map(|l| (pool_member(l), l.poll_timeout()));
-        self.ledger.file(id, now);
+        self.ledger.file(id, self.listeners.get(id).map(filing));
     }
 
     /// After orders: files every listener again, and flushes them all at
@@ -672,8 +668,7 @@ impl UdpShell {
         self.stale = false;
         self.ledger.clear();
         for (id, listener) in self.listeners.iter() {
-            let now = (pool_member(listener), listener.poll_timeout());
-            self.ledger.file(id, Some(now));
+            self.ledger.file(id, Some(filing(listener)));
             self.to_flush.push(id);
         }
     }
@@ -682,10 +677,9 @@ impl UdpShell {
     #[cfg(debug_assertions)]
     fn check_ledger(&self) {
         for (id, listener) in self.listeners.iter() {
-            let member = pool_member(listener);
             assert_eq!(
                 self.ledger.filed(id),
-                Some((member, listener.poll_timeout())),
+                Some(filing(listener)),
                 "listener {id} ({}) filed out of date",
                 listener.address
             );
@@ -815,6 +809,11 @@ impl UdpShell {
             listener.manager.set_max_flows(cap);
         }
     }
+}
+
+/// What the ledger files of a listener: its pool share and next deadline.
+fn filing(listener: &UdpListener) -> (Member, Option<Instant>) {
+    (pool_member(listener), listener.poll_timeout())
 }
 
 /// A listener as the flow pool sees it.

@@ -69,14 +69,13 @@ impl Hsts {
     /// own answers are written), before any body that follows. A backend's
     /// own header is kept unless the policy forces its replacement.
     pub fn stamp(&self, message: &mut Vec<u8>) {
-        let Some(head_len) = message
+        let Some(mut head_len) = message
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map(|n| n + 4)
         else {
             return;
         };
-        let mut head_len = head_len;
         if header_lines(&message[..head_len]).next().is_some() {
             if !self.force_replace_backend {
                 return;
