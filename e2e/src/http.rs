@@ -6,7 +6,7 @@
 //! one HTTP listener with its clusters ([`HttpConfig`]). The plain client
 //! helpers and the named backends are in [`crate::stream`].
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{channel, Receiver};
 
@@ -71,6 +71,24 @@ pub fn read_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)
     Ok((status, read_headers(reader)?))
 }
 
+/// Reads one answer (head, then its `Content-Length` body).
+pub fn read_full_answer(reader: &mut impl BufRead) -> Result<Answer, String> {
+    let (status, headers) = read_head(reader)?;
+    let length: usize = match headers.iter().find(|(n, _)| n == "content-length") {
+        Some((_, v)) => v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?,
+        None => return Err("no Content-Length".to_owned()),
+    };
+    let mut body = vec![0u8; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("the body: {e}"))?;
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
 /// One `GET path` for `host` on a new connection, with `extra` header
 /// lines (each ending `\r\n`); the answer is read to its `Content-Length`.
 /// Panics, naming the path, when no such answer comes.
@@ -78,20 +96,7 @@ pub fn request(proxy: SocketAddr, host: &str, path: &str, extra: &str) -> Answer
     let mut stream = TcpStream::connect(proxy).expect("connect to the proxy");
     stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").unwrap();
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.parse().expect("a numeric Content-Length"))
-        .expect("every answer here has a Content-Length");
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).expect("the whole body");
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    read_full_answer(&mut BufReader::new(stream)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// A request head as a backend got it.

@@ -125,12 +125,18 @@ pub struct Hold {
 impl NamedHttpBackend {
     /// Answers `backend=<name>`.
     pub fn start(name: &str) -> Self {
-        Self::serve(name, false, None)
+        Self::serve(name, false, None, "")
+    }
+
+    /// Answers `backend=<name>` with `headers` (lines ending `\r\n`) in
+    /// its heads.
+    pub fn with_headers(name: &str, headers: &'static str) -> Self {
+        Self::serve(name, false, None, headers)
     }
 
     /// Answers `backend=<name> path=<path>`.
     pub fn showing_path(name: &str) -> Self {
-        Self::serve(name, true, None)
+        Self::serve(name, true, None, "")
     }
 
     /// Like [`NamedHttpBackend::showing_path`], and a request for `/hold` is
@@ -143,11 +149,17 @@ impl NamedHttpBackend {
             name,
             true,
             Some((held_tx, Arc::new(Mutex::new(release_rx)))),
+            "",
         );
         (backend, Hold { held, release })
     }
 
-    fn serve(name: &str, show_path: bool, hold: Option<BackendHold>) -> Self {
+    fn serve(
+        name: &str,
+        show_path: bool,
+        hold: Option<BackendHold>,
+        headers: &'static str,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an HTTP backend");
         let address = listener.local_addr().expect("local address");
         let name = name.to_owned();
@@ -182,7 +194,7 @@ impl NamedHttpBackend {
                             format!("backend={name}")
                         };
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if writer.write_all(answer.as_bytes()).is_err() {
